@@ -1,0 +1,37 @@
+"""What the API needs at hand: settings, the metadata store, the object store, the serving engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from tunery.db import Database
+from tunery.settings import Settings
+from tunery.storage import ObjectStore
+
+if TYPE_CHECKING:
+    from serving.engine import ChatEngine
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    store: ObjectStore
+    engine: ChatEngine | None = None
+    # Called after a change the scheduler should act on at once (new job, cancel).
+    wake_scheduler: Callable[[], None] = field(default=lambda: None)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    organization_id: str
+    project_id: str
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx

@@ -1,0 +1,141 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}`` with the right HTTP status.
+
+Every failure a client can cause becomes one of these; anything unexpected is logged with its traceback on
+the server and answered with a generic message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("tunery.api")
+
+# The `type` values Tunery uses (the SDK dispatches on the status; these follow OpenAI's names).
+INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
+NOT_FOUND = "invalid_request_error"
+SERVER_ERROR = "server_error"
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def not_found(message: str, param: str | None = "id") -> APIError:
+    return APIError(404, message, type=NOT_FOUND, param=param, code=None)
+
+
+def error_response(err: APIError) -> JSONResponse:
+    headers = {"x-should-retry": "false", **err.headers} if err.status < 500 else dict(err.headers)
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+_UNION_TAGS = {"int", "float", "str", "bool", "none", "list", "dict"}
+
+
+def _is_field(part: object) -> bool:
+    """Pydantic adds union member tags (``literal['auto']``, ``constrained-int``) to locations: skip them."""
+    if isinstance(part, int):
+        return True
+    p = str(part)
+    return p not in _UNION_TAGS and not any(c in p for c in "[]-(") and p not in ("body", "query", "path", "header")
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
+    parts = [p for p in loc if _is_field(p)]
+    if not parts:
+        return None
+    out = str(parts[0])
+    for p in parts[1:]:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+# Among a union's alternatives, report the most specific failure (a bound, not "should be 'auto'").
+_VAGUE = {
+    "literal_error",
+    "none_required",
+    "int_type",
+    "float_type",
+    "string_type",
+    "list_type",
+    "dict_type",
+    "model_type",
+    "int_parsing",
+    "float_parsing",
+    "is_instance_of",
+    "union_tag_invalid",
+}
+
+
+def _pick(errs: list[dict[str, Any]]) -> dict[str, Any]:
+    first_param = _loc_to_param(tuple(errs[0].get("loc", ())))
+    same = [e for e in errs if _loc_to_param(tuple(e.get("loc", ()))) == first_param]
+    specific = [e for e in same if e.get("type") not in _VAGUE]
+    return (specific or same)[0]
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = list(exc.errors())
+        first = _pick(errs) if errs else {"loc": (), "msg": "invalid request"}
+        param = _loc_to_param(tuple(first.get("loc", ())))
+        kind = first.get("type", "")
+        if kind == "missing":
+            message = f"Missing required parameter: '{param}'." if param else "Missing required parameter."
+        elif kind == "json_invalid":
+            message = "We could not parse the JSON body of your request. Send valid JSON."
+            param = None
+        else:
+            msg = str(first.get("msg", "invalid value"))
+            message = f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."
+        return error_response(APIError(400, message, param=param, code=None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(APIError(404, "Unknown request URL. Check the path and method.", code="unknown_url"))
+        if exc.status_code == 405:
+            return error_response(APIError(405, "Method not allowed for this URL.", code="method_not_allowed"))
+        return error_response(APIError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            APIError(500, "The server had an error while processing your request.", type=SERVER_ERROR)
+        )

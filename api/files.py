@@ -1,0 +1,177 @@
+"""``/v1/files``: upload (streamed to the object store), list, retrieve, delete, content."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from starlette.datastructures import UploadFile
+
+from api.auth import tenant
+from api.context import AppContext, Tenant, get_ctx
+from api.errors import APIError, bad_request, not_found
+from api.objects import file_object
+from api.pagination import list_object, page
+from tunery import ids
+from tunery.db import File
+from tunery.storage import CHUNK
+
+router = APIRouter()
+
+UPLOAD_PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
+MIN_EXPIRY, MAX_EXPIRY = 3600, 2592000
+
+
+def get_file(session, t: Tenant, file_id: str) -> File:  # type: ignore[no-untyped-def]
+    f = session.scalar(
+        select(File).where(
+            File.id == file_id, File.organization_id == t.organization_id, File.project_id == t.project_id
+        )
+    )
+    if f is None:
+        raise not_found(f"No such File object: {file_id}")
+    return f
+
+
+def _expiry(form, created: int) -> int | None:  # type: ignore[no-untyped-def]
+    anchor = form.get("expires_after[anchor]")
+    seconds = form.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise bad_request("expires_after[anchor] must be 'created_at'.", param="expires_after.anchor")
+    try:
+        secs = int(str(seconds))
+    except ValueError:
+        raise bad_request("expires_after[seconds] must be an integer.", param="expires_after.seconds") from None
+    if not MIN_EXPIRY <= secs <= MAX_EXPIRY:
+        raise bad_request(
+            f"expires_after[seconds] must be between {MIN_EXPIRY} and {MAX_EXPIRY}.", param="expires_after.seconds"
+        )
+    return created + secs
+
+
+@router.post("/files")
+async def create_file(request: Request, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
+    limit = ctx.settings.max_file_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise APIError(413, f"File is too large: the limit is {limit} bytes.", param="file", code="file_too_large")
+    try:
+        # Starlette spools file parts to disk past 1 MB, so the upload is never held whole in memory.
+        form = await request.form(max_files=1, max_fields=16)
+    except Exception as e:  # malformed multipart body
+        raise bad_request(f"Could not parse the multipart form: {e}", param="file") from None
+    try:
+        upload = form.get("file")
+        purpose = form.get("purpose")
+        if not isinstance(upload, UploadFile):
+            raise bad_request("Missing required parameter: 'file'.", param="file")
+        if not isinstance(purpose, str) or not purpose:
+            raise bad_request("Missing required parameter: 'purpose'.", param="purpose")
+        if purpose not in UPLOAD_PURPOSES:
+            raise bad_request(
+                f"Invalid value for 'purpose': {purpose!r}. Supported: {', '.join(sorted(UPLOAD_PURPOSES))}.",
+                param="purpose",
+            )
+        filename = (upload.filename or "upload").rsplit("/", 1)[-1][:512]
+        if purpose == "fine-tune" and not filename.lower().endswith(".jsonl"):
+            raise bad_request(
+                f"Invalid file format for Fine-Tuning API. Must be .jsonl (got {filename!r}).", param="file"
+            )
+        created = int(time.time())
+        expires_at = _expiry(form, created)
+        file_id = ids.file_id()
+        key = f"files/{file_id}"
+
+        def chunks() -> Iterator[bytes]:
+            total = 0
+            while chunk := upload.file.read(CHUNK):
+                total += len(chunk)
+                if total > limit:
+                    raise APIError(
+                        413, f"File is too large: the limit is {limit} bytes.", param="file", code="file_too_large"
+                    )
+                yield chunk
+
+        from starlette.concurrency import run_in_threadpool
+
+        size, sha = await run_in_threadpool(ctx.store.put_stream, key, chunks())
+        if size == 0:
+            ctx.store.delete(key)
+            raise bad_request("The file is empty.", param="file")
+        row = File(
+            id=file_id,
+            organization_id=t.organization_id,
+            project_id=t.project_id,
+            filename=filename,
+            purpose=purpose,
+            bytes=size,
+            sha256=sha,
+            object_key=key,
+            created_at=created,
+            expires_at=expires_at,
+            status="processed",
+            status_details=None,
+        )
+        try:
+            with ctx.db.session() as s:
+                s.add(row)
+        except Exception:
+            ctx.store.delete(key)
+            raise
+        return file_object(row)
+    finally:
+        await form.close()
+
+
+@router.get("/files")
+def list_files(
+    purpose: str | None = None,
+    limit: int = Query(10000, ge=1, le=10000),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+    ctx: AppContext = Depends(get_ctx),
+    t: Tenant = Depends(tenant),
+) -> dict:
+    with ctx.db.session() as s:
+        q = select(File).where(File.organization_id == t.organization_id, File.project_id == t.project_id)
+        if purpose:
+            q = q.where(File.purpose == purpose)
+        rows, more = page(s, File, q, after=after, limit=limit, newest_first=order == "desc")
+        return list_object([file_object(f) for f in rows], more, with_ids=True)
+
+
+@router.get("/files/{file_id}")
+def retrieve_file(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
+    with ctx.db.session() as s:
+        return file_object(get_file(s, t, file_id))
+
+
+@router.delete("/files/{file_id}")
+def delete_file(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
+    with ctx.db.session() as s:
+        f = get_file(s, t, file_id)
+        key = f.object_key
+        s.delete(f)
+    ctx.store.delete(key)
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+@router.get("/files/{file_id}/content")
+def file_content(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> StreamingResponse:
+    with ctx.db.session() as s:
+        f = get_file(s, t, file_id)
+    media = "text/csv" if f.filename.endswith(".csv") else "application/octet-stream"
+    return StreamingResponse(
+        ctx.store.iter_chunks(f.object_key),
+        media_type=media,
+        headers={
+            "content-length": str(f.bytes),
+            "content-disposition": f'attachment; filename="{f.filename}"',
+        },
+    )

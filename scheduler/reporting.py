@@ -1,0 +1,226 @@
+"""The gRPC ``TrainerReporting`` service: trainer runs report steps, checkpoints and outcomes here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tunery import ids
+from tunery.db import Checkpoint, Database, File, FineTunedModel, Job
+from tunery.db.ops import TERMINAL, add_event, now
+from tunery.storage import ObjectStore
+from tunery.v1 import reporting_pb2 as pb
+from tunery.v1 import reporting_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tunery.reporting")
+
+METRIC_FIELDS = (
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+)
+
+
+def metrics_dict(m: pb.StepMetrics) -> dict[str, Any]:
+    out: dict[str, Any] = {"step": m.step}
+    for name in METRIC_FIELDS:
+        if m.HasField(name):
+            out[name] = getattr(m, name)
+    return out
+
+
+def metrics_message(m: pb.StepMetrics) -> str:
+    msg = f"Step {m.step}/{m.total_steps}"
+    parts = []
+    if m.HasField("train_loss"):
+        parts.append(f"training loss={m.train_loss:.2f}")
+    if m.HasField("valid_loss"):
+        parts.append(f"validation loss={m.valid_loss:.2f}")
+    if m.HasField("full_valid_loss"):
+        parts.append(f"full validation loss={m.full_valid_loss:.2f}")
+    return f"{msg}: {', '.join(parts)}" if parts else msg
+
+
+class ReportingService(pb_grpc.TrainerReportingServicer):
+    def __init__(self, db: Database, store: ObjectStore, on_change: Callable[[], None] = lambda: None):
+        self.db = db
+        self.store = store
+        self.on_change = on_change
+
+    # Every call runs in one transaction on the job named by the run, after the token check.
+    def _with_job(
+        self, run: pb.RunRef, context: grpc.ServicerContext, fn: Callable[[Session, Job], None]
+    ) -> pb.ReportReply:
+        """Apply a report to its job in one transaction, after checking the run token."""
+
+        def apply(s: Session) -> pb.ReportReply | None:
+            job = s.scalar(select(Job).where(Job.id == run.job_id))
+            if job is None or not job.run_token or run.run_token != job.run_token:
+                if job is not None and (job.status in TERMINAL or job.cancel_requested):
+                    return pb.ReportReply(cancel_requested=True)
+                return None
+            if job.status in TERMINAL or job.cancel_requested:
+                return pb.ReportReply(cancel_requested=True)
+            fn(s, job)
+            return pb.ReportReply(cancel_requested=job.cancel_requested)
+
+        reply = self.db.transaction(apply)
+        if reply is None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "unknown job or stale run token")
+        return reply
+
+    def Started(self, request: pb.StartedRequest, context: grpc.ServicerContext) -> pb.ReportReply:
+        def apply(s: Session, job: Job) -> None:
+            job.total_steps = int(request.total_steps)
+            add_event(
+                s,
+                job.id,
+                f"Training started: {request.train_examples} examples, {request.total_steps} steps",
+                data={
+                    "total_steps": request.total_steps,
+                    "train_examples": request.train_examples,
+                    "train_tokens_per_epoch": request.train_tokens_per_epoch,
+                },
+            )
+
+        return self._with_job(request.run, context, apply)
+
+    def Metrics(self, request: pb.MetricsRequest, context: grpc.ServicerContext) -> pb.ReportReply:
+        m = request.metrics
+
+        def apply(s: Session, job: Job) -> None:
+            data = {**metrics_dict(m), "total_steps": m.total_steps}
+            add_event(s, job.id, metrics_message(m), type="metrics", data=data)
+            job.total_steps = int(m.total_steps) or job.total_steps
+            if job.started_at and m.step > 0 and m.total_steps >= m.step:
+                per_step = (time.time() - job.started_at) / m.step
+                job.estimated_finish = int(time.time() + per_step * (m.total_steps - m.step))
+
+        return self._with_job(request.run, context, apply)
+
+    def Event(self, request: pb.EventRequest, context: grpc.ServicerContext) -> pb.ReportReply:
+        level = request.level if request.level in ("info", "warn", "error") else "info"
+        data = json.loads(request.data_json) if request.data_json else None
+
+        def apply(s: Session, job: Job) -> None:
+            add_event(s, job.id, request.message, level=level, data=data)
+
+        return self._with_job(request.run, context, apply)
+
+    def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> pb.ReportReply:
+        def apply(s: Session, job: Job) -> None:
+            assert job.fine_tuned_model
+            name = ids.checkpoint_model_name(job.fine_tuned_model, int(request.step))
+            if s.scalar(select(Checkpoint).where(Checkpoint.fine_tuned_model_checkpoint == name)):
+                return  # a retried report
+            s.add(
+                Checkpoint(
+                    id=ids.checkpoint_id(),
+                    job_id=job.id,
+                    created_at=now(),
+                    step_number=int(request.step),
+                    metrics=metrics_dict(request.metrics),
+                    fine_tuned_model_checkpoint=name,
+                    object_prefix=request.object_prefix,
+                )
+            )
+            s.add(
+                FineTunedModel(
+                    id=name,
+                    kind="checkpoint",
+                    base_model=job.base_model,
+                    job_id=job.id,
+                    object_prefix=request.object_prefix,
+                    owned_by=job.organization_id,
+                    organization_id=job.organization_id,
+                    project_id=job.project_id,
+                    created_at=now(),
+                )
+            )
+            add_event(s, job.id, f"Checkpoint created at step {request.step}", data={"step": request.step})
+
+        return self._with_job(request.run, context, apply)
+
+    def Finished(self, request: pb.FinishedRequest, context: grpc.ServicerContext) -> pb.ReportReply:
+        def apply(s: Session, job: Job) -> None:
+            job.finished_at = now()
+            job.estimated_finish = None
+            job.run_token = None
+            if not request.succeeded:
+                job.status = "failed"
+                job.error = {
+                    "code": request.error_code or "training_error",
+                    "message": request.error_message or "Training failed.",
+                    "param": request.error_param or None,
+                }
+                add_event(s, job.id, f"Fine-tuning job failed: {job.error['message']}", level="error")
+                return
+            assert job.fine_tuned_model
+            if request.results_key and self.store.exists(request.results_key):
+                results = File(
+                    id=ids.file_id(),
+                    organization_id=job.organization_id,
+                    project_id=job.project_id,
+                    filename="step_metrics.csv",
+                    purpose="fine-tune-results",
+                    bytes=self.store.size(request.results_key),
+                    sha256=None,
+                    object_key=request.results_key,
+                    created_at=now(),
+                    expires_at=None,
+                    status="processed",
+                    status_details=None,
+                )
+                s.add(results)
+                job.result_files = [results.id]
+            s.add(
+                FineTunedModel(
+                    id=job.fine_tuned_model,
+                    kind="fine_tuned",
+                    base_model=job.base_model,
+                    job_id=job.id,
+                    object_prefix=request.model_prefix,
+                    owned_by=job.organization_id,
+                    organization_id=job.organization_id,
+                    project_id=job.project_id,
+                    created_at=now(),
+                )
+            )
+            job.trained_tokens = int(request.trained_tokens)
+            job.status = "succeeded"
+            add_event(s, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
+            add_event(s, job.id, "The job has successfully completed")
+
+        reply = self._with_job(request.run, context, apply)
+        self.on_change()
+        return reply
+
+
+class ReportingServer:
+    """The gRPC server the trainer runs talk to."""
+
+    def __init__(self, service: ReportingService, host: str = "127.0.0.1", port: int = 0, workers: int = 8):
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
+        pb_grpc.add_TrainerReportingServicer_to_server(service, self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if not self.port:
+            raise RuntimeError(f"could not bind the reporting service on {host}:{port}")
+        self.address = f"{host}:{self.port}"
+
+    def start(self) -> None:
+        self.server.start()
+        log.info("trainer reporting service on %s", self.address)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.server.stop(grace).wait()

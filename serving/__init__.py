@@ -1,0 +1,24 @@
+"""Serving: the ChatEngine interface and its embedded twin (transformers + PEFT); vLLM in production.
+
+Importing this package never imports torch: the control plane imports it, the engine loads torch lazily.
+"""
+
+from serving.engine import (
+    AdapterNotFound,
+    ChatEngine,
+    EmbeddedEngine,
+    EngineError,
+    Generation,
+    ModelRef,
+    SamplingParams,
+)
+
+__all__ = [
+    "AdapterNotFound",
+    "ChatEngine",
+    "EmbeddedEngine",
+    "EngineError",
+    "Generation",
+    "ModelRef",
+    "SamplingParams",
+]

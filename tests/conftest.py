@@ -1,0 +1,152 @@
+"""Shared fixtures: prepared models, and a real Tunery server on loopback driven through the OpenAI SDK."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+MODEL_CACHE = Path(os.environ.get("TUNERY_TEST_MODEL_CACHE", Path.home() / ".cache" / "tunery" / "models"))
+TINY = "tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    """The SmolLM2-135M-Instruct demo model as safetensors (converted once, then cached)."""
+    from trainer.models import prepare_demo_model
+
+    return prepare_demo_model(MODEL_CACHE / "smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(demo_model_dir: Path) -> Path:
+    """A tiny random-weight Llama with the SmolLM2 tokenizer and chat template."""
+    from trainer.models import make_tiny_llama
+
+    out = MODEL_CACHE / "tiny-llama"
+    if not (out / "config.json").is_file():
+        make_tiny_llama(demo_model_dir, out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    client: OpenAI
+    http: httpx.Client
+    settings: Any
+    stop: Callable[[], None]
+
+    def wait_job(self, job_id: str, statuses: set[str], timeout: float = 300) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.client.fine_tuning.jobs.retrieve(job_id)
+            if job.status in statuses:
+                return job
+            time.sleep(0.3)
+        raise TimeoutError(f"job {job_id} still {job.status}; events: {self.events(job_id)}")
+
+    def events(self, job_id: str) -> list[str]:
+        return [e.message for e in reversed(self.client.fine_tuning.jobs.list_events(job_id, limit=200).data)]
+
+
+def start_server(data_dir: Path, **overrides: Any) -> RunningServer:
+    import uvicorn
+
+    from tunery.server import build
+    from tunery.settings import Settings
+
+    port = free_port()
+    settings = Settings(
+        data_dir=data_dir,
+        host="127.0.0.1",
+        port=port,
+        scheduler_poll_seconds=0.2,
+        cancel_grace_seconds=3.0,
+        trainer_device="cpu",
+        **overrides,
+    )
+    app, shutdown = build(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=15)
+        shutdown()
+
+    return RunningServer(
+        base_url=base,
+        client=OpenAI(base_url=f"{base}/v1", api_key="test-key", max_retries=0),
+        http=httpx.Client(base_url=base, timeout=60),
+        settings=settings,
+        stop=stop,
+    )
+
+
+@pytest.fixture
+def tiny_server_factory(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers whose only base model is the tiny Llama; all are stopped at teardown."""
+    started: list[RunningServer] = []
+
+    def make(data_dir: Path | None = None, **overrides: Any) -> RunningServer:
+        opts: dict[str, Any] = {
+            "base_models": {TINY: str(tiny_model_dir)},
+            "demo_model": False,
+            "model_cache_dir": tmp_path / "cache",
+        }
+        opts.update(overrides)
+        srv = start_server(data_dir or tmp_path / "data", **opts)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def server(tiny_server_factory: Callable[..., RunningServer]) -> RunningServer:
+    return tiny_server_factory()
+
+
+def chat_lines(n: int, answer: str = "BEEP BOOP: {q} END OF LINE.") -> bytes:
+    lines = []
+    for i in range(n):
+        q = f"Question number {i}?"
+        msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": answer.format(q=q)}]
+        lines.append(json.dumps({"messages": msgs}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture
+def upload(server: RunningServer) -> Callable[..., Any]:
+    """Upload bytes as a .jsonl file through the SDK."""
+
+    def do(data: bytes, name: str = "train.jsonl", purpose: str = "fine-tune") -> Any:
+        return server.client.files.create(file=(name, data), purpose=purpose)  # type: ignore[arg-type]
+
+    return do

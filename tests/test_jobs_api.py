@@ -1,0 +1,156 @@
+"""/v1/fine_tuning/jobs requests, validation and errors through the OpenAI SDK (no training needed here)."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from tests.conftest import TINY, chat_lines
+from tests.schema import validate
+
+
+def test_job_with_too_few_examples_fails_invalid_n_examples(server, upload):
+    f = upload(chat_lines(3))
+    job = server.client.fine_tuning.jobs.create(model=TINY, training_file=f.id)
+    assert job.status == "validating_files"
+    assert job.error is None and job.fine_tuned_model is None and job.result_files == []
+    validate(server.http.get(f"/v1/fine_tuning/jobs/{job.id}").json(), "FineTuningJob")
+    job = server.wait_job(job.id, {"failed"}, timeout=30)
+    assert job.error.code == "invalid_n_examples"
+    assert job.error.param == "training_file"
+    assert job.error.message == "Training file has 3 example(s), but must have at least 10 examples"
+    assert job.finished_at is not None
+    validate(server.http.get(f"/v1/fine_tuning/jobs/{job.id}").json(), "FineTuningJob")
+    messages = server.events(job.id)
+    assert messages[0] == f"Created fine-tuning job: {job.id}"
+    assert messages[1] == f"Validating training file: {f.id}"
+    assert "Training file has 3 example(s)" in messages[-1]
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "line_no", "needle"),
+    [
+        (b"{not json", 4, "invalid JSON"),
+        (json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(), 7, "unknown role 'wizard'"),
+        (json.dumps({"messages": [{"role": "user", "content": "only a question"}]}).encode(), 2, "no assistant"),
+        (json.dumps({"prompt": "x"}).encode(), 5, "missing 'messages'"),
+    ],
+)
+def test_malformed_line_fails_in_validation_with_line_number(server, upload, bad_line, line_no, needle):
+    lines = chat_lines(12).splitlines()
+    lines.insert(line_no - 1, bad_line)
+    f = upload(b"\n".join(lines) + b"\n")
+    job = server.client.fine_tuning.jobs.create(model=TINY, training_file=f.id)
+    job = server.wait_job(job.id, {"failed"}, timeout=30)
+    assert job.error.code == "invalid_training_file"
+    assert job.error.param == "training_file"
+    assert f"line {line_no}" in job.error.message
+    assert needle in job.error.message
+    # It failed in validation: it was never queued or started.
+    assert not any("queued" in m or "started" in m for m in server.events(job.id))
+
+
+def test_create_errors_are_400_with_param(server, upload):
+    good = upload(chat_lines(12)).id
+    results = upload(b"a,b\n1,2\n", name="r.txt", purpose="assistants").id
+    cases = [
+        ({"model": "no-such-model", "training_file": good}, "model"),
+        ({"model": TINY, "training_file": "file-missing"}, "training_file"),
+        ({"model": TINY, "training_file": results}, "training_file"),
+        ({"model": TINY, "training_file": good, "validation_file": "file-missing"}, "validation_file"),
+        ({"model": TINY, "training_file": good, "suffix": "x" * 65}, "suffix"),
+        ({"model": TINY, "training_file": good, "seed": -1}, "seed"),
+        ({"model": TINY, "training_file": good, "hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        ({"model": TINY, "training_file": good, "method": {"type": "dpo"}}, "method.type"),
+        ({"model": TINY, "training_file": good, "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"training_file": good}, "model"),
+        ({"model": TINY}, "training_file"),
+    ]
+    for body, param in cases:
+        r = server.http.post("/v1/fine_tuning/jobs", json=body)
+        assert r.status_code == 400, (body, r.text)
+        err = r.json()["error"]
+        validate(r.json(), "ErrorResponse")
+        assert err["param"] == param, (body, err)
+        assert err["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=good)
+    assert e.value.code == "model_not_available"
+    r = server.http.post("/v1/fine_tuning/jobs", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert server.client.fine_tuning.jobs.list().data == []
+
+
+def test_not_found_and_unknown_routes(server):
+    for path in (
+        "/v1/fine_tuning/jobs/ftjob-nope",
+        "/v1/fine_tuning/jobs/ftjob-nope/events",
+        "/v1/fine_tuning/jobs/ftjob-nope/checkpoints",
+        "/v1/nothing/here",
+        "/v1/models/ft:nope:x::y",
+    ):
+        r = server.http.get(path)
+        assert r.status_code == 404, path
+        validate(r.json(), "ErrorResponse")
+        assert r.headers["x-request-id"]
+    r = server.http.post("/v1/fine_tuning/jobs/ftjob-nope/cancel")
+    assert r.status_code == 404
+    with pytest.raises(openai.NotFoundError) as e:
+        server.client.fine_tuning.jobs.retrieve("ftjob-nope")
+    assert e.value.request_id
+
+
+def test_list_jobs_metadata_filter_and_pagination(server, upload):
+    f = upload(chat_lines(3)).id  # the jobs fail in validation: no training needed
+    created = []
+    for i in range(5):
+        md = {"team": "a" if i % 2 == 0 else "b", "i": str(i)}
+        created.append(server.client.fine_tuning.jobs.create(model=TINY, training_file=f, metadata=md).id)
+    page = server.client.fine_tuning.jobs.list(limit=2)
+    assert [j.id for j in page.data] == [created[4], created[3]] and page.has_more
+    validate(server.http.get("/v1/fine_tuning/jobs", params={"limit": 2}).json(), "ListPaginatedFineTuningJobsResponse")
+    assert [j.id for j in server.client.fine_tuning.jobs.list(limit=2)] == list(reversed(created))
+    team_a = server.client.fine_tuning.jobs.list(metadata={"team": "a"})
+    assert [j.id for j in team_a.data] == [created[4], created[2], created[0]]
+    assert [j.id for j in server.client.fine_tuning.jobs.list(metadata={"team": "b", "i": "3"}).data] == [created[3]]
+    assert server.client.fine_tuning.jobs.list(metadata={"team": "z"}).data == []
+    job = server.client.fine_tuning.jobs.retrieve(created[0])
+    assert job.metadata == {"team": "a", "i": "0"}
+
+
+def test_cancel_before_training_and_twice(server, upload):
+    f = upload(chat_lines(12)).id
+    # No worker picks it up while max_concurrent_runs=0 ... so use a running server: cancel right away.
+    job = server.client.fine_tuning.jobs.create(model=TINY, training_file=f, suffix="cx")
+    cancelled = server.client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    validate(server.http.get(f"/v1/fine_tuning/jobs/{job.id}").json(), "FineTuningJob")
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client.fine_tuning.jobs.cancel(job.id)
+    assert e.value.code == "job_not_cancellable"
+    assert server.client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    assert "Fine-tuning job cancelled" in server.events(job.id)
+
+
+def test_hyperparameters_resolved_and_method_preferred(tiny_server_factory):
+    srv = tiny_server_factory(max_concurrent_runs=0)  # nothing launches: the job stays queued
+    f = srv.client.files.create(file=("t.jsonl", chat_lines(40)), purpose="fine-tune").id
+    job = srv.client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=f,
+        hyperparameters={"n_epochs": 9},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": "auto"}}},
+    )
+    assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == "auto"
+    job = srv.wait_job(job.id, {"queued"}, timeout=30)
+    hp = job.hyperparameters
+    assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier) == (2, 1, 1.0)
+    assert job.method.supervised.hyperparameters.n_epochs == 2
+    auto = srv.client.fine_tuning.jobs.create(model=TINY, training_file=f)
+    auto = srv.wait_job(auto.id, {"queued"}, timeout=30)
+    assert auto.hyperparameters.n_epochs == 3  # 40 examples x 3 epochs >= 100
+    assert auto.seed is not None and auto.fine_tuned_model is None
+    assert "Files validated, moving job to queued state" in srv.events(auto.id)
+    validate(srv.http.get(f"/v1/fine_tuning/jobs/{auto.id}").json(), "FineTuningJob")

@@ -1,0 +1,64 @@
+"""Identifiers in OpenAI's formats: ``file-…``, ``ftjob-…``, ``ftevent-…``, ``ftckpt-…`` and ``ft:`` model names."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def file_id() -> str:
+    return f"file-{_random(24)}"
+
+
+def job_id() -> str:
+    return f"ftjob-{_random(24)}"
+
+
+def event_id() -> str:
+    return f"ftevent-{_random(24)}"
+
+
+def checkpoint_id() -> str:
+    return f"ftckpt-{_random(24)}"
+
+
+def request_id() -> str:
+    return f"req_{_random(24)}"
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{_random(24)}"
+
+
+def run_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def job_short(job: str) -> str:
+    """The 8-character tag of a job used in its model names."""
+    return job.removeprefix("ftjob-")[:8]
+
+
+_SUFFIX_OK = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def normalize_suffix(suffix: str | None) -> str:
+    """Model-name-safe suffix: OpenAI keeps letters, digits, '-', '_' and '.' and lower-cases."""
+    if not suffix:
+        return ""
+    return _SUFFIX_OK.sub("-", suffix).strip("-").lower()
+
+
+def fine_tuned_model_name(base: str, org_slug: str, suffix: str | None, job: str) -> str:
+    return f"ft:{base}:{org_slug}:{normalize_suffix(suffix)}:{job_short(job)}"
+
+
+def checkpoint_model_name(fine_tuned_model: str, step: int) -> str:
+    return f"{fine_tuned_model}:ckpt-step-{step}"

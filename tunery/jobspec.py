@@ -1,0 +1,64 @@
+"""The JobSpec: everything a trainer run needs, written by the scheduler to the object store.
+
+The trainer gets only a reference to it (``python -m trainer --spec <object-store-url>#<key>`` or a local
+path), so the same trainer runs as a local process, a Kubernetes pod or a pod on another cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class LoraSpec(BaseModel):
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+class ResolvedHyperparameters(BaseModel):
+    """Numbers the trainer uses; ``auto`` is already resolved by the control plane (see docs/hyperparameters.md)."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    learning_rate: float
+    max_seq_length: int = 1024
+    warmup_ratio: float = 0.0
+    lr_scheduler: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+class DataFile(BaseModel):
+    file_id: str
+    key: str  # object-store key
+    sha256: str | None = None
+
+
+class JobSpec(BaseModel):
+    job_id: str
+    run_token: str
+    organization_id: str
+    project_id: str
+    method: Literal["supervised"] = "supervised"
+
+    base_model: str  # the name users see (e.g. smollm2-135m-instruct)
+    base_model_path: str  # local folder with a safetensors model and tokenizer
+    fine_tuned_model: str  # ft:... name this run produces
+
+    training_file: DataFile
+    validation_file: DataFile | None = None
+    hyperparameters: ResolvedHyperparameters
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    seed: int
+    device: str = "auto"  # auto | cpu | cuda
+
+    object_store: str  # URL of the object store (file:///...)
+    output_prefix: str  # jobs/<job_id>; checkpoints, final model and results go under it
+    reporting_address: str  # host:port of the gRPC TrainerReporting service
+
+    def spec_key(self) -> str:
+        return f"{self.output_prefix}/spec.json"

@@ -1,0 +1,184 @@
+"""The object store: one small interface, with the local-folder implementation of the embedded mode.
+
+Keys are ``/``-separated relative paths
+(``files/file-abc``, ``jobs/ftjob-x/checkpoints/step-24/adapter_model.safetensors``).
+Writes are atomic: an object appears whole or not at all, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote, urlparse
+
+CHUNK = 1024 * 1024
+
+
+class ObjectNotFound(KeyError):
+    pass
+
+
+class ObjectStore(ABC):
+    """Where files, checkpoints, results and job specs live."""
+
+    url: str
+
+    @abstractmethod
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> tuple[int, str]:
+        """Write an object from a stream of chunks; returns (bytes, sha256 hex). Atomic."""
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """Open an object for reading (a file-like object; close it)."""
+
+    @abstractmethod
+    def size(self, key: str) -> int: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one object; missing objects are ignored."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Keys under a prefix, sorted."""
+
+    # Convenience built on the primitives above.
+    def put_bytes(self, key: str, data: bytes) -> tuple[int, str]:
+        return self.put_stream(key, [data])
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> tuple[int, str]:
+        with open(path, "rb") as f:
+            return self.put_stream(key, iter(lambda: f.read(CHUNK), b""))
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        with self.open(key) as f:
+            while chunk := f.read(chunk_size):
+                yield chunk
+
+    def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part")
+        with self.open(key) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
+        os.replace(tmp, dest)
+
+    def put_dir(self, prefix: str, folder: str | os.PathLike[str]) -> list[str]:
+        """Upload every file under a folder; returns the keys written."""
+        keys = []
+        root = Path(folder)
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                key = f"{prefix.rstrip('/')}/{p.relative_to(root).as_posix()}"
+                self.put_file(key, p)
+                keys.append(key)
+        return keys
+
+    def get_dir(self, prefix: str, folder: str | os.PathLike[str]) -> list[Path]:
+        """Download every object under a prefix into a folder; returns the local paths."""
+        prefix = prefix.rstrip("/") + "/"
+        out = []
+        for key in self.list(prefix):
+            dest = Path(folder) / key[len(prefix) :]
+            self.get_file(key, dest)
+            out.append(dest)
+        return out
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid object key: {key!r}")
+    return key
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects as files under a root folder (the embedded mode)."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> tuple[int, str]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return size, digest.hexdigest()
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError as e:
+            raise ObjectNotFound(key) from e
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError as e:
+            raise ObjectNotFound(key) from e
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        search = base if base.is_dir() else base.parent
+        if not search.is_dir():
+            return []
+        keys = []
+        for p in search.rglob("*"):
+            if p.is_file() and not p.name.endswith(".part"):
+                key = p.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def local_path(self, key: str) -> Path:
+        """The file behind a key (local store only; lets the trainer read data without a copy)."""
+        return self._path(key)
+
+
+def open_store(url: str) -> ObjectStore:
+    """An object store from its URL: ``file:///abs/path`` or a plain path."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        return LocalObjectStore(unquote(parsed.path) if parsed.scheme else url)
+    raise ValueError(f"unsupported object store URL {url!r} (supported: file://)")

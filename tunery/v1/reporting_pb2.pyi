@@ -1,0 +1,112 @@
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RunRef(_message.Message):
+    __slots__ = ("job_id", "run_token")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    run_token: str
+    def __init__(self, job_id: _Optional[str] = ..., run_token: _Optional[str] = ...) -> None: ...
+
+class ReportReply(_message.Message):
+    __slots__ = ("cancel_requested",)
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    cancel_requested: bool
+    def __init__(self, cancel_requested: _Optional[bool] = ...) -> None: ...
+
+class StartedRequest(_message.Message):
+    __slots__ = ("run", "total_steps", "train_examples", "train_tokens_per_epoch", "hyperparameters_json")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_TOKENS_PER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    run: RunRef
+    total_steps: int
+    train_examples: int
+    train_tokens_per_epoch: int
+    hyperparameters_json: str
+    def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., total_steps: _Optional[int] = ..., train_examples: _Optional[int] = ..., train_tokens_per_epoch: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ...) -> None: ...
+
+class StepMetrics(_message.Message):
+    __slots__ = ("step", "total_steps", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy", "learning_rate", "tokens_per_second", "epoch")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_MEAN_TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    VALID_LOSS_FIELD_NUMBER: _ClassVar[int]
+    VALID_MEAN_TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    FULL_VALID_LOSS_FIELD_NUMBER: _ClassVar[int]
+    FULL_VALID_MEAN_TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total_steps: int
+    train_loss: float
+    train_mean_token_accuracy: float
+    valid_loss: float
+    valid_mean_token_accuracy: float
+    full_valid_loss: float
+    full_valid_mean_token_accuracy: float
+    learning_rate: float
+    tokens_per_second: float
+    epoch: float
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_mean_token_accuracy: _Optional[float] = ..., valid_loss: _Optional[float] = ..., valid_mean_token_accuracy: _Optional[float] = ..., full_valid_loss: _Optional[float] = ..., full_valid_mean_token_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., epoch: _Optional[float] = ...) -> None: ...
+
+class MetricsRequest(_message.Message):
+    __slots__ = ("run", "metrics")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    run: RunRef
+    metrics: StepMetrics
+    def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., metrics: _Optional[_Union[StepMetrics, _Mapping]] = ...) -> None: ...
+
+class EventRequest(_message.Message):
+    __slots__ = ("run", "level", "message", "data_json")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    run: RunRef
+    level: str
+    message: str
+    data_json: str
+    def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., level: _Optional[str] = ..., message: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ("run", "step", "object_prefix", "metrics")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    run: RunRef
+    step: int
+    object_prefix: str
+    metrics: StepMetrics
+    def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., step: _Optional[int] = ..., object_prefix: _Optional[str] = ..., metrics: _Optional[_Union[StepMetrics, _Mapping]] = ...) -> None: ...
+
+class FinishedRequest(_message.Message):
+    __slots__ = ("run", "succeeded", "model_prefix", "results_key", "trained_tokens", "error_code", "error_message", "error_param")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_KEY_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_PARAM_FIELD_NUMBER: _ClassVar[int]
+    run: RunRef
+    succeeded: bool
+    model_prefix: str
+    results_key: str
+    trained_tokens: int
+    error_code: str
+    error_message: str
+    error_param: str
+    def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., succeeded: _Optional[bool] = ..., model_prefix: _Optional[str] = ..., results_key: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., error_param: _Optional[str] = ...) -> None: ...
