@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -68,6 +69,14 @@ def _messages(req: ChatRequest) -> list[dict[str, str]]:
     return out
 
 
+def engine_error(e: Exception, not_found: type) -> APIError:
+    """An engine's complaint about a request -> 400 (404 when the model's adapter is missing)."""
+    status = 404 if isinstance(e, not_found) else 400
+    return APIError(
+        status, getattr(e, "message", str(e)), param=getattr(e, "param", None), code=getattr(e, "code", None)
+    )
+
+
 def _sse(obj: dict[str, Any] | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"
 
@@ -76,7 +85,7 @@ def _sse(obj: dict[str, Any] | str) -> str:
 async def chat_completions(
     req: ChatRequest, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)
 ) -> dict[str, Any] | StreamingResponse:
-    from serving.engine import EngineError, Generation, ModelRef, SamplingParams
+    from serving.engine import AdapterNotFound, EngineError, Generation, ModelRef, SamplingParams
 
     if (req.n or 1) != 1:
         raise bad_request("Only n=1 is supported.", param="n")
@@ -107,6 +116,8 @@ async def chat_completions(
         seed=req.seed,
     )
     cid, created = ids.completion_id(), int(time.time())
+    # Identifies the backend configuration: engine kind, base model and adapter (as OpenAI's fp_... does).
+    fingerprint = "fp_" + hashlib.sha256(f"embedded|{model.base_path}|{model.adapter_prefix}".encode()).hexdigest()[:12]
 
     def usage(g: Generation) -> dict[str, int]:
         return {
@@ -119,7 +130,7 @@ async def chat_completions(
         try:
             gen = await run_in_threadpool(engine.generate, ref, messages, params)
         except EngineError as e:
-            raise bad_request(str(e), param=getattr(e, "param", None)) from None
+            raise engine_error(e, AdapterNotFound) from None
         return {
             "id": cid,
             "object": "chat.completion",
@@ -134,8 +145,7 @@ async def chat_completions(
                 }
             ],
             "usage": usage(gen),
-            "system_fingerprint": None,
-            "service_tier": None,
+            "system_fingerprint": fingerprint,
         }
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -144,7 +154,7 @@ async def chat_completions(
     try:
         first = await run_in_threadpool(next, stream, None)
     except EngineError as e:
-        raise bad_request(str(e), param=getattr(e, "param", None)) from None
+        raise engine_error(e, AdapterNotFound) from None
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {
@@ -152,7 +162,7 @@ async def chat_completions(
             "object": "chat.completion.chunk",
             "created": created,
             "model": req.model,
-            "system_fingerprint": None,
+            "system_fingerprint": fingerprint,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
             **({"usage": None} if include_usage else {}),
         }

@@ -78,6 +78,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
         reply = self.db.transaction(apply)
         if reply is None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "unknown job or stale run token")
+            raise AssertionError("abort raises")
         return reply
 
     def Started(self, request: pb.StartedRequest, context: grpc.ServicerContext) -> pb.ReportReply:

@@ -191,7 +191,7 @@ class Scheduler:
             if job is None or job.status != "validating_files":
                 return
             files = self._files(s, job)
-        error = None
+        error: dict[str, str | None] | None = None
         n_train = 0
         for file_id, param in ((job.training_file, "training_file"), (job.validation_file, "validation_file")):
             if not file_id:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from tunery.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tunery: fine-tuning as a service.")
 db_app = typer.Typer(no_args_is_help=True, help="Metadata store schema.")
@@ -14,7 +18,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 
 
-def _settings(**overrides: object):  # type: ignore[no-untyped-def]
+def _settings(**overrides: Any) -> Settings:
     from tunery.settings import Settings
 
     return Settings(**{k: v for k, v in overrides.items() if v is not None})

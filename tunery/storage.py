@@ -7,6 +7,7 @@ Writes are atomic: an object appears whole or not at all, so a reader never sees
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import shutil
@@ -76,7 +77,7 @@ class ObjectStore(ABC):
             shutil.copyfileobj(src, out, CHUNK)
         os.replace(tmp, dest)
 
-    def put_dir(self, prefix: str, folder: str | os.PathLike[str]) -> list[str]:
+    def put_dir(self, prefix: str, folder: str | os.PathLike[str]) -> builtins.list[str]:
         """Upload every file under a folder; returns the keys written."""
         keys = []
         root = Path(folder)
@@ -87,7 +88,7 @@ class ObjectStore(ABC):
                 keys.append(key)
         return keys
 
-    def get_dir(self, prefix: str, folder: str | os.PathLike[str]) -> list[Path]:
+    def get_dir(self, prefix: str, folder: str | os.PathLike[str]) -> builtins.list[Path]:
         """Download every object under a prefix into a folder; returns the local paths."""
         prefix = prefix.rstrip("/") + "/"
         out = []

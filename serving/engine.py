@@ -1,0 +1,475 @@
+"""The serving-engine interface, and the embedded engine (transformers + PEFT, on the CPU or a local GPU).
+
+The API holds one ``ChatEngine`` and hands it a ``ModelRef`` per request: a base model folder, plus, for
+``ft:`` models, the object-store prefix of a LoRA adapter. The production twin (vLLM with runtime LoRA
+loading) implements the same protocol.
+
+Importing this module never imports torch, transformers or peft (the control plane imports it); the embedded
+engine imports them on its first request.
+
+Embedded engine, per base model folder: one model loaded on first use and kept; adapters are downloaded
+into ``cache_dir/adapters/<safe name>/`` on first use and loaded onto that one model (wrapped once in a
+``PeftModel``, ``load_adapter`` for more); a request activates its adapter with ``set_adapter``, a base-model
+request runs inside ``disable_adapter()``. One generation at a time per base model: a lock is held across
+choosing the adapter and generating, so concurrent requests never see each other's adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import queue
+import threading
+from collections.abc import Generator as PyGenerator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from serving.adapters import AdapterCache, safe_adapter_name
+from serving.errors import AdapterNotFound, EngineError
+from serving.text import emittable, find_stop, normalize_messages
+from tunery.storage import ObjectStore
+
+__all__ = [
+    "AdapterNotFound",
+    "ChatEngine",
+    "EmbeddedEngine",
+    "EngineError",
+    "Generation",
+    "ModelRef",
+    "SamplingParams",
+]
+
+log = logging.getLogger("tunery.serving")
+
+# Below this temperature sampling is greedy (dividing logits by ~0 would overflow).
+GREEDY_BELOW = 1e-5
+# Used when neither the model config nor the tokenizer states a context length.
+DEFAULT_CONTEXT = 2048
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What to run: a base model folder, and optionally a LoRA adapter stored under an object-store prefix."""
+
+    base_name: str  # e.g. "smollm2-135m-instruct"
+    base_path: str  # local folder of the base model (safetensors, tokenizer, chat template)
+    adapter_name: str | None = None  # the ft: model id; None means the base model
+    adapter_prefix: str | None = None  # e.g. "jobs/ftjob-x/model/"
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int | None = None  # None: the engine's default cap, within the model's context
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_tokens or the context was reached)
+    prompt_tokens: int
+    completion_tokens: int  # every token the model generated, the EOS or stop-string tokens included
+
+
+class ChatEngine(Protocol):
+    """What the API needs from a serving engine (embedded here; vLLM in production)."""
+
+    def generate(self, ref: ModelRef, messages: list[dict], params: SamplingParams) -> Generation:
+        """Generate one assistant reply. Raises EngineError for requests the client got wrong."""
+        ...
+
+    def stream(self, ref: ModelRef, messages: list[dict], params: SamplingParams) -> Iterator[str | Generation]:
+        """Yield text deltas (str), then one Generation with the full text, finish_reason and usage.
+
+        Lazy: nothing happens before the first ``next()``, which raises EngineError for a bad request.
+        Closing the iterator early (client disconnect) stops the generation.
+        """
+        ...
+
+    def unload(self, adapter_name: str) -> None:
+        """Forget a fine-tuned model (deleted): drop its adapter from memory and from the local cache."""
+        ...
+
+    def count_prompt_tokens(self, ref: ModelRef, messages: list[dict]) -> int:
+        """Tokens of the chat-templated prompt (with the generation prompt), as ``usage.prompt_tokens``."""
+        ...
+
+
+@dataclass
+class _Base:
+    """One loaded base model, with the adapters loaded onto it."""
+
+    path: str
+    name: str
+    load_lock: threading.Lock = field(default_factory=threading.Lock)  # loading the model
+    lock: threading.Lock = field(default_factory=threading.Lock)  # model state (adapters) + generation
+    tok_lock: threading.Lock = field(default_factory=threading.Lock)  # the Rust tokenizer is not re-entrant
+    model: Any = None  # PreTrainedModel, or PeftModel once an adapter is loaded
+    tokenizer: Any = None
+    device: Any = None
+    eos_ids: frozenset[int] = frozenset()
+    context_len: int = DEFAULT_CONTEXT
+    keep_logits_arg: bool = False  # forward() takes logits_to_keep
+    adapters: dict[str, str] = field(default_factory=dict)  # safe name -> prefix it was loaded from
+
+
+@dataclass
+class _Job:
+    base: _Base
+    ref: ModelRef
+    params: SamplingParams
+    prompt_ids: list[int]
+    max_new: int
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+def _norm_prefix(prefix: str | None) -> str:
+    return (prefix or "").strip("/") + "/"
+
+
+def _check_params(params: SamplingParams) -> None:
+    if params.max_tokens is not None and (not isinstance(params.max_tokens, int) or params.max_tokens < 1):
+        raise EngineError(f"max_tokens must be at least 1, got {params.max_tokens!r}.", "max_tokens")
+    if not 0 <= params.temperature <= 2:
+        raise EngineError(f"temperature must be between 0 and 2, got {params.temperature!r}.", "temperature")
+    if not 0 < params.top_p <= 1:
+        raise EngineError(f"top_p must be greater than 0 and at most 1, got {params.top_p!r}.", "top_p")
+    if not isinstance(params.stop, list | tuple) or not all(isinstance(s, str) for s in params.stop):
+        raise EngineError("stop must be a list of strings.", "stop")
+
+
+def _pick(logits: Any, params: SamplingParams, rng: Any) -> int:
+    """The next token: argmax, or a sample (temperature, then nucleus top_p) drawn with the request's RNG.
+
+    Done in numpy on the CPU: these vector ops are too small for torch's thread pool, which on a busy CPU
+    costs milliseconds per call, and a numpy Generator gives the same sample for the same seed everywhere.
+    """
+    import numpy as np
+
+    z = logits.detach().float().cpu().numpy().astype(np.float64)
+    if rng is None:
+        return int(np.argmax(z))  # first maximum, like torch.argmax
+    z = (z - z.max()) / params.temperature
+    weights = np.exp(z)
+    order = None
+    if params.top_p < 1.0:
+        # The nucleus: the most probable tokens until their mass reaches top_p. Look among the top k first
+        # (peaked distributions need few), and sort everything only when it is not there.
+        mass = params.top_p * weights.sum()
+        k = 64
+        while True:
+            if k >= len(weights):
+                order = np.argsort(-weights, kind="stable")
+            else:
+                order = np.argpartition(-weights, k)[:k]
+                order = order[np.argsort(-weights[order], kind="stable")]
+            cumulative = np.cumsum(weights[order])
+            if cumulative[-1] >= mass or k >= len(weights):
+                break
+            k *= 8
+        order = order[(cumulative - weights[order]) < mass]  # keeps at least the top one
+        weights = weights[order]
+    cumulative = np.cumsum(weights)
+    j = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(weights) - 1)
+    return int(order[j]) if order is not None else j
+
+
+class EmbeddedEngine:
+    """The embedded ChatEngine: transformers + PEFT in this process, on the CPU or a local GPU."""
+
+    def __init__(self, store: ObjectStore, cache_dir: Path, device: str = "auto", max_new_tokens: int = 512):
+        self.store = store
+        self.cache_dir = Path(cache_dir)
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.adapters = AdapterCache(store, self.cache_dir / "adapters")
+        self._bases: dict[str, _Base] = {}
+        self._bases_lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------------- public interface
+
+    def generate(self, ref: ModelRef, messages: list[dict], params: SamplingParams) -> Generation:
+        job = self._prepare(ref, messages, params)
+        result: Generation | None = None
+        with job.base.lock:
+            for item in self._run(job, threading.Event()):
+                if isinstance(item, Generation):
+                    result = item
+        assert result is not None
+        return result
+
+    def stream(
+        self, ref: ModelRef, messages: list[dict], params: SamplingParams
+    ) -> PyGenerator[str | Generation, None, None]:
+        # A generator: the request is checked (and the model loaded) on the first next(), in the caller's
+        # thread; the tokens come from a worker thread that holds the base model's lock and stops at the
+        # next token once this iterator is closed or dropped.
+        job = self._prepare(ref, messages, params)
+        cancel = threading.Event()
+        items: queue.SimpleQueue[str | Generation | _Failed] = queue.SimpleQueue()
+
+        def work() -> None:
+            try:
+                with job.base.lock:
+                    for item in self._run(job, cancel):
+                        items.put(item)
+            except BaseException as e:
+                items.put(_Failed(e))
+
+        worker = threading.Thread(target=work, name="tunery-generate", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = items.get()
+                if isinstance(item, _Failed):
+                    worker.join()
+                    raise item.error
+                if isinstance(item, Generation):
+                    worker.join()  # it has finished; only the lock is left to release
+                    yield item
+                    return
+                yield item
+        finally:
+            cancel.set()  # a consumer that stops early stops the worker at its next token
+
+    def unload(self, adapter_name: str) -> None:
+        safe = safe_adapter_name(adapter_name)
+        with self._bases_lock:
+            bases = list(self._bases.values())
+        for base in bases:
+            with base.lock:
+                if safe in base.adapters:
+                    self._drop_adapter(base, safe)
+                    log.info("unloaded adapter %s from %s", adapter_name, base.name)
+        self.adapters.remove(adapter_name)
+
+    def count_prompt_tokens(self, ref: ModelRef, messages: list[dict]) -> int:
+        msgs = normalize_messages(messages)
+        return len(self._encode(self._base(ref), msgs))
+
+    # -------------------------------------------------------------------------------------- base models
+
+    def _resolve_device(self) -> Any:
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def _base(self, ref: ModelRef) -> _Base:
+        key = os.path.abspath(ref.base_path)
+        with self._bases_lock:
+            base = self._bases.setdefault(key, _Base(path=key, name=ref.base_name))
+        with base.load_lock:
+            if base.model is None:
+                self._load_base(base)
+        return base
+
+    def _load_model(self, base: _Base) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if base.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
+        model = AutoModelForCausalLM.from_pretrained(
+            base.path, dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True
+        )
+        return model.to(base.device).eval()
+
+    def _load_base(self, base: _Base) -> None:
+        from transformers import AutoTokenizer
+
+        path = Path(base.path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"base model {base.name}: {path} has no config.json")
+        base.device = self._resolve_device()
+        tokenizer = AutoTokenizer.from_pretrained(base.path, local_files_only=True, trust_remote_code=False)
+        model = self._load_model(base)
+        eos: set[int] = set()
+        for ids in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+            if isinstance(ids, int):
+                eos.add(ids)
+            elif isinstance(ids, list | tuple):
+                eos.update(int(i) for i in ids)
+        limits = [
+            n
+            for n in (
+                getattr(model.config, "max_position_embeddings", None),
+                tokenizer.model_max_length if tokenizer.model_max_length < 10_000_000 else None,
+            )
+            if isinstance(n, int) and n > 0
+        ]
+        base.tokenizer = tokenizer
+        base.eos_ids = frozenset(eos)
+        base.context_len = min(limits) if limits else DEFAULT_CONTEXT
+        base.keep_logits_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+        base.model = model
+        log.info("loaded base model %s from %s on %s", base.name, base.path, base.device)
+
+    # --------------------------------------------------------------------------------------- a request
+
+    def _encode(self, base: _Base, messages: list[dict[str, str]]) -> list[int]:
+        from jinja2 import TemplateError
+
+        tokenizer = base.tokenizer
+        if not tokenizer.chat_template:
+            raise EngineError(f"The model `{base.name}` has no chat template.", "model")
+        with base.tok_lock:
+            try:
+                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except TemplateError as e:
+                raise EngineError(f"The model's chat template rejected these messages: {e}", "messages") from None
+            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _budget(self, base: _Base, n_prompt: int, params: SamplingParams) -> int:
+        """How many tokens may be generated: max_tokens (default and cap: max_new_tokens), within the context."""
+        ctx = base.context_len
+        if n_prompt >= ctx:
+            raise EngineError(
+                f"This model's maximum context length is {ctx} tokens. However, your messages resulted in "
+                f"{n_prompt} tokens. Please reduce the length of the messages.",
+                "messages",
+                "context_length_exceeded",
+            )
+        room = ctx - n_prompt
+        if params.max_tokens is None:
+            return min(self.max_new_tokens, room)
+        if params.max_tokens > room:
+            raise EngineError(
+                f"This model's maximum context length is {ctx} tokens. However, you requested "
+                f"{n_prompt + params.max_tokens} tokens ({n_prompt} in the messages, {params.max_tokens} in "
+                "the completion). Please reduce the length of the messages or completion.",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        return min(params.max_tokens, self.max_new_tokens)
+
+    def _prepare(self, ref: ModelRef, messages: list[dict], params: SamplingParams) -> _Job:
+        """Check a request, load what it needs (base model, adapter) and tokenize its prompt."""
+        _check_params(params)
+        msgs = normalize_messages(messages)
+        if ref.adapter_name is not None:
+            # Download before taking the model's lock: a running generation is not held up by the store.
+            self.adapters.fetch(ref.adapter_name, ref.adapter_prefix)
+        base = self._base(ref)
+        prompt_ids = self._encode(base, msgs)
+        max_new = self._budget(base, len(prompt_ids), params)
+        if ref.adapter_name is not None:
+            with base.lock:  # load it now, so a bad adapter is an error before any token is streamed
+                self._ensure_adapter(base, ref)
+        return _Job(base=base, ref=ref, params=params, prompt_ids=prompt_ids, max_new=max_new)
+
+    # ------------------------------------------------------------------------------------------ adapters
+
+    def _ensure_adapter(self, base: _Base, ref: ModelRef) -> str:
+        """Load the request's adapter onto the base model unless it is there (call with base.lock held)."""
+        assert ref.adapter_name is not None
+        safe = safe_adapter_name(ref.adapter_name)
+        prefix = _norm_prefix(ref.adapter_prefix)
+        if base.adapters.get(safe) == prefix:
+            return safe
+        if safe in base.adapters:  # the model now points at another prefix
+            self._drop_adapter(base, safe)
+        local = self.adapters.fetch(ref.adapter_name, ref.adapter_prefix)
+        from peft import PeftModel
+
+        try:
+            if isinstance(base.model, PeftModel):
+                base.model.load_adapter(
+                    str(local), adapter_name=safe, is_trainable=False, torch_device=str(base.device)
+                )
+            else:
+                base.model = PeftModel.from_pretrained(
+                    base.model, str(local), adapter_name=safe, is_trainable=False, torch_device=str(base.device)
+                )
+        except (ValueError, RuntimeError, KeyError, OSError) as e:
+            # The model may hold half an adapter now: start again from a clean copy of the base model.
+            log.exception("adapter %s failed to load on %s; reloading the base model", ref.adapter_name, base.name)
+            base.adapters.clear()
+            base.model = self._load_model(base)
+            raise EngineError(
+                f"The model `{ref.adapter_name}` cannot be loaded onto its base model `{ref.base_name}`: {e}",
+                "model",
+            ) from e
+        base.model.eval()
+        base.adapters[safe] = prefix
+        log.info("loaded adapter %s onto %s (%d adapters)", ref.adapter_name, base.name, len(base.adapters))
+        return safe
+
+    def _drop_adapter(self, base: _Base, safe: str) -> None:
+        """Remove one adapter from the model (call with base.lock held)."""
+        del base.adapters[safe]
+        if base.adapters:
+            if safe in base.model.active_adapters:
+                base.model.set_adapter(next(iter(base.adapters)), inference_mode=True)
+            base.model.delete_adapter(safe)
+        else:
+            # The last one: back to the plain model, without LoRA layers.
+            base.model = base.model.unload()
+
+    # ---------------------------------------------------------------------------------------- generating
+
+    def _run(self, job: _Job, cancel: threading.Event) -> Iterator[str | Generation]:
+        """Choose the adapter and generate (call with base.lock held; consume in one thread)."""
+        base = job.base
+        adapters_off: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if job.ref.adapter_name is not None:
+            safe = self._ensure_adapter(base, job.ref)  # again: it may have been unloaded since _prepare
+            base.model.set_adapter(safe, inference_mode=True)
+        elif base.adapters:
+            adapters_off = base.model.disable_adapter()
+        with adapters_off:
+            yield from self._decode(base, job, cancel)
+
+    def _decode(self, base: _Base, job: _Job, cancel: threading.Event) -> Iterator[str | Generation]:
+        """The token loop (KV cache): yields the text as it becomes safe to send, then the Generation."""
+        import numpy as np
+        import torch
+
+        params = job.params
+        stops = [s for s in params.stop if s]
+        rng = None
+        if params.temperature >= GREEDY_BELOW:
+            rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
+        extra = {"logits_to_keep": 1} if base.keep_logits_arg else {}
+        input_ids = torch.tensor([job.prompt_ids], device=base.device)
+        past = None
+        out: list[int] = []
+        text, sent, finish = "", 0, "length"
+        for _ in range(job.max_new):
+            if cancel.is_set():
+                return
+            with torch.inference_mode():
+                result = base.model(input_ids=input_ids, past_key_values=past, use_cache=True, **extra)
+                past = result.past_key_values
+                token = _pick(result.logits[0, -1], params, rng)
+            out.append(token)
+            if token in base.eos_ids:
+                finish = "stop"
+                break
+            with base.tok_lock:
+                text = base.tokenizer.decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            if stops and (at := find_stop(text, stops)) >= 0:
+                text, finish = text[:at], "stop"
+                break
+            end = emittable(text, stops)
+            if end > sent:
+                yield text[sent:end]
+                sent = end
+            input_ids = torch.tensor([[token]], device=base.device)
+        if len(text) > sent:
+            yield text[sent:]
+        yield Generation(text=text, finish_reason=finish, prompt_tokens=len(job.prompt_ids), completion_tokens=len(out))
