@@ -15,7 +15,13 @@ def test_upload_retrieve_content_delete(server, upload):
     data = chat_lines(12)
     f = upload(data)
     assert f.id.startswith("file-")
-    assert (f.object, f.purpose, f.filename, f.bytes, f.status) == ("file", "fine-tune", "train.jsonl", len(data), "processed")
+    assert (f.object, f.purpose, f.filename, f.bytes, f.status) == (
+        "file",
+        "fine-tune",
+        "train.jsonl",
+        len(data),
+        "processed",
+    )
     raw = server.http.post("/v1/files", files={"file": ("b.jsonl", data)}, data={"purpose": "fine-tune"}).json()
     validate(raw, "OpenAIFile")
 

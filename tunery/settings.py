@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL = "smollm2-135m-instruct"
 
@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     organization_slug: str = "personal"
     project_id: str = "proj_default"
     # API keys accepted (comma-separated or JSON list). Empty: any key is accepted (embedded mode).
-    api_keys: list[str] = Field(default_factory=list)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Files.
     max_file_bytes: int = 512 * 1024 * 1024
