@@ -21,9 +21,8 @@ def _normalise(node: Any) -> Any:
     out = {k: _normalise(v) for k, v in node.items() if not k.startswith("x-")}
     # 3.0's boolean exclusiveMinimum/Maximum qualify minimum/maximum; 2020-12 wants the number itself.
     for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-        if isinstance(out.get(bound), bool):
-            if out.pop(bound) and limit in out:
-                out[bound] = out.pop(limit)
+        if isinstance(out.get(bound), bool) and out.pop(bound) and limit in out:
+            out[bound] = out.pop(limit)
     if out.pop("nullable", False):
         return {"anyOf": [out, {"type": "null"}]}
     return out

