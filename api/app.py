@@ -11,7 +11,11 @@ from tunery import ids
 
 
 class RequestIdMiddleware:
-    """``x-request-id`` on every response (the SDK exposes it as ``_request_id``)."""
+    """``x-request-id`` on every response (the SDK exposes it as ``_request_id``), errors included.
+
+    It also turns an unexpected exception into an OpenAI-shaped 500 (logged here with its traceback, never
+    sent to the client), so that response carries the request id too.
+    """
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -25,12 +29,25 @@ class RequestIdMiddleware:
             if k == b"x-request-id" and 0 < len(v) <= 128:
                 rid = v.decode("latin-1")
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", []).append((b"x-request-id", rid.encode("latin-1")))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            errors.log.exception("unhandled error on %s %s (request %s)", scope.get("method"), scope.get("path"), rid)
+            if started:
+                raise
+            response = errors.error_response(
+                errors.APIError(500, "The server had an error while processing your request.", type=errors.SERVER_ERROR)
+            )
+            await response(scope, receive, send_with_id)
 
 
 def create_app(ctx: AppContext) -> FastAPI:

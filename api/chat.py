@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
@@ -100,6 +101,14 @@ async def chat_completions(
         model = resolve_model(s, ctx, t, req.model)
     if ctx.engine is None:
         raise APIError(503, "No serving engine is configured on this server.", type="server_error")
+    if not Path(model.base_path, "config.json").is_file():
+        raise APIError(
+            503,
+            f"The base model `{model.base_name}` is configured but its files are missing on this server.",
+            type="server_error",
+            code="model_unavailable",
+            headers={"x-should-retry": "false"},
+        )
     engine = ctx.engine
     ref = ModelRef(
         base_name=model.base_name,

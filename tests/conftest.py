@@ -52,6 +52,7 @@ class RunningServer:
     http: httpx.Client
     settings: Any
     stop: Callable[[], None]
+    app: Any = None
 
     def wait_job(self, job_id: str, statuses: set[str], timeout: float = 300) -> Any:
         deadline = time.monotonic() + timeout
@@ -104,6 +105,7 @@ def start_server(data_dir: Path, **overrides: Any) -> RunningServer:
         http=httpx.Client(base_url=base, timeout=60),
         settings=settings,
         stop=stop,
+        app=app,
     )
 
 
