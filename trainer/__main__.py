@@ -1,0 +1,93 @@
+"""``python -m trainer --spec <path | object_store_url#key>``: the trainer container's entrypoint.
+
+Exit codes: 0 succeeded; 1 failed (``Finished(succeeded=False)`` was reported); 2 bad command line;
+3 stopped because the control plane asked (cancel, or it rejected this run); 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import traceback
+from types import FrameType
+
+# Never reach for a model hub or telemetry, whatever the environment says.
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+    os.environ[_var] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunStopped, TrainerError, one_line  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="Run one Tunery fine-tuning job.")
+    parser.add_argument("--spec", required=True, help="JobSpec: a local JSON path or <object_store_url>#<key>")
+    args = parser.parse_args(argv)
+
+    from .reporter import Reporter
+    from .run import StopSignal, configure_logging, load_spec, log, run, spec_summary
+
+    configure_logging()
+    stop = StopSignal()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        first = stop.reason is None
+        stop.set("terminated")
+        log.warning("signal %d: stopping %s", signum, "at the next step boundary" if stop.in_training else "now")
+        if not (first and stop.in_training):
+            raise RunStopped("terminated")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        spec = load_spec(args.spec)
+    except Exception as e:
+        traceback.print_exc()
+        log.error("cannot read the job spec %s: %s", args.spec, one_line(str(e)))
+        return EXIT_USAGE
+
+    log.info("job spec: %s", spec_summary(spec))
+    reporter = Reporter(spec.reporting_address, spec.job_id, spec.run_token, on_stop=stop.set)
+    try:
+        result = run(spec, reporter, stop)
+    except RunStopped as e:
+        log.warning("run stopped (%s); not reporting success", e.reason)
+        reporter.close(timeout=2.0)
+        return e.exit_code
+    except Exception as e:
+        traceback.print_exc()
+        if isinstance(e, TrainerError):
+            code, message, param = e.code, e.message, e.param or ""
+        else:
+            code, message, param = "training_error", one_line(f"{type(e).__name__}: {e}"), ""
+        log.error("run failed: %s: %s", code, message)
+        with contextlib.suppress(RunStopped):
+            reporter.finished(False, error_code=code, error_message=message, error_param=param)
+        reporter.close(timeout=5.0)
+        return EXIT_FAILED
+
+    try:
+        delivered = reporter.finished(
+            True,
+            model_prefix=result.model_prefix,
+            results_key=result.results_key,
+            trained_tokens=result.trained_tokens,
+        )
+    except RunStopped:
+        delivered = False
+    if not delivered:
+        log.error(
+            "could not report success to %s; the final model is at %s", spec.reporting_address, result.model_prefix
+        )
+    reporter.close(timeout=10.0)
+    log.info("finished: %d steps, %d trained tokens", result.total_steps, result.trained_tokens)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

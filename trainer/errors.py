@@ -1,0 +1,49 @@
+"""How a trainer run ends when it does not succeed.
+
+A ``TrainerError`` carries an OpenAI-style error code (and the request field it is about), and becomes
+``Finished(succeeded=False, error_code, error_message, error_param)``. ``RunStopped`` is not a failure: the
+control plane asked the run to stop (cancel, SIGTERM), so the trainer exits without reporting success.
+"""
+
+from __future__ import annotations
+
+# Exit codes of `python -m trainer`.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 3  # the control plane replied cancel_requested (or rejected this run's token)
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15)
+
+
+class TrainerError(Exception):
+    """A failure the user can act on; the message is one human-readable line."""
+
+    code = "training_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.message = one_line(message)
+        if code is not None:
+            self.code = code
+        self.param = param
+
+
+class RunStopped(BaseException):
+    """The run stopped on request; ``reason`` is ``cancelled`` or ``terminated``.
+
+    A BaseException (like KeyboardInterrupt), so no library's ``except Exception`` swallows it.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_TERMINATED if self.reason == "terminated" else EXIT_CANCELLED
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """Collapse whitespace so a message fits one line of an event."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,689 @@
+"""One supervised fine-tuning run: JobSpec in; adapter checkpoints, results and gRPC reports out.
+
+    spec -> object store -> chat JSONL (+ SHA-256) -> base model + tokenizer -> token ids + assistant mask
+         -> TRL SFTTrainer with a PEFT LoRA adapter -> Metrics every step, Checkpoint every epoch
+         -> {output_prefix}/model/ + results.csv -> Finished
+
+``python -m trainer --spec ...`` (``trainer/__main__.py``) wraps :func:`run` with signal handling and
+failure reporting.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from tunery.data import ChatRecord, parse_chat_jsonl
+from tunery.jobspec import DataFile, JobSpec
+from tunery.storage import ObjectNotFound, ObjectStore, open_store
+
+from .chat import ChatTemplateError, ChatTokenizer, TokenizedSet, end_of_turn_tokens
+from .checkpoint import (
+    MANIFEST_FORMAT,
+    checkpoint_prefix,
+    library_versions,
+    model_prefix,
+    sha256_text,
+    upload_checkpoint,
+    utc_now,
+)
+from .errors import RunStopped, TrainerError
+from .reporter import Reporter
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
+log = logging.getLogger("tunery.trainer")
+
+RESULTS_HEADER = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+
+
+# ---- the spec and the data --------------------------------------------------------------------------------
+def load_spec(ref: str) -> JobSpec:
+    """A JobSpec from a local JSON path (or ``file://`` URL), or from ``<object_store_url>#<key>``."""
+    if "#" in ref and "://" in ref.split("#", 1)[0]:
+        url, key = ref.rsplit("#", 1)
+        data = open_store(url).get_bytes(key)
+    else:
+        parsed = urlparse(ref)
+        path = unquote(parsed.path) if parsed.scheme == "file" else ref
+        data = Path(path).read_bytes()
+    return JobSpec.model_validate_json(data)
+
+
+@dataclass
+class DataFileRead:
+    records: list[ChatRecord]
+    sha256: str
+    n_bytes: int
+
+
+def read_chat_file(store: ObjectStore, data_file: DataFile, param: str) -> DataFileRead:
+    """Read and parse one chat JSONL file from the store, hashing it on the way."""
+    code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
+    digest = hashlib.sha256()
+    size = 0
+
+    def chunks() -> Any:
+        nonlocal size
+        for chunk in store.iter_chunks(data_file.key):
+            digest.update(chunk)
+            size += len(chunk)
+            yield chunk
+
+    try:
+        result = parse_chat_jsonl(chunks())
+    except ObjectNotFound as e:
+        raise TrainerError(
+            f"{param} {data_file.file_id} is missing from the object store", code=code, param=param
+        ) from e
+    sha = digest.hexdigest()
+    if data_file.sha256 and data_file.sha256 != sha:
+        raise TrainerError(
+            f"{param} {data_file.file_id} changed after it was validated (SHA-256 mismatch)", code=code, param=param
+        )
+    if result.n_errors:
+        raise TrainerError(
+            f"{param} {data_file.file_id} has {result.n_errors} invalid line(s); first: {result.errors[0]}",
+            code=code,
+            param=param,
+        )
+    if not result.records:
+        raise TrainerError(f"{param} {data_file.file_id} contains no examples", code=code, param=param)
+    return DataFileRead(records=result.records, sha256=sha, n_bytes=size)
+
+
+# ---- model and training configuration ---------------------------------------------------------------------
+@dataclass
+class DeviceChoice:
+    device: str  # cpu | cuda
+    dtype: Any  # torch dtype of the base weights
+    bf16: bool
+
+
+def resolve_device(requested: str) -> DeviceChoice:
+    import torch
+
+    requested = (requested or "auto").lower()
+    if requested not in ("auto", "cpu", "cuda"):
+        raise TrainerError(f"unknown device {requested!r} (expected auto, cpu or cuda)")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise TrainerError("the job asks for a CUDA GPU but none is available to the trainer")
+    device = "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return DeviceChoice("cuda", torch.bfloat16, True)
+    return DeviceChoice(device, torch.float32, False)
+
+
+def load_base_model(path: str, choice: DeviceChoice) -> tuple[Any, Any]:
+    """The base model (safetensors only, no remote code) and its tokenizer, from a local folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise TrainerError(f"base model folder {path} has no config.json")
+    if not any(folder.glob("*.safetensors")):
+        raise TrainerError(f"base model folder {path} has no safetensors weights")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder),
+        dtype=choice.dtype,
+        local_files_only=True,
+        trust_remote_code=False,
+        use_safetensors=True,
+    )
+    return model, tokenizer
+
+
+def lora_config(spec: JobSpec) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=spec.lora.r,
+        lora_alpha=spec.lora.alpha,
+        lora_dropout=spec.lora.dropout,
+        target_modules=spec.lora.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def sft_config(spec: JobSpec, output_dir: str, choice: DeviceChoice, has_eval: bool) -> Any:
+    from trl import SFTConfig
+
+    hp = spec.hyperparameters
+    if not 0.0 <= hp.warmup_ratio < 1.0:
+        raise TrainerError(f"warmup_ratio must be in [0, 1), got {hp.warmup_ratio}", code="invalid_hyperparameters")
+    return SFTConfig(
+        output_dir=output_dir,
+        num_train_epochs=hp.n_epochs,
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type=hp.lr_scheduler,
+        warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=hp.weight_decay,
+        max_grad_norm=hp.max_grad_norm,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        max_length=hp.max_seq_length,  # already truncated by us (and counted); TRL's cut is a no-op
+        packing=False,
+        logging_strategy="steps",
+        logging_steps=1,
+        logging_nan_inf_filter=False,  # report a NaN loss as NaN, do not paper over it
+        eval_strategy="epoch" if has_eval else "no",
+        prediction_loss_only=True,
+        save_strategy="no",  # checkpoints are ours (object store + manifest)
+        report_to=[],
+        push_to_hub=False,
+        disable_tqdm=True,
+        log_level="warning",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=choice.device == "cuda",
+        use_cpu=choice.device == "cpu",
+        bf16=choice.bf16,
+        fp16=False,
+        activation_checkpointing=choice.device == "cuda",
+    )
+
+
+def build_trainer(
+    model: Any,
+    tokenizer: Any,
+    args: Any,
+    peft_config: Any,
+    train: TokenizedSet,
+    valid: TokenizedSet | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> Any:
+    """The TRL SFTTrainer over pre-tokenized ``input_ids`` + ``assistant_masks`` (labels -100 off the mask)."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict(train.columns()),
+        eval_dataset=Dataset.from_dict(valid.columns()) if valid is not None else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # we print our own one-line progress
+    return trainer
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    return math.ceil(n_examples / batch_size)
+
+
+def set_determinism(seed: int) -> None:
+    import torch
+    from transformers import set_seed
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    set_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic mode also fills every torch.empty() with NaN, which makes CPU training ~8x slower.
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    torch.backends.cudnn.benchmark = False
+
+
+# ---- per-step metrics --------------------------------------------------------------------------------------
+@dataclass
+class StepRow:
+    step: int
+    epoch: float
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    tokens: int | None = None  # non-padding tokens in this step's batch
+    seconds: float | None = None  # wall time of this optimizer step
+
+    def to_proto(self, pb: Any, total_steps: int) -> Any:
+        optional = {
+            k: float(v) for k, v in asdict(self).items() if k not in ("step", "epoch", "tokens", "seconds") and v is not None
+        }
+        return pb.StepMetrics(step=self.step, total_steps=total_steps, epoch=float(self.epoch), **optional)
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def results_csv(rows: list[StepRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(RESULTS_HEADER)
+    for r in rows:
+        writer.writerow(
+            [
+                r.step,
+                _cell(r.train_loss),
+                _cell(r.train_mean_token_accuracy),
+                _cell(r.valid_loss),
+                _cell(r.valid_mean_token_accuracy),
+            ]
+        )
+    return out.getvalue()
+
+
+class StopSignal:
+    """Set by SIGTERM or by a cancel reply; polled at every step boundary."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.in_training = False
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def check(self) -> None:
+        if self.reason is not None:
+            raise RunStopped(self.reason)
+
+
+# ---- the run -----------------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    total_steps: int
+    tokens_per_epoch: int
+    trained_tokens: int
+    train_examples: int
+    model_prefix: str
+    results_key: str
+    rows: list[StepRow] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+class TrainingRun:
+    """State shared by the driver (:func:`run`) and the callback inside the TRL training loop."""
+
+    def __init__(self, spec: JobSpec, reporter: Reporter, stop: StopSignal, store: ObjectStore | None = None):
+        self.spec = spec
+        self.reporter = reporter
+        self.stop = stop
+        self.store = store or open_store(spec.object_store)
+        self.data_sha256: dict[str, dict[str, Any]] = {}
+        self.rows: list[StepRow] = []
+        self.checkpoints: list[str] = []
+        self.total_steps = 0
+        self.steps_per_epoch = 0
+        self.tokens_per_epoch = 0
+        self.has_eval = False
+        self.epochs_done = 0
+        self.trainer: Any = None
+        self.tokenizer: Any = None
+        self.device: DeviceChoice | None = None
+
+    # -- events
+    def warn(self, message: str, data: dict[str, Any] | None = None) -> None:
+        log.warning("%s", message)
+        self.reporter.event("warn", message, data)
+
+    # -- the steps of a run
+    def read_data(self) -> tuple[DataFileRead, DataFileRead | None]:
+        spec = self.spec
+        train = read_chat_file(self.store, spec.training_file, "training_file")
+        self.data_sha256["training_file"] = {
+            "file_id": spec.training_file.file_id,
+            "key": spec.training_file.key,
+            "sha256": train.sha256,
+            "examples": len(train.records),
+        }
+        valid = None
+        if spec.validation_file is not None:
+            valid = read_chat_file(self.store, spec.validation_file, "validation_file")
+            self.data_sha256["validation_file"] = {
+                "file_id": spec.validation_file.file_id,
+                "key": spec.validation_file.key,
+                "sha256": valid.sha256,
+                "examples": len(valid.records),
+            }
+        log.info(
+            "data: training %d examples (sha256 %s)%s",
+            len(train.records),
+            train.sha256,
+            f", validation {len(valid.records)} examples (sha256 {valid.sha256})" if valid else "",
+        )
+        return train, valid
+
+    def tokenize(self, chat: ChatTokenizer, records: list[ChatRecord], param: str) -> TokenizedSet:
+        max_len = self.spec.hyperparameters.max_seq_length
+        code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
+        try:
+            tokenized = chat.tokenize_all(records, max_len)
+        except ChatTemplateError as e:
+            raise TrainerError(f"{param}: {e}", code=code, param=param) from e
+        if tokenized.n_truncated:
+            self.warn(
+                f"{tokenized.n_truncated} of {tokenized.n_records} examples in the {param.replace('_', ' ')} are "
+                f"longer than max_seq_length={max_len} tokens and were truncated",
+                {
+                    "file": param,
+                    "truncated": tokenized.n_truncated,
+                    "examples": tokenized.n_records,
+                    "max_seq_length": max_len,
+                    "lines": tokenized.truncated_lines[:20],
+                },
+            )
+        if tokenized.n_dropped:
+            self.warn(
+                f"{tokenized.n_dropped} examples in the {param.replace('_', ' ')} have no assistant token within "
+                f"max_seq_length={max_len} and were skipped",
+                {"file": param, "skipped": tokenized.n_dropped, "lines": tokenized.dropped_lines[:20]},
+            )
+        if not tokenized.examples:
+            raise TrainerError(
+                f"{param}: no example has an assistant token to train on within max_seq_length={max_len}",
+                code=code,
+                param=param,
+            )
+        return tokenized
+
+    def manifest(self, step: int, epoch: float, metrics: dict[str, Any]) -> dict[str, Any]:
+        spec = self.spec
+        peft_cfg = self.trainer.model.peft_config["default"] if self.trainer is not None else None
+        target = peft_cfg.target_modules if peft_cfg is not None else spec.lora.target_modules
+        tok = self.tokenizer
+        return {
+            "format": MANIFEST_FORMAT,
+            "job_id": spec.job_id,
+            "fine_tuned_model": spec.fine_tuned_model,
+            "base_model": spec.base_model,
+            "method": spec.method,
+            "step": step,
+            "epoch": epoch,
+            "seed": spec.seed,
+            "data_files": self.data_sha256,
+            "hyperparameters": spec.hyperparameters.model_dump(),
+            "lora": {
+                **spec.lora.model_dump(),
+                "resolved_target_modules": sorted(target) if isinstance(target, set | list) else target,
+                "task_type": "CAUSAL_LM",
+            },
+            "tokenizer": {
+                "eos_token": tok.eos_token,
+                "pad_token": tok.pad_token,
+                "chat_template_sha256": sha256_text(tok.chat_template or ""),
+            },
+            "training": {
+                "device": self.device.device if self.device else None,
+                "dtype": str(self.device.dtype).removeprefix("torch.") if self.device else None,
+                "total_steps": self.total_steps,
+                "tokens_per_epoch": self.tokens_per_epoch,
+            },
+            "versions": library_versions(),
+            "created_at": utc_now(),
+            "metrics": metrics,
+        }
+
+    def save_adapter(self, prefix: str, step: int, epoch: float, row: StepRow | None) -> None:
+        manifest = self.manifest(step, epoch, row.summary() if row else {})
+        upload_checkpoint(
+            self.store, prefix, self.trainer.model, self.tokenizer, manifest, base_model=self.spec.base_model
+        )
+
+    def epoch_complete(self, step: int) -> None:
+        """Called once per finished epoch (after its evaluation): checkpoint, then report it."""
+        self.epochs_done += 1
+        if self.stop.reason is not None:
+            return
+        row = self.rows[-1] if self.rows and self.rows[-1].step == step else None
+        prefix = checkpoint_prefix(self.spec.output_prefix, step)
+        t0 = time.monotonic()
+        self.save_adapter(prefix, step, float(self.epochs_done), row)
+        self.checkpoints.append(prefix)
+        log.info("checkpoint: epoch %d step %d -> %s (%.1fs)", self.epochs_done, step, prefix, time.monotonic() - t0)
+        metrics = (row or StepRow(step=step, epoch=float(self.epochs_done))).to_proto(
+            self.reporter.pb, self.total_steps
+        )
+        self.reporter.checkpoint(step, prefix, metrics)
+
+
+def make_callback(run: TrainingRun) -> TrainerCallback:
+    from transformers import TrainerCallback
+
+    class ReportingCallback(TrainerCallback):
+        """Metrics every optimizer step, a checkpoint every epoch, and stop requests at step boundaries."""
+
+        def __init__(self) -> None:
+            self.step_started = time.monotonic()
+            self.last_num_tokens: float | None = 0.0
+            self.pending: StepRow | None = None  # an epoch's last step waits for its evaluation
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.max_steps != run.total_steps:
+                run.warn(f"trainer plans {state.max_steps} steps, {run.total_steps} were reported at start")
+                run.total_steps = state.max_steps
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            self.step_started = time.monotonic()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if run.stop.reason is not None:
+                control.should_training_stop = True
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> Any:
+            logs = logs or {}
+            if "loss" in logs and "eval_loss" not in logs:
+                self._train_log(state, logs)
+            elif "eval_loss" in logs:
+                row = self.pending or (run.rows[-1] if run.rows else None)
+                if row is not None:
+                    loss, acc = logs.get("eval_loss"), logs.get("eval_mean_token_accuracy")
+                    # The epoch-end evaluation covers the whole validation set: it is also the step's valid_loss.
+                    row.full_valid_loss = row.valid_loss = loss
+                    row.full_valid_mean_token_accuracy = row.valid_mean_token_accuracy = acc
+                    log.info("eval: step %d valid_loss %s valid_acc %s", row.step, _fmt(loss), _fmt(acc))
+
+        def _train_log(self, state: Any, logs: dict[str, Any]) -> None:
+            elapsed = max(time.monotonic() - self.step_started, 1e-9)
+            num_tokens = logs.get("num_tokens")
+            tokens = None
+            if num_tokens is not None and self.last_num_tokens is not None:
+                tokens = int(num_tokens - self.last_num_tokens)
+            self.last_num_tokens = num_tokens
+            row = StepRow(
+                step=state.global_step,
+                epoch=float(state.epoch or 0.0),
+                train_loss=logs.get("loss"),
+                train_mean_token_accuracy=logs.get("mean_token_accuracy"),
+                learning_rate=logs.get("learning_rate"),
+                tokens=tokens,
+                seconds=elapsed,
+                tokens_per_second=(tokens / elapsed) if tokens is not None else None,
+            )
+            run.rows.append(row)
+            print(
+                f"step {row.step}/{run.total_steps} epoch {row.epoch:.2f} loss {_fmt(row.train_loss)} "
+                f"acc {_fmt(row.train_mean_token_accuracy)} lr {_fmt(row.learning_rate)} "
+                f"tok/s {_fmt(row.tokens_per_second)}",
+                flush=True,
+            )
+            epoch_end = row.step % run.steps_per_epoch == 0 or row.step >= run.total_steps
+            if run.has_eval and epoch_end and run.stop.reason is None:
+                self.pending = row
+            else:
+                run.reporter.metrics(row.to_proto(run.reporter.pb, run.total_steps))
+
+        def _flush(self) -> None:
+            if self.pending is not None:
+                run.reporter.metrics(self.pending.to_proto(run.reporter.pb, run.total_steps))
+                self.pending = None
+
+        def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if run.stop.reason is not None:
+                control.should_evaluate = False  # stop promptly: no evaluation, no checkpoint
+                self._flush()
+                return
+            if not run.has_eval:
+                run.epoch_complete(state.global_step)
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            self._flush()
+            run.epoch_complete(state.global_step)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            self._flush()
+
+    return ReportingCallback()
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def run(spec: JobSpec, reporter: Reporter, stop: StopSignal | None = None) -> RunResult:
+    """Train one LoRA adapter as the spec says; raises TrainerError or RunStopped when it does not succeed."""
+    stop = stop or StopSignal()
+    hp = spec.hyperparameters
+    if hp.n_epochs < 1 or hp.batch_size < 1 or hp.max_seq_length < 2 or not hp.learning_rate > 0:
+        raise TrainerError("n_epochs, batch_size, max_seq_length and learning_rate must be positive")
+    r = TrainingRun(spec, reporter, stop)
+    train_data, valid_data = r.read_data()
+    stop.check()
+
+    r.device = resolve_device(spec.device)
+    set_determinism(spec.seed)
+    t0 = time.monotonic()
+    model, tokenizer = load_base_model(spec.base_model_path, r.device)
+    r.tokenizer = tokenizer
+    log.info(
+        "base model %s loaded from %s on %s (%s) in %.1fs",
+        spec.base_model,
+        spec.base_model_path,
+        r.device.device,
+        str(r.device.dtype).removeprefix("torch."),
+        time.monotonic() - t0,
+    )
+    stop.check()
+
+    eos_ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    extra_eos = eos_ids if isinstance(eos_ids, list) else [eos_ids] if eos_ids is not None else []
+    try:
+        chat = ChatTokenizer(tokenizer, end_of_turn_tokens(tokenizer, extra_eos))
+    except ChatTemplateError as e:
+        raise TrainerError(str(e)) from e
+    train = r.tokenize(chat, train_data.records, "training_file")
+    valid = r.tokenize(chat, valid_data.records, "validation_file") if valid_data is not None else None
+    r.has_eval = valid is not None
+    r.steps_per_epoch = steps_per_epoch(len(train.examples), hp.batch_size)
+    r.total_steps = r.steps_per_epoch * hp.n_epochs
+    r.tokens_per_epoch = train.n_tokens
+    log.info(
+        "tokenized: %d training examples, %d tokens per epoch (%d trained), %d steps per epoch, %d steps",
+        len(train.examples),
+        train.n_tokens,
+        train.n_trained_tokens,
+        r.steps_per_epoch,
+        r.total_steps,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="tunery-trainer-") as workdir:
+        args = sft_config(spec, workdir, r.device, r.has_eval)
+        r.trainer = build_trainer(model, tokenizer, args, lora_config(spec), train, valid, [make_callback(r)])
+        stop.check()
+        reporter.started(r.total_steps, len(train.examples), r.tokens_per_epoch, hp.model_dump())
+        stop.check()
+        log.info("training: %d steps", r.total_steps)
+        t_train = time.monotonic()
+        stop.in_training = True
+        try:
+            r.trainer.train()
+        finally:
+            stop.in_training = False
+        train_seconds = time.monotonic() - t_train
+        stop.check()
+        if r.epochs_done != hp.n_epochs or len(r.rows) != r.total_steps:
+            raise TrainerError(
+                f"training ended after {len(r.rows)} of {r.total_steps} steps ({r.epochs_done} of {hp.n_epochs} epochs)"
+            )
+        last = r.rows[-1]
+        final_prefix = model_prefix(spec.output_prefix)
+        r.save_adapter(final_prefix, last.step, float(hp.n_epochs), last)
+        results_key = f"{spec.output_prefix.rstrip('/')}/results.csv"
+        r.store.put_bytes(results_key, results_csv(r.rows).encode())
+
+    total_tokens = sum(row.tokens or 0 for row in r.rows)
+    log.info(
+        "done: %d steps in %.1fs (%.1f tokens/s), final model -> %s",
+        len(r.rows),
+        train_seconds,
+        total_tokens / train_seconds if train_seconds > 0 else 0.0,
+        final_prefix,
+    )
+    return RunResult(
+        total_steps=r.total_steps,
+        tokens_per_epoch=r.tokens_per_epoch,
+        trained_tokens=r.tokens_per_epoch * hp.n_epochs,
+        train_examples=len(train.examples),
+        model_prefix=final_prefix,
+        results_key=results_key,
+        rows=r.rows,
+        checkpoints=r.checkpoints,
+        train_seconds=train_seconds,
+    )
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Deprecation notices of the ML libraries are for us, not for the job's log.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl|peft|accelerate)(\.|$)")
+    try:
+        import datasets
+        import transformers
+
+        transformers.logging.set_verbosity_warning()
+        transformers.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_warning()
+    except ImportError:  # pragma: no cover - the trainer image always has them
+        pass
+
+
+def spec_summary(spec: JobSpec) -> str:
+    return json.dumps(
+        {
+            "job_id": spec.job_id,
+            "base_model": spec.base_model,
+            "training_file": spec.training_file.file_id,
+            "validation_file": spec.validation_file.file_id if spec.validation_file else None,
+            "hyperparameters": spec.hyperparameters.model_dump(),
+            "lora": spec.lora.model_dump(),
+            "seed": spec.seed,
+            "device": spec.device,
+        },
+        sort_keys=True,
+    )
