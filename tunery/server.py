@@ -32,13 +32,12 @@ def prepare_base_models(settings: Settings) -> None:
 
 def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bool = True):  # type: ignore[no-untyped-def]
     """Wire every part; returns (FastAPI app, shutdown function)."""
-    from serving.engine import EmbeddedEngine
-
     from api.app import create_app
     from api.context import AppContext
     from scheduler.backends import LocalProcessBackend
     from scheduler.reporting import ReportingServer, ReportingService
     from scheduler.service import Scheduler
+    from serving.engine import EmbeddedEngine
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if prepare_models:
