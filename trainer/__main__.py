@@ -52,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     log.info("job spec: %s", spec_summary(spec))
-    reporter = Reporter(spec.reporting_address, spec.job_id, spec.run_token, on_stop=stop.set)
+    reporter = Reporter(
+        spec.reporting_address,
+        spec.job_id,
+        spec.run_token,
+        on_stop=stop.set,
+        abort_wait=lambda: stop.reason is not None,
+    )
     try:
         result = run(spec, reporter, stop)
     except RunStopped as e:

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,12 +69,16 @@ class Reporter:
         *,
         on_stop: Callable[[str], None] | None = None,
         policies: dict[str, RetryPolicy] | None = None,
+        abort_wait: Callable[[], bool] | None = None,
     ):
         self.address = address or None
         self.job_id = job_id
         self.run_token = run_token
         self.stop_reason: str | None = None
         self._on_stop = on_stop
+        # Polled while a caller waits for a reply (except for Finished): True gives up waiting, so that a
+        # SIGTERM during a slow Checkpoint report still stops the run promptly.
+        self._abort_wait = abort_wait or (lambda: self.stop_reason is not None)
         self._policies = {"best_effort": BEST_EFFORT, "important": IMPORTANT, "final": FINAL, "degraded": DEGRADED}
         self._policies.update(policies or {})
         self._degraded = False
@@ -183,7 +188,13 @@ class Reporter:
         self._queue.put(_Call(method, request, self._policies[kind], kind == "best_effort", future))
         if not wait:
             return True
-        return future.result()
+        while True:
+            try:
+                return future.result(timeout=0.2)
+            except FutureTimeout:
+                if kind != "final" and self._abort_wait():
+                    log.warning("reporter: stopped waiting for the reply to %s (the run is stopping)", method)
+                    return False
 
     def _run(self) -> None:
         while True:

@@ -264,7 +264,9 @@ class StepRow:
 
     def to_proto(self, pb: Any, total_steps: int) -> Any:
         optional = {
-            k: float(v) for k, v in asdict(self).items() if k not in ("step", "epoch", "tokens", "seconds") and v is not None
+            k: float(v)
+            for k, v in asdict(self).items()
+            if k not in ("step", "epoch", "tokens", "seconds") and v is not None
         }
         return pb.StepMetrics(step=self.step, total_steps=total_steps, epoch=float(self.epoch), **optional)
 
