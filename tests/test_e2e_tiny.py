@@ -146,6 +146,9 @@ def test_job_end_to_end(trained, tiny_server_factory, tmp_path):
         validate(json.loads(ln.removeprefix("data: ")), "CreateChatCompletionStreamResponse")
 
     # Delete the fine-tuned model: gone from the list and from serving; checkpoints stay.
+    raw_deleted = srv.http.delete(f"/v1/models/{ckpts.data[0].fine_tuned_model_checkpoint}").json()
+    validate(raw_deleted, "DeleteModelResponse")
+    assert raw_deleted["deleted"] is True
     deleted = client.models.delete(job.fine_tuned_model)
     assert deleted.deleted
     assert job.fine_tuned_model not in {m.id for m in client.models.list().data}

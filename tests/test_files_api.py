@@ -32,6 +32,10 @@ def test_upload_retrieve_content_delete(server, upload):
     content = server.client.files.content(f.id).read()
     assert hashlib.sha256(content).hexdigest() == hashlib.sha256(data).hexdigest()
 
+    other = upload(data, name="other.jsonl")
+    raw_deleted = server.http.delete(f"/v1/files/{other.id}").json()
+    validate(raw_deleted, "DeleteFileResponse")
+    assert raw_deleted == {"id": other.id, "object": "file", "deleted": True}
     deleted = server.client.files.delete(f.id)
     assert deleted.deleted and deleted.id == f.id
     with pytest.raises(openai.NotFoundError) as e:
