@@ -52,6 +52,21 @@ def metrics_message(m: pb.StepMetrics) -> str:
     return f"{msg}: {', '.join(parts)}" if parts else msg
 
 
+def servable_model(job: Job, name: str, kind: str, prefix: str) -> FineTunedModel:
+    """A fine-tuned or checkpoint model of a job, owned by the job's organization and project."""
+    return FineTunedModel(
+        id=name,
+        kind=kind,
+        base_model=job.base_model,
+        job_id=job.id,
+        object_prefix=prefix,
+        owned_by=job.organization_id,
+        organization_id=job.organization_id,
+        project_id=job.project_id,
+        created_at=now(),
+    )
+
+
 class ReportingService(pb_grpc.TrainerReportingServicer):
     def __init__(self, db: Database, store: ObjectStore, on_change: Callable[[], None] = lambda: None):
         self.db = db
@@ -136,19 +151,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                     object_prefix=request.object_prefix,
                 )
             )
-            s.add(
-                FineTunedModel(
-                    id=name,
-                    kind="checkpoint",
-                    base_model=job.base_model,
-                    job_id=job.id,
-                    object_prefix=request.object_prefix,
-                    owned_by=job.organization_id,
-                    organization_id=job.organization_id,
-                    project_id=job.project_id,
-                    created_at=now(),
-                )
-            )
+            s.add(servable_model(job, name, "checkpoint", request.object_prefix))
             add_event(s, job.id, f"Checkpoint created at step {request.step}", data={"step": request.step})
 
         return self._with_job(request.run, context, apply)
@@ -185,19 +188,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                 )
                 s.add(results)
                 job.result_files = [results.id]
-            s.add(
-                FineTunedModel(
-                    id=job.fine_tuned_model,
-                    kind="fine_tuned",
-                    base_model=job.base_model,
-                    job_id=job.id,
-                    object_prefix=request.model_prefix,
-                    owned_by=job.organization_id,
-                    organization_id=job.organization_id,
-                    project_id=job.project_id,
-                    created_at=now(),
-                )
-            )
+            s.add(servable_model(job, job.fine_tuned_model, "fine_tuned", request.model_prefix))
             job.trained_tokens = int(request.trained_tokens)
             job.status = "succeeded"
             add_event(s, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
