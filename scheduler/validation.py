@@ -1,36 +1,75 @@
-"""File validation before a job is queued: line-numbered errors and the example count."""
+"""File validation before a job is queued: line-numbered errors, format/method fit and the example count."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tunery.data import MIN_EXAMPLES, parse_chat_jsonl
+from tunery.data import MIN_EXAMPLES, DataFormat, ParseResult, parse_jsonl
 from tunery.storage import ObjectStore
 
 SHOWN_ERRORS = 5
+# The training method each kind of file feeds (`method.type` of a job).
+METHOD_FOR_KIND = {"supervised": "supervised", "preference": "dpo"}
 
 
 @dataclass
 class FileCheck:
     n_examples: int
     error: dict[str, str | None] | None  # OpenAI job error object when the file can't be used
+    format: DataFormat | None = None
+    line: int | None = None  # the first invalid line, when the error is about lines
+    field: str | None = None  # its field path, when known
 
 
-def check_file(store: ObjectStore, key: str, file_id: str, param: str) -> FileCheck:
-    result = parse_chat_jsonl(store.iter_chunks(key), keep_records=False)
-    n = len(result.records)
+def _code(param: str) -> str:
+    return "invalid_training_file" if param == "training_file" else "invalid_validation_file"
+
+
+def check_method_fit(
+    fmt: DataFormat | None, file_id: str, method: str, param: str = "training_file"
+) -> dict[str, str | None] | None:
+    """The job error when a file's format does not fit the job's training method (None when it fits).
+
+    Worded like OpenAI's: "Input file file-… is in the fine-tune-chat format, but the specified fine-tuning job
+    is not using 'supervised' as the training method (provided method=dpo)."
+    """
+    if fmt is None:
+        return None
+    wanted = METHOD_FOR_KIND[fmt.kind]
+    if wanted == method:
+        return None
+    return {
+        "code": _code(param),
+        "message": f"Input file {file_id} is in the {fmt.label} format, but the specified fine-tuning job is not "
+        f"using '{wanted}' as the training method (provided method={method}).",
+        "param": param,
+    }
+
+
+def check_chunks(chunks: Iterable[bytes], file_id: str, param: str, method: str = "supervised") -> FileCheck:
+    """Validate a file's bytes (streamed) for a job of training method `method`."""
+    result: ParseResult = parse_jsonl(chunks, keep_records=False)
+    n = result.n_records
     if result.n_errors:
         shown = "; ".join(str(e) for e in result.errors[:SHOWN_ERRORS])
         more = f" (and {result.n_errors - SHOWN_ERRORS} more)" if result.n_errors > SHOWN_ERRORS else ""
+        first = result.errors[0]
         return FileCheck(
             n,
             {
-                "code": "invalid_training_file" if param == "training_file" else "invalid_validation_file",
+                "code": _code(param),
                 "message": f"The job failed due to an invalid {param.replace('_', ' ')} ({file_id}). "
                 f"Invalid file format: {result.n_errors} invalid line(s): {shown}{more}.",
                 "param": param,
             },
+            result.format,
+            first.line,
+            first.field,
         )
+    fit = check_method_fit(result.format, file_id, method, param)
+    if fit:
+        return FileCheck(n, fit, result.format)
     if param == "training_file" and n < MIN_EXAMPLES:
         return FileCheck(
             n,
@@ -39,9 +78,16 @@ def check_file(store: ObjectStore, key: str, file_id: str, param: str) -> FileCh
                 "message": f"Training file has {n} example(s), but must have at least {MIN_EXAMPLES} examples",
                 "param": param,
             },
+            result.format,
         )
     if n == 0:
         return FileCheck(
-            n, {"code": "invalid_validation_file", "message": "Validation file has no examples", "param": param}
+            n,
+            {"code": "invalid_validation_file", "message": "Validation file has no examples", "param": param},
+            result.format,
         )
-    return FileCheck(n, None)
+    return FileCheck(n, None, result.format)
+
+
+def check_file(store: ObjectStore, key: str, file_id: str, param: str, method: str = "supervised") -> FileCheck:
+    return check_chunks(store.iter_chunks(key), file_id, param, method)

@@ -101,11 +101,18 @@ class ChatTokenizer:
         self.tokenizer = tokenizer
         self.end_of_turn = list(end_of_turn) if end_of_turn is not None else end_of_turn_tokens(tokenizer)
 
-    def render(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = False) -> str:
+    def render(
+        self,
+        messages: Sequence[ChatMessage],
+        add_generation_prompt: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        kwargs: dict[str, Any] = {"tools": tools} if tools else {}
         text = self.tokenizer.apply_chat_template(
             [m.as_template_dict() for m in messages],
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            **kwargs,
         )
         if not isinstance(text, str):
             raise ChatTemplateError(f"chat template rendered {type(text).__name__}, expected text")
@@ -115,12 +122,13 @@ class ChatTokenizer:
         """The full rendering and the character spans of the trained assistant turns."""
         messages = record.messages
         line = record.line
-        full = self.render(messages)
+        tools = record.tools or None
+        full = self.render(messages, tools=tools)
         spans: list[tuple[int, int]] = []
         for i, message in enumerate(messages):
             if message.role != "assistant" or message.weight == 0:
                 continue
-            upto = self.render(messages[: i + 1])
+            upto = self.render(messages[: i + 1], tools=tools)
             if not full.startswith(upto):
                 raise ChatTemplateError(
                     f"the chat template does not render messages append-only: the rendering of the first {i + 1} "
@@ -128,7 +136,7 @@ class ChatTokenizer:
                     line,
                 )
             if i > 0:
-                head = self.render(messages[:i], add_generation_prompt=True)
+                head = self.render(messages[:i], add_generation_prompt=True, tools=tools)
                 if not upto.startswith(head):
                     raise ChatTemplateError(
                         f"the chat template's generation prompt for message {i} is not a prefix of the rendered "

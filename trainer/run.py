@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from tunery.data import ChatRecord, parse_chat_jsonl
+from tunery.data import ChatRecord, parse_jsonl
 from tunery.jobspec import DataFile, JobSpec
 from tunery.storage import ObjectNotFound, ObjectStore, open_store
 
@@ -72,7 +72,8 @@ class DataFileRead:
 
 
 def read_chat_file(store: ObjectStore, data_file: DataFile, param: str) -> DataFileRead:
-    """Read and parse one chat JSONL file from the store, hashing it on the way."""
+    """Read and parse one supervised training file (chat, completion, alpaca or sharegpt) from the store, hashing
+    it on the way; every supervised format normalizes to ChatRecord."""
     code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
     digest = hashlib.sha256()
     size = 0
@@ -85,7 +86,7 @@ def read_chat_file(store: ObjectStore, data_file: DataFile, param: str) -> DataF
             yield chunk
 
     try:
-        result = parse_chat_jsonl(chunks())
+        result = parse_jsonl(chunks())
     except ObjectNotFound as e:
         raise TrainerError(
             f"{param} {data_file.file_id} is missing from the object store", code=code, param=param
@@ -101,9 +102,17 @@ def read_chat_file(store: ObjectStore, data_file: DataFile, param: str) -> DataF
             code=code,
             param=param,
         )
-    if not result.records:
+    if result.format is not None and result.format.kind != "supervised":
+        raise TrainerError(
+            f"{param} {data_file.file_id} is in the {result.format.label} format (preference data), but this trainer "
+            "runs supervised fine-tuning only",
+            code=code,
+            param=param,
+        )
+    records = [r for r in result.records if isinstance(r, ChatRecord)]
+    if not records:
         raise TrainerError(f"{param} {data_file.file_id} contains no examples", code=code, param=param)
-    return DataFileRead(records=result.records, sha256=sha, n_bytes=size)
+    return DataFileRead(records=records, sha256=sha, n_bytes=size)
 
 
 # ---- model and training configuration ---------------------------------------------------------------------
