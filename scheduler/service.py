@@ -21,6 +21,7 @@ from tunery.db.ops import TERMINAL, add_event, now
 from tunery.jobspec import DataFile, JobSpec, ResolvedHyperparameters
 from tunery.settings import Settings
 from tunery.storage import ObjectStore
+from tunery.uploads import sweep_expired as sweep_expired_uploads
 
 log = logging.getLogger("tunery.scheduler")
 
@@ -71,11 +72,13 @@ class Scheduler:
             self._wake.clear()
 
     def tick(self) -> None:
-        """One pass: stop cancelled runs, reap finished ones, validate new jobs, launch queued ones."""
+        """One pass: stop cancelled runs, reap finished ones, validate new jobs, launch queued ones, expire
+        uploads past their expiry."""
         self.stop_cancelled()
         self.reap()
         self.validate_pending()
         self.launch_queued()
+        sweep_expired_uploads(self.db, self.store)
 
     # Start-up ----------------------------------------------------------------------------------
     def recover(self) -> None:

@@ -1,4 +1,6 @@
-"""Identifiers in OpenAI's formats: ``file-…``, ``ftjob-…``, ``ftevent-…``, ``ftckpt-…`` and ``ft:`` model names."""
+"""Identifiers in OpenAI's formats: ``file-…``, ``upload_…``, ``part_…``, ``ftjob-…``, ``ftevent-…``, ``ftckpt-…``
+and ``ft:`` model names.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +17,14 @@ def _random(n: int) -> str:
 
 def file_id() -> str:
     return f"file-{_random(24)}"
+
+
+def upload_id() -> str:
+    return f"upload_{_random(24)}"
+
+
+def part_id() -> str:
+    return f"part_{_random(24)}"
 
 
 def job_id() -> str:

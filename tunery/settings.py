@@ -49,6 +49,10 @@ class Settings(BaseSettings):
 
     # Files.
     max_file_bytes: int = 512 * 1024 * 1024
+    # Uploads (/v1/uploads): the most an Upload may declare, the largest part, and how long one stays open.
+    max_upload_bytes: int = 8 * 1024 * 1024 * 1024
+    max_upload_part_bytes: int = 64 * 1024 * 1024
+    upload_expiry_seconds: int = 3600
 
     # Scheduler and the local trainer runner.
     scheduler_poll_seconds: float = 0.5

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from tunery.db.models import Base, Checkpoint, File, FineTunedModel, Job, JobEvent
+from tunery.db.models import Base, Checkpoint, File, FineTunedModel, Job, JobEvent, Upload, UploadPart
 
 __all__ = [
     "Base",
@@ -24,6 +24,8 @@ __all__ = [
     "Job",
     "JobEvent",
     "SchemaOutOfDate",
+    "Upload",
+    "UploadPart",
 ]
 
 T = TypeVar("T")

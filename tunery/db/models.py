@@ -118,3 +118,37 @@ class FineTunedModel(Base, Tenant):
     object_prefix: Mapped[str] = mapped_column(String(1024))
     owned_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Upload(Base, Tenant):
+    """A file sent in parts (``/v1/uploads``); on completion the parts become one File."""
+
+    __tablename__ = "uploads"
+    # The expiry sweep looks for pending uploads past their expiry: (status, expires_at) answers it alone.
+    __table_args__ = (Index("ix_uploads_status_expires_at", "status", "expires_at"),)
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)  # declared at creation; the parts must add up to it
+    mime_type: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    # pending -> completing (transient, held by one complete request) -> completed; pending -> cancelled | expired.
+    status: Mapped[str] = mapped_column(String(16))
+    # expires_after of the request: the lifetime of the File made on completion (seconds), if any.
+    file_expires_after: Mapped[int | None] = mapped_column(BigInteger)
+    file_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class UploadPart(Base, Tenant):
+    __tablename__ = "upload_parts"
+    __table_args__ = (Index("ix_upload_parts_upload_pk", "upload_id", "pk"),)
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    object_key: Mapped[str] = mapped_column(String(1024))
