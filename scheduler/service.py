@@ -203,7 +203,7 @@ class Scheduler:
             if f is None:
                 error = {"code": f"invalid_{param}", "message": f"File {file_id} was deleted.", "param": param}
                 break
-            check = check_file(self.store, f.object_key, f.id, param)
+            check = check_file(self.store, f.object_key, f.id, param, method=job.method.get("type", "supervised"))
             if check.error:
                 error = check.error
                 break
