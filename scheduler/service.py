@@ -203,7 +203,15 @@ class Scheduler:
             if f is None:
                 error = {"code": f"invalid_{param}", "message": f"File {file_id} was deleted.", "param": param}
                 break
-            check = check_file(self.store, f.object_key, f.id, param, method=job.method.get("type", "supervised"))
+            check = check_file(
+                self.store,
+                f.object_key,
+                f.id,
+                param,
+                method=job.method.get("type", "supervised"),
+                max_line_bytes=self.settings.max_line_bytes,
+                max_lines=self.settings.max_lines,
+            )
             if check.error:
                 error = check.error
                 break

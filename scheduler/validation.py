@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tunery.data import MIN_EXAMPLES, DataFormat, ParseResult, parse_jsonl
+from tunery.data import MAX_LINE_BYTES, MAX_LINES, MIN_EXAMPLES, DataFormat, ParseResult, parse_jsonl
 from tunery.storage import ObjectStore
 
 SHOWN_ERRORS = 5
@@ -47,9 +47,17 @@ def check_method_fit(
     }
 
 
-def check_chunks(chunks: Iterable[bytes], file_id: str, param: str, method: str = "supervised") -> FileCheck:
+def check_chunks(
+    chunks: Iterable[bytes],
+    file_id: str,
+    param: str,
+    method: str = "supervised",
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_lines: int = MAX_LINES,
+) -> FileCheck:
     """Validate a file's bytes (streamed) for a job of training method `method`."""
-    result: ParseResult = parse_jsonl(chunks, keep_records=False)
+    result: ParseResult = parse_jsonl(chunks, keep_records=False, max_line_bytes=max_line_bytes, max_lines=max_lines)
     n = result.n_records
     if result.n_errors:
         shown = "; ".join(str(e) for e in result.errors[:SHOWN_ERRORS])
@@ -89,5 +97,16 @@ def check_chunks(chunks: Iterable[bytes], file_id: str, param: str, method: str 
     return FileCheck(n, None, result.format)
 
 
-def check_file(store: ObjectStore, key: str, file_id: str, param: str, method: str = "supervised") -> FileCheck:
-    return check_chunks(store.iter_chunks(key), file_id, param, method)
+def check_file(
+    store: ObjectStore,
+    key: str,
+    file_id: str,
+    param: str,
+    method: str = "supervised",
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_lines: int = MAX_LINES,
+) -> FileCheck:
+    return check_chunks(
+        store.iter_chunks(key), file_id, param, method, max_line_bytes=max_line_bytes, max_lines=max_lines
+    )

@@ -18,6 +18,9 @@ from enum import StrEnum
 from typing import Any
 
 MIN_EXAMPLES = 10
+# Defaults of TUNERY_MAX_LINE_BYTES and TUNERY_MAX_LINES: one example (images included) and one file.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+MAX_LINES = 10_000_000
 MAX_LISTED_ERRORS = 100
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -553,21 +556,42 @@ def parse_line(obj: Any, line: int, fmt: DataFormat) -> Record:
 
 
 # ---- files ------------------------------------------------------------------------------------------------
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw line) from a byte stream, without holding the whole file."""
+def iter_lines(chunks: Iterable[bytes], max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | None]]:
+    """(1-based line number, raw line) from a byte stream, without holding the whole file.
+
+    A line longer than ``max_line_bytes`` comes out as ``None`` and its bytes are dropped as they arrive, so
+    even a file with no newline at all never takes more than about ``max_line_bytes`` of memory.
+    """
     buf = b""
+    oversize = False
     n = 0
     for chunk in chunks:
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for raw in lines:
+        parts = chunk.split(b"\n")
+        for i, part in enumerate(parts[:-1]):  # complete lines; the first one continues the buffer
             n += 1
-            yield n, raw
-    if buf:
+            if i == 0:
+                line = None if oversize else buf + part
+                buf, oversize = b"", False
+            else:
+                line = part
+            yield n, line if line is not None and len(line) <= max_line_bytes else None
+        if not oversize:
+            buf += parts[-1]
+            if len(buf) > max_line_bytes:
+                buf, oversize = b"", True
+    if oversize:
+        yield n + 1, None
+    elif buf:
         yield n + 1, buf
 
 
-def parse_jsonl(chunks: Iterable[bytes], keep_records: bool = True) -> ParseResult:
+def parse_jsonl(
+    chunks: Iterable[bytes],
+    keep_records: bool = True,
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_lines: int = MAX_LINES,
+) -> ParseResult:
     """Parse a JSONL training file in any supported format, streaming.
 
     Blank lines at the end are ignored; elsewhere they are errors. With ``keep_records=False`` only the count
@@ -575,8 +599,17 @@ def parse_jsonl(chunks: Iterable[bytes], keep_records: bool = True) -> ParseResu
     """
     result = ParseResult()
     pending_blank: list[int] = []
-    for n, raw in iter_lines(chunks):
+    for n, raw in iter_lines(chunks, max_line_bytes):
+        if n > max_lines:
+            result.add_error(LineError(n, f"the file has more than {max_lines} lines (the limit)"))
+            break
         result.n_lines = n
+        if raw is None:
+            for b in pending_blank:
+                result.add_error(LineError(b, "blank line"))
+            pending_blank.clear()
+            result.add_error(LineError(n, f"line is longer than {max_line_bytes} bytes (the limit)"))
+            continue
         if not raw.strip():
             pending_blank.append(n)
             continue

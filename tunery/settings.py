@@ -49,6 +49,9 @@ class Settings(BaseSettings):
 
     # Files.
     max_file_bytes: int = 512 * 1024 * 1024
+    # Training files: the longest line (one example) and the most lines validation accepts.
+    max_line_bytes: int = 16 * 1024 * 1024
+    max_lines: int = 10_000_000
     # Uploads (/v1/uploads): the most an Upload may declare, the largest part, and how long one stays open.
     max_upload_bytes: int = 8 * 1024 * 1024 * 1024
     max_upload_part_bytes: int = 64 * 1024 * 1024
