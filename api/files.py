@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -16,9 +15,9 @@ from api.context import AppContext, Tenant, get_ctx
 from api.errors import APIError, bad_request, not_found
 from api.objects import file_object
 from api.pagination import list_object, page
+from api.streams import save_limited
 from tunery import ids
 from tunery.db import File
-from tunery.storage import CHUNK
 
 router = APIRouter()
 
@@ -88,19 +87,10 @@ async def create_file(request: Request, ctx: AppContext = Depends(get_ctx), t: T
         file_id = ids.file_id()
         key = f"files/{file_id}"
 
-        def chunks() -> Iterator[bytes]:
-            total = 0
-            while chunk := upload.file.read(CHUNK):
-                total += len(chunk)
-                if total > limit:
-                    raise APIError(
-                        413, f"File is too large: the limit is {limit} bytes.", param="file", code="file_too_large"
-                    )
-                yield chunk
+        def too_large() -> APIError:
+            return APIError(413, f"File is too large: the limit is {limit} bytes.", param="file", code="file_too_large")
 
-        from starlette.concurrency import run_in_threadpool
-
-        size, sha = await run_in_threadpool(ctx.store.put_stream, key, chunks())
+        size, sha = await save_limited(ctx.store, key, upload.file, limit, too_large)
         if size == 0:
             ctx.store.delete(key)
             raise bad_request("The file is empty.", param="file")

@@ -26,10 +26,10 @@ from api.context import AppContext, Tenant, get_ctx
 from api.errors import APIError, bad_request, not_found
 from api.files import MAX_EXPIRY, MIN_EXPIRY
 from api.objects import file_object
+from api.streams import save_limited
 from tunery import ids
 from tunery import uploads as lifecycle
 from tunery.db import File, Upload, UploadPart
-from tunery.storage import CHUNK
 
 router = APIRouter()
 T = TypeVar("T")
@@ -198,15 +198,8 @@ async def add_part(
         part_id = ids.part_id()
         key = lifecycle.part_key(upload_id, part_id)
 
-        def chunks() -> Iterator[bytes]:
-            total = 0
-            while chunk := data.file.read(CHUNK):
-                total += len(chunk)
-                if total > limit:
-                    raise too_large()  # put_stream removes its temporary object: nothing is left behind
-                yield chunk
-
-        size, _ = await run_in_threadpool(ctx.store.put_stream, key, chunks())
+        # put_stream removes its temporary object when the part is too large: nothing is left behind.
+        size, _ = await save_limited(ctx.store, key, data.file, limit, too_large)
         if size == 0:
             ctx.store.delete(key)
             raise bad_request("The part is empty.", param="data")
