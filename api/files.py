@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Literal
 
@@ -16,8 +17,10 @@ from api.errors import APIError, bad_request, not_found
 from api.objects import file_object
 from api.pagination import list_object, page
 from api.streams import save_limited
+from scheduler.validation import REPORT_OBJECT, report_key
 from tunery import ids
 from tunery.db import File
+from tunery.storage import ObjectNotFound
 
 router = APIRouter()
 
@@ -105,7 +108,7 @@ async def create_file(request: Request, ctx: AppContext = Depends(get_ctx), t: T
             object_key=key,
             created_at=created,
             expires_at=expires_at,
-            status="processed",
+            status=initial_status(purpose),
             status_details=None,
         )
         try:
@@ -114,6 +117,7 @@ async def create_file(request: Request, ctx: AppContext = Depends(get_ctx), t: T
         except Exception:
             ctx.store.delete(key)
             raise
+        ctx.wake_scheduler()  # it validates new training files
         return file_object(row)
     finally:
         await form.close()
@@ -149,7 +153,29 @@ def delete_file(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = De
         key = f.object_key
         s.delete(f)
     ctx.store.delete(key)
+    ctx.store.delete(report_key(file_id))
     return {"id": file_id, "object": "file", "deleted": True}
+
+
+@router.get("/files/{file_id}/validation")
+def file_validation(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
+    """Tunery's extension: the validation report of a training file (format, counts, line errors, duplicates)."""
+    with ctx.db.session() as s:
+        f = get_file(s, t, file_id)
+    if f.purpose != "fine-tune":
+        raise bad_request(f"File {file_id} has purpose {f.purpose!r}: only fine-tune files are validated.", param="id")
+    if f.status == "uploaded":
+        return {"object": REPORT_OBJECT, "file_id": file_id, "status": "pending"}
+    try:
+        report: dict = json.loads(ctx.store.get_bytes(report_key(file_id)))
+    except ObjectNotFound:
+        return {"object": REPORT_OBJECT, "file_id": file_id, "status": f.status, "status_details": f.status_details}
+    return report
+
+
+def initial_status(purpose: str) -> str:
+    """Training files are validated by the scheduler (uploaded -> processed | error); others are ready at once."""
+    return "uploaded" if purpose == "fine-tune" else "processed"
 
 
 @router.get("/files/{file_id}/content")

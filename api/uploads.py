@@ -24,7 +24,7 @@ from starlette.datastructures import UploadFile
 from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import APIError, bad_request, not_found
-from api.files import MAX_EXPIRY, MIN_EXPIRY
+from api.files import MAX_EXPIRY, MIN_EXPIRY, initial_status
 from api.objects import file_object
 from api.streams import save_limited
 from tunery import ids
@@ -294,7 +294,7 @@ def complete_upload(
                 object_key=key,
                 created_at=created,
                 expires_at=created + upload.file_expires_after if upload.file_expires_after else None,
-                status="processed",
+                status=initial_status(upload.purpose),
                 status_details=None,
             )
             with ctx.db.session() as s:
@@ -321,6 +321,7 @@ def complete_upload(
         raise
     # Every part, listed or not, has served its purpose.
     lifecycle.delete_objects(ctx.store, [p.object_key for p in parts.values()])
+    ctx.wake_scheduler()  # it validates new training files
     return upload_object(upload, f)
 
 

@@ -6,6 +6,7 @@ where it left off after a restart.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
@@ -14,13 +15,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scheduler.backends import Backend
-from scheduler.validation import check_file
+from scheduler.validation import check_file, file_report, report_key, status_details
 from tunery import hyperparams, ids
+from tunery.data import parse_jsonl
 from tunery.db import Database, File, Job
 from tunery.db.ops import TERMINAL, add_event, now
 from tunery.jobspec import DataFile, JobSpec, ResolvedHyperparameters
 from tunery.settings import Settings
-from tunery.storage import ObjectStore
+from tunery.storage import ObjectNotFound, ObjectStore
 from tunery.uploads import sweep_expired as sweep_expired_uploads
 
 log = logging.getLogger("tunery.scheduler")
@@ -76,6 +78,7 @@ class Scheduler:
         uploads past their expiry."""
         self.stop_cancelled()
         self.reap()
+        self.validate_uploaded_files()
         self.validate_pending()
         self.launch_queued()
         sweep_expired_uploads(self.db, self.store)
@@ -156,6 +159,45 @@ class Scheduler:
 
             self.db.transaction(check)
 
+    def validate_uploaded_files(self) -> None:
+        """New training files: write each one's validation report and set its status (processed | error)."""
+        with self.db.session() as s:
+            pending = list(
+                s.execute(
+                    select(File.id, File.object_key).where(File.purpose == "fine-tune", File.status == "uploaded")
+                )
+            )
+        for file_id, key in pending:
+            try:
+                result = parse_jsonl(
+                    self.store.iter_chunks(key),
+                    keep_records=False,
+                    max_line_bytes=self.settings.max_line_bytes,
+                    max_lines=self.settings.max_lines,
+                )
+                report = file_report(file_id, result, now())
+            except ObjectNotFound:
+                continue  # deleted meanwhile
+            except Exception:
+                log.exception("validating file %s failed", file_id)
+                report = {"status": "error", "internal": True}
+            if not report.get("internal"):
+                self.store.put_bytes(report_key(file_id), json.dumps(report).encode())
+
+            def record(s: Session, file_id: str = file_id, report: dict = report) -> None:
+                f = s.scalar(select(File).where(File.id == file_id))
+                if f is None:
+                    self.store.delete(report_key(file_id))
+                    return
+                f.status = report["status"]
+                f.status_details = (
+                    "The file could not be validated because of an internal error."
+                    if report.get("internal")
+                    else status_details(report)
+                )
+
+            self.db.transaction(record)
+
     def validate_pending(self) -> None:
         for job_id in self._job_ids(Job.status == "validating_files"):
             try:
@@ -196,6 +238,7 @@ class Scheduler:
             files = self._files(s, job)
         error: dict[str, str | None] | None = None
         n_train = 0
+        summaries: list[str] = []
         for file_id, param in ((job.training_file, "training_file"), (job.validation_file, "validation_file")):
             if not file_id:
                 continue
@@ -215,6 +258,7 @@ class Scheduler:
             if check.error:
                 error = check.error
                 break
+            summaries.append(check.summary(f.id, param))
             if param == "training_file":
                 n_train = check.n_examples
         if error:
@@ -234,6 +278,8 @@ class Scheduler:
                 job.base_model, self.settings.organization_slug, job.suffix, job.id
             )
             job.status = "queued"
+            for summary in summaries:
+                add_event(s, job.id, summary)
             add_event(
                 s,
                 job.id,

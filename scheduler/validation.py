@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from tunery.data import MAX_LINE_BYTES, MAX_LINES, MIN_EXAMPLES, DataFormat, ParseResult, parse_jsonl
 from tunery.storage import ObjectStore
@@ -20,6 +21,13 @@ class FileCheck:
     format: DataFormat | None = None
     line: int | None = None  # the first invalid line, when the error is about lines
     field: str | None = None  # its field path, when known
+    n_duplicates: int = 0
+
+    def summary(self, file_id: str, param: str) -> str:
+        """One line for the job's events."""
+        fmt = f" in the {self.format.value} format" if self.format else ""
+        dup = f", {self.n_duplicates} exact duplicate(s)" if self.n_duplicates else ""
+        return f"{param.replace('_', ' ').capitalize()} {file_id}: {self.n_examples} example(s){fmt}{dup}"
 
 
 def _code(param: str) -> str:
@@ -94,7 +102,7 @@ def check_chunks(
             {"code": "invalid_validation_file", "message": "Validation file has no examples", "param": param},
             result.format,
         )
-    return FileCheck(n, None, result.format)
+    return FileCheck(n, None, result.format, n_duplicates=result.n_duplicates)
 
 
 def check_file(
@@ -110,3 +118,52 @@ def check_file(
     return check_chunks(
         store.iter_chunks(key), file_id, param, method, max_line_bytes=max_line_bytes, max_lines=max_lines
     )
+
+
+REPORT_OBJECT = "file.validation"
+
+
+def report_key(file_id: str) -> str:
+    return f"reports/files/{file_id}/validation.json"
+
+
+def file_report(file_id: str, result: ParseResult, created_at: int) -> dict[str, Any]:
+    """The validation report of an uploaded training file (``GET /v1/files/{id}/validation``)."""
+    status = "error" if result.n_errors or not result.n_records else "processed"
+    warnings = []
+    if status == "processed" and result.n_records < MIN_EXAMPLES:
+        warnings.append(f"The file has {result.n_records} example(s); a fine-tuning job needs at least {MIN_EXAMPLES}.")
+    if result.n_duplicates:
+        warnings.append(f"{result.n_duplicates} example(s) repeat an earlier example exactly.")
+    return {
+        "object": REPORT_OBJECT,
+        "file_id": file_id,
+        "status": status,
+        "created_at": created_at,
+        "format": result.format.value if result.format else None,
+        "kind": result.kind,
+        "lines": result.n_lines,
+        "examples": result.n_records,
+        "errors": {
+            "total": result.n_errors,
+            "listed": [{"line": e.line, "field": e.field, "message": e.message} for e in result.errors],
+        },
+        "duplicates": {
+            "exact": result.n_duplicates,
+            "listed": [{"line": line, "duplicate_of": first} for line, first in result.duplicates],
+        },
+        "warnings": warnings,
+    }
+
+
+def status_details(report: dict[str, Any]) -> str:
+    """One line for the File object's ``status_details``."""
+    errors = report["errors"]
+    if report["status"] == "error":
+        if not errors["total"]:
+            return "The file has no examples."
+        first = errors["listed"][0]
+        where = f"line {first['line']}" + (f" ({first['field']})" if first["field"] else "")
+        return f"{errors['total']} invalid line(s); first: {where}: {first['message']}"
+    out = f"{report['examples']} example(s) in the {report['format']} format"
+    return out + (f"; {report['duplicates']['exact']} exact duplicate(s)" if report["duplicates"]["exact"] else "")

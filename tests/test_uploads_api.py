@@ -85,7 +85,9 @@ def test_sdk_chunked_upload_then_fine_tune(server, tmp_path: Path):
     assert up.file is not None and up.file.id.startswith("file-")
     assert (up.file.filename, up.file.purpose, up.file.bytes) == ("big.jsonl", "fine-tune", len(data))
     got = server.client.files.retrieve(up.file.id)
-    assert got.bytes == len(data) and got.status == "processed"
+    assert got.bytes == len(data) and got.status in ("uploaded", "processed")  # validated right after
+    got = server.client.files.wait_for_processing(up.file.id, poll_interval=0.1, max_wait_seconds=30)
+    assert got.status == "processed"
     assert server.client.files.content(up.file.id).read() == data
     assert status_and_parts(server, up.id) == ("completed", 0, [])
 

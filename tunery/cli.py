@@ -16,6 +16,8 @@ db_app = typer.Typer(no_args_is_help=True, help="Metadata store schema.")
 models_app = typer.Typer(no_args_is_help=True, help="Base models.")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(no_args_is_help=True, help="Training data.")
+app.add_typer(data_app, name="data")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -76,6 +78,47 @@ def models_list() -> None:
     """Configured base models and their folders."""
     for name, path in _settings().base_model_paths().items():
         typer.echo(f"{name}\t{path}")
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="A JSONL training file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check a training file on this machine, before uploading it: the same report the server makes."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from scheduler.validation import file_report
+    from tunery.data import parse_jsonl
+    from tunery.storage import CHUNK
+
+    s = _settings()
+    with open(path, "rb") as f:
+        result = parse_jsonl(
+            iter(lambda: f.read(CHUNK), b""), keep_records=False, max_line_bytes=s.max_line_bytes, max_lines=s.max_lines
+        )
+    report = file_report(path.name, result, 0)
+    del report["created_at"]
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        console = Console()
+        ok = report["status"] == "processed"
+        console.print(
+            f"[bold]{path}[/]: [{'green' if ok else 'red'}]{'valid' if ok else 'invalid'}[/] - "
+            f"{report['examples']} example(s) in {report['lines']} line(s), format {report['format']}"
+        )
+        if report["errors"]["total"]:
+            table = Table("line", "field", "problem", title=f"{report['errors']['total']} invalid line(s)")
+            for e in report["errors"]["listed"]:
+                table.add_row(str(e["line"]), e["field"] or "", e["message"])
+            console.print(table)
+        for w in report["warnings"]:
+            console.print(f"[yellow]warning:[/] {w}")
+    raise typer.Exit(0 if report["status"] == "processed" else 1)
 
 
 def main() -> None:

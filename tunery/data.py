@@ -11,6 +11,7 @@ normalize to :class:`ChatRecord`; preference formats (OpenAI DPO, TRL prompt/cho
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -154,6 +155,20 @@ class ParseResult:
     n_records: int = 0
     format: DataFormat | None = None  # decided by the first valid JSON object line
     format_line: int = 0
+    # Exact duplicates: examples equal (as JSON, key order aside) to an earlier one; (line, first line) pairs.
+    n_duplicates: int = 0
+    duplicates: list[tuple[int, int]] = field(default_factory=list)
+    _seen: dict[int, int] = field(default_factory=dict, repr=False)
+
+    def note_example(self, obj: Any, line: int) -> None:
+        digest = int.from_bytes(
+            hashlib.blake2b(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode(), digest_size=8).digest()
+        )
+        first = self._seen.setdefault(digest, line)
+        if first != line:
+            self.n_duplicates += 1
+            if len(self.duplicates) < MAX_LISTED_ERRORS:
+                self.duplicates.append((line, first))
 
     @property
     def kind(self) -> str | None:
@@ -637,6 +652,7 @@ def parse_jsonl(
             result.add_error(err)
             continue
         result.n_records += 1
+        result.note_example(obj, n)
         if keep_records:
             result.records.append(record)
     return result

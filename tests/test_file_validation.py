@@ -1,0 +1,125 @@
+"""Training files are validated when uploaded: status uploaded -> processed | error, and a report per file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import chat_lines
+from tests.schema import validate
+
+
+def _report(server, file_id: str) -> dict:
+    server.client.files.wait_for_processing(file_id, poll_interval=0.1, max_wait_seconds=30)
+    r = server.http.get(f"/v1/files/{file_id}/validation")
+    assert r.status_code == 200
+    return r.json()
+
+
+def test_good_file_is_processed_with_a_report(server, upload):
+    lines = chat_lines(12).splitlines()
+    lines += [lines[2], lines[5]]  # two exact duplicates
+    f = upload(b"\n".join(lines) + b"\n")
+    report = _report(server, f.id)
+    got = server.client.files.retrieve(f.id)
+    assert got.status == "processed"
+    assert got.status_details == "14 example(s) in the chat format; 2 exact duplicate(s)"
+    validate(server.http.get(f"/v1/files/{f.id}").json(), "OpenAIFile")
+    assert report["object"] == "file.validation" and report["status"] == "processed"
+    assert (report["format"], report["kind"], report["lines"], report["examples"]) == ("chat", "supervised", 14, 14)
+    assert report["errors"] == {"total": 0, "listed": []}
+    assert report["duplicates"] == {
+        "exact": 2,
+        "listed": [{"line": 13, "duplicate_of": 3}, {"line": 14, "duplicate_of": 6}],
+    }
+    assert report["warnings"] == ["2 example(s) repeat an earlier example exactly."]
+
+
+def test_bad_file_is_an_error_with_every_line_listed(server, upload):
+    lines = chat_lines(12).splitlines()
+    lines[3] = b"{oops"
+    lines[7] = json.dumps({"messages": [{"role": "narrator", "content": "x"}]}).encode()
+    f = upload(b"\n".join(lines) + b"\n")
+    report = _report(server, f.id)
+    got = server.client.files.retrieve(f.id)
+    assert got.status == "error"
+    assert got.status_details.startswith("2 invalid line(s); first: line 4: invalid JSON")
+    assert report["status"] == "error" and report["examples"] == 10
+    assert [(e["line"], e["field"]) for e in report["errors"]["listed"]] == [(4, None), (8, "messages[0].role")]
+    assert report["errors"]["total"] == 2
+
+
+def test_many_errors_are_capped_with_totals(server, upload):
+    f = upload(b"\n".join([b"not json"] * 150) + b"\n")
+    report = _report(server, f.id)
+    assert report["errors"]["total"] == 150 and len(report["errors"]["listed"]) == 100
+
+
+def test_small_and_preference_files(server, upload):
+    small = _report(server, upload(chat_lines(3)).id)
+    assert small["status"] == "processed" and "needs at least 10" in small["warnings"][0]
+    pref = {
+        "input": {"messages": [{"role": "user", "content": "q"}]},
+        "preferred_output": [{"role": "assistant", "content": "good"}],
+        "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+    }
+    data = "\n".join(json.dumps(pref | {"n": i}) for i in range(10)).encode()
+    report = _report(server, upload(data).id)
+    assert (report["format"], report["kind"], report["status"]) == ("preference", "preference", "processed")
+
+
+def test_report_lifecycle_and_errors(server, upload):
+    other = upload(b"some notes", name="n.txt", purpose="assistants")
+    assert other.status == "processed"
+    r = server.http.get(f"/v1/files/{other.id}/validation")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "id"
+    assert server.http.get("/v1/files/file-nope/validation").status_code == 404
+    f = upload(chat_lines(10))
+    assert _report(server, f.id)["status"] == "processed"
+    server.client.files.delete(f.id)
+    assert server.http.get(f"/v1/files/{f.id}/validation").status_code == 404
+    assert not (server.settings.data_dir / "objects" / "reports" / "files" / f.id / "validation.json").exists()
+
+
+@pytest.mark.parametrize("via_upload_api", [False, True])
+def test_files_from_both_upload_paths_are_validated(server, tmp_path, via_upload_api):
+    data = chat_lines(11)
+    if via_upload_api:
+        path = tmp_path / "big.jsonl"
+        path.write_bytes(data)
+        up = server.client.uploads.upload_file_chunked(
+            file=path, mime_type="application/jsonl", purpose="fine-tune", part_size=512
+        )
+        file_id = up.file.id
+    else:
+        file_id = server.client.files.create(file=("t.jsonl", data), purpose="fine-tune").id
+    assert _report(server, file_id)["examples"] == 11
+
+
+def test_cli_validates_a_local_file(tmp_path):
+    import subprocess
+    import sys
+
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_bytes(chat_lines(12))
+    bad.write_bytes(chat_lines(12).replace(b'"assistant"', b'"robot"', 1))
+    cmd = [sys.executable, "-m", "tunery.cli", "data", "validate"]
+    ok = subprocess.run([*cmd, str(good), "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["examples"] == 12
+    ko = subprocess.run([*cmd, str(bad)], capture_output=True, text=True)
+    assert ko.returncode == 1
+    assert "unknown role 'robot'" in ko.stdout and "messages[1].role" in ko.stdout
+
+
+def test_job_events_summarize_the_files(tiny_server_factory):
+    srv = tiny_server_factory(max_concurrent_runs=0)
+    lines = chat_lines(12).splitlines()
+    f = srv.client.files.create(file=("t.jsonl", b"\n".join([*lines, lines[0]]) + b"\n"), purpose="fine-tune")
+    v = srv.client.files.create(file=("v.jsonl", chat_lines(4)), purpose="fine-tune")
+    job = srv.client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, validation_file=v.id)
+    srv.wait_job(job.id, {"queued"}, timeout=30)
+    events = srv.events(job.id)
+    assert f"Training file {f.id}: 13 example(s) in the chat format, 1 exact duplicate(s)" in events
+    assert f"Validation file {v.id}: 4 example(s) in the chat format" in events
