@@ -185,7 +185,7 @@ def list_jobs(
             rows, more = page(s, Job, q, after=cursor, limit=200)
             matched += [j for j in rows if all((j.job_metadata or {}).get(k) == v for k, v in wanted.items())]
             cursor = rows[-1].id if rows else None
-        return list_object([job_object(j) for j in matched[:limit]], len(matched) > limit or (more and bool(matched)))
+        return list_object([job_object(j) for j in matched[:limit]], len(matched) > limit)
 
 
 @router.get("/fine_tuning/jobs/{job_id}")

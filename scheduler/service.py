@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -47,6 +50,10 @@ class Scheduler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Validation reads whole files: it runs beside the loop, so cancels and launches never wait for it.
+        self._validation = ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate")
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
 
     # Lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -59,6 +66,7 @@ class Scheduler:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=10)
+        self._validation.shutdown(wait=False, cancel_futures=True)
         self.backend.close()
 
     def wake(self) -> None:
@@ -168,50 +176,79 @@ class Scheduler:
                 )
             )
         for file_id, key in pending:
-            try:
-                result = parse_jsonl(
-                    self.store.iter_chunks(key),
-                    keep_records=False,
-                    max_line_bytes=self.settings.max_line_bytes,
-                    max_lines=self.settings.max_lines,
-                )
-                report = file_report(file_id, result, now())
-            except ObjectNotFound:
-                continue  # deleted meanwhile
-            except Exception:
-                log.exception("validating file %s failed", file_id)
-                report = {"status": "error", "internal": True}
-            if not report.get("internal"):
-                self.store.put_bytes(report_key(file_id), json.dumps(report).encode())
+            self._in_background(file_id, self._validate_file, file_id, key)
 
-            def record(s: Session, file_id: str = file_id, report: dict = report) -> None:
-                f = s.scalar(select(File).where(File.id == file_id))
-                if f is None:
-                    self.store.delete(report_key(file_id))
-                    return
-                f.status = report["status"]
-                f.status_details = (
-                    "The file could not be validated because of an internal error."
-                    if report.get("internal")
-                    else status_details(report)
-                )
+    def _validate_file(self, file_id: str, key: str) -> None:
+        try:
+            result = parse_jsonl(
+                self.store.iter_chunks(key),
+                keep_records=False,
+                max_line_bytes=self.settings.max_line_bytes,
+                max_lines=self.settings.max_lines,
+            )
+            report = file_report(file_id, result, now())
+        except ObjectNotFound:
+            return  # deleted meanwhile
+        except Exception:
+            log.exception("validating file %s failed", file_id)
+            report = {"status": "error", "internal": True}
+        if not report.get("internal"):
+            self.store.put_bytes(report_key(file_id), json.dumps(report).encode())
 
-            self.db.transaction(record)
+        def record(s: Session) -> None:
+            f = s.scalar(select(File).where(File.id == file_id))
+            if f is None:
+                self.store.delete(report_key(file_id))
+                return
+            f.status = report["status"]
+            f.status_details = (
+                "The file could not be validated because of an internal error."
+                if report.get("internal")
+                else status_details(report)
+            )
+
+        self.db.transaction(record)
 
     def validate_pending(self) -> None:
         for job_id in self._job_ids(Job.status == "validating_files"):
+            self._in_background(job_id, self._validate_job, job_id)
+
+    def _validate_job(self, job_id: str) -> None:
+        try:
+            self._validate(job_id)
+        except Exception:
+            log.exception("validating job %s failed", job_id)
+            self._fail(
+                job_id,
+                {
+                    "code": "server_error",
+                    "param": None,
+                    "message": "The files could not be validated because of an internal error.",
+                },
+            )
+
+    def _in_background(self, key: str, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` on the validation worker unless work for ``key`` is already queued or running."""
+        with self._busy_lock:
+            if key in self._busy:
+                return
+            self._busy.add(key)
+
+        def work() -> None:
             try:
-                self._validate(job_id)
+                fn(*args)
             except Exception:
-                log.exception("validating job %s failed", job_id)
-                self._fail(
-                    job_id,
-                    {
-                        "code": "server_error",
-                        "param": None,
-                        "message": "The files could not be validated because of an internal error.",
-                    },
-                )
+                log.exception("background validation of %s failed", key)
+            finally:
+                with self._busy_lock:
+                    self._busy.discard(key)
+                self.wake()  # a validated job can be launched at once
+
+        try:
+            self._validation.submit(work)
+        except RuntimeError:  # shutting down
+            with self._busy_lock:
+                self._busy.discard(key)
 
     def _fail(self, job_id: str, error: dict[str, str | None]) -> None:
         def fail(s: Session) -> None:
