@@ -16,7 +16,7 @@ from api.context import AppContext, Tenant, get_ctx
 from api.errors import APIError, bad_request, not_found
 from api.objects import file_object
 from api.pagination import list_object, page
-from api.streams import save_limited
+from api.streams import multipart_form, save_limited
 from scheduler.validation import REPORT_OBJECT, report_key
 from tunery import ids
 from tunery.db import File
@@ -60,14 +60,11 @@ def _expiry(form, created: int) -> int | None:  # type: ignore[no-untyped-def]
 @router.post("/files")
 async def create_file(request: Request, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
     limit = ctx.settings.max_file_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise APIError(413, f"File is too large: the limit is {limit} bytes.", param="file", code="file_too_large")
-    try:
-        # Starlette spools file parts to disk past 1 MB, so the upload is never held whole in memory.
-        form = await request.form(max_files=1, max_fields=16)
-    except Exception as e:  # malformed multipart body
-        raise bad_request(f"Could not parse the multipart form: {e}", param="file") from None
+
+    def too_large() -> APIError:
+        return APIError(413, f"File is too large: the limit is {limit} bytes.", param="file", code="file_too_large")
+
+    form = await multipart_form(request, limit, too_large, "file", max_fields=16)
     try:
         upload = form.get("file")
         purpose = form.get("purpose")
@@ -89,9 +86,6 @@ async def create_file(request: Request, ctx: AppContext = Depends(get_ctx), t: T
         expires_at = _expiry(form, created)
         file_id = ids.file_id()
         key = f"files/{file_id}"
-
-        def too_large() -> APIError:
-            return APIError(413, f"File is too large: the limit is {limit} bytes.", param="file", code="file_too_large")
 
         size, sha = await save_limited(ctx.store, key, upload.file, limit, too_large)
         if size == 0:

@@ -26,7 +26,7 @@ from api.context import AppContext, Tenant, get_ctx
 from api.errors import APIError, bad_request, not_found
 from api.files import MAX_EXPIRY, MIN_EXPIRY, initial_status
 from api.objects import file_object
-from api.streams import save_limited
+from api.streams import multipart_form, save_limited
 from tunery import ids
 from tunery import uploads as lifecycle
 from tunery.db import File, Upload, UploadPart
@@ -179,14 +179,7 @@ async def add_part(
     def too_large() -> APIError:
         return APIError(413, f"Part is too large: the limit is {limit} bytes.", param="data", code="part_too_large")
 
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise too_large()
-    try:
-        # Starlette spools file parts to disk past 1 MB, so a part is never held whole in memory.
-        form = await request.form(max_files=1, max_fields=8)
-    except Exception as e:  # malformed multipart body
-        raise bad_request(f"Could not parse the multipart form: {e}", param="data") from None
+    form = await multipart_form(request, limit, too_large, "data", max_fields=8)
     try:
         data = form.get("data")
         if not isinstance(data, UploadFile):
