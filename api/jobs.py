@@ -43,6 +43,26 @@ class Method(BaseModel):
     reinforcement: dict[str, Any] | None = None
 
 
+class MixOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str = Field(min_length=1)
+    fraction: float = Field(gt=0, le=0.5)
+
+
+class DataQualityOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    drop_duplicates: bool = False
+    long_examples: Literal["truncate", "drop"] = "truncate"
+    mix: MixOptions | None = None
+
+
+class TuneryExtensions(BaseModel):
+    """Tunery's documented extensions, under the one namespaced field ``tunery`` (docs/data-options.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: DataQualityOptions = Field(default_factory=DataQualityOptions)
+
+
 class CreateJob(BaseModel):
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
@@ -53,6 +73,7 @@ class CreateJob(BaseModel):
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     integrations: list[dict[str, Any]] | None = None
+    tunery: TuneryExtensions | None = None
 
 
 def _check_metadata(md: dict[str, str] | None) -> None:
@@ -126,6 +147,8 @@ def create_job(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = 
         _check_file(s, t, body.training_file, "training_file")
         if body.validation_file:
             _check_file(s, t, body.validation_file, "validation_file")
+        if body.tunery and body.tunery.data.mix:
+            _check_file(s, t, body.tunery.data.mix.file, "tunery.data.mix.file")
         job = Job(
             id=ids.job_id(),
             organization_id=t.organization_id,
@@ -142,6 +165,7 @@ def create_job(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = 
             method={"type": "supervised", "supervised": {"hyperparameters": hp}},
             hyperparameters=hp,
             integrations=[],
+            extensions={"tunery": body.tunery.model_dump()} if body.tunery else None,
             error=None,
             result_files=[],
             attempts=0,

@@ -26,7 +26,7 @@ def file_object(f: File) -> dict[str, Any]:
 
 
 def job_object(j: Job) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "id": j.id,
         "object": "fine_tuning.job",
         "created_at": j.created_at,
@@ -49,6 +49,11 @@ def job_object(j: Job) -> dict[str, Any]:
         "metadata": j.job_metadata,
         "user_provided_suffix": j.suffix,
     }
+    # Tunery's extensions (resolved, defaults filled in), only on jobs that asked for them.
+    tunery = (j.extensions or {}).get("tunery")
+    if tunery is not None:
+        out["tunery"] = tunery
+    return out
 
 
 def event_object(e: JobEvent) -> dict[str, Any]:

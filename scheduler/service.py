@@ -18,12 +18,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scheduler.backends import Backend
-from scheduler.validation import check_file, file_report, report_key, status_details
+from scheduler.validation import MIX_PARAM, check_file, file_error_code, file_report, report_key, status_details
 from tunery import hyperparams, ids
 from tunery.data import parse_jsonl
 from tunery.db import Database, File, Job
 from tunery.db.ops import TERMINAL, add_event, now
-from tunery.jobspec import DataFile, JobSpec, ResolvedHyperparameters
+from tunery.jobspec import DataFile, DataOptions, JobSpec, MixSpec, ResolvedHyperparameters, mix_count
 from tunery.settings import Settings
 from tunery.storage import ObjectNotFound, ObjectStore
 from tunery.uploads import sweep_expired as sweep_expired_uploads
@@ -265,6 +265,9 @@ class Scheduler:
 
     def _files(self, s: Session, job: Job) -> dict[str, File]:
         wanted = [job.training_file, *([job.validation_file] if job.validation_file else [])]
+        mix = _data_options(job).get("mix")
+        if mix:
+            wanted.append(mix["file"])
         return {f.id: f for f in s.scalars(select(File).where(File.id.in_(wanted)))}
 
     def _validate(self, job_id: str) -> None:
@@ -274,14 +277,20 @@ class Scheduler:
                 return
             files = self._files(s, job)
         error: dict[str, str | None] | None = None
-        n_train = 0
+        n_train = n_mix = 0
         summaries: list[str] = []
-        for file_id, param in ((job.training_file, "training_file"), (job.validation_file, "validation_file")):
+        mix = _data_options(job).get("mix")
+        to_check = [
+            (job.training_file, "training_file"),
+            (job.validation_file, "validation_file"),
+            (mix["file"] if mix else None, MIX_PARAM),
+        ]
+        for file_id, param in to_check:
             if not file_id:
                 continue
             f = files.get(file_id)
             if f is None:
-                error = {"code": f"invalid_{param}", "message": f"File {file_id} was deleted.", "param": param}
+                error = {"code": file_error_code(param), "message": f"File {file_id} was deleted.", "param": param}
                 break
             check = check_file(
                 self.store,
@@ -298,6 +307,8 @@ class Scheduler:
             summaries.append(check.summary(f.id, param))
             if param == "training_file":
                 n_train = check.n_examples
+            elif param == MIX_PARAM:
+                n_mix = check.n_examples
         if error:
             self._fail(job_id, error)
             return
@@ -307,10 +318,12 @@ class Scheduler:
             if job is None or job.status != "validating_files":
                 return  # cancelled meanwhile
             cpu_only = self.settings.trainer_device == "cpu" or not _cuda_visible()
-            hp = hyperparams.resolve(job.hyperparameters, n_train, cpu_only=cpu_only)
+            # Mixed-in examples are part of the training set (before the trainer's own drops: an estimate).
+            n_total = n_train + (min(n_mix, mix_count(n_train, mix["fraction"])) if mix else 0)
+            hp = hyperparams.resolve(job.hyperparameters, n_total, cpu_only=cpu_only)
             job.hyperparameters = hp
             job.method = {"type": "supervised", "supervised": {"hyperparameters": hp}}
-            job.total_steps = hyperparams.total_steps(n_train, hp["batch_size"], hp["n_epochs"])
+            job.total_steps = hyperparams.total_steps(n_total, hp["batch_size"], hp["n_epochs"])
             job.fine_tuned_model = ids.fine_tuned_model_name(
                 job.base_model, self.settings.organization_slug, job.suffix, job.id
             )
@@ -321,7 +334,7 @@ class Scheduler:
                 s,
                 job.id,
                 "Files validated, moving job to queued state",
-                data={"train_examples": n_train, "hyperparameters": hp},
+                data={"train_examples": n_total, "hyperparameters": hp},
             )
 
         self.db.transaction(queue)
@@ -340,6 +353,23 @@ class Scheduler:
         if train is None:
             return None
         valid = files.get(job.validation_file or "")
+        options = _data_options(job)
+        data: DataOptions | None = None
+        if options:
+            mix = None
+            if options.get("mix"):
+                mix_file = files.get(options["mix"]["file"])
+                if mix_file is None:
+                    return None
+                mix = MixSpec(
+                    file=DataFile(file_id=mix_file.id, key=mix_file.object_key, sha256=mix_file.sha256),
+                    fraction=options["mix"]["fraction"],
+                )
+            data = DataOptions(
+                drop_duplicates=options.get("drop_duplicates", False),
+                long_examples=options.get("long_examples", "truncate"),
+                mix=mix,
+            )
         hp = job.hyperparameters
         assert job.fine_tuned_model
         return JobSpec(
@@ -352,6 +382,7 @@ class Scheduler:
             fine_tuned_model=job.fine_tuned_model,
             training_file=DataFile(file_id=train.id, key=train.object_key, sha256=train.sha256),
             validation_file=DataFile(file_id=valid.id, key=valid.object_key, sha256=valid.sha256) if valid else None,
+            data=data,
             hyperparameters=ResolvedHyperparameters(
                 n_epochs=hp["n_epochs"],
                 batch_size=hp["batch_size"],
@@ -395,7 +426,7 @@ class Scheduler:
                     job_id,
                     {
                         "code": "invalid_training_file",
-                        "message": "The training file was deleted.",
+                        "message": "The training file (or the mix file) was deleted.",
                         "param": "training_file",
                     },
                 )
@@ -436,6 +467,11 @@ class Scheduler:
         except OSError:
             return ""
         return lines[-1][-chars:] if lines else ""
+
+
+def _data_options(job: Job) -> dict[str, Any]:
+    """The job's ``tunery.data`` options as stored (resolved at creation); empty when the job has none."""
+    return dict(((job.extensions or {}).get("tunery") or {}).get("data") or {})
 
 
 def _cuda_visible() -> bool:

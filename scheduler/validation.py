@@ -10,6 +10,8 @@ from tunery.data import MAX_LINE_BYTES, MAX_LINES, MIN_EXAMPLES, DataFormat, Par
 from tunery.storage import ObjectStore
 
 SHOWN_ERRORS = 5
+MIX_PARAM = "tunery.data.mix.file"  # the general-purpose file mixed into the training set (docs/data-options.md)
+_LABELS = {"training_file": "training file", "validation_file": "validation file", MIX_PARAM: "mix file"}
 # The training method each kind of file feeds (`method.type` of a job).
 METHOD_FOR_KIND = {"supervised": "supervised", "preference": "dpo"}
 
@@ -27,11 +29,21 @@ class FileCheck:
         """One line for the job's events."""
         fmt = f" in the {self.format.value} format" if self.format else ""
         dup = f", {self.n_duplicates} exact duplicate(s)" if self.n_duplicates else ""
-        return f"{param.replace('_', ' ').capitalize()} {file_id}: {self.n_examples} example(s){fmt}{dup}"
+        return f"{_label(param).capitalize()} {file_id}: {self.n_examples} example(s){fmt}{dup}"
 
 
-def _code(param: str) -> str:
-    return "invalid_training_file" if param == "training_file" else "invalid_validation_file"
+def _label(param: str) -> str:
+    return _LABELS.get(param, param.replace("_", " "))
+
+
+def file_error_code(param: str) -> str:
+    """The job error code for a problem with the file given as ``param``."""
+    return {"training_file": "invalid_training_file", MIX_PARAM: "invalid_mix_file"}.get(
+        param, "invalid_validation_file"
+    )
+
+
+_code = file_error_code
 
 
 def check_method_fit(
@@ -75,7 +87,7 @@ def check_chunks(
             n,
             {
                 "code": _code(param),
-                "message": f"The job failed due to an invalid {param.replace('_', ' ')} ({file_id}). "
+                "message": f"The job failed due to an invalid {_label(param)} ({file_id}). "
                 f"Invalid file format: {result.n_errors} invalid line(s): {shown}{more}.",
                 "param": param,
             },
@@ -99,7 +111,7 @@ def check_chunks(
     if n == 0:
         return FileCheck(
             n,
-            {"code": "invalid_validation_file", "message": "Validation file has no examples", "param": param},
+            {"code": _code(param), "message": f"{_label(param).capitalize()} has no examples", "param": param},
             result.format,
         )
     return FileCheck(n, None, result.format, n_duplicates=result.n_duplicates)

@@ -154,3 +154,76 @@ def test_hyperparameters_resolved_and_method_preferred(tiny_server_factory):
     assert auto.seed is not None and auto.fine_tuned_model is None
     assert "Files validated, moving job to queued state" in srv.events(auto.id)
     validate(srv.http.get(f"/v1/fine_tuning/jobs/{auto.id}").json(), "FineTuningJob")
+
+
+def test_tunery_data_options_stored_returned_and_validated(tiny_server_factory):
+    srv = tiny_server_factory(max_concurrent_runs=0)  # nothing launches: the job stays queued
+    train = srv.client.files.create(file=("t.jsonl", chat_lines(40)), purpose="fine-tune").id
+    general = srv.client.files.create(file=("g.jsonl", chat_lines(30, answer="A: {q}")), purpose="fine-tune").id
+    options = {"data": {"drop_duplicates": True, "long_examples": "drop", "mix": {"file": general, "fraction": 0.2}}}
+    job = srv.client.fine_tuning.jobs.create(model=TINY, training_file=train, extra_body={"tunery": options})
+    assert job.model_extra["tunery"] == options
+    raw = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()
+    validate(raw, "FineTuningJob")
+    assert raw["tunery"] == options
+    queued = srv.wait_job(job.id, {"queued"}, timeout=30)
+    assert queued.model_extra["tunery"] == options
+    events = srv.events(job.id)
+    assert f"Mix file {general}: 30 example(s) in the chat format" in events
+    # 40 training examples + round(40 * 0.2 / 0.8) = 10 mixed in.
+    validated = srv.client.fine_tuning.jobs.list_events(job.id, limit=1).data[0]
+    assert validated.data["train_examples"] == 50
+
+    # Defaults filled in; jobs without the field carry no extra key at all.
+    only_dups = srv.client.fine_tuning.jobs.create(
+        model=TINY, training_file=train, extra_body={"tunery": {"data": {"drop_duplicates": True}}}
+    )
+    assert only_dups.model_extra["tunery"] == {
+        "data": {"drop_duplicates": True, "long_examples": "truncate", "mix": None}
+    }
+    assert srv.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": train, "tunery": {}}).json()[
+        "tunery"
+    ] == {"data": {"drop_duplicates": False, "long_examples": "truncate", "mix": None}}
+    plain = srv.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": train}).json()
+    assert "tunery" not in plain
+    validate(plain, "FineTuningJob")
+    listed = srv.http.get("/v1/fine_tuning/jobs").json()
+    validate(listed, "ListPaginatedFineTuningJobsResponse")
+
+    results = srv.client.files.create(file=("r.txt", b"a,b\n"), purpose="assistants").id
+    cases = [
+        ({"data": {"mix": {"file": general, "fraction": 0.6}}}, "tunery.data.mix.fraction"),
+        ({"data": {"mix": {"file": general, "fraction": 0}}}, "tunery.data.mix.fraction"),
+        ({"data": {"mix": {"file": general}}}, "tunery.data.mix.fraction"),
+        ({"data": {"mix": {"fraction": 0.1}}}, "tunery.data.mix.file"),
+        ({"data": {"mix": {"file": "file-missing", "fraction": 0.1}}}, "tunery.data.mix.file"),
+        ({"data": {"mix": {"file": results, "fraction": 0.1}}}, "tunery.data.mix.file"),
+        ({"data": {"mix": {"file": general, "fraction": 0.1, "seed": 3}}}, "tunery.data.mix.seed"),
+        ({"data": {"long_examples": "shorten"}}, "tunery.data.long_examples"),
+        ({"data": {"drop_duplicates": "maybe"}}, "tunery.data.drop_duplicates"),
+        ({"data": {"dedupe": True}}, "tunery.data.dedupe"),
+        ({"other": {}}, "tunery.other"),
+        ("yes", "tunery"),
+    ]
+    for ext, param in cases:
+        r = srv.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": train, "tunery": ext})
+        assert r.status_code == 400, (ext, r.text)
+        validate(r.json(), "ErrorResponse")
+        assert r.json()["error"]["param"] == param, (ext, r.json())
+
+
+def test_mix_file_in_preference_format_fails_validation(server, upload):
+    train = upload(chat_lines(12)).id
+    pref = {
+        "input": {"messages": [{"role": "user", "content": "Hi"}]},
+        "preferred_output": [{"role": "assistant", "content": "Hello."}],
+        "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+    }
+    mix = upload(("\n".join(json.dumps(pref) for _ in range(3)) + "\n").encode(), name="p.jsonl").id
+    job = server.client.fine_tuning.jobs.create(
+        model=TINY, training_file=train, extra_body={"tunery": {"data": {"mix": {"file": mix, "fraction": 0.1}}}}
+    )
+    job = server.wait_job(job.id, {"failed"}, timeout=30)
+    assert job.error.param == "tunery.data.mix.file"
+    assert job.error.code == "invalid_mix_file"
+    assert mix in job.error.message

@@ -40,6 +40,7 @@ from .checkpoint import (
     upload_checkpoint,
     utc_now,
 )
+from .data_options import DataOptionsReport, apply_options
 from .errors import RunStopped, TrainerError
 from .reporter import Reporter
 
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tunery.trainer")
 
+MIX_PARAM = "tunery.data.mix.file"
+_FILE_CODES = {"training_file": "invalid_training_file", MIX_PARAM: "invalid_mix_file"}
 RESULTS_HEADER = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
 
 
@@ -74,7 +77,7 @@ class DataFileRead:
 def read_chat_file(store: ObjectStore, data_file: DataFile, param: str) -> DataFileRead:
     """Read and parse one supervised training file (chat, completion, alpaca or sharegpt) from the store, hashing
     it on the way; every supervised format normalizes to ChatRecord."""
-    code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
+    code = _FILE_CODES.get(param, "invalid_validation_file")
     digest = hashlib.sha256()
     size = 0
 
@@ -343,6 +346,8 @@ class TrainingRun:
         self.stop = stop
         self.store = store or open_store(spec.object_store)
         self.data_sha256: dict[str, dict[str, Any]] = {}
+        self.mix_data: DataFileRead | None = None
+        self.data_options: DataOptionsReport | None = None
         self.rows: list[StepRow] = []
         self.checkpoints: list[str] = []
         self.total_steps = 0
@@ -378,6 +383,15 @@ class TrainingRun:
                 "sha256": valid.sha256,
                 "examples": len(valid.records),
             }
+        mix = spec.data.mix if spec.data is not None else None
+        if mix is not None:
+            self.mix_data = read_chat_file(self.store, mix.file, MIX_PARAM)
+            self.data_sha256["mix_file"] = {
+                "file_id": mix.file.file_id,
+                "key": mix.file.key,
+                "sha256": self.mix_data.sha256,
+                "examples": len(self.mix_data.records),
+            }
         log.info(
             "data: training %d examples (sha256 %s)%s",
             len(train.records),
@@ -386,11 +400,14 @@ class TrainingRun:
         )
         return train, valid
 
-    def tokenize(self, chat: ChatTokenizer, records: list[ChatRecord], param: str) -> TokenizedSet:
+    def tokenize(
+        self, chat: ChatTokenizer, records: list[ChatRecord], param: str, truncate: bool = True
+    ) -> TokenizedSet:
+        """Token ids and masks; cut at max_seq_length unless ``truncate`` is off (long examples are dropped)."""
         max_len = self.spec.hyperparameters.max_seq_length
-        code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
+        code = _FILE_CODES.get(param, "invalid_validation_file")
         try:
-            tokenized = chat.tokenize_all(records, max_len)
+            tokenized = chat.tokenize_all(records, max_len if truncate else None)
         except ChatTemplateError as e:
             raise TrainerError(f"{param}: {e}", code=code, param=param) from e
         if tokenized.n_truncated:
@@ -419,6 +436,37 @@ class TrainingRun:
             )
         return tokenized
 
+    def apply_data_options(self, chat: ChatTokenizer, train: TokenizedSet) -> TokenizedSet:
+        """The job's ``tunery.data`` options on the tokenized training set, reported in one info event."""
+        options = self.spec.data
+        if options is None:
+            return train
+        pool = None
+        if options.mix is not None and self.mix_data is not None:
+            pool = self.tokenize(chat, self.mix_data.records, MIX_PARAM, options.long_examples == "truncate").examples
+        examples, report = apply_options(
+            train.examples,
+            drop_duplicate_examples=options.drop_duplicates,
+            long_examples=options.long_examples,
+            max_seq_length=self.spec.hyperparameters.max_seq_length,
+            mix_pool=pool,
+            mix_file=options.mix.file.file_id if options.mix else None,
+            fraction=options.mix.fraction if options.mix else None,
+            seed=self.spec.seed,
+        )
+        if not examples:
+            raise TrainerError(
+                "training_file: no example is left after the data options (tunery.data)",
+                code="invalid_training_file",
+                param="training_file",
+            )
+        self.data_options = report
+        message = report.message()
+        log.info("%s", message)
+        self.reporter.event("info", message, report.data())
+        train.examples = examples
+        return train
+
     def manifest(self, step: int, epoch: float, metrics: dict[str, Any]) -> dict[str, Any]:
         spec = self.spec
         peft_cfg = self.trainer.model.peft_config["default"] if self.trainer is not None else None
@@ -434,6 +482,7 @@ class TrainingRun:
             "epoch": epoch,
             "seed": spec.seed,
             "data_files": self.data_sha256,
+            "data_options": self.data_options.data() if self.data_options else None,
             "hyperparameters": spec.hyperparameters.model_dump(),
             "lora": {
                 **spec.lora.model_dump(),
@@ -603,7 +652,8 @@ def run(spec: JobSpec, reporter: Reporter, stop: StopSignal | None = None) -> Ru
         chat = ChatTokenizer(tokenizer, end_of_turn_tokens(tokenizer, extra_eos))
     except ChatTemplateError as e:
         raise TrainerError(str(e)) from e
-    train = r.tokenize(chat, train_data.records, "training_file")
+    truncate = spec.data is None or spec.data.long_examples == "truncate"
+    train = r.apply_data_options(chat, r.tokenize(chat, train_data.records, "training_file", truncate))
     valid = r.tokenize(chat, valid_data.records, "validation_file") if valid_data is not None else None
     r.has_eval = valid is not None
     r.steps_per_epoch = steps_per_epoch(len(train.examples), hp.batch_size)
@@ -691,6 +741,7 @@ def spec_summary(spec: JobSpec) -> str:
             "base_model": spec.base_model,
             "training_file": spec.training_file.file_id,
             "validation_file": spec.validation_file.file_id if spec.validation_file else None,
+            "data": spec.data.model_dump() if spec.data else None,
             "hyperparameters": spec.hyperparameters.model_dump(),
             "lora": spec.lora.model_dump(),
             "seed": spec.seed,

@@ -38,6 +38,28 @@ class DataFile(BaseModel):
     sha256: str | None = None
 
 
+class MixSpec(BaseModel):
+    """A general-purpose dataset mixed into the training set (against catastrophic forgetting)."""
+
+    file: DataFile
+    fraction: float = Field(gt=0, le=0.5)  # of the final training set
+
+
+def mix_count(n_train: int, fraction: float) -> int:
+    """How many examples to mix into ``n_train`` so that they make up ``fraction`` of the final set."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    return round(n_train * fraction / (1 - fraction))
+
+
+class DataOptions(BaseModel):
+    """Data quality options of the job (``tunery.data`` on the job; see docs/data-options.md)."""
+
+    drop_duplicates: bool = False
+    long_examples: Literal["truncate", "drop"] = "truncate"
+    mix: MixSpec | None = None
+
+
 class JobSpec(BaseModel):
     job_id: str
     run_token: str
@@ -51,6 +73,7 @@ class JobSpec(BaseModel):
 
     training_file: DataFile
     validation_file: DataFile | None = None
+    data: DataOptions | None = None
     hyperparameters: ResolvedHyperparameters
     lora: LoraSpec = Field(default_factory=LoraSpec)
     seed: int

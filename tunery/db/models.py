@@ -59,6 +59,8 @@ class Job(Base, Tenant):
     method: Mapped[dict[str, Any]] = mapped_column(JSON)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     integrations: Mapped[list[Any] | None] = mapped_column(JSON)
+    # Tunery's documented extensions of the job, by namespace (``{"tunery": {"data": {...}}}``); None when unused.
+    extensions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512))
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
