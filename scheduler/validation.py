@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from tunery.data import MAX_LINE_BYTES, MAX_LINES, MIN_EXAMPLES, DataFormat, ParseResult, parse_jsonl
-from tunery.storage import ObjectStore
+import numpy as np
+
+from tunery import filescan
+from tunery.data import MAX_LINE_BYTES, MAX_LINES, MAX_LISTED_ERRORS, MIN_EXAMPLES, DataFormat
+from tunery.filescan import FileScan, ScanOptions, scan_path, scan_stream
+from tunery.storage import ObjectNotFound, ObjectStore
 
 SHOWN_ERRORS = 5
 MIX_PARAM = "tunery.data.mix.file"  # the general-purpose file mixed into the training set (docs/data-options.md)
@@ -24,6 +31,7 @@ class FileCheck:
     line: int | None = None  # the first invalid line, when the error is about lines
     field: str | None = None  # its field path, when known
     n_duplicates: int = 0
+    scan: FileScan | None = None  # what the scan found, when the file is usable
 
     def summary(self, file_id: str, param: str) -> str:
         """One line for the job's events."""
@@ -67,6 +75,49 @@ def check_method_fit(
     }
 
 
+def check_scan(scan: FileScan, file_id: str, param: str, method: str = "supervised") -> FileCheck:
+    """The job's verdict on a scanned file: line errors (special tokens included), method fit, the example count."""
+    n = scan.n_records
+    if scan.n_errors or scan.n_special:
+        errors = sorted(scan.errors + scan.special, key=lambda e: e.line)
+        total = scan.n_errors + scan.n_special
+        shown = "; ".join(str(e) for e in errors[:SHOWN_ERRORS])
+        more = f" (and {total - SHOWN_ERRORS} more)" if total > SHOWN_ERRORS else ""
+        first = errors[0]
+        return FileCheck(
+            n,
+            {
+                "code": _code(param),
+                "message": f"The job failed due to an invalid {_label(param)} ({file_id}). "
+                f"Invalid file format: {total} invalid line(s): {shown}{more}.",
+                "param": param,
+            },
+            scan.format,
+            first.line,
+            first.field,
+        )
+    fit = check_method_fit(scan.format, file_id, method, param)
+    if fit:
+        return FileCheck(n, fit, scan.format)
+    if param == "training_file" and n < MIN_EXAMPLES:
+        return FileCheck(
+            n,
+            {
+                "code": "invalid_n_examples",
+                "message": f"Training file has {n} example(s), but must have at least {MIN_EXAMPLES} examples",
+                "param": param,
+            },
+            scan.format,
+        )
+    if n == 0:
+        return FileCheck(
+            n,
+            {"code": _code(param), "message": f"{_label(param).capitalize()} has no examples", "param": param},
+            scan.format,
+        )
+    return FileCheck(n, None, scan.format, n_duplicates=scan.n_duplicates, scan=scan)
+
+
 def check_chunks(
     chunks: Iterable[bytes],
     file_id: str,
@@ -76,45 +127,27 @@ def check_chunks(
     max_line_bytes: int = MAX_LINE_BYTES,
     max_lines: int = MAX_LINES,
 ) -> FileCheck:
-    """Validate a file's bytes (streamed) for a job of training method `method`."""
-    result: ParseResult = parse_jsonl(chunks, keep_records=False, max_line_bytes=max_line_bytes, max_lines=max_lines)
-    n = result.n_records
-    if result.n_errors:
-        shown = "; ".join(str(e) for e in result.errors[:SHOWN_ERRORS])
-        more = f" (and {result.n_errors - SHOWN_ERRORS} more)" if result.n_errors > SHOWN_ERRORS else ""
-        first = result.errors[0]
-        return FileCheck(
-            n,
-            {
-                "code": _code(param),
-                "message": f"The job failed due to an invalid {_label(param)} ({file_id}). "
-                f"Invalid file format: {result.n_errors} invalid line(s): {shown}{more}.",
-                "param": param,
-            },
-            result.format,
-            first.line,
-            first.field,
-        )
-    fit = check_method_fit(result.format, file_id, method, param)
-    if fit:
-        return FileCheck(n, fit, result.format)
-    if param == "training_file" and n < MIN_EXAMPLES:
-        return FileCheck(
-            n,
-            {
-                "code": "invalid_n_examples",
-                "message": f"Training file has {n} example(s), but must have at least {MIN_EXAMPLES} examples",
-                "param": param,
-            },
-            result.format,
-        )
-    if n == 0:
-        return FileCheck(
-            n,
-            {"code": _code(param), "message": f"{_label(param).capitalize()} has no examples", "param": param},
-            result.format,
-        )
-    return FileCheck(n, None, result.format, n_duplicates=result.n_duplicates)
+    """Validate a file's bytes (read once, no model) for a job of training method `method`."""
+    data = list(chunks) if not isinstance(chunks, list) else chunks
+    opts = ScanOptions(max_line_bytes=max_line_bytes, max_lines=max_lines, near_dup_max_examples=0)
+    return check_scan(scan_stream(lambda: iter(data), opts), file_id, param, method)
+
+
+def scan_stored(store: ObjectStore, key: str, opts: ScanOptions) -> FileScan:
+    """Scan a stored file: in parallel from its local path when the store has one, else streamed."""
+    local_path = getattr(store, "local_path", None)
+    if local_path is not None:
+        path = local_path(key)
+        if not path.is_file():
+            raise ObjectNotFound(key)
+        return scan_path(path, opts)
+    if opts.workers != 1 and store.size(key) >= filescan.PARALLEL_MIN_BYTES:
+        # A large file in a remote store: a local copy lets the worker processes read their parts in parallel.
+        with tempfile.TemporaryDirectory(prefix="tunery-scan-") as tmp:
+            path = Path(tmp) / "file.jsonl"
+            store.get_file(key, path)
+            return scan_path(path, opts)
+    return scan_stream(lambda: store.iter_chunks(key), opts)
 
 
 def check_file(
@@ -126,43 +159,123 @@ def check_file(
     *,
     max_line_bytes: int = MAX_LINE_BYTES,
     max_lines: int = MAX_LINES,
+    opts: ScanOptions | None = None,
 ) -> FileCheck:
-    return check_chunks(
-        store.iter_chunks(key), file_id, param, method, max_line_bytes=max_line_bytes, max_lines=max_lines
-    )
+    opts = opts or ScanOptions(max_line_bytes=max_line_bytes, max_lines=max_lines)
+    return check_scan(scan_stored(store, key, opts), file_id, param, method)
 
 
 REPORT_OBJECT = "file.validation"
 
 
-def report_key(file_id: str) -> str:
+def report_key(file_id: str, model: str | None = None) -> str:
+    """The report made at upload (no model), or the one made for a job's model."""
+    if model:
+        return f"reports/files/{file_id}/validation/{quote(model, safe='')}.json"
     return f"reports/files/{file_id}/validation.json"
 
 
-def file_report(file_id: str, result: ParseResult, created_at: int) -> dict[str, Any]:
-    """The validation report of an uploaded training file (``GET /v1/files/{id}/validation``)."""
-    status = "error" if result.n_errors or not result.n_records else "processed"
+def report_prefix(file_id: str) -> str:
+    return f"reports/files/{file_id}/"
+
+
+def _stats(values: Sequence[int]) -> dict[str, float | int]:
+    arr = np.asarray(values, dtype=np.int64)
+    p50, p95 = np.percentile(arr, [50, 95])
+    return {
+        "min": int(arr.min()),
+        "mean": round(float(arr.mean()), 1),
+        "p50": round(float(p50), 1),
+        "p95": round(float(p95), 1),
+        "max": int(arr.max()),
+    }
+
+
+def token_report(scan: FileScan, model: str, max_seq_length: int | None) -> dict[str, Any] | None:
+    if scan.tokenizer is None or not scan.tokens:
+        return None
+    out: dict[str, Any] = {
+        "model": model,
+        "tokenizer": scan.tokenizer,
+        "total": int(sum(scan.tokens)),
+        "trained": int(sum(scan.trained)),
+        "per_example": _stats(scan.tokens),
+        "trained_per_example": _stats(scan.trained),
+        "no_trained_tokens": sum(1 for t in scan.trained if t == 0),
+    }
+    if max_seq_length:
+        over = [line for line, n in zip(scan.lines, scan.tokens, strict=True) if n > max_seq_length]
+        out["max_seq_length"] = max_seq_length
+        out["over_max_seq_length"] = {"total": len(over), "lines": over[:MAX_LISTED_ERRORS]}
+        out["total_within_max_seq_length"] = int(sum(min(n, max_seq_length) for n in scan.tokens))
+    return out
+
+
+def file_report(
+    file_id: str,
+    scan: FileScan,
+    created_at: int,
+    *,
+    model: str | None = None,
+    max_seq_length: int | None = None,
+    for_job: bool = False,
+) -> dict[str, Any]:
+    """The validation report of a training file (``GET /v1/files/{id}/validation``).
+
+    At upload (``for_job=False``) a special token of the reference model's tokenizer is a warning, since the
+    file may be meant for another model; for a job it is an error of the job's model.
+    """
+    special_errors = for_job and scan.n_special
+    status = "error" if scan.n_errors or not scan.n_records or special_errors else "processed"
     warnings = []
-    if status == "processed" and result.n_records < MIN_EXAMPLES:
-        warnings.append(f"The file has {result.n_records} example(s); a fine-tuning job needs at least {MIN_EXAMPLES}.")
-    if result.n_duplicates:
-        warnings.append(f"{result.n_duplicates} example(s) repeat an earlier example exactly.")
+    if status == "processed" and scan.n_records < MIN_EXAMPLES:
+        warnings.append(f"The file has {scan.n_records} example(s); a fine-tuning job needs at least {MIN_EXAMPLES}.")
+    if scan.n_duplicates:
+        warnings.append(f"{scan.n_duplicates} example(s) repeat an earlier example exactly.")
+    if scan.n_near_duplicates:
+        warnings.append(f"{scan.n_near_duplicates} example(s) are near-duplicates of an earlier example.")
+    if scan.n_special and not for_job:
+        warnings.append(
+            f"{scan.n_special} example(s) contain a special token of the {model} tokenizer in their text "
+            "(an error when a job trains this model)."
+        )
+    tokens = token_report(scan, model, max_seq_length) if model else None
+    if tokens and tokens.get("over_max_seq_length", {}).get("total"):
+        warnings.append(
+            f"{tokens['over_max_seq_length']['total']} example(s) are longer than max_seq_length="
+            f"{max_seq_length} tokens: they are truncated, or dropped with the long_examples data option."
+        )
+    if tokens and tokens["no_trained_tokens"]:
+        warnings.append(f"{tokens['no_trained_tokens']} example(s) have no assistant token to train on.")
+    errors = sorted(scan.errors + (scan.special if special_errors else []), key=lambda e: e.line)
     return {
         "object": REPORT_OBJECT,
         "file_id": file_id,
         "status": status,
         "created_at": created_at,
-        "format": result.format.value if result.format else None,
-        "kind": result.kind,
-        "lines": result.n_lines,
-        "examples": result.n_records,
+        "model": model,
+        "format": scan.format.value if scan.format else None,
+        "kind": scan.kind,
+        "lines": scan.n_lines,
+        "examples": scan.n_records,
+        "messages": scan.n_messages,
+        "tokens": tokens,
         "errors": {
-            "total": result.n_errors,
-            "listed": [{"line": e.line, "field": e.field, "message": e.message} for e in result.errors],
+            "total": scan.n_errors + (scan.n_special if special_errors else 0),
+            "listed": [{"line": e.line, "field": e.field, "message": e.message} for e in errors[:MAX_LISTED_ERRORS]],
+        },
+        "special_tokens": {
+            "total": scan.n_special,
+            "listed": [{"line": e.line, "field": e.field, "message": e.message} for e in scan.special],
         },
         "duplicates": {
-            "exact": result.n_duplicates,
-            "listed": [{"line": line, "duplicate_of": first} for line, first in result.duplicates],
+            "exact": scan.n_duplicates,
+            "listed": [{"line": line, "duplicate_of": first} for line, first in scan.duplicates],
+            "near": scan.n_near_duplicates,
+            "near_examined": scan.near_dup_examined,
+            "near_listed": [
+                {"line": line, "similar_to": other, "jaccard": j} for line, other, j in scan.near_duplicates
+            ],
         },
         "warnings": warnings,
     }
@@ -178,4 +291,27 @@ def status_details(report: dict[str, Any]) -> str:
         where = f"line {first['line']}" + (f" ({first['field']})" if first["field"] else "")
         return f"{errors['total']} invalid line(s); first: {where}: {first['message']}"
     out = f"{report['examples']} example(s) in the {report['format']} format"
+    tokens = report.get("tokens")
+    if tokens:
+        out += f", {tokens['total']} tokens ({tokens['trained']} trained) with the {tokens['model']} tokenizer"
     return out + (f"; {report['duplicates']['exact']} exact duplicate(s)" if report["duplicates"]["exact"] else "")
+
+
+def token_summary(report: dict[str, Any]) -> str:
+    """Token statistics in one sentence for a job's events."""
+    tokens = report.get("tokens")
+    if not tokens:
+        return ""
+    per = tokens["per_example"]
+    out = (
+        f"{tokens['total']} tokens ({tokens['trained']} trained) with the {tokens['model']} chat template; "
+        f"tokens per example min {per['min']}, mean {per['mean']}, p50 {per['p50']}, p95 {per['p95']}, "
+        f"max {per['max']}"
+    )
+    over = tokens.get("over_max_seq_length", {}).get("total")
+    if over:
+        out += f"; {over} example(s) longer than max_seq_length={tokens['max_seq_length']}"
+    near = report["duplicates"]["near"]
+    if near:
+        out += f"; {near} near-duplicate(s)"
+    return out

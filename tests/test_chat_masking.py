@@ -143,7 +143,11 @@ def _sft_trainer(tiny_model_dir: Any, tok: Any, train: Any, batch_size: int) -> 
         fine_tuned_model="ft:tiny-llama:o::ftjob-mask",
         training_file=DataFile(file_id="file-x", key="files/x"),
         hyperparameters=ResolvedHyperparameters(
-            n_epochs=1, batch_size=batch_size, learning_rate_multiplier=1.0, learning_rate=1e-3
+            n_epochs=1,
+            batch_size=batch_size,
+            learning_rate_multiplier=1.0,
+            learning_rate=1e-3,
+            packing=False,  # the padded path; the packed one is checked in test_packing.py
         ),
         seed=3,
         device="cpu",

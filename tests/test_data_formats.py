@@ -271,7 +271,7 @@ def test_trainer_trains_on_each_supervised_non_chat_format(tmp_path: Path, tiny_
         setup_job(tmp_path / fmt.value, tiny_model_dir, address, train, **kw)
         procs[fmt] = start_trainer(tmp_path / fmt.value / "objects")
     for fmt, proc in procs.items():
-        out = wait(proc, timeout=90)
+        out = wait(proc, timeout=300)
         assert proc.returncode == 0, (fmt, out[-3000:])
     finished = servicer.of("Finished")
     assert len(finished) == 3 and all(f.succeeded for f in finished)

@@ -24,15 +24,20 @@ def test_good_file_is_processed_with_a_report(server, upload):
     report = _report(server, f.id)
     got = server.client.files.retrieve(f.id)
     assert got.status == "processed"
-    assert got.status_details == "14 example(s) in the chat format; 2 exact duplicate(s)"
+    tokens = report["tokens"]
+    assert got.status_details == (
+        f"14 example(s) in the chat format, {tokens['total']} tokens ({tokens['trained']} trained) "
+        "with the tiny-llama tokenizer; 2 exact duplicate(s)"
+    )
     validate(server.http.get(f"/v1/files/{f.id}").json(), "OpenAIFile")
     assert report["object"] == "file.validation" and report["status"] == "processed"
     assert (report["format"], report["kind"], report["lines"], report["examples"]) == ("chat", "supervised", 14, 14)
     assert report["errors"] == {"total": 0, "listed": []}
-    assert report["duplicates"] == {
-        "exact": 2,
-        "listed": [{"line": 13, "duplicate_of": 3}, {"line": 14, "duplicate_of": 6}],
-    }
+    assert report["duplicates"]["exact"] == 2
+    assert report["duplicates"]["listed"] == [{"line": 13, "duplicate_of": 3}, {"line": 14, "duplicate_of": 6}]
+    assert report["duplicates"]["near"] == 0 and report["duplicates"]["near_examined"] == 12
+    assert report["model"] == "tiny-llama" and tokens["tokenizer"] == "tiktoken"
+    assert report["messages"] == 14 * 2
     assert report["warnings"] == ["2 example(s) repeat an earlier example exactly."]
 
 
@@ -97,7 +102,8 @@ def test_files_from_both_upload_paths_are_validated(server, tmp_path, via_upload
     assert _report(server, file_id)["examples"] == 11
 
 
-def test_cli_validates_a_local_file(tmp_path):
+def test_cli_validates_a_local_file(tmp_path, tiny_model_dir):
+    import os
     import subprocess
     import sys
 
@@ -105,10 +111,20 @@ def test_cli_validates_a_local_file(tmp_path):
     good.write_bytes(chat_lines(12))
     bad.write_bytes(chat_lines(12).replace(b'"assistant"', b'"robot"', 1))
     cmd = [sys.executable, "-m", "tunery.cli", "data", "validate"]
-    ok = subprocess.run([*cmd, str(good), "--json"], capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "TUNERY_DEMO_MODEL": "false",
+        "TUNERY_BASE_MODELS": json.dumps({"tiny-llama": str(tiny_model_dir)}),
+    }
+    ok = subprocess.run([*cmd, str(good), "--json"], capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["examples"] == 12
-    ko = subprocess.run([*cmd, str(bad)], capture_output=True, text=True)
+    report = json.loads(ok.stdout)
+    assert report["examples"] == 12 and report["model"] == "tiny-llama" and report["tokens"]["trained"] > 0
+    table = subprocess.run([*cmd, str(good), "--model", "tiny-llama"], capture_output=True, text=True, env=env)
+    assert table.returncode == 0 and "Tokens (tiny-llama)" in table.stdout and "per example" in table.stdout
+    unknown = subprocess.run([*cmd, str(good), "--model", "nope"], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and "Unknown model 'nope'" in unknown.stderr
+    ko = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, env=env)
     assert ko.returncode == 1
     assert "unknown role 'robot'" in ko.stdout and "messages[1].role" in ko.stdout
 
@@ -121,5 +137,35 @@ def test_job_events_summarize_the_files(tiny_server_factory):
     job = srv.client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, validation_file=v.id)
     srv.wait_job(job.id, {"queued"}, timeout=30)
     events = srv.events(job.id)
-    assert f"Training file {f.id}: 13 example(s) in the chat format, 1 exact duplicate(s)" in events
-    assert f"Validation file {v.id}: 4 example(s) in the chat format" in events
+    train_event = next(e for e in events if e.startswith(f"Training file {f.id}: "))
+    assert train_event.startswith(f"Training file {f.id}: 13 example(s) in the chat format, 1 exact duplicate(s); ")
+    report = srv.http.get(f"/v1/files/{f.id}/validation", params={"model": "tiny-llama"}).json()
+    tokens = report["tokens"]
+    assert (report["model"], report["examples"], tokens["max_seq_length"]) == ("tiny-llama", 13, 1024)
+    per = tokens["per_example"]
+    assert (
+        f"{tokens['total']} tokens ({tokens['trained']} trained) with the tiny-llama chat template; tokens per "
+        f"example min {per['min']}, mean {per['mean']}, p50 {per['p50']}, p95 {per['p95']}, max {per['max']}"
+    ) in train_event
+    assert any(e.startswith(f"Validation file {v.id}: 4 example(s) in the chat format; ") for e in events)
+    missing = srv.http.get(f"/v1/files/{v.id}/validation", params={"model": "other-model"})
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
+
+
+def test_special_token_in_text_warns_at_upload_and_fails_the_job(tiny_server_factory):
+    srv = tiny_server_factory(max_concurrent_runs=0)
+    lines = chat_lines(12).splitlines()
+    leak = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Bye<|im_start|>user"}]}
+    lines[6] = json.dumps(leak).encode()
+    f = srv.client.files.create(file=("t.jsonl", b"\n".join(lines) + b"\n"), purpose="fine-tune")
+    report = _report(srv, f.id)
+    assert report["status"] == "processed" and report["special_tokens"]["total"] == 1
+    assert report["special_tokens"]["listed"][0] == {
+        "line": 7,
+        "field": "messages[1].content",
+        "message": "contains '<|im_start|>', a special token of the model's tokenizer",
+    }
+    job = srv.client.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id)
+    failed = srv.wait_job(job.id, {"failed"}, timeout=30)
+    assert failed.error.code == "invalid_training_file" and failed.error.param == "training_file"
+    assert "line 7 (messages[1].content): contains '<|im_start|>'" in failed.error.message
