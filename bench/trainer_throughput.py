@@ -1,6 +1,7 @@
 """Trainer throughput on the SmolLM2-135M-Instruct demo model: real (non-padding) tokens per second.
 
     .venv/bin/python bench/trainer_throughput.py [--batch-sizes 1,4] [--examples 40] [--device auto]
+        [--adapters lora,qlora,full] [--precision auto]
 
 Runs the trainer's own code path (``trainer.run.run``: chat-template tokenization and masking, TRL SFTTrainer
 with a LoRA r=16/alpha=32 adapter on all linear layers, the per-step callback, checkpoints into a scratch object
@@ -28,9 +29,18 @@ from tunery.storage import open_store
 DEMO_DIR = Path.home() / ".cache" / "tunery" / "models" / "smollm2-135m-instruct"
 
 
-def bench(model_dir: Path, data: bytes, batch_size: int, device: str, seed: int) -> dict[str, float]:
+def bench(
+    model_dir: Path,
+    data: bytes,
+    batch_size: int,
+    device: str,
+    seed: int,
+    adapter: str = "lora",
+    precision: str = "auto",
+) -> dict[str, float | str]:
     from trainer.reporter import Reporter
     from trainer.run import run
+    from tunery.hyperparams import base_learning_rate
 
     with tempfile.TemporaryDirectory(prefix="tunery-bench-") as tmp:
         store = open_store(tmp)
@@ -45,11 +55,16 @@ def bench(model_dir: Path, data: bytes, batch_size: int, device: str, seed: int)
             fine_tuned_model="ft:smollm2-135m-instruct:bench::ftjob-bench",
             training_file=DataFile(file_id="file-bench", key="files/train.jsonl"),
             hyperparameters=ResolvedHyperparameters(
-                n_epochs=1, batch_size=batch_size, learning_rate_multiplier=1.0, learning_rate=1e-3
+                n_epochs=1,
+                batch_size=batch_size,
+                learning_rate_multiplier=1.0,
+                learning_rate=base_learning_rate(adapter),
             ),
             lora=LoraSpec(r=16, alpha=32),
             seed=seed,
             device=device,
+            adapter=adapter,  # type: ignore[arg-type]
+            precision=precision,  # type: ignore[arg-type]
             object_store=store.url,
             output_prefix="jobs/ftjob-bench",
             reporting_address="",
@@ -63,6 +78,8 @@ def bench(model_dir: Path, data: bytes, batch_size: int, device: str, seed: int)
     tokens = sum(r.tokens or 0 for r in timed)
     seconds = sum(r.seconds or 0.0 for r in timed)
     return {
+        "adapter": adapter,
+        "precision": precision,
         "batch_size": batch_size,
         "steps": len(result.rows),
         "timed_steps": len(timed),
@@ -81,6 +98,8 @@ def main() -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--model-dir", type=Path, default=DEMO_DIR, help="the demo model folder (converted if missing)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--adapters", default="lora", help="comma-separated: lora, qlora, full (default lora)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -96,16 +115,19 @@ def main() -> int:
     data = "".join(lines[: args.examples]).encode()
 
     print(
-        f"# trainer throughput: SmolLM2-135M-Instruct, LoRA r=16 all-linear, {min(args.examples, len(lines))} "
-        f"examples, torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}",
+        f"# trainer throughput: SmolLM2-135M-Instruct, LoRA/QLoRA r=16 all-linear or full, "
+        f"{min(args.examples, len(lines))} examples, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or 'cpu'}",
         flush=True,
     )
     results = []
-    for bs in (int(b) for b in args.batch_sizes.split(",")):
-        r = bench(model_dir, data, bs, args.device, args.seed)
+    runs = [(a, int(b)) for a in args.adapters.split(",") for b in args.batch_sizes.split(",")]
+    for adapter, bs in runs:
+        r = bench(model_dir, data, bs, args.device, args.seed, adapter, args.precision)
         results.append(r)
         print(
-            f"batch_size={bs}: {r['tokens_per_second']} tokens/s ({r['tokens']} real tokens in {r['timed_steps']} "
+            f"{adapter} ({args.precision}) batch_size={bs}: {r['tokens_per_second']} tokens/s "
+            f"({r['tokens']} real tokens in {r['timed_steps']} "
             f"timed steps, {r['seconds_per_step']} s/step; run wall {r['run_wall_seconds']} s)",
             flush=True,
         )

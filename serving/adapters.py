@@ -1,5 +1,8 @@
 """Adapters pulled from the object store into a local cache folder, one folder per fine-tuned model.
 
+A fully fine-tuned model (``config.json`` + ``model*.safetensors`` instead of an adapter) is cached the same way and
+served as a model of its own.
+
 ``cache_dir/adapters/<safe name>/`` holds ``adapter_config.json``, ``adapter_model.safetensors`` and whatever
 else the adapter's prefix has at its top level (tokenizer files, the trainer's manifest), never a pickle.
 A download lands in a temporary folder first and is renamed into place, so a half-copied adapter is never
@@ -21,8 +24,21 @@ from tunery.storage import ObjectNotFound, ObjectStore
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 SOURCE_FILE = ".tunery-source"
+FULL_CONFIG = "config.json"  # a fully fine-tuned model: config.json + model*.safetensors, no adapter_config.json
 # Never copied: pickles (the trainer's optimizer, scheduler and RNG state, or a .bin adapter) are never loaded.
 SKIPPED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def is_full_model(names: set[str] | Path) -> bool:
+    """Whether a folder (or the file names of a prefix) holds a whole model rather than a LoRA adapter."""
+    if isinstance(names, Path):
+        names = {p.name for p in names.iterdir()} if names.is_dir() else set()
+    has_weights = any(n.startswith("model") and n.endswith(".safetensors") for n in names)
+    return CONFIG_FILE not in names and FULL_CONFIG in names and has_weights
+
+
+def _complete(names: set[str]) -> bool:
+    return (CONFIG_FILE in names and WEIGHTS_FILE in names) or is_full_model(names)
 
 
 def safe_adapter_name(name: str) -> str:
@@ -60,10 +76,10 @@ class AdapterCache:
         final = self.root / safe
         with self._lock(safe):
             marker = final / SOURCE_FILE
-            if marker.is_file() and marker.read_text() == prefix and (final / WEIGHTS_FILE).is_file():
+            if marker.is_file() and marker.read_text() == prefix and _complete({p.name for p in final.iterdir()}):
                 return final
             top = {key[len(prefix) :]: key for key in self.store.list(prefix) if "/" not in key[len(prefix) :]}
-            if CONFIG_FILE not in top or WEIGHTS_FILE not in top:
+            if not _complete(set(top)):
                 missing = CONFIG_FILE if CONFIG_FILE not in top else WEIGHTS_FILE
                 raise AdapterNotFound(
                     f"The model `{adapter_name}` does not exist or you do not have access to it "

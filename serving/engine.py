@@ -10,8 +10,9 @@ engine imports them on its first request.
 Embedded engine, per base model folder: one model loaded on first use and kept; adapters are downloaded
 into ``cache_dir/adapters/<safe name>/`` on first use and loaded onto that one model (wrapped once in a
 ``PeftModel``, ``load_adapter`` for more); a request activates its adapter with ``set_adapter``, a base-model
-request runs inside ``disable_adapter()``. One generation at a time per base model: a lock is held across
-choosing the adapter and generating, so concurrent requests never see each other's adapter.
+request runs inside ``disable_adapter()``. A fully fine-tuned ``ft:`` model (a whole model under its prefix, no
+adapter) is downloaded the same way and loaded as a base model of its own. One generation at a time per base model:
+a lock is held across choosing the adapter and generating, so concurrent requests never see each other's adapter.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from serving.adapters import AdapterCache, safe_adapter_name
+from serving.adapters import AdapterCache, is_full_model, safe_adapter_name
 from serving.errors import AdapterNotFound, EngineError
 from serving.text import emittable, find_stop, normalize_messages
 from tunery.storage import ObjectStore
@@ -252,7 +253,18 @@ class EmbeddedEngine:
                 if safe in base.adapters:
                     self._drop_adapter(base, safe)
                     log.info("unloaded adapter %s from %s", adapter_name, base.name)
+        self._drop_full_model(adapter_name)
         self.adapters.remove(adapter_name)
+
+    def _drop_full_model(self, adapter_name: str) -> None:
+        """Forget a fully fine-tuned model loaded as a base model of its own."""
+        key = os.path.abspath(self.adapters.path(adapter_name))
+        with self._bases_lock:
+            base = self._bases.pop(key, None)
+        if base is not None:
+            with base.lock:
+                base.model = None
+            log.info("unloaded fully fine-tuned model %s", adapter_name)
 
     def count_prompt_tokens(self, ref: ModelRef, messages: list[dict]) -> int:
         msgs = normalize_messages(messages)
@@ -363,7 +375,9 @@ class EmbeddedEngine:
         msgs = normalize_messages(messages)
         if ref.adapter_name is not None:
             # Download before taking the model's lock: a running generation is not held up by the store.
-            self.adapters.fetch(ref.adapter_name, ref.adapter_prefix)
+            local = self.adapters.fetch(ref.adapter_name, ref.adapter_prefix)
+            if is_full_model(local):  # full fine-tuning: the model is a base model of its own
+                ref = ModelRef(base_name=ref.adapter_name, base_path=str(local))
         base = self._base(ref)
         prompt_ids = self._encode(base, msgs)
         max_new = self._budget(base, len(prompt_ids), params)

@@ -1,7 +1,8 @@
 """``python -m trainer --spec <path | object_store_url#key>``: the trainer container's entrypoint.
 
 Exit codes: 0 succeeded; 1 failed (``Finished(succeeded=False)`` was reported); 2 bad command line;
-3 stopped because the control plane asked (cancel, or it rejected this run); 143 SIGTERM.
+3 stopped because the control plane asked (cancel, or it rejected this run); 4 paused or preempted (SIGTERM during
+training): a resume state was written at the step it stopped at; 143 SIGTERM before training started.
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "H
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunStopped, TrainerError, one_line  # noqa: E402
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE, RunStopped, TrainerError, one_line  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description="Run one Tunery fine-tuning job.")
     parser.add_argument("--spec", required=True, help="JobSpec: a local JSON path or <object_store_url>#<key>")
+    parser.add_argument(
+        "--resume-from",
+        default=None,
+        help='continue from a resume state: "latest" or a state prefix (overrides the JobSpec\'s resume_from)',
+    )
     args = parser.parse_args(argv)
 
     from .reporter import Reporter
@@ -36,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         first = stop.reason is None
-        stop.set("terminated")
+        # Preempted during training: checkpoint at the next step boundary, then exit (EXIT_PREEMPTED).
+        stop.set("preempted" if stop.in_training else "terminated")
         log.warning("signal %d: stopping %s", signum, "at the next step boundary" if stop.in_training else "now")
         if not (first and stop.in_training):
             raise RunStopped("terminated")
@@ -51,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot read the job spec %s: %s", args.spec, one_line(str(e)))
         return EXIT_USAGE
 
+    if args.resume_from:
+        spec = spec.model_copy(update={"resume_from": args.resume_from})
     log.info("job spec: %s", spec_summary(spec))
     reporter = Reporter(
         spec.reporting_address,
@@ -63,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run(spec, reporter, stop)
     except RunStopped as e:
         log.warning("run stopped (%s); not reporting success", e.reason)
-        reporter.close(timeout=2.0)
+        # A paused or preempted run's last checkpoint report must get through; a cancelled one has nothing to say.
+        reporter.close(timeout=10.0 if e.exit_code == EXIT_PREEMPTED else 2.0)
         return e.exit_code
     except Exception as e:
         traceback.print_exc()

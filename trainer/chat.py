@@ -22,15 +22,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunery.chattemplate import ChatTemplateError, trained_spans
 from tunery.data import ChatMessage, ChatRecord
 
-
-class ChatTemplateError(ValueError):
-    """The chat template cannot be used to compute an assistant mask for this record."""
-
-    def __init__(self, message: str, line: int = 0):
-        super().__init__(f"line {line}: {message}" if line else message)
-        self.line = line
+__all__ = ["ChatTemplateError", "ChatTokenizer", "TokenizedExample", "TokenizedSet", "end_of_turn_tokens"]
 
 
 @dataclass
@@ -119,55 +114,8 @@ class ChatTokenizer:
         return text
 
     def trained_spans(self, record: ChatRecord) -> tuple[str, list[tuple[int, int]]]:
-        """The full rendering and the character spans of the trained assistant turns."""
-        messages = record.messages
-        line = record.line
-        tools = record.tools or None
-        full = self.render(messages, tools=tools)
-        spans: list[tuple[int, int]] = []
-        for i, message in enumerate(messages):
-            if message.role != "assistant" or message.weight == 0:
-                continue
-            upto = self.render(messages[: i + 1], tools=tools)
-            if not full.startswith(upto):
-                raise ChatTemplateError(
-                    f"the chat template does not render messages append-only: the rendering of the first {i + 1} "
-                    "messages is not a prefix of the whole conversation",
-                    line,
-                )
-            if i > 0:
-                head = self.render(messages[:i], add_generation_prompt=True, tools=tools)
-                if not upto.startswith(head):
-                    raise ChatTemplateError(
-                        f"the chat template's generation prompt for message {i} is not a prefix of the rendered "
-                        "assistant turn, so the assistant tokens cannot be located",
-                        line,
-                    )
-                start = len(head)
-            else:
-                # No earlier messages to render with the generation prompt: locate the content itself.
-                start = upto.find(message.content) if message.content else -1
-                if start < 0:
-                    raise ChatTemplateError(
-                        "a conversation that starts with an assistant message needs non-empty content that the "
-                        "chat template renders verbatim",
-                        line,
-                    )
-            spans.append((start, self._turn_end(upto, start, message.content)))
-        return full, spans
-
-    def _turn_end(self, upto: str, start: int, content: str) -> int:
-        """End of the trained span: just after the turn's end-of-turn token (not the whitespace after it)."""
-        search_from = start + len(content) if content and upto.startswith(content, start) else start
-        best = -1
-        for token in self.end_of_turn:
-            pos = upto.rfind(token, search_from)
-            if pos >= 0:
-                best = max(best, pos + len(token))
-        if best >= 0:
-            return best
-        # The template closes the turn without an EOS token: train on the turn's text.
-        return max(start, len(upto.rstrip()))
+        """The full rendering and the character spans of the trained assistant turns (shared with validation)."""
+        return trained_spans(self.render, record, self.end_of_turn)
 
     def tokenize(self, record: ChatRecord, max_length: int | None = None) -> TokenizedExample:
         full, spans = self.trained_spans(record)

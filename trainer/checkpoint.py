@@ -5,6 +5,7 @@ Layout of a checkpoint (``{output_prefix}/checkpoints/step-{N}/``) and of the fi
 
     adapter_model.safetensors   the LoRA weights (safetensors only)
     adapter_config.json         PEFT config (base_model_name_or_path = the base model's public name)
+      (full fine-tuning instead: config.json, generation_config.json, model*.safetensors: the whole model)
     tokenizer.json, tokenizer_config.json, chat_template.jinja, ...
     tunery_manifest.json        written LAST: a prefix with a manifest is a complete checkpoint
 
@@ -54,6 +55,15 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def save_full_model_folder(model: Any, tokenizer: Any, folder: Path) -> None:
+    """Full fine-tuning: the whole model (``config.json``, ``model*.safetensors``) and the tokenizer."""
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    (folder / "README.md").unlink(missing_ok=True)
+    if not (folder / "config.json").is_file() or not any(folder.glob("model*.safetensors")):
+        raise RuntimeError("transformers did not write config.json and model.safetensors")
+
+
 def save_adapter_folder(model: Any, tokenizer: Any, folder: Path, base_model: str) -> None:
     """Write the adapter (safetensors) and the tokenizer with its chat template into a local folder."""
     model.save_pretrained(str(folder), safe_serialization=True)
@@ -75,11 +85,16 @@ def upload_checkpoint(
     tokenizer: Any,
     manifest: dict[str, Any],
     base_model: str,
+    full: bool = False,
 ) -> dict[str, Any]:
-    """Save and upload one adapter checkpoint; the manifest goes last. Returns the manifest as written."""
+    """Save and upload one checkpoint (an adapter, or the whole model when ``full``); the manifest goes last.
+    Returns the manifest as written."""
     with tempfile.TemporaryDirectory(prefix="tunery-ckpt-") as tmp:
         folder = Path(tmp)
-        save_adapter_folder(model, tokenizer, folder, base_model)
+        if full:
+            save_full_model_folder(model, tokenizer, folder)
+        else:
+            save_adapter_folder(model, tokenizer, folder, base_model)
         files: dict[str, str] = {}
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             rel = path.relative_to(folder).as_posix()

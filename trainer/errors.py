@@ -13,6 +13,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CANCELLED = 3  # the control plane replied cancel_requested (or rejected this run's token)
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15)
+# Paused (the control plane asked) or preempted (SIGTERM during training): the run wrote a resume state at the step
+# it stopped at, and the scheduler continues it from there (see trainer/resume.py).
+EXIT_PREEMPTED = 4
 
 
 class TrainerError(Exception):
@@ -29,7 +32,7 @@ class TrainerError(Exception):
 
 
 class RunStopped(BaseException):
-    """The run stopped on request; ``reason`` is ``cancelled`` or ``terminated``.
+    """The run stopped on request; ``reason`` is ``cancelled``, ``terminated``, ``paused`` or ``preempted``.
 
     A BaseException (like KeyboardInterrupt), so no library's ``except Exception`` swallows it.
     """
@@ -40,6 +43,8 @@ class RunStopped(BaseException):
 
     @property
     def exit_code(self) -> int:
+        if self.reason in ("paused", "preempted"):
+            return EXIT_PREEMPTED
         return EXIT_TERMINATED if self.reason == "terminated" else EXIT_CANCELLED
 
 

@@ -10,7 +10,8 @@ while newer reports wait behind them, until a call gets through again. ``finishe
 harder, since it is how the job ends.
 
 Any reply with ``cancel_requested`` (or a rejection of the run token) sets ``stop_reason``; the training
-loop polls it at every step boundary.
+loop polls it at every step boundary. ``pause_requested`` does too, with the reason ``paused``: the run writes a
+resume state and exits.
 """
 
 from __future__ import annotations
@@ -245,6 +246,8 @@ class Reporter:
             self._degraded = False
             if reply.cancel_requested:
                 self._request_stop("cancelled")
+            elif reply.pause_requested:
+                self._request_stop("paused")
             return True
         self._degraded = True
         log.error("reporter: %s not delivered after %d attempt(s) (%s)", call.method, policy.attempts, last)

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from tunery.data import ChatRecord, parse_jsonl
+from tunery.data import ChatRecord, ParseResult, parse_jsonl
+from tunery.hyperparams import spaced_steps
 from tunery.jobspec import DataFile, JobSpec
 from tunery.storage import ObjectNotFound, ObjectStore, open_store
 
 from .chat import ChatTemplateError, ChatTokenizer, TokenizedSet, end_of_turn_tokens
 from .checkpoint import (
+    MANIFEST,
     MANIFEST_FORMAT,
     checkpoint_prefix,
     library_versions,
@@ -43,6 +45,7 @@ from .checkpoint import (
 from .data_options import DataOptionsReport, apply_options
 from .errors import RunStopped, TrainerError
 from .reporter import Reporter
+from .resume import PREEMPT_REASONS, drop_states, make_state_callback, prepare_resume
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -74,10 +77,9 @@ class DataFileRead:
     n_bytes: int
 
 
-def read_chat_file(store: ObjectStore, data_file: DataFile, param: str) -> DataFileRead:
-    """Read and parse one supervised training file (chat, completion, alpaca or sharegpt) from the store, hashing
-    it on the way; every supervised format normalizes to ChatRecord."""
-    code = _FILE_CODES.get(param, "invalid_validation_file")
+def read_data_file(store: ObjectStore, data_file: DataFile, param: str, code: str) -> tuple[ParseResult, str, int]:
+    """Read, hash and parse one training or validation file: (parse result, SHA-256, bytes). A missing file, one
+    changed since it was validated, or one with invalid lines is a TrainerError with ``code``."""
     digest = hashlib.sha256()
     size = 0
 
@@ -105,6 +107,14 @@ def read_chat_file(store: ObjectStore, data_file: DataFile, param: str) -> DataF
             code=code,
             param=param,
         )
+    return result, sha, size
+
+
+def read_chat_file(store: ObjectStore, data_file: DataFile, param: str) -> DataFileRead:
+    """Read and parse one supervised training file (chat, completion, alpaca or sharegpt) from the store, hashing
+    it on the way; every supervised format normalizes to ChatRecord."""
+    code = _FILE_CODES.get(param, "invalid_validation_file")
+    result, sha, size = read_data_file(store, data_file, param, code)
     if result.format is not None and result.format.kind != "supervised":
         raise TrainerError(
             f"{param} {data_file.file_id} is in the {result.format.label} format (preference data), but this trainer "
@@ -122,11 +132,20 @@ def read_chat_file(store: ObjectStore, data_file: DataFile, param: str) -> DataF
 @dataclass
 class DeviceChoice:
     device: str  # cpu | cuda
-    dtype: Any  # torch dtype of the base weights
-    bf16: bool
+    dtype: Any  # torch dtype of the base weights (QLoRA: of the layers left unquantized, and the compute dtype)
+    bf16: bool  # mixed precision of the Trainer
+    fp16: bool = False
+    precision: str = "fp32"  # bf16 | fp16 | fp32, as resolved
+    adapter: str = "lora"  # lora | qlora | full
 
 
-def resolve_device(requested: str) -> DeviceChoice:
+PRECISION_PARAM = "tunery.training.precision"
+ADAPTER_PARAM = "tunery.training.adapter"
+
+
+def resolve_device(requested: str, precision: str = "auto", adapter: str = "lora") -> DeviceChoice:
+    """Device and precision of the run (docs/adapters.md): ``auto`` is bf16 on a GPU that supports it, fp16 on an
+    older GPU, fp32 on the CPU. Anything the hardware cannot run is an error here, before the model is loaded."""
     import torch
 
     requested = (requested or "auto").lower()
@@ -135,13 +154,57 @@ def resolve_device(requested: str) -> DeviceChoice:
     if requested == "cuda" and not torch.cuda.is_available():
         raise TrainerError("the job asks for a CUDA GPU but none is available to the trainer")
     device = "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return DeviceChoice("cuda", torch.bfloat16, True)
-    return DeviceChoice(device, torch.float32, False)
+    bf16_ok = device == "cuda" and torch.cuda.is_bf16_supported()
+    precision = (precision or "auto").lower()
+    if precision == "auto":
+        precision = "fp32" if device == "cpu" else "bf16" if bf16_ok else "fp16"
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise TrainerError(f"unknown precision {precision!r}", code="unsupported_hardware", param=PRECISION_PARAM)
+    if precision in ("bf16", "fp16") and device == "cpu":
+        raise TrainerError(
+            f"precision {precision!r} needs a GPU; this trainer runs on the CPU",
+            code="unsupported_hardware",
+            param=PRECISION_PARAM,
+        )
+    if precision == "bf16" and not bf16_ok:
+        raise TrainerError(
+            "precision 'bf16' needs a GPU with bf16 support; this GPU has none (use 'fp16')",
+            code="unsupported_hardware",
+            param=PRECISION_PARAM,
+        )
+    if adapter == "qlora":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainerError(
+                "adapter 'qlora' needs bitsandbytes, which is not installed in the trainer's environment",
+                code="unsupported_hardware",
+                param=ADAPTER_PARAM,
+            )
+    # Weights: bf16 in bf16; fp16 mixed precision keeps fp32 weights for full fine-tuning (the gradient scaler needs
+    # fp32 master weights) and fp16 frozen base weights under an adapter (its own weights stay fp32).
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
+        precision, torch.float32 if adapter == "full" else torch.float16
+    )
+    return DeviceChoice(device, dtype, precision == "bf16", precision == "fp16", precision, adapter)
+
+
+def quantization_config(choice: DeviceChoice) -> Any:
+    """QLoRA: the base model's linear layers in 4-bit NF4 (bitsandbytes), computing in bf16 on a GPU (fp16 on one
+    without bf16) and in fp32 on the CPU; the LoRA adapters on top train in that compute dtype or higher."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=choice.dtype,
+    )
 
 
 def load_base_model(path: str, choice: DeviceChoice) -> tuple[Any, Any]:
-    """The base model (safetensors only, no remote code) and its tokenizer, from a local folder."""
+    """The base model (safetensors only, no remote code) and its tokenizer, from a local folder; QLoRA loads it in
+    4-bit NF4 and prepares it for k-bit training."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path)
@@ -152,14 +215,43 @@ def load_base_model(path: str, choice: DeviceChoice) -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    extra: dict[str, Any] = {}
+    if choice.adapter == "qlora":
+        extra = {"quantization_config": quantization_config(choice), "device_map": {"": choice.device}}
     model = AutoModelForCausalLM.from_pretrained(
         str(folder),
         dtype=choice.dtype,
         local_files_only=True,
         trust_remote_code=False,
         use_safetensors=True,
+        **extra,
     )
+    if choice.adapter == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=choice.device == "cuda")
     return model, tokenizer
+
+
+def load_parent_adapter(store: ObjectStore, prefix: str, model: Any, workdir: str) -> Any:
+    """Fine-tuning a fine-tuned model: the parent's LoRA adapter (safetensors, from the object store) on the base
+    model, trainable, so training continues from it. Pickles are never copied."""
+    from peft import PeftModel
+
+    prefix = prefix.strip("/") + "/"
+    folder = Path(workdir) / "parent-adapter"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {key[len(prefix) :]: key for key in store.list(prefix) if "/" not in key[len(prefix) :]}
+    wanted = ("adapter_config.json", "adapter_model.safetensors")
+    if any(n not in names for n in wanted):
+        raise TrainerError(
+            f"the fine-tuned model to start from has no LoRA adapter under {prefix}",
+            code="model_not_available",
+            param="model",
+        )
+    for name in wanted:
+        store.get_file(names[name], folder / name)
+    return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
 
 
 def lora_config(spec: JobSpec) -> Any:
@@ -176,30 +268,46 @@ def lora_config(spec: JobSpec) -> Any:
 
 
 def sft_config(spec: JobSpec, output_dir: str, choice: DeviceChoice, has_eval: bool) -> Any:
+    """TRL's config from the resolved hyperparameters. Evaluations and checkpoints are driven by our callback at
+    the steps of :func:`tunery.hyperparams.spaced_steps`, so TRL's own strategies are off."""
     from trl import SFTConfig
 
     hp = spec.hyperparameters
     if not 0.0 <= hp.warmup_ratio < 1.0:
         raise TrainerError(f"warmup_ratio must be in [0, 1), got {hp.warmup_ratio}", code="invalid_hyperparameters")
+    accum = hp.gradient_accumulation_steps
+    if accum < 1 or hp.batch_size % accum:
+        raise TrainerError(
+            f"gradient_accumulation_steps ({accum}) must divide batch_size ({hp.batch_size})",
+            code="invalid_hyperparameters",
+        )
+    micro_batch = hp.batch_size // accum
+    # Padding-free packing: TRL's collator joins a micro-batch's examples into one row with position ids that
+    # restart at 0 for each example; transformers turns them into a block-diagonal causal mask (sdpa, eager) or
+    # varlen boundaries (flash attention). One example per micro-batch has no padding to remove.
+    padding_free = hp.packing and micro_batch > 1
     return SFTConfig(
         output_dir=output_dir,
         num_train_epochs=hp.n_epochs,
-        per_device_train_batch_size=hp.batch_size,
-        per_device_eval_batch_size=hp.batch_size,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=micro_batch,
+        per_device_eval_batch_size=micro_batch,
+        gradient_accumulation_steps=accum,
         learning_rate=hp.learning_rate,
         lr_scheduler_type=hp.lr_scheduler,
-        warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        # An int counts steps; a float in [0, 1) is a ratio of the total steps.
+        warmup_steps=hp.warmup_steps if hp.warmup_steps is not None else hp.warmup_ratio,
         weight_decay=hp.weight_decay,
         max_grad_norm=hp.max_grad_norm,
         seed=spec.seed,
         data_seed=spec.seed,
-        max_length=hp.max_seq_length,  # already truncated by us (and counted); TRL's cut is a no-op
-        packing=False,
+        # Already truncated by us (and counted); TRL's cut would be a no-op, and it refuses one when padding-free.
+        max_length=None if padding_free else hp.max_seq_length,
+        packing=False,  # TRL's packing regroups examples into rows, which would change what a step is
+        padding_free=padding_free,
         logging_strategy="steps",
         logging_steps=1,
         logging_nan_inf_filter=False,  # report a NaN loss as NaN, do not paper over it
-        eval_strategy="epoch" if has_eval else "no",
+        eval_strategy="no",  # see ReportingCallback.on_step_end
         prediction_loss_only=True,
         save_strategy="no",  # checkpoints are ours (object store + manifest)
         report_to=[],
@@ -210,7 +318,7 @@ def sft_config(spec: JobSpec, output_dir: str, choice: DeviceChoice, has_eval: b
         dataloader_pin_memory=choice.device == "cuda",
         use_cpu=choice.device == "cpu",
         bf16=choice.bf16,
-        fp16=False,
+        fp16=choice.fp16,
         activation_checkpointing=choice.device == "cuda",
     )
 
@@ -273,14 +381,17 @@ class StepRow:
     tokens_per_second: float | None = None
     tokens: int | None = None  # non-padding tokens in this step's batch
     seconds: float | None = None  # wall time of this optimizer step
+    extra: dict[str, float] = field(default_factory=dict)  # the method's own figures (TrainingRun.method_metrics)
 
     def to_proto(self, pb: Any, total_steps: int) -> Any:
         optional = {
             k: float(v)
             for k, v in asdict(self).items()
-            if k not in ("step", "epoch", "tokens", "seconds") and v is not None
+            if k not in ("step", "epoch", "tokens", "seconds", "extra") and v is not None
         }
-        return pb.StepMetrics(step=self.step, total_steps=total_steps, epoch=float(self.epoch), **optional)
+        return pb.StepMetrics(
+            step=self.step, total_steps=total_steps, epoch=float(self.epoch), method_metrics=self.extra, **optional
+        )
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -353,11 +464,22 @@ class TrainingRun:
         self.total_steps = 0
         self.steps_per_epoch = 0
         self.tokens_per_epoch = 0
+        self.trained_tokens_per_epoch = 0  # tokens that carry loss
         self.has_eval = False
+        self.eval_steps: set[int] = set()  # optimizer steps after which the validation set is evaluated
+        self.checkpoint_steps: set[int] = set()
         self.epochs_done = 0
         self.trainer: Any = None
         self.tokenizer: Any = None
         self.device: DeviceChoice | None = None
+        # The checkpoint with the lowest validation loss so far: {"step", "valid_loss", "prefix"}; its manifest says
+        # ``best: true`` (rewritten to false when a later checkpoint beats it).
+        self.best: dict[str, Any] | None = None
+        self.best_manifest: dict[str, Any] | None = None
+
+    def method_metrics(self, logs: dict[str, Any]) -> dict[str, float]:
+        """Figures of the training method beyond loss and accuracy (none for SFT; see trainer/preference.py)."""
+        return {}
 
     # -- events
     def warn(self, message: str, data: dict[str, Any] | None = None) -> None:
@@ -467,9 +589,14 @@ class TrainingRun:
         train.examples = examples
         return train
 
-    def manifest(self, step: int, epoch: float, metrics: dict[str, Any]) -> dict[str, Any]:
+    def manifest(self, step: int, epoch: float, metrics: dict[str, Any], best: bool = False) -> dict[str, Any]:
         spec = self.spec
-        peft_cfg = self.trainer.model.peft_config["default"] if self.trainer is not None else None
+        model = self.trainer.model if self.trainer is not None else None
+        peft_cfg = model.peft_config["default"] if model is not None and hasattr(model, "peft_config") else None
+        if peft_cfg is not None:  # a parent adapter brings its own rank, alpha and targets
+            lora = {"r": peft_cfg.r, "alpha": peft_cfg.lora_alpha, "dropout": peft_cfg.lora_dropout}
+        else:
+            lora = spec.lora.model_dump()
         target = peft_cfg.target_modules if peft_cfg is not None else spec.lora.target_modules
         tok = self.tokenizer
         return {
@@ -484,11 +611,19 @@ class TrainingRun:
             "data_files": self.data_sha256,
             "data_options": self.data_options.data() if self.data_options else None,
             "hyperparameters": spec.hyperparameters.model_dump(),
-            "lora": {
+            "adapter": spec.adapter,
+            "precision": self.device.precision if self.device else spec.precision,
+            "init_adapter_prefix": spec.init_adapter_prefix,
+            "lora": None
+            if spec.adapter == "full"
+            else {
                 **spec.lora.model_dump(),
+                **lora,
                 "resolved_target_modules": sorted(target) if isinstance(target, set | list) else target,
                 "task_type": "CAUSAL_LM",
             },
+            "best": best,
+            "best_checkpoint": self.best,
             "tokenizer": {
                 "eos_token": tok.eos_token,
                 "pad_token": tok.pad_token,
@@ -499,32 +634,76 @@ class TrainingRun:
                 "dtype": str(self.device.dtype).removeprefix("torch.") if self.device else None,
                 "total_steps": self.total_steps,
                 "tokens_per_epoch": self.tokens_per_epoch,
+                "trained_tokens_per_epoch": self.trained_tokens_per_epoch,
+                "checkpoint_steps": sorted(self.checkpoint_steps),
+                "eval_steps": sorted(self.eval_steps),
             },
             "versions": library_versions(),
             "created_at": utc_now(),
             "metrics": metrics,
         }
 
-    def save_adapter(self, prefix: str, step: int, epoch: float, row: StepRow | None) -> None:
-        manifest = self.manifest(step, epoch, row.summary() if row else {})
-        upload_checkpoint(
-            self.store, prefix, self.trainer.model, self.tokenizer, manifest, base_model=self.spec.base_model
+    def save_adapter(
+        self, prefix: str, step: int, epoch: float, row: StepRow | None, best: bool = False, final: bool = False
+    ) -> None:
+        manifest = self.manifest(step, epoch, row.summary() if row else {}, best=best)
+        if final:
+            manifest["best"] = False  # the final model is not a checkpoint; best_checkpoint names the best one
+        written = upload_checkpoint(
+            self.store,
+            prefix,
+            self.trainer.model,
+            self.tokenizer,
+            manifest,
+            base_model=self.spec.base_model,
+            full=self.spec.adapter == "full",
         )
+        if best:
+            self.best_manifest = written
 
-    def epoch_complete(self, step: int) -> None:
-        """Called once per finished epoch (after its evaluation): checkpoint, then report it."""
-        self.epochs_done += 1
-        if self.stop.reason is not None:
+    def is_new_best(self, row: StepRow | None) -> bool:
+        """Whether ``row`` has the lowest validation loss so far (NaN never is)."""
+        if row is None or row.valid_loss is None or math.isnan(row.valid_loss):
+            return False
+        return self.best is None or row.valid_loss < self.best["valid_loss"]
+
+    def unmark_best(self) -> None:
+        """The previous best checkpoint is no longer the best: rewrite its manifest with ``best: false``."""
+        if self.best is None or self.best_manifest is None:
+            return
+        manifest = {**self.best_manifest, "best": False}
+        key = f"{self.best['prefix']}/{MANIFEST}"
+        self.store.put_bytes(key, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        self.best_manifest = None
+
+    def plan(self, n_examples: int) -> None:
+        """Steps, and the steps that evaluate and checkpoint (evenly spaced; one per epoch by default)."""
+        hp = self.spec.hyperparameters
+        self.steps_per_epoch = steps_per_epoch(n_examples, hp.batch_size)
+        self.total_steps = self.steps_per_epoch * hp.n_epochs
+        n_ckpt = hp.n_epochs if hp.n_checkpoints is None else hp.n_checkpoints
+        n_evals = hp.n_epochs if hp.n_evals is None else hp.n_evals
+        self.checkpoint_steps = set(spaced_steps(self.total_steps, max(1, n_ckpt)))
+        self.eval_steps = set(spaced_steps(self.total_steps, n_evals)) if self.has_eval else set()
+
+    def checkpoint(self, step: int, epoch: float) -> None:
+        """A checkpoint at ``step`` (after its evaluation, if any), then its report."""
+        if self.stop.reason is not None and self.stop.reason not in PREEMPT_REASONS:
             return
         row = self.rows[-1] if self.rows and self.rows[-1].step == step else None
         prefix = checkpoint_prefix(self.spec.output_prefix, step)
+        if prefix in self.checkpoints:
+            return  # already written at this step (a pause at a checkpoint step)
         t0 = time.monotonic()
-        self.save_adapter(prefix, step, float(self.epochs_done), row)
+        best = self.is_new_best(row)
+        if best:
+            assert row is not None and row.valid_loss is not None
+            self.unmark_best()
+            self.best = {"step": step, "valid_loss": row.valid_loss, "prefix": prefix}
+        self.save_adapter(prefix, step, epoch, row, best=best)
         self.checkpoints.append(prefix)
-        log.info("checkpoint: epoch %d step %d -> %s (%.1fs)", self.epochs_done, step, prefix, time.monotonic() - t0)
-        metrics = (row or StepRow(step=step, epoch=float(self.epochs_done))).to_proto(
-            self.reporter.pb, self.total_steps
-        )
+        log.info("checkpoint: epoch %.2f step %d -> %s (%.1fs)", epoch, step, prefix, time.monotonic() - t0)
+        metrics = (row or StepRow(step=step, epoch=epoch)).to_proto(self.reporter.pb, self.total_steps)
         self.reporter.checkpoint(step, prefix, metrics)
 
 
@@ -550,6 +729,8 @@ def make_callback(run: TrainingRun) -> TrainerCallback:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             if run.stop.reason is not None:
                 control.should_training_stop = True
+            elif state.global_step in run.eval_steps:
+                control.should_evaluate = True  # right after this step's log (TRL's own eval strategy is off)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> Any:
             logs = logs or {}
@@ -559,7 +740,7 @@ def make_callback(run: TrainingRun) -> TrainerCallback:
                 row = self.pending or (run.rows[-1] if run.rows else None)
                 if row is not None:
                     loss, acc = logs.get("eval_loss"), logs.get("eval_mean_token_accuracy")
-                    # The epoch-end evaluation covers the whole validation set: it is also the step's valid_loss.
+                    # The evaluation covers the whole validation set: it is also the step's valid_loss.
                     row.full_valid_loss = row.valid_loss = loss
                     row.full_valid_mean_token_accuracy = row.valid_mean_token_accuracy = acc
                     log.info("eval: step %d valid_loss %s valid_acc %s", row.step, _fmt(loss), _fmt(acc))
@@ -580,6 +761,7 @@ def make_callback(run: TrainingRun) -> TrainerCallback:
                 tokens=tokens,
                 seconds=elapsed,
                 tokens_per_second=(tokens / elapsed) if tokens is not None else None,
+                extra=run.method_metrics(logs),
             )
             run.rows.append(row)
             print(
@@ -588,11 +770,12 @@ def make_callback(run: TrainingRun) -> TrainerCallback:
                 f"tok/s {_fmt(row.tokens_per_second)}",
                 flush=True,
             )
-            epoch_end = row.step % run.steps_per_epoch == 0 or row.step >= run.total_steps
-            if run.has_eval and epoch_end and run.stop.reason is None:
-                self.pending = row
-            else:
-                run.reporter.metrics(row.to_proto(run.reporter.pb, run.total_steps))
+            if row.step in run.eval_steps and run.stop.reason is None:
+                self.pending = row  # reported with its valid_loss, after the evaluation
+                return
+            run.reporter.metrics(row.to_proto(run.reporter.pb, run.total_steps))
+            if row.step in run.checkpoint_steps:
+                run.checkpoint(row.step, row.epoch)
 
         def _flush(self) -> None:
             if self.pending is not None:
@@ -600,16 +783,18 @@ def make_callback(run: TrainingRun) -> TrainerCallback:
                 self.pending = None
 
         def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            run.epochs_done += 1
             if run.stop.reason is not None:
                 control.should_evaluate = False  # stop promptly: no evaluation, no checkpoint
                 self._flush()
-                return
-            if not run.has_eval:
-                run.epoch_complete(state.global_step)
 
         def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            row = self.pending
             self._flush()
-            run.epoch_complete(state.global_step)
+            # A new best validation loss between the planned checkpoints is checkpointed too, so the best
+            # model is always one of the job's checkpoints.
+            if row is not None and (row.step in run.checkpoint_steps or run.is_new_best(row)):
+                run.checkpoint(row.step, row.epoch)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             self._flush()
@@ -624,6 +809,10 @@ def _fmt(value: float | None) -> str:
 def run(spec: JobSpec, reporter: Reporter, stop: StopSignal | None = None) -> RunResult:
     """Train one LoRA adapter as the spec says; raises TrainerError or RunStopped when it does not succeed."""
     stop = stop or StopSignal()
+    if spec.method != "supervised":  # dpo, orpo, kto: TRL's preference trainers
+        from .preference import run_preference
+
+        return run_preference(spec, reporter, stop)
     hp = spec.hyperparameters
     if hp.n_epochs < 1 or hp.batch_size < 1 or hp.max_seq_length < 2 or not hp.learning_rate > 0:
         raise TrainerError("n_epochs, batch_size, max_seq_length and learning_rate must be positive")
@@ -631,7 +820,7 @@ def run(spec: JobSpec, reporter: Reporter, stop: StopSignal | None = None) -> Ru
     train_data, valid_data = r.read_data()
     stop.check()
 
-    r.device = resolve_device(spec.device)
+    r.device = resolve_device(spec.device, spec.precision, spec.adapter)
     set_determinism(spec.seed)
     t0 = time.monotonic()
     model, tokenizer = load_base_model(spec.base_model_path, r.device)
@@ -655,10 +844,13 @@ def run(spec: JobSpec, reporter: Reporter, stop: StopSignal | None = None) -> Ru
     truncate = spec.data is None or spec.data.long_examples == "truncate"
     train = r.apply_data_options(chat, r.tokenize(chat, train_data.records, "training_file", truncate))
     valid = r.tokenize(chat, valid_data.records, "validation_file") if valid_data is not None else None
+    if hp.train_on_inputs:
+        for example in [*train.examples, *(valid.examples if valid is not None else [])]:
+            example.assistant_masks = [1] * len(example.input_ids)
     r.has_eval = valid is not None
-    r.steps_per_epoch = steps_per_epoch(len(train.examples), hp.batch_size)
-    r.total_steps = r.steps_per_epoch * hp.n_epochs
+    r.plan(len(train.examples))
     r.tokens_per_epoch = train.n_tokens
+    r.trained_tokens_per_epoch = train.n_trained_tokens
     log.info(
         "tokenized: %d training examples, %d tokens per epoch (%d trained), %d steps per epoch, %d steps",
         len(train.examples),
@@ -670,7 +862,14 @@ def run(spec: JobSpec, reporter: Reporter, stop: StopSignal | None = None) -> Ru
 
     with tempfile.TemporaryDirectory(prefix="tunery-trainer-") as workdir:
         args = sft_config(spec, workdir, r.device, r.has_eval)
-        r.trainer = build_trainer(model, tokenizer, args, lora_config(spec), train, valid, [make_callback(r)])
+        peft_config = None if spec.adapter == "full" else lora_config(spec)
+        if spec.init_adapter_prefix:  # ``model`` was a fine-tuned model: continue its adapter
+            model = load_parent_adapter(r.store, spec.init_adapter_prefix, model, workdir)
+            peft_config = None
+            log.info("continuing the adapter of %s", spec.init_adapter_prefix)
+        callbacks = [make_callback(r), make_state_callback(r)]
+        r.trainer = build_trainer(model, tokenizer, args, peft_config, train, valid, callbacks)
+        resume_dir = prepare_resume(r, spec.resume_from, Path(workdir))
         stop.check()
         reporter.started(r.total_steps, len(train.examples), r.tokens_per_epoch, hp.model_dump())
         stop.check()
@@ -678,7 +877,7 @@ def run(spec: JobSpec, reporter: Reporter, stop: StopSignal | None = None) -> Ru
         t_train = time.monotonic()
         stop.in_training = True
         try:
-            r.trainer.train()
+            r.trainer.train(resume_from_checkpoint=resume_dir)
         finally:
             stop.in_training = False
         train_seconds = time.monotonic() - t_train
@@ -689,9 +888,10 @@ def run(spec: JobSpec, reporter: Reporter, stop: StopSignal | None = None) -> Ru
             )
         last = r.rows[-1]
         final_prefix = model_prefix(spec.output_prefix)
-        r.save_adapter(final_prefix, last.step, float(hp.n_epochs), last)
+        r.save_adapter(final_prefix, last.step, float(hp.n_epochs), last, final=True)
         results_key = f"{spec.output_prefix.rstrip('/')}/results.csv"
         r.store.put_bytes(results_key, results_csv(r.rows).encode())
+        drop_states(r)
 
     total_tokens = sum(row.tokens or 0 for row in r.rows)
     log.info(

@@ -1,0 +1,66 @@
+"""``POST /v1/fine_tuning/jobs/{id}/pause`` and ``.../resume`` (docs/resilience.md).
+
+Pause: a running job becomes ``paused`` at once; its trainer is told in the reply to its next report, saves its
+full state (adapter, optimizer, LR scheduler, RNG) at the next step boundary and exits; the scheduler then says in
+an event where it stopped. Resume: a paused job goes back to ``queued`` and its next run continues from the newest
+complete checkpoint, ending where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from sqlalchemy.orm import Session
+
+from api.auth import tenant
+from api.context import AppContext, Tenant, get_ctx
+from api.errors import bad_request
+from api.jobs import get_job
+from api.objects import job_object
+from tunery.db.ops import add_event
+
+router = APIRouter()
+
+
+@router.post("/fine_tuning/jobs/{job_id}/pause")
+def pause_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
+    def pause(s: Session) -> dict:
+        job = get_job(s, t, job_id)
+        if job.status != "running":
+            raise bad_request(
+                f"Job {job_id} is {job.status}; only a running job can be paused.",
+                param="fine_tuning_job_id",
+                code="job_not_pausable",
+            )
+        job.status = "paused"
+        job.pause_requested = True
+        job.estimated_finish = None
+        add_event(s, job.id, "Pausing fine-tuning job: the trainer saves its state at the next step and stops")
+        return job_object(job)
+
+    out = ctx.db.transaction(pause)
+    ctx.wake_scheduler()
+    return out
+
+
+@router.post("/fine_tuning/jobs/{job_id}/resume")
+def resume_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
+    def resume(s: Session) -> dict:
+        job = get_job(s, t, job_id)
+        if job.status != "paused":
+            raise bad_request(
+                f"Job {job_id} is {job.status}; only a paused job can be resumed.",
+                param="fine_tuning_job_id",
+                code="job_not_resumable",
+            )
+        job.status = "queued"
+        if job.run_handle is None:
+            # The paused run is over (or never got a handle: a stale token stops it). A run still saving its state
+            # keeps pause_requested until the scheduler reaps it; the job is launched again only after that.
+            job.pause_requested = False
+            job.run_token = None
+        add_event(s, job.id, "Fine-tuning job resumed: queued to continue from its last checkpoint")
+        return job_object(job)
+
+    out = ctx.db.transaction(resume)
+    ctx.wake_scheduler()
+    return out

@@ -1,0 +1,105 @@
+"""Estimates before a job runs: model shapes from safetensors headers, the GPU-hours rule, memory fit, the dry run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, chat_lines
+from tunery.estimate import FLOPS_DIVISOR, GPU_TYPES, ModelShape, estimate, model_shape
+
+
+def test_model_shape_matches_the_model_and_peft(tiny_model_dir: Path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    shape = model_shape(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    assert shape.params == sum(p.numel() for p in model.parameters())  # tied embeddings are stored once
+    assert (shape.hidden, shape.layers, shape.vocab) == (
+        model.config.hidden_size,
+        model.config.num_hidden_layers,
+        model.config.vocab_size,
+    )
+    peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    assert shape.lora_per_rank * 16 == trainable  # all-linear LoRA: r x (in + out) per adapted layer
+
+
+def _estimate(shape: ModelShape, gpu: str, adapter: str = "lora", batch: int = 8, seq: int = 4096):
+    return estimate(
+        shape,
+        examples=10_000,
+        tokens_per_epoch=5_000_000,
+        trained_tokens_per_epoch=2_000_000,
+        n_epochs=3,
+        batch_size=batch,
+        steps=3750,
+        max_seq_length=seq,
+        gpu_type=gpu,
+        adapter=adapter,
+    )
+
+
+def test_gpu_hours_rule_and_memory_fit():
+    # Roughly Llama-3-8B: 8.0e9 parameters, 32 layers of 4096, 128k vocabulary.
+    llama8b = ModelShape(
+        params=8_030_000_000,
+        linear_params=6_980_000_000,
+        lora_per_rank=2_621_440,
+        hidden=4096,
+        layers=32,
+        vocab=128_256,
+    )
+    h100 = _estimate(llama8b, "h100-80gb", batch=1, seq=2048)
+    rule = 8_030_000_000 * 5_000_000 * 3 / (FLOPS_DIVISOR * GPU_TYPES["h100-80gb"][0])
+    assert h100.gpu_seconds == pytest.approx(rule, rel=1e-3)
+    assert h100.gpu_hours == pytest.approx(h100.gpu_seconds / 3600, abs=1e-3)
+    assert _estimate(llama8b, "a100-80gb").gpu_seconds > h100.gpu_seconds  # a slower GPU takes longer
+    assert h100.precision == "bf16" and h100.fits
+    # Batch 8 of 4096 tokens keeps ~150 GB of activations: only gradient checkpointing makes it fit.
+    big = _estimate(llama8b, "h100-80gb", batch=8, seq=4096)
+    assert not big.fits and big.fits_with_gradient_checkpointing
+    assert h100.trainable_params == 2_621_440 * 16
+    # Full fine-tuning of 8B needs ~16 bytes per parameter for weights and optimizer: not on one 80 GB GPU.
+    full = _estimate(llama8b, "h100-80gb", adapter="full", batch=1, seq=1024)
+    assert not full.fits and full.memory_gib["trainable_and_optimizer"] > 100
+    # QLoRA's 4-bit base fits a 16 GB card at a small batch where bf16 LoRA does not.
+    assert _estimate(llama8b, "t4", adapter="qlora", batch=1, seq=1024).fits
+    assert not _estimate(llama8b, "t4", batch=1, seq=1024).fits
+    with pytest.raises(ValueError, match="unknown GPU type"):
+        _estimate(llama8b, "tpu-v5")
+
+
+def test_dry_run_reports_tokens_steps_and_estimates(tiny_server_factory):
+    srv = tiny_server_factory(max_concurrent_runs=0, gpu_type="a10g")
+    f = srv.client.files.create(file=("t.jsonl", chat_lines(30)), purpose="fine-tune")
+    srv.client.files.wait_for_processing(f.id, poll_interval=0.1, max_wait_seconds=30)
+    body = {"model": TINY, "training_file": f.id, "hyperparameters": {"n_epochs": 2, "batch_size": 4}}
+    r = srv.http.post("/v1/fine_tuning/jobs/dry_run", json=body)
+    assert r.status_code == 200, r.text
+    est = r.json()
+    report = srv.http.get(f"/v1/files/{f.id}/validation").json()
+    assert est["object"] == "fine_tuning.job.estimate" and est["gpu_type"] == "a10g"
+    assert est["examples"] == 30 and est["tokens_per_epoch"] == report["tokens"]["total_within_max_seq_length"]
+    assert est["steps"] == math.ceil(30 / 4) * 2 and est["hyperparameters"]["n_epochs"] == 2
+    assert est["gpu_seconds"] == pytest.approx(est["params"] * est["tokens_per_epoch"] * 2 / (5e11 * 70.0), abs=0.1)
+    assert est["fits"] is True and est["estimated_finish"] >= srv.client.files.retrieve(f.id).created_at
+    # Nothing was created.
+    assert srv.client.fine_tuning.jobs.list().data == []
+
+    # The real job gets an estimated finish once its files are validated.
+    job = srv.client.fine_tuning.jobs.create(**body)
+    queued = srv.wait_job(job.id, {"queued"}, timeout=30)
+    assert queued.estimated_finish is not None and queued.estimated_finish >= queued.created_at
+
+    bad = srv.http.post("/v1/fine_tuning/jobs/dry_run", json={**body, "model": "nope"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "model"
+    missing = srv.http.post("/v1/fine_tuning/jobs/dry_run", json={**body, "training_file": "file-nope"})
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == "invalid_file_id"
+    small = srv.client.files.create(file=("s.jsonl", chat_lines(3)), purpose="fine-tune")
+    srv.client.files.wait_for_processing(small.id, poll_interval=0.1, max_wait_seconds=30)
+    few = srv.http.post("/v1/fine_tuning/jobs/dry_run", json={**body, "training_file": small.id})
+    assert few.status_code == 400 and few.json()["error"]["code"] == "invalid_n_examples"

@@ -1,0 +1,203 @@
+"""Estimates before a job runs: tokens, steps, GPU-hours and whether the model fits the GPU's memory.
+
+No torch: the model's size and shapes come from the safetensors headers and ``config.json``.
+
+* **Time**: the rule of thumb ``params x tokens x passes / (5e11 x TFLOPs)`` gives GPU-seconds, with the dense
+  bf16 TFLOPs of the configured GPU type (``TUNERY_GPU_TYPE``); tokens are the tokens of one pass over the
+  training data (each example cut at ``max_seq_length``) and passes are the epochs. On the CPU the "TFLOPs" is
+  calibrated on the 2-core reference machine (bench/trainer_throughput.py: about 135 tokens/s on SmolLM2-135M).
+* **Memory** (per GPU, bytes): base weights (bf16: 2 per parameter; QLoRA's NF4: about 0.55; fp32 on the CPU: 4),
+  trainable parameters x 16 (fp32 master copy, gradient and Adam's two moments; every parameter for full
+  fine-tuning), activations ``batch x seq x hidden x layers x 34`` bytes (Korthikanti et al., 16-bit activations
+  without recomputation) plus the fp32 logits and their gradient ``batch x seq x vocab x 8``, and 1 GiB of CUDA
+  context. It fits when the total is at most 95% of the GPU's memory. With gradient checkpointing (reported
+  beside it) only each layer's input is kept, plus one layer's activations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+FLOPS_DIVISOR = 5e11
+CUDA_CONTEXT = 1 << 30
+# Dense bf16 TFLOPs (fp16 for the T4) and memory in GiB of the GPU types a job can be estimated for.
+GPU_TYPES: dict[str, tuple[float, float]] = {
+    "h200": (989.0, 141.0),
+    "h100-80gb": (989.0, 80.0),
+    "a100-80gb": (312.0, 80.0),
+    "a100-40gb": (312.0, 40.0),
+    "l40s": (362.0, 48.0),
+    "a10g": (70.0, 24.0),
+    "l4": (121.0, 24.0),
+    "t4": (65.0, 16.0),
+    # Calibrated so that 135M parameters x 135 tokens/s matches the 2-core reference machine; memory: the RAM
+    # a CPU run may use (not a limit that is checked strictly).
+    "cpu": (0.0365, 24.0),
+}
+BYTES_PER_PARAM = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "nf4": 0.55}
+
+
+@dataclass
+class ModelShape:
+    params: int
+    linear_params: int  # weights of the linear layers inside the blocks (what all-linear LoRA adapts)
+    lora_per_rank: int  # trainable parameters of all-linear LoRA per unit of rank: sum of (in + out)
+    hidden: int
+    layers: int
+    vocab: int
+
+
+def _safetensors_headers(folder: Path) -> dict[str, Any]:
+    tensors: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        tensors.update(header)
+    return tensors
+
+
+def model_shape(folder: Path) -> ModelShape:
+    tensors = _safetensors_headers(folder)
+    if not tensors:
+        raise FileNotFoundError(f"no safetensors weights in {folder}")
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    params = linear = per_rank = 0
+    for name, info in tensors.items():
+        shape = info["shape"]
+        params += math.prod(shape)
+        if len(shape) == 2 and ".layers." in name and name.endswith(".weight") and "embed" not in name:
+            linear += shape[0] * shape[1]
+            per_rank += shape[0] + shape[1]
+    return ModelShape(
+        params=params,
+        linear_params=linear,
+        lora_per_rank=per_rank,
+        hidden=int(config.get("hidden_size", 0)),
+        layers=int(config.get("num_hidden_layers", 0)),
+        vocab=int(config.get("vocab_size", 0)),
+    )
+
+
+@dataclass
+class Estimate:
+    gpu_type: str
+    gpu_tflops: float
+    gpu_memory_gib: float
+    params: int
+    trainable_params: int
+    adapter: str
+    precision: str
+    examples: int
+    tokens_per_epoch: int
+    trained_tokens_per_epoch: int
+    n_epochs: int
+    batch_size: int
+    steps: int
+    max_seq_length: int
+    gpu_seconds: float
+    gpu_hours: float
+    memory_gib: dict[str, float]
+    fits: bool
+    fits_with_gradient_checkpointing: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_for_scan(
+    shape: ModelShape,
+    tokens: Sequence[int],
+    trained: Sequence[int],
+    hp: dict[str, Any],
+    max_seq_length: int,
+    gpu_type: str,
+    adapter: str = "lora",
+    lora_r: int = 16,
+    precision: str | None = None,
+) -> Estimate:
+    """The estimate of a job from its training file's per-example token counts and resolved hyperparameters."""
+    n = len(tokens)
+    batch = int(hp["batch_size"])
+    epochs = int(hp["n_epochs"])
+    return estimate(
+        shape,
+        examples=n,
+        tokens_per_epoch=sum(min(t, max_seq_length) for t in tokens),
+        trained_tokens_per_epoch=sum(trained),
+        n_epochs=epochs,
+        batch_size=batch,
+        steps=math.ceil(n / max(1, batch)) * epochs,
+        max_seq_length=max_seq_length,
+        gpu_type=gpu_type,
+        adapter=adapter,
+        lora_r=lora_r,
+        precision=precision,
+    )
+
+
+def estimate(
+    shape: ModelShape,
+    *,
+    examples: int,
+    tokens_per_epoch: int,
+    trained_tokens_per_epoch: int,
+    n_epochs: int,
+    batch_size: int,
+    steps: int,
+    max_seq_length: int,
+    gpu_type: str,
+    adapter: str = "lora",
+    lora_r: int = 16,
+    precision: str | None = None,
+) -> Estimate:
+    if gpu_type not in GPU_TYPES:
+        raise ValueError(f"unknown GPU type {gpu_type!r}; known: {', '.join(GPU_TYPES)}")
+    tflops, memory = GPU_TYPES[gpu_type]
+    precision = precision or ("fp32" if gpu_type == "cpu" else "nf4" if adapter == "qlora" else "bf16")
+    trainable = shape.params if adapter == "full" else shape.lora_per_rank * lora_r
+    gpu_seconds = shape.params * tokens_per_epoch * n_epochs / (FLOPS_DIVISOR * tflops)
+    weights = shape.params * BYTES_PER_PARAM[precision]
+    optimizer = trainable * 16
+    seq = max_seq_length
+    logits = batch_size * seq * shape.vocab * 8
+    activations = batch_size * seq * shape.hidden * shape.layers * 34 + logits
+    # With gradient checkpointing only each layer's input is kept (2 bytes per value) plus one layer's activations.
+    checkpointed = batch_size * seq * shape.hidden * (shape.layers * 2 + 34) + logits
+    base = weights + optimizer + (0 if gpu_type == "cpu" else CUDA_CONTEXT)
+    total = base + activations
+    gib = float(1 << 30)
+    return Estimate(
+        gpu_type=gpu_type,
+        gpu_tflops=tflops,
+        gpu_memory_gib=memory,
+        params=shape.params,
+        trainable_params=trainable,
+        adapter=adapter,
+        precision=precision,
+        examples=examples,
+        tokens_per_epoch=tokens_per_epoch,
+        trained_tokens_per_epoch=trained_tokens_per_epoch,
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        steps=steps,
+        max_seq_length=max_seq_length,
+        gpu_seconds=round(gpu_seconds, 1),
+        gpu_hours=round(gpu_seconds / 3600, 4),
+        memory_gib={
+            "weights": round(weights / gib, 3),
+            "trainable_and_optimizer": round(optimizer / gib, 3),
+            "activations": round(activations / gib, 3),
+            "total": round(total / gib, 3),
+            "total_with_gradient_checkpointing": round((base + checkpointed) / gib, 3),
+        },
+        fits=total <= 0.95 * memory * gib,
+        fits_with_gradient_checkpointing=base + checkpointed <= 0.95 * memory * gib,
+    )
