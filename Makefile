@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of PyTorch (on a GPU machine: TORCH="torch==2.13.0 --index-url <your CUDA index>").
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo serve test lint proto
+.PHONY: setup demo serve test lint proto helm-tools lint-deploy kube
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,22 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint kube
 	$(BIN)/pytest -q -rs --durations=15
+
+# The Kubernetes control plane of the end-to-end tests (apt + a ~6 min build once; a no-op when cached).
+kube:
+	bash tests/kube/build.sh
 
 proto: setup
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/tunery/v1/reporting.proto
+
+# Container images (deploy/) and the Helm chart (helm/tunery): helm and kubectl go to ~/.cache/tunery/bin.
+helm-tools: setup
+	$(BIN)/python tests/tools/fetch_helm.py
+
+lint-deploy: setup
+	$(BIN)/hadolint deploy/control-plane.Dockerfile deploy/trainer.Dockerfile
+	bin=$$($(BIN)/python tests/tools/fetch_helm.py) \
+	  && $$bin/helm lint --strict helm/tunery \
+	  && $$bin/helm lint --strict helm/tunery -f helm/tunery/ci/production-values.yaml

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import chat, errors, files, jobs, models, uploads
+from api import chat, errors, estimates, files, jobs, models, pause, uploads
 from api.context import AppContext
 from tunery import ids
 
@@ -54,7 +54,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app = FastAPI(title="Tunery", version="0.1.0", summary="Fine-tuning as a service, OpenAI-compatible.")
     app.state.ctx = ctx
     errors.install(app)
-    for module in (files, uploads, jobs, models, chat):
+    for module in (files, uploads, estimates, jobs, pause, models, chat):
         app.include_router(module.router, prefix="/v1")
 
     @app.get("/health")

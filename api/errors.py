@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("tunery.api")
@@ -132,6 +133,19 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             return error_response(APIError(405, "Method not allowed for this URL.", code="method_not_allowed"))
         return error_response(APIError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(DataError)
+    async def _data_error(request: Request, exc: DataError) -> JSONResponse:
+        # PostgreSQL refuses NUL characters in text: a NUL in an id, a cursor or a name sent by the client is a bad
+        # request there (SQLite simply finds nothing). Any other refusal of a value is the server's fault.
+        if "NUL (0x00)" in str(exc.orig):
+            return error_response(
+                bad_request("Invalid request: a value contains a NUL character (\\u0000).", code="invalid_value")
+            )
+        log.error("database refused a value on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(
+            APIError(500, "The server had an error while processing your request.", type=SERVER_ERROR)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

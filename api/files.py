@@ -17,7 +17,7 @@ from api.errors import APIError, bad_request, not_found
 from api.objects import file_object
 from api.pagination import list_object, page
 from api.streams import multipart_form, save_limited
-from scheduler.validation import REPORT_OBJECT, report_key
+from scheduler.validation import REPORT_OBJECT, report_key, report_prefix
 from tunery import ids
 from tunery.db import File
 from tunery.storage import ObjectNotFound
@@ -147,17 +147,33 @@ def delete_file(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = De
         key = f.object_key
         s.delete(f)
     ctx.store.delete(key)
-    ctx.store.delete(report_key(file_id))
+    ctx.store.delete_prefix(report_prefix(file_id))
     return {"id": file_id, "object": "file", "deleted": True}
 
 
 @router.get("/files/{file_id}/validation")
-def file_validation(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
-    """Tunery's extension: the validation report of a training file (format, counts, line errors, duplicates)."""
+def file_validation(
+    file_id: str,
+    model: str | None = Query(None, description="The report made for a job on this base model."),
+    ctx: AppContext = Depends(get_ctx),
+    t: Tenant = Depends(tenant),
+) -> dict:
+    """Tunery's extension: the validation report of a training file (format, counts, line errors, duplicates,
+    token statistics). Without ``model``: the report made at upload; with it: the one a job on that base model
+    made when it validated its files."""
     with ctx.db.session() as s:
         f = get_file(s, t, file_id)
     if f.purpose != "fine-tune":
         raise bad_request(f"File {file_id} has purpose {f.purpose!r}: only fine-tune files are validated.", param="id")
+    if model:
+        try:
+            return dict(json.loads(ctx.store.get_bytes(report_key(file_id, model))))
+        except ObjectNotFound:
+            raise not_found(
+                f"No report of file {file_id} for model {model!r}: one is made when a job on that model validates "
+                "the file.",
+                param="model",
+            ) from None
     if f.status == "uploaded":
         return {"object": REPORT_OBJECT, "file_id": file_id, "status": "pending"}
     try:
@@ -185,3 +201,21 @@ def file_content(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = D
             "content-disposition": f'attachment; filename="{f.filename}"',
         },
     )
+
+
+@router.get("/files/{file_id}/url")
+def file_url(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
+    """Tunery's extension: a presigned URL that downloads the file straight from the object store (S3), without
+    an API key, until ``expires_at`` (``TUNERY_S3_PRESIGN_SECONDS``). Large results and files skip the API."""
+    with ctx.db.session() as s:
+        f = get_file(s, t, file_id)
+    seconds = ctx.settings.s3_presign_seconds
+    expires_at = int(time.time()) + seconds
+    url = ctx.store.presigned_url(f.object_key, expires_in=seconds, filename=f.filename)
+    if url is None:
+        raise bad_request(
+            "This server's object store has no presigned URLs (a local folder): use /v1/files/{id}/content.",
+            param="file_id",
+            code="presigned_urls_unsupported",
+        )
+    return {"object": "file.url", "id": file_id, "url": url, "expires_at": expires_at}

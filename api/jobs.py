@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -14,11 +15,12 @@ from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import APIError, bad_request, not_found
 from api.files import get_file
-from api.objects import checkpoint_object, event_object, job_object
+from api.objects import best_checkpoint_step, checkpoint_object, event_object, job_object
 from api.pagination import list_object, page
-from tunery import ids
-from tunery.db import Checkpoint, Job, JobEvent
+from tunery import hyperparams, ids
+from tunery.db import Checkpoint, FineTunedModel, Job, JobEvent
 from tunery.db.ops import TERMINAL, add_event, now
+from tunery.jobspec import PreferenceTrainer
 
 router = APIRouter()
 
@@ -36,10 +38,21 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DPOHyperparameters(Hyperparameters):
+    """OpenAI's ``FineTuneDPOHyperparameters``: the supervised three and ``beta`` in (0, 2]."""
+
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] | None = "auto"
+
+
+class DPOMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: DPOHyperparameters | None = None
+
+
 class Method(BaseModel):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DPOMethod | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -56,11 +69,66 @@ class DataQualityOptions(BaseModel):
     mix: MixOptions | None = None
 
 
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_.]{1,128}")
+
+
+class LoraOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    r: Annotated[int, Field(ge=1, le=256)] = 16
+    alpha: Auto | Annotated[int, Field(ge=1, le=4096)] = "auto"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _modules(cls, v: str | list[str]) -> str | list[str]:
+        names_ok = isinstance(v, list) and 1 <= len(v) <= 64 and all(_MODULE_NAME.fullmatch(n) for n in v)
+        if v != "all-linear" and not names_ok:
+            raise ValueError('must be "all-linear" or a list of 1 to 64 module names (letters, digits, "_", ".")')
+        return v
+
+
+class TrainingOptions(BaseModel):
+    """``tunery.training``: the training options beyond OpenAI's three hyperparameters (docs/hyperparameters.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lr_scheduler_type: hyperparams.LrScheduler = "linear"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
+    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = 1.0
+    max_seq_length: Auto | Annotated[int, Field(ge=32, le=131_072)] = "auto"
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=256)] = 1
+    train_on_inputs: bool = False
+    n_checkpoints: Auto | Annotated[int, Field(ge=1, le=1000)] = "auto"
+    n_evals: Auto | Annotated[int, Field(ge=0, le=1000)] = "auto"
+    packing: bool = True
+    adapter: Literal["lora", "qlora", "full"] = "lora"  # docs/adapters.md
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    lora: LoraOptions = Field(default_factory=LoraOptions)
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> TrainingOptions:
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            raise ValueError("give warmup_ratio or warmup_steps, not both")
+        return self
+
+
+class MethodOptions(BaseModel):
+    """``tunery.method``: which TRL preference trainer a ``dpo`` job runs (docs/methods.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    trainer: PreferenceTrainer = "dpo"
+
+
 class TuneryExtensions(BaseModel):
-    """Tunery's documented extensions, under the one namespaced field ``tunery`` (docs/data-options.md)."""
+    """Tunery's documented extensions, under the one namespaced field ``tunery`` (docs/data-options.md,
+    docs/hyperparameters.md)."""
 
     model_config = ConfigDict(extra="forbid")
     data: DataQualityOptions = Field(default_factory=DataQualityOptions)
+    training: TrainingOptions = Field(default_factory=TrainingOptions)
+    method: MethodOptions | None = None
 
 
 class CreateJob(BaseModel):
@@ -88,15 +156,90 @@ def _check_metadata(md: dict[str, str] | None) -> None:
             raise bad_request(f"metadata value for {k!r} is longer than 512 characters.", param="metadata")
 
 
+def _method_hyperparameters(body: CreateJob) -> Hyperparameters | None:
+    method = body.method
+    if method and method.supervised and method.supervised.hyperparameters:
+        return method.supervised.hyperparameters
+    if method and method.dpo and method.dpo.hyperparameters:
+        return method.dpo.hyperparameters
+    return None
+
+
 def _hyperparameters(body: CreateJob) -> dict[str, Any]:
-    """Method hyperparameters win over the deprecated top-level ones."""
-    chosen = None
-    if body.method and body.method.supervised and body.method.supervised.hyperparameters:
-        chosen = body.method.supervised.hyperparameters
-    elif body.hyperparameters:
-        chosen = body.hyperparameters
-    hp = (chosen or Hyperparameters()).model_dump()
+    """The three common hyperparameters (batch_size, learning_rate_multiplier, n_epochs): the method's win over
+    the deprecated top-level ones."""
+    chosen = _method_hyperparameters(body) or body.hyperparameters or Hyperparameters()
+    hp = chosen.model_dump(include={"batch_size", "learning_rate_multiplier", "n_epochs"})
     return {k: ("auto" if v is None else v) for k, v in hp.items()}
+
+
+def _method(body: CreateJob, hp: dict[str, Any]) -> dict[str, Any]:
+    """The job's ``method`` as OpenAI returns it: its type and its hyperparameters (``auto`` until the files are
+    validated). A ``reinforcement`` job is refused."""
+    method_type = body.method.type if body.method else "supervised"
+    trainer = body.tunery.method.trainer if body.tunery and body.tunery.method else None
+    if method_type == "reinforcement":
+        raise bad_request(
+            "Fine-tuning method 'reinforcement' is not supported; use 'supervised' or 'dpo'.",
+            param="method.type",
+            code="unsupported_method",
+        )
+    for other in ("supervised", "dpo", "reinforcement"):
+        if body.method and other != method_type and getattr(body.method, other) is not None:
+            raise bad_request(
+                f"method.{other} is given, but method.type is {method_type!r}: give the section of that method.",
+                param=f"method.{other}",
+                code="invalid_method",
+            )
+    if trainer is not None and method_type != "dpo":
+        raise bad_request(
+            f"tunery.method.trainer selects a preference trainer, so it needs method.type 'dpo' (got {method_type!r}).",
+            param="tunery.method.trainer",
+            code="invalid_method",
+        )
+    data = body.tunery.data if body.tunery else None
+    if method_type == "dpo" and data is not None and data.mix is not None:
+        raise bad_request(
+            "tunery.data.mix mixes chat examples into supervised training; a dpo job trains on preference pairs only.",
+            param="tunery.data.mix",
+            code="invalid_method",
+        )
+    if method_type == "dpo" and data is not None and data.long_examples == "drop":
+        raise bad_request(
+            "A dpo job truncates long replies to max_seq_length (and skips a pair whose prompt alone is too long); "
+            'tunery.data.long_examples must be "truncate".',
+            param="tunery.data.long_examples",
+            code="invalid_method",
+        )
+    if method_type == "dpo":
+        chosen = _method_hyperparameters(body)
+        beta = chosen.beta if isinstance(chosen, DPOHyperparameters) else "auto"
+        return {"type": "dpo", "dpo": {"hyperparameters": {**hp, "beta": "auto" if beta is None else beta}}}
+    return {"type": "supervised", "supervised": {"hyperparameters": hp}}
+
+
+def _extensions(body: CreateJob, hp: dict[str, Any]) -> dict[str, Any]:
+    """What the job stores under ``extensions``: ``tunery.training`` always (resolved when the files are
+    validated), ``tunery.data`` when the request has ``tunery``. Checks the options that depend on each other."""
+    ext = body.tunery or TuneryExtensions()
+    training = ext.training
+    batch = hp.get("batch_size")
+    if isinstance(batch, int) and batch % training.gradient_accumulation_steps:
+        raise bad_request(
+            f"gradient_accumulation_steps ({training.gradient_accumulation_steps}) must divide batch_size ({batch}): "
+            "each batch is split into that many equal micro-batches.",
+            param="tunery.training.gradient_accumulation_steps",
+        )
+    if isinstance(training.n_evals, int) and training.n_evals > 0 and not body.validation_file:
+        raise bad_request(
+            "n_evals needs a validation_file to evaluate.", param="tunery.training.n_evals", code="missing_validation"
+        )
+    out: dict[str, Any] = {"training": training.model_dump()}
+    if body.tunery is not None:
+        out = {"data": ext.data.model_dump(), **out}
+    if body.method is not None and body.method.type == "dpo":
+        out["method"] = (ext.method or MethodOptions()).model_dump()
+    return {"tunery": out}
 
 
 def get_job(s: Session, t: Tenant, job_id: str) -> Job:
@@ -121,29 +264,60 @@ def _check_file(s: Session, t: Tenant, file_id: str, param: str) -> None:
         )
 
 
-@router.post("/fine_tuning/jobs")
-def create_job(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
-    base_models = ctx.settings.base_model_paths()
-    if body.model not in base_models:
-        available = ", ".join(base_models) or "none configured"
+def _parent_base_model(s: Session, t: Tenant, body: CreateJob, base_models: dict[str, str]) -> str:
+    """The base model of a job whose ``model`` is a fine-tuned model (``ft:...`` or ``ft:...:ckpt-step-N``): training
+    continues from that model's adapter, on its base model (docs/adapters.md)."""
+    row = s.scalar(
+        select(FineTunedModel).where(
+            FineTunedModel.id == body.model,
+            FineTunedModel.organization_id == t.organization_id,
+            FineTunedModel.project_id == t.project_id,
+        )
+    )
+    if row is None or row.base_model not in base_models:
         raise bad_request(
-            f"Model {body.model!r} is not available for fine-tuning. Available base models: {available}.",
+            f"Model {body.model!r} does not exist or you do not have access to it.",
             param="model",
             code="model_not_available",
         )
-    method_type = body.method.type if body.method else "supervised"
-    if method_type != "supervised":
+    parent = s.scalar(select(Job).where(Job.id == row.job_id))
+    parent_training = ((parent.extensions or {}).get("tunery") or {}).get("training") or {} if parent else {}
+    if parent_training.get("adapter") == "full":
         raise bad_request(
-            f"Fine-tuning method {method_type!r} is not supported yet; use 'supervised'.",
-            param="method.type",
-            code="unsupported_method",
+            f"Model {body.model!r} was fully fine-tuned; only LoRA and QLoRA models can be fine-tuned further.",
+            param="model",
+            code="model_not_available",
+        )
+    adapter = body.tunery.training.adapter if body.tunery else "lora"
+    if adapter == "full":
+        raise bad_request(
+            f"Model {body.model!r} is a LoRA adapter: fine-tuning it continues that adapter, so the adapter must be "
+            "'lora' or 'qlora', not 'full'.",
+            param="tunery.training.adapter",
+        )
+    return row.base_model
+
+
+@router.post("/fine_tuning/jobs")
+def create_job(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
+    base_models = ctx.settings.base_model_paths()
+    if body.model not in base_models and not body.model.startswith("ft:"):
+        available = ", ".join(base_models) or "none configured"
+        raise bad_request(
+            f"Model {body.model!r} is not available for fine-tuning. Available base models: {available}, or one of "
+            "your fine-tuned models (ft:...).",
+            param="model",
+            code="model_not_available",
         )
     if body.integrations:
         raise bad_request("Integrations are not supported yet.", param="integrations", code="unsupported_integration")
     _check_metadata(body.metadata)
     hp = _hyperparameters(body)
+    method = _method(body, hp)
+    extensions = _extensions(body, hp)
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     with ctx.db.session() as s:
+        base_model = body.model if body.model in base_models else _parent_base_model(s, t, body, base_models)
         _check_file(s, t, body.training_file, "training_file")
         if body.validation_file:
             _check_file(s, t, body.validation_file, "validation_file")
@@ -156,16 +330,16 @@ def create_job(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = 
             created_at=now(),
             status="validating_files",
             model=body.model,
-            base_model=body.model,
+            base_model=base_model,
             training_file=body.training_file,
             validation_file=body.validation_file,
             suffix=body.suffix,
             seed=seed,
             job_metadata=body.metadata,
-            method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+            method=method,
             hyperparameters=hp,
             integrations=[],
-            extensions={"tunery": body.tunery.model_dump()} if body.tunery else None,
+            extensions=extensions,
             error=None,
             result_files=[],
             attempts=0,
@@ -266,4 +440,9 @@ def list_checkpoints(
         get_job(s, t, job_id)
         q = select(Checkpoint).where(Checkpoint.job_id == job_id)
         rows, more = page(s, Checkpoint, q, after=after, limit=limit)
-        return list_object([checkpoint_object(c) for c in rows], more, with_ids=True)
+        all_metrics = s.execute(
+            select(Checkpoint.step_number, Checkpoint.metrics).where(Checkpoint.job_id == job_id)
+        ).all()
+        best = best_checkpoint_step([(step, metrics) for step, metrics in all_metrics])
+        objects = [checkpoint_object(c, None if best is None else c.step_number == best) for c in rows]
+        return list_object(objects, more, with_ids=True)

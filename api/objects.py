@@ -68,8 +68,8 @@ def event_object(e: JobEvent) -> dict[str, Any]:
     }
 
 
-def checkpoint_object(c: Checkpoint) -> dict[str, Any]:
-    return {
+def checkpoint_object(c: Checkpoint, best: bool | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "id": c.id,
         "object": "fine_tuning.job.checkpoint",
         "created_at": c.created_at,
@@ -78,6 +78,19 @@ def checkpoint_object(c: Checkpoint) -> dict[str, Any]:
         "step_number": c.step_number,
         "metrics": c.metrics,
     }
+    if best is not None:  # Tunery's extension: the checkpoint with the lowest validation loss (docs/adapters.md)
+        out["tunery"] = {"best": best}
+    return out
+
+
+def best_checkpoint_step(metrics_by_step: list[tuple[int, dict[str, Any] | None]]) -> int | None:
+    """The step of the checkpoint with the lowest ``valid_loss`` (the earliest on a tie); None without one."""
+    best: tuple[float, int] | None = None
+    for step, metrics in metrics_by_step:
+        loss = (metrics or {}).get("full_valid_loss", (metrics or {}).get("valid_loss"))
+        if isinstance(loss, int | float) and loss == loss and (best is None or (loss, step) < best):
+            best = (float(loss), step)
+    return best[1] if best else None
 
 
 def model_object(model_id: str, created: int, owned_by: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ the parts into ``files/{file_id}``; on any failure it deletes what it wrote and 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -192,7 +192,16 @@ async def add_part(
         key = lifecycle.part_key(upload_id, part_id)
 
         # put_stream removes its temporary object when the part is too large: nothing is left behind.
-        size, _ = await save_limited(ctx.store, key, data.file, limit, too_large)
+        try:
+            size, _ = await save_limited(ctx.store, key, data.file, limit, too_large)
+        except APIError:
+            raise
+        except Exception:
+            # On S3, a cancel or expiry meanwhile aborts the part's multipart upload: say so, not 500.
+            err = await run_in_threadpool(_refusal, ctx, t, upload_id, "no parts can be added")
+            if err is not None:
+                raise err from None
+            raise
         if size == 0:
             ctx.store.delete(key)
             raise bad_request("The part is empty.", param="data")
@@ -258,15 +267,9 @@ def complete_upload(
             raise _bytes_mismatch(upload, total)
 
         md5 = hashlib.md5(usedforsecurity=False)
-
-        def chunks() -> Iterator[bytes]:
-            for pid in body.part_ids:
-                for chunk in ctx.store.iter_chunks(parts[pid].object_key):
-                    md5.update(chunk)
-                    yield chunk
-
         try:
-            size, sha = ctx.store.put_stream(key, chunks())
+            # Streamed, or on S3 copied server-side when the parts are large enough (see ObjectStore.compose).
+            size, sha = ctx.store.compose(key, [parts[pid].object_key for pid in body.part_ids], md5.update)
             if size != upload.bytes:  # a part changed under us in the store
                 raise _bytes_mismatch(upload, size)
             if body.md5 is not None and body.md5.strip().lower() != md5.hexdigest():
@@ -313,7 +316,7 @@ def complete_upload(
             )
         raise
     # Every part, listed or not, has served its purpose.
-    lifecycle.delete_objects(ctx.store, [p.object_key for p in parts.values()])
+    lifecycle.discard(ctx.store, upload_id, [p.object_key for p in parts.values()])
     ctx.wake_scheduler()  # it validates new training files
     return upload_object(upload, f)
 
@@ -338,5 +341,5 @@ def cancel_upload(upload_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant 
         return row, keys
 
     upload, keys = _transition(ctx, t, upload_id, "it cannot be cancelled", cancel)
-    lifecycle.delete_objects(ctx.store, keys)
+    lifecycle.discard(ctx.store, upload_id, keys)
     return upload_object(upload)

@@ -9,21 +9,49 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunEvent:
+    """Something about a run the job's events should say (a pod waiting for GPUs, an image pull error)."""
+
+    message: str
+    level: str = "info"
+    data: dict[str, Any] | None = None
 
 
 @dataclass
 class RunStatus:
     running: bool
     exit_code: int | None = None
+    # The run ended without the trainer's say: its pod was lost, evicted or killed. The scheduler treats it as
+    # a crash (see Scheduler.on_crash, the hook for crash-resume).
+    crashed: bool = False
+    error: str | None = None  # why the run ended, when the backend knows better than an exit code
+    events: list[RunEvent] = field(default_factory=list)  # new since the last status call
+
+
+class LaunchRefused(Exception):
+    """A run that cannot be started as configured; the job fails with this message and code."""
+
+    def __init__(self, message: str, code: str = "server_error"):
+        super().__init__(message)
+        self.message = message
+        self.code = code
 
 
 class Backend(ABC):
+    # Whether runs outlive the scheduler process (a restarted scheduler adopts them instead of queueing again).
+    adopts_runs: bool = False
+
     @abstractmethod
     def launch(self, job_id: str, spec_ref: str, log_path: Path) -> str:
         """Start a run; returns a handle stored with the job."""
@@ -38,6 +66,14 @@ class Backend(ABC):
     @abstractmethod
     def close(self) -> None:
         """Stop every run this backend started (server shutdown)."""
+
+    def adopt(self, job_id: str, handle: str | None) -> str | None:
+        """The handle of a run of ``job_id`` started by an earlier scheduler process, if it still exists."""
+        return None
+
+    def gpus_per_run(self) -> int:
+        """GPUs one run takes (counted against TUNERY_PROJECT_GPU_QUOTA)."""
+        return 0
 
 
 class LocalProcessBackend(Backend):
@@ -60,7 +96,8 @@ class LocalProcessBackend(Backend):
                 env=env,
                 start_new_session=True,  # its own process group: cancel stops its children too
             )
-        handle = f"pid:{proc.pid}"
+        # The host is in the handle: a scheduler replica taking the run over must not signal a pid of its own.
+        handle = f"pid:{proc.pid}@{socket.gethostname()}"
         with self._lock:
             self._procs[handle] = proc
         return handle
@@ -117,7 +154,10 @@ def _kill_orphan(handle: str) -> None:
     """A trainer left by a previous server process: kill it if the pid is still a Tunery trainer."""
     if not handle.startswith("pid:"):
         return
-    pid = int(handle[4:])
+    pid_part, _, host = handle[4:].partition("@")
+    if host and host != socket.gethostname():
+        return  # a run on another machine: the process went with its replica
+    pid = int(pid_part)
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:

@@ -88,7 +88,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
             if job.status in TERMINAL or job.cancel_requested:
                 return pb.ReportReply(cancel_requested=True)
             fn(s, job)
-            return pb.ReportReply(cancel_requested=job.cancel_requested)
+            return pb.ReportReply(cancel_requested=job.cancel_requested, pause_requested=job.pause_requested)
 
         reply = self.db.transaction(apply)
         if reply is None:
@@ -116,7 +116,8 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
         m = request.metrics
 
         def apply(s: Session, job: Job) -> None:
-            data = {**metrics_dict(m), "total_steps": m.total_steps}
+            # The method's own figures (DPO's rewards_*, KTO's kl, ...) ride along in the event's data.
+            data = {**metrics_dict(m), **dict(sorted(m.method_metrics.items())), "total_steps": m.total_steps}
             add_event(s, job.id, metrics_message(m), type="metrics", data=data)
             job.total_steps = int(m.total_steps) or job.total_steps
             if job.started_at and m.step > 0 and m.total_steps >= m.step:

@@ -16,6 +16,10 @@ import httpx
 import pytest
 from openai import OpenAI
 
+# Fixtures of the stores the test servers use: the local folder or S3 on a real SeaweedFS (objects), SQLite or
+# PostgreSQL (metadata).
+pytest_plugins = ["tests.stores", "tests.metadata_stores"]
+
 MODEL_CACHE = Path(os.environ.get("TUNERY_TEST_MODEL_CACHE", Path.home() / ".cache" / "tunery" / "models"))
 TINY = "tiny-llama"
 
@@ -110,8 +114,11 @@ def start_server(data_dir: Path, **overrides: Any) -> RunningServer:
 
 
 @pytest.fixture
-def tiny_server_factory(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Callable[..., RunningServer]]:
-    """Start servers whose only base model is the tiny Llama; all are stopped at teardown."""
+def tiny_server_factory(
+    tmp_path: Path, tiny_model_dir: Path, store_settings: dict[str, Any], database_settings: dict[str, Any]
+) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers whose only base model is the tiny Llama; all are stopped at teardown. Servers of one test
+    share its metadata store (a restart sees the same state)."""
     started: list[RunningServer] = []
 
     def make(data_dir: Path | None = None, **overrides: Any) -> RunningServer:
@@ -119,6 +126,8 @@ def tiny_server_factory(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Callab
             "base_models": {TINY: str(tiny_model_dir)},
             "demo_model": False,
             "model_cache_dir": tmp_path / "cache",
+            **store_settings,
+            **database_settings,
         }
         opts.update(overrides)
         srv = start_server(data_dir or tmp_path / "data", **opts)

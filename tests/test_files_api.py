@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import hashlib
 
+import httpx
 import openai
 import pytest
 
+from tests.configurations import (  # noqa: F401 (each server test runs embedded and on PostgreSQL + S3)
+    configuration,
+    configuration_metadata_store,
+    configuration_object_store,
+)
 from tests.conftest import chat_lines
 from tests.schema import validate
+from tests.stores import stored_keys
 
 
 def test_upload_retrieve_content_delete(server, upload):
@@ -40,7 +47,7 @@ def test_upload_retrieve_content_delete(server, upload):
     with pytest.raises(openai.NotFoundError):
         server.client.files.content(f.id)
     # The object is gone from the store too.
-    assert not server.settings.data_dir.joinpath("objects", "files", f.id).exists()
+    assert stored_keys(server, f"files/{f.id}") == []
 
 
 def test_large_upload_is_streamed_whole(server, upload):
@@ -99,8 +106,7 @@ def test_file_size_limit(tiny_server_factory, tmp_path):
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "file_too_large"
     assert srv.client.files.list().data == []
-    objects = srv.settings.data_dir / "objects" / "files"
-    assert not objects.exists() or not any(objects.iterdir())
+    assert stored_keys(srv, "files/") == []
 
 
 def test_expires_after(server):
@@ -114,3 +120,24 @@ def test_expires_after(server):
         server.client.files.create(
             file=("a.jsonl", chat_lines(10)), purpose="fine-tune", expires_after={"anchor": "created_at", "seconds": 5}
         )
+
+
+def test_download_url(server, upload, object_store):
+    """Tunery's extension GET /v1/files/{id}/url: a presigned URL straight to the object store (S3 only)."""
+    data = chat_lines(10)
+    f = upload(data)
+    r = server.http.get(f"/v1/files/{f.id}/url")
+    if object_store == "local":
+        e = r.json()["error"]
+        assert r.status_code == 400 and e["code"] == "presigned_urls_unsupported" and e["param"] == "file_id"
+        return
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "file.url" and body["id"] == f.id
+    assert body["expires_at"] - f.created_at >= 3600 - 5
+    got = httpx.get(body["url"])  # no API key, not through the API
+    assert got.status_code == 200 and got.content == data
+    assert got.headers["content-disposition"] == 'attachment; filename="train.jsonl"'
+    assert server.http.get("/v1/files/file-nope/url").status_code == 404
+    server.client.files.delete(f.id)
+    assert httpx.get(body["url"]).status_code == 404  # the URL outlives nothing: the object is gone

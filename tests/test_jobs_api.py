@@ -7,6 +7,11 @@ import json
 import openai
 import pytest
 
+from tests.configurations import (  # noqa: F401 (each server test runs embedded and on PostgreSQL + S3)
+    configuration,
+    configuration_metadata_store,
+    configuration_object_store,
+)
 from tests.conftest import TINY, chat_lines
 from tests.schema import validate
 
@@ -63,7 +68,7 @@ def test_create_errors_are_400_with_param(server, upload):
         ({"model": TINY, "training_file": good, "suffix": "x" * 65}, "suffix"),
         ({"model": TINY, "training_file": good, "seed": -1}, "seed"),
         ({"model": TINY, "training_file": good, "hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
-        ({"model": TINY, "training_file": good, "method": {"type": "dpo"}}, "method.type"),
+        ({"model": TINY, "training_file": good, "method": {"type": "reinforcement"}}, "method.type"),
         ({"model": TINY, "training_file": good, "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
         ({"training_file": good}, "model"),
         ({"model": TINY}, "training_file"),
@@ -162,30 +167,33 @@ def test_tunery_data_options_stored_returned_and_validated(tiny_server_factory):
     general = srv.client.files.create(file=("g.jsonl", chat_lines(30, answer="A: {q}")), purpose="fine-tune").id
     options = {"data": {"drop_duplicates": True, "long_examples": "drop", "mix": {"file": general, "fraction": 0.2}}}
     job = srv.client.fine_tuning.jobs.create(model=TINY, training_file=train, extra_body={"tunery": options})
-    assert job.model_extra["tunery"] == options
+    assert job.model_extra["tunery"]["data"] == options["data"]
     raw = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()
     validate(raw, "FineTuningJob")
-    assert raw["tunery"] == options
+    assert raw["tunery"]["data"] == options["data"]
     queued = srv.wait_job(job.id, {"queued"}, timeout=30)
-    assert queued.model_extra["tunery"] == options
+    assert queued.model_extra["tunery"]["data"] == options["data"]
     events = srv.events(job.id)
-    assert f"Mix file {general}: 30 example(s) in the chat format" in events
+    assert any(e.startswith(f"Mix file {general}: 30 example(s) in the chat format; ") for e in events)
     # 40 training examples + round(40 * 0.2 / 0.8) = 10 mixed in.
     validated = srv.client.fine_tuning.jobs.list_events(job.id, limit=1).data[0]
     assert validated.data["train_examples"] == 50
 
-    # Defaults filled in; jobs without the field carry no extra key at all.
+    # Defaults filled in; jobs without the field carry no data options (only the training options, which every
+    # job has: tests/test_training_options.py).
     only_dups = srv.client.fine_tuning.jobs.create(
         model=TINY, training_file=train, extra_body={"tunery": {"data": {"drop_duplicates": True}}}
     )
-    assert only_dups.model_extra["tunery"] == {
-        "data": {"drop_duplicates": True, "long_examples": "truncate", "mix": None}
+    assert only_dups.model_extra["tunery"]["data"] == {
+        "drop_duplicates": True,
+        "long_examples": "truncate",
+        "mix": None,
     }
     assert srv.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": train, "tunery": {}}).json()[
         "tunery"
-    ] == {"data": {"drop_duplicates": False, "long_examples": "truncate", "mix": None}}
+    ]["data"] == {"drop_duplicates": False, "long_examples": "truncate", "mix": None}
     plain = srv.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": train}).json()
-    assert "tunery" not in plain
+    assert set(plain["tunery"]) == {"training"}
     validate(plain, "FineTuningJob")
     listed = srv.http.get("/v1/fine_tuning/jobs").json()
     validate(listed, "ListPaginatedFineTuningJobsResponse")
@@ -227,3 +235,111 @@ def test_mix_file_in_preference_format_fails_validation(server, upload):
     assert job.error.param == "tunery.data.mix.file"
     assert job.error.code == "invalid_mix_file"
     assert mix in job.error.message
+
+
+# ---- method: dpo (docs/methods.md) ------------------------------------------------------------------------------
+def preference_lines(n: int) -> bytes:
+    lines = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Question number {i}?"}]},
+            "preferred_output": [{"role": "assistant", "content": f"BEEP BOOP: {i} END OF LINE."}],
+            "non_preferred_output": [{"role": "assistant", "content": "No idea."}],
+        }
+        for i in range(n)
+    ]
+    return ("\n".join(json.dumps(x) for x in lines) + "\n").encode()
+
+
+def test_dpo_method_validation_errors_are_400_with_param(server, upload):
+    pairs = upload(preference_lines(12)).id
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {}}}
+    cases = [
+        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}}, "method.dpo.hyperparameters.beta", None),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 2.5}}}},
+            "method.dpo.hyperparameters.beta",
+            None,
+        ),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": "high"}}}},
+            "method.dpo.hyperparameters.beta",
+            None,
+        ),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 51}}}},
+            "method.dpo.hyperparameters.n_epochs",
+            None,
+        ),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"gamma": 1}}}},
+            "method.dpo.hyperparameters.gamma",
+            None,
+        ),
+        ({"method": {"type": "dpo", "supervised": {}}}, "method.supervised", "invalid_method"),
+        ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo", "invalid_method"),
+        ({"method": {"type": "reinforcement"}}, "method.type", "unsupported_method"),
+        ({"method": {"type": "ppo"}}, "method.type", None),
+        ({"tunery": {"method": {"trainer": "kto"}}}, "tunery.method.trainer", "invalid_method"),
+        ({"method": dpo, "tunery": {"method": {"trainer": "simpo"}}}, "tunery.method.trainer", None),
+        (
+            {"method": dpo, "tunery": {"data": {"mix": {"file": pairs, "fraction": 0.1}}}},
+            "tunery.data.mix",
+            "invalid_method",
+        ),
+        ({"method": dpo, "tunery": {"data": {"long_examples": "drop"}}}, "tunery.data.long_examples", "invalid_method"),
+    ]
+    for extra, param, code in cases:
+        r = server.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": pairs, **extra})
+        assert r.status_code == 400, (extra, r.text)
+        validate(r.json(), "ErrorResponse")
+        err = r.json()["error"]
+        assert err["param"] == param, (extra, err)
+        assert code is None or err["code"] == code, (extra, err)
+    assert server.client.fine_tuning.jobs.list().data == []
+
+
+def test_dpo_job_stored_resolved_and_returned_as_openai_says(tiny_server_factory):
+    srv = tiny_server_factory(max_concurrent_runs=0)  # nothing launches: the jobs stay queued
+    pairs = srv.client.files.create(file=("p.jsonl", preference_lines(40)), purpose="fine-tune").id
+    job = srv.client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=pairs,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2, "beta": 0.25}}},
+    )
+    raw = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()
+    validate(raw, "FineTuningJob")
+    assert raw["method"] == {
+        "type": "dpo",
+        "dpo": {
+            "hyperparameters": {"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": 2, "beta": 0.25}
+        },
+    }
+    assert raw["tunery"]["method"] == {"trainer": "dpo"}
+    job = srv.wait_job(job.id, {"queued"}, timeout=30)
+    raw = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()
+    validate(raw, "FineTuningJob")
+    assert job.method.type == "dpo" and job.method.supervised is None
+    hp = job.method.dpo.hyperparameters
+    assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier, hp.beta) == (2, 1, 1.0, 0.25)
+    assert raw["hyperparameters"] == {"n_epochs": 2, "batch_size": 1, "learning_rate_multiplier": 1.0}
+
+    # beta "auto" resolves to 0.1; the extension picks the TRL trainer and is returned under "tunery".
+    kto = srv.client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=pairs,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto"}}},
+        extra_body={"tunery": {"method": {"trainer": "kto"}}},
+    )
+    assert kto.model_extra["tunery"]["method"] == {"trainer": "kto"}
+    kto = srv.wait_job(kto.id, {"queued"}, timeout=30)
+    assert kto.method.type == "dpo" and kto.method.dpo.hyperparameters.beta == 0.1
+    validate(srv.http.get(f"/v1/fine_tuning/jobs/{kto.id}").json(), "FineTuningJob")
+
+    # A chat file does not fit a dpo job, nor a preference file a supervised one (OpenAI's error).
+    chat = srv.client.files.create(file=("c.jsonl", chat_lines(12)), purpose="fine-tune").id
+    bad = srv.client.fine_tuning.jobs.create(model=TINY, training_file=chat, method={"type": "dpo"})
+    bad = srv.wait_job(bad.id, {"failed"}, timeout=30)
+    assert bad.error.code == "invalid_training_file" and "provided method=dpo" in bad.error.message
+    sft = srv.client.fine_tuning.jobs.create(model=TINY, training_file=pairs)
+    sft = srv.wait_job(sft.id, {"failed"}, timeout=30)
+    assert sft.error.code == "invalid_training_file"

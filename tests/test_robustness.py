@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.metadata_stores import every_metadata_store  # noqa: F401 (each server test runs on SQLite and PostgreSQL)
 from tests.schema import validate
 
 MALFORMED = [
@@ -58,6 +59,31 @@ MALFORMED = [
     ("PUT", "/v1/files", {}),
     ("GET", "/v1/files/file-x/content", {}),
 ]
+
+
+# NUL characters reach the metadata store in ids, cursors and names: PostgreSQL refuses them in text.
+WITH_NUL = [
+    ("GET", "/v1/files", {"params": {"after": "file-a\x00b"}}),
+    ("GET", "/v1/files/file-%00x", {}),
+    ("GET", "/v1/files/file-%00x/content", {}),
+    ("GET", "/v1/fine_tuning/jobs/ftjob-%00x", {}),
+    ("POST", "/v1/fine_tuning/jobs/ftjob-%00x/cancel", {}),
+    ("GET", "/v1/fine_tuning/jobs", {"params": {"after": "\x00"}}),
+    ("GET", "/v1/models/ft:%00", {}),
+    ("DELETE", "/v1/models/ft:%00", {}),
+    ("POST", "/v1/uploads", {"json": {"filename": "\x00.jsonl", "purpose": "fine-tune", "bytes": 1, "mime_type": "x"}}),
+    ("POST", "/v1/fine_tuning/jobs", {"json": {"model": "tiny-llama", "training_file": "file-\x00"}}),
+    ("POST", "/v1/chat/completions", {"json": {"model": "ft:\x00", "messages": [{"role": "user", "content": "hi"}]}}),
+]
+
+
+def test_nul_characters_never_get_a_500(server):
+    """PostgreSQL answers 400 (it refuses NUL in text), SQLite 404 or, for a mere file name, accepts it."""
+    for method, path, kwargs in WITH_NUL:
+        r = server.http.request(method, path, **kwargs)
+        assert r.status_code < 500, (method, path, r.text)
+        if r.status_code >= 400:
+            validate(r.json(), "ErrorResponse")
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs"), MALFORMED, ids=[f"{m} {p}" for m, p, _ in MALFORMED])

@@ -31,12 +31,29 @@ def serve(
     host: str = typer.Option(None, help="Address to listen on (TUNERY_HOST, default 127.0.0.1)."),
     port: int = typer.Option(None, help="Port (TUNERY_PORT, default 8000)."),
     data_dir: Path = typer.Option(None, help="State folder (TUNERY_DATA_DIR, default ./tunery-data)."),
+    role: str = typer.Option(
+        "all",
+        help="all: API + scheduler + serving in one process (embedded mode); api: the HTTP API only; "
+        "scheduler: the scheduler loop and gRPC reporting service, with /healthz on the port.",
+    ),
 ) -> None:
-    """Run the embedded server: API, scheduler, local trainer runner and serving engine in one process."""
+    """Run the server: API, scheduler, trainer backend and serving engine (or one role of them)."""
+    from tunery.db import SchemaOutOfDate
+    from tunery.server import ROLES
     from tunery.server import serve as run
+    from tunery.storage import ObjectStoreError
 
+    if role not in ROLES:
+        raise typer.BadParameter(f"one of {', '.join(ROLES)}", param_hint="--role")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(_settings(host=host, port=port, data_dir=data_dir))
+    try:
+        run(_settings(host=host, port=port, data_dir=data_dir), role=role)
+    except ObjectStoreError as e:  # a missing bucket or wrong credentials: say so, no traceback
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except SchemaOutOfDate as e:
+        typer.echo(f"tunery serve: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -60,7 +77,8 @@ def db_upgrade() -> None:
     s.data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(s.resolved_database_url)
     database.upgrade()
-    typer.echo(f"schema at revision {database.current_revision()}")
+    typer.echo(f"schema at revision {database.current_revision()} ({database.display_url()})")
+    database.engine.dispose()
 
 
 @models_app.command("prepare")
@@ -83,6 +101,10 @@ def models_list() -> None:
 @data_app.command("validate")
 def data_validate(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, help="A JSONL training file."),
+    model: str = typer.Option(
+        "", "--model", help="Base model for token statistics and special tokens (default: TUNERY_VALIDATION_MODEL)."
+    ),
+    max_seq_length: int = typer.Option(1024, "--max-seq-length", help="Report examples longer than this."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check a training file on this machine, before uploading it: the same report the server makes."""
@@ -92,15 +114,33 @@ def data_validate(
     from rich.table import Table
 
     from scheduler.validation import file_report
-    from tunery.data import parse_jsonl
-    from tunery.storage import CHUNK
+    from tunery.filescan import ScanOptions, scan_path
 
     s = _settings()
-    with open(path, "rb") as f:
-        result = parse_jsonl(
-            iter(lambda: f.read(CHUNK), b""), keep_records=False, max_line_bytes=s.max_line_bytes, max_lines=s.max_lines
-        )
-    report = file_report(path.name, result, 0)
+    models = s.base_model_paths()
+    if model and model not in models:
+        typer.echo(f"Unknown model {model!r}; configured: {', '.join(models) or 'none'}", err=True)
+        raise typer.Exit(2)
+    chosen = (model, models[model]) if model else s.validation_model_path()
+    opts = ScanOptions(
+        max_line_bytes=s.max_line_bytes,
+        max_lines=s.max_lines,
+        model_name=chosen[0] if chosen else "",
+        model_folder=chosen[1] if chosen else None,
+        max_seq_length=max_seq_length if chosen else None,
+        near_dup_max_examples=s.near_dup_max_examples,
+        near_dup_threshold=s.near_dup_threshold,
+        workers=s.validation_workers,
+    )
+    scan = scan_path(path, opts)
+    report = file_report(
+        path.name,
+        scan,
+        0,
+        model=chosen[0] if chosen else None,
+        max_seq_length=opts.max_seq_length,
+        for_job=bool(model),
+    )
     del report["created_at"]
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -109,8 +149,19 @@ def data_validate(
         ok = report["status"] == "processed"
         console.print(
             f"[bold]{path}[/]: [{'green' if ok else 'red'}]{'valid' if ok else 'invalid'}[/] - "
-            f"{report['examples']} example(s) in {report['lines']} line(s), format {report['format']}"
+            f"{report['examples']} example(s), {report['messages']} message(s) in {report['lines']} line(s), "
+            f"format {report['format']}"
         )
+        tokens = report["tokens"]
+        if tokens:
+            table = Table("", "min", "mean", "p50", "p95", "max", "total", title=f"Tokens ({tokens['model']})")
+            for label, key, total in (
+                ("per example", "per_example", tokens["total"]),
+                ("trained", "trained_per_example", tokens["trained"]),
+            ):
+                st = tokens[key]
+                table.add_row(label, *(str(st[k]) for k in ("min", "mean", "p50", "p95", "max")), str(total))
+            console.print(table)
         if report["errors"]["total"]:
             table = Table("line", "field", "problem", title=f"{report['errors']['total']} invalid line(s)")
             for e in report["errors"]["listed"]:

@@ -1,4 +1,5 @@
-"""The embedded server: API + scheduler + local trainer runner + embedded serving engine in one process.
+"""The server: API + scheduler + trainer backend + embedded serving engine, in one process (role ``all``, the
+embedded mode) or split into ``api`` and ``scheduler`` processes (production, see ``build``).
 
 This module is the composition root: it picks each part's implementation from the settings. It imports no
 torch; the serving engine loads it on the first chat request.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from tunery.db import Database
 from tunery.settings import DEMO_MODEL, Settings
-from tunery.storage import open_store
+from tunery.storage import open_store, store_environment
 
 log = logging.getLogger("tunery.server")
 
@@ -30,23 +31,65 @@ def prepare_base_models(settings: Settings) -> None:
     subprocess.run([python, "-m", "trainer.models", "prepare-demo", "--out", str(out)], check=True)
 
 
-def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bool = True):  # type: ignore[no-untyped-def]
-    """Wire every part; returns (FastAPI app, shutdown function)."""
-    from api.app import create_app
-    from api.context import AppContext
+def make_backend(settings: Settings):  # type: ignore[no-untyped-def]
+    """The scheduler backend named by TUNERY_SCHEDULER_BACKEND: local processes or Kubernetes Jobs."""
+    if settings.scheduler_backend == "kubernetes":
+        from scheduler.k8s import KubernetesBackend
+
+        return KubernetesBackend(settings)
     from scheduler.backends import LocalProcessBackend
+
+    return LocalProcessBackend(
+        settings.trainer_python or sys.executable,
+        grace_seconds=settings.cancel_grace_seconds,
+        env=store_environment(settings),  # the trainer opens the same store (TUNERY_S3_*)
+    )
+
+
+def make_leader(settings: Settings):  # type: ignore[no-untyped-def]
+    """The Lease-based leader elector when TUNERY_SCHEDULER_LEADER_ELECTION is on, else None."""
+    if not settings.scheduler_leader_election:
+        return None
+    from scheduler.k8s import api_client
+    from scheduler.leader import LeaderElector
+
+    return LeaderElector(
+        api_client(settings), settings.k8s_namespace, lease_seconds=settings.scheduler_leader_lease_seconds
+    )
+
+
+ROLES = ("all", "api", "scheduler")
+
+
+def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bool = True, role: str = "all"):  # type: ignore[no-untyped-def]
+    """Wire every part of a role; returns (ASGI app, shutdown function).
+
+    ``all`` (the embedded server): API + scheduler + reporting service + serving engine. ``api``: the HTTP API
+    only (a scheduler elsewhere picks up its jobs from the metadata store). ``scheduler``: the scheduler loop and
+    the gRPC reporting service, with a small HTTP app answering ``/healthz`` for probes.
+    """
     from scheduler.reporting import ReportingServer, ReportingService
     from scheduler.service import Scheduler
-    from serving.engine import EmbeddedEngine
 
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if prepare_models:
+    if prepare_models and role != "scheduler":
         prepare_base_models(settings)
-    db = Database(settings.resolved_database_url)
+    db = Database(
+        settings.resolved_database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     if upgrade_schema and settings.resolved_database_url.startswith("sqlite"):
         db.upgrade()  # the embedded SQLite file is ours to migrate; production runs `tunery db upgrade`
-    db.check_schema()
-    store = open_store(settings.resolved_object_store)
+    try:
+        db.check_schema()  # any other database: refuse to start on a schema that is not the code's
+    except Exception:
+        db.engine.dispose()
+        raise
+    store = open_store(settings.resolved_object_store, settings)
+    store.check()  # a missing bucket or bad credentials stop the start with a clear message
 
     holder: dict[str, Scheduler] = {}
 
@@ -54,35 +97,68 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
         if "s" in holder:
             holder["s"].wake()
 
-    reporting = ReportingServer(ReportingService(db, store, on_change=wake), settings.grpc_host, settings.grpc_port)
-    backend = LocalProcessBackend(
-        settings.trainer_python or sys.executable, grace_seconds=settings.cancel_grace_seconds
-    )
-    scheduler = Scheduler(settings, db, store, backend, reporting.address, Path(settings.data_dir) / "logs")
-    holder["s"] = scheduler
-    engine = EmbeddedEngine(
-        store,
-        settings.model_cache_dir,
-        device=settings.trainer_device,
-        max_new_tokens=settings.serving_max_new_tokens,
-    )
-    app = create_app(AppContext(settings=settings, db=db, store=store, engine=engine, wake_scheduler=wake))
+    reporting = None
+    if role in ("all", "scheduler"):
+        reporting = ReportingServer(ReportingService(db, store, on_change=wake), settings.grpc_host, settings.grpc_port)
+        scheduler = Scheduler(
+            settings,
+            db,
+            store,
+            make_backend(settings),
+            settings.grpc_advertise_address or reporting.address,
+            Path(settings.data_dir) / "logs",
+            leader=make_leader(settings),
+        )
+        holder["s"] = scheduler
 
-    reporting.start()
-    scheduler.start()
+    if role == "scheduler":
+        app = health_app(holder["s"])
+    else:
+        from api.app import create_app
+        from api.context import AppContext
+        from serving.engine import EmbeddedEngine
+
+        engine = EmbeddedEngine(
+            store,
+            settings.model_cache_dir,
+            device=settings.trainer_device,
+            max_new_tokens=settings.serving_max_new_tokens,
+        )
+        app = create_app(AppContext(settings=settings, db=db, store=store, engine=engine, wake_scheduler=wake))
+
+    if reporting is not None:
+        reporting.start()
+    if "s" in holder:
+        holder["s"].start()
 
     def shutdown() -> None:
-        scheduler.stop()
-        reporting.stop()
+        if "s" in holder:
+            holder["s"].stop()
+        if reporting is not None:
+            reporting.stop()
         db.engine.dispose()
 
     return app, shutdown
 
 
-def serve(settings: Settings) -> None:
+def health_app(scheduler):  # type: ignore[no-untyped-def]
+    """The scheduler role's HTTP side: ``/healthz`` (liveness/readiness) and whether this replica leads."""
+    from fastapi import FastAPI
+
+    app = FastAPI(title="Tunery scheduler", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, object]:
+        leader = scheduler.leader
+        return {"status": "ok", "leader": leader.is_leader() if leader is not None else True}
+
+    return app
+
+
+def serve(settings: Settings, role: str = "all") -> None:
     import uvicorn
 
-    app, shutdown = build(settings)
+    app, shutdown = build(settings, role=role)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
     finally:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL = "smollm2-135m-instruct"
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
 
     # Metadata store: SQLAlchemy URL; empty means SQLite under the data dir.
     database_url: str = ""
-    # Object store: file:///path or an absolute path; empty means <data_dir>/objects.
+    # Object store: file:///path, an absolute path, or s3://bucket/prefix; empty means <data_dir>/objects.
     object_store: str = ""
 
     # Base models: name -> local folder with a safetensors model (config, weights, tokenizer).
@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     max_upload_part_bytes: int = 64 * 1024 * 1024
     upload_expiry_seconds: int = 3600
 
+    # Validation of training files (docs/validation.md). Token statistics at upload use this base model's
+    # tokenizer and chat template (empty: the first base model, the demo model when offered); a job's own
+    # model is used when the job validates its files.
+    validation_model: str = ""
+    validation_workers: int = 0  # processes that scan one large file; 0: one per core
+    near_dup_max_examples: int = 20_000  # examples MinHashed per file for near-duplicate search
+    near_dup_threshold: float = 0.9  # estimated Jaccard similarity of word 3-grams
+
+    # Estimates (tunery/estimate.py): the GPU type jobs run on, for GPU-hours and memory fit.
+    gpu_type: str = "cpu"
+
     # Scheduler and the local trainer runner.
     scheduler_poll_seconds: float = 0.5
     max_concurrent_runs: int = 1
@@ -69,6 +80,57 @@ class Settings(BaseSettings):
 
     # Serving (embedded engine).
     serving_max_new_tokens: int = 512
+
+    # S3 object store (TUNERY_OBJECT_STORE=s3://bucket/prefix). Empty endpoint: AWS; empty keys: boto3's
+    # default credential chain (instance role, AWS_* variables, ~/.aws).
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")  # never shown in a repr or a log
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_presign_seconds: int = Field(default=3600, ge=1, le=604800)
+    s3_retry_mode: Literal["standard", "adaptive"] = "standard"
+    s3_max_attempts: int = Field(default=5, ge=1)
+
+    # Scheduler backend and roles (Kubernetes backend: docs/settings.md, "Kubernetes").
+    scheduler_backend: Literal["local", "kubernetes"] = "local"
+    # Scheduler replicas elect a leader through a coordination.k8s.io Lease (only the leader launches and watches).
+    scheduler_leader_election: bool = False
+    scheduler_leader_lease_seconds: float = 15.0
+    # Trainer pods reach the gRPC reporting service here (host:port); empty: grpc_host:grpc_port.
+    grpc_advertise_address: str = ""
+    # Per-project limits, checked before a run is launched (0: unlimited).
+    project_max_concurrent_jobs: int = 0
+    project_gpu_quota: int = 0
+    k8s_namespace: str = "tunery-training"
+    k8s_kubeconfig: str = ""  # empty: in-cluster config
+    k8s_trainer_image: str = ""  # required with the kubernetes backend
+    k8s_image_pull_policy: str = "IfNotPresent"
+    k8s_service_account: str = ""
+    k8s_node_selector: dict[str, str] = Field(default_factory=dict)
+    k8s_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    k8s_priority_class: str = ""
+    k8s_credentials_secret: str = ""  # a Secret whose keys become the trainer's env (envFrom)
+    k8s_gpu_resource: str = "nvidia.com/gpu"
+    k8s_gpus_per_job: int = 1
+    k8s_nodes_per_job: int = 1  # > 1: an Indexed Job + headless Service, torchrun across pods
+    k8s_cpu_request: str = ""
+    k8s_memory_request: str = ""
+    k8s_trainer_command: list[str] = Field(default_factory=lambda: ["python", "-m", "trainer"])
+
+    # PostgreSQL metadata store and several scheduler replicas on it.
+    # Connection pool of each process (API threads, scheduler and reporting share it); not used for SQLite.
+    database_pool_size: int = 5
+    database_max_overflow: int = 10
+    # This scheduler's name in job and file claims; unique per live replica. Empty: "embedded" on SQLite (one
+    # process per data dir, so a restart takes its own runs back at once), "<hostname>-<pid>" otherwise.
+    scheduler_replica_id: str = ""
+    # A replica renews its claims while alive; another takes a claimed job or file over once the claim is this old.
+    scheduler_lease_seconds: int = 30
+
+    # Crash-resume (docs/resilience.md): restarts of a job's run after its trainer died without an outcome, from the
+    # last complete checkpoint; one more crash fails the job. Preemptions and pauses are not counted.
+    max_run_retries: int = Field(default=3, ge=0)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -87,6 +149,17 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'tunery.db').resolve()}"
 
     @property
+    def resolved_scheduler_replica_id(self) -> str:
+        if self.scheduler_replica_id:
+            return self.scheduler_replica_id
+        if self.resolved_database_url.startswith("sqlite"):
+            return "embedded"
+        import os
+        import socket
+
+        return f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
     def resolved_object_store(self) -> str:
         if self.object_store:
             return self.object_store
@@ -95,6 +168,15 @@ class Settings(BaseSettings):
     @property
     def demo_model_dir(self) -> Path:
         return self.model_cache_dir / DEMO_MODEL
+
+    def validation_model_path(self) -> tuple[str, str] | None:
+        """(name, folder) of the model used for token statistics at upload, if it has a tokenizer."""
+        models = self.base_model_paths()
+        name = self.validation_model or next(iter(models), "")
+        folder = models.get(name)
+        if not folder or not (Path(folder) / "tokenizer.json").is_file():
+            return None
+        return name, folder
 
     def base_model_paths(self) -> dict[str, str]:
         """Configured base models, with the demo model first when it is offered."""

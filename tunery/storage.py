@@ -3,6 +3,7 @@
 Keys are ``/``-separated relative paths
 (``files/file-abc``, ``jobs/ftjob-x/checkpoints/step-24/adapter_model.safetensors``).
 Writes are atomic: an object appears whole or not at all, so a reader never sees half a file.
+The production twin is ``S3ObjectStore`` (``tunery/storage_s3.py``), chosen by an ``s3://bucket/prefix`` URL.
 """
 
 from __future__ import annotations
@@ -13,16 +14,23 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlparse
+
+if TYPE_CHECKING:
+    from tunery.settings import Settings
 
 CHUNK = 1024 * 1024
 
 
 class ObjectNotFound(KeyError):
     pass
+
+
+class ObjectStoreError(RuntimeError):
+    """The store cannot be used as configured (no such bucket, access denied, unreachable endpoint)."""
 
 
 class ObjectStore(ABC):
@@ -51,6 +59,34 @@ class ObjectStore(ABC):
     @abstractmethod
     def list(self, prefix: str) -> list[str]:
         """Keys under a prefix, sorted."""
+
+    def compose(
+        self, key: str, sources: builtins.list[str], on_chunk: Callable[[bytes], None] | None = None
+    ) -> tuple[int, str]:
+        """Write ``key`` as the concatenation of ``sources`` in order, streaming; returns (bytes, sha256).
+        ``on_chunk`` sees every byte of the result in order (to compute another digest). Atomic like put_stream.
+        """
+
+        def chunks() -> Iterator[bytes]:
+            for src in sources:
+                for chunk in self.iter_chunks(src):
+                    if on_chunk is not None:
+                        on_chunk(chunk)
+                    yield chunk
+
+        return self.put_stream(key, chunks())
+
+    def presigned_url(self, key: str, expires_in: int | None = None, filename: str | None = None) -> str | None:
+        """A URL that downloads the object without credentials until it expires; None where the store has none."""
+        return None
+
+    def incomplete(self, prefix: str) -> builtins.list[str]:
+        """Keys under a prefix with a write in progress or left behind by a crash (temporary files, unfinished
+        multipart uploads)."""
+        return []
+
+    def check(self) -> None:  # noqa: B027 (optional: only remote stores have something to check)
+        """Raise ObjectStoreError when the store cannot be used (called once at start-up)."""
 
     # Convenience built on the primitives above.
     def put_bytes(self, key: str, data: bytes) -> tuple[int, str]:
@@ -159,9 +195,12 @@ class LocalObjectStore(ObjectStore):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def _search_root(self, prefix: str) -> Path:
+        """The folder holding every key that starts with ``prefix`` (keys are string prefixes, as on S3)."""
+        return self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+
     def list(self, prefix: str) -> list[str]:
-        base = self.root / prefix if prefix else self.root
-        search = base if base.is_dir() else base.parent
+        search = self._search_root(prefix)
         if not search.is_dir():
             return []
         keys = []
@@ -172,14 +211,45 @@ class LocalObjectStore(ObjectStore):
                     keys.append(key)
         return sorted(keys)
 
+    def incomplete(self, prefix: str) -> builtins.list[str]:
+        search = self._search_root(prefix)
+        if not search.is_dir():
+            return []
+        found = (p.relative_to(self.root).as_posix() for p in search.rglob("*.part") if p.is_file())
+        return sorted(k for k in found if k.startswith(prefix))
+
     def local_path(self, key: str) -> Path:
         """The file behind a key (local store only; lets the trainer read data without a copy)."""
         return self._path(key)
 
 
-def open_store(url: str) -> ObjectStore:
-    """An object store from its URL: ``file:///abs/path`` or a plain path."""
+def open_store(url: str, settings: Settings | None = None) -> ObjectStore:
+    """An object store from its URL: ``file:///abs/path``, a plain path, or ``s3://bucket/prefix`` (whose
+    endpoint, region, credentials and retries come from the ``TUNERY_S3_*`` settings)."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return LocalObjectStore(unquote(parsed.path) if parsed.scheme else url)
-    raise ValueError(f"unsupported object store URL {url!r} (supported: file://)")
+    if parsed.scheme == "s3":
+        from tunery.settings import get_settings
+        from tunery.storage_s3 import S3ObjectStore
+
+        return S3ObjectStore.from_url(url, settings or get_settings())
+    raise ValueError(f"unsupported object store URL {url!r} (supported: file://, s3://)")
+
+
+def store_environment(settings: Settings) -> dict[str, str]:
+    """The ``TUNERY_S3_*`` variables a child process (the trainer) needs to open the same store as this one."""
+    if not settings.resolved_object_store.startswith("s3://"):
+        return {}
+    env = {
+        "TUNERY_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "TUNERY_S3_REGION": settings.s3_region,
+        "TUNERY_S3_ADDRESSING_STYLE": settings.s3_addressing_style,
+        "TUNERY_S3_RETRY_MODE": settings.s3_retry_mode,
+        "TUNERY_S3_MAX_ATTEMPTS": str(settings.s3_max_attempts),
+        "TUNERY_S3_PRESIGN_SECONDS": str(settings.s3_presign_seconds),
+    }
+    if settings.s3_access_key_id:
+        env["TUNERY_S3_ACCESS_KEY_ID"] = settings.s3_access_key_id
+        env["TUNERY_S3_SECRET_ACCESS_KEY"] = settings.s3_secret_access_key.get_secret_value()
+    return env

@@ -46,6 +46,16 @@ def delete_objects(store: ObjectStore, keys: list[str]) -> None:
             log.exception("could not delete upload object %s", key)
 
 
+def discard(store: ObjectStore, upload_id: str, keys: list[str]) -> None:
+    """Delete a closed upload's objects: its parts, and whatever is still under its prefix (a part written
+    concurrently, or on S3 an unfinished multipart upload of a part, which is aborted)."""
+    delete_objects(store, keys)
+    try:
+        store.delete_prefix(f"uploads/{upload_id}/")
+    except Exception:
+        log.exception("could not clean up the objects of upload %s", upload_id)
+
+
 def expire(db: Database, store: ObjectStore, upload_id: str, at: int | None = None) -> bool:
     """Expire one upload if it is pending (or stuck completing) past its expiry; True if this call did it."""
     t = now() if at is None else at
@@ -76,7 +86,7 @@ def expire(db: Database, store: ObjectStore, upload_id: str, at: int | None = No
         keys = fn(s)
     if keys is None:
         return False
-    delete_objects(store, keys)
+    discard(store, upload_id, keys)
     return True
 
 

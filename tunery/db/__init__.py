@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -44,6 +45,22 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.close()
 
 
+# SQLSTATEs after which a transaction can simply run again: serialization failure, deadlock (PostgreSQL).
+RETRY_SQLSTATES = {"40001", "40P01"}
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether a failed transaction lost a race with a concurrent one and may run again on fresh state."""
+    if isinstance(exc, StaleDataError):  # optimistic locking: the job's version moved on
+        return True
+    if isinstance(exc, DBAPIError):
+        if getattr(exc.orig, "sqlstate", None) in RETRY_SQLSTATES:
+            return True
+        # SQLite: a write on a stale WAL snapshot fails at once (SQLITE_BUSY_SNAPSHOT), busy_timeout or not.
+        return "database is locked" in str(exc.orig)
+    return False
+
+
 def alembic_config(url: str):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
@@ -56,14 +73,21 @@ def alembic_config(url: str):  # type: ignore[no-untyped-def]
 class Database:
     """One engine and a session factory for the configured URL."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10):
         self.url = url
+        # pool_pre_ping: a connection the server dropped (restart, failover, idle timeout) is replaced, not used.
         kwargs: dict = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            # A network database: a bounded pool per process (API threads + scheduler + reporting share it),
+            # connections recycled before server-side idle timeouts, and a name in pg_stat_activity.
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800, pool_timeout=30)
+            if url.startswith("postgresql"):
+                kwargs["connect_args"] = {"application_name": "tunery", "connect_timeout": 10}
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -76,13 +100,14 @@ class Database:
             yield s
 
     def transaction(self, fn: Callable[[Session], T], attempts: int = 8) -> T:
-        """Run ``fn`` in a transaction; if a concurrent writer changed a job it read, run it again on fresh state."""
+        """Run ``fn`` in a transaction; if it lost a race with a concurrent writer (a job's version moved on, a
+        serialization failure or deadlock on PostgreSQL, a stale snapshot on SQLite), run it again on fresh state."""
         for attempt in range(attempts):
             try:
                 with self.session() as s:
                     return fn(s)
-            except StaleDataError:
-                if attempt == attempts - 1:
+            except Exception as e:
+                if attempt == attempts - 1 or not retryable(e):
                     raise
                 time.sleep(0.01 * (attempt + 1))
         raise AssertionError("unreachable")
@@ -93,6 +118,10 @@ class Database:
         from alembic import command
 
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Several replicas (init containers, `tunery db upgrade` run twice) may upgrade at once: one at a
+                # time, the others then find the schema current. The lock goes with the transaction.
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('tunery-migrations'))"))
             cfg = alembic_config(self.url)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -108,10 +137,27 @@ class Database:
 
         return ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
 
+    def display_url(self) -> str:
+        """The URL without its password, for messages."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
     def check_schema(self) -> None:
-        """Refuse to run on a schema that is behind the code."""
+        """Refuse to run on a schema that is not the code's: empty, behind (run the migrations) or ahead."""
+        from alembic.script import ScriptDirectory
+
         current, head = self.current_revision(), self.head_revision()
-        if current != head:
-            tables = inspect(self.engine).get_table_names()
-            state = "empty" if not tables else f"at revision {current}"
-            raise SchemaOutOfDate(f"the database schema is {state}, the code needs {head}: run `tunery db upgrade`")
+        if current == head:
+            return
+        where = self.display_url()
+        known = {r.revision for r in ScriptDirectory.from_config(alembic_config(self.url)).walk_revisions()}
+        if current is not None and current not in known:
+            raise SchemaOutOfDate(
+                f"the database schema of {where} is at revision {current}, newer than this version of Tunery "
+                f"(which needs {head}): run a newer Tunery"
+            )
+        tables = inspect(self.engine).get_table_names()
+        state = "empty" if not tables or current is None else f"at revision {current}"
+        raise SchemaOutOfDate(
+            f"the database schema of {where} is {state}, this version of Tunery needs revision {head}: "
+            "run `tunery db upgrade` (with the same TUNERY_DATABASE_URL) first"
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
@@ -38,6 +38,9 @@ class File(Base, Tenant):
     expires_at: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default="uploaded")
     status_details: Mapped[str | None] = mapped_column(Text)
+    # The scheduler replica validating the file and until when its claim holds (see Job.claimed_by).
+    claimed_by: Mapped[str | None] = mapped_column(String(128), index=True)
+    lease_expires_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Job(Base, Tenant):
@@ -72,6 +75,14 @@ class Job(Base, Tenant):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Pause/resume and crash-resume (docs/resilience.md): the current run must save its state and stop; and how
+    # many times a run of the job was restarted after a crash (counted against TUNERY_MAX_RUN_RETRIES).
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    crash_restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The scheduler replica that owns the job's current phase (validating its files, or its run) and until when
+    # that claim holds: the replica renews it while alive; another replica takes the job over once it lapses.
+    claimed_by: Mapped[str | None] = mapped_column(String(128), index=True)
+    lease_expires_at: Mapped[int | None] = mapped_column(BigInteger)
     # Optimistic locking: a write based on a stale read (scheduler vs. cancel vs. trainer reports) fails
     # with StaleDataError and is retried on fresh state by Database.transaction().
     version: Mapped[int] = mapped_column(Integer, default=1)

@@ -1,3 +1,4 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -14,10 +15,12 @@ class RunRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., run_token: _Optional[str] = ...) -> None: ...
 
 class ReportReply(_message.Message):
-    __slots__ = ("cancel_requested",)
+    __slots__ = ("cancel_requested", "pause_requested")
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     cancel_requested: bool
-    def __init__(self, cancel_requested: _Optional[bool] = ...) -> None: ...
+    pause_requested: bool
+    def __init__(self, cancel_requested: _Optional[bool] = ..., pause_requested: _Optional[bool] = ...) -> None: ...
 
 class StartedRequest(_message.Message):
     __slots__ = ("run", "total_steps", "train_examples", "train_tokens_per_epoch", "hyperparameters_json")
@@ -34,7 +37,14 @@ class StartedRequest(_message.Message):
     def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., total_steps: _Optional[int] = ..., train_examples: _Optional[int] = ..., train_tokens_per_epoch: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
-    __slots__ = ("step", "total_steps", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy", "learning_rate", "tokens_per_second", "epoch")
+    __slots__ = ("step", "total_steps", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy", "learning_rate", "tokens_per_second", "epoch", "method_metrics")
+    class MethodMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +56,7 @@ class StepMetrics(_message.Message):
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    METHOD_METRICS_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     train_loss: float
@@ -57,7 +68,8 @@ class StepMetrics(_message.Message):
     learning_rate: float
     tokens_per_second: float
     epoch: float
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_mean_token_accuracy: _Optional[float] = ..., valid_loss: _Optional[float] = ..., valid_mean_token_accuracy: _Optional[float] = ..., full_valid_loss: _Optional[float] = ..., full_valid_mean_token_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., epoch: _Optional[float] = ...) -> None: ...
+    method_metrics: _containers.ScalarMap[str, float]
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_mean_token_accuracy: _Optional[float] = ..., valid_loss: _Optional[float] = ..., valid_mean_token_accuracy: _Optional[float] = ..., full_valid_loss: _Optional[float] = ..., full_valid_mean_token_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., epoch: _Optional[float] = ..., method_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
     __slots__ = ("run", "metrics")

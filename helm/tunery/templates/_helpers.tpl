@@ -1,0 +1,193 @@
+{{/* Chart name. */}}
+{{- define "tunery.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Resource name prefix: <release>-<chart>, or the release name if it already holds the chart name. */}}
+{{- define "tunery.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tunery.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every resource. */}}
+{{- define "tunery.labels" -}}
+helm.sh/chart: {{ include "tunery.chart" . }}
+app.kubernetes.io/name: {{ include "tunery.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: include "tunery.selectorLabels" (dict "ctx" $ "component" "api"). */}}
+{{- define "tunery.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tunery.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Labels of one component's resources. */}}
+{{- define "tunery.componentLabels" -}}
+{{ include "tunery.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "tunery.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "tunery.trainerImage" -}}
+{{- printf "%s:%s" .Values.training.image.repository (default .Chart.AppVersion .Values.training.image.tag) }}
+{{- end }}
+
+{{/* Namespace of trainer Jobs, the scheduler's Role and its Lease. */}}
+{{- define "tunery.trainingNamespace" -}}
+{{- default .Release.Namespace .Values.training.namespace }}
+{{- end }}
+
+{{- define "tunery.api.serviceAccountName" -}}
+{{- if .Values.api.serviceAccount.create }}
+{{- default (printf "%s-api" (include "tunery.fullname" .)) .Values.api.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.api.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "tunery.scheduler.serviceAccountName" -}}
+{{- if .Values.scheduler.serviceAccount.create }}
+{{- default (printf "%s-scheduler" (include "tunery.fullname" .)) .Values.scheduler.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.scheduler.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "tunery.trainer.serviceAccountName" -}}
+{{- if .Values.training.serviceAccount.create }}
+{{- default (printf "%s-trainer" (include "tunery.fullname" .)) .Values.training.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.training.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret trainer pods load with envFrom. */}}
+{{- define "tunery.trainer.credentialsSecret" -}}
+{{- if .Values.training.credentials.existingSecret }}
+{{- .Values.training.credentials.existingSecret }}
+{{- else if .Values.training.credentials.create }}
+{{- printf "%s-trainer" (include "tunery.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Address trainer pods dial to report to the scheduler. */}}
+{{- define "tunery.grpcAdvertiseAddress" -}}
+{{- printf "%s-scheduler-grpc.%s.svc.%s:%d" (include "tunery.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.scheduler.grpcPort) }}
+{{- end }}
+
+{{/* URL of the vLLM server the API proxies chat completions to (empty: none). */}}
+{{- define "tunery.vllmUrl" -}}
+{{- if .Values.vllm.enabled }}
+{{- printf "http://%s-vllm.%s.svc.%s:%d" (include "tunery.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.vllm.port) }}
+{{- else }}
+{{- .Values.vllm.externalUrl }}
+{{- end }}
+{{- end }}
+
+{{/* Whether a metadata store is configured. */}}
+{{- define "tunery.hasDatabase" -}}
+{{- if or .Values.database.url .Values.database.existingSecret .Values.postgresql.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Where TUNERY_DATABASE_URL comes from: an EnvVar (none when no database is configured). */}}
+{{- define "tunery.databaseUrlEnv" -}}
+{{- if include "tunery.hasDatabase" . }}
+- name: TUNERY_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      {{- if .Values.database.existingSecret }}
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.existingSecretKey }}
+      {{- else }}
+      name: {{ include "tunery.fullname" . }}
+      key: database-url
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Secret-held settings of the API and scheduler containers: database URL, S3 keys. */}}
+{{- define "tunery.secretEnv" -}}
+{{- include "tunery.databaseUrlEnv" . }}
+{{- if .Values.objectStore.s3.existingSecret }}
+- name: TUNERY_S3_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.objectStore.s3.existingSecret }}
+      key: {{ .Values.objectStore.s3.accessKeyIdKey }}
+- name: TUNERY_S3_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.objectStore.s3.existingSecret }}
+      key: {{ .Values.objectStore.s3.secretAccessKeyKey }}
+{{- else if .Values.objectStore.s3.accessKeyId }}
+- name: TUNERY_S3_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tunery.fullname" . }}
+      key: s3-access-key-id
+- name: TUNERY_S3_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tunery.fullname" . }}
+      key: s3-secret-access-key
+{{- end }}
+{{- end }}
+
+{{/* TUNERY_API_KEYS, for the API container only. */}}
+{{- define "tunery.apiKeysEnv" -}}
+{{- if .Values.auth.existingSecret }}
+- name: TUNERY_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.auth.existingSecret }}
+      key: {{ .Values.auth.existingSecretKey }}
+{{- else if .Values.auth.apiKeys }}
+- name: TUNERY_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tunery.fullname" . }}
+      key: api-keys
+{{- end }}
+{{- end }}
+
+{{/* Checks that cannot be said in values.schema.json. */}}
+{{- define "tunery.validate" -}}
+{{- $sources := 0 }}
+{{- if .Values.database.url }}{{ $sources = add1 $sources }}{{ end }}
+{{- if .Values.database.existingSecret }}{{ $sources = add1 $sources }}{{ end }}
+{{- if .Values.postgresql.enabled }}{{ $sources = add1 $sources }}{{ end }}
+{{- if gt (int $sources) 1 }}
+{{- fail "set only one of database.url, database.existingSecret and postgresql.enabled" }}
+{{- end }}
+{{- if and .Values.postgresql.enabled (not .Values.postgresql.auth.password) }}
+{{- fail "postgresql.enabled needs postgresql.auth.password" }}
+{{- end }}
+{{- if and .Values.objectStore.s3.existingSecret .Values.training.credentials.create (not .Values.training.credentials.existingSecret) }}
+{{- fail "objectStore.s3.existingSecret is set: name the trainer pods' Secret (in the training namespace) in training.credentials.existingSecret" }}
+{{- end }}
+{{- if and (gt (int .Values.scheduler.replicaCount) 1) (not .Values.scheduler.leaderElection) }}
+{{- fail "scheduler.replicaCount > 1 needs scheduler.leaderElection" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,516 @@
+"""The Kubernetes scheduler backend: one batch/v1 Job per trainer run (official ``kubernetes`` client).
+
+A run is a Job named ``tunery-<job id>-<run>`` in ``TUNERY_K8S_NAMESPACE``, labelled ``tunery.dev/job-id`` and
+``tunery.dev/run``, with ``backoffLimit: 0`` (the scheduler owns retries) and ``restartPolicy: Never``. Its pod runs
+``<TUNERY_K8S_TRAINER_COMMAND> --spec <object-store-url>#<key>``: the JobSpec is passed by reference. Several GPUs
+run under ``torchrun`` in one pod; several nodes (``TUNERY_K8S_NODES_PER_JOB`` > 1) run as an Indexed Job plus a
+headless Service, on servers that support Indexed Jobs (1.22 and later; older ones get a clear job error).
+
+The backend watches its runs by listing Jobs and pods with the ``tunery.dev/job-id`` label (one list of each per
+sync interval, whatever the number of runs; nothing kept in memory is needed, so a restarted scheduler picks up
+where it was and adopts the Jobs it finds). Pending reasons (unschedulable, image pull errors) become job events,
+once each; a pod that fails, is evicted or disappears without a cancel is a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import string
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from scheduler.backends import Backend, LaunchRefused, RunEvent, RunStatus
+from tunery.settings import Settings
+
+log = logging.getLogger("tunery.scheduler.k8s")
+
+LABEL_JOB = "tunery.dev/job-id"
+LABEL_RUN = "tunery.dev/run"
+ANNOTATION_SPEC = "tunery.dev/spec"
+HANDLE_PREFIX = "k8s:"
+MASTER_PORT = 29500
+# Indexed Jobs (completionMode) are beta and on by default from 1.22; 1.20 drops the field silently.
+INDEXED_JOB_MIN_VERSION = (1, 22)
+# Waiting reasons of a container that mean it will not start by itself.
+STUCK_REASONS = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+}
+
+
+def _run_id() -> str:
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+
+
+def job_name(job_id: str, run: str) -> str:
+    """A DNS-1123 name for one run of a job (job ids are mixed case; the label keeps the exact id)."""
+    return f"tunery-{job_id.lower().replace('_', '-')}-{run}"[:63].rstrip("-")
+
+
+def make_handle(namespace: str, name: str) -> str:
+    return f"{HANDLE_PREFIX}{namespace}/{name}"
+
+
+def parse_handle(handle: str) -> tuple[str, str]:
+    if not handle.startswith(HANDLE_PREFIX) or "/" not in handle:
+        raise ValueError(f"not a Kubernetes run handle: {handle!r}")
+    ns, name = handle[len(HANDLE_PREFIX) :].split("/", 1)
+    return ns, name
+
+
+def gpus_per_run(settings: Settings) -> int:
+    return max(0, settings.k8s_gpus_per_job) * max(1, settings.k8s_nodes_per_job)
+
+
+# Manifests -------------------------------------------------------------------------------------------------
+def trainer_command(settings: Settings, spec_ref: str, name: str) -> list[str]:
+    """The pod's command: the trainer, under torchrun when the run has several GPUs or nodes."""
+    base = list(settings.k8s_trainer_command)
+    gpus, nodes = settings.k8s_gpus_per_job, max(1, settings.k8s_nodes_per_job)
+    if gpus <= 1 and nodes == 1:
+        return [*base, "--spec", spec_ref]
+    exe = os.path.basename(base[0])
+    launcher = [base[0], "-m", "torch.distributed.run"] if exe.startswith("python") else ["torchrun"]
+    dist = [f"--nproc_per_node={max(1, gpus)}"]
+    if nodes > 1:
+        dist += [
+            f"--nnodes={nodes}",
+            "--node_rank=$(TUNERY_NODE_RANK)",
+            f"--master_addr={name}-0.{name}",
+            f"--master_port={MASTER_PORT}",
+        ]
+    else:
+        dist += ["--standalone"]
+    return [*launcher, *dist, "--no-python", *base, "--spec", spec_ref]
+
+
+def job_manifest(
+    settings: Settings, *, job_id: str, run: str, spec_ref: str, namespace: str | None = None
+) -> dict[str, Any]:
+    """The batch/v1 Job of one run (a plain dict, as sent to the API server)."""
+    ns = namespace or settings.k8s_namespace
+    name = job_name(job_id, run)
+    nodes = max(1, settings.k8s_nodes_per_job)
+    gpus = max(0, settings.k8s_gpus_per_job)
+    labels = {
+        "app.kubernetes.io/name": "tunery-trainer",
+        "app.kubernetes.io/managed-by": "tunery",
+        LABEL_JOB: job_id,
+        LABEL_RUN: run,
+    }
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if settings.k8s_cpu_request:
+        requests["cpu"] = settings.k8s_cpu_request
+    if settings.k8s_memory_request:
+        requests["memory"] = settings.k8s_memory_request
+    if gpus:
+        requests[settings.k8s_gpu_resource] = limits[settings.k8s_gpu_resource] = str(gpus)
+    env: list[dict[str, Any]] = [
+        {"name": "TUNERY_JOB_ID", "value": job_id},
+        {"name": "TUNERY_RUN", "value": run},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    if nodes > 1:
+        env.append(
+            {
+                "name": "TUNERY_NODE_RANK",
+                "valueFrom": {
+                    "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+                },
+            }
+        )
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": settings.k8s_trainer_image,
+        "imagePullPolicy": settings.k8s_image_pull_policy,
+        "command": trainer_command(settings, spec_ref, name),
+        "env": env,
+        "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
+    }
+    if settings.k8s_credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": settings.k8s_credentials_secret}}]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": max(1, round(settings.cancel_grace_seconds)),
+        "containers": [container],
+    }
+    if settings.k8s_service_account:
+        pod["serviceAccountName"] = settings.k8s_service_account
+    else:
+        pod["automountServiceAccountToken"] = False  # the trainer never talks to the Kubernetes API
+    if settings.k8s_node_selector:
+        pod["nodeSelector"] = dict(settings.k8s_node_selector)
+    if settings.k8s_tolerations:
+        pod["tolerations"] = [dict(t) for t in settings.k8s_tolerations]
+    if settings.k8s_priority_class:
+        pod["priorityClassName"] = settings.k8s_priority_class
+    if gpus > 1 or nodes > 1:
+        # NCCL and the DataLoader workers share memory through /dev/shm, which a container keeps at 64 MB.
+        pod["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+        container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    spec: dict[str, Any] = {
+        "backoffLimit": 0,  # the scheduler owns retries
+        "completions": nodes,
+        "parallelism": nodes,
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    if nodes > 1:
+        spec["completionMode"] = "Indexed"
+        pod["subdomain"] = name  # <name>-<index>.<name> resolves through the headless Service
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": {ANNOTATION_SPEC: spec_ref}},
+        "spec": spec,
+    }
+
+
+def headless_service_manifest(job: dict[str, Any], owner_uid: str | None = None) -> dict[str, Any]:
+    """The headless Service that gives the pods of a multi-node run stable DNS names (torchrun's master)."""
+    meta = job["metadata"]
+    labels = meta["labels"]
+    svc: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": dict(labels)},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: labels[LABEL_JOB], LABEL_RUN: labels[LABEL_RUN]},
+            "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT}],
+        },
+    }
+    if owner_uid:
+        svc["metadata"]["ownerReferences"] = [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": meta["name"],
+                "uid": owner_uid,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return svc
+
+
+def server_version(version: Any) -> tuple[int, int]:
+    """(major, minor) of a VersionInfo (minor may read "20+" on managed clusters)."""
+    digits = "".join(ch for ch in str(version.minor) if ch.isdigit())
+    return int(version.major), int(digits or 0)
+
+
+# The backend -----------------------------------------------------------------------------------------------
+def api_client(settings: Settings) -> client.ApiClient:
+    """A client from TUNERY_K8S_KUBECONFIG, or the in-cluster service account when it is empty."""
+    if settings.k8s_kubeconfig:
+        return config.new_client_from_config(config_file=settings.k8s_kubeconfig)
+    cfg = client.Configuration()
+    config.load_incluster_config(client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+@dataclass
+class _Snapshot:
+    at: float
+    jobs: dict[str, Any]  # name -> V1Job
+    pods: dict[str, list[Any]]  # job name -> pods
+
+
+class KubernetesBackend(Backend):
+    adopts_runs = True
+
+    def __init__(self, settings: Settings, api: client.ApiClient | None = None, sync_seconds: float = 1.0):
+        self.settings = settings
+        self.namespace = settings.k8s_namespace
+        self.api = api or api_client(settings)
+        # Manifests are plain dicts, which the client sends as they are (its stubs want model objects).
+        self.batch: Any = client.BatchV1Api(self.api)
+        self.core: Any = client.CoreV1Api(self.api)
+        self.sync_seconds = sync_seconds
+        self._lock = threading.Lock()
+        self._snap: _Snapshot | None = None
+        self._created: dict[str, float] = {}  # job name -> when this process created it
+        self._logs: dict[str, Path] = {}  # handle -> local log file (filled from the pod's log at the end)
+        self._noted: set[str] = set()  # events already reported (pod/reason)
+        self._seen_pods: dict[str, set[str]] = {}  # job name -> pods seen running or pending
+        self._version: tuple[int, int] | None = None
+
+    def gpus_per_run(self) -> int:
+        return gpus_per_run(self.settings)
+
+    def server_version(self) -> tuple[int, int]:
+        if self._version is None:
+            self._version = server_version(client.VersionApi(self.api).get_code())
+        return self._version
+
+    # Launch ------------------------------------------------------------------------------------------
+    def launch(self, job_id: str, spec_ref: str, log_path: Path) -> str:
+        if not self.settings.k8s_trainer_image:
+            raise LaunchRefused("No trainer image is configured: set TUNERY_K8S_TRAINER_IMAGE.", code="server_error")
+        nodes = max(1, self.settings.k8s_nodes_per_job)
+        if nodes > 1 and self.server_version() < INDEXED_JOB_MIN_VERSION:
+            major, minor = self.server_version()
+            raise LaunchRefused(
+                f"Multi-node runs (TUNERY_K8S_NODES_PER_JOB={nodes}) need Indexed Jobs, Kubernetes "
+                f"{INDEXED_JOB_MIN_VERSION[0]}.{INDEXED_JOB_MIN_VERSION[1]} or later; this cluster runs "
+                f"{major}.{minor}.",
+                code="unsupported_cluster",
+            )
+        manifest = job_manifest(self.settings, job_id=job_id, run=_run_id(), spec_ref=spec_ref)
+        name = manifest["metadata"]["name"]
+        try:
+            created = self.batch.create_namespaced_job(self.namespace, manifest)
+        except ApiException as e:
+            raise LaunchRefused(f"Kubernetes refused the Job: {_api_message(e)}", code="server_error") from e
+        if nodes > 1:
+            try:
+                self.core.create_namespaced_service(
+                    self.namespace, headless_service_manifest(manifest, created.metadata.uid)
+                )
+            except ApiException as e:
+                self._delete(name)
+                raise LaunchRefused(f"Kubernetes refused the Service: {_api_message(e)}", code="server_error") from e
+        handle = make_handle(self.namespace, name)
+        with self._lock:
+            self._created[name] = time.monotonic()
+            self._logs[handle] = log_path
+        log.info("created Job %s/%s for %s", self.namespace, name, job_id)
+        return handle
+
+    # Watch -------------------------------------------------------------------------------------------
+    def _snapshot(self, force: bool = False) -> _Snapshot:
+        with self._lock:
+            snap = self._snap
+        if snap is not None and not force and time.monotonic() - snap.at < self.sync_seconds:
+            return snap
+        jobs = self.batch.list_namespaced_job(self.namespace, label_selector=LABEL_JOB).items
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=LABEL_JOB).items
+        by_job: dict[str, list[Any]] = {}
+        for pod in pods:
+            owner = (pod.metadata.labels or {}).get("job-name")
+            if owner:
+                by_job.setdefault(owner, []).append(pod)
+        snap = _Snapshot(time.monotonic(), {j.metadata.name: j for j in jobs}, by_job)
+        with self._lock:
+            self._snap = snap
+        return snap
+
+    def status(self, handle: str) -> RunStatus:
+        try:
+            ns, name = parse_handle(handle)
+        except ValueError:  # left by another backend (the server ran with the local runner before)
+            return RunStatus(running=False, crashed=True, error="The run was started by another scheduler backend.")
+        snap = self._snapshot()
+        job = snap.jobs.get(name)
+        if job is None:
+            with self._lock:
+                created = self._created.get(name)
+            if created is not None and time.monotonic() - created < 30:
+                return RunStatus(running=True)  # not in the list yet
+            if self._exists(name):
+                return RunStatus(running=True)
+            return self._ended(
+                handle,
+                RunStatus(
+                    running=False,
+                    crashed=True,
+                    error=f"The Kubernetes Job {ns}/{name} was deleted before the run finished.",
+                ),
+            )
+        pods = snap.pods.get(name, [])
+        events = self._pod_events(name, pods)
+        if not pods:
+            events += self._job_events(job)
+        seen = self._seen_pods.setdefault(name, set())
+        seen.update(p.metadata.name for p in pods if p.metadata.deletion_timestamp is None)
+        conditions = {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
+        if "Complete" in conditions:
+            return self._ended(handle, RunStatus(running=False, exit_code=0, events=events), pods)
+        failed_pod = next((p for p in pods if p.status.phase == "Failed"), None)
+        if failed_pod is not None or "Failed" in conditions:
+            return self._ended(handle, self._failure(name, failed_pod, conditions.get("Failed"), events), pods)
+        # A pod that was there and is gone (or going) while the Job still runs: deleted without a cancel.
+        live = {p.metadata.name for p in pods if p.metadata.deletion_timestamp is None}
+        lost = sorted(seen - live)
+        if lost:
+            events.append(RunEvent(f"Pod {lost[0]} of the run was deleted", level="error"))
+            return self._ended(
+                handle,
+                RunStatus(
+                    running=False,
+                    crashed=True,
+                    error=f"The trainer pod {lost[0]} was deleted before the run finished (a lost pod).",
+                    events=events,
+                ),
+                pods,
+            )
+        return RunStatus(running=True, events=events)
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.batch.read_namespaced_job(name, self.namespace)
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+
+    def _pod_events(self, name: str, pods: list[Any]) -> list[RunEvent]:
+        """Why pods of the run wait: unschedulable, image pull errors; each reason once per pod."""
+        out = []
+        for pod in pods:
+            pname = pod.metadata.name
+            if pod.status.phase not in (None, "Pending"):
+                continue
+            for cond in pod.status.conditions or []:
+                if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
+                    out += self._note(pname, "Unschedulable", f"Pod {pname} is unschedulable: {cond.message}")
+            for cs in pod.status.container_statuses or []:
+                waiting = cs.state.waiting if cs.state else None
+                if waiting is not None and waiting.reason in STUCK_REASONS:
+                    key = "ImagePull" if "Image" in waiting.reason else waiting.reason
+                    out += self._note(
+                        pname, key, f"Pod {pname} cannot start its container: {waiting.reason}: {waiting.message or ''}"
+                    )
+        return out
+
+    def _job_events(self, job: Any) -> list[RunEvent]:
+        """A Job without pods: the Job controller's own events say why it cannot create one (a missing priority
+        class or service account, a quota of the namespace, ...)."""
+        name = job.metadata.name
+        try:
+            events = self.core.list_namespaced_event(
+                self.namespace, field_selector=f"involvedObject.kind=Job,involvedObject.name={name}"
+            ).items
+        except ApiException as e:
+            log.debug("cannot list the events of Job %s: %s", name, e.reason)
+            return []
+        out = []
+        for ev in events:
+            if ev.reason == "FailedCreate" and ev.involved_object.uid == job.metadata.uid:
+                out += self._note(name, "FailedCreate", f"Kubernetes cannot create the trainer pod: {ev.message}")
+        return out
+
+    def _note(self, pod: str, reason: str, message: str) -> list[RunEvent]:
+        key = f"{pod}/{reason}"
+        with self._lock:
+            if key in self._noted:
+                return []
+            self._noted.add(key)
+        return [RunEvent(message.rstrip(": "), level="warn", data={"pod": pod, "reason": reason})]
+
+    def _failure(self, name: str, pod: Any, condition: Any, events: list[RunEvent]) -> RunStatus:
+        if pod is None:
+            reason = condition.reason if condition is not None else "Failed"
+            msg = condition.message if condition is not None else ""
+            return RunStatus(
+                running=False,
+                crashed=True,
+                error=f"The Kubernetes Job {name} failed: {reason} {msg}".strip(),
+                events=events,
+            )
+        pname = pod.metadata.name
+        if pod.status.reason == "Evicted":
+            events.append(RunEvent(f"Pod {pname} was evicted: {pod.status.message or ''}".strip(), level="error"))
+            return RunStatus(
+                running=False,
+                crashed=True,
+                error=f"The trainer pod {pname} was evicted: {pod.status.message or 'no reason given'}",
+                events=events,
+            )
+        code: int | None = None
+        reason = pod.status.reason or ""
+        for cs in pod.status.container_statuses or []:
+            term = cs.state.terminated if cs.state else None
+            if term is not None:
+                code, reason = term.exit_code, term.reason or reason
+        described = f"exit code {code}" if code is not None else "no exit code"
+        if code is not None and code > 128:
+            described += f", killed by signal {code - 128}"
+        events.append(RunEvent(f"Pod {pname} failed ({reason or 'Error'}, {described})", level="error"))
+        # Exit codes 137/143 without a Finished report: killed from outside (OOM, node loss): a crash.
+        return RunStatus(running=False, exit_code=code, crashed=code is None or code > 128, events=events)
+
+    def _ended(self, handle: str, st: RunStatus, pods: list[Any] | None = None) -> RunStatus:
+        """A run that is over: copy its pod's log to the local log file (best effort) for the job's record."""
+        with self._lock:
+            log_path = self._logs.pop(handle, None)
+        if log_path is not None and pods:
+            try:
+                text = self.core.read_namespaced_pod_log(
+                    pods[0].metadata.name, self.namespace, tail_lines=500, _request_timeout=5
+                )
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                log_path.write_text(text)
+            except Exception as e:  # no log endpoint (the test kubelet has none), node gone, ...
+                log.debug("no log for %s: %s", handle, e)
+        return st
+
+    # Stop --------------------------------------------------------------------------------------------
+    def cancel(self, handle: str) -> None:
+        try:
+            _, name = parse_handle(handle)
+        except ValueError:
+            return  # a handle of another backend (e.g. left by the local runner)
+        self._delete(name)
+
+    def _delete(self, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(
+                name,
+                self.namespace,
+                body=client.V1DeleteOptions(propagation_policy="Background"),
+            )
+            log.info("deleted Job %s/%s", self.namespace, name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def adopt(self, job_id: str, handle: str | None) -> str | None:
+        """The run of ``job_id`` left by an earlier scheduler process: its handle if its Job still exists."""
+        snap = self._snapshot(force=True)
+        if handle:
+            try:
+                _, name = parse_handle(handle)
+            except ValueError:
+                name = ""
+            if name in snap.jobs:
+                return make_handle(self.namespace, name)
+        # No handle recorded (the scheduler stopped between creating the Job and recording it): find it by label.
+        mine = [
+            j
+            for j in snap.jobs.values()
+            if (j.metadata.labels or {}).get(LABEL_JOB) == job_id and j.metadata.deletion_timestamp is None
+        ]
+        if not mine:
+            return None
+        newest = max(mine, key=lambda j: j.metadata.creation_timestamp)
+        return make_handle(self.namespace, newest.metadata.name)
+
+    def close(self) -> None:
+        """Runs outlive the scheduler: a restarted (or newly elected) scheduler adopts them."""
+        self.api.close()
+
+
+def _api_message(e: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(e.body or "{}").get("message") or e.reason)
+    except ValueError:
+        return str(e.reason)

@@ -1,0 +1,53 @@
+"""One tiny training job end to end with the object store on S3 (a real SeaweedFS): the trainer process opens the
+store from its URL with the TUNERY_S3_* environment, reads its spec and data from S3 and writes checkpoints,
+the final adapter and the results there; serving pulls the adapter from S3. Nothing lands in the local folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import httpx
+import pytest
+
+from tests.conftest import TINY, chat_lines
+
+
+@pytest.fixture
+def object_store() -> str:
+    return "s3"
+
+
+def test_tiny_job_through_s3(tiny_server_factory, tmp_path, object_store):
+    srv = tiny_server_factory(data_dir=tmp_path / "state")
+    store = srv.app.state.ctx.store
+    assert store.url.startswith("s3://")
+    f = srv.client.files.create(file=("train.jsonl", chat_lines(12)), purpose="fine-tune")
+    job = srv.client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=f.id,
+        seed=3,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+    )
+    job = srv.wait_job(job.id, {"succeeded", "failed", "cancelled"}, timeout=240)
+    assert job.status == "succeeded", (job.error, srv.events(job.id))
+
+    keys = store.list(f"jobs/{job.id}/")
+    assert f"jobs/{job.id}/spec.json" in keys and f"jobs/{job.id}/results.csv" in keys
+    assert any(k.endswith("/adapter_model.safetensors") and "/checkpoints/" in k for k in keys), keys
+    assert any(k.endswith("/adapter_model.safetensors") and "/model/" in k for k in keys), keys
+    assert f"files/{f.id}" in store.list("files/")
+    assert not (tmp_path / "state" / "objects").exists()  # the local folder was never used
+    assert store.incomplete("") == []
+
+    # The results file, downloaded from S3 with a presigned URL (no API key).
+    url = srv.http.get(f"/v1/files/{job.result_files[0]}/url").json()["url"]
+    rows = list(csv.reader(io.StringIO(httpx.get(url).text)))
+    assert [int(r[0]) for r in rows[1:]] == [1, 2, 3]
+
+    # Serving downloads the adapter from S3 into its cache and answers with it.
+    r = srv.client.chat.completions.create(
+        model=job.fine_tuned_model, messages=[{"role": "user", "content": "Question number 3?"}], max_tokens=4
+    )
+    assert r.model == job.fine_tuned_model and r.usage.completion_tokens <= 4
+    assert list((tmp_path / "cache" / "adapters").glob("*/adapter_model.safetensors"))

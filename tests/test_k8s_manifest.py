@@ -1,0 +1,207 @@
+"""The Kubernetes backend's pure parts: the trainer Job manifest (every field), torchrun commands, the headless
+Service of multi-node runs, per-project quota decisions, run handles. Manifests are checked offline against
+current Kubernetes schemas with kubernetes-validate (the live 1.20 server checks them in test_kubernetes.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from scheduler.k8s import (
+    LABEL_JOB,
+    LABEL_RUN,
+    headless_service_manifest,
+    job_manifest,
+    job_name,
+    make_handle,
+    parse_handle,
+    server_version,
+)
+from scheduler.quota import quota_decision
+from tunery.settings import Settings
+
+SPEC = "s3://tunery/jobs/ftjob-AbC123/spec.json"
+REF = "s3://tunery#jobs/ftjob-AbC123/spec.json"
+
+
+def full_settings(**over) -> Settings:
+    opts = dict(
+        k8s_namespace="training",
+        k8s_trainer_image="registry.example.com/tunery/trainer:1.2.3",
+        k8s_image_pull_policy="Always",
+        k8s_service_account="tunery-trainer",
+        k8s_node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        k8s_tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        k8s_priority_class="tunery-training",
+        k8s_credentials_secret="tunery-s3",
+        k8s_gpu_resource="nvidia.com/gpu",
+        k8s_gpus_per_job=1,
+        k8s_cpu_request="4",
+        k8s_memory_request="32Gi",
+        k8s_trainer_command=["python", "-m", "trainer"],
+        cancel_grace_seconds=20,
+    )
+    opts.update(over)
+    return Settings(**opts)
+
+
+def test_job_manifest_carries_every_setting():
+    m = job_manifest(full_settings(), job_id="ftjob-AbC123", run="x1y2z3", spec_ref=REF)
+    assert m["apiVersion"] == "batch/v1" and m["kind"] == "Job"
+    meta = m["metadata"]
+    assert meta["name"] == "tunery-ftjob-abc123-x1y2z3" and meta["namespace"] == "training"
+    assert meta["labels"][LABEL_JOB] == "ftjob-AbC123" and meta["labels"][LABEL_RUN] == "x1y2z3"
+    assert meta["annotations"]["tunery.dev/spec"] == REF
+    spec = m["spec"]
+    assert spec["backoffLimit"] == 0 and spec["completions"] == 1 and spec["parallelism"] == 1
+    assert "completionMode" not in spec
+    tmpl = spec["template"]
+    assert tmpl["metadata"]["labels"][LABEL_JOB] == "ftjob-AbC123"
+    assert tmpl["metadata"]["labels"][LABEL_RUN] == "x1y2z3"
+    pod = tmpl["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == "tunery-trainer" and "automountServiceAccountToken" not in pod
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "tunery-training"
+    assert pod["terminationGracePeriodSeconds"] == 20
+    [c] = pod["containers"]
+    assert c["image"] == "registry.example.com/tunery/trainer:1.2.3" and c["imagePullPolicy"] == "Always"
+    # The JobSpec is passed by reference, never inline.
+    assert c["command"] == ["python", "-m", "trainer", "--spec", REF]
+    assert c["envFrom"] == [{"secretRef": {"name": "tunery-s3"}}]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["TUNERY_JOB_ID"]["value"] == "ftjob-AbC123"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert c["resources"] == {
+        "requests": {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "1"},
+        "limits": {"nvidia.com/gpu": "1"},
+    }
+    assert "volumes" not in pod
+
+
+def test_job_manifest_defaults_are_minimal():
+    m = job_manifest(Settings(), job_id="ftjob-q", run="r", spec_ref=REF)
+    pod = m["spec"]["template"]["spec"]
+    assert m["metadata"]["namespace"] == "tunery-training"
+    assert pod["automountServiceAccountToken"] is False  # the trainer never calls the Kubernetes API
+    for key in ("serviceAccountName", "nodeSelector", "tolerations", "priorityClassName"):
+        assert key not in pod
+    [c] = pod["containers"]
+    assert "envFrom" not in c
+    assert c["resources"] == {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}
+    cpu_only = job_manifest(Settings(k8s_gpus_per_job=0), job_id="ftjob-q", run="r", spec_ref=REF)
+    assert cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"] == {}
+
+
+def test_other_gpu_resource_name():
+    m = job_manifest(Settings(k8s_gpu_resource="amd.com/gpu", k8s_gpus_per_job=2), job_id="j", run="r", spec_ref=REF)
+    res = m["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res == {"requests": {"amd.com/gpu": "2"}, "limits": {"amd.com/gpu": "2"}}
+
+
+def test_multi_gpu_runs_torchrun_in_one_pod():
+    m = job_manifest(full_settings(k8s_gpus_per_job=4), job_id="ftjob-AbC123", run="r1", spec_ref=REF)
+    pod = m["spec"]["template"]["spec"]
+    cmd = pod["containers"][0]["command"]
+    assert cmd[:3] == ["python", "-m", "torch.distributed.run"]
+    assert "--nproc_per_node=4" in cmd and "--standalone" in cmd
+    assert cmd[cmd.index("--no-python") + 1 :] == ["python", "-m", "trainer", "--spec", REF]
+    assert m["spec"]["completions"] == 1 and "completionMode" not in m["spec"]
+    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    # A custom entrypoint that is not a Python interpreter runs under the torchrun script.
+    custom = job_manifest(
+        Settings(k8s_gpus_per_job=2, k8s_trainer_command=["/app/train"]), job_id="j", run="r", spec_ref=REF
+    )
+    assert custom["spec"]["template"]["spec"]["containers"][0]["command"][0] == "torchrun"
+
+
+def test_multi_node_runs_an_indexed_job_with_a_headless_service():
+    m = job_manifest(
+        full_settings(k8s_gpus_per_job=8, k8s_nodes_per_job=3), job_id="ftjob-AbC123", run="r1", spec_ref=REF
+    )
+    name = m["metadata"]["name"]
+    spec = m["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == 3 and spec["parallelism"] == 3
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == name
+    c = pod["containers"][0]
+    assert "--nnodes=3" in c["command"] and "--nproc_per_node=8" in c["command"]
+    assert "--node_rank=$(TUNERY_NODE_RANK)" in c["command"]
+    assert f"--master_addr={name}-0.{name}" in c["command"]
+    rank = next(e for e in c["env"] if e["name"] == "TUNERY_NODE_RANK")
+    assert "job-completion-index" in rank["valueFrom"]["fieldRef"]["fieldPath"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"  # per pod
+    svc = headless_service_manifest(m, owner_uid="1234")
+    assert svc["metadata"]["name"] == name and svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"] == {LABEL_JOB: "ftjob-AbC123", LABEL_RUN: "r1"}
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == "1234"  # deleting the Job removes the Service
+
+
+@pytest.mark.parametrize("nodes,gpus", [(1, 1), (1, 4), (2, 8)])
+def test_manifests_are_valid_for_current_kubernetes(nodes, gpus):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    m = job_manifest(
+        full_settings(k8s_gpus_per_job=gpus, k8s_nodes_per_job=nodes), job_id="ftjob-Z", run="a", spec_ref=REF
+    )
+    version = kubernetes_validate.latest_version()
+    kubernetes_validate.validate(m, version, strict=True)
+    if nodes > 1:
+        kubernetes_validate.validate(headless_service_manifest(m, "uid-1"), version, strict=True)
+
+
+def test_job_names_are_dns_labels():
+    name = job_name("ftjob-" + "A" * 24, "abc123")
+    assert name == name.lower() and len(name) <= 63 and not name.endswith("-")
+    assert parse_handle(make_handle("ns", name)) == ("ns", name)
+    with pytest.raises(ValueError):
+        parse_handle("pid:123")
+
+
+def test_server_version_parsing():
+    class V:
+        major, minor = "1", "27+"
+
+    assert server_version(V()) == (1, 27)
+
+
+@pytest.mark.parametrize(
+    "limits,running,needed,verdict",
+    [
+        ({}, 100, 8, "launch"),  # 0 means unlimited
+        ({"project_max_concurrent_jobs": 2}, 1, 1, "launch"),
+        ({"project_max_concurrent_jobs": 2}, 2, 1, "wait"),
+        ({"project_gpu_quota": 4}, 1, 2, "launch"),  # 2 in use + 2 = 4
+        ({"project_gpu_quota": 4}, 2, 2, "wait"),  # 4 in use
+        ({"project_gpu_quota": 4}, 0, 8, "refuse"),  # never fits
+    ],
+)
+def test_quota_decisions(limits, running, needed, verdict):
+    d = quota_decision(Settings(**limits), running_jobs=running, gpus_in_use=running * needed, gpus_needed=needed)
+    assert d.verdict == verdict
+    if verdict != "launch":
+        assert d.message
+
+
+def test_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TUNERY_SCHEDULER_BACKEND", "kubernetes")
+    monkeypatch.setenv("TUNERY_K8S_NODE_SELECTOR", '{"pool": "gpu"}')
+    monkeypatch.setenv("TUNERY_K8S_TOLERATIONS", '[{"key": "gpu", "operator": "Exists"}]')
+    monkeypatch.setenv("TUNERY_K8S_TRAINER_COMMAND", '["/venv/bin/python", "-m", "trainer"]')
+    monkeypatch.setenv("TUNERY_PROJECT_GPU_QUOTA", "16")
+    s = Settings()
+    assert s.scheduler_backend == "kubernetes" and s.k8s_node_selector == {"pool": "gpu"}
+    assert s.k8s_tolerations == [{"key": "gpu", "operator": "Exists"}]
+    assert s.k8s_trainer_command[0] == "/venv/bin/python" and s.project_gpu_quota == 16
+    monkeypatch.setenv("TUNERY_SCHEDULER_BACKEND", "slurm")
+    with pytest.raises(ValueError):
+        Settings()
+
+
+def test_a_foreign_run_handle_is_not_a_running_kubernetes_job():
+    from scheduler.k8s import KubernetesBackend
+
+    backend = KubernetesBackend(Settings(), api=object())  # type: ignore[arg-type]  # no call reaches the API
+    st = backend.status("pid:1234")
+    assert not st.running and st.crashed and "another scheduler backend" in (st.error or "")
+    backend.cancel("pid:1234")  # a no-op, not an error
