@@ -24,6 +24,7 @@ from tunery.data import MIN_EXAMPLES, DataFormat
 from tunery.db.ops import now
 from tunery.estimate import estimate, model_shape
 from tunery.filescan import ScanOptions
+from tunery.jobspec import TrainingMethod
 from tunery.storage import ObjectNotFound
 
 router = APIRouter()
@@ -60,6 +61,13 @@ def _token_report(ctx: AppContext, file_id: str, key: str, model: str, folder: s
     report = file_report(file_id, scan, now(), model=model, max_seq_length=max_len, for_job=True)
     ctx.store.put_bytes(report_key(file_id, model), json.dumps(report).encode())
     return report
+
+
+def _trainer(body: CreateJob) -> TrainingMethod:
+    """What the job would run: supervised, or the preference trainer of a dpo job (``tunery.method.trainer``)."""
+    if body.method is None or body.method.type != "dpo":
+        return "supervised"
+    return body.tunery.method.trainer if body.tunery and body.tunery.method else "dpo"
 
 
 @router.post("/fine_tuning/jobs/dry_run")
@@ -119,7 +127,10 @@ def dry_run(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = Dep
             steps=steps,
             max_seq_length=max_len,
             gpu_type=gpu_type,
+            adapter=training.adapter if training else "lora",
             lora_r=training.lora.r if training else 16,
+            precision=training.precision if training else None,
+            trainer=_trainer(body),
         )
     except ValueError as e:
         raise bad_request(str(e), param=None, code="invalid_gpu_type") from None

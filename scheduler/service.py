@@ -655,7 +655,7 @@ class Scheduler:
             job.hyperparameters = hp
             job.method = _resolved_method(job.method, hp)
             job.total_steps = hyperparams.total_steps(n_total, hp["batch_size"], hp["n_epochs"])
-            estimate = self._estimate(job.base_model, train_scan, hp, max_len)
+            estimate = self._estimate(job, train_scan, hp, max_len, training)
             job.estimated_finish = now() + round(estimate.gpu_seconds) if estimate else None
             job.fine_tuned_model = ids.fine_tuned_model_name(
                 job.base_model, self.settings.organization_slug, job.suffix, job.id
@@ -696,17 +696,29 @@ class Scheduler:
         return hardware.check(training, hw, full)
 
     def _estimate(
-        self, base_model: str, scan: FileScan | None, hp: dict[str, Any], max_len: int
+        self, job: Job, scan: FileScan | None, hp: dict[str, Any], max_len: int, training: dict[str, Any]
     ) -> estimates.Estimate | None:
-        """How long the job will take on TUNERY_GPU_TYPE (None when the file's tokens were not counted)."""
-        folder = self.settings.base_model_paths().get(base_model)
+        """How long the job will take on TUNERY_GPU_TYPE with its trainer, adapter and precision (None when the
+        file's tokens were not counted)."""
+        folder = self.settings.base_model_paths().get(job.base_model)
         if scan is None or not scan.tokens or folder is None:
             return None
         try:
             shape = estimates.model_shape(Path(folder))
-            return estimates.estimate_for_scan(shape, scan.tokens, scan.trained, hp, max_len, self.settings.gpu_type)
+            return estimates.estimate_for_scan(
+                shape,
+                scan.tokens,
+                scan.trained,
+                hp,
+                max_len,
+                self.settings.gpu_type,
+                adapter=training.get("adapter", "lora"),
+                lora_r=int((training.get("lora") or {}).get("r", 16)),
+                precision=training.get("precision"),
+                trainer=_trainer_method(job)[0],
+            )
         except (OSError, ValueError):
-            log.warning("no estimate for a job on %s", base_model, exc_info=True)
+            log.warning("no estimate for a job on %s", job.base_model, exc_info=True)
             return None
 
     def launch_queued(self) -> None:

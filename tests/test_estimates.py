@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY, chat_lines
-from tunery.estimate import FLOPS_DIVISOR, GPU_TYPES, ModelShape, estimate, model_shape
+from tests.test_jobs_api import preference_lines
+from tunery.estimate import FLOPS_DIVISOR, GPU_TYPES, TRAINER_COST, ModelShape, estimate, model_shape
+
+# Roughly Llama-3-8B: 8.0e9 parameters, 32 layers of 4096, 128k vocabulary.
+LLAMA_8B = ModelShape(
+    params=8_030_000_000,
+    linear_params=6_980_000_000,
+    lora_per_rank=2_621_440,
+    hidden=4096,
+    layers=32,
+    vocab=128_256,
+)
 
 
 def test_model_shape_matches_the_model_and_peft(tiny_model_dir: Path):
@@ -28,7 +39,7 @@ def test_model_shape_matches_the_model_and_peft(tiny_model_dir: Path):
     assert shape.lora_per_rank * 16 == trainable  # all-linear LoRA: r x (in + out) per adapted layer
 
 
-def _estimate(shape: ModelShape, gpu: str, adapter: str = "lora", batch: int = 8, seq: int = 4096):
+def _estimate(shape: ModelShape, gpu: str, adapter: str = "lora", batch: int = 8, seq: int = 4096, **kw):
     return estimate(
         shape,
         examples=10_000,
@@ -40,19 +51,12 @@ def _estimate(shape: ModelShape, gpu: str, adapter: str = "lora", batch: int = 8
         max_seq_length=seq,
         gpu_type=gpu,
         adapter=adapter,
+        **kw,
     )
 
 
 def test_gpu_hours_rule_and_memory_fit():
-    # Roughly Llama-3-8B: 8.0e9 parameters, 32 layers of 4096, 128k vocabulary.
-    llama8b = ModelShape(
-        params=8_030_000_000,
-        linear_params=6_980_000_000,
-        lora_per_rank=2_621_440,
-        hidden=4096,
-        layers=32,
-        vocab=128_256,
-    )
+    llama8b = LLAMA_8B
     h100 = _estimate(llama8b, "h100-80gb", batch=1, seq=2048)
     rule = 8_030_000_000 * 5_000_000 * 3 / (FLOPS_DIVISOR * GPU_TYPES["h100-80gb"][0])
     assert h100.gpu_seconds == pytest.approx(rule, rel=1e-3)
@@ -71,6 +75,68 @@ def test_gpu_hours_rule_and_memory_fit():
     assert not _estimate(llama8b, "t4", batch=1, seq=1024).fits
     with pytest.raises(ValueError, match="unknown GPU type"):
         _estimate(llama8b, "tpu-v5")
+
+
+def test_preference_trainers_cost_more_per_example_than_supervised():
+    sft = _estimate(LLAMA_8B, "h100-80gb", batch=2, seq=2048)
+    assert sft.trainer == "supervised" and sft.compute_factor == 1.0
+    # DPO: chosen and rejected forward + backward through the policy, forward through the reference.
+    dpo = _estimate(LLAMA_8B, "h100-80gb", batch=2, seq=2048, trainer="dpo")
+    assert dpo.gpu_seconds == pytest.approx(sft.gpu_seconds * 2 * (3 + 1) / 3, rel=1e-3)
+    orpo = _estimate(LLAMA_8B, "h100-80gb", batch=2, seq=2048, trainer="orpo")
+    assert orpo.gpu_seconds == pytest.approx(sft.gpu_seconds * 2, rel=1e-3)  # no reference model
+    kto = _estimate(LLAMA_8B, "h100-80gb", batch=2, seq=2048, trainer="kto")
+    assert kto.gpu_seconds > dpo.gpu_seconds > orpo.gpu_seconds > sft.gpu_seconds
+    # A pair keeps two sequences' activations: as much as a supervised batch twice as large.
+    twice = _estimate(LLAMA_8B, "h100-80gb", batch=4, seq=2048)
+    for pref in (dpo, orpo, kto):
+        assert pref.memory_gib == twice.memory_gib
+    assert set(TRAINER_COST) == {"supervised", "dpo", "orpo", "kto"}
+    with pytest.raises(ValueError, match="unknown trainer"):
+        _estimate(LLAMA_8B, "h100-80gb", trainer="ppo")
+    # QLoRA holds its base in NF4 whatever the compute precision asked for.
+    assert _estimate(LLAMA_8B, "t4", adapter="qlora", precision="fp16").precision == "nf4"
+    assert _estimate(LLAMA_8B, "a10g", precision="fp16").precision == "fp16"
+
+
+def test_dry_run_follows_the_adapter_precision_and_trainer(tiny_server_factory):
+    srv = tiny_server_factory(max_concurrent_runs=0, gpu_type="a10g")
+    chat = srv.client.files.create(file=("t.jsonl", chat_lines(30)), purpose="fine-tune")
+    pairs = srv.client.files.create(file=("p.jsonl", preference_lines(20)), purpose="fine-tune")
+    for f in (chat, pairs):
+        srv.client.files.wait_for_processing(f.id, poll_interval=0.1, max_wait_seconds=30)
+    hp = {"n_epochs": 1, "batch_size": 4}
+
+    def dry(**body) -> dict:
+        r = srv.http.post("/v1/fine_tuning/jobs/dry_run", json={"model": TINY, "hyperparameters": hp, **body})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    lora = dry(training_file=chat.id)
+    assert (lora["adapter"], lora["precision"], lora["trainer"]) == ("lora", "bf16", "supervised")
+    full = dry(training_file=chat.id, tunery={"training": {"adapter": "full"}})
+    assert full["trainable_params"] == full["params"] > lora["trainable_params"]
+    assert full["memory_gib"]["trainable_and_optimizer"] > lora["memory_gib"]["trainable_and_optimizer"]
+    qlora = dry(training_file=chat.id, tunery={"training": {"adapter": "qlora"}})
+    assert qlora["precision"] == "nf4" and qlora["memory_gib"]["weights"] < lora["memory_gib"]["weights"]
+    r8 = dry(training_file=chat.id, tunery={"training": {"lora": {"r": 8}}})
+    assert r8["trainable_params"] * 2 == lora["trainable_params"]
+    fp16 = dry(training_file=chat.id, tunery={"training": {"precision": "fp16"}})
+    assert fp16["precision"] == "fp16"
+
+    dpo_method = {"type": "dpo", "dpo": {"hyperparameters": hp}}
+    dpo = dry(training_file=pairs.id, method=dpo_method)
+    report = srv.http.get(f"/v1/files/{pairs.id}/validation").json()
+    assert dpo["trainer"] == "dpo" and dpo["tokens_per_epoch"] == report["tokens"]["total_within_max_seq_length"]
+    rule = dpo["params"] * dpo["tokens_per_epoch"] * 1 * (8 / 3) / (5e11 * 70.0)
+    assert dpo["gpu_seconds"] == pytest.approx(rule, abs=0.1)
+    kto = dry(training_file=pairs.id, method=dpo_method, tunery={"method": {"trainer": "kto"}})
+    assert kto["trainer"] == "kto" and kto["compute_factor"] == 4.0
+    # A chat file can't train a dpo job, in the dry run as in the job.
+    wrong = srv.http.post(
+        "/v1/fine_tuning/jobs/dry_run", json={"model": TINY, "training_file": chat.id, "method": dpo_method}
+    )
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "invalid_training_file"
 
 
 def test_dry_run_reports_tokens_steps_and_estimates(tiny_server_factory):

@@ -6,6 +6,9 @@ No torch: the model's size and shapes come from the safetensors headers and ``co
   bf16 TFLOPs of the configured GPU type (``TUNERY_GPU_TYPE``); tokens are the tokens of one pass over the
   training data (each example cut at ``max_seq_length``) and passes are the epochs. On the CPU the "TFLOPs" is
   calibrated on the 2-core reference machine (bench/trainer_throughput.py: about 135 tokens/s on SmolLM2-135M).
+  Preference trainers do more work per example than supervised training (``TRAINER_COST``): a pair is two
+  sequences (its tokens are counted as the longer side, as validation reports them), and DPO and KTO also run the
+  reference (the adapter disabled) forward only.
 * **Memory** (per GPU, bytes): base weights (bf16: 2 per parameter; QLoRA's NF4: about 0.55; fp32 on the CPU: 4),
   trainable parameters x 16 (fp32 master copy, gradient and Adam's two moments; every parameter for full
   fine-tuning), activations ``batch x seq x hidden x layers x 34`` bytes (Korthikanti et al., 16-bit activations
@@ -41,6 +44,19 @@ GPU_TYPES: dict[str, tuple[float, float]] = {
     "cpu": (0.0365, 24.0),
 }
 BYTES_PER_PARAM = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "nf4": 0.55}
+# Per trainer: the compute of one example relative to one forward + backward pass over its tokens (a forward pass
+# is a third of that), and the sequences of an example whose activations are kept for the backward pass.
+#   supervised: one sequence, forward + backward.
+#   dpo:  chosen and rejected through the policy (forward + backward) and through the reference (forward): 2 x 4/3.
+#   orpo: chosen and rejected through the policy, no reference: 2.
+#   kto:  a desirable and an undesirable row per pair; each row forward + backward, plus forward passes of its KL
+#         completion through the policy (no gradient) and of both through the reference: 2 x 6/3.
+TRAINER_COST: dict[str, tuple[float, int]] = {
+    "supervised": (1.0, 1),
+    "dpo": (8 / 3, 2),
+    "orpo": (2.0, 2),
+    "kto": (4.0, 2),
+}
 
 
 @dataclass
@@ -95,6 +111,8 @@ class Estimate:
     trainable_params: int
     adapter: str
     precision: str
+    trainer: str
+    compute_factor: float
     examples: int
     tokens_per_epoch: int
     trained_tokens_per_epoch: int
@@ -122,6 +140,7 @@ def estimate_for_scan(
     adapter: str = "lora",
     lora_r: int = 16,
     precision: str | None = None,
+    trainer: str = "supervised",
 ) -> Estimate:
     """The estimate of a job from its training file's per-example token counts and resolved hyperparameters."""
     n = len(tokens)
@@ -140,6 +159,7 @@ def estimate_for_scan(
         adapter=adapter,
         lora_r=lora_r,
         precision=precision,
+        trainer=trainer,
     )
 
 
@@ -157,20 +177,30 @@ def estimate(
     adapter: str = "lora",
     lora_r: int = 16,
     precision: str | None = None,
+    trainer: str = "supervised",
 ) -> Estimate:
+    """``precision`` is how the base weights are held: bf16 on a GPU and fp32 on the CPU unless given; QLoRA's
+    base weights are NF4 whatever the compute precision."""
     if gpu_type not in GPU_TYPES:
         raise ValueError(f"unknown GPU type {gpu_type!r}; known: {', '.join(GPU_TYPES)}")
+    if trainer not in TRAINER_COST:
+        raise ValueError(f"unknown trainer {trainer!r}; known: {', '.join(TRAINER_COST)}")
     tflops, memory = GPU_TYPES[gpu_type]
-    precision = precision or ("fp32" if gpu_type == "cpu" else "nf4" if adapter == "qlora" else "bf16")
+    if adapter == "qlora":
+        precision = "nf4"
+    elif precision in (None, "auto"):
+        precision = "fp32" if gpu_type == "cpu" else "bf16"
+    factor, sequences = TRAINER_COST[trainer]
     trainable = shape.params if adapter == "full" else shape.lora_per_rank * lora_r
-    gpu_seconds = shape.params * tokens_per_epoch * n_epochs / (FLOPS_DIVISOR * tflops)
+    gpu_seconds = shape.params * tokens_per_epoch * n_epochs * factor / (FLOPS_DIVISOR * tflops)
     weights = shape.params * BYTES_PER_PARAM[precision]
     optimizer = trainable * 16
     seq = max_seq_length
-    logits = batch_size * seq * shape.vocab * 8
-    activations = batch_size * seq * shape.hidden * shape.layers * 34 + logits
+    rows = batch_size * sequences
+    logits = rows * seq * shape.vocab * 8
+    activations = rows * seq * shape.hidden * shape.layers * 34 + logits
     # With gradient checkpointing only each layer's input is kept (2 bytes per value) plus one layer's activations.
-    checkpointed = batch_size * seq * shape.hidden * (shape.layers * 2 + 34) + logits
+    checkpointed = rows * seq * shape.hidden * (shape.layers * 2 + 34) + logits
     base = weights + optimizer + (0 if gpu_type == "cpu" else CUDA_CONTEXT)
     total = base + activations
     gib = float(1 << 30)
@@ -182,6 +212,8 @@ def estimate(
         trainable_params=trainable,
         adapter=adapter,
         precision=precision,
+        trainer=trainer,
+        compute_factor=round(factor, 4),
         examples=examples,
         tokens_per_epoch=tokens_per_epoch,
         trained_tokens_per_epoch=trained_tokens_per_epoch,
