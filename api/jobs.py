@@ -204,13 +204,6 @@ def _method(body: CreateJob, hp: dict[str, Any]) -> dict[str, Any]:
             param="tunery.data.mix",
             code="invalid_method",
         )
-    if method_type == "dpo" and data is not None and data.long_examples == "drop":
-        raise bad_request(
-            "A dpo job truncates long replies to max_seq_length (and skips a pair whose prompt alone is too long); "
-            'tunery.data.long_examples must be "truncate".',
-            param="tunery.data.long_examples",
-            code="invalid_method",
-        )
     if method_type == "dpo":
         chosen = _method_hyperparameters(body)
         beta = chosen.beta if isinstance(chosen, DPOHyperparameters) else "auto"

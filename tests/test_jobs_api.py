@@ -286,7 +286,6 @@ def test_dpo_method_validation_errors_are_400_with_param(server, upload):
             "tunery.data.mix",
             "invalid_method",
         ),
-        ({"method": dpo, "tunery": {"data": {"long_examples": "drop"}}}, "tunery.data.long_examples", "invalid_method"),
     ]
     for extra, param, code in cases:
         r = server.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": pairs, **extra})

@@ -181,6 +181,43 @@ def test_orpo_and_kto_train_from_the_same_preference_records(
     assert [c.step for c in servicer.of("Checkpoint")] == [total // 2, total]
 
 
+def test_long_pairs_are_dropped_when_asked(tmp_path: Path, tiny_model_dir: Path, reporting_server: Any) -> None:
+    """``tunery.data.long_examples = "drop"`` on a preference job: pairs whose longer side is over max_seq_length
+    (counted as validation counts them) are left out, with an event, instead of being cut."""
+    from transformers import AutoTokenizer
+
+    from trainer.chat import ChatTokenizer
+    from trainer.preference import pair_lengths
+    from tunery.data import PreferenceRecord, parse_jsonl
+    from tunery.filescan import ScanOptions, scan_path
+    from tunery.jobspec import DataOptions
+
+    servicer, address = reporting_server
+    long_reply = " ".join(f"word{i}" for i in range(200))
+    examples = preference_examples(8)
+    for i in (1, 4, 6):  # a long rejected reply: the pair's longer side is over the limit
+        examples[i]["non_preferred_output"][0]["content"] = long_reply
+    data = jsonl_bytes(examples)
+    spec = preference_spec(
+        tmp_path, tiny_model_dir, address, "dpo", n_epochs=1, batch_size=2, learning_rate=5e-3, max_seq_length=96
+    )
+    open_store(spec.object_store).put_bytes(spec.training_file.key, data)
+    spec = spec.model_copy(update={"data": DataOptions(long_examples="drop")})
+
+    # The trainer counts a pair as the validation report does: its longer side with the chat template.
+    (tmp_path / "pairs.jsonl").write_bytes(data)
+    scan = scan_path(tmp_path / "pairs.jsonl", ScanOptions(model_folder=str(tiny_model_dir), model_name="tiny"))
+    records = [r for r in parse_jsonl([data]).records if isinstance(r, PreferenceRecord)]
+    lengths = pair_lengths(records, ChatTokenizer(AutoTokenizer.from_pretrained(str(tiny_model_dir))))
+    assert lengths == list(scan.tokens)
+    assert [i for i, n in enumerate(lengths) if n > 96] == [1, 4, 6]
+
+    result = run_spec(spec)
+    assert result.train_examples == 5 and result.total_steps == 3
+    [event] = [e for e in servicer.of("Event") if "longer than max_seq_length" in e.message]
+    assert json.loads(event.data_json) == {"long_dropped": 3, "examples": 5}
+
+
 def test_kto_rows_are_derived_from_pairs() -> None:
     from trainer.preference import kto_rows
     from tunery.data import PreferenceRecord, parse_jsonl

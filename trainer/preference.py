@@ -30,6 +30,7 @@ from tunery.data import PreferenceRecord
 from tunery.jobspec import DataFile, JobSpec
 from tunery.storage import ObjectStore
 
+from .chat import ChatTokenizer
 from .checkpoint import model_prefix
 from .errors import TrainerError
 from .reporter import Reporter
@@ -141,6 +142,26 @@ def drop_duplicate_pairs(records: list[PreferenceRecord]) -> tuple[list[Preferen
         if key not in seen:
             seen.add(key)
             kept.append(r)
+    return kept, len(records) - len(kept)
+
+
+def pair_lengths(records: list[PreferenceRecord], chat: ChatTokenizer) -> list[int]:
+    """Each pair's length in tokens: its longer side, prompt and reply rendered with the chat template (as the
+    validation report counts them)."""
+    tok = chat.tokenizer
+    out = []
+    for r in records:
+        sides = [chat.render([*r.prompt, reply], tools=r.tools or None) for reply in (r.chosen, r.rejected)]
+        out.append(max(len(ids) for ids in tok(sides, add_special_tokens=False)["input_ids"]))
+    return out
+
+
+def drop_long_pairs(
+    records: list[PreferenceRecord], chat: ChatTokenizer, max_length: int
+) -> tuple[list[PreferenceRecord], int]:
+    """``tunery.data.long_examples = "drop"``: the pairs whose longer side fits ``max_length`` tokens, and the
+    count dropped (instead of TRL truncating them)."""
+    kept = [r for r, n in zip(records, pair_lengths(records, chat), strict=True) if n <= max_length]
     return kept, len(records) - len(kept)
 
 
@@ -367,6 +388,21 @@ def run_preference(spec: JobSpec, reporter: Reporter, stop: StopSignal) -> RunRe
     r.tokenizer = tokenizer
     log.info("base model %s loaded on %s in %.1fs", spec.base_model, r.device.device, time.monotonic() - t0)
     stop.check()
+    if spec.data is not None and spec.data.long_examples == "drop":
+        records, dropped = drop_long_pairs(records, ChatTokenizer(tokenizer), hp.max_seq_length)
+        message = (
+            f"Data options: {dropped} preference pair(s) longer than max_seq_length={hp.max_seq_length} tokens "
+            f"dropped; {len(records)} left"
+        )
+        log.info("%s", message)
+        reporter.event("info", message, {"long_dropped": dropped, "examples": len(records)})
+        if not records:
+            raise TrainerError(
+                f"training_file: no preference pair fits within max_seq_length={hp.max_seq_length} "
+                '(tunery.data.long_examples is "drop")',
+                code="invalid_training_file",
+                param="training_file",
+            )
 
     train_rows = _rows(spec.method, records, spec.seed)
     valid_rows = _rows(spec.method, valid_data.records, spec.seed) if valid_data is not None else None
