@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import chat, errors, estimates, files, jobs, models, pause, uploads
 from api.context import AppContext
 from tunery import ids
+from tunery.metrics import CONTENT_TYPE, HTTPMetricsMiddleware
 
 
 class RequestIdMiddleware:
@@ -61,5 +62,12 @@ def create_app(ctx: AppContext) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    if ctx.settings.metrics_enabled:
+        # Prometheus scrapes it without an API key: aggregate counts only, routes as templates (docs/metrics.md).
+        @app.get("/metrics", include_in_schema=False)
+        def prometheus() -> Response:
+            return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+        app.add_middleware(HTTPMetricsMiddleware, metrics=ctx.metrics)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 
 from tunery.db import Database
+from tunery.metrics import Metrics
 from tunery.settings import Settings
 from tunery.storage import ObjectStore
 
@@ -24,6 +25,7 @@ class AppContext:
     engine: ChatEngine | None = None
     # Called after a change the scheduler should act on at once (new job, cancel).
     wake_scheduler: Callable[[], None] = field(default=lambda: None)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,12 @@ class Backend(ABC):
         """GPUs one run takes (counted against TUNERY_PROJECT_GPU_QUOTA)."""
         return 0
 
+    def sweep(self, active: set[str]) -> int:
+        """Remove what finished runs left behind, never touching the runs in ``active`` (the handles still
+        recorded on jobs, whose end the scheduler has not taken in yet); returns how many runs were swept. Local
+        processes leave nothing."""
+        return 0
+
 
 class LocalProcessBackend(Backend):
     def __init__(self, python: str, grace_seconds: float = 5.0, env: dict[str, str] | None = None):

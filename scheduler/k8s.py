@@ -21,6 +21,7 @@ import string
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -481,6 +482,32 @@ class KubernetesBackend(Backend):
             if e.status != 404:
                 raise
 
+    def sweep(self, active: set[str]) -> int:
+        """Delete the Jobs (with their pods) of runs that finished over TUNERY_K8S_FINISHED_JOB_TTL_SECONDS ago.
+        The scheduler does this itself rather than through ``ttlSecondsAfterFinished``, which 1.20 servers drop,
+        and never deletes a Job whose run is still recorded on a job (its outcome not taken in yet)."""
+        ttl = self.settings.k8s_finished_job_ttl_seconds
+        if ttl < 0:
+            return 0
+        swept = 0
+        at = datetime.now(UTC)
+        for name, job in self._snapshot().jobs.items():
+            if job.metadata.deletion_timestamp is not None or make_handle(self.namespace, name) in active:
+                continue
+            finished = finished_at(job)
+            if finished is not None and (at - finished).total_seconds() >= ttl:
+                log.info(
+                    "deleting the finished Job %s/%s (TUNERY_K8S_FINISHED_JOB_TTL_SECONDS=%d)",
+                    self.namespace,
+                    name,
+                    ttl,
+                )
+                self._delete(name)
+                swept += 1
+                with self._lock:
+                    self._seen_pods.pop(name, None)
+        return swept
+
     def adopt(self, job_id: str, handle: str | None) -> str | None:
         """The run of ``job_id`` left by an earlier scheduler process: its handle if its Job still exists."""
         snap = self._snapshot(force=True)
@@ -505,6 +532,20 @@ class KubernetesBackend(Backend):
     def close(self) -> None:
         """Runs outlive the scheduler: a restarted (or newly elected) scheduler adopts them."""
         self.api.close()
+
+
+def finished_at(job: Any) -> datetime | None:
+    """When a Job completed or failed (None while it runs)."""
+    if job.status is None:
+        return None
+    ended = [
+        c.last_transition_time
+        for c in job.status.conditions or []
+        if c.type in ("Complete", "Failed") and c.status == "True" and c.last_transition_time is not None
+    ]
+    if job.status.completion_time is not None:
+        ended.append(job.status.completion_time)
+    return min(ended) if ended else None
 
 
 def _api_message(e: ApiException) -> str:

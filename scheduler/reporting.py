@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from tunery import ids
 from tunery.db import Checkpoint, Database, File, FineTunedModel, Job
 from tunery.db.ops import TERMINAL, add_event, now
+from tunery.metrics import Metrics
 from tunery.storage import ObjectStore
 from tunery.v1 import reporting_pb2 as pb
 from tunery.v1 import reporting_pb2_grpc as pb_grpc
@@ -68,16 +69,24 @@ def servable_model(job: Job, name: str, kind: str, prefix: str) -> FineTunedMode
 
 
 class ReportingService(pb_grpc.TrainerReportingServicer):
-    def __init__(self, db: Database, store: ObjectStore, on_change: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        db: Database,
+        store: ObjectStore,
+        on_change: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
+    ):
         self.db = db
         self.store = store
         self.on_change = on_change
+        self.metrics = metrics or Metrics()
 
     # Every call runs in one transaction on the job named by the run, after the token check.
     def _with_job(
-        self, run: pb.RunRef, context: grpc.ServicerContext, fn: Callable[[Session, Job], None]
+        self, kind: str, run: pb.RunRef, context: grpc.ServicerContext, fn: Callable[[Session, Job], None]
     ) -> pb.ReportReply:
         """Apply a report to its job in one transaction, after checking the run token."""
+        self.metrics.trainer_reports.labels(kind).inc()
 
         def apply(s: Session) -> pb.ReportReply | None:
             job = s.scalar(select(Job).where(Job.id == run.job_id))
@@ -110,7 +119,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                 },
             )
 
-        return self._with_job(request.run, context, apply)
+        return self._with_job("started", request.run, context, apply)
 
     def Metrics(self, request: pb.MetricsRequest, context: grpc.ServicerContext) -> pb.ReportReply:
         m = request.metrics
@@ -124,7 +133,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                 per_step = (time.time() - job.started_at) / m.step
                 job.estimated_finish = int(time.time() + per_step * (m.total_steps - m.step))
 
-        return self._with_job(request.run, context, apply)
+        return self._with_job("metrics", request.run, context, apply)
 
     def Event(self, request: pb.EventRequest, context: grpc.ServicerContext) -> pb.ReportReply:
         level = request.level if request.level in ("info", "warn", "error") else "info"
@@ -133,7 +142,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
         def apply(s: Session, job: Job) -> None:
             add_event(s, job.id, request.message, level=level, data=data)
 
-        return self._with_job(request.run, context, apply)
+        return self._with_job("event", request.run, context, apply)
 
     def Checkpoint(self, request: pb.CheckpointRequest, context: grpc.ServicerContext) -> pb.ReportReply:
         def apply(s: Session, job: Job) -> None:
@@ -155,10 +164,13 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
             s.add(servable_model(job, name, "checkpoint", request.object_prefix))
             add_event(s, job.id, f"Checkpoint created at step {request.step}", data={"step": request.step})
 
-        return self._with_job(request.run, context, apply)
+        return self._with_job("checkpoint", request.run, context, apply)
 
     def Finished(self, request: pb.FinishedRequest, context: grpc.ServicerContext) -> pb.ReportReply:
+        done: list[int] = []  # the trained tokens of the job it made succeed (once, however often it is retried)
+
         def apply(s: Session, job: Job) -> None:
+            done.clear()
             job.finished_at = now()
             job.estimated_finish = None
             job.run_token = None
@@ -192,10 +204,13 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
             s.add(servable_model(job, job.fine_tuned_model, "fine_tuned", request.model_prefix))
             job.trained_tokens = int(request.trained_tokens)
             job.status = "succeeded"
+            done.append(job.trained_tokens)
             add_event(s, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
             add_event(s, job.id, "The job has successfully completed")
 
-        reply = self._with_job(request.run, context, apply)
+        reply = self._with_job("finished", request.run, context, apply)
+        if done:
+            self.metrics.trained_tokens.inc(done[0])
         self.on_change()
         return reply
 

@@ -57,6 +57,7 @@ from tunery.jobspec import (
     TrainingMethod,
     mix_count,
 )
+from tunery.metrics import Metrics
 from tunery.resume import latest_state
 from tunery.settings import Settings
 from tunery.storage import ObjectNotFound, ObjectStore
@@ -72,6 +73,7 @@ OWNED = ("validating_files", "running")
 # Validation workers of one replica (whole files are read on them, beside the loop).
 VALIDATION_WORKERS = 2
 LAUNCHES_PER_PASS = 32  # jobs a backend that queues its own runs (Kubernetes) is given in one scheduler pass
+SWEEP_SECONDS = 10.0  # how often the backend removes what finished runs left behind (scheduler.k8s: Jobs past TTL)
 
 
 class Scheduler:
@@ -84,9 +86,11 @@ class Scheduler:
         reporting_address: str,
         log_dir: Path,
         leader: LeaderElector | None = None,
+        metrics: Metrics | None = None,
     ):
         self.settings = settings
         self.leader = leader
+        self.metrics = metrics or Metrics()
         self.db = db
         self.store = store
         self.backend = backend
@@ -104,6 +108,7 @@ class Scheduler:
         self.replica_id = settings.resolved_scheduler_replica_id
         self.lease_seconds = settings.scheduler_lease_seconds
         self._last_heartbeat = float("-inf")
+        self._last_sweep = float("-inf")
 
     # Lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,17 +142,25 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 if self._may_work():
-                    self.tick()
+                    with self.metrics.pass_seconds.time():
+                        self.tick()
             except Exception:
                 log.exception("scheduler tick failed")
             self._wake.wait(self.settings.scheduler_poll_seconds)
             self._wake.clear()
 
+    def is_leading(self) -> bool:
+        """Whether this replica launches and watches runs: always without leader election, else while it holds
+        the Lease."""
+        return self.leader is None or self.leader.is_leader()
+
     def _may_work(self) -> bool:
         """Without leader election, always; with it, only while this replica holds the Lease. A replica that
         becomes the leader first recovers (adopts the runs of the previous leader)."""
         if self.leader is None:
+            self.metrics.leader.set(1)
             return True
+        self.metrics.leader.set(1 if self.leader.is_leader() else 0)
         if not self.leader.is_leader():
             if self._leading:
                 log.warning("lost the scheduler lease: not launching or watching runs")
@@ -169,6 +182,21 @@ class Scheduler:
         self.validate_pending()
         self.launch_queued()
         sweep_expired_uploads(self.db, self.store)
+        self.sweep_finished_runs()
+
+    def sweep_finished_runs(self, force: bool = False) -> None:
+        """Let the backend remove what finished runs left behind (Kubernetes: Jobs past their TTL), at most every
+        SWEEP_SECONDS. Runs still recorded on any job are spared: their end has not been taken in yet."""
+        t = time.monotonic()
+        if not force and t - self._last_sweep < SWEEP_SECONDS:
+            return
+        self._last_sweep = t
+        with self.db.session() as s:
+            active = {h for h in s.scalars(select(Job.run_handle).where(Job.run_handle.is_not(None))) if h}
+        try:
+            self.metrics.runs_swept.inc(self.backend.sweep(active))
+        except Exception:
+            log.warning("could not sweep finished runs", exc_info=True)
 
     # Claims --------------------------------------------------------------------------------------
     def _claim(self, row: Job | File) -> None:
@@ -385,6 +413,7 @@ class Scheduler:
         where = f"checkpoint step {state.step}" if state is not None else "the beginning (no complete checkpoint)"
         data = {"exit_code": st.exit_code, "resume_step": state.step if state else None}
         if st.exit_code == EXIT_PREEMPTED and not st.crashed:
+            self.metrics.run_restarts.labels("preemption").inc()
             self._requeue(job)
             add_event(s, job.id, f"The trainer was preempted and saved its state; resuming from {where}", data=data)
             return
@@ -399,6 +428,7 @@ class Scheduler:
             self._fail_run(s, job, dataclasses.replace(st, error=message))
             return
         job.crash_restarts += 1
+        self.metrics.run_restarts.labels("crash").inc()
         self._requeue(job)
         add_event(
             s,
@@ -468,6 +498,7 @@ class Scheduler:
             return VALIDATION_WORKERS - len(self._busy)
 
     def _validate_file(self, file_id: str, key: str) -> None:
+        started = time.monotonic()
         try:
             model = self.settings.validation_model_path()
             max_len = hyperparams.DEFAULT_MAX_SEQ_LENGTH if model else None
@@ -487,13 +518,13 @@ class Scheduler:
         if not report.get("internal"):
             self.store.put_bytes(report_key(file_id), json.dumps(report).encode())
 
-        def record(s: Session) -> None:
+        def record(s: Session) -> int | None:
             f = s.scalar(select(File).where(File.id == file_id))
             if f is None:
                 self.store.delete(report_key(file_id))
-                return
+                return None
             if f.status != "uploaded":
-                return  # validated by another replica meanwhile (this one's claim had lapsed)
+                return None  # validated by another replica meanwhile (this one's claim had lapsed)
             self._release(f)
             f.status = report["status"]
             f.status_details = (
@@ -501,8 +532,13 @@ class Scheduler:
                 if report.get("internal")
                 else status_details(report)
             )
+            return int(f.bytes or 0)
 
-        self.db.transaction(record)
+        size = self.db.transaction(record)
+        if size is not None:
+            self.metrics.validations.labels(report["status"]).inc()
+            self.metrics.validated_bytes.inc(size)
+            self.metrics.validation_seconds.observe(time.monotonic() - started)
 
     def validate_pending(self) -> None:
         """Jobs whose files are to be checked: claim as many as there are free validation workers."""
@@ -919,6 +955,8 @@ class Scheduler:
 
         if not self.db.transaction(record):
             self.backend.cancel(handle)
+            return
+        self.metrics.runs_started.inc()
 
     # Trainer logs ------------------------------------------------------------------------------
     def log_path(self, job_id: str) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from scheduler.k8s import LABEL_JOB, LABEL_RUN, job_manifest
+from scheduler.k8s import LABEL_JOB, LABEL_RUN, KubernetesBackend, job_manifest, make_handle
 from tests.conftest import TINY, chat_lines, free_port
 from tests.kube.fixtures import kube_api, kube_cluster, kube_namespace, kubelet  # noqa: F401 - fixtures
 from tunery.settings import Settings
@@ -123,6 +123,18 @@ def test_job_trains_through_a_kubernetes_job(k8s_server, kube_api, kube_namespac
         env["AWS_SECRET_ACCESS_KEY"] == "s3" and env["TUNERY_JOB_ID"] == job.id and env["POD_NAME"] == pod.metadata.name
     )
 
+    # The finished Job stays for TUNERY_K8S_FINISHED_JOB_TTL_SECONDS (an hour by default), then goes with its pod.
+    # A Job whose run is still recorded on a job (its outcome not taken in yet) is never swept.
+    hour = KubernetesBackend(Settings(k8s_namespace=kube_namespace), api=kube_api)
+    hour.sweep(set())
+    now = KubernetesBackend(Settings(k8s_namespace=kube_namespace, k8s_finished_job_ttl_seconds=0), api=kube_api)
+    now.sweep({make_handle(kube_namespace, kjob.metadata.name)})
+    assert [j.metadata.uid for j in _jobs(kube_api, kube_namespace)] == [kjob.metadata.uid]
+    now.sweep(set())
+    _wait(lambda: not _jobs(kube_api, kube_namespace) and not _pods(kube_api, kube_namespace), 60,
+          lambda: _state(kube_api, kube_namespace))  # fmt: skip
+    assert srv.client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+
 
 def test_cancel_deletes_the_job_and_its_pods(k8s_server, kube_api, kube_namespace, kubelet):  # noqa: F811
     srv = k8s_server()
@@ -223,7 +235,7 @@ def test_deleted_pod_is_a_crash(k8s_server, kube_api, kube_namespace):  # noqa: 
 def test_killed_pod_resumes_from_its_checkpoint(k8s_server, kube_api, kube_namespace, kubelet):  # noqa: F811
     from tunery.resume import latest_state
 
-    srv = k8s_server()
+    srv = k8s_server(k8s_finished_job_ttl_seconds=0)  # finished Jobs are deleted as soon as they are taken in
     f = srv.client.files.create(file=("train.jsonl", chat_lines(12)), purpose="fine-tune")
     job = srv.client.fine_tuning.jobs.create(
         model=TINY, training_file=f.id, hyperparameters={"n_epochs": 3, "batch_size": 1}
@@ -240,6 +252,13 @@ def test_killed_pod_resumes_from_its_checkpoint(k8s_server, kube_api, kube_names
     assert "(exit code 137); restarting from checkpoint step" in restart, restart
     assert restart.endswith("(attempt 2 of 4)"), restart
     assert any(m.startswith("Resuming from the checkpoint at step") for m in events), events
+    # The scheduler's sweep deleted the finished Job and its pod; the job keeps its outcome.
+    _wait(lambda: not _jobs(kube_api, kube_namespace) and not _pods(kube_api, kube_namespace), 60,
+          lambda: _state(kube_api, kube_namespace))  # fmt: skip
+    assert srv.client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+    metrics = srv.http.get("/metrics").text
+    assert 'tunery_scheduler_run_restarts_total{reason="crash"} 1.0' in metrics
+    assert "tunery_scheduler_runs_started_total 2.0" in metrics and "tunery_scheduler_runs_swept_total 1.0" in metrics
 
 
 def test_restarted_scheduler_adopts_the_running_job(k8s_server, kube_api, kube_namespace, tmp_path):  # noqa: F811

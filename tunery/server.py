@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from tunery.db import Database
+from tunery.metrics import CONTENT_TYPE, Metrics
 from tunery.settings import DEMO_MODEL, Settings
 from tunery.storage import open_store, store_environment
 
@@ -90,6 +91,7 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
         raise
     store = open_store(settings.resolved_object_store, settings)
     store.check()  # a missing bucket or bad credentials stop the start with a clear message
+    metrics = Metrics()
 
     holder: dict[str, Scheduler] = {}
 
@@ -99,7 +101,9 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
 
     reporting = None
     if role in ("all", "scheduler"):
-        reporting = ReportingServer(ReportingService(db, store, on_change=wake), settings.grpc_host, settings.grpc_port)
+        reporting = ReportingServer(
+            ReportingService(db, store, on_change=wake, metrics=metrics), settings.grpc_host, settings.grpc_port
+        )
         scheduler = Scheduler(
             settings,
             db,
@@ -108,11 +112,14 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
             settings.grpc_advertise_address or reporting.address,
             Path(settings.data_dir) / "logs",
             leader=make_leader(settings),
+            metrics=metrics,
         )
         holder["s"] = scheduler
+        # The metadata store's state (jobs by status, queue age) comes from the process that schedules: the leader.
+        metrics.watch_state(db, scheduler.is_leading)
 
     if role == "scheduler":
-        app = health_app(holder["s"])
+        app = health_app(holder["s"], metrics if settings.metrics_enabled else None)
     else:
         from api.app import create_app
         from api.context import AppContext
@@ -124,7 +131,9 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
             device=settings.trainer_device,
             max_new_tokens=settings.serving_max_new_tokens,
         )
-        app = create_app(AppContext(settings=settings, db=db, store=store, engine=engine, wake_scheduler=wake))
+        app = create_app(
+            AppContext(settings=settings, db=db, store=store, engine=engine, wake_scheduler=wake, metrics=metrics)
+        )
 
     if reporting is not None:
         reporting.start()
@@ -141,16 +150,22 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
     return app, shutdown
 
 
-def health_app(scheduler):  # type: ignore[no-untyped-def]
-    """The scheduler role's HTTP side: ``/healthz`` (liveness/readiness) and whether this replica leads."""
-    from fastapi import FastAPI
+def health_app(scheduler, metrics: Metrics | None):  # type: ignore[no-untyped-def]
+    """The scheduler role's HTTP side: ``/healthz`` (liveness/readiness) and whether this replica leads, and
+    ``/metrics`` unless TUNERY_METRICS_ENABLED is off."""
+    from fastapi import FastAPI, Response
 
     app = FastAPI(title="Tunery scheduler", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.get("/healthz")
     def healthz() -> dict[str, object]:
-        leader = scheduler.leader
-        return {"status": "ok", "leader": leader.is_leader() if leader is not None else True}
+        return {"status": "ok", "leader": scheduler.is_leading()}
+
+    if metrics is not None:
+
+        @app.get("/metrics")
+        def prometheus() -> Response:
+            return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
 

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("tunery-data"))
     host: str = "127.0.0.1"
     port: int = 8000
+    # GET /metrics (Prometheus text format) on the API and the scheduler's HTTP port, without an API key.
+    metrics_enabled: bool = True
 
     # Metadata store: SQLAlchemy URL; empty means SQLite under the data dir.
     database_url: str = ""
@@ -117,6 +119,8 @@ class Settings(BaseSettings):
     k8s_cpu_request: str = ""
     k8s_memory_request: str = ""
     k8s_trainer_command: list[str] = Field(default_factory=lambda: ["python", "-m", "trainer"])
+    # Finished trainer Jobs (and their pods) are deleted this long after they finish; -1 keeps them.
+    k8s_finished_job_ttl_seconds: int = Field(default=3600, ge=-1)
 
     # PostgreSQL metadata store and several scheduler replicas on it.
     # Connection pool of each process (API threads, scheduler and reporting share it); not used for SQLite.
