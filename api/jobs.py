@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -385,10 +386,23 @@ def retrieve_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = De
         return job_object(get_job(s, t, job_id))
 
 
+def change_job(ctx: AppContext, t: Tenant, job_id: str, change: Callable[[Session, Job], None]) -> dict:
+    """Apply ``change`` (cancel, pause, resume) to one of the tenant's jobs in one transaction, wake the scheduler
+    to act on it, and answer the job object."""
+
+    def apply(s: Session) -> dict:
+        job = get_job(s, t, job_id)
+        change(s, job)
+        return job_object(job)
+
+    out = ctx.db.transaction(apply)
+    ctx.wake_scheduler()
+    return out
+
+
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
-    def cancel(s: Session) -> dict:
-        job = get_job(s, t, job_id)
+    def cancel(s: Session, job: Job) -> None:
         if job.status in TERMINAL:
             raise bad_request(
                 f"Job {job_id} has already {'been cancelled' if job.status == 'cancelled' else job.status}.",
@@ -400,11 +414,8 @@ def cancel_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depe
         job.finished_at = now()
         job.estimated_finish = None
         add_event(s, job.id, "Fine-tuning job cancelled")
-        return job_object(job)
 
-    out = ctx.db.transaction(cancel)
-    ctx.wake_scheduler()
-    return out
+    return change_job(ctx, t, job_id, cancel)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import bad_request
-from api.jobs import get_job
-from api.objects import job_object
+from api.jobs import change_job
+from tunery.db import Job
 from tunery.db.ops import add_event
 
 router = APIRouter()
@@ -23,8 +23,7 @@ router = APIRouter()
 
 @router.post("/fine_tuning/jobs/{job_id}/pause")
 def pause_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
-    def pause(s: Session) -> dict:
-        job = get_job(s, t, job_id)
+    def pause(s: Session, job: Job) -> None:
         if job.status != "running":
             raise bad_request(
                 f"Job {job_id} is {job.status}; only a running job can be paused.",
@@ -35,17 +34,13 @@ def pause_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depen
         job.pause_requested = True
         job.estimated_finish = None
         add_event(s, job.id, "Pausing fine-tuning job: the trainer saves its state at the next step and stops")
-        return job_object(job)
 
-    out = ctx.db.transaction(pause)
-    ctx.wake_scheduler()
-    return out
+    return change_job(ctx, t, job_id, pause)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/resume")
 def resume_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
-    def resume(s: Session) -> dict:
-        job = get_job(s, t, job_id)
+    def resume(s: Session, job: Job) -> None:
         if job.status != "paused":
             raise bad_request(
                 f"Job {job_id} is {job.status}; only a paused job can be resumed.",
@@ -59,8 +54,5 @@ def resume_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depe
             job.pause_requested = False
             job.run_token = None
         add_event(s, job.id, "Fine-tuning job resumed: queued to continue from its last checkpoint")
-        return job_object(job)
 
-    out = ctx.db.transaction(resume)
-    ctx.wake_scheduler()
-    return out
+    return change_job(ctx, t, job_id, resume)

@@ -15,8 +15,6 @@ model's chat template (prompt with the generation prompt; prompt + reply for eac
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import random
@@ -31,18 +29,14 @@ from tunery.jobspec import DataFile, JobSpec
 from tunery.storage import ObjectStore
 
 from .chat import ChatTokenizer
-from .checkpoint import model_prefix
 from .errors import TrainerError
 from .reporter import Reporter
-from .resume import drop_states, make_state_callback, prepare_resume
+from .resume import make_state_callback, prepare_resume
 from .run import (
-    RESULTS_HEADER,
     DeviceChoice,
     RunResult,
-    StepRow,
     StopSignal,
     TrainingRun,
-    _cell,
     load_base_model,
     lora_config,
     make_callback,
@@ -294,28 +288,12 @@ def method_metric_name(key: str) -> str | None:
     return None
 
 
-def results_csv(rows: list[StepRow]) -> str:
-    """OpenAI's five columns (train_accuracy: the preferred replies' token accuracy), then the reward figures."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*RESULTS_HEADER, *RESULTS_EXTRA])
-    for r in rows:
-        writer.writerow(
-            [
-                r.step,
-                _cell(r.train_loss),
-                _cell(r.train_mean_token_accuracy),
-                _cell(r.valid_loss),
-                _cell(r.valid_mean_token_accuracy),
-                *(_cell(r.extra.get(name)) for name in RESULTS_EXTRA),
-            ]
-        )
-    return out.getvalue()
-
-
 # ---- the run -------------------------------------------------------------------------------------------------
 class PreferenceRun(TrainingRun):
-    """A TrainingRun whose data are preference pairs and whose steps also report the method's figures."""
+    """A TrainingRun whose data are preference pairs and whose steps also report the method's figures (the reward
+    figures also go to the results file; train_accuracy there is the preferred replies' token accuracy)."""
+
+    results_extra = RESULTS_EXTRA
 
     def method_metrics(self, logs: dict[str, Any]) -> dict[str, float]:
         out = {}
@@ -328,21 +306,11 @@ class PreferenceRun(TrainingRun):
     def read_preferences(self) -> tuple[PreferenceRead, PreferenceRead | None]:
         spec = self.spec
         train = read_preference_file(self.store, spec.training_file, "training_file")
-        self.data_sha256["training_file"] = {
-            "file_id": spec.training_file.file_id,
-            "key": spec.training_file.key,
-            "sha256": train.sha256,
-            "examples": len(train.records),
-        }
+        self.record_file("training_file", spec.training_file, train.sha256, len(train.records))
         valid = None
         if spec.validation_file is not None:
             valid = read_preference_file(self.store, spec.validation_file, "validation_file")
-            self.data_sha256["validation_file"] = {
-                "file_id": spec.validation_file.file_id,
-                "key": spec.validation_file.key,
-                "sha256": valid.sha256,
-                "examples": len(valid.records),
-            }
+            self.record_file("validation_file", spec.validation_file, valid.sha256, len(valid.records))
         log.info(
             "data: training %d preference pairs (sha256 %s)%s",
             len(train.records),
@@ -451,24 +419,7 @@ def run_preference(spec: JobSpec, reporter: Reporter, stop: StopSignal) -> RunRe
             {**hp.model_dump(), "method": spec.method, "beta": args.beta},
         )
         stop.check()
-        t_train = time.monotonic()
-        stop.in_training = True
-        try:
-            r.trainer.train(resume_from_checkpoint=resume_dir)
-        finally:
-            stop.in_training = False
-        train_seconds = time.monotonic() - t_train
-        stop.check()
-        if r.epochs_done != hp.n_epochs or len(r.rows) != r.total_steps:
-            raise TrainerError(
-                f"training ended after {len(r.rows)} of {r.total_steps} steps ({r.epochs_done} of {hp.n_epochs} epochs)"
-            )
-        last = r.rows[-1]
-        final_prefix = model_prefix(spec.output_prefix)
-        r.save_adapter(final_prefix, last.step, float(hp.n_epochs), last)
-        results_key = f"{spec.output_prefix.rstrip('/')}/results.csv"
-        r.store.put_bytes(results_key, results_csv(r.rows).encode())
-        drop_states(r)
+        train_seconds, final_prefix, results_key = r.train_to_end(resume_dir)
 
     log.info("done: %d %s steps in %.1fs, final model -> %s", len(r.rows), spec.method, train_seconds, final_prefix)
     return RunResult(

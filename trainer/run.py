@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -401,10 +402,11 @@ def _cell(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def results_csv(rows: list[StepRow]) -> str:
+def results_csv(rows: list[StepRow], extra: Sequence[str] = ()) -> str:
+    """OpenAI's five columns, then the method's own figures named in ``extra`` (from each row's ``extra``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(RESULTS_HEADER)
+    writer.writerow([*RESULTS_HEADER, *extra])
     for r in rows:
         writer.writerow(
             [
@@ -413,6 +415,7 @@ def results_csv(rows: list[StepRow]) -> str:
                 _cell(r.train_mean_token_accuracy),
                 _cell(r.valid_loss),
                 _cell(r.valid_mean_token_accuracy),
+                *(_cell(r.extra.get(name)) for name in extra),
             ]
         )
     return out.getvalue()
@@ -451,6 +454,8 @@ class RunResult:
 class TrainingRun:
     """State shared by the driver (:func:`run`) and the callback inside the TRL training loop."""
 
+    results_extra: tuple[str, ...] = ()  # the method's figures written to results.csv after OpenAI's five columns
+
     def __init__(self, spec: JobSpec, reporter: Reporter, stop: StopSignal, store: ObjectStore | None = None):
         self.spec = spec
         self.reporter = reporter
@@ -487,33 +492,27 @@ class TrainingRun:
         self.reporter.event("warn", message, data)
 
     # -- the steps of a run
+    def record_file(self, name: str, data_file: DataFile, sha256: str, examples: int) -> None:
+        """What a data file was when it was read, for the manifest (``training_file``, ``validation_file``, ...)."""
+        self.data_sha256[name] = {
+            "file_id": data_file.file_id,
+            "key": data_file.key,
+            "sha256": sha256,
+            "examples": examples,
+        }
+
     def read_data(self) -> tuple[DataFileRead, DataFileRead | None]:
         spec = self.spec
         train = read_chat_file(self.store, spec.training_file, "training_file")
-        self.data_sha256["training_file"] = {
-            "file_id": spec.training_file.file_id,
-            "key": spec.training_file.key,
-            "sha256": train.sha256,
-            "examples": len(train.records),
-        }
+        self.record_file("training_file", spec.training_file, train.sha256, len(train.records))
         valid = None
         if spec.validation_file is not None:
             valid = read_chat_file(self.store, spec.validation_file, "validation_file")
-            self.data_sha256["validation_file"] = {
-                "file_id": spec.validation_file.file_id,
-                "key": spec.validation_file.key,
-                "sha256": valid.sha256,
-                "examples": len(valid.records),
-            }
+            self.record_file("validation_file", spec.validation_file, valid.sha256, len(valid.records))
         mix = spec.data.mix if spec.data is not None else None
         if mix is not None:
             self.mix_data = read_chat_file(self.store, mix.file, MIX_PARAM)
-            self.data_sha256["mix_file"] = {
-                "file_id": mix.file.file_id,
-                "key": mix.file.key,
-                "sha256": self.mix_data.sha256,
-                "examples": len(self.mix_data.records),
-            }
+            self.record_file("mix_file", mix.file, self.mix_data.sha256, len(self.mix_data.records))
         log.info(
             "data: training %d examples (sha256 %s)%s",
             len(train.records),
@@ -643,12 +642,8 @@ class TrainingRun:
             "metrics": metrics,
         }
 
-    def save_adapter(
-        self, prefix: str, step: int, epoch: float, row: StepRow | None, best: bool = False, final: bool = False
-    ) -> None:
+    def save_adapter(self, prefix: str, step: int, epoch: float, row: StepRow | None, best: bool = False) -> None:
         manifest = self.manifest(step, epoch, row.summary() if row else {}, best=best)
-        if final:
-            manifest["best"] = False  # the final model is not a checkpoint; best_checkpoint names the best one
         written = upload_checkpoint(
             self.store,
             prefix,
@@ -660,6 +655,33 @@ class TrainingRun:
         )
         if best:
             self.best_manifest = written
+
+    def train_to_end(self, resume_dir: str | None) -> tuple[float, str, str]:
+        """Train (from ``resume_dir`` when resuming), check that every step ran, save the final model (its manifest
+        never ``best``: best_checkpoint names the best checkpoint) and the results file, and drop the resume
+        states. Returns the training seconds, the final model's prefix and the results file's key."""
+        spec, stop = self.spec, self.stop
+        hp = spec.hyperparameters
+        started = time.monotonic()
+        stop.in_training = True
+        try:
+            self.trainer.train(resume_from_checkpoint=resume_dir)
+        finally:
+            stop.in_training = False
+        train_seconds = time.monotonic() - started
+        stop.check()
+        if self.epochs_done != hp.n_epochs or len(self.rows) != self.total_steps:
+            raise TrainerError(
+                f"training ended after {len(self.rows)} of {self.total_steps} steps "
+                f"({self.epochs_done} of {hp.n_epochs} epochs)"
+            )
+        last = self.rows[-1]
+        final_prefix = model_prefix(spec.output_prefix)
+        self.save_adapter(final_prefix, last.step, float(hp.n_epochs), last)
+        results_key = f"{spec.output_prefix.rstrip('/')}/results.csv"
+        self.store.put_bytes(results_key, results_csv(self.rows, self.results_extra).encode())
+        drop_states(self)
+        return train_seconds, final_prefix, results_key
 
     def is_new_best(self, row: StepRow | None) -> bool:
         """Whether ``row`` has the lowest validation loss so far (NaN never is)."""
@@ -874,24 +896,7 @@ def run(spec: JobSpec, reporter: Reporter, stop: StopSignal | None = None) -> Ru
         reporter.started(r.total_steps, len(train.examples), r.tokens_per_epoch, hp.model_dump())
         stop.check()
         log.info("training: %d steps", r.total_steps)
-        t_train = time.monotonic()
-        stop.in_training = True
-        try:
-            r.trainer.train(resume_from_checkpoint=resume_dir)
-        finally:
-            stop.in_training = False
-        train_seconds = time.monotonic() - t_train
-        stop.check()
-        if r.epochs_done != hp.n_epochs or len(r.rows) != r.total_steps:
-            raise TrainerError(
-                f"training ended after {len(r.rows)} of {r.total_steps} steps ({r.epochs_done} of {hp.n_epochs} epochs)"
-            )
-        last = r.rows[-1]
-        final_prefix = model_prefix(spec.output_prefix)
-        r.save_adapter(final_prefix, last.step, float(hp.n_epochs), last, final=True)
-        results_key = f"{spec.output_prefix.rstrip('/')}/results.csv"
-        r.store.put_bytes(results_key, results_csv(r.rows).encode())
-        drop_states(r)
+        train_seconds, final_prefix, results_key = r.train_to_end(resume_dir)
 
     total_tokens = sum(row.tokens or 0 for row in r.rows)
     log.info(

@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 MIN_EXAMPLES = 10
 # Defaults of TUNERY_MAX_LINE_BYTES and TUNERY_MAX_LINES: one example (images included) and one file.
@@ -600,6 +600,58 @@ def iter_lines(chunks: Iterable[bytes], max_line_bytes: int = MAX_LINE_BYTES) ->
         yield n + 1, buf
 
 
+class LineSink(Protocol):
+    """Where :func:`json_lines` reports: a parse result or a file scan."""
+
+    n_lines: int
+
+    def add_error(self, err: LineError) -> None: ...
+
+
+def json_lines(
+    lines: Iterable[tuple[int, bytes | None]],
+    sink: LineSink,
+    *,
+    max_line_bytes: int,
+    max_lines: int | None,
+    trailing_blank: list[int] | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """The JSON value of each line of ``lines`` (from :func:`iter_lines`), with its number. The line rules shared
+    by the parser and the validation scan: a line past ``max_lines`` (reading stops there), longer than
+    ``max_line_bytes``, blank with a line after it, not UTF-8 or not JSON is reported to ``sink.add_error``;
+    ``sink.n_lines`` follows the lines read. Blank lines still pending at the end (trailing blank lines are no
+    error) are left in ``trailing_blank``."""
+    pending = trailing_blank if trailing_blank is not None else []
+    for n, raw in lines:
+        if max_lines is not None and n > max_lines:
+            sink.add_error(LineError(n, f"the file has more than {max_lines} lines (the limit)"))
+            break
+        sink.n_lines = n
+        if raw is None:
+            for b in pending:
+                sink.add_error(LineError(b, "blank line"))
+            pending.clear()
+            sink.add_error(LineError(n, f"line is longer than {max_line_bytes} bytes (the limit)"))
+            continue
+        if not raw.strip():
+            pending.append(n)
+            continue
+        for b in pending:
+            sink.add_error(LineError(b, "blank line"))
+        pending.clear()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            sink.add_error(LineError(n, "line is not valid UTF-8"))
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            sink.add_error(LineError(n, f"invalid JSON: {e.msg} (column {e.colno})"))
+            continue
+        yield n, obj
+
+
 def parse_jsonl(
     chunks: Iterable[bytes],
     keep_records: bool = True,
@@ -613,34 +665,8 @@ def parse_jsonl(
     of valid examples is kept (``n_records``).
     """
     result = ParseResult()
-    pending_blank: list[int] = []
-    for n, raw in iter_lines(chunks, max_line_bytes):
-        if n > max_lines:
-            result.add_error(LineError(n, f"the file has more than {max_lines} lines (the limit)"))
-            break
-        result.n_lines = n
-        if raw is None:
-            for b in pending_blank:
-                result.add_error(LineError(b, "blank line"))
-            pending_blank.clear()
-            result.add_error(LineError(n, f"line is longer than {max_line_bytes} bytes (the limit)"))
-            continue
-        if not raw.strip():
-            pending_blank.append(n)
-            continue
-        for b in pending_blank:
-            result.add_error(LineError(b, "blank line"))
-        pending_blank.clear()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            result.add_error(LineError(n, "line is not valid UTF-8"))
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            result.add_error(LineError(n, f"invalid JSON: {e.msg} (column {e.colno})"))
-            continue
+    lines = iter_lines(chunks, max_line_bytes)
+    for n, obj in json_lines(lines, result, max_line_bytes=max_line_bytes, max_lines=max_lines):
         if result.format is None and isinstance(obj, dict):
             seen = detect_format(obj)
             # A line that looks like no format is read as chat, OpenAI's own format ("missing 'messages'").

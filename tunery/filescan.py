@@ -45,6 +45,7 @@ from tunery.data import (
     Record,
     detect_format,
     iter_lines,
+    json_lines,
     parse_line,
 )
 
@@ -246,33 +247,10 @@ def _scan_lines(
     tokens = _Tokens(opts, scan) if opts.model_folder else None
     tok = tokens.tok if tokens else None
     pending_blank: list[int] = []
-    for n, raw in lines:
-        if check_max_lines and n > opts.max_lines:
-            scan.add_error(LineError(n, f"the file has more than {opts.max_lines} lines (the limit)"))
-            break
-        scan.n_lines = n
-        if raw is None:
-            for b in pending_blank:
-                scan.add_error(LineError(b, "blank line"))
-            pending_blank.clear()
-            scan.add_error(LineError(n, f"line is longer than {opts.max_line_bytes} bytes (the limit)"))
-            continue
-        if not raw.strip():
-            pending_blank.append(n)
-            continue
-        for b in pending_blank:
-            scan.add_error(LineError(b, "blank line"))
-        pending_blank.clear()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            scan.add_error(LineError(n, "line is not valid UTF-8"))
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            scan.add_error(LineError(n, f"invalid JSON: {e.msg} (column {e.colno})"))
-            continue
+    max_lines = opts.max_lines if check_max_lines else None
+    for n, obj in json_lines(
+        lines, scan, max_line_bytes=opts.max_line_bytes, max_lines=max_lines, trailing_blank=pending_blank
+    ):
         if scan.format is None and isinstance(obj, dict):
             scan.format = detect_format(obj) or DataFormat.CHAT
         try:
