@@ -1,4 +1,4 @@
-"""What the API needs at hand: settings, the metadata store, the object store, the serving engine."""
+"""What the API needs at hand: settings, the metadata store, the object store, the serving backend."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tunery.settings import Settings
 from tunery.storage import ObjectStore
 
 if TYPE_CHECKING:
-    from serving.engine import ChatEngine
+    from serving.backend import ServingBackend
 
 
 @dataclass
@@ -22,7 +22,7 @@ class AppContext:
     settings: Settings
     db: Database
     store: ObjectStore
-    engine: ChatEngine | None = None
+    serving: ServingBackend | None = None  # None: this role has no serving engine (chat answers 503)
     # Called after a change the scheduler should act on at once (new job, cancel).
     wake_scheduler: Callable[[], None] = field(default=lambda: None)
     metrics: Metrics = field(default_factory=Metrics)

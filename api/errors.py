@@ -56,7 +56,9 @@ def not_found(message: str, param: str | None = "id") -> APIError:
 
 
 def error_response(err: APIError) -> JSONResponse:
-    headers = {"x-should-retry": "false", **err.headers} if err.status < 500 else dict(err.headers)
+    # The SDK retries 408, 409, 429 and 5xx unless told not to; other client errors never succeed on a retry.
+    retryable = err.status >= 500 or err.status == 429
+    headers = dict(err.headers) if retryable else {"x-should-retry": "false", **err.headers}
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 

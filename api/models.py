@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Depends
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import APIError, bad_request
 from api.objects import ft_model_object, model_object
+from serving.engine import ModelRef
 from tunery.db import FineTunedModel
 
 router = APIRouter()
@@ -26,6 +28,16 @@ class ResolvedModel:
     base_name: str
     base_path: str
     adapter_prefix: str | None  # None for a base model
+
+
+def model_ref(model: ResolvedModel) -> ModelRef:
+    """What the serving backend runs for a resolved model."""
+    return ModelRef(
+        base_name=model.base_name,
+        base_path=model.base_path,
+        adapter_name=model.id if model.adapter_prefix else None,
+        adapter_prefix=model.adapter_prefix,
+    )
 
 
 def _created(path: str) -> int:
@@ -87,14 +99,19 @@ def retrieve_model(model: str, ctx: AppContext = Depends(get_ctx), t: Tenant = D
 
 
 @router.delete("/models/{model:path}")
-def delete_model(model: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
+async def delete_model(model: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
     if model in ctx.settings.base_model_paths():
         raise bad_request(f"{model} is a base model; only fine-tuned models can be deleted.", param="model")
-    with ctx.db.session() as s:
-        resolve_model(s, ctx, t, model)
-        row = s.scalar(select(FineTunedModel).where(FineTunedModel.id == model))
-        assert row is not None
-        s.delete(row)
-    if ctx.engine is not None:
-        ctx.engine.unload(model)
+
+    def delete() -> ModelRef:
+        with ctx.db.session() as s:
+            ref = model_ref(resolve_model(s, ctx, t, model))
+            row = s.scalar(select(FineTunedModel).where(FineTunedModel.id == model))
+            assert row is not None
+            s.delete(row)
+            return ref
+
+    ref = await run_in_threadpool(delete)
+    if ctx.serving is not None:  # from then on the model is unknown here (404) and unloaded from the engine
+        await ctx.serving.unload(ref)
     return {"id": model, "object": "model", "deleted": True}

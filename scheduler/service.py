@@ -42,7 +42,7 @@ from scheduler.validation import (
     token_summary,
 )
 from tunery import estimate as estimates
-from tunery import hyperparams, ids
+from tunery import hyperparams, ids, servable
 from tunery.db import Database, File, FineTunedModel, Job
 from tunery.db.ops import TERMINAL, add_event, now
 from tunery.filescan import FileScan, ScanOptions
@@ -685,6 +685,13 @@ class Scheduler:
             if hw_check.error is not None:
                 self._fail_in(s, job, hw_check.error)
                 return
+            if self.settings.serving_backend == "vllm":  # the model must be one vLLM can load (docs/serving.md)
+                problem = servable.training_problem(training, self.settings.vllm_max_lora_rank)
+                if problem is not None:
+                    self._fail_in(
+                        s, job, {"code": "unservable_adapter", "message": problem.message, "param": problem.param}
+                    )
+                    return
             training["precision"] = hw_check.precision
             tunery_ext = {**((job.extensions or {}).get("tunery") or {}), "training": training}
             job.extensions = {**(job.extensions or {}), "tunery": tunery_ext}  # a new dict: JSON is not tracked

@@ -189,7 +189,7 @@ def _pick(logits: Any, params: SamplingParams, rng: Any) -> int:
 class EmbeddedEngine:
     """The embedded ChatEngine: transformers + PEFT in this process, on the CPU or a local GPU."""
 
-    def __init__(self, store: ObjectStore, cache_dir: Path, device: str = "auto", max_new_tokens: int = 512):
+    def __init__(self, store: ObjectStore, cache_dir: Path, device: str = "auto", max_new_tokens: int = 0):
         self.store = store
         self.cache_dir = Path(cache_dir)
         self.device = device
@@ -347,7 +347,8 @@ class EmbeddedEngine:
             return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _budget(self, base: _Base, n_prompt: int, params: SamplingParams) -> int:
-        """How many tokens may be generated: max_tokens (default and cap: max_new_tokens), within the context."""
+        """How many tokens may be generated: max_tokens, within the context. Without max_tokens: up to the context,
+        or ``max_new_tokens`` when that is set (0: no default cap, as OpenAI has none)."""
         ctx = base.context_len
         if n_prompt >= ctx:
             raise EngineError(
@@ -358,7 +359,7 @@ class EmbeddedEngine:
             )
         room = ctx - n_prompt
         if params.max_tokens is None:
-            return min(self.max_new_tokens, room)
+            return min(self.max_new_tokens, room) if self.max_new_tokens else room
         if params.max_tokens > room:
             raise EngineError(
                 f"This model's maximum context length is {ctx} tokens. However, you requested "
@@ -367,7 +368,7 @@ class EmbeddedEngine:
                 "max_tokens",
                 "context_length_exceeded",
             )
-        return min(params.max_tokens, self.max_new_tokens)
+        return params.max_tokens
 
     def _prepare(self, ref: ModelRef, messages: list[dict], params: SamplingParams) -> _Job:
         """Check a request, load what it needs (base model, adapter) and tokenize its prompt."""

@@ -109,14 +109,14 @@ def test_unexpected_error_is_a_clean_500(server):
         def unload(self, name):
             pass
 
-    app_ctx = server.app.state.ctx
-    original, app_ctx.engine = app_ctx.engine, Broken()
+    backend = server.app.state.ctx.serving
+    original, backend.engine = backend.engine, Broken()
     try:
         r = server.http.post(
             "/v1/chat/completions", json={"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}]}
         )
     finally:
-        app_ctx.engine = original
+        backend.engine = original
     assert r.status_code == 500
     validate(r.json(), "ErrorResponse")
     assert r.json()["error"]["type"] == "server_error"

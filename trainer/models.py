@@ -73,8 +73,11 @@ def prepare_demo_model(out: Path) -> Path:
     return convert_gguf(find_demo_gguf(), out)
 
 
-def make_tiny_llama(tokenizer_from: Path, out: Path, seed: int = 0) -> Path:
-    """A random-weight Llama (a few MB) with a real tokenizer and chat template, for fast tests."""
+def make_tiny_llama(tokenizer_from: Path, out: Path, seed: int = 0, head_dim: int = 16) -> Path:
+    """A random-weight Llama (a few MB) with a real tokenizer and chat template, for fast tests.
+
+    ``head_dim=64`` gives one that vLLM's CPU attention accepts (it has no kernel for 16): 2 heads of 64.
+    """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -82,11 +85,11 @@ def make_tiny_llama(tokenizer_from: Path, out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=4 * head_dim if head_dim == 16 else 2 * head_dim,
+        intermediate_size=128 if head_dim == 16 else 4 * head_dim,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=4 if head_dim == 16 else 2,
+        num_key_value_heads=2 if head_dim == 16 else 1,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

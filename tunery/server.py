@@ -7,6 +7,7 @@ torch; the serving engine loads it on the first chat request.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import subprocess
 import sys
@@ -57,6 +58,55 @@ def make_leader(settings: Settings):  # type: ignore[no-untyped-def]
     return LeaderElector(
         api_client(settings), settings.k8s_namespace, lease_seconds=settings.scheduler_leader_lease_seconds
     )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: blocked (sys.modules[module] is None)
+        return False
+
+
+def make_vllm_supervisor(settings: Settings):  # type: ignore[no-untyped-def]
+    """With TUNERY_VLLM_LAUNCH: a started supervisor running one vLLM per base model that no URL names."""
+    if settings.serving_backend != "vllm" or not settings.vllm_launch:
+        return None
+    from serving.supervisor import VLLMSupervisor
+
+    models = {n: p for n, p in settings.base_model_paths().items() if n not in settings.vllm_urls}
+    return VLLMSupervisor(settings, models).start()
+
+
+def make_serving(settings: Settings, store, supervisor=None):  # type: ignore[no-untyped-def]
+    """The serving backend named by TUNERY_SERVING_BACKEND; None when the embedded engine cannot run here (a
+    control-plane image has no torch): chat completions then answer 503 naming the setting."""
+    if settings.serving_backend == "vllm":
+        from serving.vllm import VLLMBackend
+
+        return VLLMBackend(
+            store,
+            url=settings.vllm_url,
+            urls={**(supervisor.urls if supervisor else {}), **settings.vllm_urls},
+            api_key=settings.vllm_api_key.get_secret_value(),
+            max_lora_rank=settings.vllm_max_lora_rank,
+            connect_timeout=settings.vllm_connect_timeout_seconds,
+            read_timeout=settings.vllm_read_timeout_seconds,
+            retry_after=settings.vllm_retry_after_seconds,
+            starting=supervisor.starting if supervisor else None,
+        )
+    if not all(_importable(m) for m in ("torch", "transformers", "peft")):
+        log.warning(
+            "the embedded serving engine needs torch, transformers and peft, which this environment lacks: chat "
+            "completions answer 503 (serve through vLLM: TUNERY_SERVING_BACKEND=vllm, TUNERY_VLLM_URL)"
+        )
+        return None
+    from serving.embedded import EmbeddedBackend
+    from serving.engine import EmbeddedEngine
+
+    engine = EmbeddedEngine(
+        store, settings.model_cache_dir, device=settings.trainer_device, max_new_tokens=settings.serving_max_new_tokens
+    )
+    return EmbeddedBackend(engine, max_queue=settings.serving_max_queue)
 
 
 ROLES = ("all", "api", "scheduler")
@@ -118,21 +168,17 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
         # The metadata store's state (jobs by status, queue age) comes from the process that schedules: the leader.
         metrics.watch_state(db, scheduler.is_leading)
 
+    supervisor = serving = None
     if role == "scheduler":
         app = health_app(holder["s"], metrics if settings.metrics_enabled else None)
     else:
         from api.app import create_app
         from api.context import AppContext
-        from serving.engine import EmbeddedEngine
 
-        engine = EmbeddedEngine(
-            store,
-            settings.model_cache_dir,
-            device=settings.trainer_device,
-            max_new_tokens=settings.serving_max_new_tokens,
-        )
+        supervisor = make_vllm_supervisor(settings)
+        serving = make_serving(settings, store, supervisor)
         app = create_app(
-            AppContext(settings=settings, db=db, store=store, engine=engine, wake_scheduler=wake, metrics=metrics)
+            AppContext(settings=settings, db=db, store=store, serving=serving, wake_scheduler=wake, metrics=metrics)
         )
 
     if reporting is not None:
@@ -141,6 +187,10 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
         holder["s"].start()
 
     def shutdown() -> None:
+        if serving is not None:
+            serving.close()
+        if supervisor is not None:
+            supervisor.stop()
         if "s" in holder:
             holder["s"].stop()
         if reporting is not None:

@@ -80,8 +80,31 @@ class Settings(BaseSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 0
 
-    # Serving (embedded engine).
-    serving_max_new_tokens: int = 512
+    # Serving (docs/serving.md). `embedded`: transformers + PEFT in the API process (needs torch); `vllm`: the API
+    # proxies chat and completions to vLLM servers, which load adapters from the object store (no torch in the API).
+    serving_backend: Literal["embedded", "vllm"] = "embedded"
+    # Longest completion when a request sets no max_tokens; 0: up to the model's context, as OpenAI does.
+    serving_max_new_tokens: int = Field(default=0, ge=0)
+    # Embedded engine: requests waiting for a generation at once (per server); past it a 429 with Retry-After.
+    serving_max_queue: int = Field(default=32, ge=1)
+    # vLLM: the server for every base model not in TUNERY_VLLM_URLS (started with --served-model-name <base name>).
+    vllm_url: str = ""
+    # vLLM: model name -> URL, for several base models, or for a fully fine-tuned ft: model served on its own.
+    vllm_urls: dict[str, str] = Field(default_factory=dict)
+    vllm_api_key: SecretStr = SecretStr("")  # vLLM's --api-key, if it has one
+    # The largest LoRA rank the vLLM servers load (their --max-lora-rank): jobs above it fail validation.
+    vllm_max_lora_rank: int = Field(default=16, ge=1)
+    vllm_connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    # The longest a request may wait for vLLM's answer (a stream: for each chunk).
+    vllm_read_timeout_seconds: float = Field(default=600.0, gt=0)
+    # Retry-After (seconds) of the 503 a client gets while vLLM is down or overloaded.
+    vllm_retry_after_seconds: int = Field(default=5, ge=1)
+    # One box: `tunery serve` starts and supervises one vLLM per base model (needs TUNERY_SERVING_BACKEND=vllm).
+    vllm_launch: bool = False
+    vllm_python: str = ""  # the interpreter that has vLLM installed; empty: this one
+    # Extra arguments of each launched vLLM (JSON list), e.g. ["--max-loras", "8", "--dtype", "bfloat16"].
+    vllm_args: list[str] = Field(default_factory=list)
+    vllm_start_timeout_seconds: float = Field(default=600.0, gt=0)
 
     # S3 object store (TUNERY_OBJECT_STORE=s3://bucket/prefix). Empty endpoint: AWS; empty keys: boto3's
     # default credential chain (instance role, AWS_* variables, ~/.aws).

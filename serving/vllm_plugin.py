@@ -1,0 +1,79 @@
+"""Tunery's LoRA resolver, running inside vLLM: adapters come from the object store, never from a shared disk.
+
+vLLM asks its LoRA resolvers for any model name it does not hold (with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``),
+under a per-name lock, and loads what they return. The API names a fine-tuned model by its adapter's object-store
+prefix (``jobs/ftjob-x/model``, ``jobs/ftjob-x/checkpoints/step-24``); this resolver accepts only names of that
+shape, downloads the adapter's top-level files (safetensors and JSON; never a pickle) from the store into
+``TUNERY_VLLM_ADAPTER_DIR`` (a download lands in a temporary folder and is renamed into place), and hands vLLM that
+folder. vLLM reloads an adapter it evicted from the same folder.
+
+It reads the store from the same variables as the trainer: ``TUNERY_OBJECT_STORE`` (``s3://bucket/prefix`` or a
+folder) and ``TUNERY_S3_*``. Loaded by ``python -m serving.vllm_server`` (or as the ``vllm.general_plugins`` entry
+point ``tunery`` where Tunery is installed into vLLM's environment). Imports only the standard library, vLLM and
+Tunery's storage: it runs in vLLM's environment, not Tunery's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("tunery.vllm_plugin")
+
+RESOLVER_NAME = "tunery"
+# The only names resolved: a job's final model or one of its checkpoints (no "..", no absolute paths).
+ADAPTER_NAME = re.compile(r"jobs/ftjob-[A-Za-z0-9_-]{1,64}/(model|checkpoints/step-[0-9]{1,12})")
+
+
+def adapter_dir() -> Path:
+    return Path(os.environ.get("TUNERY_VLLM_ADAPTER_DIR") or Path.home() / ".cache" / "tunery" / "vllm-adapters")
+
+
+def make_resolver(store: Any, root: Path) -> Any:
+    from vllm.lora.request import LoRARequest
+    from vllm.lora.resolver import LoRAResolver
+
+    from serving.adapters import AdapterCache, is_full_model
+    from serving.errors import AdapterNotFound
+
+    class TuneryResolver(LoRAResolver):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.cache = AdapterCache(store, root)
+
+        async def resolve_lora(self, base_model_name: str, lora_name: str) -> Any:
+            if not ADAPTER_NAME.fullmatch(lora_name):
+                return None
+            try:
+                path = await asyncio.to_thread(self.cache.fetch, lora_name, lora_name + "/")
+            except AdapterNotFound:
+                log.info("no adapter under %s in the object store", lora_name)
+                return None
+            if is_full_model(path):
+                return None
+            log.info("fetched adapter %s from the object store into %s", lora_name, path)
+            # vLLM sets the id; the name it answers to stays the prefix.
+            return LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=str(path))
+
+    return TuneryResolver()
+
+
+def register() -> None:
+    """Register the resolver with vLLM (idempotent; vLLM may call general plugins in several processes)."""
+    from vllm.lora.resolver import LoRAResolverRegistry
+
+    if RESOLVER_NAME in LoRAResolverRegistry.get_supported_resolvers():
+        return
+    url = os.environ.get("TUNERY_OBJECT_STORE", "")
+    if not url:
+        log.warning("TUNERY_OBJECT_STORE is not set: Tunery's LoRA resolver is off")
+        return
+    from tunery.settings import Settings
+    from tunery.storage import open_store
+
+    store = open_store(url, Settings())
+    LoRAResolverRegistry.register_resolver(RESOLVER_NAME, make_resolver(store, adapter_dir()))
+    log.info("Tunery LoRA resolver: adapters from %s, cached in %s", url, adapter_dir())
