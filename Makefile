@@ -51,7 +51,7 @@ helm-tools: setup
 	$(BIN)/python tests/tools/fetch_helm.py
 
 lint-deploy: setup
-	$(BIN)/hadolint deploy/control-plane.Dockerfile deploy/trainer.Dockerfile
+	$(BIN)/hadolint deploy/control-plane.Dockerfile deploy/trainer.Dockerfile deploy/serving.Dockerfile
 	bin=$$($(BIN)/python tests/tools/fetch_helm.py) \
 	  && $$bin/helm lint --strict helm/tunery \
 	  && $$bin/helm lint --strict helm/tunery -f helm/tunery/ci/production-values.yaml

@@ -29,10 +29,6 @@ RESOLVER_NAME = "tunery"
 ADAPTER_NAME = re.compile(r"jobs/ftjob-[A-Za-z0-9_-]{1,64}/(model|checkpoints/step-[0-9]{1,12})")
 
 
-def adapter_dir() -> Path:
-    return Path(os.environ.get("TUNERY_VLLM_ADAPTER_DIR") or Path.home() / ".cache" / "tunery" / "vllm-adapters")
-
-
 def make_resolver(store: Any, root: Path) -> Any:
     from vllm.lora.request import LoRARequest
     from vllm.lora.resolver import LoRAResolver
@@ -67,13 +63,14 @@ def register() -> None:
 
     if RESOLVER_NAME in LoRAResolverRegistry.get_supported_resolvers():
         return
-    url = os.environ.get("TUNERY_OBJECT_STORE", "")
+    url = os.environ.get("TUNERY_OBJECT_STORE", "")  # the store itself, not the embedded default under a data dir
     if not url:
         log.warning("TUNERY_OBJECT_STORE is not set: Tunery's LoRA resolver is off")
         return
     from tunery.settings import Settings
     from tunery.storage import open_store
 
-    store = open_store(url, Settings())
-    LoRAResolverRegistry.register_resolver(RESOLVER_NAME, make_resolver(store, adapter_dir()))
-    log.info("Tunery LoRA resolver: adapters from %s, cached in %s", url, adapter_dir())
+    settings = Settings()
+    store = open_store(url, settings)
+    LoRAResolverRegistry.register_resolver(RESOLVER_NAME, make_resolver(store, settings.vllm_adapter_dir))
+    log.info("Tunery LoRA resolver: adapters from %s, cached in %s", url, settings.vllm_adapter_dir)

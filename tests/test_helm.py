@@ -16,10 +16,6 @@ import pytest
 from tests.helm_tools import CHART, PRODUCTION_VALUES, by_kind, helm, one, render, template_args, tools_dir
 from tunery.settings import Settings
 
-# Serving through vLLM is deployed by the chart, but the API does not use it yet (README, "Not there yet"): these two
-# settings are read once that lands.
-PENDING_SETTINGS = {"TUNERY_SERVING_BACKEND", "TUNERY_VLLM_URL"}
-
 # A development install: the chart's own PostgreSQL, keys and S3 credentials in the chart's Secrets.
 DEV_SETS = [
     "postgresql.enabled=true",
@@ -30,6 +26,8 @@ DEV_SETS = [
     "objectStore.s3.secretAccessKey=s3-secret-value",
     "networkPolicy.enabled=true",
     "vllm.enabled=true",
+    "vllm.servedModelName=my-llama",
+    "config.baseModels.my-llama=/models/base",
 ]
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -205,9 +203,8 @@ def tunery_env_names(docs: list[dict[str, Any]]) -> set[str]:
 def test_every_tunery_variable_the_chart_sets_is_a_setting(rendered: dict[str, list[dict[str, Any]]]) -> None:
     real = {f"TUNERY_{name.upper()}" for name in Settings.model_fields}
     used = set().union(*(tunery_env_names(docs) for docs in rendered.values()))
-    unknown = used - real - PENDING_SETTINGS
+    unknown = used - real
     assert not unknown, f"the chart sets variables that are no settings: {sorted(unknown)}"
-    assert used >= PENDING_SETTINGS, f"allowlisted but unused: {sorted(PENDING_SETTINGS - used)}"
     assert {"TUNERY_DATABASE_URL", "TUNERY_OBJECT_STORE", "TUNERY_API_KEYS", "TUNERY_PORT"} <= used
 
 
@@ -263,6 +260,10 @@ def test_secrets_stay_in_secrets(rendered: dict[str, list[dict[str, Any]]]) -> N
     sched_env = {e["name"] for e in containers(one(docs, "Deployment", "tun-tunery-scheduler"))[-1]["env"]}
     assert "TUNERY_API_KEYS" in api_env and "TUNERY_API_KEYS" not in sched_env
     assert "TUNERY_DATABASE_URL" in api_env and "TUNERY_DATABASE_URL" in sched_env
+    # vLLM reads adapters from the object store: the S3 keys, from the Secret; never the database or the API keys.
+    vllm_env = {e["name"]: e for e in containers(one(docs, "Deployment", "tun-tunery-vllm"))[0]["env"]}
+    assert vllm_env["TUNERY_S3_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "tun-tunery"
+    assert not {"TUNERY_DATABASE_URL", "TUNERY_API_KEYS"} & set(vllm_env)
 
 
 # -- RBAC, security, probes -----------------------------------------------------------------------------------------
@@ -331,15 +332,35 @@ def test_migrations_run_before_the_scheduler(rendered: dict[str, list[dict[str, 
     assert "initContainers" not in default
 
 
-def test_vllm_serves_loras_on_a_gpu(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_vllm_serves_loras_from_the_object_store(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert not [d for d in rendered["default"] if "vllm" in d["metadata"]["name"]]
-    c = one(rendered["production"], "Deployment", "tun-tunery-vllm")["spec"]["template"]["spec"]["containers"][0]
-    assert c["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-    for arg in ("--enable-lora", "--max-lora-rank=64", "--max-loras=8", "--model=/models/base", "--max-model-len=8192"):
-        assert arg in c["args"]
-    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in c["env"]
+    docs = rendered["production"]
+    pod = one(docs, "Deployment", "tun-tunery-vllm")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == "ghcr.io/tunery/serving:0.1.0"
+    assert c["command"] == ["python3", "-m", "serving.vllm_server"]  # vLLM with Tunery's LoRA resolver
+    for arg in ("--enable-lora", "--max-lora-rank=64", "--max-loras=8", "--model=/models/base", "--max-model-len=8192",
+                "--served-model-name=llama-3.1-8b-instruct", "--tool-call-parser=hermes", "--enable-auto-tool-choice"):
+        assert arg in c["args"]  # fmt: skip
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    cfg = one(docs, "ConfigMap", "tun-tunery")["data"]
+    for name in ("TUNERY_OBJECT_STORE", "TUNERY_S3_REGION"):  # the API's store: the adapters the trainers wrote
+        assert env[name] == cfg[name]
+    assert env["TUNERY_VLLM_ADAPTER_DIR"].startswith("/tmp/")
+    # Adapters come from the object store: the only volume from outside holds the base model; the rest are emptyDirs.
+    shared = [v for v in pod["volumes"] if "emptyDir" not in v]
+    assert [v["name"] for v in shared] == ["models"]
+    assert {m["mountPath"] for m in c["volumeMounts"] if m["name"] == "models"} == {"/models"}
+    # The API serves through it, and refuses jobs whose adapters it could not load.
+    assert cfg["TUNERY_SERVING_BACKEND"] == "vllm" and cfg["TUNERY_VLLM_MAX_LORA_RANK"] == "64"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert c["startupProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_vllm_needs_a_served_model_name_the_api_knows(bin_dir: Path) -> None:
+    out = helm(bin_dir, *template_args(sets=["vllm.enabled=true"]), check=False)
+    assert out.returncode != 0 and "vllm.servedModelName" in out.stderr
 
 
 def test_network_policies_admit_only_their_clients(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -77,6 +77,8 @@ def test_manifests_pass_a_server_side_dry_run(
             "postgresql.enabled=true",
             "postgresql.auth.password=pw",
             "vllm.enabled=true",
+            "vllm.servedModelName=m",
+            "config.baseModels.m=/models/base",
             "networkPolicy.enabled=true",
         ]
         sets += ["objectStore.s3.accessKeyId=AK", "objectStore.s3.secretAccessKey=SK", "auth.apiKeys={k1}"]

@@ -17,7 +17,7 @@ from tests.helm_tools import skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-DOCKERFILES = ["control-plane.Dockerfile", "trainer.Dockerfile"]
+DOCKERFILES = ["control-plane.Dockerfile", "trainer.Dockerfile", "serving.Dockerfile"]
 HEAVY = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets", "nvidia-")
 
 
@@ -46,7 +46,7 @@ def test_hadolint_catches_what_it_should(tmp_path: Path) -> None:
 def test_images_are_pinned_and_non_root(name: str) -> None:
     text = (DEPLOY / name).read_text()
     bases = re.findall(r"^ARG \w+_IMAGE=(\S+)$", text, re.M)
-    assert bases and all(re.search(r":\d+\.\d+\.\d+-", b) for b in bases), bases  # full version tags
+    assert bases and all(re.search(r":v?\d+\.\d+\.\d+(-|$)", b) for b in bases), bases  # full version tags
     assert "latest" not in text
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users and users[-1] == "10001:10001"  # numeric, so Kubernetes can check runAsNonRoot
@@ -79,6 +79,20 @@ def test_trainer_image_has_the_training_stack() -> None:
     # The CUDA major version of the base image is the one torch's CUDA wheels were built for.
     (base,) = set(re.findall(r"nvidia/cuda:(\d+)\.", text))
     assert f"nvidia-cuda-runtime=={base}." in (DEPLOY / "trainer.lock").read_text()
+
+
+def test_serving_image_is_the_tested_vllm_with_tunerys_resolver() -> None:
+    """The serving image runs the vLLM version the tests run (tests/vllm/setup.sh), with only Tunery's serving and
+    tunery packages added and what its resolver imports pinned."""
+    text = (DEPLOY / "serving.Dockerfile").read_text()
+    (setup_version,) = re.findall(r"^VERSION=(\S+)$", (ROOT / "tests/vllm/setup.sh").read_text(), re.M)
+    assert f"vllm/vllm-openai:v{setup_version}" in text
+    assert re.findall(r"^COPY (?!--from)(\S+) ", text, re.M) == ["deploy/serving.lock", "serving", "tunery"]
+    assert 'ENTRYPOINT ["python3", "-m", "serving.vllm_server"]' in text and "PYTHONPATH=/opt/tunery" in text
+    pins = locked("serving.lock")
+    for pkg, version in re.findall(r"([a-z0-9-]+)==([\d.]+)", text.split("pip install", 1)[1].splitlines()[0]):
+        assert pins[pkg] == version, pkg
+    assert not [p for p in pins if p.startswith(HEAVY) or p == "vllm"]
 
 
 def test_locks_agree_with_pyproject() -> None:

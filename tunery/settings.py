@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     # Extra arguments of each launched vLLM (JSON list), e.g. ["--max-loras", "8", "--dtype", "bfloat16"].
     vllm_args: list[str] = Field(default_factory=list)
     vllm_start_timeout_seconds: float = Field(default=600.0, gt=0)
+    # Read inside vLLM by Tunery's LoRA resolver: where it keeps the adapters it downloads from the object store.
+    vllm_adapter_dir: Path = Field(default_factory=lambda: default_cache_dir() / "vllm-adapters")
 
     # S3 object store (TUNERY_OBJECT_STORE=s3://bucket/prefix). Empty endpoint: AWS; empty keys: boto3's
     # default credential chain (instance role, AWS_* variables, ~/.aws).

@@ -50,6 +50,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{- define "tunery.servingImage" -}}
+{{- printf "%s:%s" .Values.vllm.image.repository (default .Chart.AppVersion .Values.vllm.image.tag) }}
+{{- end }}
+
 {{- define "tunery.trainerImage" -}}
 {{- printf "%s:%s" .Values.training.image.repository (default .Chart.AppVersion .Values.training.image.tag) }}
 {{- end }}
@@ -130,6 +134,11 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Secret-held settings of the API and scheduler containers: database URL, S3 keys. */}}
 {{- define "tunery.secretEnv" -}}
 {{- include "tunery.databaseUrlEnv" . }}
+{{- include "tunery.s3SecretEnv" . }}
+{{- end }}
+
+{{/* The S3 credentials (also vLLM's: its LoRA resolver reads adapters from the object store). */}}
+{{- define "tunery.s3SecretEnv" -}}
 {{- if .Values.objectStore.s3.existingSecret }}
 - name: TUNERY_S3_ACCESS_KEY_ID
   valueFrom:
@@ -186,6 +195,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- if and .Values.objectStore.s3.existingSecret .Values.training.credentials.create (not .Values.training.credentials.existingSecret) }}
 {{- fail "objectStore.s3.existingSecret is set: name the trainer pods' Secret (in the training namespace) in training.credentials.existingSecret" }}
+{{- end }}
+{{- if and .Values.vllm.enabled (not (hasKey .Values.config.baseModels .Values.vllm.servedModelName)) }}
+{{- fail "vllm.enabled: set vllm.servedModelName to the key of config.baseModels that vLLM serves (the API sends that name)" }}
 {{- end }}
 {{- if and (gt (int .Values.scheduler.replicaCount) 1) (not .Values.scheduler.leaderElection) }}
 {{- fail "scheduler.replicaCount > 1 needs scheduler.leaderElection" }}
