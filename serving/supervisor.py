@@ -179,15 +179,6 @@ class VLLMSupervisor:
             if v.ready:
                 log.info("vLLM for %s is ready on %s", v.name, v.url)
 
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block until every vLLM answers /health (for the CLI and tests); False on time-out."""
-        deadline = time.monotonic() + (timeout or self.settings.vllm_start_timeout_seconds)
-        while time.monotonic() < deadline:
-            if all(v.ready for v in self.servers.values()):
-                return True
-            time.sleep(0.5)
-        return False
-
     def stop(self) -> None:
         with self._lock:
             self._stop.set()

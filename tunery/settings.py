@@ -104,7 +104,6 @@ class Settings(BaseSettings):
     vllm_python: str = ""  # the interpreter that has vLLM installed; empty: this one
     # Extra arguments of each launched vLLM (JSON list), e.g. ["--max-loras", "8", "--dtype", "bfloat16"].
     vllm_args: list[str] = Field(default_factory=list)
-    vllm_start_timeout_seconds: float = Field(default=600.0, gt=0)
     # Read inside vLLM by Tunery's LoRA resolver: where it keeps the adapters it downloads from the object store.
     vllm_adapter_dir: Path = Field(default_factory=lambda: default_cache_dir() / "vllm-adapters")
 
