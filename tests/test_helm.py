@@ -339,8 +339,16 @@ def test_vllm_serves_loras_from_the_object_store(rendered: dict[str, list[dict[s
     c = pod["containers"][0]
     assert c["image"] == "ghcr.io/tunery/serving:0.1.0"
     assert c["command"] == ["python3", "-m", "serving.vllm_server"]  # vLLM with Tunery's LoRA resolver
-    for arg in ("--enable-lora", "--max-lora-rank=64", "--max-loras=8", "--model=/models/base", "--max-model-len=8192",
-                "--served-model-name=llama-3.1-8b-instruct", "--tool-call-parser=hermes", "--enable-auto-tool-choice"):
+    for arg in (
+        "--enable-lora",
+        "--max-lora-rank=64",
+        "--max-loras=8",
+        "--model=/models/base",
+        "--max-model-len=8192",
+        "--served-model-name=llama-3.1-8b-instruct",
+        "--tool-call-parser=hermes",
+        "--enable-auto-tool-choice",
+    ):
         assert arg in c["args"]  # fmt: skip
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
