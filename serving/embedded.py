@@ -11,10 +11,13 @@ clear 400 naming the parameter; the vLLM backend serves all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,20 @@ def _usage(g: Generation) -> dict[str, int]:
     }
 
 
+def _close(stream: Iterator[Any]) -> None:
+    """Close the engine's stream: its worker stops at the next token. A stream busy in a worker thread (the client
+    left while a token was on its way) cannot be closed now; it is closed when it is garbage-collected."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        with contextlib.suppress(ValueError):  # "generator already executing"
+            close()
+
+
+def _finish(release: Callable[[], None], stream: Iterator[Any]) -> None:
+    release()
+    _close(stream)
+
+
 class EmbeddedBackend:
     """The ServingBackend of the embedded mode, over a ChatEngine (the EmbeddedEngine)."""
 
@@ -89,16 +106,28 @@ class EmbeddedBackend:
         self.max_queue = max_queue
         self.retry_after = retry_after
         self._pool = ThreadPoolExecutor(max_workers=max_queue, thread_name_prefix="tunery-generate")
-        self._admitted = 0  # requests generating or waiting; touched on the event loop only
+        self._admitted = 0  # requests generating or waiting
+        self._lock = threading.Lock()  # a stream's slot may be given back by the garbage collector's thread
 
-    def _admit(self) -> None:
-        if self._admitted >= self.max_queue:
-            raise ServingOverloaded(
-                f"The embedded engine has {self._admitted} requests waiting or generating, its limit "
-                f"(TUNERY_SERVING_MAX_QUEUE={self.max_queue}); retry shortly.",
-                self.retry_after,
-            )
-        self._admitted += 1
+    def _admit(self) -> Callable[[], None]:
+        """Take a slot, or refuse with 429; returns the function that gives it back (once, however often called)."""
+        with self._lock:
+            if self._admitted >= self.max_queue:
+                raise ServingOverloaded(
+                    f"The embedded engine has {self._admitted} requests waiting or generating, its limit "
+                    f"(TUNERY_SERVING_MAX_QUEUE={self.max_queue}); retry shortly.",
+                    self.retry_after,
+                )
+            self._admitted += 1
+        done = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if not done.is_set():
+                    done.set()
+                    self._admitted -= 1
+
+        return release
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -118,12 +147,12 @@ class EmbeddedBackend:
         cid, created = ids.completion_id(), int(time.time())
         # Identifies the backend configuration: engine kind, base model and adapter (as OpenAI's fp_... does).
         fingerprint = "fp_" + hashlib.sha256(f"embedded|{ref.base_path}|{ref.adapter_prefix}".encode()).hexdigest()[:12]
-        self._admit()
+        release = self._admit()
         if not body.get("stream"):
             try:
                 gen: Generation = await self._call(self.engine.generate, ref, messages, params)
             finally:
-                self._admitted -= 1
+                release()
             return {
                 "id": cid,
                 "object": "chat.completion",
@@ -146,10 +175,8 @@ class EmbeddedBackend:
         try:  # the first item checks the request: a bad one is still a clean 400
             first = await self._call(next, stream, None)
         except BaseException:
-            self._admitted -= 1
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            release()
+            _close(stream)
             raise
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -163,10 +190,19 @@ class EmbeddedBackend:
                 **({"usage": None} if include_usage else {}),
             }
 
-        return self._events(stream, first, chunk, include_usage)
+        events = self._events(stream, first, chunk, include_usage, release)
+        # A response that never starts (the client left first) never runs the events' `finally`: give the slot back
+        # and stop the generation when the events are dropped.
+        weakref.finalize(events, _finish, release, stream)
+        return events
 
     async def _events(
-        self, stream: Iterator[str | Generation], first: str | Generation | None, chunk: Any, include_usage: bool
+        self,
+        stream: Iterator[str | Generation],
+        first: str | Generation | None,
+        chunk: Any,
+        include_usage: bool,
+        release: Callable[[], None],
     ) -> AsyncIterator[str]:
         try:
             yield sse(chunk({"role": "assistant", "content": "", "refusal": None}))
@@ -187,10 +223,7 @@ class EmbeddedBackend:
             log.exception("streaming failed")
             yield stream_error("The server had an error while generating.")
         finally:
-            self._admitted -= 1
-            close = getattr(stream, "close", None)
-            if close is not None:
-                await self._call(close)  # stops the generation at its next token (client gone)
+            _finish(release, stream)  # stops the generation at its next token (client gone)
 
     async def completions(self, ref: ModelRef, body: dict[str, Any]) -> Answer:
         raise EngineError(

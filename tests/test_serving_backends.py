@@ -293,3 +293,22 @@ def test_embedded_chat_load_never_stalls_the_api(tiny_server_factory: Any) -> No
     assert latencies and max(latencies) < 2.0, latencies
     assert set(statuses) <= {200, 429} and statuses.count(200) >= 8 and statuses.count(429) > 0
     assert set(retry) == {"2"}
+
+
+def test_embedded_slots_come_back_when_streams_end_early(tiny_server_factory: Any) -> None:
+    """Clients that leave mid-stream give their slot back: a queue of 2 still serves after 6 of them."""
+    srv = tiny_server_factory(serving_max_queue=2)
+    body = {"model": TINY, "messages": HI, "max_tokens": 500, "temperature": 0, "stream": True}
+    for _ in range(6):
+        with srv.http.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # the first chunk, then the client hangs up
+    deadline = time.monotonic() + 30
+    while True:  # each abandoned generation stops at its next token
+        r = srv.http.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2})
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        assert r.status_code == 429
+        time.sleep(0.2)
+    assert r.status_code == 200, r.text
+    assert srv.app.state.ctx.serving._admitted == 0
