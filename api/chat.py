@@ -6,6 +6,7 @@ backend (serving/backend.py): the embedded engine or vLLM. It holds no thread wh
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
@@ -17,7 +18,7 @@ from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import APIError, bad_request
 from api.models import model_ref, resolve_model
-from serving.backend import Answer
+from serving.backend import Answer, ServingBackend
 from serving.engine import ModelRef
 from serving.errors import AdapterNotFound, EngineError, ServingUnavailable
 
@@ -83,10 +84,16 @@ def serving_error(e: Exception) -> APIError:
     return APIError(404 if isinstance(e, AdapterNotFound) else 400, e.message, param=e.param, code=e.code)
 
 
-async def _target(ctx: AppContext, t: Tenant, model: str) -> ModelRef:
+async def _serve(
+    ctx: AppContext, t: Tenant, req: SamplingRequest, call: Callable[[ServingBackend], Callable[..., Awaitable[Answer]]]
+) -> dict[str, Any] | StreamingResponse:
+    """Resolve the request's model in the caller's project and hand both to the serving backend."""
+    if req.stream_options is not None and not req.stream:
+        raise bad_request("stream_options is only allowed when stream is true.", param="stream_options")
+
     def resolve() -> ModelRef:
         with ctx.db.session() as s:
-            return model_ref(resolve_model(s, ctx, t, model))
+            return model_ref(resolve_model(s, ctx, t, req.model))
 
     ref = await run_in_threadpool(resolve)
     if ctx.serving is None:
@@ -98,19 +105,13 @@ async def _target(ctx: AppContext, t: Tenant, model: str) -> ModelRef:
             code="engine_unavailable",
             headers={"x-should-retry": "false"},
         )
-    return ref
-
-
-def _respond(answer: Answer) -> dict[str, Any] | StreamingResponse:
+    try:
+        answer = await call(ctx.serving)(ref, req.model_dump(exclude_unset=True))
+    except (EngineError, ServingUnavailable) as e:
+        raise serving_error(e) from None
     if isinstance(answer, dict):
         return answer
     return StreamingResponse(answer, media_type="text/event-stream", headers={"cache-control": "no-cache"})
-
-
-def _body(req: SamplingRequest) -> dict[str, Any]:
-    if req.stream_options is not None and not req.stream:
-        raise bad_request("stream_options is only allowed when stream is true.", param="stream_options")
-    return req.model_dump(exclude_unset=True)
 
 
 @router.post("/chat/completions", response_model=None)
@@ -119,23 +120,11 @@ async def chat_completions(
 ) -> dict[str, Any] | StreamingResponse:
     if req.tool_choice is not None and not req.tools:
         raise bad_request("tool_choice is only allowed when tools are specified.", param="tool_choice")
-    body = _body(req)
-    ref = await _target(ctx, t, req.model)
-    assert ctx.serving is not None
-    try:
-        return _respond(await ctx.serving.chat_completions(ref, body))
-    except (EngineError, ServingUnavailable) as e:
-        raise serving_error(e) from None
+    return await _serve(ctx, t, req, lambda serving: serving.chat_completions)
 
 
 @router.post("/completions", response_model=None)
 async def completions(
     req: CompletionRequest, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)
 ) -> dict[str, Any] | StreamingResponse:
-    body = _body(req)
-    ref = await _target(ctx, t, req.model)
-    assert ctx.serving is not None
-    try:
-        return _respond(await ctx.serving.completions(ref, body))
-    except (EngineError, ServingUnavailable) as e:
-        raise serving_error(e) from None
+    return await _serve(ctx, t, req, lambda serving: serving.completions)

@@ -55,10 +55,8 @@ import httpx
 
 from tests.conftest import RunningServer, free_port, start_server
 from tests.seaweedfs import run_seaweedfs, weed_binary
-from tests.serving_fixtures import make_adapter
+from tests.serving_fixtures import make_adapter, register_model
 from tests.vllm_server import VLLM_VENV, run_vllm
-from tunery.db import FineTunedModel
-from tunery.db.ops import now
 from tunery.settings import Settings
 from tunery.storage import LocalObjectStore, ObjectStore, store_environment
 
@@ -231,21 +229,7 @@ def publish(store: ObjectStore, prefix: str, files: dict[str, bytes]) -> None:
 
 def register(srv: RunningServer, model_id: str, prefix: str) -> None:
     """A fine-tuned model's row, as a finished job leaves it (the files are under ``prefix`` of the store)."""
-    ctx = srv.app.state.ctx
-    with ctx.db.session() as s:
-        s.add(
-            FineTunedModel(
-                id=model_id,
-                kind="fine_tuned",
-                base_model=DEMO,
-                job_id=prefix.split("/")[1],
-                object_prefix=prefix,
-                owned_by=ctx.settings.organization_id,
-                organization_id=ctx.settings.organization_id,
-                project_id=ctx.settings.project_id,
-                created_at=now(),
-            )
-        )
+    register_model(srv, model_id, prefix, {}, base_model=DEMO)
 
 
 def model_id(job: str, suffix: str) -> str:

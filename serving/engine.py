@@ -186,6 +186,37 @@ def _pick(logits: Any, params: SamplingParams, rng: Any) -> int:
     return int(order[j]) if order is not None else j
 
 
+class _Detokenizer:
+    """The text of a growing list of generated tokens, decoding only the last few per step (TGI's prefix and read
+    offsets), so a long reply costs linear, not quadratic, time. A step whose tokens end inside a multi-byte
+    character adds nothing until the character is complete."""
+
+    def __init__(self, tokenizer: Any, lock: threading.Lock):
+        self.tokenizer = tokenizer
+        self.lock = lock
+        self.prefix = self.read = 0  # ids[prefix:read] were decoded last time, as context for the next tokens
+        self.text = ""
+
+    def _decode(self, ids: list[int]) -> str:
+        with self.lock:
+            return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def add(self, ids: list[int]) -> str:
+        before = self._decode(ids[self.prefix : self.read])
+        now = self._decode(ids[self.prefix :])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.text += now[len(before) :]
+            self.prefix, self.read = self.read, len(ids)
+        return self.text
+
+    def finish(self, ids: list[int]) -> str:
+        if self.read < len(ids):
+            before = self._decode(ids[self.prefix : self.read])
+            self.text += self._decode(ids[self.prefix :])[len(before) :]
+            self.prefix = self.read = len(ids)
+        return self.text
+
+
 class EmbeddedEngine:
     """The embedded ChatEngine: transformers + PEFT in this process, on the CPU or a local GPU."""
 
@@ -464,6 +495,7 @@ class EmbeddedEngine:
         past = None
         out: list[int] = []
         text, sent, finish = "", 0, "length"
+        detok = _Detokenizer(base.tokenizer, base.tok_lock)
         for _ in range(job.max_new):
             if cancel.is_set():
                 return
@@ -473,10 +505,9 @@ class EmbeddedEngine:
                 token = _pick(result.logits[0, -1], params, rng)
             out.append(token)
             if token in base.eos_ids:
-                finish = "stop"
+                finish, text = "stop", detok.finish(out)  # EOS is a special token: it decodes to nothing
                 break
-            with base.tok_lock:
-                text = base.tokenizer.decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            text = detok.add(out)
             if stops and (at := find_stop(text, stops)) >= 0:
                 text, finish = text[:at], "stop"
                 break
@@ -485,6 +516,8 @@ class EmbeddedEngine:
                 yield text[sent:end]
                 sent = end
             input_ids = torch.tensor([[token]], device=base.device)
+        else:  # the budget ran out: what the last tokens decode to, an unfinished character included
+            text = detok.finish(out)
         if len(text) > sent:
             yield text[sent:]
         yield Generation(text=text, finish_reason=finish, prompt_tokens=len(job.prompt_ids), completion_tokens=len(out))

@@ -74,3 +74,30 @@ def reference_greedy(base_dir: Path, adapter_dir: Path | None, messages: list[di
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False
         )
     return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+def register_model(
+    srv: Any, model_id: str, prefix: str, files: dict[str, bytes], base_model: str = "tiny-llama"
+) -> None:
+    """A fine-tuned model as a finished job leaves it: ``files`` under ``prefix`` of a running server's store (none:
+    they are there already) and its row in the server's metadata store."""
+    from tunery.db import FineTunedModel
+    from tunery.db.ops import now
+
+    ctx = srv.app.state.ctx
+    for name, data in files.items():
+        ctx.store.put_bytes(prefix + name, data)
+    with ctx.db.session() as s:
+        s.add(
+            FineTunedModel(
+                id=model_id,
+                kind="fine_tuned",
+                base_model=base_model,
+                job_id=prefix.split("/")[1],
+                object_prefix=prefix,
+                owned_by=ctx.settings.organization_id,
+                organization_id=ctx.settings.organization_id,
+                project_id=ctx.settings.project_id,
+                created_at=now(),
+            )
+        )

@@ -20,34 +20,12 @@ import pytest
 from serving.adapters import CONFIG_FILE
 from tests.conftest import TINY, chat_lines, free_port
 from tests.schema import validate
+from tests.serving_fixtures import register_model
 from tunery import servable
-from tunery.db import FineTunedModel
-from tunery.db.ops import now
 
 ROOT = Path(__file__).resolve().parent.parent
 HI = [{"role": "user", "content": "hi"}]
 TARGETS = "tunery.training.lora.target_modules"
-
-
-def add_model(srv: Any, model_id: str, prefix: str, files: dict[str, bytes]) -> None:
-    """A fine-tuned model as the trainer leaves it: files under a prefix of the store, and its models row."""
-    ctx = srv.app.state.ctx
-    for name, data in files.items():
-        ctx.store.put_bytes(prefix + name, data)
-    with ctx.db.session() as s:
-        s.add(
-            FineTunedModel(
-                id=model_id,
-                kind="fine_tuned",
-                base_model=TINY,
-                job_id=prefix.split("/")[1],
-                object_prefix=prefix,
-                owned_by=ctx.settings.organization_id,
-                organization_id=ctx.settings.organization_id,
-                project_id=ctx.settings.project_id,
-                created_at=now(),
-            )
-        )
 
 
 def lora_config(**over: Any) -> bytes:
@@ -133,19 +111,19 @@ def test_adapters_vllm_cannot_serve_are_400_before_loading(tiny_server_factory: 
     srv = tiny_server_factory(serving_backend="vllm", vllm_url=f"http://127.0.0.1:{free_port()}")
     manifest = json.dumps({"base_model": TINY}).encode()
     weights = b"not read by the check"
-    add_model(
+    register_model(
         srv,
         "ft:tiny-llama:personal:big:r32",
         "jobs/ftjob-r32/model/",
         {CONFIG_FILE: lora_config(r=32), "adapter_model.safetensors": weights, "tunery_manifest.json": manifest},
     )
-    add_model(
+    register_model(
         srv,
         "ft:tiny-llama:personal:head:lmh",
         "jobs/ftjob-lmh/model/",
         {CONFIG_FILE: lora_config(target_modules=["q_proj", "lm_head"]), "adapter_model.safetensors": weights},
     )
-    add_model(
+    register_model(
         srv,
         "ft:tiny-llama:personal:other:oth",
         "jobs/ftjob-oth/model/",
@@ -155,7 +133,7 @@ def test_adapters_vllm_cannot_serve_are_400_before_loading(tiny_server_factory: 
             "tunery_manifest.json": json.dumps({"base_model": "smollm2-135m-instruct"}).encode(),
         },
     )
-    add_model(srv, "ft:tiny-llama:personal:full:ful", "jobs/ftjob-ful/model/",
+    register_model(srv, "ft:tiny-llama:personal:full:ful", "jobs/ftjob-ful/model/",
               {"config.json": b"{}", "model.safetensors": weights})  # fmt: skip
     for model, code, words in (
         ("ft:tiny-llama:personal:big:r32", "model_not_servable", "rank 32"),
@@ -218,7 +196,7 @@ def test_fully_fine_tuned_model_named_in_vllm_urls_is_proxied_as_a_model_of_its_
     own = f"http://127.0.0.1:{free_port()}"  # its vLLM; down here, which shows the request went there
     full = "ft:tiny-llama:personal:full:own"
     srv = tiny_server_factory(serving_backend="vllm", vllm_url=f"http://127.0.0.1:{free_port()}", vllm_urls={full: own})
-    add_model(srv, full, "jobs/ftjob-own/model/", {"config.json": b"{}", "model.safetensors": b"x"})
+    register_model(srv, full, "jobs/ftjob-own/model/", {"config.json": b"{}", "model.safetensors": b"x"})
     r = srv.http.post("/v1/chat/completions", json={"model": full, "messages": HI})
     assert r.status_code == 503 and own in r.json()["error"]["message"], r.text
 

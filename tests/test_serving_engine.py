@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -256,3 +257,25 @@ def test_demo_model_answers(demo_model_dir: Path, tmp_path: Path) -> None:
     assert gen.completion_tokens == len(tokenizer(gen.text, add_special_tokens=False)["input_ids"]) + 1
     deltas, final = collect(engine.stream(ref, messages, SamplingParams(temperature=0, max_tokens=40)))
     assert "".join(deltas) == gen.text and final == gen
+
+
+def test_incremental_detokenizer_matches_a_full_decode(tiny_model_dir: Path) -> None:
+    """Decoding a reply token by token (only the last few each step) gives the full decode's text, multi-byte
+    characters split across tokens included, and never shows half a character."""
+    import threading
+
+    from transformers import AutoTokenizer
+
+    from serving.engine import _Detokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    text = "Héllo wörld: 世界, naïve café 🎉🎉 — ok!\n  indented\tTAB ÅÄÖ 日本語のテキスト"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    detok = _Detokenizer(tok, threading.Lock())
+    seen = []
+    for i in range(1, len(ids) + 1):
+        seen.append(detok.add(ids[:i]))
+        assert "\ufffd" not in seen[-1]
+        assert seen[-1] == "" or text.startswith(seen[-1])
+    assert detok.finish(ids) == tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) == text
+    assert all(a == b[: len(a)] for a, b in itertools.pairwise(seen))  # text only grows

@@ -21,8 +21,8 @@ from sqlalchemy import select
 from serving.engine import EmbeddedEngine, ModelRef, SamplingParams
 from tests.conftest import MODEL_CACHE, TINY, chat_lines, free_port
 from tests.schema import validate
-from tests.serving_fixtures import make_adapter
-from tests.test_serving_backends import add_model, chat_load
+from tests.serving_fixtures import make_adapter, register_model
+from tests.test_serving_backends import chat_load
 from tests.vllm_server import VLLMServer, run_vllm, vllm_python
 from tunery.db import FineTunedModel
 from tunery.settings import Settings
@@ -88,7 +88,7 @@ def synthetic(srv: Any, base_dir: Path, tmp_path: Path, r: int = 8) -> tuple[str
     files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     files["tunery_manifest.json"] = json.dumps({"base_model": TINY}).encode()
     model = f"ft:{TINY}:personal:syn{seed}:{job[6:]}"
-    add_model(srv, model, f"jobs/{job}/model/", files)
+    register_model(srv, model, f"jobs/{job}/model/", files)
     return model, f"jobs/{job}/model"
 
 
