@@ -244,6 +244,7 @@ class Options:
     max_model_len: int
     max_num_seqs: int
     max_loras: int
+    max_lora_rank: int
     max_queue: int
 
 
@@ -262,7 +263,7 @@ def engine_api(engine: str, workdir: Path, store: dict[str, Any], opts: Options)
         if engine == "vllm":
             extra = [
                 "--dtype", opts.dtype, "--max-model-len", str(opts.max_model_len),
-                "--max-num-seqs", str(opts.max_num_seqs), "--max-lora-rank", "16",
+                "--max-num-seqs", str(opts.max_num_seqs), "--max-lora-rank", str(opts.max_lora_rank),
                 "--max-loras", str(opts.max_loras), "--max-cpu-loras", str(opts.max_loras),
             ]  # fmt: skip
             started = time.monotonic()
@@ -455,6 +456,9 @@ def main() -> int:
     parser.add_argument("--dtype", default="float32", help="vLLM's --dtype (the embedded engine is float32 on CPU)")
     parser.add_argument("--max-model-len", type=int, default=1024, help="vLLM's --max-model-len")
     parser.add_argument("--max-num-seqs", type=int, default=16, help="vLLM's --max-num-seqs")
+    parser.add_argument(
+        "--max-lora-rank", type=int, default=8, help="vLLM's --max-lora-rank (the adapters' rank: 8; vLLM pads to it)"
+    )
     parser.add_argument("--cold-trials", type=int, default=None, help="fresh adapters per cold-load row (3)")
     parser.add_argument("--s3", action=argparse.BooleanOptionalAction, default=True, help="cold loads from S3 too")
     parser.add_argument("--quick", action="store_true", help="a smoke test: concurrency 1,4, adapters 0,1, few")
@@ -498,6 +502,7 @@ def main() -> int:
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         max_loras=max(8, *adapters),
+        max_lora_rank=args.max_lora_rank,
         max_queue=max(32, 2 * max(concurrency)),  # the embedded engine's queue never answers 429 here
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -13,7 +13,9 @@ COPY deploy/serving.lock deploy/
 RUN python3 -m pip install --constraint deploy/serving.lock boto3==1.44.8 pydantic-settings==2.16.3
 COPY serving serving
 COPY tunery tunery
-RUN python3 -m compileall -q serving tunery \
+# The metadata that declares Tunery's vLLM general plugin (the CPU multi-LoRA ops, run in every vLLM process).
+RUN python3 -c "from serving.vllm_plugin import write_plugin_metadata; write_plugin_metadata('.')" \
+    && python3 -m compileall -q serving tunery \
     && groupadd --gid 10001 tunery && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin tunery
 ENV PYTHONPATH=/opt/tunery \
     PYTHONUNBUFFERED=1 \

@@ -42,7 +42,8 @@ def _free_port() -> int:
 
 
 def package_links(folder: Path) -> Path:
-    """A folder holding links to this checkout's ``serving`` and ``tunery`` packages: vLLM's PYTHONPATH."""
+    """A folder holding links to this checkout's ``serving`` and ``tunery`` packages and the metadata declaring
+    Tunery's vLLM plugin: vLLM's PYTHONPATH."""
     import serving
     import tunery
 
@@ -55,6 +56,9 @@ def package_links(folder: Path) -> Path:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(source, target_is_directory=True)
+    from serving.vllm_plugin import write_plugin_metadata
+
+    write_plugin_metadata(folder)  # vLLM's general plugin (the CPU multi-LoRA ops), found on this path
     return folder
 
 

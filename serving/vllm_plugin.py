@@ -11,6 +11,11 @@ It reads the store from the same variables as the trainer: ``TUNERY_OBJECT_STORE
 folder) and ``TUNERY_S3_*``. Loaded by ``python -m serving.vllm_server`` (or as the ``vllm.general_plugins`` entry
 point ``tunery`` where Tunery is installed into vLLM's environment). Imports only the standard library, vLLM and
 Tunery's storage: it runs in vLLM's environment, not Tunery's.
+
+vLLM runs ``vllm.general_plugins`` entry points in each of its processes (its CPU backend spawns its workers): the
+``tunery`` one (:func:`general_plugin`) installs the faster CPU multi-LoRA ops (serving/vllm_cpu_lora.py) there.
+Tunery is not installed into vLLM's environment, so :func:`write_plugin_metadata` writes the two files that declare
+the entry point beside the packages on vLLM's ``PYTHONPATH`` (``importlib.metadata`` finds them there).
 """
 
 from __future__ import annotations
@@ -74,3 +79,22 @@ def register() -> None:
     store = open_store(url, settings)
     LoRAResolverRegistry.register_resolver(RESOLVER_NAME, make_resolver(store, settings.vllm_adapter_dir))
     log.info("Tunery LoRA resolver: adapters from %s, cached in %s", url, settings.vllm_adapter_dir)
+
+
+PLUGIN_DIST = "tunery_vllm_plugin-0.1.0.dist-info"
+
+
+def general_plugin() -> None:
+    """The ``vllm.general_plugins`` entry point, run in every vLLM process: the CPU multi-LoRA ops."""
+    from serving.vllm_cpu_lora import patch
+
+    patch()
+
+
+def write_plugin_metadata(folder: Path) -> Path:
+    """Declare :func:`general_plugin` as an entry point of a distribution in ``folder`` (a PYTHONPATH entry)."""
+    dist = Path(folder) / PLUGIN_DIST
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tunery-vllm-plugin\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[vllm.general_plugins]\ntunery = serving.vllm_plugin:general_plugin\n")
+    return dist

@@ -15,9 +15,11 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+    from serving.vllm_cpu_lora import patch
     from serving.vllm_plugin import register
 
     register()
+    patch()  # this process's share; the workers get it through the general plugin (serving/vllm_plugin.py)
     sys.argv[0] = "vllm.entrypoints.openai.api_server"
     runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)
 

@@ -131,6 +131,9 @@ def test_trained_model_and_checkpoint_answer_from_vllm(srv: Any, vllm: VLLMServe
     assert set(models.values()) <= vllm.models()
     assert vllm.counter("vllm:request_success_total") - served_before >= 3 * (len(PROMPTS) * 2 + 1)
     assert all(resolved(vllm, name) == 1 for name in models.values())
+    # ... with Tunery's CPU multi-LoRA ops in the process that computes (vLLM's CPU backend spawns its workers).
+    installed = [line for line in vllm.log().splitlines() if "CPU multi-LoRA ops installed" in line]
+    assert any("Worker" in line for line in installed), installed
 
     # Greedy agreement with the embedded engine on the same adapters and prompts (both float32 on the CPU).
     engine = EmbeddedEngine(srv.app.state.ctx.store, srv.settings.model_cache_dir / "embedded", device="cpu")
