@@ -9,6 +9,7 @@ through a Lease.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import Any
@@ -258,7 +259,11 @@ def test_killed_pod_resumes_from_its_checkpoint(k8s_server, kube_api, kube_names
     assert srv.client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
     metrics = srv.http.get("/metrics").text
     assert 'tunery_scheduler_run_restarts_total{reason="crash"} 1.0' in metrics
-    assert "tunery_scheduler_runs_started_total 2.0" in metrics and "tunery_scheduler_runs_swept_total 1.0" in metrics
+    counts = {n: float(v) for n, v in re.findall(r"^(tunery_scheduler_runs_\w+_total) (\S+)$", metrics, re.M)}
+    assert counts["tunery_scheduler_runs_started_total"] == 2.0, counts
+    # The killed run's Job and the finished one: each swept once, by the pass that found it finished and unrecorded
+    # (the killed one may already be gone by then, with its pod: Kubernetes' own garbage collection can be first).
+    assert counts["tunery_scheduler_runs_swept_total"] in (1.0, 2.0), counts
 
 
 def test_restarted_scheduler_adopts_the_running_job(k8s_server, kube_api, kube_namespace, tmp_path):  # noqa: F811

@@ -7,6 +7,7 @@ The tests against a real vLLM are in test_vllm_serving.py."""
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import threading
@@ -268,7 +269,7 @@ def test_embedded_chat_load_never_stalls_the_api(tiny_server_factory: Any) -> No
     statuses, retry, latencies = chat_load(srv.base_url, {**body, "max_tokens": 64}, 60)
     print(f"embedded: {statuses.count(200)} served, {statuses.count(429)} told to retry; GET /v1/models max "
           f"{max(latencies):.3f}s over {len(latencies)} calls")  # fmt: skip
-    assert latencies and max(latencies) < 2.0, latencies
+    assert latencies and statistics.median(latencies) < 0.5 and max(latencies) < 5.0, latencies
     assert set(statuses) <= {200, 429} and statuses.count(200) >= 8 and statuses.count(429) > 0
     assert set(retry) == {"2"}
 
