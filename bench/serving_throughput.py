@@ -464,6 +464,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke test: concurrency 1,4, adapters 0,1, few")
     parser.add_argument("--model-dir", type=Path, default=DEMO_DIR, help="the demo model folder (converted if missing)")
     args = parser.parse_args()
+    # vLLM's CPU backend keeps one core for its HTTP front end and computes on the rest: on a small machine that is
+    # half of it, while the embedded engine computes on every core. Both get every core here (set these to compare
+    # vLLM's own default).
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
     quick = args.quick
     concurrency: list[int] = args.concurrency or ([1, 4] if quick else [1, 4, 16])

@@ -26,6 +26,7 @@ each read ``TUNERY_VLLM_READ_TIMEOUT_SECONDS``, so nothing hangs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -33,12 +34,13 @@ from typing import Any
 
 import httpx
 
-from serving.adapters import CONFIG_FILE, is_full_model
+from serving.adapters import CONFIG_FILE, WEIGHTS_FILE, is_full_model
 from serving.backend import Answer, sse, stream_error
 from serving.engine import ModelRef
 from serving.errors import AdapterNotFound, EngineError, ServingUnavailable
 from tunery import servable
 from tunery.storage import ObjectNotFound, ObjectStore
+from tunery.tensorfiles import read_header
 
 log = logging.getLogger("tunery.serving.vllm")
 
@@ -164,13 +166,15 @@ class VLLMBackend:
         try:
             config = json.loads(self.store.get_bytes(prefix + CONFIG_FILE))
             manifest = json.loads(self.store.get_bytes(prefix + MANIFEST_FILE)) if MANIFEST_FILE in names else None
+            with contextlib.closing(self.store.open(prefix + WEIGHTS_FILE)) as f:
+                tensors = read_header(f)  # the header only: dtypes, never the weights
         except ObjectNotFound:
             raise AdapterNotFound(
                 f"The model `{ref.adapter_name}` does not exist or you do not have access to it."
             ) from None
         except ValueError as e:
-            raise EngineError(f"The model `{ref.adapter_name}` has an unreadable adapter config: {e}", "model") from e
-        problem = servable.adapter_problem(config, manifest, ref.base_name, self.max_lora_rank)
+            raise EngineError(f"The model `{ref.adapter_name}` has unreadable adapter files: {e}", "model") from e
+        problem = servable.adapter_problem(config, manifest, ref.base_name, self.max_lora_rank, tensors)
         if problem is not None:
             raise EngineError(problem.message, problem.param, "model_not_servable")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -27,6 +28,13 @@ from tunery import servable
 ROOT = Path(__file__).resolve().parent.parent
 HI = [{"role": "user", "content": "hi"}]
 TARGETS = "tunery.training.lora.target_modules"
+
+
+def safetensors_bytes(dtype: str) -> bytes:
+    """A one-tensor safetensors file (the header is what the check reads)."""
+    header = json.dumps({"base_model.model.layers.0.q_proj.lora_A.weight": {
+        "dtype": dtype, "shape": [1], "data_offsets": [0, 4]}}).encode()  # fmt: skip
+    return struct.pack("<Q", len(header)) + header + b"\0\0\0\0"
 
 
 def lora_config(**over: Any) -> bytes:
@@ -111,7 +119,7 @@ def test_adapters_vllm_cannot_serve_are_400_before_loading(tiny_server_factory: 
     """The checks read the adapter's files from the store; vLLM (here: nothing at all) is never asked."""
     srv = tiny_server_factory(serving_backend="vllm", vllm_url=f"http://127.0.0.1:{free_port()}")
     manifest = json.dumps({"base_model": TINY}).encode()
-    weights = b"not read by the check"
+    weights = safetensors_bytes("F32")
     register_model(
         srv,
         "ft:tiny-llama:personal:big:r32",
@@ -134,6 +142,18 @@ def test_adapters_vllm_cannot_serve_are_400_before_loading(tiny_server_factory: 
             "tunery_manifest.json": json.dumps({"base_model": "smollm2-135m-instruct"}).encode(),
         },
     )
+    register_model(
+        srv,
+        "ft:tiny-llama:personal:int8:i8",
+        "jobs/ftjob-i8/model/",
+        {CONFIG_FILE: lora_config(), "adapter_model.safetensors": safetensors_bytes("I8")},
+    )
+    register_model(
+        srv,
+        "ft:tiny-llama:personal:junk:jnk",
+        "jobs/ftjob-jnk/model/",
+        {CONFIG_FILE: lora_config(), "adapter_model.safetensors": b"not safetensors"},
+    )
     register_model(srv, "ft:tiny-llama:personal:full:ful", "jobs/ftjob-ful/model/",
               {"config.json": b"{}", "model.safetensors": weights})  # fmt: skip
     for model, code, words in (
@@ -141,6 +161,8 @@ def test_adapters_vllm_cannot_serve_are_400_before_loading(tiny_server_factory: 
         ("ft:tiny-llama:personal:head:lmh", "model_not_servable", "lm_head"),
         ("ft:tiny-llama:personal:other:oth", "model_not_servable", "trained on `smollm2-135m-instruct`"),
         ("ft:tiny-llama:personal:full:ful", "model_not_served", "TUNERY_VLLM_URLS"),
+        ("ft:tiny-llama:personal:int8:i8", "model_not_servable", "weights are I8"),
+        ("ft:tiny-llama:personal:junk:jnk", None, "unreadable adapter files"),
     ):
         r = srv.http.post("/v1/chat/completions", json={"model": model, "messages": HI})
         assert r.status_code == 400, r.text

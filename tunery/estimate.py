@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from tunery.tensorfiles import read_header
 
 FLOPS_DIVISOR = 5e11
 CUDA_CONTEXT = 1 << 30
@@ -73,10 +74,7 @@ def _safetensors_headers(folder: Path) -> dict[str, Any]:
     tensors: dict[str, Any] = {}
     for path in sorted(folder.glob("*.safetensors")):
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        tensors.update(header)
+            tensors.update(read_header(f))
     return tensors
 
 

@@ -22,6 +22,8 @@ VLLM_REFUSED_MODULES = frozenset({"lm_head", "embed_tokens", "embed_in", "embed_
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 LORA_PARAM = "tunery.training.lora"
+# Weight dtypes (safetensors names) vLLM casts to the dtype it serves in.
+SERVABLE_DTYPES = frozenset({"F32", "F16", "BF16"})
 
 
 @dataclass(frozen=True)
@@ -75,12 +77,20 @@ def training_problem(training: Mapping[str, Any], max_rank: int) -> Unservable |
 
 
 def adapter_problem(
-    config: Mapping[str, Any], manifest: Mapping[str, Any] | None, base_model: str, max_rank: int
+    config: Mapping[str, Any],
+    manifest: Mapping[str, Any] | None,
+    base_model: str,
+    max_rank: int,
+    tensors: Mapping[str, Any] | None = None,
 ) -> Unservable | None:
     """An adapter's files against the vLLM server that will load it: a PEFT LoRA, of this base model (the one the
-    server serves), of a shape vLLM loads. ``manifest`` is the trainer's (absent for adapters written elsewhere)."""
+    server serves), of a shape vLLM loads, with weights in a float dtype vLLM casts to its own. ``manifest`` is the
+    trainer's (absent for adapters written elsewhere); ``tensors`` the weights' safetensors header."""
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         return Unservable(f"The adapter is a {config.get('peft_type')} adapter; vLLM serves LoRA adapters.", "model")
+    odd = sorted({str(t.get("dtype")) for t in (tensors or {}).values()} - SERVABLE_DTYPES)
+    if odd:
+        return Unservable(f"The adapter's weights are {', '.join(odd)}; vLLM loads F32, F16 or BF16 weights.", "model")
     trained_on = (manifest or {}).get("base_model")
     if trained_on and trained_on != base_model:
         return Unservable(
