@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from serving.adapters import AdapterCache, is_full_model, safe_adapter_name
 from serving.errors import AdapterNotFound, EngineError
-from serving.text import emittable, find_stop, normalize_messages
+from serving.text import Detokenizer, emittable, find_stop, normalize_messages
 from tunery.storage import ObjectStore
 
 __all__ = [
@@ -184,37 +184,6 @@ def _pick(logits: Any, params: SamplingParams, rng: Any) -> int:
     cumulative = np.cumsum(weights)
     j = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(weights) - 1)
     return int(order[j]) if order is not None else j
-
-
-class _Detokenizer:
-    """The text of a growing list of generated tokens, decoding only the last few per step (TGI's prefix and read
-    offsets), so a long reply costs linear, not quadratic, time. A step whose tokens end inside a multi-byte
-    character adds nothing until the character is complete."""
-
-    def __init__(self, tokenizer: Any, lock: threading.Lock):
-        self.tokenizer = tokenizer
-        self.lock = lock
-        self.prefix = self.read = 0  # ids[prefix:read] were decoded last time, as context for the next tokens
-        self.text = ""
-
-    def _decode(self, ids: list[int]) -> str:
-        with self.lock:
-            return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
-
-    def add(self, ids: list[int]) -> str:
-        before = self._decode(ids[self.prefix : self.read])
-        now = self._decode(ids[self.prefix :])
-        if len(now) > len(before) and not now.endswith("\ufffd"):
-            self.text += now[len(before) :]
-            self.prefix, self.read = self.read, len(ids)
-        return self.text
-
-    def finish(self, ids: list[int]) -> str:
-        if self.read < len(ids):
-            before = self._decode(ids[self.prefix : self.read])
-            self.text += self._decode(ids[self.prefix :])[len(before) :]
-            self.prefix = self.read = len(ids)
-        return self.text
 
 
 class EmbeddedEngine:
@@ -495,7 +464,7 @@ class EmbeddedEngine:
         past = None
         out: list[int] = []
         text, sent, finish = "", 0, "length"
-        detok = _Detokenizer(base.tokenizer, base.tok_lock)
+        detok = Detokenizer(base.tokenizer, base.tok_lock)
         for _ in range(job.max_new):
             if cancel.is_set():
                 return

@@ -1,7 +1,9 @@
-"""Pure-Python text helpers of the engines: chat messages, stop strings, streaming hold-back. No torch here."""
+"""Pure-Python text helpers of the engines: chat messages, stop strings, streaming hold-back, incremental
+decoding. No torch here."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,3 +79,34 @@ def emittable(text: str, stops: Sequence[str]) -> int:
     while end > 0 and text[end - 1] == "\ufffd":
         end -= 1
     return end
+
+
+class Detokenizer:
+    """The text of a growing list of generated tokens, decoding only the last few per step (TGI's prefix and read
+    offsets), so a long reply costs linear, not quadratic, time. A step whose tokens end inside a multi-byte
+    character adds nothing until the character is complete."""
+
+    def __init__(self, tokenizer: Any, lock: threading.Lock):
+        self.tokenizer = tokenizer
+        self.lock = lock
+        self.prefix = self.read = 0  # ids[prefix:read] were decoded last time, as context for the next tokens
+        self.text = ""
+
+    def _decode(self, ids: list[int]) -> str:
+        with self.lock:
+            return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def add(self, ids: list[int]) -> str:
+        before = self._decode(ids[self.prefix : self.read])
+        now = self._decode(ids[self.prefix :])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.text += now[len(before) :]
+            self.prefix, self.read = self.read, len(ids)
+        return self.text
+
+    def finish(self, ids: list[int]) -> str:
+        if self.read < len(ids):
+            before = self._decode(ids[self.prefix : self.read])
+            self.text += self._decode(ids[self.prefix :])[len(before) :]
+            self.prefix = self.read = len(ids)
+        return self.text

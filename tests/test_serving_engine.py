@@ -266,12 +266,12 @@ def test_incremental_detokenizer_matches_a_full_decode(tiny_model_dir: Path) -> 
 
     from transformers import AutoTokenizer
 
-    from serving.engine import _Detokenizer
+    from serving.text import Detokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     text = "Héllo wörld: 世界, naïve café 🎉🎉 — ok!\n  indented\tTAB ÅÄÖ 日本語のテキスト"
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    detok = _Detokenizer(tok, threading.Lock())
+    detok = Detokenizer(tok, threading.Lock())
     seen = []
     for i in range(1, len(ids) + 1):
         seen.append(detok.add(ids[:i]))
