@@ -1,0 +1,217 @@
+"""The job state machine: a fine-tuning job's statuses, its typed error, and the transitions between them.
+
+The functions here are the only writers of a job's ``status``, ``error``, ``finished_at``, ``pause_requested`` and
+``cancel_requested`` (tests/test_architecture.py checks it). Each transition checks its move against
+``TRANSITIONS`` and raises ``IllegalTransition`` otherwise. They change the job object only: the caller's
+transaction writes it, and the caller adds the job's events.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tunery.db.models import Job
+
+
+class JobStatus(enum.StrEnum):
+    """OpenAI's job statuses, plus Tunery's ``paused``. Stored as the plain string."""
+
+    validating_files = "validating_files"
+    queued = "queued"
+    running = "running"
+    paused = "paused"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+# The statuses in which a job belongs to one scheduler replica: its files are being checked, or its run is going.
+OWNED = frozenset({JobStatus.validating_files, JobStatus.running})
+# The statuses of a job that has not started training yet.
+WAITING = frozenset({JobStatus.validating_files, JobStatus.queued})
+
+
+class Transition(enum.StrEnum):
+    """The moves of a job, one function each below."""
+
+    queue = "queue"  # its files are valid
+    start = "start"  # a run was launched
+    succeed = "succeed"  # the run reported success
+    fail = "fail"  # validation, launch or the run failed
+    cancel = "cancel"  # the user cancelled it
+    pause = "pause"  # the user paused it
+    resume = "resume"  # the user resumed it
+    requeue = "requeue"  # the run crashed, was preempted, or its scheduler stopped: run it again
+
+
+_S = JobStatus
+_ACTIVE = (_S.validating_files, _S.queued, _S.running, _S.paused)
+
+# Every allowed (from, to) move and the one transition that makes it; any other move is illegal.
+TRANSITIONS: dict[tuple[JobStatus, JobStatus], Transition] = {
+    (_S.validating_files, _S.queued): Transition.queue,
+    (_S.queued, _S.running): Transition.start,
+    (_S.running, _S.queued): Transition.requeue,
+    (_S.running, _S.paused): Transition.pause,
+    (_S.paused, _S.queued): Transition.resume,
+    (_S.running, _S.succeeded): Transition.succeed,
+    # A run that finished its last step before it saw the pause; or that finished after the job was resumed while
+    # it was still saving its state (the job waits queued for that run to end).
+    (_S.paused, _S.succeeded): Transition.succeed,
+    (_S.queued, _S.succeeded): Transition.succeed,
+    **{(s, _S.failed): Transition.fail for s in _ACTIVE},
+    **{(s, _S.cancelled): Transition.cancel for s in _ACTIVE},
+}
+
+# The status each transition leads to.
+TARGET: dict[Transition, JobStatus] = {t: to for (_, to), t in TRANSITIONS.items()}
+
+
+class IllegalTransition(Exception):
+    """A transition the job's current status does not allow."""
+
+    def __init__(self, job_id: str | None, current: str | None, target: JobStatus, transition: Transition):
+        super().__init__(f"job {job_id}: {transition} ({current} -> {target}) is not allowed")
+        self.job_id = job_id
+        self.current = current
+        self.target = target
+        self.transition = transition
+
+
+class ErrorCode(enum.StrEnum):
+    """The registered codes of a job's ``error``."""
+
+    training_error = "training_error"  # the run failed (the trainer's default)
+    server_error = "server_error"  # Tunery failed: validation crashed, the trainer could not start
+    invalid_training_file = "invalid_training_file"
+    invalid_validation_file = "invalid_validation_file"
+    invalid_mix_file = "invalid_mix_file"  # tunery.data.mix.file
+    invalid_n_examples = "invalid_n_examples"
+    invalid_hyperparameters = "invalid_hyperparameters"  # refused by the trainer
+    model_not_available = "model_not_available"  # the trainer cannot load the base model
+    quota_exceeded = "quota_exceeded"
+    unservable_adapter = "unservable_adapter"  # vLLM could not load the result (docs/serving.md)
+    unsupported_hardware = "unsupported_hardware"  # the adapter or precision does not fit the trainer's hardware
+    unsupported_cluster = "unsupported_cluster"  # Kubernetes cannot run the job
+
+
+class UnknownErrorCode(ValueError):
+    """A job error code that is not in ``ErrorCode``."""
+
+
+def error_code(value: str) -> ErrorCode:
+    """The registered code named ``value``; raises UnknownErrorCode for any other."""
+    try:
+        return ErrorCode(value)
+    except ValueError:
+        raise UnknownErrorCode(f"unregistered job error code {value!r}") from None
+
+
+@dataclass(frozen=True)
+class JobError:
+    """OpenAI's job ``error`` object: a registered code, a message, and the request field it is about."""
+
+    code: ErrorCode
+    message: str
+    param: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code", error_code(self.code))
+
+    def to_json(self) -> dict[str, str | None]:
+        """The value of the ``Job.error`` JSON column."""
+        return {"code": self.code.value, "message": self.message, "param": self.param}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobError:
+        return cls(error_code(data["code"]), data["message"], data.get("param"))
+
+
+def allowed(job: Job, transition: Transition) -> bool:
+    """Whether ``transition`` may be made from the job's current status."""
+    try:
+        current = JobStatus(job.status)
+    except ValueError:  # None (a new job) or not a status at all
+        return False
+    return TRANSITIONS.get((current, TARGET[transition])) is transition
+
+
+def _move(job: Job, transition: Transition) -> None:
+    if not allowed(job, transition):
+        raise IllegalTransition(job.id, job.status, TARGET[transition], transition)
+    job.status = TARGET[transition].value
+
+
+def create(job: Job) -> None:
+    """A new job: its files are to be validated; no error, no flags."""
+    job.status = JobStatus.validating_files.value
+    job.error = None
+    job.finished_at = None
+    job.cancel_requested = False
+    job.pause_requested = False
+
+
+def queue(job: Job) -> None:
+    """The job's files are valid: it waits for a run."""
+    _move(job, Transition.queue)
+
+
+def start(job: Job, at: int) -> None:
+    """A run of the job was launched at ``at``."""
+    _move(job, Transition.start)
+    job.started_at = at
+
+
+def succeed(job: Job, at: int) -> None:
+    """The run reported success at ``at``."""
+    _move(job, Transition.succeed)
+    job.finished_at = at
+    job.estimated_finish = None
+
+
+def fail(job: Job, error: JobError, at: int) -> None:
+    """The job failed at ``at`` with ``error``."""
+    _move(job, Transition.fail)
+    job.error = error.to_json()
+    job.finished_at = at
+    job.estimated_finish = None
+
+
+def cancel(job: Job, at: int) -> None:
+    """The user cancelled the job at ``at``; its run (if any) is told to stop."""
+    _move(job, Transition.cancel)
+    job.cancel_requested = True
+    job.finished_at = at
+    job.estimated_finish = None
+
+
+def pause(job: Job) -> None:
+    """The user paused the running job: its run saves its state at the next step boundary and stops."""
+    _move(job, Transition.pause)
+    job.pause_requested = True
+    job.estimated_finish = None
+
+
+def resume(job: Job) -> None:
+    """The user resumed the paused job: it is queued to continue from its last checkpoint. A run still saving its
+    state keeps the pause flag until the scheduler reaps it (``pause_done``); the job is launched only after that."""
+    _move(job, Transition.resume)
+    if job.run_handle is None:  # the paused run is over, or never got a handle (a stale token stops it)
+        pause_done(job)
+
+
+def requeue(job: Job) -> None:
+    """The running job is queued again (its run crashed, was preempted, or its scheduler stopped)."""
+    _move(job, Transition.requeue)
+    job.pause_requested = False
+
+
+def pause_done(job: Job) -> None:
+    """The run asked to pause is over: the flag is lowered and the run's token is void. The status stays."""
+    job.pause_requested = False
+    job.run_token = None
