@@ -25,6 +25,7 @@ from tunery.db.ops import now
 from tunery.estimate import estimate, model_shape
 from tunery.filescan import ScanOptions
 from tunery.jobspec import TrainingMethod
+from tunery.jobstate import ErrorCode, JobError
 from tunery.storage import ObjectNotFound
 
 router = APIRouter()
@@ -55,9 +56,7 @@ def _token_report(ctx: AppContext, file_id: str, key: str, model: str, folder: s
     scan = scan_stored(ctx.store, key, opts)
     check = check_scan(scan, file_id, "training_file")
     if check.error:
-        raise bad_request(
-            check.error["message"] or "invalid training file", param="training_file", code=check.error["code"]
-        )
+        raise bad_request(check.error.message or "invalid training file", param="training_file", code=check.error.code)
     report = file_report(file_id, scan, now(), model=model, max_seq_length=max_len, for_job=True)
     ctx.store.put_bytes(report_key(file_id, model), json.dumps(report).encode())
     return report
@@ -105,12 +104,13 @@ def dry_run(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = Dep
     fmt = DataFormat(report["format"]) if report.get("format") else None
     problem = check_method_fit(fmt, f.id, body.method.type if body.method else "supervised")
     if problem is None and n < MIN_EXAMPLES:
-        problem = {
-            "code": "invalid_n_examples",
-            "message": f"Training file has {n} example(s), but must have at least {MIN_EXAMPLES} examples",
-        }
+        problem = JobError(
+            ErrorCode.invalid_n_examples,
+            f"Training file has {n} example(s), but must have at least {MIN_EXAMPLES} examples",
+            "training_file",
+        )
     if problem:
-        raise bad_request(problem["message"] or "", param="training_file", code=problem["code"])
+        raise bad_request(problem.message, param="training_file", code=problem.code)
     tokens = report["tokens"]
     gpu_type = ctx.settings.gpu_type
     grad_accum = training.gradient_accumulation_steps if training else 1

@@ -18,9 +18,9 @@ from api.errors import APIError, bad_request, not_found
 from api.files import get_file
 from api.objects import best_checkpoint_step, checkpoint_object, event_object, job_object
 from api.pagination import list_object, page
-from tunery import hyperparams, ids
+from tunery import hyperparams, ids, jobstate
 from tunery.db import Checkpoint, FineTunedModel, Job, JobEvent
-from tunery.db.ops import TERMINAL, add_event, now
+from tunery.db.ops import add_event, now
 from tunery.jobspec import PreferenceTrainer
 
 router = APIRouter()
@@ -322,7 +322,6 @@ def create_job(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = 
             organization_id=t.organization_id,
             project_id=t.project_id,
             created_at=now(),
-            status="validating_files",
             model=body.model,
             base_model=base_model,
             training_file=body.training_file,
@@ -334,11 +333,10 @@ def create_job(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = 
             hyperparameters=hp,
             integrations=[],
             extensions=extensions,
-            error=None,
             result_files=[],
             attempts=0,
-            cancel_requested=False,
         )
+        jobstate.create(job)
         s.add(job)
         s.flush()
         add_event(s, job.id, f"Created fine-tuning job: {job.id}")
@@ -403,16 +401,14 @@ def change_job(ctx: AppContext, t: Tenant, job_id: str, change: Callable[[Sessio
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
     def cancel(s: Session, job: Job) -> None:
-        if job.status in TERMINAL:
+        try:
+            jobstate.cancel(job, now())
+        except jobstate.IllegalTransition:
             raise bad_request(
                 f"Job {job_id} has already {'been cancelled' if job.status == 'cancelled' else job.status}.",
                 param="fine_tuning_job_id",
                 code="job_not_cancellable",
-            )
-        job.status = "cancelled"
-        job.cancel_requested = True
-        job.finished_at = now()
-        job.estimated_finish = None
+            ) from None
         add_event(s, job.id, "Fine-tuning job cancelled")
 
     return change_job(ctx, t, job_id, cancel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunery.db import Checkpoint, File, FineTunedModel, Job, JobEvent
+from tunery.jobstate import JobStatus
 
 
 def file_object(f: File) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def job_object(j: Job) -> dict[str, Any]:
         "created_at": j.created_at,
         "error": j.error,
         # The name is reserved when the job is queued (checkpoints use it) but shown only once it exists.
-        "fine_tuned_model": j.fine_tuned_model if j.status == "succeeded" else None,
+        "fine_tuned_model": j.fine_tuned_model if j.status == JobStatus.succeeded else None,
         "finished_at": j.finished_at,
         "hyperparameters": j.hyperparameters,
         "model": j.model,

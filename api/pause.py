@@ -15,6 +15,7 @@ from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import bad_request
 from api.jobs import change_job
+from tunery import jobstate
 from tunery.db import Job
 from tunery.db.ops import add_event
 
@@ -24,15 +25,14 @@ router = APIRouter()
 @router.post("/fine_tuning/jobs/{job_id}/pause")
 def pause_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
     def pause(s: Session, job: Job) -> None:
-        if job.status != "running":
+        try:
+            jobstate.pause(job)
+        except jobstate.IllegalTransition:
             raise bad_request(
                 f"Job {job_id} is {job.status}; only a running job can be paused.",
                 param="fine_tuning_job_id",
                 code="job_not_pausable",
-            )
-        job.status = "paused"
-        job.pause_requested = True
-        job.estimated_finish = None
+            ) from None
         add_event(s, job.id, "Pausing fine-tuning job: the trainer saves its state at the next step and stops")
 
     return change_job(ctx, t, job_id, pause)
@@ -41,18 +41,14 @@ def pause_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depen
 @router.post("/fine_tuning/jobs/{job_id}/resume")
 def resume_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
     def resume(s: Session, job: Job) -> None:
-        if job.status != "paused":
+        try:
+            jobstate.resume(job)
+        except jobstate.IllegalTransition:
             raise bad_request(
                 f"Job {job_id} is {job.status}; only a paused job can be resumed.",
                 param="fine_tuning_job_id",
                 code="job_not_resumable",
-            )
-        job.status = "queued"
-        if job.run_handle is None:
-            # The paused run is over (or never got a handle: a stale token stops it). A run still saving its state
-            # keeps pause_requested until the scheduler reaps it; the job is launched again only after that.
-            job.pause_requested = False
-            job.run_token = None
+            ) from None
         add_event(s, job.id, "Fine-tuning job resumed: queued to continue from its last checkpoint")
 
     return change_job(ctx, t, job_id, resume)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunery.jobstate import ErrorCode
+
 
 @dataclass
 class RunEvent:
@@ -42,7 +44,7 @@ class RunStatus:
 class LaunchRefused(Exception):
     """A run that cannot be started as configured; the job fails with this message and code."""
 
-    def __init__(self, message: str, code: str = "server_error"):
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.server_error):
         super().__init__(message)
         self.message = message
         self.code = code

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunery import estimate as estimates
+from tunery.jobstate import ErrorCode, JobError
 
 # GPU types of tunery/estimate.py without bf16 (compute capability below 8.0).
 NO_BF16_GPU_TYPES = frozenset({"t4"})
@@ -29,7 +30,7 @@ class Hardware:
 
 @dataclass
 class HardwareCheck:
-    error: dict[str, str | None] | None = None
+    error: JobError | None = None
     precision: str = "fp32"  # resolved: bf16 | fp16 | fp32 (``auto`` when the GPU's bf16 support is not known)
     warnings: list[str] = field(default_factory=list)
 
@@ -81,8 +82,7 @@ def check(training: dict[str, Any], hw: Hardware, full_estimate: estimates.Estim
     out = HardwareCheck()
 
     def fail(message: str, param: str) -> HardwareCheck:
-        out.error = {"code": "unsupported_hardware", "message": message, "param": param}
-        return out
+        return HardwareCheck(JobError(ErrorCode.unsupported_hardware, message, param), out.precision, out.warnings)
 
     if precision in ("bf16", "fp16") and not hw.gpu:
         return fail(

@@ -29,6 +29,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from scheduler.backends import Backend, LaunchRefused, RunEvent, RunStatus
+from tunery.jobstate import ErrorCode
 from tunery.settings import Settings
 
 log = logging.getLogger("tunery.scheduler.k8s")
@@ -262,7 +263,9 @@ class KubernetesBackend(Backend):
     # Launch ------------------------------------------------------------------------------------------
     def launch(self, job_id: str, spec_ref: str, log_path: Path) -> str:
         if not self.settings.k8s_trainer_image:
-            raise LaunchRefused("No trainer image is configured: set TUNERY_K8S_TRAINER_IMAGE.", code="server_error")
+            raise LaunchRefused(
+                "No trainer image is configured: set TUNERY_K8S_TRAINER_IMAGE.", code=ErrorCode.server_error
+            )
         nodes = max(1, self.settings.k8s_nodes_per_job)
         if nodes > 1 and self.server_version() < INDEXED_JOB_MIN_VERSION:
             major, minor = self.server_version()
@@ -270,14 +273,14 @@ class KubernetesBackend(Backend):
                 f"Multi-node runs (TUNERY_K8S_NODES_PER_JOB={nodes}) need Indexed Jobs, Kubernetes "
                 f"{INDEXED_JOB_MIN_VERSION[0]}.{INDEXED_JOB_MIN_VERSION[1]} or later; this cluster runs "
                 f"{major}.{minor}.",
-                code="unsupported_cluster",
+                code=ErrorCode.unsupported_cluster,
             )
         manifest = job_manifest(self.settings, job_id=job_id, run=_run_id(), spec_ref=spec_ref)
         name = manifest["metadata"]["name"]
         try:
             created = self.batch.create_namespaced_job(self.namespace, manifest)
         except ApiException as e:
-            raise LaunchRefused(f"Kubernetes refused the Job: {_api_message(e)}", code="server_error") from e
+            raise LaunchRefused(f"Kubernetes refused the Job: {_api_message(e)}", code=ErrorCode.server_error) from e
         if nodes > 1:
             try:
                 self.core.create_namespaced_service(
@@ -285,7 +288,9 @@ class KubernetesBackend(Backend):
                 )
             except ApiException as e:
                 self._delete(name)
-                raise LaunchRefused(f"Kubernetes refused the Service: {_api_message(e)}", code="server_error") from e
+                raise LaunchRefused(
+                    f"Kubernetes refused the Service: {_api_message(e)}", code=ErrorCode.server_error
+                ) from e
         handle = make_handle(self.namespace, name)
         with self._lock:
             self._created[name] = time.monotonic()

@@ -13,9 +13,10 @@ import grpc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tunery import ids
+from tunery import ids, jobstate
 from tunery.db import Checkpoint, Database, File, FineTunedModel, Job
-from tunery.db.ops import TERMINAL, add_event, now
+from tunery.db.ops import add_event, now
+from tunery.jobstate import TERMINAL, ErrorCode, JobError, UnknownErrorCode, error_code
 from tunery.metrics import Metrics
 from tunery.storage import ObjectStore
 from tunery.v1 import reporting_pb2 as pb
@@ -66,6 +67,17 @@ def servable_model(job: Job, name: str, kind: str, prefix: str) -> FineTunedMode
         project_id=job.project_id,
         created_at=now(),
     )
+
+
+def reported_error(request: pb.FinishedRequest) -> JobError:
+    """The job error a failed run reported. A code this control plane does not register (a newer trainer's)
+    becomes ``training_error`` so that the job still fails; the trainer's message is kept."""
+    try:
+        code = error_code(request.error_code or ErrorCode.training_error)
+    except UnknownErrorCode:
+        log.warning("the trainer reported an unregistered error code %r; recording training_error", request.error_code)
+        code = ErrorCode.training_error
+    return JobError(code, request.error_message or "Training failed.", request.error_param or None)
 
 
 class ReportingService(pb_grpc.TrainerReportingServicer):
@@ -171,17 +183,11 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
 
         def apply(s: Session, job: Job) -> None:
             done.clear()
-            job.finished_at = now()
-            job.estimated_finish = None
             job.run_token = None
             if not request.succeeded:
-                job.status = "failed"
-                job.error = {
-                    "code": request.error_code or "training_error",
-                    "message": request.error_message or "Training failed.",
-                    "param": request.error_param or None,
-                }
-                add_event(s, job.id, f"Fine-tuning job failed: {job.error['message']}", level="error")
+                error = reported_error(request)
+                jobstate.fail(job, error, now())
+                add_event(s, job.id, f"Fine-tuning job failed: {error.message}", level="error")
                 return
             assert job.fine_tuned_model
             if request.results_key and self.store.exists(request.results_key):
@@ -203,7 +209,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                 job.result_files = [results.id]
             s.add(servable_model(job, job.fine_tuned_model, "fine_tuned", request.model_prefix))
             job.trained_tokens = int(request.trained_tokens)
-            job.status = "succeeded"
+            jobstate.succeed(job, now())
             done.append(job.trained_tokens)
             add_event(s, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
             add_event(s, job.id, "The job has successfully completed")

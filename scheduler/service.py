@@ -42,9 +42,9 @@ from scheduler.validation import (
     token_summary,
 )
 from tunery import estimate as estimates
-from tunery import hyperparams, ids, servable
+from tunery import hyperparams, ids, jobstate, servable
 from tunery.db import Database, File, FineTunedModel, Job
-from tunery.db.ops import TERMINAL, add_event, now
+from tunery.db.ops import add_event, now
 from tunery.filescan import FileScan, ScanOptions
 from tunery.jobspec import (
     DataFile,
@@ -57,6 +57,7 @@ from tunery.jobspec import (
     TrainingMethod,
     mix_count,
 )
+from tunery.jobstate import OWNED, ErrorCode, JobError, JobStatus
 from tunery.metrics import Metrics
 from tunery.resume import latest_state
 from tunery.settings import Settings
@@ -68,8 +69,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tunery.scheduler")
 
-# The statuses in which a job belongs to one replica: its files are being checked, or its run is going.
-OWNED = ("validating_files", "running")
+# Why a queued job cannot be launched when its inputs are gone.
+DELETED_INPUT = "The training file (or the mix file, or the fine-tuned model the job starts from) was deleted."
 # Validation workers of one replica (whole files are read on them, beside the loop).
 VALIDATION_WORKERS = 2
 LAUNCHES_PER_PASS = 32  # jobs a backend that queues its own runs (Kubernetes) is given in one scheduler pass
@@ -246,12 +247,12 @@ class Scheduler:
             handles, queued = [], 0
             q = (
                 select(Job)
-                .where(or_(Job.status == "running", Job.run_handle.is_not(None)), gone)
+                .where(or_(Job.status == JobStatus.running, Job.run_handle.is_not(None)), gone)
                 .order_by(Job.pk)
                 .with_for_update(skip_locked=True)
             )
             for job in s.scalars(q):
-                if job.status == "running" and self.backend.adopts_runs:
+                if job.status == JobStatus.running and self.backend.adopts_runs:
                     adopted = self.backend.adopt(job.id, job.run_handle)
                     if adopted:  # the run outlives its scheduler (a Kubernetes Job): this replica watches it now
                         job.run_handle = adopted
@@ -259,16 +260,15 @@ class Scheduler:
                         add_event(s, job.id, "The scheduler restarted and adopted the running trainer run")
                         continue
                 handles.append(job.run_handle or "")
-                if job.status != "running":
+                if job.status != JobStatus.running:
                     self._release(job)  # finished, cancelled or paused; only its handle was left
                     job.run_handle = None
                     if job.pause_requested:
-                        job.run_token = None
-                        job.pause_requested = False
+                        jobstate.pause_done(job)
                     continue
                 mine = job.claimed_by == self.replica_id
                 self._clear_run(job)
-                job.status = "queued"
+                jobstate.requeue(job)
                 queued += 1
                 add_event(
                     s,
@@ -292,7 +292,7 @@ class Scheduler:
         return queued
 
     def _release_validations(self, s: Session) -> None:
-        for model, status in ((Job, "validating_files"), (File, "uploaded")):
+        for model, status in ((Job, JobStatus.validating_files), (File, "uploaded")):
             s.execute(
                 update(model)
                 .where(model.claimed_by == self.replica_id, model.status == status)
@@ -369,7 +369,7 @@ class Scheduler:
                 job = s.scalar(select(Job).where(Job.id == job_id))
                 if job is None or job.run_handle != handle or job.claimed_by != self.replica_id:
                     return
-                if job.status == "running":
+                if job.status == JobStatus.running:
                     for ev in st.events:
                         add_event(s, job.id, ev.message, level=ev.level, data=ev.data)
                 if st.running:
@@ -379,7 +379,7 @@ class Scheduler:
                 if job.pause_requested:
                     self.on_paused(s, job)
                     return
-                if job.status != "running":
+                if job.status != JobStatus.running:
                     self._release(job)
                     return  # it reported its outcome before exiting
                 if run_crashed(st):
@@ -390,17 +390,9 @@ class Scheduler:
             self.db.transaction(check)
 
     def _fail_run(self, s: Session, job: Job, st: RunStatus) -> None:
-        self._clear_run(job)
         tail = self._log_tail(job.id)
-        job.status = "failed"
-        job.finished_at = now()
         message = st.error or f"The trainer exited (code {st.exit_code}) before finishing."
-        job.error = {
-            "code": "training_error",
-            "message": message + (f" Last output: {tail}" if tail else ""),
-            "param": None,
-        }
-        add_event(s, job.id, f"Fine-tuning job failed: {job.error['message']}", level="error")
+        self._fail_in(s, job, JobError(ErrorCode.training_error, message + (f" Last output: {tail}" if tail else "")))
 
     def on_crash(self, s: Session, job: Job, st: RunStatus, handle: str) -> None:
         """A run that ended without the trainer's say (killed, pod lost or evicted, OOM), or that was preempted
@@ -442,8 +434,8 @@ class Scheduler:
     def on_paused(self, s: Session, job: Job) -> None:
         """The run of a paused job ended (it saved its state at a step boundary, or died meanwhile)."""
         self._clear_run(job)
-        job.pause_requested = False
-        if job.status != "paused":
+        jobstate.pause_done(job)
+        if job.status != JobStatus.paused:
             return  # resumed (queued) or cancelled while it was stopping
         state = latest_state(self.store, f"jobs/{job.id}")
         where = f"at step {state.step}" if state is not None else "before its first checkpoint"
@@ -456,8 +448,7 @@ class Scheduler:
 
     def _requeue(self, job: Job) -> None:
         self._clear_run(job)
-        job.pause_requested = False
-        job.status = "queued"
+        jobstate.requeue(job)
 
     def validate_uploaded_files(self) -> None:
         """New training files: write each one's validation report and set its status (processed | error)."""
@@ -546,7 +537,7 @@ class Scheduler:
         def claim(s: Session) -> list[str]:
             q = (
                 select(Job)
-                .where(Job.status == "validating_files", self._lapsed(Job, now()))
+                .where(Job.status == JobStatus.validating_files, self._lapsed(Job, now()))
                 .order_by(Job.pk)
                 .limit(self._free_workers())
                 .with_for_update(skip_locked=True)
@@ -568,11 +559,7 @@ class Scheduler:
             log.exception("validating job %s failed", job_id)
             self._fail(
                 job_id,
-                {
-                    "code": "server_error",
-                    "param": None,
-                    "message": "The files could not be validated because of an internal error.",
-                },
+                JobError(ErrorCode.server_error, "The files could not be validated because of an internal error."),
             )
 
     def _in_background(self, key: str, fn: Callable[..., None], *args: Any) -> None:
@@ -598,20 +585,18 @@ class Scheduler:
             with self._busy_lock:
                 self._busy.discard(key)
 
-    def _fail(self, job_id: str, error: dict[str, str | None]) -> None:
+    def _fail(self, job_id: str, error: JobError) -> None:
         def fail(s: Session) -> None:
             job = s.scalar(select(Job).where(Job.id == job_id))
-            if job is not None and job.status not in TERMINAL:
+            if job is not None and jobstate.allowed(job, jobstate.Transition.fail):  # not already over
                 self._fail_in(s, job, error)
 
         self.db.transaction(fail)
 
-    def _fail_in(self, s: Session, job: Job, error: dict[str, str | None]) -> None:
+    def _fail_in(self, s: Session, job: Job, error: JobError) -> None:
         self._clear_run(job)
-        job.status = "failed"
-        job.error = error
-        job.finished_at = now()
-        add_event(s, job.id, f"Fine-tuning job failed: {error['message']}", level="error")
+        jobstate.fail(job, error, now())
+        add_event(s, job.id, f"Fine-tuning job failed: {error.message}", level="error")
 
     def _files(self, s: Session, job: Job) -> dict[str, File]:
         wanted = [job.training_file, *([job.validation_file] if job.validation_file else [])]
@@ -623,10 +608,10 @@ class Scheduler:
     def _validate(self, job_id: str) -> None:
         with self.db.session() as s:
             job = s.scalar(select(Job).where(Job.id == job_id))
-            if job is None or job.status != "validating_files":
+            if job is None or job.status != JobStatus.validating_files:
                 return
             files = self._files(s, job)
-        error: dict[str, str | None] | None = None
+        error: JobError | None = None
         n_train = n_mix = 0
         train_scan: FileScan | None = None
         summaries: list[str] = []
@@ -643,7 +628,7 @@ class Scheduler:
                 continue
             f = files.get(file_id)
             if f is None:
-                error = {"code": file_error_code(param), "message": f"File {file_id} was deleted.", "param": param}
+                error = JobError(file_error_code(param), f"File {file_id} was deleted.", param)
                 break
             # Again, against the job's model: its tokenizer's special tokens, token counts, over-length examples.
             model_folder = self.settings.base_model_paths().get(job.base_model)
@@ -671,7 +656,7 @@ class Scheduler:
 
         def queue(s: Session) -> None:
             job = s.scalar(select(Job).where(Job.id == job_id))
-            if job is None or job.status != "validating_files" or job.claimed_by != self.replica_id:
+            if job is None or job.status != JobStatus.validating_files or job.claimed_by != self.replica_id:
                 return  # cancelled meanwhile (or taken over by another replica after this one's claim lapsed)
             self._release(job)
             cpu_only = self.settings.trainer_device == "cpu" or not _cuda_visible()
@@ -688,9 +673,7 @@ class Scheduler:
             if self.settings.serving_backend == "vllm":  # the model must be one vLLM can load (docs/serving.md)
                 problem = servable.training_problem(training, self.settings.vllm_max_lora_rank)
                 if problem is not None:
-                    self._fail_in(
-                        s, job, {"code": "unservable_adapter", "message": problem.message, "param": problem.param}
-                    )
+                    self._fail_in(s, job, JobError(ErrorCode.unservable_adapter, problem.message, problem.param))
                     return
             training["precision"] = hw_check.precision
             tunery_ext = {**((job.extensions or {}).get("tunery") or {}), "training": training}
@@ -703,7 +686,7 @@ class Scheduler:
             job.fine_tuned_model = ids.fine_tuned_model_name(
                 job.base_model, self.settings.organization_slug, job.suffix, job.id
             )
-            job.status = "queued"
+            jobstate.queue(job)
             for summary in summaries:
                 add_event(s, job.id, summary)
             for warning in hw_check.warnings:
@@ -770,10 +753,12 @@ class Scheduler:
         is created. Claims skip rows another replica holds locked, so no job is launched twice."""
         with self.db.session() as s:
             running_by_project: dict[str, int] = {}
-            for (project,) in s.execute(select(Job.project_id).where(Job.status == "running")):
+            for (project,) in s.execute(select(Job.project_id).where(Job.status == JobStatus.running)):
                 running_by_project[project] = running_by_project.get(project, 0) + 1
             mine = s.scalar(
-                select(func.count()).select_from(Job).where(Job.status == "running", Job.claimed_by == self.replica_id)
+                select(func.count())
+                .select_from(Job)
+                .where(Job.status == JobStatus.running, Job.claimed_by == self.replica_id)
             )
         # A cluster queues its own pods; the local runner has one machine.
         free = LAUNCHES_PER_PASS if self.backend.adopts_runs else self.settings.max_concurrent_runs - (mine or 0)
@@ -789,7 +774,7 @@ class Scheduler:
             # A job resumed while its paused run still saves its state waits until that run is reaped.
             q = (
                 select(Job)
-                .where(Job.status == "queued", Job.run_handle.is_(None))
+                .where(Job.status == JobStatus.queued, Job.run_handle.is_(None))
                 .order_by(Job.pk)
                 .with_for_update(skip_locked=True)
             )
@@ -802,7 +787,7 @@ class Scheduler:
                     self.settings, running_jobs=running, gpus_in_use=running * gpus, gpus_needed=gpus
                 )
                 if decision.verdict == "refuse":
-                    self._fail_in(s, job, {"code": "quota_exceeded", "param": None, "message": decision.message})
+                    self._fail_in(s, job, JobError(ErrorCode.quota_exceeded, decision.message))
                     continue
                 if decision.verdict == "wait":
                     waits.append((job.id, decision.message))
@@ -810,22 +795,12 @@ class Scheduler:
                 token = ids.run_token()
                 spec = self._spec(s, job, token)
                 if spec is None:
-                    self._fail_in(
-                        s,
-                        job,
-                        {
-                            "code": "invalid_training_file",
-                            "message": "The training file (or the mix file, or the fine-tuned model the job starts "
-                            "from) was deleted.",
-                            "param": "training_file",
-                        },
-                    )
+                    self._fail_in(s, job, JobError(ErrorCode.invalid_training_file, DELETED_INPUT, "training_file"))
                     continue
                 self.store.put_bytes(spec.spec_key(), spec.model_dump_json(indent=2).encode())
                 job.run_token = token
                 job.attempts += 1
-                job.status = "running"
-                job.started_at = now()
+                jobstate.start(job, now())
                 self._claim(job)
                 add_event(s, job.id, "Fine-tuning job started")
                 claimed.append((job.id, token, spec))
@@ -846,7 +821,7 @@ class Scheduler:
 
         def note(s: Session) -> None:
             job = s.scalar(select(Job).where(Job.id == job_id))
-            if job is not None and job.status == "queued":
+            if job is not None and job.status == JobStatus.queued:
                 add_event(s, job_id, message)
 
         self.db.transaction(note)
@@ -946,11 +921,11 @@ class Scheduler:
             handle = self.backend.launch(job_id, f"{self.store.url}#{spec.spec_key()}", self.log_path(job_id))
         except LaunchRefused as e:
             log.warning("the trainer of %s was not started: %s", job_id, e.message)
-            self._fail(job_id, {"code": e.code, "param": None, "message": e.message})
+            self._fail(job_id, JobError(e.code, e.message))
             return
         except Exception as e:
             log.exception("launching the trainer of %s failed", job_id)
-            self._fail(job_id, {"code": "server_error", "param": None, "message": f"The trainer could not start: {e}"})
+            self._fail(job_id, JobError(ErrorCode.server_error, f"The trainer could not start: {e}"))
             return
 
         def record(s: Session) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 from tunery import filescan
 from tunery.data import MAX_LINE_BYTES, MAX_LINES, MAX_LISTED_ERRORS, MIN_EXAMPLES, DataFormat
 from tunery.filescan import FileScan, ScanOptions, scan_path, scan_stream
+from tunery.jobstate import ErrorCode, JobError
 from tunery.storage import ObjectNotFound, ObjectStore
 
 SHOWN_ERRORS = 5
@@ -26,7 +27,7 @@ METHOD_FOR_KIND = {"supervised": "supervised", "preference": "dpo"}
 @dataclass
 class FileCheck:
     n_examples: int
-    error: dict[str, str | None] | None  # OpenAI job error object when the file can't be used
+    error: JobError | None  # the job's error when the file can't be used
     format: DataFormat | None = None
     line: int | None = None  # the first invalid line, when the error is about lines
     field: str | None = None  # its field path, when known
@@ -44,10 +45,10 @@ def _label(param: str) -> str:
     return _LABELS.get(param, param.replace("_", " "))
 
 
-def file_error_code(param: str) -> str:
+def file_error_code(param: str) -> ErrorCode:
     """The job error code for a problem with the file given as ``param``."""
-    return {"training_file": "invalid_training_file", MIX_PARAM: "invalid_mix_file"}.get(
-        param, "invalid_validation_file"
+    return {"training_file": ErrorCode.invalid_training_file, MIX_PARAM: ErrorCode.invalid_mix_file}.get(
+        param, ErrorCode.invalid_validation_file
     )
 
 
@@ -56,7 +57,7 @@ _code = file_error_code
 
 def check_method_fit(
     fmt: DataFormat | None, file_id: str, method: str, param: str = "training_file"
-) -> dict[str, str | None] | None:
+) -> JobError | None:
     """The job error when a file's format does not fit the job's training method (None when it fits).
 
     Worded like OpenAI's: "Input file file-… is in the fine-tune-chat format, but the specified fine-tuning job
@@ -67,12 +68,12 @@ def check_method_fit(
     wanted = METHOD_FOR_KIND[fmt.kind]
     if wanted == method:
         return None
-    return {
-        "code": _code(param),
-        "message": f"Input file {file_id} is in the {fmt.label} format, but the specified fine-tuning job is not "
+    return JobError(
+        _code(param),
+        f"Input file {file_id} is in the {fmt.label} format, but the specified fine-tuning job is not "
         f"using '{wanted}' as the training method (provided method={method}).",
-        "param": param,
-    }
+        param,
+    )
 
 
 def check_scan(scan: FileScan, file_id: str, param: str, method: str = "supervised") -> FileCheck:
@@ -86,12 +87,12 @@ def check_scan(scan: FileScan, file_id: str, param: str, method: str = "supervis
         first = errors[0]
         return FileCheck(
             n,
-            {
-                "code": _code(param),
-                "message": f"The job failed due to an invalid {_label(param)} ({file_id}). "
+            JobError(
+                _code(param),
+                f"The job failed due to an invalid {_label(param)} ({file_id}). "
                 f"Invalid file format: {total} invalid line(s): {shown}{more}.",
-                "param": param,
-            },
+                param,
+            ),
             scan.format,
             first.line,
             first.field,
@@ -102,17 +103,17 @@ def check_scan(scan: FileScan, file_id: str, param: str, method: str = "supervis
     if param == "training_file" and n < MIN_EXAMPLES:
         return FileCheck(
             n,
-            {
-                "code": "invalid_n_examples",
-                "message": f"Training file has {n} example(s), but must have at least {MIN_EXAMPLES} examples",
-                "param": param,
-            },
+            JobError(
+                ErrorCode.invalid_n_examples,
+                f"Training file has {n} example(s), but must have at least {MIN_EXAMPLES} examples",
+                param,
+            ),
             scan.format,
         )
     if n == 0:
         return FileCheck(
             n,
-            {"code": _code(param), "message": f"{_label(param).capitalize()} has no examples", "param": param},
+            JobError(_code(param), f"{_label(param).capitalize()} has no examples", param),
             scan.format,
         )
     return FileCheck(n, None, scan.format, n_duplicates=scan.n_duplicates, scan=scan)

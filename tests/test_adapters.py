@@ -30,14 +30,14 @@ def test_hardware_check_rules() -> None:
     assert check(T4).precision == "fp16"
     for precision in ("bf16", "fp16"):
         err = check(CPU, precision=precision).error
-        assert err is not None and err["param"] == "tunery.training.precision" and "needs a GPU" in str(err["message"])
+        assert err is not None and err.param == "tunery.training.precision" and "needs a GPU" in str(err.message)
     err = check(T4, precision="bf16").error
-    assert err is not None and "bf16 support" in str(err["message"])
+    assert err is not None and "bf16 support" in str(err.message)
     assert check(T4, precision="fp16").error is None
     # QLoRA: bitsandbytes needed; on the CPU it runs (slow path) with a warning.
     no_bnb = hardware.Hardware(gpu=True, bf16=True, bitsandbytes=False, where="the local GPU")
     err = check(no_bnb, adapter="qlora").error
-    assert err is not None and err["param"] == "tunery.training.adapter" and "bitsandbytes" in str(err["message"])
+    assert err is not None and err.param == "tunery.training.adapter" and "bitsandbytes" in str(err.message)
     on_cpu = check(CPU, adapter="qlora")
     assert on_cpu.error is None and "slow" in on_cpu.warnings[0]
     assert check(H100, adapter="qlora").warnings == []
@@ -57,8 +57,8 @@ def test_full_fine_tuning_that_does_not_fit_fails(tiny_model_dir: Path) -> None:
         out = hardware.check({"adapter": "full", "precision": "auto"}, T4, est)
         assert (out.error is None) == fits, out.error
         if not fits:
-            assert out.error is not None and out.error["param"] == "tunery.training.adapter"
-            assert "GiB" in str(out.error["message"])
+            assert out.error is not None and out.error.param == "tunery.training.adapter"
+            assert "GiB" in str(out.error.message)
 
 
 # ---- through the API ---------------------------------------------------------------------------------------------

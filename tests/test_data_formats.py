@@ -194,7 +194,7 @@ def test_tool_call_masking_trains_the_final_answer(smol_tokenizer: Any):
 
 def test_method_fit():
     chat = check_method_fit(DataFormat.CHAT, "file-abc", "dpo")
-    assert chat == {
+    assert chat is not None and chat.to_json() == {
         "code": "invalid_training_file",
         "param": "training_file",
         "message": "Input file file-abc is in the fine-tune-chat format, but the specified fine-tuning job is not "
@@ -202,7 +202,7 @@ def test_method_fit():
     }
     assert check_method_fit(DataFormat.ALPACA, "file-abc", "dpo") is not None
     pref = check_method_fit(DataFormat.PREFERENCE, "file-abc", "supervised")
-    assert pref is not None and "not using 'dpo' as the training method (provided method=supervised)" in pref["message"]
+    assert pref is not None and "not using 'dpo' as the training method (provided method=supervised)" in pref.message
     for fmt in SUPERVISED:
         assert check_method_fit(fmt, "f", "supervised") is None
     for fmt in PREFERENCE:
@@ -210,7 +210,7 @@ def test_method_fit():
     # Through the whole file check: a chat file given to a dpo job.
     line, _ = SUPERVISED[DataFormat.SHAREGPT]
     check = check_chunks([jsonl([line] * 12)], "file-abc", "training_file", method="dpo")
-    assert check.error is not None and "is in the sharegpt format" in (check.error["message"] or "")
+    assert check.error is not None and "is in the sharegpt format" in (check.error.message or "")
     assert (
         check_chunks([jsonl([PREFERENCE[DataFormat.TRL_PREFERENCE]] * 12)], "f", "training_file", "dpo").error is None
     )

@@ -211,3 +211,18 @@ def test_every_code_the_trainer_reports_is_registered() -> None:
     codes = _trainer_codes()
     assert {"training_error", "invalid_training_file", "unsupported_hardware"} <= codes  # the scan finds them
     assert codes <= {c.value for c in ErrorCode}
+
+
+def test_an_unregistered_reported_code_fails_the_job_as_a_training_error() -> None:
+    from scheduler.reporting import reported_error
+    from tunery.v1 import reporting_pb2 as pb
+
+    assert reported_error(pb.FinishedRequest(error_code="from_a_newer_trainer", error_message="m")) == JobError(
+        ErrorCode.training_error, "m"
+    )
+    assert reported_error(pb.FinishedRequest(error_code="", error_message="")) == JobError(
+        ErrorCode.training_error, "Training failed."
+    )
+    assert reported_error(
+        pb.FinishedRequest(error_code="invalid_hyperparameters", error_message="m", error_param="p")
+    ) == JobError(ErrorCode.invalid_hyperparameters, "m", "p")

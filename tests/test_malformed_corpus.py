@@ -33,10 +33,10 @@ def test_malformed_file_is_rejected_with_line_and_field(name, tmp_path):
     expected = EXPECTED[name]
     check = check_file(store, "f", "file-abc", "training_file")
     assert check.error is not None, name
-    assert check.error["code"] == expected["code"]
-    assert check.error["param"] == "training_file"
-    assert (check.line, check.field) == (expected["line"], expected["field"]), check.error["message"]
-    message = check.error["message"] or ""
+    assert check.error.code == expected["code"]
+    assert check.error.param == "training_file"
+    assert (check.line, check.field) == (expected["line"], expected["field"]), check.error.message
+    message = check.error.message or ""
     assert str(expected["contains"]) in message
     if expected["line"] is not None:
         assert f"line {expected['line']}" in message

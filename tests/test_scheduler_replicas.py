@@ -24,7 +24,8 @@ from scheduler.backends import LocalProcessBackend
 from scheduler.service import Scheduler
 from tunery import ids
 from tunery.db import Database, File, Job, JobEvent
-from tunery.db.ops import TERMINAL, now
+from tunery.db.ops import now
+from tunery.jobstate import TERMINAL
 from tunery.settings import Settings
 from tunery.storage import open_store
 

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tunery.jobstate import TERMINAL, JobStatus
 from tunery.settings import DEMO_MODEL
 
 SUFFIX = "beep-boop"
@@ -118,10 +119,10 @@ def fine_tune(client: OpenAI, console: Console, train: Path) -> str:
                     )
                 else:
                     progress.console.print(f"  [dim]{ev.message}[/]")
-            if job.status in ("succeeded", "failed", "cancelled"):
+            if job.status in TERMINAL:
                 break
             time.sleep(1)
-    if job.status != "succeeded" or not job.fine_tuned_model:
+    if job.status != JobStatus.succeeded or not job.fine_tuned_model:
         raise RuntimeError(f"the job ended {job.status}: {job.error}")
     console.print(f"Fine-tuned model: [bold green]{job.fine_tuned_model}[/] ({job.trained_tokens} tokens trained)")
     return job.fine_tuned_model

@@ -31,14 +31,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tunery.jobstate import WAITING, JobStatus
+
 if TYPE_CHECKING:
     from tunery.db import Database
 
 log = logging.getLogger("tunery.metrics")
 
-JOB_STATUSES = ("validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled")
+JOB_STATUSES = tuple(s.value for s in JobStatus)
 FILE_STATUSES = ("uploaded", "processed", "error")
-WAITING = ("validating_files", "queued")
 # Request latencies: from a health check to a large upload part.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 VALIDATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0)

@@ -10,8 +10,6 @@ from sqlalchemy.orm import Session
 from tunery import ids
 from tunery.db.models import JobEvent
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
-
 
 def now() -> int:
     return int(time.time())
