@@ -70,3 +70,116 @@ def test_generated_grpc_code_is_current(tmp_path):
         assert (tmp_path / "tunery/v1" / name).read_text() == (ROOT / "tunery/v1" / name).read_text(), (
             f"tunery/v1/{name} is stale: run `make proto`"
         )
+
+
+# ---- one writer of a job's state ----------------------------------------------------------------------------------
+
+JOB_STATE_FIELDS = {"status", "error", "finished_at", "pause_requested", "cancel_requested"}
+# Writes of those attribute names that are not on a Job, by (file, receiver, attribute): what the object is.
+NOT_JOBS = {
+    ("api/errors.py", "self", "status"): "APIError's HTTP status",
+    ("serving/errors.py", "self", "status"): "the serving error's HTTP status",
+    ("api/uploads.py", "upload", "status"): "an Upload",
+    ("scheduler/service.py", "f", "status"): "a File",
+}
+STATE_FOLDERS = ("api", "scheduler", "serving", "tunery")
+
+
+def _assigned(target: ast.expr) -> list[ast.expr]:
+    """The single targets of an assignment target (``a, b.c = ...`` has two)."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [t for elt in target.elts for t in _assigned(elt)]
+    if isinstance(target, ast.Starred):
+        return _assigned(target.value)
+    return [target]
+
+
+def _builds_on_job_table(expr: ast.expr) -> bool:
+    """Whether a chained statement (``update(Job).where(...)``) starts with ``update(Job)`` or ``insert(Job)``."""
+    while isinstance(expr, ast.Call):
+        head = ast.unparse(expr.func).split(".")[-1]
+        if head in ("update", "insert") and expr.args and ast.unparse(expr.args[0]) in ("Job", "models.Job"):
+            return True
+        if not isinstance(expr.func, ast.Attribute):
+            return False
+        expr = expr.func.value
+    return False
+
+
+def job_state_writes(rel: str, source: str) -> list[str]:
+    """Where a module writes a job's status, error, finished_at or pause/cancel flags itself (see the test)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = [t for target in node.targets for t in _assigned(target)]
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = _assigned(node.target)
+        for t in targets:
+            if isinstance(t, ast.Attribute) and t.attr in JOB_STATE_FIELDS:
+                receiver = ast.unparse(t.value)
+                if (rel, receiver, t.attr) not in NOT_JOBS:
+                    found.append(f"{rel}:{t.lineno}: {receiver}.{t.attr} = ...")
+        if not isinstance(node, ast.Call):
+            continue
+        func = ast.unparse(node.func)
+        keywords = sorted({k.arg for k in node.keywords if k.arg} & JOB_STATE_FIELDS)
+        if func == "setattr" and len(node.args) >= 2:
+            name = node.args[1]
+            if isinstance(name, ast.Constant) and name.value in JOB_STATE_FIELDS:
+                found.append(f"{rel}:{node.lineno}: setattr(..., {name.value!r}, ...)")
+        elif keywords and func in ("Job", "models.Job"):
+            found.append(f"{rel}:{node.lineno}: Job({', '.join(keywords)}=...)")
+        elif (
+            keywords
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "values"
+            and _builds_on_job_table(node.func.value)
+        ):
+            found.append(f"{rel}:{node.lineno}: update(Job).values({', '.join(keywords)}=...)")
+    return found
+
+
+def test_only_the_job_state_machine_writes_a_job_s_state():
+    """A job's ``status``, ``error``, ``finished_at``, ``pause_requested`` and ``cancel_requested`` are written by
+    tunery/jobstate.py alone, through transitions checked against its table.
+
+    The rule, checked on the syntax of api/, scheduler/, serving/ and tunery/: outside tunery/jobstate.py, no
+    assignment (``=``, ``+=``, annotated, tuple targets) to an attribute of one of those names, no ``setattr`` of
+    one, no ``Job(...)`` with one as a keyword, and no ``update(Job)``/``insert(Job)`` statement whose ``.values``
+    has one. Files and uploads have a ``status`` too, and errors an HTTP status: those writes are listed in
+    NOT_JOBS by file and variable name. The list fails closed: a new write of such an attribute, whatever its
+    variable is called, fails here until it goes through tunery/jobstate.py or is listed as not a Job.
+    """
+    found = []
+    for folder in STATE_FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel != "tunery/jobstate.py":
+                found += job_state_writes(rel, path.read_text())
+    assert found == [], "write these through tunery/jobstate.py:\n" + "\n".join(found)
+    for rel, receiver, attr in NOT_JOBS:  # each listed write still exists (the list does not rot)
+        source = (ROOT / rel).read_text()
+        assert f"{receiver}.{attr} = " in source, f"{rel} no longer writes {receiver}.{attr}: drop it from NOT_JOBS"
+
+
+@pytest.mark.parametrize(
+    ("source", "flagged"),
+    [
+        ("job.status = 'queued'", True),
+        ("j.finished_at = 1", True),
+        ("row.cancel_requested: bool = True", True),
+        ("a, job.error = 1, {}", True),
+        ("setattr(job, 'pause_requested', True)", True),
+        ("Job(id='x', status='queued')", True),
+        ("s.execute(update(Job).where(Job.id == 'x').values(status='failed'))", True),
+        ("f.status = 'processed'", False),  # listed for this file as a File
+        ("upload.status = 'completed'", True),  # listed for api/uploads.py only
+        ("update(File).values(status='processed')", False),
+        ("File(id='x', status='processed')", False),
+        ("job.status == 'queued'", False),
+        ("job.error.message", False),
+    ],
+)
+def test_the_job_state_rule_sees_each_kind_of_write(source, flagged):
+    assert bool(job_state_writes("scheduler/service.py", source)) is flagged
