@@ -1,11 +1,23 @@
-"""Faster multi-LoRA for vLLM on the CPU: a few matrix products per layer, not one weight copy per token.
+"""Faster multi-LoRA for vLLM on the CPU: two matrix products per layer, not two per slice with a weight copy per token.
 
-vLLM's CPU LoRA path (``vllm.lora.ops.torch_ops``) gathers each token's adapter weights (``weights[indices]``: a
-``[tokens, out, rank]`` copy per layer and step) and multiplies with ``einsum``; on the CPU that copy costs more than
-the product. LoRA ranks are small, so this multiplies every token with every adapter slot at once (``slots x rank``
-columns) and keeps each token's own slice, or with the one adapter when the whole batch uses one: the same results
-(the same weights, ``-1`` included, which picks the last slot as vLLM's indexing does). GPU builds use vLLM's punica
-kernels and are left alone.
+vLLM's CPU LoRA path (``PunicaWrapperCPU`` over ``vllm.lora.ops.torch_ops``) runs, for every LoRA layer and step, one
+shrink and one expand per output slice (q, k and v are three), each gathering every token's adapter weights
+(``weights[indices]``: a ``[tokens, out, rank]`` copy) and, because vLLM's V1 engine marks every step a prefill, first
+expanding the per-sequence indices with ``repeat_interleave``. On the CPU those copies cost more than the products.
+
+This replaces ``PunicaWrapperCPU.add_lora_linear`` (what every LoRA linear layer calls) with:
+
+- the step's token-to-slot map worked out once per step (:class:`StepSlots`, in ``update_metadata``), not per op;
+- a batch on one adapter: one product against that adapter's A (every slice at once), one ``addmm_`` per slice;
+- several adapters: one product of the tokens against every slot's A at once (``slots x slices x rank`` columns,
+  small), each token keeping its own slot's columns (a 0/1 mask), then one ``addmm_`` per slice against every slot's
+  B stacked (a token's zeroed columns add nothing);
+- the stacked A and B laid out for those products once per adapter load (:class:`LayerCache`, refreshed when vLLM
+  writes a slot: the tensors' version counters move).
+
+Same arithmetic as vLLM's (shrink in float32, expand in the output's dtype), with one difference: a token with no
+adapter (index ``-1``) gets no LoRA delta, where vLLM's indexing picks the last slot's weights for it. GPU builds use
+vLLM's punica kernels and are left alone; shapes this was not written for go to vLLM's own method.
 
 Applied in every vLLM process through the ``vllm.general_plugins`` entry point ``tunery`` (vLLM's CPU backend spawns
 its workers, so the server process patching itself would not reach them; see ``serving/vllm_plugin.py``).
@@ -16,98 +28,179 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-# Past this many columns (adapter slots x rank) the one-product-for-all-slots form costs more than vLLM's own path.
-DENSE_MAX_COLUMNS = 512
+ENV = "TUNERY_VLLM_CPU_LORA"
 
 
-def _product(inputs: Any, weights: Any, indices: Any, dtype: Any) -> Any:
-    """``out[t] = inputs[t] @ weights[indices[t]].T`` for every token t, without a weight copy per token; None when
-    the shapes are not the ones this was written for (the caller then uses vLLM's op).
+@dataclass
+class StepSlots:
+    """Which adapter slot each token of one step uses: ``uniform`` when they all use one (``-1``: none), else a
+    ``[tokens, slots]`` 0/1 mask per slot count (tokens with ``-1`` have an all-zero row)."""
 
-    One adapter in the batch: one product. Several: one product against every slot at once (``slots x rank`` columns,
-    small), keeping each token's own slice. Measured on two cores with SmolLM2-135M's shapes (rank 8, 8 slots): 16
-    decode tokens 1.6x to 2.5x faster than vLLM's op, 512 prefill tokens 7x to 9x."""
-    if not (inputs.dim() == 2 and indices.dim() == 1 and inputs.shape[0] == indices.shape[0] and len(indices)):
-        return None
-    if weights.dim() == 4:
-        weights = weights.squeeze(dim=1)
-    inputs = inputs.to(dtype=dtype)
-    first = indices[0]
-    if bool((indices == first).all()):
-        return inputs @ weights[int(first)].to(dtype=dtype).T
-    slots, out_dim, in_dim = weights.shape
-    if slots * min(out_dim, in_dim) > DENSE_MAX_COLUMNS:
-        return None
-    slot = (indices % slots)[:, None]  # -1 is the last slot, as vLLM's indexing has it
-    if out_dim <= in_dim:  # shrink (to the rank): every slot's product, then each token's slice
-        every = inputs @ weights.reshape(slots * out_dim, in_dim).to(dtype=dtype).T
-        return every.gather(1, slot * out_dim + torch.arange(out_dim))
-    # expand (from the rank): each token's input placed in its slot's columns, times every slot's weights at once
-    placed = inputs.new_zeros((inputs.shape[0], slots * in_dim))
-    placed.scatter_(1, slot * in_dim + torch.arange(in_dim), inputs)
-    return placed @ weights.permute(0, 2, 1).reshape(slots * in_dim, out_dim).to(dtype=dtype)
+    indices: torch.Tensor
+    uniform: int | None
+    masks: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, indices: torch.Tensor) -> StepSlots:
+        indices = indices.detach().clone().long()
+        uniform = None
+        if len(indices):
+            first = int(indices[0])
+            if bool((indices == first).all()):
+                uniform = first
+        return cls(indices=indices, uniform=uniform)
+
+    def mask(self, slots: int, dtype: torch.dtype) -> torch.Tensor:
+        key = slots
+        if key not in self.masks:
+            mask = torch.zeros(len(self.indices), slots + 1, dtype=dtype)
+            mask.scatter_(1, torch.where(self.indices < 0, slots, self.indices).clamp(max=slots)[:, None], 1.0)
+            self.masks[key] = mask[:, :slots].contiguous()
+        return self.masks[key].to(dtype)
 
 
-def make_ops(original: Any) -> dict[str, Any]:
-    """Drop-in replacements of vLLM's ``bgmv_shrink``, ``bgmv_expand`` and ``bgmv_expand_slice`` (the ``sgmv_*``
-    prefill variants call these). Any call whose shapes they were not written for goes to vLLM's own op."""
+@dataclass
+class LayerWeights:
+    """One layer's stacked LoRA weights laid out for the products: A as ``[slots, slices * rank, in]`` (float32),
+    B per slice as ``[slots * rank, out_slice]`` (the output's dtype)."""
 
-    def bgmv_shrink(inputs: Any, lora_a: Any, output: Any, indices: Any, scaling: float = 1.0) -> None:
-        outputs = _product(inputs, lora_a, indices, output.dtype)
-        if outputs is None:
-            return original.bgmv_shrink(inputs, lora_a, output, indices, scaling)  # type: ignore[no-any-return]
-        output[:, : outputs.shape[1]] = scaling * outputs
+    versions: tuple[int, ...]
+    a: torch.Tensor
+    b: list[torch.Tensor]
 
-    def bgmv_expand(inputs: Any, lora_b: Any, output: Any, indices: Any, add_inputs: bool = True) -> None:
-        outputs = _product(inputs, lora_b, indices, output.dtype) if output.shape[0] == inputs.shape[0] else None
-        if outputs is None:
-            return original.bgmv_expand(inputs, lora_b, output, indices, add_inputs)  # type: ignore[no-any-return]
-        common = min(outputs.shape[1], output.shape[1])
-        if add_inputs:
-            output[:, :common] += outputs[:, :common]
-        else:
-            output[:, :common] = outputs[:, :common]
 
-    def bgmv_expand_slice(
-        inputs: Any, lora_b: Any, output: Any, indices: Any, slice_offset: int, slice_size: int, add_inputs: bool = True
-    ) -> None:
-        outputs = _product(inputs, lora_b, indices, output.dtype)
-        if outputs is None:
-            return original.bgmv_expand_slice(  # type: ignore[no-any-return]
-                inputs, lora_b, output, indices, slice_offset, slice_size, add_inputs
-            )
-        if add_inputs:
-            output[:, slice_offset : slice_offset + slice_size] += outputs
-        else:
-            output[:, slice_offset : slice_offset + slice_size] = outputs
+class LayerCache:
+    """:class:`LayerWeights` per layer, rebuilt when vLLM writes a slot (a tensor's version counter moved)."""
 
-    return {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_slice": bgmv_expand_slice}
+    def __init__(self) -> None:
+        self._layers: dict[int, tuple[tuple[torch.Tensor, ...], LayerWeights]] = {}
+
+    def get(
+        self, a_stacked: tuple[torch.Tensor, ...], b_stacked: tuple[torch.Tensor, ...], dtype: torch.dtype
+    ) -> LayerWeights:
+        tensors = (*a_stacked, *b_stacked)
+        versions = tuple(t._version for t in tensors)
+        held = self._layers.get(id(a_stacked[0]))
+        if (
+            held is not None
+            and held[0][0] is a_stacked[0]
+            and held[1].versions == versions
+            and held[1].b[0].dtype == dtype
+        ):
+            return held[1]
+        slots = a_stacked[0].shape[0]
+        # [slots, 1, rank, in] per slice -> [slots, slices * rank, in]
+        a = torch.cat([t.squeeze(1) for t in a_stacked], dim=1).to(torch.float32).contiguous()
+        # [slots, 1, out, rank] per slice -> [slots * rank, out]
+        b = [
+            t.squeeze(1).transpose(1, 2).reshape(slots * t.shape[-1], t.shape[-2]).to(dtype).contiguous()
+            for t in b_stacked
+        ]
+        weights = LayerWeights(versions=versions, a=a, b=b)
+        self._layers[id(a_stacked[0])] = (tensors, weights)
+        return weights
+
+
+def fits(y: torch.Tensor, x: torch.Tensor, a_stacked: Any, b_stacked: Any, output_slices: Any, tokens: int) -> bool:
+    """The shapes this was written for (vLLM 0.32's CPU layout); anything else goes to vLLM's own method."""
+    if not (len(a_stacked) == len(b_stacked) == len(output_slices) > 0):
+        return False
+    a0, b0 = a_stacked[0], b_stacked[0]
+    if a0.dim() != 4 or b0.dim() != 4 or a0.shape[1] != 1:
+        return False
+    slots, _, rank, hidden = a0.shape
+    for a, b, size in zip(a_stacked, b_stacked, output_slices, strict=True):
+        if tuple(a.shape) != (slots, 1, rank, hidden) or tuple(b.shape) != (slots, 1, size, rank):
+            return False
+    return x.shape[-1] == hidden and y.shape[-1] >= sum(output_slices) and x.numel() // hidden == tokens
+
+
+def add_lora_linear(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    a_stacked: tuple[torch.Tensor, ...],
+    b_stacked: tuple[torch.Tensor, ...],
+    scale: float,
+    output_slices: tuple[int, ...],
+    step: StepSlots,
+    cache: LayerCache,
+) -> None:
+    """``y[t, slice] += scale * x[t] @ A[slot(t)].T @ B[slot(t)].T`` for every token t and output slice, in place."""
+    if step.uniform is not None and step.uniform < 0:
+        return  # no token of this step uses an adapter
+    slots, _, rank, _ = a_stacked[0].shape
+    out = y.view(-1, y.shape[-1])
+    weights = cache.get(a_stacked, b_stacked, y.dtype)
+    inputs = x.reshape(-1, x.shape[-1]).to(torch.float32)
+    offsets = [sum(output_slices[:i]) for i in range(len(output_slices))]
+    if step.uniform is not None:
+        slot = step.uniform % slots
+        shrunk = (inputs @ weights.a[slot].T).mul_(scale).to(y.dtype)  # [tokens, slices * rank]
+        for i, (offset, size) in enumerate(zip(offsets, output_slices, strict=True)):
+            b = weights.b[i].view(slots, rank, size)[slot]
+            out[:, offset : offset + size].addmm_(shrunk[:, i * rank : (i + 1) * rank], b)
+        return
+    tokens, slices = inputs.shape[0], len(output_slices)
+    every = inputs @ weights.a.view(slots * slices * rank, -1).T  # [tokens, slots * slices * rank]
+    every = every.view(tokens, slots, slices, rank).mul_(step.mask(slots, torch.float32).mul(scale)[:, :, None, None])
+    for i, (offset, size) in enumerate(zip(offsets, output_slices, strict=True)):
+        mine = every[:, :, i, :].reshape(tokens, slots * rank).to(y.dtype)
+        out[:, offset : offset + size].addmm_(mine, weights.b[i])
 
 
 def patch() -> bool:
-    """Install the grouped ops into vLLM's CPU LoRA path; False when not on the CPU or turned off."""
-    if os.environ.get("TUNERY_VLLM_CPU_LORA", "grouped") != "grouped":
+    """Install the fused method into vLLM's CPU punica wrapper; False when not on the CPU or turned off."""
+    if os.environ.get(ENV, "fused") not in ("fused", "grouped"):  # "grouped": the name an earlier release used
         return False
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
         return False
-    import types
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-    from vllm.lora.ops.torch_ops import lora_ops
-    from vllm.lora.punica_wrapper import punica_cpu
-
-    if getattr(lora_ops.bgmv_shrink, "tunery", False):
+    if getattr(PunicaWrapperCPU.add_lora_linear, "tunery", False):
         return True
-    original = types.SimpleNamespace(**{name: getattr(lora_ops, name) for name in make_ops(None)})
-    for name, op in make_ops(original).items():
-        op.tunery = True  # type: ignore[attr-defined]
-        setattr(lora_ops, name, op)  # what the sgmv_* prefill ops call
-        setattr(punica_cpu, name, op)  # what the CPU punica wrapper imported by name
+    original_linear = PunicaWrapperCPU.add_lora_linear
+    original_update = PunicaWrapperCPU.update_metadata
+
+    def update_metadata(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_update(self, *args, **kwargs)
+        self._tunery_step = StepSlots.of(self.token_lora_indices)
+
+    def fused_add_lora_linear(
+        self: Any,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        lora_a_stacked: tuple[torch.Tensor, ...],
+        lora_b_stacked: tuple[torch.Tensor, ...],
+        scale: float,
+        output_slices: tuple[int, ...],
+        *,
+        buffer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        step = getattr(self, "_tunery_step", None)
+        if (
+            buffer is not None
+            or kwargs
+            or step is None
+            or not fits(y, x, lora_a_stacked, lora_b_stacked, output_slices, len(step.indices))
+        ):
+            return original_linear(  # type: ignore[no-any-return]
+                self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
+            )
+        if not hasattr(self, "_tunery_cache"):
+            self._tunery_cache = LayerCache()
+        add_lora_linear(y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, step, self._tunery_cache)
+
+    fused_add_lora_linear.tunery = True  # type: ignore[attr-defined]
+    PunicaWrapperCPU.update_metadata = update_metadata
+    PunicaWrapperCPU.add_lora_linear = fused_add_lora_linear
     # Under vLLM's logger, so it lands in vLLM's log (pid included): the tests look for it.
     logging.getLogger("vllm.tunery").info("Tunery's CPU multi-LoRA ops installed (pid %d)", os.getpid())
     return True

@@ -1,93 +1,106 @@
-"""Tunery's CPU multi-LoRA ops for vLLM (serving/vllm_cpu_lora.py) give vLLM's results: checked here against vLLM's
-own per-token formula, written out, for the shapes vLLM uses (shrink to the rank, expand from it, slices, several
-adapters, the -1 index); test_vllm_serving.py checks the answers of a real vLLM running them."""
+"""Tunery's fused CPU multi-LoRA for vLLM (serving/vllm_cpu_lora.py) gives LoRA's results: checked here against the
+per-token formula, written out, for vLLM's stacked layout (q/k/v slices, several adapters, tokens without one, bf16);
+test_vllm_serving.py checks the answers of a real vLLM running it."""
 
 from __future__ import annotations
-
-import types
-from typing import Any
 
 import pytest
 import torch
 
-from serving.vllm_cpu_lora import make_ops
+from serving.vllm_cpu_lora import LayerCache, StepSlots, add_lora_linear, fits
+
+SLOTS, HIDDEN, RANK = 8, 96, 8
 
 
-def _per_token(inputs: Any, weights: Any, indices: Any) -> Any:
-    selected = weights[indices]
-    if selected.dim() == 4:
-        selected = selected.squeeze(dim=1)
-    return torch.einsum("bi, boi -> bo", inputs, selected)
+def _stacked(slices: tuple[int, ...], seed: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    g = torch.Generator().manual_seed(seed)
+    a = tuple(torch.randn(SLOTS, 1, RANK, HIDDEN, generator=g) for _ in slices)
+    b = tuple(torch.randn(SLOTS, 1, size, RANK, generator=g) for size in slices)
+    return a, b
 
 
-calls: list[str] = []
+def _reference(y, x, a, b, scale, slices, indices):  # type: ignore[no-untyped-def]
+    """LoRA, one token at a time: y[t, slice] += scale * B[slot] @ (A[slot] @ x[t]); no adapter, no delta."""
+    y = y.clone().double()
+    for t, slot in enumerate(indices.tolist()):
+        if slot < 0:
+            continue
+        offset = 0
+        for a_i, b_i, size in zip(a, b, slices, strict=True):
+            delta = b_i[slot, 0].double() @ (a_i[slot, 0].double() @ x[t].double())
+            y[t, offset : offset + size] += scale * delta
+            offset += size
+    return y
 
 
-def _shrink(inputs: Any, w: Any, out: Any, idx: Any, scaling: float = 1.0) -> None:
-    calls.append("shrink")
-    res = _per_token(inputs, w, idx)
-    out[:, : res.shape[1]] = scaling * res
-
-
-def _expand(inputs: Any, w: Any, out: Any, idx: Any, add: bool = True) -> None:
-    calls.append("expand")
-    res = _per_token(inputs, w, idx)
-    limit = 1 if res.shape[0] == 1 and out.shape[0] != 1 else out.shape[0]
-    n = min(res.shape[1], out.shape[1])
-    if add:
-        out[:, :n] += res[:limit, :n]
-    else:
-        out[:, :n] = res[:limit, :n]
-
-
-def _expand_slice(inputs: Any, w: Any, out: Any, idx: Any, offset: int, size: int, add: bool = True) -> None:
-    calls.append("slice")
-    res = _per_token(inputs, w, idx)
-    if add:
-        out[:, offset : offset + size] += res
-    else:
-        out[:, offset : offset + size] = res
-
-
-VLLM = types.SimpleNamespace(bgmv_shrink=_shrink, bgmv_expand=_expand, bgmv_expand_slice=_expand_slice)
+PATTERNS = {
+    "one": lambda n: torch.full((n,), 3),
+    "several": lambda n: torch.arange(n) % 5,
+    "with_none": lambda n: torch.arange(n) % 4 - 1,
+    "none": lambda n: torch.full((n,), -1),
+    "last_slot": lambda n: torch.full((n,), SLOTS - 1),
+}
 
 
 @pytest.mark.parametrize("tokens", [1, 16, 300])
-@pytest.mark.parametrize("pattern", ["one", "several", "with_minus_one"])
-def test_ops_match_vllms_per_token_formula(tokens: int, pattern: str) -> None:
-    torch.manual_seed(tokens)
-    ops = make_ops(VLLM)
-    slots, hidden, rank, out_dim = 8, 96, 8, 160
-    x = torch.randn(tokens, hidden)
-    a = torch.randn(slots, 1, rank, hidden)
-    b = torch.randn(slots, 1, out_dim, rank)
-    idx = {
-        "one": torch.full((tokens,), 3),
-        "several": torch.randint(0, 5, (tokens,)),
-        "with_minus_one": torch.randint(-1, 3, (tokens,)),
-    }[pattern]
-    calls.clear()
-    mine, ref = torch.zeros(tokens, rank), torch.zeros(tokens, rank)
-    ops["bgmv_shrink"](x, a, mine, idx, 0.5)
-    _shrink(x, a, ref, idx, 0.5)
-    torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-4)
-    for add in (True, False):
-        y_mine, y_ref = torch.ones(tokens, out_dim), torch.ones(tokens, out_dim)
-        ops["bgmv_expand"](ref, b, y_mine, idx, add)
-        _expand(ref, b, y_ref, idx, add)
-        torch.testing.assert_close(y_mine, y_ref, rtol=1e-4, atol=1e-4)
-        s_mine, s_ref = torch.ones(tokens, 3 * out_dim), torch.ones(tokens, 3 * out_dim)
-        ops["bgmv_expand_slice"](ref, b, s_mine, idx, out_dim, out_dim, add)
-        _expand_slice(ref, b, s_ref, idx, out_dim, out_dim, add)
-        torch.testing.assert_close(s_mine, s_ref, rtol=1e-4, atol=1e-4)
-    assert calls == ["shrink", "expand", "slice", "expand", "slice"]  # only the reference calls: none fell back
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("slices", [(160,), (160, 32, 32)])
+def test_fused_lora_matches_the_per_token_formula(tokens: int, pattern: str, slices: tuple[int, ...]) -> None:
+    a, b = _stacked(slices, seed=tokens)
+    x = torch.randn(tokens, HIDDEN)
+    indices = PATTERNS[pattern](tokens)
+    y = torch.randn(tokens, sum(slices) + 7)  # wider than the slices: the rest is left alone
+    expected = _reference(y, x, a, b, 0.5, slices, indices)
+    assert fits(y, x, a, b, slices, tokens)
+    add_lora_linear(y, x, a, b, 0.5, slices, StepSlots.of(indices), LayerCache())
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-3)
 
 
-def test_shapes_it_was_not_written_for_go_to_vllms_op() -> None:
-    ops = make_ops(VLLM)
-    calls.clear()
-    out = torch.zeros(4, 6)
-    ops["bgmv_expand"](torch.randn(1, 2), torch.randn(3, 6, 2), out, torch.tensor([1]), True)  # broadcast row
-    many = torch.randn(200, 8, 4)  # 200 slots x rank 4: past the dense form's columns
-    ops["bgmv_shrink"](torch.randn(5, 4), many, torch.zeros(5, 8), torch.tensor([0, 1, 2, 3, 4]), 1.0)
-    assert calls == ["expand", "shrink"]
+def test_bfloat16_outputs_match_within_bf16_precision() -> None:
+    slices = (160, 32, 32)
+    a, b = _stacked(slices, seed=1)
+    b = tuple(t.to(torch.bfloat16) for t in b)
+    x = torch.randn(40, HIDDEN).to(torch.bfloat16)
+    indices = torch.arange(40) % 3
+    y = torch.zeros(40, sum(slices), dtype=torch.bfloat16)
+    expected = _reference(y, x, a, b, 1.0, slices, indices)
+    add_lora_linear(y, x, a, b, 1.0, slices, StepSlots.of(indices), LayerCache())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), expected, rtol=2e-2, atol=0.5)
+
+
+def test_a_slot_rewritten_in_place_is_picked_up() -> None:
+    """vLLM loads an adapter by copying into a slot of the stacked tensors: the cached layout must follow."""
+    slices = (64,)
+    a, b = _stacked(slices, seed=2)
+    x, indices, cache = torch.randn(4, HIDDEN), torch.tensor([1, 1, 2, 2]), LayerCache()
+    add_lora_linear(torch.zeros(4, 64), x, a, b, 1.0, slices, StepSlots.of(indices), cache)
+    a[0][1].copy_(torch.randn(1, RANK, HIDDEN))
+    b[0][2].zero_()
+    y = torch.zeros(4, 64)
+    add_lora_linear(y, x, a, b, 1.0, slices, StepSlots.of(indices), cache)
+    expected = _reference(torch.zeros(4, 64), x, a, b, 1.0, slices, indices)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-3)
+    assert not y[2:].any()
+
+
+def test_step_slots_are_a_snapshot_of_the_indices() -> None:
+    """vLLM reuses its index buffer between steps; the step's map must not change under a layer."""
+    indices = torch.tensor([0, 0, 1])
+    step = StepSlots.of(indices)
+    indices.fill_(0)
+    assert step.uniform is None
+    assert step.mask(4, torch.float32).tolist() == [[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]]
+    assert StepSlots.of(torch.tensor([2, 2])).uniform == 2
+    assert StepSlots.of(torch.tensor([-1, 3])).mask(4, torch.float32).tolist() == [[0, 0, 0, 0], [0, 0, 0, 1]]
+
+
+def test_unexpected_shapes_are_left_to_vllm() -> None:
+    a, b = _stacked((32, 32), seed=3)
+    x, y = torch.randn(5, HIDDEN), torch.zeros(5, 64)
+    assert fits(y, x, a, b, (32, 32), 5)
+    assert not fits(y, x, a, b, (32,), 5)  # slices disagree
+    assert not fits(y, x, a, b, (32, 16), 5)  # B's rows are not the slice
+    assert not fits(y, x, a, b, (32, 32), 6)  # not one index per token
+    assert not fits(y, torch.randn(5, HIDDEN + 1), a, b, (32, 32), 5)
+    assert not fits(y, x, tuple(t.squeeze(1) for t in a), b, (32, 32), 5)
