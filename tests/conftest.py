@@ -74,7 +74,7 @@ class RunningServer:
 def start_server(data_dir: Path, **overrides: Any) -> RunningServer:
     import uvicorn
 
-    from tunery.server import build
+    from api.server import build
     from tunery.settings import Settings
 
     port = free_port()

@@ -27,6 +27,17 @@ def test_trainer_imports_nothing_from_the_control_plane_or_serving():
     assert not _imports("trainer") & {"api", "scheduler", "serving"}
 
 
+def test_the_shared_package_imports_none_of_the_parts_it_is_shared_by():
+    """``tunery/`` is the ground api/, scheduler/, serving/ and trainer/ stand on; the composition root that wires
+    them (``api/server.py``) and the CLI (``api/cli.py``) live in the outermost layer."""
+    assert not _imports("tunery") & {"api", "scheduler", "serving", "trainer"}
+
+
+def test_scheduler_and_serving_import_nothing_from_the_api():
+    assert not _imports("scheduler") & {"api", "trainer"}
+    assert not _imports("serving") & {"api", "scheduler", "trainer"}
+
+
 @pytest.mark.parametrize("folder", ["api", "scheduler", "tunery"])
 def test_control_plane_never_imports_torch_statically(folder):
     assert not _imports(folder) & {"torch", "transformers", "peft", "trl"}
@@ -37,7 +48,7 @@ def test_embedded_server_starts_and_serves_without_torch(tmp_path):
     code = f"""
 import sys
 from fastapi.testclient import TestClient
-from tunery.server import build
+from api.server import build
 from tunery.settings import Settings
 app, shutdown = build(Settings(data_dir={str(tmp_path)!r}, demo_model=False, base_models={{"m": "/nonexistent"}}))
 c = TestClient(app)

@@ -25,7 +25,7 @@ def test_serve_starts_answers_and_stops(tmp_path, tiny_model_dir):
     }
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tunery.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -65,7 +65,7 @@ def test_db_upgrade_and_schema_check(tmp_path):
     except SchemaOutOfDate as e:
         assert "tunery db upgrade" in str(e)
     env = {**os.environ, "TUNERY_DATABASE_URL": url, "TUNERY_DATA_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "tunery.cli", "db", "upgrade"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "schema at revision" in out.stdout
     db.check_schema()

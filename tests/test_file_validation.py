@@ -110,7 +110,7 @@ def test_cli_validates_a_local_file(tmp_path, tiny_model_dir):
     good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
     good.write_bytes(chat_lines(12))
     bad.write_bytes(chat_lines(12).replace(b'"assistant"', b'"robot"', 1))
-    cmd = [sys.executable, "-m", "tunery.cli", "data", "validate"]
+    cmd = [sys.executable, "-m", "api.cli", "data", "validate"]
     env = {
         **os.environ,
         "TUNERY_DEMO_MODEL": "false",

@@ -392,7 +392,7 @@ def test_scheduler_replicas_elect_a_leader_and_hand_over_a_running_job(
     from fastapi.testclient import TestClient
     from openai import OpenAI
 
-    from tunery.server import build
+    from api.server import build
 
     settings = Settings(
         data_dir=tmp_path / "state",

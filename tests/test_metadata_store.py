@@ -83,7 +83,7 @@ def settings_for(url: str, tmp_path: Path) -> Settings:
 def test_server_refuses_a_schema_that_is_not_the_codes(
     metadata_store: str, empty_url: str, db: Database, tmp_path: Path
 ) -> None:
-    from tunery.server import build
+    from api.server import build
 
     settings = settings_for(empty_url, tmp_path)
     if metadata_store == "sqlite":
@@ -106,11 +106,11 @@ def test_server_refuses_a_schema_that_is_not_the_codes(
     # What an operator sees: `tunery serve` exits with the message, `tunery db upgrade` fixes it.
     env = {**os.environ, "TUNERY_DATABASE_URL": empty_url, "TUNERY_DATA_DIR": str(tmp_path / "data")}
     env.update(TUNERY_DEMO_MODEL="false", TUNERY_PORT="1")
-    out = subprocess.run([sys.executable, "-m", "tunery.cli", "serve"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "api.cli", "serve"], env=env, capture_output=True, text=True)
     assert out.returncode == 2
     assert "at revision 0003" in out.stderr and "run `tunery db upgrade`" in out.stderr
     assert "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "tunery.cli", "db", "upgrade"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "api.cli", "db", "upgrade"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert f"schema at revision {db.head_revision()}" in out.stdout
     _app, shutdown = build(settings, prepare_models=False)

@@ -104,7 +104,7 @@ def test_metrics_can_be_turned_off(tiny_server_factory):
 
 
 def test_scheduler_role_serves_metrics_and_state_only_while_leading(tmp_path: Path):
-    from tunery.server import build
+    from api.server import build
     from tunery.settings import Settings
 
     settings = Settings(data_dir=tmp_path, demo_model=False, grpc_port=0, scheduler_poll_seconds=0.2)

@@ -282,7 +282,7 @@ def test_serve_refuses_a_missing_bucket(seaweedfs: Any, tmp_path: Path):
         "TUNERY_PORT": "0",
     }
     out = subprocess.run(
-        [sys.executable, "-m", "tunery.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "api.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 1, out.stderr
     assert "error: object store s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist" in out.stderr

@@ -9,8 +9,8 @@ import time
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
+from api.server import build
 from tests.conftest import TINY, chat_lines
-from tunery.server import build
 from tunery.settings import Settings
 
 
@@ -53,7 +53,7 @@ def test_api_and_scheduler_roles_split_the_work(tmp_path, tiny_model_dir):
 
 def test_unknown_role_is_refused(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "tunery.cli", "serve", "--role", "worker", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "api.cli", "serve", "--role", "worker", "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,

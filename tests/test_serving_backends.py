@@ -178,7 +178,7 @@ import sys
 for m in ("torch", "transformers", "peft"):
     sys.modules[m] = None  # as if not installed
 from fastapi.testclient import TestClient
-from tunery.server import build
+from api.server import build
 from tunery.settings import Settings
 app, shutdown = build(Settings(data_dir={str(tmp_path)!r}, demo_model=False, base_models={{"m": "/nonexistent"}}))
 body = {{"model": "m", "messages": [{{"role": "user", "content": "x"}}]}}
@@ -196,7 +196,7 @@ def test_api_role_with_vllm_never_imports_torch(tmp_path: Path) -> None:
     code = f"""
 import sys
 from fastapi.testclient import TestClient
-from tunery.server import build
+from api.server import build
 from tunery.settings import Settings
 settings = Settings(data_dir={str(tmp_path)!r}, demo_model=False, base_models={{"m": "/nonexistent"}},
                     serving_backend="vllm", vllm_url="http://127.0.0.1:{free_port()}")

@@ -50,7 +50,7 @@ def start_server(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
     log = open(data_dir / "server.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)
     env = {**os.environ, "TUNERY_DATA_DIR": str(data_dir), "TUNERY_PORT": str(port), "TUNERY_HOST": "127.0.0.1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "tunery.cli", "serve"],
+        [sys.executable, "-m", "api.cli", "serve"],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,

@@ -38,9 +38,9 @@ def serve(
     ),
 ) -> None:
     """Run the server: API, scheduler, trainer backend and serving engine (or one role of them)."""
+    from api.server import ROLES
+    from api.server import serve as run
     from tunery.db import SchemaOutOfDate
-    from tunery.server import ROLES
-    from tunery.server import serve as run
     from tunery.storage import ObjectStoreError
 
     if role not in ROLES:
@@ -84,7 +84,7 @@ def db_upgrade() -> None:
 @models_app.command("prepare")
 def models_prepare() -> None:
     """Convert the SmolLM2 demo model to safetensors in the model cache (done by `serve` when missing)."""
-    from tunery.server import prepare_base_models
+    from api.server import prepare_base_models
 
     s = _settings()
     prepare_base_models(s)
