@@ -1,5 +1,8 @@
-"""Identifiers in OpenAI's formats: ``file-…``, ``upload_…``, ``part_…``, ``ftjob-…``, ``ftevent-…``, ``ftckpt-…``
+"""Identifiers in OpenAI's formats: ``file-…``, ``upload_…``, ``part_…``, ``ftjob-…``, ``ft-event-…``, ``ftckpt_…``
 and ``ft:`` model names.
+
+Ids are looked up as stored, never parsed by their prefix, so ids written by earlier releases (``ftevent-…``,
+``ftckpt-…``) keep resolving.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ def job_id() -> str:
 
 
 def event_id() -> str:
-    return f"ftevent-{_random(24)}"
+    return f"ft-event-{_random(24)}"
 
 
 def checkpoint_id() -> str:
-    return f"ftckpt-{_random(24)}"
+    return f"ftckpt_{_random(24)}"
 
 
 def request_id() -> str:
