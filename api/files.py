@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -15,16 +17,15 @@ from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import APIError, bad_request, not_found
 from api.objects import file_object
-from api.pagination import list_object, page
+from api.pagination import limit_param, list_object, page
 from api.streams import multipart_form, save_limited
 from scheduler.validation import REPORT_OBJECT, report_key, report_prefix
 from tunery import ids
-from tunery.db import File
+from tunery.db.models import RESULTS_PURPOSE, UPLOAD_PURPOSES, File
 from tunery.storage import ObjectNotFound
 
 router = APIRouter()
 
-UPLOAD_PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
 MIN_EXPIRY, MAX_EXPIRY = 3600, 2592000
 
 
@@ -120,7 +121,7 @@ async def create_file(request: Request, ctx: AppContext = Depends(get_ctx), t: T
 @router.get("/files")
 def list_files(
     purpose: str | None = None,
-    limit: int = Query(10000, ge=1, le=10000),
+    limit: int = limit_param(10000),
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
     ctx: AppContext = Depends(get_ctx),
@@ -131,7 +132,7 @@ def list_files(
         if purpose:
             q = q.where(File.purpose == purpose)
         rows, more = page(s, File, q, after=after, limit=limit, newest_first=order == "desc")
-        return list_object([file_object(f) for f in rows], more, with_ids=True)
+        return list_object([file_object(f) for f in rows], more)
 
 
 @router.get("/files/{file_id}")
@@ -188,16 +189,34 @@ def initial_status(purpose: str) -> str:
     return "uploaded" if purpose == "fine-tune" else "processed"
 
 
+def base64_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Base64 of a stream of chunks, streamed (each piece a multiple of 3 bytes, so the pieces join into one)."""
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk
+        whole = len(data) - len(data) % 3
+        carry = data[whole:]
+        if whole:
+            yield base64.b64encode(data[:whole])
+    if carry:
+        yield base64.b64encode(carry)
+
+
 @router.get("/files/{file_id}/content")
 def file_content(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> StreamingResponse:
+    """The file's bytes as stored; a job's results file (purpose ``fine-tune-results``) base64-encoded, as OpenAI
+    serves it, so code written for OpenAI (``base64.b64decode(client.files.content(id).read())``) reads it."""
     with ctx.db.session() as s:
         f = get_file(s, t, file_id)
-    media = "text/csv" if f.filename.endswith(".csv") else "application/octet-stream"
+    chunks: Iterable[bytes] = ctx.store.iter_chunks(f.object_key)
+    size, media = f.bytes, "text/csv" if f.filename.endswith(".csv") else "application/octet-stream"
+    if f.purpose == RESULTS_PURPOSE:
+        chunks, size, media = base64_chunks(chunks), 4 * ((f.bytes + 2) // 3), "text/plain"
     return StreamingResponse(
-        ctx.store.iter_chunks(f.object_key),
+        chunks,
         media_type=media,
         headers={
-            "content-length": str(f.bytes),
+            "content-length": str(size),
             "content-disposition": f'attachment; filename="{f.filename}"',
         },
     )

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,7 +17,7 @@ from api.context import AppContext, Tenant, get_ctx
 from api.errors import APIError, bad_request, not_found
 from api.files import get_file
 from api.objects import best_checkpoint_step, checkpoint_object, event_object, job_object
-from api.pagination import list_object, page
+from api.pagination import limit_param, list_object, page
 from tunery import hyperparams, ids, jobstate
 from tunery.db import Checkpoint, FineTunedModel, Job, JobEvent
 from tunery.db.ops import add_event, now
@@ -31,7 +31,7 @@ Auto = Literal["auto"]
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     batch_size: Auto | Annotated[int, Field(ge=1, le=256)] | None = "auto"
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] | None = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = "auto"
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] | None = "auto"
 
 
@@ -353,7 +353,7 @@ def create_job(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = 
 def list_jobs(
     request: Request,
     after: str | None = None,
-    limit: int = Query(20, ge=1, le=100),
+    limit: int = limit_param(20),
     ctx: AppContext = Depends(get_ctx),
     t: Tenant = Depends(tenant),
 ) -> dict:
@@ -418,7 +418,7 @@ def cancel_job(job_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depe
 def list_events(
     job_id: str,
     after: str | None = None,
-    limit: int = Query(20, ge=1, le=1000),
+    limit: int = limit_param(20),
     ctx: AppContext = Depends(get_ctx),
     t: Tenant = Depends(tenant),
 ) -> dict:
@@ -432,7 +432,7 @@ def list_events(
 def list_checkpoints(
     job_id: str,
     after: str | None = None,
-    limit: int = Query(10, ge=1, le=100),
+    limit: int = limit_param(10),
     ctx: AppContext = Depends(get_ctx),
     t: Tenant = Depends(tenant),
 ) -> dict:
@@ -445,4 +445,4 @@ def list_checkpoints(
         ).all()
         best = best_checkpoint_step([(step, metrics) for step, metrics in all_metrics])
         objects = [checkpoint_object(c, None if best is None else c.step_number == best) for c in rows]
-        return list_object(objects, more, with_ids=True)
+        return list_object(objects, more)

@@ -1,13 +1,25 @@
-"""Cursor pagination as OpenAI does it: ``after`` is the id of the last object of the previous page."""
+"""Cursor pagination as OpenAI does it: ``after`` is the id of the last object of the previous page.
+
+One rule for every list: ``limit`` is at least 1 and has no maximum a client can trip on (a page holds at most
+:data:`MAX_PAGE` objects, however many were asked for); an ``after`` that names no object of the list (never existed,
+deleted, or another list's) is the end of the list, an empty page, as OpenAI answers, never a 400; every list answers
+``first_id`` and ``last_id`` as strings (empty when the page is).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, select
+from fastapi import Query
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from api.errors import bad_request
+MAX_PAGE = 10_000  # OpenAI's largest documented page (files)
+
+
+def limit_param(default: int) -> Any:
+    """The ``limit`` query parameter of a list route, with the list's default."""
+    return Query(default, ge=1, description=f"Objects per page (default {default}; pages hold at most {MAX_PAGE}).")
 
 
 def page(
@@ -18,22 +30,25 @@ def page(
     after: str | None,
     limit: int,
     newest_first: bool = True,
-    after_param: str = "after",
 ) -> tuple[list[Any], bool]:
-    """One page of rows ordered by creation (pk); returns (rows, has_more)."""
+    """One page of ``query``'s rows ordered by creation (pk), after the row whose id is ``after``; returns
+    (rows, has_more)."""
+    limit = min(limit, MAX_PAGE)
     if after:
-        cursor = session.scalar(select(model.pk).where(model.id == after))
+        cursor = session.scalar(query.with_only_columns(model.pk).where(model.id == after))
         if cursor is None:
-            raise bad_request(f"No such object for '{after_param}': {after}", param=after_param)
+            return [], False
         query = query.where(model.pk < cursor if newest_first else model.pk > cursor)
     query = query.order_by(model.pk.desc() if newest_first else model.pk.asc()).limit(limit + 1)
     rows = list(session.scalars(query))
     return rows[:limit], len(rows) > limit
 
 
-def list_object(data: list[dict[str, Any]], has_more: bool, with_ids: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {"object": "list", "data": data, "has_more": has_more}
-    if with_ids:
-        out["first_id"] = data[0]["id"] if data else None
-        out["last_id"] = data[-1]["id"] if data else None
-    return out
+def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else "",
+        "last_id": data[-1]["id"] if data else "",
+        "has_more": has_more,
+    }

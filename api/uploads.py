@@ -34,7 +34,7 @@ from tunery.db import File, Upload, UploadPart
 router = APIRouter()
 T = TypeVar("T")
 
-Purpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]
+Purpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]  # UPLOAD_PURPOSES
 
 
 class ExpiresAfter(BaseModel):

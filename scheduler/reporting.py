@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from tunery import ids, jobstate
 from tunery.db import Checkpoint, Database, File, FineTunedModel, Job
+from tunery.db.models import RESULTS_PURPOSE
 from tunery.db.ops import add_event, now
 from tunery.jobstate import TERMINAL, ErrorCode, JobError, UnknownErrorCode, error_code
 from tunery.metrics import Metrics
@@ -196,7 +197,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                     organization_id=job.organization_id,
                     project_id=job.project_id,
                     filename="step_metrics.csv",
-                    purpose="fine-tune-results",
+                    purpose=RESULTS_PURPOSE,
                     bytes=self.store.size(request.results_key),
                     sha256=None,
                     object_key=request.results_key,

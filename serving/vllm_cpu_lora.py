@@ -38,40 +38,55 @@ ENV = "TUNERY_VLLM_CPU_LORA"
 
 @dataclass
 class StepSlots:
-    """Which adapter slot each token of one step uses: ``uniform`` when they all use one (``-1``: none), else a
-    ``[tokens, slots]`` 0/1 mask per slot count (tokens with ``-1`` have an all-zero row)."""
+    """Which adapter slot each token of one step uses: ``uniform`` when they all use one (``-1``: none), else the
+    slots in use (``active``, ascending) and a ``[tokens, len(active)]`` 0/1 mask of each token's own (tokens with
+    ``-1`` have an all-zero row)."""
 
     indices: torch.Tensor
     uniform: int | None
-    masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    active: tuple[int, ...] = ()
+    mask: torch.Tensor | None = None
 
     @classmethod
     def of(cls, indices: torch.Tensor) -> StepSlots:
         indices = indices.detach().clone().long()
-        uniform = None
-        if len(indices):
-            first = int(indices[0])
-            if bool((indices == first).all()):
-                uniform = first
-        return cls(indices=indices, uniform=uniform)
-
-    def mask(self, slots: int, dtype: torch.dtype) -> torch.Tensor:
-        key = slots
-        if key not in self.masks:
-            mask = torch.zeros(len(self.indices), slots + 1, dtype=dtype)
-            mask.scatter_(1, torch.where(self.indices < 0, slots, self.indices).clamp(max=slots)[:, None], 1.0)
-            self.masks[key] = mask[:, :slots].contiguous()
-        return self.masks[key].to(dtype)
+        if len(indices) and bool((indices == indices[0]).all()):
+            return cls(indices=indices, uniform=int(indices[0]))
+        used = indices >= 0
+        active = torch.unique(indices[used])
+        mask = torch.zeros(len(indices), len(active), dtype=torch.float32)
+        rows = used.nonzero().squeeze(1)
+        mask[rows, torch.searchsorted(active, indices[rows])] = 1.0
+        return cls(indices=indices, uniform=None, active=tuple(active.tolist()), mask=mask)
 
 
 @dataclass
 class LayerWeights:
     """One layer's stacked LoRA weights laid out for the products: A as ``[slots, slices * rank, in]`` (float32),
-    B per slice as ``[slots * rank, out_slice]`` (the output's dtype)."""
+    B per slice as ``[slots, rank, out_slice]`` (the output's dtype), and, per set of slots a step uses together,
+    A as ``[slices * slots * rank, in]`` and B per slice as ``[slots * rank, out_slice]`` over just those slots
+    (decode steps keep using the same set for many steps)."""
 
     versions: tuple[int, ...]
     a: torch.Tensor
     b: list[torch.Tensor]
+    groups: dict[tuple[int, ...], tuple[torch.Tensor, list[torch.Tensor]]] = field(default_factory=dict)
+
+    def group(self, active: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        held = self.groups.get(active)
+        if held is None:
+            if len(self.groups) >= 32:
+                self.groups.clear()
+            slots, slices_rank, hidden = self.a.shape
+            rank = self.b[0].shape[1]
+            index = torch.tensor(active)
+            a = self.a.view(slots, slices_rank // rank, rank, hidden)[index]  # [n, slices, rank, in]
+            held = (
+                a.transpose(0, 1).reshape(-1, hidden).contiguous(),
+                [b[index].reshape(len(active) * rank, b.shape[-1]).contiguous() for b in self.b],
+            )
+            self.groups[active] = held
+        return held
 
 
 class LayerCache:
@@ -93,14 +108,10 @@ class LayerCache:
             and held[1].b[0].dtype == dtype
         ):
             return held[1]
-        slots = a_stacked[0].shape[0]
         # [slots, 1, rank, in] per slice -> [slots, slices * rank, in]
         a = torch.cat([t.squeeze(1) for t in a_stacked], dim=1).to(torch.float32).contiguous()
-        # [slots, 1, out, rank] per slice -> [slots * rank, out]
-        b = [
-            t.squeeze(1).transpose(1, 2).reshape(slots * t.shape[-1], t.shape[-2]).to(dtype).contiguous()
-            for t in b_stacked
-        ]
+        # [slots, 1, out, rank] per slice -> [slots, rank, out]
+        b = [t.squeeze(1).transpose(1, 2).to(dtype).contiguous() for t in b_stacked]
         weights = LayerWeights(versions=versions, a=a, b=b)
         self._layers[id(a_stacked[0])] = (tensors, weights)
         return weights
@@ -140,17 +151,23 @@ def add_lora_linear(
     offsets = [sum(output_slices[:i]) for i in range(len(output_slices))]
     if step.uniform is not None:
         slot = step.uniform % slots
-        shrunk = (inputs @ weights.a[slot].T).mul_(scale).to(y.dtype)  # [tokens, slices * rank]
+        shrunk = inputs @ weights.a[slot].T  # [tokens, slices * rank]
+        if scale != 1.0:
+            shrunk.mul_(scale)
+        shrunk = shrunk.to(y.dtype)
         for i, (offset, size) in enumerate(zip(offsets, output_slices, strict=True)):
-            b = weights.b[i].view(slots, rank, size)[slot]
-            out[:, offset : offset + size].addmm_(shrunk[:, i * rank : (i + 1) * rank], b)
+            out[:, offset : offset + size].addmm_(shrunk[:, i * rank : (i + 1) * rank], weights.b[i][slot])
         return
-    tokens, slices = inputs.shape[0], len(output_slices)
-    every = inputs @ weights.a.view(slots * slices * rank, -1).T  # [tokens, slots * slices * rank]
-    every = every.view(tokens, slots, slices, rank).mul_(step.mask(slots, torch.float32).mul(scale)[:, :, None, None])
+    assert step.mask is not None
+    a, b = weights.group(step.active)
+    tokens, slices, n = inputs.shape[0], len(output_slices), len(step.active)
+    every = inputs @ a.T  # [tokens, slices * n * rank]: every slot in use, each token keeps its own slot's columns
+    every.view(tokens, slices, n, rank).mul_(
+        step.mask[:, None, :, None] if scale == 1.0 else step.mask[:, None, :, None] * scale
+    )
+    every = every.to(y.dtype)
     for i, (offset, size) in enumerate(zip(offsets, output_slices, strict=True)):
-        mine = every[:, :, i, :].reshape(tokens, slots * rank).to(y.dtype)
-        out[:, offset : offset + size].addmm_(mine, weights.b[i])
+        out[:, offset : offset + size].addmm_(every[:, i * n * rank : (i + 1) * n * rank], b[i])
 
 
 def patch() -> bool:

@@ -3,6 +3,7 @@ rewards, checkpoints, results file, the fine-tuned model answering. Responses ar
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 
@@ -68,7 +69,7 @@ def test_dpo_job_end_to_end(tiny_server_factory, tmp_path):
     ckpts = client.fine_tuning.jobs.checkpoints.list(job.id)
     validate(srv.http.get(f"/v1/fine_tuning/jobs/{job.id}/checkpoints").json(), "ListFineTuningJobCheckpointsResponse")
     assert [c.step_number for c in ckpts.data] == [STEPS, STEPS // 2]
-    rows = list(csv.reader(io.StringIO(client.files.content(job.result_files[0]).text)))
+    rows = list(csv.reader(io.StringIO(base64.b64decode(client.files.content(job.result_files[0]).read()).decode())))
     assert rows[0][:5] == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
     assert "rewards_margins" in rows[0] and len(rows) == 1 + STEPS
     for model in (job.fine_tuned_model, ckpts.data[-1].fine_tuned_model_checkpoint):

@@ -4,6 +4,7 @@ OpenAI's schema."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -103,7 +104,8 @@ def test_job_end_to_end(trained, tiny_server_factory, tmp_path):
     assert len(job.result_files) == 1
     rf = client.files.retrieve(job.result_files[0])
     assert rf.purpose == "fine-tune-results"
-    rows = list(csv.reader(io.StringIO(client.files.content(rf.id).text)))
+    # Served base64-encoded as OpenAI serves it: code written for OpenAI decodes it.
+    rows = list(csv.reader(io.StringIO(base64.b64decode(client.files.content(rf.id).read()).decode())))
     assert rows[0] == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
     assert [int(r[0]) for r in rows[1:]] == list(range(1, STEPS + 1))
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+from typing import get_args
 
 import httpx
 import openai
 import pytest
 
+from api.files import base64_chunks
+from api.uploads import Purpose
 from tests.configurations import (  # noqa: F401 (each server test runs embedded and on PostgreSQL + S3)
     configuration,
     configuration_metadata_store,
@@ -16,6 +20,7 @@ from tests.configurations import (  # noqa: F401 (each server test runs embedded
 from tests.conftest import chat_lines
 from tests.schema import validate
 from tests.stores import stored_keys
+from tunery.db.models import UPLOAD_PURPOSES
 
 
 def test_upload_retrieve_content_delete(server, upload):
@@ -75,6 +80,22 @@ def test_list_pagination_order_and_purpose(server, upload):
     assert asc == ids
     after = server.client.files.list(after=ids[3], purpose="fine-tune", limit=10)
     assert [f.id for f in after.data] == [ids[2], ids[1], ids[0]] and not after.has_more
+
+
+def test_list_cursors_and_limits_as_openai(server, upload):
+    """An unknown or deleted ``after`` ends the list (an empty page, not a 400); ``first_id``/``last_id`` are
+    strings even on an empty page (OpenAI's schema has them as required strings); a ``limit`` beyond a page's
+    maximum is served, not refused."""
+    ids = [upload(chat_lines(3), name=f"f{i}.jsonl").id for i in range(3)]
+    server.client.files.delete(ids[1])
+    for cursor in (ids[1], "file-neverexisted"):
+        raw = server.http.get("/v1/files", params={"after": cursor})
+        assert raw.status_code == 200, raw.text
+        validate(raw.json(), "ListFilesResponse")
+        assert raw.json() == {"object": "list", "data": [], "first_id": "", "last_id": "", "has_more": False}
+    big = server.http.get("/v1/files", params={"limit": 10**30})
+    assert big.status_code == 200 and [f["id"] for f in big.json()["data"]] == [ids[2], ids[0]]
+    assert server.http.get("/v1/files", params={"limit": 0}).status_code == 400
 
 
 def test_upload_errors(server):
@@ -141,3 +162,16 @@ def test_download_url(server, upload, object_store):
     assert server.http.get("/v1/files/file-nope/url").status_code == 404
     server.client.files.delete(f.id)
     assert httpx.get(body["url"]).status_code == 404  # the URL outlives nothing: the object is gone
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 100, 65537])
+def test_base64_chunks_join_into_the_base64_of_the_whole(size):
+    data = bytes(range(256)) * (size // 256 + 1)
+    data = data[:size]
+    chunkings = [[data], [data[i : i + 1] for i in range(len(data))], [data[i : i + 7] for i in range(0, len(data), 7)]]
+    for chunks in chunkings:
+        assert b"".join(base64_chunks(iter(chunks))) == base64.b64encode(data)
+
+
+def test_upload_purposes_have_one_home():
+    assert set(get_args(Purpose)) == set(UPLOAD_PURPOSES)

@@ -121,6 +121,24 @@ def test_list_jobs_metadata_filter_and_pagination(server, upload):
     assert [j.id for j in team_a.data] == [created[4], created[2], created[0]]
     assert [j.id for j in server.client.fine_tuning.jobs.list(metadata={"team": "b", "i": "3"}).data] == [created[3]]
     assert server.client.fine_tuning.jobs.list(metadata={"team": "z"}).data == []
+    raw = server.http.get("/v1/fine_tuning/jobs", params={"limit": 2}).json()
+    assert (raw["first_id"], raw["last_id"]) == (created[4], created[3])
+    # Past OpenAI's documented pages: served, not refused; an unknown cursor ends the list.
+    assert len(server.http.get("/v1/fine_tuning/jobs", params={"limit": 5000}).json()["data"]) == 5
+    for cursor in ("ftjob-neverexisted", f):  # a file id is no job of this list
+        empty = server.http.get("/v1/fine_tuning/jobs", params={"after": cursor})
+        assert empty.status_code == 200 and empty.json()["data"] == [] and not empty.json()["has_more"]
+    events = server.http.get(f"/v1/fine_tuning/jobs/{created[0]}/events", params={"limit": 5000}).json()
+    assert events["data"] and (events["first_id"], events["last_id"]) == (
+        events["data"][0]["id"],
+        events["data"][-1]["id"],
+    )
+    assert all(e["id"].startswith("ft-event-") for e in events["data"])
+    other_jobs_event = server.http.get(f"/v1/fine_tuning/jobs/{created[1]}/events").json()["data"][0]["id"]
+    assert (
+        server.http.get(f"/v1/fine_tuning/jobs/{created[0]}/events", params={"after": other_jobs_event}).json()["data"]
+        == []
+    )
     job = server.client.fine_tuning.jobs.retrieve(created[0])
     assert job.metadata == {"team": "a", "i": "0"}
 

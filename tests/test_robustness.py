@@ -19,9 +19,7 @@ MALFORMED = [
     ("POST", "/v1/fine_tuning/jobs", {"content": b"model=x", "headers": {"content-type": "text/plain"}}),
     ("GET", "/v1/fine_tuning/jobs", {"params": {"limit": "abc"}}),
     ("GET", "/v1/fine_tuning/jobs", {"params": {"limit": 0}}),
-    ("GET", "/v1/fine_tuning/jobs", {"params": {"after": "ftjob-missing"}}),
     ("GET", "/v1/files", {"params": {"order": "sideways"}}),
-    ("GET", "/v1/files", {"params": {"limit": 10**12}}),
     ("POST", "/v1/files", {"content": b"", "headers": {"content-type": "application/json"}}),
     (
         "POST",

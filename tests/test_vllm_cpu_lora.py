@@ -39,6 +39,7 @@ PATTERNS = {
     "with_none": lambda n: torch.arange(n) % 4 - 1,
     "none": lambda n: torch.full((n,), -1),
     "last_slot": lambda n: torch.full((n,), SLOTS - 1),
+    "sparse": lambda n: torch.where(torch.arange(n) % 3 == 0, 6, 1),
 }
 
 
@@ -86,13 +87,15 @@ def test_a_slot_rewritten_in_place_is_picked_up() -> None:
 
 def test_step_slots_are_a_snapshot_of_the_indices() -> None:
     """vLLM reuses its index buffer between steps; the step's map must not change under a layer."""
-    indices = torch.tensor([0, 0, 1])
+    indices = torch.tensor([0, 0, 5])
     step = StepSlots.of(indices)
     indices.fill_(0)
-    assert step.uniform is None
-    assert step.mask(4, torch.float32).tolist() == [[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]]
+    assert step.uniform is None and step.active == (0, 5)
+    assert step.mask is not None and step.mask.tolist() == [[1, 0], [1, 0], [0, 1]]
     assert StepSlots.of(torch.tensor([2, 2])).uniform == 2
-    assert StepSlots.of(torch.tensor([-1, 3])).mask(4, torch.float32).tolist() == [[0, 0, 0, 0], [0, 0, 0, 1]]
+    none_and_three = StepSlots.of(torch.tensor([-1, 3]))
+    assert none_and_three.active == (3,) and none_and_three.mask is not None
+    assert none_and_three.mask.tolist() == [[0], [1]]
 
 
 def test_unexpected_shapes_are_left_to_vllm() -> None:

@@ -24,6 +24,11 @@ class Tenant:
     project_id: Mapped[str] = mapped_column(String(64), index=True)
 
 
+# The purposes a client uploads a file with (OpenAI's), and the one of the results file a job writes.
+UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+RESULTS_PURPOSE = "fine-tune-results"
+
+
 class File(Base, Tenant):
     __tablename__ = "files"
 
