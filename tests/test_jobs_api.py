@@ -68,6 +68,10 @@ def test_create_errors_are_400_with_param(server, upload):
         ({"model": TINY, "training_file": good, "suffix": "x" * 65}, "suffix"),
         ({"model": TINY, "training_file": good, "seed": -1}, "seed"),
         ({"model": TINY, "training_file": good, "hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        (
+            {"model": TINY, "training_file": good, "hyperparameters": {"learning_rate_multiplier": 0}},
+            "hyperparameters.learning_rate_multiplier",
+        ),
         ({"model": TINY, "training_file": good, "method": {"type": "reinforcement"}}, "method.type"),
         ({"model": TINY, "training_file": good, "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
         ({"training_file": good}, "model"),
@@ -86,6 +90,9 @@ def test_create_errors_are_400_with_param(server, upload):
     r = server.http.post("/v1/fine_tuning/jobs", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert server.client.fine_tuning.jobs.list().data == []
+    # OpenAI bounds learning_rate_multiplier below only (> 0): a large one is the user's call.
+    big = {"model": TINY, "training_file": good, "hyperparameters": {"learning_rate_multiplier": 500}}
+    assert server.http.post("/v1/fine_tuning/jobs", json=big).status_code == 200
 
 
 def test_not_found_and_unknown_routes(server):
