@@ -1,4 +1,8 @@
-"""API keys -> (organization, project). The embedded mode accepts any key until keys are configured."""
+"""API keys -> (organization, project). The embedded mode accepts any key until keys are configured.
+
+A missing or wrong key is a 401 with OpenAI's body: type ``invalid_request_error``, code ``null`` for a missing key
+and ``invalid_api_key`` for a wrong one, the key masked in the message as OpenAI masks it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,12 @@ import hmac
 from fastapi import Depends, Request
 
 from api.context import AppContext, Tenant, get_ctx
-from api.errors import AUTHENTICATION, APIError
+from api.errors import INVALID_REQUEST, APIError
+
+
+def masked(key: str) -> str:
+    """``sk-abc***...wxyz``: enough to tell keys apart, never enough to use one."""
+    return f"{key[:6]}***...{key[-4:]}" if len(key) > 16 else "***"
 
 
 def tenant(request: Request, ctx: AppContext = Depends(get_ctx)) -> Tenant:
@@ -15,13 +24,17 @@ def tenant(request: Request, ctx: AppContext = Depends(get_ctx)) -> Tenant:
     if keys:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
+        token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise APIError(
                 401,
-                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
-                type=AUTHENTICATION,
-                code="missing_api_key",
+                "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+                "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                type=INVALID_REQUEST,
+                code=None,
             )
-        if not any(hmac.compare_digest(token.strip(), k) for k in keys):
-            raise APIError(401, "Incorrect API key provided.", type=AUTHENTICATION, code="invalid_api_key")
+        if not any(hmac.compare_digest(token, k) for k in keys):
+            raise APIError(
+                401, f"Incorrect API key provided: {masked(token)}.", type=INVALID_REQUEST, code="invalid_api_key"
+            )
     return Tenant(ctx.settings.organization_id, ctx.settings.project_id)

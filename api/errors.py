@@ -19,7 +19,6 @@ log = logging.getLogger("tunery.api")
 
 # The `type` values Tunery uses (the SDK dispatches on the status; these follow OpenAI's names).
 INVALID_REQUEST = "invalid_request_error"
-AUTHENTICATION = "authentication_error"
 NOT_FOUND = "invalid_request_error"
 SERVER_ERROR = "server_error"
 
