@@ -21,6 +21,7 @@ from api.models import model_ref, resolve_model
 from serving.backend import Answer, ServingBackend
 from serving.engine import ModelRef
 from serving.errors import AdapterNotFound, EngineError, ServingUnavailable
+from serving.sampling import SamplingParams
 
 router = APIRouter()
 
@@ -43,15 +44,22 @@ class StreamOptions(BaseModel):
 
 
 class SamplingRequest(BaseModel):
-    """What chat and legacy completions share. Unknown OpenAI fields are kept and passed to vLLM."""
+    """What chat and legacy completions share. Unknown OpenAI fields are kept and passed to vLLM.
+
+    The sampling options are typed here; their ranges are checked in one place, ``SamplingParams.from_request``
+    (serving/sampling.py), which both serving backends get the result of.
+    """
 
     model_config = ConfigDict(extra="allow")
     model: str
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None  # token id -> bias; keys and values are checked with the others
     n: Annotated[int, Field(ge=1, le=128)] | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -59,7 +67,7 @@ class SamplingRequest(BaseModel):
 
 class ChatRequest(SamplingRequest):
     messages: Annotated[list[Message], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     logprobs: bool | None = None
@@ -87,9 +95,17 @@ def serving_error(e: Exception) -> APIError:
 async def _serve(
     ctx: AppContext, t: Tenant, req: SamplingRequest, call: Callable[[ServingBackend], Callable[..., Awaitable[Answer]]]
 ) -> dict[str, Any] | StreamingResponse:
-    """Resolve the request's model in the caller's project and hand both to the serving backend."""
+    """Check the sampling options, resolve the request's model in the caller's project and hand all three to the
+    serving backend."""
     if req.stream_options is not None and not req.stream:
-        raise bad_request("stream_options is only allowed when stream is true.", param="stream_options")
+        raise bad_request(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+        )
+    body = req.model_dump(exclude_unset=True)
+    try:
+        params = SamplingParams.from_request(body)
+    except EngineError as e:
+        raise serving_error(e) from None
 
     def resolve() -> ModelRef:
         with ctx.db.session() as s:
@@ -106,7 +122,7 @@ async def _serve(
             headers={"x-should-retry": "false"},
         )
     try:
-        answer = await call(ctx.serving)(ref, req.model_dump(exclude_unset=True))
+        answer = await call(ctx.serving)(ref, body, params)
     except (EngineError, ServingUnavailable) as e:
         raise serving_error(e) from None
     if isinstance(answer, dict):
@@ -119,7 +135,10 @@ async def chat_completions(
     req: ChatRequest, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)
 ) -> dict[str, Any] | StreamingResponse:
     if req.tool_choice is not None and not req.tools:
-        raise bad_request("tool_choice is only allowed when tools are specified.", param="tool_choice")
+        raise bad_request(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+            param="tool_choice",
+        )
     return await _serve(ctx, t, req, lambda serving: serving.chat_completions)
 
 

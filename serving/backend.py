@@ -7,8 +7,11 @@ Two implementations, chosen by ``TUNERY_SERVING_BACKEND``:
 - ``VLLMBackend`` (serving/vllm.py): proxies to vLLM servers, one per base model, which load adapters from the
   object store through Tunery's LoRA resolver (serving/vllm_plugin.py).
 
-A request is ``(ModelRef, body)``: ``body`` is the client's JSON as the API validated it (``body["model"]`` is the
-name the client sent, and every response names that model); ``ModelRef`` says what that name resolves to. Errors
+A request is ``(ModelRef, body, SamplingParams)``: ``body`` is the client's JSON as the API validated it
+(``body["model"]`` is the name the client sent, and every response names that model); ``ModelRef`` says what that
+name resolves to; ``SamplingParams`` (serving/sampling.py) are the request's sampling options, checked, as one typed
+value: the embedded engine samples from it, the vLLM backend forwards the client's fields and uses it only where
+vLLM differs from OpenAI. Errors
 are typed: ``EngineError`` (400), ``AdapterNotFound`` (404), ``ServingUnavailable`` (503, or 429 when overloaded).
 A streamed answer is an async iterator of server-sent-event lines (``data: {...}\\n\\n``, ending with
 ``data: [DONE]``); it is returned only once the request was accepted, so a bad request is still a clean error.
@@ -21,6 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from serving.engine import ModelRef
+from serving.sampling import SamplingParams
 
 Answer = dict[str, Any] | AsyncIterator[str]
 
@@ -38,11 +42,11 @@ def stream_error(message: str, type: str = "server_error") -> str:
 class ServingBackend(Protocol):
     name: str  # "embedded" | "vllm"
 
-    async def chat_completions(self, ref: ModelRef, body: dict[str, Any]) -> Answer:
+    async def chat_completions(self, ref: ModelRef, body: dict[str, Any], params: SamplingParams) -> Answer:
         """``POST /v1/chat/completions``: a ``chat.completion`` object, or its ``chat.completion.chunk`` stream."""
         ...
 
-    async def completions(self, ref: ModelRef, body: dict[str, Any]) -> Answer:
+    async def completions(self, ref: ModelRef, body: dict[str, Any], params: SamplingParams) -> Answer:
         """``POST /v1/completions`` (legacy): a ``text_completion`` object or stream."""
         ...
 

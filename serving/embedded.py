@@ -63,17 +63,6 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def _params(body: dict[str, Any]) -> SamplingParams:
-    stop = body.get("stop")
-    return SamplingParams(
-        max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
-        temperature=1.0 if body.get("temperature") is None else float(body["temperature"]),
-        top_p=1.0 if body.get("top_p") is None else float(body["top_p"]),
-        stop=[stop] if isinstance(stop, str) else list(stop or []),
-        seed=body.get("seed"),
-    )
-
-
 def _usage(g: Generation) -> dict[str, int]:
     return {
         "prompt_tokens": g.prompt_tokens,
@@ -132,7 +121,7 @@ class EmbeddedBackend:
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def chat_completions(self, ref: ModelRef, body: dict[str, Any]) -> Answer:
+    async def chat_completions(self, ref: ModelRef, body: dict[str, Any], params: SamplingParams) -> Answer:
         problem = _unsupported(body)
         if problem is not None:
             raise problem
@@ -142,7 +131,6 @@ class EmbeddedBackend:
                 f"The base model `{ref.base_name}` is configured but its files are missing on this server.",
                 code="model_unavailable",
             )
-        params = _params(body)
         public = str(body["model"])
         cid, created = ids.completion_id(), int(time.time())
         # Identifies the backend configuration: engine kind, base model and adapter (as OpenAI's fp_... does).
@@ -225,7 +213,7 @@ class EmbeddedBackend:
         finally:
             _finish(release, stream)  # stops the generation at its next token (client gone)
 
-    async def completions(self, ref: ModelRef, body: dict[str, Any]) -> Answer:
+    async def completions(self, ref: ModelRef, body: dict[str, Any], params: SamplingParams) -> Answer:
         raise EngineError(
             "Legacy completions (/v1/completions) need the vLLM backend (TUNERY_SERVING_BACKEND=vllm); use "
             "/v1/chat/completions with the embedded engine.",

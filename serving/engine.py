@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from serving.adapters import AdapterCache, is_full_model, safe_adapter_name
 from serving.errors import AdapterNotFound, EngineError
+from serving.sampling import SamplingParams
 from serving.text import Detokenizer, emittable, find_stop, normalize_messages
 from tunery.storage import ObjectStore
 
@@ -46,8 +47,6 @@ __all__ = [
 
 log = logging.getLogger("tunery.serving")
 
-# Below this temperature sampling is greedy (dividing logits by ~0 would overflow).
-GREEDY_BELOW = 1e-5
 # Used when neither the model config nor the tokenizer states a context length.
 DEFAULT_CONTEXT = 2048
 
@@ -60,15 +59,6 @@ class ModelRef:
     base_path: str  # local folder of the base model (safetensors, tokenizer, chat template)
     adapter_name: str | None = None  # the ft: model id; None means the base model
     adapter_prefix: str | None = None  # e.g. "jobs/ftjob-x/model/"
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int | None = None  # None: the engine's default cap, within the model's context
-    temperature: float = 1.0  # 0: greedy
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
 
 
 @dataclass
@@ -117,6 +107,7 @@ class _Base:
     device: Any = None
     eos_ids: frozenset[int] = frozenset()
     context_len: int = DEFAULT_CONTEXT
+    vocab_size: int = 0  # rows of the model's logits: the token ids logit_bias may name
     keep_logits_arg: bool = False  # forward() takes logits_to_keep
     adapters: dict[str, str] = field(default_factory=dict)  # safe name -> prefix it was loaded from
 
@@ -137,17 +128,6 @@ class _Failed:
 
 def _norm_prefix(prefix: str | None) -> str:
     return (prefix or "").strip("/") + "/"
-
-
-def _check_params(params: SamplingParams) -> None:
-    if params.max_tokens is not None and (not isinstance(params.max_tokens, int) or params.max_tokens < 1):
-        raise EngineError(f"max_tokens must be at least 1, got {params.max_tokens!r}.", "max_tokens")
-    if not 0 <= params.temperature <= 2:
-        raise EngineError(f"temperature must be between 0 and 2, got {params.temperature!r}.", "temperature")
-    if not 0 < params.top_p <= 1:
-        raise EngineError(f"top_p must be greater than 0 and at most 1, got {params.top_p!r}.", "top_p")
-    if not isinstance(params.stop, list | tuple) or not all(isinstance(s, str) for s in params.stop):
-        raise EngineError("stop must be a list of strings.", "stop")
 
 
 def _pick(logits: Any, params: SamplingParams, rng: Any) -> int:
@@ -327,6 +307,7 @@ class EmbeddedEngine:
         base.tokenizer = tokenizer
         base.eos_ids = frozenset(eos)
         base.context_len = min(limits) if limits else DEFAULT_CONTEXT
+        base.vocab_size = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
         base.keep_logits_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
         base.model = model
         log.info("loaded base model %s from %s on %s", base.name, base.path, base.device)
@@ -372,7 +353,7 @@ class EmbeddedEngine:
 
     def _prepare(self, ref: ModelRef, messages: list[dict], params: SamplingParams) -> _Job:
         """Check a request, load what it needs (base model, adapter) and tokenize its prompt."""
-        _check_params(params)
+        params.check()
         msgs = normalize_messages(messages)
         if ref.adapter_name is not None:
             # Download before taking the model's lock: a running generation is not held up by the store.
@@ -380,6 +361,8 @@ class EmbeddedEngine:
             if is_full_model(local):  # full fine-tuning: the model is a base model of its own
                 ref = ModelRef(base_name=ref.adapter_name, base_path=str(local))
         base = self._base(ref)
+        if params.logit_bias:
+            params.check(vocab_size=base.vocab_size)
         prompt_ids = self._encode(base, msgs)
         max_new = self._budget(base, len(prompt_ids), params)
         if ref.adapter_name is not None:
@@ -457,8 +440,15 @@ class EmbeddedEngine:
         params = job.params
         stops = [s for s in params.stop if s]
         rng = None
-        if params.temperature >= GREEDY_BELOW:
+        if not params.greedy:  # temperature 0, or top_p 0 (a nucleus of one token)
             rng = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
+        adjust = None
+        if params.adjusts_logits:
+            from serving.penalties import OpenAIPenaltiesLogitsProcessor
+
+            adjust = OpenAIPenaltiesLogitsProcessor(
+                params.frequency_penalty, params.presence_penalty, params.logit_bias
+            )
         extra = {"logits_to_keep": 1} if base.keep_logits_arg else {}
         input_ids = torch.tensor([job.prompt_ids], device=base.device)
         past = None
@@ -471,7 +461,10 @@ class EmbeddedEngine:
             with torch.inference_mode():
                 result = base.model(input_ids=input_ids, past_key_values=past, use_cache=True, **extra)
                 past = result.past_key_values
-                token = _pick(result.logits[0, -1], params, rng)
+                logits = result.logits[0, -1]
+                if adjust is not None:  # counts over this completion's tokens only: the prompt is not passed
+                    logits = adjust(torch.tensor([out], dtype=torch.long, device=logits.device), logits[None])[0]
+                token = _pick(logits, params, rng)
             out.append(token)
             if token in base.eos_ids:
                 finish, text = "stop", detok.finish(out)  # EOS is a special token: it decodes to nothing

@@ -38,6 +38,7 @@ from serving.adapters import CONFIG_FILE, WEIGHTS_FILE, is_full_model
 from serving.backend import Answer, sse, stream_error
 from serving.engine import ModelRef
 from serving.errors import AdapterNotFound, EngineError, ServingUnavailable
+from serving.sampling import SamplingParams
 from tunery import servable
 from tunery.storage import ObjectNotFound, ObjectStore
 from tunery.tensorfiles import read_header
@@ -66,6 +67,22 @@ def vllm_model_name(ref: ModelRef) -> str:
     if ref.adapter_prefix is None:
         return ref.base_name
     return ref.adapter_prefix.strip("/")
+
+
+def upstream_body(body: dict[str, Any], params: SamplingParams, name: str) -> dict[str, Any]:
+    """The request as vLLM gets it: the client's fields as they came (vLLM implements OpenAI's sampling options,
+    ``frequency_penalty``, ``presence_penalty`` and ``logit_bias`` included, and leaves unset ones to the model's
+    generation config), under vLLM's name for the model.
+
+    One translation: OpenAI accepts ``top_p=0`` (the smallest nucleus: only the most likely token), vLLM refuses it
+    ("top_p must be in (0, 1]", vllm/sampling_params.py). The same tokens come from greedy decoding, so vLLM is sent
+    ``temperature=0`` and no ``top_p``; penalties and biases still apply before the choice, as with top_p=0.
+    """
+    payload = {**body, "model": name}
+    if params.top_p == 0:
+        payload.pop("top_p", None)
+        payload["temperature"] = 0.0
+    return payload
 
 
 def _clean(obj: dict[str, Any], public: str) -> dict[str, Any]:
@@ -204,10 +221,10 @@ class VLLMBackend:
         log.warning("vLLM at %s answered %s: %s", url, resp.status_code, message)
         return self._unavailable(url, ref.base_name, f"answered {resp.status_code}")
 
-    async def _forward(self, path: str, ref: ModelRef, body: dict[str, Any]) -> Answer:
+    async def _forward(self, path: str, ref: ModelRef, body: dict[str, Any], params: SamplingParams) -> Answer:
         public = str(body["model"])
         url, name = await self._route(ref)
-        payload = {**body, "model": name}
+        payload = upstream_body(body, params, name)
         request = self.client.build_request("POST", url + path, json=payload)
         try:
             resp = await self.client.send(request, stream=True)
@@ -250,11 +267,11 @@ class VLLMBackend:
         finally:
             await resp.aclose()
 
-    async def chat_completions(self, ref: ModelRef, body: dict[str, Any]) -> Answer:
-        return await self._forward("/v1/chat/completions", ref, body)
+    async def chat_completions(self, ref: ModelRef, body: dict[str, Any], params: SamplingParams) -> Answer:
+        return await self._forward("/v1/chat/completions", ref, body, params)
 
-    async def completions(self, ref: ModelRef, body: dict[str, Any]) -> Answer:
-        return await self._forward("/v1/completions", ref, body)
+    async def completions(self, ref: ModelRef, body: dict[str, Any], params: SamplingParams) -> Answer:
+        return await self._forward("/v1/completions", ref, body, params)
 
     async def unload(self, ref: ModelRef) -> None:
         if ref.adapter_prefix is None:

@@ -227,7 +227,8 @@ def test_client_errors(engine: EmbeddedEngine, base: ModelRef) -> None:
         ([{"role": "user", "content": [{"type": "image_url"}]}], GREEDY, "messages[0].content[0]"),
         (HELLO, SamplingParams(max_tokens=0), "max_tokens"),
         (HELLO, SamplingParams(temperature=3), "temperature"),
-        (HELLO, SamplingParams(top_p=0), "top_p"),
+        (HELLO, SamplingParams(top_p=1.5), "top_p"),
+        (HELLO, SamplingParams(presence_penalty=-2.5), "presence_penalty"),
     ]
     for messages, params, param in bad:
         with pytest.raises(EngineError) as e:
