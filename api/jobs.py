@@ -438,8 +438,12 @@ def list_checkpoints(
 ) -> dict:
     with ctx.db.session() as s:
         get_job(s, t, job_id)
-        q = select(Checkpoint).where(Checkpoint.job_id == job_id)
+        # A checkpoint is listed while its model is: DELETE /v1/models/{ft:...:ckpt-step-N} deletes the model row
+        # (the checkpoint's row stays, as the job's record; so do its objects).
+        servable = select(FineTunedModel.id).where(FineTunedModel.id == Checkpoint.fine_tuned_model_checkpoint)
+        q = select(Checkpoint).where(Checkpoint.job_id == job_id, servable.exists())
         rows, more = page(s, Checkpoint, q, after=after, limit=limit)
+        # The best checkpoint is the run's, among all it made: a deleted best leaves no other one marked.
         all_metrics = s.execute(
             select(Checkpoint.step_number, Checkpoint.metrics).where(Checkpoint.job_id == job_id)
         ).all()
