@@ -214,7 +214,9 @@ def _method(body: CreateJob, hp: dict[str, Any]) -> dict[str, Any]:
 
 def _extensions(body: CreateJob, hp: dict[str, Any]) -> dict[str, Any]:
     """What the job stores under ``extensions``: ``tunery.training`` always (resolved when the files are
-    validated), ``tunery.data`` when the request has ``tunery``. Checks the options that depend on each other."""
+    validated), ``tunery.data`` when the request has ``tunery`` (its presence is how ``job_object`` knows the job
+    asked for its extensions: only then does the job object carry ``tunery``). Checks the options that depend on
+    each other."""
     ext = body.tunery or TuneryExtensions()
     training = ext.training
     batch = hp.get("batch_size")

@@ -198,7 +198,7 @@ def test_tunery_data_options_stored_returned_and_validated(tiny_server_factory):
         "tunery"
     ]["data"] == {"drop_duplicates": False, "long_examples": "truncate", "mix": None}
     plain = srv.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": train}).json()
-    assert set(plain["tunery"]) == {"training"}
+    assert "tunery" not in plain  # a job that did not ask for extensions has OpenAI's fields only
     validate(plain, "FineTuningJob")
     listed = srv.http.get("/v1/fine_tuning/jobs").json()
     validate(listed, "ListPaginatedFineTuningJobsResponse")
@@ -318,7 +318,7 @@ def test_dpo_job_stored_resolved_and_returned_as_openai_says(tiny_server_factory
             "hyperparameters": {"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": 2, "beta": 0.25}
         },
     }
-    assert raw["tunery"]["method"] == {"trainer": "dpo"}
+    assert "tunery" not in raw  # the default trainer (dpo) is not shown to a job that did not ask for extensions
     job = srv.wait_job(job.id, {"queued"}, timeout=30)
     raw = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()
     validate(raw, "FineTuningJob")
@@ -347,6 +347,31 @@ def test_dpo_job_stored_resolved_and_returned_as_openai_says(tiny_server_factory
     sft = srv.client.fine_tuning.jobs.create(model=TINY, training_file=pairs)
     sft = srv.wait_job(sft.id, {"failed"}, timeout=30)
     assert sft.error.code == "invalid_training_file"
+
+
+def test_tunery_object_only_on_jobs_that_asked_for_it(tiny_server_factory):
+    """OpenAI's typed clients see exactly OpenAI's fields on a plain job; ``tunery`` (resolved options) comes back
+    only to a job created with ``tunery`` in its body (``extra_body``). What is stored is the same either way."""
+    srv = tiny_server_factory(max_concurrent_runs=0)  # nothing launches: the jobs stay queued
+    train = srv.client.files.create(file=("t.jsonl", chat_lines(40)), purpose="fine-tune").id
+    plain = srv.client.fine_tuning.jobs.create(model=TINY, training_file=train)
+    asked = srv.client.fine_tuning.jobs.create(model=TINY, training_file=train, extra_body={"tunery": {}})
+    assert "tunery" not in (plain.model_extra or {})
+    assert set(asked.model_extra["tunery"]) == {"data", "training"}
+    for job_id in (plain.id, asked.id):
+        srv.wait_job(job_id, {"queued"}, timeout=30)  # the scheduler resolves (rewrites) the stored options
+    raw = srv.http.get(f"/v1/fine_tuning/jobs/{plain.id}").json()
+    assert "tunery" not in raw
+    validate(raw, "FineTuningJob")
+    resolved = srv.http.get(f"/v1/fine_tuning/jobs/{asked.id}").json()["tunery"]
+    assert resolved["training"]["max_seq_length"] == 1024 and resolved["training"]["precision"] == "fp32"
+    listed = {j["id"]: j for j in srv.http.get("/v1/fine_tuning/jobs").json()["data"]}
+    assert "tunery" not in listed[plain.id] and "tunery" in listed[asked.id]
+    cancelled = srv.http.post(f"/v1/fine_tuning/jobs/{plain.id}/cancel").json()
+    assert cancelled["status"] == "cancelled" and "tunery" not in cancelled
+    with srv.app.state.ctx.db.session() as s:  # stored as before: the scheduler reads the job's training options
+        stored = s.scalar(select(Job.extensions).where(Job.id == plain.id))
+    assert set(stored["tunery"]) == {"training"} and stored["tunery"]["training"]["max_seq_length"] == 1024
 
 
 def test_deleted_checkpoint_model_is_not_listed(tiny_server_factory):
