@@ -18,11 +18,12 @@ from api.context import AppContext, Tenant, get_ctx
 from api.errors import bad_request
 from api.files import get_file
 from api.jobs import CreateJob, _check_file, _hyperparameters
-from scheduler.validation import check_method_fit, check_scan, file_report, report_key, scan_stored
+from scheduler.validation import check_method_fit, check_scan, file_report, scan_stored
 from tunery import hyperparams
 from tunery.data import MIN_EXAMPLES, DataFormat
 from tunery.db.ops import now
 from tunery.estimate import estimate, model_shape
+from tunery.files import report_key
 from tunery.filescan import ScanOptions
 from tunery.jobspec import TrainingMethod
 from tunery.jobstate import ErrorCode, JobError

@@ -19,9 +19,11 @@ from api.errors import APIError, bad_request, not_found
 from api.objects import file_object
 from api.pagination import limit_param, list_object, page
 from api.streams import multipart_form, save_limited
-from scheduler.validation import REPORT_OBJECT, report_key, report_prefix
+from scheduler.validation import REPORT_OBJECT
+from tunery import files as lifecycle
 from tunery import ids
 from tunery.db.models import RESULTS_PURPOSE, UPLOAD_PURPOSES, File
+from tunery.files import live, report_key
 from tunery.storage import ObjectNotFound
 
 router = APIRouter()
@@ -30,9 +32,11 @@ MIN_EXPIRY, MAX_EXPIRY = 3600, 2592000
 
 
 def get_file(session, t: Tenant, file_id: str) -> File:  # type: ignore[no-untyped-def]
+    """One of the tenant's files; 404 when there is none, or when it has expired (gone at once, before the
+    scheduler's sweep deletes it: tunery/files.py)."""
     f = session.scalar(
         select(File).where(
-            File.id == file_id, File.organization_id == t.organization_id, File.project_id == t.project_id
+            File.id == file_id, File.organization_id == t.organization_id, File.project_id == t.project_id, live()
         )
     )
     if f is None:
@@ -128,7 +132,7 @@ def list_files(
     t: Tenant = Depends(tenant),
 ) -> dict:
     with ctx.db.session() as s:
-        q = select(File).where(File.organization_id == t.organization_id, File.project_id == t.project_id)
+        q = select(File).where(File.organization_id == t.organization_id, File.project_id == t.project_id, live())
         if purpose:
             q = q.where(File.purpose == purpose)
         rows, more = page(s, File, q, after=after, limit=limit, newest_first=order == "desc")
@@ -143,12 +147,10 @@ def retrieve_file(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = 
 
 @router.delete("/files/{file_id}")
 def delete_file(file_id: str, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
-    with ctx.db.session() as s:
-        f = get_file(s, t, file_id)
-        key = f.object_key
-        s.delete(f)
-    ctx.store.delete(key)
-    ctx.store.delete_prefix(report_prefix(file_id))
+    # The same deletion as the expiry sweep's (tunery/files.py), of one of the tenant's files that has not expired.
+    mine = (File.organization_id == t.organization_id, File.project_id == t.project_id, live())
+    if not lifecycle.delete_file(ctx.db, ctx.store, file_id, *mine):
+        raise not_found(f"No such File object: {file_id}")
     return {"id": file_id, "object": "file", "deleted": True}
 
 

@@ -214,7 +214,9 @@ def _method(body: CreateJob, hp: dict[str, Any]) -> dict[str, Any]:
 
 def _extensions(body: CreateJob, hp: dict[str, Any]) -> dict[str, Any]:
     """What the job stores under ``extensions``: ``tunery.training`` always (resolved when the files are
-    validated), ``tunery.data`` when the request has ``tunery``. Checks the options that depend on each other."""
+    validated), ``tunery.data`` when the request has ``tunery`` (its presence is how ``job_object`` knows the job
+    asked for its extensions: only then does the job object carry ``tunery``). Checks the options that depend on
+    each other."""
     ext = body.tunery or TuneryExtensions()
     training = ext.training
     batch = hp.get("batch_size")
@@ -438,8 +440,12 @@ def list_checkpoints(
 ) -> dict:
     with ctx.db.session() as s:
         get_job(s, t, job_id)
-        q = select(Checkpoint).where(Checkpoint.job_id == job_id)
-        rows, more = page(s, Checkpoint, q, after=after, limit=limit)
+        # A checkpoint is listed while its model is: DELETE /v1/models/{ft:...:ckpt-step-N} deletes the model row
+        # (the checkpoint's row stays, as the job's record; so do its objects).
+        servable = select(FineTunedModel.id).where(FineTunedModel.id == Checkpoint.fine_tuned_model_checkpoint)
+        made = select(Checkpoint).where(Checkpoint.job_id == job_id)
+        rows, more = page(s, Checkpoint, made.where(servable.exists()), after=after, limit=limit, cursors=made)
+        # The best checkpoint is the run's, among all it made: a deleted best leaves no other one marked.
         all_metrics = s.execute(
             select(Checkpoint.step_number, Checkpoint.metrics).where(Checkpoint.job_id == job_id)
         ).all()

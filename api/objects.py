@@ -50,9 +50,12 @@ def job_object(j: Job) -> dict[str, Any]:
         "metadata": j.job_metadata,
         "user_provided_suffix": j.suffix,
     }
-    # Tunery's extensions (resolved, defaults filled in), only on jobs that asked for them.
+    # Tunery's extensions (resolved, defaults filled in), only on jobs created with the field ``tunery``: a plain
+    # OpenAI-shaped job has exactly OpenAI's fields. Every job stores ``tunery.training`` (and a dpo job
+    # ``tunery.method``); ``tunery.data`` is stored exactly when the request had ``tunery`` (api/jobs.py
+    # ``_extensions``; before ``tunery.training`` existed, ``extensions`` itself was stored only then).
     tunery = (j.extensions or {}).get("tunery")
-    if tunery is not None:
+    if tunery is not None and "data" in tunery:
         out["tunery"] = tunery
     return out
 

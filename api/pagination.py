@@ -2,7 +2,8 @@
 
 One rule for every list: ``limit`` is at least 1 and has no maximum a client can trip on (a page holds at most
 :data:`MAX_PAGE` objects, however many were asked for); an ``after`` that names no object of the list (never existed,
-deleted, or another list's) is the end of the list, an empty page, as OpenAI answers, never a 400; every list answers
+deleted, or another list's) is the end of the list, an empty page, never a 400 (a checkpoint whose model was
+deleted keeps its place); every list answers
 ``first_id`` and ``last_id`` as strings (empty when the page is).
 """
 
@@ -30,12 +31,15 @@ def page(
     after: str | None,
     limit: int,
     newest_first: bool = True,
+    cursors: Select[Any] | None = None,
 ) -> tuple[list[Any], bool]:
     """One page of ``query``'s rows ordered by creation (pk), after the row whose id is ``after``; returns
-    (rows, has_more)."""
+    (rows, has_more). ``after`` is looked up in ``cursors`` (default: ``query``), a wider query where rows that
+    leave the list keep their place (a checkpoint whose model was deleted)."""
     limit = min(limit, MAX_PAGE)
     if after:
-        cursor = session.scalar(query.with_only_columns(model.pk).where(model.id == after))
+        where = query if cursors is None else cursors
+        cursor = session.scalar(where.with_only_columns(model.pk).where(model.id == after))
         if cursor is None:
             return [], False
         query = query.where(model.pk < cursor if newest_first else model.pk > cursor)

@@ -30,13 +30,13 @@ from sqlalchemy.orm import Session
 
 from scheduler import hardware
 from scheduler.backends import Backend, LaunchRefused, RunStatus
+from scheduler.expiry import ExpirySweep
 from scheduler.quota import quota_decision
 from scheduler.validation import (
     MIX_PARAM,
     check_scan,
     file_error_code,
     file_report,
-    report_key,
     scan_stored,
     status_details,
     token_summary,
@@ -45,6 +45,7 @@ from tunery import estimate as estimates
 from tunery import hyperparams, ids, jobstate, servable
 from tunery.db import Database, File, FineTunedModel, Job
 from tunery.db.ops import add_event, now
+from tunery.files import report_key
 from tunery.filescan import FileScan, ScanOptions
 from tunery.jobspec import (
     DataFile,
@@ -110,6 +111,7 @@ class Scheduler:
         self.lease_seconds = settings.scheduler_lease_seconds
         self._last_heartbeat = float("-inf")
         self._last_sweep = float("-inf")
+        self.file_expiry = ExpirySweep(db, store)
 
     # Lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -175,7 +177,7 @@ class Scheduler:
 
     def tick(self) -> None:
         """One pass: renew claims (and take over lapsed ones), stop cancelled runs, reap finished ones, validate
-        new files and jobs, launch queued ones, expire uploads past their expiry."""
+        new files and jobs, launch queued ones, expire uploads and delete files past their expiry."""
         self.heartbeat()
         self.stop_cancelled()
         self.reap()
@@ -183,6 +185,7 @@ class Scheduler:
         self.validate_pending()
         self.launch_queued()
         sweep_expired_uploads(self.db, self.store)
+        self.file_expiry.run()
         self.sweep_finished_runs()
 
     def sweep_finished_runs(self, force: bool = False) -> None:

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 
@@ -167,17 +166,6 @@ def check_file(
 
 
 REPORT_OBJECT = "file.validation"
-
-
-def report_key(file_id: str, model: str | None = None) -> str:
-    """The report made at upload (no model), or the one made for a job's model."""
-    if model:
-        return f"reports/files/{file_id}/validation/{quote(model, safe='')}.json"
-    return f"reports/files/{file_id}/validation.json"
-
-
-def report_prefix(file_id: str) -> str:
-    return f"reports/files/{file_id}/"
 
 
 def _stats(values: Sequence[int]) -> dict[str, float | int]:

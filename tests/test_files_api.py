@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from typing import get_args
 
 import httpx
 import openai
 import pytest
+from sqlalchemy import select, update
 
 from api.files import base64_chunks
 from api.uploads import Purpose
+from scheduler import expiry
+from scheduler.expiry import sweep_expired_files
 from tests.configurations import (  # noqa: F401 (each server test runs embedded and on PostgreSQL + S3)
     configuration,
     configuration_metadata_store,
     configuration_object_store,
 )
-from tests.conftest import chat_lines
+from tests.conftest import TINY, chat_lines
 from tests.schema import validate
 from tests.stores import stored_keys
+from tunery import files as tunery_files
+from tunery.db import File
 from tunery.db.models import UPLOAD_PURPOSES
 
 
@@ -175,3 +181,123 @@ def test_base64_chunks_join_into_the_base64_of_the_whole(size):
 
 def test_upload_purposes_have_one_home():
     assert set(get_args(Purpose)) == set(UPLOAD_PURPOSES)
+
+
+# ---- expires_after: an expired file is gone at once, and deleted for good by the scheduler's sweep -------------
+def expire_now(srv, file_id: str) -> None:
+    """Move the clock past a file's expiry: its expires_at an instant ago."""
+    with srv.app.state.ctx.db.session() as s:
+        s.execute(update(File).where(File.id == file_id).values(expires_at=int(time.time()) - 1))
+
+
+def file_row(srv, file_id: str) -> File | None:
+    with srv.app.state.ctx.db.session() as s:
+        return s.scalar(select(File).where(File.id == file_id))
+
+
+def test_expired_file_is_gone_at_once_then_swept(server):
+    client, http = server.client, server.http
+    f = client.files.create(
+        file=("a.jsonl", chat_lines(12)), purpose="fine-tune", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
+    keep = client.files.create(file=("b.jsonl", chat_lines(12)), purpose="fine-tune")
+    client.files.wait_for_processing(f.id, poll_interval=0.1, max_wait_seconds=30)
+    assert stored_keys(server, f"reports/files/{f.id}/") != []  # the validation report made at upload
+    expire_now(server, f.id)
+
+    # Before any sweep: every route answers as if it had been deleted.
+    for r in (
+        http.get(f"/v1/files/{f.id}"),
+        http.get(f"/v1/files/{f.id}/content"),
+        http.get(f"/v1/files/{f.id}/validation"),
+        http.get(f"/v1/files/{f.id}/url"),
+        http.delete(f"/v1/files/{f.id}"),
+    ):
+        assert r.status_code == 404, r.text
+        validate(r.json(), "ErrorResponse")
+        assert r.json()["error"] == {
+            "message": f"No such File object: {f.id}",
+            "type": "invalid_request_error",
+            "param": "id",
+            "code": None,
+        }
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(f.id)
+    assert [x.id for x in client.files.list()] == [keep.id]
+    assert [x.id for x in client.files.list(purpose="fine-tune", order="asc")] == [keep.id]
+    r = http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": f.id})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_file_id"
+    assert r.json()["error"]["param"] == "training_file"
+    r = http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": keep.id, "validation_file": f.id})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "validation_file"
+
+    # The sweep deletes it as DELETE does: row, content and reports; the other file is untouched.
+    sweep_expired_files(server.app.state.ctx.db, server.app.state.ctx.store)
+    assert file_row(server, f.id) is None
+    assert stored_keys(server, f"files/{f.id}") == [] and stored_keys(server, f"reports/files/{f.id}/") == []
+    assert client.files.retrieve(keep.id).id == keep.id
+    assert stored_keys(server, f"files/{keep.id}") == [f"files/{keep.id}"]
+
+
+def test_scheduler_sweeps_expired_files(tiny_server_factory, monkeypatch):
+    monkeypatch.setattr(expiry, "SWEEP_SECONDS", 0.1)  # every pass, not every 10 s
+    srv = tiny_server_factory()
+    f = srv.client.files.create(
+        file=("a.txt", b"notes"), purpose="assistants", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
+    assert stored_keys(srv, f"files/{f.id}") == [f"files/{f.id}"]
+    expire_now(srv, f.id)
+    deadline = time.monotonic() + 15
+    while file_row(srv, f.id) is not None or stored_keys(srv, f"files/{f.id}"):  # nobody asks: the scheduler does it
+        assert time.monotonic() < deadline, "the scheduler did not delete the expired file"
+        time.sleep(0.1)
+
+
+def test_delete_and_expiry_share_one_deletion(server, upload, monkeypatch):
+    calls: list[str] = []
+    real = tunery_files.delete_file
+
+    def spy(db, store, file_id, *conditions):  # type: ignore[no-untyped-def]
+        calls.append(file_id)
+        return real(db, store, file_id, *conditions)
+
+    monkeypatch.setattr(tunery_files, "delete_file", spy)
+    deleted, expired = upload(chat_lines(10)).id, upload(chat_lines(10), name="e.jsonl").id
+    assert server.client.files.delete(deleted).deleted
+    expire_now(server, expired)
+    sweep_expired_files(server.app.state.ctx.db, server.app.state.ctx.store)
+    assert deleted in calls and expired in calls
+    assert file_row(server, expired) is None and stored_keys(server, f"files/{expired}") == []
+
+
+def test_expired_file_of_an_unfinished_job_is_kept_until_the_job_ends(tiny_server_factory):
+    """OpenAI lets a job's file expire under it; the job keeps running on it. Tunery's trainer reads the file from
+    the object store when each run starts (and after a pause or crash), so the sweep keeps the expired file of a job
+    that has not ended (hidden all the same) and deletes it once the job has."""
+    srv = tiny_server_factory(max_concurrent_runs=0)  # nothing launches: the job stays queued
+    db, store = srv.app.state.ctx.db, srv.app.state.ctx.store
+    lifetime = {"anchor": "created_at", "seconds": 3600}
+    train = srv.client.files.create(file=("t.jsonl", chat_lines(40)), purpose="fine-tune", expires_after=lifetime)
+    mix = srv.client.files.create(
+        file=("g.jsonl", chat_lines(30, answer="A: {q}")), purpose="fine-tune", expires_after=lifetime
+    )
+    job = srv.client.fine_tuning.jobs.create(
+        model=TINY, training_file=train.id, extra_body={"tunery": {"data": {"mix": {"file": mix.id, "fraction": 0.2}}}}
+    )
+    srv.wait_job(job.id, {"queued"}, timeout=30)
+    for f in (train, mix):
+        expire_now(srv, f.id)
+
+    sweep_expired_files(db, store)
+    for f in (train, mix):
+        assert file_row(srv, f.id) is not None and stored_keys(srv, f"files/{f.id}") == [f"files/{f.id}"]
+        with pytest.raises(openai.NotFoundError):  # hidden all the same
+            srv.client.files.retrieve(f.id)
+    r = srv.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": train.id})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_file_id"  # no new job gets it
+    assert srv.client.fine_tuning.jobs.retrieve(job.id).training_file == train.id
+
+    srv.client.fine_tuning.jobs.cancel(job.id)
+    sweep_expired_files(db, store)
+    for f in (train, mix):
+        assert file_row(srv, f.id) is None and stored_keys(srv, f"files/{f.id}") == []

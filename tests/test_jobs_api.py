@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
+from sqlalchemy import select
 
+from scheduler.reporting import servable_model
 from tests.configurations import (  # noqa: F401 (each server test runs embedded and on PostgreSQL + S3)
     configuration,
     configuration_metadata_store,
@@ -14,6 +17,8 @@ from tests.configurations import (  # noqa: F401 (each server test runs embedded
 )
 from tests.conftest import TINY, chat_lines
 from tests.schema import validate
+from tunery import ids
+from tunery.db import Checkpoint, Job
 
 
 def test_job_with_too_few_examples_fails_invalid_n_examples(server, upload):
@@ -218,7 +223,7 @@ def test_tunery_data_options_stored_returned_and_validated(tiny_server_factory):
         "tunery"
     ]["data"] == {"drop_duplicates": False, "long_examples": "truncate", "mix": None}
     plain = srv.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": train}).json()
-    assert set(plain["tunery"]) == {"training"}
+    assert "tunery" not in plain  # a job that did not ask for extensions has OpenAI's fields only
     validate(plain, "FineTuningJob")
     listed = srv.http.get("/v1/fine_tuning/jobs").json()
     validate(listed, "ListPaginatedFineTuningJobsResponse")
@@ -338,7 +343,7 @@ def test_dpo_job_stored_resolved_and_returned_as_openai_says(tiny_server_factory
             "hyperparameters": {"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": 2, "beta": 0.25}
         },
     }
-    assert raw["tunery"]["method"] == {"trainer": "dpo"}
+    assert "tunery" not in raw  # the default trainer (dpo) is not shown to a job that did not ask for extensions
     job = srv.wait_job(job.id, {"queued"}, timeout=30)
     raw = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()
     validate(raw, "FineTuningJob")
@@ -367,3 +372,82 @@ def test_dpo_job_stored_resolved_and_returned_as_openai_says(tiny_server_factory
     sft = srv.client.fine_tuning.jobs.create(model=TINY, training_file=pairs)
     sft = srv.wait_job(sft.id, {"failed"}, timeout=30)
     assert sft.error.code == "invalid_training_file"
+
+
+def test_tunery_object_only_on_jobs_that_asked_for_it(tiny_server_factory):
+    """OpenAI's typed clients see exactly OpenAI's fields on a plain job; ``tunery`` (resolved options) comes back
+    only to a job created with ``tunery`` in its body (``extra_body``). What is stored is the same either way."""
+    srv = tiny_server_factory(max_concurrent_runs=0)  # nothing launches: the jobs stay queued
+    train = srv.client.files.create(file=("t.jsonl", chat_lines(40)), purpose="fine-tune").id
+    plain = srv.client.fine_tuning.jobs.create(model=TINY, training_file=train)
+    asked = srv.client.fine_tuning.jobs.create(model=TINY, training_file=train, extra_body={"tunery": {}})
+    assert "tunery" not in (plain.model_extra or {})
+    assert set(asked.model_extra["tunery"]) == {"data", "training"}
+    for job_id in (plain.id, asked.id):
+        srv.wait_job(job_id, {"queued"}, timeout=30)  # the scheduler resolves (rewrites) the stored options
+    raw = srv.http.get(f"/v1/fine_tuning/jobs/{plain.id}").json()
+    assert "tunery" not in raw
+    validate(raw, "FineTuningJob")
+    resolved = srv.http.get(f"/v1/fine_tuning/jobs/{asked.id}").json()["tunery"]
+    assert resolved["training"]["max_seq_length"] == 1024 and resolved["training"]["precision"] == "fp32"
+    listed = {j["id"]: j for j in srv.http.get("/v1/fine_tuning/jobs").json()["data"]}
+    assert "tunery" not in listed[plain.id] and "tunery" in listed[asked.id]
+    cancelled = srv.http.post(f"/v1/fine_tuning/jobs/{plain.id}/cancel").json()
+    assert cancelled["status"] == "cancelled" and "tunery" not in cancelled
+    with srv.app.state.ctx.db.session() as s:  # stored as before: the scheduler reads the job's training options
+        stored = s.scalar(select(Job.extensions).where(Job.id == plain.id))
+    assert set(stored["tunery"]) == {"training"} and stored["tunery"]["training"]["max_seq_length"] == 1024
+
+
+def test_deleted_checkpoint_model_is_not_listed(tiny_server_factory):
+    """DELETE /v1/models/{ft:...:ckpt-step-N} removes the checkpoint from its job's list; the model is gone for
+    retrieve, chat and fine-tuning. Checkpoints are recorded here as the reporting service records them (a row and
+    its servable model in one transaction), without training."""
+    srv = tiny_server_factory(max_concurrent_runs=0)
+    train = srv.client.files.create(file=("t.jsonl", chat_lines(40)), purpose="fine-tune").id
+    job_id = srv.wait_job(srv.client.fine_tuning.jobs.create(model=TINY, training_file=train).id, {"queued"}, 30).id
+    with srv.app.state.ctx.db.session() as s:
+        job = s.scalar(select(Job).where(Job.id == job_id))
+        assert job is not None and job.fine_tuned_model
+        for step, loss in ((1, 2.0), (2, 1.0), (3, 1.5)):
+            name = ids.checkpoint_model_name(job.fine_tuned_model, step)
+            prefix = f"jobs/{job_id}/checkpoints/step-{step}"
+            s.add(
+                Checkpoint(
+                    id=ids.checkpoint_id(),
+                    job_id=job_id,
+                    created_at=int(time.time()),
+                    step_number=step,
+                    metrics={"step": step, "train_loss": loss, "valid_loss": loss},
+                    fine_tuned_model_checkpoint=name,
+                    object_prefix=prefix,
+                )
+            )
+            s.add(servable_model(job, name, "checkpoint", prefix))
+
+    def listed(**kw) -> list[tuple[int, bool]]:
+        raw = srv.http.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints", params=kw).json()
+        validate(raw, "ListFineTuningJobCheckpointsResponse")
+        return [(c["step_number"], c["tunery"]["best"]) for c in raw["data"]]
+
+    before = srv.client.fine_tuning.jobs.checkpoints.list(job_id).data
+    assert [c.step_number for c in before] == [3, 2, 1] and listed() == [(3, False), (2, True), (1, False)]
+    gone = before[1].fine_tuned_model_checkpoint
+    deleted = srv.client.models.delete(gone)
+    assert deleted.deleted and deleted.id == gone
+
+    assert [c.step_number for c in srv.client.fine_tuning.jobs.checkpoints.list(job_id)] == [3, 1]
+    assert listed() == [(3, False), (1, False)]  # the run's best was step 2: no other one is marked instead
+    assert listed(after=before[1].id) == [(1, False)]  # a cursor at the deleted one still pages on
+    assert gone not in [m.id for m in srv.client.models.list()]
+    for r in (
+        srv.http.get(f"/v1/models/{gone}"),
+        srv.http.delete(f"/v1/models/{gone}"),
+        srv.http.post("/v1/chat/completions", json={"model": gone, "messages": [{"role": "user", "content": "Hi"}]}),
+    ):
+        assert r.status_code == 404, r.text
+        validate(r.json(), "ErrorResponse")
+        assert r.json()["error"]["code"] == "model_not_found"
+    r = srv.http.post("/v1/fine_tuning/jobs", json={"model": gone, "training_file": train})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_available"
+    assert srv.client.models.retrieve(before[0].fine_tuned_model_checkpoint).id == before[0].fine_tuned_model_checkpoint

@@ -17,6 +17,7 @@ import openai
 import pytest
 from sqlalchemy import select, update
 
+from scheduler.expiry import sweep_expired_files
 from tests.configurations import (  # noqa: F401 (each server test runs embedded and on PostgreSQL + S3)
     configuration,
     configuration_metadata_store,
@@ -359,3 +360,34 @@ def test_cancel_and_expiry_abort_unfinished_writes(server):
             assert stored(server, f"uploads/{up['id']}/") == []
         else:  # a local temporary file is its writer's to remove; only the stored parts go
             assert store.list(f"uploads/{up['id']}/") == []
+
+
+def test_file_of_an_upload_expires_like_any_file(server):
+    """``expires_after`` of an upload is the lifetime of the File it makes: past it, the file is gone at once and
+    the scheduler's expiry sweep deletes it (row, assembled object, reports) as DELETE /v1/files/{id} does."""
+    up = server.client.uploads.create(
+        bytes=len(chat_lines(12)),
+        filename="t.jsonl",
+        mime_type="text/jsonl",
+        purpose="fine-tune",
+        expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    part = server.client.uploads.parts.create(up.id, data=chat_lines(12))
+    done = server.client.uploads.complete(up.id, part_ids=[part.id])
+    assert done.file is not None and done.file.expires_at == done.file.created_at + 3600
+    file_id = done.file.id
+    server.client.files.wait_for_processing(file_id, poll_interval=0.1, max_wait_seconds=30)
+    assert stored(server, f"files/{file_id}") == [f"files/{file_id}"] and stored(server, f"reports/files/{file_id}/")
+    with db(server).session() as s:
+        s.execute(update(File).where(File.id == file_id).values(expires_at=int(time.time()) - 1))
+
+    error(server.http.get(f"/v1/files/{file_id}"), 404)
+    error(server.http.get(f"/v1/files/{file_id}/content"), 404)
+    assert file_id not in [f.id for f in server.client.files.list()]
+    e = error(server.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": file_id}))
+    assert e["code"] == "invalid_file_id"
+
+    sweep_expired_files(server.app.state.ctx.db, server.app.state.ctx.store)
+    with db(server).session() as s:
+        assert s.scalar(select(File).where(File.id == file_id)) is None
+    assert stored(server, f"files/{file_id}") == [] and stored(server, f"reports/files/{file_id}/") == []
