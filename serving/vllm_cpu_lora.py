@@ -9,9 +9,9 @@ This replaces ``PunicaWrapperCPU.add_lora_linear`` (what every LoRA linear layer
 
 - the step's token-to-slot map worked out once per step (:class:`StepSlots`, in ``update_metadata``), not per op;
 - a batch on one adapter: one product against that adapter's A (every slice at once), one ``addmm_`` per slice;
-- several adapters: one product of the tokens against every slot's A at once (``slots x slices x rank`` columns,
-  small), each token keeping its own slot's columns (a 0/1 mask), then one ``addmm_`` per slice against every slot's
-  B stacked (a token's zeroed columns add nothing);
+- several adapters: one product of the tokens against the A of every slot in use at once (``slots x slices x rank``
+  columns, small), each token keeping its own slot's columns (a 0/1 mask), then one ``addmm_`` per slice against
+  those slots' B stacked (a token's zeroed columns add nothing);
 - the stacked A and B laid out for those products once per adapter load (:class:`LayerCache`, refreshed when vLLM
   writes a slot: the tensors' version counters move).
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,12 +39,14 @@ ENV = "TUNERY_VLLM_CPU_LORA"
 @dataclass
 class StepSlots:
     """Which adapter slot each token of one step uses: ``uniform`` when they all use one (``-1``: none), else the
-    slots in use (``active``, ascending) and a ``[tokens, len(active)]`` 0/1 mask of each token's own (tokens with
-    ``-1`` have an all-zero row)."""
+    range of slots in use (``lo`` to ``hi``, exclusive; vLLM fills slots from the first free one, so the range is
+    about as wide as the number of adapters in the step) and a ``[tokens, hi - lo]`` 0/1 mask of each token's own
+    slot (tokens with ``-1`` have an all-zero row)."""
 
     indices: torch.Tensor
     uniform: int | None
-    active: tuple[int, ...] = ()
+    lo: int = 0
+    hi: int = 0
     mask: torch.Tensor | None = None
 
     @classmethod
@@ -53,40 +55,22 @@ class StepSlots:
         if len(indices) and bool((indices == indices[0]).all()):
             return cls(indices=indices, uniform=int(indices[0]))
         used = indices >= 0
-        active = torch.unique(indices[used])
-        mask = torch.zeros(len(indices), len(active), dtype=torch.float32)
+        lo, hi = int(indices[used].min()), int(indices[used].max()) + 1
+        mask = torch.zeros(len(indices), hi - lo, dtype=torch.float32)
         rows = used.nonzero().squeeze(1)
-        mask[rows, torch.searchsorted(active, indices[rows])] = 1.0
-        return cls(indices=indices, uniform=None, active=tuple(active.tolist()), mask=mask)
+        mask[rows, indices[rows] - lo] = 1.0
+        return cls(indices=indices, uniform=None, lo=lo, hi=hi, mask=mask)
 
 
 @dataclass
 class LayerWeights:
     """One layer's stacked LoRA weights laid out for the products: A as ``[slots, slices * rank, in]`` (float32),
-    B per slice as ``[slots, rank, out_slice]`` (the output's dtype), and, per set of slots a step uses together,
-    A as ``[slices * slots * rank, in]`` and B per slice as ``[slots * rank, out_slice]`` over just those slots
-    (decode steps keep using the same set for many steps)."""
+    B per slice as ``[slots, rank, out_slice]`` (the output's dtype). A range of slots of either is a view of
+    ``[slots * slices * rank, in]`` / ``[slots * rank, out]``: no copy per step."""
 
     versions: tuple[int, ...]
     a: torch.Tensor
     b: list[torch.Tensor]
-    groups: dict[tuple[int, ...], tuple[torch.Tensor, list[torch.Tensor]]] = field(default_factory=dict)
-
-    def group(self, active: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        held = self.groups.get(active)
-        if held is None:
-            if len(self.groups) >= 32:
-                self.groups.clear()
-            slots, slices_rank, hidden = self.a.shape
-            rank = self.b[0].shape[1]
-            index = torch.tensor(active)
-            a = self.a.view(slots, slices_rank // rank, rank, hidden)[index]  # [n, slices, rank, in]
-            held = (
-                a.transpose(0, 1).reshape(-1, hidden).contiguous(),
-                [b[index].reshape(len(active) * rank, b.shape[-1]).contiguous() for b in self.b],
-            )
-            self.groups[active] = held
-        return held
 
 
 class LayerCache:
@@ -159,15 +143,15 @@ def add_lora_linear(
             out[:, offset : offset + size].addmm_(shrunk[:, i * rank : (i + 1) * rank], weights.b[i][slot])
         return
     assert step.mask is not None
-    a, b = weights.group(step.active)
-    tokens, slices, n = inputs.shape[0], len(output_slices), len(step.active)
-    every = inputs @ a.T  # [tokens, slices * n * rank]: every slot in use, each token keeps its own slot's columns
-    every.view(tokens, slices, n, rank).mul_(
-        step.mask[:, None, :, None] if scale == 1.0 else step.mask[:, None, :, None] * scale
-    )
-    every = every.to(y.dtype)
+    lo, hi = step.lo, step.hi
+    tokens, slices, n = inputs.shape[0], len(output_slices), hi - lo
+    # Every slot in the step's range at once, [tokens, n * slices * rank]; each token keeps its own slot's columns.
+    every = inputs @ weights.a[lo:hi].reshape(n * slices * rank, -1).T
+    mask = step.mask if scale == 1.0 else step.mask * scale
+    every = every.view(tokens, n, slices, rank).mul_(mask[:, :, None, None]).to(y.dtype)
     for i, (offset, size) in enumerate(zip(offsets, output_slices, strict=True)):
-        out[:, offset : offset + size].addmm_(every[:, i * n * rank : (i + 1) * n * rank], b[i])
+        mine = every[:, :, i, :].reshape(tokens, n * rank)
+        out[:, offset : offset + size].addmm_(mine, weights.b[i][lo:hi].reshape(n * rank, size))
 
 
 def patch() -> bool:

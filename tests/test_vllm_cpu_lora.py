@@ -87,14 +87,14 @@ def test_a_slot_rewritten_in_place_is_picked_up() -> None:
 
 def test_step_slots_are_a_snapshot_of_the_indices() -> None:
     """vLLM reuses its index buffer between steps; the step's map must not change under a layer."""
-    indices = torch.tensor([0, 0, 5])
+    indices = torch.tensor([2, 2, 4])
     step = StepSlots.of(indices)
     indices.fill_(0)
-    assert step.uniform is None and step.active == (0, 5)
-    assert step.mask is not None and step.mask.tolist() == [[1, 0], [1, 0], [0, 1]]
+    assert step.uniform is None and (step.lo, step.hi) == (2, 5)
+    assert step.mask is not None and step.mask.tolist() == [[1, 0, 0], [1, 0, 0], [0, 0, 1]]
     assert StepSlots.of(torch.tensor([2, 2])).uniform == 2
     none_and_three = StepSlots.of(torch.tensor([-1, 3]))
-    assert none_and_three.active == (3,) and none_and_three.mask is not None
+    assert (none_and_three.lo, none_and_three.hi) == (3, 4) and none_and_three.mask is not None
     assert none_and_three.mask.tolist() == [[0], [1]]
 
 
