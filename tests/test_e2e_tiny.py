@@ -147,7 +147,7 @@ def test_job_end_to_end(trained, tiny_server_factory, tmp_path):
     for ln in lines[:-1]:
         validate(json.loads(ln.removeprefix("data: ")), "CreateChatCompletionStreamResponse")
 
-    # Delete the fine-tuned model: gone from the list and from serving; checkpoints stay.
+    # Delete the fine-tuned model and the newest checkpoint's: gone from the lists and from serving.
     raw_deleted = srv.http.delete(f"/v1/models/{ckpts.data[0].fine_tuned_model_checkpoint}").json()
     validate(raw_deleted, "DeleteModelResponse")
     assert raw_deleted["deleted"] is True
@@ -164,7 +164,8 @@ def test_job_end_to_end(trained, tiny_server_factory, tmp_path):
     assert [e.id for e in again.client.fine_tuning.jobs.list_events(job.id, limit=100).data] == [
         e.id for e in events.data
     ]
-    assert [c.id for c in again.client.fine_tuning.jobs.checkpoints.list(job.id).data] == [c.id for c in ckpts.data]
+    kept = again.client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.id for c in kept] == [c.id for c in ckpts.data[1:]]  # the deleted checkpoint model is not listed
     assert {f.id for f in again.client.files.list()} >= {rf.id, job.training_file}
     r = again.client.chat.completions.create(
         model=ckpt_model, messages=[{"role": "user", "content": "Question number 3?"}], temperature=0, max_tokens=8
