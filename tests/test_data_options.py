@@ -85,6 +85,7 @@ def test_apply_options_counts_and_fraction() -> None:
     assert final == train and report.message() == "Data options: no changes"
 
 
+@pytest.mark.integration
 def test_trainer_applies_all_three_options(tmp_path: Path, tiny_model_dir: Path, reporting_server: Any) -> None:
     servicer, address = reporting_server
     examples = chat_examples(9)

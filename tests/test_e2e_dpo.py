@@ -7,9 +7,13 @@ import base64
 import csv
 import io
 
+import pytest
+
 from tests.conftest import TINY
 from tests.schema import validate
 from tests.test_jobs_api import preference_lines
+
+pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
 
 N_PAIRS, EPOCHS, BATCH = 12, 2, 4
 STEPS = (N_PAIRS // BATCH) * EPOCHS

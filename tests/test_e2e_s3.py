@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import TINY, chat_lines
 
+pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
+
 
 @pytest.fixture
 def object_store() -> str:

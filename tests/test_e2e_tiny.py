@@ -55,6 +55,7 @@ def trained(tiny_server_factory, tmp_path):
     return srv, job
 
 
+@pytest.mark.integration
 def test_job_end_to_end(trained, tiny_server_factory, tmp_path):
     srv, job = trained
     client = srv.client
@@ -192,6 +193,7 @@ def test_chat_request_errors(server):
         assert r.headers["x-request-id"]
 
 
+@pytest.mark.integration
 def test_cancel_running_job_stops_trainer(tiny_server_factory):
     srv = tiny_server_factory()
     f = srv.client.files.create(file=("train.jsonl", chat_lines(40)), purpose="fine-tune")

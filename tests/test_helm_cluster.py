@@ -18,6 +18,8 @@ import yaml
 from tests.helm_tools import PRODUCTION_VALUES, render, run, tools_dir
 from tests.kube.fixtures import kube_cluster  # noqa: F401 - fixture
 
+pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
+
 RELEASE = "tun"
 
 

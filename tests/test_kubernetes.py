@@ -22,6 +22,8 @@ from tests.conftest import TINY, chat_lines, free_port
 from tests.kube.fixtures import kube_api, kube_cluster, kube_namespace, kubelet  # noqa: F401 - fixtures
 from tunery.settings import Settings
 
+pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
+
 
 @pytest.fixture
 def k8s_server(tiny_server_factory, kube_cluster, kube_namespace):  # noqa: F811

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,6 +28,7 @@ def value(samples: dict, name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
+@pytest.mark.integration
 def test_metrics_after_a_job(tiny_server_factory):
     srv = tiny_server_factory(api_keys="sk-metrics")
     sdk = srv.client.with_options(api_key="sk-metrics")

@@ -21,6 +21,8 @@ from trainer.run import RESULTS_HEADER, StopSignal, run
 from tunery.jobspec import JobSpec, PreferenceSpec
 from tunery.storage import open_store
 
+pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
+
 __all__ = ["reporting_server"]
 
 

@@ -34,6 +34,8 @@ from tunery.resume import (
 from tunery.storage import open_store
 from tunery.v1 import reporting_pb2
 
+pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
+
 __all__ = ["reporting_server"]
 
 OUT = "jobs/ftjob-test"

@@ -6,12 +6,15 @@ import subprocess
 import sys
 import time
 
+import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
 from api.server import build
 from tests.conftest import TINY, chat_lines
 from tunery.settings import Settings
+
+pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
 
 
 def test_api_and_scheduler_roles_split_the_work(tmp_path, tiny_model_dir):

@@ -244,6 +244,7 @@ def test_embedded_refuses_what_it_cannot_do_naming_the_parameter(server: Any) ->
         assert r.json()["error"]["param"] == param, r.json()
 
 
+@pytest.mark.integration
 def test_embedded_default_length_is_the_context_not_512(server: Any) -> None:
     """OpenAI has no default cap: without max_tokens a reply runs to the model's context (2048 here). The random
     tiny model's greedy reply never picks its EOS, so it runs to the end."""

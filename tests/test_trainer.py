@@ -30,6 +30,8 @@ from trainer.run import RESULTS_HEADER, load_spec
 from tunery.storage import open_store
 from tunery.v1 import reporting_pb2, reporting_pb2_grpc
 
+pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
+
 __all__ = ["reporting_server"]  # a fixture (tiny_model_dir comes from conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]

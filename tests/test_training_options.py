@@ -154,6 +154,7 @@ def test_training_options_validated_with_param(server: Any, upload: Any) -> None
     assert r.status_code == 400 and r.json()["error"]["param"] == "tunery.training.gradient_accumulation_steps"
 
 
+@pytest.mark.integration
 def test_training_options_resolved_stored_and_honoured_by_a_real_run(server: Any, upload: Any) -> None:
     train = upload(chat_lines(12)).id
     valid = upload(chat_lines(4), name="valid.jsonl").id

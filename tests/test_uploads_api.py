@@ -78,6 +78,7 @@ def status_and_parts(srv: RunningServer, upload_id: str) -> tuple[str, int, list
     return str(status), rows, stored(srv, f"uploads/{upload_id}")
 
 
+@pytest.mark.integration
 def test_sdk_chunked_upload_then_fine_tune(server, tmp_path: Path):
     data = chat_lines(10000)  # ~1 MB in 64 KiB parts
     path = tmp_path / "big.jsonl"
