@@ -188,7 +188,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
             if not request.succeeded:
                 error = reported_error(request)
                 jobstate.fail(job, error, now())
-                add_event(s, job.id, f"Fine-tuning job failed: {error.message}", level="error")
+                add_event(s, job.id, jobstate.failure_event(error), level="error")
                 return
             assert job.fine_tuned_model
             if request.results_key and self.store.exists(request.results_key):

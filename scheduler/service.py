@@ -599,7 +599,7 @@ class Scheduler:
     def _fail_in(self, s: Session, job: Job, error: JobError) -> None:
         self._clear_run(job)
         jobstate.fail(job, error, now())
-        add_event(s, job.id, f"Fine-tuning job failed: {error.message}", level="error")
+        add_event(s, job.id, jobstate.failure_event(error), level="error")
 
     def _files(self, s: Session, job: Job) -> dict[str, File]:
         wanted = [job.training_file, *([job.validation_file] if job.validation_file else [])]

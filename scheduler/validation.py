@@ -13,11 +13,10 @@ import numpy as np
 from tunery import filescan
 from tunery.data import MAX_LINE_BYTES, MAX_LINES, MAX_LISTED_ERRORS, MIN_EXAMPLES, DataFormat
 from tunery.filescan import FileScan, ScanOptions, scan_path, scan_stream
-from tunery.jobstate import ErrorCode, JobError
+from tunery.jobstate import MIX_PARAM, ErrorCode, JobError, file_error_code
 from tunery.storage import ObjectNotFound, ObjectStore
 
 SHOWN_ERRORS = 5
-MIX_PARAM = "tunery.data.mix.file"  # the general-purpose file mixed into the training set (docs/data-options.md)
 _LABELS = {"training_file": "training file", "validation_file": "validation file", MIX_PARAM: "mix file"}
 # The training method each kind of file feeds (`method.type` of a job).
 METHOD_FOR_KIND = {"supervised": "supervised", "preference": "dpo"}
@@ -42,13 +41,6 @@ class FileCheck:
 
 def _label(param: str) -> str:
     return _LABELS.get(param, param.replace("_", " "))
-
-
-def file_error_code(param: str) -> ErrorCode:
-    """The job error code for a problem with the file given as ``param``."""
-    return {"training_file": ErrorCode.invalid_training_file, MIX_PARAM: ErrorCode.invalid_mix_file}.get(
-        param, ErrorCode.invalid_validation_file
-    )
 
 
 _code = file_error_code

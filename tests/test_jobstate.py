@@ -226,3 +226,17 @@ def test_an_unregistered_reported_code_fails_the_job_as_a_training_error() -> No
     assert reported_error(
         pb.FinishedRequest(error_code="invalid_hyperparameters", error_message="m", error_param="p")
     ) == JobError(ErrorCode.invalid_hyperparameters, "m", "p")
+
+
+def test_file_error_codes_and_the_failure_event_have_one_home() -> None:
+    """The scheduler's validation and the trainer name a bad file's code the same way (tunery.jobstate)."""
+    assert jobstate.file_error_code("training_file") is ErrorCode.invalid_training_file
+    assert jobstate.file_error_code("validation_file") is ErrorCode.invalid_validation_file
+    assert jobstate.file_error_code(jobstate.MIX_PARAM) is ErrorCode.invalid_mix_file
+    error = JobError(ErrorCode.training_error, "out of memory", None)
+    assert jobstate.failure_event(error) == "Fine-tuning job failed: out of memory"
+    for path in ("scheduler", "trainer"):
+        for source in (ROOT / path).rglob("*.py"):
+            text = source.read_text()
+            assert "Fine-tuning job failed:" not in text, source
+            assert '"tunery.data.mix.file"' not in text, source

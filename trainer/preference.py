@@ -26,6 +26,7 @@ from typing import Any
 
 from tunery.data import PreferenceRecord
 from tunery.jobspec import DataFile, JobSpec
+from tunery.jobstate import file_error_code
 from tunery.storage import ObjectStore
 
 from .chat import ChatTokenizer
@@ -66,7 +67,7 @@ class PreferenceRead:
 def read_preference_file(store: ObjectStore, data_file: DataFile, param: str) -> PreferenceRead:
     """Read, hash and parse one preference file (OpenAI's input/preferred_output/non_preferred_output or TRL's
     prompt/chosen/rejected); every preference format normalizes to PreferenceRecord."""
-    code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
+    code = file_error_code(param).value
     result, sha, size = read_data_file(store, data_file, param, code)
     if result.format is not None and result.format.kind != "preference":
         raise TrainerError(

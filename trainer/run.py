@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlparse
 from tunery.data import ChatRecord, ParseResult, parse_jsonl
 from tunery.hyperparams import spaced_steps
 from tunery.jobspec import DataFile, JobSpec
+from tunery.jobstate import MIX_PARAM, file_error_code
 from tunery.storage import ObjectNotFound, ObjectStore, open_store
 
 from .chat import ChatTemplateError, ChatTokenizer, TokenizedSet, end_of_turn_tokens
@@ -53,8 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tunery.trainer")
 
-MIX_PARAM = "tunery.data.mix.file"
-_FILE_CODES = {"training_file": "invalid_training_file", MIX_PARAM: "invalid_mix_file"}
 RESULTS_HEADER = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
 
 
@@ -114,7 +113,7 @@ def read_data_file(store: ObjectStore, data_file: DataFile, param: str, code: st
 def read_chat_file(store: ObjectStore, data_file: DataFile, param: str) -> DataFileRead:
     """Read and parse one supervised training file (chat, completion, alpaca or sharegpt) from the store, hashing
     it on the way; every supervised format normalizes to ChatRecord."""
-    code = _FILE_CODES.get(param, "invalid_validation_file")
+    code = file_error_code(param).value
     result, sha, size = read_data_file(store, data_file, param, code)
     if result.format is not None and result.format.kind != "supervised":
         raise TrainerError(
@@ -526,7 +525,7 @@ class TrainingRun:
     ) -> TokenizedSet:
         """Token ids and masks; cut at max_seq_length unless ``truncate`` is off (long examples are dropped)."""
         max_len = self.spec.hyperparameters.max_seq_length
-        code = _FILE_CODES.get(param, "invalid_validation_file")
+        code = file_error_code(param).value
         try:
             tokenized = chat.tokenize_all(records, max_len if truncate else None)
         except ChatTemplateError as e:

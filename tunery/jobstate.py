@@ -100,6 +100,23 @@ class ErrorCode(enum.StrEnum):
     unsupported_cluster = "unsupported_cluster"  # Kubernetes cannot run the job
 
 
+# The request parameter that names the general-purpose file mixed into the training set (docs/data-options.md).
+MIX_PARAM = "tunery.data.mix.file"
+
+
+def file_error_code(param: str) -> ErrorCode:
+    """The job error code for a problem with the file given as ``param`` (``training_file``, ``validation_file`` or
+    :data:`MIX_PARAM`), for the scheduler's validation and the trainer alike."""
+    return {"training_file": ErrorCode.invalid_training_file, MIX_PARAM: ErrorCode.invalid_mix_file}.get(
+        param, ErrorCode.invalid_validation_file
+    )
+
+
+def failure_event(error: JobError) -> str:
+    """The message of the event a failed job gets (OpenAI's wording), whoever fails it."""
+    return f"Fine-tuning job failed: {error.message}"
+
+
 class UnknownErrorCode(ValueError):
     """A job error code that is not in ``ErrorCode``."""
 
