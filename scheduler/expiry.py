@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,21 +31,10 @@ log = logging.getLogger("tunery.scheduler.expiry")
 SWEEP_SECONDS = 10.0
 
 
-def _mix_file(extensions: dict[str, Any] | None) -> str | None:
-    mix = ((((extensions or {}).get("tunery") or {}).get("data")) or {}).get("mix") or {}
-    file_id = mix.get("file")
-    return str(file_id) if file_id else None
-
-
 def files_in_use(s: Session) -> set[str]:
     """The files unfinished jobs use: their training, validation and mix files."""
-    used: set[str] = set()
-    rows = s.execute(
-        select(Job.training_file, Job.validation_file, Job.extensions).where(Job.status.not_in(list(TERMINAL)))
-    )
-    for training, validation, extensions in rows:
-        used.update(f for f in (training, validation, _mix_file(extensions)) if f)
-    return used
+    jobs = s.scalars(select(Job).where(Job.status.not_in(list(TERMINAL))))
+    return {file_id for job in jobs for _, file_id in job.input_files()}
 
 
 def sweep_expired_files(db: Database, store: ObjectStore, at: int | None = None, batch: int = 200) -> int:

@@ -602,10 +602,7 @@ class Scheduler:
         add_event(s, job.id, jobstate.failure_event(error), level="error")
 
     def _files(self, s: Session, job: Job) -> dict[str, File]:
-        wanted = [job.training_file, *([job.validation_file] if job.validation_file else [])]
-        mix = _data_options(job).get("mix")
-        if mix:
-            wanted.append(mix["file"])
+        wanted = [file_id for _, file_id in job.input_files()]
         return {f.id: f for f in s.scalars(select(File).where(File.id.in_(wanted)))}
 
     def _validate(self, job_id: str) -> None:
@@ -618,17 +615,10 @@ class Scheduler:
         n_train = n_mix = 0
         train_scan: FileScan | None = None
         summaries: list[str] = []
-        mix = _data_options(job).get("mix")
-        requested_len = _training_options(job).get("max_seq_length")
+        mix = job.tunery_options("data").get("mix")
+        requested_len = job.tunery_options("training").get("max_seq_length")
         max_len = hyperparams.DEFAULT_MAX_SEQ_LENGTH if requested_len in (None, "auto") else int(requested_len)
-        to_check = [
-            (job.training_file, "training_file"),
-            (job.validation_file, "validation_file"),
-            (mix["file"] if mix else None, MIX_PARAM),
-        ]
-        for file_id, param in to_check:
-            if not file_id:
-                continue
+        for param, file_id in job.input_files():
             f = files.get(file_id)
             if f is None:
                 error = JobError(file_error_code(param), f"File {file_id} was deleted.", param)
@@ -665,7 +655,7 @@ class Scheduler:
             cpu_only = self.settings.trainer_device == "cpu" or not _cuda_visible()
             # Mixed-in examples are part of the training set (before the trainer's own drops: an estimate).
             n_total = n_train + (min(n_mix, mix_count(n_train, mix["fraction"])) if mix else 0)
-            requested = _training_options(job)
+            requested = job.tunery_options("training")
             grad_accum = int(requested.get("gradient_accumulation_steps") or 1)
             hp = hyperparams.resolve(job.hyperparameters, n_total, cpu_only=cpu_only, grad_accum=grad_accum)
             training = hyperparams.resolve_training(requested, hp, n_total, has_validation=bool(job.validation_file))
@@ -835,7 +825,7 @@ class Scheduler:
         if train is None:
             return None
         valid = files.get(job.validation_file or "")
-        options = _data_options(job)
+        options = job.tunery_options("data")
         data: DataOptions | None = None
         if options:
             mix = None
@@ -853,7 +843,7 @@ class Scheduler:
                 mix=mix,
             )
         hp = job.hyperparameters
-        training = _training_options(job)
+        training = job.tunery_options("training")
         if training.get("max_seq_length") in (None, "auto"):  # queued before the options existed: defaults
             # (the trainer caps the checkpoint and evaluation counts at its own number of steps)
             training = hyperparams.resolve_training(training, hp, 10**9, has_validation=valid is not None)
@@ -974,17 +964,6 @@ def run_crashed(st: RunStatus) -> bool:
     (a bad command line, a refused run) fail the job."""
     code = st.exit_code
     return st.crashed or code is None or code < 0 or code >= 128 or code == EXIT_PREEMPTED
-
-
-def _data_options(job: Job) -> dict[str, Any]:
-    """The job's ``tunery.data`` options as stored (resolved at creation); empty when the job has none."""
-    return dict(((job.extensions or {}).get("tunery") or {}).get("data") or {})
-
-
-def _training_options(job: Job) -> dict[str, Any]:
-    """The job's ``tunery.training`` options as stored: requested (with ``auto``) until the files are validated,
-    resolved after; empty for jobs created before the options existed."""
-    return dict(((job.extensions or {}).get("tunery") or {}).get("training") or {})
 
 
 def _resolved_method(method: dict[str, Any] | None, hp: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from tunery.jobstate import MIX_PARAM
+
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 PK = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -93,6 +95,22 @@ class Job(Base, Tenant):
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     __mapper_args__ = {"version_id_col": version}
+
+    def tunery_options(self, section: str) -> dict[str, Any]:
+        """One section of the job's stored ``tunery`` extensions (``data``, ``training``): requested until the
+        files are validated, resolved after; empty when the job has none."""
+        return dict(((self.extensions or {}).get("tunery") or {}).get(section) or {})
+
+    def input_files(self) -> list[tuple[str, str]]:
+        """``(request parameter, file id)`` of every file the job reads: its training file, its validation file and
+        the file of ``tunery.data.mix``."""
+        out = [("training_file", self.training_file)]
+        if self.validation_file:
+            out.append(("validation_file", self.validation_file))
+        mix = self.tunery_options("data").get("mix")
+        if mix and mix.get("file"):
+            out.append((MIX_PARAM, str(mix["file"])))
+        return out
 
 
 class JobEvent(Base):
