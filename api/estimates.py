@@ -17,16 +17,17 @@ from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import bad_request
 from api.files import get_file
-from api.jobs import CreateJob, _check_file, _hyperparameters
+from api.jobs import CreateJob, prepare_job
+from scheduler import hardware
 from scheduler.validation import check_method_fit, check_scan, file_report, scan_stored
-from tunery import hyperparams
 from tunery.data import MIN_EXAMPLES, DataFormat
 from tunery.db.ops import now
-from tunery.estimate import estimate, model_shape
+from tunery.estimate import estimate_plan, model_shape
 from tunery.files import report_key
 from tunery.filescan import ScanOptions
-from tunery.jobspec import TrainingMethod
 from tunery.jobstate import ErrorCode, JobError
+from tunery.methods import method_info
+from tunery.plan import resolve_plan
 from tunery.storage import ObjectNotFound
 
 router = APIRouter()
@@ -63,37 +64,22 @@ def _token_report(ctx: AppContext, file_id: str, key: str, model: str, folder: s
     return report
 
 
-def _trainer(body: CreateJob) -> TrainingMethod:
-    """What the job would run: supervised, or the preference trainer of a dpo job (``tunery.method.trainer``)."""
-    if body.method is None or body.method.type != "dpo":
-        return "supervised"
-    return body.tunery.method.trainer if body.tunery and body.tunery.method else "dpo"
-
-
 @router.post("/fine_tuning/jobs/dry_run")
 def dry_run(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
-    models = ctx.settings.base_model_paths()
-    folder = models.get(body.model)
-    if folder is None:
-        raise bad_request(
-            f"Model {body.model!r} is not available for fine-tuning. Available base models: "
-            f"{', '.join(models) or 'none configured'}.",
-            param="model",
-            code="model_not_available",
-        )
-    if not (Path(folder) / "tokenizer.json").is_file():
-        raise bad_request(f"The files of base model {body.model!r} are missing.", param="model", code="model_not_ready")
+    """The checks of job creation (one function, :func:`api.jobs.prepare_job`), then the plan the scheduler would
+    resolve for this file, against the trainer's hardware, and its estimate."""
     with ctx.db.session() as s:
-        _check_file(s, t, body.training_file, "training_file")
+        prepared = prepare_job(s, ctx, t, body)
         f = get_file(s, t, body.training_file)
         key = f.object_key
-    training = body.tunery.training if body.tunery else None
-    max_len = (
-        hyperparams.DEFAULT_MAX_SEQ_LENGTH
-        if training is None or training.max_seq_length == "auto"
-        else int(training.max_seq_length)
-    )
-    report = _token_report(ctx, f.id, key, body.model, folder, max_len)
+    request = prepared.request
+    folder = ctx.settings.base_model_paths()[prepared.base_model]
+    if not (Path(folder) / "tokenizer.json").is_file():
+        raise bad_request(
+            f"The files of base model {prepared.base_model!r} are missing.", param="model", code="model_not_ready"
+        )
+    max_len = request.training.requested_max_seq_length
+    report = _token_report(ctx, f.id, key, prepared.base_model, folder, max_len)
     if report["status"] == "error":
         first = (report["errors"]["listed"] or [{"line": None, "message": "no examples"}])[0]
         raise bad_request(
@@ -103,7 +89,7 @@ def dry_run(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = Dep
         )
     n = int(report["examples"])
     fmt = DataFormat(report["format"]) if report.get("format") else None
-    problem = check_method_fit(fmt, f.id, body.method.type if body.method else "supervised")
+    problem = check_method_fit(fmt, f.id, method_info(request.method).openai_type)
     if problem is None and n < MIN_EXAMPLES:
         problem = JobError(
             ErrorCode.invalid_n_examples,
@@ -113,25 +99,20 @@ def dry_run(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = Dep
     if problem:
         raise bad_request(problem.message, param="training_file", code=problem.code)
     tokens = report["tokens"]
-    gpu_type = ctx.settings.gpu_type
-    grad_accum = training.gradient_accumulation_steps if training else 1
-    hp = hyperparams.resolve(_hyperparameters(body), n, cpu_only=gpu_type == "cpu", grad_accum=grad_accum)
-    steps = hyperparams.total_steps(n, hp["batch_size"], hp["n_epochs"])
+    hw = hardware.trainer_hardware(ctx.settings)
+    plan = resolve_plan(request, n, has_validation=bool(body.validation_file), cpu_only=not hw.gpu)
+    checked = hardware.check(plan, hw)
+    if checked.error is not None:
+        raise bad_request(checked.error.message, param=checked.error.param, code=checked.error.code)
     try:
-        est = estimate(
+        est = estimate_plan(
             model_shape(Path(folder)),
+            plan,
             examples=n,
             tokens_per_epoch=int(tokens["total_within_max_seq_length"]),
             trained_tokens_per_epoch=int(tokens["trained"]),
-            n_epochs=hp["n_epochs"],
-            batch_size=hp["batch_size"],
-            steps=steps,
-            max_seq_length=max_len,
-            gpu_type=gpu_type,
-            adapter=training.adapter if training else "lora",
-            lora_r=training.lora.r if training else 16,
-            precision=training.precision if training else None,
-            trainer=_trainer(body),
+            gpu_type=ctx.settings.gpu_type,
+            precision=checked.precision,
         )
     except ValueError as e:
         raise bad_request(str(e), param=None, code="invalid_gpu_type") from None
@@ -139,7 +120,7 @@ def dry_run(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = Dep
         "object": ESTIMATE_OBJECT,
         "model": body.model,
         "training_file": f.id,
-        "hyperparameters": hp,
+        "hyperparameters": plan.openai_hyperparameters(),
         "estimated_finish": now() + round(est.gpu_seconds),
         **est.as_dict(),
     }

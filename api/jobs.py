@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -18,31 +18,17 @@ from api.errors import APIError, bad_request, not_found
 from api.files import get_file
 from api.objects import best_checkpoint_step, checkpoint_object, event_object, job_object
 from api.pagination import limit_param, list_object, page
-from tunery import hyperparams, ids, jobstate
+from tunery import ids, jobstate
 from tunery.db import Checkpoint, FineTunedModel, Job, JobEvent
 from tunery.db.ops import add_event, now
-from tunery.jobspec import PreferenceTrainer
+from tunery.methods import PreferenceTrainer
+from tunery.plan import DPOHyperparameters, Hyperparameters, PlanRequest, TrainingOptions, check_request
 
 router = APIRouter()
-
-Auto = Literal["auto"]
-
-
-class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] | None = "auto"
-    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = "auto"
-    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] | None = "auto"
 
 
 class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
-
-
-class DPOHyperparameters(Hyperparameters):
-    """OpenAI's ``FineTuneDPOHyperparameters``: the supervised three and ``beta`` in (0, 2]."""
-
-    beta: Auto | Annotated[float, Field(gt=0, le=2)] | None = "auto"
 
 
 class DPOMethod(BaseModel):
@@ -68,51 +54,6 @@ class DataQualityOptions(BaseModel):
     drop_duplicates: bool = False
     long_examples: Literal["truncate", "drop"] = "truncate"
     mix: MixOptions | None = None
-
-
-_MODULE_NAME = re.compile(r"[A-Za-z0-9_.]{1,128}")
-
-
-class LoraOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    r: Annotated[int, Field(ge=1, le=256)] = 16
-    alpha: Auto | Annotated[int, Field(ge=1, le=4096)] = "auto"
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    target_modules: str | list[str] = "all-linear"
-
-    @field_validator("target_modules")
-    @classmethod
-    def _modules(cls, v: str | list[str]) -> str | list[str]:
-        names_ok = isinstance(v, list) and 1 <= len(v) <= 64 and all(_MODULE_NAME.fullmatch(n) for n in v)
-        if v != "all-linear" and not names_ok:
-            raise ValueError('must be "all-linear" or a list of 1 to 64 module names (letters, digits, "_", ".")')
-        return v
-
-
-class TrainingOptions(BaseModel):
-    """``tunery.training``: the training options beyond OpenAI's three hyperparameters (docs/hyperparameters.md)."""
-
-    model_config = ConfigDict(extra="forbid")
-    lr_scheduler_type: hyperparams.LrScheduler = "linear"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
-    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
-    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
-    max_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = 1.0
-    max_seq_length: Auto | Annotated[int, Field(ge=32, le=131_072)] = "auto"
-    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=256)] = 1
-    train_on_inputs: bool = False
-    n_checkpoints: Auto | Annotated[int, Field(ge=1, le=1000)] = "auto"
-    n_evals: Auto | Annotated[int, Field(ge=0, le=1000)] = "auto"
-    packing: bool = True
-    adapter: Literal["lora", "qlora", "full"] = "lora"  # docs/adapters.md
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    lora: LoraOptions = Field(default_factory=LoraOptions)
-
-    @model_validator(mode="after")
-    def _one_warmup(self) -> TrainingOptions:
-        if self.warmup_ratio is not None and self.warmup_steps is not None:
-            raise ValueError("give warmup_ratio or warmup_steps, not both")
-        return self
 
 
 class MethodOptions(BaseModel):
@@ -166,17 +107,9 @@ def _method_hyperparameters(body: CreateJob) -> Hyperparameters | None:
     return None
 
 
-def _hyperparameters(body: CreateJob) -> dict[str, Any]:
-    """The three common hyperparameters (batch_size, learning_rate_multiplier, n_epochs): the method's win over
-    the deprecated top-level ones."""
-    chosen = _method_hyperparameters(body) or body.hyperparameters or Hyperparameters()
-    hp = chosen.model_dump(include={"batch_size", "learning_rate_multiplier", "n_epochs"})
-    return {k: ("auto" if v is None else v) for k, v in hp.items()}
-
-
-def _method(body: CreateJob, hp: dict[str, Any]) -> dict[str, Any]:
-    """The job's ``method`` as OpenAI returns it: its type and its hyperparameters (``auto`` until the files are
-    validated). A ``reinforcement`` job is refused."""
+def plan_request(body: CreateJob) -> PlanRequest:
+    """The training plan the body asks for (``auto`` where it leaves a choice), after the checks of its shape: the
+    method's hyperparameters win over the deprecated top-level ones; a ``reinforcement`` job is refused."""
     method_type = body.method.type if body.method else "supervised"
     trainer = body.tunery.method.trainer if body.tunery and body.tunery.method else None
     if method_type == "reinforcement":
@@ -198,43 +131,23 @@ def _method(body: CreateJob, hp: dict[str, Any]) -> dict[str, Any]:
             param="tunery.method.trainer",
             code="invalid_method",
         )
-    data = body.tunery.data if body.tunery else None
-    if method_type == "dpo" and data is not None and data.mix is not None:
-        raise bad_request(
-            "tunery.data.mix mixes chat examples into supervised training; a dpo job trains on preference pairs only.",
-            param="tunery.data.mix",
-            code="invalid_method",
-        )
-    if method_type == "dpo":
-        chosen = _method_hyperparameters(body)
-        beta = chosen.beta if isinstance(chosen, DPOHyperparameters) else "auto"
-        return {"type": "dpo", "dpo": {"hyperparameters": {**hp, "beta": "auto" if beta is None else beta}}}
-    return {"type": "supervised", "supervised": {"hyperparameters": hp}}
+    chosen = _method_hyperparameters(body) or body.hyperparameters or Hyperparameters()
+    return PlanRequest(
+        method=(trainer or "dpo") if method_type == "dpo" else "supervised",
+        hyperparameters=DPOHyperparameters(**chosen.model_dump()),
+        training=body.tunery.training if body.tunery else TrainingOptions(),
+    )
 
 
-def _extensions(body: CreateJob, hp: dict[str, Any]) -> dict[str, Any]:
+def _extensions(body: CreateJob, request: PlanRequest) -> dict[str, Any]:
     """What the job stores under ``extensions``: ``tunery.training`` always (resolved when the files are
     validated), ``tunery.data`` when the request has ``tunery`` (its presence is how ``job_object`` knows the job
-    asked for its extensions: only then does the job object carry ``tunery``). Checks the options that depend on
-    each other."""
-    ext = body.tunery or TuneryExtensions()
-    training = ext.training
-    batch = hp.get("batch_size")
-    if isinstance(batch, int) and batch % training.gradient_accumulation_steps:
-        raise bad_request(
-            f"gradient_accumulation_steps ({training.gradient_accumulation_steps}) must divide batch_size ({batch}): "
-            "each batch is split into that many equal micro-batches.",
-            param="tunery.training.gradient_accumulation_steps",
-        )
-    if isinstance(training.n_evals, int) and training.n_evals > 0 and not body.validation_file:
-        raise bad_request(
-            "n_evals needs a validation_file to evaluate.", param="tunery.training.n_evals", code="missing_validation"
-        )
-    out: dict[str, Any] = {"training": training.model_dump()}
+    asked for its extensions: only then does the job object carry ``tunery``), ``tunery.method`` for a dpo job."""
+    out: dict[str, Any] = {"training": request.training.model_dump()}
     if body.tunery is not None:
-        out = {"data": ext.data.model_dump(), **out}
-    if body.method is not None and body.method.type == "dpo":
-        out["method"] = (ext.method or MethodOptions()).model_dump()
+        out = {"data": body.tunery.data.model_dump(), **out}
+    if request.method != "supervised":
+        out["method"] = {"trainer": request.method}
     return {"tunery": out}
 
 
@@ -294,8 +207,18 @@ def _parent_base_model(s: Session, t: Tenant, body: CreateJob, base_models: dict
     return row.base_model
 
 
-@router.post("/fine_tuning/jobs")
-def create_job(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
+@dataclass
+class PreparedJob:
+    """A job request that passed every check job creation and the dry run share."""
+
+    body: CreateJob
+    base_model: str  # the model's, or for an ft: model its base model's
+    request: PlanRequest
+
+
+def prepare_job(s: Session, ctx: AppContext, t: Tenant, body: CreateJob) -> PreparedJob:
+    """The checks of ``POST /v1/fine_tuning/jobs`` and of its dry run, in one place: the model (a base model or one
+    of the tenant's ``ft:`` models), the plan request and what its method supports, the files."""
     base_models = ctx.settings.base_model_paths()
     if body.model not in base_models and not body.model.startswith("ft:"):
         available = ", ".join(base_models) or "none configured"
@@ -308,33 +231,48 @@ def create_job(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = 
     if body.integrations:
         raise bad_request("Integrations are not supported yet.", param="integrations", code="unsupported_integration")
     _check_metadata(body.metadata)
-    hp = _hyperparameters(body)
-    method = _method(body, hp)
-    extensions = _extensions(body, hp)
+    request = plan_request(body)
+    mix = body.tunery.data.mix if body.tunery else None
+    problem = check_request(
+        request,
+        has_validation=bool(body.validation_file),
+        continuing=body.model not in base_models,
+        data_mix=mix is not None,
+        explicit=frozenset(body.tunery.training.model_fields_set) if body.tunery else frozenset(),
+    )
+    if problem is not None:
+        raise bad_request(problem.message, param=problem.param, code=problem.code)
+    base_model = body.model if body.model in base_models else _parent_base_model(s, t, body, base_models)
+    _check_file(s, t, body.training_file, "training_file")
+    if body.validation_file:
+        _check_file(s, t, body.validation_file, "validation_file")
+    if mix is not None:
+        _check_file(s, t, mix.file, "tunery.data.mix.file")
+    return PreparedJob(body, base_model, request)
+
+
+@router.post("/fine_tuning/jobs")
+def create_job(body: CreateJob, ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> dict:
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     with ctx.db.session() as s:
-        base_model = body.model if body.model in base_models else _parent_base_model(s, t, body, base_models)
-        _check_file(s, t, body.training_file, "training_file")
-        if body.validation_file:
-            _check_file(s, t, body.validation_file, "validation_file")
-        if body.tunery and body.tunery.data.mix:
-            _check_file(s, t, body.tunery.data.mix.file, "tunery.data.mix.file")
+        prepared = prepare_job(s, ctx, t, body)
+        request = prepared.request
         job = Job(
             id=ids.job_id(),
             organization_id=t.organization_id,
             project_id=t.project_id,
             created_at=now(),
             model=body.model,
-            base_model=base_model,
+            base_model=prepared.base_model,
             training_file=body.training_file,
             validation_file=body.validation_file,
             suffix=body.suffix,
             seed=seed,
             job_metadata=body.metadata,
-            method=method,
-            hyperparameters=hp,
+            method=request.openai_method(),
+            hyperparameters=request.openai_hyperparameters(),
             integrations=[],
-            extensions=extensions,
+            extensions=_extensions(body, request),
             result_files=[],
             attempts=0,
         )

@@ -21,7 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tunery.jobspec import DataFile, JobSpec, LoraSpec, ResolvedHyperparameters
+from tunery.jobspec import DataFile, JobSpec
+from tunery.plan import LoraPlan, TrainingPlan
 from tunery.storage import open_store
 
 DEMO_DIR = Path.home() / ".cache" / "tunery" / "models" / "smollm2-135m-instruct"
@@ -77,10 +78,7 @@ def one_run(model_dir: Path, data: bytes, lr: float, seed: int, epochs: int, que
             base_model_path=str(model_dir),
             fine_tuned_model="ft:smollm2-135m-instruct:sweep::ftjob-sweep",
             training_file=DataFile(file_id="file-sweep", key="files/train.jsonl"),
-            hyperparameters=ResolvedHyperparameters(
-                n_epochs=epochs, batch_size=1, learning_rate_multiplier=1.0, learning_rate=lr
-            ),
-            lora=LoraSpec(r=16, alpha=32),
+            plan=TrainingPlan(n_epochs=epochs, batch_size=1, learning_rate=lr, lora=LoraPlan(r=16, alpha=32)),
             seed=seed,
             device="cpu",
             object_store=store.url,

@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tunery.jobspec import DataFile, JobSpec, LoraSpec, PreferenceSpec, ResolvedHyperparameters
+from tunery.jobspec import DataFile, JobSpec
+from tunery.plan import LoraPlan, TrainingPlan
 from tunery.storage import open_store
 
 DEMO_DIR = Path.home() / ".cache" / "tunery" / "models" / "smollm2-135m-instruct"
@@ -52,16 +53,19 @@ def bench(model_dir: Path, data: bytes, method: str, batch_size: int, device: st
             run_token="bench",
             organization_id="org-default",
             project_id="proj_default",
-            method=method,  # type: ignore[arg-type]
-            preference=PreferenceSpec(beta=0.1) if method != "supervised" else None,
             base_model="smollm2-135m-instruct",
             base_model_path=str(model_dir),
             fine_tuned_model="ft:smollm2-135m-instruct:bench::ftjob-bench",
             training_file=DataFile(file_id="file-bench", key="files/train.jsonl"),
-            hyperparameters=ResolvedHyperparameters(
-                n_epochs=1, batch_size=batch_size, learning_rate_multiplier=1.0, learning_rate=1e-4
+            plan=TrainingPlan(
+                method=method,  # type: ignore[arg-type]
+                beta=0.1 if method != "supervised" else None,
+                n_epochs=1,
+                batch_size=batch_size,
+                learning_rate=1e-4,
+                packing=method == "supervised",
+                lora=LoraPlan(r=16, alpha=32),
             ),
-            lora=LoraSpec(r=16, alpha=32),
             seed=seed,
             device=device,
             object_store=store.url,

@@ -23,7 +23,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from tunery.jobspec import DataFile, JobSpec, LoraSpec, ResolvedHyperparameters
+from tunery.jobspec import DataFile, JobSpec
+from tunery.plan import LoraPlan, TrainingPlan
 from tunery.storage import open_store
 
 DEMO_DIR = Path.home() / ".cache" / "tunery" / "models" / "smollm2-135m-instruct"
@@ -40,7 +41,7 @@ def bench(
 ) -> dict[str, float | str]:
     from trainer.reporter import Reporter
     from trainer.run import run
-    from tunery.hyperparams import base_learning_rate
+    from tunery.methods import METHODS
 
     with tempfile.TemporaryDirectory(prefix="tunery-bench-") as tmp:
         store = open_store(tmp)
@@ -54,17 +55,16 @@ def bench(
             base_model_path=str(model_dir),
             fine_tuned_model="ft:smollm2-135m-instruct:bench::ftjob-bench",
             training_file=DataFile(file_id="file-bench", key="files/train.jsonl"),
-            hyperparameters=ResolvedHyperparameters(
+            plan=TrainingPlan(
                 n_epochs=1,
                 batch_size=batch_size,
-                learning_rate_multiplier=1.0,
-                learning_rate=base_learning_rate(adapter),
+                learning_rate=METHODS["supervised"].base_learning_rate(adapter),
+                adapter=adapter,  # type: ignore[arg-type]
+                precision=precision,  # type: ignore[arg-type]
+                lora=LoraPlan(r=16, alpha=32),
             ),
-            lora=LoraSpec(r=16, alpha=32),
             seed=seed,
             device=device,
-            adapter=adapter,  # type: ignore[arg-type]
-            precision=precision,  # type: ignore[arg-type]
             object_store=store.url,
             output_prefix="jobs/ftjob-bench",
             reporting_address="",

@@ -206,42 +206,30 @@ def build_tunery(
     model_dir: Path, rows: list[dict[str, Any]], batch_size: int, max_length: int, seed: int, timer: Any, counts: Counts
 ) -> Any:
     """The Tunery trainer's own configuration and data path, with its defaults."""
-    from trainer import run as R
     from trainer.chat import ChatTokenizer, end_of_turn_tokens
+    from trainer.config import trl_config
+    from trainer.loading import load_base_model, lora_config, resolve_device
+    from trainer.methods import get_method
+    from trainer.methods.supervised import tokenized_datasets
     from tunery.data import parse_jsonl
-    from tunery.jobspec import DataFile, JobSpec, LoraSpec, ResolvedHyperparameters
+    from tunery.plan import LoraPlan, TrainingPlan
 
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
     records = parse_jsonl([data]).records
-    spec = JobSpec(
-        job_id="ftjob-bench",
-        run_token="bench",
-        organization_id="o",
-        project_id="p",
-        base_model="smollm2-135m-instruct",
-        base_model_path=str(model_dir),
-        fine_tuned_model="ft:smollm2-135m-instruct:bench::ftjob-bench",
-        training_file=DataFile(file_id="file-bench", key="files/bench"),
-        hyperparameters=ResolvedHyperparameters(
-            n_epochs=1,
-            batch_size=batch_size,
-            learning_rate_multiplier=1.0,
-            learning_rate=1e-3,
-            max_seq_length=max_length,
-        ),
-        lora=LoraSpec(r=16, alpha=32, dropout=0.0, target_modules="all-linear"),
-        seed=seed,
-        device="cpu",
-        object_store="/nonexistent",
-        output_prefix="jobs/ftjob-bench",
-        reporting_address="",
+    plan = TrainingPlan(
+        n_epochs=1,
+        batch_size=batch_size,
+        learning_rate=1e-3,
+        max_seq_length=max_length,
+        lora=LoraPlan(r=16, alpha=32, dropout=0.0, target_modules="all-linear"),
     )
-    device = R.resolve_device("cpu")
-    model, tokenizer = R.load_base_model(str(model_dir), device)
+    device = resolve_device("cpu")
+    model, tokenizer = load_base_model(str(model_dir), device)
     chat = ChatTokenizer(tokenizer, end_of_turn_tokens(tokenizer))
     train = chat.tokenize_all(records, max_length=max_length)  # type: ignore[arg-type]
-    args = R.sft_config(spec, tempfile.mkdtemp(prefix="bench-tunery-"), device, has_eval=False)
-    trainer = R.build_trainer(model, tokenizer, args, R.lora_config(spec), train, None, [timer])
+    sft = get_method("supervised")
+    args = trl_config(sft, plan, seed=seed, output_dir=tempfile.mkdtemp(prefix="bench-tunery-"), choice=device)
+    trainer = sft.build_trainer(model, tokenizer, args, lora_config(plan), tokenized_datasets(train), [timer])
     trainer.data_collator = counting(trainer.data_collator, counts)
     return trainer
 

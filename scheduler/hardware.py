@@ -9,10 +9,12 @@ import importlib.util
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 from tunery import estimate as estimates
 from tunery.jobstate import ErrorCode, JobError
+from tunery.plan import TrainingPlan
+from tunery.settings import Settings
 
 # GPU types of tunery/estimate.py without bf16 (compute capability below 8.0).
 NO_BF16_GPU_TYPES = frozenset({"t4"})
@@ -74,11 +76,24 @@ def _bnb_local() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
-def check(training: dict[str, Any], hw: Hardware, full_estimate: estimates.Estimate | None = None) -> HardwareCheck:
-    """The job's resolved ``tunery.training`` against the hardware: an OpenAI-shaped error (with ``param``), the
-    precision to train in, and warnings for the job's events."""
-    adapter = training.get("adapter", "lora")
-    precision = training.get("precision", "auto")
+def trainer_hardware(settings: Settings) -> Hardware:
+    """The hardware of this deployment's trainer runs (not of the process asking): a Kubernetes pod with the
+    configured GPUs, or the local runner's machine. Used by the scheduler and the dry run alike."""
+    cluster_gpus = None
+    if settings.scheduler_backend == "kubernetes":
+        cluster_gpus = max(0, settings.k8s_gpus_per_job) * max(1, settings.k8s_nodes_per_job)
+    return detect(settings.trainer_device, settings.gpu_type, cluster_gpus, cuda_visible())
+
+
+def cuda_visible() -> bool:
+    """Whether a GPU is visible on this machine, without importing torch (the control plane never does)."""
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+def check(plan: TrainingPlan, hw: Hardware, full_estimate: estimates.Estimate | None = None) -> HardwareCheck:
+    """The job's resolved plan (its adapter and precision) against the hardware: an OpenAI-shaped error (with
+    ``param``), the precision to train in, and warnings for the job's events."""
+    adapter, precision = plan.adapter, plan.precision
     out = HardwareCheck()
 
     def fail(message: str, param: str) -> HardwareCheck:

@@ -14,6 +14,7 @@ from scheduler import hardware
 from tests.conftest import TINY, chat_lines
 from tests.schema import validate
 from tunery import estimate as estimates
+from tunery.plan import TrainingPlan
 
 pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
 
@@ -25,7 +26,7 @@ T4 = hardware.Hardware(gpu=True, bf16=False, bitsandbytes=None, where="a t4 GPU"
 # ---- the hardware check (control plane, no torch) --------------------------------------------------------------
 def test_hardware_check_rules() -> None:
     def check(hw: hardware.Hardware, **training: Any) -> hardware.HardwareCheck:
-        return hardware.check({"adapter": "lora", "precision": "auto", **training}, hw)
+        return hardware.check(TrainingPlan(n_epochs=1, batch_size=1, learning_rate=1e-3, **training), hw)
 
     assert check(CPU).precision == "fp32" and check(CPU).error is None
     assert check(H100).precision == "bf16"
@@ -53,10 +54,9 @@ def test_full_fine_tuning_that_does_not_fit_fails(tiny_model_dir: Path) -> None:
         params=7_000_000_000, linear_params=0, lora_per_rank=0, hidden=4096, layers=32, vocab=32000
     )
     for model_shape, fits in ((shape, True), (huge, False)):
-        est = estimates.estimate_for_scan(
-            model_shape, [100] * 8, [50] * 8, {"batch_size": 1, "n_epochs": 1}, 128, "t4", adapter="full"
-        )
-        out = hardware.check({"adapter": "full", "precision": "auto"}, T4, est)
+        plan = TrainingPlan(n_epochs=1, batch_size=1, learning_rate=1e-5, max_seq_length=128, adapter="full")
+        est = estimates.estimate_for_scan(model_shape, [100] * 8, [50] * 8, plan, "t4")
+        out = hardware.check(plan, T4, est)
         assert (out.error is None) == fits, out.error
         if not fits:
             assert out.error is not None and out.error.param == "tunery.training.adapter"
@@ -133,11 +133,11 @@ def test_qlora_on_cpu_through_bitsandbytes(server: Any, upload: Any, tiny_model_
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb
 
-    from trainer import run as R
+    from trainer.loading import load_base_model, resolve_device
 
     # The base model really is 4-bit NF4 (bitsandbytes Linear4bit), and LoRA trains on top of it.
-    choice = R.resolve_device("cpu", "auto", "qlora")
-    model, _ = R.load_base_model(str(tiny_model_dir), choice)
+    choice = resolve_device("cpu", "auto", "qlora")
+    model, _ = load_base_model(str(tiny_model_dir), choice)
     linear4 = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert linear4 and all(m.weight.quant_type == "nf4" for m in linear4)
     del model

@@ -130,37 +130,21 @@ def test_non_append_only_template_is_a_clear_error(smol_tokenizer: Any) -> None:
 
 
 def _sft_trainer(tiny_model_dir: Any, tok: Any, train: Any, batch_size: int) -> Any:
-    from trainer import run as R
-    from tunery.jobspec import DataFile, JobSpec, ResolvedHyperparameters
-
-    spec = JobSpec(
-        job_id="ftjob-mask",
-        run_token="t",
-        organization_id="o",
-        project_id="p",
-        base_model="tiny-llama",
-        base_model_path=str(tiny_model_dir),
-        fine_tuned_model="ft:tiny-llama:o::ftjob-mask",
-        training_file=DataFile(file_id="file-x", key="files/x"),
-        hyperparameters=ResolvedHyperparameters(
-            n_epochs=1,
-            batch_size=batch_size,
-            learning_rate_multiplier=1.0,
-            learning_rate=1e-3,
-            packing=False,  # the padded path; the packed one is checked in test_packing.py
-        ),
-        seed=3,
-        device="cpu",
-        object_store="/nonexistent",
-        output_prefix="jobs/ftjob-mask",
-        reporting_address="",
-    )
-    device = R.resolve_device("cpu")
-    model, _ = R.load_base_model(str(tiny_model_dir), device)
     import tempfile
 
-    args = R.sft_config(spec, tempfile.mkdtemp(prefix="tunery-mask-"), device, has_eval=False)
-    return R.build_trainer(model, tok, args, R.lora_config(spec), train)
+    from trainer.config import trl_config
+    from trainer.loading import load_base_model, lora_config, resolve_device
+    from trainer.methods import get_method
+    from trainer.methods.supervised import tokenized_datasets
+    from tunery.plan import TrainingPlan
+
+    # packing off: the padded path; the packed one is checked in test_packing.py
+    plan = TrainingPlan(n_epochs=1, batch_size=batch_size, learning_rate=1e-3, packing=False)
+    device = resolve_device("cpu")
+    model, _ = load_base_model(str(tiny_model_dir), device)
+    sft = get_method("supervised")
+    args = trl_config(sft, plan, seed=3, output_dir=tempfile.mkdtemp(prefix="tunery-mask-"), choice=device)
+    return sft.build_trainer(model, tok, args, lora_config(plan), tokenized_datasets(train))
 
 
 def test_trl_labels_only_on_assistant_tokens(tiny_model_dir: Any, smol_tokenizer: Any) -> None:

@@ -16,8 +16,8 @@ from scheduler.validation import check_chunks, check_method_fit
 from tests.conftest import TINY
 from tests.trainer_fixtures import reporting_server, smol_tokenizer
 from trainer.chat import ChatTokenizer
+from trainer.data_files import read_chat_file
 from trainer.errors import TrainerError
-from trainer.run import read_chat_file
 from tunery.data import ChatRecord, DataFormat, PreferenceRecord, parse_jsonl
 from tunery.jobspec import DataFile
 from tunery.storage import LocalObjectStore

@@ -17,7 +17,7 @@ import pytest
 from tests.trainer_fixtures import smol_tokenizer
 from trainer.chat import ChatTokenizer, TokenizedSet
 from tunery.data import ChatMessage, ChatRecord
-from tunery.jobspec import DataFile, JobSpec, ResolvedHyperparameters
+from tunery.plan import TrainingPlan
 
 __all__ = ["smol_tokenizer"]  # a fixture
 
@@ -41,30 +41,8 @@ RECORDS = [
 ]
 
 
-def _spec(tiny_model_dir: Path, batch_size: int, packing: bool) -> JobSpec:
-    return JobSpec(
-        job_id="ftjob-pack",
-        run_token="t",
-        organization_id="o",
-        project_id="p",
-        base_model="tiny-llama",
-        base_model_path=str(tiny_model_dir),
-        fine_tuned_model="ft:tiny-llama:o::ftjob-pack",
-        training_file=DataFile(file_id="file-x", key="files/x"),
-        hyperparameters=ResolvedHyperparameters(
-            n_epochs=1,
-            batch_size=batch_size,
-            learning_rate_multiplier=1.0,
-            learning_rate=1e-3,
-            max_seq_length=256,
-            packing=packing,
-        ),
-        seed=3,
-        device="cpu",
-        object_store="/nonexistent",
-        output_prefix="jobs/ftjob-pack",
-        reporting_address="",
-    )
+def _plan(batch_size: int, packing: bool) -> TrainingPlan:
+    return TrainingPlan(n_epochs=1, batch_size=batch_size, learning_rate=1e-3, max_seq_length=256, packing=packing)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +50,9 @@ def sharp_model(tiny_model_dir: Path) -> Any:
     """The tiny Llama in fp32 with weights drawn at std 0.2 (seeded), in eval mode."""
     import torch
 
-    from trainer import run as R
+    from trainer.loading import load_base_model, resolve_device
 
-    model, _ = R.load_base_model(str(tiny_model_dir), R.resolve_device("cpu"))
+    model, _ = load_base_model(str(tiny_model_dir), resolve_device("cpu"))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -92,11 +70,19 @@ def examples(smol_tokenizer: Any) -> TokenizedSet:
 
 def _batch(tiny_model_dir: Path, tok: Any, model: Any, train: TokenizedSet, packing: bool) -> tuple[Any, Any]:
     """One collated training batch of all the examples, through the trainer's own SFTTrainer; and the trainer."""
-    from trainer import run as R
+    from trainer.config import trl_config
+    from trainer.loading import lora_config, resolve_device
+    from trainer.methods import get_method
+    from trainer.methods.supervised import tokenized_datasets
 
-    spec = _spec(tiny_model_dir, batch_size=len(train.examples), packing=packing)
-    args = R.sft_config(spec, tempfile.mkdtemp(prefix="tunery-pack-"), R.resolve_device("cpu"), has_eval=False)
-    trainer = R.build_trainer(copy.deepcopy(model), copy.deepcopy(tok), args, R.lora_config(spec), train)
+    plan = _plan(batch_size=len(train.examples), packing=packing)
+    sft = get_method("supervised")
+    args = trl_config(
+        sft, plan, seed=3, output_dir=tempfile.mkdtemp(prefix="tunery-pack-"), choice=resolve_device("cpu")
+    )
+    trainer = sft.build_trainer(
+        copy.deepcopy(model), copy.deepcopy(tok), args, lora_config(plan), tokenized_datasets(train)
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.eval()
     return batch, trainer

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from tests.trainer_fixtures import ANSWERS, QUESTIONS, jsonl_bytes, make_spec, reporting_server
+from trainer.metrics import RESULTS_HEADER
 from trainer.reporter import Reporter
-from trainer.run import RESULTS_HEADER, StopSignal, run
-from tunery.jobspec import JobSpec, PreferenceSpec
+from trainer.run import StopSignal, run
+from tunery.jobspec import JobSpec
 from tunery.storage import open_store
 
 pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
@@ -47,7 +48,7 @@ def preference_spec(tmp_path: Path, tiny_model_dir: Path, address: str, method: 
     if kw.get("validation_key"):
         store.put_bytes(kw["validation_key"], jsonl_bytes(preference_examples(4)))
     spec = make_spec(base_model_path=tiny_model_dir, object_store=root, reporting_address=address, **kw)
-    return spec.model_copy(update={"method": method, "preference": PreferenceSpec(beta=0.1)})
+    return spec.model_copy(update={"plan": spec.plan.model_copy(update={"method": method, "beta": 0.1})})
 
 
 def run_spec(spec: JobSpec) -> Any:
@@ -107,18 +108,23 @@ def test_dpo_reference_is_the_base_model_with_the_adapter_disabled(tmp_path: Pat
     """TRL gets ``ref_model=None`` and a LoRA config: no second model, no "ref" adapter, and the reference
     log-probs it computes after training equal those of a freshly loaded base model (and differ from the policy's)."""
     import torch
+    from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from trainer.preference import build_preference_trainer, paired_rows, preference_config
-    from trainer.run import DeviceChoice, load_base_model, lora_config
+    from trainer.config import trl_config
+    from trainer.loading import DeviceChoice, load_base_model, lora_config
+    from trainer.methods import Datasets, get_method
+    from trainer.methods.preference import paired_rows
     from tunery.data import PreferenceRecord, parse_jsonl
 
     spec = preference_spec(tmp_path, tiny_model_dir, "127.0.0.1:1", "dpo", n_epochs=2, batch_size=2, learning_rate=1e-2)
     choice = DeviceChoice("cpu", torch.float32, False)
     model, tokenizer = load_base_model(str(tiny_model_dir), choice)
     records = [r for r in parse_jsonl([jsonl_bytes(preference_examples(4))]).records if isinstance(r, PreferenceRecord)]
-    args = preference_config(spec, str(tmp_path / "out"), choice)
-    trainer = build_preference_trainer("dpo", model, tokenizer, args, lora_config(spec), paired_rows(records))
+    dpo = get_method("dpo")
+    args = trl_config(dpo, spec.plan, seed=spec.seed, output_dir=str(tmp_path / "out"), choice=choice)
+    datasets = Datasets(Dataset.from_list(paired_rows(records)), None, len(records))
+    trainer = dpo.build_trainer(model, tokenizer, args, lora_config(spec.plan), datasets)
     assert trainer.ref_model is None
     assert list(trainer.model.peft_config) == ["default"]  # no "ref" copy of the adapter
     assert not any(".ref." in name for name, _ in trainer.model.named_parameters())
@@ -189,7 +195,7 @@ def test_long_pairs_are_dropped_when_asked(tmp_path: Path, tiny_model_dir: Path,
     from transformers import AutoTokenizer
 
     from trainer.chat import ChatTokenizer
-    from trainer.preference import pair_lengths
+    from trainer.methods.preference import pair_lengths
     from tunery.data import PreferenceRecord, parse_jsonl
     from tunery.filescan import ScanOptions, scan_path
     from tunery.jobspec import DataOptions
@@ -221,7 +227,7 @@ def test_long_pairs_are_dropped_when_asked(tmp_path: Path, tiny_model_dir: Path,
 
 
 def test_kto_rows_are_derived_from_pairs() -> None:
-    from trainer.preference import kto_rows
+    from trainer.methods.preference import kto_rows
     from tunery.data import PreferenceRecord, parse_jsonl
 
     records = [r for r in parse_jsonl([jsonl_bytes(preference_examples(3))]).records if isinstance(r, PreferenceRecord)]

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import TINY, chat_lines
 from tests.test_e2e_tiny import _trainer_pids
 from tests.test_trainer import SPEC_KEY, setup_job, start_trainer, wait
-from tests.trainer_fixtures import RecordingServicer, chat_examples, jsonl_bytes, reporting_server
+from tests.trainer_fixtures import RecordingServicer, chat_examples, jsonl_bytes, pausing_server, reporting_server
 from trainer.errors import EXIT_OK, EXIT_PREEMPTED
 from tunery.resume import (
     STATE_MARKER,
@@ -32,11 +32,10 @@ from tunery.resume import (
     upload_state,
 )
 from tunery.storage import open_store
-from tunery.v1 import reporting_pb2
 
 pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
 
-__all__ = ["reporting_server"]
+__all__ = ["pausing_server", "reporting_server"]
 
 OUT = "jobs/ftjob-test"
 
@@ -89,36 +88,6 @@ def test_only_complete_states_are_used(tmp_path: Path) -> None:
 
 
 # ---- the trainer: pause, resume, preemption ----------------------------------------------------------------
-class PausingServicer(RecordingServicer):
-    """Replies pause_requested once a Metrics call reaches ``pause_after_step``."""
-
-    pause_after_step: int | None = None
-    paused = False
-
-    def Metrics(self, request: Any, context: Any) -> Any:
-        super().Metrics(request, context)
-        if self.pause_after_step is not None and request.metrics.step >= self.pause_after_step:
-            self.paused = True
-        return reporting_pb2.ReportReply(pause_requested=self.paused)
-
-
-@pytest.fixture
-def pausing_server() -> Any:
-    from concurrent import futures
-
-    import grpc
-
-    from tunery.v1 import reporting_pb2_grpc
-
-    servicer = PausingServicer()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    reporting_pb2_grpc.add_TrainerReportingServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    server.stop(grace=None)
-
-
 def _losses(servicer: RecordingServicer) -> dict[int, float]:
     return {m.metrics.step: m.metrics.train_loss for m in servicer.of("Metrics")}
 

@@ -13,14 +13,19 @@ import pytest
 from tests.conftest import TINY, chat_lines
 from tests.schema import validate
 from tunery import hyperparams
-from tunery.jobspec import DataFile, JobSpec, LoraSpec, ResolvedHyperparameters
+from tunery.jobspec import JobSpec
+from tunery.methods import METHODS
+from tunery.plan import LoraPlan, PlanRequest, TrainingPlan, resolve_plan
 
 
 # ---- resolution ----------------------------------------------------------------------------------------------
+def _resolve(n: int, has_validation: bool = True, cpu_only: bool = True, **request: Any) -> TrainingPlan:
+    return resolve_plan(PlanRequest(**request), n, has_validation=has_validation, cpu_only=cpu_only)
+
+
 def test_resolve_training_defaults_and_auto_rules() -> None:
-    hp = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}
-    out = hyperparams.resolve_training(None, hp, n_examples=40, has_validation=True)
-    assert out == {
+    plan = _resolve(40, hyperparameters={"n_epochs": 3, "batch_size": 4})
+    assert plan.training_options() == {
         "lr_scheduler_type": "linear",
         "warmup_ratio": 0.0,
         "warmup_steps": None,
@@ -36,21 +41,57 @@ def test_resolve_training_defaults_and_auto_rules() -> None:
         "precision": "auto",
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
     }
-    assert hyperparams.resolve_training(None, hp, 40, has_validation=False)["n_evals"] == 0
+    assert (plan.method, plan.learning_rate, plan.beta) == ("supervised", 1e-3, None)
+    assert _resolve(40, has_validation=False, hyperparameters={"n_epochs": 3, "batch_size": 4}).n_evals == 0
     # 10 examples, batch 4, 1 epoch: 3 steps; counts are capped at the steps, alpha follows r.
-    small = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1.0}
-    req = {"n_checkpoints": 10, "n_evals": 9, "warmup_steps": 2, "lora": {"r": 4}, "gradient_accumulation_steps": 3}
-    out = hyperparams.resolve_training(req, small, 10, has_validation=True)
-    assert (out["n_checkpoints"], out["n_evals"]) == (3, 3)
-    assert (out["warmup_steps"], out["warmup_ratio"]) == (2, None)
-    assert out["lora"]["alpha"] == 8
-    assert out["gradient_accumulation_steps"] == 2  # the largest divisor of the batch size at most 3
+    small = _resolve(
+        10,
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+        training={
+            "n_checkpoints": 10,
+            "n_evals": 9,
+            "warmup_steps": 2,
+            "lora": {"r": 4},
+            "gradient_accumulation_steps": 3,
+        },
+    )
+    assert (small.n_checkpoints, small.n_evals) == (3, 3)
+    assert (small.warmup_steps, small.training_options()["warmup_ratio"]) == (2, None)
+    assert small.lora.alpha == 8
+    assert small.gradient_accumulation_steps == 2  # the largest divisor of the batch size at most 3
 
 
 def test_auto_batch_size_is_a_multiple_of_gradient_accumulation() -> None:
-    hp = hyperparams.resolve({}, 3000, cpu_only=False, grad_accum=4)
-    assert hp["batch_size"] == 4  # round(3000 * 0.002) = 6, lowered to a multiple of 4
-    assert hyperparams.resolve({}, 50, cpu_only=True, grad_accum=4)["batch_size"] == 4  # at least one per micro-batch
+    accum = {"gradient_accumulation_steps": 4}
+    assert _resolve(3000, cpu_only=False, training=accum).batch_size == 4  # round(3000 * 0.002) = 6, lowered to 4
+    assert _resolve(50, cpu_only=True, training=accum).batch_size == 4  # at least one per micro-batch
+
+
+def test_the_method_sets_the_learning_rate_beta_and_what_applies() -> None:
+    """Each method's base rate per adapter, beta only where it applies, packing and train_on_inputs off for the
+    preference methods (tunery.methods.METHODS)."""
+    dpo = _resolve(40, method="dpo", hyperparameters={"beta": 0.3, "learning_rate_multiplier": 2.0})
+    assert (dpo.beta, dpo.learning_rate, dpo.packing) == (0.3, 2e-4, False)
+    assert _resolve(40, method="kto").beta == 0.1  # auto
+    full = _resolve(40, method="orpo", training={"adapter": "full"})
+    assert full.learning_rate == METHODS["orpo"].full_base_lr < METHODS["supervised"].full_base_lr
+    assert _resolve(40, training={"adapter": "full"}).learning_rate == METHODS["supervised"].full_base_lr
+
+
+def test_a_stored_request_reads_back_and_resolves_to_the_same_plan() -> None:
+    """The job stores the request in OpenAI's fields; read back, a resolved plan's values resolve to themselves."""
+    request = PlanRequest(
+        method="kto", hyperparameters={"beta": 0.2, "n_epochs": 2}, training={"lora": {"r": 4}, "n_evals": 1}
+    )
+    back = PlanRequest.from_job_fields(
+        request.openai_method(), request.openai_hyperparameters(), request.training.model_dump(), "kto"
+    )
+    assert back == request
+    plan = resolve_plan(request, 30, has_validation=True, cpu_only=True)
+    again = PlanRequest.from_job_fields(
+        plan.openai_method(), plan.openai_hyperparameters(), plan.training_options(), "kto"
+    )
+    assert resolve_plan(again, 30, has_validation=True, cpu_only=True) == plan
 
 
 def test_spaced_steps() -> None:
@@ -61,33 +102,25 @@ def test_spaced_steps() -> None:
 
 
 # ---- the TRL config ------------------------------------------------------------------------------------------
-def _spec(**hp: Any) -> JobSpec:
-    values: dict[str, Any] = {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 1.0, "learning_rate": 1e-3}
-    values.update(hp)
-    return JobSpec(
-        job_id="ftjob-cfg",
-        run_token="t",
-        organization_id="o",
-        project_id="p",
-        base_model="tiny-llama",
-        base_model_path="/nonexistent",
-        fine_tuned_model="ft:tiny-llama:o::ftjob-cfg",
-        training_file=DataFile(file_id="file-x", key="files/x"),
-        hyperparameters=ResolvedHyperparameters(**values),
-        lora=LoraSpec(r=4, alpha=12, dropout=0.1, target_modules=["q_proj", "v_proj"]),
-        seed=11,
-        device="cpu",
-        object_store="/nonexistent",
-        output_prefix="jobs/ftjob-cfg",
-        reporting_address="",
-    )
+def _plan(**values: Any) -> TrainingPlan:
+    lora = LoraPlan(r=4, alpha=12, dropout=0.1, target_modules=["q_proj", "v_proj"])
+    return TrainingPlan(**{"n_epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "lora": lora, **values})
+
+
+def _config(method: str, plan: TrainingPlan) -> Any:
+    from trainer.config import trl_config
+    from trainer.loading import resolve_device
+    from trainer.methods import get_method
+
+    out = tempfile.mkdtemp(prefix="tunery-cfg-")
+    return trl_config(get_method(method), plan, seed=11, output_dir=out, choice=resolve_device("cpu"))
 
 
 def test_every_option_reaches_the_trl_config() -> None:
-    from trainer import run as R
+    from trainer.loading import lora_config
 
-    spec = _spec(
-        lr_scheduler="cosine",
+    plan = _plan(
+        lr_scheduler_type="cosine",
         warmup_steps=3,
         weight_decay=0.05,
         max_grad_norm=0.5,
@@ -95,24 +128,33 @@ def test_every_option_reaches_the_trl_config() -> None:
         gradient_accumulation_steps=4,
         packing=True,
     )
-    args = R.sft_config(spec, tempfile.mkdtemp(prefix="tunery-cfg-"), R.resolve_device("cpu"), has_eval=True)
+    args = _config("supervised", plan)
     assert args.per_device_train_batch_size == 2 and args.gradient_accumulation_steps == 4  # 8 examples a step
     assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 3
     assert (args.weight_decay, args.max_grad_norm, args.learning_rate) == (0.05, 0.5, 1e-3)
     assert args.padding_free and not args.packing and args.max_length is None  # we truncate at 300 ourselves
     assert (args.seed, args.num_train_epochs) == (11, 2)
-    lora = R.lora_config(spec)
+    lora = lora_config(plan)
     assert (lora.r, lora.lora_alpha, lora.lora_dropout, set(lora.target_modules)) == (4, 12, 0.1, {"q_proj", "v_proj"})
 
-    ratio = R.sft_config(_spec(warmup_ratio=0.25, packing=False), tempfile.mkdtemp(), R.resolve_device("cpu"), False)
+    ratio = _config("supervised", _plan(warmup_ratio=0.25, packing=False))
     assert ratio.warmup_steps == 0.25 and not ratio.padding_free and ratio.max_length == 1024
-    one = R.sft_config(_spec(batch_size=1), tempfile.mkdtemp(), R.resolve_device("cpu"), False)
-    assert not one.padding_free  # a lone example has no padding to remove
+    assert not _config("supervised", _plan(batch_size=1)).padding_free  # a lone example has no padding to remove
 
-    from trainer.errors import TrainerError
+    with pytest.raises(ValueError, match="must divide"):
+        _plan(gradient_accumulation_steps=3)
 
-    with pytest.raises(TrainerError, match="must divide"):
-        R.sft_config(_spec(gradient_accumulation_steps=3), tempfile.mkdtemp(), R.resolve_device("cpu"), False)
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
+def test_the_preference_configs_share_every_option(method: str) -> None:
+    """One builder: the same plan gives each preference method the same common fields, and its own on top."""
+    plan = _plan(method=method, beta=0.25, lr_scheduler_type="cosine", warmup_steps=2, gradient_accumulation_steps=2)
+    args = _config(method, plan)
+    assert (args.beta, args.lr_scheduler_type, args.warmup_steps, args.max_length) == (0.25, "cosine", 2, 1024)
+    assert args.gradient_accumulation_steps == 2 and args.learning_rate == 1e-3 and args.seed == 11
+    rows = 2 if method == "kto" else 1  # a KTO pair is two rows, side by side
+    assert args.per_device_train_batch_size == 4 * rows
+    assert type(args).__name__ == {"dpo": "DPOConfig", "orpo": "ORPOConfig", "kto": "KTOConfig"}[method]
 
 
 # ---- through the API -----------------------------------------------------------------------------------------
@@ -199,11 +241,11 @@ def test_training_options_resolved_stored_and_honoured_by_a_real_run(server: Any
     # What the trainer got: the spec the scheduler wrote.
     objects = Path(server.settings.data_dir) / "objects"
     spec = JobSpec.model_validate_json((objects / f"jobs/{job.id}/spec.json").read_bytes())
-    hp = spec.hyperparameters
-    assert (hp.lr_scheduler, hp.warmup_steps, hp.weight_decay, hp.max_grad_norm) == ("cosine", 1, 0.01, 0.5)
+    hp = spec.plan
+    assert (hp.lr_scheduler_type, hp.warmup_steps, hp.weight_decay, hp.max_grad_norm) == ("cosine", 1, 0.01, 0.5)
     assert (hp.max_seq_length, hp.gradient_accumulation_steps, hp.train_on_inputs) == (128, 2, True)
     assert (hp.n_checkpoints, hp.n_evals, hp.packing) == (3, 2, True)
-    assert (spec.lora.r, spec.lora.alpha, spec.lora.target_modules) == (4, 8, ["q_proj", "v_proj"])
+    assert (hp.lora.r, hp.lora.alpha, hp.lora.target_modules) == (4, 8, ["q_proj", "v_proj"])
 
     # 12 examples, batch 4, 2 epochs: 6 steps; 3 checkpoints and 2 evaluations, evenly spaced. The first evaluation
     # (step 3) is the best so far, so it is checkpointed too (docs/adapters.md: the best checkpoint always exists).

@@ -19,7 +19,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tunery.jobspec import DataFile, JobSpec, LoraSpec, ResolvedHyperparameters
+from tunery.jobspec import DataFile, JobSpec
+from tunery.plan import LoraPlan, TrainingPlan
 from tunery.v1 import reporting_pb2, reporting_pb2_grpc
 
 
@@ -146,6 +147,30 @@ def reporting_server() -> Iterator[tuple[RecordingServicer, str]]:
         server.stop(grace=None)
 
 
+class PausingServicer(RecordingServicer):
+    """Replies pause_requested once a Metrics call reaches ``pause_after_step``."""
+
+    pause_after_step: int | None = None
+    paused = False
+
+    def Metrics(self, request: Any, context: Any) -> Any:
+        super().Metrics(request, context)
+        if self.pause_after_step is not None and request.metrics.step >= self.pause_after_step:
+            self.paused = True
+        return reporting_pb2.ReportReply(pause_requested=self.paused)
+
+
+@pytest.fixture
+def pausing_server() -> Any:
+    servicer = PausingServicer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    reporting_pb2_grpc.add_TrainerReportingServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -177,14 +202,13 @@ def make_spec(
         fine_tuned_model=f"ft:tiny-llama:personal::{job_id}",
         training_file=DataFile(file_id="file-train", key=training_key),
         validation_file=DataFile(file_id="file-valid", key=validation_key) if validation_key else None,
-        hyperparameters=ResolvedHyperparameters(
+        plan=TrainingPlan(
             n_epochs=n_epochs,
             batch_size=batch_size,
-            learning_rate_multiplier=1.0,
             learning_rate=learning_rate,
             max_seq_length=max_seq_length,
+            lora=LoraPlan(r=8, alpha=16),
         ),
-        lora=LoraSpec(r=8, alpha=16),
         seed=seed,
         device="cpu",
         object_store=object_store.resolve().as_uri(),

@@ -65,8 +65,9 @@ def save_full_model_folder(model: Any, tokenizer: Any, folder: Path) -> None:
 
 
 def save_adapter_folder(model: Any, tokenizer: Any, folder: Path, base_model: str) -> None:
-    """Write the adapter (safetensors) and the tokenizer with its chat template into a local folder."""
-    model.save_pretrained(str(folder), safe_serialization=True)
+    """Write the adapter (safetensors) and the tokenizer with its chat template into a local folder. Only the trained
+    adapter: a DPO or KTO run continuing an ``ft:`` model also holds a frozen ``ref`` copy of it (the reference)."""
+    model.save_pretrained(str(folder), safe_serialization=True, selected_adapters=["default"])
     tokenizer.save_pretrained(str(folder))
     (folder / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub: not part of the layout
     if not (folder / ADAPTER_WEIGHTS).is_file():

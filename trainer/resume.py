@@ -33,7 +33,7 @@ from tunery.resume import (
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
-    from .run import TrainingRun
+    from .base import TrainingRun
 
 log = logging.getLogger("tunery.trainer.resume")
 
@@ -120,7 +120,7 @@ def prepare_resume(run: TrainingRun, resume_from: str | None, workdir: Path) -> 
     ``trainer.train(resume_from_checkpoint=...)``, or None to start from the beginning."""
     if not resume_from:
         return None
-    from .run import StepRow
+    from .metrics import StepRow
 
     for state in candidates(run, resume_from):
         marker = state.marker

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tunery.plan import TrainingPlan
 from tunery.tensorfiles import read_header
 
 FLOPS_DIVISOR = 5e11
@@ -132,32 +133,48 @@ def estimate_for_scan(
     shape: ModelShape,
     tokens: Sequence[int],
     trained: Sequence[int],
-    hp: dict[str, Any],
-    max_seq_length: int,
+    plan: TrainingPlan,
     gpu_type: str,
-    adapter: str = "lora",
-    lora_r: int = 16,
     precision: str | None = None,
-    trainer: str = "supervised",
 ) -> Estimate:
-    """The estimate of a job from its training file's per-example token counts and resolved hyperparameters."""
-    n = len(tokens)
-    batch = int(hp["batch_size"])
-    epochs = int(hp["n_epochs"])
+    """The estimate of a job's plan from its training file's per-example token counts. ``precision``: the one the
+    weights are held in, when it differs from the plan's (``auto`` on a GPU whose bf16 support is unknown)."""
+    return estimate_plan(
+        shape,
+        plan,
+        examples=len(tokens),
+        tokens_per_epoch=sum(min(t, plan.max_seq_length) for t in tokens),
+        trained_tokens_per_epoch=sum(trained),
+        gpu_type=gpu_type,
+        precision=precision,
+    )
+
+
+def estimate_plan(
+    shape: ModelShape,
+    plan: TrainingPlan,
+    *,
+    examples: int,
+    tokens_per_epoch: int,
+    trained_tokens_per_epoch: int,
+    gpu_type: str,
+    precision: str | None = None,
+) -> Estimate:
+    """The estimate of a resolved plan over ``examples`` training examples."""
     return estimate(
         shape,
-        examples=n,
-        tokens_per_epoch=sum(min(t, max_seq_length) for t in tokens),
-        trained_tokens_per_epoch=sum(trained),
-        n_epochs=epochs,
-        batch_size=batch,
-        steps=math.ceil(n / max(1, batch)) * epochs,
-        max_seq_length=max_seq_length,
+        examples=examples,
+        tokens_per_epoch=tokens_per_epoch,
+        trained_tokens_per_epoch=trained_tokens_per_epoch,
+        n_epochs=plan.n_epochs,
+        batch_size=plan.batch_size,
+        steps=math.ceil(examples / plan.batch_size) * plan.n_epochs,
+        max_seq_length=plan.max_seq_length,
         gpu_type=gpu_type,
-        adapter=adapter,
-        lora_r=lora_r,
-        precision=precision,
-        trainer=trainer,
+        adapter=plan.adapter,
+        lora_r=plan.lora.r,
+        precision=precision or plan.precision,
+        trainer=plan.method,
     )
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, St
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tunery.jobstate import MIX_PARAM
+from tunery.plan import PlanRequest, TrainingPlan
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 PK = BigInteger().with_variant(Integer(), "sqlite")
@@ -90,6 +91,11 @@ class Job(Base, Tenant):
     # that claim holds: the replica renews it while alive; another replica takes the job over once it lapses.
     claimed_by: Mapped[str | None] = mapped_column(String(128), index=True)
     lease_expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    # The training plan resolved when the files were validated (tunery.plan.TrainingPlan), whole; None before.
+    plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What the job's trainer runs with on its backend (image, resources, ...), fixed when it is queued, so a change
+    # of settings does not alter a queued or resumed job (scheduler.k8s.TrainerRuntime); None for the local runner.
+    runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Optimistic locking: a write based on a stale read (scheduler vs. cancel vs. trainer reports) fails
     # with StaleDataError and is retried on fresh state by Database.transaction().
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -100,6 +106,27 @@ class Job(Base, Tenant):
         """One section of the job's stored ``tunery`` extensions (``data``, ``training``): requested until the
         files are validated, resolved after; empty when the job has none."""
         return dict(((self.extensions or {}).get("tunery") or {}).get(section) or {})
+
+    def plan_request(self) -> PlanRequest:
+        """The training plan the job asked for, from what it stores (``auto`` until its files are validated)."""
+        return PlanRequest.from_job_fields(
+            self.method,
+            self.hyperparameters,
+            self.tunery_options("training"),
+            self.tunery_options("method").get("trainer"),
+        )
+
+    def training_plan(self) -> TrainingPlan | None:
+        """The resolved plan, once the job's files are validated."""
+        return TrainingPlan.model_validate(self.plan) if self.plan else None
+
+    def set_plan(self, plan: TrainingPlan) -> None:
+        """Store the resolved plan, and its OpenAI view (``hyperparameters``, ``method``) and ``tunery.training``."""
+        self.plan = plan.model_dump()
+        self.hyperparameters = plan.openai_hyperparameters()
+        self.method = plan.openai_method()
+        tunery = {**((self.extensions or {}).get("tunery") or {}), "training": plan.training_options()}
+        self.extensions = {**(self.extensions or {}), "tunery": tunery}  # a new dict: JSON is not tracked
 
     def input_files(self) -> list[tuple[str, str]]:
         """``(request parameter, file id)`` of every file the job reads: its training file, its validation file and

@@ -1,0 +1,25 @@
+"""DPO (Direct Preference Optimization): TRL's DPOConfig and DPOTrainer over prompt / chosen / rejected rows."""
+
+from __future__ import annotations
+
+from tunery.methods import METHODS
+
+from . import register
+from .preference import PreferenceMethod
+
+
+class DPO(PreferenceMethod):
+    info = METHODS["dpo"]
+
+    def config_class(self) -> type:
+        from trl import DPOConfig
+
+        return DPOConfig
+
+    def trainer_class(self) -> type:
+        from trl import DPOTrainer
+
+        return DPOTrainer
+
+
+register(DPO())

@@ -1,0 +1,307 @@
+"""The training plan: what a job asks for (:class:`PlanRequest`, with ``"auto"``) and what its trainer runs
+(:class:`TrainingPlan`, every value resolved), joined by one function, :func:`resolve_plan`.
+
+Job creation and the dry run build the request from the API body and check it (:func:`check_request`); the
+scheduler resolves it when the job's files are validated, against the trainer's hardware, and stores the plan whole
+with the job (``jobs.plan``); the JobSpec carries it to the trainer, which builds TRL's config from it
+(``trainer/config.py``). Adding a training option: a field of :class:`TrainingOptions` (the request), one of
+:class:`TrainingPlan` (resolved), its line in :func:`resolve_plan`, and its TRL mapping.
+
+The ``auto`` rules (docs/hyperparameters.md) are in :mod:`tunery.hyperparams`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tunery import hyperparams
+from tunery.methods import (
+    Adapter,
+    Precision,
+    PreferenceTrainer,
+    TrainingMethod,
+    Unsupported,
+    method_info,
+    unsupported,
+)
+
+Auto = Literal["auto"]
+DEFAULT_BETA = 0.1
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_.]{1,128}")
+
+
+# ---- the request ---------------------------------------------------------------------------------------------
+class Hyperparameters(BaseModel):
+    """OpenAI's three hyperparameters (``auto`` or a number)."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] | None = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = "auto"
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] | None = "auto"
+
+
+class DPOHyperparameters(Hyperparameters):
+    """OpenAI's ``FineTuneDPOHyperparameters``: the supervised three and ``beta`` in (0, 2]."""
+
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] | None = "auto"
+
+
+class LoraOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    r: Annotated[int, Field(ge=1, le=256)] = 16
+    alpha: Auto | Annotated[int, Field(ge=1, le=4096)] = "auto"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _modules(cls, v: str | list[str]) -> str | list[str]:
+        names_ok = isinstance(v, list) and 1 <= len(v) <= 64 and all(_MODULE_NAME.fullmatch(n) for n in v)
+        if v != "all-linear" and not names_ok:
+            raise ValueError('must be "all-linear" or a list of 1 to 64 module names (letters, digits, "_", ".")')
+        return v
+
+
+class TrainingOptions(BaseModel):
+    """``tunery.training``: the training options beyond OpenAI's three hyperparameters (docs/hyperparameters.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lr_scheduler_type: hyperparams.LrScheduler = "linear"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
+    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = 1.0
+    max_seq_length: Auto | Annotated[int, Field(ge=32, le=131_072)] = "auto"
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=256)] = 1
+    train_on_inputs: bool = False
+    n_checkpoints: Auto | Annotated[int, Field(ge=1, le=1000)] = "auto"
+    n_evals: Auto | Annotated[int, Field(ge=0, le=1000)] = "auto"
+    packing: bool = True
+    adapter: Adapter = "lora"  # docs/adapters.md
+    precision: Precision = "auto"
+    lora: LoraOptions = Field(default_factory=LoraOptions)
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> TrainingOptions:
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            raise ValueError("give warmup_ratio or warmup_steps, not both")
+        return self
+
+    @property
+    def requested_max_seq_length(self) -> int:
+        """The sequence length the files are checked at (``auto``: the default)."""
+        return hyperparams.DEFAULT_MAX_SEQ_LENGTH if self.max_seq_length == "auto" else self.max_seq_length
+
+
+class PlanRequest(BaseModel):
+    """Everything a plan is resolved from: the method, OpenAI's hyperparameters (``beta`` for the preference
+    methods) and ``tunery.training``."""
+
+    method: TrainingMethod = "supervised"
+    hyperparameters: DPOHyperparameters = Field(default_factory=DPOHyperparameters)
+    training: TrainingOptions = Field(default_factory=TrainingOptions)
+
+    @classmethod
+    def from_job_fields(
+        cls,
+        method: dict[str, Any] | None,
+        hyperparameters: dict[str, Any] | None,
+        training: dict[str, Any] | None,
+        trainer: PreferenceTrainer | None = None,
+    ) -> PlanRequest:
+        """The request as a job stores it: OpenAI's ``method`` object and ``hyperparameters``, and the
+        ``tunery.training`` and ``tunery.method.trainer`` extensions. Resolved values read back as themselves."""
+        method = method or {}
+        openai_type = method.get("type") or "supervised"
+        hp = dict(hyperparameters or {})
+        if openai_type == "dpo":
+            beta = ((method.get("dpo") or {}).get("hyperparameters") or {}).get("beta")
+            hp["beta"] = "auto" if beta is None else beta
+        known = set(DPOHyperparameters.model_fields)
+        return cls(
+            method=(trainer or "dpo") if openai_type == "dpo" else "supervised",
+            hyperparameters=DPOHyperparameters(**{k: v for k, v in hp.items() if k in known}),
+            training=TrainingOptions(**(training or {})),
+        )
+
+    def openai_hyperparameters(self) -> dict[str, Any]:
+        hp = self.hyperparameters.model_dump(include={"batch_size", "learning_rate_multiplier", "n_epochs"})
+        return {k: ("auto" if v is None else v) for k, v in hp.items()}
+
+    def openai_method(self) -> dict[str, Any]:
+        """The job's ``method`` as OpenAI returns it (``auto`` until the files are validated)."""
+        return _openai_method(self.method, self.openai_hyperparameters(), self.hyperparameters.beta)
+
+
+def _openai_method(method: str, hp: dict[str, Any], beta: Any) -> dict[str, Any]:
+    if method_info(method).openai_type != "dpo":
+        return {"type": "supervised", "supervised": {"hyperparameters": hp}}
+    return {"type": "dpo", "dpo": {"hyperparameters": {**hp, "beta": "auto" if beta is None else beta}}}
+
+
+def check_request(
+    request: PlanRequest,
+    *,
+    has_validation: bool,
+    continuing: bool = False,
+    data_mix: bool = False,
+    explicit: frozenset[str] = frozenset(),
+) -> Unsupported | None:
+    """What job creation, the dry run and the scheduler refuse before resolving: combinations the method does not
+    support (``tunery.methods``) and options that contradict each other. ``explicit``: the ``tunery.training``
+    fields the request set itself."""
+    t = request.training
+    problem = unsupported(
+        method_info(request.method),
+        adapter=t.adapter,
+        precision=t.precision,
+        continuing=continuing,
+        data_mix=data_mix,
+        train_on_inputs=t.train_on_inputs,
+        packing_requested="packing" in explicit and t.packing,
+    )
+    if problem is not None:
+        return problem
+    batch = request.hyperparameters.batch_size
+    if isinstance(batch, int) and batch % t.gradient_accumulation_steps:
+        return Unsupported(
+            f"gradient_accumulation_steps ({t.gradient_accumulation_steps}) must divide batch_size ({batch}): "
+            "each batch is split into that many equal micro-batches.",
+            "tunery.training.gradient_accumulation_steps",
+            None,
+        )
+    if isinstance(t.n_evals, int) and t.n_evals > 0 and not has_validation:
+        return Unsupported(
+            "n_evals needs a validation_file to evaluate.", "tunery.training.n_evals", "missing_validation"
+        )
+    return None
+
+
+# ---- the resolved plan ---------------------------------------------------------------------------------------
+class LoraPlan(BaseModel):
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainingPlan(BaseModel):
+    """What the trainer runs: every option resolved (docs/hyperparameters.md). Stored with the job and embedded in
+    its JobSpec."""
+
+    method: TrainingMethod = "supervised"
+    n_epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate_multiplier: float = 1.0
+    learning_rate: float = Field(gt=0)
+    beta: float | None = Field(default=None, gt=0, le=2)  # DPO's and KTO's beta, ORPO's lambda; None: supervised
+    adapter: Adapter = "lora"
+    # bf16 | fp16 | fp32; ``auto`` only where the control plane cannot know the GPU (the trainer resolves it)
+    precision: Precision = "auto"
+    max_seq_length: int = Field(default=hyperparams.DEFAULT_MAX_SEQ_LENGTH, ge=2)
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    warmup_steps: int | None = None  # when set, wins over warmup_ratio
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    gradient_accumulation_steps: int = Field(default=1, ge=1)  # micro-batches per optimizer step; divides batch_size
+    train_on_inputs: bool = False
+    n_checkpoints: int | None = None  # evenly spaced over the run; None: one per epoch
+    n_evals: int | None = None  # evaluations of the validation file, evenly spaced; None: one per epoch
+    packing: bool = True  # padding-free: each micro-batch is one sequence with per-example position ids
+    lora: LoraPlan = Field(default_factory=LoraPlan)
+
+    @model_validator(mode="after")
+    def _micro_batches(self) -> TrainingPlan:
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide batch_size "
+                f"({self.batch_size})"
+            )
+        return self
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.gradient_accumulation_steps
+
+    def openai_hyperparameters(self) -> dict[str, Any]:
+        return {
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate_multiplier": self.learning_rate_multiplier,
+        }
+
+    def openai_method(self) -> dict[str, Any]:
+        return _openai_method(self.method, self.openai_hyperparameters(), self.beta)
+
+    def training_options(self) -> dict[str, Any]:
+        """``tunery.training`` as the job object shows it once resolved."""
+        return {
+            "lr_scheduler_type": self.lr_scheduler_type,
+            "warmup_ratio": None if self.warmup_steps is not None else self.warmup_ratio,
+            "warmup_steps": self.warmup_steps,
+            "weight_decay": self.weight_decay,
+            "max_grad_norm": self.max_grad_norm,
+            "max_seq_length": self.max_seq_length,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "train_on_inputs": self.train_on_inputs,
+            "n_checkpoints": self.n_checkpoints,
+            "n_evals": self.n_evals,
+            "packing": self.packing,
+            "adapter": self.adapter,
+            "precision": self.precision,
+            "lora": self.lora.model_dump(),
+        }
+
+
+def resolve_plan(
+    request: PlanRequest, n_examples: int, *, has_validation: bool, cpu_only: bool, precision: str | None = None
+) -> TrainingPlan:
+    """The one resolution of ``auto``: ``n_examples`` training examples, on a trainer that is ``cpu_only`` or not;
+    ``precision`` is the one the hardware check settled on (the request's when None)."""
+    info = method_info(request.method)
+    req, t = request.hyperparameters, request.training
+    n = max(1, n_examples)
+    accum = t.gradient_accumulation_steps
+    auto_batch = hyperparams.auto_batch_size(n, cpu_only)
+    if accum > 1:  # an ``auto`` batch is a multiple of the micro-batches it splits into
+        auto_batch = max(accum, auto_batch - auto_batch % accum)
+    n_epochs = hyperparams.auto_n_epochs(n) if req.n_epochs in (None, "auto") else int(req.n_epochs)
+    batch = auto_batch if req.batch_size in (None, "auto") else int(req.batch_size)
+    batch = max(1, min(batch, n))
+    multiplier = 1.0 if req.learning_rate_multiplier in (None, "auto") else float(req.learning_rate_multiplier)
+    steps = hyperparams.total_steps(n, batch, n_epochs)
+    n_ckpt = n_epochs if t.n_checkpoints == "auto" else t.n_checkpoints
+    n_evals = (n_epochs if t.n_evals == "auto" else t.n_evals) if has_validation else 0
+    warmup_ratio = 0.0 if t.warmup_ratio is None else t.warmup_ratio
+    return TrainingPlan(
+        method=info.name,
+        n_epochs=n_epochs,
+        batch_size=batch,
+        learning_rate_multiplier=multiplier,
+        learning_rate=info.base_learning_rate(t.adapter) * multiplier,
+        beta=(DEFAULT_BETA if req.beta in (None, "auto") else float(req.beta)) if info.beta else None,
+        adapter=t.adapter,
+        precision=precision or t.precision,  # type: ignore[arg-type]
+        max_seq_length=t.requested_max_seq_length,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_ratio=0.0 if t.warmup_steps is not None else warmup_ratio,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        # Each batch splits into equal micro-batches: a batch clamped to a small file may lower it.
+        gradient_accumulation_steps=hyperparams.largest_divisor_at_most(batch, accum),
+        train_on_inputs=t.train_on_inputs and info.train_on_inputs,
+        n_checkpoints=max(1, min(n_ckpt, steps)),
+        n_evals=max(0, min(n_evals, steps)),
+        packing=t.packing and info.packing,
+        lora=LoraPlan(
+            r=t.lora.r,
+            alpha=2 * t.lora.r if t.lora.alpha == "auto" else t.lora.alpha,
+            dropout=t.lora.dropout,
+            target_modules=t.lora.target_modules,
+        ),
+    )
