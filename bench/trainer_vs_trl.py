@@ -208,7 +208,7 @@ def build_tunery(
     """The Tunery trainer's own configuration and data path, with its defaults."""
     from trainer import run as R
     from trainer.chat import ChatTokenizer, end_of_turn_tokens
-    from tunery.data import parse_jsonl
+    from tunery.data_jsonl import parse_jsonl
     from tunery.jobspec import DataFile, JobSpec, LoraSpec, ResolvedHyperparameters
 
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from tunery.data import ChatRecord, ParseResult, parse_jsonl
+from tunery.data import ChatRecord, ParseResult
+from tunery.data_jsonl import parse_jsonl
 from tunery.hyperparams import spaced_steps
 from tunery.jobspec import DataFile, JobSpec
 from tunery.jobstate import MIX_PARAM, file_error_code
