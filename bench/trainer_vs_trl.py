@@ -211,7 +211,7 @@ def build_tunery(
     from trainer.loading import load_base_model, lora_config, resolve_device
     from trainer.methods import get_method
     from trainer.methods.supervised import tokenized_datasets
-    from tunery.data import parse_jsonl
+    from tunery.data_jsonl import parse_jsonl
     from tunery.plan import LoraPlan, TrainingPlan
 
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()

@@ -18,7 +18,8 @@ from tests.trainer_fixtures import reporting_server, smol_tokenizer
 from trainer.chat import ChatTokenizer
 from trainer.data_files import read_chat_file
 from trainer.errors import TrainerError
-from tunery.data import ChatRecord, DataFormat, PreferenceRecord, parse_jsonl
+from tunery.data import ChatRecord, DataFormat, PreferenceRecord
+from tunery.data_jsonl import parse_jsonl
 from tunery.jobspec import DataFile
 from tunery.storage import LocalObjectStore
 

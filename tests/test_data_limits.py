@@ -6,7 +6,7 @@ import random
 import tracemalloc
 
 from tests.conftest import TINY, chat_lines
-from tunery.data import iter_lines, parse_jsonl
+from tunery.data_jsonl import iter_lines, parse_jsonl
 
 
 def test_iter_lines_matches_split_at_any_chunking():

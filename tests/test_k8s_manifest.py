@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.k8s import (
+from scheduler.k8s import server_version
+from scheduler.k8s_manifests import (
     LABEL_JOB,
     LABEL_RUN,
     headless_service_manifest,
@@ -14,7 +15,6 @@ from scheduler.k8s import (
     job_name,
     make_handle,
     parse_handle,
-    server_version,
 )
 from scheduler.quota import quota_decision
 from tunery.settings import Settings

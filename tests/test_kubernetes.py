@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from scheduler.k8s import LABEL_JOB, LABEL_RUN, KubernetesBackend, job_manifest, make_handle
+from scheduler.k8s import KubernetesBackend
+from scheduler.k8s_manifests import LABEL_JOB, LABEL_RUN, job_manifest, make_handle
 from tests.conftest import TINY, chat_lines, free_port
 from tests.kube.fixtures import kube_api, kube_cluster, kube_namespace, kubelet  # noqa: F401 - fixtures
 from tunery.settings import Settings

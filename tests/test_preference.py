@@ -115,7 +115,8 @@ def test_dpo_reference_is_the_base_model_with_the_adapter_disabled(tmp_path: Pat
     from trainer.loading import DeviceChoice, load_base_model, lora_config
     from trainer.methods import Datasets, get_method
     from trainer.methods.preference import paired_rows
-    from tunery.data import PreferenceRecord, parse_jsonl
+    from tunery.data import PreferenceRecord
+    from tunery.data_jsonl import parse_jsonl
 
     spec = preference_spec(tmp_path, tiny_model_dir, "127.0.0.1:1", "dpo", n_epochs=2, batch_size=2, learning_rate=1e-2)
     choice = DeviceChoice("cpu", torch.float32, False)
@@ -196,7 +197,8 @@ def test_long_pairs_are_dropped_when_asked(tmp_path: Path, tiny_model_dir: Path,
 
     from trainer.chat import ChatTokenizer
     from trainer.methods.preference import pair_lengths
-    from tunery.data import PreferenceRecord, parse_jsonl
+    from tunery.data import PreferenceRecord
+    from tunery.data_jsonl import parse_jsonl
     from tunery.filescan import ScanOptions, scan_path
     from tunery.jobspec import DataOptions
 
@@ -228,7 +230,8 @@ def test_long_pairs_are_dropped_when_asked(tmp_path: Path, tiny_model_dir: Path,
 
 def test_kto_rows_are_derived_from_pairs() -> None:
     from trainer.methods.preference import kto_rows
-    from tunery.data import PreferenceRecord, parse_jsonl
+    from tunery.data import PreferenceRecord
+    from tunery.data_jsonl import parse_jsonl
 
     records = [r for r in parse_jsonl([jsonl_bytes(preference_examples(3))]).records if isinstance(r, PreferenceRecord)]
     rows = kto_rows(records, seed=1, shuffle=False)

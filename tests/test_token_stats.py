@@ -22,7 +22,8 @@ from tests.test_data_formats import PREFERENCE, SUPERVISED, TOOL_CHAT, jsonl
 from tests.trainer_fixtures import smol_tokenizer
 from trainer.chat import ChatTokenizer, end_of_turn_tokens
 from tunery.chattemplate import ChatTemplate, SkeletonRenderer
-from tunery.data import ChatMessage, ChatRecord, parse_jsonl
+from tunery.data import ChatMessage, ChatRecord
+from tunery.data_jsonl import parse_jsonl
 from tunery.filescan import ScanOptions, scan_path, scan_stream
 from tunery.tokenizer import ModelTokenizer, load_model_tokenizer
 

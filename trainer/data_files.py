@@ -7,7 +7,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from tunery.data import ChatRecord, ParseResult, PreferenceRecord, parse_jsonl
+from tunery.data import ChatRecord, ParseResult, PreferenceRecord
+from tunery.data_jsonl import parse_jsonl
 from tunery.jobspec import DataFile
 from tunery.jobstate import file_error_code
 from tunery.storage import ObjectNotFound, ObjectStore

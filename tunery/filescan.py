@@ -43,11 +43,9 @@ from tunery.data import (
     DataFormat,
     LineError,
     Record,
-    detect_format,
-    iter_lines,
-    json_lines,
-    parse_line,
 )
+from tunery.data_jsonl import iter_lines, json_lines
+from tunery.data_parsers import detect_format, parse_line
 
 log = logging.getLogger("tunery.validation")
 

@@ -1,0 +1,173 @@
+"""The Kubernetes backend's manifests and run handles: pure functions of the settings, no API client.
+
+The batch/v1 Job of one trainer run (:func:`job_manifest`), its pod's command (the trainer, under torchrun for
+several GPUs or nodes), the headless Service of a multi-node run, the run's DNS-1123 name and labels, and the
+``k8s:<namespace>/<name>`` handle the scheduler records. :mod:`scheduler.k8s` sends them to the API server.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tunery.settings import Settings
+
+LABEL_JOB = "tunery.dev/job-id"
+LABEL_RUN = "tunery.dev/run"
+ANNOTATION_SPEC = "tunery.dev/spec"
+HANDLE_PREFIX = "k8s:"
+MASTER_PORT = 29500
+
+
+def job_name(job_id: str, run: str) -> str:
+    """A DNS-1123 name for one run of a job (job ids are mixed case; the label keeps the exact id)."""
+    return f"tunery-{job_id.lower().replace('_', '-')}-{run}"[:63].rstrip("-")
+
+
+def make_handle(namespace: str, name: str) -> str:
+    return f"{HANDLE_PREFIX}{namespace}/{name}"
+
+
+def parse_handle(handle: str) -> tuple[str, str]:
+    if not handle.startswith(HANDLE_PREFIX) or "/" not in handle:
+        raise ValueError(f"not a Kubernetes run handle: {handle!r}")
+    ns, name = handle[len(HANDLE_PREFIX) :].split("/", 1)
+    return ns, name
+
+
+def gpus_per_run(settings: Settings) -> int:
+    return max(0, settings.k8s_gpus_per_job) * max(1, settings.k8s_nodes_per_job)
+
+
+# Manifests -------------------------------------------------------------------------------------------------
+def trainer_command(settings: Settings, spec_ref: str, name: str) -> list[str]:
+    """The pod's command: the trainer, under torchrun when the run has several GPUs or nodes."""
+    base = list(settings.k8s_trainer_command)
+    gpus, nodes = settings.k8s_gpus_per_job, max(1, settings.k8s_nodes_per_job)
+    if gpus <= 1 and nodes == 1:
+        return [*base, "--spec", spec_ref]
+    exe = os.path.basename(base[0])
+    launcher = [base[0], "-m", "torch.distributed.run"] if exe.startswith("python") else ["torchrun"]
+    dist = [f"--nproc_per_node={max(1, gpus)}"]
+    if nodes > 1:
+        dist += [
+            f"--nnodes={nodes}",
+            "--node_rank=$(TUNERY_NODE_RANK)",
+            f"--master_addr={name}-0.{name}",
+            f"--master_port={MASTER_PORT}",
+        ]
+    else:
+        dist += ["--standalone"]
+    return [*launcher, *dist, "--no-python", *base, "--spec", spec_ref]
+
+
+def job_manifest(
+    settings: Settings, *, job_id: str, run: str, spec_ref: str, namespace: str | None = None
+) -> dict[str, Any]:
+    """The batch/v1 Job of one run (a plain dict, as sent to the API server)."""
+    ns = namespace or settings.k8s_namespace
+    name = job_name(job_id, run)
+    nodes = max(1, settings.k8s_nodes_per_job)
+    gpus = max(0, settings.k8s_gpus_per_job)
+    labels = {
+        "app.kubernetes.io/name": "tunery-trainer",
+        "app.kubernetes.io/managed-by": "tunery",
+        LABEL_JOB: job_id,
+        LABEL_RUN: run,
+    }
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if settings.k8s_cpu_request:
+        requests["cpu"] = settings.k8s_cpu_request
+    if settings.k8s_memory_request:
+        requests["memory"] = settings.k8s_memory_request
+    if gpus:
+        requests[settings.k8s_gpu_resource] = limits[settings.k8s_gpu_resource] = str(gpus)
+    env: list[dict[str, Any]] = [
+        {"name": "TUNERY_JOB_ID", "value": job_id},
+        {"name": "TUNERY_RUN", "value": run},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    if nodes > 1:
+        env.append(
+            {
+                "name": "TUNERY_NODE_RANK",
+                "valueFrom": {
+                    "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+                },
+            }
+        )
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": settings.k8s_trainer_image,
+        "imagePullPolicy": settings.k8s_image_pull_policy,
+        "command": trainer_command(settings, spec_ref, name),
+        "env": env,
+        "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
+    }
+    if settings.k8s_credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": settings.k8s_credentials_secret}}]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": max(1, round(settings.cancel_grace_seconds)),
+        "containers": [container],
+    }
+    if settings.k8s_service_account:
+        pod["serviceAccountName"] = settings.k8s_service_account
+    else:
+        pod["automountServiceAccountToken"] = False  # the trainer never talks to the Kubernetes API
+    if settings.k8s_node_selector:
+        pod["nodeSelector"] = dict(settings.k8s_node_selector)
+    if settings.k8s_tolerations:
+        pod["tolerations"] = [dict(t) for t in settings.k8s_tolerations]
+    if settings.k8s_priority_class:
+        pod["priorityClassName"] = settings.k8s_priority_class
+    if gpus > 1 or nodes > 1:
+        # NCCL and the DataLoader workers share memory through /dev/shm, which a container keeps at 64 MB.
+        pod["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+        container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    spec: dict[str, Any] = {
+        "backoffLimit": 0,  # the scheduler owns retries
+        "completions": nodes,
+        "parallelism": nodes,
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    if nodes > 1:
+        spec["completionMode"] = "Indexed"
+        pod["subdomain"] = name  # <name>-<index>.<name> resolves through the headless Service
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": {ANNOTATION_SPEC: spec_ref}},
+        "spec": spec,
+    }
+
+
+def headless_service_manifest(job: dict[str, Any], owner_uid: str | None = None) -> dict[str, Any]:
+    """The headless Service that gives the pods of a multi-node run stable DNS names (torchrun's master)."""
+    meta = job["metadata"]
+    labels = meta["labels"]
+    svc: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": dict(labels)},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: labels[LABEL_JOB], LABEL_RUN: labels[LABEL_RUN]},
+            "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT}],
+        },
+    }
+    if owner_uid:
+        svc["metadata"]["ownerReferences"] = [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": meta["name"],
+                "uid": owner_uid,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return svc
