@@ -91,7 +91,7 @@ NOT_JOBS = {
     ("api/errors.py", "self", "status"): "APIError's HTTP status",
     ("serving/errors.py", "self", "status"): "the serving error's HTTP status",
     ("api/uploads.py", "upload", "status"): "an Upload",
-    ("scheduler/service.py", "f", "status"): "a File",
+    ("scheduler/preprocess.py", "f", "status"): "a File",
 }
 STATE_FOLDERS = ("api", "scheduler", "serving", "tunery")
 
@@ -193,4 +193,4 @@ def test_only_the_job_state_machine_writes_a_job_s_state():
     ],
 )
 def test_the_job_state_rule_sees_each_kind_of_write(source, flagged):
-    assert bool(job_state_writes("scheduler/service.py", source)) is flagged
+    assert bool(job_state_writes("scheduler/preprocess.py", source)) is flagged

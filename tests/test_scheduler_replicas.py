@@ -287,21 +287,21 @@ def test_validation_claims_are_exclusive(pg_replicas: Replicas) -> None:
     a, b = pg_replicas.scheduler("replica-a"), pg_replicas.scheduler("replica-b")
     validated: list[str] = []
     for sched in (a, b):
-        sched._validate_job = lambda job_id, sched=sched: validated.append(sched.replica_id)  # type: ignore[method-assign]
+        sched.preprocess._validate_job = lambda job_id, sched=sched: validated.append(sched.replica_id)  # type: ignore[method-assign]
     a.validate_pending()
     b.validate_pending()
     wait_for(lambda: len(validated) >= 1, timeout=10, what="a validation")
-    a._validation.shutdown(wait=True)
-    b._validation.shutdown(wait=True)
+    a.preprocess._validation.shutdown(wait=True)
+    b.preprocess._validation.shutdown(wait=True)
     assert validated == ["replica-a"]
     assert pg_replicas.jobs()[job_id].claimed_by == "replica-a"
 
     # A stops cleanly before finishing: it gives the validation back, and B takes it at once.
     a.stop()
     assert pg_replicas.jobs()[job_id].claimed_by is None
-    b._validation = ThreadPoolExecutor(max_workers=2)
+    b.preprocess._validation = ThreadPoolExecutor(max_workers=2)
     b.validate_pending()
-    b._validation.shutdown(wait=True)
+    b.preprocess._validation.shutdown(wait=True)
     assert validated == ["replica-a", "replica-b"]
 
 

@@ -1,0 +1,185 @@
+"""Dispatch: claiming queued jobs within each project's quota, writing their JobSpecs and starting their runs."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from scheduler.backends import Backend, LaunchRefused
+from scheduler.claims import Claims
+from scheduler.preprocess import job_files
+from scheduler.quota import quota_decision
+from scheduler.runs import TrainerLogs, fail, fail_in
+from scheduler.specs import build_spec
+from tunery import ids, jobstate
+from tunery.db import Database, FineTunedModel, Job
+from tunery.db.ops import add_event, now
+from tunery.jobspec import JobSpec
+from tunery.jobstate import ErrorCode, JobError, JobStatus
+from tunery.metrics import Metrics
+from tunery.settings import Settings
+from tunery.storage import ObjectStore
+
+log = logging.getLogger("tunery.scheduler")
+
+# Why a queued job cannot be launched when its inputs are gone.
+DELETED_INPUT = "The training file (or the mix file, or the fine-tuned model the job starts from) was deleted."
+LAUNCHES_PER_PASS = 32  # jobs a backend that queues its own runs (Kubernetes) is given in one scheduler pass
+
+
+class Dispatcher:
+    """Launches queued jobs: claims them (oldest first) up to the free run slots and starts their trainer runs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: ObjectStore,
+        backend: Backend,
+        metrics: Metrics,
+        claims: Claims,
+        logs: TrainerLogs,
+        reporting_address: str,
+    ):
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.backend = backend
+        self.metrics = metrics
+        self.claims = claims
+        self.replica_id = claims.replica_id
+        self.logs = logs
+        self.reporting_address = reporting_address
+        self._quota_noted: set[str] = set()  # jobs whose wait for quota was already said in an event
+
+    def launch_queued(self) -> None:
+        """Claim queued jobs (oldest first) up to this replica's free run slots and start their runs, within each
+        project's limits: TUNERY_PROJECT_MAX_CONCURRENT_JOBS and TUNERY_PROJECT_GPU_QUOTA are checked before a run
+        is created. Claims skip rows another replica holds locked, so no job is launched twice."""
+        with self.db.session() as s:
+            running_by_project: dict[str, int] = {}
+            for (project,) in s.execute(select(Job.project_id).where(Job.status == JobStatus.running)):
+                running_by_project[project] = running_by_project.get(project, 0) + 1
+            mine = s.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.status == JobStatus.running, Job.claimed_by == self.replica_id)
+            )
+        # A cluster queues its own pods; the local runner has one machine.
+        free = LAUNCHES_PER_PASS if self.backend.adopts_runs else self.settings.max_concurrent_runs - (mine or 0)
+        if free <= 0:
+            return
+        gpus = self.backend.gpus_per_run()
+        waits: list[tuple[str, str]] = []
+
+        def claim(s: Session) -> list[tuple[str, str, JobSpec]]:
+            waits.clear()
+            counts = dict(running_by_project)
+            # Locked rows are being claimed by another replica: skip them rather than wait and launch them twice.
+            # A job resumed while its paused run still saves its state waits until that run is reaped.
+            q = (
+                select(Job)
+                .where(Job.status == JobStatus.queued, Job.run_handle.is_(None))
+                .order_by(Job.pk)
+                .with_for_update(skip_locked=True)
+            )
+            claimed: list[tuple[str, str, JobSpec]] = []
+            for job in s.scalars(q):
+                if len(claimed) >= free:
+                    break
+                running = counts.get(job.project_id, 0)
+                decision = quota_decision(
+                    self.settings, running_jobs=running, gpus_in_use=running * gpus, gpus_needed=gpus
+                )
+                if decision.verdict == "refuse":
+                    fail_in(s, job, JobError(ErrorCode.quota_exceeded, decision.message))
+                    continue
+                if decision.verdict == "wait":
+                    waits.append((job.id, decision.message))
+                    continue
+                token = ids.run_token()
+                spec = self._spec(s, job, token)
+                if spec is None:
+                    fail_in(s, job, JobError(ErrorCode.invalid_training_file, DELETED_INPUT, "training_file"))
+                    continue
+                self.store.put_bytes(spec.spec_key(), spec.model_dump_json(indent=2).encode())
+                job.run_token = token
+                job.attempts += 1
+                jobstate.start(job, now())
+                self.claims.claim(job)
+                add_event(s, job.id, "Fine-tuning job started")
+                claimed.append((job.id, token, spec))
+                counts[job.project_id] = running + 1
+            return claimed
+
+        # The jobs are marked running (committed) first, then their trainers start and their handles are recorded.
+        for job_id, token, spec in self.db.transaction(claim):
+            self._quota_noted.discard(job_id)
+            self._start_run(job_id, token, spec)
+        for job_id, message in waits:
+            self._note_wait(job_id, message)
+
+    def _note_wait(self, job_id: str, message: str) -> None:
+        if job_id in self._quota_noted:
+            return
+        self._quota_noted.add(job_id)
+
+        def note(s: Session) -> None:
+            job = s.scalar(select(Job).where(Job.id == job_id))
+            if job is not None and job.status == JobStatus.queued:
+                add_event(s, job_id, message)
+
+        self.db.transaction(note)
+
+    def _spec(self, s: Session, job: Job, token: str) -> JobSpec | None:
+        """The JobSpec of the job's next run (scheduler.specs), with its files and parent model looked up; None
+        when one of them was deleted."""
+        files = job_files(s, job)
+        parent_prefix = None
+        if job.model != job.base_model:  # fine-tuning a fine-tuned model: continue from its adapter
+            parent = s.scalar(
+                select(FineTunedModel).where(
+                    FineTunedModel.id == job.model,
+                    FineTunedModel.organization_id == job.organization_id,
+                    FineTunedModel.project_id == job.project_id,
+                )
+            )
+            if parent is None:
+                return None
+            parent_prefix = parent.object_prefix
+        return build_spec(
+            job,
+            files,
+            parent_prefix,
+            base_model_path=self.settings.base_model_paths()[job.base_model],
+            token=token,
+            store_url=self.store.url,
+            reporting_address=self.reporting_address,
+            device=self.settings.trainer_device,
+        )
+
+    def _start_run(self, job_id: str, token: str, spec: JobSpec) -> None:
+        try:
+            handle = self.backend.launch(job_id, f"{self.store.url}#{spec.spec_key()}", self.logs.path(job_id))
+        except LaunchRefused as e:
+            log.warning("the trainer of %s was not started: %s", job_id, e.message)
+            fail(self.db, job_id, JobError(e.code, e.message))
+            return
+        except Exception as e:
+            log.exception("launching the trainer of %s failed", job_id)
+            fail(self.db, job_id, JobError(ErrorCode.server_error, f"The trainer could not start: {e}"))
+            return
+
+        def record(s: Session) -> bool:
+            job = s.scalar(select(Job).where(Job.id == job_id))
+            if job is None or job.run_token != token:
+                return False  # cancelled (or failed) while starting: stop the new run
+            job.run_handle = handle
+            return True
+
+        if not self.db.transaction(record):
+            self.backend.cancel(handle)
+            return
+        self.metrics.runs_started.inc()

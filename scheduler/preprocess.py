@@ -1,0 +1,364 @@
+"""File and job preprocessing: validating uploaded training files and the files of new jobs, resolving a job's
+hyperparameters against its data, checking its adapter and precision against the hardware, and estimating how long
+it will take, before it is queued. Whole files are read here, on a small pool of worker threads beside the
+scheduler loop, so cancels and launches never wait for a validation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from scheduler import hardware
+from scheduler.backends import Backend
+from scheduler.claims import Claims, lapsed, release
+from scheduler.runs import fail, fail_in
+from scheduler.specs import resolved_method, trainer_method
+from scheduler.validation import (
+    MIX_PARAM,
+    check_scan,
+    file_error_code,
+    file_report,
+    scan_stored,
+    status_details,
+    token_summary,
+)
+from tunery import estimate as estimates
+from tunery import hyperparams, ids, jobstate, servable
+from tunery.db import Database, File, Job
+from tunery.db.ops import add_event, now
+from tunery.files import report_key
+from tunery.filescan import FileScan, ScanOptions
+from tunery.jobspec import mix_count
+from tunery.jobstate import ErrorCode, JobError, JobStatus
+from tunery.metrics import Metrics
+from tunery.settings import Settings
+from tunery.storage import ObjectNotFound, ObjectStore
+
+log = logging.getLogger("tunery.scheduler")
+
+# Validation workers of one replica (whole files are read on them, beside the loop).
+VALIDATION_WORKERS = 2
+
+
+def job_files(s: Session, job: Job) -> dict[str, File]:
+    """The job's input files that still exist, by id."""
+    wanted = [file_id for _, file_id in job.input_files()]
+    return {f.id: f for f in s.scalars(select(File).where(File.id.in_(wanted)))}
+
+
+class Preprocessor:
+    """Validates new files and the files of new jobs on its worker threads, and queues the jobs that pass."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: ObjectStore,
+        backend: Backend,
+        metrics: Metrics,
+        claims: Claims,
+        wake: Callable[[], None],
+    ):
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.backend = backend
+        self.metrics = metrics
+        self.claims = claims
+        self.replica_id = claims.replica_id
+        self.wake = wake
+        # Validation reads whole files: it runs beside the loop, so cancels and launches never wait for it.
+        self._validation = ThreadPoolExecutor(max_workers=VALIDATION_WORKERS, thread_name_prefix="validate")
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+
+    def shutdown(self) -> None:
+        """Stop the workers; validations not started are dropped (another pass or replica takes them again)."""
+        self._validation.shutdown(wait=False, cancel_futures=True)
+
+    def validate_uploaded_files(self) -> None:
+        """New training files: write each one's validation report and set its status (processed | error)."""
+
+        def claim(s: Session) -> list[tuple[str, str]]:
+            q = (
+                select(File)
+                .where(File.purpose == "fine-tune", File.status == "uploaded", lapsed(File, now()))
+                .order_by(File.pk)
+                .limit(self._free_workers())
+                .with_for_update(skip_locked=True)
+            )
+            files = list(s.scalars(q))
+            for f in files:
+                self.claims.claim(f)
+            return [(f.id, f.object_key) for f in files]
+
+        if self._free_workers() <= 0:
+            return
+        for file_id, key in self.db.transaction(claim):
+            self._in_background(file_id, self._validate_file, file_id, key)
+
+    def scan_options(self, model: tuple[str, str] | None, max_seq_length: int | None = None) -> ScanOptions:
+        st = self.settings
+        return ScanOptions(
+            max_line_bytes=st.max_line_bytes,
+            max_lines=st.max_lines,
+            model_name=model[0] if model else "",
+            model_folder=model[1] if model else None,
+            max_seq_length=max_seq_length,
+            near_dup_max_examples=st.near_dup_max_examples,
+            near_dup_threshold=st.near_dup_threshold,
+            workers=st.validation_workers,
+        )
+
+    def _free_workers(self) -> int:
+        with self._busy_lock:
+            return VALIDATION_WORKERS - len(self._busy)
+
+    def _validate_file(self, file_id: str, key: str) -> None:
+        started = time.monotonic()
+        try:
+            model = self.settings.validation_model_path()
+            max_len = hyperparams.DEFAULT_MAX_SEQ_LENGTH if model else None
+            opts = self.scan_options(model, max_len)
+            report = file_report(
+                file_id,
+                scan_stored(self.store, key, opts),
+                now(),
+                model=model[0] if model else None,
+                max_seq_length=max_len,
+            )
+        except ObjectNotFound:
+            return  # deleted meanwhile
+        except Exception:
+            log.exception("validating file %s failed", file_id)
+            report = {"status": "error", "internal": True}
+        if not report.get("internal"):
+            self.store.put_bytes(report_key(file_id), json.dumps(report).encode())
+
+        def record(s: Session) -> int | None:
+            f = s.scalar(select(File).where(File.id == file_id))
+            if f is None:
+                self.store.delete(report_key(file_id))
+                return None
+            if f.status != "uploaded":
+                return None  # validated by another replica meanwhile (this one's claim had lapsed)
+            release(f)
+            f.status = report["status"]
+            f.status_details = (
+                "The file could not be validated because of an internal error."
+                if report.get("internal")
+                else status_details(report)
+            )
+            return int(f.bytes or 0)
+
+        size = self.db.transaction(record)
+        if size is not None:
+            self.metrics.validations.labels(report["status"]).inc()
+            self.metrics.validated_bytes.inc(size)
+            self.metrics.validation_seconds.observe(time.monotonic() - started)
+
+    def validate_pending(self) -> None:
+        """Jobs whose files are to be checked: claim as many as there are free validation workers."""
+
+        def claim(s: Session) -> list[str]:
+            q = (
+                select(Job)
+                .where(Job.status == JobStatus.validating_files, lapsed(Job, now()))
+                .order_by(Job.pk)
+                .limit(self._free_workers())
+                .with_for_update(skip_locked=True)
+            )
+            jobs = list(s.scalars(q))
+            for job in jobs:
+                self.claims.claim(job)
+            return [job.id for job in jobs]
+
+        if self._free_workers() <= 0:
+            return
+        for job_id in self.db.transaction(claim):
+            self._in_background(job_id, self._validate_job, job_id)
+
+    def _validate_job(self, job_id: str) -> None:
+        try:
+            self._validate(job_id)
+        except Exception:
+            log.exception("validating job %s failed", job_id)
+            fail(
+                self.db,
+                job_id,
+                JobError(ErrorCode.server_error, "The files could not be validated because of an internal error."),
+            )
+
+    def _in_background(self, key: str, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` on the validation worker unless work for ``key`` is already queued or running."""
+        with self._busy_lock:
+            if key in self._busy:
+                return
+            self._busy.add(key)
+
+        def work() -> None:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("background validation of %s failed", key)
+            finally:
+                with self._busy_lock:
+                    self._busy.discard(key)
+                self.wake()  # a validated job can be launched at once
+
+        try:
+            self._validation.submit(work)
+        except RuntimeError:  # shutting down
+            with self._busy_lock:
+                self._busy.discard(key)
+
+    def _validate(self, job_id: str) -> None:
+        with self.db.session() as s:
+            job = s.scalar(select(Job).where(Job.id == job_id))
+            if job is None or job.status != JobStatus.validating_files:
+                return
+            files = job_files(s, job)
+        error: JobError | None = None
+        n_train = n_mix = 0
+        train_scan: FileScan | None = None
+        summaries: list[str] = []
+        mix = job.tunery_options("data").get("mix")
+        requested_len = job.tunery_options("training").get("max_seq_length")
+        max_len = hyperparams.DEFAULT_MAX_SEQ_LENGTH if requested_len in (None, "auto") else int(requested_len)
+        for param, file_id in job.input_files():
+            f = files.get(file_id)
+            if f is None:
+                error = JobError(file_error_code(param), f"File {file_id} was deleted.", param)
+                break
+            # Again, against the job's model: its tokenizer's special tokens, token counts, over-length examples.
+            model_folder = self.settings.base_model_paths().get(job.base_model)
+            model = (job.base_model, model_folder) if model_folder else None
+            scan = scan_stored(self.store, f.object_key, self.scan_options(model, max_len))
+            check = check_scan(scan, f.id, param, method=job.method.get("type", "supervised"))
+            if check.error:
+                error = check.error
+                break
+            summary = check.summary(f.id, param)
+            if model:
+                report = file_report(f.id, scan, now(), model=job.base_model, max_seq_length=max_len, for_job=True)
+                self.store.put_bytes(report_key(f.id, job.base_model), json.dumps(report).encode())
+                tokens = token_summary(report)
+                summary += f"; {tokens}" if tokens else ""
+            summaries.append(summary)
+            if param == "training_file":
+                n_train = check.n_examples
+                train_scan = scan if model else None
+            elif param == MIX_PARAM:
+                n_mix = check.n_examples
+        if error:
+            fail(self.db, job_id, error)
+            return
+
+        def queue(s: Session) -> None:
+            job = s.scalar(select(Job).where(Job.id == job_id))
+            if job is None or job.status != JobStatus.validating_files or job.claimed_by != self.replica_id:
+                return  # cancelled meanwhile (or taken over by another replica after this one's claim lapsed)
+            release(job)
+            cpu_only = self.settings.trainer_device == "cpu" or not _cuda_visible()
+            # Mixed-in examples are part of the training set (before the trainer's own drops: an estimate).
+            n_total = n_train + (min(n_mix, mix_count(n_train, mix["fraction"])) if mix else 0)
+            requested = job.tunery_options("training")
+            grad_accum = int(requested.get("gradient_accumulation_steps") or 1)
+            hp = hyperparams.resolve(job.hyperparameters, n_total, cpu_only=cpu_only, grad_accum=grad_accum)
+            training = hyperparams.resolve_training(requested, hp, n_total, has_validation=bool(job.validation_file))
+            hw_check = self._check_hardware(job, training, train_scan, hp, max_len)
+            if hw_check.error is not None:
+                fail_in(s, job, hw_check.error)
+                return
+            if self.settings.serving_backend == "vllm":  # the model must be one vLLM can load (docs/serving.md)
+                problem = servable.training_problem(training, self.settings.vllm_max_lora_rank)
+                if problem is not None:
+                    fail_in(s, job, JobError(ErrorCode.unservable_adapter, problem.message, problem.param))
+                    return
+            training["precision"] = hw_check.precision
+            tunery_ext = {**((job.extensions or {}).get("tunery") or {}), "training": training}
+            job.extensions = {**(job.extensions or {}), "tunery": tunery_ext}  # a new dict: JSON is not tracked
+            job.hyperparameters = hp
+            job.method = resolved_method(job.method, hp)
+            job.total_steps = hyperparams.total_steps(n_total, hp["batch_size"], hp["n_epochs"])
+            estimate = self._estimate(job, train_scan, hp, max_len, training)
+            job.estimated_finish = now() + round(estimate.gpu_seconds) if estimate else None
+            job.fine_tuned_model = ids.fine_tuned_model_name(
+                job.base_model, self.settings.organization_slug, job.suffix, job.id
+            )
+            jobstate.queue(job)
+            for summary in summaries:
+                add_event(s, job.id, summary)
+            for warning in hw_check.warnings:
+                add_event(s, job.id, warning, level="warn")
+            add_event(
+                s,
+                job.id,
+                "Files validated, moving job to queued state",
+                data={"train_examples": n_total, "hyperparameters": hp, "training": training},
+            )
+
+        self.db.transaction(queue)
+
+    def _check_hardware(
+        self, job: Job, training: dict[str, Any], scan: FileScan | None, hp: dict[str, Any], max_len: int
+    ) -> hardware.HardwareCheck:
+        """The job's adapter and precision against its trainer's hardware (docs/adapters.md)."""
+        cluster_gpus = self.backend.gpus_per_run() if self.backend.adopts_runs else None
+        hw = hardware.detect(self.settings.trainer_device, self.settings.gpu_type, cluster_gpus, _cuda_visible())
+        full = None
+        folder = self.settings.base_model_paths().get(job.base_model)
+        if training.get("adapter") == "full" and scan is not None and scan.tokens and folder is not None:
+            precision = training.get("precision", "auto")
+            precision = "fp32" if not hw.gpu or precision in ("auto", "fp16") else precision
+            try:
+                shape = estimates.model_shape(Path(folder))
+                gpu_type = self.settings.gpu_type if hw.gpu else "cpu"
+                full = estimates.estimate_for_scan(
+                    shape, scan.tokens, scan.trained, hp, max_len, gpu_type, adapter="full", precision=precision
+                )
+            except (OSError, ValueError):
+                log.warning("no memory estimate for a full fine-tuning of %s", job.base_model, exc_info=True)
+        return hardware.check(training, hw, full)
+
+    def _estimate(
+        self, job: Job, scan: FileScan | None, hp: dict[str, Any], max_len: int, training: dict[str, Any]
+    ) -> estimates.Estimate | None:
+        """How long the job will take on TUNERY_GPU_TYPE with its trainer, adapter and precision (None when the
+        file's tokens were not counted)."""
+        folder = self.settings.base_model_paths().get(job.base_model)
+        if scan is None or not scan.tokens or folder is None:
+            return None
+        try:
+            shape = estimates.model_shape(Path(folder))
+            return estimates.estimate_for_scan(
+                shape,
+                scan.tokens,
+                scan.trained,
+                hp,
+                max_len,
+                self.settings.gpu_type,
+                adapter=training.get("adapter", "lora"),
+                lora_r=int((training.get("lora") or {}).get("r", 16)),
+                precision=training.get("precision"),
+                trainer=trainer_method(job)[0],
+            )
+        except (OSError, ValueError):
+            log.warning("no estimate for a job on %s", job.base_model, exc_info=True)
+            return None
+
+
+def _cuda_visible() -> bool:
+    """Whether a GPU is visible, without importing torch (the control plane never does)."""
+    import shutil
+
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None

@@ -1,0 +1,236 @@
+"""Golden tests of the JobSpec a run gets (scheduler.specs.build_spec): job rows built in memory, no database.
+
+Each test compares the whole ``model_dump`` of the spec with an expected dict written out here, so any change to
+what a trainer run is told shows up as a change of these dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from scheduler.specs import build_spec, resolved_method, trainer_method
+from tunery.db import File, Job
+
+JOB_ID = "ftjob-abc123"
+TOKEN = "run-token-1"
+STORE = "file:///data/objects"
+REPORTING = "127.0.0.1:50051"
+BASE_PATH = "/models/tiny"
+
+# The tunery.training options of a job as file validation stores them: every default resolved (20 examples, batch
+# size 4, 3 epochs, no validation file: 15 steps).
+RESOLVED_TRAINING: dict[str, Any] = {
+    "lr_scheduler_type": "linear",
+    "warmup_ratio": 0.0,
+    "warmup_steps": None,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "max_seq_length": 1024,
+    "gradient_accumulation_steps": 1,
+    "train_on_inputs": False,
+    "n_checkpoints": 3,
+    "n_evals": 0,
+    "packing": True,
+    "adapter": "lora",
+    "precision": "auto",
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+}
+HP = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}
+
+
+def a_file(file_id: str) -> File:
+    return File(id=file_id, object_key=f"files/{file_id}", sha256=f"sha-{file_id}")
+
+
+def a_job(**overrides: Any) -> Job:
+    """A job as the scheduler finds it queued: validated, its hyperparameters and training options resolved."""
+    fields: dict[str, Any] = {
+        "id": JOB_ID,
+        "organization_id": "org-1",
+        "project_id": "proj-1",
+        "status": "queued",
+        "model": "tiny",
+        "base_model": "tiny",
+        "training_file": "file-train",
+        "validation_file": None,
+        "suffix": None,
+        "seed": 42,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": HP}},
+        "hyperparameters": HP,
+        "extensions": {"tunery": {"training": RESOLVED_TRAINING}},
+        "fine_tuned_model": "ft:tiny:org:none:abc123",
+        "attempts": 0,
+        **overrides,
+    }
+    return Job(**fields)
+
+
+def spec_of(job: Job, files: list[str], parent_prefix: str | None = None) -> dict[str, Any] | None:
+    spec = build_spec(
+        job,
+        {file_id: a_file(file_id) for file_id in files},
+        parent_prefix,
+        base_model_path=BASE_PATH,
+        token=TOKEN,
+        store_url=STORE,
+        reporting_address=REPORTING,
+        device="cpu",
+    )
+    return None if spec is None else spec.model_dump()
+
+
+SUPERVISED: dict[str, Any] = {
+    "job_id": JOB_ID,
+    "run_token": TOKEN,
+    "organization_id": "org-1",
+    "project_id": "proj-1",
+    "method": "supervised",
+    "preference": None,
+    "base_model": "tiny",
+    "base_model_path": BASE_PATH,
+    "fine_tuned_model": "ft:tiny:org:none:abc123",
+    "training_file": {"file_id": "file-train", "key": "files/file-train", "sha256": "sha-file-train"},
+    "validation_file": None,
+    "data": None,
+    "hyperparameters": {
+        "n_epochs": 3,
+        "batch_size": 4,
+        "learning_rate_multiplier": 1.0,
+        "learning_rate": 0.001,
+        "max_seq_length": 1024,
+        "warmup_ratio": 0.0,
+        "warmup_steps": None,
+        "lr_scheduler": "linear",
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "gradient_accumulation_steps": 1,
+        "train_on_inputs": False,
+        "n_checkpoints": 3,
+        "n_evals": 0,
+        "packing": True,
+    },
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+    "seed": 42,
+    "device": "cpu",
+    "adapter": "lora",
+    "precision": "auto",
+    "init_adapter_prefix": None,
+    "object_store": STORE,
+    "output_prefix": f"jobs/{JOB_ID}",
+    "reporting_address": REPORTING,
+    "resume_from": None,
+}
+
+
+def test_supervised_with_defaults():
+    assert spec_of(a_job(), ["file-train"]) == SUPERVISED
+
+
+def test_dpo_with_beta_run_by_orpo():
+    """A dpo job's beta, the preference trainer named by tunery.method.trainer, its validation file; the
+    preference trainers' base learning rate (1e-4) times the multiplier."""
+    hp = {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 2.0}
+    training = {**RESOLVED_TRAINING, "n_checkpoints": 2, "n_evals": 2, "warmup_ratio": None, "warmup_steps": 5}
+    job = a_job(
+        validation_file="file-valid",
+        method={"type": "dpo", "dpo": {"hyperparameters": {**hp, "beta": 0.5}}},
+        hyperparameters=hp,
+        extensions={"tunery": {"training": training, "method": {"trainer": "orpo"}}},
+    )
+    assert spec_of(job, ["file-train", "file-valid"]) == {
+        **SUPERVISED,
+        "method": "orpo",
+        "preference": {"beta": 0.5},
+        "validation_file": {"file_id": "file-valid", "key": "files/file-valid", "sha256": "sha-file-valid"},
+        "hyperparameters": {
+            "n_epochs": 2,
+            "batch_size": 8,
+            "learning_rate_multiplier": 2.0,
+            "learning_rate": 0.0002,
+            "max_seq_length": 1024,
+            "warmup_ratio": 0.0,
+            "warmup_steps": 5,
+            "lr_scheduler": "linear",
+            "weight_decay": 0.0,
+            "max_grad_norm": 1.0,
+            "gradient_accumulation_steps": 1,
+            "train_on_inputs": False,
+            "n_checkpoints": 2,
+            "n_evals": 2,
+            "packing": True,
+        },
+    }
+
+
+def test_data_options_with_a_mix():
+    data = {"drop_duplicates": True, "long_examples": "drop", "mix": {"file": "file-mix", "fraction": 0.25}}
+    job = a_job(extensions={"tunery": {"training": RESOLVED_TRAINING, "data": data}})
+    assert spec_of(job, ["file-train", "file-mix"]) == {
+        **SUPERVISED,
+        "data": {
+            "drop_duplicates": True,
+            "long_examples": "drop",
+            "mix": {
+                "file": {"file_id": "file-mix", "key": "files/file-mix", "sha256": "sha-file-mix"},
+                "fraction": 0.25,
+            },
+        },
+    }
+
+
+def test_fine_tuning_a_fine_tuned_model_starts_from_its_adapter():
+    job = a_job(model="ft:tiny:org:first:parent1", fine_tuned_model="ft:tiny:org:second:abc123")
+    assert spec_of(job, ["file-train"], parent_prefix="models/ftjob-parent1") == {
+        **SUPERVISED,
+        "fine_tuned_model": "ft:tiny:org:second:abc123",
+        "init_adapter_prefix": "models/ftjob-parent1",
+    }
+
+
+def test_a_job_run_before_resumes_from_its_latest_state():
+    assert spec_of(a_job(attempts=2), ["file-train"]) == {**SUPERVISED, "resume_from": "latest"}
+
+
+def test_a_job_queued_before_the_training_options_gets_their_defaults():
+    """No stored tunery.training (queued by an older version): the defaults, one checkpoint and one evaluation per
+    epoch."""
+    job = a_job(validation_file="file-valid", extensions=None)
+    assert spec_of(job, ["file-train", "file-valid"]) == {
+        **SUPERVISED,
+        "validation_file": {"file_id": "file-valid", "key": "files/file-valid", "sha256": "sha-file-valid"},
+        "hyperparameters": {**SUPERVISED["hyperparameters"], "n_checkpoints": 3, "n_evals": 3},
+    }
+
+
+@pytest.mark.parametrize(
+    ("job", "files", "parent_prefix"),
+    [
+        (a_job(), [], None),  # the training file was deleted
+        (
+            a_job(
+                extensions={
+                    "tunery": {"training": RESOLVED_TRAINING, "data": {"mix": {"file": "file-mix", "fraction": 0.1}}}
+                }
+            ),
+            ["file-train"],
+            None,
+        ),  # the mix file was deleted
+        (a_job(model="ft:tiny:org:first:parent1"), ["file-train"], None),  # the parent model was deleted
+    ],
+)
+def test_no_spec_when_an_input_is_gone(job: Job, files: list[str], parent_prefix: str | None):
+    assert spec_of(job, files, parent_prefix) is None
+
+
+def test_trainer_method_and_resolved_method():
+    assert trainer_method(a_job()) == ("supervised", None)
+    dpo = a_job(method={"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto"}}})
+    trainer, preference = trainer_method(dpo)
+    assert (trainer, preference and preference.model_dump()) == ("dpo", {"beta": 0.1})
+    assert resolved_method(None, HP) == {"type": "supervised", "supervised": {"hyperparameters": HP}}
+    assert resolved_method({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.3}}}, HP) == {
+        "type": "dpo",
+        "dpo": {"hyperparameters": {**HP, "beta": 0.3}},
+    }
