@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scheduler.k8s_manifests import gpus_per_run
 from tunery import estimate as estimates
 from tunery.jobstate import ErrorCode, JobError
 from tunery.plan import TrainingPlan
@@ -79,9 +80,7 @@ def _bnb_local() -> bool:
 def trainer_hardware(settings: Settings) -> Hardware:
     """The hardware of this deployment's trainer runs (not of the process asking): a Kubernetes pod with the
     configured GPUs, or the local runner's machine. Used by the scheduler and the dry run alike."""
-    cluster_gpus = None
-    if settings.scheduler_backend == "kubernetes":
-        cluster_gpus = max(0, settings.k8s_gpus_per_job) * max(1, settings.k8s_nodes_per_job)
+    cluster_gpus = gpus_per_run(settings) if settings.scheduler_backend == "kubernetes" else None
     return detect(settings.trainer_device, settings.gpu_type, cluster_gpus, cuda_visible())
 
 

@@ -21,7 +21,6 @@ from scheduler import hardware
 from scheduler.backends import Backend
 from scheduler.claims import Claims, lapsed, release
 from scheduler.runs import fail, fail_in
-from scheduler.specs import resolved_method, trainer_method
 from scheduler.validation import (
     MIX_PARAM,
     check_scan,
@@ -40,6 +39,7 @@ from tunery.filescan import FileScan, ScanOptions
 from tunery.jobspec import mix_count
 from tunery.jobstate import ErrorCode, JobError, JobStatus
 from tunery.metrics import Metrics
+from tunery.plan import TrainingPlan, check_request, resolve_plan
 from tunery.settings import Settings
 from tunery.storage import ObjectNotFound, ObjectStore
 
@@ -232,8 +232,7 @@ class Preprocessor:
         train_scan: FileScan | None = None
         summaries: list[str] = []
         mix = job.tunery_options("data").get("mix")
-        requested_len = job.tunery_options("training").get("max_seq_length")
-        max_len = hyperparams.DEFAULT_MAX_SEQ_LENGTH if requested_len in (None, "auto") else int(requested_len)
+        max_len = job.plan_request().training.requested_max_seq_length
         for param, file_id in job.input_files():
             f = files.get(file_id)
             if f is None:
@@ -268,29 +267,32 @@ class Preprocessor:
             if job is None or job.status != JobStatus.validating_files or job.claimed_by != self.replica_id:
                 return  # cancelled meanwhile (or taken over by another replica after this one's claim lapsed)
             release(job)
-            cpu_only = self.settings.trainer_device == "cpu" or not _cuda_visible()
             # Mixed-in examples are part of the training set (before the trainer's own drops: an estimate).
             n_total = n_train + (min(n_mix, mix_count(n_train, mix["fraction"])) if mix else 0)
-            requested = job.tunery_options("training")
-            grad_accum = int(requested.get("gradient_accumulation_steps") or 1)
-            hp = hyperparams.resolve(job.hyperparameters, n_total, cpu_only=cpu_only, grad_accum=grad_accum)
-            training = hyperparams.resolve_training(requested, hp, n_total, has_validation=bool(job.validation_file))
-            hw_check = self._check_hardware(job, training, train_scan, hp, max_len)
+            request = job.plan_request()
+            has_validation = bool(job.validation_file)
+            problem = check_request(
+                request, has_validation=has_validation, continuing=job.model != job.base_model, data_mix=bool(mix)
+            )
+            if problem is not None:  # the API refuses these; a job stored before a rule existed fails here
+                code = ErrorCode(problem.code) if problem.code in set(ErrorCode) else ErrorCode.unsupported_method
+                fail_in(s, job, JobError(code, problem.message, problem.param))
+                return
+            hw = hardware.trainer_hardware(self.settings)
+            plan = resolve_plan(request, n_total, has_validation=has_validation, cpu_only=not hw.gpu)
+            hw_check = hardware.check(plan, hw, self._full_estimate(job, plan, train_scan, hw))
             if hw_check.error is not None:
                 fail_in(s, job, hw_check.error)
                 return
+            plan = plan.model_copy(update={"precision": hw_check.precision})
             if self.settings.serving_backend == "vllm":  # the model must be one vLLM can load (docs/serving.md)
-                problem = servable.training_problem(training, self.settings.vllm_max_lora_rank)
-                if problem is not None:
-                    fail_in(s, job, JobError(ErrorCode.unservable_adapter, problem.message, problem.param))
+                unservable = servable.training_problem(plan, self.settings.vllm_max_lora_rank)
+                if unservable is not None:
+                    fail_in(s, job, JobError(ErrorCode.unservable_adapter, unservable.message, unservable.param))
                     return
-            training["precision"] = hw_check.precision
-            tunery_ext = {**((job.extensions or {}).get("tunery") or {}), "training": training}
-            job.extensions = {**(job.extensions or {}), "tunery": tunery_ext}  # a new dict: JSON is not tracked
-            job.hyperparameters = hp
-            job.method = resolved_method(job.method, hp)
-            job.total_steps = hyperparams.total_steps(n_total, hp["batch_size"], hp["n_epochs"])
-            estimate = self._estimate(job, train_scan, hp, max_len, training)
+            job.set_plan(plan)
+            job.total_steps = hyperparams.total_steps(n_total, plan.batch_size, plan.n_epochs)
+            estimate = self._estimate(job, train_scan, plan)
             job.estimated_finish = now() + round(estimate.gpu_seconds) if estimate else None
             job.fine_tuned_model = ids.fine_tuned_model_name(
                 job.base_model, self.settings.organization_slug, job.suffix, job.id
@@ -304,61 +306,41 @@ class Preprocessor:
                 s,
                 job.id,
                 "Files validated, moving job to queued state",
-                data={"train_examples": n_total, "hyperparameters": hp, "training": training},
+                data={
+                    "train_examples": n_total,
+                    "hyperparameters": plan.openai_hyperparameters(),
+                    "training": plan.training_options(),
+                },
             )
 
         self.db.transaction(queue)
 
-    def _check_hardware(
-        self, job: Job, training: dict[str, Any], scan: FileScan | None, hp: dict[str, Any], max_len: int
-    ) -> hardware.HardwareCheck:
-        """The job's adapter and precision against its trainer's hardware (docs/adapters.md)."""
-        cluster_gpus = self.backend.gpus_per_run() if self.backend.adopts_runs else None
-        hw = hardware.detect(self.settings.trainer_device, self.settings.gpu_type, cluster_gpus, _cuda_visible())
-        full = None
-        folder = self.settings.base_model_paths().get(job.base_model)
-        if training.get("adapter") == "full" and scan is not None and scan.tokens and folder is not None:
-            precision = training.get("precision", "auto")
-            precision = "fp32" if not hw.gpu or precision in ("auto", "fp16") else precision
-            try:
-                shape = estimates.model_shape(Path(folder))
-                gpu_type = self.settings.gpu_type if hw.gpu else "cpu"
-                full = estimates.estimate_for_scan(
-                    shape, scan.tokens, scan.trained, hp, max_len, gpu_type, adapter="full", precision=precision
-                )
-            except (OSError, ValueError):
-                log.warning("no memory estimate for a full fine-tuning of %s", job.base_model, exc_info=True)
-        return hardware.check(training, hw, full)
-
-    def _estimate(
-        self, job: Job, scan: FileScan | None, hp: dict[str, Any], max_len: int, training: dict[str, Any]
+    def _full_estimate(
+        self, job: Job, plan: TrainingPlan, scan: FileScan | None, hw: hardware.Hardware
     ) -> estimates.Estimate | None:
-        """How long the job will take on TUNERY_GPU_TYPE with its trainer, adapter and precision (None when the
+        """Full fine-tuning: its memory on the trainer's hardware, for the hardware check (docs/adapters.md)."""
+        folder = self.settings.base_model_paths().get(job.base_model)
+        if plan.adapter != "full" or scan is None or not scan.tokens or folder is None:
+            return None
+        precision = "fp32" if not hw.gpu or plan.precision in ("auto", "fp16") else plan.precision
+        try:
+            gpu_type = self.settings.gpu_type if hw.gpu else "cpu"
+            return estimates.estimate_for_scan(
+                estimates.model_shape(Path(folder)), scan.tokens, scan.trained, plan, gpu_type, precision
+            )
+        except (OSError, ValueError):
+            log.warning("no memory estimate for a full fine-tuning of %s", job.base_model, exc_info=True)
+            return None
+
+    def _estimate(self, job: Job, scan: FileScan | None, plan: TrainingPlan) -> estimates.Estimate | None:
+        """How long the job will take on TUNERY_GPU_TYPE with its method, adapter and precision (None when the
         file's tokens were not counted)."""
         folder = self.settings.base_model_paths().get(job.base_model)
         if scan is None or not scan.tokens or folder is None:
             return None
         try:
             shape = estimates.model_shape(Path(folder))
-            return estimates.estimate_for_scan(
-                shape,
-                scan.tokens,
-                scan.trained,
-                hp,
-                max_len,
-                self.settings.gpu_type,
-                adapter=training.get("adapter", "lora"),
-                lora_r=int((training.get("lora") or {}).get("r", 16)),
-                precision=training.get("precision"),
-                trainer=trainer_method(job)[0],
-            )
+            return estimates.estimate_for_scan(shape, scan.tokens, scan.trained, plan, self.settings.gpu_type)
         except (OSError, ValueError):
             log.warning("no estimate for a job on %s", job.base_model, exc_info=True)
             return None
-
-
-def _cuda_visible() -> bool:
-    """Whether a GPU is visible, without importing torch (the control plane never does)."""
-    import shutil
-
-    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None

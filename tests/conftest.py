@@ -78,15 +78,8 @@ def start_server(data_dir: Path, **overrides: Any) -> RunningServer:
     from tunery.settings import Settings
 
     port = free_port()
-    settings = Settings(
-        data_dir=data_dir,
-        host="127.0.0.1",
-        port=port,
-        scheduler_poll_seconds=0.2,
-        cancel_grace_seconds=3.0,
-        trainer_device="cpu",
-        **overrides,
-    )
+    options: dict[str, Any] = {"scheduler_poll_seconds": 0.2, "cancel_grace_seconds": 3.0, "trainer_device": "cpu"}
+    settings = Settings(data_dir=data_dir, host="127.0.0.1", port=port, **{**options, **overrides})
     app, shutdown = build(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -100,7 +100,8 @@ def test_preference_trainers_cost_more_per_example_than_supervised():
 
 
 def test_dry_run_follows_the_adapter_precision_and_trainer(tiny_server_factory):
-    srv = tiny_server_factory(max_concurrent_runs=0, gpu_type="a10g")
+    # The trainer runs on an A10G (the dry run resolves against the trainer's hardware, as the scheduler does).
+    srv = tiny_server_factory(max_concurrent_runs=0, gpu_type="a10g", trainer_device="cuda")
     chat = srv.client.files.create(file=("t.jsonl", chat_lines(30)), purpose="fine-tune")
     pairs = srv.client.files.create(file=("p.jsonl", preference_lines(20)), purpose="fine-tune")
     for f in (chat, pairs):
@@ -169,3 +170,24 @@ def test_dry_run_reports_tokens_steps_and_estimates(tiny_server_factory):
     srv.client.files.wait_for_processing(small.id, poll_interval=0.1, max_wait_seconds=30)
     few = srv.http.post("/v1/fine_tuning/jobs/dry_run", json={**body, "training_file": small.id})
     assert few.status_code == 400 and few.json()["error"]["code"] == "invalid_n_examples"
+
+
+def test_dry_run_and_the_scheduler_resolve_the_same_plan(tiny_server_factory):
+    """Same inputs, same answer: ``auto`` hyperparameters (the batch size a multiple of the micro-batches), the
+    precision of the trainer's hardware; and a dry run on an ``ft:`` model is one on its base model."""
+    from tests.serving_fixtures import register_model
+
+    srv = tiny_server_factory(max_concurrent_runs=0, gpu_type="a10g")
+    f = srv.client.files.create(file=("t.jsonl", chat_lines(40)), purpose="fine-tune")
+    srv.client.files.wait_for_processing(f.id, poll_interval=0.1, max_wait_seconds=30)
+    register_model(srv, "ft:tiny-llama:personal::parent1", "jobs/ftjob-parent1/model/", {})
+    for model in (TINY, "ft:tiny-llama:personal::parent1"):
+        body = {"model": model, "training_file": f.id, "tunery": {"training": {"gradient_accumulation_steps": 2}}}
+        r = srv.http.post("/v1/fine_tuning/jobs/dry_run", json=body)
+        assert r.status_code == 200, r.text
+        est = r.json()
+        job = srv.client.fine_tuning.jobs.create(model=model, training_file=f.id, extra_body={"tunery": body["tunery"]})
+        queued = srv.wait_job(job.id, {"queued"}, timeout=30)
+        assert est["hyperparameters"] == queued.hyperparameters.model_dump()
+        assert est["precision"] == queued.model_extra["tunery"]["training"]["precision"] == "fp32"  # a CPU trainer
+        assert est["batch_size"] == queued.hyperparameters.batch_size and est["batch_size"] % 2 == 0

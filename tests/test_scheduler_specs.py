@@ -1,5 +1,9 @@
 """Golden tests of the JobSpec a run gets (scheduler.specs.build_spec): job rows built in memory, no database.
 
+A job validated by this version stores its resolved plan (``jobs.plan``) and the spec embeds it whole; a job queued
+by an older version has its resolved values in its OpenAI fields and ``tunery.training`` only, which resolve to
+themselves.
+
 Each test compares the whole ``model_dump`` of the spec with an expected dict written out here, so any change to
 what a trainer run is told shows up as a change of these dicts.
 """
@@ -10,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from scheduler.specs import build_spec, resolved_method, trainer_method
+from scheduler.specs import build_spec
 from tunery.db import File, Job
+from tunery.plan import PlanRequest, resolve_plan
 
 JOB_ID = "ftjob-abc123"
 TOKEN = "run-token-1"
@@ -81,41 +86,42 @@ def spec_of(job: Job, files: list[str], parent_prefix: str | None = None) -> dic
     return None if spec is None else spec.model_dump()
 
 
+PLAN: dict[str, Any] = {
+    "method": "supervised",
+    "n_epochs": 3,
+    "batch_size": 4,
+    "learning_rate_multiplier": 1.0,
+    "learning_rate": 0.001,
+    "beta": None,
+    "adapter": "lora",
+    "precision": "auto",
+    "max_seq_length": 1024,
+    "lr_scheduler_type": "linear",
+    "warmup_ratio": 0.0,
+    "warmup_steps": None,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "gradient_accumulation_steps": 1,
+    "train_on_inputs": False,
+    "n_checkpoints": 3,
+    "n_evals": 0,
+    "packing": True,
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+}
 SUPERVISED: dict[str, Any] = {
     "job_id": JOB_ID,
     "run_token": TOKEN,
     "organization_id": "org-1",
     "project_id": "proj-1",
-    "method": "supervised",
-    "preference": None,
     "base_model": "tiny",
     "base_model_path": BASE_PATH,
     "fine_tuned_model": "ft:tiny:org:none:abc123",
     "training_file": {"file_id": "file-train", "key": "files/file-train", "sha256": "sha-file-train"},
     "validation_file": None,
     "data": None,
-    "hyperparameters": {
-        "n_epochs": 3,
-        "batch_size": 4,
-        "learning_rate_multiplier": 1.0,
-        "learning_rate": 0.001,
-        "max_seq_length": 1024,
-        "warmup_ratio": 0.0,
-        "warmup_steps": None,
-        "lr_scheduler": "linear",
-        "weight_decay": 0.0,
-        "max_grad_norm": 1.0,
-        "gradient_accumulation_steps": 1,
-        "train_on_inputs": False,
-        "n_checkpoints": 3,
-        "n_evals": 0,
-        "packing": True,
-    },
-    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+    "plan": PLAN,
     "seed": 42,
     "device": "cpu",
-    "adapter": "lora",
-    "precision": "auto",
     "init_adapter_prefix": None,
     "object_store": STORE,
     "output_prefix": f"jobs/{JOB_ID}",
@@ -128,9 +134,25 @@ def test_supervised_with_defaults():
     assert spec_of(a_job(), ["file-train"]) == SUPERVISED
 
 
+def test_the_stored_plan_is_embedded_whole():
+    """What file validation resolved and stored is what the trainer gets, whatever the job's other fields say."""
+    plan = resolve_plan(
+        PlanRequest(method="kto", hyperparameters={"beta": 0.7, "n_epochs": 4}, training={"adapter": "full"}),
+        50,
+        has_validation=False,
+        cpu_only=True,
+    )
+    job = a_job()
+    job.set_plan(plan)
+    job.hyperparameters = HP  # stale OpenAI fields do not matter
+    assert spec_of(job, ["file-train"]) == {**SUPERVISED, "plan": plan.model_dump()}
+    assert plan.model_dump()["method"] == "kto" and plan.adapter == "full" and plan.beta == 0.7
+
+
 def test_dpo_with_beta_run_by_orpo():
-    """A dpo job's beta, the preference trainer named by tunery.method.trainer, its validation file; the
-    preference trainers' base learning rate (1e-4) times the multiplier."""
+    """A job queued before plans were stored: a dpo job's beta, the preference trainer named by
+    tunery.method.trainer, its validation file; the preference methods' base learning rate (1e-4) times the
+    multiplier, no packing (preference pairs are not packed)."""
     hp = {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 2.0}
     training = {**RESOLVED_TRAINING, "n_checkpoints": 2, "n_evals": 2, "warmup_ratio": None, "warmup_steps": 5}
     job = a_job(
@@ -141,25 +163,19 @@ def test_dpo_with_beta_run_by_orpo():
     )
     assert spec_of(job, ["file-train", "file-valid"]) == {
         **SUPERVISED,
-        "method": "orpo",
-        "preference": {"beta": 0.5},
         "validation_file": {"file_id": "file-valid", "key": "files/file-valid", "sha256": "sha-file-valid"},
-        "hyperparameters": {
+        "plan": {
+            **PLAN,
+            "method": "orpo",
+            "beta": 0.5,
             "n_epochs": 2,
             "batch_size": 8,
             "learning_rate_multiplier": 2.0,
             "learning_rate": 0.0002,
-            "max_seq_length": 1024,
-            "warmup_ratio": 0.0,
             "warmup_steps": 5,
-            "lr_scheduler": "linear",
-            "weight_decay": 0.0,
-            "max_grad_norm": 1.0,
-            "gradient_accumulation_steps": 1,
-            "train_on_inputs": False,
             "n_checkpoints": 2,
             "n_evals": 2,
-            "packing": True,
+            "packing": False,
         },
     }
 
@@ -200,7 +216,7 @@ def test_a_job_queued_before_the_training_options_gets_their_defaults():
     assert spec_of(job, ["file-train", "file-valid"]) == {
         **SUPERVISED,
         "validation_file": {"file_id": "file-valid", "key": "files/file-valid", "sha256": "sha-file-valid"},
-        "hyperparameters": {**SUPERVISED["hyperparameters"], "n_checkpoints": 3, "n_evals": 3},
+        "plan": {**PLAN, "n_checkpoints": 3, "n_evals": 3},
     }
 
 
@@ -222,15 +238,3 @@ def test_a_job_queued_before_the_training_options_gets_their_defaults():
 )
 def test_no_spec_when_an_input_is_gone(job: Job, files: list[str], parent_prefix: str | None):
     assert spec_of(job, files, parent_prefix) is None
-
-
-def test_trainer_method_and_resolved_method():
-    assert trainer_method(a_job()) == ("supervised", None)
-    dpo = a_job(method={"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto"}}})
-    trainer, preference = trainer_method(dpo)
-    assert (trainer, preference and preference.model_dump()) == ("dpo", {"beta": 0.1})
-    assert resolved_method(None, HP) == {"type": "supervised", "supervised": {"hyperparameters": HP}}
-    assert resolved_method({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.3}}}, HP) == {
-        "type": "dpo",
-        "dpo": {"hyperparameters": {**HP, "beta": 0.3}},
-    }

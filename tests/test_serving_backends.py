@@ -24,6 +24,7 @@ from tests.conftest import TINY, chat_lines, free_port
 from tests.schema import validate
 from tests.serving_fixtures import register_model
 from tunery import servable
+from tunery.plan import TrainingPlan
 
 ROOT = Path(__file__).resolve().parent.parent
 HI = [{"role": "user", "content": "hi"}]
@@ -54,7 +55,8 @@ def lora_config(**over: Any) -> bytes:
     ],
 )  # fmt: skip
 def test_training_problem_table(training: dict[str, Any], param: str | None) -> None:
-    problem = servable.training_problem(training, max_rank=16)
+    plan = TrainingPlan(n_epochs=1, batch_size=1, learning_rate=1e-3, **training)
+    problem = servable.training_problem(plan, max_rank=16)
     assert (problem.param if problem else None) == param
 
 

@@ -25,8 +25,9 @@ import pytest
 
 from tests.trainer_fixtures import chat_examples, free_port, jsonl_bytes, make_spec, reporting_server
 from trainer.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_PREEMPTED
+from trainer.metrics import RESULTS_HEADER
 from trainer.reporter import Reporter, RetryPolicy
-from trainer.run import RESULTS_HEADER, load_spec
+from trainer.run import load_spec
 from tunery.storage import open_store
 from tunery.v1 import reporting_pb2, reporting_pb2_grpc
 

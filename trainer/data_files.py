@@ -71,7 +71,8 @@ def read_records(store: ObjectStore, data_file: DataFile, param: str, kind: str 
             else "preference data: input, preferred_output and non_preferred_output per line"
         )
         raise TrainerError(
-            f"{param} {data_file.file_id} is in the {result.format.label} format, but this job's method needs {needs}",
+            f"{param} {data_file.file_id} is in the {result.format.label} format ({result.format.kind} data), but "
+            f"this job's method needs {needs}",
             code=code,
             param=param,
         )

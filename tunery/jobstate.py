@@ -98,6 +98,7 @@ class ErrorCode(enum.StrEnum):
     unservable_adapter = "unservable_adapter"  # vLLM could not load the result (docs/serving.md)
     unsupported_hardware = "unsupported_hardware"  # the adapter or precision does not fit the trainer's hardware
     unsupported_cluster = "unsupported_cluster"  # Kubernetes cannot run the job
+    unsupported_method = "unsupported_method"  # the method does not support an option of the job (tunery.methods)
 
 
 # The request parameter that names the general-purpose file mixed into the training set (docs/data-options.md).

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tunery.plan import TrainingPlan
+
 # Modules vLLM cannot serve as LoRA targets (output head and embeddings under the names common architectures use).
 VLLM_REFUSED_MODULES = frozenset({"lm_head", "embed_tokens", "embed_in", "embed_out", "wte", "wpe", "word_embeddings"})
 # The ranks vLLM accepts for --max-lora-rank.
@@ -67,13 +69,12 @@ def lora_problem(
     return None
 
 
-def training_problem(training: Mapping[str, Any], max_rank: int) -> Unservable | None:
-    """A job's resolved ``tunery.training`` against vLLM. A fully fine-tuned model is a model of its own, not an
-    adapter: it is served by a vLLM of its own (docs/serving.md), so nothing here refuses it."""
-    if training.get("adapter", "lora") == "full":
+def training_problem(plan: TrainingPlan, max_rank: int) -> Unservable | None:
+    """A job's resolved plan against vLLM. A fully fine-tuned model is a model of its own, not an adapter: it is
+    served by a vLLM of its own (docs/serving.md), so nothing here refuses it."""
+    if plan.adapter == "full":
         return None
-    lora = training.get("lora") or {}
-    return lora_problem(r=int(lora.get("r", 16)), target_modules=lora.get("target_modules"), max_rank=max_rank)
+    return lora_problem(r=plan.lora.r, target_modules=plan.lora.target_modules, max_rank=max_rank)
 
 
 def adapter_problem(
