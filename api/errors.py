@@ -7,13 +7,16 @@ the server and answered with a generic message, never a traceback.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.protocol.base import ErrorResponse
 
 log = logging.getLogger("tunery.api")
 
@@ -52,6 +55,85 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 def not_found(message: str, param: str | None = "id") -> APIError:
     return APIError(404, message, type=NOT_FOUND, param=param, code=None)
+
+
+class ServiceError(Exception):
+    """A failure a service (api/services/) reports, free of any transport: what went wrong (the class), a message
+    written for the client, and OpenAI's ``param`` and ``code``. The REST API answers it with OpenAI's error body
+    and the HTTP status of its class (:func:`api_error`); the gRPC API will map the class to a status code."""
+
+    type: ClassVar[str] = INVALID_REQUEST
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequest(ServiceError):
+    """The request cannot be served as sent (400)."""
+
+
+class NotFound(ServiceError):
+    """The named object does not exist for the caller (404)."""
+
+
+class TooLarge(ServiceError):
+    """The request's data is over a size limit (413)."""
+
+
+class Conflict(ServiceError):
+    """The object is being changed by another request; the same request may succeed if retried (409)."""
+
+
+class Unavailable(ServiceError):
+    """The service cannot serve this now (503). ``retry_after`` (seconds) when a retry later will be served; None
+    when retrying will not help until the configuration changes."""
+
+    type = SERVER_ERROR
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, retry_after: int | None = None
+    ):
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
+
+
+class RateLimited(Unavailable):
+    """Too many requests are waiting (429)."""
+
+    type = "rate_limit_error"
+
+
+# Most specific class first: RateLimited is an Unavailable.
+HTTP_STATUS: dict[type[ServiceError], int] = {
+    RateLimited: 429,
+    Unavailable: 503,
+    InvalidRequest: 400,
+    NotFound: 404,
+    TooLarge: 413,
+    Conflict: 409,
+}
+
+
+def api_error(e: ServiceError) -> APIError:
+    """A service's typed error as the REST API answers it: OpenAI's error body with the HTTP status of its class."""
+    status = next((code for cls, code in HTTP_STATUS.items() if isinstance(e, cls)), 500)
+    headers: dict[str, str] = {}
+    if isinstance(e, Unavailable):
+        headers = {"retry-after": str(e.retry_after)} if e.retry_after else {"x-should-retry": "false"}
+    elif isinstance(e, Conflict):
+        headers = {"x-should-retry": "true"}
+    return APIError(status, e.message, type=e.type, param=e.param, code=e.code, headers=headers)
+
+
+# What a router declares its failures to be in /openapi.json (``APIRouter(responses=...)``): OpenAI's error body.
+# ("4XX" also keeps FastAPI from documenting its own 422, which Tunery answers as a 400 in OpenAI's shape.)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "The request was refused: OpenAI's error object."},
+    "5XX": {"model": ErrorResponse, "description": "The server failed or cannot serve now: OpenAI's error object."},
+}
 
 
 def error_response(err: APIError) -> JSONResponse:
@@ -106,26 +188,35 @@ def _pick(errs: list[dict[str, Any]]) -> dict[str, Any]:
     return (specific or same)[0]
 
 
+def invalid_request(errs: Sequence[Any]) -> InvalidRequest:
+    """Pydantic's validation errors (``ValidationError.errors()``) of a typed request as one InvalidRequest naming
+    the most specific failure, in OpenAI's words."""
+    first = _pick(list(errs)) if errs else {"loc": (), "msg": "invalid request"}
+    param = _loc_to_param(tuple(first.get("loc", ())))
+    kind = first.get("type", "")
+    if kind == "missing":
+        message = f"Missing required parameter: '{param}'." if param else "Missing required parameter."
+    elif kind == "json_invalid":
+        message = "We could not parse the JSON body of your request. Send valid JSON."
+        param = None
+    else:
+        msg = str(first.get("msg", "invalid value"))
+        message = f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."
+    return InvalidRequest(message, param=param)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
 
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(api_error(exc))
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = list(exc.errors())
-        first = _pick(errs) if errs else {"loc": (), "msg": "invalid request"}
-        param = _loc_to_param(tuple(first.get("loc", ())))
-        kind = first.get("type", "")
-        if kind == "missing":
-            message = f"Missing required parameter: '{param}'." if param else "Missing required parameter."
-        elif kind == "json_invalid":
-            message = "We could not parse the JSON body of your request. Send valid JSON."
-            param = None
-        else:
-            msg = str(first.get("msg", "invalid value"))
-            message = f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."
-        return error_response(APIError(400, message, param=param, code=None))
+        return error_response(api_error(invalid_request(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -90,7 +90,7 @@ JOB_STATE_FIELDS = {"status", "error", "finished_at", "pause_requested", "cancel
 NOT_JOBS = {
     ("api/errors.py", "self", "status"): "APIError's HTTP status",
     ("serving/errors.py", "self", "status"): "the serving error's HTTP status",
-    ("api/uploads.py", "upload", "status"): "an Upload",
+    ("api/services/uploads.py", "upload", "status"): "an Upload",
     ("scheduler/preprocess.py", "f", "status"): "a File",
 }
 STATE_FOLDERS = ("api", "scheduler", "serving", "tunery")
@@ -185,7 +185,7 @@ def test_only_the_job_state_machine_writes_a_job_s_state():
         ("Job(id='x', status='queued')", True),
         ("s.execute(update(Job).where(Job.id == 'x').values(status='failed'))", True),
         ("f.status = 'processed'", False),  # listed for this file as a File
-        ("upload.status = 'completed'", True),  # listed for api/uploads.py only
+        ("upload.status = 'completed'", True),  # listed for api/services/uploads.py only
         ("update(File).values(status='processed')", False),
         ("File(id='x', status='processed')", False),
         ("job.status == 'queued'", False),

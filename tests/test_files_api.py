@@ -12,8 +12,8 @@ import openai
 import pytest
 from sqlalchemy import select, update
 
-from api.files import base64_chunks
-from api.uploads import Purpose
+from api.protocol.files import Purpose
+from api.services.files import base64_chunks
 from scheduler import expiry
 from scheduler.expiry import sweep_expired_files
 from tests.configurations import (  # noqa: F401 (each server test runs embedded and on PostgreSQL + S3)

@@ -1,0 +1,134 @@
+"""The base models every family's protocol builds on.
+
+- :class:`OpenAIRequest`: a request OpenAI defines. A field Tunery does not model is accepted, kept (the vLLM
+  backend passes it on) and logged once per request with a warning naming it: new SDKs send new fields, and a
+  client must not break because the SDK moved ahead of the server. Its parts (a message, an option object) are
+  :class:`OpenAIObject`\\ s, which keep unknown fields the same way and leave the warning to the request.
+- :class:`TuneryExtension`: a section of Tunery's own extensions (the ``tunery.*`` fields). Tunery defines every
+  field there, so an unknown one is a mistake worth a 400, not a warning.
+- :class:`OpenAIResponse`: an object Tunery answers with. Its JSON schema (what ``/openapi.json`` publishes) says
+  exactly what is sent: a field with a default is always sent and so required; a field declared with
+  :func:`omitted` is left out when it is None (OpenAI's optional, non-nullable fields such as a file's
+  ``expires_at``) and is neither required nor nullable.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Generic, Literal, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger("tunery.api")
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _unknown(value: Any, where: str) -> list[str]:
+    """The paths (``messages[0].foo``) of the undeclared fields of ``value`` and its OpenAI parts."""
+    if isinstance(value, OpenAIObject):
+        found = [_join(where, k) for k in value.model_extra or {}]
+        for name in type(value).model_fields:
+            found += _unknown(getattr(value, name), _join(where, name))
+        return found
+    if isinstance(value, list):
+        return [path for i, item in enumerate(value) for path in _unknown(item, f"{where}[{i}]")]
+    return []
+
+
+class OpenAIObject(BaseModel):
+    """A part of an OpenAI request: fields it does not declare are accepted and kept (reported by the request)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def unknown_fields(self) -> list[str]:
+        """The fields this object and its parts carry that their models do not declare, as dotted paths."""
+        return _unknown(self, "")
+
+
+class OpenAIRequest(OpenAIObject):
+    """A whole OpenAI request. Validating one logs a warning naming its unknown fields, if it has any."""
+
+    @model_validator(mode="after")
+    def _warn_unknown_fields(self) -> Self:
+        unknown = self.unknown_fields()
+        if unknown:
+            log.warning(
+                "%s: accepted field(s) Tunery does not know: %s", type(self).__name__, ", ".join(sorted(unknown))
+            )
+        return self
+
+
+class TuneryExtension(BaseModel):
+    """A section of Tunery's own ``tunery.*`` extensions: every field is Tunery's, so an unknown one is a 400."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def omitted(description: str | None = None) -> Any:
+    """A response field that is left out, not sent as null, when it is None (OpenAI's optional fields that are not
+    nullable)."""
+    return Field(default=None, exclude_if=lambda v: v is None, description=description)
+
+
+def _schema_as_sent(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """An :func:`omitted` field is neither required nor nullable: when it is sent, it has a value."""
+    required = schema.get("required", [])
+    for name, info in cls.model_fields.items():
+        if info.exclude_if is None:
+            continue
+        if name in required:
+            required.remove(name)
+        prop = schema.get("properties", {}).get(name, {})
+        prop.pop("default", None)
+        branches = [b for b in prop.get("anyOf", []) if b != {"type": "null"}]
+        if len(branches) == 1:
+            del prop["anyOf"]
+            prop.update(branches[0])
+    if not required:
+        schema.pop("required", None)
+
+
+class OpenAIResponse(BaseModel):
+    """An object Tunery answers with. Built by the services, never from client input: undeclared fields are a bug
+    (forbidden), except where a subclass passes on what a serving engine answered."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_serialization_defaults_required=True, json_schema_extra=_schema_as_sent
+    )
+
+
+T = TypeVar("T", bound=OpenAIResponse)
+
+
+class CursorPage(OpenAIResponse, Generic[T]):
+    """A page of a cursor-paginated list (api/pagination.py): ``first_id`` and ``last_id`` are empty strings when
+    the page is. A family's list subclasses it with its object type (``class FileList(CursorPage[FileObject])``)."""
+
+    object: Literal["list"] = "list"
+    data: list[T]
+    first_id: str
+    last_id: str
+    has_more: bool
+
+    @classmethod
+    def of(cls, data: list[T], has_more: bool) -> Self:
+        ids = [getattr(item, "id") for item in data]  # noqa: B009 (every listed object has one)
+        return cls(data=data, first_id=ids[0] if ids else "", last_id=ids[-1] if ids else "", has_more=has_more)
+
+
+class Error(OpenAIResponse):
+    """OpenAI's ``Error``: ``type`` is ``invalid_request_error``, ``server_error`` or ``rate_limit_error``."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(OpenAIResponse):
+    """OpenAI's ``ErrorResponse``: the body of every failure (api/errors.py)."""
+
+    error: Error

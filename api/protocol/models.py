@@ -1,0 +1,31 @@
+"""Models: ``/v1/models``, as OpenAI's schema has them (``Model``, ``ListModelsResponse``, ``DeleteModelResponse``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from api.protocol.base import OpenAIResponse
+
+
+class Model(OpenAIResponse):
+    """OpenAI's ``Model``: a base model (owned by ``tunery``), a fine-tuned model or a checkpoint model."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(OpenAIResponse):
+    """OpenAI's ``ListModelsResponse``: every model at once, no pagination."""
+
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class ModelDeleted(OpenAIResponse):
+    """OpenAI's ``DeleteModelResponse``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool

@@ -1,0 +1,239 @@
+"""Files: store an uploaded file (streamed to the object store within a size limit), list, retrieve, delete,
+read back, and Tunery's validation report and presigned URL of a file."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.context import AppContext, Tenant
+from api.errors import InvalidRequest, NotFound, TooLarge
+from api.pagination import page
+from api.protocol.files import (
+    CreateFileRequest,
+    FileDeleted,
+    FileList,
+    FileObject,
+    FileURL,
+    FileValidationReport,
+    ListFilesRequest,
+)
+from tunery import files as lifecycle
+from tunery import ids
+from tunery.db.models import RESULTS_PURPOSE, File
+from tunery.files import live, report_key
+from tunery.storage import CHUNK, ObjectNotFound, ObjectStore
+
+
+def file_object(f: File) -> FileObject:
+    return FileObject(
+        id=f.id,
+        bytes=f.bytes,
+        created_at=f.created_at,
+        expires_at=f.expires_at,
+        filename=f.filename,
+        purpose=f.purpose,  # type: ignore[arg-type]  # one of FilePurpose: the column is written from it
+        status=f.status,  # type: ignore[arg-type]
+        status_details=f.status_details,
+    )
+
+
+def find_file(s: Session, t: Tenant, file_id: str) -> File:
+    """One of the tenant's files; NotFound when there is none, or when it has expired (gone at once, before the
+    scheduler's sweep deletes it: tunery/files.py)."""
+    f = s.scalar(
+        select(File).where(
+            File.id == file_id, File.organization_id == t.organization_id, File.project_id == t.project_id, live()
+        )
+    )
+    if f is None:
+        raise NotFound(f"No such File object: {file_id}", param="id")
+    return f
+
+
+def initial_status(purpose: str) -> str:
+    """Training files are validated by the scheduler (uploaded -> processed | error); others are ready at once."""
+    return "uploaded" if purpose == "fine-tune" else "processed"
+
+
+def clean_filename(name: str | None, default: str = "upload") -> str:
+    """The name a file is stored under: the client's, without any folder, at most 512 characters."""
+    return (name or default).rsplit("/", 1)[-1][:512]
+
+
+def check_training_filename(purpose: str, filename: str, param: str) -> None:
+    if purpose == "fine-tune" and not filename.lower().endswith(".jsonl"):
+        raise InvalidRequest(
+            f"Invalid file format for Fine-Tuning API. Must be .jsonl (got {filename!r}).", param=param
+        )
+
+
+def file_too_large(limit: int) -> TooLarge:
+    return TooLarge(f"File is too large: the limit is {limit} bytes.", param="file", code="file_too_large")
+
+
+def put_limited(
+    store: ObjectStore, key: str, source: BinaryIO, limit: int, too_large: Callable[[], Exception]
+) -> tuple[int, str]:
+    """Copy ``source`` into the store at ``key``: (bytes, sha256) of what was stored. Past ``limit`` it raises
+    ``too_large()``; the store's atomic write leaves nothing behind then."""
+
+    def chunks() -> Iterator[bytes]:
+        total = 0
+        while chunk := source.read(CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise too_large()
+            yield chunk
+
+    return store.put_stream(key, chunks())
+
+
+def base64_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Base64 of a stream of chunks, streamed (each piece a multiple of 3 bytes, so the pieces join into one)."""
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk
+        whole = len(data) - len(data) % 3
+        carry = data[whole:]
+        if whole:
+            yield base64.b64encode(data[:whole])
+    if carry:
+        yield base64.b64encode(carry)
+
+
+@dataclass(frozen=True)
+class FileContent:
+    """A file's bytes as they are served: a stream of chunks, its length and media type."""
+
+    chunks: Iterable[bytes]
+    size: int
+    media_type: str
+    filename: str
+
+
+class FileService:
+    """The caller's files. Blocking (database and object store): run it off the event loop."""
+
+    def __init__(self, ctx: AppContext, tenant: Tenant):
+        self.ctx = ctx
+        self.tenant = tenant
+
+    def _get(self, file_id: str) -> File:
+        with self.ctx.db.session() as s:
+            return find_file(s, self.tenant, file_id)
+
+    def create(self, req: CreateFileRequest, data: BinaryIO) -> FileObject:
+        """Store ``data`` as a new file. Training files are then validated by the scheduler (status ``uploaded``
+        until it has)."""
+        t, limit = self.tenant, self.ctx.settings.max_file_bytes
+        filename = clean_filename(req.filename)
+        check_training_filename(req.purpose, filename, "file")
+        created = int(time.time())
+        file_id = ids.file_id()
+        key = f"files/{file_id}"
+        size, sha = put_limited(self.ctx.store, key, data, limit, lambda: file_too_large(limit))
+        if size == 0:
+            self.ctx.store.delete(key)
+            raise InvalidRequest("The file is empty.", param="file")
+        row = File(
+            id=file_id,
+            organization_id=t.organization_id,
+            project_id=t.project_id,
+            filename=filename,
+            purpose=req.purpose,
+            bytes=size,
+            sha256=sha,
+            object_key=key,
+            created_at=created,
+            expires_at=created + req.expires_after.seconds if req.expires_after else None,
+            status=initial_status(req.purpose),
+            status_details=None,
+        )
+        try:
+            with self.ctx.db.session() as s:
+                s.add(row)
+        except Exception:
+            self.ctx.store.delete(key)
+            raise
+        self.ctx.wake_scheduler()  # it validates new training files
+        return file_object(row)
+
+    def list(self, req: ListFilesRequest) -> FileList:
+        t = self.tenant
+        with self.ctx.db.session() as s:
+            q = select(File).where(File.organization_id == t.organization_id, File.project_id == t.project_id, live())
+            if req.purpose:
+                q = q.where(File.purpose == req.purpose)
+            rows, more = page(s, File, q, after=req.after, limit=req.limit, newest_first=req.order == "desc")
+            return FileList.of([file_object(f) for f in rows], more)
+
+    def retrieve(self, file_id: str) -> FileObject:
+        return file_object(self._get(file_id))
+
+    def delete(self, file_id: str) -> FileDeleted:
+        # The same deletion as the expiry sweep's (tunery/files.py), of one of the tenant's files that has not expired.
+        t = self.tenant
+        mine = (File.organization_id == t.organization_id, File.project_id == t.project_id, live())
+        if not lifecycle.delete_file(self.ctx.db, self.ctx.store, file_id, *mine):
+            raise NotFound(f"No such File object: {file_id}", param="id")
+        return FileDeleted(id=file_id, deleted=True)
+
+    def content(self, file_id: str) -> FileContent:
+        """The file's bytes as stored; a job's results file (purpose ``fine-tune-results``) base64-encoded, as OpenAI
+        serves it, so code written for OpenAI (``base64.b64decode(client.files.content(id).read())``) reads it."""
+        f = self._get(file_id)
+        chunks: Iterable[bytes] = self.ctx.store.iter_chunks(f.object_key)
+        size, media = f.bytes, "text/csv" if f.filename.endswith(".csv") else "application/octet-stream"
+        if f.purpose == RESULTS_PURPOSE:
+            chunks, size, media = base64_chunks(chunks), 4 * ((f.bytes + 2) // 3), "text/plain"
+        return FileContent(chunks, size, media, f.filename)
+
+    def validation(self, file_id: str, model: str | None = None) -> FileValidationReport:
+        """The validation report of a training file. Without ``model``: the report made at upload; with it: the
+        one a job on that base model made when it validated its files."""
+        f = self._get(file_id)
+        if f.purpose != "fine-tune":
+            raise InvalidRequest(
+                f"File {file_id} has purpose {f.purpose!r}: only fine-tune files are validated.", param="id"
+            )
+        if model:
+            try:
+                stored = self.ctx.store.get_bytes(report_key(file_id, model))
+            except ObjectNotFound:
+                raise NotFound(
+                    f"No report of file {file_id} for model {model!r}: one is made when a job on that model "
+                    "validates the file.",
+                    param="model",
+                ) from None
+            return FileValidationReport.model_validate(json.loads(stored))
+        if f.status == "uploaded":
+            return FileValidationReport(file_id=file_id, status="pending")
+        try:
+            return FileValidationReport.model_validate(json.loads(self.ctx.store.get_bytes(report_key(file_id))))
+        except ObjectNotFound:
+            return FileValidationReport.model_validate(
+                {"file_id": file_id, "status": f.status, "status_details": f.status_details}
+            )
+
+    def url(self, file_id: str) -> FileURL:
+        """A presigned URL that downloads the file straight from the object store (S3), without an API key, until
+        ``expires_at`` (``TUNERY_S3_PRESIGN_SECONDS``)."""
+        f = self._get(file_id)
+        seconds = self.ctx.settings.s3_presign_seconds
+        expires_at = int(time.time()) + seconds
+        url = self.ctx.store.presigned_url(f.object_key, expires_in=seconds, filename=f.filename)
+        if url is None:
+            raise InvalidRequest(
+                "This server's object store has no presigned URLs (a local folder): use /v1/files/{id}/content.",
+                param="file_id",
+                code="presigned_urls_unsupported",
+            )
+        return FileURL(id=file_id, url=url, expires_at=expires_at)

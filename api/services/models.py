@@ -1,0 +1,124 @@
+"""Models: the base models of this server, and the caller's fine-tuned and checkpoint models; what a model name
+resolves to (for chat); deleting a fine-tuned model (and unloading it from the serving engine)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from anyio import to_thread
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.context import AppContext, Tenant
+from api.errors import InvalidRequest, NotFound
+from api.protocol.models import Model, ModelDeleted, ModelList
+from serving.engine import ModelRef
+from tunery.db import FineTunedModel
+
+BASE_OWNER = "tunery"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    id: str
+    base_name: str
+    base_path: str
+    adapter_prefix: str | None  # None for a base model
+
+
+def model_ref(model: ResolvedModel) -> ModelRef:
+    """What the serving backend runs for a resolved model."""
+    return ModelRef(
+        base_name=model.base_name,
+        base_path=model.base_path,
+        adapter_name=model.id if model.adapter_prefix else None,
+        adapter_prefix=model.adapter_prefix,
+    )
+
+
+def _created(path: str) -> int:
+    try:
+        return int(os.stat(path).st_mtime)
+    except OSError:
+        return 0
+
+
+def model_not_found(model: str) -> NotFound:
+    return NotFound(
+        f"The model `{model}` does not exist or you do not have access to it.", param="model", code="model_not_found"
+    )
+
+
+def ft_model_object(m: FineTunedModel) -> Model:
+    return Model(id=m.id, created=m.created_at, owned_by=m.owned_by)
+
+
+def resolve_model(s: Session, ctx: AppContext, t: Tenant, model: str) -> ResolvedModel:
+    """A base model of this server, or one of the tenant's fine-tuned models whose base model it serves."""
+    bases = ctx.settings.base_model_paths()
+    if model in bases:
+        return ResolvedModel(model, model, bases[model], None)
+    row = s.scalar(
+        select(FineTunedModel).where(
+            FineTunedModel.id == model,
+            FineTunedModel.organization_id == t.organization_id,
+            FineTunedModel.project_id == t.project_id,
+        )
+    )
+    if row is None or row.base_model not in bases:
+        raise model_not_found(model)
+    return ResolvedModel(row.id, row.base_model, bases[row.base_model], row.object_prefix)
+
+
+class ModelService:
+    """The models the caller can use. ``list``, ``retrieve`` and ``resolve`` block (database): run them off the
+    event loop; ``delete`` is a coroutine (it unloads the model from the serving engine)."""
+
+    def __init__(self, ctx: AppContext, tenant: Tenant):
+        self.ctx = ctx
+        self.tenant = tenant
+
+    def list(self) -> ModelList:
+        t = self.tenant
+        bases = self.ctx.settings.base_model_paths()
+        data = [Model(id=name, created=_created(path), owned_by=BASE_OWNER) for name, path in bases.items()]
+        with self.ctx.db.session() as s:
+            rows = s.scalars(
+                select(FineTunedModel)
+                .where(FineTunedModel.organization_id == t.organization_id, FineTunedModel.project_id == t.project_id)
+                .order_by(FineTunedModel.pk.desc())
+            )
+            data += [ft_model_object(m) for m in rows]
+        return ModelList(data=data)
+
+    def retrieve(self, model: str) -> Model:
+        bases = self.ctx.settings.base_model_paths()
+        if model in bases:
+            return Model(id=model, created=_created(bases[model]), owned_by=BASE_OWNER)
+        with self.ctx.db.session() as s:
+            resolve_model(s, self.ctx, self.tenant, model)
+            row = s.scalar(select(FineTunedModel).where(FineTunedModel.id == model))
+            assert row is not None
+            return ft_model_object(row)
+
+    def resolve(self, model: str) -> ResolvedModel:
+        with self.ctx.db.session() as s:
+            return resolve_model(s, self.ctx, self.tenant, model)
+
+    def _forget(self, model: str) -> ModelRef:
+        with self.ctx.db.session() as s:
+            ref = model_ref(resolve_model(s, self.ctx, self.tenant, model))
+            row = s.scalar(select(FineTunedModel).where(FineTunedModel.id == model))
+            assert row is not None
+            s.delete(row)
+            return ref
+
+    async def delete(self, model: str) -> ModelDeleted:
+        """Delete a fine-tuned model: from then on it is unknown here (404) and unloaded from the engine."""
+        if model in self.ctx.settings.base_model_paths():
+            raise InvalidRequest(f"{model} is a base model; only fine-tuned models can be deleted.", param="model")
+        ref = await to_thread.run_sync(self._forget, model)
+        if self.ctx.serving is not None:
+            await self.ctx.serving.unload(ref)
+        return ModelDeleted(id=model, deleted=True)

@@ -1,0 +1,296 @@
+"""Uploads: a large file sent in parts (each streamed to the object store), assembled into a File.
+
+An upload is ``pending`` while it takes parts, then ``completed`` (with its File), ``cancelled`` or ``expired``.
+Every status change is a conditional UPDATE on ``status = 'pending'``, so of two concurrent ``complete`` calls
+(or a ``complete`` and a ``cancel``, or a part arriving during either) exactly one moves the upload on.
+``complete`` holds the upload in the transient ``completing`` state (shown as ``pending``) while it assembles
+the parts into ``files/{file_id}``; on any failure it deletes what it wrote and puts the upload back to
+``pending`` so the client can retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, BinaryIO, TypeVar
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from api.context import AppContext, Tenant
+from api.errors import Conflict, InvalidRequest, NotFound, ServiceError, TooLarge
+from api.protocol.files import CompleteUploadRequest, CreateUploadRequest
+from api.protocol.files import Upload as UploadObject
+from api.protocol.files import UploadPart as UploadPartObject
+from api.services.files import check_training_filename, file_object, initial_status, put_limited
+from tunery import ids
+from tunery import uploads as lifecycle
+from tunery.db import File, Upload, UploadPart
+
+T = TypeVar("T")
+
+
+def upload_object(u: Upload, f: File | None = None) -> UploadObject:
+    return UploadObject(
+        id=u.id,
+        bytes=u.bytes,
+        created_at=u.created_at,
+        filename=u.filename,
+        purpose=u.purpose,  # type: ignore[arg-type]  # written from CreateUploadRequest.purpose
+        # `completing` is ours alone (one complete request holds the upload): to clients it is still pending.
+        status="pending" if u.status == "completing" else u.status,  # type: ignore[arg-type]
+        expires_at=u.expires_at,
+        file=file_object(f) if f is not None else None,
+    )
+
+
+def part_object(p: UploadPart) -> UploadPartObject:
+    return UploadPartObject(id=p.id, created_at=p.created_at, upload_id=p.upload_id)
+
+
+def part_too_large(limit: int) -> TooLarge:
+    return TooLarge(f"Part is too large: the limit is {limit} bytes.", param="data", code="part_too_large")
+
+
+_NOT_PENDING = {
+    "completed": "has already been completed",
+    "completing": "is being completed by another request",
+    "cancelled": "has been cancelled",
+    "expired": "has expired",
+}
+
+
+class UploadService:
+    """The caller's uploads. Blocking (database and object store): run it off the event loop."""
+
+    def __init__(self, ctx: AppContext, tenant: Tenant):
+        self.ctx = ctx
+        self.tenant = tenant
+
+    def _mine(self) -> tuple[Any, ...]:
+        t = self.tenant
+        return (Upload.organization_id == t.organization_id, Upload.project_id == t.project_id)
+
+    def _takes_changes(self, upload_id: str, at: int) -> tuple[Any, ...]:
+        """The WHERE clause of every transition out of ``pending``: this tenant's upload, pending, not expired."""
+        return (Upload.id == upload_id, *self._mine(), Upload.status == "pending", Upload.expires_at > at)
+
+    def refusal(self, upload_id: str, action: str) -> ServiceError | None:
+        """Why a transition out of ``pending`` did not apply: an error to raise, or None if it may be tried again."""
+        ctx, at = self.ctx, lifecycle.now()
+
+        def read() -> Upload | None:
+            with ctx.db.session() as s:
+                return s.scalar(select(Upload).where(Upload.id == upload_id, *self._mine()))
+
+        u = read()
+        if u is not None and u.status in ("pending", "completing") and u.expires_at <= at:
+            # Expire it lazily (the scheduler's sweep may not have come by yet), so the answer says "expired".
+            lifecycle.expire(ctx.db, ctx.store, upload_id, at)
+            u = read()
+        if u is None:
+            return NotFound(f"No such Upload object: {upload_id}", param="upload_id")
+        if u.status == "pending" and u.expires_at > at:
+            return None  # a concurrent complete failed and gave the upload back in the meantime
+        state = _NOT_PENDING.get(u.status, f"is {u.status}")
+        return InvalidRequest(f"Upload {upload_id} {state}: {action}.", code="upload_not_pending")
+
+    def _transition(self, upload_id: str, action: str, fn: Callable[[Session, int], T | None]) -> T:
+        """Run ``fn(session, now)`` (whose first statement is the conditional UPDATE; it returns None when that
+        matched nothing) until it applies or the upload's state says why it cannot."""
+        for _ in range(5):
+            at = lifecycle.now()
+            with self.ctx.db.session() as s:
+                out = fn(s, at)
+            if out is not None:
+                return out
+            err = self.refusal(upload_id, action)
+            if err is not None:
+                raise err
+        raise Conflict(f"Upload {upload_id} is changing concurrently; try again.", code="upload_busy")
+
+    def create(self, req: CreateUploadRequest) -> UploadObject:
+        t, limit = self.tenant, self.ctx.settings.max_upload_bytes
+        if req.bytes > limit:
+            raise InvalidRequest(
+                f"Upload is too large: {req.bytes} bytes declared, the limit is {limit} bytes.",
+                param="bytes",
+                code="upload_too_large",
+            )
+        filename = req.filename.rsplit("/", 1)[-1]
+        if not filename:
+            raise InvalidRequest("Invalid filename.", param="filename")
+        check_training_filename(req.purpose, filename, "filename")
+        created = lifecycle.now()
+        row = Upload(
+            id=ids.upload_id(),
+            organization_id=t.organization_id,
+            project_id=t.project_id,
+            filename=filename,
+            purpose=req.purpose,
+            bytes=req.bytes,
+            mime_type=req.mime_type,
+            created_at=created,
+            expires_at=created + self.ctx.settings.upload_expiry_seconds,
+            status="pending",
+            file_expires_after=req.expires_after.seconds if req.expires_after else None,
+            file_id=None,
+        )
+        with self.ctx.db.session() as s:
+            s.add(row)
+        return upload_object(row)
+
+    def add_part(self, upload_id: str, data: BinaryIO) -> UploadPartObject:
+        t, limit = self.tenant, self.ctx.settings.max_upload_part_bytes
+        # Refuse early (before writing anything) when the upload cannot take parts.
+        err = self.refusal(upload_id, "no parts can be added")
+        if err is not None:
+            raise err
+        part_id = ids.part_id()
+        key = lifecycle.part_key(upload_id, part_id)
+
+        # put_stream removes its temporary object when the part is too large: nothing is left behind.
+        try:
+            size, _ = put_limited(self.ctx.store, key, data, limit, lambda: part_too_large(limit))
+        except ServiceError:
+            raise
+        except Exception:
+            # On S3, a cancel or expiry meanwhile aborts the part's multipart upload: say so, not 500.
+            err = self.refusal(upload_id, "no parts can be added")
+            if err is not None:
+                raise err from None
+            raise
+        if size == 0:
+            self.ctx.store.delete(key)
+            raise InvalidRequest("The part is empty.", param="data")
+        row = UploadPart(
+            id=part_id,
+            upload_id=upload_id,
+            organization_id=t.organization_id,
+            project_id=t.project_id,
+            created_at=lifecycle.now(),
+            bytes=size,
+            object_key=key,
+        )
+
+        def register(s: Session, at: int) -> UploadPart | None:
+            # Touching the upload row locks it against a concurrent complete/cancel until this commits, so
+            # a part is either in the list complete reads or refused here.
+            hit = s.execute(update(Upload).where(*self._takes_changes(upload_id, at)).values(status=Upload.status))
+            if hit.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            s.add(row)
+            return row
+
+        try:
+            self._transition(upload_id, "no parts can be added", register)
+        except BaseException:
+            self.ctx.store.delete(key)
+            raise
+        return part_object(row)
+
+    def complete(self, upload_id: str, req: CompleteUploadRequest) -> UploadObject:
+        ctx, t = self.ctx, self.tenant
+        seen: set[str] = set()
+        for pid in req.part_ids:
+            if pid in seen:
+                raise InvalidRequest(f"Part {pid} is listed more than once in part_ids.", param="part_ids")
+            seen.add(pid)
+        file_id = ids.file_id()
+        key = f"files/{file_id}"
+
+        def begin(s: Session, at: int) -> Upload | None:
+            hit = s.execute(
+                update(Upload).where(*self._takes_changes(upload_id, at)).values(status="completing", file_id=file_id)
+            )
+            if hit.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return s.scalar(select(Upload).where(Upload.id == upload_id))
+
+        upload: Upload = self._transition(upload_id, "it cannot be completed", begin)
+        # This request now holds the upload (`completing`): until it finishes, no part, cancel or complete gets in.
+        try:
+            with ctx.db.session() as s:
+                parts = {p.id: p for p in s.scalars(select(UploadPart).where(UploadPart.upload_id == upload_id))}
+            for pid in req.part_ids:
+                if pid not in parts:
+                    raise InvalidRequest(f"Part {pid} does not belong to Upload {upload_id}.", param="part_ids")
+            total = sum(parts[pid].bytes for pid in req.part_ids)
+            if total != upload.bytes:
+                raise _bytes_mismatch(upload, total)
+
+            md5 = hashlib.md5(usedforsecurity=False)
+            try:
+                # Streamed, or on S3 copied server-side when the parts are large enough (see ObjectStore.compose).
+                size, sha = ctx.store.compose(key, [parts[pid].object_key for pid in req.part_ids], md5.update)
+                if size != upload.bytes:  # a part changed under us in the store
+                    raise _bytes_mismatch(upload, size)
+                if req.md5 is not None and req.md5.strip().lower() != md5.hexdigest():
+                    raise InvalidRequest(
+                        f"The md5 checksum of the assembled file is {md5.hexdigest()}, not {req.md5!r} as given.",
+                        param="md5",
+                        code="md5_mismatch",
+                    )
+                created = lifecycle.now()
+                f = File(
+                    id=file_id,
+                    organization_id=t.organization_id,
+                    project_id=t.project_id,
+                    filename=upload.filename,
+                    purpose=upload.purpose,
+                    bytes=size,
+                    sha256=sha,
+                    object_key=key,
+                    created_at=created,
+                    expires_at=created + upload.file_expires_after if upload.file_expires_after else None,
+                    status=initial_status(upload.purpose),
+                    status_details=None,
+                )
+                with ctx.db.session() as s:
+                    done = s.execute(
+                        update(Upload)
+                        .where(Upload.id == upload_id, Upload.status == "completing", Upload.file_id == file_id)
+                        .values(status="completed")
+                    )
+                    if done.rowcount != 1:  # type: ignore[attr-defined]  # given up as stale by the expiry sweep
+                        raise InvalidRequest(f"Upload {upload_id} has expired.", code="upload_not_pending")
+                    s.add(f)
+                    s.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id))
+                    upload.status = "completed"
+            except BaseException:
+                ctx.store.delete(key)
+                raise
+        except BaseException:
+            with ctx.db.session() as s:  # give the upload back so the client can fix the request and retry
+                s.execute(
+                    update(Upload)
+                    .where(Upload.id == upload_id, Upload.status == "completing", Upload.file_id == file_id)
+                    .values(status="pending", file_id=None)
+                )
+            raise
+        # Every part, listed or not, has served its purpose.
+        lifecycle.discard(ctx.store, upload_id, [p.object_key for p in parts.values()])
+        ctx.wake_scheduler()  # it validates new training files
+        return upload_object(upload, f)
+
+    def cancel(self, upload_id: str) -> UploadObject:
+        def cancel(s: Session, at: int) -> tuple[Upload, list[str]] | None:
+            hit = s.execute(update(Upload).where(*self._takes_changes(upload_id, at)).values(status="cancelled"))
+            if hit.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            keys = lifecycle.drop_parts(s, upload_id)
+            row = s.scalar(select(Upload).where(Upload.id == upload_id))
+            assert row is not None
+            return row, keys
+
+        upload, keys = self._transition(upload_id, "it cannot be cancelled", cancel)
+        lifecycle.discard(self.ctx.store, upload_id, keys)
+        return upload_object(upload)
+
+
+def _bytes_mismatch(upload: Upload, got: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"The parts add up to {got} bytes, but the Upload was created with bytes={upload.bytes}.",
+        param="part_ids",
+        code="upload_bytes_mismatch",
+    )
