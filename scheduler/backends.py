@@ -55,8 +55,15 @@ class Backend(ABC):
     adopts_runs: bool = False
 
     @abstractmethod
-    def launch(self, job_id: str, spec_ref: str, log_path: Path) -> str:
-        """Start a run; returns a handle stored with the job."""
+    def launch(self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None) -> str:
+        """Start a run with the job's ``runtime`` (:meth:`runtime` when it was queued); returns a handle stored with
+        the job."""
+
+    def runtime(self) -> dict[str, Any] | None:
+        """What this backend launches runs with now (a Kubernetes pod's image, resources, placement), snapshotted
+        into a job when it is queued so that a change of settings does not alter a queued or resumed job; None when
+        there is nothing to snapshot (a local process)."""
+        return None
 
     @abstractmethod
     def status(self, handle: str) -> RunStatus: ...
@@ -73,8 +80,8 @@ class Backend(ABC):
         """The handle of a run of ``job_id`` started by an earlier scheduler process, if it still exists."""
         return None
 
-    def gpus_per_run(self) -> int:
-        """GPUs one run takes (counted against TUNERY_PROJECT_GPU_QUOTA)."""
+    def gpus_per_run(self, runtime: dict[str, Any] | None = None) -> int:
+        """GPUs one run with ``runtime`` takes (counted against TUNERY_PROJECT_GPU_QUOTA)."""
         return 0
 
     def sweep(self, active: set[str]) -> int:
@@ -92,7 +99,7 @@ class LocalProcessBackend(Backend):
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
-    def launch(self, job_id: str, spec_ref: str, log_path: Path) -> str:
+    def launch(self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None) -> str:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         with open(log_path, "ab") as log:

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from scheduler.backends import Backend, LaunchRefused
+from scheduler.backends import LaunchRefused
 from scheduler.claims import Claims
+from scheduler.context import SchedulerContext, SchedulerPart
 from scheduler.preprocess import job_files
 from scheduler.quota import quota_decision
 from scheduler.runs import TrainerLogs, fail, fail_in
 from scheduler.specs import build_spec
 from tunery import ids, jobstate
-from tunery.db import Database, FineTunedModel, Job
+from tunery.db import FineTunedModel, Job
 from tunery.db.ops import add_event, now
 from tunery.jobspec import JobSpec
 from tunery.jobstate import ErrorCode, JobError, JobStatus
-from tunery.metrics import Metrics
-from tunery.settings import Settings
-from tunery.storage import ObjectStore
 
 log = logging.getLogger("tunery.scheduler")
 
@@ -29,27 +28,12 @@ DELETED_INPUT = "The training file (or the mix file, or the fine-tuned model the
 LAUNCHES_PER_PASS = 32  # jobs a backend that queues its own runs (Kubernetes) is given in one scheduler pass
 
 
-class Dispatcher:
+class Dispatcher(SchedulerPart):
     """Launches queued jobs: claims them (oldest first) up to the free run slots and starts their trainer runs."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        db: Database,
-        store: ObjectStore,
-        backend: Backend,
-        metrics: Metrics,
-        claims: Claims,
-        logs: TrainerLogs,
-        reporting_address: str,
-    ):
-        self.settings = settings
-        self.db = db
-        self.store = store
-        self.backend = backend
-        self.metrics = metrics
+    def __init__(self, ctx: SchedulerContext, claims: Claims, logs: TrainerLogs, reporting_address: str):
+        super().__init__(ctx)
         self.claims = claims
-        self.replica_id = claims.replica_id
         self.logs = logs
         self.reporting_address = reporting_address
         self._quota_noted: set[str] = set()  # jobs whose wait for quota was already said in an event
@@ -71,10 +55,9 @@ class Dispatcher:
         free = LAUNCHES_PER_PASS if self.backend.adopts_runs else self.settings.max_concurrent_runs - (mine or 0)
         if free <= 0:
             return
-        gpus = self.backend.gpus_per_run()
         waits: list[tuple[str, str]] = []
 
-        def claim(s: Session) -> list[tuple[str, str, JobSpec]]:
+        def claim(s: Session) -> list[tuple[str, str, JobSpec, dict[str, Any] | None]]:
             waits.clear()
             counts = dict(running_by_project)
             # Locked rows are being claimed by another replica: skip them rather than wait and launch them twice.
@@ -85,10 +68,13 @@ class Dispatcher:
                 .order_by(Job.pk)
                 .with_for_update(skip_locked=True)
             )
-            claimed: list[tuple[str, str, JobSpec]] = []
+            claimed: list[tuple[str, str, JobSpec, dict[str, Any] | None]] = []
             for job in s.scalars(q):
                 if len(claimed) >= free:
                     break
+                # Snapshotted when the job was queued; a job queued before runtimes were stored takes today's.
+                runtime = job.runtime or self.backend.runtime()
+                gpus = self.backend.gpus_per_run(runtime)
                 running = counts.get(job.project_id, 0)
                 decision = quota_decision(
                     self.settings, running_jobs=running, gpus_in_use=running * gpus, gpus_needed=gpus
@@ -106,18 +92,19 @@ class Dispatcher:
                     continue
                 self.store.put_bytes(spec.spec_key(), spec.model_dump_json(indent=2).encode())
                 job.run_token = token
+                job.runtime = runtime
                 job.attempts += 1
                 jobstate.start(job, now())
                 self.claims.claim(job)
                 add_event(s, job.id, "Fine-tuning job started")
-                claimed.append((job.id, token, spec))
+                claimed.append((job.id, token, spec, runtime))
                 counts[job.project_id] = running + 1
             return claimed
 
         # The jobs are marked running (committed) first, then their trainers start and their handles are recorded.
-        for job_id, token, spec in self.db.transaction(claim):
+        for job_id, token, spec, runtime in self.db.transaction(claim):
             self._quota_noted.discard(job_id)
-            self._start_run(job_id, token, spec)
+            self._start_run(job_id, token, spec, runtime)
         for job_id, message in waits:
             self._note_wait(job_id, message)
 
@@ -160,9 +147,10 @@ class Dispatcher:
             device=self.settings.trainer_device,
         )
 
-    def _start_run(self, job_id: str, token: str, spec: JobSpec) -> None:
+    def _start_run(self, job_id: str, token: str, spec: JobSpec, runtime: dict[str, Any] | None) -> None:
         try:
-            handle = self.backend.launch(job_id, f"{self.store.url}#{spec.spec_key()}", self.logs.path(job_id))
+            ref = f"{self.store.url}#{spec.spec_key()}"
+            handle = self.backend.launch(job_id, ref, self.logs.path(job_id), runtime)
         except LaunchRefused as e:
             log.warning("the trainer of %s was not started: %s", job_id, e.message)
             fail(self.db, job_id, JobError(e.code, e.message))

@@ -32,7 +32,7 @@ from kubernetes.client.rest import ApiException
 from scheduler.backends import Backend, LaunchRefused, RunEvent, RunStatus
 from scheduler.k8s_manifests import (
     LABEL_JOB,
-    gpus_per_run,
+    TrainerRuntime,
     headless_service_manifest,
     job_manifest,
     make_handle,
@@ -102,8 +102,15 @@ class KubernetesBackend(Backend):
         self._seen_pods: dict[str, set[str]] = {}  # job name -> pods seen running or pending
         self._version: tuple[int, int] | None = None
 
-    def gpus_per_run(self) -> int:
-        return gpus_per_run(self.settings)
+    def runtime(self) -> dict[str, Any] | None:
+        return TrainerRuntime.from_settings(self.settings).model_dump()
+
+    def gpus_per_run(self, runtime: dict[str, Any] | None = None) -> int:
+        return self._runtime(runtime).gpus_per_run
+
+    def _runtime(self, runtime: dict[str, Any] | None) -> TrainerRuntime:
+        """A job's runtime; a job queued before runtimes were stored runs with the settings'."""
+        return TrainerRuntime.model_validate(runtime) if runtime else TrainerRuntime.from_settings(self.settings)
 
     def server_version(self) -> tuple[int, int]:
         if self._version is None:
@@ -111,12 +118,13 @@ class KubernetesBackend(Backend):
         return self._version
 
     # Launch ------------------------------------------------------------------------------------------
-    def launch(self, job_id: str, spec_ref: str, log_path: Path) -> str:
-        if not self.settings.k8s_trainer_image:
+    def launch(self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None) -> str:
+        rt = self._runtime(runtime)
+        if not rt.image:
             raise LaunchRefused(
                 "No trainer image is configured: set TUNERY_K8S_TRAINER_IMAGE.", code=ErrorCode.server_error
             )
-        nodes = max(1, self.settings.k8s_nodes_per_job)
+        nodes = rt.nodes
         if nodes > 1 and self.server_version() < INDEXED_JOB_MIN_VERSION:
             major, minor = self.server_version()
             raise LaunchRefused(
@@ -125,7 +133,7 @@ class KubernetesBackend(Backend):
                 f"{major}.{minor}.",
                 code=ErrorCode.unsupported_cluster,
             )
-        manifest = job_manifest(self.settings, job_id=job_id, run=_run_id(), spec_ref=spec_ref)
+        manifest = job_manifest(self.settings, job_id=job_id, run=_run_id(), spec_ref=spec_ref, runtime=rt)
         name = manifest["metadata"]["name"]
         try:
             created = self.batch.create_namespaced_job(self.namespace, manifest)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from tunery.settings import Settings
 
 LABEL_JOB = "tunery.dev/job-id"
@@ -35,15 +37,66 @@ def parse_handle(handle: str) -> tuple[str, str]:
     return ns, name
 
 
+class TrainerRuntime(BaseModel):
+    """What a job's trainer pods run with: the image, the command, the resources and where they may run. Taken from
+    the settings when the job is queued and stored with it (``jobs.runtime``), so a change of settings (a new image,
+    other tolerations) applies to jobs queued afterwards, never to a queued, paused or resumed one."""
+
+    image: str = ""
+    image_pull_policy: str = "IfNotPresent"
+    command: list[str] = Field(default_factory=lambda: ["python", "-m", "trainer"])
+    gpus_per_job: int = 1  # per pod
+    nodes_per_job: int = 1  # > 1: an Indexed Job + headless Service, torchrun across pods
+    gpu_resource: str = "nvidia.com/gpu"
+    cpu_request: str = ""
+    memory_request: str = ""
+    service_account: str = ""
+    credentials_secret: str = ""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    priority_class: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TrainerRuntime:
+        return cls(
+            image=settings.k8s_trainer_image,
+            image_pull_policy=settings.k8s_image_pull_policy,
+            command=list(settings.k8s_trainer_command),
+            gpus_per_job=settings.k8s_gpus_per_job,
+            nodes_per_job=settings.k8s_nodes_per_job,
+            gpu_resource=settings.k8s_gpu_resource,
+            cpu_request=settings.k8s_cpu_request,
+            memory_request=settings.k8s_memory_request,
+            service_account=settings.k8s_service_account,
+            credentials_secret=settings.k8s_credentials_secret,
+            node_selector=dict(settings.k8s_node_selector),
+            tolerations=[dict(t) for t in settings.k8s_tolerations],
+            priority_class=settings.k8s_priority_class,
+        )
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.nodes_per_job)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of one pod."""
+        return max(0, self.gpus_per_job)
+
+    @property
+    def gpus_per_run(self) -> int:
+        return self.gpus * self.nodes
+
+
 def gpus_per_run(settings: Settings) -> int:
-    return max(0, settings.k8s_gpus_per_job) * max(1, settings.k8s_nodes_per_job)
+    return TrainerRuntime.from_settings(settings).gpus_per_run
 
 
 # Manifests -------------------------------------------------------------------------------------------------
-def trainer_command(settings: Settings, spec_ref: str, name: str) -> list[str]:
+def trainer_command(runtime: TrainerRuntime, spec_ref: str, name: str) -> list[str]:
     """The pod's command: the trainer, under torchrun when the run has several GPUs or nodes."""
-    base = list(settings.k8s_trainer_command)
-    gpus, nodes = settings.k8s_gpus_per_job, max(1, settings.k8s_nodes_per_job)
+    base = list(runtime.command)
+    gpus, nodes = runtime.gpus_per_job, runtime.nodes
     if gpus <= 1 and nodes == 1:
         return [*base, "--spec", spec_ref]
     exe = os.path.basename(base[0])
@@ -62,13 +115,20 @@ def trainer_command(settings: Settings, spec_ref: str, name: str) -> list[str]:
 
 
 def job_manifest(
-    settings: Settings, *, job_id: str, run: str, spec_ref: str, namespace: str | None = None
+    settings: Settings,
+    *,
+    job_id: str,
+    run: str,
+    spec_ref: str,
+    namespace: str | None = None,
+    runtime: TrainerRuntime | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job of one run (a plain dict, as sent to the API server)."""
+    """The batch/v1 Job of one run (a plain dict, as sent to the API server), with the job's ``runtime`` (the
+    settings' when None)."""
+    rt = runtime or TrainerRuntime.from_settings(settings)
     ns = namespace or settings.k8s_namespace
     name = job_name(job_id, run)
-    nodes = max(1, settings.k8s_nodes_per_job)
-    gpus = max(0, settings.k8s_gpus_per_job)
+    nodes, gpus = rt.nodes, rt.gpus
     labels = {
         "app.kubernetes.io/name": "tunery-trainer",
         "app.kubernetes.io/managed-by": "tunery",
@@ -77,12 +137,12 @@ def job_manifest(
     }
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
-    if settings.k8s_cpu_request:
-        requests["cpu"] = settings.k8s_cpu_request
-    if settings.k8s_memory_request:
-        requests["memory"] = settings.k8s_memory_request
+    if rt.cpu_request:
+        requests["cpu"] = rt.cpu_request
+    if rt.memory_request:
+        requests["memory"] = rt.memory_request
     if gpus:
-        requests[settings.k8s_gpu_resource] = limits[settings.k8s_gpu_resource] = str(gpus)
+        requests[rt.gpu_resource] = limits[rt.gpu_resource] = str(gpus)
     env: list[dict[str, Any]] = [
         {"name": "TUNERY_JOB_ID", "value": job_id},
         {"name": "TUNERY_RUN", "value": run},
@@ -101,29 +161,29 @@ def job_manifest(
         )
     container: dict[str, Any] = {
         "name": "trainer",
-        "image": settings.k8s_trainer_image,
-        "imagePullPolicy": settings.k8s_image_pull_policy,
-        "command": trainer_command(settings, spec_ref, name),
+        "image": rt.image,
+        "imagePullPolicy": rt.image_pull_policy,
+        "command": trainer_command(rt, spec_ref, name),
         "env": env,
         "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
     }
-    if settings.k8s_credentials_secret:
-        container["envFrom"] = [{"secretRef": {"name": settings.k8s_credentials_secret}}]
+    if rt.credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": rt.credentials_secret}}]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": max(1, round(settings.cancel_grace_seconds)),
         "containers": [container],
     }
-    if settings.k8s_service_account:
-        pod["serviceAccountName"] = settings.k8s_service_account
+    if rt.service_account:
+        pod["serviceAccountName"] = rt.service_account
     else:
         pod["automountServiceAccountToken"] = False  # the trainer never talks to the Kubernetes API
-    if settings.k8s_node_selector:
-        pod["nodeSelector"] = dict(settings.k8s_node_selector)
-    if settings.k8s_tolerations:
-        pod["tolerations"] = [dict(t) for t in settings.k8s_tolerations]
-    if settings.k8s_priority_class:
-        pod["priorityClassName"] = settings.k8s_priority_class
+    if rt.node_selector:
+        pod["nodeSelector"] = dict(rt.node_selector)
+    if rt.tolerations:
+        pod["tolerations"] = [dict(t) for t in rt.tolerations]
+    if rt.priority_class:
+        pod["priorityClassName"] = rt.priority_class
     if gpus > 1 or nodes > 1:
         # NCCL and the DataLoader workers share memory through /dev/shm, which a container keeps at 64 MB.
         pod["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]

@@ -18,8 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scheduler import hardware
-from scheduler.backends import Backend
 from scheduler.claims import Claims, lapsed, release
+from scheduler.context import SchedulerContext, SchedulerPart
 from scheduler.runs import fail, fail_in
 from scheduler.validation import (
     MIX_PARAM,
@@ -32,16 +32,14 @@ from scheduler.validation import (
 )
 from tunery import estimate as estimates
 from tunery import hyperparams, ids, jobstate, servable
-from tunery.db import Database, File, Job
+from tunery.db import File, Job
 from tunery.db.ops import add_event, now
 from tunery.files import report_key
 from tunery.filescan import FileScan, ScanOptions
 from tunery.jobspec import mix_count
 from tunery.jobstate import ErrorCode, JobError, JobStatus
-from tunery.metrics import Metrics
 from tunery.plan import TrainingPlan, check_request, resolve_plan
-from tunery.settings import Settings
-from tunery.storage import ObjectNotFound, ObjectStore
+from tunery.storage import ObjectNotFound
 
 log = logging.getLogger("tunery.scheduler")
 
@@ -55,26 +53,12 @@ def job_files(s: Session, job: Job) -> dict[str, File]:
     return {f.id: f for f in s.scalars(select(File).where(File.id.in_(wanted)))}
 
 
-class Preprocessor:
+class Preprocessor(SchedulerPart):
     """Validates new files and the files of new jobs on its worker threads, and queues the jobs that pass."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        db: Database,
-        store: ObjectStore,
-        backend: Backend,
-        metrics: Metrics,
-        claims: Claims,
-        wake: Callable[[], None],
-    ):
-        self.settings = settings
-        self.db = db
-        self.store = store
-        self.backend = backend
-        self.metrics = metrics
+    def __init__(self, ctx: SchedulerContext, claims: Claims, wake: Callable[[], None]):
+        super().__init__(ctx)
         self.claims = claims
-        self.replica_id = claims.replica_id
         self.wake = wake
         # Validation reads whole files: it runs beside the loop, so cancels and launches never wait for it.
         self._validation = ThreadPoolExecutor(max_workers=VALIDATION_WORKERS, thread_name_prefix="validate")
@@ -291,6 +275,7 @@ class Preprocessor:
                     fail_in(s, job, JobError(ErrorCode.unservable_adapter, unservable.message, unservable.param))
                     return
             job.set_plan(plan)
+            job.runtime = self.backend.runtime()  # what its runs launch with, whatever the settings later say
             job.total_steps = hyperparams.total_steps(n_total, plan.batch_size, plan.n_epochs)
             estimate = self._estimate(job, train_scan, plan)
             job.estimated_finish = now() + round(estimate.gpu_seconds) if estimate else None

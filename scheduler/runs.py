@@ -10,15 +10,14 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scheduler.backends import Backend, RunStatus
+from scheduler.backends import RunStatus
 from scheduler.claims import clear_run, release
+from scheduler.context import SchedulerContext, SchedulerPart
 from tunery import jobstate
 from tunery.db import Database, Job
 from tunery.db.ops import add_event, now
 from tunery.jobstate import ErrorCode, JobError, JobStatus
-from tunery.metrics import Metrics
 from tunery.resume import latest_state
-from tunery.settings import Settings
 from tunery.storage import ObjectStore
 
 log = logging.getLogger("tunery.scheduler")
@@ -80,25 +79,11 @@ class TrainerLogs:
         return lines[-1][-chars:] if lines else ""
 
 
-class RunLifecycle:
+class RunLifecycle(SchedulerPart):
     """This replica's runs once started: cancelled ones are stopped, ended ones reaped, crashed ones queued again."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        db: Database,
-        store: ObjectStore,
-        backend: Backend,
-        metrics: Metrics,
-        replica_id: str,
-        logs: TrainerLogs,
-    ):
-        self.settings = settings
-        self.db = db
-        self.store = store
-        self.backend = backend
-        self.metrics = metrics
-        self.replica_id = replica_id
+    def __init__(self, ctx: SchedulerContext, logs: TrainerLogs):
+        super().__init__(ctx)
         self.logs = logs
 
     def _job_ids(self, *conditions) -> list[str]:  # type: ignore[no-untyped-def]

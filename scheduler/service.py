@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from scheduler.backends import Backend, RunStatus
 from scheduler.claims import Claims
+from scheduler.context import SchedulerContext
 from scheduler.dispatch import Dispatcher
 from scheduler.expiry import ExpirySweep
 from scheduler.preprocess import Preprocessor
@@ -77,11 +78,10 @@ class Scheduler:
         self.file_expiry = ExpirySweep(db, store)
         self.claims = Claims(db, backend, self.replica_id, self.lease_seconds)
         self.logs = TrainerLogs(log_dir, store)
-        self.runs = RunLifecycle(settings, db, store, backend, self.metrics, self.replica_id, self.logs)
-        self.preprocess = Preprocessor(settings, db, store, backend, self.metrics, self.claims, self.wake)
-        self.dispatch = Dispatcher(
-            settings, db, store, backend, self.metrics, self.claims, self.logs, reporting_address
-        )
+        ctx = SchedulerContext(settings, db, store, backend, self.metrics, self.replica_id)
+        self.runs = RunLifecycle(ctx, self.logs)
+        self.preprocess = Preprocessor(ctx, self.claims, self.wake)
+        self.dispatch = Dispatcher(ctx, self.claims, self.logs, reporting_address)
 
     # Lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:

@@ -10,6 +10,7 @@ from scheduler.k8s import server_version
 from scheduler.k8s_manifests import (
     LABEL_JOB,
     LABEL_RUN,
+    TrainerRuntime,
     headless_service_manifest,
     job_manifest,
     job_name,
@@ -205,3 +206,23 @@ def test_a_foreign_run_handle_is_not_a_running_kubernetes_job():
     st = backend.status("pid:1234")
     assert not st.running and st.crashed and "another scheduler backend" in (st.error or "")
     backend.cancel("pid:1234")  # a no-op, not an error
+
+
+def test_a_jobs_runtime_snapshot_outlives_a_change_of_settings() -> None:
+    """The runtime is taken from the settings when a job is queued and stored with it (JSON): a job launched (or
+    resumed) after the settings changed gets the manifest it was queued with."""
+    queued_with = full_settings(k8s_gpus_per_job=2)
+    stored = TrainerRuntime.from_settings(queued_with).model_dump()
+    changed = full_settings(
+        k8s_trainer_image="registry.example.com/tunery/trainer:2.0.0",
+        k8s_tolerations=[],
+        k8s_gpus_per_job=1,
+        k8s_priority_class="",
+    )
+    runtime = TrainerRuntime.model_validate(stored)
+    later = job_manifest(changed, job_id="ftjob-AbC123", run="r1", spec_ref=REF, runtime=runtime)
+    assert later == job_manifest(queued_with, job_id="ftjob-AbC123", run="r1", spec_ref=REF)
+    now = job_manifest(changed, job_id="ftjob-AbC123", run="r1", spec_ref=REF)
+    assert now["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":2.0.0")
+    assert later["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":1.2.3")
+    assert runtime.gpus_per_run == 2 and TrainerRuntime.from_settings(changed).gpus_per_run == 1

@@ -333,6 +333,31 @@ def test_project_concurrency_limit_keeps_the_second_job_queued(k8s_server, kube_
     _wait(lambda: not _jobs(kube_api, kube_namespace), 30, "Jobs deleted")
 
 
+def test_a_queued_job_keeps_the_runtime_it_was_queued_with(k8s_server, kube_api, kube_namespace):  # noqa: F811
+    """A job queued while the trainer image was A runs with A after the settings say B; one queued after, with B."""
+    srv = k8s_server(project_max_concurrent_jobs=1)
+    first = _long_job(srv)
+    second = _long_job(srv)
+    _wait(lambda: any("Waiting for a free slot" in m for m in srv.events(second.id)), 60, "the second job's wait event")
+    srv.settings.k8s_trainer_image = "tunery/trainer:v2"
+    third = _long_job(srv)
+    _wait(lambda: srv.client.fine_tuning.jobs.retrieve(third.id).status == "queued", 60, "third queued")
+
+    def image_of(job_id: str) -> str:
+        [job] = [j for j in _jobs(kube_api, kube_namespace) if j.metadata.labels[LABEL_JOB] == job_id]
+        return job.spec.template.spec.containers[0].image
+
+    for done, started, image in ((first, second, "tunery/trainer:test"), (second, third, "tunery/trainer:v2")):
+        srv.client.fine_tuning.jobs.cancel(done.id)
+        _wait(lambda started=started: srv.client.fine_tuning.jobs.retrieve(started.id).status == "running", 60, "next")
+        _wait(lambda started=started: any(
+            j.metadata.labels[LABEL_JOB] == started.id for j in _jobs(kube_api, kube_namespace)
+        ), 30, "its Job")  # fmt: skip
+        assert image_of(started.id) == image
+    srv.client.fine_tuning.jobs.cancel(third.id)
+    _wait(lambda: not _jobs(kube_api, kube_namespace), 30, "Jobs deleted")
+
+
 def test_full_manifest_passes_the_live_servers_validation(kube_api, kube_namespace):  # noqa: F811
     sched = client.SchedulingV1Api(kube_api)
     try:

@@ -149,7 +149,7 @@ def test_successful_run_reports_and_writes_everything(
             == hashlib.sha256(store.get_bytes("files/file-valid")).hexdigest()
         )
         assert manifest["seed"] == spec.seed
-        assert manifest["hyperparameters"]["learning_rate"] == spec.hyperparameters.learning_rate
+        assert manifest["hyperparameters"]["learning_rate"] == spec.plan.learning_rate
         assert manifest["lora"]["r"] == 8
         assert {"torch", "transformers", "trl", "peft", "python"} <= set(manifest["versions"])
         assert manifest["metrics"]["step"] == c.step
