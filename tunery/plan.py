@@ -65,22 +65,32 @@ class LoraOptions(BaseModel):
         return v
 
 
-class TrainingOptions(BaseModel):
+class PlainOptions(BaseModel):
+    """The training options a plan takes as they were asked (no ``auto``, nothing to resolve). Both the request
+    (:class:`TrainingOptions`) and the plan (:class:`TrainingPlan`) have them: a new option of this kind is one
+    field here and its TRL mapping (``trainer/config.py``)."""
+
+    lr_scheduler_type: hyperparams.LrScheduler = "linear"
+    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] | None = None  # when set, wins over warmup_ratio
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = 1.0  # 0 turns clipping off
+    train_on_inputs: bool = False  # loss on every token, not only the assistant's
+    adapter: Adapter = "lora"  # docs/adapters.md
+
+
+PLAIN_OPTIONS = frozenset(PlainOptions.model_fields)
+
+
+class TrainingOptions(PlainOptions):
     """``tunery.training``: the training options beyond OpenAI's three hyperparameters (docs/hyperparameters.md)."""
 
     model_config = ConfigDict(extra="forbid")
-    lr_scheduler_type: hyperparams.LrScheduler = "linear"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
-    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
-    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
-    max_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = 1.0
     max_seq_length: Auto | Annotated[int, Field(ge=32, le=131_072)] = "auto"
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=256)] = 1
-    train_on_inputs: bool = False
     n_checkpoints: Auto | Annotated[int, Field(ge=1, le=1000)] = "auto"
     n_evals: Auto | Annotated[int, Field(ge=0, le=1000)] = "auto"
     packing: bool = True
-    adapter: Adapter = "lora"  # docs/adapters.md
     precision: Precision = "auto"
     lora: LoraOptions = Field(default_factory=LoraOptions)
 
@@ -188,7 +198,7 @@ class LoraPlan(BaseModel):
     target_modules: str | list[str] = "all-linear"
 
 
-class TrainingPlan(BaseModel):
+class TrainingPlan(PlainOptions):
     """What the trainer runs: every option resolved (docs/hyperparameters.md). Stored with the job and embedded in
     its JobSpec."""
 
@@ -198,17 +208,11 @@ class TrainingPlan(BaseModel):
     learning_rate_multiplier: float = 1.0
     learning_rate: float = Field(gt=0)
     beta: float | None = Field(default=None, gt=0, le=2)  # DPO's and KTO's beta, ORPO's lambda; None: supervised
-    adapter: Adapter = "lora"
     # bf16 | fp16 | fp32; ``auto`` only where the control plane cannot know the GPU (the trainer resolves it)
     precision: Precision = "auto"
     max_seq_length: int = Field(default=hyperparams.DEFAULT_MAX_SEQ_LENGTH, ge=2)
-    lr_scheduler_type: str = "linear"
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    warmup_steps: int | None = None  # when set, wins over warmup_ratio
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # 0 turns clipping off
     gradient_accumulation_steps: int = Field(default=1, ge=1)  # micro-batches per optimizer step; divides batch_size
-    train_on_inputs: bool = False
     n_checkpoints: int | None = None  # evenly spaced over the run; None: one per epoch
     n_evals: int | None = None  # evaluations of the validation file, evenly spaced; None: one per epoch
     packing: bool = True  # padding-free: each micro-batch is one sequence with per-example position ids
@@ -240,18 +244,13 @@ class TrainingPlan(BaseModel):
     def training_options(self) -> dict[str, Any]:
         """``tunery.training`` as the job object shows it once resolved."""
         return {
-            "lr_scheduler_type": self.lr_scheduler_type,
+            **self.model_dump(include=set(PLAIN_OPTIONS)),
             "warmup_ratio": None if self.warmup_steps is not None else self.warmup_ratio,
-            "warmup_steps": self.warmup_steps,
-            "weight_decay": self.weight_decay,
-            "max_grad_norm": self.max_grad_norm,
             "max_seq_length": self.max_seq_length,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
-            "train_on_inputs": self.train_on_inputs,
             "n_checkpoints": self.n_checkpoints,
             "n_evals": self.n_evals,
             "packing": self.packing,
-            "adapter": self.adapter,
             "precision": self.precision,
             "lora": self.lora.model_dump(),
         }
@@ -278,23 +277,18 @@ def resolve_plan(
     n_evals = (n_epochs if t.n_evals == "auto" else t.n_evals) if has_validation else 0
     warmup_ratio = 0.0 if t.warmup_ratio is None else t.warmup_ratio
     return TrainingPlan(
+        **t.model_dump(include=set(PLAIN_OPTIONS)),
         method=info.name,
         n_epochs=n_epochs,
         batch_size=batch,
         learning_rate_multiplier=multiplier,
         learning_rate=info.base_learning_rate(t.adapter) * multiplier,
         beta=(DEFAULT_BETA if req.beta in (None, "auto") else float(req.beta)) if info.beta else None,
-        adapter=t.adapter,
         precision=precision or t.precision,  # type: ignore[arg-type]
         max_seq_length=t.requested_max_seq_length,
-        lr_scheduler_type=t.lr_scheduler_type,
         warmup_ratio=0.0 if t.warmup_steps is not None else warmup_ratio,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
         # Each batch splits into equal micro-batches: a batch clamped to a small file may lower it.
         gradient_accumulation_steps=hyperparams.largest_divisor_at_most(batch, accum),
-        train_on_inputs=t.train_on_inputs and info.train_on_inputs,
         n_checkpoints=max(1, min(n_ckpt, steps)),
         n_evals=max(0, min(n_evals, steps)),
         packing=t.packing and info.packing,
