@@ -101,6 +101,7 @@ PLAN: dict[str, Any] = {
     "warmup_steps": None,
     "weight_decay": 0.0,
     "max_grad_norm": 1.0,
+    "neftune_noise_alpha": None,
     "gradient_accumulation_steps": 1,
     "train_on_inputs": False,
     "n_checkpoints": 3,

@@ -31,6 +31,7 @@ def test_resolve_training_defaults_and_auto_rules() -> None:
         "warmup_steps": None,
         "weight_decay": 0.0,
         "max_grad_norm": 1.0,
+        "neftune_noise_alpha": None,
         "max_seq_length": 1024,
         "gradient_accumulation_steps": 1,
         "train_on_inputs": False,
@@ -148,8 +149,16 @@ def test_every_option_reaches_the_trl_config() -> None:
 @pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
 def test_the_preference_configs_share_every_option(method: str) -> None:
     """One builder: the same plan gives each preference method the same common fields, and its own on top."""
-    plan = _plan(method=method, beta=0.25, lr_scheduler_type="cosine", warmup_steps=2, gradient_accumulation_steps=2)
+    plan = _plan(
+        method=method,
+        beta=0.25,
+        lr_scheduler_type="cosine",
+        warmup_steps=2,
+        gradient_accumulation_steps=2,
+        neftune_noise_alpha=5.0,
+    )
     args = _config(method, plan)
+    assert args.neftune_noise_alpha == 5.0
     assert (args.beta, args.lr_scheduler_type, args.warmup_steps, args.max_length) == (0.25, "cosine", 2, 1024)
     assert args.gradient_accumulation_steps == 2 and args.learning_rate == 1e-3 and args.seed == 11
     rows = 2 if method == "kto" else 1  # a KTO pair is two rows, side by side
@@ -166,6 +175,7 @@ def test_training_options_validated_with_param(server: Any, upload: Any) -> None
         ({"warmup_ratio": 0.1, "warmup_steps": 3}, "tunery.training"),
         ({"weight_decay": -0.1}, "tunery.training.weight_decay"),
         ({"max_grad_norm": "big"}, "tunery.training.max_grad_norm"),
+        ({"neftune_noise_alpha": 0}, "tunery.training.neftune_noise_alpha"),
         ({"max_seq_length": 8}, "tunery.training.max_seq_length"),
         ({"gradient_accumulation_steps": 0}, "tunery.training.gradient_accumulation_steps"),
         ({"train_on_inputs": "maybe"}, "tunery.training.train_on_inputs"),
@@ -205,6 +215,7 @@ def test_training_options_resolved_stored_and_honoured_by_a_real_run(server: Any
         "warmup_steps": 1,
         "weight_decay": 0.01,
         "max_grad_norm": 0.5,
+        "neftune_noise_alpha": 5.0,
         "max_seq_length": 128,
         "gradient_accumulation_steps": 2,
         "train_on_inputs": True,
@@ -243,6 +254,7 @@ def test_training_options_resolved_stored_and_honoured_by_a_real_run(server: Any
     spec = JobSpec.model_validate_json((objects / f"jobs/{job.id}/spec.json").read_bytes())
     hp = spec.plan
     assert (hp.lr_scheduler_type, hp.warmup_steps, hp.weight_decay, hp.max_grad_norm) == ("cosine", 1, 0.01, 0.5)
+    assert hp.neftune_noise_alpha == 5.0
     assert (hp.max_seq_length, hp.gradient_accumulation_steps, hp.train_on_inputs) == (128, 2, True)
     assert (hp.n_checkpoints, hp.n_evals, hp.packing) == (3, 2, True)
     assert (hp.lora.r, hp.lora.alpha, hp.lora.target_modules) == (4, 8, ["q_proj", "v_proj"])

@@ -37,6 +37,7 @@ def trl_args(
         warmup_steps=plan.warmup_steps if plan.warmup_steps is not None else plan.warmup_ratio,
         weight_decay=plan.weight_decay,
         max_grad_norm=plan.max_grad_norm,
+        neftune_noise_alpha=plan.neftune_noise_alpha,
         seed=seed,
         data_seed=seed,
         max_length=plan.max_seq_length,

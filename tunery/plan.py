@@ -76,6 +76,8 @@ class PlainOptions(BaseModel):
     max_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = 1.0  # 0 turns clipping off
     train_on_inputs: bool = False  # loss on every token, not only the assistant's
     adapter: Adapter = "lora"  # docs/adapters.md
+    # NEFTune: uniform noise of this scale on the input embeddings while training (None: off)
+    neftune_noise_alpha: Annotated[float, Field(gt=0, le=100)] | None = None
 
 
 PLAIN_OPTIONS = frozenset(PlainOptions.model_fields)
