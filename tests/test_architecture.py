@@ -194,3 +194,62 @@ def test_only_the_job_state_machine_writes_a_job_s_state():
 )
 def test_the_job_state_rule_sees_each_kind_of_write(source, flagged):
     assert bool(job_state_writes("scheduler/preprocess.py", source)) is flagged
+
+
+# ---- no import circles -----------------------------------------------------------------------------------------
+PACKAGES = ("api", "scheduler", "serving", "trainer", "tunery")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_level_imports(path: Path, name: str, modules: set[str]) -> set[str]:
+    """The project modules ``path`` imports when it is imported: its top-level imports (and those in top-level
+    ``try``/``if`` blocks), not those inside functions (lazy, on purpose) or under ``if TYPE_CHECKING``."""
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)
+            elif isinstance(node, ast.If | ast.Try):
+                for block in (node.body, node.orelse, getattr(node, "finalbody", [])):
+                    visit(block)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = name.split(".") if is_package else name.split(".")[:-1]
+                    parent = parent[: len(parent) - (node.level - 1)]
+                    base = ".".join([*parent, *([node.module] if node.module else [])])
+                found.update([base, *(f"{base}.{a.name}" for a in node.names)])
+
+    visit(ast.parse(path.read_text()).body)
+    return {m for m in found if m in modules and m != name}
+
+
+def test_no_module_imports_itself_back() -> None:
+    """No circle of module-level imports (trainer/run.py <-> preference.py <-> resume.py was one): each layer can be
+    read, and imported, from its leaves up."""
+    paths = {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    graph = {name: _module_level_imports(path, name, set(paths)) for name, path in paths.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    circles: list[list[str]] = []
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                circles.append([*path[path.index(dep) :], dep])
+            elif dep not in state:
+                walk(dep, [*path, dep])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name, [name])
+    assert not circles, circles

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tunery.methods import METHODS
 
-from . import register
 from .preference import PreferenceMethod
+from .registry import register
 
 
 class DPO(PreferenceMethod):

@@ -9,8 +9,8 @@ from tunery.data import PreferenceRecord
 from tunery.methods import METHODS
 from tunery.plan import TrainingPlan
 
-from . import register
 from .preference import PreferenceMethod, kto_rows
+from .registry import register
 
 
 class KTO(PreferenceMethod):

@@ -14,8 +14,8 @@ from tunery.plan import TrainingPlan
 from ..chat import ChatTemplateError, ChatTokenizer, TokenizedSet
 from ..data_options import apply_options
 from ..errors import TrainerError
-from . import register
 from .base import Datasets, TrainerMethod
+from .registry import register
 
 if TYPE_CHECKING:
     from ..base import TrainingRun
