@@ -191,3 +191,16 @@ def test_a_preference_job_on_a_fine_tuned_model_continues_its_adapter(
         if method == "dpo":
             first = _losses(servicer)[1]
             assert first == pytest.approx(math.log(2), abs=1e-3)
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
+def test_a_preference_run_honours_its_precision(tmp_path: Path, tiny_model_dir: Path, method: str) -> None:
+    """Regression: the preference methods ignored ``precision`` (and trained fp32 whatever was asked). bf16 on this
+    CPU-only trainer is refused before the model is loaded, as for supervised jobs."""
+    from trainer.errors import TrainerError
+
+    spec = _spec(tmp_path, tiny_model_dir, "127.0.0.1:1", method, "lora")
+    spec = spec.model_copy(update={"plan": spec.plan.model_copy(update={"precision": "bf16"})})
+    with pytest.raises(TrainerError) as e:
+        _run(spec)
+    assert (e.value.code, e.value.param) == ("unsupported_hardware", "tunery.training.precision")
