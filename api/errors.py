@@ -22,7 +22,6 @@ log = logging.getLogger("tunery.api")
 
 # The `type` values Tunery uses (the SDK dispatches on the status; these follow OpenAI's names).
 INVALID_REQUEST = "invalid_request_error"
-NOT_FOUND = "invalid_request_error"
 SERVER_ERROR = "server_error"
 
 
@@ -51,10 +50,6 @@ class APIError(Exception):
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
-
-
-def not_found(message: str, param: str | None = "id") -> APIError:
-    return APIError(404, message, type=NOT_FOUND, param=param, code=None)
 
 
 class ServiceError(Exception):

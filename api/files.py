@@ -7,13 +7,12 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
-from api.errors import ERROR_RESPONSES, InvalidRequest, NotFound, api_error
+from api.errors import ERROR_RESPONSES, InvalidRequest
 from api.pagination import limit_param
 from api.protocol.files import (
     MAX_EXPIRY,
@@ -27,20 +26,11 @@ from api.protocol.files import (
     FileValidationReport,
     ListFilesRequest,
 )
-from api.services.files import FileService, file_too_large, find_file
+from api.services.files import FileService, file_too_large
 from api.streams import multipart_form
-from tunery.db.models import UPLOAD_PURPOSES, File
+from tunery.db.models import UPLOAD_PURPOSES
 
 router = APIRouter(responses=ERROR_RESPONSES)
-
-
-def get_file(session: Session, t: Tenant, file_id: str) -> File:
-    """:func:`api.services.files.find_file` raising APIError, as api/jobs.py and api/estimates.py expect (they
-    catch it) until the jobs family calls the service."""
-    try:
-        return find_file(session, t, file_id)
-    except NotFound as e:
-        raise api_error(e) from None
 
 
 def file_service(ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> FileService:

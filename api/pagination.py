@@ -4,7 +4,7 @@ One rule for every list: ``limit`` is at least 1 and has no maximum a client can
 :data:`MAX_PAGE` objects, however many were asked for); an ``after`` that names no object of the list (never existed,
 deleted, or another list's) is the end of the list, an empty page, never a 400 (a checkpoint whose model was
 deleted keeps its place); every list answers
-``first_id`` and ``last_id`` as strings (empty when the page is).
+``first_id`` and ``last_id`` as strings (empty when the page is: :class:`api.protocol.base.CursorPage`).
 """
 
 from __future__ import annotations
@@ -46,13 +46,3 @@ def page(
     query = query.order_by(model.pk.desc() if newest_first else model.pk.asc()).limit(limit + 1)
     rows = list(session.scalars(query))
     return rows[:limit], len(rows) > limit
-
-
-def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else "",
-        "last_id": data[-1]["id"] if data else "",
-        "has_more": has_more,
-    }

@@ -1,0 +1,300 @@
+"""Fine-tuning jobs: create one (after the checks it shares with the dry run, :mod:`api.services.prepare`), list,
+retrieve, cancel, pause and resume them, list a job's events and checkpoints, and the dry run
+(:mod:`api.services.estimates`).
+
+A job is created ``validating_files``; the scheduler takes it from there (scheduler/). Cancel, pause and resume
+are transitions of the job state machine (tunery/jobstate.py), each written in one transaction with its event, after
+which the scheduler is woken to act on it. Pause (docs/resilience.md): a running job becomes ``paused`` at once; its
+trainer is told in the reply to its next report, saves its full state at the next step boundary and exits. Resume:
+a paused job goes back to ``queued``, and its next run continues from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.context import AppContext, Tenant
+from api.errors import InvalidRequest, NotFound
+from api.pagination import page
+from api.protocol.jobs import (
+    CheckpointMetrics,
+    CheckpointTunery,
+    CreateJob,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobError,
+    FineTuningJobEstimate,
+    FineTuningJobEvent,
+    JobHyperparameters,
+    JobIntegration,
+    JobMethod,
+    JobTunery,
+    ListFineTuningJobCheckpointsResponse,
+    ListFineTuningJobEventsResponse,
+    ListJobCheckpointsRequest,
+    ListJobEventsRequest,
+    ListJobsRequest,
+    ListPaginatedFineTuningJobsResponse,
+)
+from api.services import estimates
+from api.services.prepare import prepare_job
+from tunery import ids, jobstate
+from tunery.db import Checkpoint, FineTunedModel, Job, JobEvent
+from tunery.db.ops import add_event, now
+from tunery.jobstate import JobStatus
+from tunery.plan import PlanRequest
+
+
+# ---- rows -> OpenAI's objects ------------------------------------------------------------------------------------
+def job_object(j: Job) -> FineTuningJob:
+    # Tunery's extensions (resolved, defaults filled in), only on jobs created with the field ``tunery``: a plain
+    # OpenAI-shaped job has exactly OpenAI's fields. Every job stores ``tunery.training`` (and a dpo job
+    # ``tunery.method``); ``tunery.data`` is stored exactly when the request had ``tunery`` (:func:`_extensions`;
+    # before ``tunery.training`` existed, ``extensions`` itself was stored only then).
+    tunery = (j.extensions or {}).get("tunery")
+    return FineTuningJob(
+        id=j.id,
+        created_at=j.created_at,
+        error=FineTuningJobError.model_validate(j.error) if j.error is not None else None,
+        # The name is reserved when the job is queued (checkpoints use it) but shown only once it exists.
+        fine_tuned_model=j.fine_tuned_model if j.status == JobStatus.succeeded else None,
+        finished_at=j.finished_at,
+        hyperparameters=JobHyperparameters.model_validate(j.hyperparameters),
+        model=j.model,
+        organization_id=j.organization_id,
+        result_files=list(j.result_files or []),
+        seed=j.seed,
+        status=JobStatus(j.status),
+        trained_tokens=j.trained_tokens,
+        training_file=j.training_file,
+        validation_file=j.validation_file,
+        integrations=[JobIntegration.model_validate(i) for i in j.integrations or []],
+        estimated_finish=j.estimated_finish,
+        method=JobMethod.model_validate(j.method),
+        metadata=j.job_metadata,
+        user_provided_suffix=j.suffix,
+        tunery=JobTunery.model_validate(tunery) if tunery is not None and "data" in tunery else None,
+    )
+
+
+def event_object(e: JobEvent) -> FineTuningJobEvent:
+    return FineTuningJobEvent(
+        id=e.id,
+        created_at=e.created_at,
+        level=e.level,  # type: ignore[arg-type]  # info | warn | error: tunery.db.ops.add_event's callers
+        message=e.message,
+        type=e.type,  # type: ignore[arg-type]  # message | metrics
+        data=e.data or {},
+    )
+
+
+def checkpoint_object(c: Checkpoint, best: bool | None = None) -> FineTuningJobCheckpoint:
+    return FineTuningJobCheckpoint(
+        id=c.id,
+        created_at=c.created_at,
+        fine_tuned_model_checkpoint=c.fine_tuned_model_checkpoint,
+        fine_tuning_job_id=c.job_id,
+        step_number=c.step_number,
+        metrics=CheckpointMetrics.model_validate(c.metrics or {}),
+        # Tunery's extension: the checkpoint with the lowest validation loss (docs/adapters.md).
+        tunery=None if best is None else CheckpointTunery(best=best),
+    )
+
+
+def best_checkpoint_step(metrics_by_step: list[tuple[int, dict[str, Any] | None]]) -> int | None:
+    """The step of the checkpoint with the lowest ``valid_loss`` (the earliest on a tie); None without one."""
+    best: tuple[float, int] | None = None
+    for step, metrics in metrics_by_step:
+        loss = (metrics or {}).get("full_valid_loss", (metrics or {}).get("valid_loss"))
+        if isinstance(loss, int | float) and loss == loss and (best is None or (loss, step) < best):
+            best = (float(loss), step)
+    return best[1] if best else None
+
+
+def find_job(s: Session, t: Tenant, job_id: str) -> Job:
+    """One of the tenant's jobs; NotFound when there is none."""
+    job = s.scalar(
+        select(Job).where(Job.id == job_id, Job.organization_id == t.organization_id, Job.project_id == t.project_id)
+    )
+    if job is None:
+        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+    return job
+
+
+def _extensions(req: CreateJob, request: PlanRequest) -> dict[str, Any]:
+    """What the job stores under ``extensions``: ``tunery.training`` always (resolved when the files are
+    validated), ``tunery.data`` when the request has ``tunery`` (its presence is how :func:`job_object` knows the
+    job asked for its extensions: only then does the job object carry ``tunery``), ``tunery.method`` for a dpo
+    job."""
+    out: dict[str, Any] = {"training": request.training.model_dump()}
+    if req.tunery is not None:
+        out = {"data": req.tunery.data.model_dump(), **out}
+    if request.method != "supervised":
+        out["method"] = {"trainer": request.method}
+    return {"tunery": out}
+
+
+class JobService:
+    """The caller's fine-tuning jobs. Blocking (database; the dry run also the object store and a tokenizer): run
+    it off the event loop."""
+
+    def __init__(self, ctx: AppContext, tenant: Tenant):
+        self.ctx = ctx
+        self.tenant = tenant
+
+    def create(self, req: CreateJob) -> FineTuningJob:
+        """A new job, ``validating_files``: the scheduler validates its files, then queues it."""
+        t = self.tenant
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        with self.ctx.db.session() as s:
+            prepared = prepare_job(s, self.ctx, t, req)
+            request = prepared.request
+            job = Job(
+                id=ids.job_id(),
+                organization_id=t.organization_id,
+                project_id=t.project_id,
+                created_at=now(),
+                model=req.model,
+                base_model=prepared.base_model,
+                training_file=req.training_file,
+                validation_file=req.validation_file,
+                suffix=req.suffix,
+                seed=seed,
+                job_metadata=req.metadata,
+                method=request.openai_method(),
+                hyperparameters=request.openai_hyperparameters(),
+                integrations=[],
+                extensions=_extensions(req, request),
+                result_files=[],
+                attempts=0,
+            )
+            jobstate.create(job)
+            s.add(job)
+            s.flush()
+            add_event(s, job.id, f"Created fine-tuning job: {job.id}")
+            files = f"Validating training file: {req.training_file}"
+            if req.validation_file:
+                files += f" and validation file: {req.validation_file}"
+            add_event(s, job.id, files)
+            out = job_object(job)
+        self.ctx.wake_scheduler()
+        return out
+
+    def dry_run(self, req: CreateJob) -> FineTuningJobEstimate:
+        """What the job would cost, without creating it: :func:`api.services.estimates.dry_run`."""
+        return estimates.dry_run(self.ctx, self.tenant, req)
+
+    def list(self, req: ListJobsRequest) -> ListPaginatedFineTuningJobsResponse:
+        """The tenant's jobs, newest first; with ``metadata``, those whose metadata has every pair given."""
+        t, wanted = self.tenant, req.metadata or {}
+        with self.ctx.db.session() as s:
+            q = select(Job).where(Job.organization_id == t.organization_id, Job.project_id == t.project_id)
+            if not wanted:
+                rows, more = page(s, Job, q, after=req.after, limit=req.limit)
+                return ListPaginatedFineTuningJobsResponse.of([job_object(j) for j in rows], more)
+            # Metadata is JSON: filter in Python, page by page, so SQLite and PostgreSQL behave the same.
+            matched: list[Job] = []
+            cursor, more = req.after, True
+            while more and len(matched) <= req.limit:
+                rows, more = page(s, Job, q, after=cursor, limit=200)
+                matched += [j for j in rows if all((j.job_metadata or {}).get(k) == v for k, v in wanted.items())]
+                cursor = rows[-1].id if rows else None
+            objects = [job_object(j) for j in matched[: req.limit]]
+            return ListPaginatedFineTuningJobsResponse.of(objects, len(matched) > req.limit)
+
+    def retrieve(self, job_id: str) -> FineTuningJob:
+        with self.ctx.db.session() as s:
+            return job_object(find_job(s, self.tenant, job_id))
+
+    def _change(self, job_id: str, change: Callable[[Session, Job], None]) -> FineTuningJob:
+        """Apply ``change`` (cancel, pause, resume) to one of the tenant's jobs in one transaction, wake the
+        scheduler to act on it, and answer the job."""
+
+        def apply(s: Session) -> FineTuningJob:
+            job = find_job(s, self.tenant, job_id)
+            change(s, job)
+            return job_object(job)
+
+        out = self.ctx.db.transaction(apply)
+        self.ctx.wake_scheduler()
+        return out
+
+    def cancel(self, job_id: str) -> FineTuningJob:
+        """Cancel a job that has not finished: at once if it waits; a run is stopped by the scheduler."""
+
+        def cancel(s: Session, job: Job) -> None:
+            try:
+                jobstate.cancel(job, now())
+            except jobstate.IllegalTransition:
+                raise InvalidRequest(
+                    f"Job {job_id} has already {'been cancelled' if job.status == 'cancelled' else job.status}.",
+                    param="fine_tuning_job_id",
+                    code="job_not_cancellable",
+                ) from None
+            add_event(s, job.id, "Fine-tuning job cancelled")
+
+        return self._change(job_id, cancel)
+
+    def pause(self, job_id: str) -> FineTuningJob:
+        """Pause a running job: ``paused`` at once; its trainer saves its state at the next step and stops."""
+
+        def pause(s: Session, job: Job) -> None:
+            try:
+                jobstate.pause(job)
+            except jobstate.IllegalTransition:
+                raise InvalidRequest(
+                    f"Job {job_id} is {job.status}; only a running job can be paused.",
+                    param="fine_tuning_job_id",
+                    code="job_not_pausable",
+                ) from None
+            add_event(s, job.id, "Pausing fine-tuning job: the trainer saves its state at the next step and stops")
+
+        return self._change(job_id, pause)
+
+    def resume(self, job_id: str) -> FineTuningJob:
+        """Resume a paused job: ``queued``, to continue from its newest complete checkpoint."""
+
+        def resume(s: Session, job: Job) -> None:
+            try:
+                jobstate.resume(job)
+            except jobstate.IllegalTransition:
+                raise InvalidRequest(
+                    f"Job {job_id} is {job.status}; only a paused job can be resumed.",
+                    param="fine_tuning_job_id",
+                    code="job_not_resumable",
+                ) from None
+            add_event(s, job.id, "Fine-tuning job resumed: queued to continue from its last checkpoint")
+
+        return self._change(job_id, resume)
+
+    def events(self, job_id: str, req: ListJobEventsRequest) -> ListFineTuningJobEventsResponse:
+        """The job's events, newest first."""
+        with self.ctx.db.session() as s:
+            find_job(s, self.tenant, job_id)
+            events = select(JobEvent).where(JobEvent.job_id == job_id)
+            rows, more = page(s, JobEvent, events, after=req.after, limit=req.limit)
+            return ListFineTuningJobEventsResponse.of([event_object(e) for e in rows], more)
+
+    def checkpoints(self, job_id: str, req: ListJobCheckpointsRequest) -> ListFineTuningJobCheckpointsResponse:
+        """The job's checkpoints whose models exist, newest first, the run's best one marked (``tunery.best``)."""
+        with self.ctx.db.session() as s:
+            find_job(s, self.tenant, job_id)
+            # A checkpoint is listed while its model is: DELETE /v1/models/{ft:...:ckpt-step-N} deletes the model row
+            # (the checkpoint's row stays, as the job's record; so do its objects).
+            servable = select(FineTunedModel.id).where(FineTunedModel.id == Checkpoint.fine_tuned_model_checkpoint)
+            made = select(Checkpoint).where(Checkpoint.job_id == job_id)
+            rows, more = page(
+                s, Checkpoint, made.where(servable.exists()), after=req.after, limit=req.limit, cursors=made
+            )
+            # The best checkpoint is the run's, among all it made: a deleted best leaves no other one marked.
+            all_metrics = s.execute(
+                select(Checkpoint.step_number, Checkpoint.metrics).where(Checkpoint.job_id == job_id)
+            ).all()
+            best = best_checkpoint_step([(step, metrics) for step, metrics in all_metrics])
+            objects = [checkpoint_object(c, None if best is None else c.step_number == best) for c in rows]
+            return ListFineTuningJobCheckpointsResponse.of(objects, more)

@@ -1,0 +1,171 @@
+"""The checks of a job request, in one place: job creation (:meth:`api.services.jobs.JobService.create`) and its dry
+run (:mod:`api.services.estimates`) both start with :func:`prepare_job`, so the dry run refuses exactly what job
+creation refuses.
+
+What is checked here: the model (a base model of this server, or one of the tenant's ``ft:`` models, which must be
+a LoRA or QLoRA adapter), the request's shape (metadata bounds, the method and its section, integrations), the
+training plan it asks for (:func:`tunery.plan.check_request`: what its method supports, options that contradict
+each other) and its files (the tenant's, uploaded for fine-tuning). The files' contents are checked later: by the
+scheduler for a job, at once for a dry run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.context import AppContext, Tenant
+from api.errors import InvalidRequest, NotFound
+from api.protocol.jobs import CreateJob
+from api.services.files import find_file
+from tunery.db import FineTunedModel, Job
+from tunery.plan import DPOHyperparameters, Hyperparameters, PlanRequest, TrainingOptions, check_request
+
+
+def _check_metadata(md: dict[str, str] | None) -> None:
+    if md is None:
+        return
+    if len(md) > 16:
+        raise InvalidRequest("metadata can have at most 16 keys.", param="metadata")
+    for k, v in md.items():
+        if len(k) > 64:
+            raise InvalidRequest(f"metadata key {k[:20]!r}... is longer than 64 characters.", param="metadata")
+        if len(v) > 512:
+            raise InvalidRequest(f"metadata value for {k!r} is longer than 512 characters.", param="metadata")
+
+
+def _method_hyperparameters(req: CreateJob) -> Hyperparameters | None:
+    method = req.method
+    if method and method.supervised and method.supervised.hyperparameters:
+        return method.supervised.hyperparameters
+    if method and method.dpo and method.dpo.hyperparameters:
+        return method.dpo.hyperparameters
+    return None
+
+
+def plan_request(req: CreateJob) -> PlanRequest:
+    """The training plan the request asks for (``auto`` where it leaves a choice), after the checks of its shape:
+    the method's hyperparameters win over the deprecated top-level ones; a ``reinforcement`` job is refused."""
+    method_type = req.method.type if req.method else "supervised"
+    trainer = req.tunery.method.trainer if req.tunery and req.tunery.method else None
+    if method_type == "reinforcement":
+        raise InvalidRequest(
+            "Fine-tuning method 'reinforcement' is not supported; use 'supervised' or 'dpo'.",
+            param="method.type",
+            code="unsupported_method",
+        )
+    for other in ("supervised", "dpo", "reinforcement"):
+        if req.method and other != method_type and getattr(req.method, other) is not None:
+            raise InvalidRequest(
+                f"method.{other} is given, but method.type is {method_type!r}: give the section of that method.",
+                param=f"method.{other}",
+                code="invalid_method",
+            )
+    if trainer is not None and method_type != "dpo":
+        raise InvalidRequest(
+            f"tunery.method.trainer selects a preference trainer, so it needs method.type 'dpo' (got {method_type!r}).",
+            param="tunery.method.trainer",
+            code="invalid_method",
+        )
+    chosen = _method_hyperparameters(req) or req.hyperparameters or Hyperparameters()
+    return PlanRequest(
+        method=(trainer or "dpo") if method_type == "dpo" else "supervised",
+        hyperparameters=DPOHyperparameters(**chosen.model_dump()),
+        training=req.tunery.training if req.tunery else TrainingOptions(),
+    )
+
+
+def _check_file(s: Session, t: Tenant, file_id: str, param: str) -> None:
+    try:
+        f = find_file(s, t, file_id)
+    except NotFound:
+        raise InvalidRequest(
+            f"Invalid file ID: {file_id}. No such file.", param=param, code="invalid_file_id"
+        ) from None
+    if f.purpose != "fine-tune":
+        raise InvalidRequest(
+            f"File {file_id} has purpose {f.purpose!r}; fine-tuning needs a file uploaded with purpose 'fine-tune'.",
+            param=param,
+            code="invalid_file_purpose",
+        )
+
+
+def _parent_base_model(s: Session, t: Tenant, req: CreateJob, base_models: dict[str, str]) -> str:
+    """The base model of a job whose ``model`` is a fine-tuned model (``ft:...`` or ``ft:...:ckpt-step-N``): training
+    continues from that model's adapter, on its base model (docs/adapters.md)."""
+    row = s.scalar(
+        select(FineTunedModel).where(
+            FineTunedModel.id == req.model,
+            FineTunedModel.organization_id == t.organization_id,
+            FineTunedModel.project_id == t.project_id,
+        )
+    )
+    if row is None or row.base_model not in base_models:
+        raise InvalidRequest(
+            f"Model {req.model!r} does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_available",
+        )
+    parent = s.scalar(select(Job).where(Job.id == row.job_id))
+    parent_training = ((parent.extensions or {}).get("tunery") or {}).get("training") or {} if parent else {}
+    if parent_training.get("adapter") == "full":
+        raise InvalidRequest(
+            f"Model {req.model!r} was fully fine-tuned; only LoRA and QLoRA models can be fine-tuned further.",
+            param="model",
+            code="model_not_available",
+        )
+    adapter = req.tunery.training.adapter if req.tunery else "lora"
+    if adapter == "full":
+        raise InvalidRequest(
+            f"Model {req.model!r} is a LoRA adapter: fine-tuning it continues that adapter, so the adapter must be "
+            "'lora' or 'qlora', not 'full'.",
+            param="tunery.training.adapter",
+        )
+    return row.base_model
+
+
+@dataclass
+class PreparedJob:
+    """A job request that passed every check job creation and the dry run share."""
+
+    req: CreateJob
+    base_model: str  # the model's, or for an ft: model its base model's
+    request: PlanRequest
+
+
+def prepare_job(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> PreparedJob:
+    """The checks of ``POST /v1/fine_tuning/jobs`` and of its dry run; InvalidRequest names the first failure."""
+    base_models = ctx.settings.base_model_paths()
+    if req.model not in base_models and not req.model.startswith("ft:"):
+        available = ", ".join(base_models) or "none configured"
+        raise InvalidRequest(
+            f"Model {req.model!r} is not available for fine-tuning. Available base models: {available}, or one of "
+            "your fine-tuned models (ft:...).",
+            param="model",
+            code="model_not_available",
+        )
+    if req.integrations:
+        raise InvalidRequest(
+            "Integrations are not supported yet.", param="integrations", code="unsupported_integration"
+        )
+    _check_metadata(req.metadata)
+    request = plan_request(req)
+    mix = req.tunery.data.mix if req.tunery else None
+    problem = check_request(
+        request,
+        has_validation=bool(req.validation_file),
+        continuing=req.model not in base_models,
+        data_mix=mix is not None,
+        explicit=frozenset(req.tunery.training.model_fields_set) if req.tunery else frozenset(),
+    )
+    if problem is not None:
+        raise InvalidRequest(problem.message, param=problem.param, code=problem.code)
+    base_model = req.model if req.model in base_models else _parent_base_model(s, t, req, base_models)
+    _check_file(s, t, req.training_file, "training_file")
+    if req.validation_file:
+        _check_file(s, t, req.validation_file, "validation_file")
+    if mix is not None:
+        _check_file(s, t, mix.file, "tunery.data.mix.file")
+    return PreparedJob(req, base_model, request)
