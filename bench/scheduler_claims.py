@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scheduler.backends import Backend, RunStatus
 from scheduler.service import Scheduler
-from tests.test_scheduler_replicas import Replicas
+from tests.scheduler.test_claims import Replicas
 from tunery.settings import Settings
 from tunery.storage import open_store
 

@@ -6,7 +6,7 @@
 A module imports ``configuration``, ``configuration_object_store`` and ``configuration_metadata_store`` to run each
 server test once per configuration (their skip/fail rules are the stores' own: skipped without the servers, failed
 under CI=true). The Kubernetes trainer backend of the production configuration has its own end-to-end suite
-(tests/test_kubernetes.py), since a Kubernetes run needs the test kubelet.
+(tests/scheduler/test_k8s.py), since a Kubernetes run needs the test kubelet.
 """
 
 from __future__ import annotations

@@ -253,3 +253,15 @@ def test_no_module_imports_itself_back() -> None:
         if name not in state:
             walk(name, [name])
     assert not circles, circles
+
+
+def test_tests_mirror_the_modules_they_test() -> None:
+    """Tests of ``api/``, ``scheduler/``, ``serving/``, ``trainer/`` and ``tunery/`` live in the folder of the same
+    name under ``tests/``; whole-system tests in ``e2e/``, the chart's in ``helm/``, the images' in ``deploy/``."""
+    allowed = {*PACKAGES, "e2e", "helm", "deploy"}
+    tests = ROOT / "tests"
+    stray = sorted(p.name for p in tests.glob("test_*.py") if p.name != "test_architecture.py")
+    folders = {p.parent.relative_to(tests).parts[0] for p in tests.glob("*/test_*.py")}
+    assert not stray, stray
+    assert folders <= allowed, folders - allowed
+    assert all((tests / f / "__init__.py").is_file() for f in folders)

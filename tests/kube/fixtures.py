@@ -1,4 +1,4 @@
-"""Pytest fixtures of the Kubernetes tests (imported by tests/test_kubernetes.py, not a conftest).
+"""Pytest fixtures of the Kubernetes tests (imported by tests/scheduler/test_k8s.py, not a conftest).
 
 ``kube_cluster``: the real control plane (session). ``kubelet``: the test kubelet with two 2-GPU nodes
 (session). ``kube_namespace``: a fresh namespace per test, its Jobs and pods removed afterwards.

@@ -2,7 +2,7 @@
 families (files, uploads, models, chat and legacy completions, fine-tuning jobs): every route declares what it
 answers, and every property OpenAI requires of an answer is required there too, with a compatible type. Plus the
 typed layer's rules: unknown OpenAI fields are accepted and logged, unknown ``tunery.*`` fields are a 400, services
-raise typed errors and run without HTTP (the jobs family's own cases: tests/test_openapi_jobs.py)."""
+raise typed errors and run without HTTP (the jobs family's own cases: tests/api/test_openapi_jobs.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from scheduler.validation import REPORT_OBJECT
 from tests.conftest import TINY
 from tests.schema import SPEC
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("/v1/files", "/v1/uploads", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/fine_tuning/jobs")
 # OpenAI operations of these families Tunery does not serve: stored chat completions.
 NOT_SERVED = {("get", "/chat/completions")}

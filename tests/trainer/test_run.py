@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cl
 
 __all__ = ["reporting_server"]  # a fixture (tiny_model_dir comes from conftest.py)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPEC_KEY = "jobs/ftjob-test/spec.json"
 
 
@@ -225,7 +225,7 @@ def test_sigterm_stops_at_step_boundary(tmp_path: Path, tiny_model_dir: Path, re
     proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()
     out = wait(proc, timeout=30)
-    # Preempted: it saves its state at the step boundary first (tests/test_resilience.py checks the state).
+    # Preempted: it saves its state at the step boundary first (tests/trainer/test_resume.py checks the state).
     assert proc.returncode == EXIT_PREEMPTED, out[-5000:]
     assert time.monotonic() - sent < 10
     assert not any(f.succeeded for f in servicer.of("Finished"))

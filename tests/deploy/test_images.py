@@ -15,7 +15,7 @@ import pytest
 
 from tests.helm_tools import skip_or_fail
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DOCKERFILES = ["control-plane.Dockerfile", "trainer.Dockerfile", "serving.Dockerfile"]
 HEAVY = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "datasets", "nvidia-")

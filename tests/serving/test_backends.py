@@ -26,7 +26,7 @@ from tests.serving_fixtures import register_model
 from tunery import servable
 from tunery.plan import TrainingPlan
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HI = [{"role": "user", "content": "hi"}]
 TARGETS = "tunery.training.lora.target_modules"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_preference import preference_examples
+from tests.trainer.test_preference import preference_examples
 from tests.trainer_fixtures import chat_examples, jsonl_bytes, make_spec, pausing_server
 from trainer.errors import RunStopped
 from trainer.reporter import Reporter

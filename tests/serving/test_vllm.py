@@ -22,8 +22,8 @@ from sqlalchemy import select
 from serving.engine import EmbeddedEngine, ModelRef, SamplingParams
 from tests.conftest import MODEL_CACHE, TINY, chat_lines, free_port
 from tests.schema import validate
+from tests.serving.test_backends import chat_load
 from tests.serving_fixtures import make_adapter, register_model
-from tests.test_serving_backends import chat_load
 from tests.vllm_server import VLLMServer, run_vllm, vllm_python
 from tunery.db import FineTunedModel
 from tunery.settings import Settings

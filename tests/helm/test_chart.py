@@ -1,7 +1,7 @@
 """The Helm chart (helm/tunery), offline: lint, schema, validity for current Kubernetes, settings, RBAC, security.
 
 helm and kubectl come from a pinned PyPI wheel (tests/tools/fetch_helm.py); the cluster tests are in
-tests/test_helm_cluster.py.
+tests/helm/test_cluster.py.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ import io
 
 import pytest
 
+from tests.api.test_jobs import preference_lines
 from tests.conftest import TINY
 from tests.schema import validate
-from tests.test_jobs_api import preference_lines
 
 pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
 

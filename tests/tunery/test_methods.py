@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from tests.api.test_jobs import preference_lines
 from tests.conftest import TINY
 from tests.schema import validate
 from tests.serving_fixtures import register_model
-from tests.test_jobs_api import preference_lines
 from tunery.methods import ADAPTERS, METHODS, PRECISIONS, method_info, unsupported
 
 PARENT = "ft:tiny-llama:personal::parent1"

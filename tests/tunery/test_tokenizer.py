@@ -18,8 +18,8 @@ import pytest
 import tunery.filescan as filescan
 from scheduler.validation import file_report
 from tests.conftest import chat_lines
-from tests.test_data_formats import PREFERENCE, SUPERVISED, TOOL_CHAT, jsonl
 from tests.trainer_fixtures import smol_tokenizer
+from tests.tunery.test_data import PREFERENCE, SUPERVISED, TOOL_CHAT, jsonl
 from trainer.chat import ChatTokenizer, end_of_turn_tokens
 from tunery.chattemplate import ChatTemplate, SkeletonRenderer
 from tunery.data import ChatMessage, ChatRecord

@@ -210,7 +210,7 @@ def test_tunery_data_options_stored_returned_and_validated(tiny_server_factory):
     assert validated.data["train_examples"] == 50
 
     # Defaults filled in; jobs without the field carry no data options (only the training options, which every
-    # job has: tests/test_training_options.py).
+    # job has: tests/tunery/test_plan.py).
     only_dups = srv.client.fine_tuning.jobs.create(
         model=TINY, training_file=train, extra_body={"tunery": {"data": {"drop_duplicates": True}}}
     )

@@ -16,7 +16,7 @@ from scheduler.validation import check_file
 from tests.conftest import TINY
 from tunery.storage import LocalObjectStore
 
-CORPUS = Path(__file__).parent / "data" / "malformed"
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "malformed"
 EXPECTED: dict[str, dict[str, object]] = json.loads((CORPUS / "expected.json").read_text())
 
 

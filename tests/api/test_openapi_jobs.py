@@ -1,6 +1,7 @@
 """The typed layer of the fine-tuning jobs family (api/protocol/jobs.py, api/services/jobs.py): an unknown OpenAI
 field in a job request is accepted and logged, an unknown ``tunery.*`` field is a 400 naming it, and the service
-runs without HTTP, answering OpenAI's objects. (Its routes against OpenAI's schema: tests/test_openapi_contract.py.)"""
+runs without HTTP, answering OpenAI's objects. (Its routes against OpenAI's schema:
+tests/api/test_openapi_contract.py.)"""
 
 from __future__ import annotations
 

@@ -262,7 +262,7 @@ def test_formats_through_the_api(tiny_server_factory: Any):
 @pytest.mark.integration
 def test_trainer_trains_on_each_supervised_non_chat_format(tmp_path: Path, tiny_model_dir: Path, reporting_server: Any):
     """One real step (tiny model, 10 examples, batch 10, 1 epoch) per format; the runs go side by side."""
-    from tests.test_trainer import setup_job, start_trainer, wait
+    from tests.trainer.test_run import setup_job, start_trainer, wait
 
     servicer, address = reporting_server
     procs = {}

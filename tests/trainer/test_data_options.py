@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_trainer import REPO, SPEC_KEY, trainer_env, wait
+from tests.trainer.test_run import REPO, SPEC_KEY, trainer_env, wait
 from tests.trainer_fixtures import chat_examples, jsonl_bytes, make_spec, reporting_server
 from trainer.data_options import apply_options, drop_duplicates, drop_long, mix_count, sample_mix
 from tunery.jobspec import DataFile, DataOptions, MixSpec

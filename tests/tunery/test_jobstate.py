@@ -23,7 +23,7 @@ from tunery.jobstate import (
     UnknownErrorCode,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 S = JobStatus
 T = Transition
 AT = 1_700_000_000

@@ -17,8 +17,8 @@ import openai
 import pytest
 
 from tests.conftest import TINY, chat_lines
-from tests.test_e2e_tiny import _trainer_pids
-from tests.test_trainer import SPEC_KEY, setup_job, start_trainer, wait
+from tests.e2e.test_tiny import _trainer_pids
+from tests.trainer.test_run import SPEC_KEY, setup_job, start_trainer, wait
 from tests.trainer_fixtures import RecordingServicer, chat_examples, jsonl_bytes, pausing_server, reporting_server
 from trainer.errors import EXIT_OK, EXIT_PREEMPTED
 from tunery.resume import (

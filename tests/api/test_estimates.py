@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.api.test_jobs import preference_lines
 from tests.conftest import TINY, chat_lines
-from tests.test_jobs_api import preference_lines
 from tunery.estimate import FLOPS_DIVISOR, GPU_TYPES, TRAINER_COST, ModelShape, estimate, model_shape
 
 # Roughly Llama-3-8B: 8.0e9 parameters, 32 layers of 4096, 128k vocabulary.
