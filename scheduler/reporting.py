@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -13,7 +14,7 @@ import grpc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tunery import ids, jobstate
+from tunery import ids, jobstate, layout
 from tunery.db import Checkpoint, Database, File, FineTunedModel, Job
 from tunery.db.models import RESULTS_PURPOSE
 from tunery.db.ops import add_event, now
@@ -81,6 +82,27 @@ def reported_error(request: pb.FinishedRequest) -> JobError:
     return JobError(code, request.error_message or "Training failed.", request.error_param or None)
 
 
+MAX_EVENT_MESSAGE = 4096  # characters of a trainer event's message that are kept
+MAX_EVENT_DATA = 65536  # bytes of a trainer event's data: larger data is dropped
+
+
+def token_matches(given: str, expected: str | None) -> bool:
+    """The run token check, in constant time whatever the job (a missing job or token compares against a dummy)."""
+    ok = expected is not None and expected != ""
+    return hmac.compare_digest(given.encode(), (expected or "\0").encode()) and ok
+
+
+def event_data(data_json: str) -> dict[str, Any] | None:
+    """A trainer event's data: a JSON object of bounded size, or None (anything else is dropped, not an error)."""
+    if not data_json or len(data_json.encode()) > MAX_EVENT_DATA:
+        return None
+    try:
+        data = json.loads(data_json)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class ReportingService(pb_grpc.TrainerReportingServicer):
     def __init__(
         self,
@@ -96,26 +118,43 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
 
     # Every call runs in one transaction on the job named by the run, after the token check.
     def _with_job(
-        self, kind: str, run: pb.RunRef, context: grpc.ServicerContext, fn: Callable[[Session, Job], None]
+        self,
+        kind: str,
+        run: pb.RunRef,
+        context: grpc.ServicerContext,
+        fn: Callable[[Session, Job], None],
+        check: Callable[[Job], str | None] = lambda job: None,
     ) -> pb.ReportReply:
-        """Apply a report to its job in one transaction, after checking the run token."""
+        """Apply a report to its job in one transaction, after checking the run token (in constant time, before
+        anything of the report is read) and then the report against the job (``check``: a refusal's reason).
+
+        An unknown job, a finished one and a wrong token get the same answer, so a caller without the token learns
+        nothing about jobs; the run's own trainer learns it was stopped from the refusal, as from a cancel."""
         self.metrics.trainer_reports.labels(kind).inc()
+        refused: list[str] = []
 
         def apply(s: Session) -> pb.ReportReply | None:
+            refused.clear()
             job = s.scalar(select(Job).where(Job.id == run.job_id))
-            if job is None or not job.run_token or run.run_token != job.run_token:
-                if job is not None and (job.status in TERMINAL or job.cancel_requested):
-                    return pb.ReportReply(cancel_requested=True)
+            if not token_matches(run.run_token, job.run_token if job is not None else None):
                 return None
+            assert job is not None
             if job.status in TERMINAL or job.cancel_requested:
                 return pb.ReportReply(cancel_requested=True)
+            problem = check(job)
+            if problem is not None:
+                refused.append(problem)
+                return None
             fn(s, job)
             return pb.ReportReply(cancel_requested=job.cancel_requested, pause_requested=job.pause_requested)
 
         reply = self.db.transaction(apply)
+        if refused:
+            log.warning("refused a %s report of job %s: %s", kind, run.job_id, refused[0])
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused[0])
         if reply is None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "unknown job or stale run token")
-            raise AssertionError("abort raises")
+        assert reply is not None
         return reply
 
     def Started(self, request: pb.StartedRequest, context: grpc.ServicerContext) -> pb.ReportReply:
@@ -149,11 +188,9 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
         return self._with_job("metrics", request.run, context, apply)
 
     def Event(self, request: pb.EventRequest, context: grpc.ServicerContext) -> pb.ReportReply:
-        level = request.level if request.level in ("info", "warn", "error") else "info"
-        data = json.loads(request.data_json) if request.data_json else None
-
-        def apply(s: Session, job: Job) -> None:
-            add_event(s, job.id, request.message, level=level, data=data)
+        def apply(s: Session, job: Job) -> None:  # parsed only once the token is checked
+            level = request.level if request.level in ("info", "warn", "error") else "info"
+            add_event(s, job.id, request.message[:MAX_EVENT_MESSAGE], level=level, data=event_data(request.data_json))
 
         return self._with_job("event", request.run, context, apply)
 
@@ -161,6 +198,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
         def apply(s: Session, job: Job) -> None:
             assert job.fine_tuned_model
             name = ids.checkpoint_model_name(job.fine_tuned_model, int(request.step))
+            prefix = layout.checkpoint_prefix(layout.job_prefix(job.id), int(request.step))  # checked equal
             if s.scalar(select(Checkpoint).where(Checkpoint.fine_tuned_model_checkpoint == name)):
                 return  # a retried report
             s.add(
@@ -171,13 +209,19 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                     step_number=int(request.step),
                     metrics=metrics_dict(request.metrics),
                     fine_tuned_model_checkpoint=name,
-                    object_prefix=request.object_prefix,
+                    object_prefix=prefix,
                 )
             )
-            s.add(servable_model(job, name, "checkpoint", request.object_prefix))
+            s.add(servable_model(job, name, "checkpoint", prefix))
             add_event(s, job.id, f"Checkpoint created at step {request.step}", data={"step": request.step})
 
-        return self._with_job("checkpoint", request.run, context, apply)
+        def check(job: Job) -> str | None:
+            expected = layout.checkpoint_prefix(layout.job_prefix(job.id), int(request.step))
+            if request.object_prefix.rstrip("/") != expected:
+                return f"a checkpoint of step {request.step} is stored under {expected}"
+            return None
+
+        return self._with_job("checkpoint", request.run, context, apply, check)
 
     def Finished(self, request: pb.FinishedRequest, context: grpc.ServicerContext) -> pb.ReportReply:
         done: list[int] = []  # the trained tokens of the job it made succeed (once, however often it is retried)
@@ -191,16 +235,17 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                 add_event(s, job.id, jobstate.failure_event(error), level="error")
                 return
             assert job.fine_tuned_model
-            if request.results_key and self.store.exists(request.results_key):
+            results_key = layout.results_key(layout.job_prefix(job.id))  # the server's, not the report's
+            if self.store.exists(results_key):
                 results = File(
                     id=ids.file_id(),
                     organization_id=job.organization_id,
                     project_id=job.project_id,
                     filename="step_metrics.csv",
                     purpose=RESULTS_PURPOSE,
-                    bytes=self.store.size(request.results_key),
+                    bytes=self.store.size(results_key),
                     sha256=None,
-                    object_key=request.results_key,
+                    object_key=results_key,
                     created_at=now(),
                     expires_at=None,
                     status="processed",
@@ -208,14 +253,28 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                 )
                 s.add(results)
                 job.result_files = [results.id]
-            s.add(servable_model(job, job.fine_tuned_model, "fine_tuned", request.model_prefix))
+            s.add(
+                servable_model(job, job.fine_tuned_model, "fine_tuned", layout.model_prefix(layout.job_prefix(job.id)))
+            )
             job.trained_tokens = int(request.trained_tokens)
             jobstate.succeed(job, now())
             done.append(job.trained_tokens)
             add_event(s, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
             add_event(s, job.id, "The job has successfully completed")
 
-        reply = self._with_job("finished", request.run, context, apply)
+        def check(job: Job) -> str | None:
+            if not request.succeeded:
+                return None
+            prefix = layout.job_prefix(job.id)
+            if request.model_prefix.rstrip("/") != layout.model_prefix(prefix):
+                return f"the final model is stored under {layout.model_prefix(prefix)}"
+            if request.results_key and request.results_key != layout.results_key(prefix):
+                return f"the results file is stored at {layout.results_key(prefix)}"
+            if request.trained_tokens < 0:
+                return "trained_tokens cannot be negative"
+            return None
+
+        reply = self._with_job("finished", request.run, context, apply, check)
         if done:
             self.metrics.trained_tokens.inc(done[0])
         self.on_change()

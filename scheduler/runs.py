@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from scheduler.backends import RunStatus
 from scheduler.claims import clear_run, release
 from scheduler.context import SchedulerContext, SchedulerPart
-from tunery import jobstate
+from tunery import jobstate, layout
 from tunery.db import Database, Job
 from tunery.db.ops import add_event, now
 from tunery.jobstate import ErrorCode, JobError, JobStatus
@@ -65,7 +65,7 @@ class TrainerLogs:
     def keep(self, job_id: str) -> None:
         path = self.path(job_id)
         if path.is_file():
-            self.store.put_file(f"jobs/{job_id}/trainer.log", path)
+            self.store.put_file(layout.log_key(layout.job_prefix(job_id)), path)
 
     def tail(self, job_id: str, chars: int = 300) -> str:
         path = self.path(job_id)
@@ -167,7 +167,7 @@ class RunLifecycle(SchedulerPart):
         crashes; preemptions are not counted. The run's leftovers (a Job whose controller would start a fresh pod)
         are removed."""
         self.backend.cancel(handle)
-        state = latest_state(self.store, f"jobs/{job.id}")
+        state = latest_state(self.store, layout.job_prefix(job.id))
         where = f"checkpoint step {state.step}" if state is not None else "the beginning (no complete checkpoint)"
         data = {"exit_code": st.exit_code, "resume_step": state.step if state else None}
         if st.exit_code == EXIT_PREEMPTED and not st.crashed:
@@ -203,7 +203,7 @@ class RunLifecycle(SchedulerPart):
         jobstate.pause_done(job)
         if job.status != JobStatus.paused:
             return  # resumed (queued) or cancelled while it was stopping
-        state = latest_state(self.store, f"jobs/{job.id}")
+        state = latest_state(self.store, layout.job_prefix(job.id))
         where = f"at step {state.step}" if state is not None else "before its first checkpoint"
         add_event(
             s,

@@ -7,6 +7,7 @@ training plan is the job's, resolved and stored when its files were validated (`
 
 from __future__ import annotations
 
+from tunery import layout
 from tunery.db import File, Job
 from tunery.jobspec import DataFile, DataOptions, JobSpec, MixSpec
 from tunery.plan import TrainingPlan, resolve_plan
@@ -79,7 +80,7 @@ def build_spec(
         device=device,
         init_adapter_prefix=init_prefix,
         object_store=store_url,
-        output_prefix=f"jobs/{job.id}",
+        output_prefix=layout.job_prefix(job.id),
         reporting_address=reporting_address,
         # A job run before (paused, crashed, preempted, its scheduler gone) continues from its newest complete
         # checkpoint, if it has one.

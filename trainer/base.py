@@ -10,17 +10,17 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tunery import layout
 from tunery.hyperparams import spaced_steps
 from tunery.jobspec import DataFile, JobSpec
 from tunery.jobstate import MIX_PARAM
+from tunery.layout import checkpoint_prefix, model_prefix
 from tunery.storage import ObjectStore, open_store
 
 from .checkpoint import (
     MANIFEST,
     MANIFEST_FORMAT,
-    checkpoint_prefix,
     library_versions,
-    model_prefix,
     sha256_text,
     upload_checkpoint,
     utc_now,
@@ -234,7 +234,7 @@ class TrainingRun:
         last = self.rows[-1]
         final_prefix = model_prefix(spec.output_prefix)
         self.save_adapter(final_prefix, last.step, float(hp.n_epochs), last)
-        results_key = f"{spec.output_prefix.rstrip('/')}/results.csv"
+        results_key = layout.results_key(spec.output_prefix)
         self.store.put_bytes(results_key, results_csv(self.rows, self.method.results_columns).encode())
         drop_states(self)
         return train_seconds, final_prefix, results_key

@@ -43,14 +43,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def checkpoint_prefix(output_prefix: str, step: int) -> str:
-    return f"{output_prefix.rstrip('/')}/checkpoints/step-{step}"
-
-
-def model_prefix(output_prefix: str) -> str:
-    return f"{output_prefix.rstrip('/')}/model"
-
-
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from tunery import layout
 from tunery.plan import TrainingPlan
 
 
@@ -67,4 +68,4 @@ class JobSpec(BaseModel):
     resume_from: str | None = None
 
     def spec_key(self) -> str:
-        return f"{self.output_prefix}/spec.json"
+        return layout.spec_key(self.output_prefix)

@@ -1,0 +1,36 @@
+"""Where a job's objects live in the object store: the one home of the key layout. The scheduler decides a run's
+keys from it, the trainer writes under them, and the reporting service refuses a report that names any other.
+
+    jobs/<job id>/spec.json                 the JobSpec of the current run
+    jobs/<job id>/checkpoints/step-<N>/     a checkpoint (adapter or whole model, manifest last)
+    jobs/<job id>/model/                    the final model
+    jobs/<job id>/results.csv               the results file
+    jobs/<job id>/resume/step-<N>/          resume states (tunery/resume.py)
+    jobs/<job id>/trainer.log               the trainer's log, kept when the run ends
+"""
+
+from __future__ import annotations
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}"
+
+
+def spec_key(output_prefix: str) -> str:
+    return f"{output_prefix.rstrip('/')}/spec.json"
+
+
+def checkpoint_prefix(output_prefix: str, step: int) -> str:
+    return f"{output_prefix.rstrip('/')}/checkpoints/step-{step}"
+
+
+def model_prefix(output_prefix: str) -> str:
+    return f"{output_prefix.rstrip('/')}/model"
+
+
+def results_key(output_prefix: str) -> str:
+    return f"{output_prefix.rstrip('/')}/results.csv"
+
+
+def log_key(output_prefix: str) -> str:
+    return f"{output_prefix.rstrip('/')}/trainer.log"
