@@ -18,9 +18,11 @@ from tunery import ids, jobstate, layout
 from tunery.db import Checkpoint, Database, File, FineTunedModel, Job
 from tunery.db.models import RESULTS_PURPOSE
 from tunery.db.ops import add_event, now
+from tunery.files import report_key
 from tunery.jobstate import TERMINAL, ErrorCode, JobError, UnknownErrorCode, error_code
+from tunery.methods import method_info
 from tunery.metrics import Metrics
-from tunery.storage import ObjectStore
+from tunery.storage import ObjectNotFound, ObjectStore
 from tunery.v1 import reporting_pb2 as pb
 from tunery.v1 import reporting_pb2_grpc as pb_grpc
 
@@ -157,6 +159,25 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
         assert reply is not None
         return reply
 
+    def token_bound(self, job: Job) -> int | None:
+        """The most tokens the job can train on, from what the server knows: its plan (epochs, max_seq_length, the
+        method's sequences per example) and the examples its validated files hold (their reports for its model).
+        None when one is not known (a job validated before plans were stored)."""
+        plan = job.training_plan()
+        if plan is None:
+            return None
+        examples = 0
+        for param, file_id in job.input_files():
+            if param == "validation_file":
+                continue
+            try:
+                report = json.loads(self.store.get_bytes(report_key(file_id, job.base_model)))
+            except (ObjectNotFound, ValueError):
+                return None
+            examples += int(report.get("examples") or 0)
+        sequences = 1 if method_info(plan.method).data == "supervised" else 2  # chosen and rejected, per pair
+        return plan.n_epochs * examples * plan.max_seq_length * sequences
+
     def Started(self, request: pb.StartedRequest, context: grpc.ServicerContext) -> pb.ReportReply:
         def apply(s: Session, job: Job) -> None:
             job.total_steps = int(request.total_steps)
@@ -272,6 +293,9 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                 return f"the results file is stored at {layout.results_key(prefix)}"
             if request.trained_tokens < 0:
                 return "trained_tokens cannot be negative"
+            bound = self.token_bound(job)
+            if bound is not None and request.trained_tokens > bound:
+                return f"trained_tokens {request.trained_tokens} is more than the job's files can hold ({bound})"
             return None
 
         reply = self._with_job("finished", request.run, context, apply, check)

@@ -166,3 +166,25 @@ def test_the_results_file_is_the_servers_whatever_the_report_says(reporting: Any
         assert job is not None and job.status == "succeeded" and job.result_files
         model = s.scalar(select(FineTunedModel).where(FineTunedModel.job_id == "ftjob-victim"))
         assert model is not None and model.object_prefix == "jobs/ftjob-victim/model"
+
+
+def test_trained_tokens_are_checked_against_what_the_job_can_hold(reporting: Any) -> None:
+    """Regression: a forged Finished(trained_tokens=123456789) was recorded as is. The bound is the server's: the
+    plan's epochs and max_seq_length times the examples of the job's validated files."""
+    from tunery.files import report_key
+    from tunery.plan import TrainingPlan
+
+    db, store, stub = reporting
+    plan = TrainingPlan(n_epochs=2, batch_size=1, learning_rate=1e-3, max_seq_length=128)
+    with db.session() as s:
+        job = s.scalar(select(Job).where(Job.id == "ftjob-victim"))
+        assert job is not None
+        job.set_plan(plan)
+    store.put_bytes(report_key("file-train", "tiny"), json.dumps({"examples": 10}).encode())
+    good = {"model_prefix": "jobs/ftjob-victim/model", "results_key": "jobs/ftjob-victim/results.csv"}
+    forged = pb.FinishedRequest(run=run(), succeeded=True, trained_tokens=123_456_789, **good)
+    assert _code(lambda: stub.Finished(forged)) == grpc.StatusCode.INVALID_ARGUMENT
+    stub.Finished(pb.FinishedRequest(run=run(), succeeded=True, trained_tokens=2 * 10 * 128, **good))  # the bound
+    with db.session() as s:
+        job = s.scalar(select(Job).where(Job.id == "ftjob-victim"))
+        assert job is not None and (job.status, job.trained_tokens) == ("succeeded", 2560)
