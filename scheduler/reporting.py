@@ -198,6 +198,9 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
         m = request.metrics
 
         def apply(s: Session, job: Job) -> None:
+            if job.reported_step is not None and m.step <= job.reported_step:
+                return  # a step reported before, by the run this one resumed from: one event per step
+            job.reported_step = int(m.step)
             # The method's own figures (DPO's rewards_*, KTO's kl, ...) ride along in the event's data.
             data = {**metrics_dict(m), **dict(sorted(m.method_metrics.items())), "total_steps": m.total_steps}
             add_event(s, job.id, metrics_message(m), type="metrics", data=data)

@@ -188,3 +188,15 @@ def test_trained_tokens_are_checked_against_what_the_job_can_hold(reporting: Any
     with db.session() as s:
         job = s.scalar(select(Job).where(Job.id == "ftjob-victim"))
         assert job is not None and (job.status, job.trained_tokens) == ("succeeded", 2560)
+
+
+def test_steps_reported_again_after_a_resume_are_one_event_each(reporting: Any) -> None:
+    """A run resumed from an earlier checkpoint reports the steps after it again: the job keeps one metrics event per
+    step (the first), then the new steps."""
+    db, _, stub = reporting
+    for step in (1, 2, 3, 2, 3, 4):
+        metrics = pb.StepMetrics(step=step, total_steps=4, train_loss=1.0 / step)
+        stub.Metrics(pb.MetricsRequest(run=run(), metrics=metrics))
+    with db.session() as s:
+        events = s.scalars(select(JobEvent).where(JobEvent.job_id == "ftjob-victim", JobEvent.type == "metrics"))
+        assert [e.data["step"] for e in events] == [1, 2, 3, 4]

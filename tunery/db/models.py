@@ -96,6 +96,9 @@ class Job(Base, Tenant):
     # What the job's trainer runs with on its backend (image, resources, ...), fixed when it is queued, so a change
     # of settings does not alter a queued or resumed job (scheduler.k8s.TrainerRuntime); None for the local runner.
     runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The highest step whose metrics were reported, across runs: a run resumed from an earlier checkpoint reports
+    # the steps after it again, and those are not repeated in the job's events.
+    reported_step: Mapped[int | None] = mapped_column(Integer)
     # Optimistic locking: a write based on a stale read (scheduler vs. cancel vs. trainer reports) fails
     # with StaleDataError and is retried on fresh state by Database.transaction().
     version: Mapped[int] = mapped_column(Integer, default=1)

@@ -1,4 +1,4 @@
-"""a job's resolved training plan, and the trainer runtime it was queued with
+"""a job's resolved training plan, the trainer runtime it was queued with, and the last step it reported
 
 Revision ID: 0006
 Revises: 0005
@@ -20,9 +20,11 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("plan", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("runtime", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("reported_step", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("reported_step")
         batch_op.drop_column("runtime")
         batch_op.drop_column("plan")
