@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from tunery.plan import TrainingPlan
 from tunery.tensorfiles import read_header
@@ -101,8 +103,10 @@ def model_shape(folder: Path) -> ModelShape:
     )
 
 
-@dataclass
-class Estimate:
+class Estimate(BaseModel):
+    """What a job would cost and whether it fits: the dry run answers it (with the job's fields added), the
+    scheduler checks ``fits`` against it."""
+
     gpu_type: str
     gpu_tflops: float
     gpu_memory_gib: float
@@ -124,9 +128,6 @@ class Estimate:
     memory_gib: dict[str, float]
     fits: bool
     fits_with_gradient_checkpointing: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def estimate_for_scan(

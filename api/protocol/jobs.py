@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from api.protocol.base import CursorPage, OpenAIObject, OpenAIRequest, OpenAIResponse, TuneryExtension, omitted
+from tunery.estimate import Estimate
 from tunery.jobstate import JobStatus
 from tunery.methods import PreferenceTrainer
 from tunery.plan import Auto, DPOHyperparameters, Hyperparameters, TrainingOptions
@@ -253,33 +254,13 @@ class ListFineTuningJobCheckpointsResponse(CursorPage[FineTuningJobCheckpoint]):
     """OpenAI's ``ListFineTuningJobCheckpointsResponse``: newest first."""
 
 
-class FineTuningJobEstimate(OpenAIResponse):
+class FineTuningJobEstimate(OpenAIResponse, Estimate):
     """Tunery's ``fine_tuning.job.estimate``: what a job would cost, from the training file's tokens with the job's
-    model and chat template, its resolved plan and the trainer's GPU (docs/estimates.md)."""
+    model and chat template, its resolved plan and the trainer's GPU (docs/estimates.md); the figures are
+    :class:`tunery.estimate.Estimate`'s."""
 
     object: Literal["fine_tuning.job.estimate"] = "fine_tuning.job.estimate"
     model: str
     training_file: str
     hyperparameters: JobHyperparameters
     estimated_finish: int
-    gpu_type: str
-    gpu_tflops: float
-    gpu_memory_gib: float
-    params: int
-    trainable_params: int
-    adapter: str
-    precision: str
-    trainer: str
-    compute_factor: float
-    examples: int
-    tokens_per_epoch: int
-    trained_tokens_per_epoch: int
-    n_epochs: int
-    batch_size: int
-    steps: int
-    max_seq_length: int
-    gpu_seconds: float
-    gpu_hours: float
-    memory_gib: dict[str, float]
-    fits: bool
-    fits_with_gradient_checkpointing: bool

@@ -119,5 +119,5 @@ def dry_run(ctx: AppContext, t: Tenant, req: CreateJob) -> FineTuningJobEstimate
         training_file=file_id,
         hyperparameters=JobHyperparameters.model_validate(plan.openai_hyperparameters()),
         estimated_finish=now() + round(est.gpu_seconds),
-        **est.as_dict(),
+        **est.model_dump(),
     )

@@ -211,13 +211,20 @@ class JobService:
         with self.ctx.db.session() as s:
             return job_object(find_job(s, self.tenant, job_id))
 
-    def _change(self, job_id: str, change: Callable[[Session, Job], None]) -> FineTuningJob:
-        """Apply ``change`` (cancel, pause, resume) to one of the tenant's jobs in one transaction, wake the
-        scheduler to act on it, and answer the job."""
+    def _transition(
+        self, job_id: str, transition: Callable[[Job], None], refusal: Callable[[Job], str], code: str, event: str
+    ) -> FineTuningJob:
+        """Apply one of :mod:`tunery.jobstate`'s transitions (cancel, pause, resume) to one of the tenant's jobs in
+        one transaction with its event, wake the scheduler to act on it, and answer the job; a transition the job's
+        status does not allow is a 400 with ``code`` and the message ``refusal`` writes."""
 
         def apply(s: Session) -> FineTuningJob:
             job = find_job(s, self.tenant, job_id)
-            change(s, job)
+            try:
+                transition(job)
+            except jobstate.IllegalTransition:
+                raise InvalidRequest(refusal(job), param="fine_tuning_job_id", code=code) from None
+            add_event(s, job.id, event)
             return job_object(job)
 
         out = self.ctx.db.transaction(apply)
@@ -226,51 +233,33 @@ class JobService:
 
     def cancel(self, job_id: str) -> FineTuningJob:
         """Cancel a job that has not finished: at once if it waits; a run is stopped by the scheduler."""
-
-        def cancel(s: Session, job: Job) -> None:
-            try:
-                jobstate.cancel(job, now())
-            except jobstate.IllegalTransition:
-                raise InvalidRequest(
-                    f"Job {job_id} has already {'been cancelled' if job.status == 'cancelled' else job.status}.",
-                    param="fine_tuning_job_id",
-                    code="job_not_cancellable",
-                ) from None
-            add_event(s, job.id, "Fine-tuning job cancelled")
-
-        return self._change(job_id, cancel)
+        return self._transition(
+            job_id,
+            lambda job: jobstate.cancel(job, now()),
+            lambda job: f"Job {job_id} has already {'been cancelled' if job.status == 'cancelled' else job.status}.",
+            "job_not_cancellable",
+            "Fine-tuning job cancelled",
+        )
 
     def pause(self, job_id: str) -> FineTuningJob:
         """Pause a running job: ``paused`` at once; its trainer saves its state at the next step and stops."""
-
-        def pause(s: Session, job: Job) -> None:
-            try:
-                jobstate.pause(job)
-            except jobstate.IllegalTransition:
-                raise InvalidRequest(
-                    f"Job {job_id} is {job.status}; only a running job can be paused.",
-                    param="fine_tuning_job_id",
-                    code="job_not_pausable",
-                ) from None
-            add_event(s, job.id, "Pausing fine-tuning job: the trainer saves its state at the next step and stops")
-
-        return self._change(job_id, pause)
+        return self._transition(
+            job_id,
+            jobstate.pause,
+            lambda job: f"Job {job_id} is {job.status}; only a running job can be paused.",
+            "job_not_pausable",
+            "Pausing fine-tuning job: the trainer saves its state at the next step and stops",
+        )
 
     def resume(self, job_id: str) -> FineTuningJob:
         """Resume a paused job: ``queued``, to continue from its newest complete checkpoint."""
-
-        def resume(s: Session, job: Job) -> None:
-            try:
-                jobstate.resume(job)
-            except jobstate.IllegalTransition:
-                raise InvalidRequest(
-                    f"Job {job_id} is {job.status}; only a paused job can be resumed.",
-                    param="fine_tuning_job_id",
-                    code="job_not_resumable",
-                ) from None
-            add_event(s, job.id, "Fine-tuning job resumed: queued to continue from its last checkpoint")
-
-        return self._change(job_id, resume)
+        return self._transition(
+            job_id,
+            jobstate.resume,
+            lambda job: f"Job {job_id} is {job.status}; only a paused job can be resumed.",
+            "job_not_resumable",
+            "Fine-tuning job resumed: queued to continue from its last checkpoint",
+        )
 
     def events(self, job_id: str, req: ListJobEventsRequest) -> ListFineTuningJobEventsResponse:
         """The job's events, newest first."""
