@@ -33,7 +33,8 @@ def tenant(request: Request, ctx: AppContext = Depends(get_ctx)) -> Tenant:
                 type=INVALID_REQUEST,
                 code=None,
             )
-        if not any(hmac.compare_digest(token, k) for k in keys):
+        # Compared as UTF-8 bytes: compare_digest refuses non-ASCII str, and a header may carry any byte.
+        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
             raise APIError(
                 401, f"Incorrect API key provided: {masked(token)}.", type=INVALID_REQUEST, code="invalid_api_key"
             )

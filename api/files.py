@@ -14,6 +14,7 @@ from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import ERROR_RESPONSES, InvalidRequest
 from api.pagination import limit_param
+from api.protocol.base import Name
 from api.protocol.files import (
     MAX_EXPIRY,
     MIN_EXPIRY,
@@ -29,6 +30,7 @@ from api.protocol.files import (
 from api.services.files import FileService, file_too_large
 from api.streams import multipart_form
 from tunery.db.models import UPLOAD_PURPOSES
+from tunery.storage import content_disposition
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -96,19 +98,19 @@ def list_files(
 
 
 @router.get("/files/{file_id}")
-def retrieve_file(file_id: str, svc: FileService = Depends(file_service)) -> FileObject:
+def retrieve_file(file_id: Name, svc: FileService = Depends(file_service)) -> FileObject:
     return svc.retrieve(file_id)
 
 
 @router.delete("/files/{file_id}")
-def delete_file(file_id: str, svc: FileService = Depends(file_service)) -> FileDeleted:
+def delete_file(file_id: Name, svc: FileService = Depends(file_service)) -> FileDeleted:
     return svc.delete(file_id)
 
 
 @router.get("/files/{file_id}/validation")
 def file_validation(
-    file_id: str,
-    model: str | None = Query(None, description="The report made for a job on this base model."),
+    file_id: Name,
+    model: Name | None = Query(None, description="The report made for a job on this base model."),
     svc: FileService = Depends(file_service),
 ) -> FileValidationReport:
     """Tunery's extension: the validation report of a training file (format, counts, line errors, duplicates,
@@ -130,18 +132,18 @@ _BYTES = {"schema": {"type": "string", "format": "binary"}}
         }
     },
 )
-def file_content(file_id: str, svc: FileService = Depends(file_service)) -> StreamingResponse:
+def file_content(file_id: Name, svc: FileService = Depends(file_service)) -> StreamingResponse:
     """The file's bytes as stored; a job's results file base64-encoded, as OpenAI serves it."""
     c = svc.content(file_id)
     return StreamingResponse(
         c.chunks,
         media_type=c.media_type,
-        headers={"content-length": str(c.size), "content-disposition": f'attachment; filename="{c.filename}"'},
+        headers={"content-length": str(c.size), "content-disposition": content_disposition(c.filename)},
     )
 
 
 @router.get("/files/{file_id}/url")
-def file_url(file_id: str, svc: FileService = Depends(file_service)) -> FileURL:
+def file_url(file_id: Name, svc: FileService = Depends(file_service)) -> FileURL:
     """Tunery's extension: a presigned URL that downloads the file straight from the object store (S3), without
     an API key, until ``expires_at`` (``TUNERY_S3_PRESIGN_SECONDS``). Large results and files skip the API."""
     return svc.url(file_id)

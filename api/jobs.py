@@ -9,6 +9,7 @@ from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
+from api.protocol.base import Name
 from api.protocol.jobs import (
     CreateJob,
     FineTuningJob,
@@ -54,18 +55,18 @@ def list_jobs(
 
 
 @router.get("/fine_tuning/jobs/{job_id}")
-def retrieve_job(job_id: str, svc: JobService = Depends(job_service)) -> FineTuningJob:
+def retrieve_job(job_id: Name, svc: JobService = Depends(job_service)) -> FineTuningJob:
     return svc.retrieve(job_id)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
-def cancel_job(job_id: str, svc: JobService = Depends(job_service)) -> FineTuningJob:
+def cancel_job(job_id: Name, svc: JobService = Depends(job_service)) -> FineTuningJob:
     return svc.cancel(job_id)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
 def list_events(
-    job_id: str,
+    job_id: Name,
     after: str | None = None,
     limit: int = limit_param(20),
     svc: JobService = Depends(job_service),
@@ -75,7 +76,7 @@ def list_events(
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
 def list_checkpoints(
-    job_id: str,
+    job_id: Name,
     after: str | None = None,
     limit: int = limit_param(10),
     svc: JobService = Depends(job_service),

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends
 from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import ERROR_RESPONSES
+from api.protocol.base import Name
 from api.protocol.models import Model, ModelDeleted, ModelList
 from api.services.models import ModelService
 
@@ -24,10 +25,10 @@ def list_models(svc: ModelService = Depends(model_service)) -> ModelList:
 
 # `{model:path}`: ids contain ':' and, from older SDKs, a raw '/'.
 @router.get("/models/{model:path}")
-def retrieve_model(model: str, svc: ModelService = Depends(model_service)) -> Model:
+def retrieve_model(model: Name, svc: ModelService = Depends(model_service)) -> Model:
     return svc.retrieve(model)
 
 
 @router.delete("/models/{model:path}")
-async def delete_model(model: str, svc: ModelService = Depends(model_service)) -> ModelDeleted:
+async def delete_model(model: Name, svc: ModelService = Depends(model_service)) -> ModelDeleted:
     return await svc.delete(model)

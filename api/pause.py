@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends
 
 from api.errors import ERROR_RESPONSES
 from api.jobs import job_service
+from api.protocol.base import Name
 from api.protocol.jobs import FineTuningJob
 from api.services.jobs import JobService
 
@@ -14,12 +15,12 @@ router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/pause")
-def pause_job(job_id: str, svc: JobService = Depends(job_service)) -> FineTuningJob:
+def pause_job(job_id: Name, svc: JobService = Depends(job_service)) -> FineTuningJob:
     """A running job becomes ``paused`` at once; its trainer saves its full state at the next step and exits."""
     return svc.pause(job_id)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/resume")
-def resume_job(job_id: str, svc: JobService = Depends(job_service)) -> FineTuningJob:
+def resume_job(job_id: Name, svc: JobService = Depends(job_service)) -> FineTuningJob:
     """A paused job goes back to ``queued``; its next run continues from the newest complete checkpoint."""
     return svc.resume(job_id)

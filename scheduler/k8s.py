@@ -281,22 +281,16 @@ class KubernetesBackend(Backend):
     def _failure(self, name: str, pod: Any, condition: Any, events: list[RunEvent]) -> RunStatus:
         if pod is None:
             reason = condition.reason if condition is not None else "Failed"
-            msg = condition.message if condition is not None else ""
+            # The cluster's own words (nodes, quotas, other workloads) go to the operator's log, not to the client.
+            log.warning("Kubernetes Job %s failed: %s %s", name, reason, condition.message if condition else "")
             return RunStatus(
-                running=False,
-                crashed=True,
-                error=f"The Kubernetes Job {name} failed: {reason} {msg}".strip(),
-                events=events,
+                running=False, crashed=True, error=f"The trainer's Kubernetes Job failed ({reason}).", events=events
             )
         pname = pod.metadata.name
         if pod.status.reason == "Evicted":
-            events.append(RunEvent(f"Pod {pname} was evicted: {pod.status.message or ''}".strip(), level="error"))
-            return RunStatus(
-                running=False,
-                crashed=True,
-                error=f"The trainer pod {pname} was evicted: {pod.status.message or 'no reason given'}",
-                events=events,
-            )
+            log.warning("trainer pod %s was evicted: %s", pname, pod.status.message or "no reason given")
+            events.append(RunEvent(f"Pod {pname} was evicted by Kubernetes", level="error"))
+            return RunStatus(running=False, crashed=True, error="The trainer's pod was evicted.", events=events)
         code: int | None = None
         reason = pod.status.reason or ""
         for cs in pod.status.container_statuses or []:

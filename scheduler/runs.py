@@ -156,9 +156,11 @@ class RunLifecycle(SchedulerPart):
             self.db.transaction(check)
 
     def _fail_run(self, s: Session, job: Job, st: RunStatus) -> None:
-        tail = self.logs.tail(job.id)
         message = st.error or f"The trainer exited (code {st.exit_code}) before finishing."
-        fail_in(s, job, JobError(ErrorCode.training_error, message + (f" Last output: {tail}" if tail else "")))
+        # The trainer's output is for the operator (this log and the run's log object), never for the API client:
+        # it can hold paths, hosts and the cluster's internals.
+        log.warning("job %s failed: %s Last output: %s", job.id, message, self.logs.tail(job.id) or "(none)")
+        fail_in(s, job, JobError(ErrorCode.training_error, message))
 
     def on_crash(self, s: Session, job: Job, st: RunStatus, handle: str) -> None:
         """A run that ended without the trainer's say (killed, pod lost or evicted, OOM), or that was preempted

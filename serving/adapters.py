@@ -12,6 +12,7 @@ loaded; ``.tunery-source`` records the prefix a folder came from, so a folder fr
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shutil
 import tempfile
@@ -27,6 +28,8 @@ SOURCE_FILE = ".tunery-source"
 FULL_CONFIG = "config.json"  # a fully fine-tuned model: config.json + model*.safetensors, no adapter_config.json
 # Never copied: pickles (the trainer's optimizer, scheduler and RNG state, or a .bin adapter) are never loaded.
 SKIPPED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+log = logging.getLogger("tunery.serving.adapters")
 
 
 def is_full_model(names: set[str] | Path) -> bool:
@@ -81,10 +84,9 @@ class AdapterCache:
             top = {key[len(prefix) :]: key for key in self.store.list(prefix) if "/" not in key[len(prefix) :]}
             if not _complete(set(top)):
                 missing = CONFIG_FILE if CONFIG_FILE not in top else WEIGHTS_FILE
-                raise AdapterNotFound(
-                    f"The model `{adapter_name}` does not exist or you do not have access to it "
-                    f"(no {missing} under {prefix})."
-                )
+                # Where the store lacks it is for the operator's log, never for the client.
+                log.warning("adapter %s: no %s under %s in the object store", adapter_name, missing, prefix)
+                raise AdapterNotFound(f"The model `{adapter_name}` does not exist or you do not have access to it.")
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{safe}."))
             try:

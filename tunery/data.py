@@ -25,6 +25,15 @@ MAX_LINES = 10_000_000
 MAX_LISTED_ERRORS = 100
 
 
+def load_json(text: str) -> Any:
+    """``json.loads`` for untrusted text: JSON nested deeper than the parser can follow (a line of 200,000 ``[``)
+    is a ``json.JSONDecodeError`` like any other invalid JSON, not a RecursionError that escapes as a crash."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("JSON nested too deeply", text, 0) from None
+
+
 class DataFormat(StrEnum):
     CHAT = "chat"
     PREFERENCE = "preference"
@@ -87,7 +96,7 @@ class ChatMessage:
 
 def _loads(arguments: str) -> Any:
     try:
-        return json.loads(arguments)
+        return load_json(arguments)
     except json.JSONDecodeError:
         return arguments
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-from tunery.data import MAX_LINE_BYTES, MAX_LINES, DataFormat, LineError, ParseResult
+from tunery.data import MAX_LINE_BYTES, MAX_LINES, DataFormat, LineError, ParseResult, load_json
 from tunery.data_parsers import detect_format, parse_line
 
 
@@ -88,7 +88,7 @@ def json_lines(
             sink.add_error(LineError(n, "line is not valid UTF-8"))
             continue
         try:
-            obj = json.loads(text)
+            obj = load_json(text)
         except json.JSONDecodeError as e:
             sink.add_error(LineError(n, f"invalid JSON: {e.msg} (column {e.colno})"))
             continue

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tunery.data import ChatMessage, ChatRecord, DataFormat, LineError, PreferenceRecord, Record
+from tunery.data import ChatMessage, ChatRecord, DataFormat, LineError, PreferenceRecord, Record, load_json
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -78,7 +78,7 @@ def _function_call(call: Any, path: str, line: int) -> tuple[str, str]:
     if not isinstance(arguments, str):
         raise LineError(line, "'arguments' must be a JSON string", f"{path}.arguments")
     try:
-        json.loads(arguments)
+        load_json(arguments)
     except json.JSONDecodeError as e:
         raise LineError(line, f"'arguments' is not valid JSON: {e.msg}", f"{path}.arguments") from None
     return name, arguments

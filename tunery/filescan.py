@@ -43,6 +43,7 @@ from tunery.data import (
     DataFormat,
     LineError,
     Record,
+    load_json,
 )
 from tunery.data_jsonl import iter_lines, json_lines
 from tunery.data_parsers import detect_format, parse_line
@@ -306,7 +307,7 @@ def _first_format(path: Path, max_line_bytes: int) -> DataFormat | None:
             if raw is None or not raw.strip():
                 continue
             try:
-                obj = json.loads(raw.decode("utf-8"))
+                obj = load_json(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):
                 continue
             if isinstance(obj, dict):

@@ -11,18 +11,27 @@ from __future__ import annotations
 import builtins
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 if TYPE_CHECKING:
     from tunery.settings import Settings
 
 CHUNK = 1024 * 1024
+
+
+def content_disposition(filename: str) -> str:
+    """The ``Content-Disposition`` of a download named ``filename``, whatever the name holds: an ASCII fallback
+    (every other character ``_``) and the exact name percent-encoded in UTF-8 (RFC 6266 ``filename*``), so no
+    character of a stored name (quotes, CR/LF, non-ASCII) ever reaches a header as it is."""
+    fallback = re.sub(r"[^A-Za-z0-9._ -]", "_", filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 class ObjectNotFound(KeyError):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import builtins
 import hashlib
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -24,7 +23,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tunery.storage import CHUNK, ObjectNotFound, ObjectStore, ObjectStoreError, _check_key
+from tunery.storage import CHUNK, ObjectNotFound, ObjectStore, ObjectStoreError, _check_key, content_disposition
 
 if TYPE_CHECKING:
     from tunery.settings import Settings
@@ -246,8 +245,7 @@ class S3ObjectStore(ObjectStore):
     def presigned_url(self, key: str, expires_in: int | None = None, filename: str | None = None) -> str:
         params = {"Bucket": self.bucket, "Key": self._key(key)}
         if filename:
-            safe = re.sub(r"[^A-Za-z0-9._ -]", "_", filename)
-            params["ResponseContentDisposition"] = f'attachment; filename="{safe}"'
+            params["ResponseContentDisposition"] = content_disposition(filename)
         url: str = self.client.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=expires_in or self.presign_seconds
         )

@@ -15,11 +15,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Generic, Literal, Self, TypeVar
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 log = logging.getLogger("tunery.api")
+
+# The longest id or model name a client may send, in a path, a body or a query: Tunery's ids are about 30
+# characters and ``ft:`` names stay under 200. A longer one is a 400 before any lookup, so no error echoes it whole.
+MAX_NAME_LENGTH = 256
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
 
 
 def _join(where: str, name: str) -> str:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from api.protocol.base import OpenAIObject, OpenAIRequest, OpenAIResponse, omitted
+from api.protocol.base import Name, OpenAIObject, OpenAIRequest, OpenAIResponse, omitted
 
 
 # ---- requests ----------------------------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ class StreamOptions(OpenAIObject):
 class SamplingRequest(OpenAIRequest):
     """What chat and legacy completions share."""
 
-    model: str
+    model: Name
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None

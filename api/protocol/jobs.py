@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from api.protocol.base import CursorPage, OpenAIObject, OpenAIRequest, OpenAIResponse, TuneryExtension, omitted
+from api.protocol.base import CursorPage, Name, OpenAIObject, OpenAIRequest, OpenAIResponse, TuneryExtension, omitted
 from tunery.estimate import Estimate
 from tunery.jobstate import JobStatus
 from tunery.methods import PreferenceTrainer
@@ -45,7 +45,7 @@ class FineTuneMethod(OpenAIObject):
 class MixOptions(TuneryExtension):
     """``tunery.data.mix``: a fraction of the training set drawn from a general-purpose file (docs/data-options.md)."""
 
-    file: str = Field(min_length=1)
+    file: Name
     fraction: float = Field(gt=0, le=0.5)
 
 
@@ -75,9 +75,9 @@ class TuneryExtensions(TuneryExtension):
 class CreateJob(OpenAIRequest):
     """OpenAI's ``CreateFineTuningJobRequest`` and Tunery's ``tunery``: the body of job creation and of the dry run."""
 
-    model: str = Field(min_length=1)
-    training_file: str = Field(min_length=1)
-    validation_file: str | None = None
+    model: Name
+    training_file: Name
+    validation_file: Name | None = None
     suffix: str | None = Field(default=None, min_length=1, max_length=64)
     seed: int | None = Field(default=None, ge=0, le=2147483647)
     metadata: dict[str, str] | None = None

@@ -4,7 +4,10 @@ read back, and Tunery's validation report and presigned URL of a file."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -14,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.context import AppContext, Tenant
-from api.errors import InvalidRequest, NotFound, TooLarge
+from api.errors import InvalidRequest, NotFound, TooLarge, Unavailable
 from api.pagination import page
 from api.protocol.files import (
     CreateFileRequest,
@@ -30,6 +33,8 @@ from tunery import ids
 from tunery.db.models import RESULTS_PURPOSE, File
 from tunery.files import live, report_key
 from tunery.storage import CHUNK, ObjectNotFound, ObjectStore
+
+log = logging.getLogger("tunery.api.files")
 
 
 def file_object(f: File) -> FileObject:
@@ -63,9 +68,24 @@ def initial_status(purpose: str) -> str:
     return "uploaded" if purpose == "fine-tune" else "processed"
 
 
-def clean_filename(name: str | None, default: str = "upload") -> str:
-    """The name a file is stored under: the client's, without any folder, at most 512 characters."""
-    return (name or default).rsplit("/", 1)[-1][:512]
+# Characters a stored file name may not hold: C0 and C1 controls (CR/LF would end a header line of its download),
+# DEL, and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean_filename(name: str | None, param: str, default: str = "upload") -> str:
+    """The name a file is stored under, for ``/v1/files`` and ``/v1/uploads`` alike: the client's, without any
+    folder, at most 512 characters; a name with control characters is a 400 (``invalid_filename``)."""
+    name = (name or default).replace("\\", "/").rsplit("/", 1)[-1][:512]
+    if _CONTROL.search(name):
+        raise InvalidRequest(
+            "Invalid filename: it may not contain control characters (such as CR or LF).",
+            param=param,
+            code="invalid_filename",
+        )
+    if not name.strip(" ."):
+        raise InvalidRequest("Invalid filename.", param=param, code="invalid_filename")
+    return name
 
 
 def check_training_filename(purpose: str, filename: str, param: str) -> None:
@@ -73,6 +93,22 @@ def check_training_filename(purpose: str, filename: str, param: str) -> None:
         raise InvalidRequest(
             f"Invalid file format for Fine-Tuning API. Must be .jsonl (got {filename!r}).", param=param
         )
+
+
+def first_chunk_ahead(chunks: Iterable[bytes], file_id: str) -> Iterator[bytes]:
+    """``chunks`` with the first one read now, before any byte of the answer is sent: an object missing from the
+    store is a clean 503 (``file_content_missing``) instead of a 200 whose stream breaks."""
+    it = iter(chunks)
+    try:
+        first = next(it, b"")
+    except ObjectNotFound:
+        log.error("the content of file %s is missing from the object store", file_id)
+        raise Unavailable(
+            f"The content of file {file_id} is missing from the object store; ask the operator to restore it.",
+            param="id",
+            code="file_content_missing",
+        ) from None
+    return itertools.chain([first], it)
 
 
 def file_too_large(limit: int) -> TooLarge:
@@ -134,7 +170,7 @@ class FileService:
         """Store ``data`` as a new file. Training files are then validated by the scheduler (status ``uploaded``
         until it has)."""
         t, limit = self.tenant, self.ctx.settings.max_file_bytes
-        filename = clean_filename(req.filename)
+        filename = clean_filename(req.filename, "file")
         check_training_filename(req.purpose, filename, "file")
         created = int(time.time())
         file_id = ids.file_id()
@@ -190,7 +226,7 @@ class FileService:
         """The file's bytes as stored; a job's results file (purpose ``fine-tune-results``) base64-encoded, as OpenAI
         serves it, so code written for OpenAI (``base64.b64decode(client.files.content(id).read())``) reads it."""
         f = self._get(file_id)
-        chunks: Iterable[bytes] = self.ctx.store.iter_chunks(f.object_key)
+        chunks: Iterable[bytes] = first_chunk_ahead(self.ctx.store.iter_chunks(f.object_key), file_id)
         size, media = f.bytes, "text/csv" if f.filename.endswith(".csv") else "application/octet-stream"
         if f.purpose == RESULTS_PURPOSE:
             chunks, size, media = base64_chunks(chunks), 4 * ((f.bytes + 2) // 3), "text/plain"

@@ -21,6 +21,7 @@ from api.errors import InvalidRequest, NotFound
 from api.protocol.jobs import CreateJob
 from api.services.files import find_file
 from tunery.db import FineTunedModel, Job
+from tunery.jobstate import file_error_code
 from tunery.plan import DPOHyperparameters, Hyperparameters, PlanRequest, TrainingOptions, check_request
 
 
@@ -89,6 +90,13 @@ def _check_file(s: Session, t: Tenant, file_id: str, param: str) -> None:
             f"File {file_id} has purpose {f.purpose!r}; fine-tuning needs a file uploaded with purpose 'fine-tune'.",
             param=param,
             code="invalid_file_purpose",
+        )
+    if f.status == "error":
+        # Validation at upload already refused it: a job on it could only fail (docs/validation.md).
+        raise InvalidRequest(
+            f"File {file_id} is invalid: {f.status_details or 'it failed validation'}",
+            param=param,
+            code=file_error_code(param).value,
         )
 
 

@@ -22,7 +22,7 @@ from api.errors import Conflict, InvalidRequest, NotFound, ServiceError, TooLarg
 from api.protocol.files import CompleteUploadRequest, CreateUploadRequest
 from api.protocol.files import Upload as UploadObject
 from api.protocol.files import UploadPart as UploadPartObject
-from api.services.files import check_training_filename, file_object, initial_status, put_limited
+from api.services.files import check_training_filename, clean_filename, file_object, initial_status, put_limited
 from tunery import ids
 from tunery import uploads as lifecycle
 from tunery.db import File, Upload, UploadPart
@@ -117,9 +117,7 @@ class UploadService:
                 param="bytes",
                 code="upload_too_large",
             )
-        filename = req.filename.rsplit("/", 1)[-1]
-        if not filename:
-            raise InvalidRequest("Invalid filename.", param="filename")
+        filename = clean_filename(req.filename, "filename")
         check_training_filename(req.purpose, filename, "filename")
         created = lifecycle.now()
         row = Upload(

@@ -52,14 +52,20 @@ def test_malformed_line_fails_in_validation_with_line_number(server, upload, bad
     lines = chat_lines(12).splitlines()
     lines.insert(line_no - 1, bad_line)
     f = upload(b"\n".join(lines) + b"\n")
-    job = server.client.fine_tuning.jobs.create(model=TINY, training_file=f.id)
-    job = server.wait_job(job.id, {"failed"}, timeout=30)
-    assert job.error.code == "invalid_training_file"
-    assert job.error.param == "training_file"
-    assert f"line {line_no}" in job.error.message
-    assert needle in job.error.message
-    # It failed in validation: it was never queued or started.
-    assert not any("queued" in m or "started" in m for m in server.events(job.id))
+    # Created before the upload's validation ends, the job fails in its own; after, creation itself is refused.
+    r = server.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": f.id})
+    if r.status_code == 200:
+        job_id = r.json()["id"]
+        error = server.wait_job(job_id, {"failed"}, timeout=30).error.model_dump()
+        # It failed in validation: it was never queued or started.
+        assert not any("queued" in m or "started" in m for m in server.events(job_id))
+    else:
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+    assert error["code"] == "invalid_training_file"
+    assert error["param"] == "training_file"
+    assert f"line {line_no}" in error["message"]
+    assert needle in error["message"]
 
 
 def test_create_errors_are_400_with_param(server, upload):
