@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunery.jobspec import PARENT_PID_ENV
 from tunery.jobstate import ErrorCode
 
 
@@ -102,6 +103,7 @@ class LocalProcessBackend(Backend):
     def launch(self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None) -> str:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env[PARENT_PID_ENV] = str(os.getpid())  # an orphan whose server died stops itself (trainer/orphan.py)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [self.python, "-m", "trainer", "--spec", spec_ref],

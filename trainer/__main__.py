@@ -22,6 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE, RunStopped, TrainerError, one_line  # noqa: E402
+from .orphan import watch_parent_from_env  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    watch_parent_from_env()  # a local run whose server died stops as if preempted (trainer/orphan.py)
 
     try:
         spec = load_spec(args.spec)

@@ -13,6 +13,9 @@ from pydantic import BaseModel, Field
 from tunery import layout
 from tunery.plan import TrainingPlan
 
+# A local trainer's parent: the server that launched it (scheduler/backends.py sets it, trainer/orphan.py reads it).
+PARENT_PID_ENV = "TUNERY_PARENT_PID"
+
 
 class DataFile(BaseModel):
     file_id: str

@@ -157,8 +157,17 @@ def _check_key(key: str) -> str:
     return key
 
 
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalObjectStore(ObjectStore):
-    """Objects as files under a root folder (the embedded mode)."""
+    """Objects as files under a root folder (the embedded mode). A write is durable when it returns: the data and
+    the rename that publishes it are fsynced, as S3 acknowledges only what it has stored."""
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).resolve()
@@ -180,7 +189,10 @@ class LocalObjectStore(ObjectStore):
                     out.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())  # the bytes are on disk before the name says the object exists
             os.replace(tmp, path)
+            _fsync_dir(path.parent)  # and the new name itself survives a power loss
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

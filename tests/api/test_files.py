@@ -164,7 +164,7 @@ def test_download_url(server, upload, object_store):
     assert body["expires_at"] - f.created_at >= 3600 - 5
     got = httpx.get(body["url"])  # no API key, not through the API
     assert got.status_code == 200 and got.content == data
-    assert got.headers["content-disposition"] == 'attachment; filename="train.jsonl"'
+    assert got.headers["content-disposition"] == "attachment; filename=\"train.jsonl\"; filename*=UTF-8''train.jsonl"
     assert server.http.get("/v1/files/file-nope/url").status_code == 404
     server.client.files.delete(f.id)
     assert httpx.get(body["url"]).status_code == 404  # the URL outlives nothing: the object is gone

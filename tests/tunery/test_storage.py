@@ -25,6 +25,7 @@ from tunery.storage import (
     ObjectNotFound,
     ObjectStore,
     ObjectStoreError,
+    content_disposition,
     open_store,
     store_environment,
 )
@@ -159,7 +160,8 @@ def test_s3_presigned_url_expires(s3: S3ObjectStore):
     url = s3.presigned_url("files/report.csv", filename="report.csv")
     r = httpx.get(url)
     assert r.status_code == 200 and r.content == b"step,loss\n1,0.5\n"
-    assert r.headers["content-disposition"] == 'attachment; filename="report.csv"'
+    assert r.headers["content-disposition"] == content_disposition("report.csv")
+    assert content_disposition("report.csv") == "attachment; filename=\"report.csv\"; filename*=UTF-8''report.csv"
     assert httpx.get(url.replace("report.csv?", "other.csv?", 1)).status_code == 403  # the signature covers the key
     short = s3.presigned_url("files/report.csv", expires_in=1)
     assert httpx.get(short).status_code == 200
@@ -287,3 +289,28 @@ def test_serve_refuses_a_missing_bucket(seaweedfs: Any, tmp_path: Path):
     assert out.returncode == 1, out.stderr
     assert "error: object store s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_local_writes_are_fsynced_before_and_after_they_are_published(tmp_path: Path, monkeypatch):
+    """What the local store reports as written survives a crash of the machine: the data is fsynced before the
+    rename that makes the object visible, and the folder (the new name) after it."""
+    store = LocalObjectStore(tmp_path / "objects")
+    steps: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        steps.append("fsync " + os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        steps.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store.put_stream("jobs/j/a.bin", iter([b"x" * 10, b"y" * 10]))
+    folder = str(tmp_path / "objects" / "jobs" / "j")
+    assert len(steps) == 3, steps
+    assert steps[0].startswith(f"fsync {folder}/.a.bin.") and steps[0].endswith(".part")
+    assert steps[1:] == ["replace", f"fsync {folder}"]
+    assert store.get_bytes("jobs/j/a.bin") == b"x" * 10 + b"y" * 10
