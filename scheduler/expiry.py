@@ -1,5 +1,7 @@
-"""The expiry sweep of files: a File past its ``expires_at`` (``expires_after`` of ``POST /v1/files`` or of
-``POST /v1/uploads``) is deleted for good, the way ``DELETE /v1/files/{id}`` deletes one (``tunery.files``).
+"""The expiry sweep of files, and of what crashed processes left in the object store (:func:`sweep_leftovers`).
+
+A File past its ``expires_at`` (``expires_after`` of ``POST /v1/files`` or of ``POST /v1/uploads``) is deleted
+for good, the way ``DELETE /v1/files/{id}`` deletes one (``tunery.files``).
 
 The API treats such a file as gone the moment it expires (404, not listed, refused as a job's file); this sweep,
 run from the scheduler's loop (so by the leader alone when there is leader election) at most every
@@ -19,7 +21,7 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tunery import files
+from tunery import files, uploads
 from tunery.db import Database, File, Job
 from tunery.db.ops import now
 from tunery.jobstate import TERMINAL
@@ -51,6 +53,18 @@ def sweep_expired_files(db: Database, store: ObjectStore, at: int | None = None,
     return sum(files.delete_file(db, store, file_id, files.expired(t)) for file_id in due)
 
 
+# How often the scheduler looks for what crashed processes left in the object store (it lists prefixes), and how long
+# an unfinished write must have been idle to count as left behind (a live upload writes every few seconds).
+LEFTOVER_SWEEP_SECONDS = 600.0
+LEFTOVER_AGE_SECONDS = 3600.0
+
+
+def sweep_leftovers(db: Database, store: ObjectStore, older_than: float = LEFTOVER_AGE_SECONDS) -> int:
+    """Remove what processes killed mid-write left behind: unfinished writes (``.part`` files of the local store,
+    multipart uploads on S3) idle for ``older_than`` seconds, and the objects of closed uploads. Returns how many."""
+    return store.sweep_incomplete("", older_than) + uploads.sweep_orphans(db, store)
+
+
 class ExpirySweep:
     """``sweep_expired_files`` from the scheduler's loop, at most every ``interval`` seconds; failures are logged,
     never raised into the loop."""
@@ -60,12 +74,20 @@ class ExpirySweep:
         self.store = store
         self.interval = SWEEP_SECONDS if interval is None else interval
         self._last = float("-inf")
+        self._last_leftovers = float("-inf")
 
     def run(self, force: bool = False) -> int:
         t = time.monotonic()
         if not force and t - self._last < self.interval:
             return 0
         self._last = t
+        if force or t - self._last_leftovers >= LEFTOVER_SWEEP_SECONDS:
+            self._last_leftovers = t
+            try:
+                if n := sweep_leftovers(self.db, self.store):
+                    log.info("removed %d leftover(s) of interrupted writes and closed uploads", n)
+            except Exception:
+                log.warning("could not sweep leftovers", exc_info=True)
         try:
             return sweep_expired_files(self.db, self.store)
         except Exception:

@@ -9,11 +9,13 @@ The production twin is ``S3ObjectStore`` (``tunery/storage_s3.py``), chosen by a
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -93,6 +95,11 @@ class ObjectStore(ABC):
         """Keys under a prefix with a write in progress or left behind by a crash (temporary files, unfinished
         multipart uploads)."""
         return []
+
+    def sweep_incomplete(self, prefix: str, older_than: float) -> int:
+        """Remove what :meth:`incomplete` lists under ``prefix`` that has not been written to for ``older_than``
+        seconds (the leftovers of a process killed mid-write); returns how many."""
+        return 0
 
     def check(self) -> None:  # noqa: B027 (optional: only remote stores have something to check)
         """Raise ObjectStoreError when the store cannot be used (called once at start-up)."""
@@ -238,6 +245,16 @@ class LocalObjectStore(ObjectStore):
             return []
         found = (p.relative_to(self.root).as_posix() for p in search.rglob("*.part") if p.is_file())
         return sorted(k for k in found if k.startswith(prefix))
+
+    def sweep_incomplete(self, prefix: str, older_than: float) -> int:
+        cutoff, n = time.time() - older_than, 0
+        for key in self.incomplete(prefix):
+            path = self.root / key
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    n += 1
+        return n
 
     def local_path(self, key: str) -> Path:
         """The file behind a key (local store only; lets the trainer read data without a copy)."""

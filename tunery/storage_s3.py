@@ -16,6 +16,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlparse
 
@@ -224,21 +225,29 @@ class S3ObjectStore(ObjectStore):
             keys += [self._rel(o["Key"]) for o in page.get("Contents", [])]
         return sorted(keys)
 
-    def _multipart_uploads(self, prefix: str) -> builtins.list[tuple[str, str]]:
+    def _multipart_uploads(self, prefix: str) -> builtins.list[tuple[str, str, datetime]]:
+        """(full key, upload id, when it was initiated) of each unfinished multipart upload under ``prefix``."""
         found = []
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=self._list_prefix(prefix)
         )
         for page in pages:
-            found += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", [])]
+            found += [(u["Key"], u["UploadId"], u["Initiated"]) for u in page.get("Uploads", [])]
         return found
 
     def incomplete(self, prefix: str) -> builtins.list[str]:
-        return sorted(self._rel(full) for full, _ in self._multipart_uploads(prefix))
+        return sorted(self._rel(full) for full, _, _ in self._multipart_uploads(prefix))
+
+    def sweep_incomplete(self, prefix: str, older_than: float) -> int:
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        stale = [(full, upload_id) for full, upload_id, started in self._multipart_uploads(prefix) if started < cutoff]
+        for full, upload_id in stale:
+            self._abort(full, upload_id)
+        return len(stale)
 
     def delete_prefix(self, prefix: str) -> int:
         n = super().delete_prefix(prefix)
-        for full, upload_id in self._multipart_uploads(prefix):
+        for full, upload_id, _ in self._multipart_uploads(prefix):
             self._abort(full, upload_id)
         return n
 

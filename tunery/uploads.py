@@ -105,3 +105,23 @@ def sweep_expired(db: Database, store: ObjectStore, at: int | None = None, batch
             )
         )
     return sum(expire(db, store, upload_id, t) for upload_id in due)
+
+
+def sweep_orphans(db: Database, store: ObjectStore) -> int:
+    """Delete the objects left under ``uploads/`` by uploads that are closed or unknown: a part stored by a process
+    that died before it could record or discard it. Returns how many uploads were cleaned."""
+    ids = {key.split("/", 2)[1] for key in store.list("uploads/") if key.count("/") >= 2}
+    if not ids:
+        return 0
+    with db.session() as s:
+        open_ids = set(
+            s.scalars(select(Upload.id).where(Upload.id.in_(ids), Upload.status.in_(("pending", "completing"))))
+        )
+    orphans = sorted(ids - open_ids)
+    for upload_id in orphans:
+        log.info("deleting the leftover objects of upload %s", upload_id)
+        try:
+            store.delete_prefix(f"uploads/{upload_id}/")
+        except Exception:
+            log.exception("could not delete the leftover objects of upload %s", upload_id)
+    return len(orphans)

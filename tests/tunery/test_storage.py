@@ -314,3 +314,30 @@ def test_local_writes_are_fsynced_before_and_after_they_are_published(tmp_path: 
     assert steps[0].startswith(f"fsync {folder}/.a.bin.") and steps[0].endswith(".part")
     assert steps[1:] == ["replace", f"fsync {folder}"]
     assert store.get_bytes("jobs/j/a.bin") == b"x" * 10 + b"y" * 10
+
+
+def _leave_unfinished_write(store: ObjectStore, key: str) -> None:
+    """What a writer killed mid-object leaves: a temporary file (local), an unfinished multipart upload (S3)."""
+    if isinstance(store, LocalObjectStore):
+        path = store.local_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / f".{path.name}.abc123.part").write_bytes(b"half of it")
+    else:
+        assert isinstance(store, S3ObjectStore)
+        full = store._key(key)
+        upload = store.client.create_multipart_upload(Bucket=store.bucket, Key=full)
+        store.client.upload_part(
+            Bucket=store.bucket, Key=full, UploadId=upload["UploadId"], PartNumber=1, Body=b"z" * MiB
+        )
+
+
+def test_sweep_incomplete_removes_idle_leftovers_only(store: ObjectStore):
+    _leave_unfinished_write(store, "files/killed")
+    store.put_bytes("files/whole", b"kept")
+    [leftover] = store.incomplete("")
+    assert leftover.startswith("files/") and "killed" in leftover
+    assert store.sweep_incomplete("", older_than=3600) == 0  # it could still be a slow writer
+    assert len(store.incomplete("")) == 1
+    time.sleep(1.1)
+    assert store.sweep_incomplete("", older_than=1) == 1
+    assert store.incomplete("") == [] and store.list("files/") == ["files/whole"]
