@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from tunery.db import Database
+from tunery.grpc_tls import server_credentials, trainer_tls_environment
 from tunery.metrics import CONTENT_TYPE, Metrics
 from tunery.settings import DEMO_MODEL, Settings
 from tunery.storage import open_store, store_environment
@@ -44,7 +45,8 @@ def make_backend(settings: Settings):  # type: ignore[no-untyped-def]
     return LocalProcessBackend(
         settings.trainer_python or sys.executable,
         grace_seconds=settings.cancel_grace_seconds,
-        env=store_environment(settings),  # the trainer opens the same store (TUNERY_S3_*)
+        # the trainer opens the same store (TUNERY_S3_*) and dials the reporting channel as set (TLS)
+        env={**store_environment(settings), **trainer_tls_environment(settings)},
     )
 
 
@@ -152,7 +154,10 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
     reporting = None
     if role in ("all", "scheduler"):
         reporting = ReportingServer(
-            ReportingService(db, store, on_change=wake, metrics=metrics), settings.grpc_host, settings.grpc_port
+            ReportingService(db, store, on_change=wake, metrics=metrics),
+            settings.grpc_host,
+            settings.grpc_port,
+            credentials=server_credentials(settings),
         )
         scheduler = Scheduler(
             settings,

@@ -71,7 +71,6 @@ def one_run(model_dir: Path, data: bytes, lr: float, seed: int, epochs: int, que
         store.put_bytes("files/train.jsonl", data)
         spec = JobSpec(
             job_id="ftjob-sweep",
-            run_token="sweep",
             organization_id="org-default",
             project_id="proj_default",
             base_model="smollm2-135m-instruct",
@@ -85,7 +84,7 @@ def one_run(model_dir: Path, data: bytes, lr: float, seed: int, epochs: int, que
             output_prefix="jobs/ftjob-sweep",
             reporting_address="",
         )
-        reporter = Reporter(None, spec.job_id, spec.run_token)
+        reporter = Reporter(None, spec.job_id, "")
         t0 = time.monotonic()
         result = run(spec, reporter)
         reporter.close()

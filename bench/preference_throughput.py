@@ -50,7 +50,6 @@ def bench(model_dir: Path, data: bytes, method: str, batch_size: int, device: st
         store.put_bytes("files/train.jsonl", data)
         spec = JobSpec(
             job_id="ftjob-bench",
-            run_token="bench",
             organization_id="org-default",
             project_id="proj_default",
             base_model="smollm2-135m-instruct",
@@ -72,7 +71,7 @@ def bench(model_dir: Path, data: bytes, method: str, batch_size: int, device: st
             output_prefix="jobs/ftjob-bench",
             reporting_address="",
         )
-        reporter = Reporter(None, spec.job_id, spec.run_token)
+        reporter = Reporter(None, spec.job_id, "")
         t0 = time.monotonic()
         result = run(spec, reporter)
         wall = time.monotonic() - t0

@@ -48,7 +48,6 @@ def bench(
         store.put_bytes("files/train.jsonl", data)
         spec = JobSpec(
             job_id="ftjob-bench",
-            run_token="bench",
             organization_id="org-default",
             project_id="proj_default",
             base_model="smollm2-135m-instruct",
@@ -69,7 +68,7 @@ def bench(
             output_prefix="jobs/ftjob-bench",
             reporting_address="",
         )
-        reporter = Reporter(None, spec.job_id, spec.run_token)
+        reporter = Reporter(None, spec.job_id, "")
         t0 = time.monotonic()
         result = run(spec, reporter)
         wall = time.monotonic() - t0

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunery.jobspec import PARENT_PID_ENV
+from tunery.jobspec import PARENT_PID_ENV, RUN_TOKEN_ENV
 from tunery.jobstate import ErrorCode
 
 
@@ -56,9 +56,12 @@ class Backend(ABC):
     adopts_runs: bool = False
 
     @abstractmethod
-    def launch(self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None) -> str:
+    def launch(
+        self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None, run_token: str = ""
+    ) -> str:
         """Start a run with the job's ``runtime`` (:meth:`runtime` when it was queued); returns a handle stored with
-        the job."""
+        the job. ``run_token`` is the run's secret: it reaches that trainer alone, as ``RUN_TOKEN_ENV`` in its
+        environment, never through the object store every trainer reads."""
 
     def runtime(self) -> dict[str, Any] | None:
         """What this backend launches runs with now (a Kubernetes pod's image, resources, placement), snapshotted
@@ -100,10 +103,13 @@ class LocalProcessBackend(Backend):
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
-    def launch(self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None) -> str:
+    def launch(
+        self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None, run_token: str = ""
+    ) -> str:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         env[PARENT_PID_ENV] = str(os.getpid())  # an orphan whose server died stops itself (trainer/orphan.py)
+        env[RUN_TOKEN_ENV] = run_token
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [self.python, "-m", "trainer", "--spec", spec_ref],

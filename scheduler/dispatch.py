@@ -86,12 +86,12 @@ class Dispatcher(SchedulerPart):
                     waits.append((job.id, decision.message))
                     continue
                 token = ids.run_token()
-                spec = self._spec(s, job, token)
+                spec = self._spec(s, job)
                 if spec is None:
                     fail_in(s, job, JobError(ErrorCode.invalid_training_file, DELETED_INPUT, "training_file"))
                     continue
                 self.store.put_bytes(spec.spec_key(), spec.model_dump_json(indent=2).encode())
-                job.run_token = token
+                job.run_token = ids.token_digest(token)  # the token itself goes to the trainer alone
                 job.runtime = runtime
                 job.attempts += 1
                 jobstate.start(job, now())
@@ -120,7 +120,7 @@ class Dispatcher(SchedulerPart):
 
         self.db.transaction(note)
 
-    def _spec(self, s: Session, job: Job, token: str) -> JobSpec | None:
+    def _spec(self, s: Session, job: Job) -> JobSpec | None:
         """The JobSpec of the job's next run (scheduler.specs), with its files and parent model looked up; None
         when one of them was deleted."""
         files = job_files(s, job)
@@ -141,7 +141,6 @@ class Dispatcher(SchedulerPart):
             files,
             parent_prefix,
             base_model_path=self.settings.base_model_paths()[job.base_model],
-            token=token,
             store_url=self.store.url,
             reporting_address=self.reporting_address,
             device=self.settings.trainer_device,
@@ -150,7 +149,7 @@ class Dispatcher(SchedulerPart):
     def _start_run(self, job_id: str, token: str, spec: JobSpec, runtime: dict[str, Any] | None) -> None:
         try:
             ref = f"{self.store.url}#{spec.spec_key()}"
-            handle = self.backend.launch(job_id, ref, self.logs.path(job_id), runtime)
+            handle = self.backend.launch(job_id, ref, self.logs.path(job_id), runtime, token)
         except LaunchRefused as e:
             log.warning("the trainer of %s was not started: %s", job_id, e.message)
             fail(self.db, job_id, JobError(e.code, e.message))
@@ -162,7 +161,7 @@ class Dispatcher(SchedulerPart):
 
         def record(s: Session) -> bool:
             job = s.scalar(select(Job).where(Job.id == job_id))
-            if job is None or job.run_token != token:
+            if job is None or job.run_token != ids.token_digest(token):
                 return False  # cancelled (or failed) while starting: stop the new run
             job.run_handle = handle
             return True

@@ -36,7 +36,10 @@ from scheduler.k8s_manifests import (
     headless_service_manifest,
     job_manifest,
     make_handle,
+    owner_references,
     parse_handle,
+    run_token_secret_manifest,
+    run_token_secret_name,
 )
 from tunery.jobstate import ErrorCode
 from tunery.settings import Settings
@@ -118,7 +121,9 @@ class KubernetesBackend(Backend):
         return self._version
 
     # Launch ------------------------------------------------------------------------------------------
-    def launch(self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None) -> str:
+    def launch(
+        self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None, run_token: str = ""
+    ) -> str:
         rt = self._runtime(runtime)
         if not rt.image:
             raise LaunchRefused(
@@ -135,10 +140,26 @@ class KubernetesBackend(Backend):
             )
         manifest = job_manifest(self.settings, job_id=job_id, run=_run_id(), spec_ref=spec_ref, runtime=rt)
         name = manifest["metadata"]["name"]
+        secret = run_token_secret_manifest(manifest, run_token)
+        try:  # the token's Secret first: the pods read it as they start
+            self.core.create_namespaced_secret(self.namespace, secret)
+        except ApiException as e:
+            raise LaunchRefused(
+                f"Kubernetes refused the run's token Secret: {_api_message(e)}", code=ErrorCode.server_error
+            ) from e
         try:
             created = self.batch.create_namespaced_job(self.namespace, manifest)
         except ApiException as e:
+            self._delete_token(name)
             raise LaunchRefused(f"Kubernetes refused the Job: {_api_message(e)}", code=ErrorCode.server_error) from e
+        try:  # from now on the Secret goes with its Job (the garbage collector); _delete removes it too
+            self.core.patch_namespaced_secret(
+                secret["metadata"]["name"],
+                self.namespace,
+                {"metadata": {"ownerReferences": owner_references(name, created.metadata.uid)}},
+            )
+        except ApiException as e:
+            log.warning("could not make Job %s the owner of its token Secret: %s", name, _api_message(e))
         if nodes > 1:
             try:
                 self.core.create_namespaced_service(
@@ -338,6 +359,15 @@ class KubernetesBackend(Backend):
         except ApiException as e:
             if e.status != 404:
                 raise
+        self._delete_token(name)
+
+    def _delete_token(self, name: str) -> None:
+        """The run's token Secret (its Job owns it, but a Job deleted before it became the owner would leave it)."""
+        try:
+            self.core.delete_namespaced_secret(run_token_secret_name(name), self.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                log.warning("could not delete the token Secret of Job %s: %s", name, _api_message(e))
 
     def sweep(self, active: set[str]) -> int:
         """Delete the Jobs (with their pods) of runs that finished over TUNERY_K8S_FINISHED_JOB_TTL_SECONDS ago.

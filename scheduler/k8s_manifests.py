@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tunery.jobspec import RUN_TOKEN_ENV
 from tunery.settings import Settings
 
 LABEL_JOB = "tunery.dev/job-id"
@@ -149,6 +150,8 @@ def job_manifest(
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # The run's token, from its own Secret (run_token_secret_manifest): never in the spec every trainer can read.
+        {"name": RUN_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": run_token_secret_name(name), "key": TOKEN_KEY}}},
     ]
     if nodes > 1:
         env.append(
@@ -205,6 +208,35 @@ def job_manifest(
     }
 
 
+TOKEN_KEY = "run-token"
+
+
+def run_token_secret_name(job_name: str) -> str:
+    return f"{job_name}-token"
+
+
+def run_token_secret_manifest(job: dict[str, Any], run_token: str) -> dict[str, Any]:
+    """The Secret that holds one run's token, read by that run's pods alone (through their env): created before
+    its Job, then owned by it (:func:`owner_references`), so it goes when the Job goes."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": run_token_secret_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": dict(meta["labels"]),
+        },
+        "stringData": {TOKEN_KEY: run_token},
+    }
+
+
+def owner_references(job_name: str, job_uid: str) -> list[dict[str, Any]]:
+    """What makes an object part of a trainer Job: Kubernetes' garbage collector deletes it with the Job."""
+    return [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": job_uid, "blockOwnerDeletion": True}]
+
+
 def headless_service_manifest(job: dict[str, Any], owner_uid: str | None = None) -> dict[str, Any]:
     """The headless Service that gives the pods of a multi-node run stable DNS names (torchrun's master)."""
     meta = job["metadata"]
@@ -221,13 +253,5 @@ def headless_service_manifest(job: dict[str, Any], owner_uid: str | None = None)
         },
     }
     if owner_uid:
-        svc["metadata"]["ownerReferences"] = [
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "name": meta["name"],
-                "uid": owner_uid,
-                "blockOwnerDeletion": True,
-            }
-        ]
+        svc["metadata"]["ownerReferences"] = owner_references(meta["name"], owner_uid)
     return svc

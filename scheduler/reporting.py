@@ -89,9 +89,10 @@ MAX_EVENT_DATA = 65536  # bytes of a trainer event's data: larger data is droppe
 
 
 def token_matches(given: str, expected: str | None) -> bool:
-    """The run token check, in constant time whatever the job (a missing job or token compares against a dummy)."""
+    """The run token check against the digest the job keeps (:func:`tunery.ids.token_digest`), in constant time
+    whatever the job (a missing job or token compares against a dummy)."""
     ok = expected is not None and expected != ""
-    return hmac.compare_digest(given.encode(), (expected or "\0").encode()) and ok
+    return hmac.compare_digest(ids.token_digest(given).encode(), (expected or "\0" * 64).encode()) and ok
 
 
 def event_data(data_json: str) -> dict[str, Any] | None:
@@ -311,17 +312,29 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
 class ReportingServer:
     """The gRPC server the trainer runs talk to."""
 
-    def __init__(self, service: ReportingService, host: str = "127.0.0.1", port: int = 0, workers: int = 8):
+    def __init__(
+        self,
+        service: ReportingService,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        workers: int = 8,
+        credentials: grpc.ServerCredentials | None = None,
+    ):
+        """Plaintext, or TLS with ``credentials`` (:func:`tunery.grpc_tls.server_credentials`)."""
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
         pb_grpc.add_TrainerReportingServicer_to_server(service, self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        bind = f"{host}:{port}"
+        self.tls = credentials is not None
+        self.port = (
+            self.server.add_secure_port(bind, credentials) if credentials else self.server.add_insecure_port(bind)
+        )
         if not self.port:
             raise RuntimeError(f"could not bind the reporting service on {host}:{port}")
         self.address = f"{host}:{self.port}"
 
     def start(self) -> None:
         self.server.start()
-        log.info("trainer reporting service on %s", self.address)
+        log.info("trainer reporting service on %s (%s)", self.address, "TLS" if self.tls else "plaintext")
 
     def stop(self, grace: float = 1.0) -> None:
         self.server.stop(grace).wait()

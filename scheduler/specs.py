@@ -29,7 +29,6 @@ def build_spec(
     parent_prefix: str | None,
     *,
     base_model_path: str,
-    token: str,
     store_url: str,
     reporting_address: str,
     device: str,
@@ -66,7 +65,6 @@ def build_spec(
     assert job.fine_tuned_model
     return JobSpec(
         job_id=job.id,
-        run_token=token,
         organization_id=job.organization_id,
         project_id=job.project_id,
         base_model=job.base_model,

@@ -70,6 +70,9 @@ ANSWERS = [
     "Nine.",
 ]
 
+# The run token the trainer tests hand their trainers (in RUN_TOKEN_ENV, as the backends do).
+RUN_TOKEN = "run-token-1"
+
 
 def chat_examples(n: int, system: bool = True) -> list[dict[str, Any]]:
     out = []
@@ -194,7 +197,6 @@ def make_spec(
 ) -> JobSpec:
     return JobSpec(
         job_id=job_id,
-        run_token="run-token-1",
         organization_id="org-default",
         project_id="proj_default",
         base_model="tiny-llama",

@@ -21,6 +21,9 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "H
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
+from tunery.grpc_tls import channel_credentials_from_env  # noqa: E402
+from tunery.jobspec import RUN_TOKEN_ENV  # noqa: E402
+
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE, RunStopped, TrainerError, one_line  # noqa: E402
 from .orphan import watch_parent_from_env  # noqa: E402
 
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     reporter = Reporter(
         spec.reporting_address,
         spec.job_id,
-        spec.run_token,
+        os.environ.pop(RUN_TOKEN_ENV, ""),  # from the backend, for this run alone; not left for child processes
+        credentials=channel_credentials_from_env(dict(os.environ)),  # TLS when a CA is given (tunery/grpc_tls.py)
         on_stop=stop.set,
         abort_wait=lambda: stop.reason is not None,
     )

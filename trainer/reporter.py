@@ -71,7 +71,9 @@ class Reporter:
         on_stop: Callable[[str], None] | None = None,
         policies: dict[str, RetryPolicy] | None = None,
         abort_wait: Callable[[], bool] | None = None,
+        credentials: Any = None,
     ):
+        """``credentials``: a ``grpc.ChannelCredentials`` to dial with TLS (:mod:`tunery.grpc_tls`); None: plaintext."""
         self.address = address or None
         self.job_id = job_id
         self.run_token = run_token
@@ -95,14 +97,16 @@ class Reporter:
             from tunery.v1 import reporting_pb2, reporting_pb2_grpc
 
             self._pb = reporting_pb2
-            self._channel = grpc.insecure_channel(
-                self.address,
-                options=[
-                    # Reconnect quickly after an outage, so retries are not swallowed by a long backoff.
-                    ("grpc.initial_reconnect_backoff_ms", 200),
-                    ("grpc.min_reconnect_backoff_ms", 200),
-                    ("grpc.max_reconnect_backoff_ms", 2000),
-                ],
+            options = [
+                # Reconnect quickly after an outage, so retries are not swallowed by a long backoff.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ]
+            self._channel = (
+                grpc.secure_channel(self.address, credentials, options=options)
+                if credentials is not None
+                else grpc.insecure_channel(self.address, options=options)
             )
             self._stub = reporting_pb2_grpc.TrainerReportingStub(self._channel)
         else:

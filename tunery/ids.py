@@ -7,6 +7,7 @@ Ids are looked up as stored, never parsed by their prefix, so ids written by ear
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import string
@@ -51,7 +52,13 @@ def completion_id() -> str:
 
 
 def run_token() -> str:
+    """A run's secret: handed to its trainer alone by the backend (never written to the object store); the metadata
+    store keeps only its :func:`token_digest`."""
     return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def job_short(job: str) -> str:

@@ -15,6 +15,9 @@ from tunery.plan import TrainingPlan
 
 # A local trainer's parent: the server that launched it (scheduler/backends.py sets it, trainer/orphan.py reads it).
 PARENT_PID_ENV = "TUNERY_PARENT_PID"
+# The run's token, the trainer's credential on the reporting channel: the backend hands it to that trainer alone (a
+# local process's environment, a per-run Kubernetes Secret), never through the shared object store (docs/security.md).
+RUN_TOKEN_ENV = "TUNERY_RUN_TOKEN"
 
 
 class DataFile(BaseModel):
@@ -47,7 +50,6 @@ class DataOptions(BaseModel):
 
 class JobSpec(BaseModel):
     job_id: str
-    run_token: str
     organization_id: str
     project_id: str
     base_model: str  # the name users see (e.g. smollm2-135m-instruct)

@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     # gRPC reporting service the trainer talks back to (port 0: pick a free one).
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 0
+    # TLS on that channel (tunery/grpc_tls.py, docs/security.md), PEM files: the server's certificate and key, and
+    # the CA that signs the trainers' client certificates (set: mutual TLS, a trainer without one is refused) ...
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    grpc_tls_client_ca: str = ""
+    # ... and what a trainer dials with: the CA that signs the server's certificate (set: TLS), its own certificate.
+    trainer_tls_ca: str = ""
+    trainer_tls_cert: str = ""
+    trainer_tls_key: str = ""
 
     # Serving (docs/serving.md). `embedded`: transformers + PEFT in the API process (needs torch); `vllm`: the API
     # proxies chat and completions to vLLM servers, which load adapters from the object store (no torch in the API).

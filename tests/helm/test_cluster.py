@@ -102,6 +102,7 @@ ALLOWED = [
     ("get", "leases.coordination.k8s.io/tunery-scheduler"),
     ("update", "leases.coordination.k8s.io/tunery-scheduler"),
     ("create", "services"),
+    *[(verb, "secrets") for verb in ("create", "patch", "delete")],  # each run's token Secret
 ]
 
 DENIED_IN_TRAINING_NAMESPACE = [

@@ -9,6 +9,7 @@ through a Lease.
 
 from __future__ import annotations
 
+import base64
 import re
 import sys
 import time
@@ -18,9 +19,17 @@ import pytest
 from kubernetes import client
 
 from scheduler.k8s import KubernetesBackend
-from scheduler.k8s_manifests import LABEL_JOB, LABEL_RUN, job_manifest, make_handle
+from scheduler.k8s_manifests import (
+    LABEL_JOB,
+    LABEL_RUN,
+    TOKEN_KEY,
+    job_manifest,
+    make_handle,
+    run_token_secret_name,
+)
 from tests.conftest import TINY, chat_lines, free_port
 from tests.kube.fixtures import kube_api, kube_cluster, kube_namespace, kubelet  # noqa: F401 - fixtures
+from tunery.jobspec import RUN_TOKEN_ENV
 from tunery.settings import Settings
 
 pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
@@ -126,6 +135,14 @@ def test_job_trains_through_a_kubernetes_job(k8s_server, kube_api, kube_namespac
     assert (
         env["AWS_SECRET_ACCESS_KEY"] == "s3" and env["TUNERY_JOB_ID"] == job.id and env["POD_NAME"] == pod.metadata.name
     )
+    # The run's token came from its own Secret, owned by the Job; the spec every trainer can read holds none.
+    token = env[RUN_TOKEN_ENV]
+    secret = client.CoreV1Api(kube_api).read_namespaced_secret(
+        run_token_secret_name(kjob.metadata.name), kube_namespace
+    )
+    assert base64.b64decode(secret.data[TOKEN_KEY]).decode() == token and len(token) >= 32
+    assert [(o.kind, o.uid) for o in secret.metadata.owner_references] == [("Job", kjob.metadata.uid)]
+    assert token not in srv.app.state.ctx.store.get_bytes(f"jobs/{job.id}/spec.json").decode()
 
     # The finished Job stays for TUNERY_K8S_FINISHED_JOB_TTL_SECONDS (an hour by default), then goes with its pod.
     # A Job whose run is still recorded on a job (its outcome not taken in yet) is never swept.
@@ -137,6 +154,7 @@ def test_job_trains_through_a_kubernetes_job(k8s_server, kube_api, kube_namespac
     now.sweep(set())
     _wait(lambda: not _jobs(kube_api, kube_namespace) and not _pods(kube_api, kube_namespace), 60,
           lambda: _state(kube_api, kube_namespace))  # fmt: skip
+    assert not client.CoreV1Api(kube_api).list_namespaced_secret(kube_namespace, label_selector=LABEL_JOB).items
     assert srv.client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
 
 

@@ -10,14 +10,18 @@ from scheduler.k8s import server_version
 from scheduler.k8s_manifests import (
     LABEL_JOB,
     LABEL_RUN,
+    TOKEN_KEY,
     TrainerRuntime,
     headless_service_manifest,
     job_manifest,
     job_name,
     make_handle,
     parse_handle,
+    run_token_secret_manifest,
+    run_token_secret_name,
 )
 from scheduler.quota import quota_decision
+from tunery.jobspec import RUN_TOKEN_ENV
 from tunery.settings import Settings
 
 SPEC = "s3://tunery/jobs/ftjob-AbC123/spec.json"
@@ -73,6 +77,12 @@ def test_job_manifest_carries_every_setting():
     env = {e["name"]: e for e in c["env"]}
     assert env["TUNERY_JOB_ID"]["value"] == "ftjob-AbC123"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # The run's token comes from the run's own Secret, not from the spec or a literal value in the Job.
+    token_ref = env[RUN_TOKEN_ENV]["valueFrom"]["secretKeyRef"]
+    assert (
+        token_ref == {"name": "tunery-ftjob-abc123-x1y2z3-token", "key": TOKEN_KEY}
+        and "value" not in env[RUN_TOKEN_ENV]
+    )
     assert c["resources"] == {
         "requests": {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "1"},
         "limits": {"nvidia.com/gpu": "1"},
@@ -149,6 +159,10 @@ def test_manifests_are_valid_for_current_kubernetes(nodes, gpus):
     kubernetes_validate.validate(m, version, strict=True)
     if nodes > 1:
         kubernetes_validate.validate(headless_service_manifest(m, "uid-1"), version, strict=True)
+    secret = run_token_secret_manifest(m, "the-token")
+    kubernetes_validate.validate(secret, version, strict=True)
+    assert secret["metadata"]["name"] == run_token_secret_name(m["metadata"]["name"])
+    assert secret["stringData"] == {TOKEN_KEY: "the-token"} and secret["metadata"]["labels"] == m["metadata"]["labels"]
 
 
 def test_job_names_are_dns_labels():

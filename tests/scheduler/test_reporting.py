@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from scheduler.reporting import MAX_EVENT_DATA, ReportingServer, ReportingService, event_data, token_matches
-from tunery import layout
+from tunery import ids, layout
 from tunery.db import Database, File, FineTunedModel, Job, JobEvent
 from tunery.db.ops import now
 from tunery.storage import LocalObjectStore
@@ -42,7 +42,7 @@ def a_job(job_id: str, status: str = "running", token: str | None = TOKEN) -> Jo
         attempts=1,
         cancel_requested=False,
         fine_tuned_model=f"ft:tiny:org::{job_id}",
-        run_token=token,
+        run_token=ids.token_digest(token) if token else None,
     )
 
 
@@ -88,7 +88,9 @@ def test_no_status_oracle_without_the_token(reporting: Any) -> None:
         )
     with db.session() as s:
         assert not s.scalars(select(JobEvent).where(JobEvent.message == "forged")).all()
-    assert token_matches(TOKEN, TOKEN) and not token_matches(TOKEN, None) and not token_matches("", "")
+    digest = ids.token_digest(TOKEN)
+    assert token_matches(TOKEN, digest) and not token_matches(TOKEN, TOKEN) and not token_matches(TOKEN, None)
+    assert not token_matches("", "")
 
 
 def test_event_data_is_parsed_after_the_token_and_bounded(reporting: Any) -> None:
@@ -147,7 +149,7 @@ def test_a_finished_report_naming_another_jobs_objects_is_refused(reporting: Any
     assert _code(lambda: stub.Finished(request)) == grpc.StatusCode.INVALID_ARGUMENT
     with db.session() as s:
         job = s.scalar(select(Job).where(Job.id == "ftjob-victim"))
-        assert job is not None and job.status == "running" and job.run_token == TOKEN
+        assert job is not None and job.status == "running" and job.run_token == ids.token_digest(TOKEN)
     stub.Finished(pb.FinishedRequest(run=run(), succeeded=True, trained_tokens=10, **good))
     with db.session() as s:
         job = s.scalar(select(Job).where(Job.id == "ftjob-victim"))

@@ -19,7 +19,6 @@ from tunery.db import File, Job
 from tunery.plan import PlanRequest, resolve_plan
 
 JOB_ID = "ftjob-abc123"
-TOKEN = "run-token-1"
 STORE = "file:///data/objects"
 REPORTING = "127.0.0.1:50051"
 BASE_PATH = "/models/tiny"
@@ -78,7 +77,6 @@ def spec_of(job: Job, files: list[str], parent_prefix: str | None = None) -> dic
         {file_id: a_file(file_id) for file_id in files},
         parent_prefix,
         base_model_path=BASE_PATH,
-        token=TOKEN,
         store_url=STORE,
         reporting_address=REPORTING,
         device="cpu",
@@ -111,7 +109,6 @@ PLAN: dict[str, Any] = {
 }
 SUPERVISED: dict[str, Any] = {
     "job_id": JOB_ID,
-    "run_token": TOKEN,
     "organization_id": "org-1",
     "project_id": "proj-1",
     "base_model": "tiny",

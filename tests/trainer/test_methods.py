@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.trainer.test_preference import preference_examples
-from tests.trainer_fixtures import chat_examples, jsonl_bytes, make_spec, pausing_server
+from tests.trainer_fixtures import RUN_TOKEN, chat_examples, jsonl_bytes, make_spec, pausing_server
 from trainer.errors import RunStopped
 from trainer.reporter import Reporter
 from trainer.run import StopSignal, run
@@ -60,7 +60,7 @@ def _spec(tmp_path: Path, tiny_model_dir: Path, address: str, method: str, adapt
 
 def _run(spec: JobSpec) -> Any:
     stop = StopSignal()
-    reporter = Reporter(spec.reporting_address, spec.job_id, spec.run_token, on_stop=stop.set)
+    reporter = Reporter(spec.reporting_address, spec.job_id, RUN_TOKEN, on_stop=stop.set)
     try:
         return run(spec, reporter, stop)
     finally:

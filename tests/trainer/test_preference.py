@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.trainer_fixtures import ANSWERS, QUESTIONS, jsonl_bytes, make_spec, reporting_server
+from tests.trainer_fixtures import ANSWERS, QUESTIONS, RUN_TOKEN, jsonl_bytes, make_spec, reporting_server
 from trainer.metrics import RESULTS_HEADER
 from trainer.reporter import Reporter
 from trainer.run import StopSignal, run
@@ -52,7 +52,7 @@ def preference_spec(tmp_path: Path, tiny_model_dir: Path, address: str, method: 
 
 
 def run_spec(spec: JobSpec) -> Any:
-    reporter = Reporter(spec.reporting_address, spec.job_id, spec.run_token)
+    reporter = Reporter(spec.reporting_address, spec.job_id, RUN_TOKEN)
     try:
         return run(spec, reporter, StopSignal())
     finally:

@@ -23,11 +23,12 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.trainer_fixtures import chat_examples, free_port, jsonl_bytes, make_spec, reporting_server
+from tests.trainer_fixtures import RUN_TOKEN, chat_examples, free_port, jsonl_bytes, make_spec, reporting_server
 from trainer.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_PREEMPTED
 from trainer.metrics import RESULTS_HEADER
 from trainer.reporter import Reporter, RetryPolicy
 from trainer.run import load_spec
+from tunery.jobspec import RUN_TOKEN_ENV
 from tunery.storage import open_store
 from tunery.v1 import reporting_pb2, reporting_pb2_grpc
 
@@ -41,7 +42,7 @@ SPEC_KEY = "jobs/ftjob-test/spec.json"
 
 def trainer_env() -> dict[str, str]:
     # One intra-op thread: the tiny model gains nothing from two, and it keeps timings steady on shared CPUs.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", RUN_TOKEN_ENV: RUN_TOKEN}
 
 
 def start_trainer(store_root: Path) -> subprocess.Popen[str]:
@@ -104,7 +105,7 @@ def test_successful_run_reports_and_writes_everything(
     names = servicer.names()
     assert names[0] in ("Started", "Event") and names[-1] == "Finished"
     (started,) = servicer.of("Started")
-    assert started.run.job_id == spec.job_id and started.run.run_token == spec.run_token
+    assert started.run.job_id == spec.job_id and started.run.run_token == RUN_TOKEN
     assert started.train_examples == 12
     steps_per_epoch = math.ceil(12 / 4)
     total = steps_per_epoch * 2
