@@ -13,6 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "tunery"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
+MINIMAL_VALUES = CHART / "ci" / "minimal-values.yaml"  # the chart's defaults and the one value it requires
 
 
 def skip_or_fail(reason: str) -> None:

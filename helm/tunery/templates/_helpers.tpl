@@ -183,6 +183,9 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Checks that cannot be said in values.schema.json. */}}
 {{- define "tunery.validate" -}}
+{{- if not (or .Values.auth.apiKeys .Values.auth.existingSecret .Values.auth.allowOpen) }}
+{{- fail "auth: the API needs API keys: set auth.apiKeys, or auth.existingSecret (a Secret holding them), or auth.allowOpen=true for an API that anyone who reaches it may use without a key (dangerous)" }}
+{{- end }}
 {{- $sources := 0 }}
 {{- if .Values.database.url }}{{ $sources = add1 $sources }}{{ end }}
 {{- if .Values.database.existingSecret }}{{ $sources = add1 $sources }}{{ end }}
