@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL = "smollm2-135m-instruct"
+TRAINER_UID = 10001  # user and group of the trainer image (deploy/trainer.Dockerfile)
 
 # The roles of `tunery serve` (api/server.py wires each): `all` is the embedded mode, every part in one process on one
 # box; `api` (the HTTP API) and `scheduler` (scheduler loop and gRPC reporting) are the processes of a deployment.
@@ -154,6 +155,12 @@ class Settings(BaseSettings):
     k8s_cpu_request: str = ""
     k8s_memory_request: str = ""
     k8s_trainer_command: list[str] = Field(default_factory=lambda: ["python", "-m", "trainer"])
+    # Trainer pods run under the "restricted" Pod Security Standard (non-root, no privilege escalation, no
+    # capabilities, RuntimeDefault seccomp), as this user and group, with a read-only root filesystem and an emptyDir
+    # on /tmp (where the trainer image keeps HOME and every cache) unless turned off for an image that writes elsewhere.
+    k8s_run_as_user: int = Field(default=TRAINER_UID, ge=1)
+    k8s_run_as_group: int = Field(default=TRAINER_UID, ge=0)
+    k8s_read_only_root_filesystem: bool = True
     # Finished trainer Jobs (and their pods) are deleted this long after they finish; -1 keeps them.
     k8s_finished_job_ttl_seconds: int = Field(default=3600, ge=-1)
 

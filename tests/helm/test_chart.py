@@ -274,6 +274,28 @@ def test_scheduler_settings_point_at_the_chart_objects(rendered: dict[str, list[
     )
 
 
+def test_trainer_pods_get_the_restricted_security_context(
+    bin_dir: Path, monkeypatch: pytest.MonkeyPatch, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The scheduler reads the ConfigMap as its environment; the trainer pods it builds from it are restricted."""
+    from scheduler.k8s_manifests import job_manifest
+
+    def trainer_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+        for name, value in one(docs, "ConfigMap", "tun-tunery")["data"].items():
+            monkeypatch.setenv(name, value)
+        pod = job_manifest(Settings(), job_id="ftjob-a", run="r", spec_ref="s3://b#k")["spec"]["template"]["spec"]
+        return dict(pod)
+
+    pod = trainer_pod(rendered["production"])
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    sets = ["training.securityContext.runAsUser=2000", "training.securityContext.readOnlyRootFilesystem=false"]
+    pod = trainer_pod(render(bin_dir, values=[MINIMAL_VALUES], sets=sets))
+    assert pod["securityContext"]["runAsUser"] == 2000
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is False
+    assert "runAsUser" in refusal(bin_dir, "training.securityContext.runAsUser=0")  # the schema refuses root
+
+
 def test_secrets_stay_in_secrets(rendered: dict[str, list[dict[str, Any]]]) -> None:
     import base64
 
