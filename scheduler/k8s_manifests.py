@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field
 
 from tunery.settings import TRAINER_UID, Settings
 
+# Every trainer pod carries these; the chart's NetworkPolicies select trainer pods by them (helm/tunery).
+TRAINER_LABELS = {"app.kubernetes.io/name": "tunery-trainer", "app.kubernetes.io/managed-by": "tunery"}
 LABEL_JOB = "tunery.dev/job-id"
 LABEL_RUN = "tunery.dev/run"
 ANNOTATION_SPEC = "tunery.dev/spec"
@@ -156,8 +158,7 @@ def job_manifest(
     name = job_name(job_id, run)
     nodes, gpus = rt.nodes, rt.gpus
     labels = {
-        "app.kubernetes.io/name": "tunery-trainer",
-        "app.kubernetes.io/managed-by": "tunery",
+        **TRAINER_LABELS,
         LABEL_JOB: job_id,
         LABEL_RUN: run,
     }

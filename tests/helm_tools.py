@@ -67,6 +67,13 @@ def render(bin_dir: Path, **kwargs: Any) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
+def install_notes(bin_dir: Path, **kwargs: Any) -> str:
+    """The NOTES an install prints (`helm install --dry-run=client`: rendered here, no cluster)."""
+    args = template_args(**kwargs)
+    out = helm(bin_dir, "install", *args[1:], "--dry-run=client")
+    return out.stdout.split("NOTES:", 1)[1]
+
+
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 

@@ -19,6 +19,7 @@ from tests.helm_tools import (
     PRODUCTION_VALUES,
     by_kind,
     helm,
+    install_notes,
     one,
     render,
     template_args,
@@ -183,6 +184,8 @@ def test_the_api_needs_keys_unless_open_on_purpose(bin_dir: Path) -> None:
     def api_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
         return {e["name"]: e for e in containers(one(docs, "Deployment", "tun-tunery-api"))[0]["env"]}
 
+    assert "auth.allowOpen is set" in install_notes(bin_dir, sets=["auth.allowOpen=true"])
+    assert "auth.allowOpen is set" not in install_notes(bin_dir, values=[MINIMAL_VALUES], sets=["auth.allowOpen=true"])
     open_docs = render(bin_dir, sets=["auth.allowOpen=true"])
     assert one(open_docs, "ConfigMap", "tun-tunery")["data"]["TUNERY_ALLOW_OPEN"] == "true"
     assert "TUNERY_API_KEYS" not in api_env(open_docs)
@@ -426,26 +429,6 @@ def test_vllm_serves_loras_from_the_object_store(rendered: dict[str, list[dict[s
 
 def test_vllm_needs_a_served_model_name_the_api_knows(bin_dir: Path) -> None:
     assert "vllm.servedModelName" in refusal(bin_dir, "vllm.enabled=true")
-
-
-def test_network_policies_admit_only_their_clients(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    assert not by_kind(rendered["minimal"], "NetworkPolicy")
-    docs = rendered["dev"]
-    sched = one(docs, "NetworkPolicy", "tun-tunery-scheduler")["spec"]["ingress"]
-    assert sched[0]["ports"] == [{"port": "grpc", "protocol": "TCP"}]
-    assert sched[0]["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "tunery"}
-    vllm = one(docs, "NetworkPolicy", "tun-tunery-vllm")["spec"]["ingress"][0]["from"]
-    assert vllm == [{"podSelector": {"matchLabels": {**_selector("api")}}}]
-    pg = one(docs, "NetworkPolicy", "tun-tunery-postgresql")["spec"]["ingress"][0]["from"]
-    assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in pg} == {"api", "scheduler"}
-
-
-def _selector(component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "tunery",
-        "app.kubernetes.io/instance": "tun",
-        "app.kubernetes.io/component": component,
-    }
 
 
 def test_service_monitor_scrapes_the_metrics_ports(rendered: dict[str, list[dict[str, Any]]]) -> None:
