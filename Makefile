@@ -55,5 +55,5 @@ helm-tools: setup
 lint-deploy: setup
 	$(BIN)/hadolint deploy/control-plane.Dockerfile deploy/trainer.Dockerfile deploy/serving.Dockerfile
 	bin=$$($(BIN)/python tests/tools/fetch_helm.py) \
-	  && $$bin/helm lint --strict helm/tunery \
+	  && $$bin/helm lint --strict helm/tunery -f helm/tunery/ci/minimal-values.yaml \
 	  && $$bin/helm lint --strict helm/tunery -f helm/tunery/ci/production-values.yaml

@@ -33,14 +33,16 @@ def serve(
     data_dir: Path = typer.Option(None, help="State folder (TUNERY_DATA_DIR, default ./tunery-data)."),
     role: str = typer.Option(
         "all",
-        help="all: API + scheduler + serving in one process (embedded mode); api: the HTTP API only; "
-        "scheduler: the scheduler loop and gRPC reporting service, with /healthz on the port.",
+        help="all: API + scheduler + serving in one process (embedded mode); api: the HTTP API only (needs "
+        "TUNERY_API_KEYS, or TUNERY_ALLOW_OPEN=true); scheduler: the scheduler loop and gRPC reporting service, with "
+        "/healthz on the port.",
     ),
 ) -> None:
     """Run the server: API, scheduler, trainer backend and serving engine (or one role of them)."""
     from api.server import ROLES
     from api.server import serve as run
     from tunery.db import SchemaOutOfDate
+    from tunery.settings import UnsafeSettings
     from tunery.storage import ObjectStoreError
 
     if role not in ROLES:
@@ -51,7 +53,7 @@ def serve(
     except ObjectStoreError as e:  # a missing bucket or wrong credentials: say so, no traceback
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    except SchemaOutOfDate as e:
+    except (SchemaOutOfDate, UnsafeSettings) as e:  # e.g. --role api without TUNERY_API_KEYS
         typer.echo(f"tunery serve: {e}", err=True)
         raise typer.Exit(2) from None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from tunery.db import Database
 from tunery.grpc_tls import server_credentials, trainer_tls_environment
 from tunery.metrics import CONTENT_TYPE, Metrics
-from tunery.settings import DEMO_MODEL, Settings
+from tunery.settings import DEMO_MODEL, ROLES, Settings, UnsafeSettings
 from tunery.storage import open_store, store_environment
 
 log = logging.getLogger("tunery.server")
@@ -111,21 +111,25 @@ def make_serving(settings: Settings, store, supervisor=None):  # type: ignore[no
     return EmbeddedBackend(engine, max_queue=settings.serving_max_queue)
 
 
-ROLES = ("all", "api", "scheduler")
-
-
 def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bool = True, role: str = "all"):  # type: ignore[no-untyped-def]
     """Wire every part of a role; returns (ASGI app, shutdown function).
 
     ``all`` (the embedded server): API + scheduler + reporting service + serving engine. ``api``: the HTTP API
     only (a scheduler elsewhere picks up its jobs from the metadata store). ``scheduler``: the scheduler loop and
-    the gRPC reporting service, with a small HTTP app answering ``/healthz`` for probes.
+    the gRPC reporting service, with a small HTTP app answering ``/healthz`` for probes. A role refuses to start
+    on unsafe settings (:class:`UnsafeSettings`: an ``api`` role without API keys, see
+    :meth:`Settings.open_access_refusal`).
     """
     from scheduler.reporting import ReportingServer, ReportingService
     from scheduler.service import Scheduler
 
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    refusal = settings.open_access_refusal(role)
+    if refusal:
+        raise UnsafeSettings(refusal)
+    if role == "api" and not settings.api_keys:
+        log.warning("TUNERY_ALLOW_OPEN: the API accepts every request, without a key, as its one tenant")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if prepare_models and role != "scheduler":
         prepare_base_models(settings)

@@ -13,8 +13,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from tunery.jobspec import RUN_TOKEN_ENV
-from tunery.settings import Settings
+from tunery.settings import TRAINER_UID, Settings
 
+# Every trainer pod carries these; the chart's NetworkPolicies select trainer pods by them (helm/tunery).
+TRAINER_LABELS = {"app.kubernetes.io/name": "tunery-trainer", "app.kubernetes.io/managed-by": "tunery"}
 LABEL_JOB = "tunery.dev/job-id"
 LABEL_RUN = "tunery.dev/run"
 ANNOTATION_SPEC = "tunery.dev/spec"
@@ -56,6 +58,10 @@ class TrainerRuntime(BaseModel):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     priority_class: str = ""
+    # Restricted Pod Security Standard; a runtime stored before these fields existed gets these defaults.
+    run_as_user: int = Field(default=TRAINER_UID, ge=1)
+    run_as_group: int = Field(default=TRAINER_UID, ge=0)
+    read_only_root_filesystem: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TrainerRuntime:
@@ -73,6 +79,9 @@ class TrainerRuntime(BaseModel):
             node_selector=dict(settings.k8s_node_selector),
             tolerations=[dict(t) for t in settings.k8s_tolerations],
             priority_class=settings.k8s_priority_class,
+            run_as_user=settings.k8s_run_as_user,
+            run_as_group=settings.k8s_run_as_group,
+            read_only_root_filesystem=settings.k8s_read_only_root_filesystem,
         )
 
     @property
@@ -94,6 +103,25 @@ def gpus_per_run(settings: Settings) -> int:
 
 
 # Manifests -------------------------------------------------------------------------------------------------
+def security_contexts(runtime: TrainerRuntime) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's and the container's securityContext: the "restricted" Pod Security Standard (a non-root user, no
+    privilege escalation, every capability dropped, the runtime's default seccomp profile) and, unless the runtime
+    says otherwise, a read-only root filesystem (the pod then has an emptyDir on /tmp)."""
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": runtime.run_as_user,
+        "runAsGroup": runtime.run_as_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": runtime.read_only_root_filesystem,
+    }
+    return pod, container
+
+
 def trainer_command(runtime: TrainerRuntime, spec_ref: str, name: str) -> list[str]:
     """The pod's command: the trainer, under torchrun when the run has several GPUs or nodes."""
     base = list(runtime.command)
@@ -131,8 +159,7 @@ def job_manifest(
     name = job_name(job_id, run)
     nodes, gpus = rt.nodes, rt.gpus
     labels = {
-        "app.kubernetes.io/name": "tunery-trainer",
-        "app.kubernetes.io/managed-by": "tunery",
+        **TRAINER_LABELS,
         LABEL_JOB: job_id,
         LABEL_RUN: run,
     }
@@ -162,6 +189,7 @@ def job_manifest(
                 },
             }
         )
+    pod_security, container_security = security_contexts(rt)
     container: dict[str, Any] = {
         "name": "trainer",
         "image": rt.image,
@@ -169,28 +197,39 @@ def job_manifest(
         "command": trainer_command(rt, spec_ref, name),
         "env": env,
         "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
+        "securityContext": container_security,
     }
     if rt.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": rt.credentials_secret}}]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": max(1, round(settings.cancel_grace_seconds)),
+        "securityContext": pod_security,
+        "automountServiceAccountToken": False,  # the trainer never talks to the Kubernetes API
         "containers": [container],
     }
     if rt.service_account:
         pod["serviceAccountName"] = rt.service_account
-    else:
-        pod["automountServiceAccountToken"] = False  # the trainer never talks to the Kubernetes API
     if rt.node_selector:
         pod["nodeSelector"] = dict(rt.node_selector)
     if rt.tolerations:
         pod["tolerations"] = [dict(t) for t in rt.tolerations]
     if rt.priority_class:
         pod["priorityClassName"] = rt.priority_class
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if rt.read_only_root_filesystem:
+        # The trainer's only writable place: its work folders (tempfile), HOME, the Hugging Face, Triton and torch
+        # caches (the image points them all at /tmp); on the node's disk, as the container layer would be.
+        volumes.append({"name": "tmp", "emptyDir": {}})
+        mounts.append({"name": "tmp", "mountPath": "/tmp"})
     if gpus > 1 or nodes > 1:
         # NCCL and the DataLoader workers share memory through /dev/shm, which a container keeps at 64 MB.
-        pod["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-        container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    if volumes:
+        pod["volumes"] = volumes
+        container["volumeMounts"] = mounts
     spec: dict[str, Any] = {
         "backoffLimit": 0,  # the scheduler owns retries
         "completions": nodes,

@@ -13,6 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "tunery"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
+MINIMAL_VALUES = CHART / "ci" / "minimal-values.yaml"  # the chart's defaults and the one value it requires
 
 
 def skip_or_fail(reason: str) -> None:
@@ -64,6 +65,13 @@ def render(bin_dir: Path, **kwargs: Any) -> list[dict[str, Any]]:
     """`helm template` the chart; the manifests as dicts."""
     out = helm(bin_dir, *template_args(**kwargs))
     return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def install_notes(bin_dir: Path, **kwargs: Any) -> str:
+    """The NOTES an install prints (`helm install --dry-run=client`: rendered here, no cluster)."""
+    args = template_args(**kwargs)
+    out = helm(bin_dir, "install", *args[1:], "--dry-run=client")
+    return out.stdout.split("NOTES:", 1)[1]
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

@@ -11,6 +11,15 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL = "smollm2-135m-instruct"
+TRAINER_UID = 10001  # user and group of the trainer image (deploy/trainer.Dockerfile)
+
+# The roles of `tunery serve` (api/server.py wires each): `all` is the embedded mode, every part in one process on one
+# box; `api` (the HTTP API) and `scheduler` (scheduler loop and gRPC reporting) are the processes of a deployment.
+ROLES = ("all", "api", "scheduler")
+
+
+class UnsafeSettings(Exception):
+    """Settings a role refuses to start with; the message names the settings to change."""
 
 
 def default_cache_dir() -> Path:
@@ -46,8 +55,11 @@ class Settings(BaseSettings):
     organization_id: str = "org-default"
     organization_slug: str = "personal"
     project_id: str = "proj_default"
-    # API keys accepted (comma-separated or JSON list). Empty: any key is accepted (embedded mode).
+    # API keys accepted (comma-separated or JSON list). Empty: any key is accepted, which only the embedded mode does
+    # unless allow_open says so (open_access_refusal).
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Dangerous: let `tunery serve --role api` start without API keys, accepting every request as the one tenant.
+    allow_open: bool = False
 
     # Files.
     max_file_bytes: int = 512 * 1024 * 1024
@@ -152,6 +164,12 @@ class Settings(BaseSettings):
     k8s_cpu_request: str = ""
     k8s_memory_request: str = ""
     k8s_trainer_command: list[str] = Field(default_factory=lambda: ["python", "-m", "trainer"])
+    # Trainer pods run under the "restricted" Pod Security Standard (non-root, no privilege escalation, no
+    # capabilities, RuntimeDefault seccomp), as this user and group, with a read-only root filesystem and an emptyDir
+    # on /tmp (where the trainer image keeps HOME and every cache) unless turned off for an image that writes elsewhere.
+    k8s_run_as_user: int = Field(default=TRAINER_UID, ge=1)
+    k8s_run_as_group: int = Field(default=TRAINER_UID, ge=0)
+    k8s_read_only_root_filesystem: bool = True
     # Finished trainer Jobs (and their pods) are deleted this long after they finish; -1 keeps them.
     k8s_finished_job_ttl_seconds: int = Field(default=3600, ge=-1)
 
@@ -178,6 +196,21 @@ class Settings(BaseSettings):
                 return json.loads(v)
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
+
+    def open_access_refusal(self, role: str) -> str | None:
+        """Why ``role`` may not start with these settings, or None: the one rule of open access.
+
+        The embedded mode (role ``all``, one process on one box) accepts any key until keys are set. The ``api``
+        role, deployed on its own and reachable by others, needs TUNERY_API_KEYS, or TUNERY_ALLOW_OPEN to say that
+        it is meant to be open. The ``scheduler`` role answers no API request (``/healthz``, ``/metrics``, and
+        trainer reports, each checked against its run's token), so API keys mean nothing there."""
+        if role != "api" or self.api_keys or self.allow_open:
+            return None
+        return (
+            "refusing to start the API role without API keys: set TUNERY_API_KEYS (comma-separated or a JSON "
+            "list), or TUNERY_ALLOW_OPEN=true to let anyone who reaches the API use it as the one tenant, "
+            "without a key (dangerous: docs/security.md)"
+        )
 
     @property
     def resolved_database_url(self) -> str:

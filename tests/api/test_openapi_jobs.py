@@ -42,7 +42,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tunery.settings import Settings
 
     data = tmp_path_factory.mktemp("jobs-contract")
-    app, shutdown = build(Settings(data_dir=data, demo_model=False, base_models={"m": "/nonexistent"}), role="api")
+    settings = Settings(data_dir=data, demo_model=False, base_models={"m": "/nonexistent"}, allow_open=True)
+    app, shutdown = build(settings, role="api")
     yield app
     shutdown()
 

@@ -25,6 +25,7 @@ def test_api_and_scheduler_roles_split_the_work(tmp_path, tiny_model_dir):
         model_cache_dir=tmp_path / "cache",
         trainer_device="cpu",
         scheduler_poll_seconds=0.2,
+        api_keys=["k"],  # the api role refuses to start without keys (the SDK below sends "k")
     )
     api_app, api_shutdown = build(settings, role="api")
     sched_app, sched_shutdown = None, None

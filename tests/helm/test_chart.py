@@ -13,7 +13,18 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.helm_tools import CHART, PRODUCTION_VALUES, by_kind, helm, one, render, template_args, tools_dir
+from tests.helm_tools import (
+    CHART,
+    MINIMAL_VALUES,
+    PRODUCTION_VALUES,
+    by_kind,
+    helm,
+    install_notes,
+    one,
+    render,
+    template_args,
+    tools_dir,
+)
 from tunery.settings import Settings
 
 # A development install: the chart's own PostgreSQL, keys and S3 credentials in the chart's Secrets.
@@ -31,7 +42,7 @@ DEV_SETS = [
 ]
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
+    "minimal": {"values": [MINIMAL_VALUES]},
     "production": {"values": [PRODUCTION_VALUES]},
     "dev": {"sets": DEV_SETS},
 }
@@ -59,7 +70,7 @@ def workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- lint and schema ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["default", "production", "dev"])
+@pytest.mark.parametrize("variant", ["minimal", "production", "dev"])
 def test_helm_lint_strict_is_clean(bin_dir: Path, variant: str) -> None:
     args = ["lint", "--strict", str(CHART)]
     for v in VARIANTS[variant].get("values", []):
@@ -144,29 +155,53 @@ def test_helm_readme_lists_every_value() -> None:
     assert not missing, f"helm/README.md lacks {missing}"
 
 
+def refusal(bin_dir: Path, *sets: str, values: list[Path] | None = None) -> str:
+    """What `helm template` says when it refuses ``sets`` on top of ``values`` (default: the minimal values)."""
+    args = template_args(values=[MINIMAL_VALUES] if values is None else values, sets=list(sets))
+    out = helm(bin_dir, *args, check=False)
+    assert out.returncode != 0, f"rendered with {sets}"
+    return out.stderr
+
+
 def test_conflicting_database_settings_fail_with_a_message(bin_dir: Path) -> None:
-    out = helm(
-        bin_dir,
-        *template_args(sets=["database.url=postgresql+psycopg://u:p@db/t", "postgresql.enabled=true"]),
-        check=False,
-    )
-    assert out.returncode != 0 and "set only one of database.url" in out.stderr
-    out = helm(bin_dir, *template_args(sets=["postgresql.enabled=true"]), check=False)
-    assert out.returncode != 0 and "postgresql.auth.password" in out.stderr
-    out = helm(bin_dir, *template_args(sets=["objectStore.s3.existingSecret=s3"]), check=False)
-    assert out.returncode != 0 and "training.credentials.existingSecret" in out.stderr
-    out = helm(bin_dir, *template_args(sets=["config.extra.TUNERY_OBJECT_STORE=s3://other"]), check=False)
-    assert out.returncode != 0 and "config.extra.TUNERY_OBJECT_STORE: the chart sets this one" in out.stderr
-    sets = ["scheduler.replicaCount=2", "scheduler.leaderElection=false"]
-    out = helm(bin_dir, *template_args(sets=sets), check=False)
-    assert out.returncode != 0 and "leaderElection" in out.stderr
+    err = refusal(bin_dir, "database.url=postgresql+psycopg://u:p@db/t", "postgresql.enabled=true")
+    assert "set only one of database.url" in err
+    assert "postgresql.auth.password" in refusal(bin_dir, "postgresql.enabled=true")
+    assert "training.credentials.existingSecret" in refusal(bin_dir, "objectStore.s3.existingSecret=s3")
+    err = refusal(bin_dir, "config.extra.TUNERY_OBJECT_STORE=s3://other")
+    assert "config.extra.TUNERY_OBJECT_STORE: the chart sets this one" in err
+    assert "leaderElection" in refusal(bin_dir, "scheduler.replicaCount=2", "scheduler.leaderElection=false")
+
+
+def test_the_api_needs_keys_unless_open_on_purpose(bin_dir: Path) -> None:
+    """No auth.apiKeys and no auth.existingSecret: no install, unless auth.allowOpen says the API is meant to be
+    open, which becomes TUNERY_ALLOW_OPEN (the API role refuses to start without keys otherwise)."""
+    err = refusal(bin_dir, values=[])  # the chart's defaults alone
+    assert "the API needs API keys" in err and "auth.apiKeys" in err and "auth.existingSecret" in err
+    assert "auth.allowOpen=true" in err
+    assert "the API needs API keys" in refusal(bin_dir, "auth.allowOpen=false", values=[])
+
+    def api_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {e["name"]: e for e in containers(one(docs, "Deployment", "tun-tunery-api"))[0]["env"]}
+
+    assert "auth.allowOpen is set" in install_notes(bin_dir, sets=["auth.allowOpen=true"])
+    assert "auth.allowOpen is set" not in install_notes(bin_dir, values=[MINIMAL_VALUES], sets=["auth.allowOpen=true"])
+    open_docs = render(bin_dir, sets=["auth.allowOpen=true"])
+    assert one(open_docs, "ConfigMap", "tun-tunery")["data"]["TUNERY_ALLOW_OPEN"] == "true"
+    assert "TUNERY_API_KEYS" not in api_env(open_docs)
+    keyed = render(bin_dir, values=[MINIMAL_VALUES])
+    assert one(keyed, "ConfigMap", "tun-tunery")["data"]["TUNERY_ALLOW_OPEN"] == "false"
+    ref = api_env(keyed)["TUNERY_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "tunery-api-keys", "key": "api-keys"}
+    err = refusal(bin_dir, "config.extra.TUNERY_ALLOW_OPEN=yes")
+    assert "config.extra.TUNERY_ALLOW_OPEN: the chart sets this one" in err
 
 
 # -- valid for current Kubernetes -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kube", ["1.25.0", "1.33.0", "1.37.0"])
-@pytest.mark.parametrize("variant", ["default", "production", "dev"])
+@pytest.mark.parametrize("variant", ["minimal", "production", "dev"])
 def test_manifests_are_valid_for_current_kubernetes(bin_dir: Path, variant: str, kube: str) -> None:
     docs = render(bin_dir, kube_version=kube, **VARIANTS[variant])
     unchecked = []
@@ -180,8 +215,12 @@ def test_manifests_are_valid_for_current_kubernetes(bin_dir: Path, variant: str,
 
 def test_hpa_api_version_follows_the_server(bin_dir: Path) -> None:
     sets = ["api.autoscaling.enabled=true"]
-    (new,) = by_kind(render(bin_dir, sets=sets, kube_version="1.33.0"), "HorizontalPodAutoscaler")
-    (old,) = by_kind(render(bin_dir, sets=sets, kube_version="1.20.2"), "HorizontalPodAutoscaler")
+    (new,) = by_kind(
+        render(bin_dir, values=[MINIMAL_VALUES], sets=sets, kube_version="1.33.0"), "HorizontalPodAutoscaler"
+    )
+    (old,) = by_kind(
+        render(bin_dir, values=[MINIMAL_VALUES], sets=sets, kube_version="1.20.2"), "HorizontalPodAutoscaler"
+    )
     assert new["apiVersion"] == "autoscaling/v2" and old["apiVersion"] == "autoscaling/v2beta2"
 
 
@@ -238,6 +277,28 @@ def test_scheduler_settings_point_at_the_chart_objects(rendered: dict[str, list[
     )
 
 
+def test_trainer_pods_get_the_restricted_security_context(
+    bin_dir: Path, monkeypatch: pytest.MonkeyPatch, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The scheduler reads the ConfigMap as its environment; the trainer pods it builds from it are restricted."""
+    from scheduler.k8s_manifests import job_manifest
+
+    def trainer_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+        for name, value in one(docs, "ConfigMap", "tun-tunery")["data"].items():
+            monkeypatch.setenv(name, value)
+        pod = job_manifest(Settings(), job_id="ftjob-a", run="r", spec_ref="s3://b#k")["spec"]["template"]["spec"]
+        return dict(pod)
+
+    pod = trainer_pod(rendered["production"])
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    sets = ["training.securityContext.runAsUser=2000", "training.securityContext.readOnlyRootFilesystem=false"]
+    pod = trainer_pod(render(bin_dir, values=[MINIMAL_VALUES], sets=sets))
+    assert pod["securityContext"]["runAsUser"] == 2000
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is False
+    assert "runAsUser" in refusal(bin_dir, "training.securityContext.runAsUser=0")  # the schema refuses root
+
+
 def test_secrets_stay_in_secrets(rendered: dict[str, list[dict[str, Any]]]) -> None:
     import base64
 
@@ -289,12 +350,13 @@ def test_scheduler_rbac_is_one_role_in_the_training_namespace(rendered: dict[str
         | {("coordination.k8s.io", "leases", "create", ())}
         | {("coordination.k8s.io", "leases", v, ("tunery-scheduler",)) for v in ("get", "update")}
         | {("", "services", "create", ())}
+        | {("", "secrets", v, ()) for v in ("create", "patch", "delete")}  # each run's token Secret; never get/list
     )
     assert granted == expected
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tun-tunery-scheduler", "namespace": "tunery"}]
 
 
-@pytest.mark.parametrize("variant", ["default", "production", "dev"])
+@pytest.mark.parametrize("variant", ["minimal", "production", "dev"])
 def test_pods_run_as_non_root_without_privileges(rendered: dict[str, list[dict[str, Any]]], variant: str) -> None:
     for doc in workloads(rendered[variant]):
         pod = doc["spec"]["template"]["spec"]
@@ -328,12 +390,12 @@ def test_migrations_run_before_the_scheduler(rendered: dict[str, list[dict[str, 
     assert init["command"] == ["tunery", "db", "upgrade"]
     assert [e["name"] for e in init["env"]] == ["TUNERY_DATABASE_URL"]
     # No database configured: nothing to migrate.
-    default = one(rendered["default"], "Deployment", "tun-tunery-scheduler")["spec"]["template"]["spec"]
-    assert "initContainers" not in default
+    minimal = one(rendered["minimal"], "Deployment", "tun-tunery-scheduler")["spec"]["template"]["spec"]
+    assert "initContainers" not in minimal
 
 
 def test_vllm_serves_loras_from_the_object_store(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    assert not [d for d in rendered["default"] if "vllm" in d["metadata"]["name"]]
+    assert not [d for d in rendered["minimal"] if "vllm" in d["metadata"]["name"]]
     docs = rendered["production"]
     pod = one(docs, "Deployment", "tun-tunery-vllm")["spec"]["template"]["spec"]
     c = pod["containers"][0]
@@ -367,28 +429,7 @@ def test_vllm_serves_loras_from_the_object_store(rendered: dict[str, list[dict[s
 
 
 def test_vllm_needs_a_served_model_name_the_api_knows(bin_dir: Path) -> None:
-    out = helm(bin_dir, *template_args(sets=["vllm.enabled=true"]), check=False)
-    assert out.returncode != 0 and "vllm.servedModelName" in out.stderr
-
-
-def test_network_policies_admit_only_their_clients(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    assert not by_kind(rendered["default"], "NetworkPolicy")
-    docs = rendered["dev"]
-    sched = one(docs, "NetworkPolicy", "tun-tunery-scheduler")["spec"]["ingress"]
-    assert sched[0]["ports"] == [{"port": "grpc", "protocol": "TCP"}]
-    assert sched[0]["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "tunery"}
-    vllm = one(docs, "NetworkPolicy", "tun-tunery-vllm")["spec"]["ingress"][0]["from"]
-    assert vllm == [{"podSelector": {"matchLabels": {**_selector("api")}}}]
-    pg = one(docs, "NetworkPolicy", "tun-tunery-postgresql")["spec"]["ingress"][0]["from"]
-    assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in pg} == {"api", "scheduler"}
-
-
-def _selector(component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "tunery",
-        "app.kubernetes.io/instance": "tun",
-        "app.kubernetes.io/component": component,
-    }
+    assert "vllm.servedModelName" in refusal(bin_dir, "vllm.enabled=true")
 
 
 def test_service_monitor_scrapes_the_metrics_ports(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helm_tools import PRODUCTION_VALUES, render, run, tools_dir
+from tests.helm_tools import MINIMAL_VALUES, PRODUCTION_VALUES, render, run, tools_dir
 from tests.kube.fixtures import kube_cluster  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
@@ -142,7 +142,8 @@ DENIED_CLUSTER_WIDE = [
 
 def test_scheduler_can_do_exactly_what_it_needs(kubectl: Any, namespaces: tuple[str, str]) -> None:
     ns, training = namespaces
-    docs = render(tools_dir(), namespace=ns, release=RELEASE, sets=[f"training.namespace={training}"])
+    sets = [f"training.namespace={training}"]
+    docs = render(tools_dir(), namespace=ns, release=RELEASE, values=[MINIMAL_VALUES], sets=sets)
     rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "Secret")]
     apply(kubectl, rbac)
 

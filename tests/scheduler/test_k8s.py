@@ -458,6 +458,7 @@ def test_scheduler_replicas_elect_a_leader_and_hand_over_a_running_job(
         k8s_trainer_command=[sys.executable, "-m", "trainer"],
         # Both replicas serve the reporting service on one port (SO_REUSEPORT), as a Service would.
         grpc_port=free_port(),
+        api_keys=["k"],  # the api role refuses to start without keys (the SDK below sends "k")
     )
     stops = []
     try:

@@ -64,7 +64,8 @@ def test_job_manifest_carries_every_setting():
     assert tmpl["metadata"]["labels"][LABEL_RUN] == "x1y2z3"
     pod = tmpl["spec"]
     assert pod["restartPolicy"] == "Never"
-    assert pod["serviceAccountName"] == "tunery-trainer" and "automountServiceAccountToken" not in pod
+    assert pod["serviceAccountName"] == "tunery-trainer"
+    assert pod["automountServiceAccountToken"] is False  # even with a ServiceAccount: no Kubernetes API token
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["priorityClassName"] == "tunery-training"
@@ -87,7 +88,8 @@ def test_job_manifest_carries_every_setting():
         "requests": {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "1"},
         "limits": {"nvidia.com/gpu": "1"},
     }
-    assert "volumes" not in pod
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}]  # the read-only root filesystem's one writable place
+    assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
 
 
 def test_job_manifest_defaults_are_minimal():
@@ -118,7 +120,8 @@ def test_multi_gpu_runs_torchrun_in_one_pod():
     assert "--nproc_per_node=4" in cmd and "--standalone" in cmd
     assert cmd[cmd.index("--no-python") + 1 :] == ["python", "-m", "trainer", "--spec", REF]
     assert m["spec"]["completions"] == 1 and "completionMode" not in m["spec"]
-    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
     # A custom entrypoint that is not a Python interpreter runs under the torchrun script.
     custom = job_manifest(
         Settings(k8s_gpus_per_job=2, k8s_trainer_command=["/app/train"]), job_id="j", run="r", spec_ref=REF
@@ -240,3 +243,90 @@ def test_a_jobs_runtime_snapshot_outlives_a_change_of_settings() -> None:
     assert now["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":2.0.0")
     assert later["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":1.2.3")
     assert runtime.gpus_per_run == 2 and TrainerRuntime.from_settings(changed).gpus_per_run == 1
+    # The security context is part of the snapshot too.
+    other_user = job_manifest(full_settings(k8s_run_as_user=4242), job_id="j", run="r", spec_ref=REF, runtime=runtime)
+    assert other_user["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
+
+
+# Pod Security Standards, "restricted" profile (https://kubernetes.io/docs/concepts/security/pod-security-standards/):
+# the controls that apply to a pod like the trainer's, checked on the manifest as the admission plugin checks them.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected"}
+RESTRICTED_VOLUMES |= {"secret"}
+
+
+def restricted_violations(pod: dict) -> list[str]:
+    found = []
+    psc = pod.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            found.append(key)
+    for v in pod.get("volumes", []):
+        if not set(v) - {"name"} <= RESTRICTED_VOLUMES:
+            found.append(f"volume {v['name']}")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        if sc.get("privileged"):
+            found.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities")
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+            found.append(f"{name}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            found.append(f"{name}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            found.append(f"{name}: hostPort")
+    return found
+
+
+@pytest.mark.parametrize("nodes,gpus", [(1, 0), (1, 1), (1, 4), (2, 8)])
+def test_trainer_pods_meet_the_restricted_pod_security_standard(nodes, gpus):
+    m = job_manifest(
+        full_settings(k8s_gpus_per_job=gpus, k8s_nodes_per_job=nodes), job_id="ftjob-Z", run="a", spec_ref=REF
+    )
+    pod = m["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,  # the trainer image's user
+        "runAsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    [c] = pod["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    tmp = next(m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert next(v for v in pod["volumes"] if v["name"] == tmp) == {"name": tmp, "emptyDir": {}}
+    # The checker sees what it checks: a pod without securityContexts and with a hostPath volume breaks five rules.
+    bare = {"containers": [{"name": "trainer"}], "volumes": [{"name": "models", "hostPath": {"path": "/models"}}]}
+    assert len(restricted_violations(bare)) == 5
+
+
+def test_the_trainer_user_and_root_filesystem_are_settings(monkeypatch):
+    monkeypatch.setenv("TUNERY_K8S_RUN_AS_USER", "2000")
+    monkeypatch.setenv("TUNERY_K8S_RUN_AS_GROUP", "0")
+    monkeypatch.setenv("TUNERY_K8S_READ_ONLY_ROOT_FILESYSTEM", "false")
+    m = job_manifest(Settings(), job_id="ftjob-q", run="r", spec_ref=REF)
+    pod = m["spec"]["template"]["spec"]
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (2000, 0)
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is False
+    assert "volumes" not in pod and "volumeMounts" not in pod["containers"][0]  # no /tmp needed
+    assert restricted_violations(pod) == []  # the rest of the profile is not a setting
+    monkeypatch.setenv("TUNERY_K8S_RUN_AS_USER", "0")
+    with pytest.raises(ValueError, match="k8s_run_as_user"):
+        Settings()  # root is refused, as runAsNonRoot would refuse the pod
+
+
+def test_a_runtime_stored_before_security_contexts_gets_the_restricted_one():
+    stored = TrainerRuntime.from_settings(full_settings()).model_dump()
+    for key in ("run_as_user", "run_as_group", "read_only_root_filesystem"):
+        del stored[key]
+    m = job_manifest(Settings(), job_id="j", run="r", spec_ref=REF, runtime=TrainerRuntime.model_validate(stored))
+    pod = m["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == [] and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True

@@ -201,7 +201,7 @@ from fastapi.testclient import TestClient
 from api.server import build
 from tunery.settings import Settings
 settings = Settings(data_dir={str(tmp_path)!r}, demo_model=False, base_models={{"m": "/nonexistent"}},
-                    serving_backend="vllm", vllm_url="http://127.0.0.1:{free_port()}")
+                    serving_backend="vllm", vllm_url="http://127.0.0.1:{free_port()}", allow_open=True)
 app, shutdown = build(settings, role="api")
 c = TestClient(app)
 body = {{"model": "m", "messages": [{{"role": "user", "content": "x"}}]}}

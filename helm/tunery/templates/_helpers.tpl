@@ -110,6 +110,65 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The port of a URL: its own, else 80 for http and 443 otherwise. */}}
+{{- define "tunery.urlPort" -}}
+{{- $u := urlParse . }}
+{{- $port := regexFind ":[0-9]+$" $u.host | trimPrefix ":" }}
+{{- if $port }}{{ $port }}{{ else if eq $u.scheme "http" }}80{{ else }}443{{ end }}
+{{- end }}
+
+{{/* Labels that select trainer pods: the ones the scheduler gives them (scheduler/k8s_manifests.py TRAINER_LABELS)
+and networkPolicy.trainerPodLabels. */}}
+{{- define "tunery.trainerPodLabels" -}}
+{{- $labels := dict "app.kubernetes.io/name" "tunery-trainer" "app.kubernetes.io/managed-by" "tunery" }}
+{{- toYaml (merge $labels .Values.networkPolicy.trainerPodLabels) }}
+{{- end }}
+
+{{/* One NetworkPolicyEgressRule, a list item: include "tunery.egressRule" (dict "to" $peers "ports" $ports).
+Without peers it admits any address on those ports. */}}
+{{- define "tunery.egressRule" -}}
+- ports:
+    {{- toYaml .ports | nindent 4 }}
+  {{- with .to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{/* Egress to DNS, for every part. */}}
+{{- define "tunery.dnsEgress" -}}
+{{- $ports := list (dict "port" 53 "protocol" "UDP") (dict "port" 53 "protocol" "TCP") }}
+{{- include "tunery.egressRule" (dict "to" .Values.networkPolicy.egress.dns.to "ports" $ports) }}
+{{- end }}
+
+{{/* Egress to the object store (API, scheduler, trainers, vLLM): at networkPolicy.egress.objectStore.ports, or the
+port of objectStore.s3.endpointUrl (AWS S3 when empty: 443). */}}
+{{- define "tunery.objectStoreEgress" -}}
+{{- $os := .Values.networkPolicy.egress.objectStore }}
+{{- $ports := $os.ports }}
+{{- if not $ports }}
+{{- $port := include "tunery.urlPort" (default "https://s3.amazonaws.com" .Values.objectStore.s3.endpointUrl) }}
+{{- $ports = list (dict "port" (int $port) "protocol" "TCP") }}
+{{- end }}
+{{- include "tunery.egressRule" (dict "to" $os.to "ports" $ports) }}
+{{- end }}
+
+{{/* Egress to the metadata store (API, scheduler): the chart's PostgreSQL, or networkPolicy.egress.database. */}}
+{{- define "tunery.databaseEgress" -}}
+{{- if .Values.postgresql.enabled }}
+- ports:
+    - port: 5432
+      protocol: TCP
+  to:
+    - podSelector:
+        matchLabels:
+          {{- include "tunery.selectorLabels" (dict "ctx" . "component" "postgresql") | nindent 10 }}
+{{- else if include "tunery.hasDatabase" . }}
+{{- $db := .Values.networkPolicy.egress.database }}
+{{- include "tunery.egressRule" (dict "to" $db.to "ports" $db.ports) }}
+{{- end }}
+{{- end }}
+
 {{/* Whether a metadata store is configured. */}}
 {{- define "tunery.hasDatabase" -}}
 {{- if or .Values.database.url .Values.database.existingSecret .Values.postgresql.enabled }}true{{ end }}
@@ -183,6 +242,9 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Checks that cannot be said in values.schema.json. */}}
 {{- define "tunery.validate" -}}
+{{- if not (or .Values.auth.apiKeys .Values.auth.existingSecret .Values.auth.allowOpen) }}
+{{- fail "auth: the API needs API keys: set auth.apiKeys, or auth.existingSecret (a Secret holding them), or auth.allowOpen=true for an API that anyone who reaches it may use without a key (dangerous)" }}
+{{- end }}
 {{- $sources := 0 }}
 {{- if .Values.database.url }}{{ $sources = add1 $sources }}{{ end }}
 {{- if .Values.database.existingSecret }}{{ $sources = add1 $sources }}{{ end }}
