@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tunery.grpc_tls import TRAINER_TLS_ENV
 from tunery.jobspec import RUN_TOKEN_ENV
 from tunery.settings import TRAINER_UID, Settings
 
@@ -20,6 +21,8 @@ TRAINER_LABELS = {"app.kubernetes.io/name": "tunery-trainer", "app.kubernetes.io
 LABEL_JOB = "tunery.dev/job-id"
 LABEL_RUN = "tunery.dev/run"
 ANNOTATION_SPEC = "tunery.dev/spec"
+TOKEN_KEY = "run-token"  # the key of a run's token Secret
+TLS_MOUNT = "/etc/tunery/reporting-tls"  # where a trainer's reporting-channel certificate is mounted
 HANDLE_PREFIX = "k8s:"
 MASTER_PORT = 29500
 
@@ -55,6 +58,7 @@ class TrainerRuntime(BaseModel):
     memory_request: str = ""
     service_account: str = ""
     credentials_secret: str = ""
+    tls_secret: str = ""  # the trainer's certificate for the reporting channel (tls.crt, tls.key, ca.crt)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     priority_class: str = ""
@@ -76,6 +80,7 @@ class TrainerRuntime(BaseModel):
             memory_request=settings.k8s_memory_request,
             service_account=settings.k8s_service_account,
             credentials_secret=settings.k8s_credentials_secret,
+            tls_secret=settings.k8s_trainer_tls_secret,
             node_selector=dict(settings.k8s_node_selector),
             tolerations=[dict(t) for t in settings.k8s_tolerations],
             priority_class=settings.k8s_priority_class,
@@ -223,6 +228,14 @@ def job_manifest(
         # caches (the image points them all at /tmp); on the node's disk, as the container layer would be.
         volumes.append({"name": "tmp", "emptyDir": {}})
         mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    if rt.tls_secret:
+        # TLS, or mutual TLS, on the reporting channel (tunery/grpc_tls.py): cert-manager's file names.
+        volumes.append({"name": "reporting-tls", "secret": {"secretName": rt.tls_secret, "defaultMode": 0o440}})
+        mounts.append({"name": "reporting-tls", "mountPath": TLS_MOUNT, "readOnly": True})
+        files = ("ca.crt", "tls.crt", "tls.key")
+        container["env"] += [
+            {"name": n, "value": f"{TLS_MOUNT}/{f}"} for n, f in zip(TRAINER_TLS_ENV, files, strict=True)
+        ]
     if gpus > 1 or nodes > 1:
         # NCCL and the DataLoader workers share memory through /dev/shm, which a container keeps at 64 MB.
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
@@ -245,9 +258,6 @@ def job_manifest(
         "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": {ANNOTATION_SPEC: spec_ref}},
         "spec": spec,
     }
-
-
-TOKEN_KEY = "run-token"
 
 
 def run_token_secret_name(job_name: str) -> str:

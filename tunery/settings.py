@@ -158,6 +158,8 @@ class Settings(BaseSettings):
     k8s_tolerations: list[dict[str, Any]] = Field(default_factory=list)
     k8s_priority_class: str = ""
     k8s_credentials_secret: str = ""  # a Secret whose keys become the trainer's env (envFrom)
+    # A Secret (tls.crt, tls.key, ca.crt) mounted into trainer pods for TLS on the reporting channel (grpc_tls.py).
+    k8s_trainer_tls_secret: str = ""
     k8s_gpu_resource: str = "nvidia.com/gpu"
     k8s_gpus_per_job: int = 1
     k8s_nodes_per_job: int = 1  # > 1: an Indexed Job + headless Service, torchrun across pods

@@ -299,6 +299,45 @@ def test_trainer_pods_get_the_restricted_security_context(
     assert "runAsUser" in refusal(bin_dir, "training.securityContext.runAsUser=0")  # the schema refuses root
 
 
+def test_reporting_tls_mounts_a_certificate_into_the_scheduler_and_each_trainer(
+    bin_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scheduler.reportingTls: the scheduler serves (mutual) TLS from its Secret; the trainer pods it builds mount
+    theirs and dial with it (tunery/grpc_tls.py reads the same variables)."""
+    from scheduler.k8s_manifests import job_manifest
+    from tunery.grpc_tls import TRAINER_TLS_ENV
+
+    assert "reportingTls.serverSecret" in refusal(bin_dir, "scheduler.reportingTls.enabled=true")
+    sets = [
+        "scheduler.reportingTls.enabled=true",
+        "scheduler.reportingTls.serverSecret=sched-cert",
+        "scheduler.reportingTls.trainerSecret=trainer-cert",
+    ]
+    docs = render(bin_dir, values=[MINIMAL_VALUES], sets=sets)
+    data = one(docs, "ConfigMap", "tun-tunery")["data"]
+    assert data["TUNERY_GRPC_TLS_CERT"] == "/etc/tunery/reporting-tls/tls.crt"
+    assert data["TUNERY_GRPC_TLS_KEY"] == "/etc/tunery/reporting-tls/tls.key"
+    assert data["TUNERY_GRPC_TLS_CLIENT_CA"] == "/etc/tunery/reporting-tls/ca.crt"
+    scheduler = one(docs, "Deployment", "tun-tunery-scheduler")["spec"]["template"]["spec"]
+    [mount] = [m for m in scheduler["containers"][0]["volumeMounts"] if m["name"] == "reporting-tls"]
+    assert mount == {"name": "reporting-tls", "mountPath": "/etc/tunery/reporting-tls", "readOnly": True}
+    assert {"name": "reporting-tls", "secret": {"secretName": "sched-cert"}} in scheduler["volumes"]
+    api = one(docs, "Deployment", "tun-tunery-api")["spec"]["template"]["spec"]
+    assert all(v["name"] != "reporting-tls" for v in api.get("volumes", []))
+
+    for name, value in data.items():
+        monkeypatch.setenv(name, value)
+    pod = job_manifest(Settings(), job_id="ftjob-a", run="r", spec_ref="s3://b#k")["spec"]["template"]["spec"]
+    assert {"name": "reporting-tls", "secret": {"secretName": "trainer-cert", "defaultMode": 0o440}} in pod["volumes"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert [env[n] for n in TRAINER_TLS_ENV] == [
+        f"/etc/tunery/reporting-tls/{f}" for f in ("ca.crt", "tls.crt", "tls.key")
+    ]
+
+    one_way = render(bin_dir, values=[MINIMAL_VALUES], sets=[*sets, "scheduler.reportingTls.mutual=false"])
+    assert "TUNERY_GRPC_TLS_CLIENT_CA" not in one(one_way, "ConfigMap", "tun-tunery")["data"]
+
+
 def test_secrets_stay_in_secrets(rendered: dict[str, list[dict[str, Any]]]) -> None:
     import base64
 

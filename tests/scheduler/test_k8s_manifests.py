@@ -330,3 +330,18 @@ def test_a_runtime_stored_before_security_contexts_gets_the_restricted_one():
     pod = m["spec"]["template"]["spec"]
     assert restricted_violations(pod) == [] and pod["securityContext"]["runAsUser"] == 10001
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_a_trainer_tls_secret_is_mounted_and_named_in_the_trainer_s_environment():
+    from tunery.grpc_tls import TRAINER_TLS_ENV
+
+    pod = job_manifest(Settings(k8s_trainer_tls_secret="trainer-cert"), job_id="ftjob-q", run="r", spec_ref=REF)
+    spec = pod["spec"]["template"]["spec"]
+    [c] = spec["containers"]
+    assert {"name": "reporting-tls", "secret": {"secretName": "trainer-cert", "defaultMode": 0o440}} in spec["volumes"]
+    assert {"name": "reporting-tls", "mountPath": "/etc/tunery/reporting-tls", "readOnly": True} in c["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env[TRAINER_TLS_ENV[0]] == "/etc/tunery/reporting-tls/ca.crt"
+    plain = job_manifest(Settings(), job_id="ftjob-q", run="r", spec_ref=REF)["spec"]["template"]["spec"]
+    assert all(v["name"] != "reporting-tls" for v in plain.get("volumes", []))
+    assert not {e["name"] for e in plain["containers"][0]["env"]} & set(TRAINER_TLS_ENV)

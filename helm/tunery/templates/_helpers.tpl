@@ -261,6 +261,9 @@ port of objectStore.s3.endpointUrl (AWS S3 when empty: 443). */}}
 {{- if and .Values.vllm.enabled (not (hasKey .Values.config.baseModels .Values.vllm.servedModelName)) }}
 {{- fail "vllm.enabled: set vllm.servedModelName to the key of config.baseModels that vLLM serves (the API sends that name)" }}
 {{- end }}
+{{- if and .Values.scheduler.reportingTls.enabled (not (and .Values.scheduler.reportingTls.serverSecret .Values.scheduler.reportingTls.trainerSecret)) }}
+{{- fail "scheduler.reportingTls.enabled needs scheduler.reportingTls.serverSecret (release namespace) and scheduler.reportingTls.trainerSecret (training namespace)" }}
+{{- end }}
 {{- if and (gt (int .Values.scheduler.replicaCount) 1) (not .Values.scheduler.leaderElection) }}
 {{- fail "scheduler.replicaCount > 1 needs scheduler.leaderElection" }}
 {{- end }}
