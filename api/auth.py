@@ -33,7 +33,8 @@ def tenant(request: Request, ctx: AppContext = Depends(get_ctx)) -> Tenant:
                 type=INVALID_REQUEST,
                 code=None,
             )
-        if not any(hmac.compare_digest(token, k) for k in keys):
+        # As bytes: compare_digest refuses str with non-ASCII characters, which a header may hold.
+        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
             raise APIError(
                 401, f"Incorrect API key provided: {masked(token)}.", type=INVALID_REQUEST, code="invalid_api_key"
             )
