@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     # API keys accepted (comma-separated or JSON list). Empty: any key is accepted (embedded mode).
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # The largest request body, but for the upload routes' own limits below (413 request_too_large beyond).
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=0)
     # Files.
     max_file_bytes: int = 512 * 1024 * 1024
     # Training files: the longest line (one example) and the most lines validation accepts.
