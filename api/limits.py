@@ -9,7 +9,8 @@
   stops and the answer is the 413, whatever the route was doing with the body.
 
 The 413 is OpenAI's error object, with the route's own code: ``request_too_large`` by default, ``file_too_large``
-or ``part_too_large`` on the upload routes.
+or ``part_too_large`` on the upload routes. A route may narrow its limit once it knows more (``narrow_body``: the
+part route, once it has looked the upload up).
 
 Starlette's ``RequestBodyLimitMiddleware`` (and FastAPI's ``max_body_size``) count bodies too, but answer in plain
 text when their error escapes the app or a response was already on its way, take limits fixed when the routes are
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 from fastapi.routing import RouteContext
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import authenticate
@@ -36,6 +38,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # The multipart form around an uploaded file: boundaries, part headers, the other (small) fields.
 MULTIPART_OVERHEAD = 64 * 1024
 _UPLOAD_BODY = "__tunery_upload_body__"
+_SCOPE_KEY = "tunery.body"
 
 
 def request_too_large(limit: int) -> TooLarge:
@@ -101,6 +104,14 @@ class _Body:
         return message
 
 
+def narrow_body(request: Request, limit: int, too_large: Callable[[], ServiceError]) -> None:
+    """Lower this request's body limit to ``limit`` bytes (a route that knows more than its declared limit), raising
+    ``too_large()`` at once when its Content-Length, or what was read of it, is already past."""
+    body: _Body | None = request.scope.get(_SCOPE_KEY)
+    if body is not None:
+        body.narrow(BodyLimit(limit, too_large))
+
+
 class RequestGuard:
     """Authenticate ``/v1`` routes and cap request bodies before any route reads them (see the module)."""
 
@@ -140,6 +151,7 @@ class RequestGuard:
         except (APIError, ServiceError) as e:
             await error_response(e if isinstance(e, APIError) else api_error(e))(scope, receive, answer)
             return
+        scope[_SCOPE_KEY] = body
 
         async def answer_unless_over(message: Message) -> None:
             # Past the limit, the 413 is the answer: not the 400 or 500 the app made of its interrupted read.

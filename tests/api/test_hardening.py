@@ -7,6 +7,9 @@ is told from one that reads everything first by how much of the body went out be
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
@@ -174,3 +177,73 @@ def test_a_chunked_file_stops_at_the_file_limit(tiny_server_factory):
     ok = raw_http.send(port(srv), "POST", "/v1/files", {"content-type": ctype}, [before, data, after], chunked=True)
     assert ok.status == 200, ok.body
     assert srv.client.files.content(ok.json()["id"]).read() == data
+
+
+def _create(srv: RunningServer, size: int) -> str:
+    body = {"filename": "t.jsonl", "purpose": "fine-tune", "bytes": size, "mime_type": "text/jsonl"}
+    r = srv.http.post("/v1/uploads", json=body)
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+def _part(srv: RunningServer, upload_id: str, size: int, chunked: bool = False) -> raw_http.Answer:
+    ctype, before, after = raw_http.multipart("data")
+    body = [before, *filler(size, b"x" * MiB), after]
+    headers = {"content-type": ctype}
+    if not chunked:
+        headers["content-length"] = str(len(before) + size + len(after))
+    return raw_http.send(port(srv), "POST", f"/v1/uploads/{upload_id}/parts", headers, body, chunked=chunked)
+
+
+def test_a_part_is_refused_before_its_body_is_read(server):
+    # An unknown upload: 404 before a byte of the 60 MiB part (under the 64 MiB part limit) is read.
+    for chunked in (False, True):
+        answer = _part(server, "upload_nope", 60 * MiB, chunked=chunked)
+        assert "upload_nope" in openai_error(answer, 404)["message"]
+        assert answer.sent < EARLY, answer.sent
+    # A completed upload: 400 at once.
+    done = _create(server, 4)
+    first = server.http.post(f"/v1/uploads/{done}/parts", files={"data": ("blob", b"abcd")}).json()["id"]
+    assert server.http.post(f"/v1/uploads/{done}/complete", json={"part_ids": [first]}).status_code == 200
+    answer = _part(server, done, 60 * MiB)
+    assert openai_error(answer, 400)["code"] == "upload_not_pending" and answer.sent < EARLY
+    assert stored_keys(server, "uploads/") == []
+
+
+def test_parts_may_not_pass_the_declared_bytes(server):
+    up = _create(server, 3000)
+    # Past what the upload declared: from the Content-Length at once, or as the count passes it (chunked).
+    for chunked in (False, True):
+        answer = _part(server, up, 40 * MiB, chunked=chunked)
+        err = openai_error(answer, 413)
+        assert (err["code"], err["param"]) == ("upload_bytes_exceeded", "data") and "bytes=3000" in err["message"]
+        assert answer.sent < EARLY, answer.sent
+    # Just over (within the form's allowance, so read): refused once counted, nothing kept.
+    assert openai_error(_part(server, up, 3001), 413)["code"] == "upload_bytes_exceeded"
+    assert stored_keys(server, f"uploads/{up}/") == []
+
+    # Parts racing for the room left: all three are past the upload's look-up, their bodies half sent, when they
+    # go on; the two that fit get in, the third is refused when it is registered.
+    go = threading.Event()
+    ctype, before, after = raw_http.multipart("data")
+
+    def held_part(_: int) -> int:
+        def body() -> Any:
+            yield before + b"p" * 600
+            go.wait(30)
+            yield b"p" * 600 + after
+
+        size = str(len(before) + 1200 + len(after))
+        headers = {"content-type": ctype, "content-length": size}
+        return raw_http.send(port(server), "POST", f"/v1/uploads/{up}/parts", headers, body()).status
+
+    with ThreadPoolExecutor(3) as pool:
+        codes = pool.map(held_part, range(3))
+        time.sleep(1.0)
+        go.set()
+        assert sorted(codes) == [200, 200, 413]
+    last = server.http.post(f"/v1/uploads/{up}/parts", files={"data": ("blob", b"q" * 600)})
+    assert last.status_code == 200, last.text
+    full = server.http.post(f"/v1/uploads/{up}/parts", files={"data": ("blob", b"r")})
+    assert full.status_code == 413 and "0 more fit" in full.json()["error"]["message"]
+    assert len(stored_keys(server, f"uploads/{up}/")) == 3
