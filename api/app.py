@@ -7,6 +7,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import chat, errors, estimates, files, jobs, models, pause, uploads
 from api.context import AppContext
+from api.limits import RequestGuard
+from api.routing import RouteTable
 from tunery import ids
 from tunery.metrics import CONTENT_TYPE, HTTPMetricsMiddleware
 
@@ -68,6 +70,10 @@ def create_app(ctx: AppContext) -> FastAPI:
         def prometheus() -> Response:
             return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
-        app.add_middleware(HTTPMetricsMiddleware, metrics=ctx.metrics)
+    # The last added runs first: request id, metrics, then the guard, so its refusals too have a request id and count.
+    routes = RouteTable(app.routes)
+    app.add_middleware(RequestGuard, settings=ctx.settings, routes=routes)
+    if ctx.settings.metrics_enabled:
+        app.add_middleware(HTTPMetricsMiddleware, metrics=ctx.metrics, route_of=routes.template)
     app.add_middleware(RequestIdMiddleware)
     return app

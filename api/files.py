@@ -13,6 +13,7 @@ from starlette.datastructures import FormData, UploadFile
 from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import ERROR_RESPONSES, InvalidRequest
+from api.limits import upload_body
 from api.pagination import limit_param
 from api.protocol.base import Name
 from api.protocol.files import (
@@ -76,9 +77,9 @@ def _create_request(form: FormData) -> tuple[CreateFileRequest, UploadFile]:
 
 
 @router.post("/files")
+@upload_body(lambda settings: settings.max_file_bytes, file_too_large)
 async def create_file(request: Request, svc: FileService = Depends(file_service)) -> FileObject:
-    limit = svc.ctx.settings.max_file_bytes
-    form = await multipart_form(request, limit, lambda: file_too_large(limit), "file", max_fields=16)
+    form = await multipart_form(request, "file", max_fields=16)
     try:
         req, upload = _create_request(form)
         return await run_in_threadpool(svc.create, req, upload.file)

@@ -9,6 +9,7 @@ from starlette.datastructures import UploadFile
 from api.auth import tenant
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import ERROR_RESPONSES, InvalidRequest
+from api.limits import MULTIPART_OVERHEAD, narrow_body, upload_body
 from api.protocol.files import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
 from api.services.uploads import UploadService, part_too_large
 from api.streams import multipart_form
@@ -26,9 +27,13 @@ def create_upload(body: CreateUploadRequest, svc: UploadService = Depends(upload
 
 
 @router.post("/uploads/{upload_id}/parts")
+@upload_body(lambda settings: settings.max_upload_part_bytes, part_too_large)
 async def add_part(upload_id: str, request: Request, svc: UploadService = Depends(upload_service)) -> UploadPart:
-    limit = svc.ctx.settings.max_upload_part_bytes
-    form = await multipart_form(request, limit, lambda: part_too_large(limit), "data", max_fields=8)
+    # Before a byte of the part is read: the upload exists and takes parts (404, 400), and the part fits in what is
+    # left of its declared bytes (413 at once from the Content-Length, or as soon as the count passes it).
+    room = await run_in_threadpool(svc.part_room, upload_id)
+    narrow_body(request, room.limit + MULTIPART_OVERHEAD, room.too_large)
+    form = await multipart_form(request, "data", max_fields=8)
     try:
         data = form.get("data")
         if not isinstance(data, UploadFile):

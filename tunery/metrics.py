@@ -155,13 +155,23 @@ class StateCollector(Collector):
         )
 
 
-class HTTPMetricsMiddleware:
-    """Counts each request and times it by method, status and route template (``/v1/files/{file_id}``, never
-    the raw path, so ids do not multiply the series); paths that match no route count as ``unmatched``."""
+# The methods counted by name; any other is counted as `other`, so a client cannot add series by inventing methods.
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
-    def __init__(self, app: ASGIApp, metrics: Metrics):
+
+def method_label(method: str) -> str:
+    return method if method in HTTP_METHODS else "other"
+
+
+class HTTPMetricsMiddleware:
+    """Counts each request and times it by method, status and route template. Every label comes from a closed set,
+    so no request can add series: ``route_of`` gives the route template (``/v1/files/{file_id}``, never the raw
+    path) or ``unmatched`` (api/routing.py), and the method is one of ``HTTP_METHODS`` or ``other``."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, route_of: Callable[[Scope], str]):
         self.app = app
         self.metrics = metrics
+        self.route_of = route_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -179,21 +189,7 @@ class HTTPMetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = route_template(scope)
-            method = scope.get("method", "")
+            route = self.route_of(scope)
+            method = method_label(scope.get("method", ""))
             self.metrics.http_requests.labels(method, route, str(status)).inc()
             self.metrics.http_seconds.labels(method, route).observe(time.perf_counter() - start)
-
-
-def route_template(scope: Scope) -> str:
-    """The matched route's template with its router's prefix (``/v1/files/{file_id}``), or ``unmatched``.
-
-    FastAPI routes requests through included routers, whose routes know only their own path (``/files/{file_id}``);
-    the prefix is the part of the request path before the segments the template matched."""
-    template = getattr(scope.get("route"), "path", None)
-    if not isinstance(template, str) or not template.startswith("/"):
-        return "unmatched"
-    segments = scope.get("path", "").rstrip("/").split("/")
-    own = template.rstrip("/").count("/")
-    prefix = "/".join(segments[: len(segments) - own]) if own else ""
-    return prefix + template

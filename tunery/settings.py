@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # Dangerous: let `tunery serve --role api` start without API keys, accepting every request as the one tenant.
     allow_open: bool = False
 
+    # The largest request body, but for the upload routes' own limits below (413 request_too_large beyond).
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=0)
     # Files.
     max_file_bytes: int = 512 * 1024 * 1024
     # Training files: the longest line (one example) and the most lines validation accepts.

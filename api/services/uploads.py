@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from api.context import AppContext, Tenant
@@ -50,6 +51,25 @@ def part_object(p: UploadPart) -> UploadPartObject:
 
 def part_too_large(limit: int) -> TooLarge:
     return TooLarge(f"Part is too large: the limit is {limit} bytes.", param="data", code="part_too_large")
+
+
+def past_declared_bytes(upload_id: str, declared: int, used: int) -> TooLarge:
+    """A part that would take an upload's parts past the ``bytes`` it was created with: refused as it arrives (413,
+    like a part over the part limit), not left for ``complete`` to find."""
+    return TooLarge(
+        f"The part does not fit in Upload {upload_id}: it was created with bytes={declared}, and its parts hold "
+        f"{used} bytes already, so at most {max(declared - used, 0)} more fit.",
+        param="data",
+        code="upload_bytes_exceeded",
+    )
+
+
+@dataclass(frozen=True)
+class PartRoom:
+    """How many bytes the next part of an upload may have, and the error past them."""
+
+    limit: int
+    too_large: Callable[[], TooLarge]
 
 
 _NOT_PENDING = {
@@ -138,18 +158,37 @@ class UploadService:
             s.add(row)
         return upload_object(row)
 
-    def add_part(self, upload_id: str, data: BinaryIO) -> UploadPartObject:
-        t, limit = self.tenant, self.ctx.settings.max_upload_part_bytes
-        # Refuse early (before writing anything) when the upload cannot take parts.
+    def _used(self, s: Session, upload_id: str) -> int:
+        """The bytes of an upload's parts so far."""
+        used = s.scalar(select(func.sum(UploadPart.bytes)).where(UploadPart.upload_id == upload_id))
+        return int(used or 0)
+
+    def part_room(self, upload_id: str) -> PartRoom:
+        """What the next part may hold: refused at once (404, 400) when the upload cannot take parts, or when its
+        parts already hold the ``bytes`` it was created with; else up to the part limit or what is left, the less."""
         err = self.refusal(upload_id, "no parts can be added")
         if err is not None:
             raise err
+        with self.ctx.db.session() as s:
+            declared = int(s.scalar(select(Upload.bytes).where(Upload.id == upload_id)) or 0)
+            used = self._used(s, upload_id)
+        part_limit = self.ctx.settings.max_upload_part_bytes
+        if used >= declared:
+            raise past_declared_bytes(upload_id, declared, used)
+        if declared - used < part_limit:
+            return PartRoom(declared - used, lambda: past_declared_bytes(upload_id, declared, used))
+        return PartRoom(part_limit, lambda: part_too_large(part_limit))
+
+    def add_part(self, upload_id: str, data: BinaryIO) -> UploadPartObject:
+        t = self.tenant
+        # Refuse early (before writing anything) when the upload cannot take parts, or not this many bytes.
+        room = self.part_room(upload_id)
         part_id = ids.part_id()
         key = lifecycle.part_key(upload_id, part_id)
 
         # put_stream removes its temporary object when the part is too large: nothing is left behind.
         try:
-            size, _ = put_limited(self.ctx.store, key, data, limit, lambda: part_too_large(limit))
+            size, _ = put_limited(self.ctx.store, key, data, room.limit, room.too_large)
         except ServiceError:
             raise
         except Exception:
@@ -177,6 +216,11 @@ class UploadService:
             hit = s.execute(update(Upload).where(*self._takes_changes(upload_id, at)).values(status=Upload.status))
             if hit.rowcount != 1:  # type: ignore[attr-defined]
                 return None
+            # Parts registered since part_room count too: with the row locked, the sum is the last word.
+            declared = int(s.scalar(select(Upload.bytes).where(Upload.id == upload_id)) or 0)
+            used = self._used(s, upload_id)
+            if used + size > declared:
+                raise past_declared_bytes(upload_id, declared, used)
             s.add(row)
             return row
 

@@ -31,3 +31,13 @@ def test_401_bodies_are_openais(tiny_server_factory):
         srv.client.with_options(api_key=wrong_key, max_retries=0).files.list()
     assert e.value.code == "invalid_api_key"
     assert srv.client.with_options(api_key=KEY).files.list().data == []
+
+
+def test_a_key_with_non_ascii_characters_is_a_401_not_a_500(tiny_server_factory):
+    """A header may carry any byte: comparing such a key in constant time must not fail (hmac refuses non-ASCII str)."""
+    srv = tiny_server_factory(api_keys=KEY)
+    for token in ("sk-caf\xe9-0123456789abcdef".encode("latin-1"), b"\xff" * 20):
+        r = srv.http.get("/v1/files", headers={"authorization": b"Bearer " + token})
+        assert r.status_code == 401, r.text
+        validate(r.json(), "ErrorResponse")
+        assert r.json()["error"]["code"] == "invalid_api_key"

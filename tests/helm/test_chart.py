@@ -480,3 +480,46 @@ def test_service_monitor_scrapes_the_metrics_ports(rendered: dict[str, list[dict
     for svc in by_kind(docs, "Service"):
         if svc["metadata"]["labels"]["app.kubernetes.io/component"] in components:
             assert "http" in {p["name"] for p in svc["spec"]["ports"]}, svc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("variant", ["default", "production", "dev"])
+def test_every_emptydir_has_a_size_limit(rendered: dict[str, list[dict[str, Any]]], variant: str) -> None:
+    """Scratch volumes are bounded (uploads spool to the API's /tmp): past the limit the kubelet evicts the pod instead
+    of filling the node's disk."""
+    found = []
+    for doc in workloads(rendered[variant]):
+        for v in doc["spec"]["template"]["spec"]["volumes"]:
+            if "emptyDir" in v:
+                assert v["emptyDir"].get("sizeLimit"), (doc["metadata"]["name"], v["name"])
+                found.append(
+                    (doc["metadata"]["name"].removeprefix("tun-tunery-"), v["name"], v["emptyDir"]["sizeLimit"])
+                )
+    expected = {"default": {"api", "scheduler"}, "production": {"api", "scheduler", "vllm"}}
+    assert {name for name, _, _ in found} == expected.get(variant, {"api", "scheduler", "vllm", "postgresql"})
+    limits = {(name, volume): size for name, volume, size in found}
+    assert limits[("api", "tmp")] == {"production": "16Gi"}.get(variant, "8Gi")
+    assert limits[("scheduler", "tmp")] == "20Gi"
+
+
+def test_scratch_size_limits_follow_the_values(bin_dir: Path) -> None:
+    sets = [
+        *DEV_SETS,
+        "api.scratch.sizeLimit=2Gi",
+        "scheduler.scratch.sizeLimit=3Gi",
+        "postgresql.scratch.sizeLimit=100Mi",
+        "postgresql.persistence.enabled=false",
+        "postgresql.persistence.size=5Gi",
+        "vllm.scratch.sizeLimit=50Gi",
+    ]
+    docs = render(bin_dir, sets=sets)
+
+    def limits(kind: str, name: str) -> dict[str, str]:
+        pod = one(docs, kind, f"tun-tunery-{name}")["spec"]["template"]["spec"]
+        return {v["name"]: v["emptyDir"]["sizeLimit"] for v in pod["volumes"] if "emptyDir" in v}
+
+    assert limits("Deployment", "api") == {"tmp": "2Gi", "data": "2Gi"}
+    assert limits("Deployment", "scheduler") == {"tmp": "3Gi", "data": "3Gi"}
+    assert limits("StatefulSet", "postgresql") == {"run": "100Mi", "tmp": "100Mi", "data": "5Gi"}
+    assert limits("Deployment", "vllm") == {"models": "50Gi", "tmp": "50Gi", "shm": "8Gi"}
+    out = helm(bin_dir, *template_args(sets=["api.scratch.sizeLimit=lots"]), check=False)
+    assert out.returncode != 0 and "sizeLimit" in out.stderr

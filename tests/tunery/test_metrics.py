@@ -133,3 +133,21 @@ def test_scheduler_role_serves_metrics_and_state_only_while_leading(tmp_path: Pa
     out = scrape(broken.render().decode())
     assert value(out, "tunery_metadata_store_up") == 0
     db.engine.dispose()
+
+
+def test_http_labels_come_from_closed_sets():
+    """Whatever the method and path, the labels are a known method or `other`, and the route its resolver names."""
+    from starlette.responses import PlainTextResponse
+
+    from tunery.metrics import HTTP_METHODS, HTTPMetricsMiddleware
+
+    metrics = Metrics()
+    http = TestClient(HTTPMetricsMiddleware(PlainTextResponse("ok"), metrics, route_of=lambda scope: "/fixed"))
+    for i in range(50):
+        assert http.request(f"M{i}", f"/raw/{i}").status_code == 200
+    for method in sorted(HTTP_METHODS):
+        http.request(method, "/raw/x")
+    m = scrape(metrics.render().decode())
+    labels = {(dict(k)["method"], dict(k)["route"]) for name, k in m if name == "tunery_http_requests_total"}
+    assert labels == {(x, "/fixed") for x in (*HTTP_METHODS, "other")}
+    assert value(m, "tunery_http_requests_total", method="other", route="/fixed", status="200") == 50

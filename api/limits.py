@@ -1,0 +1,167 @@
+"""What every request meets before routing reads its body (``RequestGuard``): the API key, and a cap on the body.
+
+* **The key first.** A request to a ``/v1`` route is authenticated (api/auth.py's rule) before anything reads its
+  body: without a valid key it gets the 401 at once, however large the body it announces or sends.
+* **The body's size.** A body may be at most ``TUNERY_MAX_BODY_BYTES`` (4 MiB), except on the multipart upload routes,
+  which declare their own limit with ``upload_body`` (``TUNERY_MAX_FILE_BYTES``, ``TUNERY_MAX_UPLOAD_PART_BYTES``,
+  plus ``MULTIPART_OVERHEAD`` for the form around the file). A Content-Length over the limit is a 413 at once,
+  nothing read; a body without one (chunked) is counted as it arrives, and the moment it passes the limit reading
+  stops and the answer is the 413, whatever the route was doing with the body.
+
+The 413 is OpenAI's error object, with the route's own code: ``request_too_large`` by default, ``file_too_large``
+or ``part_too_large`` on the upload routes. A route may narrow its limit once it knows more (``narrow_body``: the
+part route, once it has looked the upload up).
+
+Starlette's ``RequestBodyLimitMiddleware`` (and FastAPI's ``max_body_size``) count bodies too, but answer in plain
+text when their error escapes the app or a response was already on its way, take limits fixed when the routes are
+declared, and let the route run before refusing a Content-Length: hence this guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi.routing import RouteContext
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.auth import authenticate
+from api.errors import APIError, ServiceError, TooLarge, api_error, error_response
+from api.routing import RouteTable
+from tunery.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The multipart form around an uploaded file: boundaries, part headers, the other (small) fields.
+MULTIPART_OVERHEAD = 64 * 1024
+_UPLOAD_BODY = "__tunery_upload_body__"
+_SCOPE_KEY = "tunery.body"
+
+
+def request_too_large(limit: int) -> TooLarge:
+    return TooLarge(f"The request body is too large: the limit is {limit} bytes.", code="request_too_large")
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    """The most bytes a request's body may have, and the error past it."""
+
+    bytes: int
+    too_large: Callable[[], ServiceError]
+
+
+def upload_body(limit: Callable[[Settings], int], too_large: Callable[[int], ServiceError]) -> Callable[[F], F]:
+    """Mark a multipart upload route: its file may have ``limit(settings)`` bytes (the body that much plus
+    ``MULTIPART_OVERHEAD``), past which the answer is ``too_large(limit)``, instead of ``TUNERY_MAX_BODY_BYTES``."""
+
+    def mark(endpoint: F) -> F:
+        setattr(endpoint, _UPLOAD_BODY, (limit, too_large))
+        return endpoint
+
+    return mark
+
+
+class _Body:
+    """One request's body as the app reads it: counted against its limit, cut off past it."""
+
+    def __init__(self, scope: Scope, receive: Receive, limit: BodyLimit):
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        self.declared = int(length) if length is not None and length.isdigit() else None
+        self.has_body = bool(self.declared) or "transfer-encoding" in headers
+        self.receive = receive
+        self.limit = limit
+        self.seen = 0
+        self.ended = False
+        self.over: ServiceError | None = None
+
+    def narrow(self, limit: BodyLimit) -> None:
+        if limit.bytes < self.limit.bytes:
+            self.limit = limit
+        if (self.declared is not None and self.declared > self.limit.bytes) or self.seen > self.limit.bytes:
+            raise self.limit.too_large()
+
+    async def read(self) -> Message:
+        if self.over is not None:
+            raise self.over
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            self.ended = not message.get("more_body", False)
+            if self.seen > self.limit.bytes:
+                self.over = self.limit.too_large()
+                raise self.over
+        return message
+
+    def answer_start(self, message: Message) -> Message:
+        """An answer given before the body was read to its end closes the connection: the server would otherwise
+        read the rest, however long, to keep the connection for another request (uvicorn does)."""
+        if self.has_body and not self.ended:
+            message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+        return message
+
+
+def narrow_body(request: Request, limit: int, too_large: Callable[[], ServiceError]) -> None:
+    """Lower this request's body limit to ``limit`` bytes (a route that knows more than its declared limit), raising
+    ``too_large()`` at once when its Content-Length, or what was read of it, is already past."""
+    body: _Body | None = request.scope.get(_SCOPE_KEY)
+    if body is not None:
+        body.narrow(BodyLimit(limit, too_large))
+
+
+class RequestGuard:
+    """Authenticate ``/v1`` routes and cap request bodies before any route reads them (see the module)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, routes: RouteTable):
+        self.app = app
+        self.settings = settings
+        self.routes = routes
+
+    def body_limit(self, route: RouteContext | None) -> BodyLimit:
+        upload = getattr(route.endpoint, _UPLOAD_BODY, None) if route is not None else None
+        if upload is not None:
+            limit, too_large = upload
+            n = limit(self.settings)
+            return BodyLimit(n + MULTIPART_OVERHEAD, lambda: too_large(n))
+        n = self.settings.max_body_bytes
+        return BodyLimit(n, lambda: request_too_large(n))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self.routes.match(scope)
+        body = _Body(scope, receive, self.body_limit(route))
+        started = False
+
+        async def answer(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = body.answer_start(message)
+            await send(message)
+
+        try:
+            if route is not None and str(route.path).startswith("/v1/"):
+                authenticate(self.settings.api_keys, Headers(scope=scope).get("authorization"))
+            body.narrow(body.limit)
+        except (APIError, ServiceError) as e:
+            await error_response(e if isinstance(e, APIError) else api_error(e))(scope, receive, answer)
+            return
+        scope[_SCOPE_KEY] = body
+
+        async def answer_unless_over(message: Message) -> None:
+            # Past the limit, the 413 is the answer: not the 400 or 500 the app made of its interrupted read.
+            if body.over is None or started:
+                await answer(message)
+
+        try:
+            await self.app(scope, body.read, answer_unless_over)
+        except ServiceError as e:
+            if e is not body.over:
+                raise
+        if body.over is not None and not started:
+            await error_response(api_error(body.over))(scope, receive, answer)

@@ -1,0 +1,48 @@
+"""The app's routes, matched before routing: which route a request goes to, from a closed set built once.
+
+Middleware outside the router (the request guard, the HTTP metrics) needs the route before the router has chosen
+it, or when it never does (a request refused at the door). ``RouteTable`` lists the app's routes once, with their
+full templates (``/v1/models/{model:path}``, router prefixes included), and matches a request as the router would:
+the first full match, else the first route whose path matches but not its method (the router's 405). Its labels are
+those templates and ``unmatched``, nothing a client can invent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi.routing import RouteContext, iter_route_contexts
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
+
+UNMATCHED = "unmatched"
+_SCOPE_KEY = "tunery.route"
+
+
+class RouteTable:
+    """The app's routes in the router's order, with their full path templates."""
+
+    def __init__(self, routes: Sequence[BaseRoute]):
+        self.routes: list[RouteContext] = [r for r in iter_route_contexts(routes) if isinstance(r.path, str)]
+        self.templates: frozenset[str] = frozenset(str(r.path) for r in self.routes) | {UNMATCHED}
+
+    def match(self, scope: Scope) -> RouteContext | None:
+        """The route this request goes to (None: no route has its path). Found once per request, kept in its scope."""
+        if _SCOPE_KEY in scope:
+            found: RouteContext | None = scope[_SCOPE_KEY]
+            return found
+        found = None
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                found = route
+                break
+            if match is Match.PARTIAL and found is None:
+                found = route
+        scope[_SCOPE_KEY] = found
+        return found
+
+    def template(self, scope: Scope) -> str:
+        """The matched route's template, or ``unmatched``: one of ``templates``."""
+        route = self.match(scope)
+        return str(route.path) if route is not None else UNMATCHED
