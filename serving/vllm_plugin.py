@@ -59,7 +59,44 @@ def make_resolver(store: Any, root: Path) -> Any:
             # vLLM sets the id; the name it answers to stays the prefix.
             return LoRARequest(lora_name=lora_name, lora_int_id=1, lora_path=str(path))
 
+        def forget(self, lora_name: str) -> None:
+            """Drop the local copy of an adapter vLLM unloaded (its model was deleted)."""
+            if ADAPTER_NAME.fullmatch(lora_name):
+                self.cache.remove(lora_name)
+                log.info("removed the local copy of adapter %s", lora_name)
+
     return TuneryResolver()
+
+
+def install_unload_hook() -> bool:
+    """vLLM's ``/v1/unload_lora_adapter`` (which Tunery calls when a fine-tuned model is deleted) forgets the name
+    but leaves the adapter's weights in the engine's LoRA slots and its folder in this resolver's cache, held until
+    evicted. Wrap it: after a successful unload, remove the adapter from the engine too and drop its local copy, so
+    a deleted model frees memory and disk at once. Idempotent."""
+    from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+
+    original = OpenAIServingModels.unload_lora_adapter
+    if getattr(original, "tunery", False):
+        return True
+
+    async def unload_lora_adapter(self: Any, request: Any) -> Any:
+        lora = self.lora_requests.get(request.lora_name)
+        result = await original(self, request)
+        if isinstance(result, str) and lora is not None:  # a success message; an error is an ErrorResponse
+            try:
+                await self.engine_client.remove_lora(lora.lora_int_id)
+                log.info("removed LoRA adapter %s from the engine", request.lora_name)
+            except Exception:
+                log.warning("could not remove LoRA adapter %s from the engine", request.lora_name, exc_info=True)
+            for resolver in self.lora_resolvers:
+                forget = getattr(resolver, "forget", None)
+                if forget is not None:
+                    await asyncio.to_thread(forget, request.lora_name)
+        return result
+
+    unload_lora_adapter.tunery = True  # type: ignore[attr-defined]
+    OpenAIServingModels.unload_lora_adapter = unload_lora_adapter
+    return True
 
 
 def register() -> None:

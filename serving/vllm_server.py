@@ -16,9 +16,10 @@ import sys
 def main() -> None:
     os.environ.setdefault("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
     from serving.vllm_cpu_lora import patch
-    from serving.vllm_plugin import register
+    from serving.vllm_plugin import install_unload_hook, register
 
     register()
+    install_unload_hook()  # a deleted model's adapter leaves the engine and the resolver's cache
     patch()  # this process's share; the workers get it through the general plugin (serving/vllm_plugin.py)
     sys.argv[0] = "vllm.entrypoints.openai.api_server"
     runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)

@@ -482,7 +482,7 @@ def test_service_monitor_scrapes_the_metrics_ports(rendered: dict[str, list[dict
             assert "http" in {p["name"] for p in svc["spec"]["ports"]}, svc["metadata"]["name"]
 
 
-@pytest.mark.parametrize("variant", ["default", "production", "dev"])
+@pytest.mark.parametrize("variant", ["minimal", "production", "dev"])
 def test_every_emptydir_has_a_size_limit(rendered: dict[str, list[dict[str, Any]]], variant: str) -> None:
     """Scratch volumes are bounded (uploads spool to the API's /tmp): past the limit the kubelet evicts the pod instead
     of filling the node's disk."""
@@ -494,7 +494,7 @@ def test_every_emptydir_has_a_size_limit(rendered: dict[str, list[dict[str, Any]
                 found.append(
                     (doc["metadata"]["name"].removeprefix("tun-tunery-"), v["name"], v["emptyDir"]["sizeLimit"])
                 )
-    expected = {"default": {"api", "scheduler"}, "production": {"api", "scheduler", "vllm"}}
+    expected = {"minimal": {"api", "scheduler"}, "production": {"api", "scheduler", "vllm"}}
     assert {name for name, _, _ in found} == expected.get(variant, {"api", "scheduler", "vllm", "postgresql"})
     limits = {(name, volume): size for name, volume, size in found}
     assert limits[("api", "tmp")] == {"production": "16Gi"}.get(variant, "8Gi")

@@ -19,6 +19,7 @@ import openai
 import pytest
 from sqlalchemy import select
 
+from serving.adapters import safe_adapter_name
 from serving.engine import EmbeddedEngine, ModelRef, SamplingParams
 from tests.conftest import MODEL_CACHE, TINY, chat_lines, free_port
 from tests.schema import validate
@@ -152,11 +153,16 @@ def test_trained_model_and_checkpoint_answer_from_vllm(srv: Any, vllm: VLLMServe
     # random-weight model the top logits are close, so a tie may break differently. All 12 agreed when written.
     assert same >= total - 2, (same, total)
 
-    # Deleting the model: 404 from then on, and vLLM no longer holds it.
+    # Deleting the model: 404 from then on, and vLLM no longer holds it: not its name, not its weights in the
+    # engine's LoRA slots, not its folder in the resolver's cache (serving/vllm_plugin.py, install_unload_hook).
+    cached = Path(vllm.env["TUNERY_VLLM_ADAPTER_DIR"]) / safe_adapter_name(models[job.fine_tuned_model])
+    assert cached.is_dir()
     client.models.delete(job.fine_tuned_model)
     with pytest.raises(openai.NotFoundError):
         greedy(client, job.fine_tuned_model, PROMPTS[0])
     assert models[job.fine_tuned_model] not in vllm.models()
+    assert f"removed LoRA adapter {models[job.fine_tuned_model]} from the engine" in vllm.log()
+    assert not cached.exists()
     assert greedy(client, ckpt, PROMPTS[0]).choices[0].message.content == answers[ckpt, PROMPTS[0]]
 
 
