@@ -19,14 +19,7 @@ import pytest
 from kubernetes import client
 
 from scheduler.k8s import KubernetesBackend
-from scheduler.k8s_manifests import (
-    LABEL_JOB,
-    LABEL_RUN,
-    TOKEN_KEY,
-    job_manifest,
-    make_handle,
-    run_token_secret_name,
-)
+from scheduler.k8s_manifests import LABEL_JOB, LABEL_RUN, TOKEN_KEY, job_manifest, make_handle, run_token_secret_name
 from tests.conftest import TINY, chat_lines, free_port
 from tests.kube.fixtures import kube_api, kube_cluster, kube_namespace, kubelet  # noqa: F401 - fixtures
 from tunery.jobspec import RUN_TOKEN_ENV
