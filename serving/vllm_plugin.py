@@ -27,7 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("tunery.vllm_plugin")
+# Under vLLM's logger, so it lands in vLLM's log (the tests look for it there).
+log = logging.getLogger("vllm.tunery.resolver")
 
 RESOLVER_NAME = "tunery"
 # The only names resolved: a job's final model or one of its checkpoints (no "..", no absolute paths).
