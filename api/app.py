@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import chat, errors, estimates, files, jobs, models, pause, uploads
+from api import chat, errors, estimates, files, jobs, models, organization, pause, uploads
 from api.context import AppContext
 from api.limits import RequestGuard
 from api.routing import RouteTable
@@ -57,7 +57,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app = FastAPI(title="Tunery", version="0.1.0", summary="Fine-tuning as a service, OpenAI-compatible.")
     app.state.ctx = ctx
     errors.install(app)
-    for module in (files, uploads, estimates, jobs, pause, models, chat):
+    for module in (files, uploads, estimates, jobs, pause, models, chat, organization):
         app.include_router(module.router, prefix="/v1")
 
     @app.get("/health")
@@ -72,7 +72,7 @@ def create_app(ctx: AppContext) -> FastAPI:
 
     # The last added runs first: request id, metrics, then the guard, so its refusals too have a request id and count.
     routes = RouteTable(app.routes)
-    app.add_middleware(RequestGuard, settings=ctx.settings, routes=routes)
+    app.add_middleware(RequestGuard, settings=ctx.settings, routes=routes, keys=ctx.keys)
     if ctx.settings.metrics_enabled:
         app.add_middleware(HTTPMetricsMiddleware, metrics=ctx.metrics, route_of=routes.template)
     app.add_middleware(RequestIdMiddleware)

@@ -1,4 +1,20 @@
-"""API keys -> (organization, project). The embedded mode accepts any key until keys are configured.
+"""Who a request is (:class:`Principal`), and what its role lets it do: the one home of API keys and roles.
+
+:func:`admit` decides both, once per request: the request guard (api/limits.py) calls it before any body is read and
+keeps the answer in the request's scope; the ``tenant`` and ``principal`` dependencies take it from there (or call it
+themselves, for an app without the guard).
+
+* **Keys.** A key of ``TUNERY_API_KEYS`` is a bootstrap admin key of the default organization acting on the default
+  project (``TUNERY_ORGANIZATION_ID``, ``TUNERY_PROJECT_ID``), as before tenancy. A key made through the admin API or
+  ``tunery admin`` (tunery/tenancy.py) is looked up by the SHA-256 of its value; a revoked or expired one, or one of
+  an archived project, is a 401 at its next request.
+* **Open mode.** With no key configured and none ever issued from the store, every request is the default project's
+  admin (the embedded mode, as before). From the first key the store issues on, a key is required: whether the store
+  has issued keys is cached (:class:`tunery.tenancy.KeyRegistry`), a positive answer for good, a negative one for a
+  second.
+* **Roles.** ``admin`` (organization): everything, the administration API included. ``owner`` and ``member``
+  (project): read and write on their project; an owner also manages its own project's service accounts and keys.
+  ``reader``: GET routes and chat/completions only. Anything else is a 403 with OpenAI's wording.
 
 A missing or wrong key is a 401 with OpenAI's body: type ``invalid_request_error``, code ``null`` for a missing key
 and ``invalid_api_key`` for a wrong one, the key masked in the message as OpenAI masks it.
@@ -7,11 +23,42 @@ and ``invalid_api_key`` for a wrong one, the key masked in the message as OpenAI
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Depends, Request
 
 from api.context import AppContext, Tenant, get_ctx
-from api.errors import INVALID_REQUEST, APIError
+from api.errors import INVALID_REQUEST, APIError, PermissionDenied
+from tunery.db.models import ADMIN_ROLE
+from tunery.settings import Settings
+from tunery.tenancy import KeyRegistry, find_key
+
+PRINCIPAL_SCOPE_KEY = "tunery.principal"
+ADMIN_PREFIX = "/v1/organization/"
+# POST routes that only read: a reader may call them.
+READ_POSTS = frozenset({"/v1/chat/completions", "/v1/completions"})
+# Admin routes a project's owner may call for its own project ({project_id} in the path).
+OWNER_ROUTES_PREFIXES = (
+    "/v1/organization/projects/{project_id}/service_accounts",
+    "/v1/organization/projects/{project_id}/api_keys",
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request is: its organization, its project (None for an organization admin key), its role, and the id of
+    its stored key (None for a TUNERY_API_KEYS key and for open access)."""
+
+    organization_id: str
+    project_id: str | None
+    role: str
+    key_id: str | None = None
+
+    def tenant(self, settings: Settings) -> Tenant:
+        """The project the request acts on: the key's, or the default project for an admin."""
+        return Tenant(self.organization_id, self.project_id or settings.project_id)
 
 
 def masked(key: str) -> str:
@@ -19,29 +66,90 @@ def masked(key: str) -> str:
     return f"{key[:6]}***...{key[-4:]}" if len(key) > 16 else "***"
 
 
-def authenticate(keys: list[str], authorization: str | None) -> None:
-    """The one rule of API keys: with keys configured, ``authorization`` must be ``Bearer <one of them>``; raises the
-    401 otherwise. The request guard (api/limits.py) applies it before a body is read, the ``tenant`` dependency
-    again to every route that serves a tenant."""
-    if not keys:
-        return
+def _missing() -> APIError:
+    return APIError(
+        401,
+        "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+        "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        type=INVALID_REQUEST,
+        code=None,
+    )
+
+
+def identify(settings: Settings, registry: KeyRegistry | None, authorization: str | None) -> Principal:
+    """The one rule of API keys (see the module): the request's principal, or the 401."""
     scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise APIError(
-            401,
-            "You didn't provide an API key. You need to provide your API key in an Authorization header using "
-            "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-            type=INVALID_REQUEST,
-            code=None,
-        )
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    bootstrap = Principal(settings.organization_id, None, ADMIN_ROLE)
     # As bytes: compare_digest refuses str with non-ASCII characters, which a header may hold.
-    if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
-        raise APIError(
-            401, f"Incorrect API key provided: {masked(token)}.", type=INVALID_REQUEST, code="invalid_api_key"
+    if token and any(hmac.compare_digest(token.encode(), k.encode()) for k in settings.api_keys):
+        return bootstrap
+    stored = registry is not None and registry.issued()
+    if not settings.api_keys and not stored:
+        return bootstrap  # open: the embedded mode until keys exist
+    if not token:
+        raise _missing()
+    if stored and registry is not None:
+        with registry.db.session() as s:
+            row = find_key(s, token)
+            if row is not None:
+                return Principal(row.organization_id, row.project_id, row.role, row.id)
+    raise APIError(401, f"Incorrect API key provided: {masked(token)}.", type=INVALID_REQUEST, code="invalid_api_key")
+
+
+def insufficient(scope: str) -> PermissionDenied:
+    """OpenAI's words for a key whose role lacks a permission (with a 403, which the SDK raises as
+    ``PermissionDeniedError``)."""
+    return PermissionDenied(
+        f"You have insufficient permissions for this operation. Missing scopes: {scope}. Check that you have the "
+        "correct role in your organization (Reader, Writer, Owner) and project (Member, Owner), and if you're "
+        "using a restricted API key, that it has the necessary scopes."
+    )
+
+
+def authorize(principal: Principal, method: str, template: str, path_params: Mapping[str, Any]) -> None:
+    """Raise the 403 unless ``principal``'s role allows ``method`` on the route ``template``."""
+    if principal.role == ADMIN_ROLE:
+        return
+    if template.startswith(ADMIN_PREFIX):
+        own = principal.role == "owner" and path_params.get("project_id") == principal.project_id
+        if own and template.startswith(OWNER_ROUTES_PREFIXES):
+            return
+        raise insufficient("api.management.write" if method not in ("GET", "HEAD") else "api.management.read")
+    if principal.role == "reader" and method not in ("GET", "HEAD") and template not in READ_POSTS:
+        raise insufficient("api.write")
+
+
+def admit(
+    settings: Settings,
+    registry: KeyRegistry | None,
+    authorization: str | None,
+    method: str,
+    template: str,
+    path_params: Mapping[str, Any],
+) -> Principal:
+    """Who the request is and whether its role lets it call this route: the principal, or the 401 or 403."""
+    principal = identify(settings, registry, authorization)
+    authorize(principal, method, template, path_params)
+    return principal
+
+
+def principal(request: Request, ctx: AppContext = Depends(get_ctx)) -> Principal:
+    found: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if found is None:
+        route = request.scope.get("route")
+        template = str(getattr(route, "path", request.url.path))
+        found = admit(
+            ctx.settings,
+            ctx.keys,
+            request.headers.get("authorization"),
+            request.method,
+            template,
+            request.path_params,
         )
+        request.scope[PRINCIPAL_SCOPE_KEY] = found
+    return found
 
 
-def tenant(request: Request, ctx: AppContext = Depends(get_ctx)) -> Tenant:
-    authenticate(ctx.settings.api_keys, request.headers.get("authorization"))
-    return Tenant(ctx.settings.organization_id, ctx.settings.project_id)
+def tenant(p: Principal = Depends(principal), ctx: AppContext = Depends(get_ctx)) -> Tenant:
+    return p.tenant(ctx.settings)

@@ -12,6 +12,7 @@ from tunery.db import Database
 from tunery.metrics import Metrics
 from tunery.settings import Settings
 from tunery.storage import ObjectStore
+from tunery.tenancy import KeyRegistry
 
 if TYPE_CHECKING:
     from serving.backend import ServingBackend
@@ -26,6 +27,12 @@ class AppContext:
     # Called after a change the scheduler should act on at once (new job, cancel).
     wake_scheduler: Callable[[], None] = field(default=lambda: None)
     metrics: Metrics = field(default_factory=Metrics)
+    # Whether the store has issued API keys (api/auth.py): None to ignore stored keys.
+    keys: KeyRegistry | None = None
+
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            self.keys = KeyRegistry(self.db)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,11 @@ class NotFound(ServiceError):
     """The named object does not exist for the caller (404)."""
 
 
+class PermissionDenied(ServiceError):
+    """The caller's key is valid but its role does not allow this (403). Never for another project's object: that
+    is a NotFound, so a key learns nothing of what other projects hold."""
+
+
 class TooLarge(ServiceError):
     """The request's data is over a size limit (413)."""
 
@@ -107,6 +112,7 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     Unavailable: 503,
     InvalidRequest: 400,
     NotFound: 404,
+    PermissionDenied: 403,
     TooLarge: 413,
     Conflict: 409,
 }

@@ -1,7 +1,9 @@
 """What every request meets before routing reads its body (``RequestGuard``): the API key, and a cap on the body.
 
-* **The key first.** A request to a ``/v1`` route is authenticated (api/auth.py's rule) before anything reads its
-  body: without a valid key it gets the 401 at once, however large the body it announces or sends.
+* **The key first.** A request to a ``/v1`` route is authenticated and authorized (api/auth.py's ``admit``) before
+  anything reads its body: without a valid key it gets the 401 at once, with a key whose role does not allow the route
+  the 403, however large the body it announces or sends. The principal is kept in the request's scope for the
+  routes' ``tenant`` dependency.
 * **The body's size.** A body may be at most ``TUNERY_MAX_BODY_BYTES`` (4 MiB), except on the multipart upload routes,
   which declare their own limit with ``upload_body`` (``TUNERY_MAX_FILE_BYTES``, ``TUNERY_MAX_UPLOAD_PART_BYTES``,
   plus ``MULTIPART_OVERHEAD`` for the form around the file). A Content-Length over the limit is a 413 at once,
@@ -23,15 +25,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from anyio import to_thread
 from fastapi.routing import RouteContext
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import authenticate
+from api.auth import PRINCIPAL_SCOPE_KEY, admit
 from api.errors import APIError, ServiceError, TooLarge, api_error, error_response
 from api.routing import RouteTable
 from tunery.settings import Settings
+from tunery.tenancy import KeyRegistry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,10 +119,11 @@ def narrow_body(request: Request, limit: int, too_large: Callable[[], ServiceErr
 class RequestGuard:
     """Authenticate ``/v1`` routes and cap request bodies before any route reads them (see the module)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, routes: RouteTable):
+    def __init__(self, app: ASGIApp, settings: Settings, routes: RouteTable, keys: KeyRegistry | None = None):
         self.app = app
         self.settings = settings
         self.routes = routes
+        self.keys = keys
 
     def body_limit(self, route: RouteContext | None) -> BodyLimit:
         upload = getattr(route.endpoint, _UPLOAD_BODY, None) if route is not None else None
@@ -146,7 +151,17 @@ class RequestGuard:
 
         try:
             if route is not None and str(route.path).startswith("/v1/"):
-                authenticate(self.settings.api_keys, Headers(scope=scope).get("authorization"))
+                _, child = route.matches(scope)
+                # In a thread: a stored key is looked up in the metadata store.
+                scope[PRINCIPAL_SCOPE_KEY] = await to_thread.run_sync(
+                    admit,
+                    self.settings,
+                    self.keys,
+                    Headers(scope=scope).get("authorization"),
+                    scope["method"],
+                    str(route.path),
+                    child.get("path_params", {}),
+                )
             body.narrow(body.limit)
         except (APIError, ServiceError) as e:
             await error_response(e if isinstance(e, APIError) else api_error(e))(scope, receive, answer)

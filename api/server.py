@@ -18,6 +18,7 @@ from tunery.grpc_tls import server_credentials, trainer_tls_environment
 from tunery.metrics import CONTENT_TYPE, Metrics
 from tunery.settings import DEMO_MODEL, ROLES, Settings, UnsafeSettings
 from tunery.storage import open_store, store_environment
+from tunery.tenancy import ensure_default_rows
 
 log = logging.getLogger("tunery.server")
 
@@ -184,6 +185,7 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
         from api.app import create_app
         from api.context import AppContext
 
+        ensure_default_rows(db, settings)  # the default organization and project, as the admin API lists them
         supervisor = make_vllm_supervisor(settings)
         serving = make_serving(settings, store, supervisor)
         app = create_app(

@@ -43,6 +43,18 @@ def checkpoint_id() -> str:
     return f"ftckpt_{_random(24)}"
 
 
+def project_id() -> str:
+    return f"proj_{_random(24)}"
+
+
+def service_account_id() -> str:
+    return f"svc_acct_{_random(24)}"
+
+
+def api_key_id() -> str:
+    return f"key_{_random(24)}"
+
+
 def request_id() -> str:
     return f"req_{_random(24)}"
 

@@ -14,9 +14,23 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from tunery.db.models import Base, Checkpoint, File, FineTunedModel, Job, JobEvent, Upload, UploadPart
+from tunery.db.models import (
+    ApiKey,
+    Base,
+    Checkpoint,
+    File,
+    FineTunedModel,
+    Job,
+    JobEvent,
+    Organization,
+    Project,
+    ServiceAccount,
+    Upload,
+    UploadPart,
+)
 
 __all__ = [
+    "ApiKey",
     "Base",
     "Checkpoint",
     "Database",
@@ -24,7 +38,10 @@ __all__ = [
     "FineTunedModel",
     "Job",
     "JobEvent",
+    "Organization",
+    "Project",
     "SchemaOutOfDate",
+    "ServiceAccount",
     "Upload",
     "UploadPart",
 ]

@@ -1,0 +1,156 @@
+"""The administration API (``/v1/organization/...``), as OpenAI's has it: projects, their service accounts and API
+keys, and the organization's admin API keys (the SDK's ``client.admin.organization``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from api.protocol.base import CursorPage, OpenAIRequest, OpenAIResponse, omitted
+
+ProjectName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+# Seconds until a key expires: at most ten years.
+ExpiresIn = Annotated[int, Field(ge=1, le=10 * 366 * 86400)]
+
+
+class Project(OpenAIResponse):
+    """OpenAI's ``Project``."""
+
+    id: str
+    object: Literal["organization.project"] = "organization.project"
+    name: str
+    created_at: int
+    archived_at: int | None = None
+    status: Literal["active", "archived"]
+
+
+class ProjectList(CursorPage[Project]):
+    """OpenAI's ``ProjectListResponse``."""
+
+
+class ProjectCreate(OpenAIRequest):
+    name: ProjectName
+
+
+class ProjectUpdate(OpenAIRequest):
+    name: ProjectName
+
+
+class ServiceAccount(OpenAIResponse):
+    """OpenAI's ``ProjectServiceAccount``: ``role`` is ``owner`` or ``member``, or Tunery's ``reader``."""
+
+    id: str
+    object: Literal["organization.project.service_account"] = "organization.project.service_account"
+    name: str
+    role: str
+    created_at: int
+
+
+class ServiceAccountList(CursorPage[ServiceAccount]):
+    """OpenAI's ``ProjectServiceAccountListResponse``."""
+
+
+class ServiceAccountCreate(OpenAIRequest):
+    name: ProjectName
+    expires_in_seconds: ExpiresIn | None = None
+    # --8<-- [start:service-account-extra-params]  not in the OpenAI spec
+    # The account's project role (OpenAI makes every service account a member): owner, member or reader.
+    role: Literal["owner", "member", "reader"] = "member"
+    # --8<-- [end:service-account-extra-params]
+
+
+class ServiceAccountApiKey(OpenAIResponse):
+    """The key made with a service account: its ``value`` is shown here, once, and never again."""
+
+    id: str
+    object: Literal["organization.project.service_account.api_key"] = "organization.project.service_account.api_key"
+    name: str
+    value: str
+    created_at: int
+    expires_at: int | None = None
+
+
+class ServiceAccountCreated(ServiceAccount):
+    """OpenAI's ``ProjectServiceAccountCreateResponse``."""
+
+    api_key: ServiceAccountApiKey
+
+
+class ServiceAccountDeleted(OpenAIResponse):
+    id: str
+    object: Literal["organization.project.service_account.deleted"] = "organization.project.service_account.deleted"
+    deleted: bool
+
+
+class KeyOwnerServiceAccount(OpenAIResponse):
+    id: str
+    name: str
+    role: str
+    created_at: int
+
+
+class ProjectApiKeyOwner(OpenAIResponse):
+    type: Literal["service_account"] = "service_account"
+    service_account: KeyOwnerServiceAccount
+
+
+class ProjectApiKey(OpenAIResponse):
+    """OpenAI's ``ProjectApiKey``: never the key's value, only ``redacted_value``."""
+
+    id: str
+    object: Literal["organization.project.api_key"] = "organization.project.api_key"
+    name: str
+    redacted_value: str
+    created_at: int
+    last_used_at: int | None = None
+    expires_at: int | None = None
+    owner: ProjectApiKeyOwner
+    owner_project_access: Literal["active", "inactive"] = "active"
+
+
+class ProjectApiKeyList(CursorPage[ProjectApiKey]):
+    """OpenAI's ``ProjectApiKeyListResponse``."""
+
+
+class ProjectApiKeyDeleted(OpenAIResponse):
+    id: str
+    object: Literal["organization.project.api_key.deleted"] = "organization.project.api_key.deleted"
+    deleted: bool
+
+
+class AdminKeyOwner(OpenAIResponse):
+    """Who holds an admin key: Tunery has no users, so the organization itself."""
+
+    type: Literal["organization"] = "organization"
+    id: str
+    role: Literal["owner"] = "owner"
+
+
+class AdminApiKey(OpenAIResponse):
+    """OpenAI's ``AdminApiKey``; ``value`` only in the answer that creates it."""
+
+    id: str
+    object: Literal["organization.admin_api_key"] = "organization.admin_api_key"
+    name: str
+    redacted_value: str
+    value: str | None = omitted("The key itself: only in the answer that creates it.")
+    created_at: int
+    last_used_at: int | None = None
+    expires_at: int | None = None
+    owner: AdminKeyOwner
+
+
+class AdminApiKeyList(CursorPage[AdminApiKey]):
+    """OpenAI's ``ApiKeyList``."""
+
+
+class AdminApiKeyCreate(OpenAIRequest):
+    name: ProjectName
+    expires_in_seconds: ExpiresIn | None = None
+
+
+class AdminApiKeyDeleted(OpenAIResponse):
+    id: str
+    object: Literal["organization.admin_api_key.deleted"] = "organization.admin_api_key.deleted"
+    deleted: bool

@@ -1,0 +1,208 @@
+"""Organizations, projects, service accounts and API keys in the metadata store (docs/tenancy.md).
+
+An API key is made here and shown once: the store keeps only the SHA-256 of its value (looked up by it, through a
+unique index, and compared again in constant time), with its organization, its project (None for an organization
+admin key), its role and its expiry. A revoked key keeps its row, marked ``revoked_at``, so the store remembers that
+keys were issued (:func:`keys_issued`): from the first one on, every request needs a key. The API
+(api/services/organization.py) and ``tunery admin`` both go through these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import exists, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tunery import ids
+from tunery.db import Database
+from tunery.db.models import ADMIN_ROLE, PROJECT_ROLES, ApiKey, Organization, Project, ServiceAccount
+from tunery.db.ops import now
+from tunery.settings import Settings
+
+# The first characters of a key's value tell its kind, as OpenAI's do.
+PROJECT_KEY_PREFIX = "sk-svcacct-"
+ADMIN_KEY_PREFIX = "sk-admin-"
+DEFAULT_PROJECT_NAME = "Default project"
+
+
+def key_digest(value: str) -> str:
+    """What the store keeps of a key: the SHA-256 of its value (the value is 256 random bits: no salt needed)."""
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def redacted(value: str, prefix: str) -> str:
+    """``sk-svcacct-...abcd``: the kind and the last four characters, as OpenAI's ``redacted_value``."""
+    return f"{prefix}...{value[-4:]}"
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key just made: its row, and its value, which is never stored and never shown again."""
+
+    row: ApiKey
+    value: str
+
+
+def issue_key(
+    s: Session,
+    *,
+    organization_id: str,
+    project_id: str | None,
+    role: str,
+    name: str,
+    service_account_id: str | None = None,
+    expires_at: int | None = None,
+) -> IssuedKey:
+    if (project_id is None) != (role == ADMIN_ROLE) or (project_id is not None and role not in PROJECT_ROLES):
+        raise ValueError(f"role {role!r} does not fit a key of project {project_id!r}")
+    prefix = ADMIN_KEY_PREFIX if project_id is None else PROJECT_KEY_PREFIX
+    value = prefix + secrets.token_urlsafe(32)
+    row = ApiKey(
+        id=ids.api_key_id(),
+        organization_id=organization_id,
+        project_id=project_id,
+        service_account_id=service_account_id,
+        name=name,
+        role=role,
+        key_hash=key_digest(value),
+        redacted_value=redacted(value, prefix),
+        created_at=now(),
+        expires_at=expires_at,
+    )
+    s.add(row)
+    return IssuedKey(row, value)
+
+
+def find_key(s: Session, value: str, at: int | None = None) -> ApiKey | None:
+    """The live key whose value this is: not revoked, not expired, of a project that is not archived; else None."""
+    digest = key_digest(value)
+    at = now() if at is None else at
+    row = s.scalar(
+        select(ApiKey)
+        .outerjoin(Project, Project.id == ApiKey.project_id)
+        .where(
+            ApiKey.key_hash == digest,
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > at),
+            or_(ApiKey.project_id.is_(None), Project.archived_at.is_(None)),
+        )
+    )
+    # The index found the row by its digest; comparing again in constant time keeps the check timing-safe whatever
+    # the database's comparison does.
+    if row is None or not hmac.compare_digest(row.key_hash, digest):
+        return None
+    return row
+
+
+def keys_issued(s: Session) -> bool:
+    """Whether any key was ever issued from the store (revoked and expired ones count)."""
+    return bool(s.scalar(select(exists().where(ApiKey.pk.is_not(None)))))
+
+
+class KeyRegistry:
+    """Whether the store has issued keys, without a query per request: once it has, for good (revoked keys keep
+    their rows); until then, asked again at most every ``recheck_seconds`` (a key made by ``tunery admin`` in
+    another process is required within that)."""
+
+    def __init__(self, db: Database, recheck_seconds: float = 1.0):
+        self.db = db
+        self.recheck_seconds = recheck_seconds
+        self._issued = False
+        self._checked_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def issued(self) -> bool:
+        if self._issued:
+            return True
+        with self._lock:
+            if not self._issued and time.monotonic() - self._checked_at >= self.recheck_seconds:
+                with self.db.session() as s:
+                    self._issued = keys_issued(s)
+                self._checked_at = time.monotonic()
+            return self._issued
+
+    def note_issued(self) -> None:
+        """A key was just issued by this process: required from now on."""
+        self._issued = True
+
+
+def ensure_default_tenancy(s: Session, settings: Settings) -> Project:
+    """The rows of the default organization and project (the embedded mode's tenant, and that of the
+    TUNERY_API_KEYS), made when missing; returns the default project."""
+    if s.scalar(select(Organization).where(Organization.id == settings.organization_id)) is None:
+        s.add(Organization(id=settings.organization_id, name=settings.organization_slug, created_at=now()))
+    project = s.scalar(select(Project).where(Project.id == settings.project_id))
+    if project is None:
+        project = Project(
+            id=settings.project_id,
+            organization_id=settings.organization_id,
+            name=DEFAULT_PROJECT_NAME,
+            created_at=now(),
+        )
+        s.add(project)
+    return project
+
+
+def ensure_default_rows(database: Database, settings: Settings) -> None:
+    """:func:`ensure_default_tenancy` in a transaction of its own, at start-up; another replica starting at the same
+    time may make the rows first, which is as good."""
+    try:
+        with database.session() as s:
+            ensure_default_tenancy(s, settings)
+    except IntegrityError:
+        pass
+
+
+def create_project(s: Session, organization_id: str, name: str) -> Project:
+    project = Project(id=ids.project_id(), organization_id=organization_id, name=name, created_at=now())
+    s.add(project)
+    return project
+
+
+def create_service_account(
+    s: Session, project: Project, *, name: str, role: str, expires_at: int | None = None
+) -> tuple[ServiceAccount, IssuedKey]:
+    """A service account of ``project`` with ``role`` (owner, member or reader) and its one API key."""
+    if role not in PROJECT_ROLES:
+        raise ValueError(f"unknown project role {role!r}")
+    account = ServiceAccount(
+        id=ids.service_account_id(),
+        organization_id=project.organization_id,
+        project_id=project.id,
+        name=name,
+        role=role,
+        created_at=now(),
+    )
+    s.add(account)
+    key = issue_key(
+        s,
+        organization_id=project.organization_id,
+        project_id=project.id,
+        role=role,
+        name=name,
+        service_account_id=account.id,
+        expires_at=expires_at,
+    )
+    return account, key
+
+
+def revoke(s: Session, key: ApiKey) -> None:
+    """The key stops working at once: its next request is a 401."""
+    key.revoked_at = now()
+
+
+def live_keys(organization_id: str, project_id: str | None = None, *, admin: bool = False):  # type: ignore[no-untyped-def]
+    """The query of an organization's keys that are not revoked: a project's, or (``admin``) the admin keys."""
+    query = select(ApiKey).where(ApiKey.organization_id == organization_id, ApiKey.revoked_at.is_(None))
+    if admin:
+        return query.where(ApiKey.project_id.is_(None))
+    if project_id is not None:
+        return query.where(ApiKey.project_id == project_id)
+    return query
