@@ -9,6 +9,7 @@ import sys
 import time
 
 import httpx
+import openai
 import pytest
 from openai import OpenAI
 
@@ -127,3 +128,50 @@ def test_roles_that_start_without_api_keys(tmp_path, role, settings, health):
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
     assert proc.returncode == 0
+
+
+def test_admin_bootstrap_create_list_and_revoke_keys(tmp_path, tiny_server_factory):
+    """`tunery admin`: bootstrap a project and its owner key, make a reader key, list them redacted, revoke one; the
+    running server (same data dir) takes each change at once, and needs a key from the first one on."""
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    runner = CliRunner()
+    env = _env(tmp_path)
+
+    def admin(*args: str) -> str:
+        out = runner.invoke(app, ["admin", *args], env=env)
+        assert out.exit_code == 0, out.output
+        return out.stdout.strip()
+
+    srv = tiny_server_factory(data_dir=tmp_path / "data")  # no TUNERY_API_KEYS: open until a key is issued
+    assert srv.client.files.list().data == []
+    owner = admin("bootstrap", "--project", "Team A")
+    assert owner.startswith("sk-svcacct-") and "\n" not in owner  # stdout is the key alone: KEY=$(tunery admin ...)
+    time.sleep(1.1)  # the server notices keys issued by another process within a second
+    with pytest.raises(openai.AuthenticationError):
+        srv.client.files.list()
+    team = OpenAI(base_url=f"{srv.base_url}/v1", api_key=owner, admin_api_key=owner, max_retries=0)
+    f = team.files.create(file=("t.jsonl", b'{"messages": []}\n'), purpose="fine-tune")
+    project = team.files.retrieve(f.id)  # on its own project
+    assert project.id == f.id
+
+    listed = admin("list-keys").splitlines()
+    assert len(listed) == 1 and owner not in listed[0] and listed[0].split("\t")[2] == "owner"
+    project_id = listed[0].split("\t")[1]
+    assert project_id.startswith("proj_")
+    reader = admin("create-key", "--project", project_id, "--role", "reader", "--expires-days", "30")
+    as_reader = OpenAI(base_url=f"{srv.base_url}/v1", api_key=reader, max_retries=0)
+    assert [x.id for x in as_reader.files.list().data] == [f.id]
+    with pytest.raises(openai.PermissionDeniedError):
+        as_reader.files.delete(f.id)
+    assert len(admin("list-keys", "--project", project_id).splitlines()) == 2
+
+    admin("revoke-key", listed[0].split("\t")[0])
+    with pytest.raises(openai.AuthenticationError):
+        team.files.list()
+    assert runner.invoke(app, ["admin", "create-key", "--role", "member"], env=env).exit_code == 2
+    assert runner.invoke(app, ["admin", "create-key", "--project", "proj_none", "--role", "member"], env=env).exit_code
+    made = admin("create-key", "--role", "admin")
+    assert made.startswith("sk-admin-")
