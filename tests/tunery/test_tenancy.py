@@ -1,0 +1,91 @@
+"""Keys in the metadata store (tunery/tenancy.py): stored as a hash only, found by it and compared in constant time;
+revoked, expired and archived-project keys are not found; whether keys were issued is cached, not asked per request."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, select
+
+from tunery import tenancy
+from tunery.db import ApiKey, Database, Project
+from tunery.db.ops import now
+from tunery.settings import Settings
+
+
+@pytest.fixture
+def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    database = Database(f"sqlite:///{tmp_path / 'tunery.db'}")
+    database.upgrade()
+    yield database
+    database.engine.dispose()
+
+
+def test_a_key_is_stored_as_its_hash_only_and_found_by_it(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(data_dir=Path("unused"))
+    with db.session() as s:
+        project = tenancy.ensure_default_tenancy(s, settings)
+        s.flush()
+        account, key = tenancy.create_service_account(s, project, name="ci", role="member")
+    assert key.value.startswith(tenancy.PROJECT_KEY_PREFIX) and len(key.value) > 40
+    with db.engine.connect() as conn:
+        stored = [str(v) for row in conn.exec_driver_sql("SELECT * FROM api_keys") for v in row]
+    assert key.value not in stored and tenancy.key_digest(key.value) in stored
+    assert f"sk-svcacct-...{key.value[-4:]}" in stored
+
+    compared: list[tuple[str, str]] = []
+    real = hmac.compare_digest
+
+    def spy(a, b):  # type: ignore[no-untyped-def]
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(tenancy.hmac, "compare_digest", spy)
+    with db.session() as s:
+        found = tenancy.find_key(s, key.value)
+        assert found is not None and found.service_account_id == account.id and found.role == "member"
+        assert tenancy.find_key(s, key.value + "x") is None
+    assert compared and all(a == b for a, b in compared)  # the found row is checked again in constant time
+
+
+def test_revoked_expired_and_archived_keys_are_not_found(db: Database) -> None:
+    with db.session() as s:
+        project = tenancy.create_project(s, "org-default", "p")
+        s.flush()
+        _, live = tenancy.create_service_account(s, project, name="a", role="reader")
+        _, expiring = tenancy.create_service_account(s, project, name="b", role="owner", expires_at=now() + 60)
+        admin = tenancy.issue_key(s, organization_id="org-default", project_id=None, role="admin", name="ops")
+    with db.session() as s:
+        assert tenancy.find_key(s, expiring.value) is not None
+        assert tenancy.find_key(s, expiring.value, at=now() + 61) is None
+        tenancy.revoke(s, s.scalar(select(ApiKey).where(ApiKey.id == live.row.id)))  # type: ignore[arg-type]
+    with db.session() as s:
+        assert tenancy.find_key(s, live.value) is None
+        assert tenancy.find_key(s, admin.value) is not None
+        s.scalar(select(Project).where(Project.id == project.id)).archived_at = now()  # type: ignore[union-attr]
+    with db.session() as s:
+        assert tenancy.find_key(s, expiring.value) is None  # its project is archived
+        assert tenancy.find_key(s, admin.value) is not None  # an organization key has no project
+    with pytest.raises(ValueError), db.session() as s:
+        tenancy.issue_key(s, organization_id="org-default", project_id=None, role="member", name="x")
+
+
+def test_whether_keys_were_issued_is_cached(db: Database) -> None:
+    queries: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *a: queries.append(a[2]))
+    registry = tenancy.KeyRegistry(db, recheck_seconds=3600)
+    assert not registry.issued()
+    asked = len(queries)
+    assert not registry.issued() and len(queries) == asked  # a negative answer is kept for recheck_seconds
+    with db.session() as s:
+        key = tenancy.issue_key(s, organization_id="org-default", project_id=None, role="admin", name="ops")
+    assert not registry.issued()  # another process's key: seen at the next recheck
+    assert tenancy.KeyRegistry(db).issued()
+    registry.note_issued()
+    with db.session() as s:
+        tenancy.revoke(s, s.scalar(select(ApiKey).where(ApiKey.id == key.row.id)))  # type: ignore[arg-type]
+    before = len(queries)
+    assert registry.issued() and len(queries) == before  # for good, without a query: revoked keys keep their rows
+    assert tenancy.KeyRegistry(db).issued()
