@@ -2,7 +2,8 @@
 expected success), never a 5xx, a traceback or a dropped connection; and the server is unharmed after all of them.
 
 Rows are (name, method, path, request keyword arguments, expected status, expected error code or ``ANY`` when the
-status alone is the contract). Requests carry the server's key unless the row sets its own ``authorization``.
+status alone is the contract). Requests carry the server's key unless the row sets its own ``authorization``; the
+metadata store holds a key too, so a wrong key is looked up there as well.
 """
 
 from __future__ import annotations
@@ -311,6 +312,41 @@ CORPUS: list[tuple[str, str, str, dict[str, Any], int, Any]] = [
     ("response_format unknown", "POST", "/v1/chat/completions", chat(response_format={"type": "yaml"}), 400, ANY),
     ("seed as string", "POST", "/v1/chat/completions", chat(seed="one"), 400, ANY),
     ("tools malformed", "POST", "/v1/chat/completions", chat(tools=[{"type": "function"}]), 400, ANY),
+    # -- the administration API ------------------------------------------------------------------------------------
+    ("admin: overlong project id", "GET", "/v1/organization/projects/" + "p" * 300, {}, 400, ANY),
+    ("admin: unknown project", "GET", "/v1/organization/projects/proj_nope", {}, 404, None),
+    ("admin: project without name", "POST", "/v1/organization/projects", {"json": {}}, 400, ANY),
+    ("admin: blank project name", "POST", "/v1/organization/projects", {"json": {"name": "   "}}, 400, ANY),
+    ("admin: 10k project name", "POST", "/v1/organization/projects", {"json": {"name": "n" * 10_000}}, 400, ANY),
+    ("admin: archive the default", "POST", "/v1/organization/projects/proj_default/archive", {}, 400, ANY),
+    (
+        "admin: unknown role",
+        "POST",
+        "/v1/organization/projects/proj_default/service_accounts",
+        {"json": {"name": "x", "role": "god"}},
+        400,
+        ANY,
+    ),
+    (
+        "admin: negative expiry",
+        "POST",
+        "/v1/organization/admin_api_keys",
+        {"json": {"name": "x", "expires_in_seconds": -1}},
+        400,
+        ANY,
+    ),
+    (
+        "admin: expiry past any int",
+        "POST",
+        "/v1/organization/admin_api_keys",
+        raw(b'{"name": "x", "expires_in_seconds": ' + BIG.encode() + b"}"),
+        400,
+        ANY,
+    ),
+    ("admin: unknown admin key", "DELETE", "/v1/organization/admin_api_keys/key_nope", {}, 404, None),
+    ("admin: unknown project key", "GET", "/v1/organization/projects/proj_default/api_keys/key_nope", {}, 404, None),
+    ("admin: limit 0", "GET", "/v1/organization/projects?limit=0", {}, 400, ANY),
+    ("admin: order sideways", "GET", "/v1/organization/admin_api_keys?order=sideways", {}, 400, ANY),
 ]
 
 
@@ -327,6 +363,11 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Any
         api_keys=[KEY],
     )
     srv.http.headers["authorization"] = f"Bearer {KEY}"
+    # A key in the metadata store: every wrong key of the corpus is then looked up there too.
+    made = srv.http.post(
+        "/v1/organization/projects/proj_default/service_accounts", json={"name": "r", "role": "reader"}
+    )
+    assert made.status_code == 200, made.text
     yield srv
     srv.stop()
 
