@@ -32,6 +32,7 @@ from api.protocol.organization import (
     ServiceAccountCreated,
     ServiceAccountDeleted,
     ServiceAccountList,
+    ServiceAccountUpdate,
 )
 from api.services.organization import OrganizationService
 
@@ -94,6 +95,13 @@ def retrieve_service_account(
     project_id: Name, service_account_id: Name, svc: OrganizationService = Svc
 ) -> ServiceAccount:
     return svc.retrieve_service_account(project_id, service_account_id)
+
+
+@router.post("/projects/{project_id}/service_accounts/{service_account_id}")
+def modify_service_account(
+    project_id: Name, service_account_id: Name, req: ServiceAccountUpdate, svc: OrganizationService = Svc
+) -> ServiceAccount:
+    return svc.modify_service_account(project_id, service_account_id, req)
 
 
 @router.delete("/projects/{project_id}/service_accounts/{service_account_id}")

@@ -60,6 +60,14 @@ class ServiceAccountCreate(OpenAIRequest):
     # --8<-- [end:service-account-extra-params]
 
 
+class ServiceAccountUpdate(OpenAIRequest):
+    """A new name or role (OpenAI's ``owner`` or ``member``, or Tunery's ``reader``); the account's key takes the
+    role at once."""
+
+    name: ProjectName | None = None
+    role: Literal["owner", "member", "reader"] | None = None
+
+
 class ServiceAccountApiKey(OpenAIResponse):
     """The key made with a service account: its ``value`` is shown here, once, and never again."""
 

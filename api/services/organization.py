@@ -37,6 +37,7 @@ from api.protocol.organization import (
     ServiceAccountCreated,
     ServiceAccountDeleted,
     ServiceAccountList,
+    ServiceAccountUpdate,
 )
 from tunery import db, tenancy
 from tunery.db.models import ADMIN_ROLE
@@ -179,6 +180,18 @@ class OrganizationService:
     def retrieve_service_account(self, project_id: str, account_id: str) -> ServiceAccount:
         with self.ctx.db.session() as s:
             return service_account_object(self._account(s, project_id, account_id))
+
+    def modify_service_account(self, project_id: str, account_id: str, req: ServiceAccountUpdate) -> ServiceAccount:
+        with self.ctx.db.session() as s:
+            account = self._account(s, project_id, account_id)
+            if req.name is not None:
+                account.name = req.name
+            if req.role is not None:
+                account.role = req.role
+                keys = tenancy.live_keys(self.org, project_id).where(db.ApiKey.service_account_id == account.id)
+                for key in s.scalars(keys):
+                    key.role = req.role
+            return service_account_object(account)
 
     def delete_service_account(self, project_id: str, account_id: str) -> ServiceAccountDeleted:
         with self.ctx.db.session() as s:

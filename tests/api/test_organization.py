@@ -54,6 +54,14 @@ def test_projects_service_accounts_and_keys(tiny_server_factory):
     assert e.value.status_code == 403 and "insufficient permissions" in e.value.message
     validate(e.value.response.json(), "ErrorResponse")
 
+    # A new role applies to the account's key at once: a reader may not upload.
+    changed = org.projects.service_accounts.update(account.id, project_id=project.id, extra_body={"role": "reader"})
+    assert changed.role == "reader" and changed.name == "ci"
+    with pytest.raises(openai.PermissionDeniedError):
+        member.files.create(file=("t.jsonl", b"{}\n"), purpose="fine-tune")
+    assert org.projects.service_accounts.update(account.id, project_id=project.id, role="member").role == "member"
+    assert member.files.create(file=("t.jsonl", b"{}\n"), purpose="fine-tune").id
+
     # Revoking the key stops it at once.
     assert org.projects.api_keys.delete(key.id, project_id=project.id).deleted
     with pytest.raises(openai.AuthenticationError):
