@@ -105,6 +105,9 @@ def make_state_callback(run: TrainingRun) -> TrainerCallback:
                 shutil.rmtree(folder, ignore_errors=True)
             log.info("resume state: step %d -> %s", step, prefix)
             if run.stop.reason in PREEMPT_REASONS:
+                # The stop may have come during this step's checkpoint, after on_step_end: stop here all the same,
+                # at the state just saved, rather than train one more step and save again.
+                control.should_training_stop = True
                 run.reporter.event(
                     "info",
                     f"Saved the training state at step {step}/{run.total_steps}; stopping ({run.stop.reason})",

@@ -249,6 +249,26 @@ def test_a_resumed_run_reports_what_the_run_before_it_could_not(
     assert servicer.of("Checkpoint")[0].object_prefix == f"{spec.output_prefix}/checkpoints/step-{state.step}"
 
 
+def test_a_stop_during_a_checkpoint_stops_at_that_checkpoint(
+    tmp_path: Path, tiny_model_dir: Path, pausing_server: Any
+) -> None:
+    """A pause (or a preemption) that arrives while a planned checkpoint is written and reported stops the run at
+    that step, with the state it saves there, instead of training one more step and saving again."""
+    servicer, address = pausing_server
+    servicer.pause_on_checkpoint = True
+    store, spec = setup_job(tmp_path, tiny_model_dir, address, jsonl_bytes(chat_examples(12)), n_epochs=1, batch_size=1)
+    spec = spec.model_copy(update={"plan": spec.plan.model_copy(update={"n_checkpoints": 4})})  # 3, 6, 9, 12
+    store.put_bytes(SPEC_KEY, spec.model_dump_json().encode())
+    proc = start_trainer(tmp_path / "objects")
+    out = wait(proc)
+    assert proc.returncode == EXIT_PREEMPTED, out[-5000:]
+    assert [m.metrics.step for m in servicer.of("Metrics")] == [1, 2, 3]
+    assert [c.step for c in servicer.of("Checkpoint")] == [3]
+    assert [s.step for s in complete_states(store, spec.output_prefix)] == [3]
+    events = [e.message for e in servicer.of("Event")]
+    assert "Saved the training state at step 3/12; stopping (paused)" in events, events
+
+
 # ---- through the server ---------------------------------------------------------------------------------
 def _metric_steps(srv: Any, job_id: str) -> list[int]:
     events = reversed(srv.client.fine_tuning.jobs.list_events(job_id, limit=1000).data)
