@@ -154,7 +154,9 @@ class Scheduler:
         self.validate_uploaded_files()
         self.validate_pending()
         self.launch_queued()
-        sweep_expired_uploads(self.db, self.store)
+        sweep_expired_uploads(
+            self.db, self.store, completing_stale_seconds=self.settings.upload_completing_stale_seconds
+        )
         self.file_expiry.run()
         self.sweep_finished_runs()
 

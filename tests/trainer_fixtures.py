@@ -151,15 +151,22 @@ def reporting_server() -> Iterator[tuple[RecordingServicer, str]]:
 
 
 class PausingServicer(RecordingServicer):
-    """Replies pause_requested once a Metrics call reaches ``pause_after_step``."""
+    """Replies pause_requested once a Metrics call reaches ``pause_after_step`` (or from the first Checkpoint call
+    with ``pause_on_checkpoint``)."""
 
     pause_after_step: int | None = None
+    pause_on_checkpoint = False  # reply pause_requested to the first Checkpoint report
     paused = False
 
     def Metrics(self, request: Any, context: Any) -> Any:
         super().Metrics(request, context)
         if self.pause_after_step is not None and request.metrics.step >= self.pause_after_step:
             self.paused = True
+        return reporting_pb2.ReportReply(pause_requested=self.paused)
+
+    def Checkpoint(self, request: Any, context: Any) -> Any:
+        super().Checkpoint(request, context)
+        self.paused = self.paused or self.pause_on_checkpoint
         return reporting_pb2.ReportReply(pause_requested=self.paused)
 
 

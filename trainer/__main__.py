@@ -25,7 +25,7 @@ from tunery.grpc_tls import channel_credentials_from_env  # noqa: E402
 from tunery.jobspec import RUN_TOKEN_ENV  # noqa: E402
 
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE, RunStopped, TrainerError, one_line  # noqa: E402
-from .orphan import watch_parent_from_env  # noqa: E402
+from .orphan import ORPHANED, watch_parent_from_env  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run(spec, reporter, stop)
     except RunStopped as e:
         log.warning("run stopped (%s); not reporting success", e.reason)
-        # A paused or preempted run's last checkpoint report must get through; a cancelled one has nothing to say.
-        reporter.close(timeout=10.0 if e.exit_code == EXIT_PREEMPTED else 2.0)
+        # A paused or preempted run's last checkpoint report must get through; a cancelled one has nothing to say,
+        # nor has an orphan anyone to say it to (the run resuming from its state reports what it could not).
+        reporter.close(timeout=10.0 if e.exit_code == EXIT_PREEMPTED and not ORPHANED.is_set() else 2.0)
         return e.exit_code
     except Exception as e:
         traceback.print_exc()

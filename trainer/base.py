@@ -90,6 +90,9 @@ class TrainingRun:
         self.data_options: DataOptionsReport | None = None
         self.rows: list[StepRow] = []
         self.checkpoints: list[str] = []
+        # Each checkpoint step of this run's lineage (the runs it resumed from included): its epoch, and whether the
+        # control plane acknowledged its report. A resume state carries them (trainer/resume.py).
+        self.checkpoint_reports: dict[int, tuple[float, bool]] = {}
         self.total_steps = 0
         self.steps_per_epoch = 0
         self.tokens_per_epoch = 0
@@ -280,9 +283,17 @@ class TrainingRun:
             self.best = {"step": step, "valid_loss": row.valid_loss, "prefix": prefix}
         self.save_adapter(prefix, step, epoch, row, best=best)
         self.checkpoints.append(prefix)
+        self.checkpoint_reports[step] = (epoch, False)
         log.info("checkpoint: epoch %.2f step %d -> %s (%.1fs)", epoch, step, prefix, time.monotonic() - t0)
+        self.report_checkpoint(step, epoch)
+
+    def report_checkpoint(self, step: int, epoch: float) -> bool:
+        """Report the checkpoint of ``step`` (written and complete); whether the control plane acknowledged it."""
+        row = next((r for r in reversed(self.rows) if r.step == step), None)
         metrics = (row or StepRow(step=step, epoch=epoch)).to_proto(self.reporter.pb, self.total_steps)
-        self.reporter.checkpoint(step, prefix, metrics)
+        delivered = self.reporter.checkpoint(step, checkpoint_prefix(self.spec.output_prefix, step), metrics)
+        self.checkpoint_reports[step] = (epoch, delivered)
+        return delivered
 
 
 def steps_per_epoch(n_examples: int, batch_size: int) -> int:

@@ -16,6 +16,10 @@ from tunery.jobspec import PARENT_PID_ENV
 
 log = logging.getLogger("tunery.trainer")
 
+# Set once the server that started this run is gone: the reports still queued have nobody to reach (a restarted
+# server listens elsewhere, and refuses this run's token), so the run does not wait for them before it exits.
+ORPHANED = threading.Event()
+
 
 def watch_parent(parent_pid: int, interval: float = 1.0) -> threading.Thread:
     """Send this process SIGTERM once its parent is no longer ``parent_pid``; checks every ``interval`` s."""
@@ -25,6 +29,7 @@ def watch_parent(parent_pid: int, interval: float = 1.0) -> threading.Thread:
         while not stopped.wait(interval):
             if os.getppid() != parent_pid:
                 log.warning("the server (pid %d) is gone: stopping this run as if preempted", parent_pid)
+                ORPHANED.set()
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 

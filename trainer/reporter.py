@@ -78,6 +78,9 @@ class Reporter:
         self.job_id = job_id
         self.run_token = run_token
         self.stop_reason: str | None = None
+        # The last step whose metrics the control plane acknowledged (reports go in order): a resume state records
+        # it, so that the run resuming from that state sends the metrics this one could not (trainer/resume.py).
+        self.metrics_reported_step = 0
         self._on_stop = on_stop
         # Polled while a caller waits for a reply (except for Finished): True gives up waiting, so that a
         # SIGTERM during a slow Checkpoint report still stops the run promptly.
@@ -220,6 +223,8 @@ class Reporter:
             except Exception:  # never let the reporter thread die
                 log.exception("reporter: %s failed", call.method)
                 ok = False
+            if ok and call.method == "Metrics":
+                self.metrics_reported_step = max(self.metrics_reported_step, int(call.request.metrics.step))
             call.future.set_result(ok)
 
     def _send(self, call: _Call) -> bool:

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunery.layout import checkpoint_prefix
 from tunery.resume import (
     ResumeState,
     StateMismatch,
@@ -29,6 +30,8 @@ from tunery.resume import (
     state_prefix,
     upload_state,
 )
+
+from .checkpoint import MANIFEST
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -57,6 +60,13 @@ def save_state(run: TrainingRun, folder: Path, step: int, epoch: float) -> str:
         "total_steps": run.total_steps,
         "seed": run.spec.seed,
         "rows": [asdict(r) for r in run.rows if r.step <= step],
+        # What the control plane was told: a run resuming from this state sends what it missed (report_backlog).
+        "metrics_reported_step": min(run.reporter.metrics_reported_step, step),
+        "checkpoints": [
+            {"step": s, "epoch": epoch, "reported": reported}
+            for s, (epoch, reported) in sorted(run.checkpoint_reports.items())
+            if s <= step
+        ],
     }
     upload_state(run.store, prefix, folder, marker)
     prune_states(run.store, run.spec.output_prefix, keep=KEEP_STATES)
@@ -95,6 +105,9 @@ def make_state_callback(run: TrainingRun) -> TrainerCallback:
                 shutil.rmtree(folder, ignore_errors=True)
             log.info("resume state: step %d -> %s", step, prefix)
             if run.stop.reason in PREEMPT_REASONS:
+                # The stop may have come during this step's checkpoint, after on_step_end: stop here all the same,
+                # at the state just saved, rather than train one more step and save again.
+                control.should_training_stop = True
                 run.reporter.event(
                     "info",
                     f"Saved the training state at step {step}/{run.total_steps}; stopping ({run.stop.reason})",
@@ -103,6 +116,28 @@ def make_state_callback(run: TrainingRun) -> TrainerCallback:
                 )
 
     return ResumeStateCallback()
+
+
+def report_backlog(run: TrainingRun, marker: dict[str, Any]) -> None:
+    """Report what the runs before this one did but could not tell the control plane: a run whose server was killed
+    trains on until it notices (trainer/orphan.py), then saves its state with metrics and checkpoints that nobody
+    received. The state's marker says how far the control plane acknowledged them; this run sends the rest (the
+    control plane keeps the first report of each step and of each checkpoint, so one sent twice changes nothing).
+    The checkpoints of the lineage become this run's own, so none is written again."""
+    last = run.rows[-1].step if run.rows else 0
+    reported = int(marker.get("metrics_reported_step", last))  # a state written before it was recorded: all sent
+    for row in run.rows:
+        if row.step > reported:
+            run.reporter.metrics(row.to_proto(run.reporter.pb, run.total_steps))
+    for entry in marker.get("checkpoints", []):
+        step, epoch = int(entry["step"]), float(entry["epoch"])
+        prefix = checkpoint_prefix(run.spec.output_prefix, step)
+        if prefix not in run.checkpoints:
+            run.checkpoints.append(prefix)
+        run.checkpoint_reports[step] = (epoch, bool(entry.get("reported")))
+        if not entry.get("reported") and run.store.exists(f"{prefix}/{MANIFEST}"):
+            log.info("reporting the checkpoint at step %d, written by an earlier run", step)
+            run.report_checkpoint(step, epoch)
 
 
 def candidates(run: TrainingRun, resume_from: str) -> list[ResumeState]:
@@ -145,6 +180,7 @@ def prepare_resume(run: TrainingRun, resume_from: str | None, workdir: Path) -> 
         message = f"Resuming from the checkpoint at step {state.step}/{run.total_steps}"
         log.info("%s (%s)", message, state.prefix)
         run.reporter.event("info", message, {"step": state.step, "resume_prefix": state.prefix})
+        report_backlog(run, marker)
         return str(folder)
     run.reporter.event("info", "No complete checkpoint to resume from: training starts from the beginning")
     return None

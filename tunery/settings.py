@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 8 * 1024 * 1024 * 1024
     max_upload_part_bytes: int = 64 * 1024 * 1024
     upload_expiry_seconds: int = 3600
+    # A complete request silent this long (its process killed while it assembled the file) gives the upload back:
+    # the client's next complete or cancel goes through (tunery/uploads.py).
+    upload_completing_stale_seconds: int = Field(default=30, ge=1)
 
     # Validation of training files (docs/validation.md). Token statistics at upload use this base model's
     # tokenizer and chat template (empty: the first base model, the demo model when offered); a job's own

@@ -3,12 +3,21 @@
 An Upload (``/v1/uploads``) that is still ``pending`` at its ``expires_at`` becomes ``expired`` and its parts
 are deleted. Every status change is a conditional UPDATE (``... WHERE status = 'pending'``), so it cannot race
 with a concurrent ``complete``, ``cancel`` or part upload: exactly one of them moves the upload on.
+
+A ``complete`` request holds its upload ``completing`` while it assembles the file, and renews ``completing_at``
+while it does (:func:`holding`). A holder that falls silent for ``TUNERY_UPLOAD_COMPLETING_STALE_SECONDS`` died
+with its process (a server killed mid-complete): :func:`give_back_stale` puts the upload back to ``pending`` and
+deletes the file it was assembling, so the client's retried ``complete`` (or ``cancel``) goes through. Should the
+holder be alive after all, its own final UPDATE (on its ``file_id``) fails and it deletes its file: one wins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import Iterator
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -90,9 +99,76 @@ def expire(db: Database, store: ObjectStore, upload_id: str, at: int | None = No
     return True
 
 
-def sweep_expired(db: Database, store: ObjectStore, at: int | None = None, batch: int = 200) -> int:
-    """Expire uploads past their expiry (one indexed query when there is nothing to do); returns how many."""
+def heartbeat_seconds(stale_seconds: float) -> float:
+    """How often a complete request renews its hold: several times within the stale limit."""
+    return max(0.2, stale_seconds / 5)
+
+
+@contextlib.contextmanager
+def holding(db: Database, upload_id: str, file_id: str, stale_seconds: float) -> Iterator[None]:
+    """While the body runs, renew ``completing_at`` of the upload this request holds (``file_id`` is its own)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(heartbeat_seconds(stale_seconds)):
+            try:
+                with db.session() as s:
+                    s.execute(
+                        update(Upload)
+                        .where(Upload.id == upload_id, Upload.status == "completing", Upload.file_id == file_id)
+                        .values(completing_at=now())
+                    )
+            except Exception:  # the next beat tries again; the completion itself reports a dead database
+                log.warning("could not renew the hold on upload %s", upload_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"hold-{upload_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def give_back_stale(
+    db: Database, store: ObjectStore, stale_seconds: float, upload_id: str | None = None, at: int | None = None
+) -> int:
+    """Put back to ``pending`` the ``completing`` uploads (``upload_id`` alone, or all) whose complete request has
+    been silent for ``stale_seconds``, deleting the files they were assembling; returns how many."""
     t = now() if at is None else at
+    stale = (Upload.status == "completing") & (Upload.completing_at <= t - stale_seconds)
+    with db.session() as s:
+        q = select(Upload.id, Upload.file_id).where(stale)
+        due = list(s.execute(q.where(Upload.id == upload_id) if upload_id else q.limit(200)))
+    n = 0
+    for uid, file_id in due:
+        with db.session() as s:
+            changed = s.execute(
+                update(Upload)
+                .where(Upload.id == uid, Upload.file_id == file_id, stale)
+                .values(status="pending", file_id=None, completing_at=None)
+            )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]  # it finished (or renewed its hold) meanwhile
+            continue
+        n += 1
+        log.warning("upload %s: its complete request stopped (its process died?); the upload is pending again", uid)
+        if file_id:
+            delete_objects(store, [f"files/{file_id}"])
+    return n
+
+
+def sweep_expired(
+    db: Database,
+    store: ObjectStore,
+    at: int | None = None,
+    batch: int = 200,
+    completing_stale_seconds: float | None = None,
+) -> int:
+    """Expire uploads past their expiry (one indexed query when there is nothing to do); returns how many. With
+    ``completing_stale_seconds``, uploads whose complete request died are first given back (:func:`give_back_stale`)."""
+    t = now() if at is None else at
+    if completing_stale_seconds is not None:
+        give_back_stale(db, store, completing_stale_seconds, at=t)
     with db.session() as s:
         due = list(
             s.scalars(

@@ -4,8 +4,9 @@ An upload is ``pending`` while it takes parts, then ``completed`` (with its File
 Every status change is a conditional UPDATE on ``status = 'pending'``, so of two concurrent ``complete`` calls
 (or a ``complete`` and a ``cancel``, or a part arriving during either) exactly one moves the upload on.
 ``complete`` holds the upload in the transient ``completing`` state (shown as ``pending``) while it assembles
-the parts into ``files/{file_id}``; on any failure it deletes what it wrote and puts the upload back to
-``pending`` so the client can retry.
+the parts into ``files/{file_id}``, renewing its hold as it goes; on any failure it deletes what it wrote and puts
+the upload back to ``pending`` so the client can retry. A hold nobody renews (the process died mid-complete) is
+given back after ``TUNERY_UPLOAD_COMPLETING_STALE_SECONDS`` (tunery/uploads.py), so the retry goes through then.
 """
 
 from __future__ import annotations
@@ -108,11 +109,16 @@ class UploadService:
             # Expire it lazily (the scheduler's sweep may not have come by yet), so the answer says "expired".
             lifecycle.expire(ctx.db, ctx.store, upload_id, at)
             u = read()
+        stale = ctx.settings.upload_completing_stale_seconds
+        if u is not None and u.status == "completing" and lifecycle.give_back_stale(ctx.db, ctx.store, stale, u.id, at):
+            u = read()  # its complete request died (the sweep may not have come by yet): pending again
         if u is None:
             return NotFound(f"No such Upload object: {upload_id}", param="upload_id")
         if u.status == "pending" and u.expires_at > at:
             return None  # a concurrent complete failed and gave the upload back in the meantime
         state = _NOT_PENDING.get(u.status, f"is {u.status}")
+        if u.status == "completing":
+            state += f" (if that request is gone, try again in {stale} s)"
         return InvalidRequest(f"Upload {upload_id} {state}: {action}.", code="upload_not_pending")
 
     def _transition(self, upload_id: str, action: str, fn: Callable[[Session, int], T | None]) -> T:
@@ -232,18 +238,19 @@ class UploadService:
         return part_object(row)
 
     def complete(self, upload_id: str, req: CompleteUploadRequest) -> UploadObject:
-        ctx, t = self.ctx, self.tenant
+        ctx = self.ctx
         seen: set[str] = set()
         for pid in req.part_ids:
             if pid in seen:
                 raise InvalidRequest(f"Part {pid} is listed more than once in part_ids.", param="part_ids")
             seen.add(pid)
         file_id = ids.file_id()
-        key = f"files/{file_id}"
 
         def begin(s: Session, at: int) -> Upload | None:
             hit = s.execute(
-                update(Upload).where(*self._takes_changes(upload_id, at)).values(status="completing", file_id=file_id)
+                update(Upload)
+                .where(*self._takes_changes(upload_id, at))
+                .values(status="completing", file_id=file_id, completing_at=at)
             )
             if hit.rowcount != 1:  # type: ignore[attr-defined]
                 return None
@@ -251,6 +258,17 @@ class UploadService:
 
         upload: Upload = self._transition(upload_id, "it cannot be completed", begin)
         # This request now holds the upload (`completing`): until it finishes, no part, cancel or complete gets in.
+        # It renews its hold while it works; a hold left by a dead process is given back (tunery/uploads.py).
+        with lifecycle.holding(ctx.db, upload_id, file_id, ctx.settings.upload_completing_stale_seconds):
+            f, parts = self._assemble(upload, file_id, req)
+        # Every part, listed or not, has served its purpose.
+        lifecycle.discard(ctx.store, upload_id, [p.object_key for p in parts.values()])
+        ctx.wake_scheduler()  # it validates new training files
+        return upload_object(upload, f)
+
+    def _assemble(self, upload: Upload, file_id: str, req: CompleteUploadRequest) -> tuple[File, dict[str, UploadPart]]:
+        """Assemble the file of the upload this request holds and record it; on failure give the upload back."""
+        ctx, t, upload_id, key = self.ctx, self.tenant, upload.id, f"files/{file_id}"
         try:
             with ctx.db.session() as s:
                 parts = {p.id: p for p in s.scalars(select(UploadPart).where(UploadPart.upload_id == upload_id))}
@@ -294,8 +312,8 @@ class UploadService:
                         .where(Upload.id == upload_id, Upload.status == "completing", Upload.file_id == file_id)
                         .values(status="completed")
                     )
-                    if done.rowcount != 1:  # type: ignore[attr-defined]  # given up as stale by the expiry sweep
-                        raise InvalidRequest(f"Upload {upload_id} has expired.", code="upload_not_pending")
+                    if done.rowcount != 1:  # type: ignore[attr-defined]  # expired, or given back as stale
+                        raise self._lost_hold(upload_id)
                     s.add(f)
                     s.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id))
                     upload.status = "completed"
@@ -307,13 +325,21 @@ class UploadService:
                 s.execute(
                     update(Upload)
                     .where(Upload.id == upload_id, Upload.status == "completing", Upload.file_id == file_id)
-                    .values(status="pending", file_id=None)
+                    .values(status="pending", file_id=None, completing_at=None)
                 )
             raise
-        # Every part, listed or not, has served its purpose.
-        lifecycle.discard(ctx.store, upload_id, [p.object_key for p in parts.values()])
-        ctx.wake_scheduler()  # it validates new training files
-        return upload_object(upload, f)
+        return f, parts
+
+    def _lost_hold(self, upload_id: str) -> ServiceError:
+        """Why a complete request no longer holds its upload: it expired, or this request was silent so long that
+        the upload was given back (and may be completed again)."""
+        with self.ctx.db.session() as s:
+            status = s.scalar(select(Upload.status).where(Upload.id == upload_id))
+        if status == "expired":
+            return InvalidRequest(f"Upload {upload_id} has expired.", code="upload_not_pending")
+        return Conflict(
+            f"Upload {upload_id} was given back while this request completed it; try again.", code="upload_busy"
+        )
 
     def cancel(self, upload_id: str) -> UploadObject:
         def cancel(s: Session, at: int) -> tuple[Upload, list[str]] | None:

@@ -278,8 +278,8 @@ def test_expiry_lazily_and_by_the_scheduler(server):
     assert "expired" in error(server.http.post(f"/v1/uploads/{lazy['id']}/cancel"))["message"]
     assert status_and_parts(server, lazy["id"]) == ("expired", 0, [])
 
-    # A complete request that died mid-way (its process gone) leaves `completing`: the sweep gives it up an
-    # hour after the expiry, with the file it was assembling.
+    # A complete request that died mid-way (its process gone) leaves `completing`; one from before holds were
+    # renewed (no completing_at) is given up by the sweep an hour after the expiry, with the file it was assembling.
     server.app.state.ctx.settings.upload_expiry_seconds = 3600
     stuck = create(server, 1)
     add_part(server, stuck["id"], b"s")
@@ -298,6 +298,40 @@ def test_expiry_lazily_and_by_the_scheduler(server):
     assert stored(server, "uploads") == [] and stored(server, "files") == []
     with database.session() as s:
         assert s.scalars(select(File)).first() is None
+
+
+def test_a_complete_whose_process_died_is_given_back(tiny_server_factory):
+    """A complete request killed with its process leaves the upload `completing` and half a file. Once nobody has
+    renewed the hold for TUNERY_UPLOAD_COMPLETING_STALE_SECONDS, the client's retried complete goes through (the
+    half file deleted), and one the client never retries is given back by the scheduler's sweep."""
+    srv = tiny_server_factory(upload_completing_stale_seconds=2)
+    database, store = db(srv), srv.app.state.ctx.store
+    retried, forgotten = create(srv, 6), create(srv, 6)
+    parts = {up["id"]: add_part(srv, up["id"], b"abcdef") for up in (retried, forgotten)}
+    for up in (retried, forgotten):  # what a complete request killed mid-way leaves
+        store.put_bytes(f"files/file-dead{up['id'][-4:]}", b"abc")
+        with database.session() as s:
+            s.execute(
+                update(Upload)
+                .where(Upload.id == up["id"])
+                .values(status="completing", file_id=f"file-dead{up['id'][-4:]}", completing_at=int(time.time()))
+            )
+    e = error(complete(srv, retried["id"], [parts[retried["id"]]]))  # the hold is fresh: maybe still alive
+    assert e["code"] == "upload_not_pending" and "try again in 2 s" in e["message"]
+    time.sleep(3.1)
+    r = complete(srv, retried["id"], [parts[retried["id"]]])
+    assert r.status_code == 200, r.text
+    assert server_file_bytes(srv, r.json()["file"]["id"]) == b"abcdef"
+    deadline = time.monotonic() + 10
+    while status_and_parts(srv, forgotten["id"])[0] != "pending":  # nobody asks: the scheduler's sweep does it
+        assert time.monotonic() < deadline, "the scheduler did not give the upload back"
+        time.sleep(0.1)
+    assert stored(srv, "files") == [f"files/{r.json()['file']['id']}"]  # both half files are gone
+    assert complete(srv, forgotten["id"], [parts[forgotten["id"]]]).status_code == 200
+
+
+def server_file_bytes(srv: RunningServer, file_id: str) -> bytes:
+    return srv.client.files.content(file_id).read()
 
 
 def test_uploads_belong_to_their_project(server, tiny_server_factory):

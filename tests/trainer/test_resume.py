@@ -6,13 +6,18 @@ TrainerReporting service; the server tests drive a real embedded server through 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import openai
 import pytest
 
@@ -32,6 +37,7 @@ from tunery.resume import (
     upload_state,
 )
 from tunery.storage import open_store
+from tunery.v1 import reporting_pb2_grpc
 
 pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
 
@@ -160,6 +166,107 @@ def test_sigterm_preempts_with_a_checkpoint(tmp_path: Path, tiny_model_dir: Path
     assert state is not None and state.step == last
     assert [c.step for c in servicer.of("Checkpoint")][-1] == last
     assert not store.list(f"{spec.output_prefix}/model/")
+
+
+@dataclass
+class GoneServicer(RecordingServicer):
+    """The control plane of a run whose server was killed: it answers until the Metrics report of ``gone_at``, then
+    every call fails as a dead server's would; ``attempted`` notes the steps the run still tried to report."""
+
+    gone_at: int = 0
+    gone: bool = False
+    attempted: list[int] = field(default_factory=list)
+
+    def _answer(self, name: str, request: Any, context: Any) -> Any:
+        if name == "Metrics":
+            self.attempted.append(request.metrics.step)
+        if self.gone:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the server is gone")
+        reply = self._record(name, request)
+        self.gone = name == "Metrics" and request.metrics.step >= self.gone_at
+        return reply
+
+    def Started(self, request: Any, context: Any) -> Any:
+        return self._answer("Started", request, context)
+
+    def Metrics(self, request: Any, context: Any) -> Any:
+        return self._answer("Metrics", request, context)
+
+    def Event(self, request: Any, context: Any) -> Any:
+        return self._answer("Event", request, context)
+
+    def Checkpoint(self, request: Any, context: Any) -> Any:
+        return self._answer("Checkpoint", request, context)
+
+
+@contextlib.contextmanager
+def serving(servicer: RecordingServicer) -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    reporting_pb2_grpc.add_TrainerReportingServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+def test_a_resumed_run_reports_what_the_run_before_it_could_not(
+    tmp_path: Path, tiny_model_dir: Path, reporting_server: Any
+) -> None:
+    """A run whose control plane went away (its server killed) trains on until it is stopped and saves its state
+    with metrics and a checkpoint nobody received; the run resuming from that state reports them, so the job has
+    every step's metrics and every checkpoint once."""
+    gone = GoneServicer(gone_at=2)
+    with serving(gone) as address:
+        store, spec = setup_job(
+            tmp_path, tiny_model_dir, address, jsonl_bytes(chat_examples(12)), n_epochs=1, batch_size=1
+        )
+        proc = start_trainer(tmp_path / "objects")
+        deadline = time.monotonic() + 180
+        while not any(step > gone.gone_at for step in gone.attempted) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no step after the control plane went away"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)  # what trainer/orphan.py sends a run whose server died
+        out = wait(proc, timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, out[-5000:]
+    delivered = [m.metrics.step for m in gone.of("Metrics")]
+    assert delivered == [1, 2] and gone.of("Checkpoint") == []
+    state = latest_state(store, spec.output_prefix)
+    assert state is not None and state.step > 2
+    assert state.marker["metrics_reported_step"] == 2
+    assert [(c["step"], c["reported"]) for c in state.marker["checkpoints"]] == [(state.step, False)]
+
+    servicer, address = reporting_server
+    resumed = spec.model_copy(update={"resume_from": "latest", "reporting_address": address})
+    store.put_bytes(SPEC_KEY, resumed.model_dump_json().encode())
+    proc = start_trainer(tmp_path / "objects")
+    out = wait(proc)
+    assert proc.returncode == EXIT_OK, out[-5000:]
+    # The steps the first run trained but could not report come first, then the ones this run trains.
+    assert [m.metrics.step for m in servicer.of("Metrics")] == list(range(3, 13))
+    assert [c.step for c in servicer.of("Checkpoint")] == [state.step, 12]
+    assert servicer.of("Checkpoint")[0].object_prefix == f"{spec.output_prefix}/checkpoints/step-{state.step}"
+
+
+def test_a_stop_during_a_checkpoint_stops_at_that_checkpoint(
+    tmp_path: Path, tiny_model_dir: Path, pausing_server: Any
+) -> None:
+    """A pause (or a preemption) that arrives while a planned checkpoint is written and reported stops the run at
+    that step, with the state it saves there, instead of training one more step and saving again."""
+    servicer, address = pausing_server
+    servicer.pause_on_checkpoint = True
+    store, spec = setup_job(tmp_path, tiny_model_dir, address, jsonl_bytes(chat_examples(12)), n_epochs=1, batch_size=1)
+    spec = spec.model_copy(update={"plan": spec.plan.model_copy(update={"n_checkpoints": 4})})  # 3, 6, 9, 12
+    store.put_bytes(SPEC_KEY, spec.model_dump_json().encode())
+    proc = start_trainer(tmp_path / "objects")
+    out = wait(proc)
+    assert proc.returncode == EXIT_PREEMPTED, out[-5000:]
+    assert [m.metrics.step for m in servicer.of("Metrics")] == [1, 2, 3]
+    assert [c.step for c in servicer.of("Checkpoint")] == [3]
+    assert [s.step for s in complete_states(store, spec.output_prefix)] == [3]
+    events = [e.message for e in servicer.of("Event")]
+    assert "Saved the training state at step 3/12; stopping (paused)" in events, events
 
 
 # ---- through the server ---------------------------------------------------------------------------------

@@ -206,6 +206,10 @@ class Upload(Base, Tenant):
     # expires_after of the request: the lifetime of the File made on completion (seconds), if any.
     file_expires_after: Mapped[int | None] = mapped_column(BigInteger)
     file_id: Mapped[str | None] = mapped_column(String(64))
+    # While `completing`: when the complete request holding it last showed it is alive (it renews this while it
+    # assembles the file). One silent for TUNERY_UPLOAD_COMPLETING_STALE_SECONDS died with its process: the upload
+    # is given back (tunery/uploads.py). None on rows that were completing before this column existed.
+    completing_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class UploadPart(Base, Tenant):
