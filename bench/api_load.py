@@ -83,7 +83,7 @@ def seed(url: str, n_jobs: int, n_files: int, events_per_job: int, n_models: int
     from api.protocol.jobs import DataQualityOptions
     from tunery import ids
     from tunery.db import Database, File, FineTunedModel, Job, JobEvent
-    from tunery.plan import TrainingOptions
+    from tunery.plan import TrainingPlan
 
     t0 = time.perf_counter()
     rng = random.Random(11)
@@ -107,7 +107,8 @@ def seed(url: str, n_jobs: int, n_files: int, events_per_job: int, n_models: int
         }
         for i in range(n_files)
     ]
-    training = TrainingOptions().model_dump(mode="json")
+    plan = TrainingPlan(n_epochs=3, batch_size=4, learning_rate=2e-4, max_seq_length=2048, n_checkpoints=3, n_evals=0)
+    training = plan.training_options()
     data = DataQualityOptions().model_dump(mode="json")
     jobs, events, models = [], [], []
     for i in range(n_jobs):
@@ -150,6 +151,7 @@ def seed(url: str, n_jobs: int, n_files: int, events_per_job: int, n_models: int
                 "estimated_finish": None,
                 "attempts": 1,
                 "total_steps": 30,
+                "plan": plan.model_dump(mode="json"),
                 "cancel_requested": status == "cancelled",
                 "pause_requested": False,
                 "crash_restarts": 0,
@@ -261,9 +263,11 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process itself (not its trainer children)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    def cpu_seconds(self, loop_thread: bool = False) -> float:
+        """User + system CPU time of the server process itself (not its trainer children), or of its main thread
+        alone (the event loop's)."""
+        stat = f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat" if loop_thread else f"/proc/{self.proc.pid}/stat"
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -439,6 +443,7 @@ class Measured:
     errors: dict[str, int] = field(default_factory=dict)
     error_examples: list[str] = field(default_factory=list)
     server_cpu: float = 0.0
+    loop_cpu: float = 0.0
     client_cpu: float = 0.0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -514,15 +519,44 @@ async def drive(
 
     async def mark() -> None:
         await asyncio.sleep(max(0.0, t_start - loop.time()))
-        marks["server"], marks["client"] = server.cpu_seconds(), time.process_time()
+        marks["server"], marks["loop"], marks["client"] = (
+            server.cpu_seconds(),
+            server.cpu_seconds(loop_thread=True),
+            time.process_time(),
+        )
         await asyncio.sleep(max(0.0, t_end - loop.time()))
         out.server_cpu = (server.cpu_seconds() - marks["server"]) / seconds
+        out.loop_cpu = (server.cpu_seconds(loop_thread=True) - marks["loop"]) / seconds
         out.client_cpu = (time.process_time() - marks["client"]) / seconds
         out.load = os.getloadavg()
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
         await asyncio.gather(mark(), *(client(i, session) for i in range(clients)))
     return out
+
+
+def profile(server: Server, out: str, warmup: float, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy (next to this interpreter, or on PATH) records ``server`` from the end of the warm-up, for ``seconds``."""
+    spy = Path(sys.executable).parent / "py-spy"
+    exe = str(spy) if spy.exists() else shutil.which("py-spy")
+    if exe is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    cmd = [
+        exe,
+        "record",
+        "--gil",
+        "--threads",
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "-d",
+        str(int(seconds)),
+        "-o",
+        out,
+    ]
+    script = f"sleep {warmup}; exec " + " ".join(cmd) + f" -p {server.proc.pid} >/dev/null 2>&1"
+    return subprocess.Popen(["sh", "-c", script])
 
 
 # ---- the report -----------------------------------------------------------------------------------------------------
@@ -535,10 +569,14 @@ def row(label: str, lat: list[float], seconds: float, errors: int, extra: str = 
 
 def report(results: list[Measured], health: list[tuple[float, int]] | None, bg: dict[str, Any] | None) -> None:
     print()
-    print(f"{'target':<40} {'requests/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}  server CPU  client CPU  load")
+    print(
+        f"{'target':<40} {'requests/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}  server CPU (loop)  "
+        "CPU ms/req  client CPU  load"
+    )
     for m in results:
         lat = m.all_latencies()
-        extra = f"  {m.server_cpu:>8.2f}  {m.client_cpu:>10.2f}   {m.load[0]:.1f}"
+        per = 1000 * m.server_cpu * m.seconds / max(1, len(lat))
+        extra = f"  {m.server_cpu:>10.2f} ({m.loop_cpu:.2f})  {per:>10.2f}  {m.client_cpu:>10.2f}   {m.load[0]:.1f}"
         print(row(m.name, lat, m.seconds, m.n_errors, extra))
         if len(m.latencies) > 1:
             for call, values in m.latencies.items():
@@ -588,6 +626,11 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true", help="skip the bare FastAPI reference")
     ap.add_argument("--health-interval", type=float, default=0.25)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (server logs)")
+    ap.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="py-spy the Tunery server during its measured load: collapsed stacks of the GIL holder, by thread",
+    )
     ap.add_argument("--internal", choices=("serve-bare", "health", "background"), help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -641,11 +684,15 @@ def main() -> None:
             health = Helper.start("health", "--url", tunery.url, "--health-interval", str(args.health_interval))
             helpers.append(health)
             calls = paths_for(seeded)
+            spy = profile(tunery, args.profile, args.warmup, args.seconds) if args.profile else None
             results.append(
                 asyncio.run(
                     drive("Tunery (6 calls)", tunery, calls, args.clients, connections, args.warmup, args.seconds)
                 )
             )
+            if spy is not None:
+                spy.wait()
+                print(f"profile: {args.profile}", flush=True)
             health_samples = health.finish()
             summary = bg.finish(timeout=300) if bg is not None else None
             tunery.stop()
