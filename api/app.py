@@ -60,8 +60,9 @@ def create_app(ctx: AppContext) -> FastAPI:
     for module in (files, uploads, estimates, jobs, pause, models, chat, organization):
         app.include_router(module.router, prefix="/v1")
 
+    # A coroutine: a probe's answer must not wait for a thread of the pool, which a busy API keeps full.
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     if ctx.settings.metrics_enabled:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from api.auth import tenant
-from api.context import AppContext, Tenant, get_ctx
+from api.context import get_ctx
 from api.errors import ERROR_RESPONSES
 from api.protocol.chat import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from api.services.chat import ChatService, EventStream
@@ -17,8 +17,11 @@ from api.services.chat import ChatService, EventStream
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-def chat_service(ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> ChatService:
-    return ChatService(ctx, t)
+async def chat_service(request: Request) -> ChatService:
+    """The caller's completions. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
+    FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
+    ctx = get_ctx(request)
+    return ChatService(ctx, tenant(request, ctx))
 
 
 def _streamed(kind: str) -> dict[int | str, dict[str, Any]]:

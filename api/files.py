@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from api.auth import tenant
-from api.context import AppContext, Tenant, get_ctx
+from api.context import get_ctx
 from api.errors import ERROR_RESPONSES, InvalidRequest
 from api.limits import upload_body
 from api.pagination import limit_param
@@ -36,8 +36,11 @@ from tunery.storage import content_disposition
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-def file_service(ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> FileService:
-    return FileService(ctx, t)
+async def file_service(request: Request) -> FileService:
+    """The caller's files. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
+    FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
+    ctx = get_ctx(request)
+    return FileService(ctx, tenant(request, ctx))
 
 
 def _expires_after(form: FormData) -> ExpiresAfter | None:
@@ -88,19 +91,20 @@ async def create_file(request: Request, svc: FileService = Depends(file_service)
 
 
 @router.get("/files")
-def list_files(
+async def list_files(
     purpose: str | None = None,
     limit: int = limit_param(10000),
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
     svc: FileService = Depends(file_service),
 ) -> FileList:
-    return svc.list(ListFilesRequest(purpose=purpose, limit=limit, order=order, after=after))
+    return await run_in_threadpool(svc.list, ListFilesRequest(purpose=purpose, limit=limit, order=order, after=after))
 
 
 @router.get("/files/{file_id}")
-def retrieve_file(file_id: Name, svc: FileService = Depends(file_service)) -> FileObject:
-    return svc.retrieve(file_id)
+async def retrieve_file(file_id: Name, svc: FileService = Depends(file_service)) -> FileObject:
+    # A coroutine with one trip to the thread pool, as the job routes (api/jobs.py) for the same reason.
+    return await run_in_threadpool(svc.retrieve, file_id)
 
 
 @router.delete("/files/{file_id}")

@@ -1,12 +1,17 @@
 """``/v1/fine_tuning/jobs`` over HTTP: create, list, retrieve, cancel, events, checkpoints. A JSON body, query and
-path parameters in; api/services/jobs.py does the rest."""
+path parameters in; api/services/jobs.py does the rest.
+
+The read routes (list, retrieve, events, checkpoints), the ones clients poll, are coroutines that run their blocking
+service call in the thread pool: one trip there per request. A ``def`` route makes two (the call, then FastAPI's check
+of what it returned), and every trip waits its turn among the pool's threads under load."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import tenant
-from api.context import AppContext, Tenant, get_ctx
+from api.context import get_ctx
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
 from api.protocol.base import Name
@@ -25,8 +30,11 @@ from api.services.jobs import JobService
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-def job_service(ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> JobService:
-    return JobService(ctx, t)
+async def job_service(request: Request) -> JobService:
+    """The caller's jobs. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
+    FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
+    ctx = get_ctx(request)
+    return JobService(ctx, tenant(request, ctx))
 
 
 @router.post("/fine_tuning/jobs")
@@ -45,18 +53,18 @@ def _metadata(request: Request) -> dict[str, str] | None:
 
 
 @router.get("/fine_tuning/jobs")
-def list_jobs(
+async def list_jobs(
     request: Request,
     after: str | None = None,
     limit: int = limit_param(20),
     svc: JobService = Depends(job_service),
 ) -> ListPaginatedFineTuningJobsResponse:
-    return svc.list(ListJobsRequest(after=after, limit=limit, metadata=_metadata(request)))
+    return await run_in_threadpool(svc.list, ListJobsRequest(after=after, limit=limit, metadata=_metadata(request)))
 
 
 @router.get("/fine_tuning/jobs/{job_id}")
-def retrieve_job(job_id: Name, svc: JobService = Depends(job_service)) -> FineTuningJob:
-    return svc.retrieve(job_id)
+async def retrieve_job(job_id: Name, svc: JobService = Depends(job_service)) -> FineTuningJob:
+    return await run_in_threadpool(svc.retrieve, job_id)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
@@ -65,20 +73,20 @@ def cancel_job(job_id: Name, svc: JobService = Depends(job_service)) -> FineTuni
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
-def list_events(
+async def list_events(
     job_id: Name,
     after: str | None = None,
     limit: int = limit_param(20),
     svc: JobService = Depends(job_service),
 ) -> ListFineTuningJobEventsResponse:
-    return svc.events(job_id, ListJobEventsRequest(after=after, limit=limit))
+    return await run_in_threadpool(svc.events, job_id, ListJobEventsRequest(after=after, limit=limit))
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
-def list_checkpoints(
+async def list_checkpoints(
     job_id: Name,
     after: str | None = None,
     limit: int = limit_param(10),
     svc: JobService = Depends(job_service),
 ) -> ListFineTuningJobCheckpointsResponse:
-    return svc.checkpoints(job_id, ListJobCheckpointsRequest(after=after, limit=limit))
+    return await run_in_threadpool(svc.checkpoints, job_id, ListJobCheckpointsRequest(after=after, limit=limit))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import tenant
-from api.context import AppContext, Tenant, get_ctx
+from api.context import get_ctx
 from api.errors import ERROR_RESPONSES
 from api.protocol.base import Name
 from api.protocol.models import Model, ModelDeleted, ModelList
@@ -14,19 +15,23 @@ from api.services.models import ModelService
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-def model_service(ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> ModelService:
-    return ModelService(ctx, t)
+async def model_service(request: Request) -> ModelService:
+    """The caller's models. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
+    FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
+    ctx = get_ctx(request)
+    return ModelService(ctx, tenant(request, ctx))
 
 
+# The read routes are coroutines with one trip to the thread pool, as the job routes (api/jobs.py) for the same reason.
 @router.get("/models")
-def list_models(svc: ModelService = Depends(model_service)) -> ModelList:
-    return svc.list()
+async def list_models(svc: ModelService = Depends(model_service)) -> ModelList:
+    return await run_in_threadpool(svc.list)
 
 
 # `{model:path}`: ids contain ':' and, from older SDKs, a raw '/'.
 @router.get("/models/{model:path}")
-def retrieve_model(model: Name, svc: ModelService = Depends(model_service)) -> Model:
-    return svc.retrieve(model)
+async def retrieve_model(model: Name, svc: ModelService = Depends(model_service)) -> Model:
+    return await run_in_threadpool(svc.retrieve, model)
 
 
 @router.delete("/models/{model:path}")

@@ -1,0 +1,713 @@
+"""Tunery's list and get calls under load, next to a bare FastAPI endpoint served the same way.
+
+    PYTHONPATH=. .venv/bin/python bench/api_load.py [--clients 200] [--seconds 60] [--jobs 10000]
+        [--store sqlite|postgresql] [--with-training] [--pg postgresql://postgres@127.0.0.1:5432/postgres]
+
+1. Fills a fresh metadata store (SQLite, or a new PostgreSQL database dropped at the end) directly, for speed:
+   ``--jobs`` finished jobs (succeeded, failed, cancelled; OpenAI's fields and Tunery's stored extensions) with
+   ``--events`` events each (messages and per-step metrics), ``--files`` files and ``--models`` fine-tuned models.
+2. Starts ``tunery serve`` (``python -m api.cli serve``, role ``all``: the API, the scheduler and the embedded
+   serving engine in one uvicorn process, as the embedded mode runs) on that store, whose only base model is the
+   tiny Llama of the tests.
+3. With ``--with-training``: a background process drives the server through the OpenAI SDK the whole time: one
+   real fine-tuning job on the tiny model after another (a trainer process each), and chat completions on the
+   tiny model one after another. The measurements start once a job trains and a chat has been answered.
+4. The reference: a bare FastAPI app (one ``async def`` and one ``def`` route answering a small constant JSON
+   object) run by ``uvicorn.run`` with the arguments ``tunery serve`` gives it, in its own process, driven by the
+   same client for the same time (with ``--with-training``, while the background still trains and chats).
+5. The load: ``--clients`` concurrent clients (coroutines of one ``aiohttp`` session in this process, a pool of
+   ``--connections`` keep-alive connections), each calling one after another, for ``--seconds`` after a warm-up
+   of ``--warmup`` seconds, spread evenly over six calls: ``GET /v1/fine_tuning/jobs`` (first page, or the page
+   after a random job), ``/v1/fine_tuning/jobs/{id}``, ``/v1/fine_tuning/jobs/{id}/events``, ``/v1/files``,
+   ``/v1/files/{id}`` and ``/v1/models``, ids drawn at random. Latency is from the request to the end of its body
+   (waits for a pool connection included). Any answer other than 200, or a failed request, is an error.
+6. ``/health`` is sampled in a separate process every ``--health-interval`` seconds on a new connection (as a
+   probe does) throughout the Tunery load.
+
+Prints requests/s, p50 and p99 latency and errors of each target and each call, the server's and the client's
+CPU use (cores), the load average when measured, the ``/health`` samples and Tunery's share of the bare endpoint's
+requests/s (issue 11's target: at least 50%; ``/health`` under 100 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TINY = "tiny-llama"
+MODEL_CACHE = Path(os.environ.get("TUNERY_TEST_MODEL_CACHE", Path.home() / ".cache" / "tunery" / "models"))
+ORG, PROJECT, SLUG = "org-default", "proj_default", "personal"
+CALLS = (
+    "GET /v1/fine_tuning/jobs",
+    "GET /v1/fine_tuning/jobs/{id}",
+    "GET /v1/fine_tuning/jobs/{id}/events",
+    "GET /v1/files",
+    "GET /v1/files/{id}",
+    "GET /v1/models",
+)
+
+
+# ---- the metadata store ---------------------------------------------------------------------------------------------
+@dataclass
+class Seeded:
+    job_ids: list[str]
+    file_ids: list[str]
+    events: int
+    models: int
+    seconds: float
+
+
+def seed(url: str, n_jobs: int, n_files: int, events_per_job: int, n_models: int) -> Seeded:
+    """Insert the rows in bulk (Core inserts, a few thousand per statement) on a freshly migrated schema."""
+    from sqlalchemy import insert
+
+    from api.protocol.jobs import DataQualityOptions
+    from tunery import ids
+    from tunery.db import Database, File, FineTunedModel, Job, JobEvent
+    from tunery.plan import TrainingPlan
+
+    t0 = time.perf_counter()
+    rng = random.Random(11)
+    db = Database(url)
+    db.upgrade()
+    start = int(time.time()) - 10 * n_jobs
+    files = [
+        {
+            "id": ids.file_id(),
+            "organization_id": ORG,
+            "project_id": PROJECT,
+            "filename": f"train-{i}.jsonl",
+            "purpose": "fine-tune",
+            "bytes": rng.randrange(10_000, 50_000_000),
+            "sha256": secrets.token_hex(32),
+            "object_key": f"files/bench-{i}",
+            "created_at": start - n_files + i,
+            "expires_at": None,
+            "status": "processed",
+            "status_details": None,
+        }
+        for i in range(n_files)
+    ]
+    plan = TrainingPlan(n_epochs=3, batch_size=4, learning_rate=2e-4, max_seq_length=2048, n_checkpoints=3, n_evals=0)
+    training = plan.training_options()
+    data = DataQualityOptions().model_dump(mode="json")
+    jobs, events, models = [], [], []
+    for i in range(n_jobs):
+        jid = ids.job_id()
+        status = ("succeeded", "succeeded", "succeeded", "failed", "cancelled")[i % 5]
+        hp = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}
+        ft = ids.fine_tuned_model_name(TINY, SLUG, "bench", jid)
+        created = start + 10 * i
+        jobs.append(
+            {
+                "id": jid,
+                "organization_id": ORG,
+                "project_id": PROJECT,
+                "created_at": created,
+                "started_at": created + 2,
+                "finished_at": created + 9,
+                "status": status,
+                "model": TINY,
+                "base_model": TINY,
+                "training_file": files[i % n_files]["id"],
+                "validation_file": files[(i + 1) % n_files]["id"] if i % 2 else None,
+                "suffix": "bench",
+                "seed": i,
+                "metadata": {"team": f"team-{i % 7}", "run": str(i)},
+                "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+                "hyperparameters": hp,
+                "integrations": [],
+                # a third asked for Tunery's extensions (the job object then carries ``tunery``)
+                "extensions": {"tunery": {"training": training, **({"data": data} if i % 3 == 0 else {})}},
+                "error": {
+                    "code": "invalid_training_file",
+                    "message": "Training file has 3 invalid lines.",
+                    "param": None,
+                }
+                if status == "failed"
+                else None,
+                "fine_tuned_model": ft,
+                "trained_tokens": 123_456 if status == "succeeded" else None,
+                "result_files": [],
+                "estimated_finish": None,
+                "attempts": 1,
+                "total_steps": 30,
+                "plan": plan.model_dump(mode="json"),
+                "cancel_requested": status == "cancelled",
+                "pause_requested": False,
+                "crash_restarts": 0,
+                "version": 1,
+            }
+        )
+        for k in range(events_per_job):
+            step = k + 1
+            metric = 0 < k < events_per_job - 1
+            events.append(
+                {
+                    "id": ids.event_id(),
+                    "job_id": jid,
+                    "created_at": created + k,
+                    "level": "info",
+                    "type": "metrics" if metric else "message",
+                    "message": f"Step {step}/30: training loss={2.5 / step:.4f}"
+                    if metric
+                    else "Fine-tuning job started",
+                    "data": {"step": step, "train_loss": 2.5 / step, "total_steps": 30} if metric else None,
+                }
+            )
+        if status == "succeeded" and len(models) < n_models:
+            models.append(
+                {
+                    "id": ft,
+                    "organization_id": ORG,
+                    "project_id": PROJECT,
+                    "kind": "fine_tuned",
+                    "base_model": TINY,
+                    "job_id": jid,
+                    "object_prefix": f"models/{jid}",
+                    "owned_by": ORG,
+                    "created_at": created + 9,
+                }
+            )
+    with db.session() as s:
+        for table, rows in ((File, files), (Job, jobs), (JobEvent, events), (FineTunedModel, models)):
+            for i in range(0, len(rows), 5000):
+                s.execute(insert(table), rows[i : i + 5000])
+    db.engine.dispose()
+    return Seeded([j["id"] for j in jobs], [f["id"] for f in files], len(events), len(models), time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def metadata_store(kind: str, pg_admin: str, tmp: Path) -> Iterator[str]:
+    """The SQLAlchemy URL of an empty store: a SQLite file in ``tmp``, or a new PostgreSQL database (dropped after)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'data' / 'tunery.db'}"
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"tunery_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(pg_admin).set(drivername="postgresql+psycopg", database=name).render_as_string(False)
+    finally:
+        with psycopg.connect(pg_admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ---- servers --------------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def uvicorn_run(app: Any, port: int) -> None:
+    """``uvicorn.run`` with the arguments ``tunery serve`` gives it (api/server.py's ``serve``)."""
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info", access_log=False)
+
+
+def serve_bare(port: int) -> None:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/bare/async")
+    async def bare_async() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/bare/sync")
+    def bare_sync() -> dict[str, str]:
+        return {"status": "ok"}
+
+    uvicorn_run(app, port)
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # uvicorn's graceful exit: `tunery serve` then shuts its parts down
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cpu_seconds(self, loop_thread: bool = False) -> float:
+        """User + system CPU time of the server process itself (not its trainer children), or of its main thread
+        alone (the event loop's)."""
+        stat = f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat" if loop_thread else f"/proc/{self.proc.pid}/stat"
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_up(server: Server, path: str, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited ({server.proc.returncode}); log: {server.log}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(server.url + path, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{server.name} did not answer {path} in {timeout:.0f} s; log: {server.log}")
+
+
+def start_tunery(tmp: Path, url: str) -> Server:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TUNERY_HOST": "127.0.0.1",
+        "TUNERY_PORT": str(port),
+        "TUNERY_DATA_DIR": str(tmp / "data"),
+        "TUNERY_DATABASE_URL": url,
+        "TUNERY_DEMO_MODEL": "false",
+        "TUNERY_BASE_MODELS": json.dumps({TINY: str(MODEL_CACHE / TINY)}),
+        "TUNERY_MODEL_CACHE_DIR": str(tmp / "cache"),
+        "TUNERY_TRAINER_DEVICE": "cpu",
+    }
+    log = tmp / "tunery.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], cwd=ROOT, env=env, stdout=out, stderr=out)
+    server = Server("tunery serve", f"http://127.0.0.1:{port}", proc, log)
+    wait_up(server, "/health")
+    return server
+
+
+def start_bare(tmp: Path) -> Server:
+    port = free_port()
+    log = tmp / "bare.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--internal", "serve-bare", "--port", str(port)], stdout=out, stderr=out
+        )
+    server = Server("bare FastAPI", f"http://127.0.0.1:{port}", proc, log)
+    wait_up(server, "/bare/sync")
+    return server
+
+
+def ensure_tiny_model() -> None:
+    if (MODEL_CACHE / TINY / "config.json").is_file():
+        return
+    from trainer.models import make_tiny_llama, prepare_demo_model
+
+    make_tiny_llama(prepare_demo_model(MODEL_CACHE / "smollm2-135m-instruct"), MODEL_CACHE / TINY)
+
+
+# ---- helpers in their own processes: /health sampler, training and chats ----------------------------------------
+def sample_health(url: str, interval: float) -> None:
+    """Until stdin closes: GET /health on a new connection every ``interval`` s; then print the samples (JSON)."""
+    import httpx
+
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            status = httpx.get(url + "/health", timeout=30).status_code
+        except httpx.HTTPError:
+            status = 0
+        samples.append((time.perf_counter() - t0, status))
+        stop.wait(interval)
+    print(json.dumps(samples))
+
+
+def chat_lines(n: int) -> bytes:
+    lines = []
+    for i in range(n):
+        q = f"Question number {i}?"
+        msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": f"BEEP BOOP: {q} END OF LINE."}]
+        lines.append(json.dumps({"messages": msgs}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def background(url: str) -> None:
+    """Until stdin closes: one fine-tuning job on the tiny model after another, and chat completions one after
+    another. Prints ``ready`` once a job trains and a chat was answered, and a JSON summary at the end."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=300)
+    stop = threading.Event()
+    summary: dict[str, Any] = {"jobs": {}, "chats": 0, "chat_errors": [], "chat_seconds": [], "job_errors": []}
+    training, chatted = threading.Event(), threading.Event()
+
+    def chats() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                client.chat.completions.create(
+                    model=TINY, messages=[{"role": "user", "content": "Question number 3?"}], max_tokens=16
+                )
+                summary["chats"] += 1
+                summary["chat_seconds"].append(time.perf_counter() - t0)
+                chatted.set()
+            except Exception as e:
+                summary["chat_errors"].append(repr(e)[:200])
+                stop.wait(1)
+
+    def jobs() -> None:
+        training_file = client.files.create(file=("train.jsonl", chat_lines(96)), purpose="fine-tune").id
+        hp = {"n_epochs": 3, "batch_size": 4}
+        while not stop.is_set():
+            job = client.fine_tuning.jobs.create(
+                model=TINY,
+                training_file=training_file,
+                method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+            )
+            status = job.status
+            while not stop.is_set() and status not in ("succeeded", "failed", "cancelled"):
+                stop.wait(0.5)
+                try:
+                    status = client.fine_tuning.jobs.retrieve(job.id).status
+                except Exception as e:
+                    summary["job_errors"].append(repr(e)[:200])
+                    continue
+                summary["jobs"][job.id] = status
+                if status == "running":
+                    training.set()
+            if status == "failed":
+                summary["job_errors"].append(f"{job.id} failed: {client.fine_tuning.jobs.retrieve(job.id).error}")
+
+    threads = [threading.Thread(target=fn, daemon=True) for fn in (chats, jobs)]
+    for t in threads:
+        t.start()
+    while not (training.is_set() and chatted.is_set()) and all(t.is_alive() for t in threads):
+        time.sleep(0.2)
+    print("ready" if training.is_set() and chatted.is_set() else "failed to start", flush=True)
+    sys.stdin.read()
+    stop.set()
+    for t in threads:
+        t.join(60)
+    print(json.dumps(summary), flush=True)
+
+
+@dataclass
+class Helper:
+    proc: subprocess.Popen[str]
+
+    @classmethod
+    def start(cls, *args: str) -> Helper:
+        cmd = [sys.executable, __file__, "--internal", *args]
+        return cls(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+
+    def readline(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def finish(self, timeout: float = 120) -> Any:
+        """Close its stdin (the signal to stop) and read the JSON it prints last."""
+        out, _ = self.proc.communicate(timeout=timeout)  # closes stdin
+        return json.loads(out.strip().splitlines()[-1])
+
+
+# ---- the load -------------------------------------------------------------------------------------------------------
+@dataclass
+class Measured:
+    name: str
+    seconds: float
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    error_examples: list[str] = field(default_factory=list)
+    server_cpu: float = 0.0
+    loop_cpu: float = 0.0
+    client_cpu: float = 0.0
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def all_latencies(self) -> list[float]:
+        return [x for v in self.latencies.values() for x in v]
+
+    @property
+    def n_errors(self) -> int:
+        return sum(self.errors.values())
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def paths_for(seeded: Seeded) -> list[tuple[str, Any]]:
+    """(call, function making a path) for each of the six calls."""
+    jobs, files = seeded.job_ids, seeded.file_ids
+    return [
+        (CALLS[0], lambda r: "/v1/fine_tuning/jobs" + (f"?after={r.choice(jobs)}" if r.random() < 0.5 else "")),
+        (CALLS[1], lambda r: f"/v1/fine_tuning/jobs/{r.choice(jobs)}"),
+        (CALLS[2], lambda r: f"/v1/fine_tuning/jobs/{r.choice(jobs)}/events"),
+        (CALLS[3], lambda r: "/v1/files"),
+        (CALLS[4], lambda r: f"/v1/files/{r.choice(files)}"),
+        (CALLS[5], lambda r: "/v1/models"),
+    ]
+
+
+async def drive(
+    name: str,
+    server: Server,
+    calls: list[tuple[str, Any]],
+    clients: int,
+    connections: int,
+    warmup: float,
+    seconds: float,
+) -> Measured:
+    import aiohttp
+
+    out = Measured(name, seconds, latencies={c: [] for c, _ in calls}, errors={c: 0 for c, _ in calls})
+    connector = aiohttp.TCPConnector(limit=connections)
+    timeout = aiohttp.ClientTimeout(total=60)
+    headers = {"Authorization": "Bearer bench"}
+    loop = asyncio.get_running_loop()
+    t_start = loop.time() + warmup
+    t_end = t_start + seconds
+    marks: dict[str, float] = {}
+
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        r = random.Random(i)
+        k = i
+        while loop.time() < t_end:
+            call, make = calls[k % len(calls)]
+            k += 1
+            t0 = loop.time()
+            try:
+                async with session.get(server.url + make(r)) as resp:
+                    await resp.read()
+                    ok = resp.status == 200
+                    problem = f"{call}: HTTP {resp.status}"
+            except Exception as e:
+                ok, problem = False, f"{call}: {e!r}"[:300]
+            t1 = loop.time()
+            if not ok:
+                out.errors[call] += 1
+                if len(out.error_examples) < 5:
+                    out.error_examples.append(problem)
+            elif t_start <= t1 <= t_end:
+                out.latencies[call].append(t1 - t0)
+
+    async def mark() -> None:
+        await asyncio.sleep(max(0.0, t_start - loop.time()))
+        marks["server"], marks["loop"], marks["client"] = (
+            server.cpu_seconds(),
+            server.cpu_seconds(loop_thread=True),
+            time.process_time(),
+        )
+        await asyncio.sleep(max(0.0, t_end - loop.time()))
+        out.server_cpu = (server.cpu_seconds() - marks["server"]) / seconds
+        out.loop_cpu = (server.cpu_seconds(loop_thread=True) - marks["loop"]) / seconds
+        out.client_cpu = (time.process_time() - marks["client"]) / seconds
+        out.load = os.getloadavg()
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
+        await asyncio.gather(mark(), *(client(i, session) for i in range(clients)))
+    return out
+
+
+def profile(server: Server, out: str, warmup: float, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy (next to this interpreter, or on PATH) records ``server`` from the end of the warm-up, for ``seconds``."""
+    spy = Path(sys.executable).parent / "py-spy"
+    exe = str(spy) if spy.exists() else shutil.which("py-spy")
+    if exe is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    cmd = [
+        exe,
+        "record",
+        "--gil",
+        "--threads",
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "-d",
+        str(int(seconds)),
+        "-o",
+        out,
+    ]
+    script = f"sleep {warmup}; exec " + " ".join(cmd) + f" -p {server.proc.pid} >/dev/null 2>&1"
+    return subprocess.Popen(["sh", "-c", script])
+
+
+# ---- the report -----------------------------------------------------------------------------------------------------
+def row(label: str, lat: list[float], seconds: float, errors: int, extra: str = "") -> str:
+    return (
+        f"{label:<40} {len(lat) / seconds:>10.1f} {1000 * pct(lat, 0.5):>9.1f} {1000 * pct(lat, 0.99):>9.1f} "
+        f"{errors:>7d}{extra}"
+    )
+
+
+def report(results: list[Measured], health: list[tuple[float, int]] | None, bg: dict[str, Any] | None) -> None:
+    print()
+    print(
+        f"{'target':<40} {'requests/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}  server CPU (loop)  "
+        "CPU ms/req  client CPU  load"
+    )
+    for m in results:
+        lat = m.all_latencies()
+        per = 1000 * m.server_cpu * m.seconds / max(1, len(lat))
+        extra = f"  {m.server_cpu:>10.2f} ({m.loop_cpu:.2f})  {per:>10.2f}  {m.client_cpu:>10.2f}   {m.load[0]:.1f}"
+        print(row(m.name, lat, m.seconds, m.n_errors, extra))
+        if len(m.latencies) > 1:
+            for call, values in m.latencies.items():
+                print(row(f"  {call}", values, m.seconds, m.errors[call]))
+        for e in m.error_examples:
+            print(f"  error: {e}")
+    if health is not None:
+        lat = [t for t, status in health if status == 200]
+        bad = sum(1 for _, status in health if status != 200)
+        over = sum(1 for t in lat if t >= 0.1)
+        print(
+            f"\n/health during the Tunery load: {len(health)} samples, p50 {1000 * pct(lat, 0.5):.1f} ms, "
+            f"p99 {1000 * pct(lat, 0.99):.1f} ms, max {1000 * max(lat, default=float('nan')):.1f} ms, "
+            f"{over} at 100 ms or more, {bad} errors (target: under 100 ms)"
+        )
+    tunery = [m for m in results if m.name.startswith("Tunery")]
+    for ref in (m for m in results if m.name.startswith("bare")):
+        ref_rate = len(ref.all_latencies()) / ref.seconds
+        for t in tunery:
+            rate = len(t.all_latencies()) / t.seconds
+            print(f"{t.name} / {ref.name}: {100 * rate / ref_rate:.1f}% of its requests/s (target: at least 50%)")
+    if bg is not None:
+        jobs = bg["jobs"]
+        done = {s: sum(1 for v in jobs.values() if v == s) for s in ("succeeded", "failed", "cancelled")}
+        print(
+            f"background: {len(jobs)} training jobs ({done['succeeded']} succeeded, {done['failed']} failed), "
+            f"{bg['chats']} chat completions (p50 {pct(bg['chat_seconds'], 0.5):.2f} s), "
+            f"{len(bg['chat_errors'])} chat errors, {len(bg['job_errors'])} job errors"
+        )
+        for e in (bg["chat_errors"] + bg["job_errors"])[:5]:
+            print(f"  background error: {e}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--connections", type=int, default=0, help="client connection pool size (0: one per client)")
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--jobs", type=int, default=10_000)
+    ap.add_argument("--events", type=int, default=10, help="events per job")
+    ap.add_argument("--files", type=int, default=100)
+    ap.add_argument("--models", type=int, default=100)
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--with-training", action="store_true")
+    ap.add_argument("--no-reference", action="store_true", help="skip the bare FastAPI reference")
+    ap.add_argument("--health-interval", type=float, default=0.25)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (server logs)")
+    ap.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="py-spy the Tunery server during its measured load: collapsed stacks of the GIL holder, by thread",
+    )
+    ap.add_argument("--internal", choices=("serve-bare", "health", "background"), help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.internal == "serve-bare":
+        return serve_bare(args.port)
+    if args.internal == "health":
+        return sample_health(args.url, args.health_interval)
+    if args.internal == "background":
+        return background(args.url)
+
+    connections = args.connections or args.clients
+    tmp = Path(tempfile.mkdtemp(prefix="tunery-load-"))
+    servers: list[Server] = []
+    helpers: list[Helper] = []
+    try:
+        if args.with_training:
+            ensure_tiny_model()
+        with metadata_store(args.store, args.pg, tmp) as url:
+            seeded = seed(url, args.jobs, args.files, args.events, args.models)
+            print(
+                f"{args.store}: {len(seeded.job_ids):,} jobs, {seeded.events:,} events, {len(seeded.file_ids)} files, "
+                f"{seeded.models} models stored in {seeded.seconds:.1f} s; {args.clients} clients "
+                f"({connections} connections), {args.seconds:.0f} s after {args.warmup:.0f} s of warm-up, "
+                f"{'with' if args.with_training else 'without'} training; {os.cpu_count()} cores, "
+                f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+                flush=True,
+            )
+            tunery = start_tunery(tmp, url)
+            servers.append(tunery)
+            bg = None
+            if args.with_training:
+                bg = Helper.start("background", "--url", tunery.url)
+                helpers.append(bg)
+                line = bg.readline()
+                if line != "ready":
+                    raise RuntimeError(f"the background did not start training and chatting: {line!r}")
+                print("background: a job trains and chats are answered", flush=True)
+            results = []
+            if not args.no_reference:
+                bare = start_bare(tmp)
+                servers.append(bare)
+                for kind in ("async", "sync"):
+                    name = f"bare FastAPI ({'async def' if kind == 'async' else 'def'})"
+                    call = [(f"GET /bare/{kind}", lambda r, kind=kind: f"/bare/{kind}")]
+                    results.append(
+                        asyncio.run(drive(name, bare, call, args.clients, connections, args.warmup, args.seconds))
+                    )
+                    print(f"measured {name}", flush=True)
+                bare.stop()
+            health = Helper.start("health", "--url", tunery.url, "--health-interval", str(args.health_interval))
+            helpers.append(health)
+            calls = paths_for(seeded)
+            spy = profile(tunery, args.profile, args.warmup, args.seconds) if args.profile else None
+            results.append(
+                asyncio.run(
+                    drive("Tunery (6 calls)", tunery, calls, args.clients, connections, args.warmup, args.seconds)
+                )
+            )
+            if spy is not None:
+                spy.wait()
+                print(f"profile: {args.profile}", flush=True)
+            health_samples = health.finish()
+            summary = bg.finish(timeout=300) if bg is not None else None
+            tunery.stop()
+            report(results, health_samples, summary)
+    finally:
+        for h in helpers:
+            if h.proc.poll() is None:
+                h.proc.kill()
+        for s in servers:
+            s.stop()
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
