@@ -154,6 +154,16 @@ def _openai_method(method: str, hp: dict[str, Any], beta: Any) -> dict[str, Any]
     return {"type": "dpo", "dpo": {"hyperparameters": {**hp, "beta": "auto" if beta is None else beta}}}
 
 
+def _multiplier(request: PlanRequest) -> float:
+    m = request.hyperparameters.learning_rate_multiplier
+    return 1.0 if m in (None, "auto") else float(m)
+
+
+def learning_rate(request: PlanRequest) -> float:
+    """The rate a request trains with: its method's base rate for its adapter, times its multiplier."""
+    return method_info(request.method).base_learning_rate(request.training.adapter) * _multiplier(request)
+
+
 def check_request(
     request: PlanRequest,
     *,
@@ -161,11 +171,20 @@ def check_request(
     continuing: bool = False,
     data_mix: bool = False,
     explicit: frozenset[str] = frozenset(),
+    hyperparameters_param: str = "hyperparameters",
 ) -> Unsupported | None:
     """What job creation, the dry run and the scheduler refuse before resolving: combinations the method does not
     support (``tunery.methods``) and options that contradict each other. ``explicit``: the ``tunery.training``
-    fields the request set itself."""
+    fields the request set itself; ``hyperparameters_param``: where the request gave its hyperparameters."""
     t = request.training
+    if learning_rate(request) <= 0:  # a positive multiplier so small that the rate rounds to 0 (below ~1e-318)
+        base = method_info(request.method).base_learning_rate(t.adapter)
+        return Unsupported(
+            f"learning_rate_multiplier {_multiplier(request)!r} times the base learning rate {base!r} rounds to 0: "
+            "give a larger multiplier.",
+            f"{hyperparameters_param}.learning_rate_multiplier",
+            "invalid_hyperparameters",
+        )
     problem = unsupported(
         method_info(request.method),
         adapter=t.adapter,
@@ -273,7 +292,7 @@ def resolve_plan(
     n_epochs = hyperparams.auto_n_epochs(n) if req.n_epochs in (None, "auto") else int(req.n_epochs)
     batch = auto_batch if req.batch_size in (None, "auto") else int(req.batch_size)
     batch = max(1, min(batch, n))
-    multiplier = 1.0 if req.learning_rate_multiplier in (None, "auto") else float(req.learning_rate_multiplier)
+    multiplier = _multiplier(request)
     steps = hyperparams.total_steps(n, batch, n_epochs)
     n_ckpt = n_epochs if t.n_checkpoints == "auto" else t.n_checkpoints
     n_evals = (n_epochs if t.n_evals == "auto" else t.n_evals) if has_validation else 0
@@ -284,7 +303,7 @@ def resolve_plan(
         n_epochs=n_epochs,
         batch_size=batch,
         learning_rate_multiplier=multiplier,
-        learning_rate=info.base_learning_rate(t.adapter) * multiplier,
+        learning_rate=learning_rate(request),
         beta=(DEFAULT_BETA if req.beta in (None, "auto") else float(req.beta)) if info.beta else None,
         precision=precision or t.precision,  # type: ignore[arg-type]
         max_seq_length=t.requested_max_seq_length,

@@ -241,14 +241,19 @@ class FileService:
                 f"File {file_id} has purpose {f.purpose!r}: only fine-tune files are validated.", param="id"
             )
         if model:
+            missing = NotFound(
+                f"No report of file {file_id} for model {model!r}: one is made when a job on that model "
+                "validates the file.",
+                param="model",
+            )
+            # Only this server's base models have reports; any other name is never looked up (as a key it could be
+            # longer than the object store takes: a file name once percent-encoded, an S3 key).
+            if model not in self.ctx.settings.base_model_paths():
+                raise missing
             try:
                 stored = self.ctx.store.get_bytes(report_key(file_id, model))
             except ObjectNotFound:
-                raise NotFound(
-                    f"No report of file {file_id} for model {model!r}: one is made when a job on that model "
-                    "validates the file.",
-                    param="model",
-                ) from None
+                raise missing from None
             return FileValidationReport.model_validate(json.loads(stored))
         if f.status == "uploaded":
             return FileValidationReport(file_id=file_id, status="pending")

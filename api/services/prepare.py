@@ -46,6 +46,13 @@ def _method_hyperparameters(req: CreateJob) -> Hyperparameters | None:
     return None
 
 
+def _hyperparameters_param(req: CreateJob) -> str:
+    """Where the request gave the hyperparameters a plan takes (its method's win over the top-level ones)."""
+    if _method_hyperparameters(req) is not None and req.method is not None:
+        return f"method.{req.method.type}.hyperparameters"
+    return "hyperparameters"
+
+
 def plan_request(req: CreateJob) -> PlanRequest:
     """The training plan the request asks for (``auto`` where it leaves a choice), after the checks of its shape:
     the method's hyperparameters win over the deprecated top-level ones; a ``reinforcement`` job is refused."""
@@ -167,6 +174,7 @@ def prepare_job(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> Prepa
         continuing=req.model not in base_models,
         data_mix=mix is not None,
         explicit=frozenset(req.tunery.training.model_fields_set) if req.tunery else frozenset(),
+        hyperparameters_param=_hyperparameters_param(req),
     )
     if problem is not None:
         raise InvalidRequest(problem.message, param=problem.param, code=problem.code)

@@ -170,6 +170,22 @@ def test_download_url(server, upload, object_store):
     assert httpx.get(body["url"]).status_code == 404  # the URL outlives nothing: the object is gone
 
 
+def test_a_report_for_a_model_this_server_does_not_have_is_a_404(tiny_server_factory):
+    """Found by tests/api/test_fuzz.py: once a job made a report of the file, ``?model=`` of 43 four-byte characters,
+    percent-encoded into the report's key, was a file name too long for the local folder: a 500."""
+    srv = tiny_server_factory(max_concurrent_runs=0)
+    f = srv.client.files.create(file=("t.jsonl", chat_lines(12)), purpose="fine-tune")
+    assert srv.http.get(f"/v1/files/{f.id}/validation", params={"model": TINY}).status_code == 404
+    srv.wait_job(srv.client.fine_tuning.jobs.create(model=TINY, training_file=f.id).id, {"queued"}, timeout=30)
+    report = srv.http.get(f"/v1/files/{f.id}/validation", params={"model": TINY})
+    assert report.status_code == 200 and report.json()["model"] == TINY
+    for model in ("\U0001d596" * 43, "\U0001d596" * 256, "x" * 256, "other-model"):
+        r = srv.http.get(f"/v1/files/{f.id}/validation", params={"model": model})
+        assert r.status_code == 404, r.text
+        validate(r.json(), "ErrorResponse")
+        assert r.json()["error"]["param"] == "model" and "No report of file" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 100, 65537])
 def test_base64_chunks_join_into_the_base64_of_the_whole(size):
     data = bytes(range(256)) * (size // 256 + 1)

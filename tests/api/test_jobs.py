@@ -106,6 +106,35 @@ def test_create_errors_are_400_with_param(server, upload):
     assert server.http.post("/v1/fine_tuning/jobs", json=big).status_code == 200
 
 
+def test_a_multiplier_whose_learning_rate_rounds_to_zero_is_a_400(server, upload):
+    """Found by tests/api/test_fuzz.py: 5e-324 is > 0, but times any base rate it is 0.0; the dry run answered 500
+    and the job failed its validation with a server_error."""
+    good = upload(chat_lines(12)).id
+    server.client.files.wait_for_processing(good, poll_interval=0.1, max_wait_seconds=30)
+    tiny = {"learning_rate_multiplier": 5e-324}
+    for hp, param in (
+        ({"hyperparameters": tiny}, "hyperparameters.learning_rate_multiplier"),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": tiny}}},
+            "method.supervised.hyperparameters.learning_rate_multiplier",
+        ),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": tiny}}},
+            "method.dpo.hyperparameters.learning_rate_multiplier",
+        ),
+    ):
+        for path in ("/v1/fine_tuning/jobs/dry_run", "/v1/fine_tuning/jobs"):
+            r = server.http.post(path, json={"model": TINY, "training_file": good, **hp})
+            assert r.status_code == 400, (path, r.text)
+            validate(r.json(), "ErrorResponse")
+            assert r.json()["error"]["param"] == param and r.json()["error"]["code"] == "invalid_hyperparameters"
+            assert "rounds to 0" in r.json()["error"]["message"]
+    assert server.client.fine_tuning.jobs.list().data == []
+    # A small multiplier whose rate is still a number trains with it.
+    small = {"model": TINY, "training_file": good, "hyperparameters": {"learning_rate_multiplier": 1e-300}}
+    assert server.http.post("/v1/fine_tuning/jobs/dry_run", json=small).status_code == 200
+
+
 def test_not_found_and_unknown_routes(server):
     for path in (
         "/v1/fine_tuning/jobs/ftjob-nope",
