@@ -153,3 +153,9 @@ def principal(request: Request, ctx: AppContext = Depends(get_ctx)) -> Principal
 
 def tenant(p: Principal = Depends(principal), ctx: AppContext = Depends(get_ctx)) -> Tenant:
     return p.tenant(ctx.settings)
+
+
+def request_tenant(request: Request, ctx: AppContext) -> Tenant:
+    """The tenant of a request, for a dependency that runs on the event loop: the request guard has admitted the
+    request already (api/limits.py), so this reads its principal from the scope without I/O."""
+    return principal(request, ctx).tenant(ctx.settings)

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from api.auth import tenant
+from api.auth import request_tenant
 from api.context import get_ctx
 from api.errors import ERROR_RESPONSES
 from api.protocol.chat import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
@@ -21,7 +21,7 @@ async def chat_service(request: Request) -> ChatService:
     """The caller's completions. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
     FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
     ctx = get_ctx(request)
-    return ChatService(ctx, tenant(request, ctx))
+    return ChatService(ctx, request_tenant(request, ctx))
 
 
 def _streamed(kind: str) -> dict[int | str, dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import tenant
+from api.auth import request_tenant
 from api.context import get_ctx
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
@@ -34,7 +34,7 @@ async def job_service(request: Request) -> JobService:
     """The caller's jobs. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
     FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
     ctx = get_ctx(request)
-    return JobService(ctx, tenant(request, ctx))
+    return JobService(ctx, request_tenant(request, ctx))
 
 
 @router.post("/fine_tuning/jobs")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import tenant
+from api.auth import request_tenant
 from api.context import get_ctx
 from api.errors import ERROR_RESPONSES
 from api.protocol.base import Name
@@ -19,7 +19,7 @@ async def model_service(request: Request) -> ModelService:
     """The caller's models. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
     FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
     ctx = get_ctx(request)
-    return ModelService(ctx, tenant(request, ctx))
+    return ModelService(ctx, request_tenant(request, ctx))
 
 
 # The read routes are coroutines with one trip to the thread pool, as the job routes (api/jobs.py) for the same reason.
