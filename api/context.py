@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import Request
 
 from tunery.db import Database
@@ -16,6 +17,8 @@ from tunery.tenancy import KeyRegistry
 
 if TYPE_CHECKING:
     from serving.backend import ServingBackend
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -29,10 +32,24 @@ class AppContext:
     metrics: Metrics = field(default_factory=Metrics)
     # Whether the store has issued API keys (api/auth.py): None to ignore stored keys.
     keys: KeyRegistry | None = None
+    # The read routes' threads (run_read): TUNERY_API_READ_THREADS at once.
+    read_limiter: CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         if self.keys is None:
             self.keys = KeyRegistry(self.db)
+        self.read_limiter = CapacityLimiter(self.settings.api_read_threads)
+
+
+async def run_read(ctx: AppContext, fn: Callable[..., T], *args: Any) -> T:
+    """Run a read route's blocking service call (database reads, building the answer) in a thread, at most
+    ``TUNERY_API_READ_THREADS`` at once (8), not among anyio's default 40.
+
+    Few on purpose: that work holds the GIL nearly all the time, so more threads add no throughput, and each one
+    waiting for the GIL delays the event loop's turn too (under load a /health answer then took seconds). The other
+    blocking calls (uploads, the object store, job creation) keep anyio's default pool: a long upload never holds a
+    read's thread, nor a burst of reads an upload's."""
+    return await to_thread.run_sync(fn, *args, limiter=ctx.read_limiter)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from api.auth import request_tenant
-from api.context import get_ctx
+from api.context import get_ctx, run_read
 from api.errors import ERROR_RESPONSES, InvalidRequest
 from api.limits import upload_body
 from api.pagination import limit_param
@@ -98,13 +98,13 @@ async def list_files(
     after: str | None = None,
     svc: FileService = Depends(file_service),
 ) -> FileList:
-    return await run_in_threadpool(svc.list, ListFilesRequest(purpose=purpose, limit=limit, order=order, after=after))
+    return await run_read(svc.ctx, svc.list, ListFilesRequest(purpose=purpose, limit=limit, order=order, after=after))
 
 
 @router.get("/files/{file_id}")
 async def retrieve_file(file_id: Name, svc: FileService = Depends(file_service)) -> FileObject:
-    # A coroutine with one trip to the thread pool, as the job routes (api/jobs.py) for the same reason.
-    return await run_in_threadpool(svc.retrieve, file_id)
+    # A coroutine with one trip to the read routes' threads, as the job routes (api/jobs.py) for the same reasons.
+    return await run_read(svc.ctx, svc.retrieve, file_id)
 
 
 @router.delete("/files/{file_id}")

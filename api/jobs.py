@@ -2,16 +2,15 @@
 path parameters in; api/services/jobs.py does the rest.
 
 The read routes (list, retrieve, events, checkpoints), the ones clients poll, are coroutines that run their blocking
-service call in the thread pool: one trip there per request. A ``def`` route makes two (the call, then FastAPI's check
-of what it returned), and every trip waits its turn among the pool's threads under load."""
+service call in a thread of the read routes' own few (api/context.py's run_read): one trip there per request. A
+``def`` route makes two (the call, then FastAPI's check of what it returned) among anyio's 40 threads."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from api.auth import request_tenant
-from api.context import get_ctx
+from api.context import get_ctx, run_read
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
 from api.protocol.base import Name
@@ -59,12 +58,12 @@ async def list_jobs(
     limit: int = limit_param(20),
     svc: JobService = Depends(job_service),
 ) -> ListPaginatedFineTuningJobsResponse:
-    return await run_in_threadpool(svc.list, ListJobsRequest(after=after, limit=limit, metadata=_metadata(request)))
+    return await run_read(svc.ctx, svc.list, ListJobsRequest(after=after, limit=limit, metadata=_metadata(request)))
 
 
 @router.get("/fine_tuning/jobs/{job_id}")
 async def retrieve_job(job_id: Name, svc: JobService = Depends(job_service)) -> FineTuningJob:
-    return await run_in_threadpool(svc.retrieve, job_id)
+    return await run_read(svc.ctx, svc.retrieve, job_id)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
@@ -79,7 +78,7 @@ async def list_events(
     limit: int = limit_param(20),
     svc: JobService = Depends(job_service),
 ) -> ListFineTuningJobEventsResponse:
-    return await run_in_threadpool(svc.events, job_id, ListJobEventsRequest(after=after, limit=limit))
+    return await run_read(svc.ctx, svc.events, job_id, ListJobEventsRequest(after=after, limit=limit))
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints")
@@ -89,4 +88,4 @@ async def list_checkpoints(
     limit: int = limit_param(10),
     svc: JobService = Depends(job_service),
 ) -> ListFineTuningJobCheckpointsResponse:
-    return await run_in_threadpool(svc.checkpoints, job_id, ListJobCheckpointsRequest(after=after, limit=limit))
+    return await run_read(svc.ctx, svc.checkpoints, job_id, ListJobCheckpointsRequest(after=after, limit=limit))

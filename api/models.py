@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from api.auth import request_tenant
-from api.context import get_ctx
+from api.context import get_ctx, run_read
 from api.errors import ERROR_RESPONSES
 from api.protocol.base import Name
 from api.protocol.models import Model, ModelDeleted, ModelList
@@ -22,16 +21,16 @@ async def model_service(request: Request) -> ModelService:
     return ModelService(ctx, request_tenant(request, ctx))
 
 
-# The read routes are coroutines with one trip to the thread pool, as the job routes (api/jobs.py) for the same reason.
+# The read routes: coroutines with one trip to the read routes' threads, as the job routes (api/jobs.py), same reasons.
 @router.get("/models")
 async def list_models(svc: ModelService = Depends(model_service)) -> ModelList:
-    return await run_in_threadpool(svc.list)
+    return await run_read(svc.ctx, svc.list)
 
 
 # `{model:path}`: ids contain ':' and, from older SDKs, a raw '/'.
 @router.get("/models/{model:path}")
 async def retrieve_model(model: Name, svc: ModelService = Depends(model_service)) -> Model:
-    return await run_in_threadpool(svc.retrieve, model)
+    return await run_read(svc.ctx, svc.retrieve, model)
 
 
 @router.delete("/models/{model:path}")

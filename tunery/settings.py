@@ -180,6 +180,10 @@ class Settings(BaseSettings):
     # Finished trainer Jobs (and their pods) are deleted this long after they finish; -1 keeps them.
     k8s_finished_job_ttl_seconds: int = Field(default=3600, ge=-1)
 
+    # Threads the API's read routes (lists and retrieves of jobs, events, checkpoints, files, models) run their
+    # database work on, at most, per process (api/context.py's run_read); other blocking work has anyio's pool of 40.
+    api_read_threads: int = Field(default=8, ge=1)
+
     # PostgreSQL metadata store and several scheduler replicas on it.
     # Connection pool of each process (API threads, scheduler and reporting share it); not used for SQLite.
     database_pool_size: int = 5
