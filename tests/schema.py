@@ -12,13 +12,13 @@ import yaml
 SPEC = Path(__file__).parent / "openai" / "openapi-finetuning.yaml"
 
 
-def _normalise(node: Any) -> Any:
+def normalise(node: Any) -> Any:
     """OpenAPI 3.0 idioms -> JSON Schema 2020-12 (``nullable``, boolean exclusive bounds)."""
     if isinstance(node, list):
-        return [_normalise(n) for n in node]
+        return [normalise(n) for n in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _normalise(v) for k, v in node.items() if not k.startswith("x-")}
+    out = {k: normalise(v) for k, v in node.items() if not k.startswith("x-")}
     # 3.0's boolean exclusiveMinimum/Maximum qualify minimum/maximum; 2020-12 wants the number itself.
     for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if isinstance(out.get(bound), bool) and out.pop(bound) and limit in out:
@@ -31,7 +31,7 @@ def _normalise(node: Any) -> Any:
 @cache
 def _document() -> dict[str, Any]:
     spec = yaml.safe_load(SPEC.read_text())
-    return {"components": {"schemas": _normalise(spec["components"]["schemas"])}}
+    return {"components": {"schemas": normalise(spec["components"]["schemas"])}}
 
 
 def validate(obj: Any, schema_name: str) -> None:
