@@ -29,7 +29,7 @@ from api.protocol.files import (
     ListFilesRequest,
 )
 from api.services.files import FileService, file_too_large
-from api.streams import multipart_form
+from api.streams import multipart_body, multipart_form
 from tunery.db.models import UPLOAD_PURPOSES
 from tunery.storage import content_disposition
 
@@ -79,7 +79,18 @@ def _create_request(form: FormData) -> tuple[CreateFileRequest, UploadFile]:
     return CreateFileRequest(purpose=purpose, filename=upload.filename, expires_after=expires_after), upload  # type: ignore[arg-type]
 
 
-@router.post("/files")
+FILE_FORM = multipart_body(
+    {
+        "file": {"type": "string", "format": "binary", "description": "The file (JSONL for fine-tuning)."},
+        "purpose": {"type": "string", "enum": sorted(UPLOAD_PURPOSES)},
+        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+        "expires_after[seconds]": {"type": "integer", "minimum": MIN_EXPIRY, "maximum": MAX_EXPIRY},
+    },
+    ["file", "purpose"],
+)
+
+
+@router.post("/files", openapi_extra=FILE_FORM)
 @upload_body(lambda settings: settings.max_file_bytes, file_too_large)
 async def create_file(request: Request, svc: FileService = Depends(file_service)) -> FileObject:
     form = await multipart_form(request, "file", max_fields=16)

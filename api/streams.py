@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.datastructures import FormData
 from starlette.requests import Request
 
@@ -17,3 +19,10 @@ async def multipart_form(request: Request, param: str, max_fields: int) -> FormD
         raise
     except Exception as e:  # a malformed multipart body
         raise InvalidRequest(f"Could not parse the multipart form: {e}", param=param) from None
+
+
+def multipart_body(properties: dict[str, dict[str, Any]], required: list[str]) -> dict[str, Any]:
+    """The ``openapi_extra`` of a route that reads its multipart form itself (so FastAPI cannot see it): the request
+    body as ``/openapi.json`` then declares it, with the fields' schemas (a file is ``format: binary``)."""
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}

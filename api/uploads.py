@@ -12,7 +12,7 @@ from api.errors import ERROR_RESPONSES, InvalidRequest
 from api.limits import MULTIPART_OVERHEAD, narrow_body, upload_body
 from api.protocol.files import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
 from api.services.uploads import UploadService, part_too_large
-from api.streams import multipart_form
+from api.streams import multipart_body, multipart_form
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -26,7 +26,12 @@ def create_upload(body: CreateUploadRequest, svc: UploadService = Depends(upload
     return svc.create(body)
 
 
-@router.post("/uploads/{upload_id}/parts")
+@router.post(
+    "/uploads/{upload_id}/parts",
+    openapi_extra=multipart_body(
+        {"data": {"type": "string", "format": "binary", "description": "The part's bytes."}}, ["data"]
+    ),
+)
 @upload_body(lambda settings: settings.max_upload_part_bytes, part_too_large)
 async def add_part(upload_id: str, request: Request, svc: UploadService = Depends(upload_service)) -> UploadPart:
     # Before a byte of the part is read: the upload exists and takes parts (404, 400), and the part fits in what is
