@@ -46,7 +46,7 @@ kube:
 	bash tests/kube/build.sh
 
 proto: setup
-	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/tunery/v1/reporting.proto
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/tunery/v1/*.proto
 
 # Container images (deploy/) and the Helm chart (helm/tunery): helm and kubectl go to ~/.cache/tunery/bin.
 helm-tools: setup

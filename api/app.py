@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -53,8 +56,30 @@ class RequestIdMiddleware:
             await response(scope, receive, send_with_id)
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The public gRPC API runs on the app's event loop, from its start to its end (TUNERY_API_GRPC_PORT)."""
+    ctx: AppContext = app.state.ctx
+    settings = ctx.settings
+    if settings.api_grpc_port < 0:
+        app.state.grpc_address = None
+        yield
+        return
+    from api.grpc.server import PublicGrpcServer
+
+    server = PublicGrpcServer(ctx, settings.api_grpc_host or settings.host, settings.api_grpc_port)
+    await server.start()
+    app.state.grpc_address = server.address
+    try:
+        yield
+    finally:
+        await server.stop()
+
+
 def create_app(ctx: AppContext) -> FastAPI:
-    app = FastAPI(title="Tunery", version="0.1.0", summary="Fine-tuning as a service, OpenAI-compatible.")
+    app = FastAPI(
+        title="Tunery", version="0.1.0", summary="Fine-tuning as a service, OpenAI-compatible.", lifespan=lifespan
+    )
     app.state.ctx = ctx
     errors.install(app)
     for module in (files, uploads, estimates, jobs, pause, models, chat, organization):

@@ -20,6 +20,8 @@ from openai import OpenAI
 # PostgreSQL (metadata).
 pytest_plugins = ["tests.stores", "tests.metadata_stores"]
 
+# The public gRPC API of every server a test starts (in process or not) takes a free port, not the fixed default.
+os.environ.setdefault("TUNERY_API_GRPC_PORT", "0")
 MODEL_CACHE = Path(os.environ.get("TUNERY_TEST_MODEL_CACHE", Path.home() / ".cache" / "tunery" / "models"))
 TINY = "tiny-llama"
 
@@ -67,6 +69,13 @@ class RunningServer:
             time.sleep(0.3)
         raise TimeoutError(f"job {job_id} still {job.status}; events: {self.events(job_id)}")
 
+    @property
+    def grpc_address(self) -> str:
+        """host:port of the server's public gRPC API."""
+        address: str | None = getattr(self.app.state, "grpc_address", None)
+        assert address, "this server runs no gRPC API"
+        return address
+
     def events(self, job_id: str) -> list[str]:
         return [e.message for e in reversed(self.client.fine_tuning.jobs.list_events(job_id, limit=200).data)]
 
@@ -81,7 +90,7 @@ def start_server(data_dir: Path, **overrides: Any) -> RunningServer:
     options: dict[str, Any] = {"scheduler_poll_seconds": 0.2, "cancel_grace_seconds": 3.0, "trainer_device": "cpu"}
     settings = Settings(data_dir=data_dir, host="127.0.0.1", port=port, **{**options, **overrides})
     app, shutdown = build(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

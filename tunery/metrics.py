@@ -62,6 +62,16 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        self.grpc_requests = Counter(
+            "tunery_grpc_requests", "Public gRPC API calls answered.", ["rpc", "code"], registry=r
+        )
+        self.grpc_seconds = Histogram(
+            "tunery_grpc_request_duration_seconds",
+            "Time to answer a public gRPC API call (a stream: until it ends).",
+            ["rpc"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
         self.runs_started = Counter("tunery_scheduler_runs_started", "Trainer runs launched.", registry=r)
         self.run_restarts = Counter(
             "tunery_scheduler_run_restarts",

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("tunery-data"))
     host: str = "127.0.0.1"
     port: int = 8000
+    # The public gRPC API (api/grpc/, docs/grpc.md) of the API process: its port (0: a free one; -1: off) and
+    # address (empty: TUNERY_HOST's).
+    api_grpc_port: int = Field(default=50051, ge=-1, le=65535)
+    api_grpc_host: str = ""
     # GET /metrics (Prometheus text format) on the API and the scheduler's HTTP port, without an API key.
     metrics_enabled: bool = True
 

@@ -12,7 +12,7 @@ a paused job goes back to ``queued``, and its next run continues from the newest
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -268,6 +268,26 @@ class JobService:
             events = select(JobEvent).where(JobEvent.job_id == job_id)
             rows, more = page(s, JobEvent, events, after=req.after, limit=req.limit)
             return ListFineTuningJobEventsResponse.of([event_object(e) for e in rows], more)
+
+    def events_after(
+        self, job_id: str, after: str | None, limit: int = 200
+    ) -> tuple[Sequence[FineTuningJobEvent], bool]:
+        """The job's events after the one whose id is ``after`` (from the first without it), oldest first, at most
+        ``limit``; and whether the job had ended when they were read (then no event will follow the last one: the
+        final event is written with the status, in one transaction). For a client that follows a job live (the gRPC
+        ``WatchEvents``). An ``after`` that is not one of this job's events is refused: a stream that silently
+        restarted from the start would repeat events."""
+        with self.ctx.db.session() as s:
+            job = find_job(s, self.tenant, job_id)
+            ended = job.status in jobstate.TERMINAL
+            q = select(JobEvent).where(JobEvent.job_id == job_id)
+            if after:
+                cursor = s.scalar(select(JobEvent.pk).where(JobEvent.job_id == job_id, JobEvent.id == after))
+                if cursor is None:
+                    raise InvalidRequest(f"No event {after!r} of job {job_id}.", param="after", code="invalid_cursor")
+                q = q.where(JobEvent.pk > cursor)
+            rows = list(s.scalars(q.order_by(JobEvent.pk).limit(limit + 1)))
+            return [event_object(e) for e in rows[:limit]], ended and len(rows) <= limit
 
     def checkpoints(self, job_id: str, req: ListJobCheckpointsRequest) -> ListFineTuningJobCheckpointsResponse:
         """The job's checkpoints whose models exist, newest first, the run's best one marked (``tunery.best``)."""

@@ -77,7 +77,8 @@ def test_db_upgrade_and_schema_check(tmp_path):
 def _env(tmp_path, **settings: str) -> dict[str, str]:
     """The environment of a `tunery serve` with exactly these settings (none inherited from the test's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNERY_")}
-    return {**env, "TUNERY_DATA_DIR": str(tmp_path / "data"), "TUNERY_DEMO_MODEL": "false", **settings}
+    base = {"TUNERY_DATA_DIR": str(tmp_path / "data"), "TUNERY_DEMO_MODEL": "false", "TUNERY_API_GRPC_PORT": "0"}
+    return {**env, **base, **settings}
 
 
 def test_api_role_refuses_to_start_without_api_keys(tmp_path):

@@ -91,6 +91,7 @@ class TuneryProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNERY_")}
         env.update({f"TUNERY_{k.upper()}": env_value(v) for k, v in self.settings.items()})
         env["PYTHONPATH"] = str(ROOT)
+        env.setdefault("TUNERY_API_GRPC_PORT", "0")  # a free port, not the fixed default
         # One intra-op thread for the trainers it starts (and its serving engine): the tiny model gains nothing
         # from more, and spinning threads on CPUs shared with other work slow every step down.
         env["OMP_NUM_THREADS"] = "1"

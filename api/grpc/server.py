@@ -1,0 +1,58 @@
+"""The public gRPC server: the services of api/grpc/services.py, the standard health service and server reflection,
+on ``TUNERY_API_GRPC_PORT`` of the API process, on the API's own event loop (started and stopped with the app)."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from api.context import AppContext
+from api.grpc.calls import Calls
+from api.grpc.services import FileServicer, FineTuningServicer, ModelServicer
+from tunery.v1 import files_pb2, files_pb2_grpc, fine_tuning_pb2, fine_tuning_pb2_grpc, models_pb2, models_pb2_grpc
+
+log = logging.getLogger("tunery.api.grpc")
+
+SERVICES = (
+    files_pb2.DESCRIPTOR.services_by_name["FileService"].full_name,
+    fine_tuning_pb2.DESCRIPTOR.services_by_name["FineTuningService"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+)
+# A message's most bytes, each way: a page of 10,000 file objects fits; a file's content goes in 1 MiB chunks.
+MAX_MESSAGE_BYTES = 16 << 20
+
+
+class PublicGrpcServer:
+    """The server of one API process; ``port`` is the bound one (TUNERY_API_GRPC_PORT 0 picks a free one)."""
+
+    def __init__(self, ctx: AppContext, host: str, port: int):
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(options=options)
+        calls = Calls(ctx)
+        files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(ctx, calls), self.server)
+        fine_tuning_pb2_grpc.add_FineTuningServiceServicer_to_server(FineTuningServicer(ctx, calls), self.server)
+        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(ctx, calls), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind the gRPC API to {host}:{port}")
+        self.address = f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("gRPC API on %s", self.address)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)

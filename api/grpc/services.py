@@ -1,0 +1,196 @@
+"""The public gRPC services: each RPC converts its request, calls the REST API's service (api/services/) and
+converts its answer; no business rule lives here. Blocking service calls run in the read threads, as REST's do."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+
+from api.context import AppContext, Tenant, run_read
+from api.grpc.calls import Calls
+from api.grpc.convert import message_dict, to_message
+from api.protocol.files import ListFilesRequest
+from api.protocol.jobs import CreateJob, ListJobCheckpointsRequest, ListJobEventsRequest, ListJobsRequest
+from api.services.files import FileService
+from api.services.jobs import JobService
+from api.services.models import ModelService
+from tunery.v1 import files_pb2 as files_pb
+from tunery.v1 import files_pb2_grpc as files_grpc
+from tunery.v1 import fine_tuning_pb2 as ft_pb
+from tunery.v1 import fine_tuning_pb2_grpc as ft_grpc
+from tunery.v1 import models_pb2 as models_pb
+from tunery.v1 import models_pb2_grpc as models_grpc
+
+T = TypeVar("T")
+Context: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
+DOWNLOAD_CHUNK = 1 << 20  # a DownloadFile message's most bytes: well under the message size limit
+
+
+def _query(request: Any, *path_fields: str) -> dict[str, Any]:
+    """A request's fields other than those REST takes from the path: its query, as REST reads it."""
+    return {k: v for k, v in message_dict(request).items() if k not in path_fields}
+
+
+class _Servicer:
+    def __init__(self, ctx: AppContext, calls: Calls):
+        self.ctx, self.calls = ctx, calls
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await run_read(self.ctx, fn, *args)
+
+
+class ModelServicer(_Servicer, models_grpc.ModelServiceServicer):
+    async def ListModels(self, request: models_pb.ListModelsRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> models_pb.ListModelsResponse:
+            return to_message(await self._blocking(ModelService(self.ctx, t).list), models_pb.ListModelsResponse)
+
+        return await self.calls.unary("ModelService/ListModels", context, run)
+
+    async def GetModel(self, request: models_pb.GetModelRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> models_pb.Model:
+            return to_message(await self._blocking(ModelService(self.ctx, t).retrieve, request.model), models_pb.Model)
+
+        return await self.calls.unary("ModelService/GetModel", context, run)
+
+    async def DeleteModel(self, request: models_pb.DeleteModelRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> models_pb.DeleteModelResponse:
+            return to_message(await ModelService(self.ctx, t).delete(request.model), models_pb.DeleteModelResponse)
+
+        return await self.calls.unary("ModelService/DeleteModel", context, run)
+
+
+class FileServicer(_Servicer, files_grpc.FileServiceServicer):
+    async def GetFile(self, request: files_pb.GetFileRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> files_pb.File:
+            return to_message(await self._blocking(FileService(self.ctx, t).retrieve, request.file_id), files_pb.File)
+
+        return await self.calls.unary("FileService/GetFile", context, run)
+
+    async def ListFiles(self, request: files_pb.ListFilesRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> files_pb.ListFilesResponse:
+            req = ListFilesRequest.model_validate(_query(request))
+            return to_message(await self._blocking(FileService(self.ctx, t).list, req), files_pb.ListFilesResponse)
+
+        return await self.calls.unary("FileService/ListFiles", context, run)
+
+    async def DeleteFile(self, request: files_pb.DeleteFileRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> files_pb.DeleteFileResponse:
+            answer = await asyncio.to_thread(FileService(self.ctx, t).delete, request.file_id)
+            return to_message(answer, files_pb.DeleteFileResponse)
+
+        return await self.calls.unary("FileService/DeleteFile", context, run)
+
+    async def DownloadFile(self, request: files_pb.DownloadFileRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> AsyncIterator[files_pb.FileChunk]:
+            content = await self._blocking(FileService(self.ctx, t).content, request.file_id)
+            chunks = iter(content.chunks)
+            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                for i in range(0, len(chunk), DOWNLOAD_CHUNK):
+                    yield files_pb.FileChunk(data=chunk[i : i + DOWNLOAD_CHUNK])
+
+        async for chunk in self.calls.stream("FileService/DownloadFile", context, run):
+            yield chunk
+
+    async def GetValidationReport(self, request: files_pb.GetValidationReportRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> files_pb.FileValidationReport:
+            model = request.model if request.HasField("model") else None
+            answer = await self._blocking(FileService(self.ctx, t).validation, request.file_id, model)
+            report = answer.model_dump(mode="json")
+            head = {k: report.pop(k) for k in ("object", "file_id", "status")}
+            return to_message({**head, "report": report}, files_pb.FileValidationReport)
+
+        return await self.calls.unary("FileService/GetValidationReport", context, run)
+
+
+class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
+    def __init__(self, ctx: AppContext, calls: Calls, watch_poll_seconds: float = 0.5):
+        super().__init__(ctx, calls)
+        self.watch_poll_seconds = watch_poll_seconds
+
+    async def CreateJob(self, request: ft_pb.CreateJobRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> ft_pb.FineTuningJob:
+            job = await asyncio.to_thread(
+                JobService(self.ctx, t).create, CreateJob.model_validate(message_dict(request))
+            )
+            return to_message(job, ft_pb.FineTuningJob)
+
+        return await self.calls.unary("FineTuningService/CreateJob", context, run)
+
+    async def DryRun(self, request: ft_pb.CreateJobRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> ft_pb.FineTuningJobEstimate:
+            req = CreateJob.model_validate(message_dict(request))
+            answer = (await asyncio.to_thread(JobService(self.ctx, t).dry_run, req)).model_dump(mode="json")
+            head = {
+                k: answer.pop(k) for k in ("object", "model", "training_file", "hyperparameters", "estimated_finish")
+            }
+            return to_message({**head, "estimate": answer}, ft_pb.FineTuningJobEstimate)
+
+        return await self.calls.unary("FineTuningService/DryRun", context, run)
+
+    async def GetJob(self, request: ft_pb.GetJobRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> ft_pb.FineTuningJob:
+            return to_message(
+                await self._blocking(JobService(self.ctx, t).retrieve, request.job_id), ft_pb.FineTuningJob
+            )
+
+        return await self.calls.unary("FineTuningService/GetJob", context, run)
+
+    async def ListJobs(self, request: ft_pb.ListJobsRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> ft_pb.ListJobsResponse:
+            req = ListJobsRequest.model_validate(_query(request))
+            return to_message(await self._blocking(JobService(self.ctx, t).list, req), ft_pb.ListJobsResponse)
+
+        return await self.calls.unary("FineTuningService/ListJobs", context, run)
+
+    async def _transition(self, rpc: str, request: ft_pb.JobRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> ft_pb.FineTuningJob:
+            svc = JobService(self.ctx, t)
+            change = {"CancelJob": svc.cancel, "PauseJob": svc.pause, "ResumeJob": svc.resume}[rpc]
+            return to_message(await asyncio.to_thread(change, request.job_id), ft_pb.FineTuningJob)
+
+        return await self.calls.unary(f"FineTuningService/{rpc}", context, run)
+
+    async def CancelJob(self, request: ft_pb.JobRequest, context: Context) -> Any:
+        return await self._transition("CancelJob", request, context)
+
+    async def PauseJob(self, request: ft_pb.JobRequest, context: Context) -> Any:
+        return await self._transition("PauseJob", request, context)
+
+    async def ResumeJob(self, request: ft_pb.JobRequest, context: Context) -> Any:
+        return await self._transition("ResumeJob", request, context)
+
+    async def ListEvents(self, request: ft_pb.ListEventsRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> ft_pb.ListEventsResponse:
+            req = ListJobEventsRequest.model_validate(_query(request, "job_id"))
+            answer = await self._blocking(JobService(self.ctx, t).events, request.job_id, req)
+            return to_message(answer, ft_pb.ListEventsResponse)
+
+        return await self.calls.unary("FineTuningService/ListEvents", context, run)
+
+    async def WatchEvents(self, request: ft_pb.WatchEventsRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> AsyncIterator[ft_pb.FineTuningJobEvent]:
+            svc = JobService(self.ctx, t)
+            cursor = request.after if request.HasField("after") else None
+            while True:
+                events, ended = await self._blocking(svc.events_after, request.job_id, cursor)
+                for event in events:
+                    yield to_message(event, ft_pb.FineTuningJobEvent)
+                    cursor = event.id
+                if ended:
+                    return
+                if not events:  # a client that leaves cancels this wait: nothing is left behind
+                    await asyncio.sleep(self.watch_poll_seconds)
+
+        async for event in self.calls.stream("FineTuningService/WatchEvents", context, run):
+            yield event
+
+    async def ListCheckpoints(self, request: ft_pb.ListCheckpointsRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> ft_pb.ListCheckpointsResponse:
+            req = ListJobCheckpointsRequest.model_validate(_query(request, "job_id"))
+            answer = await self._blocking(JobService(self.ctx, t).checkpoints, request.job_id, req)
+            return to_message(answer, ft_pb.ListCheckpointsResponse)
+
+        return await self.calls.unary("FineTuningService/ListCheckpoints", context, run)

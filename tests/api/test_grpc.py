@@ -1,0 +1,313 @@
+"""The public gRPC API against a running server, through a real grpcio client: the same answers as REST (one table of
+calls, two transports), the same errors mapped to status codes with OpenAI's type, code and param in an ErrorInfo,
+the same keys and roles, live event watching across a reconnect, health and reflection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from grpc_status import rpc_status
+
+from api.grpc.calls import REST_TWIN
+from api.grpc.convert import to_message
+from api.grpc.errors import GRPC_CODE
+from tests import fuzzing
+from tests.conftest import TINY, RunningServer
+from tests.metadata_stores import every_metadata_store  # noqa: F401 (each server test runs on SQLite and PostgreSQL)
+from tunery.v1 import files_pb2 as fpb
+from tunery.v1 import files_pb2_grpc, fine_tuning_pb2_grpc, models_pb2_grpc
+from tunery.v1 import fine_tuning_pb2 as jpb
+from tunery.v1 import models_pb2 as mpb
+
+KEY = fuzzing.API_KEY
+J = "/v1/fine_tuning/jobs"
+
+
+@dataclass
+class Api:
+    server: RunningServer
+    channel: grpc.Channel
+    objects: dict[str, str]
+
+    def stub(self, service: str) -> Any:
+        stubs = {
+            "FileService": files_pb2_grpc.FileServiceStub,
+            "FineTuningService": fine_tuning_pb2_grpc.FineTuningServiceStub,
+            "ModelService": models_pb2_grpc.ModelServiceStub,
+        }
+        return stubs[service](self.channel)
+
+    def call(self, rpc: str, request: Message, key: str | None = KEY, **kwargs: Any) -> Any:
+        service, method = rpc.split("/")
+        metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        return getattr(self.stub(service), method)(request, metadata=metadata, timeout=60, **kwargs)
+
+
+@pytest.fixture
+def api(tiny_server_factory: Callable[..., RunningServer]) -> Iterator[Api]:
+    server = fuzzing.authorised(tiny_server_factory(api_keys=[KEY], max_concurrent_runs=0))
+    objects = fuzzing.seed_objects(server)  # a file, an upload, a queued job with two checkpoints and their models
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        yield Api(server, channel, objects)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call over both transports: the RPC and its request, and the REST request that is its twin."""
+
+    rpc: str
+    request: Callable[[dict[str, str]], Message]
+    path: str
+    query: dict[str, Any] | None = None
+    body: dict[str, Any] | None = None
+
+
+# Reads that answer the same object over both transports (writes are checked below, on their own objects).
+READS = [
+    Case("ModelService/ListModels", lambda o: mpb.ListModelsRequest(), "/v1/models"),
+    Case("ModelService/GetModel", lambda o: mpb.GetModelRequest(model=o["model"]), "/v1/models/{model}"),
+    Case("ModelService/GetModel", lambda o: mpb.GetModelRequest(model=TINY), f"/v1/models/{TINY}"),
+    Case("FileService/GetFile", lambda o: fpb.GetFileRequest(file_id=o["file_id"]), "/v1/files/{file_id}"),
+    Case("FileService/ListFiles", lambda o: fpb.ListFilesRequest(), "/v1/files"),
+    Case(
+        "FileService/ListFiles",
+        lambda o: fpb.ListFilesRequest(limit=1, order="asc"),
+        "/v1/files",
+        {"limit": 1, "order": "asc"},
+    ),
+    Case("FineTuningService/GetJob", lambda o: jpb.GetJobRequest(job_id=o["job_id"]), f"{J}/{{job_id}}"),
+    Case("FineTuningService/ListJobs", lambda o: jpb.ListJobsRequest(), J),
+    Case(
+        "FineTuningService/ListJobs",
+        lambda o: jpb.ListJobsRequest(limit=1, metadata={"a": "b"}),
+        J,
+        {"limit": 1, "metadata[a]": "b"},
+    ),
+    Case("FineTuningService/ListEvents", lambda o: jpb.ListEventsRequest(job_id=o["job_id"]), f"{J}/{{job_id}}/events"),
+    Case(
+        "FineTuningService/ListEvents",
+        lambda o: jpb.ListEventsRequest(job_id=o["job_id"], limit=2),
+        f"{J}/{{job_id}}/events",
+        {"limit": 2},
+    ),
+    Case(
+        "FineTuningService/ListCheckpoints",
+        lambda o: jpb.ListCheckpointsRequest(job_id=o["job_id"]),
+        f"{J}/{{job_id}}/checkpoints",
+    ),
+]
+
+
+def rest(api: Api, case: Case, objects: dict[str, str]) -> Any:
+    method, _ = REST_TWIN[case.rpc]
+    r = api.server.http.request(method, case.path.format(**objects), params=case.query, json=case.body)
+    return r
+
+
+@pytest.mark.parametrize("case", READS, ids=lambda c: c.rpc)
+def test_reads_answer_what_rest_answers(api: Api, case: Case) -> None:
+    answer = api.call(case.rpc, case.request(api.objects))
+    r = rest(api, case, api.objects)
+    assert r.status_code == 200, r.text
+    # The REST object, converted by the one rule, is the gRPC answer, field for field.
+    assert answer == to_message(r.json(), type(answer))
+
+
+def error_info(e: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    status = rpc_status.from_call(e)  # type: ignore[arg-type]
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info
+
+
+MISSING = {"file_id": "file-nope", "job_id": "ftjob-nope", "model": "ft:nope"}
+# Refusals: the same status (mapped), message, type, code and param over both transports.
+REFUSALS = [
+    Case("ModelService/GetModel", lambda o: mpb.GetModelRequest(model=o["model"]), "/v1/models/{model}"),
+    Case("ModelService/DeleteModel", lambda o: mpb.DeleteModelRequest(model=TINY), f"/v1/models/{TINY}"),
+    Case("FileService/GetFile", lambda o: fpb.GetFileRequest(file_id=o["file_id"]), "/v1/files/{file_id}"),
+    Case("FileService/DeleteFile", lambda o: fpb.DeleteFileRequest(file_id=o["file_id"]), "/v1/files/{file_id}"),
+    Case("FileService/ListFiles", lambda o: fpb.ListFilesRequest(limit=0), "/v1/files", {"limit": 0}),
+    Case(
+        "FileService/GetValidationReport",
+        lambda o: fpb.GetValidationReportRequest(file_id=o["file_id"]),
+        "/v1/files/{file_id}/validation",
+    ),
+    Case("FineTuningService/GetJob", lambda o: jpb.GetJobRequest(job_id=o["job_id"]), f"{J}/{{job_id}}"),
+    Case("FineTuningService/CancelJob", lambda o: jpb.JobRequest(job_id=o["job_id"]), f"{J}/{{job_id}}/cancel"),
+    Case("FineTuningService/PauseJob", lambda o: jpb.JobRequest(job_id=o["job_id"]), f"{J}/{{job_id}}/pause"),
+    Case("FineTuningService/ResumeJob", lambda o: jpb.JobRequest(job_id=o["job_id"]), f"{J}/{{job_id}}/resume"),
+    Case("FineTuningService/ListEvents", lambda o: jpb.ListEventsRequest(job_id=o["job_id"]), f"{J}/{{job_id}}/events"),
+    Case(
+        "FineTuningService/ListCheckpoints",
+        lambda o: jpb.ListCheckpointsRequest(job_id=o["job_id"]),
+        f"{J}/{{job_id}}/checkpoints",
+    ),
+    Case("FineTuningService/ListJobs", lambda o: jpb.ListJobsRequest(limit=0), J, {"limit": 0}),
+    Case(
+        "FineTuningService/CreateJob",
+        lambda o: jpb.CreateJobRequest(model=TINY, training_file="file-nope"),
+        J,
+        body={"model": TINY, "training_file": "file-nope"},
+    ),
+    Case(
+        "FineTuningService/CreateJob",
+        lambda o: jpb.CreateJobRequest(model="nope", training_file="file-nope"),
+        J,
+        body={"model": "nope", "training_file": "file-nope"},
+    ),
+    Case(
+        "FineTuningService/CreateJob",
+        lambda o: jpb.CreateJobRequest(training_file="file-nope"),
+        J,
+        body={"training_file": "file-nope"},
+    ),
+    Case(
+        "FineTuningService/CreateJob",
+        lambda o: jpb.CreateJobRequest(model=TINY, training_file="f", seed=-1),
+        J,
+        body={"model": TINY, "training_file": "f", "seed": -1},
+    ),
+    Case(
+        "FineTuningService/DryRun",
+        lambda o: jpb.CreateJobRequest(model=TINY, training_file="file-nope"),
+        f"{J}/dry_run",
+        body={"model": TINY, "training_file": "file-nope"},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=lambda c: c.rpc)
+def test_refusals_map_to_status_codes_with_openai_error(api: Api, case: Case) -> None:
+    r = rest(api, case, MISSING)
+    assert r.status_code >= 400, r.text
+    with pytest.raises(grpc.RpcError) as caught:
+        api.call(case.rpc, case.request(MISSING))
+    e = caught.value
+    error = r.json()["error"]
+    assert e.code() == GRPC_CODE[r.status_code]
+    assert e.details() == error["message"]
+    info = error_info(e)
+    assert info.domain == "tunery" and info.metadata["type"] == error["type"]
+    assert info.metadata["code"] == (error["code"] or "") and info.metadata["param"] == (error["param"] or "")
+    assert dict(e.trailing_metadata() or ())["x-request-id"].startswith("req_")
+
+
+def test_every_rpc_has_a_rest_twin_and_every_service_rpc_is_served() -> None:
+    served = {
+        f"{s.name}/{m.name}"
+        for module in (fpb, jpb, mpb)
+        for s in module.DESCRIPTOR.services_by_name.values()
+        for m in s.methods
+    }
+    assert served == set(REST_TWIN)
+
+
+def test_keys_and_roles_are_the_rest_rules(api: Api) -> None:
+    job = jpb.GetJobRequest(job_id=api.objects["job_id"])
+    for key, code in ((None, None), ("sk-wrong-0123456789abcdef", "invalid_api_key")):
+        with pytest.raises(grpc.RpcError) as caught:
+            api.call("FineTuningService/GetJob", job, key=key)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_info(caught.value).metadata["code"] == (code or "")
+    admin = {"authorization": f"Bearer {KEY}"}
+    project = api.server.http.post("/v1/organization/projects", json={"name": "p"}, headers=admin).json()["id"]
+    made = api.server.http.post(
+        f"/v1/organization/projects/{project}/service_accounts", json={"name": "r", "role": "reader"}, headers=admin
+    )
+    reader = made.json()["api_key"]["value"]
+    # A reader reads (its project has no jobs: the other project's job is NOT_FOUND, never PERMISSION_DENIED) ...
+    assert list(api.call("FineTuningService/ListJobs", jpb.ListJobsRequest(), key=reader).data) == []
+    with pytest.raises(grpc.RpcError) as caught:
+        api.call("FineTuningService/GetJob", job, key=reader)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # ... and may not write: refused before the job is looked up.
+    with pytest.raises(grpc.RpcError) as caught:
+        api.call("FineTuningService/CancelJob", jpb.JobRequest(job_id=api.objects["job_id"]), key=reader)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_writes_change_what_rest_reads(api: Api) -> None:
+    objects = api.objects
+    job = api.call(
+        "FineTuningService/CreateJob",
+        jpb.CreateJobRequest(
+            model=TINY,
+            training_file=objects["file_id"],
+            suffix="grpc",
+            seed=7,
+            metadata={"team": "search"},
+            method=jpb.Method(
+                type="supervised",
+                supervised=jpb.MethodSection(
+                    hyperparameters=jpb.Hyperparameters(
+                        n_epochs=json_format.ParseDict(
+                            2, __import__("google.protobuf.struct_pb2", fromlist=["Value"]).Value()
+                        )
+                    )
+                ),
+            ),
+            tunery=jpb.TuneryExtensions(training=jpb.TrainingOptions(lr_scheduler_type="cosine", packing=False)),
+        ),
+    )
+    got = api.server.http.get(f"{J}/{job.id}").json()
+    assert job == to_message(got, jpb.FineTuningJob)
+    assert got["seed"] == 7 and got["metadata"] == {"team": "search"} and got["user_provided_suffix"] == "grpc"
+    assert got["method"]["supervised"]["hyperparameters"]["n_epochs"] == 2
+    assert got["tunery"]["training"]["lr_scheduler_type"] == "cosine" and got["tunery"]["training"]["packing"] is False
+    cancelled = api.call("FineTuningService/CancelJob", jpb.JobRequest(job_id=job.id))
+    assert cancelled.status == "cancelled" == api.server.http.get(f"{J}/{job.id}").json()["status"]
+    content = b"".join(
+        c.data for c in api.call("FileService/DownloadFile", fpb.DownloadFileRequest(file_id=objects["file_id"]))
+    )
+    assert content == api.server.http.get(f"/v1/files/{objects['file_id']}/content").content
+    deleted = api.call("ModelService/DeleteModel", mpb.DeleteModelRequest(model=objects["model"]))
+    assert deleted.deleted and api.server.http.get(f"/v1/models/{objects['model']}").status_code == 404
+
+
+def test_watch_events_replays_from_a_cursor_follows_live_and_ends_with_the_job(api: Api) -> None:
+    job_id = api.objects["job_id"]
+    stream = api.call("FineTuningService/WatchEvents", jpb.WatchEventsRequest(job_id=job_id))
+    first = next(stream)
+    stream.cancel()  # the client leaves
+    # Reconnect after the last event seen: the rest, in order, then live ones until the job ends.
+    stream = api.call("FineTuningService/WatchEvents", jpb.WatchEventsRequest(job_id=job_id, after=first.id))
+    seen = [first]
+    rest_events = api.server.http.get(f"{J}/{job_id}/events").json()["data"]
+    for _ in range(len(rest_events) - 1):
+        seen.append(next(stream))
+    assert [e.id for e in seen] == [e["id"] for e in reversed(rest_events)]
+    assert api.server.http.post(f"{J}/{job_id}/cancel").status_code == 200
+    live = list(stream)  # ends by itself once the job is cancelled
+    assert live and live[-1].message == api.server.http.get(f"{J}/{job_id}/events").json()["data"][0]["message"]
+    ids = [e.id for e in seen + live]
+    assert len(ids) == len(set(ids))
+    assert ids == [
+        e["id"] for e in reversed(api.server.http.get(f"{J}/{job_id}/events", params={"limit": 100}).json()["data"])
+    ]
+    metrics = api.server.http.get("/metrics").text
+    # The stream the client left ended there (its wait cancelled), and was counted so.
+    assert 'tunery_grpc_requests_total{code="CANCELLED",rpc="WatchEvents"} 1.0' in metrics
+    assert 'tunery_grpc_requests_total{code="OK",rpc="WatchEvents"} 1.0' in metrics
+    assert 'tunery_grpc_requests_total{code="OK",rpc="WatchEvents"} 1.0' in metrics
+
+
+def test_health_and_reflection(api: Api) -> None:
+    health = health_pb2_grpc.HealthStub(api.channel)
+    for service in ("", "tunery.v1.FineTuningService", "tunery.v1.FileService", "tunery.v1.ModelService"):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    db = ProtoReflectionDescriptorDatabase(api.channel)
+    services = set(db.get_services())
+    assert {"tunery.v1.FineTuningService", "tunery.v1.FileService", "tunery.v1.ModelService"} <= services
+    assert "tunery.v1.TrainerReporting" not in services  # the trainers' channel is not the public API
