@@ -21,8 +21,12 @@ from api.grpc.calls import REST_TWIN
 from api.grpc.convert import to_message
 from api.grpc.errors import GRPC_CODE
 from tests import fuzzing
+from tests.configurations import (  # noqa: F401 (each server test runs embedded and on PostgreSQL + S3)
+    configuration,
+    configuration_metadata_store,
+    configuration_object_store,
+)
 from tests.conftest import TINY, RunningServer
-from tests.metadata_stores import every_metadata_store  # noqa: F401 (each server test runs on SQLite and PostgreSQL)
 from tunery.v1 import files_pb2 as fpb
 from tunery.v1 import files_pb2_grpc, fine_tuning_pb2_grpc, models_pb2_grpc
 from tunery.v1 import fine_tuning_pb2 as jpb
