@@ -21,9 +21,12 @@ T = TypeVar("T")
 J = "/v1/fine_tuning/jobs"
 # Every RPC and the REST route it mirrors (method, route template).
 REST_TWIN: dict[str, tuple[str, str]] = {
+    "ChatService/CreateChatCompletion": ("POST", "/v1/chat/completions"),
+    "ChatService/StreamChatCompletion": ("POST", "/v1/chat/completions"),
     "ModelService/ListModels": ("GET", "/v1/models"),
     "ModelService/GetModel": ("GET", "/v1/models/{model:path}"),
     "ModelService/DeleteModel": ("DELETE", "/v1/models/{model:path}"),
+    "FileService/UploadFile": ("POST", "/v1/files"),
     "FileService/GetFile": ("GET", "/v1/files/{file_id}"),
     "FileService/ListFiles": ("GET", "/v1/files"),
     "FileService/DeleteFile": ("DELETE", "/v1/files/{file_id}"),

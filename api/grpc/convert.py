@@ -44,7 +44,8 @@ def message_dict(message: Message) -> dict[str, Any]:
     return out
 
 
-def to_message(obj: BaseModel | dict[str, Any], cls: type[M]) -> M:
-    """``obj`` (a service's answer, or its JSON form) as a ``cls`` message; a null is an unset field."""
+def to_message(obj: BaseModel | dict[str, Any], cls: type[M], *, engine: bool = False) -> M:
+    """``obj`` (a service's answer, or its JSON form) as a ``cls`` message; a null is an unset field. ``engine``: an
+    answer of a serving engine, whose fields beyond OpenAI's (vLLM adds its own) are left out rather than refused."""
     data = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
-    return json_format.ParseDict(data, cls())
+    return json_format.ParseDict(data, cls(), ignore_unknown_fields=engine)

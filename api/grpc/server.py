@@ -11,12 +11,22 @@ from grpc_reflection.v1alpha import reflection
 
 from api.context import AppContext
 from api.grpc.calls import Calls
-from api.grpc.services import FileServicer, FineTuningServicer, ModelServicer
-from tunery.v1 import files_pb2, files_pb2_grpc, fine_tuning_pb2, fine_tuning_pb2_grpc, models_pb2, models_pb2_grpc
+from api.grpc.services import ChatServicer, FileServicer, FineTuningServicer, ModelServicer
+from tunery.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    files_pb2,
+    files_pb2_grpc,
+    fine_tuning_pb2,
+    fine_tuning_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
 
 log = logging.getLogger("tunery.api.grpc")
 
 SERVICES = (
+    chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
     files_pb2.DESCRIPTOR.services_by_name["FileService"].full_name,
     fine_tuning_pb2.DESCRIPTOR.services_by_name["FineTuningService"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
@@ -39,6 +49,7 @@ class PublicGrpcServer:
         files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(ctx, calls), self.server)
         fine_tuning_pb2_grpc.add_FineTuningServiceServicer_to_server(FineTuningServicer(ctx, calls), self.server)
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(ctx, calls), self.server)
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(ctx, calls), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

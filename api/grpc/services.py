@@ -4,19 +4,27 @@ converts its answer; no business rule lives here. Blocking service calls run in 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
 from api.context import AppContext, Tenant, run_read
+from api.errors import APIError, InvalidRequest
 from api.grpc.calls import Calls
 from api.grpc.convert import message_dict, to_message
-from api.protocol.files import ListFilesRequest
+from api.grpc.streams import StreamReader, chunks_of
+from api.protocol.chat import ChatCompletion, ChatCompletionRequest
+from api.protocol.files import CreateFileRequest, ListFilesRequest
 from api.protocol.jobs import CreateJob, ListJobCheckpointsRequest, ListJobEventsRequest, ListJobsRequest
+from api.services.chat import ChatService
 from api.services.files import FileService
 from api.services.jobs import JobService
 from api.services.models import ModelService
+from tunery.v1 import chat_pb2 as chat_pb
+from tunery.v1 import chat_pb2_grpc as chat_grpc
 from tunery.v1 import files_pb2 as files_pb
 from tunery.v1 import files_pb2_grpc as files_grpc
 from tunery.v1 import fine_tuning_pb2 as ft_pb
@@ -63,6 +71,24 @@ class ModelServicer(_Servicer, models_grpc.ModelServiceServicer):
 
 
 class FileServicer(_Servicer, files_grpc.FileServiceServicer):
+    async def UploadFile(self, request_iterator: AsyncIterator[files_pb.UploadFileRequest], context: Context) -> Any:
+        async def run(t: Tenant) -> files_pb.File:
+            first = await anext(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise InvalidRequest("The first message of an upload must be its header.", param="header")
+            req = CreateFileRequest.model_validate(message_dict(first.header))
+
+            async def data() -> AsyncIterator[bytes]:
+                async for message in request_iterator:
+                    if message.WhichOneof("part") != "data":
+                        raise InvalidRequest("Only the first message of an upload is a header.", param="header")
+                    yield message.data
+
+            reader = io.BufferedReader(StreamReader(chunks_of(data()), asyncio.get_running_loop()), 1 << 20)
+            return to_message(await asyncio.to_thread(FileService(self.ctx, t).create, req, reader), files_pb.File)
+
+        return await self.calls.unary("FileService/UploadFile", context, run)
+
     async def GetFile(self, request: files_pb.GetFileRequest, context: Context) -> Any:
         async def run(t: Tenant) -> files_pb.File:
             return to_message(await self._blocking(FileService(self.ctx, t).retrieve, request.file_id), files_pb.File)
@@ -194,3 +220,50 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
             return to_message(answer, ft_pb.ListCheckpointsResponse)
 
         return await self.calls.unary("FineTuningService/ListCheckpoints", context, run)
+
+
+def _sse_payloads(events: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of a stream of server-sent events (``data: {...}``), up to ``data: [DONE]``; an ``error``
+    event (a stream that failed after its first chunk) is raised as the error it carries."""
+
+    async def payloads() -> AsyncIterator[dict[str, Any]]:
+        async for event in events:
+            for line in event.splitlines():
+                if not line.startswith("data: "):
+                    continue
+                data = line.removeprefix("data: ")
+                if data == "[DONE]":
+                    return
+                payload: dict[str, Any] = json.loads(data)
+                if "error" in payload:
+                    error = payload["error"]
+                    raise APIError(
+                        500, error.get("message", "The stream failed."), type=error.get("type", "server_error")
+                    )
+                yield payload
+
+    return payloads()
+
+
+class ChatServicer(_Servicer, chat_grpc.ChatServiceServicer):
+    @staticmethod
+    def _request(request: chat_pb.CreateChatCompletionRequest, stream: bool) -> ChatCompletionRequest:
+        return ChatCompletionRequest.model_validate({**message_dict(request), "stream": stream})
+
+    async def CreateChatCompletion(self, request: chat_pb.CreateChatCompletionRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> chat_pb.ChatCompletion:
+            answer = await ChatService(self.ctx, t).chat_completion(self._request(request, False))
+            assert isinstance(answer, ChatCompletion)
+            return to_message(answer, chat_pb.ChatCompletion, engine=True)
+
+        return await self.calls.unary("ChatService/CreateChatCompletion", context, run)
+
+    async def StreamChatCompletion(self, request: chat_pb.CreateChatCompletionRequest, context: Context) -> Any:
+        async def run(t: Tenant) -> AsyncIterator[chat_pb.ChatCompletionChunk]:
+            answer = await ChatService(self.ctx, t).chat_completion(self._request(request, True))
+            assert not isinstance(answer, ChatCompletion)
+            async for payload in _sse_payloads(answer):
+                yield to_message(payload, chat_pb.ChatCompletionChunk, engine=True)
+
+        async for chunk in self.calls.stream("ChatService/StreamChatCompletion", context, run):
+            yield chunk

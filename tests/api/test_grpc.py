@@ -4,13 +4,14 @@ the same keys and roles, live event watching across a reconnect, health and refl
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,13 +27,15 @@ from tests.configurations import (  # noqa: F401 (each server test runs embedded
     configuration_metadata_store,
     configuration_object_store,
 )
-from tests.conftest import TINY, RunningServer
+from tests.conftest import TINY, RunningServer, chat_lines
+from tunery.v1 import chat_pb2 as cpb
+from tunery.v1 import chat_pb2_grpc, files_pb2_grpc, fine_tuning_pb2_grpc, models_pb2_grpc
 from tunery.v1 import files_pb2 as fpb
-from tunery.v1 import files_pb2_grpc, fine_tuning_pb2_grpc, models_pb2_grpc
 from tunery.v1 import fine_tuning_pb2 as jpb
 from tunery.v1 import models_pb2 as mpb
 
 KEY = fuzzing.API_KEY
+HI = struct_pb2.Value(string_value="Hi")
 J = "/v1/fine_tuning/jobs"
 
 
@@ -44,6 +47,7 @@ class Api:
 
     def stub(self, service: str) -> Any:
         stubs = {
+            "ChatService": chat_pb2_grpc.ChatServiceStub,
             "FileService": files_pb2_grpc.FileServiceStub,
             "FineTuningService": fine_tuning_pb2_grpc.FineTuningServiceStub,
             "ModelService": models_pb2_grpc.ModelServiceStub,
@@ -210,7 +214,7 @@ def test_refusals_map_to_status_codes_with_openai_error(api: Api, case: Case) ->
 def test_every_rpc_has_a_rest_twin_and_every_service_rpc_is_served() -> None:
     served = {
         f"{s.name}/{m.name}"
-        for module in (fpb, jpb, mpb)
+        for module in (cpb, fpb, jpb, mpb)
         for s in module.DESCRIPTOR.services_by_name.values()
         for m in s.methods
     }
@@ -315,3 +319,87 @@ def test_health_and_reflection(api: Api) -> None:
     services = set(db.get_services())
     assert {"tunery.v1.FineTuningService", "tunery.v1.FileService", "tunery.v1.ModelService"} <= services
     assert "tunery.v1.TrainerReporting" not in services  # the trainers' channel is not the public API
+
+
+def upload_messages(
+    data: bytes, purpose: str = "fine-tune", filename: str = "t.jsonl"
+) -> Iterator[fpb.UploadFileRequest]:
+    yield fpb.UploadFileRequest(header=fpb.UploadFileHeader(purpose=purpose, filename=filename))
+    for i in range(0, len(data), 1000):
+        yield fpb.UploadFileRequest(data=data[i : i + 1000])
+
+
+def test_upload_streams_a_file_that_rest_then_serves(api: Api) -> None:
+    data = chat_lines(30)
+    made = api.call("FileService/UploadFile", upload_messages(data))
+    assert made.bytes == len(data) and made.filename == "t.jsonl" and made.purpose == "fine-tune"
+    assert made == to_message(api.server.http.get(f"/v1/files/{made.id}").json(), fpb.File)
+    assert api.server.http.get(f"/v1/files/{made.id}/content").content == data
+    # validated by the scheduler as a REST upload is
+    deadline = time.monotonic() + 60
+    while api.call("FileService/GetFile", fpb.GetFileRequest(file_id=made.id)).status == "uploaded":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    report = api.call("FileService/GetValidationReport", fpb.GetValidationReportRequest(file_id=made.id))
+    rest_report = api.server.http.get(f"/v1/files/{made.id}/validation").json()
+    assert report.status == rest_report["status"] == "processed"
+    sections = {k: v for k, v in rest_report.items() if k not in ("object", "file_id", "status")}
+    assert sections and json_format.MessageToDict(report.report) == sections
+
+
+@pytest.mark.parametrize(
+    ("messages", "code", "param"),
+    [
+        (lambda: iter([]), grpc.StatusCode.INVALID_ARGUMENT, "header"),
+        (lambda: iter([fpb.UploadFileRequest(data=b"x")]), grpc.StatusCode.INVALID_ARGUMENT, "header"),
+        (lambda: upload_messages(b"x", purpose="nope"), grpc.StatusCode.INVALID_ARGUMENT, "purpose"),
+        (lambda: upload_messages(b"", filename="e.jsonl"), grpc.StatusCode.INVALID_ARGUMENT, "file"),
+        (lambda: upload_messages(b"x", filename="t.txt"), grpc.StatusCode.INVALID_ARGUMENT, "file"),
+        (
+            lambda: iter([*upload_messages(b"{}\n"), fpb.UploadFileRequest(header=fpb.UploadFileHeader())]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "header",
+        ),
+        (lambda: upload_messages(b"x" * 5000), grpc.StatusCode.RESOURCE_EXHAUSTED, "file"),
+    ],
+    ids=["empty", "no-header", "purpose", "empty-file", "not-jsonl", "two-headers", "too-large"],
+)
+def test_bad_uploads_are_refused_and_leave_nothing(
+    tiny_server_factory: Callable[..., RunningServer],
+    messages: Callable[[], Iterator[Any]],
+    code: grpc.StatusCode,
+    param: str,
+) -> None:
+    server = fuzzing.authorised(tiny_server_factory(api_keys=[KEY], max_file_bytes=4096))
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        api = Api(server, channel, {})
+        with pytest.raises(grpc.RpcError) as caught:
+            api.call("FileService/UploadFile", messages())
+    assert caught.value.code() == code, caught.value.details()
+    assert error_info(caught.value).metadata["param"] == param
+    assert server.http.get("/v1/files").json()["data"] == []
+    objects = server.app.state.ctx.store
+    assert objects.list("files/") == []
+
+
+def test_chat_answers_what_rest_answers_whole_and_streamed(api: Api) -> None:
+    messages = [{"role": "user", "content": "Say something."}]
+    request = cpb.CreateChatCompletionRequest(
+        model=TINY,
+        messages=[cpb.ChatMessage(role="user", content=struct_pb2.Value(string_value="Say something."))],
+        max_tokens=6,
+        temperature=0,
+        stream_options=None,
+    )
+    answer = api.call("ChatService/CreateChatCompletion", request)
+    rest_answer = api.server.http.post(
+        "/v1/chat/completions", json={"model": TINY, "messages": messages, "max_tokens": 6, "temperature": 0}
+    ).json()
+    assert answer.object == "chat.completion" and answer.model == TINY
+    assert answer.choices[0].message.content == rest_answer["choices"][0]["message"]["content"]
+    assert answer.usage.completion_tokens == rest_answer["usage"]["completion_tokens"] > 0
+    request.stream_options.include_usage = True
+    chunks = list(api.call("ChatService/StreamChatCompletion", request))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == answer.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens

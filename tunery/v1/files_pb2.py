@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tunery/v1/files.proto\x12\ttunery.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd0\x01\n\x04\x46ile\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x17\n\nexpires_at\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08\x66ilename\x18\x06 \x01(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x1b\n\x0estatus_details\x18\t \x01(\tH\x01\x88\x01\x01\x42\r\n\x0b_expires_atB\x11\n\x0f_status_details\"!\n\x0eGetFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"\x8e\x01\n\x10ListFilesRequest\x12\x14\n\x07purpose\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\x05order\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x12\n\x05\x61\x66ter\x18\x04 \x01(\tH\x03\x88\x01\x01\x42\n\n\x08_purposeB\x08\n\x06_limitB\x08\n\x06_orderB\x08\n\x06_after\"w\n\x11ListFilesResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\x1d\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x0f.tunery.v1.File\x12\x10\n\x08\x66irst_id\x18\x03 \x01(\t\x12\x0f\n\x07last_id\x18\x04 \x01(\t\x12\x10\n\x08has_more\x18\x05 \x01(\x08\"$\n\x11\x44\x65leteFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"A\n\x12\x44\x65leteFileResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\"&\n\x13\x44ownloadFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"\x19\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"K\n\x1aGetValidationReportRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x12\n\x05model\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_model\"p\n\x14\x46ileValidationReport\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\'\n\x06report\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct2\xfe\x02\n\x0b\x46ileService\x12\x35\n\x07GetFile\x12\x19.tunery.v1.GetFileRequest\x1a\x0f.tunery.v1.File\x12\x46\n\tListFiles\x12\x1b.tunery.v1.ListFilesRequest\x1a\x1c.tunery.v1.ListFilesResponse\x12I\n\nDeleteFile\x12\x1c.tunery.v1.DeleteFileRequest\x1a\x1d.tunery.v1.DeleteFileResponse\x12\x46\n\x0c\x44ownloadFile\x12\x1e.tunery.v1.DownloadFileRequest\x1a\x14.tunery.v1.FileChunk0\x01\x12]\n\x13GetValidationReport\x12%.tunery.v1.GetValidationReportRequest\x1a\x1f.tunery.v1.FileValidationReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tunery/v1/files.proto\x12\ttunery.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd0\x01\n\x04\x46ile\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x17\n\nexpires_at\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08\x66ilename\x18\x06 \x01(\t\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x1b\n\x0estatus_details\x18\t \x01(\tH\x01\x88\x01\x01\x42\r\n\x0b_expires_atB\x11\n\x0f_status_details\"Z\n\x11UploadFileRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tunery.v1.UploadFileHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"e\n\x10UploadFileHeader\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12.\n\rexpires_after\x18\x03 \x01(\x0b\x32\x17.tunery.v1.ExpiresAfter\"/\n\x0c\x45xpiresAfter\x12\x0e\n\x06\x61nchor\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x03\"!\n\x0eGetFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"\x8e\x01\n\x10ListFilesRequest\x12\x14\n\x07purpose\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\x05order\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x12\n\x05\x61\x66ter\x18\x04 \x01(\tH\x03\x88\x01\x01\x42\n\n\x08_purposeB\x08\n\x06_limitB\x08\n\x06_orderB\x08\n\x06_after\"w\n\x11ListFilesResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\x1d\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x0f.tunery.v1.File\x12\x10\n\x08\x66irst_id\x18\x03 \x01(\t\x12\x0f\n\x07last_id\x18\x04 \x01(\t\x12\x10\n\x08has_more\x18\x05 \x01(\x08\"$\n\x11\x44\x65leteFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"A\n\x12\x44\x65leteFileResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\"&\n\x13\x44ownloadFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"\x19\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"K\n\x1aGetValidationReportRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x12\n\x05model\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_model\"p\n\x14\x46ileValidationReport\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\'\n\x06report\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct2\xbd\x03\n\x0b\x46ileService\x12=\n\nUploadFile\x12\x1c.tunery.v1.UploadFileRequest\x1a\x0f.tunery.v1.File(\x01\x12\x35\n\x07GetFile\x12\x19.tunery.v1.GetFileRequest\x1a\x0f.tunery.v1.File\x12\x46\n\tListFiles\x12\x1b.tunery.v1.ListFilesRequest\x1a\x1c.tunery.v1.ListFilesResponse\x12I\n\nDeleteFile\x12\x1c.tunery.v1.DeleteFileRequest\x1a\x1d.tunery.v1.DeleteFileResponse\x12\x46\n\x0c\x44ownloadFile\x12\x1e.tunery.v1.DownloadFileRequest\x1a\x14.tunery.v1.FileChunk0\x01\x12]\n\x13GetValidationReport\x12%.tunery.v1.GetValidationReportRequest\x1a\x1f.tunery.v1.FileValidationReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,24 +34,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FILE']._serialized_start=67
   _globals['_FILE']._serialized_end=275
-  _globals['_GETFILEREQUEST']._serialized_start=277
-  _globals['_GETFILEREQUEST']._serialized_end=310
-  _globals['_LISTFILESREQUEST']._serialized_start=313
-  _globals['_LISTFILESREQUEST']._serialized_end=455
-  _globals['_LISTFILESRESPONSE']._serialized_start=457
-  _globals['_LISTFILESRESPONSE']._serialized_end=576
-  _globals['_DELETEFILEREQUEST']._serialized_start=578
-  _globals['_DELETEFILEREQUEST']._serialized_end=614
-  _globals['_DELETEFILERESPONSE']._serialized_start=616
-  _globals['_DELETEFILERESPONSE']._serialized_end=681
-  _globals['_DOWNLOADFILEREQUEST']._serialized_start=683
-  _globals['_DOWNLOADFILEREQUEST']._serialized_end=721
-  _globals['_FILECHUNK']._serialized_start=723
-  _globals['_FILECHUNK']._serialized_end=748
-  _globals['_GETVALIDATIONREPORTREQUEST']._serialized_start=750
-  _globals['_GETVALIDATIONREPORTREQUEST']._serialized_end=825
-  _globals['_FILEVALIDATIONREPORT']._serialized_start=827
-  _globals['_FILEVALIDATIONREPORT']._serialized_end=939
-  _globals['_FILESERVICE']._serialized_start=942
-  _globals['_FILESERVICE']._serialized_end=1324
+  _globals['_UPLOADFILEREQUEST']._serialized_start=277
+  _globals['_UPLOADFILEREQUEST']._serialized_end=367
+  _globals['_UPLOADFILEHEADER']._serialized_start=369
+  _globals['_UPLOADFILEHEADER']._serialized_end=470
+  _globals['_EXPIRESAFTER']._serialized_start=472
+  _globals['_EXPIRESAFTER']._serialized_end=519
+  _globals['_GETFILEREQUEST']._serialized_start=521
+  _globals['_GETFILEREQUEST']._serialized_end=554
+  _globals['_LISTFILESREQUEST']._serialized_start=557
+  _globals['_LISTFILESREQUEST']._serialized_end=699
+  _globals['_LISTFILESRESPONSE']._serialized_start=701
+  _globals['_LISTFILESRESPONSE']._serialized_end=820
+  _globals['_DELETEFILEREQUEST']._serialized_start=822
+  _globals['_DELETEFILEREQUEST']._serialized_end=858
+  _globals['_DELETEFILERESPONSE']._serialized_start=860
+  _globals['_DELETEFILERESPONSE']._serialized_end=925
+  _globals['_DOWNLOADFILEREQUEST']._serialized_start=927
+  _globals['_DOWNLOADFILEREQUEST']._serialized_end=965
+  _globals['_FILECHUNK']._serialized_start=967
+  _globals['_FILECHUNK']._serialized_end=992
+  _globals['_GETVALIDATIONREPORTREQUEST']._serialized_start=994
+  _globals['_GETVALIDATIONREPORTREQUEST']._serialized_end=1069
+  _globals['_FILEVALIDATIONREPORT']._serialized_start=1071
+  _globals['_FILEVALIDATIONREPORT']._serialized_end=1183
+  _globals['_FILESERVICE']._serialized_start=1186
+  _globals['_FILESERVICE']._serialized_end=1631
 # @@protoc_insertion_point(module_scope)

@@ -29,6 +29,32 @@ class File(_message.Message):
     status_details: str
     def __init__(self, id: _Optional[str] = ..., object: _Optional[str] = ..., bytes: _Optional[int] = ..., created_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., filename: _Optional[str] = ..., purpose: _Optional[str] = ..., status: _Optional[str] = ..., status_details: _Optional[str] = ...) -> None: ...
 
+class UploadFileRequest(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: UploadFileHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[UploadFileHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadFileHeader(_message.Message):
+    __slots__ = ("purpose", "filename", "expires_after")
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AFTER_FIELD_NUMBER: _ClassVar[int]
+    purpose: str
+    filename: str
+    expires_after: ExpiresAfter
+    def __init__(self, purpose: _Optional[str] = ..., filename: _Optional[str] = ..., expires_after: _Optional[_Union[ExpiresAfter, _Mapping]] = ...) -> None: ...
+
+class ExpiresAfter(_message.Message):
+    __slots__ = ("anchor", "seconds")
+    ANCHOR_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    anchor: str
+    seconds: int
+    def __init__(self, anchor: _Optional[str] = ..., seconds: _Optional[int] = ...) -> None: ...
+
 class GetFileRequest(_message.Message):
     __slots__ = ("file_id",)
     FILE_ID_FIELD_NUMBER: _ClassVar[int]

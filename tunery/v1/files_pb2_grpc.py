@@ -34,6 +34,11 @@ class FileServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.UploadFile = channel.stream_unary(
+                '/tunery.v1.FileService/UploadFile',
+                request_serializer=tunery_dot_v1_dot_files__pb2.UploadFileRequest.SerializeToString,
+                response_deserializer=tunery_dot_v1_dot_files__pb2.File.FromString,
+                _registered_method=True)
         self.GetFile = channel.unary_unary(
                 '/tunery.v1.FileService/GetFile',
                 request_serializer=tunery_dot_v1_dot_files__pb2.GetFileRequest.SerializeToString,
@@ -63,6 +68,15 @@ class FileServiceStub:
 
 class FileServiceServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def UploadFile(self, request_iterator, context):
+        """Upload a file: a header message first (purpose, filename, expiry), then its bytes in data messages (1 MiB each
+        is a good size; a message is at most 16 MiB). Streamed to the object store as they arrive, with REST's limits
+        and checks (RESOURCE_EXHAUSTED past TUNERY_MAX_FILE_BYTES, as soon as the count passes it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def GetFile(self, request, context):
         """One file; NOT_FOUND for another project's.
@@ -102,6 +116,11 @@ class FileServiceServicer:
 
 def add_FileServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'UploadFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadFile,
+                    request_deserializer=tunery_dot_v1_dot_files__pb2.UploadFileRequest.FromString,
+                    response_serializer=tunery_dot_v1_dot_files__pb2.File.SerializeToString,
+            ),
             'GetFile': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFile,
                     request_deserializer=tunery_dot_v1_dot_files__pb2.GetFileRequest.FromString,
@@ -137,6 +156,33 @@ def add_FileServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class FileService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def UploadFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tunery.v1.FileService/UploadFile',
+            tunery_dot_v1_dot_files__pb2.UploadFileRequest.SerializeToString,
+            tunery_dot_v1_dot_files__pb2.File.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetFile(request,
