@@ -310,3 +310,28 @@ def test_scratch_size_limits_follow_the_values(bin_dir: Path) -> None:
     assert limits("Deployment", "vllm") == {"models": "50Gi", "tmp": "50Gi", "shm": "8Gi"}
     out = helm(bin_dir, *template_args(sets=["api.scratch.sizeLimit=lots"]), check=False)
     assert out.returncode != 0 and "sizeLimit" in out.stderr
+
+
+def test_the_grpc_api_has_a_port_a_service_port_a_probe_and_a_policy(
+    rendered: dict[str, list[dict[str, Any]]], bin_dir: Path
+) -> None:
+    docs = rendered["dev"]
+    api = one(docs, "Deployment", "tun-tunery-api")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in api["env"]}
+    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
+    assert env["TUNERY_API_GRPC_PORT"] == str(ports["grpc"]) == "50051"  # tunery/settings.py api_grpc_port
+    svc = one(docs, "Service", "tun-tunery-api")
+    (grpc_port,) = [p for p in svc["spec"]["ports"] if p["name"] == "grpc"]
+    assert grpc_port["targetPort"] == "grpc" and grpc_port["appProtocol"] == "grpc"
+    assert api["livenessProbe"]["grpc"] == {"port": 50051}  # the standard health service (api/grpc/server.py)
+    policy = one(docs, "NetworkPolicy", "tun-tunery-api")
+    assert {"port": "grpc", "protocol": "TCP"} in policy["spec"]["ingress"][0]["ports"]
+    # A cluster before gRPC probes (1.24) probes /health; with the API off, no port and the server does not serve it.
+    old = render(bin_dir, sets=DEV_SETS, kube_version="1.23.0")
+    old_api = one(old, "Deployment", "tun-tunery-api")["spec"]["template"]["spec"]["containers"][0]
+    assert old_api["livenessProbe"]["httpGet"]["path"] == "/health"
+    off = render(bin_dir, sets=[*DEV_SETS, "api.grpc.enabled=false"])
+    off_api = one(off, "Deployment", "tun-tunery-api")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in off_api["env"]}["TUNERY_API_GRPC_PORT"] == "-1"
+    assert "grpc" not in {p["name"] for p in off_api["ports"]}
+    assert "grpc" not in {p["name"] for p in one(off, "Service", "tun-tunery-api")["spec"]["ports"]}
