@@ -11,12 +11,13 @@ from typing import TypeVar
 
 import grpc
 
-from api.auth import Principal, admit
+from api.auth import admit
 from api.context import AppContext, Tenant, run_read
 from api.grpc.errors import as_api_error, grpc_code, status_of
 from tunery import ids
 
 T = TypeVar("T")
+F = TypeVar("F")
 
 J = "/v1/fine_tuning/jobs"
 # Every RPC and the REST route it mirrors (method, route template).
@@ -51,34 +52,36 @@ class Calls:
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
 
-    def _admit(self, rpc: str, authorization: str | None) -> Principal:
+    def _tenant(self, rpc: str, authorization: str | None) -> Tenant:
+        """The caller's project, once its key and role are admitted for ``rpc`` (may look a stored key up: blocking)."""
         method, template = REST_TWIN[rpc]
-        return admit(self.ctx.settings, self.ctx.keys, authorization, method, template, {})
+        principal = admit(self.ctx.settings, self.ctx.keys, authorization, method, template, {})
+        return principal.tenant(self.ctx.settings)
 
-    async def _begin(self, rpc: str, context: grpc.aio.ServicerContext, rid: str) -> Tenant:
+    @staticmethod
+    def _start(context: grpc.aio.ServicerContext) -> tuple[str, str | None]:
+        """The call's request id (sent in its trailing metadata) and its ``authorization`` metadata."""
+        rid = ids.request_id()
         context.set_trailing_metadata((("x-request-id", rid),))
         value = dict(context.invocation_metadata() or ()).get("authorization")
-        authorization = value if isinstance(value, str) else None
-        # A stored key is looked up in the metadata store: off the event loop.
-        principal = await run_read(self.ctx, self._admit, rpc, authorization)
-        return principal.tenant(self.ctx.settings)
+        return rid, value if isinstance(value, str) else None
 
     def _done(self, rpc: str, code: grpc.StatusCode, started: float) -> None:
         name = rpc.rpartition("/")[2]
         self.ctx.metrics.grpc_requests.labels(name, code.name).inc()
         self.ctx.metrics.grpc_seconds.labels(name).observe(time.perf_counter() - started)
 
-    async def unary(self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[Tenant], Awaitable[T]]) -> T:
-        """Admit the call, run ``fn`` with the caller's project, answer its result or its error as a status."""
-        started, code, rid = time.perf_counter(), grpc.StatusCode.OK, ids.request_id()
+    async def _answer(self, rpc: str, context: grpc.aio.ServicerContext, rid: str, work: Awaitable[T]) -> T:
+        """``work``'s result, or its error as the call's status (OpenAI's error in an ErrorInfo), counted."""
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
-            return await fn(await self._begin(rpc, context, rid))
+            return await work
         except asyncio.CancelledError:  # the client left or its deadline passed: nothing is answered
             code = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
             raise
-        except Exception as e:  # every failure becomes a status; the status carries OpenAI's error
+        except Exception as e:
             err = as_api_error(e)
             code = grpc_code(err.status)
             await context.abort_with_status(status_of(err, rid))
@@ -86,18 +89,48 @@ class Calls:
         finally:
             self._done(rpc, code, started)
 
+    async def blocking(
+        self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[Tenant], T], *, read: bool = True
+    ) -> T:
+        """A call whose work blocks (the metadata store, the object store): the key's admission and ``fn`` with the
+        caller's project in one trip to a thread, the read routes' threads for a read (as REST's reads)."""
+        rid, authorization = self._start(context)
+
+        def work() -> T:
+            return fn(self._tenant(rpc, authorization))
+
+        return await self._answer(rpc, context, rid, run_read(self.ctx, work) if read else asyncio.to_thread(work))
+
+    async def unary(self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[Tenant], Awaitable[T]]) -> T:
+        """A call whose work is a coroutine (generation, a stream read from the client)."""
+        rid, authorization = self._start(context)
+
+        async def work() -> T:
+            return await fn(await run_read(self.ctx, self._tenant, rpc, authorization))
+
+        return await self._answer(rpc, context, rid, work())
+
     async def stream(
-        self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[Tenant], AsyncIterator[T]]
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext,
+        first: Callable[[Tenant], F],
+        rest: Callable[[Tenant, F], AsyncIterator[T]],
     ) -> AsyncIterator[T]:
-        """:meth:`unary` for a server stream: its messages, then its end or its error."""
-        started, code, rid = time.perf_counter(), grpc.StatusCode.OK, ids.request_id()
+        """A server stream: ``first`` (blocking: what the stream starts from) in the same trip to a thread as the
+        key's admission, then the messages of ``rest``, then the stream's end or its error."""
+        rid, authorization = self._start(context)
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+
+        def begin() -> tuple[Tenant, F]:
+            tenant = self._tenant(rpc, authorization)
+            return tenant, first(tenant)
+
         try:
-            async for message in fn(await self._begin(rpc, context, rid)):
+            tenant, start = await run_read(self.ctx, begin)
+            async for message in rest(tenant, start):
                 yield message
-        except (
-            asyncio.CancelledError,
-            GeneratorExit,
-        ):  # the client left or its deadline passed: the stream's resources are freed
+        except (asyncio.CancelledError, GeneratorExit):  # the client left or its deadline passed: resources freed
             code = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:

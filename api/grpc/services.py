@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -20,7 +20,7 @@ from api.protocol.chat import ChatCompletion, ChatCompletionRequest
 from api.protocol.files import CreateFileRequest, ListFilesRequest
 from api.protocol.jobs import CreateJob, ListJobCheckpointsRequest, ListJobEventsRequest, ListJobsRequest
 from api.services.chat import ChatService
-from api.services.files import FileService
+from api.services.files import FileContent, FileService
 from api.services.jobs import JobService
 from api.services.models import ModelService
 from tunery.v1 import chat_pb2 as chat_pb
@@ -46,22 +46,19 @@ class _Servicer:
     def __init__(self, ctx: AppContext, calls: Calls):
         self.ctx, self.calls = ctx, calls
 
-    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await run_read(self.ctx, fn, *args)
-
 
 class ModelServicer(_Servicer, models_grpc.ModelServiceServicer):
     async def ListModels(self, request: models_pb.ListModelsRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> models_pb.ListModelsResponse:
-            return to_message(await self._blocking(ModelService(self.ctx, t).list), models_pb.ListModelsResponse)
+        def run(t: Tenant) -> models_pb.ListModelsResponse:
+            return to_message(ModelService(self.ctx, t).list(), models_pb.ListModelsResponse)
 
-        return await self.calls.unary("ModelService/ListModels", context, run)
+        return await self.calls.blocking("ModelService/ListModels", context, run)
 
     async def GetModel(self, request: models_pb.GetModelRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> models_pb.Model:
-            return to_message(await self._blocking(ModelService(self.ctx, t).retrieve, request.model), models_pb.Model)
+        def run(t: Tenant) -> models_pb.Model:
+            return to_message(ModelService(self.ctx, t).retrieve(request.model), models_pb.Model)
 
-        return await self.calls.unary("ModelService/GetModel", context, run)
+        return await self.calls.blocking("ModelService/GetModel", context, run)
 
     async def DeleteModel(self, request: models_pb.DeleteModelRequest, context: Context) -> Any:
         async def run(t: Tenant) -> models_pb.DeleteModelResponse:
@@ -90,45 +87,45 @@ class FileServicer(_Servicer, files_grpc.FileServiceServicer):
         return await self.calls.unary("FileService/UploadFile", context, run)
 
     async def GetFile(self, request: files_pb.GetFileRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> files_pb.File:
-            return to_message(await self._blocking(FileService(self.ctx, t).retrieve, request.file_id), files_pb.File)
+        def run(t: Tenant) -> files_pb.File:
+            return to_message(FileService(self.ctx, t).retrieve(request.file_id), files_pb.File)
 
-        return await self.calls.unary("FileService/GetFile", context, run)
+        return await self.calls.blocking("FileService/GetFile", context, run)
 
     async def ListFiles(self, request: files_pb.ListFilesRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> files_pb.ListFilesResponse:
+        def run(t: Tenant) -> files_pb.ListFilesResponse:
             req = ListFilesRequest.model_validate(_query(request))
-            return to_message(await self._blocking(FileService(self.ctx, t).list, req), files_pb.ListFilesResponse)
+            return to_message(FileService(self.ctx, t).list(req), files_pb.ListFilesResponse)
 
-        return await self.calls.unary("FileService/ListFiles", context, run)
+        return await self.calls.blocking("FileService/ListFiles", context, run)
 
     async def DeleteFile(self, request: files_pb.DeleteFileRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> files_pb.DeleteFileResponse:
-            answer = await asyncio.to_thread(FileService(self.ctx, t).delete, request.file_id)
-            return to_message(answer, files_pb.DeleteFileResponse)
+        def run(t: Tenant) -> files_pb.DeleteFileResponse:
+            return to_message(FileService(self.ctx, t).delete(request.file_id), files_pb.DeleteFileResponse)
 
-        return await self.calls.unary("FileService/DeleteFile", context, run)
+        return await self.calls.blocking("FileService/DeleteFile", context, run, read=False)
 
     async def DownloadFile(self, request: files_pb.DownloadFileRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> AsyncIterator[files_pb.FileChunk]:
-            content = await self._blocking(FileService(self.ctx, t).content, request.file_id)
+        def first(t: Tenant) -> FileContent:
+            return FileService(self.ctx, t).content(request.file_id)
+
+        async def rest(t: Tenant, content: FileContent) -> AsyncIterator[files_pb.FileChunk]:
             chunks = iter(content.chunks)
             while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
                 for i in range(0, len(chunk), DOWNLOAD_CHUNK):
                     yield files_pb.FileChunk(data=chunk[i : i + DOWNLOAD_CHUNK])
 
-        async for chunk in self.calls.stream("FileService/DownloadFile", context, run):
+        async for chunk in self.calls.stream("FileService/DownloadFile", context, first, rest):
             yield chunk
 
     async def GetValidationReport(self, request: files_pb.GetValidationReportRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> files_pb.FileValidationReport:
+        def run(t: Tenant) -> files_pb.FileValidationReport:
             model = request.model if request.HasField("model") else None
-            answer = await self._blocking(FileService(self.ctx, t).validation, request.file_id, model)
-            report = answer.model_dump(mode="json")
+            report = FileService(self.ctx, t).validation(request.file_id, model).model_dump(mode="json")
             head = {k: report.pop(k) for k in ("object", "file_id", "status")}
             return to_message({**head, "report": report}, files_pb.FileValidationReport)
 
-        return await self.calls.unary("FileService/GetValidationReport", context, run)
+        return await self.calls.blocking("FileService/GetValidationReport", context, run)
 
 
 class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
@@ -137,47 +134,43 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
         self.watch_poll_seconds = watch_poll_seconds
 
     async def CreateJob(self, request: ft_pb.CreateJobRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> ft_pb.FineTuningJob:
-            job = await asyncio.to_thread(
-                JobService(self.ctx, t).create, CreateJob.model_validate(message_dict(request))
-            )
+        def run(t: Tenant) -> ft_pb.FineTuningJob:
+            job = JobService(self.ctx, t).create(CreateJob.model_validate(message_dict(request)))
             return to_message(job, ft_pb.FineTuningJob)
 
-        return await self.calls.unary("FineTuningService/CreateJob", context, run)
+        return await self.calls.blocking("FineTuningService/CreateJob", context, run, read=False)
 
     async def DryRun(self, request: ft_pb.CreateJobRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> ft_pb.FineTuningJobEstimate:
+        def run(t: Tenant) -> ft_pb.FineTuningJobEstimate:
             req = CreateJob.model_validate(message_dict(request))
-            answer = (await asyncio.to_thread(JobService(self.ctx, t).dry_run, req)).model_dump(mode="json")
+            answer = JobService(self.ctx, t).dry_run(req).model_dump(mode="json")
             head = {
                 k: answer.pop(k) for k in ("object", "model", "training_file", "hyperparameters", "estimated_finish")
             }
             return to_message({**head, "estimate": answer}, ft_pb.FineTuningJobEstimate)
 
-        return await self.calls.unary("FineTuningService/DryRun", context, run)
+        return await self.calls.blocking("FineTuningService/DryRun", context, run, read=False)
 
     async def GetJob(self, request: ft_pb.GetJobRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> ft_pb.FineTuningJob:
-            return to_message(
-                await self._blocking(JobService(self.ctx, t).retrieve, request.job_id), ft_pb.FineTuningJob
-            )
+        def run(t: Tenant) -> ft_pb.FineTuningJob:
+            return to_message(JobService(self.ctx, t).retrieve(request.job_id), ft_pb.FineTuningJob)
 
-        return await self.calls.unary("FineTuningService/GetJob", context, run)
+        return await self.calls.blocking("FineTuningService/GetJob", context, run)
 
     async def ListJobs(self, request: ft_pb.ListJobsRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> ft_pb.ListJobsResponse:
+        def run(t: Tenant) -> ft_pb.ListJobsResponse:
             req = ListJobsRequest.model_validate(_query(request))
-            return to_message(await self._blocking(JobService(self.ctx, t).list, req), ft_pb.ListJobsResponse)
+            return to_message(JobService(self.ctx, t).list(req), ft_pb.ListJobsResponse)
 
-        return await self.calls.unary("FineTuningService/ListJobs", context, run)
+        return await self.calls.blocking("FineTuningService/ListJobs", context, run)
 
     async def _transition(self, rpc: str, request: ft_pb.JobRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> ft_pb.FineTuningJob:
+        def run(t: Tenant) -> ft_pb.FineTuningJob:
             svc = JobService(self.ctx, t)
             change = {"CancelJob": svc.cancel, "PauseJob": svc.pause, "ResumeJob": svc.resume}[rpc]
-            return to_message(await asyncio.to_thread(change, request.job_id), ft_pb.FineTuningJob)
+            return to_message(change(request.job_id), ft_pb.FineTuningJob)
 
-        return await self.calls.unary(f"FineTuningService/{rpc}", context, run)
+        return await self.calls.blocking(f"FineTuningService/{rpc}", context, run, read=False)
 
     async def CancelJob(self, request: ft_pb.JobRequest, context: Context) -> Any:
         return await self._transition("CancelJob", request, context)
@@ -189,37 +182,43 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
         return await self._transition("ResumeJob", request, context)
 
     async def ListEvents(self, request: ft_pb.ListEventsRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> ft_pb.ListEventsResponse:
+        def run(t: Tenant) -> ft_pb.ListEventsResponse:
             req = ListJobEventsRequest.model_validate(_query(request, "job_id"))
-            answer = await self._blocking(JobService(self.ctx, t).events, request.job_id, req)
-            return to_message(answer, ft_pb.ListEventsResponse)
+            return to_message(JobService(self.ctx, t).events(request.job_id, req), ft_pb.ListEventsResponse)
 
-        return await self.calls.unary("FineTuningService/ListEvents", context, run)
+        return await self.calls.blocking("FineTuningService/ListEvents", context, run)
 
     async def WatchEvents(self, request: ft_pb.WatchEventsRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> AsyncIterator[ft_pb.FineTuningJobEvent]:
-            svc = JobService(self.ctx, t)
-            cursor = request.after if request.HasField("after") else None
+        Page = tuple[list[ft_pb.FineTuningJobEvent], bool]
+
+        def page(t: Tenant, cursor: str | None) -> Page:
+            events, ended = JobService(self.ctx, t).events_after(request.job_id, cursor)
+            return [to_message(e, ft_pb.FineTuningJobEvent) for e in events], ended
+
+        def first(t: Tenant) -> Page:
+            return page(t, request.after if request.HasField("after") else None)
+
+        async def rest(t: Tenant, start: Page) -> AsyncIterator[ft_pb.FineTuningJobEvent]:
+            (events, ended), cursor = start, request.after if request.HasField("after") else None
             while True:
-                events, ended = await self._blocking(svc.events_after, request.job_id, cursor)
                 for event in events:
-                    yield to_message(event, ft_pb.FineTuningJobEvent)
+                    yield event
                     cursor = event.id
                 if ended:
                     return
                 if not events:  # a client that leaves cancels this wait: nothing is left behind
                     await asyncio.sleep(self.watch_poll_seconds)
+                events, ended = await run_read(self.ctx, page, t, cursor)
 
-        async for event in self.calls.stream("FineTuningService/WatchEvents", context, run):
+        async for event in self.calls.stream("FineTuningService/WatchEvents", context, first, rest):
             yield event
 
     async def ListCheckpoints(self, request: ft_pb.ListCheckpointsRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> ft_pb.ListCheckpointsResponse:
+        def run(t: Tenant) -> ft_pb.ListCheckpointsResponse:
             req = ListJobCheckpointsRequest.model_validate(_query(request, "job_id"))
-            answer = await self._blocking(JobService(self.ctx, t).checkpoints, request.job_id, req)
-            return to_message(answer, ft_pb.ListCheckpointsResponse)
+            return to_message(JobService(self.ctx, t).checkpoints(request.job_id, req), ft_pb.ListCheckpointsResponse)
 
-        return await self.calls.unary("FineTuningService/ListCheckpoints", context, run)
+        return await self.calls.blocking("FineTuningService/ListCheckpoints", context, run)
 
 
 def _sse_payloads(events: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
@@ -259,11 +258,14 @@ class ChatServicer(_Servicer, chat_grpc.ChatServiceServicer):
         return await self.calls.unary("ChatService/CreateChatCompletion", context, run)
 
     async def StreamChatCompletion(self, request: chat_pb.CreateChatCompletionRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> AsyncIterator[chat_pb.ChatCompletionChunk]:
-            answer = await ChatService(self.ctx, t).chat_completion(self._request(request, True))
+        def first(t: Tenant) -> ChatCompletionRequest:
+            return self._request(request, True)
+
+        async def rest(t: Tenant, req: ChatCompletionRequest) -> AsyncIterator[chat_pb.ChatCompletionChunk]:
+            answer = await ChatService(self.ctx, t).chat_completion(req)
             assert not isinstance(answer, ChatCompletion)
             async for payload in _sse_payloads(answer):
                 yield to_message(payload, chat_pb.ChatCompletionChunk, engine=True)
 
-        async for chunk in self.calls.stream("ChatService/StreamChatCompletion", context, run):
+        async for chunk in self.calls.stream("ChatService/StreamChatCompletion", context, first, rest):
             yield chunk
