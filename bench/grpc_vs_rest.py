@@ -66,65 +66,71 @@ async def measure(call: Call, concurrency: int, warmup: float, seconds: float) -
 
 
 async def run(args: argparse.Namespace, base: str, grpc_address: str, job_ids: list[str]) -> None:
+    print(
+        f"{'call':<13} {'clients':>7} {'REST r/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'gRPC r/s':>9} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'gRPC/REST':>9}  errors"
+    )
+    for concurrency in args.concurrency:
+        await run_cells(args, base, grpc_address, job_ids, concurrency)
+
+
+async def run_cells(
+    args: argparse.Namespace, base: str, grpc_address: str, job_ids: list[str], concurrency: int
+) -> None:
     import aiohttp
     import grpc
 
     from tunery.v1 import fine_tuning_pb2 as ft
     from tunery.v1 import fine_tuning_pb2_grpc
 
-    print(
-        f"{'call':<12} {'clients':>7} {'REST r/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'gRPC r/s':>9} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'gRPC/REST':>9}  errors"
-    )
-    for concurrency in args.concurrency:
-        connector = aiohttp.TCPConnector(limit=concurrency)
-        async with (
-            aiohttp.ClientSession(connector=connector) as session,
-            grpc.aio.insecure_channel(grpc_address) as channel,
-        ):
-            jobs = fine_tuning_pb2_grpc.FineTuningServiceStub(channel)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        grpc.aio.insecure_channel(grpc_address) as channel,
+    ):
+        jobs = fine_tuning_pb2_grpc.FineTuningServiceStub(channel)
 
-            async def rest(path: str) -> Any:
-                async with session.get(base + path) as resp:
-                    if resp.status != 200:
-                        raise RuntimeError(resp.status)
-                    return await resp.read()
+        async def rest(path: str) -> Any:
+            async with session.get(base + path) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(resp.status)
+                return await resp.read()
 
-            def after(r: random.Random) -> str | None:
-                return r.choice(job_ids) if r.random() < 0.5 else None
+        def after(r: random.Random) -> str | None:
+            return r.choice(job_ids) if r.random() < 0.5 else None
 
-            async def watch(job_id: str) -> list[Any]:
-                return [e async for e in jobs.WatchEvents(ft.WatchEventsRequest(job_id=job_id), timeout=60)]
+        async def watch(job_id: str) -> list[Any]:
+            return [e async for e in jobs.WatchEvents(ft.WatchEventsRequest(job_id=job_id), timeout=60)]
 
-            calls: dict[str, tuple[Call, Call]] = {
-                "get job": (
-                    lambda r: rest(f"/v1/fine_tuning/jobs/{r.choice(job_ids)}"),
-                    lambda r: jobs.GetJob(ft.GetJobRequest(job_id=r.choice(job_ids)), timeout=60),
-                ),
-                "list jobs": (
-                    lambda r: rest("/v1/fine_tuning/jobs" + (f"?after={a}" if (a := after(r)) else "")),
-                    lambda r: jobs.ListJobs(ft.ListJobsRequest(after=after(r)), timeout=60),
-                ),
-                "list events": (
-                    lambda r: rest(f"/v1/fine_tuning/jobs/{r.choice(job_ids)}/events"),
-                    lambda r: jobs.ListEvents(ft.ListEventsRequest(job_id=r.choice(job_ids)), timeout=60),
-                ),
-                "watch events": (
-                    lambda r: rest(f"/v1/fine_tuning/jobs/{r.choice(job_ids)}/events?limit=100"),
-                    lambda r: watch(r.choice(job_ids)),
-                ),
-            }
-            for name, (rest_call, grpc_call) in calls.items():
-                figures = []
-                for call in (rest_call, grpc_call):
-                    figures.append(await measure(call, concurrency, args.warmup, args.seconds))
-                (r_rps, r_lat, r_err), (g_rps, g_lat, g_err) = figures
-                print(
-                    f"{name:<12} {concurrency:>7} {r_rps:>9.1f} {pct(r_lat, 0.5) * 1e3:>7.1f} "
-                    f"{pct(r_lat, 0.99) * 1e3:>7.1f} {g_rps:>9.1f} {pct(g_lat, 0.5) * 1e3:>7.1f} "
-                    f"{pct(g_lat, 0.99) * 1e3:>7.1f} {g_rps / r_rps if r_rps else float('nan'):>9.2f}  {r_err}/{g_err}",
-                    flush=True,
-                )
+        calls: dict[str, tuple[Call, Call]] = {
+            "get job": (
+                lambda r: rest(f"/v1/fine_tuning/jobs/{r.choice(job_ids)}"),
+                lambda r: jobs.GetJob(ft.GetJobRequest(job_id=r.choice(job_ids)), timeout=60),
+            ),
+            "list jobs": (
+                lambda r: rest("/v1/fine_tuning/jobs" + (f"?after={a}" if (a := after(r)) else "")),
+                lambda r: jobs.ListJobs(ft.ListJobsRequest(after=after(r)), timeout=60),
+            ),
+            "list events": (
+                lambda r: rest(f"/v1/fine_tuning/jobs/{r.choice(job_ids)}/events"),
+                lambda r: jobs.ListEvents(ft.ListEventsRequest(job_id=r.choice(job_ids)), timeout=60),
+            ),
+            "watch events": (
+                lambda r: rest(f"/v1/fine_tuning/jobs/{r.choice(job_ids)}/events?limit=100"),
+                lambda r: watch(r.choice(job_ids)),
+            ),
+        }
+        for name, (rest_call, grpc_call) in calls.items():
+            figures = []
+            for call in (rest_call, grpc_call):
+                figures.append(await measure(call, concurrency, args.warmup, args.seconds))
+            (r_rps, r_lat, r_err), (g_rps, g_lat, g_err) = figures
+            print(
+                f"{name:<13} {concurrency:>7} {r_rps:>9.1f} {pct(r_lat, 0.5) * 1e3:>7.1f} "
+                f"{pct(r_lat, 0.99) * 1e3:>7.1f} {g_rps:>9.1f} {pct(g_lat, 0.5) * 1e3:>7.1f} "
+                f"{pct(g_lat, 0.99) * 1e3:>7.1f} {g_rps / r_rps if r_rps else float('nan'):>9.2f}  {r_err}/{g_err}",
+                flush=True,
+            )
 
 
 def main() -> None:
