@@ -40,7 +40,8 @@ class Project(OpenAIResponse):
     tunery: ProjectTunery
 
 
-Limit = Annotated[int, Field(ge=0, le=2**62)]
+Limit = Annotated[int, Field(ge=0, le=2**31 - 1)]  # an INTEGER column
+ByteLimit = Annotated[int, Field(ge=0, le=2**62)]  # a BIGINT column
 
 
 class ProjectLimitsUpdate(TuneryExtension):
@@ -49,7 +50,7 @@ class ProjectLimitsUpdate(TuneryExtension):
 
     max_concurrent_jobs: Limit | None = None
     gpu_quota: Limit | None = None
-    max_stored_bytes: Limit | None = None
+    max_stored_bytes: ByteLimit | None = None
     requests_per_minute: Limit | None = None
 
 

@@ -124,7 +124,12 @@ def test_a_projects_limits_through_the_administration_api(tiny_server_factory) -
     )
     assert r.status_code == 200 and r.json()["name"] == "C"
     assert r.json()["tunery"]["limits"] == {**default, "max_concurrent_jobs": 0}
-    for bad, param in (({"gpu_quota": -1}, "tunery.limits.gpu_quota"), ({"rpm": 3}, "tunery.limits.rpm")):
+    for bad, param in (
+        ({"gpu_quota": -1}, "tunery.limits.gpu_quota"),
+        ({"max_concurrent_jobs": 2**31}, "tunery.limits.max_concurrent_jobs"),
+        ({"max_stored_bytes": 2**63}, "tunery.limits.max_stored_bytes"),
+        ({"rpm": 3}, "tunery.limits.rpm"),
+    ):
         r = srv.http.post(
             f"/v1/organization/projects/{made.id}", json={"tunery": {"limits": bad}}, headers=auth(BOOTSTRAP)
         )
