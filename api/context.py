@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from anyio import CapacityLimiter, to_thread
 from fastapi import Request
 
+from api.ratelimit import RateLimiter
 from tunery.db import Database
 from tunery.metrics import Metrics
 from tunery.settings import Settings
@@ -34,11 +35,14 @@ class AppContext:
     keys: KeyRegistry | None = None
     # The read routes' threads (run_read): TUNERY_API_READ_THREADS at once.
     read_limiter: CapacityLimiter = field(init=False)
+    # The projects' request rate limits (api/ratelimit.py), counted by the request guard.
+    rate_limiter: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         if self.keys is None:
             self.keys = KeyRegistry(self.db)
         self.read_limiter = CapacityLimiter(self.settings.api_read_threads)
+        self.rate_limiter = RateLimiter(self.settings, self.db)
 
 
 async def run_read(ctx: AppContext, fn: Callable[..., T], *args: Any) -> T:

@@ -10,6 +10,9 @@
   nothing read; a body without one (chunked) is counted as it arrives, and the moment it passes the limit reading
   stops and the answer is the 413, whatever the route was doing with the body.
 
+* **The rate.** An admitted request takes a token of its project's bucket (api/ratelimit.py); without one it is
+  OpenAI's 429 at once. Every answer of a rate-limited project carries its ``x-ratelimit-*`` headers.
+
 The 413 is OpenAI's error object, with the route's own code: ``request_too_large`` by default, ``file_too_large``
 or ``part_too_large`` on the upload routes. A route may narrow its limit once it knows more (``narrow_body``: the
 part route, once it has looked the upload up).
@@ -31,13 +34,15 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import PRINCIPAL_SCOPE_KEY, admit
+from api.auth import ADMIN_PREFIX, PRINCIPAL_SCOPE_KEY, Principal, admit
 from api.errors import APIError, ServiceError, TooLarge, api_error, error_response
+from api.ratelimit import RateLimiter, Verdict
 from api.routing import RouteTable
 from tunery.settings import Settings
 from tunery.tenancy import KeyRegistry
 
 F = TypeVar("F", bound=Callable[..., Any])
+Admitted = tuple[Principal, Verdict | None]
 
 # The multipart form around an uploaded file: boundaries, part headers, the other (small) fields.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -119,11 +124,31 @@ def narrow_body(request: Request, limit: int, too_large: Callable[[], ServiceErr
 class RequestGuard:
     """Authenticate ``/v1`` routes and cap request bodies before any route reads them (see the module)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, routes: RouteTable, keys: KeyRegistry | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        routes: RouteTable,
+        keys: KeyRegistry | None = None,
+        limiter: RateLimiter | None = None,
+    ):
         self.app = app
         self.settings = settings
         self.routes = routes
         self.keys = keys
+        self.limiter = limiter
+
+    def admit(self, authorization: str | None, method: str, template: str, params: dict[str, Any]) -> Admitted:
+        """Who the request is (api/auth.py's ``admit``) and its turn in its project's rate limit; blocking (a stored
+        key, a project's limit: the metadata store)."""
+        principal = admit(self.settings, self.keys, authorization, method, template, params)
+        if self.limiter is None or template.startswith(ADMIN_PREFIX):
+            return principal, None
+        project = principal.tenant(self.settings).project_id
+        verdict = self.limiter.take(project)
+        if verdict is not None and verdict.retry_after is not None:
+            raise verdict.refusal(project)
+        return principal, verdict
 
     def body_limit(self, route: RouteContext | None) -> BodyLimit:
         upload = getattr(route.endpoint, _UPLOAD_BODY, None) if route is not None else None
@@ -141,27 +166,30 @@ class RequestGuard:
         route = self.routes.match(scope)
         body = _Body(scope, receive, self.body_limit(route))
         started = False
+        rate: list[tuple[bytes, bytes]] = []
 
         async def answer(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
                 message = body.answer_start(message)
+                if rate:
+                    message["headers"] = [*message.get("headers", []), *rate]
             await send(message)
 
         try:
             if route is not None and str(route.path).startswith("/v1/"):
                 _, child = route.matches(scope)
-                # In a thread: a stored key is looked up in the metadata store.
-                scope[PRINCIPAL_SCOPE_KEY] = await to_thread.run_sync(
-                    admit,
-                    self.settings,
-                    self.keys,
+                # In a thread: a stored key, and a project's rate limit, are looked up in the metadata store.
+                scope[PRINCIPAL_SCOPE_KEY], verdict = await to_thread.run_sync(
+                    self.admit,
                     Headers(scope=scope).get("authorization"),
                     scope["method"],
                     str(route.path),
                     child.get("path_params", {}),
                 )
+                if verdict is not None:
+                    rate = [(k.encode(), v.encode()) for k, v in verdict.headers().items()]
             body.narrow(body.limit)
         except (APIError, ServiceError) as e:
             await error_response(e if isinstance(e, APIError) else api_error(e))(scope, receive, answer)

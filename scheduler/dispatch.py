@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from scheduler.backends import LaunchRefused
@@ -15,8 +15,8 @@ from scheduler.preprocess import job_files
 from scheduler.quota import quota_decision
 from scheduler.runs import TrainerLogs, fail, fail_in
 from scheduler.specs import build_spec
-from tunery import ids, jobstate
-from tunery.db import FineTunedModel, Job
+from tunery import ids, jobstate, quotas
+from tunery.db import FineTunedModel, Job, Project
 from tunery.db.ops import add_event, now
 from tunery.jobspec import JobSpec
 from tunery.jobstate import ErrorCode, JobError, JobStatus
@@ -29,7 +29,8 @@ LAUNCHES_PER_PASS = 32  # jobs a backend that queues its own runs (Kubernetes) i
 
 
 class Dispatcher(SchedulerPart):
-    """Launches queued jobs: claims them (oldest first) up to the free run slots and starts their trainer runs."""
+    """Launches queued jobs: claims them (in the fair queue's order) up to the free run slots and starts their
+    trainer runs."""
 
     def __init__(self, ctx: SchedulerContext, claims: Claims, logs: TrainerLogs, reporting_address: str):
         super().__init__(ctx)
@@ -39,13 +40,13 @@ class Dispatcher(SchedulerPart):
         self._quota_noted: set[str] = set()  # jobs whose wait for quota was already said in an event
 
     def launch_queued(self) -> None:
-        """Claim queued jobs (oldest first) up to this replica's free run slots and start their runs, within each
-        project's limits: TUNERY_PROJECT_MAX_CONCURRENT_JOBS and TUNERY_PROJECT_GPU_QUOTA are checked before a run
-        is created. Claims skip rows another replica holds locked, so no job is launched twice."""
+        """Claim queued jobs, in the fair queue's order (tunery/quotas.py: round-robin across projects, by priority
+        then age within one), up to this replica's free run slots and start their runs, within each project's limits
+        (running jobs and GPUs: its own, or TUNERY_PROJECT_MAX_CONCURRENT_JOBS and TUNERY_PROJECT_GPU_QUOTA),
+        checked before a run is created. Claims skip rows another replica holds locked, so no job is launched twice;
+        on PostgreSQL the replicas' claims run one at a time (a transaction-scoped advisory lock), each counting the
+        running jobs the others committed, so no project runs past its limit either."""
         with self.db.session() as s:
-            running_by_project: dict[str, int] = {}
-            for (project,) in s.execute(select(Job.project_id).where(Job.status == JobStatus.running)):
-                running_by_project[project] = running_by_project.get(project, 0) + 1
             mine = s.scalar(
                 select(func.count())
                 .select_from(Job)
@@ -59,17 +60,16 @@ class Dispatcher(SchedulerPart):
 
         def claim(s: Session) -> list[tuple[str, str, JobSpec, dict[str, Any] | None]]:
             waits.clear()
-            counts = dict(running_by_project)
+            if s.get_bind().dialect.name == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(hashtext('tunery-dispatch'))"))
+            counts = quotas.running_by_project(s)
             # Locked rows are being claimed by another replica: skip them rather than wait and launch them twice.
-            # A job resumed while its paused run still saves its state waits until that run is reaped.
-            q = (
-                select(Job)
-                .where(Job.status == JobStatus.queued, Job.run_handle.is_(None))
-                .order_by(Job.pk)
-                .with_for_update(skip_locked=True)
-            )
+            queued = list(s.scalars(quotas.queued_jobs().order_by(Job.pk).with_for_update(skip_locked=True)))
+            projects = {job.project_id for job in queued}
+            rows = s.scalars(select(Project).where(Project.id.in_(projects))) if projects else ()
+            limits = {p.id: quotas.ProjectLimits.of(p, self.settings) for p in rows}
             claimed: list[tuple[str, str, JobSpec, dict[str, Any] | None]] = []
-            for job in s.scalars(q):
+            for job in quotas.fair_order(queued, counts):
                 if len(claimed) >= free:
                     break
                 # Snapshotted when the job was queued; a job queued before runtimes were stored takes today's.
@@ -77,7 +77,10 @@ class Dispatcher(SchedulerPart):
                 gpus = self.backend.gpus_per_run(runtime)
                 running = counts.get(job.project_id, 0)
                 decision = quota_decision(
-                    self.settings, running_jobs=running, gpus_in_use=running * gpus, gpus_needed=gpus
+                    limits.get(job.project_id) or quotas.ProjectLimits.defaults(self.settings),
+                    running_jobs=running,
+                    gpus_in_use=running * gpus,
+                    gpus_needed=gpus,
                 )
                 if decision.verdict == "refuse":
                     fail_in(s, job, JobError(ErrorCode.quota_exceeded, decision.message))

@@ -1,10 +1,11 @@
-"""Per-project limits checked before a run is launched: concurrent jobs and GPUs (0: unlimited)."""
+"""Per-project limits checked before a run is launched: concurrent jobs and GPUs (0: unlimited; a project's own
+limits or the TUNERY_PROJECT_* defaults, tunery/quotas.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunery.settings import Settings
+from tunery.quotas import ProjectLimits
 
 
 @dataclass(frozen=True)
@@ -13,15 +14,15 @@ class QuotaDecision:
     message: str = ""
 
 
-def quota_decision(settings: Settings, *, running_jobs: int, gpus_in_use: int, gpus_needed: int) -> QuotaDecision:
+def quota_decision(limits: ProjectLimits, *, running_jobs: int, gpus_in_use: int, gpus_needed: int) -> QuotaDecision:
     """Whether a project may start one more run now: per-project concurrency and GPU quota (0: unlimited)."""
-    quota = settings.project_gpu_quota
+    quota = limits.gpu_quota
     if quota and gpus_needed > quota:
         return QuotaDecision(
             "refuse",
             f"The job needs {gpus_needed} GPUs, more than the project's GPU quota of {quota}.",
         )
-    limit = settings.project_max_concurrent_jobs
+    limit = limits.max_concurrent_jobs
     if limit and running_jobs >= limit:
         return QuotaDecision(
             "wait", f"Waiting for a free slot: the project runs {running_jobs} of at most {limit} jobs at once."

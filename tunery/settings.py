@@ -155,9 +155,14 @@ class Settings(BaseSettings):
     scheduler_leader_lease_seconds: float = 15.0
     # Trainer pods reach the gRPC reporting service here (host:port); empty: grpc_host:grpc_port.
     grpc_advertise_address: str = ""
-    # Per-project limits, checked before a run is launched (0: unlimited).
-    project_max_concurrent_jobs: int = 0
-    project_gpu_quota: int = 0
+    # Per-project limits (0: unlimited), the defaults of every project; the administration API overrides them for one
+    # project (tunery/quotas.py, docs/tenancy.md "Quotas"). Running jobs and GPUs are checked before a run is launched.
+    project_max_concurrent_jobs: int = Field(default=0, ge=0)
+    project_gpu_quota: int = Field(default=0, ge=0)
+    # Bytes of a project's files and open uploads: a file or upload past it is refused before its bytes are stored.
+    project_max_stored_bytes: int = Field(default=0, ge=0)
+    # Requests per minute a project's keys may send to /v1 (a token bucket per API process; 429 past it).
+    project_requests_per_minute: int = Field(default=0, ge=0)
     k8s_namespace: str = "tunery-training"
     k8s_kubeconfig: str = ""  # empty: in-cluster config
     k8s_trainer_image: str = ""  # required with the kubernetes backend

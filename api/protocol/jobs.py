@@ -63,6 +63,17 @@ class MethodOptions(TuneryExtension):
     trainer: PreferenceTrainer = "dpo"
 
 
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+
+
+class SchedulingOptions(TuneryExtension):
+    """``tunery.scheduling``: the job's rank among its own project's queued jobs (docs/tenancy.md, "Quotas and fair
+    scheduling"). Higher launches first; it never moves a job ahead of another project's (the queue is fair between
+    projects)."""
+
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY)
+
+
 class TuneryExtensions(TuneryExtension):
     """Tunery's documented extensions, under the one namespaced field ``tunery`` (docs/data-options.md,
     docs/hyperparameters.md)."""
@@ -70,6 +81,7 @@ class TuneryExtensions(TuneryExtension):
     data: DataQualityOptions = Field(default_factory=DataQualityOptions)
     training: TrainingOptions = Field(default_factory=TrainingOptions)
     method: MethodOptions | None = None
+    scheduling: SchedulingOptions | None = None
 
 
 class CreateJob(OpenAIRequest):
@@ -161,13 +173,25 @@ class JobIntegration(OpenAIResponse):
     wandb: WandbIntegration
 
 
+class JobScheduling(OpenAIResponse):
+    """A job's ``tunery.scheduling``: its priority within its project, and its place in the fair queue."""
+
+    priority: int
+    queue_position: int | None = Field(
+        description="While the job is queued: its place in the order the scheduler considers queued jobs in, across "
+        "every project (1: the next one); null otherwise."
+    )
+
+
 class JobTunery(OpenAIResponse):
     """A job's ``tunery`` object: its extensions with defaults filled in; ``training`` as requested, then as
-    resolved once the job's files are validated (docs/hyperparameters.md); ``method`` on a preference job."""
+    resolved once the job's files are validated (docs/hyperparameters.md); ``method`` on a preference job;
+    ``scheduling``, its priority and queue position."""
 
     data: DataQualityOptions
     training: TrainingOptions | None = omitted("Absent on jobs created before tunery.training existed.")
     method: MethodOptions | None = omitted("The preference trainer of a dpo job.")
+    scheduling: JobScheduling
 
 
 class FineTuningJob(OpenAIResponse):

@@ -7,15 +7,29 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from api.protocol.base import CursorPage, OpenAIRequest, OpenAIResponse, omitted
+from api.protocol.base import CursorPage, OpenAIRequest, OpenAIResponse, TuneryExtension, omitted
 
 ProjectName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 # Seconds until a key expires: at most ten years.
 ExpiresIn = Annotated[int, Field(ge=1, le=10 * 366 * 86400)]
 
 
+class ProjectLimits(OpenAIResponse):
+    """A project's limits in force (docs/tenancy.md, "Quotas and fair scheduling"): its own where set, else the
+    ``TUNERY_PROJECT_*`` defaults; 0 is unlimited."""
+
+    max_concurrent_jobs: int
+    gpu_quota: int
+    max_stored_bytes: int
+    requests_per_minute: int
+
+
+class ProjectTunery(OpenAIResponse):
+    limits: ProjectLimits
+
+
 class Project(OpenAIResponse):
-    """OpenAI's ``Project``."""
+    """OpenAI's ``Project``, and Tunery's ``tunery.limits``."""
 
     id: str
     object: Literal["organization.project"] = "organization.project"
@@ -23,6 +37,25 @@ class Project(OpenAIResponse):
     created_at: int
     archived_at: int | None = None
     status: Literal["active", "archived"]
+    tunery: ProjectTunery
+
+
+Limit = Annotated[int, Field(ge=0, le=2**31 - 1)]  # an INTEGER column
+ByteLimit = Annotated[int, Field(ge=0, le=2**62)]  # a BIGINT column
+
+
+class ProjectLimitsUpdate(TuneryExtension):
+    """``tunery.limits`` of a project's create or modify: a number sets the project's own limit (0: unlimited),
+    null gives it the ``TUNERY_PROJECT_*`` default again, a field left out is kept."""
+
+    max_concurrent_jobs: Limit | None = None
+    gpu_quota: Limit | None = None
+    max_stored_bytes: ByteLimit | None = None
+    requests_per_minute: Limit | None = None
+
+
+class ProjectTuneryUpdate(TuneryExtension):
+    limits: ProjectLimitsUpdate | None = None
 
 
 class ProjectList(CursorPage[Project]):
@@ -31,10 +64,14 @@ class ProjectList(CursorPage[Project]):
 
 class ProjectCreate(OpenAIRequest):
     name: ProjectName
+    tunery: ProjectTuneryUpdate | None = None  # not in the OpenAI spec
 
 
 class ProjectUpdate(OpenAIRequest):
-    name: ProjectName
+    """A new name (required by OpenAI, optional here), and Tunery's ``tunery.limits``."""
+
+    name: ProjectName | None = None
+    tunery: ProjectTuneryUpdate | None = None  # not in the OpenAI spec
 
 
 class ServiceAccount(OpenAIResponse):

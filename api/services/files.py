@@ -29,7 +29,7 @@ from api.protocol.files import (
     ListFilesRequest,
 )
 from tunery import files as lifecycle
-from tunery import ids
+from tunery import ids, quotas
 from tunery.db.models import RESULTS_PURPOSE, File
 from tunery.files import live, report_key
 from tunery.storage import CHUNK, ObjectNotFound, ObjectStore
@@ -132,6 +132,30 @@ def put_limited(
     return store.put_stream(key, chunks())
 
 
+def spooled_size(data: BinaryIO) -> int:
+    """The bytes of an uploaded file the multipart parser has spooled (to memory or disk), read from where it is."""
+    at = data.tell()
+    size = data.seek(0, 2) - at
+    data.seek(at)
+    return size
+
+
+def storage_quota_exceeded(e: quotas.StorageQuotaExceeded, param: str) -> InvalidRequest:
+    """A 400, not a 429: waiting does not make room (only deleting files does), and the SDK retries a 429."""
+    return InvalidRequest(str(e), param=param, code="storage_quota_exceeded")
+
+
+def reserve_storage(ctx: AppContext, t: Tenant, size: int, param: str) -> str | None:
+    """Room for ``size`` bytes in the project's stored-bytes quota (tunery/quotas.py): the reservation to release
+    once the file's row is written, None when the project has no quota; the 400 ``storage_quota_exceeded`` past it."""
+    try:
+        return ctx.db.transaction(
+            lambda s: quotas.reserve_bytes(s, ctx.settings, t.organization_id, t.project_id, size)
+        )
+    except quotas.StorageQuotaExceeded as e:
+        raise storage_quota_exceeded(e, param) from None
+
+
 def base64_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Base64 of a stream of chunks, streamed (each piece a multiple of 3 bytes, so the pieces join into one)."""
     carry = b""
@@ -175,9 +199,16 @@ class FileService:
         created = int(time.time())
         file_id = ids.file_id()
         key = f"files/{file_id}"
-        size, sha = put_limited(self.ctx.store, key, data, limit, lambda: file_too_large(limit))
+        # The project's stored-bytes quota holds the file's room before a byte of it is stored.
+        reservation = reserve_storage(self.ctx, t, spooled_size(data), "file")
+        try:
+            size, sha = put_limited(self.ctx.store, key, data, limit, lambda: file_too_large(limit))
+        except BaseException:
+            self._release(reservation)
+            raise
         if size == 0:
             self.ctx.store.delete(key)
+            self._release(reservation)
             raise InvalidRequest("The file is empty.", param="file")
         row = File(
             id=file_id,
@@ -196,11 +227,18 @@ class FileService:
         try:
             with self.ctx.db.session() as s:
                 s.add(row)
+                quotas.release(s, reservation)
         except Exception:
             self.ctx.store.delete(key)
+            self._release(reservation)
             raise
         self.ctx.wake_scheduler()  # it validates new training files
         return file_object(row)
+
+    def _release(self, reservation: str | None) -> None:
+        if reservation is not None:
+            with self.ctx.db.session() as s:
+                quotas.release(s, reservation)
 
     def list(self, req: ListFilesRequest) -> FileList:
         t = self.tenant

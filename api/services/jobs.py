@@ -33,6 +33,7 @@ from api.protocol.jobs import (
     JobHyperparameters,
     JobIntegration,
     JobMethod,
+    JobScheduling,
     JobTunery,
     ListFineTuningJobCheckpointsResponse,
     ListFineTuningJobEventsResponse,
@@ -48,10 +49,11 @@ from tunery.db import Checkpoint, FineTunedModel, Job, JobEvent
 from tunery.db.ops import add_event, now
 from tunery.jobstate import JobStatus
 from tunery.plan import PlanRequest
+from tunery.quotas import queue_positions
 
 
 # ---- rows -> OpenAI's objects ------------------------------------------------------------------------------------
-def job_object(j: Job) -> FineTuningJob:
+def job_object(j: Job, queue_position: int | None = None) -> FineTuningJob:
     # Tunery's extensions (resolved, defaults filled in), only on jobs created with the field ``tunery``: a plain
     # OpenAI-shaped job has exactly OpenAI's fields. Every job stores ``tunery.training`` (and a dpo job
     # ``tunery.method``); ``tunery.data`` is stored exactly when the request had ``tunery`` (:func:`_extensions`;
@@ -78,8 +80,26 @@ def job_object(j: Job) -> FineTuningJob:
         method=JobMethod.model_validate(j.method),
         metadata=j.job_metadata,
         user_provided_suffix=j.suffix,
-        tunery=JobTunery.model_validate(tunery) if tunery is not None and "data" in tunery else None,
+        tunery=_tunery(j, tunery, queue_position) if tunery is not None and "data" in tunery else None,
     )
+
+
+def _tunery(j: Job, stored: dict[str, Any], queue_position: int | None) -> JobTunery:
+    scheduling = JobScheduling(
+        priority=j.priority or 0, queue_position=queue_position if j.status == JobStatus.queued else None
+    )
+    return JobTunery.model_validate({**stored, "scheduling": scheduling})
+
+
+def _shows_queue(j: Job) -> bool:
+    """Whether the job's object carries its queue position (a queued job that asked for ``tunery``)."""
+    return j.status == JobStatus.queued and "data" in ((j.extensions or {}).get("tunery") or {})
+
+
+def job_objects(s: Session, jobs: list[Job]) -> list[FineTuningJob]:
+    """The jobs' objects, with the queue positions of those that show them (the fair queue is read once)."""
+    positions = queue_positions(s) if any(_shows_queue(j) for j in jobs) else {}
+    return [job_object(j, positions.get(j.id)) for j in jobs]
 
 
 def event_object(e: JobEvent) -> FineTuningJobEvent:
@@ -172,6 +192,7 @@ class JobService:
                 extensions=_extensions(req, request),
                 result_files=[],
                 attempts=0,
+                priority=req.tunery.scheduling.priority if req.tunery and req.tunery.scheduling else 0,
             )
             jobstate.create(job)
             s.add(job)
@@ -196,7 +217,7 @@ class JobService:
             q = select(Job).where(Job.organization_id == t.organization_id, Job.project_id == t.project_id)
             if not wanted:
                 rows, more = page(s, Job, q, after=req.after, limit=req.limit)
-                return ListPaginatedFineTuningJobsResponse.of([job_object(j) for j in rows], more)
+                return ListPaginatedFineTuningJobsResponse.of(job_objects(s, rows), more)
             # Metadata is JSON: filter in Python, page by page, so SQLite and PostgreSQL behave the same.
             matched: list[Job] = []
             cursor, more = req.after, True
@@ -204,12 +225,12 @@ class JobService:
                 rows, more = page(s, Job, q, after=cursor, limit=200)
                 matched += [j for j in rows if all((j.job_metadata or {}).get(k) == v for k, v in wanted.items())]
                 cursor = rows[-1].id if rows else None
-            objects = [job_object(j) for j in matched[: req.limit]]
+            objects = job_objects(s, matched[: req.limit])
             return ListPaginatedFineTuningJobsResponse.of(objects, len(matched) > req.limit)
 
     def retrieve(self, job_id: str) -> FineTuningJob:
         with self.ctx.db.session() as s:
-            return job_object(find_job(s, self.tenant, job_id))
+            return job_objects(s, [find_job(s, self.tenant, job_id)])[0]
 
     def _transition(
         self, job_id: str, transition: Callable[[Job], None], refusal: Callable[[Job], str], code: str, event: str
@@ -225,7 +246,7 @@ class JobService:
             except jobstate.IllegalTransition:
                 raise InvalidRequest(refusal(job), param="fine_tuning_job_id", code=code) from None
             add_event(s, job.id, event)
-            return job_object(job)
+            return job_objects(s, [job])[0]
 
         out = self.ctx.db.transaction(apply)
         self.ctx.wake_scheduler()

@@ -29,7 +29,10 @@ from api.protocol.organization import (
     ProjectApiKeyList,
     ProjectApiKeyOwner,
     ProjectCreate,
+    ProjectLimits,
     ProjectList,
+    ProjectTunery,
+    ProjectTuneryUpdate,
     ProjectUpdate,
     ServiceAccount,
     ServiceAccountApiKey,
@@ -39,19 +42,31 @@ from api.protocol.organization import (
     ServiceAccountList,
     ServiceAccountUpdate,
 )
-from tunery import db, tenancy
+from tunery import db, quotas, tenancy
 from tunery.db.models import ADMIN_ROLE
 from tunery.db.ops import now
+from tunery.settings import Settings
 
 
-def project_object(p: db.Project) -> Project:
+def project_object(p: db.Project, settings: Settings) -> Project:
+    limits = ProjectLimits.model_validate(quotas.ProjectLimits.of(p, settings).__dict__)
     return Project(
         id=p.id,
         name=p.name,
         created_at=p.created_at,
         archived_at=p.archived_at,
         status="archived" if p.archived_at is not None else "active",
+        tunery=ProjectTunery(limits=limits),
     )
+
+
+def set_limits(p: db.Project, update: ProjectTuneryUpdate | None) -> None:
+    """The project's own limits as ``tunery.limits`` sets them: the fields sent, a null one back to the default."""
+    limits = update.limits if update is not None else None
+    if limits is None:
+        return
+    for name in limits.model_fields_set:
+        setattr(p, name, getattr(limits, name))
 
 
 def service_account_object(a: db.ServiceAccount) -> ServiceAccount:
@@ -108,21 +123,26 @@ class OrganizationService:
             if not include_archived:
                 q = q.where(db.Project.archived_at.is_(None))
             rows, more = page(s, db.Project, q, after=after, limit=limit, newest_first=False)
-            return ProjectList.of([project_object(p) for p in rows], more)
+            return ProjectList.of([project_object(p, self.ctx.settings) for p in rows], more)
 
     def create_project(self, req: ProjectCreate) -> Project:
         with self.ctx.db.session() as s:
-            return project_object(tenancy.create_project(s, self.org, req.name))
+            row = tenancy.create_project(s, self.org, req.name)
+            set_limits(row, req.tunery)
+            return project_object(row, self.ctx.settings)
 
     def retrieve_project(self, project_id: str) -> Project:
         with self.ctx.db.session() as s:
-            return project_object(self._project(s, project_id))
+            return project_object(self._project(s, project_id), self.ctx.settings)
 
     def modify_project(self, project_id: str, req: ProjectUpdate) -> Project:
+        """A new name, or new limits (``tunery.limits``: they hold from the next request, upload or launch on)."""
         with self.ctx.db.session() as s:
             row = self._project(s, project_id, active=True)
-            row.name = req.name
-            return project_object(row)
+            if req.name is not None:
+                row.name = req.name
+            set_limits(row, req.tunery)
+            return project_object(row, self.ctx.settings)
 
     def archive_project(self, project_id: str) -> Project:
         """An archived project's keys stop working at once; its objects stay (nothing can reach them)."""
@@ -132,7 +152,7 @@ class OrganizationService:
             row = self._project(s, project_id)
             if row.archived_at is None:
                 row.archived_at = now()
-            return project_object(row)
+            return project_object(row, self.ctx.settings)
 
     # Service accounts --------------------------------------------------------------------------------------------
     def _account(self, s: Session, project_id: str, account_id: str) -> db.ServiceAccount:

@@ -24,8 +24,15 @@ from api.errors import Conflict, InvalidRequest, NotFound, ServiceError, TooLarg
 from api.protocol.files import CompleteUploadRequest, CreateUploadRequest
 from api.protocol.files import Upload as UploadObject
 from api.protocol.files import UploadPart as UploadPartObject
-from api.services.files import check_training_filename, clean_filename, file_object, initial_status, put_limited
-from tunery import ids
+from api.services.files import (
+    check_training_filename,
+    clean_filename,
+    file_object,
+    initial_status,
+    put_limited,
+    storage_quota_exceeded,
+)
+from tunery import ids, quotas
 from tunery import uploads as lifecycle
 from tunery.db import File, Upload, UploadPart
 
@@ -160,8 +167,16 @@ class UploadService:
             file_expires_after=req.expires_after.seconds if req.expires_after else None,
             file_id=None,
         )
-        with self.ctx.db.session() as s:
+
+        def admit(s: Session) -> None:
+            # The declared bytes count against the project's stored-bytes quota from now on (tunery/quotas.py).
+            quotas.admit_bytes(s, self.ctx.settings, t.organization_id, t.project_id, req.bytes)
             s.add(row)
+
+        try:
+            self.ctx.db.transaction(admit)
+        except quotas.StorageQuotaExceeded as e:
+            raise storage_quota_exceeded(e, "bytes") from None
         return upload_object(row)
 
     def _used(self, s: Session, upload_id: str) -> int:

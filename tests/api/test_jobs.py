@@ -417,7 +417,7 @@ def test_tunery_object_only_on_jobs_that_asked_for_it(tiny_server_factory):
     plain = srv.client.fine_tuning.jobs.create(model=TINY, training_file=train)
     asked = srv.client.fine_tuning.jobs.create(model=TINY, training_file=train, extra_body={"tunery": {}})
     assert "tunery" not in (plain.model_extra or {})
-    assert set(asked.model_extra["tunery"]) == {"data", "training"}
+    assert set(asked.model_extra["tunery"]) == {"data", "training", "scheduling"}
     for job_id in (plain.id, asked.id):
         srv.wait_job(job_id, {"queued"}, timeout=30)  # the scheduler resolves (rewrites) the stored options
     raw = srv.http.get(f"/v1/fine_tuning/jobs/{plain.id}").json()

@@ -183,7 +183,7 @@ def test_the_jobs_service_runs_without_http(app: Any, train: str) -> None:
     )
     assert dpo.tunery is not None and dpo.tunery.method is not None and dpo.tunery.method.trainer == "kto"
     assert dpo.method.dpo is not None and dpo.method.dpo.hyperparameters.beta == "auto"
-    assert set(dpo.model_dump(mode="json")["tunery"]) == {"data", "training", "method"}
+    assert set(dpo.model_dump(mode="json")["tunery"]) == {"data", "training", "method", "scheduling"}
 
     # Typed errors, not HTTP ones.
     with pytest.raises(errors.NotFound) as missing:

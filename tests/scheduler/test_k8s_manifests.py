@@ -22,6 +22,7 @@ from scheduler.k8s_manifests import (
 )
 from scheduler.quota import quota_decision
 from tunery.jobspec import RUN_TOKEN_ENV
+from tunery.quotas import ProjectLimits
 from tunery.settings import Settings
 
 SPEC = "s3://tunery/jobs/ftjob-AbC123/spec.json"
@@ -195,7 +196,12 @@ def test_server_version_parsing():
     ],
 )
 def test_quota_decisions(limits, running, needed, verdict):
-    d = quota_decision(Settings(**limits), running_jobs=running, gpus_in_use=running * needed, gpus_needed=needed)
+    d = quota_decision(
+        ProjectLimits.defaults(Settings(**limits)),
+        running_jobs=running,
+        gpus_in_use=running * needed,
+        gpus_needed=needed,
+    )
     assert d.verdict == verdict
     if verdict != "launch":
         assert d.message

@@ -25,6 +25,7 @@ from tunery.db.models import (
     Organization,
     Project,
     ServiceAccount,
+    StorageReservation,
     Upload,
     UploadPart,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "Project",
     "SchemaOutOfDate",
     "ServiceAccount",
+    "StorageReservation",
     "Upload",
     "UploadPart",
 ]

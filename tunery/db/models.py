@@ -99,6 +99,8 @@ class Job(Base, Tenant):
     # The highest step whose metrics were reported, across runs: a run resumed from an earlier checkpoint reports
     # the steps after it again, and those are not repeated in the job's events.
     reported_step: Mapped[int | None] = mapped_column(Integer)
+    # Its rank among its project's queued jobs (Tunery's ``tunery.scheduling.priority``): higher launches first.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Optimistic locking: a write based on a stale read (scheduler vs. cancel vs. trainer reports) fails
     # with StaleDataError and is retried on fresh state by Database.transaction().
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -249,6 +251,11 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[int] = mapped_column(BigInteger)
     archived_at: Mapped[int | None] = mapped_column(BigInteger)
+    # The project's own limits (tunery/quotas.py); None: the TUNERY_PROJECT_* default, 0: unlimited.
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    gpu_quota: Mapped[int | None] = mapped_column(Integer)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
 
 
 class ServiceAccount(Base, Tenant):
@@ -282,3 +289,17 @@ class ApiKey(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int | None] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class StorageReservation(Base, Tenant):
+    """Bytes a ``POST /v1/files`` holds against its project's stored-bytes quota while it stores the file: made
+    before the first byte is stored, deleted with the file's row written (or on failure). One left by a killed
+    process stops counting at ``expires_at``."""
+
+    __tablename__ = "storage_reservations"
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
