@@ -24,7 +24,7 @@ declared, and let the route run before refusing a Content-Length: hence this gua
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -121,6 +121,28 @@ def narrow_body(request: Request, limit: int, too_large: Callable[[], ServiceErr
         body.narrow(BodyLimit(limit, too_large))
 
 
+def admission(
+    settings: Settings,
+    keys: KeyRegistry | None,
+    limiter: RateLimiter | None,
+    authorization: str | None,
+    method: str,
+    template: str,
+    params: Mapping[str, Any],
+) -> Admitted:
+    """Who a request is (api/auth.py's ``admit``) and its turn in its project's rate limit (a 429 past it): the one
+    door of REST (the request guard) and gRPC (api/grpc/calls.py). Blocking: a stored key and a project's limit are
+    read from the metadata store."""
+    principal = admit(settings, keys, authorization, method, template, params)
+    if limiter is None or template.startswith(ADMIN_PREFIX):
+        return principal, None
+    project = principal.tenant(settings).project_id
+    verdict = limiter.take(project)
+    if verdict is not None and verdict.retry_after is not None:
+        raise verdict.refusal(project)
+    return principal, verdict
+
+
 class RequestGuard:
     """Authenticate ``/v1`` routes and cap request bodies before any route reads them (see the module)."""
 
@@ -139,16 +161,7 @@ class RequestGuard:
         self.limiter = limiter
 
     def admit(self, authorization: str | None, method: str, template: str, params: dict[str, Any]) -> Admitted:
-        """Who the request is (api/auth.py's ``admit``) and its turn in its project's rate limit; blocking (a stored
-        key, a project's limit: the metadata store)."""
-        principal = admit(self.settings, self.keys, authorization, method, template, params)
-        if self.limiter is None or template.startswith(ADMIN_PREFIX):
-            return principal, None
-        project = principal.tenant(self.settings).project_id
-        verdict = self.limiter.take(project)
-        if verdict is not None and verdict.retry_after is not None:
-            raise verdict.refusal(project)
-        return principal, verdict
+        return admission(self.settings, self.keys, self.limiter, authorization, method, template, params)
 
     def body_limit(self, route: RouteContext | None) -> BodyLimit:
         upload = getattr(route.endpoint, _UPLOAD_BODY, None) if route is not None else None

@@ -11,9 +11,9 @@ from typing import TypeVar
 
 import grpc
 
-from api.auth import admit
 from api.context import AppContext, Tenant, run_read
 from api.grpc.errors import as_api_error, grpc_code, status_of
+from api.limits import admission
 from tunery import ids
 
 T = TypeVar("T")
@@ -53,10 +53,12 @@ class Calls:
         self.ctx = ctx
 
     def _tenant(self, rpc: str, authorization: str | None) -> Tenant:
-        """The caller's project, once its key and role are admitted for ``rpc`` (may look a stored key up: blocking)."""
+        """The caller's project, once its key and role are admitted for ``rpc`` and the project's rate limit has a
+        turn for it (REST's door, api/limits.py; blocking: a stored key and a limit are read from the store)."""
         method, template = REST_TWIN[rpc]
-        principal = admit(self.ctx.settings, self.ctx.keys, authorization, method, template, {})
-        return principal.tenant(self.ctx.settings)
+        ctx = self.ctx
+        principal, _ = admission(ctx.settings, ctx.keys, ctx.rate_limiter, authorization, method, template, {})
+        return principal.tenant(ctx.settings)
 
     @staticmethod
     def _start(context: grpc.aio.ServicerContext) -> tuple[str, str | None]:

@@ -4,8 +4,8 @@ converts its answer; no business rule lives here. Blocking service calls run in 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias, TypeVar
 
@@ -15,12 +15,11 @@ from api.context import AppContext, Tenant, run_read
 from api.errors import APIError, InvalidRequest
 from api.grpc.calls import Calls
 from api.grpc.convert import message_dict, to_message
-from api.grpc.streams import StreamReader, chunks_of
 from api.protocol.chat import ChatCompletion, ChatCompletionRequest
 from api.protocol.files import CreateFileRequest, ListFilesRequest
 from api.protocol.jobs import CreateJob, ListJobCheckpointsRequest, ListJobEventsRequest, ListJobsRequest
 from api.services.chat import ChatService
-from api.services.files import FileContent, FileService
+from api.services.files import FileContent, FileService, file_too_large
 from api.services.jobs import JobService
 from api.services.models import ModelService
 from tunery.v1 import chat_pb2 as chat_pb
@@ -34,6 +33,7 @@ from tunery.v1 import models_pb2_grpc as models_grpc
 
 T = TypeVar("T")
 Context: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
+SPOOL_MEMORY_BYTES = 1 << 20  # an upload past this is spooled to disk
 DOWNLOAD_CHUNK = 1 << 20  # a DownloadFile message's most bytes: well under the message size limit
 
 
@@ -74,15 +74,21 @@ class FileServicer(_Servicer, files_grpc.FileServiceServicer):
             if first is None or first.WhichOneof("part") != "header":
                 raise InvalidRequest("The first message of an upload must be its header.", param="header")
             req = CreateFileRequest.model_validate(message_dict(first.header))
-
-            async def data() -> AsyncIterator[bytes]:
+            limit = self.ctx.settings.max_file_bytes
+            # Spooled as REST's multipart parser spools a file (to disk past 1 MiB: memory holds one message),
+            # counted as it arrives and refused as soon as it passes the limit.
+            with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as spool:
+                size = 0
                 async for message in request_iterator:
                     if message.WhichOneof("part") != "data":
                         raise InvalidRequest("Only the first message of an upload is a header.", param="header")
-                    yield message.data
-
-            reader = io.BufferedReader(StreamReader(chunks_of(data()), asyncio.get_running_loop()), 1 << 20)
-            return to_message(await asyncio.to_thread(FileService(self.ctx, t).create, req, reader), files_pb.File)
+                    size += len(message.data)
+                    if size > limit:
+                        raise file_too_large(limit)
+                    await asyncio.to_thread(spool.write, message.data)
+                spool.seek(0)
+                made = await asyncio.to_thread(FileService(self.ctx, t).create, req, spool)  # type: ignore[arg-type]
+            return to_message(made, files_pb.File)
 
         return await self.calls.unary("FileService/UploadFile", context, run)
 

@@ -265,7 +265,10 @@ def test_writes_change_what_rest_reads(api: Api) -> None:
                     )
                 ),
             ),
-            tunery=jpb.TuneryExtensions(training=jpb.TrainingOptions(lr_scheduler_type="cosine", packing=False)),
+            tunery=jpb.TuneryExtensions(
+                training=jpb.TrainingOptions(lr_scheduler_type="cosine", packing=False),
+                scheduling=jpb.SchedulingOptions(priority=5),
+            ),
         ),
     )
     got = api.server.http.get(f"{J}/{job.id}").json()
@@ -273,6 +276,7 @@ def test_writes_change_what_rest_reads(api: Api) -> None:
     assert got["seed"] == 7 and got["metadata"] == {"team": "search"} and got["user_provided_suffix"] == "grpc"
     assert got["method"]["supervised"]["hyperparameters"]["n_epochs"] == 2
     assert got["tunery"]["training"]["lr_scheduler_type"] == "cosine" and got["tunery"]["training"]["packing"] is False
+    assert got["tunery"]["scheduling"]["priority"] == 5 == job.tunery.scheduling.priority
     cancelled = api.call("FineTuningService/CancelJob", jpb.JobRequest(job_id=job.id))
     assert cancelled.status == "cancelled" == api.server.http.get(f"{J}/{job.id}").json()["status"]
     content = b"".join(
@@ -403,3 +407,17 @@ def test_chat_answers_what_rest_answers_whole_and_streamed(api: Api) -> None:
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == answer.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
+
+
+def test_rate_limits_count_grpc_calls_too(tiny_server_factory: Callable[..., RunningServer]) -> None:
+    server = fuzzing.authorised(tiny_server_factory(api_keys=[KEY], project_requests_per_minute=3))
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        api = Api(server, channel, {})
+        for _ in range(2):
+            api.call("ModelService/ListModels", mpb.ListModelsRequest())
+        assert server.http.get("/v1/models").status_code == 200  # one bucket for both transports
+        with pytest.raises(grpc.RpcError) as caught:
+            api.call("ModelService/ListModels", mpb.ListModelsRequest())
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(caught.value)
+    assert info.metadata["code"] == "rate_limit_exceeded" and int(info.metadata["retry_after"]) >= 1

@@ -71,8 +71,9 @@ class FileServiceServicer:
 
     def UploadFile(self, request_iterator, context):
         """Upload a file: a header message first (purpose, filename, expiry), then its bytes in data messages (1 MiB each
-        is a good size; a message is at most 16 MiB). Streamed to the object store as they arrive, with REST's limits
-        and checks (RESOURCE_EXHAUSTED past TUNERY_MAX_FILE_BYTES, as soon as the count passes it).
+        is a good size; a message is at most 16 MiB). Spooled as REST spools a multipart upload (to disk past 1 MiB)
+        and counted as they arrive (RESOURCE_EXHAUSTED as soon as the count passes TUNERY_MAX_FILE_BYTES), then stored
+        with REST's checks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -105,15 +105,23 @@ class MethodOptions(_message.Message):
     trainer: str
     def __init__(self, trainer: _Optional[str] = ...) -> None: ...
 
+class SchedulingOptions(_message.Message):
+    __slots__ = ("priority",)
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    priority: int
+    def __init__(self, priority: _Optional[int] = ...) -> None: ...
+
 class TuneryExtensions(_message.Message):
-    __slots__ = ("data", "training", "method")
+    __slots__ = ("data", "training", "method", "scheduling")
     DATA_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULING_FIELD_NUMBER: _ClassVar[int]
     data: DataQualityOptions
     training: TrainingOptions
     method: MethodOptions
-    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ...) -> None: ...
+    scheduling: SchedulingOptions
+    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ..., scheduling: _Optional[_Union[SchedulingOptions, _Mapping]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("model", "training_file", "validation_file", "suffix", "seed", "metadata", "hyperparameters", "method", "integrations", "tunery")
@@ -233,15 +241,25 @@ class JobIntegration(_message.Message):
     wandb: WandbIntegration
     def __init__(self, type: _Optional[str] = ..., wandb: _Optional[_Union[WandbIntegration, _Mapping]] = ...) -> None: ...
 
+class JobScheduling(_message.Message):
+    __slots__ = ("priority", "queue_position")
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    priority: int
+    queue_position: int
+    def __init__(self, priority: _Optional[int] = ..., queue_position: _Optional[int] = ...) -> None: ...
+
 class JobTunery(_message.Message):
-    __slots__ = ("data", "training", "method")
+    __slots__ = ("data", "training", "method", "scheduling")
     DATA_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULING_FIELD_NUMBER: _ClassVar[int]
     data: DataQualityOptions
     training: TrainingOptions
     method: MethodOptions
-    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ...) -> None: ...
+    scheduling: JobScheduling
+    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ..., scheduling: _Optional[_Union[JobScheduling, _Mapping]] = ...) -> None: ...
 
 class FineTuningJob(_message.Message):
     __slots__ = ("id", "object", "created_at", "error", "fine_tuned_model", "finished_at", "hyperparameters", "model", "organization_id", "result_files", "seed", "status", "trained_tokens", "training_file", "validation_file", "integrations", "estimated_finish", "method", "metadata", "user_provided_suffix", "tunery")
