@@ -183,6 +183,11 @@ def test_scheduler_settings_point_at_the_chart_objects(rendered: dict[str, list[
     assert json.loads(cfg["TUNERY_BASE_MODELS"]) == {"llama-3.1-8b-instruct": "/models/base"}
     assert cfg["TUNERY_MAX_FILE_BYTES"] == "1073741824"
     assert (cfg["TUNERY_PROJECT_MAX_CONCURRENT_JOBS"], cfg["TUNERY_PROJECT_GPU_QUOTA"]) == ("4", "8")
+    assert cfg["TUNERY_PROJECT_MAX_STORED_BYTES"] == "107374182400"  # not 1.073741824e+11
+    assert (
+        Settings(project_requests_per_minute=cfg["TUNERY_PROJECT_REQUESTS_PER_MINUTE"]).project_requests_per_minute
+        == 3000
+    )
     # The trainer pods' ServiceAccount lives in the training namespace, beside the Role.
     sa = one(docs, "ServiceAccount", cfg["TUNERY_K8S_SERVICE_ACCOUNT"])
     assert sa["metadata"]["namespace"] == "tunery-training" and sa["automountServiceAccountToken"] is False
