@@ -16,15 +16,19 @@ from scheduler.quota import quota_decision
 from scheduler.runs import TrainerLogs, fail, fail_in
 from scheduler.specs import build_spec
 from tunery import ids, jobstate, quotas
-from tunery.db import FineTunedModel, Job, Project
+from tunery.db import Job, Project
 from tunery.db.ops import add_event, now
 from tunery.jobspec import JobSpec
 from tunery.jobstate import ErrorCode, JobError, JobStatus
+from tunery.sharing import usable_model
 
 log = logging.getLogger("tunery.scheduler")
 
 # Why a queued job cannot be launched when its inputs are gone.
-DELETED_INPUT = "The training file (or the mix file, or the fine-tuned model the job starts from) was deleted."
+DELETED_INPUT = (
+    "The training file (or the mix file, or the fine-tuned model the job starts from) was deleted, or the model is "
+    "no longer shared with the job's project."
+)
 LAUNCHES_PER_PASS = 32  # jobs a backend that queues its own runs (Kubernetes) is given in one scheduler pass
 
 
@@ -129,13 +133,8 @@ class Dispatcher(SchedulerPart):
         files = job_files(s, job)
         parent_prefix = None
         if job.model != job.base_model:  # fine-tuning a fine-tuned model: continue from its adapter
-            parent = s.scalar(
-                select(FineTunedModel).where(
-                    FineTunedModel.id == job.model,
-                    FineTunedModel.organization_id == job.organization_id,
-                    FineTunedModel.project_id == job.project_id,
-                )
-            )
+            # The job's project's own model, or one shared with it (a permission deleted since: gone for it).
+            parent = usable_model(s, job.organization_id, job.project_id, job.model)
             if parent is None:
                 return None
             parent_prefix = parent.object_prefix

@@ -166,6 +166,7 @@ def seed_objects(server: RunningServer) -> dict[str, str]:
             s.add(servable_model(job, name, "checkpoint", prefix))
             models.append(name)
     path = {"file_id": file_id, "upload_id": upload_id, "job_id": job_id, "fine_tuning_job_id": job_id}
+    path["fine_tuned_model_checkpoint"] = models[0]  # a model to share (checkpoint permissions)
     return {**path, "model": models[0], "body.model": TINY, "body.training_file": file_id}
 
 

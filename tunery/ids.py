@@ -39,6 +39,10 @@ def event_id() -> str:
     return f"ft-event-{_random(24)}"
 
 
+def checkpoint_permission_id() -> str:
+    return f"cp_{_random(24)}"
+
+
 def checkpoint_id() -> str:
     return f"ftckpt_{_random(24)}"
 

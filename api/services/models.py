@@ -11,10 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.context import AppContext, Tenant
-from api.errors import InvalidRequest, NotFound
+from api.errors import InvalidRequest, NotFound, PermissionDenied
 from api.protocol.models import Model, ModelDeleted, ModelList
 from serving.engine import ModelRef
 from tunery.db import FineTunedModel
+from tunery.sharing import delete_permissions, usable_by, usable_model
 
 BASE_OWNER = "tunery"
 
@@ -55,17 +56,12 @@ def ft_model_object(m: FineTunedModel) -> Model:
 
 
 def resolve_model(s: Session, ctx: AppContext, t: Tenant, model: str) -> ResolvedModel:
-    """A base model of this server, or one of the tenant's fine-tuned models whose base model it serves."""
+    """A base model of this server, or a fine-tuned model the tenant may use (its own or shared with it:
+    tunery/sharing.py) whose base model it serves."""
     bases = ctx.settings.base_model_paths()
     if model in bases:
         return ResolvedModel(model, model, bases[model], None)
-    row = s.scalar(
-        select(FineTunedModel).where(
-            FineTunedModel.id == model,
-            FineTunedModel.organization_id == t.organization_id,
-            FineTunedModel.project_id == t.project_id,
-        )
-    )
+    row = usable_model(s, t.organization_id, t.project_id, model)  # its own, or shared with it
     if row is None or row.base_model not in bases:
         raise model_not_found(model)
     return ResolvedModel(row.id, row.base_model, bases[row.base_model], row.object_prefix)
@@ -86,7 +82,7 @@ class ModelService:
         with self.ctx.db.session() as s:
             rows = s.scalars(
                 select(FineTunedModel)
-                .where(FineTunedModel.organization_id == t.organization_id, FineTunedModel.project_id == t.project_id)
+                .where(usable_by(t.organization_id, t.project_id))  # its own, and those shared with it
                 .order_by(FineTunedModel.pk.desc())
             )
             data += [ft_model_object(m) for m in rows]
@@ -111,6 +107,13 @@ class ModelService:
             ref = model_ref(resolve_model(s, self.ctx, self.tenant, model))
             row = s.scalar(select(FineTunedModel).where(FineTunedModel.id == model))
             assert row is not None
+            if row.project_id != self.tenant.project_id:
+                raise PermissionDenied(
+                    f"The model `{model}` was shared with your project by another one: only its own project can "
+                    "delete it.",
+                    param="model",
+                )
+            delete_permissions(s, model)
             s.delete(row)
             return ref
 

@@ -20,9 +20,10 @@ from api.context import AppContext, Tenant
 from api.errors import InvalidRequest, NotFound
 from api.protocol.jobs import CreateJob
 from api.services.files import find_file
-from tunery.db import FineTunedModel, Job
+from tunery.db import Job
 from tunery.jobstate import file_error_code
 from tunery.plan import DPOHyperparameters, Hyperparameters, PlanRequest, TrainingOptions, check_request
+from tunery.sharing import usable_model
 
 
 def _check_metadata(md: dict[str, str] | None) -> None:
@@ -110,13 +111,7 @@ def _check_file(s: Session, t: Tenant, file_id: str, param: str) -> None:
 def _parent_base_model(s: Session, t: Tenant, req: CreateJob, base_models: dict[str, str]) -> str:
     """The base model of a job whose ``model`` is a fine-tuned model (``ft:...`` or ``ft:...:ckpt-step-N``): training
     continues from that model's adapter, on its base model (docs/adapters.md)."""
-    row = s.scalar(
-        select(FineTunedModel).where(
-            FineTunedModel.id == req.model,
-            FineTunedModel.organization_id == t.organization_id,
-            FineTunedModel.project_id == t.project_id,
-        )
-    )
+    row = usable_model(s, t.organization_id, t.project_id, req.model)  # its own, or shared with it
     if row is None or row.base_model not in base_models:
         raise InvalidRequest(
             f"Model {req.model!r} does not exist or you do not have access to it.",

@@ -44,6 +44,7 @@ class Route:
 
 
 T = "/v1/fine_tuning/jobs"
+P, P_ = "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:path}", "/v1/fine_tuning/checkpoints/{model}"
 ROUTES = [
     Route("GET", "/v1/files/{file_id}", "/v1/files/{file}", read=200),
     Route("DELETE", "/v1/files/{file_id}", "/v1/files/{file}"),
@@ -61,6 +62,11 @@ ROUTES = [
     Route("GET", f"{T}/{{job_id}}/checkpoints", f"{T}/{{job}}/checkpoints", read=200),
     Route("GET", "/v1/models/{model:path}", "/v1/models/{model}", read=200),
     Route("DELETE", "/v1/models/{model:path}", "/v1/models/{model}"),
+    # Sharing a model is for its project's owner: a member of any project is refused before the model is looked up
+    # (the same 403 for A's model and one that never existed). tests/api/test_checkpoint_permissions.py has the rest.
+    Route("POST", f"{P}/permissions", f"{P_}/permissions", {"project_ids": ["proj_x"]}, foreign=403),
+    Route("GET", f"{P}/permissions", f"{P_}/permissions", foreign=403),
+    Route("DELETE", f"{P}/permissions/{{permission_id}}", f"{P_}/permissions/cp_x", foreign=403),
     # Ids in the body. A job on another project's file, or one that never existed, is the same 400.
     Route("POST", T, T, {"model": TINY, "training_file": "{file}"}, foreign=400),
     Route("POST", f"{T}/dry_run", f"{T}/dry_run", {"model": TINY, "training_file": "{file}"}, foreign=400),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tunery.jobstate import MIX_PARAM
@@ -303,3 +303,18 @@ class StorageReservation(Base, Tenant):
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class CheckpointPermission(Base, Tenant):
+    """A fine-tuned or checkpoint model of one project (``organization_id``/``project_id``: the owner's) shared with
+    another project of its organization (``grantee_project_id``), which may then chat with it and fine-tune from it
+    (OpenAI's ``checkpoint.permission``; tunery/sharing.py decides what a project may use)."""
+
+    __tablename__ = "checkpoint_permissions"
+    __table_args__ = (UniqueConstraint("model_id", "grantee_project_id", name="uq_checkpoint_permissions_grantee"),)
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    model_id: Mapped[str] = mapped_column(String(512), index=True)
+    grantee_project_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
