@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from tunery.db import Database
-from tunery.grpc_tls import server_credentials, trainer_tls_environment
+from tunery.grpc_tls import api_server_credentials, server_credentials, trainer_tls_environment
 from tunery.metrics import CONTENT_TYPE, Metrics
 from tunery.settings import DEMO_MODEL, ROLES, Settings, UnsafeSettings
 from tunery.storage import open_store, store_environment
@@ -185,6 +185,8 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
         from api.app import create_app
         from api.context import AppContext
 
+        if settings.api_grpc_port >= 0:
+            api_server_credentials(settings)  # a half-set TLS pair stops the start here, not once the app starts
         ensure_default_rows(db, settings)  # the default organization and project, as the admin API lists them
         supervisor = make_vllm_supervisor(settings)
         serving = make_serving(settings, store, supervisor)

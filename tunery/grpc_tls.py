@@ -1,5 +1,5 @@
-"""TLS, and mutual TLS, on the trainers' reporting channel (docs/security.md): the one place both ends build their
-gRPC credentials.
+"""TLS, and mutual TLS, on the trainers' reporting channel (docs/security.md) and on the public gRPC API
+(docs/grpc.md): the one place gRPC credentials are built.
 
 The scheduler's end (``ReportingServer``) serves TLS when it has a certificate (``TUNERY_GRPC_TLS_CERT`` and
 ``TUNERY_GRPC_TLS_KEY``, PEM files) and requires a client certificate signed by ``TUNERY_GRPC_TLS_CLIENT_CA`` when
@@ -26,19 +26,32 @@ def _read(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """The reporting server's credentials: None (plaintext) without a certificate."""
+def tls_server_credentials(cert: str, key: str, client_ca: str, prefix: str) -> grpc.ServerCredentials | None:
+    """A gRPC server's credentials from PEM files: None (plaintext) without a certificate; with ``client_ca``, a
+    client certificate signed by it is required (mutual TLS). ``prefix`` names the settings in errors."""
     import grpc
 
-    if not settings.grpc_tls_cert:
+    if not cert:
         return None
-    if not settings.grpc_tls_key:
-        raise ValueError("TUNERY_GRPC_TLS_CERT is set without TUNERY_GRPC_TLS_KEY")
-    client_ca = _read(settings.grpc_tls_client_ca) if settings.grpc_tls_client_ca else None
+    if not key:
+        raise ValueError(f"{prefix}_CERT is set without {prefix}_KEY")
+    ca = _read(client_ca) if client_ca else None
     return grpc.ssl_server_credentials(
-        [(_read(settings.grpc_tls_key), _read(settings.grpc_tls_cert))],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
+        [(_read(key), _read(cert))], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The reporting server's credentials (TUNERY_GRPC_TLS_*): None (plaintext) without a certificate."""
+    s = settings
+    return tls_server_credentials(s.grpc_tls_cert, s.grpc_tls_key, s.grpc_tls_client_ca, "TUNERY_GRPC_TLS")
+
+
+def api_server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The public gRPC API's credentials (TUNERY_API_GRPC_TLS_*): None (plaintext) without a certificate."""
+    s = settings
+    return tls_server_credentials(
+        s.api_grpc_tls_cert, s.api_grpc_tls_key, s.api_grpc_tls_client_ca, "TUNERY_API_GRPC_TLS"
     )
 
 

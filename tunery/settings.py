@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     # address (empty: TUNERY_HOST's).
     api_grpc_port: int = Field(default=50051, ge=-1, le=65535)
     api_grpc_host: str = ""
+    # TLS on it (tunery/grpc_tls.py), PEM files: the certificate and key (both, or neither: plaintext), and a CA whose
+    # signature a client certificate must carry (mutual TLS; empty: no client certificate asked).
+    api_grpc_tls_cert: str = ""
+    api_grpc_tls_key: str = ""
+    api_grpc_tls_client_ca: str = ""
     # GET /metrics (Prometheus text format) on the API and the scheduler's HTTP port, without an API key.
     metrics_enabled: bool = True
 

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from api.context import AppContext
 from api.grpc.calls import Calls
 from api.grpc.services import ChatServicer, FileServicer, FineTuningServicer, ModelServicer
+from tunery.grpc_tls import api_server_credentials
 from tunery.v1 import (
     chat_pb2,
     chat_pb2_grpc,
@@ -53,7 +54,12 @@ class PublicGrpcServer:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        credentials = api_server_credentials(ctx.settings)
+        address = f"{host}:{port}"
+        self.tls = credentials is not None
+        self.port = (
+            self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address)
+        )
         if self.port == 0:
             raise RuntimeError(f"could not bind the gRPC API to {host}:{port}")
         self.address = f"{host}:{self.port}"
@@ -62,7 +68,7 @@ class PublicGrpcServer:
         await self.server.start()
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("gRPC API on %s", self.address)
+        log.info("gRPC API on %s (%s)", self.address, "TLS" if self.tls else "plaintext")
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()

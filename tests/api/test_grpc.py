@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -421,3 +422,45 @@ def test_rate_limits_count_grpc_calls_too(tiny_server_factory: Callable[..., Run
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     info = error_info(caught.value)
     assert info.metadata["code"] == "rate_limit_exceeded" and int(info.metadata["retry_after"]) >= 1
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tunery.test_grpc_tls import pki as make_pki
+
+    return make_pki.__wrapped__(tmp_path_factory)  # type: ignore[attr-defined]
+
+
+def test_tls_and_mutual_tls(tiny_server_factory: Callable[..., RunningServer], pki: Path) -> None:
+    server = tiny_server_factory(
+        api_grpc_tls_cert=str(pki / "server.crt"),
+        api_grpc_tls_key=str(pki / "server.key"),
+        api_grpc_tls_client_ca=str(pki / "client-ca.crt"),
+    )
+    ca = (pki / "server-ca.crt").read_bytes()
+
+    def list_models(credentials: grpc.ChannelCredentials | None) -> Any:
+        channel = (
+            grpc.secure_channel(server.grpc_address, credentials)
+            if credentials
+            else grpc.insecure_channel(server.grpc_address)
+        )
+        with channel:
+            return models_pb2_grpc.ModelServiceStub(channel).ListModels(mpb.ListModelsRequest(), timeout=10)
+
+    trusted = grpc.ssl_channel_credentials(ca, (pki / "trainer.key").read_bytes(), (pki / "trainer.crt").read_bytes())
+    assert TINY in {m.id for m in list_models(trusted).data}
+    stranger = grpc.ssl_channel_credentials(
+        ca, (pki / "stranger.key").read_bytes(), (pki / "stranger.crt").read_bytes()
+    )
+    for credentials in (None, grpc.ssl_channel_credentials(ca), stranger):  # plaintext, no certificate, untrusted
+        with pytest.raises(grpc.RpcError) as caught:
+            list_models(credentials)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_certificate_without_its_key_stops_the_start(
+    tiny_server_factory: Callable[..., RunningServer], pki: Path
+) -> None:
+    with pytest.raises(ValueError, match="TUNERY_API_GRPC_TLS_CERT is set without TUNERY_API_GRPC_TLS_KEY"):
+        tiny_server_factory(api_grpc_tls_cert=str(pki / "server.crt"))
