@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from api.auth import request_tenant
-from api.context import get_ctx, run_read
+from api.context import get_ctx, read_json
 from api.errors import ERROR_RESPONSES, InvalidRequest
 from api.limits import upload_body
 from api.pagination import limit_param
@@ -101,21 +101,21 @@ async def create_file(request: Request, svc: FileService = Depends(file_service)
         await form.close()
 
 
-@router.get("/files")
+@router.get("/files", response_model=FileList)
 async def list_files(
     purpose: str | None = None,
     limit: int = limit_param(10000),
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
     svc: FileService = Depends(file_service),
-) -> FileList:
-    return await run_read(svc.ctx, svc.list, ListFilesRequest(purpose=purpose, limit=limit, order=order, after=after))
+) -> Response:
+    return await read_json(svc.ctx, svc.list, ListFilesRequest(purpose=purpose, limit=limit, order=order, after=after))
 
 
-@router.get("/files/{file_id}")
-async def retrieve_file(file_id: Name, svc: FileService = Depends(file_service)) -> FileObject:
+@router.get("/files/{file_id}", response_model=FileObject)
+async def retrieve_file(file_id: Name, svc: FileService = Depends(file_service)) -> Response:
     # A coroutine with one trip to the read routes' threads, as the job routes (api/jobs.py) for the same reasons.
-    return await run_read(svc.ctx, svc.retrieve, file_id)
+    return await read_json(svc.ctx, svc.retrieve, file_id)
 
 
 @router.delete("/files/{file_id}")

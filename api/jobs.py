@@ -2,15 +2,16 @@
 path parameters in; api/services/jobs.py does the rest.
 
 The read routes (list, retrieve, events, checkpoints), the ones clients poll, are coroutines that run their blocking
-service call in a thread of the read routes' own few (api/context.py's run_read): one trip there per request. A
+service call, and the writing of its JSON, in a thread of the read routes' own few (api/context.py's read_json): one
+trip there per request, and the event loop only sends the bytes. A
 ``def`` route makes two (the call, then FastAPI's check of what it returned) among anyio's 40 threads."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from api.auth import request_tenant
-from api.context import get_ctx, run_read
+from api.context import get_ctx, read_json
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
 from api.protocol.base import Name
@@ -51,19 +52,19 @@ def _metadata(request: Request) -> dict[str, str] | None:
     return wanted or None
 
 
-@router.get("/fine_tuning/jobs")
+@router.get("/fine_tuning/jobs", response_model=ListPaginatedFineTuningJobsResponse)
 async def list_jobs(
     request: Request,
     after: str | None = None,
     limit: int = limit_param(20),
     svc: JobService = Depends(job_service),
-) -> ListPaginatedFineTuningJobsResponse:
-    return await run_read(svc.ctx, svc.list, ListJobsRequest(after=after, limit=limit, metadata=_metadata(request)))
+) -> Response:
+    return await read_json(svc.ctx, svc.list, ListJobsRequest(after=after, limit=limit, metadata=_metadata(request)))
 
 
-@router.get("/fine_tuning/jobs/{job_id}")
-async def retrieve_job(job_id: Name, svc: JobService = Depends(job_service)) -> FineTuningJob:
-    return await run_read(svc.ctx, svc.retrieve, job_id)
+@router.get("/fine_tuning/jobs/{job_id}", response_model=FineTuningJob)
+async def retrieve_job(job_id: Name, svc: JobService = Depends(job_service)) -> Response:
+    return await read_json(svc.ctx, svc.retrieve, job_id)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
@@ -71,21 +72,21 @@ def cancel_job(job_id: Name, svc: JobService = Depends(job_service)) -> FineTuni
     return svc.cancel(job_id)
 
 
-@router.get("/fine_tuning/jobs/{job_id}/events")
+@router.get("/fine_tuning/jobs/{job_id}/events", response_model=ListFineTuningJobEventsResponse)
 async def list_events(
     job_id: Name,
     after: str | None = None,
     limit: int = limit_param(20),
     svc: JobService = Depends(job_service),
-) -> ListFineTuningJobEventsResponse:
-    return await run_read(svc.ctx, svc.events, job_id, ListJobEventsRequest(after=after, limit=limit))
+) -> Response:
+    return await read_json(svc.ctx, svc.events, job_id, ListJobEventsRequest(after=after, limit=limit))
 
 
-@router.get("/fine_tuning/jobs/{job_id}/checkpoints")
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints", response_model=ListFineTuningJobCheckpointsResponse)
 async def list_checkpoints(
     job_id: Name,
     after: str | None = None,
     limit: int = limit_param(10),
     svc: JobService = Depends(job_service),
-) -> ListFineTuningJobCheckpointsResponse:
-    return await run_read(svc.ctx, svc.checkpoints, job_id, ListJobCheckpointsRequest(after=after, limit=limit))
+) -> Response:
+    return await read_json(svc.ctx, svc.checkpoints, job_id, ListJobCheckpointsRequest(after=after, limit=limit))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from api.auth import request_tenant
-from api.context import get_ctx, run_read
+from api.context import get_ctx, read_json
 from api.errors import ERROR_RESPONSES
 from api.protocol.base import Name
 from api.protocol.models import Model, ModelDeleted, ModelList
@@ -22,15 +22,15 @@ async def model_service(request: Request) -> ModelService:
 
 
 # The read routes: coroutines with one trip to the read routes' threads, as the job routes (api/jobs.py), same reasons.
-@router.get("/models")
-async def list_models(svc: ModelService = Depends(model_service)) -> ModelList:
-    return await run_read(svc.ctx, svc.list)
+@router.get("/models", response_model=ModelList)
+async def list_models(svc: ModelService = Depends(model_service)) -> Response:
+    return await read_json(svc.ctx, svc.list)
 
 
 # `{model:path}`: ids contain ':' and, from older SDKs, a raw '/'.
-@router.get("/models/{model:path}")
-async def retrieve_model(model: Name, svc: ModelService = Depends(model_service)) -> Model:
-    return await run_read(svc.ctx, svc.retrieve, model)
+@router.get("/models/{model:path}", response_model=Model)
+async def retrieve_model(model: Name, svc: ModelService = Depends(model_service)) -> Response:
+    return await read_json(svc.ctx, svc.retrieve, model)
 
 
 @router.delete("/models/{model:path}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from api.auth import principal
-from api.context import get_ctx, run_read
+from api.context import get_ctx, read_json
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
 from api.protocol.base import Name
@@ -38,7 +38,7 @@ def create_permissions(
     return svc.create(fine_tuned_model_checkpoint, body)
 
 
-@router.get(PATH)
+@router.get(PATH, response_model=CheckpointPermissionList)
 async def list_permissions(
     fine_tuned_model_checkpoint: Name,
     after: str | None = None,
@@ -46,9 +46,9 @@ async def list_permissions(
     order: Literal["ascending", "descending"] = "descending",
     project_id: str | None = None,
     svc: PermissionService = Depends(permission_service),
-) -> CheckpointPermissionList:
+) -> Response:
     req = ListCheckpointPermissionsRequest(after=after, limit=limit, order=order, project_id=project_id)
-    return await run_read(svc.ctx, svc.list, fine_tuned_model_checkpoint, req)
+    return await read_json(svc.ctx, svc.list, fine_tuned_model_checkpoint, req)
 
 
 @router.delete(PATH + "/{permission_id}")

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.interfaces import ORMOption
 
 from api.context import AppContext, Tenant
 from api.errors import InvalidRequest, NotFound
@@ -136,10 +137,17 @@ def best_checkpoint_step(metrics_by_step: list[tuple[int, dict[str, Any] | None]
     return best[1] if best else None
 
 
-def find_job(s: Session, t: Tenant, job_id: str) -> Job:
+# What a job's object does not show, and a read of it need not load (a column read later loads then): the training
+# plan and the runtime snapshot, the largest JSON of a job's row.
+NOT_SHOWN = (defer(Job.plan), defer(Job.runtime))
+
+
+def find_job(s: Session, t: Tenant, job_id: str, *options: ORMOption) -> Job:
     """One of the tenant's jobs; NotFound when there is none."""
     job = s.scalar(
-        select(Job).where(Job.id == job_id, Job.organization_id == t.organization_id, Job.project_id == t.project_id)
+        select(Job)
+        .where(Job.id == job_id, Job.organization_id == t.organization_id, Job.project_id == t.project_id)
+        .options(*options)
     )
     if job is None:
         raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
@@ -214,7 +222,11 @@ class JobService:
         """The tenant's jobs, newest first; with ``metadata``, those whose metadata has every pair given."""
         t, wanted = self.tenant, req.metadata or {}
         with self.ctx.db.session() as s:
-            q = select(Job).where(Job.organization_id == t.organization_id, Job.project_id == t.project_id)
+            q = (
+                select(Job)
+                .where(Job.organization_id == t.organization_id, Job.project_id == t.project_id)
+                .options(*NOT_SHOWN)
+            )
             if not wanted:
                 rows, more = page(s, Job, q, after=req.after, limit=req.limit)
                 return ListPaginatedFineTuningJobsResponse.of(job_objects(s, rows), more)
@@ -230,7 +242,7 @@ class JobService:
 
     def retrieve(self, job_id: str) -> FineTuningJob:
         with self.ctx.db.session() as s:
-            return job_objects(s, [find_job(s, self.tenant, job_id)])[0]
+            return job_objects(s, [find_job(s, self.tenant, job_id, *NOT_SHOWN)])[0]
 
     def _transition(
         self, job_id: str, transition: Callable[[Job], None], refusal: Callable[[Job], str], code: str, event: str
