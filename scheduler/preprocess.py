@@ -32,7 +32,7 @@ from scheduler.validation import (
 )
 from tunery import estimate as estimates
 from tunery import hyperparams, ids, jobstate, servable
-from tunery.db import File, Job
+from tunery.db import File, FineTunedModel, Job
 from tunery.db.ops import add_event, now
 from tunery.files import report_key
 from tunery.filescan import FileScan, ScanOptions
@@ -51,6 +51,21 @@ def job_files(s: Session, job: Job) -> dict[str, File]:
     """The job's input files that still exist, by id."""
     wanted = [file_id for _, file_id in job.input_files()]
     return {f.id: f for f in s.scalars(select(File).where(File.id.in_(wanted)))}
+
+
+def parent_model_prefix(s: Session, job: Job) -> str | None:
+    """The object prefix of the fine-tuned model a job continues from (a model of the job's own project), or None
+    when it starts from a base model or the model is gone."""
+    if job.model == job.base_model:
+        return None
+    parent = s.scalar(
+        select(FineTunedModel).where(
+            FineTunedModel.id == job.model,
+            FineTunedModel.organization_id == job.organization_id,
+            FineTunedModel.project_id == job.project_id,
+        )
+    )
+    return parent.object_prefix if parent is not None else None
 
 
 class Preprocessor(SchedulerPart):
