@@ -132,7 +132,13 @@ class BrokeredStore(ObjectStore):
 
     # ---- the interface --------------------------------------------------------------------------------------
     def open(self, key: str) -> BinaryIO:
-        response: BinaryIO = self._retrying(key, lambda: self._http("GET", self._ask(self._op.OP_READ, key).url))
+        try:
+            response: BinaryIO = self._retrying(key, lambda: self._http("GET", self._ask(self._op.OP_READ, key).url))
+        except ObjectStoreError:
+            # A store whose signer may not list the bucket answers a missing key with 403, not 404.
+            if not self.exists(key):
+                raise ObjectNotFound(key) from None
+            raise
         return response
 
     def put_stream(self, key: str, chunks: Iterable[bytes]) -> tuple[int, str]:

@@ -191,3 +191,23 @@ def test_a_stopped_run_loses_its_reach(broker: Any) -> None:
         s.commit()
     with pytest.raises(RunStopped):
         trainer.get_bytes("files/file-a")
+
+
+def test_resume_states_go_through_the_broker(broker: Any, tmp_path: Path) -> None:
+    """What a paused or preempted run writes and the run resuming from it reads: states (uploaded, found complete,
+    pruned, downloaded) under the job's own prefix, with nothing but the brokered store."""
+    from tunery.resume import complete_states, download_state, prune_states, state_prefix, upload_state
+
+    trainer = broker[5]
+    folder = tmp_path / "state"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "optimizer.pt").write_bytes(b"\x01" * (6 * 1024 * 1024))  # a multipart upload
+    (folder / "sub" / "rng.json").write_text("{}")
+    for step in (2, 4):
+        upload_state(trainer, state_prefix("jobs/ftjob-a", step), folder, {"step": step})
+    assert [s.step for s in complete_states(trainer, "jobs/ftjob-a")] == [4, 2]
+    assert prune_states(trainer, "jobs/ftjob-a", keep=1) == 1
+    [state] = complete_states(trainer, "jobs/ftjob-a")
+    download_state(trainer, state, tmp_path / "back")
+    assert (tmp_path / "back" / "optimizer.pt").read_bytes() == (folder / "optimizer.pt").read_bytes()
+    assert not [k for k in broker[1].list("jobs/ftjob-a/") if "/step-2/" in k]
