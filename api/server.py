@@ -43,11 +43,13 @@ def make_backend(settings: Settings):  # type: ignore[no-untyped-def]
         return KubernetesBackend(settings)
     from scheduler.backends import LocalProcessBackend
 
+    brokered = settings.trainers_brokered
     return LocalProcessBackend(
         settings.trainer_python or sys.executable,
         grace_seconds=settings.cancel_grace_seconds,
-        # the trainer opens the same store (TUNERY_S3_*) and dials the reporting channel as set (TLS)
-        env={**store_environment(settings), **trainer_tls_environment(settings)},
+        # the trainer dials the reporting channel as set (TLS) and, unless brokered, opens the same store (TUNERY_S3_*)
+        env={**({} if brokered else store_environment(settings)), **trainer_tls_environment(settings)},
+        without_store_credentials=brokered,
     )
 
 
@@ -126,7 +128,10 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
 
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
-    refusal = settings.open_access_refusal(role)
+    refusal = settings.open_access_refusal(role) or (
+        settings.object_access_refusal() if role in ("all", "scheduler") else None
+    )
+    brokered = settings.trainers_brokered
     if refusal:
         raise UnsafeSettings(refusal)
     if role == "api" and not settings.api_keys:
@@ -158,11 +163,14 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
 
     reporting = None
     if role in ("all", "scheduler"):
+        from scheduler.object_access import ObjectAccessService
+
         reporting = ReportingServer(
             ReportingService(db, store, on_change=wake, metrics=metrics),
             settings.grpc_host,
             settings.grpc_port,
             credentials=server_credentials(settings),
+            objects=ObjectAccessService(db, store, settings.trainer_url_seconds, metrics) if brokered else None,
         )
         scheduler = Scheduler(
             settings,

@@ -1,7 +1,9 @@
 """Scheduler backends: how a trainer run is started, watched and stopped.
 
 ``LocalProcessBackend`` (embedded mode) runs ``python -m trainer --spec <ref>`` as a child process in its own
-process group. The Kubernetes backend (one batch/v1 Job per run) implements the same interface.
+process group. Local trainers share the machine, the user and so the files of the server that starts them: one
+trust domain (docs/security.md); brokered access (TUNERY_TRAINER_OBJECT_ACCESS) still keeps the store's credentials
+out of their environment. The Kubernetes backend (one batch/v1 Job per run) implements the same interface.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from tunery.jobspec import PARENT_PID_ENV, RUN_TOKEN_ENV
 from tunery.jobstate import ErrorCode
+from tunery.storage import STORE_CREDENTIAL_ENV
 
 
 @dataclass
@@ -96,10 +99,19 @@ class Backend(ABC):
 
 
 class LocalProcessBackend(Backend):
-    def __init__(self, python: str, grace_seconds: float = 5.0, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        python: str,
+        grace_seconds: float = 5.0,
+        env: dict[str, str] | None = None,
+        without_store_credentials: bool = False,
+    ):
+        """``without_store_credentials``: trainers are brokered (TUNERY_TRAINER_OBJECT_ACCESS): none of this
+        process's object-store credentials (STORE_CREDENTIAL_ENV) reach their environment."""
         self.python = python
         self.grace = grace_seconds
         self.env = env or {}
+        self.without_store_credentials = without_store_credentials
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
@@ -108,6 +120,9 @@ class LocalProcessBackend(Backend):
     ) -> str:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if self.without_store_credentials:
+            for name in STORE_CREDENTIAL_ENV:
+                env.pop(name, None)
         env[PARENT_PID_ENV] = str(os.getpid())  # an orphan whose server died stops itself (trainer/orphan.py)
         env[RUN_TOKEN_ENV] = run_token
         with open(log_path, "ab") as log:

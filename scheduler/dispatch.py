@@ -11,16 +11,15 @@ from sqlalchemy.orm import Session
 from scheduler.backends import LaunchRefused
 from scheduler.claims import Claims
 from scheduler.context import SchedulerContext, SchedulerPart
-from scheduler.preprocess import job_files
+from scheduler.preprocess import job_files, parent_model_prefix
 from scheduler.quota import quota_decision
 from scheduler.runs import TrainerLogs, fail, fail_in
 from scheduler.specs import build_spec
 from tunery import ids, jobstate, quotas
 from tunery.db import Job, Project
 from tunery.db.ops import add_event, now
-from tunery.jobspec import JobSpec
+from tunery.jobspec import JobSpec, broker_url
 from tunery.jobstate import ErrorCode, JobError, JobStatus
-from tunery.sharing import usable_model
 
 log = logging.getLogger("tunery.scheduler")
 
@@ -134,23 +133,24 @@ class Dispatcher(SchedulerPart):
         parent_prefix = None
         if job.model != job.base_model:  # fine-tuning a fine-tuned model: continue from its adapter
             # The job's project's own model, or one shared with it (a permission deleted since: gone for it).
-            parent = usable_model(s, job.organization_id, job.project_id, job.model)
-            if parent is None:
+            parent_prefix = parent_model_prefix(s, job)
+            if parent_prefix is None:
                 return None
-            parent_prefix = parent.object_prefix
+        # A brokered trainer reaches its objects through the scheduler it reports to (scheduler/object_access.py).
+        brokered = self.settings.trainers_brokered
         return build_spec(
             job,
             files,
             parent_prefix,
             base_model_path=self.settings.base_model_paths()[job.base_model],
-            store_url=self.store.url,
+            store_url=broker_url(self.reporting_address, job.id) if brokered else self.store.url,
             reporting_address=self.reporting_address,
             device=self.settings.trainer_device,
         )
 
     def _start_run(self, job_id: str, token: str, spec: JobSpec, runtime: dict[str, Any] | None) -> None:
         try:
-            ref = f"{self.store.url}#{spec.spec_key()}"
+            ref = f"{spec.object_store}#{spec.spec_key()}"
             handle = self.backend.launch(job_id, ref, self.logs.path(job_id), runtime, token)
         except LaunchRefused as e:
             log.warning("the trainer of %s was not started: %s", job_id, e.message)

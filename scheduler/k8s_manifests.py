@@ -204,7 +204,9 @@ def job_manifest(
         "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
         "securityContext": container_security,
     }
-    if rt.credentials_secret:
+    if rt.credentials_secret and not settings.trainers_brokered:
+        # Direct object access: the store's credentials. A brokered trainer has none (scheduler/object_access.py),
+        # whatever the job's runtime snapshot names.
         container["envFrom"] = [{"secretRef": {"name": rt.credentials_secret}}]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",

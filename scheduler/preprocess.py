@@ -39,6 +39,7 @@ from tunery.filescan import FileScan, ScanOptions
 from tunery.jobspec import mix_count
 from tunery.jobstate import ErrorCode, JobError, JobStatus
 from tunery.plan import TrainingPlan, check_request, resolve_plan
+from tunery.sharing import usable_model
 from tunery.storage import ObjectNotFound
 
 log = logging.getLogger("tunery.scheduler")
@@ -51,6 +52,15 @@ def job_files(s: Session, job: Job) -> dict[str, File]:
     """The job's input files that still exist, by id."""
     wanted = [file_id for _, file_id in job.input_files()]
     return {f.id: f for f in s.scalars(select(File).where(File.id.in_(wanted)))}
+
+
+def parent_model_prefix(s: Session, job: Job) -> str | None:
+    """The object prefix of the fine-tuned model a job continues from (a model its project may use: its own, or one
+    shared with it, tunery/sharing.py), or None when it starts from a base model or the model is gone for it."""
+    if job.model == job.base_model:
+        return None
+    parent = usable_model(s, job.organization_id, job.project_id, job.model)
+    return parent.object_prefix if parent is not None else None
 
 
 class Preprocessor(SchedulerPart):

@@ -95,6 +95,16 @@ def token_matches(given: str, expected: str | None) -> bool:
     return hmac.compare_digest(ids.token_digest(given).encode(), (expected or "\0" * 64).encode()) and ok
 
 
+def run_job(s: Session, run: pb.RunRef) -> Job | None:
+    """The job of a run whose token is the job's current run token, else None: the one check of a trainer's calls
+    (reports here, object access in :mod:`scheduler.object_access`), made before anything else of a call is read.
+    An unknown job, a finished one (its token is cleared) and a wrong token look alike."""
+    job = s.scalar(select(Job).where(Job.id == run.job_id))
+    if not token_matches(run.run_token, job.run_token if job is not None else None):
+        return None
+    return job
+
+
 def event_data(data_json: str) -> dict[str, Any] | None:
     """A trainer event's data: a JSON object of bounded size, or None (anything else is dropped, not an error)."""
     if not data_json or len(data_json.encode()) > MAX_EVENT_DATA:
@@ -138,10 +148,9 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
 
         def apply(s: Session) -> pb.ReportReply | None:
             refused.clear()
-            job = s.scalar(select(Job).where(Job.id == run.job_id))
-            if not token_matches(run.run_token, job.run_token if job is not None else None):
+            job = run_job(s, run)
+            if job is None:
                 return None
-            assert job is not None
             if job.status in TERMINAL or job.cancel_requested:
                 return pb.ReportReply(cancel_requested=True)
             problem = check(job)
@@ -319,10 +328,14 @@ class ReportingServer:
         port: int = 0,
         workers: int = 8,
         credentials: grpc.ServerCredentials | None = None,
+        objects: pb_grpc.TrainerObjectsServicer | None = None,
     ):
-        """Plaintext, or TLS with ``credentials`` (:func:`tunery.grpc_tls.server_credentials`)."""
+        """Plaintext, or TLS with ``credentials`` (:func:`tunery.grpc_tls.server_credentials`); with ``objects``
+        (:class:`scheduler.object_access.ObjectAccessService`) it also answers brokered trainers' object access."""
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
         pb_grpc.add_TrainerReportingServicer_to_server(service, self.server)
+        if objects is not None:
+            pb_grpc.add_TrainerObjectsServicer_to_server(objects, self.server)
         bind = f"{host}:{port}"
         self.tls = credentials is not None
         self.port = (

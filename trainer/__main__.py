@@ -1,4 +1,5 @@
-"""``python -m trainer --spec <path | object_store_url#key>``: the trainer container's entrypoint.
+"""``python -m trainer --spec <path | object_store_url#key>``: the trainer container's entrypoint (the store URL may be
+a broker's, ``tunery-broker://<address>/<job>``: trainer/brokered.py).
 
 Exit codes: 0 succeeded; 1 failed (``Finished(succeeded=False)`` was reported); 2 bad command line;
 3 stopped because the control plane asked (cancel, or it rejected this run); 4 paused or preempted (SIGTERM during
@@ -23,6 +24,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 from tunery.grpc_tls import channel_credentials_from_env  # noqa: E402
 from tunery.jobspec import RUN_TOKEN_ENV  # noqa: E402
+from tunery.storage import ObjectStore  # noqa: E402
 
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE, RunStopped, TrainerError, one_line  # noqa: E402
 from .orphan import ORPHANED, watch_parent_from_env  # noqa: E402
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from .brokered import open_trainer_store
     from .reporter import Reporter
     from .run import StopSignal, configure_logging, load_spec, log, run, spec_summary
 
@@ -56,8 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     watch_parent_from_env()  # a local run whose server died stops as if preempted (trainer/orphan.py)
 
+    # From the backend, for this run alone; not left for child processes. It is the run's credential on the reporting
+    # channel and, for a brokered trainer, its only way to its objects (trainer/brokered.py).
+    run_token = os.environ.pop(RUN_TOKEN_ENV, "")
+    credentials = channel_credentials_from_env(dict(os.environ))  # TLS when a CA is given (tunery/grpc_tls.py)
+    stores: dict[str, ObjectStore] = {}
+
+    def store_at(url: str) -> ObjectStore:
+        if url not in stores:
+            stores[url] = open_trainer_store(url, run_token, credentials)
+        return stores[url]
+
     try:
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, store_at)
+        store = store_at(spec.object_store)
     except Exception as e:
         traceback.print_exc()
         log.error("cannot read the job spec %s: %s", args.spec, one_line(str(e)))
@@ -69,13 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     reporter = Reporter(
         spec.reporting_address,
         spec.job_id,
-        os.environ.pop(RUN_TOKEN_ENV, ""),  # from the backend, for this run alone; not left for child processes
-        credentials=channel_credentials_from_env(dict(os.environ)),  # TLS when a CA is given (tunery/grpc_tls.py)
+        run_token,
+        credentials=credentials,
         on_stop=stop.set,
         abort_wait=lambda: stop.reason is not None,
     )
     try:
-        result = run(spec, reporter, stop)
+        result = run(spec, reporter, stop, store)
     except RunStopped as e:
         log.warning("run stopped (%s); not reporting success", e.reason)
         # A paused or preempted run's last checkpoint report must get through; a cancelled one has nothing to say,

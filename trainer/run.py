@@ -17,12 +17,13 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from tunery.jobspec import JobSpec
-from tunery.storage import open_store
+from tunery.storage import ObjectStore, open_store
 
 from .base import RunResult, StopSignal, TrainingRun
 from .chat import ChatTemplateError, ChatTokenizer, end_of_turn_tokens
@@ -39,11 +40,12 @@ log = logging.getLogger("tunery.trainer")
 __all__ = ["RunResult", "StopSignal", "configure_logging", "load_spec", "run", "spec_summary"]
 
 
-def load_spec(ref: str) -> JobSpec:
-    """A JobSpec from a local JSON path (or ``file://`` URL), or from ``<object_store_url>#<key>``."""
+def load_spec(ref: str, store_at: Callable[[str], ObjectStore] = open_store) -> JobSpec:
+    """A JobSpec from a local JSON path (or ``file://`` URL), or from ``<object_store_url>#<key>`` (the store opened
+    with ``store_at``: a brokered trainer's, trainer/brokered.py)."""
     if "#" in ref and "://" in ref.split("#", 1)[0]:
         url, key = ref.rsplit("#", 1)
-        data = open_store(url).get_bytes(key)
+        data = store_at(url).get_bytes(key)
     else:
         parsed = urlparse(ref)
         path = unquote(parsed.path) if parsed.scheme == "file" else ref
@@ -61,12 +63,15 @@ def chat_tokenizer(model: Any, tokenizer: Any) -> ChatTokenizer:
         raise TrainerError(str(e)) from e
 
 
-def run(spec: JobSpec, reporter: Reporter, stop: StopSignal | None = None) -> RunResult:
-    """Train as the spec's plan says; raises TrainerError or RunStopped when the run does not succeed."""
+def run(
+    spec: JobSpec, reporter: Reporter, stop: StopSignal | None = None, store: ObjectStore | None = None
+) -> RunResult:
+    """Train as the spec's plan says, reading and writing ``store`` (the spec's, opened here, when None); raises
+    TrainerError or RunStopped when the run does not succeed."""
     stop = stop or StopSignal()
     plan = spec.plan
     method = get_method(plan.method)
-    r = TrainingRun(spec, reporter, stop, method)
+    r = TrainingRun(spec, reporter, stop, method, store)
     train_data, valid_data = r.read_data()
     method.prepare_records(r, train_data)
     stop.check()

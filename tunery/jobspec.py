@@ -18,6 +18,24 @@ PARENT_PID_ENV = "TUNERY_PARENT_PID"
 # The run's token, the trainer's credential on the reporting channel: the backend hands it to that trainer alone (a
 # local process's environment, a per-run Kubernetes Secret), never through the shared object store (docs/security.md).
 RUN_TOKEN_ENV = "TUNERY_RUN_TOKEN"
+# A brokered trainer's object store (docs/security.md): ``tunery-broker://<reporting address>/<job id>``. It holds no
+# store credentials; it asks the scheduler at that address, with its run token, for presigned URLs of its objects.
+BROKER_SCHEME = "tunery-broker"
+
+
+def broker_url(address: str, job_id: str) -> str:
+    return f"{BROKER_SCHEME}://{address}/{job_id}"
+
+
+def parse_broker_url(url: str) -> tuple[str, str] | None:
+    """(reporting address, job id) of a broker URL; None for any other store URL."""
+    head = f"{BROKER_SCHEME}://"
+    if not url.startswith(head):
+        return None
+    address, _, job_id = url[len(head) :].partition("/")
+    if not address or not job_id or "/" in job_id:
+        raise ValueError(f"not a broker URL: {url!r} (expected {head}<host:port>/<job id>)")
+    return address, job_id
 
 
 class DataFile(BaseModel):
@@ -65,7 +83,9 @@ class JobSpec(BaseModel):
     # Fine-tuning a fine-tuned model: the object-store prefix of the parent adapter (``model`` was an ft: model).
     init_adapter_prefix: str | None = None
 
-    object_store: str  # URL of the object store (file:///... or s3://bucket/prefix, with TUNERY_S3_* in the env)
+    # URL of the object store as the trainer reaches it: file:///..., s3://bucket/prefix (with TUNERY_S3_* in the env),
+    # or a broker URL (broker_url: no credentials, presigned URLs from the scheduler)
+    object_store: str
     output_prefix: str  # jobs/<job_id>; checkpoints, final model and results go under it
     reporting_address: str  # host:port of the gRPC TrainerReporting service
     # Continue from a resume state (see tunery/resume.py): "latest" (the newest complete one, if any) or a state's

@@ -104,7 +104,7 @@ class Metrics:
         )
         self.trainer_reports = Counter(
             "tunery_trainer_reports",
-            "Reports received from trainers over gRPC, by kind (started, metrics, event, checkpoint, finished).",
+            "Calls of trainers over gRPC, by kind (started, metrics, event, checkpoint, finished, objects).",
             ["kind"],
             registry=r,
         )

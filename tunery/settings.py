@@ -152,6 +152,13 @@ class Settings(BaseSettings):
     s3_presign_seconds: int = Field(default=3600, ge=1, le=604800)
     s3_retry_mode: Literal["standard", "adaptive"] = "standard"
     s3_max_attempts: int = Field(default=5, ge=1)
+    # How trainers reach the object store (docs/security.md, "What a trainer can reach"). `brokered`: they hold no
+    # store credentials; they ask the scheduler, with their run token, for short-lived presigned URLs of the objects
+    # their job may reach (needs an s3:// store). `direct`: they get the store's credentials (the whole bucket).
+    # `auto`: brokered for S3 with the Kubernetes backend, direct otherwise (a local trainer shares the machine).
+    trainer_object_access: Literal["auto", "brokered", "direct"] = "auto"
+    # Lifetime of the presigned URLs a brokered trainer gets (each is asked for just before it is used).
+    trainer_url_seconds: int = Field(default=900, ge=1, le=604800)
 
     # Scheduler backend and roles (Kubernetes backend: docs/settings.md, "Kubernetes").
     scheduler_backend: Literal["local", "kubernetes"] = "local"
@@ -236,6 +243,22 @@ class Settings(BaseSettings):
             "list), or TUNERY_ALLOW_OPEN=true to let anyone who reaches the API use it as the one tenant, "
             "without a key (dangerous: docs/security.md)"
         )
+
+    @property
+    def trainers_brokered(self) -> bool:
+        """Whether trainers reach the object store through the scheduler (``trainer_object_access``)."""
+        if self.trainer_object_access == "auto":
+            return self.resolved_object_store.startswith("s3://") and self.scheduler_backend == "kubernetes"
+        return self.trainer_object_access == "brokered"
+
+    def object_access_refusal(self) -> str | None:
+        """Why the scheduler may not start with this object access, or None: brokered access presigns S3 URLs."""
+        if self.trainers_brokered and not self.resolved_object_store.startswith("s3://"):
+            return (
+                "TUNERY_TRAINER_OBJECT_ACCESS=brokered needs an s3:// object store (trainers get presigned URLs); a "
+                "local-folder store is shared with local trainers directly: use direct or auto"
+            )
+        return None
 
     @property
     def resolved_database_url(self) -> str:

@@ -275,6 +275,27 @@ def open_store(url: str, settings: Settings | None = None) -> ObjectStore:
     raise ValueError(f"unsupported object store URL {url!r} (supported: file://, s3://)")
 
 
+# Variables that carry object-store credentials into a process (Tunery's and boto3's default chain): a brokered
+# trainer's environment has none of them (scheduler/backends.py).
+STORE_CREDENTIAL_ENV = (
+    "TUNERY_S3_ACCESS_KEY_ID",
+    "TUNERY_S3_SECRET_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+)
+
+
 def store_environment(settings: Settings) -> dict[str, str]:
     """The ``TUNERY_S3_*`` variables a child process (the trainer) needs to open the same store as this one."""
     if not settings.resolved_object_store.startswith("s3://"):

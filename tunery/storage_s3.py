@@ -260,6 +260,40 @@ class S3ObjectStore(ObjectStore):
         )
         return url
 
+    # ---- presigned writes: what a brokered trainer is given (scheduler/object_access.py) ----------------------
+    def _presign(self, method: str, expires_in: int | None, **params: Any) -> str:
+        url: str = self.client.generate_presigned_url(
+            method, Params={"Bucket": self.bucket, **params}, ExpiresIn=expires_in or self.presign_seconds
+        )
+        return url
+
+    def presigned_put_url(self, key: str, expires_in: int | None = None) -> str:
+        """A URL that writes the object (one PUT of the whole body) without credentials until it expires."""
+        return self._presign("put_object", expires_in, Key=self._key(key))
+
+    def start_upload(self, key: str) -> str:
+        """A multipart upload of ``key``; returns its upload id."""
+        upload_id: str = self.client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))["UploadId"]
+        return upload_id
+
+    def presigned_part_url(self, key: str, upload_id: str, part_number: int, expires_in: int | None = None) -> str:
+        """A URL that writes part ``part_number`` of a multipart upload of ``key`` (its signature names the key)."""
+        if not 1 <= part_number <= MAX_PARTS:
+            raise ValueError(f"a part number is 1 to {MAX_PARTS}")
+        return self._presign("upload_part", expires_in, Key=self._key(key), UploadId=upload_id, PartNumber=part_number)
+
+    def complete_upload(self, key: str, upload_id: str, parts: builtins.list[tuple[int, str]]) -> None:
+        """Complete a multipart upload from its (part number, ETag) pairs: the object appears whole."""
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]},
+        )
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        self._abort(self._key(key), upload_id)
+
     def compose(
         self, key: str, sources: builtins.list[str], on_chunk: Callable[[bytes], None] | None = None
     ) -> tuple[int, str]:

@@ -97,6 +97,20 @@ def test_api_role_refuses_to_start_without_api_keys(tmp_path):
     assert not (tmp_path / "data").exists()  # refused before it touched any state
 
 
+def test_brokered_trainers_need_an_s3_store(tmp_path):
+    """Brokered trainers get presigned URLs: a scheduler on a local folder with them refuses to start, and says why."""
+    out = subprocess.run(
+        [sys.executable, "-m", "api.cli", "serve", "--role", "scheduler", "--port", str(free_port())],
+        env=_env(tmp_path, TUNERY_TRAINER_OBJECT_ACCESS="brokered"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "TUNERY_TRAINER_OBJECT_ACCESS=brokered needs an s3:// object store" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize(
     ("role", "settings", "health"),
     [

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import shlex
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import TINY, chat_lines
+from tunery.storage import STORE_CREDENTIAL_ENV
 
 pytestmark = pytest.mark.integration  # trains through the trainer, or runs a cluster: make test, not test-fast
 
@@ -20,8 +25,28 @@ def object_store() -> str:
     return "s3"
 
 
-def test_tiny_job_through_s3(tiny_server_factory, tmp_path, object_store):
-    srv = tiny_server_factory(data_dir=tmp_path / "state")
+def trainer_python_recording_env(tmp_path: Path) -> tuple[Path, Path]:
+    """An interpreter for the trainer that first writes the environment it was started with to a file."""
+    dump, wrapper = tmp_path / "trainer-env.json", tmp_path / "trainer-python"
+    record = f"import json, os; open({str(dump)!r}, 'w').write(json.dumps(dict(os.environ)))"
+    wrapper.write_text(
+        f'#!/bin/sh\n{shlex.quote(sys.executable)} -c {shlex.quote(record)}\nexec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper, dump
+
+
+@pytest.mark.parametrize("access", ["direct", "brokered"])
+def test_tiny_job_through_s3(tiny_server_factory, tmp_path, object_store, access, monkeypatch, seaweedfs):
+    """Direct: the trainer gets the store's credentials. Brokered: it gets none (not even the server's own from its
+    environment) and reaches its spec, data, checkpoints and results through presigned URLs from the scheduler."""
+    over = {}
+    if access == "brokered":
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "TUNERY_S3_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(name, seaweedfs.secret_access_key)  # what a local trainer would otherwise inherit
+        python, env_dump = trainer_python_recording_env(tmp_path)
+        over = {"trainer_object_access": "brokered", "trainer_python": str(python)}
+    srv = tiny_server_factory(data_dir=tmp_path / "state", **over)
     store = srv.app.state.ctx.store
     assert store.url.startswith("s3://")
     f = srv.client.files.create(file=("train.jsonl", chat_lines(12)), purpose="fine-tune")
@@ -33,6 +58,13 @@ def test_tiny_job_through_s3(tiny_server_factory, tmp_path, object_store):
     )
     job = srv.wait_job(job.id, {"succeeded", "failed", "cancelled"}, timeout=240)
     assert job.status == "succeeded", (job.error, srv.events(job.id))
+
+    if access == "brokered":
+        env = json.loads(env_dump.read_text())
+        assert not set(env) & set(STORE_CREDENTIAL_ENV)
+        assert not any(seaweedfs.secret_access_key in v or seaweedfs.access_key_id in v for v in env.values())
+        spec = json.loads(store.get_bytes(f"jobs/{job.id}/spec.json"))
+        assert spec["object_store"].startswith("tunery-broker://") and spec["object_store"].endswith(f"/{job.id}")
 
     keys = store.list(f"jobs/{job.id}/")
     assert f"jobs/{job.id}/spec.json" in keys and f"jobs/{job.id}/results.csv" in keys

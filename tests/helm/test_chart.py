@@ -117,7 +117,8 @@ def test_conflicting_database_settings_fail_with_a_message(bin_dir: Path) -> Non
     err = refusal(bin_dir, "database.url=postgresql+psycopg://u:p@db/t", "postgresql.enabled=true")
     assert "set only one of database.url" in err
     assert "postgresql.auth.password" in refusal(bin_dir, "postgresql.enabled=true")
-    assert "training.credentials.existingSecret" in refusal(bin_dir, "objectStore.s3.existingSecret=s3")
+    direct = "training.objectAccess=direct"
+    assert "training.credentials.existingSecret" in refusal(bin_dir, "objectStore.s3.existingSecret=s3", direct)
     err = refusal(bin_dir, "config.extra.TUNERY_OBJECT_STORE=s3://other")
     assert "config.extra.TUNERY_OBJECT_STORE: the chart sets this one" in err
     assert "leaderElection" in refusal(bin_dir, "scheduler.replicaCount=2", "scheduler.leaderElection=false")

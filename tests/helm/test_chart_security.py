@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helm.chart import containers, refusal, workloads
+from tests.helm.chart import DEV_SETS, containers, refusal, workloads
 from tests.helm_tools import MINIMAL_VALUES, by_kind, install_notes, one, render
 from tunery.settings import Settings
 
@@ -113,9 +113,10 @@ def test_secrets_stay_in_secrets(rendered: dict[str, list[dict[str, Any]]]) -> N
         == "postgresql+psycopg://tunery:p%40ss%2Fword@tun-tunery-postgresql.tunery.svc.cluster.local:5432/tunery"
     )
     assert data["api-keys"] == "key-one,key-two"
-    trainer = one(docs, "Secret", "tun-tunery-trainer")["stringData"]
-    assert trainer["TUNERY_S3_SECRET_ACCESS_KEY"] == "s3-secret-value"
-    assert trainer["TUNERY_S3_ENDPOINT_URL"] == "http://seaweedfs.storage:8333"
+    # Trainer pods are brokered by default: no credentials Secret of theirs, none named to the scheduler.
+    assert not [d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "tun-tunery-trainer"]
+    config = one(docs, "ConfigMap", "tun-tunery")["data"]
+    assert config["TUNERY_TRAINER_OBJECT_ACCESS"] == "brokered" and "TUNERY_K8S_CREDENTIALS_SECRET" not in config
     # Only the API container gets the API keys.
     api_env = {e["name"] for e in containers(one(docs, "Deployment", "tun-tunery-api"))[0]["env"]}
     sched_env = {e["name"] for e in containers(one(docs, "Deployment", "tun-tunery-scheduler"))[-1]["env"]}
@@ -173,3 +174,13 @@ def test_pods_run_as_non_root_without_privileges(rendered: dict[str, list[dict[s
         # Only the scheduler talks to the Kubernetes API.
         mounts_token = pod.get("automountServiceAccountToken", True)
         assert mounts_token == (doc["metadata"]["name"].endswith("-scheduler")), doc["metadata"]["name"]
+
+
+def test_direct_object_access_gives_trainer_pods_the_store_s_keys(bin_dir: Path) -> None:
+    docs = render(bin_dir, sets=[*DEV_SETS, "training.objectAccess=direct"])
+    trainer = one(docs, "Secret", "tun-tunery-trainer")["stringData"]
+    assert trainer["TUNERY_S3_SECRET_ACCESS_KEY"] == "s3-secret-value"
+    assert trainer["TUNERY_S3_ENDPOINT_URL"] == "http://seaweedfs.storage:8333"
+    config = one(docs, "ConfigMap", "tun-tunery")["data"]
+    assert config["TUNERY_TRAINER_OBJECT_ACCESS"] == "direct"
+    assert config["TUNERY_K8S_CREDENTIALS_SECRET"] == "tun-tunery-trainer"

@@ -351,3 +351,50 @@ def test_a_trainer_tls_secret_is_mounted_and_named_in_the_trainer_s_environment(
     plain = job_manifest(Settings(), job_id="ftjob-q", run="r", spec_ref=REF)["spec"]["template"]["spec"]
     assert all(v["name"] != "reporting-tls" for v in plain.get("volumes", []))
     assert not {e["name"] for e in plain["containers"][0]["env"]} & set(TRAINER_TLS_ENV)
+
+
+BROKER_REF = "tunery-broker://tunery-scheduler.tunery.svc:50051/ftjob-AbC123#jobs/ftjob-AbC123/spec.json"
+
+
+def test_brokered_trainer_pods_carry_no_object_store_credentials():
+    """S3 with the Kubernetes backend brokers trainers' object access by default: their pods get no credentials
+    Secret (even one named in the job's runtime snapshot) and no store variable; their only credential is the run
+    token, from the run's own Secret."""
+    s3 = {"object_store": "s3://tunery/prefix", "scheduler_backend": "kubernetes"}
+    settings = full_settings(**s3)
+    assert settings.trainers_brokered and settings.object_access_refusal() is None
+    runtime = TrainerRuntime.from_settings(settings)
+    assert runtime.credentials_secret == "tunery-s3"  # what a job queued in direct mode stored
+    for m in (
+        job_manifest(settings, job_id="ftjob-AbC123", run="r", spec_ref=BROKER_REF),
+        job_manifest(settings, job_id="ftjob-AbC123", run="r", spec_ref=BROKER_REF, runtime=runtime),
+    ):
+        [c] = m["spec"]["template"]["spec"]["containers"]
+        assert "envFrom" not in c and c["command"][-2:] == ["--spec", BROKER_REF]
+        names = {e["name"] for e in c["env"]}
+        assert not {n for n in names if n.startswith(("TUNERY_S3_", "AWS_"))}
+        secrets = [e["valueFrom"]["secretKeyRef"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+        assert secrets == [{"name": "tunery-ftjob-abc123-r-token", "key": TOKEN_KEY}]
+    # Direct access, asked for: the credentials Secret, as before.
+    direct = full_settings(**s3, trainer_object_access="direct")
+    [c] = job_manifest(direct, job_id="j", run="r", spec_ref=REF)["spec"]["template"]["spec"]["containers"]
+    assert c["envFrom"] == [{"secretRef": {"name": "tunery-s3"}}]
+
+
+@pytest.mark.parametrize(
+    ("over", "brokered"),
+    [
+        ({}, False),  # the local folder and local processes: one machine, one trust domain
+        ({"object_store": "s3://b"}, False),  # S3 with local trainers: direct unless asked
+        ({"object_store": "s3://b", "trainer_object_access": "brokered"}, True),
+        ({"scheduler_backend": "kubernetes"}, False),  # a local folder has no presigned URLs
+        ({"object_store": "s3://b", "scheduler_backend": "kubernetes"}, True),
+    ],
+)
+def test_which_trainers_are_brokered(over, brokered):
+    assert Settings(**over).trainers_brokered is brokered
+
+
+def test_brokered_access_needs_an_s3_store():
+    refusal = Settings(trainer_object_access="brokered").object_access_refusal()
+    assert refusal and "TUNERY_TRAINER_OBJECT_ACCESS" in refusal and "s3://" in refusal

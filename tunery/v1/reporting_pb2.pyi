@@ -1,7 +1,8 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -122,3 +123,63 @@ class FinishedRequest(_message.Message):
     error_message: str
     error_param: str
     def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., succeeded: _Optional[bool] = ..., model_prefix: _Optional[str] = ..., results_key: _Optional[str] = ..., trained_tokens: _Optional[int] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., error_param: _Optional[str] = ...) -> None: ...
+
+class AccessRequest(_message.Message):
+    __slots__ = ("run", "op", "key", "upload_id", "part_number", "parts")
+    class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OP_UNSPECIFIED: _ClassVar[AccessRequest.Op]
+        OP_READ: _ClassVar[AccessRequest.Op]
+        OP_WRITE: _ClassVar[AccessRequest.Op]
+        OP_STAT: _ClassVar[AccessRequest.Op]
+        OP_LIST: _ClassVar[AccessRequest.Op]
+        OP_DELETE: _ClassVar[AccessRequest.Op]
+        OP_START_UPLOAD: _ClassVar[AccessRequest.Op]
+        OP_WRITE_PART: _ClassVar[AccessRequest.Op]
+        OP_COMPLETE_UPLOAD: _ClassVar[AccessRequest.Op]
+        OP_ABORT_UPLOAD: _ClassVar[AccessRequest.Op]
+    OP_UNSPECIFIED: AccessRequest.Op
+    OP_READ: AccessRequest.Op
+    OP_WRITE: AccessRequest.Op
+    OP_STAT: AccessRequest.Op
+    OP_LIST: AccessRequest.Op
+    OP_DELETE: AccessRequest.Op
+    OP_START_UPLOAD: AccessRequest.Op
+    OP_WRITE_PART: AccessRequest.Op
+    OP_COMPLETE_UPLOAD: AccessRequest.Op
+    OP_ABORT_UPLOAD: AccessRequest.Op
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    PART_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    run: RunRef
+    op: AccessRequest.Op
+    key: str
+    upload_id: str
+    part_number: int
+    parts: _containers.RepeatedCompositeFieldContainer[UploadedPart]
+    def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., op: _Optional[_Union[AccessRequest.Op, str]] = ..., key: _Optional[str] = ..., upload_id: _Optional[str] = ..., part_number: _Optional[int] = ..., parts: _Optional[_Iterable[_Union[UploadedPart, _Mapping]]] = ...) -> None: ...
+
+class UploadedPart(_message.Message):
+    __slots__ = ("part_number", "etag")
+    PART_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    part_number: int
+    etag: str
+    def __init__(self, part_number: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class AccessReply(_message.Message):
+    __slots__ = ("url", "exists", "size", "keys", "upload_id")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    exists: bool
+    size: int
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    upload_id: str
+    def __init__(self, url: _Optional[str] = ..., exists: _Optional[bool] = ..., size: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., upload_id: _Optional[str] = ...) -> None: ...

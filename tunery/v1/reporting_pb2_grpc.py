@@ -272,3 +272,87 @@ class TrainerReporting:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class TrainerObjectsStub:
+    """The trainer's objects, when it holds no object-store credentials of its own (brokered access, docs/security.md):
+    it asks here, with its run token, for each thing it does, and the control plane decides what the run may reach
+    (its own job's prefix, its input files, the fine-tuned model it continues from) and answers with a short-lived
+    presigned URL, or does the small operation itself.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Access = channel.unary_unary(
+                '/tunery.v1.TrainerObjects/Access',
+                request_serializer=tunery_dot_v1_dot_reporting__pb2.AccessRequest.SerializeToString,
+                response_deserializer=tunery_dot_v1_dot_reporting__pb2.AccessReply.FromString,
+                _registered_method=True)
+
+
+class TrainerObjectsServicer:
+    """The trainer's objects, when it holds no object-store credentials of its own (brokered access, docs/security.md):
+    it asks here, with its run token, for each thing it does, and the control plane decides what the run may reach
+    (its own job's prefix, its input files, the fine-tuned model it continues from) and answers with a short-lived
+    presigned URL, or does the small operation itself.
+    """
+
+    def Access(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TrainerObjectsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Access': grpc.unary_unary_rpc_method_handler(
+                    servicer.Access,
+                    request_deserializer=tunery_dot_v1_dot_reporting__pb2.AccessRequest.FromString,
+                    response_serializer=tunery_dot_v1_dot_reporting__pb2.AccessReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tunery.v1.TrainerObjects', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tunery.v1.TrainerObjects', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TrainerObjects:
+    """The trainer's objects, when it holds no object-store credentials of its own (brokered access, docs/security.md):
+    it asks here, with its run token, for each thing it does, and the control plane decides what the run may reach
+    (its own job's prefix, its input files, the fine-tuned model it continues from) and answers with a short-lived
+    presigned URL, or does the small operation itself.
+    """
+
+    @staticmethod
+    def Access(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunery.v1.TrainerObjects/Access',
+            tunery_dot_v1_dot_reporting__pb2.AccessRequest.SerializeToString,
+            tunery_dot_v1_dot_reporting__pb2.AccessReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -255,8 +255,8 @@ port of objectStore.s3.endpointUrl (AWS S3 when empty: 443). */}}
 {{- if and .Values.postgresql.enabled (not .Values.postgresql.auth.password) }}
 {{- fail "postgresql.enabled needs postgresql.auth.password" }}
 {{- end }}
-{{- if and .Values.objectStore.s3.existingSecret .Values.training.credentials.create (not .Values.training.credentials.existingSecret) }}
-{{- fail "objectStore.s3.existingSecret is set: name the trainer pods' Secret (in the training namespace) in training.credentials.existingSecret" }}
+{{- if and (eq .Values.training.objectAccess "direct") .Values.objectStore.s3.existingSecret .Values.training.credentials.create (not .Values.training.credentials.existingSecret) }}
+{{- fail "objectStore.s3.existingSecret is set with training.objectAccess=direct: name the trainer pods' Secret (in the training namespace) in training.credentials.existingSecret" }}
 {{- end }}
 {{- if and .Values.vllm.enabled (not (hasKey .Values.config.baseModels .Values.vllm.servedModelName)) }}
 {{- fail "vllm.enabled: set vllm.servedModelName to the key of config.baseModels that vLLM serves (the API sends that name)" }}
