@@ -212,6 +212,7 @@ def admin_bootstrap(
     from sqlalchemy import select
 
     from tunery import tenancy
+    from tunery.audit import CLI
     from tunery.db import Project
 
     s = _settings()
@@ -222,9 +223,9 @@ def admin_bootstrap(
                 Project.organization_id == s.organization_id, Project.name == project, Project.archived_at.is_(None)
             )
         )
-        row = found or tenancy.create_project(session, s.organization_id, project)
+        row = found or tenancy.create_project(session, CLI, s.organization_id, project)
         account, key = tenancy.create_service_account(
-            session, row, name=f"{project} owner", role="owner", expires_at=_expiry(expires_days)
+            session, CLI, row, name=f"{project} owner", role="owner", expires_at=_expiry(expires_days)
         )
         typer.echo(f"project {row.id} ({row.name}){' (existing)' if found else ''}", err=True)
         typer.echo(f"service account {account.id} (owner), API key {key.row.id}: shown once, keep it", err=True)
@@ -244,6 +245,7 @@ def admin_create_key(
     from sqlalchemy import select
 
     from tunery import tenancy
+    from tunery.audit import CLI
     from tunery.db import Project
     from tunery.db.models import ADMIN_ROLE, PROJECT_ROLES
 
@@ -257,6 +259,7 @@ def admin_create_key(
         if role == ADMIN_ROLE:
             key = tenancy.issue_key(
                 session,
+                CLI,
                 organization_id=s.organization_id,
                 project_id=None,
                 role=role,
@@ -271,7 +274,7 @@ def admin_create_key(
                 typer.echo(f"tunery admin: no active project {project!r} (tunery admin list-keys)", err=True)
                 raise typer.Exit(2)
             _, key = tenancy.create_service_account(
-                session, row, name=name or role, role=role, expires_at=_expiry(expires_days)
+                session, CLI, row, name=name or role, role=role, expires_at=_expiry(expires_days)
             )
         typer.echo(f"API key {key.row.id} ({role}): shown once, keep it", err=True)
         typer.echo(key.value)
@@ -304,6 +307,7 @@ def admin_list_keys(
 def admin_revoke_key(key_id: str = typer.Argument(..., help="The key's id (key_...).")) -> None:
     """Revoke a key: its next request is a 401."""
     from tunery import tenancy
+    from tunery.audit import CLI
     from tunery.db import ApiKey
 
     s = _settings()
@@ -313,7 +317,7 @@ def admin_revoke_key(key_id: str = typer.Argument(..., help="The key's id (key_.
         if row is None:
             typer.echo(f"tunery admin: no key {key_id!r}", err=True)
             raise typer.Exit(2)
-        tenancy.revoke(session, row)
+        tenancy.revoke(session, CLI, row)
     database.engine.dispose()
     typer.echo(f"revoked {key_id}", err=True)
 

@@ -55,6 +55,10 @@ def api_key_id() -> str:
     return f"key_{_random(24)}"
 
 
+def audit_event_id() -> str:
+    return f"audit_log-{_random(24)}"
+
+
 def request_id() -> str:
     return f"req_{_random(24)}"
 

@@ -27,6 +27,7 @@ from api.protocol.files import UploadPart as UploadPartObject
 from api.services.files import check_training_filename, clean_filename, file_object, initial_status, put_limited
 from tunery import ids
 from tunery import uploads as lifecycle
+from tunery.audit import Actor, EventType, record
 from tunery.db import File, Upload, UploadPart
 
 T = TypeVar("T")
@@ -84,9 +85,22 @@ _NOT_PENDING = {
 class UploadService:
     """The caller's uploads. Blocking (database and object store): run it off the event loop."""
 
-    def __init__(self, ctx: AppContext, tenant: Tenant):
+    def __init__(self, ctx: AppContext, tenant: Tenant, actor: Actor):
         self.ctx = ctx
         self.tenant = tenant
+        self.actor = actor  # who the audit log says acted
+
+    def _record(self, s: Session, type: EventType, resource_id: str, details: dict[str, Any] | None = None) -> None:
+        t = self.tenant
+        record(
+            s,
+            type,
+            self.actor,
+            organization_id=t.organization_id,
+            project_id=t.project_id,
+            resource_id=resource_id,
+            details=details,
+        )
 
     def _mine(self) -> tuple[Any, ...]:
         t = self.tenant
@@ -162,6 +176,8 @@ class UploadService:
         )
         with self.ctx.db.session() as s:
             s.add(row)
+            details = {"data": {"filename": filename, "purpose": req.purpose, "bytes": req.bytes}}
+            self._record(s, EventType.UPLOAD_CREATED, row.id, details)
         return upload_object(row)
 
     def _used(self, s: Session, upload_id: str) -> int:
@@ -316,6 +332,9 @@ class UploadService:
                         raise self._lost_hold(upload_id)
                     s.add(f)
                     s.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id))
+                    self._record(s, EventType.UPLOAD_COMPLETED, upload_id, {"data": {"file_id": file_id}})
+                    details = {"data": {"filename": f.filename, "purpose": f.purpose, "bytes": size}}
+                    self._record(s, EventType.FILE_CREATED, file_id, {**details, "upload_id": upload_id})
                     upload.status = "completed"
             except BaseException:
                 ctx.store.delete(key)
@@ -349,6 +368,7 @@ class UploadService:
             keys = lifecycle.drop_parts(s, upload_id)
             row = s.scalar(select(Upload).where(Upload.id == upload_id))
             assert row is not None
+            self._record(s, EventType.UPLOAD_CANCELLED, upload_id)
             return row, keys
 
         upload, keys = self._transition(upload_id, "it cannot be cancelled", cancel)

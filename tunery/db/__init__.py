@@ -16,6 +16,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from tunery.db.models import (
     ApiKey,
+    AuditEvent,
     Base,
     Checkpoint,
     File,
@@ -31,6 +32,7 @@ from tunery.db.models import (
 
 __all__ = [
     "ApiKey",
+    "AuditEvent",
     "Base",
     "Checkpoint",
     "Database",
