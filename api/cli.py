@@ -322,6 +322,31 @@ def admin_revoke_key(key_id: str = typer.Argument(..., help="The key's id (key_.
     typer.echo(f"revoked {key_id}", err=True)
 
 
+@admin_app.command("audit")
+def admin_audit(
+    limit: int = typer.Option(20, "--limit", min=1, help="How many events (newest first)."),
+    type: list[str] = typer.Option(None, "--type", help="Only events of this type (repeatable): project.created, ..."),
+    project: list[str] = typer.Option(None, "--project", help="Only events of this project (repeatable)."),
+) -> None:
+    """The organization's audit log, newest first: time, type, actor, project, object (docs/tenancy.md)."""
+    import time
+
+    from api.services.audit import AuditLogQuery, AuditLogService
+
+    s = _settings()
+    database = _admin_database(s)
+    query = AuditLogQuery(event_types=tuple(type or ()), project_ids=tuple(project or ()), limit=limit)
+    for e in AuditLogService(database, s.organization_id).list(query).data:
+        actor = e.actor.type if e.actor.api_key is None else e.actor.api_key.id
+        if e.actor.api_key is not None and e.actor.api_key.service_account is not None:
+            actor += f" ({e.actor.api_key.service_account.id})"
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.effective_at))
+        project_id = e.project.id if e.project is not None else "(organization)"
+        resource = (e.model_extra or {}).get(e.type, {}).get("id", "")
+        typer.echo("\t".join((at, e.type, actor, project_id, resource, e.id)))
+    database.engine.dispose()
+
+
 def main() -> None:
     app()
 
