@@ -174,6 +174,7 @@ def test_admin_bootstrap_create_list_and_revoke_keys(tmp_path, tiny_server_facto
     from typer.testing import CliRunner
 
     from api.cli import app
+    from tunery.tenancy import key_digest
 
     runner = CliRunner()
     env = _env(tmp_path)
@@ -197,6 +198,7 @@ def test_admin_bootstrap_create_list_and_revoke_keys(tmp_path, tiny_server_facto
 
     listed = admin("list-keys").splitlines()
     assert len(listed) == 1 and owner not in listed[0] and listed[0].split("\t")[2] == "owner"
+    assert key_digest(owner) not in listed[0]  # never the value, never its hash
     project_id = listed[0].split("\t")[1]
     assert project_id.startswith("proj_")
     reader = admin("create-key", "--project", project_id, "--role", "reader", "--expires-days", "30")
