@@ -104,8 +104,11 @@ def identify(settings: Settings, registry: KeyRegistry | None, authorization: st
         with registry.db.session() as s:
             row = find_key(s, token)
             if row is not None:
-                note_use(s, row)  # at most one write a minute per key; this runs off the event loop
-                return Principal(row.organization_id, row.project_id, row.role, row.id, row.service_account_id)
+                found = Principal(row.organization_id, row.project_id, row.role, row.id, row.service_account_id)
+                key_id, last_used_at = row.id, row.last_used_at
+        if row is not None:
+            note_use(registry.db, key_id, last_used_at)  # at most one write a minute per key, off the event loop
+            return found
     raise APIError(401, f"Incorrect API key provided: {masked(token)}.", type=INVALID_REQUEST, code="invalid_api_key")
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import exists, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tunery import ids
@@ -31,6 +32,7 @@ from tunery.settings import Settings
 PROJECT_KEY_PREFIX = "sk-svcacct-"
 ADMIN_KEY_PREFIX = "sk-admin-"
 DEFAULT_PROJECT_NAME = "Default project"
+log = logging.getLogger("tunery.tenancy")
 # A key's ``last_used_at`` is written at most this often (seconds): no write on every request.
 LAST_USED_RESOLUTION = 60
 
@@ -115,15 +117,22 @@ def find_key(s: Session, value: str, at: int | None = None) -> ApiKey | None:
     return row
 
 
-def note_use(s: Session, key: ApiKey, at: int | None = None) -> bool:
-    """Set the key's ``last_used_at`` when the stored value is older than :data:`LAST_USED_RESOLUTION` (or unset):
-    one write a minute per key at most, however many requests use it; replicas racing to write it are harmless (a
-    conditional UPDATE, the newest minute wins). Returns whether it wrote."""
+def note_use(db: Database, key_id: str, last_used_at: int | None, at: int | None = None) -> bool:
+    """Set a key's ``last_used_at`` when the value its lookup read (``last_used_at``) is older than
+    :data:`LAST_USED_RESOLUTION` or unset: one write a minute per key at most, however many requests use it, and
+    none at all otherwise. Requests (or replicas) racing to write it are harmless: a conditional UPDATE, in a
+    transaction of its own, that only the first matches. Bookkeeping never fails a request: an error is logged.
+    Returns whether it wrote."""
     at = now() if at is None else at
-    if key.last_used_at is not None and at - key.last_used_at < LAST_USED_RESOLUTION:
+    if last_used_at is not None and at - last_used_at < LAST_USED_RESOLUTION:
         return False
     stale = or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= at - LAST_USED_RESOLUTION)
-    s.execute(update(ApiKey).where(ApiKey.id == key.id, stale).values(last_used_at=at))
+    try:
+        with db.session() as s:
+            s.execute(update(ApiKey).where(ApiKey.id == key_id, stale).values(last_used_at=at))
+    except SQLAlchemyError:
+        log.warning("could not note the use of API key %s", key_id, exc_info=True)
+        return False
     return True
 
 

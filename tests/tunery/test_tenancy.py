@@ -90,3 +90,18 @@ def test_whether_keys_were_issued_is_cached(db: Database) -> None:
     before = len(queries)
     assert registry.issued() and len(queries) == before  # for good, without a query: revoked keys keep their rows
     assert tenancy.KeyRegistry(db).issued()
+
+
+def test_a_keys_last_use_is_written_at_most_once_a_minute(db: Database) -> None:
+    with db.session() as s:
+        key = tenancy.issue_key(s, CLI, organization_id="org-default", project_id=None, role="admin", name="ops")
+        key_id = key.row.id
+    t = now()
+    assert tenancy.note_use(db, key_id, None, at=t)  # never used: written
+    assert not tenancy.note_use(db, key_id, t, at=t + 59)  # read a fresh value: no statement at all
+    assert tenancy.note_use(db, key_id, None, at=t + 30)  # a racer that read the old value: its UPDATE matches nothing
+    with db.session() as s:
+        assert s.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id)) == t
+    assert tenancy.note_use(db, key_id, t, at=t + 60)
+    with db.session() as s:
+        assert s.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id)) == t + 60
