@@ -32,9 +32,10 @@ from fastapi import Depends, Request
 
 from api.context import AppContext, Tenant, get_ctx
 from api.errors import INVALID_REQUEST, APIError, PermissionDenied
+from tunery import audit
 from tunery.db.models import ADMIN_ROLE
 from tunery.settings import Settings
-from tunery.tenancy import KeyRegistry, find_key
+from tunery.tenancy import KeyRegistry, find_key, note_use
 
 PRINCIPAL_SCOPE_KEY = "tunery.principal"
 ADMIN_PREFIX = "/v1/organization/"
@@ -51,13 +52,23 @@ OWNER_ROUTES_PREFIXES = (
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request is: its organization, its project (None for an organization admin key), its role, and the id of
-    its stored key (None for a TUNERY_API_KEYS key and for open access)."""
+    """Who a request is: its organization, its project (None for an organization admin key), its role, the id of
+    its stored key and that key's service account (None for a TUNERY_API_KEYS key and for open access), and whether
+    it came in without a key because the server is open."""
 
     organization_id: str
     project_id: str | None
     role: str
     key_id: str | None = None
+    service_account_id: str | None = None
+    open_access: bool = False
+
+    @property
+    def actor(self) -> audit.Actor:
+        """Who the audit log says acted (tunery/audit.py): the services take it, never the request."""
+        if self.key_id is not None:
+            return audit.Actor.key(self.key_id, self.service_account_id)
+        return audit.OPEN_ACCESS if self.open_access else audit.BOOTSTRAP
 
     def tenant(self, settings: Settings) -> Tenant:
         """The project the request acts on: the key's, or the default project for an admin."""
@@ -89,14 +100,18 @@ def identify(settings: Settings, registry: KeyRegistry | None, authorization: st
         return bootstrap
     stored = registry is not None and registry.issued()
     if not settings.api_keys and not stored:
-        return bootstrap  # open: the embedded mode until keys exist
+        return Principal(settings.organization_id, None, ADMIN_ROLE, open_access=True)  # the embedded mode until keys
     if not token:
         raise _missing()
     if stored and registry is not None:
         with registry.db.session() as s:
             row = find_key(s, token)
             if row is not None:
-                return Principal(row.organization_id, row.project_id, row.role, row.id)
+                found = Principal(row.organization_id, row.project_id, row.role, row.id, row.service_account_id)
+                key_id, last_used_at = row.id, row.last_used_at
+        if row is not None:
+            note_use(registry.db, key_id, last_used_at)  # at most one write a minute per key, off the event loop
+            return found
     raise APIError(401, f"Incorrect API key provided: {masked(token)}.", type=INVALID_REQUEST, code="invalid_api_key")
 
 
@@ -160,7 +175,12 @@ def tenant(p: Principal = Depends(principal), ctx: AppContext = Depends(get_ctx)
     return p.tenant(ctx.settings)
 
 
+def request_principal(request: Request, ctx: AppContext) -> Principal:
+    """The principal of a request, for a dependency that runs on the event loop: the request guard has admitted the
+    request already (api/limits.py), so this reads it from the scope without I/O."""
+    return principal(request, ctx)
+
+
 def request_tenant(request: Request, ctx: AppContext) -> Tenant:
-    """The tenant of a request, for a dependency that runs on the event loop: the request guard has admitted the
-    request already (api/limits.py), so this reads its principal from the scope without I/O."""
-    return principal(request, ctx).tenant(ctx.settings)
+    """The tenant of a request, for a dependency that runs on the event loop (see :func:`request_principal`)."""
+    return request_principal(request, ctx).tenant(ctx.settings)

@@ -212,6 +212,7 @@ def admin_bootstrap(
     from sqlalchemy import select
 
     from tunery import tenancy
+    from tunery.audit import CLI
     from tunery.db import Project
 
     s = _settings()
@@ -222,9 +223,9 @@ def admin_bootstrap(
                 Project.organization_id == s.organization_id, Project.name == project, Project.archived_at.is_(None)
             )
         )
-        row = found or tenancy.create_project(session, s.organization_id, project)
+        row = found or tenancy.create_project(session, CLI, s.organization_id, project)
         account, key = tenancy.create_service_account(
-            session, row, name=f"{project} owner", role="owner", expires_at=_expiry(expires_days)
+            session, CLI, row, name=f"{project} owner", role="owner", expires_at=_expiry(expires_days)
         )
         typer.echo(f"project {row.id} ({row.name}){' (existing)' if found else ''}", err=True)
         typer.echo(f"service account {account.id} (owner), API key {key.row.id}: shown once, keep it", err=True)
@@ -244,6 +245,7 @@ def admin_create_key(
     from sqlalchemy import select
 
     from tunery import tenancy
+    from tunery.audit import CLI
     from tunery.db import Project
     from tunery.db.models import ADMIN_ROLE, PROJECT_ROLES
 
@@ -257,6 +259,7 @@ def admin_create_key(
         if role == ADMIN_ROLE:
             key = tenancy.issue_key(
                 session,
+                CLI,
                 organization_id=s.organization_id,
                 project_id=None,
                 role=role,
@@ -271,7 +274,7 @@ def admin_create_key(
                 typer.echo(f"tunery admin: no active project {project!r} (tunery admin list-keys)", err=True)
                 raise typer.Exit(2)
             _, key = tenancy.create_service_account(
-                session, row, name=name or role, role=role, expires_at=_expiry(expires_days)
+                session, CLI, row, name=name or role, role=role, expires_at=_expiry(expires_days)
             )
         typer.echo(f"API key {key.row.id} ({role}): shown once, keep it", err=True)
         typer.echo(key.value)
@@ -304,6 +307,7 @@ def admin_list_keys(
 def admin_revoke_key(key_id: str = typer.Argument(..., help="The key's id (key_...).")) -> None:
     """Revoke a key: its next request is a 401."""
     from tunery import tenancy
+    from tunery.audit import CLI
     from tunery.db import ApiKey
 
     s = _settings()
@@ -313,9 +317,34 @@ def admin_revoke_key(key_id: str = typer.Argument(..., help="The key's id (key_.
         if row is None:
             typer.echo(f"tunery admin: no key {key_id!r}", err=True)
             raise typer.Exit(2)
-        tenancy.revoke(session, row)
+        tenancy.revoke(session, CLI, row)
     database.engine.dispose()
     typer.echo(f"revoked {key_id}", err=True)
+
+
+@admin_app.command("audit")
+def admin_audit(
+    limit: int = typer.Option(20, "--limit", min=1, help="How many events (newest first)."),
+    type: list[str] = typer.Option(None, "--type", help="Only events of this type (repeatable): project.created, ..."),
+    project: list[str] = typer.Option(None, "--project", help="Only events of this project (repeatable)."),
+) -> None:
+    """The organization's audit log, newest first: time, type, actor, project, object (docs/tenancy.md)."""
+    import time
+
+    from api.services.audit import AuditLogQuery, AuditLogService
+
+    s = _settings()
+    database = _admin_database(s)
+    query = AuditLogQuery(event_types=tuple(type or ()), project_ids=tuple(project or ()), limit=limit)
+    for e in AuditLogService(database, s.organization_id).list(query).data:
+        actor = e.actor.type if e.actor.api_key is None else e.actor.api_key.id
+        if e.actor.api_key is not None and e.actor.api_key.service_account is not None:
+            actor += f" ({e.actor.api_key.service_account.id})"
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.effective_at))
+        project_id = e.project.id if e.project is not None else "(organization)"
+        resource = (e.model_extra or {}).get(e.type, {}).get("id", "")
+        typer.echo("\t".join((at, e.type, actor, project_id, resource, e.id)))
+    database.engine.dispose()
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
-from api.auth import request_tenant
+from api.auth import request_principal
 from api.context import get_ctx, read_json
 from api.errors import ERROR_RESPONSES, InvalidRequest
 from api.limits import upload_body
@@ -40,7 +40,8 @@ async def file_service(request: Request) -> FileService:
     """The caller's files. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
     FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
     ctx = get_ctx(request)
-    return FileService(ctx, request_tenant(request, ctx))
+    p = request_principal(request, ctx)
+    return FileService(ctx, p.tenant(ctx.settings), p.actor)
 
 
 def _expires_after(form: FormData) -> ExpiresAfter | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from api.auth import request_tenant
+from api.auth import request_principal
 from api.context import get_ctx, read_json
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
@@ -34,7 +34,8 @@ async def job_service(request: Request) -> JobService:
     """The caller's jobs. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
     FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
     ctx = get_ctx(request)
-    return JobService(ctx, request_tenant(request, ctx))
+    p = request_principal(request, ctx)
+    return JobService(ctx, p.tenant(ctx.settings), p.actor)
 
 
 @router.post("/fine_tuning/jobs")

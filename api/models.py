@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from api.auth import request_tenant
+from api.auth import request_principal
 from api.context import get_ctx, read_json
 from api.errors import ERROR_RESPONSES
 from api.protocol.base import Name
@@ -18,7 +18,8 @@ async def model_service(request: Request) -> ModelService:
     """The caller's models. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
     FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
     ctx = get_ctx(request)
-    return ModelService(ctx, request_tenant(request, ctx))
+    p = request_principal(request, ctx)
+    return ModelService(ctx, p.tenant(ctx.settings), p.actor)
 
 
 # The read routes: coroutines with one trip to the read routes' threads, as the job routes (api/jobs.py), same reasons.

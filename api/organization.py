@@ -40,7 +40,7 @@ router = APIRouter(prefix="/organization", responses=ERROR_RESPONSES)
 
 
 def organization_service(ctx: AppContext = Depends(get_ctx), p: Principal = Depends(principal)) -> OrganizationService:
-    return OrganizationService(ctx, p.organization_id)
+    return OrganizationService(ctx, p.organization_id, p.actor)
 
 
 Svc = Depends(organization_service)

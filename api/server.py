@@ -13,12 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
 from tunery.db import Database
 from tunery.grpc_tls import api_server_credentials, server_credentials, trainer_tls_environment
 from tunery.metrics import CONTENT_TYPE, Metrics
 from tunery.settings import DEMO_MODEL, ROLES, Settings, UnsafeSettings
 from tunery.storage import open_store, store_environment
-from tunery.tenancy import ensure_default_rows
+from tunery.tenancy import ensure_default_rows, keys_issued
 
 log = logging.getLogger("tunery.server")
 
@@ -114,6 +117,22 @@ def make_serving(settings: Settings, store, supervisor=None):  # type: ignore[no
     return EmbeddedBackend(engine, max_queue=settings.serving_max_queue)
 
 
+def store_has_keys(settings: Settings) -> bool:
+    """Whether the metadata store has issued API keys, asked without creating or migrating anything: a SQLite file
+    that does not exist, or a store without the keys' table yet, has issued none."""
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and not (url.database and Path(url.database).is_file()):
+        return False
+    db = Database(url.render_as_string(hide_password=False))
+    try:
+        with db.session() as s:
+            return keys_issued(s)
+    except SQLAlchemyError:
+        return False
+    finally:
+        db.engine.dispose()
+
+
 def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bool = True, role: str = "all"):  # type: ignore[no-untyped-def]
     """Wire every part of a role; returns (ASGI app, shutdown function).
 
@@ -128,13 +147,14 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
 
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
-    refusal = settings.open_access_refusal(role) or (
-        settings.object_access_refusal() if role in ("all", "scheduler") else None
-    )
+    refusal = settings.open_access_refusal(role)
+    if refusal and settings.open_access_refusal(role, keys_issued=store_has_keys(settings)) is None:
+        refusal = None  # the store has issued keys: every request needs one
+    refusal = refusal or (settings.object_access_refusal() if role in ("all", "scheduler") else None)
     brokered = settings.trainers_brokered
     if refusal:
         raise UnsafeSettings(refusal)
-    if role == "api" and not settings.api_keys:
+    if role == "api" and not settings.api_keys and not store_has_keys(settings):
         log.warning("TUNERY_ALLOW_OPEN: the API accepts every request, without a key, as its one tenant")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if prepare_models and role != "scheduler":

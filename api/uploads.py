@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from api.auth import tenant
-from api.context import AppContext, Tenant, get_ctx
+from api.auth import Principal, principal
+from api.context import AppContext, get_ctx
 from api.errors import ERROR_RESPONSES, InvalidRequest
 from api.limits import MULTIPART_OVERHEAD, narrow_body, upload_body
 from api.protocol.files import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
@@ -17,8 +17,8 @@ from api.streams import multipart_body, multipart_form
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-def upload_service(ctx: AppContext = Depends(get_ctx), t: Tenant = Depends(tenant)) -> UploadService:
-    return UploadService(ctx, t)
+def upload_service(ctx: AppContext = Depends(get_ctx), p: Principal = Depends(principal)) -> UploadService:
+    return UploadService(ctx, p.tenant(ctx.settings), p.actor)
 
 
 @router.post("/uploads")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from urllib.parse import quote
 
 from sqlalchemy import ColumnElement, delete, or_
+from sqlalchemy.orm import Session
 
 from tunery.db import Database, File
 from tunery.storage import ObjectStore
@@ -43,17 +45,26 @@ def expired(at: int) -> ColumnElement[bool]:
     return File.expires_at.is_not(None) & (File.expires_at <= at)
 
 
-def delete_file(db: Database, store: ObjectStore, file_id: str, *conditions: ColumnElement[bool]) -> bool:
+def delete_file(
+    db: Database,
+    store: ObjectStore,
+    file_id: str,
+    *conditions: ColumnElement[bool],
+    on_deleted: Callable[[Session], None] | None = None,
+) -> bool:
     """Delete a file for good: its row, then its content and validation reports in the object store.
 
     The row goes in one conditional DELETE (``conditions`` narrow it, e.g. ``expired(t)``), so of two concurrent
     deleters exactly one deletes the file and its objects; returns whether this call did. Once the row is gone the
     file is gone for every reader: an object that cannot be deleted then is logged and left behind (nothing refers
-    to it any more), not raised.
+    to it any more), not raised. ``on_deleted`` runs in the deleting transaction, only if this call deleted the row
+    (the API records the deletion in the audit log there).
     """
     with db.session() as s:
         # One statement that deletes and reads: no read snapshot to upgrade (SQLite), no window for a second deleter.
         key = s.scalar(delete(File).where(File.id == file_id, *conditions).returning(File.object_key))
+        if key is not None and on_deleted is not None:
+            on_deleted(s)
     if key is None:
         return False
     try:

@@ -63,6 +63,10 @@ def reservation_id() -> str:
     return f"rsv_{_random(24)}"
 
 
+def audit_event_id() -> str:
+    return f"audit_log-{_random(24)}"
+
+
 def request_id() -> str:
     return f"req_{_random(24)}"
 

@@ -229,19 +229,21 @@ class Settings(BaseSettings):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
 
-    def open_access_refusal(self, role: str) -> str | None:
+    def open_access_refusal(self, role: str, keys_issued: bool = False) -> str | None:
         """Why ``role`` may not start with these settings, or None: the one rule of open access.
 
         The embedded mode (role ``all``, one process on one box) accepts any key until keys are set. The ``api``
-        role, deployed on its own and reachable by others, needs TUNERY_API_KEYS, or TUNERY_ALLOW_OPEN to say that
-        it is meant to be open. The ``scheduler`` role answers no API request (``/healthz``, ``/metrics``, and
-        trainer reports, each checked against its run's token), so API keys mean nothing there."""
-        if role != "api" or self.api_keys or self.allow_open:
+        role, deployed on its own and reachable by others, needs TUNERY_API_KEYS, or a metadata store that has
+        issued keys (``keys_issued``: from the first one on, every request needs a key, docs/tenancy.md), or
+        TUNERY_ALLOW_OPEN to say that it is meant to be open. The ``scheduler`` role answers no API request
+        (``/healthz``, ``/metrics``, and trainer reports, each checked against its run's token), so API keys mean
+        nothing there."""
+        if role != "api" or self.api_keys or keys_issued or self.allow_open:
             return None
         return (
             "refusing to start the API role without API keys: set TUNERY_API_KEYS (comma-separated or a JSON "
-            "list), or TUNERY_ALLOW_OPEN=true to let anyone who reaches the API use it as the one tenant, "
-            "without a key (dangerous: docs/security.md)"
+            "list), or issue one (tunery admin create-key --role admin), or TUNERY_ALLOW_OPEN=true to let anyone who "
+            "reaches the API use it as the one tenant, without a key (dangerous: docs/security.md)"
         )
 
     @property

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import exists, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tunery import ids
+from tunery.audit import Actor, EventType, record
 from tunery.db import Database
 from tunery.db.models import ADMIN_ROLE, PROJECT_ROLES, ApiKey, Organization, Project, ServiceAccount
 from tunery.db.ops import now
@@ -30,6 +32,9 @@ from tunery.settings import Settings
 PROJECT_KEY_PREFIX = "sk-svcacct-"
 ADMIN_KEY_PREFIX = "sk-admin-"
 DEFAULT_PROJECT_NAME = "Default project"
+log = logging.getLogger("tunery.tenancy")
+# A key's ``last_used_at`` is written at most this often (seconds): no write on every request.
+LAST_USED_RESOLUTION = 60
 
 
 def key_digest(value: str) -> str:
@@ -52,6 +57,7 @@ class IssuedKey:
 
 def issue_key(
     s: Session,
+    actor: Actor,
     *,
     organization_id: str,
     project_id: str | None,
@@ -77,6 +83,16 @@ def issue_key(
         expires_at=expires_at,
     )
     s.add(row)
+    details = {"data": {"name": name, "role": role, "service_account_id": service_account_id, "expires_at": expires_at}}
+    record(
+        s,
+        EventType.API_KEY_CREATED,
+        actor,
+        organization_id=organization_id,
+        project_id=project_id,
+        resource_id=row.id,
+        details=details,
+    )
     return IssuedKey(row, value)
 
 
@@ -99,6 +115,25 @@ def find_key(s: Session, value: str, at: int | None = None) -> ApiKey | None:
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
     return row
+
+
+def note_use(db: Database, key_id: str, last_used_at: int | None, at: int | None = None) -> bool:
+    """Set a key's ``last_used_at`` when the value its lookup read (``last_used_at``) is older than
+    :data:`LAST_USED_RESOLUTION` or unset: one write a minute per key at most, however many requests use it, and
+    none at all otherwise. Requests (or replicas) racing to write it are harmless: a conditional UPDATE, in a
+    transaction of its own, that only the first matches. Bookkeeping never fails a request: an error is logged.
+    Returns whether it wrote."""
+    at = now() if at is None else at
+    if last_used_at is not None and at - last_used_at < LAST_USED_RESOLUTION:
+        return False
+    stale = or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= at - LAST_USED_RESOLUTION)
+    try:
+        with db.session() as s:
+            s.execute(update(ApiKey).where(ApiKey.id == key_id, stale).values(last_used_at=at))
+    except SQLAlchemyError:
+        log.warning("could not note the use of API key %s", key_id, exc_info=True)
+        return False
+    return True
 
 
 def keys_issued(s: Session) -> bool:
@@ -160,14 +195,23 @@ def ensure_default_rows(database: Database, settings: Settings) -> None:
         pass
 
 
-def create_project(s: Session, organization_id: str, name: str) -> Project:
+def create_project(s: Session, actor: Actor, organization_id: str, name: str) -> Project:
     project = Project(id=ids.project_id(), organization_id=organization_id, name=name, created_at=now())
     s.add(project)
+    record(
+        s,
+        EventType.PROJECT_CREATED,
+        actor,
+        organization_id=organization_id,
+        project_id=project.id,
+        resource_id=project.id,
+        details={"data": {"name": name}},
+    )
     return project
 
 
 def create_service_account(
-    s: Session, project: Project, *, name: str, role: str, expires_at: int | None = None
+    s: Session, actor: Actor, project: Project, *, name: str, role: str, expires_at: int | None = None
 ) -> tuple[ServiceAccount, IssuedKey]:
     """A service account of ``project`` with ``role`` (owner, member or reader) and its one API key."""
     if role not in PROJECT_ROLES:
@@ -181,8 +225,18 @@ def create_service_account(
         created_at=now(),
     )
     s.add(account)
+    record(
+        s,
+        EventType.SERVICE_ACCOUNT_CREATED,
+        actor,
+        organization_id=project.organization_id,
+        project_id=project.id,
+        resource_id=account.id,
+        details={"data": {"name": name, "role": role}},
+    )
     key = issue_key(
         s,
+        actor,
         organization_id=project.organization_id,
         project_id=project.id,
         role=role,
@@ -193,9 +247,18 @@ def create_service_account(
     return account, key
 
 
-def revoke(s: Session, key: ApiKey) -> None:
+def revoke(s: Session, actor: Actor, key: ApiKey) -> None:
     """The key stops working at once: its next request is a 401."""
     key.revoked_at = now()
+    record(
+        s,
+        EventType.API_KEY_DELETED,
+        actor,
+        organization_id=key.organization_id,
+        project_id=key.project_id,
+        resource_id=key.id,
+        details={"data": {"name": key.name, "role": key.role, "service_account_id": key.service_account_id}},
+    )
 
 
 def live_keys(organization_id: str, project_id: str | None = None, *, admin: bool = False):  # type: ignore[no-untyped-def]

@@ -11,7 +11,8 @@ from typing import TypeVar
 
 import grpc
 
-from api.context import AppContext, Tenant, run_read
+from api.auth import Principal
+from api.context import AppContext, run_read
 from api.grpc.errors import as_api_error, grpc_code, status_of
 from api.limits import admission
 from tunery import ids
@@ -52,13 +53,13 @@ class Calls:
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
 
-    def _tenant(self, rpc: str, authorization: str | None) -> Tenant:
-        """The caller's project, once its key and role are admitted for ``rpc`` and the project's rate limit has a
-        turn for it (REST's door, api/limits.py; blocking: a stored key and a limit are read from the store)."""
+    def _tenant(self, rpc: str, authorization: str | None) -> Principal:
+        """Who the caller is, once its key and role are admitted for ``rpc`` and its project's rate limit has a turn
+        for it (REST's door, api/limits.py; blocking: a stored key and a limit are read from the store)."""
         method, template = REST_TWIN[rpc]
         ctx = self.ctx
         principal, _ = admission(ctx.settings, ctx.keys, ctx.rate_limiter, authorization, method, template, {})
-        return principal.tenant(ctx.settings)
+        return principal
 
     @staticmethod
     def _start(context: grpc.aio.ServicerContext) -> tuple[str, str | None]:
@@ -92,7 +93,7 @@ class Calls:
             self._done(rpc, code, started)
 
     async def blocking(
-        self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[Tenant], T], *, read: bool = True
+        self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[Principal], T], *, read: bool = True
     ) -> T:
         """A call whose work blocks (the metadata store, the object store): the key's admission and ``fn`` with the
         caller's project in one trip to a thread, the read routes' threads for a read (as REST's reads)."""
@@ -103,7 +104,7 @@ class Calls:
 
         return await self._answer(rpc, context, rid, run_read(self.ctx, work) if read else asyncio.to_thread(work))
 
-    async def unary(self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[Tenant], Awaitable[T]]) -> T:
+    async def unary(self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[Principal], Awaitable[T]]) -> T:
         """A call whose work is a coroutine (generation, a stream read from the client)."""
         rid, authorization = self._start(context)
 
@@ -116,15 +117,15 @@ class Calls:
         self,
         rpc: str,
         context: grpc.aio.ServicerContext,
-        first: Callable[[Tenant], F],
-        rest: Callable[[Tenant, F], AsyncIterator[T]],
+        first: Callable[[Principal], F],
+        rest: Callable[[Principal, F], AsyncIterator[T]],
     ) -> AsyncIterator[T]:
         """A server stream: ``first`` (blocking: what the stream starts from) in the same trip to a thread as the
         key's admission, then the messages of ``rest``, then the stream's end or its error."""
         rid, authorization = self._start(context)
         started, code = time.perf_counter(), grpc.StatusCode.OK
 
-        def begin() -> tuple[Tenant, F]:
+        def begin() -> tuple[Principal, F]:
             tenant = self._tenant(rpc, authorization)
             return tenant, first(tenant)
 

@@ -11,6 +11,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
+from api.auth import Principal
 from api.context import AppContext, Tenant, run_read
 from api.errors import APIError, InvalidRequest
 from api.grpc.calls import Calls
@@ -22,6 +23,7 @@ from api.services.chat import ChatService
 from api.services.files import FileContent, FileService, file_too_large
 from api.services.jobs import JobService
 from api.services.models import ModelService
+from tunery.audit import Actor
 from tunery.v1 import chat_pb2 as chat_pb
 from tunery.v1 import chat_pb2_grpc as chat_grpc
 from tunery.v1 import files_pb2 as files_pb
@@ -46,30 +48,36 @@ class _Servicer:
     def __init__(self, ctx: AppContext, calls: Calls):
         self.ctx, self.calls = ctx, calls
 
+    def _who(self, p: Principal) -> tuple[Tenant, Actor]:
+        """The services' view of the caller: its project, and who the audit log says acted."""
+        return p.tenant(self.ctx.settings), p.actor
+
 
 class ModelServicer(_Servicer, models_grpc.ModelServiceServicer):
     async def ListModels(self, request: models_pb.ListModelsRequest, context: Context) -> Any:
-        def run(t: Tenant) -> models_pb.ListModelsResponse:
-            return to_message(ModelService(self.ctx, t).list(), models_pb.ListModelsResponse)
+        def run(p: Principal) -> models_pb.ListModelsResponse:
+            return to_message(ModelService(self.ctx, *self._who(p)).list(), models_pb.ListModelsResponse)
 
         return await self.calls.blocking("ModelService/ListModels", context, run)
 
     async def GetModel(self, request: models_pb.GetModelRequest, context: Context) -> Any:
-        def run(t: Tenant) -> models_pb.Model:
-            return to_message(ModelService(self.ctx, t).retrieve(request.model), models_pb.Model)
+        def run(p: Principal) -> models_pb.Model:
+            return to_message(ModelService(self.ctx, *self._who(p)).retrieve(request.model), models_pb.Model)
 
         return await self.calls.blocking("ModelService/GetModel", context, run)
 
     async def DeleteModel(self, request: models_pb.DeleteModelRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> models_pb.DeleteModelResponse:
-            return to_message(await ModelService(self.ctx, t).delete(request.model), models_pb.DeleteModelResponse)
+        async def run(p: Principal) -> models_pb.DeleteModelResponse:
+            return to_message(
+                await ModelService(self.ctx, *self._who(p)).delete(request.model), models_pb.DeleteModelResponse
+            )
 
         return await self.calls.unary("ModelService/DeleteModel", context, run)
 
 
 class FileServicer(_Servicer, files_grpc.FileServiceServicer):
     async def UploadFile(self, request_iterator: AsyncIterator[files_pb.UploadFileRequest], context: Context) -> Any:
-        async def run(t: Tenant) -> files_pb.File:
+        async def run(p: Principal) -> files_pb.File:
             first = await anext(request_iterator, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise InvalidRequest("The first message of an upload must be its header.", param="header")
@@ -87,35 +95,35 @@ class FileServicer(_Servicer, files_grpc.FileServiceServicer):
                         raise file_too_large(limit)
                     await asyncio.to_thread(spool.write, message.data)
                 spool.seek(0)
-                made = await asyncio.to_thread(FileService(self.ctx, t).create, req, spool)  # type: ignore[arg-type]
+                made = await asyncio.to_thread(FileService(self.ctx, *self._who(p)).create, req, spool)  # type: ignore[arg-type]
             return to_message(made, files_pb.File)
 
         return await self.calls.unary("FileService/UploadFile", context, run)
 
     async def GetFile(self, request: files_pb.GetFileRequest, context: Context) -> Any:
-        def run(t: Tenant) -> files_pb.File:
-            return to_message(FileService(self.ctx, t).retrieve(request.file_id), files_pb.File)
+        def run(p: Principal) -> files_pb.File:
+            return to_message(FileService(self.ctx, *self._who(p)).retrieve(request.file_id), files_pb.File)
 
         return await self.calls.blocking("FileService/GetFile", context, run)
 
     async def ListFiles(self, request: files_pb.ListFilesRequest, context: Context) -> Any:
-        def run(t: Tenant) -> files_pb.ListFilesResponse:
+        def run(p: Principal) -> files_pb.ListFilesResponse:
             req = ListFilesRequest.model_validate(_query(request))
-            return to_message(FileService(self.ctx, t).list(req), files_pb.ListFilesResponse)
+            return to_message(FileService(self.ctx, *self._who(p)).list(req), files_pb.ListFilesResponse)
 
         return await self.calls.blocking("FileService/ListFiles", context, run)
 
     async def DeleteFile(self, request: files_pb.DeleteFileRequest, context: Context) -> Any:
-        def run(t: Tenant) -> files_pb.DeleteFileResponse:
-            return to_message(FileService(self.ctx, t).delete(request.file_id), files_pb.DeleteFileResponse)
+        def run(p: Principal) -> files_pb.DeleteFileResponse:
+            return to_message(FileService(self.ctx, *self._who(p)).delete(request.file_id), files_pb.DeleteFileResponse)
 
         return await self.calls.blocking("FileService/DeleteFile", context, run, read=False)
 
     async def DownloadFile(self, request: files_pb.DownloadFileRequest, context: Context) -> Any:
-        def first(t: Tenant) -> FileContent:
-            return FileService(self.ctx, t).content(request.file_id)
+        def first(p: Principal) -> FileContent:
+            return FileService(self.ctx, *self._who(p)).content(request.file_id)
 
-        async def rest(t: Tenant, content: FileContent) -> AsyncIterator[files_pb.FileChunk]:
+        async def rest(p: Principal, content: FileContent) -> AsyncIterator[files_pb.FileChunk]:
             chunks = iter(content.chunks)
             while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
                 for i in range(0, len(chunk), DOWNLOAD_CHUNK):
@@ -125,9 +133,9 @@ class FileServicer(_Servicer, files_grpc.FileServiceServicer):
             yield chunk
 
     async def GetValidationReport(self, request: files_pb.GetValidationReportRequest, context: Context) -> Any:
-        def run(t: Tenant) -> files_pb.FileValidationReport:
+        def run(p: Principal) -> files_pb.FileValidationReport:
             model = request.model if request.HasField("model") else None
-            report = FileService(self.ctx, t).validation(request.file_id, model).model_dump(mode="json")
+            report = FileService(self.ctx, *self._who(p)).validation(request.file_id, model).model_dump(mode="json")
             head = {k: report.pop(k) for k in ("object", "file_id", "status")}
             return to_message({**head, "report": report}, files_pb.FileValidationReport)
 
@@ -140,16 +148,16 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
         self.watch_poll_seconds = watch_poll_seconds
 
     async def CreateJob(self, request: ft_pb.CreateJobRequest, context: Context) -> Any:
-        def run(t: Tenant) -> ft_pb.FineTuningJob:
-            job = JobService(self.ctx, t).create(CreateJob.model_validate(message_dict(request)))
+        def run(p: Principal) -> ft_pb.FineTuningJob:
+            job = JobService(self.ctx, *self._who(p)).create(CreateJob.model_validate(message_dict(request)))
             return to_message(job, ft_pb.FineTuningJob)
 
         return await self.calls.blocking("FineTuningService/CreateJob", context, run, read=False)
 
     async def DryRun(self, request: ft_pb.CreateJobRequest, context: Context) -> Any:
-        def run(t: Tenant) -> ft_pb.FineTuningJobEstimate:
+        def run(p: Principal) -> ft_pb.FineTuningJobEstimate:
             req = CreateJob.model_validate(message_dict(request))
-            answer = JobService(self.ctx, t).dry_run(req).model_dump(mode="json")
+            answer = JobService(self.ctx, *self._who(p)).dry_run(req).model_dump(mode="json")
             head = {
                 k: answer.pop(k) for k in ("object", "model", "training_file", "hyperparameters", "estimated_finish")
             }
@@ -158,21 +166,21 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
         return await self.calls.blocking("FineTuningService/DryRun", context, run, read=False)
 
     async def GetJob(self, request: ft_pb.GetJobRequest, context: Context) -> Any:
-        def run(t: Tenant) -> ft_pb.FineTuningJob:
-            return to_message(JobService(self.ctx, t).retrieve(request.job_id), ft_pb.FineTuningJob)
+        def run(p: Principal) -> ft_pb.FineTuningJob:
+            return to_message(JobService(self.ctx, *self._who(p)).retrieve(request.job_id), ft_pb.FineTuningJob)
 
         return await self.calls.blocking("FineTuningService/GetJob", context, run)
 
     async def ListJobs(self, request: ft_pb.ListJobsRequest, context: Context) -> Any:
-        def run(t: Tenant) -> ft_pb.ListJobsResponse:
+        def run(p: Principal) -> ft_pb.ListJobsResponse:
             req = ListJobsRequest.model_validate(_query(request))
-            return to_message(JobService(self.ctx, t).list(req), ft_pb.ListJobsResponse)
+            return to_message(JobService(self.ctx, *self._who(p)).list(req), ft_pb.ListJobsResponse)
 
         return await self.calls.blocking("FineTuningService/ListJobs", context, run)
 
     async def _transition(self, rpc: str, request: ft_pb.JobRequest, context: Context) -> Any:
-        def run(t: Tenant) -> ft_pb.FineTuningJob:
-            svc = JobService(self.ctx, t)
+        def run(p: Principal) -> ft_pb.FineTuningJob:
+            svc = JobService(self.ctx, *self._who(p))
             change = {"CancelJob": svc.cancel, "PauseJob": svc.pause, "ResumeJob": svc.resume}[rpc]
             return to_message(change(request.job_id), ft_pb.FineTuningJob)
 
@@ -188,23 +196,23 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
         return await self._transition("ResumeJob", request, context)
 
     async def ListEvents(self, request: ft_pb.ListEventsRequest, context: Context) -> Any:
-        def run(t: Tenant) -> ft_pb.ListEventsResponse:
+        def run(p: Principal) -> ft_pb.ListEventsResponse:
             req = ListJobEventsRequest.model_validate(_query(request, "job_id"))
-            return to_message(JobService(self.ctx, t).events(request.job_id, req), ft_pb.ListEventsResponse)
+            return to_message(JobService(self.ctx, *self._who(p)).events(request.job_id, req), ft_pb.ListEventsResponse)
 
         return await self.calls.blocking("FineTuningService/ListEvents", context, run)
 
     async def WatchEvents(self, request: ft_pb.WatchEventsRequest, context: Context) -> Any:
         Page = tuple[list[ft_pb.FineTuningJobEvent], bool]
 
-        def page(t: Tenant, cursor: str | None) -> Page:
-            events, ended = JobService(self.ctx, t).events_after(request.job_id, cursor)
+        def page(p: Principal, cursor: str | None) -> Page:
+            events, ended = JobService(self.ctx, *self._who(p)).events_after(request.job_id, cursor)
             return [to_message(e, ft_pb.FineTuningJobEvent) for e in events], ended
 
-        def first(t: Tenant) -> Page:
-            return page(t, request.after if request.HasField("after") else None)
+        def first(p: Principal) -> Page:
+            return page(p, request.after if request.HasField("after") else None)
 
-        async def rest(t: Tenant, start: Page) -> AsyncIterator[ft_pb.FineTuningJobEvent]:
+        async def rest(p: Principal, start: Page) -> AsyncIterator[ft_pb.FineTuningJobEvent]:
             (events, ended), cursor = start, request.after if request.HasField("after") else None
             while True:
                 for event in events:
@@ -214,15 +222,17 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
                     return
                 if not events:  # a client that leaves cancels this wait: nothing is left behind
                     await asyncio.sleep(self.watch_poll_seconds)
-                events, ended = await run_read(self.ctx, page, t, cursor)
+                events, ended = await run_read(self.ctx, page, p, cursor)
 
         async for event in self.calls.stream("FineTuningService/WatchEvents", context, first, rest):
             yield event
 
     async def ListCheckpoints(self, request: ft_pb.ListCheckpointsRequest, context: Context) -> Any:
-        def run(t: Tenant) -> ft_pb.ListCheckpointsResponse:
+        def run(p: Principal) -> ft_pb.ListCheckpointsResponse:
             req = ListJobCheckpointsRequest.model_validate(_query(request, "job_id"))
-            return to_message(JobService(self.ctx, t).checkpoints(request.job_id, req), ft_pb.ListCheckpointsResponse)
+            return to_message(
+                JobService(self.ctx, *self._who(p)).checkpoints(request.job_id, req), ft_pb.ListCheckpointsResponse
+            )
 
         return await self.calls.blocking("FineTuningService/ListCheckpoints", context, run)
 
@@ -256,19 +266,21 @@ class ChatServicer(_Servicer, chat_grpc.ChatServiceServicer):
         return ChatCompletionRequest.model_validate({**message_dict(request), "stream": stream})
 
     async def CreateChatCompletion(self, request: chat_pb.CreateChatCompletionRequest, context: Context) -> Any:
-        async def run(t: Tenant) -> chat_pb.ChatCompletion:
-            answer = await ChatService(self.ctx, t).chat_completion(self._request(request, False))
+        async def run(p: Principal) -> chat_pb.ChatCompletion:
+            answer = await ChatService(self.ctx, p.tenant(self.ctx.settings)).chat_completion(
+                self._request(request, False)
+            )
             assert isinstance(answer, ChatCompletion)
             return to_message(answer, chat_pb.ChatCompletion, engine=True)
 
         return await self.calls.unary("ChatService/CreateChatCompletion", context, run)
 
     async def StreamChatCompletion(self, request: chat_pb.CreateChatCompletionRequest, context: Context) -> Any:
-        def first(t: Tenant) -> ChatCompletionRequest:
+        def first(p: Principal) -> ChatCompletionRequest:
             return self._request(request, True)
 
-        async def rest(t: Tenant, req: ChatCompletionRequest) -> AsyncIterator[chat_pb.ChatCompletionChunk]:
-            answer = await ChatService(self.ctx, t).chat_completion(req)
+        async def rest(p: Principal, req: ChatCompletionRequest) -> AsyncIterator[chat_pb.ChatCompletionChunk]:
+            answer = await ChatService(self.ctx, p.tenant(self.ctx.settings)).chat_completion(req)
             assert not isinstance(answer, ChatCompletion)
             async for payload in _sse_payloads(answer):
                 yield to_message(payload, chat_pb.ChatCompletionChunk, engine=True)

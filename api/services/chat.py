@@ -12,7 +12,7 @@ from anyio import to_thread
 from api.context import AppContext, Tenant
 from api.errors import InvalidRequest, NotFound, RateLimited, ServiceError, Unavailable
 from api.protocol.chat import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, SamplingRequest
-from api.services.models import ModelService, model_ref
+from api.services.models import model_ref, resolve
 from serving.backend import Answer, ServingBackend
 from serving.errors import AdapterNotFound, EngineError, ServingUnavailable
 from serving.sampling import SamplingParams
@@ -76,7 +76,7 @@ class ChatService:
             params = SamplingParams.from_request(body)
         except EngineError as e:
             raise serving_error(e) from None
-        resolved = await to_thread.run_sync(ModelService(self.ctx, self.tenant).resolve, req.model)
+        resolved = await to_thread.run_sync(resolve, self.ctx, self.tenant, req.model)
         if self.ctx.serving is None:
             raise no_engine()
         try:

@@ -28,8 +28,9 @@ from api.protocol.files import (
     FileValidationReport,
     ListFilesRequest,
 )
+from tunery import audit, ids, quotas
 from tunery import files as lifecycle
-from tunery import ids, quotas
+from tunery.audit import Actor, EventType
 from tunery.db.models import RESULTS_PURPOSE, File
 from tunery.files import live, report_key
 from tunery.storage import CHUNK, ObjectNotFound, ObjectStore
@@ -182,9 +183,10 @@ class FileContent:
 class FileService:
     """The caller's files. Blocking (database and object store): run it off the event loop."""
 
-    def __init__(self, ctx: AppContext, tenant: Tenant):
+    def __init__(self, ctx: AppContext, tenant: Tenant, actor: Actor):
         self.ctx = ctx
         self.tenant = tenant
+        self.actor = actor  # who the audit log says acted
 
     def _get(self, file_id: str) -> File:
         with self.ctx.db.session() as s:
@@ -228,6 +230,15 @@ class FileService:
             with self.ctx.db.session() as s:
                 s.add(row)
                 quotas.release(s, reservation)
+                audit.record(
+                    s,
+                    EventType.FILE_CREATED,
+                    self.actor,
+                    organization_id=t.organization_id,
+                    project_id=t.project_id,
+                    resource_id=file_id,
+                    details={"data": {"filename": filename, "purpose": req.purpose, "bytes": size}},
+                )
         except Exception:
             self.ctx.store.delete(key)
             self._release(reservation)
@@ -256,7 +267,18 @@ class FileService:
         # The same deletion as the expiry sweep's (tunery/files.py), of one of the tenant's files that has not expired.
         t = self.tenant
         mine = (File.organization_id == t.organization_id, File.project_id == t.project_id, live())
-        if not lifecycle.delete_file(self.ctx.db, self.ctx.store, file_id, *mine):
+
+        def deleted(s: Session) -> None:
+            audit.record(
+                s,
+                EventType.FILE_DELETED,
+                self.actor,
+                organization_id=t.organization_id,
+                project_id=t.project_id,
+                resource_id=file_id,
+            )
+
+        if not lifecycle.delete_file(self.ctx.db, self.ctx.store, file_id, *mine, on_deleted=deleted):
             raise NotFound(f"No such File object: {file_id}", param="id")
         return FileDeleted(id=file_id, deleted=True)
 

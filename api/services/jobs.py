@@ -46,6 +46,7 @@ from api.protocol.jobs import (
 from api.services import estimates
 from api.services.prepare import prepare_job
 from tunery import ids, jobstate
+from tunery.audit import Actor, EventType, record
 from tunery.db import Checkpoint, FineTunedModel, Job, JobEvent
 from tunery.db.ops import add_event, now
 from tunery.jobstate import JobStatus
@@ -171,9 +172,21 @@ class JobService:
     """The caller's fine-tuning jobs. Blocking (database; the dry run also the object store and a tokenizer): run
     it off the event loop."""
 
-    def __init__(self, ctx: AppContext, tenant: Tenant):
+    def __init__(self, ctx: AppContext, tenant: Tenant, actor: Actor):
         self.ctx = ctx
         self.tenant = tenant
+        self.actor = actor  # who the audit log says acted
+
+    def _record(self, s: Session, type: EventType, job: Job, details: dict[str, Any] | None = None) -> None:
+        record(
+            s,
+            type,
+            self.actor,
+            organization_id=job.organization_id,
+            project_id=job.project_id,
+            resource_id=job.id,
+            details=details,
+        )
 
     def create(self, req: CreateJob) -> FineTuningJob:
         """A new job, ``validating_files``: the scheduler validates its files, then queues it."""
@@ -210,6 +223,8 @@ class JobService:
             if req.validation_file:
                 files += f" and validation file: {req.validation_file}"
             add_event(s, job.id, files)
+            details = {"model": req.model, "training_file": req.training_file, "validation_file": req.validation_file}
+            self._record(s, EventType.JOB_CREATED, job, {"data": details})
             out = job_object(job)
         self.ctx.wake_scheduler()
         return out
@@ -245,7 +260,13 @@ class JobService:
             return job_objects(s, [find_job(s, self.tenant, job_id, *NOT_SHOWN)])[0]
 
     def _transition(
-        self, job_id: str, transition: Callable[[Job], None], refusal: Callable[[Job], str], code: str, event: str
+        self,
+        job_id: str,
+        transition: Callable[[Job], None],
+        refusal: Callable[[Job], str],
+        code: str,
+        event: str,
+        audited: EventType,
     ) -> FineTuningJob:
         """Apply one of :mod:`tunery.jobstate`'s transitions (cancel, pause, resume) to one of the tenant's jobs in
         one transaction with its event, wake the scheduler to act on it, and answer the job; a transition the job's
@@ -258,6 +279,7 @@ class JobService:
             except jobstate.IllegalTransition:
                 raise InvalidRequest(refusal(job), param="fine_tuning_job_id", code=code) from None
             add_event(s, job.id, event)
+            self._record(s, audited, job)
             return job_objects(s, [job])[0]
 
         out = self.ctx.db.transaction(apply)
@@ -272,6 +294,7 @@ class JobService:
             lambda job: f"Job {job_id} has already {'been cancelled' if job.status == 'cancelled' else job.status}.",
             "job_not_cancellable",
             "Fine-tuning job cancelled",
+            EventType.JOB_CANCELLED,
         )
 
     def pause(self, job_id: str) -> FineTuningJob:
@@ -282,6 +305,7 @@ class JobService:
             lambda job: f"Job {job_id} is {job.status}; only a running job can be paused.",
             "job_not_pausable",
             "Pausing fine-tuning job: the trainer saves its state at the next step and stops",
+            EventType.JOB_PAUSED,
         )
 
     def resume(self, job_id: str) -> FineTuningJob:
@@ -292,6 +316,7 @@ class JobService:
             lambda job: f"Job {job_id} is {job.status}; only a paused job can be resumed.",
             "job_not_resumable",
             "Fine-tuning job resumed: queued to continue from its last checkpoint",
+            EventType.JOB_RESUMED,
         )
 
     def events(self, job_id: str, req: ListJobEventsRequest) -> ListFineTuningJobEventsResponse:

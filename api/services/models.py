@@ -14,6 +14,7 @@ from api.context import AppContext, Tenant
 from api.errors import InvalidRequest, NotFound, PermissionDenied
 from api.protocol.models import Model, ModelDeleted, ModelList
 from serving.engine import ModelRef
+from tunery.audit import Actor, EventType, record
 from tunery.db import FineTunedModel
 from tunery.sharing import delete_permissions, usable_by, usable_model
 
@@ -67,13 +68,20 @@ def resolve_model(s: Session, ctx: AppContext, t: Tenant, model: str) -> Resolve
     return ResolvedModel(row.id, row.base_model, bases[row.base_model], row.object_prefix)
 
 
+def resolve(ctx: AppContext, t: Tenant, model: str) -> ResolvedModel:
+    """:func:`resolve_model` in a transaction of its own (blocking: off the event loop)."""
+    with ctx.db.session() as s:
+        return resolve_model(s, ctx, t, model)
+
+
 class ModelService:
     """The models the caller can use. ``list``, ``retrieve`` and ``resolve`` block (database): run them off the
     event loop; ``delete`` is a coroutine (it unloads the model from the serving engine)."""
 
-    def __init__(self, ctx: AppContext, tenant: Tenant):
+    def __init__(self, ctx: AppContext, tenant: Tenant, actor: Actor):
         self.ctx = ctx
         self.tenant = tenant
+        self.actor = actor  # who the audit log says acted
 
     def list(self) -> ModelList:
         t = self.tenant
@@ -99,8 +107,7 @@ class ModelService:
             return ft_model_object(row)
 
     def resolve(self, model: str) -> ResolvedModel:
-        with self.ctx.db.session() as s:
-            return resolve_model(s, self.ctx, self.tenant, model)
+        return resolve(self.ctx, self.tenant, model)
 
     def _forget(self, model: str) -> ModelRef:
         with self.ctx.db.session() as s:
@@ -115,6 +122,15 @@ class ModelService:
                 )
             delete_permissions(s, model)
             s.delete(row)
+            record(
+                s,
+                EventType.MODEL_DELETED,
+                self.actor,
+                organization_id=row.organization_id,
+                project_id=row.project_id,
+                resource_id=model,
+                details={"data": {"job_id": row.job_id}},
+            )
             return ref
 
     async def delete(self, model: str) -> ModelDeleted:

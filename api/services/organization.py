@@ -8,7 +8,7 @@ returned once, by the call that makes it; lists and lookups show its ``redacted_
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -43,6 +43,7 @@ from api.protocol.organization import (
     ServiceAccountUpdate,
 )
 from tunery import db, quotas, tenancy
+from tunery.audit import Actor, EventType, record
 from tunery.db.models import ADMIN_ROLE
 from tunery.db.ops import now
 from tunery.settings import Settings
@@ -80,6 +81,7 @@ def project_key_object(k: db.ApiKey, a: db.ServiceAccount) -> ProjectApiKey:
         name=k.name,
         redacted_value=k.redacted_value,
         created_at=k.created_at,
+        last_used_at=k.last_used_at,
         expires_at=k.expires_at,
         owner=ProjectApiKeyOwner(service_account=owner),
     )
@@ -92,6 +94,7 @@ def admin_key_object(k: db.ApiKey, value: str | None = None) -> AdminApiKey:
         redacted_value=k.redacted_value,
         value=value,
         created_at=k.created_at,
+        last_used_at=k.last_used_at,
         expires_at=k.expires_at,
         owner=AdminKeyOwner(id=k.organization_id),
     )
@@ -102,11 +105,26 @@ def _expiry(seconds: int | None) -> int | None:
 
 
 class OrganizationService:
-    """The administration API of one organization. Every method blocks (database): run them off the event loop."""
+    """The administration API of one organization. Every method blocks (database): run them off the event loop.
+    Every change is recorded in the audit log (tunery/audit.py) as done by ``actor``, in its own transaction."""
 
-    def __init__(self, ctx: AppContext, organization_id: str):
+    def __init__(self, ctx: AppContext, organization_id: str, actor: Actor):
         self.ctx = ctx
         self.org = organization_id
+        self.actor = actor
+
+    def _record(
+        self, s: Session, type: EventType, project_id: str | None, resource_id: str, details: dict[str, Any]
+    ) -> None:
+        record(
+            s,
+            type,
+            self.actor,
+            organization_id=self.org,
+            project_id=project_id,
+            resource_id=resource_id,
+            details=details,
+        )
 
     # Projects ----------------------------------------------------------------------------------------------------
     def _project(self, s: Session, project_id: str, *, active: bool = False) -> db.Project:
@@ -127,7 +145,7 @@ class OrganizationService:
 
     def create_project(self, req: ProjectCreate) -> Project:
         with self.ctx.db.session() as s:
-            row = tenancy.create_project(s, self.org, req.name)
+            row = tenancy.create_project(s, self.actor, self.org, req.name)
             set_limits(row, req.tunery)
             return project_object(row, self.ctx.settings)
 
@@ -142,6 +160,8 @@ class OrganizationService:
             if req.name is not None:
                 row.name = req.name
             set_limits(row, req.tunery)
+            changes = req.model_dump(mode="json", exclude_unset=True)
+            self._record(s, EventType.PROJECT_UPDATED, row.id, row.id, {"changes_requested": changes})
             return project_object(row, self.ctx.settings)
 
     def archive_project(self, project_id: str) -> Project:
@@ -152,6 +172,7 @@ class OrganizationService:
             row = self._project(s, project_id)
             if row.archived_at is None:
                 row.archived_at = now()
+                self._record(s, EventType.PROJECT_ARCHIVED, row.id, row.id, {})
             return project_object(row, self.ctx.settings)
 
     # Service accounts --------------------------------------------------------------------------------------------
@@ -181,7 +202,7 @@ class OrganizationService:
         with self.ctx.db.session() as s:
             project = self._project(s, project_id, active=True)
             account, key = tenancy.create_service_account(
-                s, project, name=req.name, role=req.role, expires_at=_expiry(req.expires_in_seconds)
+                s, self.actor, project, name=req.name, role=req.role, expires_at=_expiry(req.expires_in_seconds)
             )
             s.flush()
             created = ServiceAccountCreated(
@@ -211,6 +232,8 @@ class OrganizationService:
                 keys = tenancy.live_keys(self.org, project_id).where(db.ApiKey.service_account_id == account.id)
                 for key in s.scalars(keys):
                     key.role = req.role
+            changes = req.model_dump(include={"name", "role"}, exclude_none=True)
+            self._record(s, EventType.SERVICE_ACCOUNT_UPDATED, project_id, account.id, {"changes_requested": changes})
             return service_account_object(account)
 
     def delete_service_account(self, project_id: str, account_id: str) -> ServiceAccountDeleted:
@@ -219,8 +242,9 @@ class OrganizationService:
             for key in s.scalars(
                 tenancy.live_keys(self.org, project_id).where(db.ApiKey.service_account_id == account.id)
             ):
-                tenancy.revoke(s, key)
+                tenancy.revoke(s, self.actor, key)
             s.delete(account)
+            self._record(s, EventType.SERVICE_ACCOUNT_DELETED, project_id, account_id, {})
         return ServiceAccountDeleted(id=account_id, deleted=True)
 
     # Project API keys --------------------------------------------------------------------------------------------
@@ -255,7 +279,7 @@ class OrganizationService:
 
     def delete_project_key(self, project_id: str, key_id: str) -> ProjectApiKeyDeleted:
         with self.ctx.db.session() as s:
-            tenancy.revoke(s, self._project_key(s, project_id, key_id))
+            tenancy.revoke(s, self.actor, self._project_key(s, project_id, key_id))
         return ProjectApiKeyDeleted(id=key_id, deleted=True)
 
     # Admin API keys ----------------------------------------------------------------------------------------------
@@ -275,6 +299,7 @@ class OrganizationService:
         with self.ctx.db.session() as s:
             key = tenancy.issue_key(
                 s,
+                self.actor,
                 organization_id=self.org,
                 project_id=None,
                 role=ADMIN_ROLE,
@@ -292,7 +317,7 @@ class OrganizationService:
 
     def delete_admin_key(self, key_id: str) -> AdminApiKeyDeleted:
         with self.ctx.db.session() as s:
-            tenancy.revoke(s, self._admin_key(s, key_id))
+            tenancy.revoke(s, self.actor, self._admin_key(s, key_id))
         return AdminApiKeyDeleted(id=key_id, deleted=True)
 
     def _issued(self) -> None:

@@ -19,7 +19,8 @@ from api.protocol.permissions import (
     ListCheckpointPermissionsRequest,
 )
 from api.services.models import model_not_found
-from tunery import ids
+from tunery import audit, ids
+from tunery.audit import EventType
 from tunery.db import CheckpointPermission as Permission
 from tunery.db import FineTunedModel, Project
 from tunery.db.ops import now
@@ -96,6 +97,15 @@ class PermissionService:
                         created_at=now(),
                     )
                     s.add(permission)
+                    audit.record(
+                        s,
+                        EventType.CHECKPOINT_PERMISSION_CREATED,
+                        self.principal.actor,
+                        organization_id=row.organization_id,
+                        project_id=row.project_id,
+                        resource_id=permission.id,
+                        details={"data": {"fine_tuned_model_checkpoint": model, "project_id": project}},
+                    )
                 made.append(permission)
             s.flush()
             return CheckpointPermissionList.of([permission_object(p) for p in made], False)
@@ -123,4 +133,13 @@ class PermissionService:
                     f"No permission {permission_id!r} of model {model!r}.", param="permission_id", code="not_found"
                 )
             s.delete(permission)
+            audit.record(
+                s,
+                EventType.CHECKPOINT_PERMISSION_DELETED,
+                self.principal.actor,
+                organization_id=permission.organization_id,
+                project_id=permission.project_id,
+                resource_id=permission_id,
+                details={"data": {"fine_tuned_model_checkpoint": model, "project_id": permission.grantee_project_id}},
+            )
             return CheckpointPermissionDeleted(id=permission_id, deleted=True)

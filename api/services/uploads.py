@@ -34,6 +34,7 @@ from api.services.files import (
 )
 from tunery import ids, quotas
 from tunery import uploads as lifecycle
+from tunery.audit import Actor, EventType, record
 from tunery.db import File, Upload, UploadPart
 
 T = TypeVar("T")
@@ -91,9 +92,22 @@ _NOT_PENDING = {
 class UploadService:
     """The caller's uploads. Blocking (database and object store): run it off the event loop."""
 
-    def __init__(self, ctx: AppContext, tenant: Tenant):
+    def __init__(self, ctx: AppContext, tenant: Tenant, actor: Actor):
         self.ctx = ctx
         self.tenant = tenant
+        self.actor = actor  # who the audit log says acted
+
+    def _record(self, s: Session, type: EventType, resource_id: str, details: dict[str, Any] | None = None) -> None:
+        t = self.tenant
+        record(
+            s,
+            type,
+            self.actor,
+            organization_id=t.organization_id,
+            project_id=t.project_id,
+            resource_id=resource_id,
+            details=details,
+        )
 
     def _mine(self) -> tuple[Any, ...]:
         t = self.tenant
@@ -172,6 +186,8 @@ class UploadService:
             # The declared bytes count against the project's stored-bytes quota from now on (tunery/quotas.py).
             quotas.admit_bytes(s, self.ctx.settings, t.organization_id, t.project_id, req.bytes)
             s.add(row)
+            details = {"data": {"filename": filename, "purpose": req.purpose, "bytes": req.bytes}}
+            self._record(s, EventType.UPLOAD_CREATED, row.id, details)
 
         try:
             self.ctx.db.transaction(admit)
@@ -331,6 +347,9 @@ class UploadService:
                         raise self._lost_hold(upload_id)
                     s.add(f)
                     s.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id))
+                    self._record(s, EventType.UPLOAD_COMPLETED, upload_id, {"data": {"file_id": file_id}})
+                    details = {"data": {"filename": f.filename, "purpose": f.purpose, "bytes": size}}
+                    self._record(s, EventType.FILE_CREATED, file_id, {**details, "upload_id": upload_id})
                     upload.status = "completed"
             except BaseException:
                 ctx.store.delete(key)
@@ -364,6 +383,7 @@ class UploadService:
             keys = lifecycle.drop_parts(s, upload_id)
             row = s.scalar(select(Upload).where(Upload.id == upload_id))
             assert row is not None
+            self._record(s, EventType.UPLOAD_CANCELLED, upload_id)
             return row, keys
 
         upload, keys = self._transition(upload_id, "it cannot be cancelled", cancel)

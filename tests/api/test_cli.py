@@ -111,6 +111,44 @@ def test_brokered_trainers_need_an_s3_store(tmp_path):
     assert "Traceback" not in out.stderr and not (tmp_path / "data").exists()
 
 
+def test_api_role_starts_on_a_store_that_has_issued_keys(tmp_path):
+    """Keys issued from the store (`tunery admin`) close the API as TUNERY_API_KEYS would: `--role api` starts
+    without TUNERY_API_KEYS, and every request needs one of those keys."""
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    env = _env(tmp_path)
+    made = CliRunner().invoke(app, ["admin", "create-key", "--role", "admin"], env=env)
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip()
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--role", "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+        ok = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"authorization": f"Bearer {key}"})
+        assert ok.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    assert proc.returncode == 0
+
+
 @pytest.mark.parametrize(
     ("role", "settings", "health"),
     [
@@ -151,6 +189,7 @@ def test_admin_bootstrap_create_list_and_revoke_keys(tmp_path, tiny_server_facto
     from typer.testing import CliRunner
 
     from api.cli import app
+    from tunery.tenancy import key_digest
 
     runner = CliRunner()
     env = _env(tmp_path)
@@ -174,6 +213,7 @@ def test_admin_bootstrap_create_list_and_revoke_keys(tmp_path, tiny_server_facto
 
     listed = admin("list-keys").splitlines()
     assert len(listed) == 1 and owner not in listed[0] and listed[0].split("\t")[2] == "owner"
+    assert key_digest(owner) not in listed[0]  # never the value, never its hash
     project_id = listed[0].split("\t")[1]
     assert project_id.startswith("proj_")
     reader = admin("create-key", "--project", project_id, "--role", "reader", "--expires-days", "30")

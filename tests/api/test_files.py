@@ -273,9 +273,9 @@ def test_delete_and_expiry_share_one_deletion(server, upload, monkeypatch):
     calls: list[str] = []
     real = tunery_files.delete_file
 
-    def spy(db, store, file_id, *conditions):  # type: ignore[no-untyped-def]
+    def spy(db, store, file_id, *conditions, **options):  # type: ignore[no-untyped-def]
         calls.append(file_id)
-        return real(db, store, file_id, *conditions)
+        return real(db, store, file_id, *conditions, **options)
 
     monkeypatch.setattr(tunery_files, "delete_file", spy)
     deleted, expired = upload(chat_lines(10)).id, upload(chat_lines(10), name="e.jsonl").id

@@ -347,6 +347,10 @@ CORPUS: list[tuple[str, str, str, dict[str, Any], int, Any]] = [
     ("admin: unknown project key", "GET", "/v1/organization/projects/proj_default/api_keys/key_nope", {}, 404, None),
     ("admin: limit 0", "GET", "/v1/organization/projects?limit=0", {}, 400, ANY),
     ("admin: order sideways", "GET", "/v1/organization/admin_api_keys?order=sideways", {}, 400, ANY),
+    ("audit: effective_at not a number", "GET", "/v1/organization/audit_logs?effective_at[gte]=soon", {}, 400, ANY),
+    ("audit: limit 0", "GET", "/v1/organization/audit_logs?limit=0", {}, 400, ANY),
+    ("audit: unknown cursor", "GET", "/v1/organization/audit_logs?after=audit_log-nope&before=x", {}, 200, None),
+    ("audit: 10k event type", "GET", "/v1/organization/audit_logs?event_types[]=" + "t" * 10_000, {}, 200, None),
 ]
 
 

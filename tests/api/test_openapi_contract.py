@@ -27,6 +27,7 @@ from api.services.files import FileService
 from scheduler.validation import REPORT_OBJECT
 from tests.conftest import TINY
 from tests.schema import SPEC
+from tunery.audit import BOOTSTRAP
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("/v1/files", "/v1/uploads", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/fine_tuning/jobs")
@@ -309,7 +310,7 @@ def test_typed_errors_become_openais_error_with_their_status(
 
 def test_the_files_service_runs_without_http(app: Any) -> None:
     ctx: AppContext = app.state.ctx
-    svc = FileService(ctx, Tenant(ctx.settings.organization_id, ctx.settings.project_id))
+    svc = FileService(ctx, Tenant(ctx.settings.organization_id, ctx.settings.project_id), BOOTSTRAP)
     f = svc.create(CreateFileRequest(purpose="assistants", filename="dir/notes.txt"), io.BytesIO(b"notes"))
     assert (f.filename, f.bytes, f.status, f.expires_at) == ("notes.txt", 5, "processed", None)
     assert "expires_at" not in f.model_dump()  # OpenAI's optional, non-nullable fields are left out

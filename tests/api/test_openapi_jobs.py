@@ -30,6 +30,7 @@ from scheduler.reporting import servable_model
 from tests.conftest import chat_lines
 from tests.schema import validate
 from tunery import ids, jobstate
+from tunery.audit import BOOTSTRAP
 from tunery.db import Checkpoint
 from tunery.db.ops import now
 from tunery.plan import DPOHyperparameters, Hyperparameters
@@ -56,13 +57,13 @@ def http(app: Any) -> TestClient:
 @pytest.fixture(scope="module")
 def train(app: Any) -> str:
     ctx: AppContext = app.state.ctx
-    files = FileService(ctx, Tenant(ctx.settings.organization_id, ctx.settings.project_id))
+    files = FileService(ctx, Tenant(ctx.settings.organization_id, ctx.settings.project_id), BOOTSTRAP)
     return files.create(CreateFileRequest(purpose="fine-tune", filename="t.jsonl"), io.BytesIO(chat_lines(12))).id
 
 
 def _service(app: Any) -> JobService:
     ctx: AppContext = app.state.ctx
-    return JobService(ctx, Tenant(ctx.settings.organization_id, ctx.settings.project_id))
+    return JobService(ctx, Tenant(ctx.settings.organization_id, ctx.settings.project_id), BOOTSTRAP)
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

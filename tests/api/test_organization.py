@@ -10,6 +10,7 @@ from openai import OpenAI
 
 from tests.metadata_stores import every_metadata_store  # noqa: F401 (each server test runs on SQLite and PostgreSQL)
 from tests.schema import validate
+from tunery.tenancy import key_digest
 
 BOOTSTRAP = "sk-tunery-bootstrap-0123456789abcdef"
 
@@ -44,6 +45,7 @@ def test_projects_service_accounts_and_keys(tiny_server_factory):
         f"/v1/organization/projects/{project.id}/api_keys", headers={"authorization": f"Bearer {BOOTSTRAP}"}
     )
     assert value not in raw.text and "key_hash" not in raw.text  # never the value, never its hash
+    assert key_digest(value) not in raw.text
 
     # The new key works, on its own project: an empty one.
     member = sdk(srv, value)
@@ -99,6 +101,10 @@ def test_admin_api_keys(tiny_server_factory):
     assert [k.id for k in listed.data] == [created.id]
     assert all(not getattr(k, "value", None) for k in listed.data)
     assert org.admin_api_keys.retrieve(created.id).name == "ops"
+    auth = {"authorization": f"Bearer {BOOTSTRAP}"}
+    for path in ("/v1/organization/admin_api_keys", f"/v1/organization/admin_api_keys/{created.id}"):
+        raw = srv.http.get(path, headers=auth).text
+        assert created.value not in raw and key_digest(created.value) not in raw and "key_hash" not in raw
 
     # A stored admin key administers the organization, and acts on the default project elsewhere.
     admin = sdk(srv, created.value)

@@ -26,6 +26,11 @@ def test_only_the_api_role_needs_keys_or_an_explicit_open_setting(role, settings
         assert "TUNERY_API_KEYS" in refusal and "TUNERY_ALLOW_OPEN=true" in refusal
 
 
+def test_a_store_that_has_issued_keys_lets_the_api_role_start():
+    assert Settings().open_access_refusal("api", keys_issued=True) is None
+    assert Settings().open_access_refusal("api", keys_issued=False) is not None
+
+
 def test_allow_open_is_read_from_the_environment(monkeypatch):
     monkeypatch.delenv("TUNERY_API_KEYS", raising=False)
     monkeypatch.setenv("TUNERY_ALLOW_OPEN", "true")

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import event, select
 
 from tunery import tenancy
+from tunery.audit import CLI
 from tunery.db import ApiKey, Database, Project
 from tunery.db.ops import now
 from tunery.settings import Settings
@@ -28,7 +29,7 @@ def test_a_key_is_stored_as_its_hash_only_and_found_by_it(db: Database, monkeypa
     with db.session() as s:
         project = tenancy.ensure_default_tenancy(s, settings)
         s.flush()
-        account, key = tenancy.create_service_account(s, project, name="ci", role="member")
+        account, key = tenancy.create_service_account(s, CLI, project, name="ci", role="member")
     assert key.value.startswith(tenancy.PROJECT_KEY_PREFIX) and len(key.value) > 40
     with db.engine.connect() as conn:
         stored = [str(v) for row in conn.exec_driver_sql("SELECT * FROM api_keys") for v in row]
@@ -52,15 +53,15 @@ def test_a_key_is_stored_as_its_hash_only_and_found_by_it(db: Database, monkeypa
 
 def test_revoked_expired_and_archived_keys_are_not_found(db: Database) -> None:
     with db.session() as s:
-        project = tenancy.create_project(s, "org-default", "p")
+        project = tenancy.create_project(s, CLI, "org-default", "p")
         s.flush()
-        _, live = tenancy.create_service_account(s, project, name="a", role="reader")
-        _, expiring = tenancy.create_service_account(s, project, name="b", role="owner", expires_at=now() + 60)
-        admin = tenancy.issue_key(s, organization_id="org-default", project_id=None, role="admin", name="ops")
+        _, live = tenancy.create_service_account(s, CLI, project, name="a", role="reader")
+        _, expiring = tenancy.create_service_account(s, CLI, project, name="b", role="owner", expires_at=now() + 60)
+        admin = tenancy.issue_key(s, CLI, organization_id="org-default", project_id=None, role="admin", name="ops")
     with db.session() as s:
         assert tenancy.find_key(s, expiring.value) is not None
         assert tenancy.find_key(s, expiring.value, at=now() + 61) is None
-        tenancy.revoke(s, s.scalar(select(ApiKey).where(ApiKey.id == live.row.id)))  # type: ignore[arg-type]
+        tenancy.revoke(s, CLI, s.scalar(select(ApiKey).where(ApiKey.id == live.row.id)))  # type: ignore[arg-type]
     with db.session() as s:
         assert tenancy.find_key(s, live.value) is None
         assert tenancy.find_key(s, admin.value) is not None
@@ -69,7 +70,7 @@ def test_revoked_expired_and_archived_keys_are_not_found(db: Database) -> None:
         assert tenancy.find_key(s, expiring.value) is None  # its project is archived
         assert tenancy.find_key(s, admin.value) is not None  # an organization key has no project
     with pytest.raises(ValueError), db.session() as s:
-        tenancy.issue_key(s, organization_id="org-default", project_id=None, role="member", name="x")
+        tenancy.issue_key(s, CLI, organization_id="org-default", project_id=None, role="member", name="x")
 
 
 def test_whether_keys_were_issued_is_cached(db: Database) -> None:
@@ -80,12 +81,27 @@ def test_whether_keys_were_issued_is_cached(db: Database) -> None:
     asked = len(queries)
     assert not registry.issued() and len(queries) == asked  # a negative answer is kept for recheck_seconds
     with db.session() as s:
-        key = tenancy.issue_key(s, organization_id="org-default", project_id=None, role="admin", name="ops")
+        key = tenancy.issue_key(s, CLI, organization_id="org-default", project_id=None, role="admin", name="ops")
     assert not registry.issued()  # another process's key: seen at the next recheck
     assert tenancy.KeyRegistry(db).issued()
     registry.note_issued()
     with db.session() as s:
-        tenancy.revoke(s, s.scalar(select(ApiKey).where(ApiKey.id == key.row.id)))  # type: ignore[arg-type]
+        tenancy.revoke(s, CLI, s.scalar(select(ApiKey).where(ApiKey.id == key.row.id)))  # type: ignore[arg-type]
     before = len(queries)
     assert registry.issued() and len(queries) == before  # for good, without a query: revoked keys keep their rows
     assert tenancy.KeyRegistry(db).issued()
+
+
+def test_a_keys_last_use_is_written_at_most_once_a_minute(db: Database) -> None:
+    with db.session() as s:
+        key = tenancy.issue_key(s, CLI, organization_id="org-default", project_id=None, role="admin", name="ops")
+        key_id = key.row.id
+    t = now()
+    assert tenancy.note_use(db, key_id, None, at=t)  # never used: written
+    assert not tenancy.note_use(db, key_id, t, at=t + 59)  # read a fresh value: no statement at all
+    assert tenancy.note_use(db, key_id, None, at=t + 30)  # a racer that read the old value: its UPDATE matches nothing
+    with db.session() as s:
+        assert s.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id)) == t
+    assert tenancy.note_use(db, key_id, t, at=t + 60)
+    with db.session() as s:
+        assert s.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id)) == t + 60

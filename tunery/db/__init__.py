@@ -16,6 +16,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from tunery.db.models import (
     ApiKey,
+    AuditEvent,
     Base,
     Checkpoint,
     CheckpointPermission,
@@ -33,6 +34,7 @@ from tunery.db.models import (
 
 __all__ = [
     "ApiKey",
+    "AuditEvent",
     "Base",
     "Checkpoint",
     "CheckpointPermission",

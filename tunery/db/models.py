@@ -289,6 +289,8 @@ class ApiKey(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int | None] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+    # When a request last used the key, to the minute (written at most once a minute: tunery.tenancy.note_use).
+    last_used_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class StorageReservation(Base, Tenant):
@@ -318,3 +320,23 @@ class CheckpointPermission(Base, Tenant):
     model_id: Mapped[str] = mapped_column(String(512), index=True)
     grantee_project_id: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditEvent(Base):
+    """One event of an organization's audit log (tunery/audit.py): who (``actor_*``) did what (``type``) to which
+    object (``resource_id``), when, in which project (None for an organization-wide one such as an admin key)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_organization_effective_at", "organization_id", "effective_at"),)
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str | None] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    effective_at: Mapped[int] = mapped_column(BigInteger)
+    actor_type: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str] = mapped_column(String(64))
+    actor_service_account_id: Mapped[str | None] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(512))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
