@@ -1,8 +1,8 @@
 """The contract Tunery publishes (its own ``/openapi.json``) against OpenAI's published schema, for the typed
-families (files, uploads, models, chat and legacy completions, fine-tuning jobs): every route declares what it
-answers, and every property OpenAI requires of an answer is required there too, with a compatible type. Plus the
-typed layer's rules: unknown OpenAI fields are accepted and logged, unknown ``tunery.*`` fields are a 400, services
-raise typed errors and run without HTTP (the jobs family's own cases: tests/api/test_openapi_jobs.py)."""
+families (files, uploads, models, chat and legacy completions, fine-tuning jobs, checkpoint permissions): every route
+declares what it answers, and every property OpenAI requires of an answer is required there too, with a compatible
+type. Plus the typed layer's rules: unknown OpenAI fields are accepted and logged, unknown ``tunery.*`` fields are a
+400, services raise typed errors and run without HTTP (the jobs family's own cases: tests/api/test_openapi_jobs.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,15 @@ from tests.schema import SPEC
 from tunery.audit import BOOTSTRAP
 
 ROOT = Path(__file__).resolve().parents[2]
-FAMILIES = ("/v1/files", "/v1/uploads", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/fine_tuning/jobs")
+FAMILIES = (
+    "/v1/files",
+    "/v1/uploads",
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/fine_tuning/jobs",
+    "/v1/fine_tuning/checkpoints",
+)
 # OpenAI operations of these families Tunery does not serve: stored chat completions.
 NOT_SERVED = {("get", "/chat/completions")}
 # Where Tunery's answer knowingly goes beyond OpenAI's schema, and why.
@@ -198,7 +206,7 @@ def test_answers_are_openais_schema(ours: dict[str, Any], openai: dict[str, Any]
         name = schema["$ref"].split("/")[-1]
         problems += [f"{method.upper()} {path}: {p}" for p in compare(schema, theirs, (ours, openai), name)]
         compared += 1
-    assert compared == 21
+    assert compared == 24
     assert problems == [], "\n".join(problems)
     assert set(KNOWN) == KNOWN_SEEN  # each listed deviation still exists (the list does not rot)
     # The error body too.
