@@ -11,17 +11,14 @@ from grpc_reflection.v1alpha import reflection
 
 from api.context import AppContext
 from api.grpc.calls import Calls
+from api.grpc.handlers import service_handler
 from api.grpc.services import ChatServicer, FileServicer, FineTuningServicer, ModelServicer
 from tunery.grpc_tls import api_server_credentials
 from tunery.v1 import (
     chat_pb2,
-    chat_pb2_grpc,
     files_pb2,
-    files_pb2_grpc,
     fine_tuning_pb2,
-    fine_tuning_pb2_grpc,
     models_pb2,
-    models_pb2_grpc,
 )
 
 log = logging.getLogger("tunery.api.grpc")
@@ -47,10 +44,15 @@ class PublicGrpcServer:
         ]
         self.server = grpc.aio.server(options=options)
         calls = Calls(ctx)
-        files_pb2_grpc.add_FileServiceServicer_to_server(FileServicer(ctx, calls), self.server)
-        fine_tuning_pb2_grpc.add_FineTuningServiceServicer_to_server(FineTuningServicer(ctx, calls), self.server)
-        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(ctx, calls), self.server)
-        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(ctx, calls), self.server)
+        servicers = {
+            "FileService": FileServicer(ctx, calls),
+            "FineTuningService": FineTuningServicer(ctx, calls),
+            "ModelService": ModelServicer(ctx, calls),
+            "ChatService": ChatServicer(ctx, calls),
+        }
+        for module in (files_pb2, fine_tuning_pb2, models_pb2, chat_pb2):
+            for service in module.DESCRIPTOR.services_by_name.values():
+                self.server.add_generic_rpc_handlers((service_handler(servicers[service.name], service),))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)

@@ -464,3 +464,28 @@ def test_a_certificate_without_its_key_stops_the_start(
 ) -> None:
     with pytest.raises(ValueError, match="TUNERY_API_GRPC_TLS_CERT is set without TUNERY_API_GRPC_TLS_KEY"):
         tiny_server_factory(api_grpc_tls_cert=str(pki / "server.crt"))
+
+
+@pytest.mark.parametrize(
+    "rpc",
+    [
+        "FineTuningService/GetJob",
+        "FineTuningService/WatchEvents",
+        "FileService/UploadFile",
+        "ChatService/StreamChatCompletion",
+    ],
+)
+def test_a_message_that_does_not_parse_is_invalid_argument(api: Api, rpc: str) -> None:
+    """Corrupt bytes on the wire: INVALID_ARGUMENT with OpenAI's error, never grpcio's UNKNOWN or INTERNAL."""
+    garbage = b"\xff\xff\xff\xff\x0f not a message"
+    raw = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
+    path, auth = f"/tunery.v1.{rpc}", (("authorization", f"Bearer {KEY}"),)
+    with pytest.raises(grpc.RpcError) as caught:
+        if rpc == "FileService/UploadFile":
+            api.channel.stream_unary(path, **raw)(iter([garbage]), metadata=auth, timeout=30)
+        elif "Watch" in rpc or "Stream" in rpc:
+            list(api.channel.unary_stream(path, **raw)(garbage, metadata=auth, timeout=30))
+        else:
+            api.channel.unary_unary(path, **raw)(garbage, metadata=auth, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert error_info(caught.value).metadata["code"] == "invalid_message"
