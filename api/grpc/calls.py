@@ -53,7 +53,7 @@ class Calls:
     def __init__(self, ctx: AppContext):
         self.ctx = ctx
 
-    def _tenant(self, rpc: str, authorization: str | None) -> Principal:
+    def _principal(self, rpc: str, authorization: str | None) -> Principal:
         """Who the caller is, once its key and role are admitted for ``rpc`` and its project's rate limit has a turn
         for it (REST's door, api/limits.py; blocking: a stored key and a limit are read from the store)."""
         method, template = REST_TWIN[rpc]
@@ -100,7 +100,7 @@ class Calls:
         rid, authorization = self._start(context)
 
         def work() -> T:
-            return fn(self._tenant(rpc, authorization))
+            return fn(self._principal(rpc, authorization))
 
         return await self._answer(rpc, context, rid, run_read(self.ctx, work) if read else asyncio.to_thread(work))
 
@@ -109,7 +109,7 @@ class Calls:
         rid, authorization = self._start(context)
 
         async def work() -> T:
-            return await fn(await run_read(self.ctx, self._tenant, rpc, authorization))
+            return await fn(await run_read(self.ctx, self._principal, rpc, authorization))
 
         return await self._answer(rpc, context, rid, work())
 
@@ -126,12 +126,12 @@ class Calls:
         started, code = time.perf_counter(), grpc.StatusCode.OK
 
         def begin() -> tuple[Principal, F]:
-            tenant = self._tenant(rpc, authorization)
-            return tenant, first(tenant)
+            principal = self._principal(rpc, authorization)
+            return principal, first(principal)
 
         try:
-            tenant, start = await run_read(self.ctx, begin)
-            async for message in rest(tenant, start):
+            principal, start = await run_read(self.ctx, begin)
+            async for message in rest(principal, start):
                 yield message
         except (asyncio.CancelledError, GeneratorExit):  # the client left or its deadline passed: resources freed
             code = grpc.StatusCode.CANCELLED
