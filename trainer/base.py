@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tunery import layout
+from tunery import ids, layout
+from tunery.evalreport import EVAL_GATE_FAILED, REPORT_FILE, EvalReport, promotion
 from tunery.hyperparams import spaced_steps
 from tunery.jobspec import DataFile, JobSpec
 from tunery.jobstate import MIX_PARAM
@@ -34,6 +35,7 @@ from .reporter import Reporter
 from .resume import PREEMPT_REASONS, drop_states
 
 if TYPE_CHECKING:
+    from .evaluation import Evaluator
     from .methods import TrainerMethod
 
 log = logging.getLogger("tunery.trainer")
@@ -108,6 +110,9 @@ class TrainingRun:
         # ``best: true`` (rewritten to false when a later checkpoint beats it).
         self.best: dict[str, Any] | None = None
         self.best_manifest: dict[str, Any] | None = None
+        # The eval reports (trainer/evaluation.py) of this run's checkpoints by step, when the job writes them.
+        self.evaluator: Evaluator | None = None
+        self.reports: dict[int, EvalReport] = {}
 
     # -- events
     def warn(self, message: str, data: dict[str, Any] | None = None) -> None:
@@ -201,8 +206,28 @@ class TrainingRun:
             **self.method.manifest_extra(self),
         }
 
-    def save_adapter(self, prefix: str, step: int, epoch: float, row: StepRow | None, best: bool = False) -> None:
+    def eval_report(self, name: str, step: int, row: StepRow | None, epoch: float) -> EvalReport | None:
+        """The eval report of the model being trained, named ``name``, at ``step`` (None when the job writes none)."""
+        if self.evaluator is None:
+            return None
+        return self.evaluator.report(self.trainer.model, name, step, epoch, row.train_loss if row else None)
+
+    def save_adapter(
+        self,
+        prefix: str,
+        step: int,
+        epoch: float,
+        row: StepRow | None,
+        best: bool = False,
+        report: EvalReport | None = None,
+    ) -> None:
+        """Upload the model being trained under ``prefix``, with its eval report (written before the manifest, and
+        summarized in it: a report is complete exactly when its manifest exists)."""
         manifest = self.manifest(step, epoch, row.summary() if row else {}, best=best)
+        extra = {}
+        if report is not None:
+            manifest["eval_report"] = {"file": REPORT_FILE, **report.summary().model_dump(exclude={"file_id"})}
+            extra[REPORT_FILE] = report.model_dump_json(indent=2).encode()
         written = upload_checkpoint(
             self.store,
             prefix,
@@ -211,6 +236,7 @@ class TrainingRun:
             manifest,
             base_model=self.spec.base_model,
             full=self.plan.adapter == "full",
+            extra_files=extra,
         )
         if best:
             self.best_manifest = written
@@ -236,11 +262,85 @@ class TrainingRun:
             )
         last = self.rows[-1]
         final_prefix = model_prefix(spec.output_prefix)
-        self.save_adapter(final_prefix, last.step, float(hp.n_epochs), last)
         results_key = layout.results_key(spec.output_prefix)
         self.store.put_bytes(results_key, results_csv(self.rows, self.method.results_columns).encode())
+        report = self.final_report(last)
+        gate = self.spec.eval.gate if self.spec.eval is not None else None
+        chosen = self.gated_choice(final_prefix, report) if report is not None and gate is not None else None
+        if chosen is None:
+            self.save_adapter(final_prefix, last.step, float(hp.n_epochs), last, report=report)
+        else:
+            self.copy_checkpoint(chosen, final_prefix)
         drop_states(self)
         return train_seconds, final_prefix, results_key
+
+    def final_report(self, last: StepRow) -> EvalReport | None:
+        """The final model's report: its last checkpoint's when that checkpoint is the final weights, else new."""
+        if self.evaluator is None:
+            return None
+        same = self.reports.get(last.step) or self.stored_report(last.step)
+        if same is not None:
+            return same.model_copy(update={"model": self.spec.fine_tuned_model})
+        return self.eval_report(self.spec.fine_tuned_model, last.step, last, float(self.plan.n_epochs))
+
+    def stored_report(self, step: int) -> EvalReport | None:
+        """A checkpoint's report written by an earlier run of this job (complete: its manifest exists)."""
+        prefix = checkpoint_prefix(self.spec.output_prefix, step)
+        if not self.store.exists(f"{prefix}/{MANIFEST}") or not self.store.exists(f"{prefix}/{REPORT_FILE}"):
+            return None
+        return EvalReport.model_validate_json(self.store.get_bytes(f"{prefix}/{REPORT_FILE}"))
+
+    def gated_choice(self, final_prefix: str, final: EvalReport) -> EvalReport | None:
+        """With a gate: None when the final model is the one to promote (:func:`tunery.evalreport.promotion`), the
+        report of the checkpoint to promote instead, or, when none passes, fail the job with ``eval_gate_failed``:
+        the final model's report kept where the model would have been, the checkpoints kept for inspection."""
+        checkpoints = []
+        for step in sorted({*self.checkpoint_reports, *self.reports}):
+            report = self.reports.get(step) or self.stored_report(step)
+            if report is not None:
+                checkpoints.append(report)
+        chosen = promotion(final, checkpoints)
+        if chosen is None:
+            self.store.put_bytes(f"{final_prefix}/{REPORT_FILE}", final.model_dump_json(indent=2).encode())
+            drop_states(self)
+            failed = "; ".join(c.message for c in (final.gate.checks if final.gate else []) if not c.passed)
+            raise TrainerError(
+                f"No checkpoint passed the job's eval gate (tunery.eval.gate). The final model: {failed}. The "
+                "checkpoints are kept for inspection; their eval reports say why.",
+                code=EVAL_GATE_FAILED,
+            )
+        return None if chosen is final else chosen
+
+    def copy_checkpoint(self, report: EvalReport, final_prefix: str) -> None:
+        """Make the checkpoint of ``report`` the job's model: its files under ``final_prefix``, then its manifest
+        (marked ``promoted_from``) and its report, renamed to the job's model."""
+        source = checkpoint_prefix(self.spec.output_prefix, report.step)
+        manifest = json.loads(self.store.get_bytes(f"{source}/{MANIFEST}"))
+        promoted = report.model_copy(update={"model": self.spec.fine_tuned_model})
+        files = {}
+        for rel in sorted(manifest.get("files", {})):
+            if rel == REPORT_FILE:
+                continue
+            _, files[rel] = self.store.put_stream(f"{final_prefix}/{rel}", self.store.iter_chunks(f"{source}/{rel}"))
+        _, files[REPORT_FILE] = self.store.put_bytes(
+            f"{final_prefix}/{REPORT_FILE}", promoted.model_dump_json(indent=2).encode()
+        )
+        manifest.update(
+            files=files,
+            best=False,
+            promoted_from={"step": report.step, "prefix": source, "reason": "tunery.eval.gate"},
+            eval_report={"file": REPORT_FILE, **promoted.summary().model_dump(exclude={"file_id"})},
+            created_at=utc_now(),
+        )
+        self.store.put_bytes(
+            f"{final_prefix}/{MANIFEST}", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        )
+        message = (
+            f"Eval gate: the checkpoint of step {report.step} passes it with the lowest validation loss and is the "
+            "job's fine-tuned model"
+        )
+        log.info("%s", message)
+        self.reporter.event("info", message, {"step": report.step, "promoted_from": source})
 
     def is_new_best(self, row: StepRow | None) -> bool:
         """Whether ``row`` has the lowest validation loss so far (NaN never is)."""
@@ -281,7 +381,10 @@ class TrainingRun:
             assert row is not None and row.valid_loss is not None
             self.unmark_best()
             self.best = {"step": step, "valid_loss": row.valid_loss, "prefix": prefix}
-        self.save_adapter(prefix, step, epoch, row, best=best)
+        report = self.eval_report(ids.checkpoint_model_name(self.spec.fine_tuned_model, step), step, row, epoch)
+        if report is not None:
+            self.reports[step] = report
+        self.save_adapter(prefix, step, epoch, row, best=best, report=report)
         self.checkpoints.append(prefix)
         self.checkpoint_reports[step] = (epoch, False)
         log.info("checkpoint: epoch %.2f step %d -> %s (%.1fs)", epoch, step, prefix, time.monotonic() - t0)

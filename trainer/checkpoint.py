@@ -7,6 +7,7 @@ Layout of a checkpoint (``{output_prefix}/checkpoints/step-{N}/``) and of the fi
     adapter_config.json         PEFT config (base_model_name_or_path = the base model's public name)
       (full fine-tuning instead: config.json, generation_config.json, model*.safetensors: the whole model)
     tokenizer.json, tokenizer_config.json, chat_template.jinja, ...
+    eval_report.json            the model's eval report (tunery/evalreport.py), when the job writes them
     tunery_manifest.json        written LAST: a prefix with a manifest is a complete checkpoint
 
 The manifest records the job, base model, step/epoch, seed, SHA-256 of each data file, resolved
@@ -79,9 +80,10 @@ def upload_checkpoint(
     manifest: dict[str, Any],
     base_model: str,
     full: bool = False,
+    extra_files: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """Save and upload one checkpoint (an adapter, or the whole model when ``full``); the manifest goes last.
-    Returns the manifest as written."""
+    """Save and upload one checkpoint (an adapter, or the whole model when ``full``) and ``extra_files`` (its eval
+    report); the manifest goes last, with every file's SHA-256. Returns the manifest as written."""
     with tempfile.TemporaryDirectory(prefix="tunery-ckpt-") as tmp:
         folder = Path(tmp)
         if full:
@@ -92,6 +94,9 @@ def upload_checkpoint(
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             rel = path.relative_to(folder).as_posix()
             _, digest = store.put_file(f"{prefix}/{rel}", path)
+            files[rel] = digest
+        for rel, data in sorted((extra_files or {}).items()):
+            _, digest = store.put_bytes(f"{prefix}/{rel}", data)
             files[rel] = digest
         manifest = {**manifest, "files": files}
         store.put_bytes(f"{prefix}/{MANIFEST}", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

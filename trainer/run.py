@@ -29,6 +29,7 @@ from .base import RunResult, StopSignal, TrainingRun
 from .chat import ChatTemplateError, ChatTokenizer, end_of_turn_tokens
 from .config import trl_config
 from .errors import TrainerError
+from .evaluation import Evaluator
 from .loading import attach_adapter, load_base_model, resolve_device, set_determinism
 from .methods import get_method
 from .metrics import make_callback
@@ -90,8 +91,12 @@ def run(
         time.monotonic() - t0,
     )
     stop.check()
-    datasets = method.build_datasets(r, chat_tokenizer(model, tokenizer), train_data, valid_data)
+    chat = chat_tokenizer(model, tokenizer)
+    datasets = method.build_datasets(r, chat, train_data, valid_data)
     r.has_eval = datasets.valid is not None
+    if spec.eval is not None and spec.eval.enabled:
+        r.evaluator = Evaluator(r, chat, spec.eval)
+        r.evaluator.prepare(train_data, valid_data)
 
     with tempfile.TemporaryDirectory(prefix="tunery-trainer-") as workdir:
         args = trl_config(method, plan, seed=spec.seed, output_dir=workdir, choice=r.device)
@@ -105,6 +110,8 @@ def run(
         n_examples = method.count_examples(r, r.trainer, datasets)
         r.plan_steps(n_examples)
         resume_dir = prepare_resume(r, spec.resume_from, Path(workdir))
+        if r.evaluator is not None:  # the model as the job starts it: resume states load inside train()
+            r.evaluator.measure_baseline(r.trainer.model)
         log.info(
             "%s: %d training examples, %d tokens per epoch (%d trained), %d steps per epoch, %d steps",
             plan.method,

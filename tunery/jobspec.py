@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from tunery import layout
+from tunery.evalreport import EvalOptions
 from tunery.plan import TrainingPlan
 
 # A local trainer's parent: the server that launched it (scheduler/backends.py sets it, trainer/orphan.py reads it).
@@ -77,6 +78,9 @@ class JobSpec(BaseModel):
     training_file: DataFile
     validation_file: DataFile | None = None
     data: DataOptions | None = None
+    # The eval reports (tunery.eval; docs/evals.md): None writes none. The reference set's file when the job named one.
+    eval: EvalOptions | None = None
+    eval_reference_file: DataFile | None = None
     plan: TrainingPlan  # the method and every training option, resolved (tunery/plan.py)
     seed: int
     device: str = "auto"  # auto | cpu | cuda
