@@ -26,6 +26,7 @@ from api.protocol.jobs import (
     ListPaginatedFineTuningJobsResponse,
 )
 from api.services.jobs import JobService
+from tunery.evalreport import EvalReport
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -91,3 +92,15 @@ async def list_checkpoints(
     svc: JobService = Depends(job_service),
 ) -> Response:
     return await read_json(svc.ctx, svc.checkpoints, job_id, ListJobCheckpointsRequest(after=after, limit=limit))
+
+
+@router.get("/fine_tuning/jobs/{job_id}/eval_report", response_model=EvalReport)
+async def job_eval_report(job_id: Name, svc: JobService = Depends(job_service)) -> Response:
+    """Tunery: the eval report of the job's final model (docs/evals.md)."""
+    return await read_json(svc.ctx, svc.eval_report, job_id)
+
+
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints/{checkpoint_id}/eval_report", response_model=EvalReport)
+async def checkpoint_eval_report(job_id: Name, checkpoint_id: Name, svc: JobService = Depends(job_service)) -> Response:
+    """Tunery: the eval report of one of the job's checkpoints (docs/evals.md)."""
+    return await read_json(svc.ctx, svc.eval_report, job_id, checkpoint_id)

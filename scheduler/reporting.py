@@ -18,6 +18,7 @@ from tunery import ids, jobstate, layout
 from tunery.db import Checkpoint, Database, File, FineTunedModel, Job
 from tunery.db.models import RESULTS_PURPOSE
 from tunery.db.ops import add_event, now
+from tunery.evalreport import REPORT_FILE, EvalReport
 from tunery.files import report_key
 from tunery.jobstate import TERMINAL, ErrorCode, JobError, UnknownErrorCode, error_code
 from tunery.methods import method_info
@@ -71,6 +72,52 @@ def servable_model(job: Job, name: str, kind: str, prefix: str) -> FineTunedMode
         project_id=job.project_id,
         created_at=now(),
     )
+
+
+def result_file(job: Job, key: str, filename: str, size: int) -> File:
+    """A file of purpose ``fine-tune-results`` over an object the job's run wrote (its key decided by the server)."""
+    return File(
+        id=ids.file_id(),
+        organization_id=job.organization_id,
+        project_id=job.project_id,
+        filename=filename,
+        purpose=RESULTS_PURPOSE,
+        bytes=size,
+        sha256=None,
+        object_key=key,
+        created_at=now(),
+        expires_at=None,
+        status="processed",
+        status_details=None,
+    )
+
+
+# An eval report is a few kilobytes (tunery/evalreport.py); a larger object under its key is not read.
+MAX_REPORT_BYTES = 4 * 1024 * 1024
+
+
+def eval_report_file(s: Session, store: ObjectStore, job: Job, prefix: str, filename: str) -> dict[str, Any] | None:
+    """Register the eval report the run wrote beside the model under ``prefix`` (the server's key, not the
+    trainer's) as one of the job's files; its summary (``ReportSummary``) with the file's id, or None when there is
+    no report there, or what is there is not one."""
+    key = f"{prefix}/{REPORT_FILE}"
+    try:
+        size = store.size(key)
+        if size > MAX_REPORT_BYTES:
+            log.warning("job %s: %s is %d bytes, more than an eval report can be; ignored", job.id, key, size)
+            return None
+        report = EvalReport.model_validate_json(store.get_bytes(key))
+    except ObjectNotFound:
+        return None
+    except ValueError as e:  # pydantic's ValidationError, a JSON error: a report is typed
+        log.warning("job %s: %s is not an eval report (%s); ignored", job.id, key, str(e)[:200])
+        return None
+    if report.job_id != job.id:
+        log.warning("job %s: %s is another job's report; ignored", job.id, key)
+        return None
+    f = result_file(job, key, filename, size)
+    s.add(f)
+    return report.summary(f.id).model_dump()
 
 
 def reported_error(request: pb.FinishedRequest) -> JobError:
@@ -244,6 +291,9 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                     metrics=metrics_dict(request.metrics),
                     fine_tuned_model_checkpoint=name,
                     object_prefix=prefix,
+                    eval_report=eval_report_file(
+                        s, self.store, job, prefix, f"eval_report_step_{int(request.step)}.json"
+                    ),
                 )
             )
             s.add(servable_model(job, name, "checkpoint", prefix))
@@ -263,33 +313,25 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
         def apply(s: Session, job: Job) -> None:
             done.clear()
             job.run_token = None
+            model_prefix = layout.model_prefix(layout.job_prefix(job.id))
+            # The final model's report: also when the job failed its eval gate (the report says why).
+            job.eval_report = eval_report_file(s, self.store, job, model_prefix, "eval_report.json")
+            report_files = [job.eval_report["file_id"]] if job.eval_report else []
             if not request.succeeded:
                 error = reported_error(request)
                 jobstate.fail(job, error, now())
+                job.result_files = report_files
                 add_event(s, job.id, jobstate.failure_event(error), level="error")
                 return
             assert job.fine_tuned_model
             results_key = layout.results_key(layout.job_prefix(job.id))  # the server's, not the report's
+            results = []
             if self.store.exists(results_key):
-                results = File(
-                    id=ids.file_id(),
-                    organization_id=job.organization_id,
-                    project_id=job.project_id,
-                    filename="step_metrics.csv",
-                    purpose=RESULTS_PURPOSE,
-                    bytes=self.store.size(results_key),
-                    sha256=None,
-                    object_key=results_key,
-                    created_at=now(),
-                    expires_at=None,
-                    status="processed",
-                    status_details=None,
-                )
-                s.add(results)
-                job.result_files = [results.id]
-            s.add(
-                servable_model(job, job.fine_tuned_model, "fine_tuned", layout.model_prefix(layout.job_prefix(job.id)))
-            )
+                f = result_file(job, results_key, "step_metrics.csv", self.store.size(results_key))
+                s.add(f)
+                results.append(f.id)
+            job.result_files = results + report_files
+            s.add(servable_model(job, job.fine_tuned_model, "fine_tuned", model_prefix))
             job.trained_tokens = int(request.trained_tokens)
             jobstate.succeed(job, now())
             done.append(job.trained_tokens)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from tunery import layout
 from tunery.db import File, Job
+from tunery.evalreport import EvalOptions
 from tunery.jobspec import DataFile, DataOptions, JobSpec, MixSpec
 from tunery.plan import TrainingPlan, resolve_plan
 
@@ -73,6 +74,8 @@ def build_spec(
         training_file=DataFile(file_id=train.id, key=train.object_key, sha256=train.sha256),
         validation_file=DataFile(file_id=valid.id, key=valid.object_key, sha256=valid.sha256) if valid else None,
         data=data,
+        # Every job writes eval reports unless it turned them off (tunery.eval.enabled).
+        eval=EvalOptions.model_validate(job.tunery_options("eval")),
         plan=job_plan(job),
         seed=job.seed,
         device=device,

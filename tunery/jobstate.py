@@ -98,6 +98,7 @@ class ErrorCode(enum.StrEnum):
     unservable_adapter = "unservable_adapter"  # vLLM could not load the result (docs/serving.md)
     unsupported_hardware = "unsupported_hardware"  # the adapter or precision does not fit the trainer's hardware
     unsupported_cluster = "unsupported_cluster"  # Kubernetes cannot run the job
+    eval_gate_failed = "eval_gate_failed"  # no model of the job passed its eval gate (tunery.eval.gate)
     unsupported_method = "unsupported_method"  # the method does not support an option of the job (tunery.methods)
 
 

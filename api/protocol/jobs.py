@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field
 
 from api.protocol.base import CursorPage, Name, OpenAIObject, OpenAIRequest, OpenAIResponse, TuneryExtension, omitted
 from tunery.estimate import Estimate
+from tunery.evalreport import EvalOptions, ReportSummary
 from tunery.jobstate import JobStatus
 from tunery.methods import PreferenceTrainer
 from tunery.plan import Auto, DPOHyperparameters, Hyperparameters, TrainingOptions
@@ -82,6 +83,7 @@ class TuneryExtensions(TuneryExtension):
     training: TrainingOptions = Field(default_factory=TrainingOptions)
     method: MethodOptions | None = None
     scheduling: SchedulingOptions | None = None
+    eval: EvalOptions | None = None
 
 
 class CreateJob(OpenAIRequest):
@@ -192,6 +194,11 @@ class JobTunery(OpenAIResponse):
     training: TrainingOptions | None = omitted("Absent on jobs created before tunery.training existed.")
     method: MethodOptions | None = omitted("The preference trainer of a dpo job.")
     scheduling: JobScheduling
+    eval: EvalOptions | None = omitted("The eval report options the job asked for (docs/evals.md).")
+    eval_report: ReportSummary | None = omitted(
+        "The final model's eval report, once written: its file and figures (the whole report: "
+        "GET /v1/fine_tuning/jobs/{id}/eval_report)."
+    )
 
 
 class FineTuningJob(OpenAIResponse):
@@ -259,6 +266,10 @@ class CheckpointMetrics(OpenAIResponse):
 
 class CheckpointTunery(OpenAIResponse):
     best: bool = Field(description="The checkpoint with the run's lowest validation loss (docs/adapters.md).")
+    eval_report: ReportSummary | None = omitted(
+        "The checkpoint's eval report: its file and figures (the whole report: "
+        "GET /v1/fine_tuning/jobs/{id}/checkpoints/{checkpoint id}/eval_report)."
+    )
 
 
 class FineTuningJobCheckpoint(OpenAIResponse):

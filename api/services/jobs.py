@@ -47,11 +47,13 @@ from api.services import estimates
 from api.services.prepare import prepare_job
 from tunery import ids, jobstate
 from tunery.audit import Actor, EventType, record
-from tunery.db import Checkpoint, FineTunedModel, Job, JobEvent
+from tunery.db import Checkpoint, File, FineTunedModel, Job, JobEvent
 from tunery.db.ops import add_event, now
+from tunery.evalreport import EvalReport, ReportSummary
 from tunery.jobstate import JobStatus
 from tunery.plan import PlanRequest
 from tunery.quotas import queue_positions
+from tunery.storage import ObjectNotFound
 
 
 # ---- rows -> OpenAI's objects ------------------------------------------------------------------------------------
@@ -90,7 +92,7 @@ def _tunery(j: Job, stored: dict[str, Any], queue_position: int | None) -> JobTu
     scheduling = JobScheduling(
         priority=j.priority or 0, queue_position=queue_position if j.status == JobStatus.queued else None
     )
-    return JobTunery.model_validate({**stored, "scheduling": scheduling})
+    return JobTunery.model_validate({**stored, "scheduling": scheduling, "eval_report": j.eval_report})
 
 
 def _shows_queue(j: Job) -> bool:
@@ -123,8 +125,12 @@ def checkpoint_object(c: Checkpoint, best: bool | None = None) -> FineTuningJobC
         fine_tuning_job_id=c.job_id,
         step_number=c.step_number,
         metrics=CheckpointMetrics.model_validate(c.metrics or {}),
-        # Tunery's extension: the checkpoint with the lowest validation loss (docs/adapters.md).
-        tunery=None if best is None else CheckpointTunery(best=best),
+        # Tunery's extensions: the checkpoint with the lowest validation loss (docs/adapters.md), its eval report.
+        tunery=None
+        if best is None and c.eval_report is None
+        else CheckpointTunery(
+            best=bool(best), eval_report=ReportSummary.model_validate(c.eval_report) if c.eval_report else None
+        ),
     )
 
 
@@ -163,6 +169,8 @@ def _extensions(req: CreateJob, request: PlanRequest) -> dict[str, Any]:
     out: dict[str, Any] = {"training": request.training.model_dump()}
     if req.tunery is not None:
         out = {"data": req.tunery.data.model_dump(), **out}
+        if req.tunery.eval is not None:
+            out["eval"] = req.tunery.eval.model_dump()
     if request.method != "supervised":
         out["method"] = {"trainer": request.method}
     return {"tunery": out}
@@ -365,3 +373,23 @@ class JobService:
             best = best_checkpoint_step([(step, metrics) for step, metrics in all_metrics])
             objects = [checkpoint_object(c, None if best is None else c.step_number == best) for c in rows]
             return ListFineTuningJobCheckpointsResponse.of(objects, more)
+
+    def eval_report(self, job_id: str, checkpoint_id: str | None = None) -> EvalReport:
+        """The eval report of the job's final model, or of one of its checkpoints (docs/evals.md). NotFound until it
+        is written (or when the job turned reports off)."""
+        with self.ctx.db.session() as s:
+            job = find_job(s, self.tenant, job_id, *NOT_SHOWN)
+            if checkpoint_id is None:
+                summary, what = job.eval_report, f"job {job_id}"
+            else:
+                ckpt = s.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.id == checkpoint_id))
+                if ckpt is None:
+                    raise NotFound(f"No checkpoint {checkpoint_id} of job {job_id}.", param="checkpoint_id")
+                summary, what = ckpt.eval_report, f"checkpoint {checkpoint_id}"
+            report_file = s.scalar(select(File).where(File.id == summary["file_id"])) if summary else None
+        if report_file is None:
+            raise NotFound(f"No eval report of {what} (yet).", param="checkpoint_id" if checkpoint_id else "job_id")
+        try:
+            return EvalReport.model_validate_json(self.ctx.store.get_bytes(report_file.object_key))
+        except ObjectNotFound:
+            raise NotFound(f"The eval report of {what} was deleted.", param="job_id") from None

@@ -101,8 +101,10 @@ def test_job_end_to_end(trained, tiny_server_factory, tmp_path):
         assert c.fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-{c.step_number}"
         assert c.fine_tuning_job_id == job.id and c.metrics.step == c.step_number
 
-    # Results CSV as a fine-tune-results file.
-    assert len(job.result_files) == 1
+    # Results CSV as a fine-tune-results file, then the final model's eval report (docs/evals.md).
+    assert len(job.result_files) == 2
+    report_file = client.files.retrieve(job.result_files[1])
+    assert report_file.purpose == "fine-tune-results" and report_file.filename == "eval_report.json"
     rf = client.files.retrieve(job.result_files[0])
     assert rf.purpose == "fine-tune-results"
     # Served base64-encoded as OpenAI serves it: code written for OpenAI decodes it.

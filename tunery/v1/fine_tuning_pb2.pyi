@@ -111,17 +111,63 @@ class SchedulingOptions(_message.Message):
     priority: int
     def __init__(self, priority: _Optional[int] = ...) -> None: ...
 
+class EvalGate(_message.Message):
+    __slots__ = ("min_validation_improvement", "max_forgetting")
+    MIN_VALIDATION_IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_FORGETTING_FIELD_NUMBER: _ClassVar[int]
+    min_validation_improvement: float
+    max_forgetting: float
+    def __init__(self, min_validation_improvement: _Optional[float] = ..., max_forgetting: _Optional[float] = ...) -> None: ...
+
+class EvalOptions(_message.Message):
+    __slots__ = ("enabled", "samples", "max_new_tokens", "max_examples", "reference_file", "forgetting_threshold", "gate")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FILE_FIELD_NUMBER: _ClassVar[int]
+    FORGETTING_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    samples: int
+    max_new_tokens: int
+    max_examples: int
+    reference_file: str
+    forgetting_threshold: float
+    gate: EvalGate
+    def __init__(self, enabled: _Optional[bool] = ..., samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_examples: _Optional[int] = ..., reference_file: _Optional[str] = ..., forgetting_threshold: _Optional[float] = ..., gate: _Optional[_Union[EvalGate, _Mapping]] = ...) -> None: ...
+
+class EvalReportSummary(_message.Message):
+    __slots__ = ("file_id", "step", "validation_loss", "validation_change", "forgetting_change", "forgetting_flagged", "gate_passed")
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    FORGETTING_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    FORGETTING_FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    GATE_PASSED_FIELD_NUMBER: _ClassVar[int]
+    file_id: str
+    step: int
+    validation_loss: float
+    validation_change: float
+    forgetting_change: float
+    forgetting_flagged: bool
+    gate_passed: bool
+    def __init__(self, file_id: _Optional[str] = ..., step: _Optional[int] = ..., validation_loss: _Optional[float] = ..., validation_change: _Optional[float] = ..., forgetting_change: _Optional[float] = ..., forgetting_flagged: _Optional[bool] = ..., gate_passed: _Optional[bool] = ...) -> None: ...
+
 class TuneryExtensions(_message.Message):
-    __slots__ = ("data", "training", "method", "scheduling")
+    __slots__ = ("data", "training", "method", "scheduling", "eval")
     DATA_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SCHEDULING_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FIELD_NUMBER: _ClassVar[int]
     data: DataQualityOptions
     training: TrainingOptions
     method: MethodOptions
     scheduling: SchedulingOptions
-    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ..., scheduling: _Optional[_Union[SchedulingOptions, _Mapping]] = ...) -> None: ...
+    eval: EvalOptions
+    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ..., scheduling: _Optional[_Union[SchedulingOptions, _Mapping]] = ..., eval: _Optional[_Union[EvalOptions, _Mapping]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("model", "training_file", "validation_file", "suffix", "seed", "metadata", "hyperparameters", "method", "integrations", "tunery")
@@ -250,16 +296,20 @@ class JobScheduling(_message.Message):
     def __init__(self, priority: _Optional[int] = ..., queue_position: _Optional[int] = ...) -> None: ...
 
 class JobTunery(_message.Message):
-    __slots__ = ("data", "training", "method", "scheduling")
+    __slots__ = ("data", "training", "method", "scheduling", "eval", "eval_report")
     DATA_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SCHEDULING_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FIELD_NUMBER: _ClassVar[int]
+    EVAL_REPORT_FIELD_NUMBER: _ClassVar[int]
     data: DataQualityOptions
     training: TrainingOptions
     method: MethodOptions
     scheduling: JobScheduling
-    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ..., scheduling: _Optional[_Union[JobScheduling, _Mapping]] = ...) -> None: ...
+    eval: EvalOptions
+    eval_report: EvalReportSummary
+    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ..., scheduling: _Optional[_Union[JobScheduling, _Mapping]] = ..., eval: _Optional[_Union[EvalOptions, _Mapping]] = ..., eval_report: _Optional[_Union[EvalReportSummary, _Mapping]] = ...) -> None: ...
 
 class FineTuningJob(_message.Message):
     __slots__ = ("id", "object", "created_at", "error", "fine_tuned_model", "finished_at", "hyperparameters", "model", "organization_id", "result_files", "seed", "status", "trained_tokens", "training_file", "validation_file", "integrations", "estimated_finish", "method", "metadata", "user_provided_suffix", "tunery")
@@ -361,10 +411,12 @@ class ListEventsResponse(_message.Message):
     def __init__(self, object: _Optional[str] = ..., data: _Optional[_Iterable[_Union[FineTuningJobEvent, _Mapping]]] = ..., first_id: _Optional[str] = ..., last_id: _Optional[str] = ..., has_more: _Optional[bool] = ...) -> None: ...
 
 class CheckpointTunery(_message.Message):
-    __slots__ = ("best",)
+    __slots__ = ("best", "eval_report")
     BEST_FIELD_NUMBER: _ClassVar[int]
+    EVAL_REPORT_FIELD_NUMBER: _ClassVar[int]
     best: bool
-    def __init__(self, best: _Optional[bool] = ...) -> None: ...
+    eval_report: EvalReportSummary
+    def __init__(self, best: _Optional[bool] = ..., eval_report: _Optional[_Union[EvalReportSummary, _Mapping]] = ...) -> None: ...
 
 class FineTuningJobCheckpoint(_message.Message):
     __slots__ = ("id", "object", "created_at", "fine_tuned_model_checkpoint", "fine_tuning_job_id", "step_number", "metrics", "tunery")

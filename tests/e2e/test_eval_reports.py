@@ -1,0 +1,105 @@
+"""Eval reports through the API (docs/evals.md): on a job and its checkpoints, as files and as JSON, over REST and
+gRPC; the gate that fails a job with ``eval_gate_failed``; and, on the demo model, the figures that say whether a
+fine-tune helped and what it forgot."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.conftest import TINY, chat_lines
+
+pytestmark = pytest.mark.integration
+
+
+def create(srv, train: bytes, valid: bytes | None, tunery: dict, model: str = TINY, **hp):
+    f = srv.client.files.create(file=("train.jsonl", train), purpose="fine-tune")
+    v = srv.client.files.create(file=("valid.jsonl", valid), purpose="fine-tune") if valid else None
+    job = srv.client.fine_tuning.jobs.create(
+        model=model,
+        training_file=f.id,
+        validation_file=v.id if v else None,
+        seed=7,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4, **hp}}},
+        extra_body={"tunery": tunery},
+    )
+    return srv.wait_job(job.id, {"succeeded", "failed", "cancelled"}, timeout=600)
+
+
+def test_reports_on_the_job_and_its_checkpoints(tiny_server_factory, tmp_path: Path) -> None:
+    srv = tiny_server_factory(data_dir=tmp_path / "state")
+    job = create(srv, chat_lines(12), chat_lines(4), {"eval": {"samples": 2, "max_new_tokens": 8}}, n_epochs=2)
+    assert job.status == "succeeded", (job.error, srv.events(job.id))
+    body = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()
+    summary = body["tunery"]["eval_report"]
+    assert body["tunery"]["eval"]["samples"] == 2 and summary["step"] == 6
+    assert body["result_files"][1] == summary["file_id"]
+
+    report = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}/eval_report").json()
+    assert report["model"] == job.fine_tuned_model and report["format"] == "tunery.eval_report.v1"
+    assert report["validation"]["model"]["loss"] == pytest.approx(summary["validation_loss"])
+    assert len(report["samples"]) == 2 and report["forgetting"]["reference"] == "tunery:reference-v1"
+    # The same report as the file (served base64-encoded, as OpenAI serves result files).
+    raw = base64.b64decode(srv.client.files.content(summary["file_id"]).read())
+    assert json.loads(raw)["validation"] == report["validation"]
+
+    checkpoints = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}/checkpoints").json()["data"]
+    assert len(checkpoints) == 2
+    for c in checkpoints:
+        ref = c["tunery"]["eval_report"]
+        assert ref["step"] == c["step_number"] and ref["file_id"]
+        one = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}/checkpoints/{c['id']}/eval_report").json()
+        assert one["model"] == c["fine_tuned_model_checkpoint"]
+        assert one["validation"]["model"]["loss"] == pytest.approx(ref["validation_loss"])
+
+    # Not found, in OpenAI's shape: an unknown checkpoint, another project's job.
+    r = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}/checkpoints/ftckpt_nope/eval_report")
+    assert r.status_code == 404 and r.json()["error"]["param"] == "checkpoint_id"
+    assert srv.http.get("/v1/fine_tuning/jobs/ftjob-nope/eval_report").status_code == 404
+
+    # The same job over gRPC carries the same summary.
+    from tunery.v1 import fine_tuning_pb2, fine_tuning_pb2_grpc
+
+    with grpc.insecure_channel(srv.app.state.grpc_address) as channel:
+        stub = fine_tuning_pb2_grpc.FineTuningServiceStub(channel)
+        meta = (("authorization", "Bearer test-key"),)
+        got = stub.GetJob(fine_tuning_pb2.GetJobRequest(job_id=job.id), metadata=meta)
+        assert got.tunery.eval_report.file_id == summary["file_id"]
+        assert got.tunery.eval_report.validation_loss == pytest.approx(summary["validation_loss"])
+        listed = stub.ListCheckpoints(fine_tuning_pb2.ListCheckpointsRequest(job_id=job.id), metadata=meta)
+        assert {c.tunery.eval_report.step for c in listed.data} == {c["step_number"] for c in checkpoints}
+
+
+def test_a_gate_no_model_passes_fails_the_job_with_its_report(tiny_server_factory, tmp_path: Path) -> None:
+    srv = tiny_server_factory(data_dir=tmp_path / "state")
+    gate = {"min_validation_improvement": 0.999}
+    job = create(srv, chat_lines(12), chat_lines(4), {"eval": {"samples": 0, "gate": gate}}, n_epochs=2)
+    assert job.status == "failed" and job.error.code == "eval_gate_failed", srv.events(job.id)
+    assert job.fine_tuned_model is None
+    body = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()
+    assert body["tunery"]["eval_report"]["gate_passed"] is False
+    assert body["result_files"] == [body["tunery"]["eval_report"]["file_id"]]
+    report = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}/eval_report").json()
+    assert report["gate"]["passed"] is False and report["gate"]["checks"][0]["name"] == "min_validation_improvement"
+    # The checkpoints are kept for inspection, each with its report.
+    checkpoints = srv.client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert len(checkpoints) == 2
+    models = {m.id for m in srv.client.models.list().data}
+    assert all(c.fine_tuned_model_checkpoint in models for c in checkpoints)
+
+
+def test_bad_eval_options_are_refused(tiny_server_factory, tmp_path: Path) -> None:
+    srv = tiny_server_factory(data_dir=tmp_path / "state")
+    f = srv.client.files.create(file=("train.jsonl", chat_lines(4)), purpose="fine-tune")
+    for tunery, param in (
+        ({"eval": {"samples": -1}}, "tunery.eval.samples"),
+        ({"eval": {"gate": {"max_forgeting": 0.1}}}, "tunery.eval.gate.max_forgeting"),
+        ({"eval": {"gate": {"min_validation_improvement": 2}}}, "tunery.eval.gate.min_validation_improvement"),
+    ):
+        r = srv.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": f.id, "tunery": tunery})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == param
