@@ -20,6 +20,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Training data.")
 app.add_typer(data_app, name="data")
 admin_app = typer.Typer(no_args_is_help=True, help="Organization, projects and API keys (docs/tenancy.md).")
 app.add_typer(admin_app, name="admin")
+jobs_app = typer.Typer(no_args_is_help=True, help="Fine-tuning jobs, through a running server's API.")
+app.add_typer(jobs_app, name="jobs")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -345,6 +347,44 @@ def admin_audit(
         resource = (e.model_extra or {}).get(e.type, {}).get("id", "")
         typer.echo("\t".join((at, e.type, actor, project_id, resource, e.id)))
     database.engine.dispose()
+
+
+@jobs_app.command("report")
+def jobs_report(
+    job_id: str = typer.Argument(..., help="The job (ftjob-...)."),
+    checkpoint: str = typer.Option(
+        None, "--checkpoint", help="A checkpoint's report (ftckpt_...) instead of the job's."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report's JSON."),
+    base_url: str = typer.Option(
+        "http://127.0.0.1:8000/v1", envvar="OPENAI_BASE_URL", help="The API (OPENAI_BASE_URL)."
+    ),
+    api_key: str = typer.Option("tunery", envvar="OPENAI_API_KEY", help="An API key (OPENAI_API_KEY)."),
+) -> None:
+    """A job's eval report (or one checkpoint's): validation loss against the base, forgetting, samples, the gate
+    (docs/evals.md)."""
+    import httpx
+
+    from api.report_view import print_report
+    from tunery.evalreport import EvalReport
+
+    path = f"/fine_tuning/jobs/{job_id}" + (f"/checkpoints/{checkpoint}" if checkpoint else "") + "/eval_report"
+    try:
+        r = httpx.get(base_url.rstrip("/") + path, headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+    except httpx.HTTPError as e:
+        typer.echo(f"error: cannot reach {base_url}: {e}", err=True)
+        raise typer.Exit(1) from None
+    if r.status_code != 200:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:200]
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(r.text)
+        return
+    print_report(EvalReport.model_validate(r.json()))
 
 
 def main() -> None:

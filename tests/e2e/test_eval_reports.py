@@ -61,6 +61,26 @@ def test_reports_on_the_job_and_its_checkpoints(tiny_server_factory, tmp_path: P
     assert r.status_code == 404 and r.json()["error"]["param"] == "checkpoint_id"
     assert srv.http.get("/v1/fine_tuning/jobs/ftjob-nope/eval_report").status_code == 404
 
+    # The terminal's view: tunery jobs report (and its --json).
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    cli = CliRunner(env={"COLUMNS": "250"})
+    args = ["jobs", "report", job.id, "--base-url", f"{srv.base_url}/v1", "--api-key", "test-key"]
+    out = cli.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert job.fine_tuned_model in out.output
+    for heading in ("Validation", "Forgetting on tunery:reference-v1", "Samples", "Hardest validation examples"):
+        assert heading in out.output
+    assert f"{report['validation']['model']['loss']:.4f}" in out.output
+    out = cli.invoke(app, [*args, "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["validation"] == report["validation"]
+    out = cli.invoke(app, [*args, "--checkpoint", checkpoints[0]["id"]])
+    assert out.exit_code == 0 and checkpoints[0]["fine_tuned_model_checkpoint"] in out.output
+    out = cli.invoke(app, ["jobs", "report", "ftjob-nope", *args[3:]])
+    assert out.exit_code == 1 and "No such fine-tuning job" in out.output
+
     # The same job over gRPC carries the same summary.
     from tunery.v1 import fine_tuning_pb2, fine_tuning_pb2_grpc
 
