@@ -154,3 +154,32 @@ def archive_stream(store: ObjectStore, top: str, entries: Iterable[ArchiveEntry]
         if packed := gz.compress(data):
             yield packed
     yield gz.flush()
+
+
+def verify_archive(path: str) -> list[str]:
+    """Read a downloaded archive once (streamed, as written) and check every file its manifest lists against the
+    manifest's SHA-256; returns the problems (none: the archive is whole and every file is the trainer's)."""
+    seen: dict[str, str] = {}
+    manifest: object = None
+    with tarfile.open(path, mode="r|gz") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = member.name.split("/", 1)[-1]
+            f = tar.extractfile(member)
+            assert f is not None  # a regular file
+            if name == MANIFEST:
+                manifest = json.loads(f.read(MAX_MANIFEST_BYTES + 1))
+                continue
+            digest = hashlib.sha256()
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+            seen[name] = digest.hexdigest()
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        return [f"no {MANIFEST} listing the files"]
+    problems = [f"{name}: missing" for name in files if name not in seen]
+    problems += [
+        f"{name}: SHA-256 differs from the manifest's" for name in files if seen.get(name, files[name]) != files[name]
+    ]
+    return problems

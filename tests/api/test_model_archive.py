@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,3 +234,24 @@ def test_a_full_fine_tune_is_archived_the_same_way(
     loaded = AutoModelForCausalLM.from_pretrained(str(folder))
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_tunery_models_download(world: World, tmp_path: Path) -> None:
+    """The CLI saves the archive REST serves, and says why when it cannot."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TUNERY_"))}
+    env |= {"OPENAI_BASE_URL": f"{world.srv.base_url}/v1", "OPENAI_API_KEY": world.keys["A-reader"]}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # this checkout's `tunery`, from any folder
+    out = tmp_path / "home.tar.gz"
+    cmd = [sys.executable, "-m", "api.cli", "models", "download", CHECKPOINT, "-o", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == world.get("A-reader", CHECKPOINT).content
+    assert str(out) in done.stdout
+    # Without -o: <safe name>.tar.gz in the current folder.
+    done = subprocess.run(cmd[:-2], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / f"{safe_name(CHECKPOINT)}.tar.gz").read_bytes() == out.read_bytes()
+    env["OPENAI_API_KEY"] = world.keys["B-reader"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "does not exist or you do not have access to it" in done.stderr
+    assert out.read_bytes() == world.get("A-reader", CHECKPOINT).content  # the earlier file is left as it was
