@@ -28,7 +28,7 @@ from tests.configurations import (  # noqa: F401 (each server test runs embedded
 from tests.conftest import TINY, RunningServer
 from tests.serving_fixtures import ALL_LINEAR
 from trainer.checkpoint import MANIFEST, upload_checkpoint
-from tunery.archive import safe_name
+from tunery.archive import safe_name, verify_archive
 from tunery.db import FineTunedModel
 from tunery.db.ops import now
 
@@ -255,3 +255,29 @@ def test_tunery_models_download(world: World, tmp_path: Path) -> None:
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "does not exist or you do not have access to it" in done.stderr
     assert out.read_bytes() == world.get("A-reader", CHECKPOINT).content  # the earlier file is left as it was
+
+
+def test_verify_archive_finds_a_file_that_is_not_its_manifests(tmp_path: Path) -> None:
+    """What `tunery models download` checks before it keeps a file: every file the manifest lists, with its hash."""
+
+    def archive(files: dict[str, bytes], manifest_files: dict[str, str]) -> str:
+        path = tmp_path / "a.tar.gz"
+        members = {**files, MANIFEST: json.dumps({"files": manifest_files}).encode()}
+        with tarfile.open(path, "w:gz") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(f"top/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return str(path)
+
+    good = hashlib.sha256(b"weights").hexdigest()
+    assert verify_archive(archive({"w.safetensors": b"weights"}, {"w.safetensors": good})) == []
+    assert verify_archive(archive({"w.safetensors": b"weighty"}, {"w.safetensors": good})) == [
+        "w.safetensors: SHA-256 differs from the manifest's"
+    ]
+    assert verify_archive(archive({}, {"w.safetensors": good})) == ["w.safetensors: missing"]
+    whole = Path(archive({"w.safetensors": b"weights"}, {"w.safetensors": good})).read_bytes()
+    for cut in (whole[: len(whole) // 2], whole[:-4]):  # cut mid-file, or only gzip's trailer missing
+        (tmp_path / "cut.tar.gz").write_bytes(cut)
+        with pytest.raises((EOFError, tarfile.TarError)):
+            verify_archive(str(tmp_path / "cut.tar.gz"))
