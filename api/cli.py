@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Tunery: fine-tuning as a service.")
 db_app = typer.Typer(no_args_is_help=True, help="Metadata store schema.")
-models_app = typer.Typer(no_args_is_help=True, help="Base models.")
+models_app = typer.Typer(no_args_is_help=True, help="Base models; fine-tuned models to take home.")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 data_app = typer.Typer(no_args_is_help=True, help="Training data.")
@@ -102,6 +102,58 @@ def models_list() -> None:
     """Configured base models and their folders."""
     for name, path in _settings().base_model_paths().items():
         typer.echo(f"{name}\t{path}")
+
+
+@models_app.command("download")
+def models_download(
+    model: str = typer.Argument(..., help="A fine-tuned or checkpoint model (ft:...)."),
+    output: Path = typer.Option(
+        None, "-o", "--output", help="Where to write the .tar.gz (default: ./<model, safe characters>.tar.gz)."
+    ),
+    base_url: str = typer.Option(
+        "http://127.0.0.1:8000/v1", envvar="OPENAI_BASE_URL", help="The Tunery server's /v1 URL (OPENAI_BASE_URL)."
+    ),
+    api_key: str = typer.Option(
+        "", envvar="OPENAI_API_KEY", show_default=False, help="An API key of the project (OPENAI_API_KEY)."
+    ),
+) -> None:
+    """Download a fine-tuned model as its folder (.tar.gz: the adapter or whole model, tokenizer, chat template,
+    manifest, eval report), check every file against the manifest's SHA-256, and print where it was saved."""
+    import os
+    import tarfile
+
+    import httpx
+
+    from tunery.archive import safe_name, verify_archive
+
+    dest = output or Path(f"{safe_name(model)}.tar.gz")
+    part = dest.with_name(f".{dest.name}.part")
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    url = f"{base_url.rstrip('/')}/tunery/models/{model}/archive"
+    try:
+        with httpx.stream("GET", url, headers=headers, timeout=httpx.Timeout(60, read=600)) as r:
+            if r.status_code != 200:
+                r.read()
+                try:
+                    message = r.json()["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    message = f"HTTP {r.status_code}: {r.text[:200]}"
+                typer.echo(f"tunery models download: {message}", err=True)
+                raise typer.Exit(1)
+            with open(part, "wb") as f:
+                for chunk in r.iter_bytes():
+                    f.write(chunk)
+        problems = verify_archive(str(part))
+    except (httpx.HTTPError, OSError, EOFError, ValueError, tarfile.TarError) as e:  # a broken stream or archive
+        part.unlink(missing_ok=True)
+        typer.echo(f"tunery models download: the download did not complete ({type(e).__name__}: {e})", err=True)
+        raise typer.Exit(1) from None
+    if problems:
+        part.unlink(missing_ok=True)
+        typer.echo(f"tunery models download: the archive does not match its manifest: {'; '.join(problems)}", err=True)
+        raise typer.Exit(1)
+    os.replace(part, dest)
+    typer.echo(str(dest))
 
 
 @data_app.command("validate")

@@ -36,6 +36,7 @@ class EventType(StrEnum):
     JOB_PAUSED = "fine_tuning.job.paused"
     JOB_RESUMED = "fine_tuning.job.resumed"
     MODEL_DELETED = "model.deleted"
+    MODEL_DOWNLOADED = "model.downloaded"
     CHECKPOINT_PERMISSION_CREATED = "checkpoint.permission.created"
     CHECKPOINT_PERMISSION_DELETED = "checkpoint.permission.deleted"
     PROJECT_CREATED = "project.created"

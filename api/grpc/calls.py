@@ -28,6 +28,7 @@ REST_TWIN: dict[str, tuple[str, str]] = {
     "ModelService/ListModels": ("GET", "/v1/models"),
     "ModelService/GetModel": ("GET", "/v1/models/{model:path}"),
     "ModelService/DeleteModel": ("DELETE", "/v1/models/{model:path}"),
+    "ModelService/DownloadArchive": ("GET", "/v1/tunery/models/{model:path}/archive"),
     "FileService/UploadFile": ("POST", "/v1/files"),
     "FileService/GetFile": ("GET", "/v1/files/{file_id}"),
     "FileService/ListFiles": ("GET", "/v1/files"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -22,7 +22,7 @@ from api.protocol.jobs import CreateJob, ListJobCheckpointsRequest, ListJobEvent
 from api.services.chat import ChatService
 from api.services.files import FileContent, FileService, file_too_large
 from api.services.jobs import JobService
-from api.services.models import ModelService
+from api.services.models import ModelArchive, ModelService
 from tunery.audit import Actor
 from tunery.v1 import chat_pb2 as chat_pb
 from tunery.v1 import chat_pb2_grpc as chat_grpc
@@ -42,6 +42,14 @@ DOWNLOAD_CHUNK = 1 << 20  # a DownloadFile message's most bytes: well under the 
 def _query(request: Any, *path_fields: str) -> dict[str, Any]:
     """A request's fields other than those REST takes from the path: its query, as REST reads it."""
     return {k: v for k, v in message_dict(request).items() if k not in path_fields}
+
+
+async def _pieces(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """A download's chunks, each read in a thread (the object store blocks), cut to at most DOWNLOAD_CHUNK bytes."""
+    it = iter(chunks)
+    while (chunk := await asyncio.to_thread(next, it, None)) is not None:
+        for i in range(0, len(chunk), DOWNLOAD_CHUNK):
+            yield chunk[i : i + DOWNLOAD_CHUNK]
 
 
 class _Servicer:
@@ -73,6 +81,17 @@ class ModelServicer(_Servicer, models_grpc.ModelServiceServicer):
             )
 
         return await self.calls.unary("ModelService/DeleteModel", context, run)
+
+    async def DownloadArchive(self, request: models_pb.DownloadArchiveRequest, context: Context) -> Any:
+        def first(p: Principal) -> ModelArchive:
+            return ModelService(self.ctx, *self._who(p)).archive(request.model)
+
+        async def rest(p: Principal, archive: ModelArchive) -> AsyncIterator[models_pb.ArchiveChunk]:
+            async for chunk in _pieces(archive.chunks):
+                yield models_pb.ArchiveChunk(data=chunk)
+
+        async for chunk in self.calls.stream("ModelService/DownloadArchive", context, first, rest):
+            yield chunk
 
 
 class FileServicer(_Servicer, files_grpc.FileServiceServicer):
@@ -124,10 +143,8 @@ class FileServicer(_Servicer, files_grpc.FileServiceServicer):
             return FileService(self.ctx, *self._who(p)).content(request.file_id)
 
         async def rest(p: Principal, content: FileContent) -> AsyncIterator[files_pb.FileChunk]:
-            chunks = iter(content.chunks)
-            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-                for i in range(0, len(chunk), DOWNLOAD_CHUNK):
-                    yield files_pb.FileChunk(data=chunk[i : i + DOWNLOAD_CHUNK])
+            async for chunk in _pieces(content.chunks):
+                yield files_pb.FileChunk(data=chunk)
 
         async for chunk in self.calls.stream("FileService/DownloadFile", context, first, rest):
             yield chunk

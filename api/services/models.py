@@ -4,6 +4,7 @@ resolves to (for chat); deleting a fine-tuned model (and unloading it from the s
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from anyio import to_thread
@@ -11,9 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.context import AppContext, Tenant
-from api.errors import InvalidRequest, NotFound, PermissionDenied
+from api.errors import InvalidRequest, NotFound, PermissionDenied, Unavailable
 from api.protocol.models import Model, ModelDeleted, ModelList
 from serving.engine import ModelRef
+from tunery.archive import CheckpointDamaged, CheckpointIncomplete, archive_stream, checkpoint_entries, safe_name
 from tunery.audit import Actor, EventType, record
 from tunery.db import FineTunedModel
 from tunery.sharing import delete_permissions, usable_by, usable_model
@@ -74,6 +76,14 @@ def resolve(ctx: AppContext, t: Tenant, model: str) -> ResolvedModel:
         return resolve_model(s, ctx, t, model)
 
 
+@dataclass(frozen=True)
+class ModelArchive:
+    """A model as a ``.tar.gz`` to take home: its file name and its bytes, streamed (tunery/archive.py)."""
+
+    filename: str
+    chunks: Iterator[bytes]
+
+
 class ModelService:
     """The models the caller can use. ``list``, ``retrieve`` and ``resolve`` block (database): run them off the
     event loop; ``delete`` is a coroutine (it unloads the model from the serving engine)."""
@@ -105,6 +115,51 @@ class ModelService:
             row = s.scalar(select(FineTunedModel).where(FineTunedModel.id == model))
             assert row is not None
             return ft_model_object(row)
+
+    def archive(self, model: str) -> ModelArchive:
+        """A fine-tuned or checkpoint model the project may use (its own or shared with it) as a ``.tar.gz``: the
+        folder the trainer wrote (the adapter or the whole model, the tokenizer and chat template), its manifest
+        (the SHA-256 of every file) and its eval report when there is one. Blocking: the checks (the model, its
+        manifest, each file's presence) are done here, before any byte is sent; the bytes are read as
+        ``chunks`` is consumed, each file checked against its manifest on the way."""
+        if model in self.ctx.settings.base_model_paths():
+            raise InvalidRequest(
+                f"`{model}` is a base model of this server; only fine-tuned and checkpoint models (ft:...) can be "
+                "downloaded as an archive.",
+                param="model",
+                code="model_not_downloadable",
+            )
+        t = self.tenant
+        with self.ctx.db.session() as s:
+            row = usable_model(s, t.organization_id, t.project_id, model)  # its own, or shared with it
+            if row is None:
+                raise model_not_found(model)
+            prefix, created, job_id, owner = row.object_prefix, row.created_at, row.job_id, row.project_id
+        try:
+            entries = checkpoint_entries(self.ctx.store, prefix)
+        except CheckpointIncomplete as e:
+            raise InvalidRequest(
+                f"The model `{model}` cannot be downloaded: {e}. Only a complete checkpoint can.",
+                param="model",
+                code="model_incomplete",
+            ) from None
+        except CheckpointDamaged as e:
+            raise Unavailable(
+                f"The model `{model}` cannot be downloaded: {e}; ask the operator to restore it.",
+                code="model_files_missing",
+            ) from None
+        with self.ctx.db.session() as s:
+            record(
+                s,
+                EventType.MODEL_DOWNLOADED,
+                self.actor,
+                organization_id=t.organization_id,
+                project_id=t.project_id,
+                resource_id=model,
+                details={"data": {"job_id": job_id, "owner_project_id": owner, "bytes": sum(e.size for e in entries)}},
+            )
+        top = safe_name(model)
+        return ModelArchive(f"{top}.tar.gz", archive_stream(self.ctx.store, top, entries, created))
 
     def resolve(self, model: str) -> ResolvedModel:
         return resolve(self.ctx, self.tenant, model)

@@ -4,6 +4,11 @@ the same keys and roles, live event watching across a reconnect, health and refl
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import random
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -286,6 +291,43 @@ def test_writes_change_what_rest_reads(api: Api) -> None:
     assert content == api.server.http.get(f"/v1/files/{objects['file_id']}/content").content
     deleted = api.call("ModelService/DeleteModel", mpb.DeleteModelRequest(model=objects["model"]))
     assert deleted.deleted and api.server.http.get(f"/v1/models/{objects['model']}").status_code == 404
+
+
+def test_download_archive_streams_the_bytes_rest_serves_and_its_refusals(api: Api) -> None:
+    model, job_id = api.objects["model"], api.objects["job_id"]
+    archive = f"/v1/tunery/models/{model}/archive"
+
+    def download(name: str) -> bytes:
+        return b"".join(
+            c.data for c in api.call("ModelService/DownloadArchive", mpb.DownloadArchiveRequest(model=name))
+        )
+
+    # Refused as REST refuses: an unknown model, a base model, a model without its manifest (the seeded one).
+    for name, path in (
+        ("ft:nope", "/v1/tunery/models/ft:nope/archive"),
+        (TINY, f"/v1/tunery/models/{TINY}/archive"),
+        (model, archive),
+    ):
+        r = api.server.http.get(path)
+        error = r.json()["error"]
+        with pytest.raises(grpc.RpcError) as caught:
+            download(name)
+        assert caught.value.code() == GRPC_CODE[r.status_code]
+        assert caught.value.details() == error["message"] and error_info(caught.value).metadata["code"] == error["code"]
+    assert error["code"] == "model_incomplete"
+    # Complete (a file over two messages, and its manifest): the same bytes as REST's, a .tar.gz of them.
+    weights = random.Random(0).randbytes(3 << 19)  # 1.5 MiB that do not compress: over two messages
+    store, prefix = api.server.app.state.ctx.store, f"jobs/{job_id}/checkpoints/step-1"
+    store.put_bytes(f"{prefix}/adapter_model.safetensors", weights)
+    manifest = {"files": {"adapter_model.safetensors": hashlib.sha256(weights).hexdigest()}}
+    store.put_bytes(f"{prefix}/tunery_manifest.json", json.dumps(manifest).encode())
+    chunks = list(api.call("ModelService/DownloadArchive", mpb.DownloadArchiveRequest(model=model)))
+    got = b"".join(c.data for c in chunks)
+    assert len(chunks) >= 2 and max(len(c.data) for c in chunks) <= 1 << 20
+    assert got == api.server.http.get(archive).content
+    with tarfile.open(fileobj=io.BytesIO(got), mode="r:gz") as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/adapter_model.safetensors"))
+        assert tar.extractfile(member).read() == weights  # type: ignore[union-attr]
 
 
 def test_watch_events_replays_from_a_cursor_follows_live_and_ends_with_the_job(api: Api) -> None:

@@ -62,6 +62,9 @@ ROUTES = [
     Route("GET", f"{T}/{{job_id}}/checkpoints", f"{T}/{{job}}/checkpoints", read=200),
     Route("GET", "/v1/models/{model:path}", "/v1/models/{model}", read=200),
     Route("DELETE", "/v1/models/{model:path}", "/v1/models/{model}"),
+    # A's model has no manifest here: a reader gets past the door to the 400 (model_incomplete);
+    # tests/api/test_model_archive.py downloads complete ones.
+    Route("GET", "/v1/tunery/models/{model:path}/archive", "/v1/tunery/models/{model}/archive", read=400),
     # Sharing a model is for its project's owner: a member of any project is refused before the model is looked up
     # (the same 403 for A's model and one that never existed). tests/api/test_checkpoint_permissions.py has the rest.
     Route("POST", f"{P}/permissions", f"{P_}/permissions", {"project_ids": ["proj_x"]}, foreign=403),

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tunery/v1/models.proto\x12\ttunery.v1\"F\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x10\n\x08owned_by\x18\x04 \x01(\t\"\x13\n\x11ListModelsRequest\"D\n\x12ListModelsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\x1e\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x10.tunery.v1.Model\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"#\n\x12\x44\x65leteModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"B\n\x13\x44\x65leteModelResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x32\xe1\x01\n\x0cModelService\x12I\n\nListModels\x12\x1c.tunery.v1.ListModelsRequest\x1a\x1d.tunery.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x1a.tunery.v1.GetModelRequest\x1a\x10.tunery.v1.Model\x12L\n\x0b\x44\x65leteModel\x12\x1d.tunery.v1.DeleteModelRequest\x1a\x1e.tunery.v1.DeleteModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tunery/v1/models.proto\x12\ttunery.v1\"F\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x10\n\x08owned_by\x18\x04 \x01(\t\"\x13\n\x11ListModelsRequest\"D\n\x12ListModelsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12\x1e\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x10.tunery.v1.Model\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"#\n\x12\x44\x65leteModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"B\n\x13\x44\x65leteModelResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\"\'\n\x16\x44ownloadArchiveRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x1c\n\x0c\x41rchiveChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xb2\x02\n\x0cModelService\x12I\n\nListModels\x12\x1c.tunery.v1.ListModelsRequest\x1a\x1d.tunery.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x1a.tunery.v1.GetModelRequest\x1a\x10.tunery.v1.Model\x12L\n\x0b\x44\x65leteModel\x12\x1d.tunery.v1.DeleteModelRequest\x1a\x1e.tunery.v1.DeleteModelResponse\x12O\n\x0f\x44ownloadArchive\x12!.tunery.v1.DownloadArchiveRequest\x1a\x17.tunery.v1.ArchiveChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEMODELREQUEST']._serialized_end=269
   _globals['_DELETEMODELRESPONSE']._serialized_start=271
   _globals['_DELETEMODELRESPONSE']._serialized_end=337
-  _globals['_MODELSERVICE']._serialized_start=340
-  _globals['_MODELSERVICE']._serialized_end=565
+  _globals['_DOWNLOADARCHIVEREQUEST']._serialized_start=339
+  _globals['_DOWNLOADARCHIVEREQUEST']._serialized_end=378
+  _globals['_ARCHIVECHUNK']._serialized_start=380
+  _globals['_ARCHIVECHUNK']._serialized_end=408
+  _globals['_MODELSERVICE']._serialized_start=411
+  _globals['_MODELSERVICE']._serialized_end=717
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,11 @@ class ModelServiceStub:
                 request_serializer=tunery_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=tunery_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
                 _registered_method=True)
+        self.DownloadArchive = channel.unary_stream(
+                '/tunery.v1.ModelService/DownloadArchive',
+                request_serializer=tunery_dot_v1_dot_models__pb2.DownloadArchiveRequest.SerializeToString,
+                response_deserializer=tunery_dot_v1_dot_models__pb2.ArchiveChunk.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -75,6 +80,15 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadArchive(self, request, context):
+        """Tunery's extension: a fine-tuned or checkpoint model as a .tar.gz of its folder (adapter or whole model,
+        tokenizer, chat template, tunery_manifest.json, eval_report.json), in chunks of at most 1 MiB; a base model is
+        INVALID_ARGUMENT, another project's model NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +106,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=tunery_dot_v1_dot_models__pb2.DeleteModelRequest.FromString,
                     response_serializer=tunery_dot_v1_dot_models__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'DownloadArchive': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArchive,
+                    request_deserializer=tunery_dot_v1_dot_models__pb2.DownloadArchiveRequest.FromString,
+                    response_serializer=tunery_dot_v1_dot_models__pb2.ArchiveChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +194,33 @@ class ModelService:
             '/tunery.v1.ModelService/DeleteModel',
             tunery_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
             tunery_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArchive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tunery.v1.ModelService/DownloadArchive',
+            tunery_dot_v1_dot_models__pb2.DownloadArchiveRequest.SerializeToString,
+            tunery_dot_v1_dot_models__pb2.ArchiveChunk.FromString,
             options,
             channel_credentials,
             insecure,
