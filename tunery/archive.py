@@ -27,12 +27,13 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from tunery.evalreport import REPORT_FILE
 from tunery.storage import CHUNK, ObjectNotFound, ObjectStore
 
 log = logging.getLogger("tunery.archive")
 
 MANIFEST = "tunery_manifest.json"  # trainer/checkpoint.py's MANIFEST (the trainer's module is not imported here)
-EVAL_REPORT = "eval_report.json"
+EVAL_REPORT = REPORT_FILE  # written before the manifest, which lists its hash (tunery/evalreport.py)
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 # Weights barely compress: the fastest level keeps a multi-gigabyte full model from being bound by the compressor.
@@ -52,7 +53,7 @@ class CheckpointDamaged(Exception):
 @dataclass(frozen=True)
 class ArchiveEntry:
     """One file of the archive: its path under the top folder, its object key and size, and the SHA-256 its bytes
-    must have (None for the files the manifest cannot hash: itself and the eval report written after it)."""
+    must have (None for the manifest itself)."""
 
     name: str
     key: str
@@ -96,8 +97,8 @@ def checkpoint_entries(store: ObjectStore, prefix: str) -> list[ArchiveEntry]:
     entries = []
     for path, digest in files.items():
         rel = _relative(path)
-        if rel in (MANIFEST, EVAL_REPORT):
-            continue  # never written before the manifest; the files themselves are added below
+        if rel == MANIFEST:
+            continue  # added last, below
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise CheckpointIncomplete(f"its {MANIFEST} has no SHA-256 for {rel}")
         try:
@@ -106,8 +107,9 @@ def checkpoint_entries(store: ObjectStore, prefix: str) -> list[ArchiveEntry]:
             raise CheckpointDamaged(f"{rel}, listed by its manifest, is missing from the object store") from None
         entries.append(ArchiveEntry(rel, prefix + rel, size, digest))
     entries.append(ArchiveEntry(MANIFEST, prefix + MANIFEST, manifest_size, None))
-    with contextlib.suppress(ObjectNotFound):  # no eval report (yet): the archive holds what is there
-        entries.append(ArchiveEntry(EVAL_REPORT, prefix + EVAL_REPORT, store.size(prefix + EVAL_REPORT), None))
+    if EVAL_REPORT not in files:  # a model whose manifest does not list its report (a gate's failed final model)
+        with contextlib.suppress(ObjectNotFound):
+            entries.append(ArchiveEntry(EVAL_REPORT, prefix + EVAL_REPORT, store.size(prefix + EVAL_REPORT), None))
     return entries
 
 

@@ -106,9 +106,12 @@ def world(tiny_server_factory: Callable[..., RunningServer], trained: Trained) -
             keys[f"{name}-{role}"] = made.json()["api_key"]["value"]
     store = srv.app.state.ctx.store
     for model, prefix in PREFIXES.items():
-        upload_checkpoint(store, prefix, trained.peft_model, trained.tokenizer, {"job_id": "ftjob-home"}, TINY)
+        # The checkpoint with its eval report, as the trainer writes it (before the manifest, which lists its hash).
+        extra = {"eval_report.json": json.dumps(EVAL_REPORT).encode()} if model == CHECKPOINT else None
+        upload_checkpoint(
+            store, prefix, trained.peft_model, trained.tokenizer, {"job_id": "ftjob-home"}, TINY, extra_files=extra
+        )
         add_model(srv, model, prefix, projects["A"])
-    store.put_bytes(f"{PREFIXES[CHECKPOINT]}/eval_report.json", json.dumps(EVAL_REPORT).encode())
     return World(srv, projects, keys)
 
 
@@ -124,10 +127,10 @@ def extract(r: httpx.Response, model: str, into: Path) -> Path:
 
 
 def check_manifest(folder: Path) -> dict[str, Any]:
-    """Every file but the manifest and the eval report is listed by the manifest, with its SHA-256."""
+    """Every file but the manifest is listed by the manifest (the eval report too), with its SHA-256."""
     manifest = json.loads((folder / MANIFEST).read_text())
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    assert on_disk - {MANIFEST, "eval_report.json"} == set(manifest["files"])
+    assert on_disk - {MANIFEST} == set(manifest["files"])
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
     return dict(manifest)
