@@ -37,7 +37,7 @@ from tunery.db.ops import add_event, now
 from tunery.files import report_key
 from tunery.filescan import FileScan, ScanOptions
 from tunery.jobspec import mix_count
-from tunery.jobstate import ErrorCode, JobError, JobStatus
+from tunery.jobstate import CHAT_PARAMS, ErrorCode, JobError, JobStatus
 from tunery.plan import TrainingPlan, check_request, resolve_plan
 from tunery.sharing import usable_model
 from tunery.storage import ObjectNotFound
@@ -236,7 +236,8 @@ class Preprocessor(SchedulerPart):
             model_folder = self.settings.base_model_paths().get(job.base_model)
             model = (job.base_model, model_folder) if model_folder else None
             scan = scan_stored(self.store, f.object_key, self.scan_options(model, max_len))
-            check = check_scan(scan, f.id, param, method=job.method.get("type", "supervised"))
+            method = "supervised" if param in CHAT_PARAMS else job.method.get("type", "supervised")
+            check = check_scan(scan, f.id, param, method=method)
             if check.error:
                 error = check.error
                 break

@@ -58,6 +58,13 @@ def build_spec(
             long_examples=options.get("long_examples", "truncate"),
             mix=mix,
         )
+    eval_options = EvalOptions.model_validate(job.tunery_options("eval"))
+    reference: DataFile | None = None
+    if eval_options.reference_file:
+        ref = files.get(eval_options.reference_file)
+        if ref is None:
+            return None
+        reference = DataFile(file_id=ref.id, key=ref.object_key, sha256=ref.sha256)
     init_prefix = None
     if job.model != job.base_model:  # fine-tuning a fine-tuned model: continue from its adapter
         if parent_prefix is None:
@@ -75,7 +82,8 @@ def build_spec(
         validation_file=DataFile(file_id=valid.id, key=valid.object_key, sha256=valid.sha256) if valid else None,
         data=data,
         # Every job writes eval reports unless it turned them off (tunery.eval.enabled).
-        eval=EvalOptions.model_validate(job.tunery_options("eval")),
+        eval=eval_options,
+        eval_reference_file=reference,
         plan=job_plan(job),
         seed=job.seed,
         device=device,

@@ -13,11 +13,16 @@ import numpy as np
 from tunery import filescan
 from tunery.data import MAX_LINE_BYTES, MAX_LINES, MAX_LISTED_ERRORS, MIN_EXAMPLES, DataFormat
 from tunery.filescan import FileScan, ScanOptions, scan_path, scan_stream
-from tunery.jobstate import MIX_PARAM, ErrorCode, JobError, file_error_code
+from tunery.jobstate import MIX_PARAM, REFERENCE_PARAM, ErrorCode, JobError, file_error_code
 from tunery.storage import ObjectNotFound, ObjectStore
 
 SHOWN_ERRORS = 5
-_LABELS = {"training_file": "training file", "validation_file": "validation file", MIX_PARAM: "mix file"}
+_LABELS = {
+    "training_file": "training file",
+    "validation_file": "validation file",
+    MIX_PARAM: "mix file",
+    REFERENCE_PARAM: "reference file",
+}
 # The training method each kind of file feeds (`method.type` of a job).
 METHOD_FOR_KIND = {"supervised": "supervised", "preference": "dpo"}
 

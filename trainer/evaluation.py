@@ -37,6 +37,7 @@ from tunery.evalreport import (
     default_reference_lines,
     gate_result,
 )
+from tunery.jobstate import REFERENCE_PARAM
 
 from .chat import ChatTemplateError, ChatTokenizer, TokenizedExample
 from .checkpoint import library_versions, utc_now
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tunery.trainer.eval")
 
-REFERENCE_PARAM = "tunery.eval.reference_file"
 HARDEST = 5  # hardest validation examples listed
 TEXT_CHARS = 240  # of an example's text in the report
 SCORE_BATCH = 8  # conversations per forward pass

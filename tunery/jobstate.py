@@ -99,19 +99,26 @@ class ErrorCode(enum.StrEnum):
     unsupported_hardware = "unsupported_hardware"  # the adapter or precision does not fit the trainer's hardware
     unsupported_cluster = "unsupported_cluster"  # Kubernetes cannot run the job
     eval_gate_failed = "eval_gate_failed"  # no model of the job passed its eval gate (tunery.eval.gate)
+    invalid_reference_file = "invalid_reference_file"  # tunery.eval.reference_file
     unsupported_method = "unsupported_method"  # the method does not support an option of the job (tunery.methods)
 
 
 # The request parameter that names the general-purpose file mixed into the training set (docs/data-options.md).
 MIX_PARAM = "tunery.data.mix.file"
+# The request parameter that names the job's own forgetting reference set (docs/evals.md): chat examples.
+REFERENCE_PARAM = "tunery.eval.reference_file"
+# The inputs that are chat examples whatever the job's method.
+CHAT_PARAMS = frozenset({MIX_PARAM, REFERENCE_PARAM})
 
 
 def file_error_code(param: str) -> ErrorCode:
     """The job error code for a problem with the file given as ``param`` (``training_file``, ``validation_file`` or
     :data:`MIX_PARAM`), for the scheduler's validation and the trainer alike."""
-    return {"training_file": ErrorCode.invalid_training_file, MIX_PARAM: ErrorCode.invalid_mix_file}.get(
-        param, ErrorCode.invalid_validation_file
-    )
+    return {
+        "training_file": ErrorCode.invalid_training_file,
+        MIX_PARAM: ErrorCode.invalid_mix_file,
+        REFERENCE_PARAM: ErrorCode.invalid_reference_file,
+    }.get(param, ErrorCode.invalid_validation_file)
 
 
 def failure_event(error: JobError) -> str:

@@ -21,7 +21,7 @@ from api.errors import InvalidRequest, NotFound
 from api.protocol.jobs import CreateJob
 from api.services.files import find_file
 from tunery.db import Job
-from tunery.jobstate import file_error_code
+from tunery.jobstate import REFERENCE_PARAM, file_error_code
 from tunery.plan import DPOHyperparameters, Hyperparameters, PlanRequest, TrainingOptions, check_request
 from tunery.sharing import usable_model
 
@@ -179,4 +179,7 @@ def prepare_job(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> Prepa
         _check_file(s, t, req.validation_file, "validation_file")
     if mix is not None:
         _check_file(s, t, mix.file, "tunery.data.mix.file")
+    reference = req.tunery.eval.reference_file if req.tunery and req.tunery.eval else None
+    if reference is not None:
+        _check_file(s, t, reference, REFERENCE_PARAM)
     return PreparedJob(req, base_model, request)

@@ -123,3 +123,35 @@ def test_bad_eval_options_are_refused(tiny_server_factory, tmp_path: Path) -> No
         r = srv.http.post("/v1/fine_tuning/jobs", json={"model": TINY, "training_file": f.id, "tunery": tunery})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == param
+
+
+def test_a_job_may_name_its_own_reference_set(tiny_server_factory, tmp_path: Path) -> None:
+    srv = tiny_server_factory(data_dir=tmp_path / "state")
+    reference = srv.client.files.create(file=("general.jsonl", chat_lines(5, "Plain: {q}")), purpose="fine-tune")
+    job = create(srv, chat_lines(12), None, {"eval": {"samples": 0, "reference_file": reference.id}}, n_epochs=1)
+    assert job.status == "succeeded", (job.error, srv.events(job.id))
+    report = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}/eval_report").json()
+    assert report["forgetting"]["reference"] == reference.id
+    assert report["forgetting"]["base"]["examples"] == 5
+    assert report["validation"] is None and any("no validation file" in m for m in report["missing"])
+    # A reference set must be chat examples: preference pairs fail the job at validation, naming the parameter.
+    pairs = "\n".join(
+        json.dumps(
+            {
+                "input": {"messages": [{"role": "user", "content": f"Q{i}?"}]},
+                "preferred_output": [{"role": "assistant", "content": "yes"}],
+                "non_preferred_output": [{"role": "assistant", "content": "no"}],
+            }
+        )
+        for i in range(3)
+    )
+    bad = srv.client.files.create(file=("pairs.jsonl", pairs.encode()), purpose="fine-tune")
+    job = create(srv, chat_lines(12), None, {"eval": {"reference_file": bad.id}}, n_epochs=1)
+    assert job.status == "failed" and job.error.code == "invalid_reference_file"
+    assert job.error.param == "tunery.eval.reference_file"
+    # An unknown file is refused when the job is created.
+    r = srv.http.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": TINY, "training_file": reference.id, "tunery": {"eval": {"reference_file": "file-nope"}}},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tunery.eval.reference_file", r.text

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tunery.jobstate import MIX_PARAM
+from tunery.jobstate import MIX_PARAM, REFERENCE_PARAM
 from tunery.plan import PlanRequest, TrainingPlan
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
@@ -144,6 +144,9 @@ class Job(Base, Tenant):
         mix = self.tunery_options("data").get("mix")
         if mix and mix.get("file"):
             out.append((MIX_PARAM, str(mix["file"])))
+        reference = self.tunery_options("eval").get("reference_file")
+        if reference:
+            out.append((REFERENCE_PARAM, str(reference)))
         return out
 
 
