@@ -68,6 +68,7 @@ class RunResult:
     rows: list[StepRow] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0  # of which the eval reports took (trainer/evaluation.py)
 
 
 class TrainingRun:

@@ -122,6 +122,7 @@ class Evaluator:
         self.samples_from: str | None = None
         self.baseline: Baseline | None = None
         self.missing: list[str] = []
+        self.seconds = 0.0  # spent measuring (the baseline and every report): what the reports add to the run
 
     # -- what is scored
     def _tokenize(self, records: list[ChatRecord]) -> EvalSet:
@@ -213,24 +214,35 @@ class Evaluator:
         return scores
 
     def _generate(self, model: Any) -> list[str]:
+        """Every sample prompt's greedy answer, in one batched generation (prompts padded on the left)."""
         import torch
 
+        if not self.prompts:
+            return []
         tok = self.run.tokenizer
         device = next(model.parameters()).device
-        out = []
-        for _, _, _, prompt, tools in self.prompts:
-            text = self.chat.render(prompt, add_generation_prompt=True, tools=tools)
-            ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-            generated = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=self.options.max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            )
-            out.append(tok.decode(generated[0, ids.shape[1] :], skip_special_tokens=True).strip())
-        return out
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        encoded = [
+            tok(self.chat.render(prompt, add_generation_prompt=True, tools=tools), add_special_tokens=False)[
+                "input_ids"
+            ]
+            for _, _, _, prompt, tools in self.prompts
+        ]
+        width = max(len(ids) for ids in encoded)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, e in enumerate(encoded):
+            ids[row, width - len(e) :] = torch.tensor(e)
+            attention[row, width - len(e) :] = 1
+        generated = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=self.options.max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=pad,
+        )
+        return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in generated]
 
     def _measure(self, model: Any) -> Baseline:
         import torch
@@ -254,6 +266,7 @@ class Evaluator:
         initial one, or the whole model the base, even in a resumed run: states load inside ``train``)."""
         t0 = time.monotonic()
         self.baseline = self._measure(model)
+        self.seconds += time.monotonic() - t0
         log.info("eval: baseline measured in %.1fs", time.monotonic() - t0)
 
     def report(self, model: Any, name: str, step: int, epoch: float, training_loss: float | None) -> EvalReport:
@@ -307,6 +320,7 @@ class Evaluator:
         if self.options.gate is not None:
             report.gate = gate_result(self.options.gate, report)
         report.seconds = time.monotonic() - t0
+        self.seconds += report.seconds
         log.info(
             "eval: %s step %d%s%s (%.1fs)",
             name,

@@ -144,6 +144,7 @@ def run(
         rows=r.rows,
         checkpoints=r.checkpoints,
         train_seconds=train_seconds,
+        eval_seconds=r.evaluator.seconds if r.evaluator is not None else 0.0,
     )
 
 

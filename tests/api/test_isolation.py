@@ -60,6 +60,15 @@ ROUTES = [
     Route("POST", f"{T}/{{job_id}}/resume", f"{T}/{{job}}/resume"),
     Route("GET", f"{T}/{{job_id}}/events", f"{T}/{{job}}/events", read=200),
     Route("GET", f"{T}/{{job_id}}/checkpoints", f"{T}/{{job}}/checkpoints", read=200),
+    # A's job has not run: a reader gets past the door to "no eval report yet" (tests/e2e/test_eval_reports.py reads
+    # written ones); B gets "no such job".
+    Route("GET", f"{T}/{{job_id}}/eval_report", f"{T}/{{job}}/eval_report", read=404),
+    Route(
+        "GET",
+        f"{T}/{{job_id}}/checkpoints/{{checkpoint_id}}/eval_report",
+        f"{T}/{{job}}/checkpoints/ftckpt_x/eval_report",
+        read=404,
+    ),
     Route("GET", "/v1/models/{model:path}", "/v1/models/{model}", read=200),
     Route("DELETE", "/v1/models/{model:path}", "/v1/models/{model}"),
     # A's model has no manifest here: a reader gets past the door to the 400 (model_incomplete);

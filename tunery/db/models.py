@@ -101,7 +101,7 @@ class Job(Base, Tenant):
     reported_step: Mapped[int | None] = mapped_column(Integer)
     # Its rank among its project's queued jobs (Tunery's ``tunery.scheduling.priority``): higher launches first.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # The eval report of the final model (tunery.evalreport.ReportRef: its file and summary), once written.
+    # The eval report of the final model (tunery.evalreport.ReportSummary: its file id and figures), once written.
     eval_report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Optimistic locking: a write based on a stale read (scheduler vs. cancel vs. trainer reports) fails
     # with StaleDataError and is retried on fresh state by Database.transaction().
@@ -176,7 +176,7 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(512))
     object_prefix: Mapped[str] = mapped_column(String(1024))
-    # The checkpoint's eval report (tunery.evalreport.ReportRef: its file and summary), when it has one.
+    # The checkpoint's eval report (tunery.evalreport.ReportSummary: its file id and figures), when it has one.
     eval_report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
