@@ -8,7 +8,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import audit, chat, errors, estimates, files, jobs, models, organization, pause, permissions, uploads
+from api import (
+    aliases,
+    audit,
+    chat,
+    errors,
+    estimates,
+    files,
+    jobs,
+    models,
+    organization,
+    pause,
+    permissions,
+    uploads,
+)
 from api.context import AppContext
 from api.limits import RequestGuard
 from api.routing import RouteTable
@@ -82,7 +95,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (files, uploads, estimates, jobs, pause, permissions, models, chat, organization, audit):
+    for module in (files, uploads, estimates, jobs, pause, permissions, models, aliases, chat, organization, audit):
         app.include_router(module.router, prefix="/v1")
 
     # A coroutine: a probe's answer must not wait for a thread of the pool, which a busy API keeps full.

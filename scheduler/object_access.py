@@ -7,8 +7,8 @@ the one check of every trainer call), then the key against the job's reach, work
 from anything the trainer could have written (its spec.json lies under its own, writable, prefix):
 
 - **read**: everything under ``jobs/<job>/`` (its spec, its checkpoints and resume states), the objects of its input
-  files (training, validation, mix, eval reference: the job's rows, of its own project), and everything under the prefix of the
-  fine-tuned model it continues from (a model its project may use: its own, or one shared with it);
+  files (training, validation, mix, eval reference: the job's rows, of its own project), and everything under the
+  prefix of the fine-tuned model it continues from (a model its project may use: its own, or one shared with it);
 - **write** (and delete, and multipart uploads): keys under ``jobs/<job>/``, but for the two the scheduler writes
   there (``spec.json``, ``trainer.log``);
 - **list**: prefixes inside what it may read.

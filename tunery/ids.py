@@ -43,6 +43,14 @@ def checkpoint_permission_id() -> str:
     return f"cp_{_random(24)}"
 
 
+def alias_id() -> str:
+    return f"alias_{_random(24)}"
+
+
+def alias_version_id() -> str:
+    return f"aliasver_{_random(24)}"
+
+
 def checkpoint_id() -> str:
     return f"ftckpt_{_random(24)}"
 

@@ -21,6 +21,7 @@ T = TypeVar("T")
 F = TypeVar("F")
 
 J = "/v1/fine_tuning/jobs"
+AL = "/v1/tunery/aliases"
 # Every RPC and the REST route it mirrors (method, route template).
 REST_TWIN: dict[str, tuple[str, str]] = {
     "ChatService/CreateChatCompletion": ("POST", "/v1/chat/completions"),
@@ -45,6 +46,13 @@ REST_TWIN: dict[str, tuple[str, str]] = {
     "FineTuningService/ListEvents": ("GET", f"{J}/{{job_id}}/events"),
     "FineTuningService/WatchEvents": ("GET", f"{J}/{{job_id}}/events"),
     "FineTuningService/ListCheckpoints": ("GET", f"{J}/{{job_id}}/checkpoints"),
+    "AliasService/CreateAlias": ("POST", AL),
+    "AliasService/ListAliases": ("GET", AL),
+    "AliasService/GetAlias": ("GET", f"{AL}/{{name}}"),
+    "AliasService/UpdateAlias": ("POST", f"{AL}/{{name}}"),
+    "AliasService/RollbackAlias": ("POST", f"{AL}/{{name}}/rollback"),
+    "AliasService/ListAliasVersions": ("GET", f"{AL}/{{name}}/history"),
+    "AliasService/DeleteAlias": ("DELETE", f"{AL}/{{name}}"),
 }
 
 

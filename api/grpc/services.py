@@ -16,14 +16,24 @@ from api.context import AppContext, Tenant, run_read
 from api.errors import APIError, InvalidRequest
 from api.grpc.calls import Calls
 from api.grpc.convert import message_dict, to_message
+from api.protocol.aliases import (
+    CreateAliasRequest,
+    ListAliasesRequest,
+    ListAliasVersionsRequest,
+    RollbackAliasRequest,
+    UpdateAliasRequest,
+)
 from api.protocol.chat import ChatCompletion, ChatCompletionRequest
 from api.protocol.files import CreateFileRequest, ListFilesRequest
 from api.protocol.jobs import CreateJob, ListJobCheckpointsRequest, ListJobEventsRequest, ListJobsRequest
+from api.services.aliases import AliasService
 from api.services.chat import ChatService
 from api.services.files import FileContent, FileService, file_too_large
 from api.services.jobs import JobService
 from api.services.models import ModelArchive, ModelService
 from tunery.audit import Actor
+from tunery.v1 import aliases_pb2 as aliases_pb
+from tunery.v1 import aliases_pb2_grpc as aliases_grpc
 from tunery.v1 import chat_pb2 as chat_pb
 from tunery.v1 import chat_pb2_grpc as chat_grpc
 from tunery.v1 import files_pb2 as files_pb
@@ -92,6 +102,58 @@ class ModelServicer(_Servicer, models_grpc.ModelServiceServicer):
 
         async for chunk in self.calls.stream("ModelService/DownloadArchive", context, first, rest):
             yield chunk
+
+
+class AliasServicer(_Servicer, aliases_grpc.AliasServiceServicer):
+    def _svc(self, p: Principal) -> AliasService:
+        return AliasService(self.ctx, *self._who(p))
+
+    async def CreateAlias(self, request: aliases_pb.CreateAliasRequest, context: Context) -> Any:
+        def run(p: Principal) -> aliases_pb.Alias:
+            req = CreateAliasRequest.model_validate(message_dict(request))
+            return to_message(self._svc(p).create(req), aliases_pb.Alias)
+
+        return await self.calls.blocking("AliasService/CreateAlias", context, run, read=False)
+
+    async def ListAliases(self, request: aliases_pb.ListAliasesRequest, context: Context) -> Any:
+        def run(p: Principal) -> aliases_pb.ListAliasesResponse:
+            req = ListAliasesRequest.model_validate(_query(request))
+            return to_message(self._svc(p).list(req), aliases_pb.ListAliasesResponse)
+
+        return await self.calls.blocking("AliasService/ListAliases", context, run)
+
+    async def GetAlias(self, request: aliases_pb.GetAliasRequest, context: Context) -> Any:
+        def run(p: Principal) -> aliases_pb.Alias:
+            return to_message(self._svc(p).retrieve(request.name), aliases_pb.Alias)
+
+        return await self.calls.blocking("AliasService/GetAlias", context, run)
+
+    async def UpdateAlias(self, request: aliases_pb.UpdateAliasRequest, context: Context) -> Any:
+        def run(p: Principal) -> aliases_pb.Alias:
+            req = UpdateAliasRequest.model_validate(_query(request, "name"))
+            return to_message(self._svc(p).update(request.name, req), aliases_pb.Alias)
+
+        return await self.calls.blocking("AliasService/UpdateAlias", context, run, read=False)
+
+    async def RollbackAlias(self, request: aliases_pb.RollbackAliasRequest, context: Context) -> Any:
+        def run(p: Principal) -> aliases_pb.Alias:
+            req = RollbackAliasRequest.model_validate(_query(request, "name"))
+            return to_message(self._svc(p).rollback(request.name, req), aliases_pb.Alias)
+
+        return await self.calls.blocking("AliasService/RollbackAlias", context, run, read=False)
+
+    async def ListAliasVersions(self, request: aliases_pb.ListAliasVersionsRequest, context: Context) -> Any:
+        def run(p: Principal) -> aliases_pb.ListAliasVersionsResponse:
+            req = ListAliasVersionsRequest.model_validate(_query(request, "name"))
+            return to_message(self._svc(p).history(request.name, req), aliases_pb.ListAliasVersionsResponse)
+
+        return await self.calls.blocking("AliasService/ListAliasVersions", context, run)
+
+    async def DeleteAlias(self, request: aliases_pb.DeleteAliasRequest, context: Context) -> Any:
+        def run(p: Principal) -> aliases_pb.DeleteAliasResponse:
+            return to_message(self._svc(p).delete(request.name), aliases_pb.DeleteAliasResponse)
+
+        return await self.calls.blocking("AliasService/DeleteAlias", context, run, read=False)
 
 
 class FileServicer(_Servicer, files_grpc.FileServiceServicer):

@@ -1,5 +1,6 @@
 """Models: the base models of this server, and the caller's fine-tuned and checkpoint models; what a model name
-resolves to (for chat); deleting a fine-tuned model (and unloading it from the serving engine)."""
+resolves to (for chat): a base model, a fine-tuned or checkpoint model, or one of the project's aliases
+(api/services/aliases.py); deleting a fine-tuned model (and unloading it from the serving engine)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from api.protocol.models import Model, ModelDeleted, ModelList
 from serving.engine import ModelRef
 from tunery.archive import CheckpointDamaged, CheckpointIncomplete, archive_stream, checkpoint_entries, safe_name
 from tunery.audit import Actor, EventType, record
-from tunery.db import FineTunedModel
+from tunery.db import FineTunedModel, ModelAlias
 from tunery.sharing import delete_permissions, usable_by, usable_model
 
 BASE_OWNER = "tunery"
@@ -58,13 +59,32 @@ def ft_model_object(m: FineTunedModel) -> Model:
     return Model(id=m.id, created=m.created_at, owned_by=m.owned_by)
 
 
+def project_alias(s: Session, t: Tenant, name: str) -> ModelAlias | None:
+    """The tenant's alias called ``name``; another project's is never found."""
+    return s.scalar(
+        select(ModelAlias).where(
+            ModelAlias.organization_id == t.organization_id,
+            ModelAlias.project_id == t.project_id,
+            ModelAlias.name == name,
+        )
+    )
+
+
 def resolve_model(s: Session, ctx: AppContext, t: Tenant, model: str) -> ResolvedModel:
     """A base model of this server, or a fine-tuned model the tenant may use (its own or shared with it:
-    tunery/sharing.py) whose base model it serves."""
+    tunery/sharing.py) whose base model it serves, named directly or by one of the tenant's aliases. An alias whose
+    model the tenant may no longer use (deleted, or no longer shared) is not found, as that model would be.
+
+    The one place a model name is resolved for serving: ``ResolvedModel.id`` is the model that runs (an alias's
+    target); the answer still names the model as the client sent it (serving/backend.py)."""
     bases = ctx.settings.base_model_paths()
     if model in bases:
         return ResolvedModel(model, model, bases[model], None)
     row = usable_model(s, t.organization_id, t.project_id, model)  # its own, or shared with it
+    if row is None and not model.startswith("ft:"):  # an alias's name never does (api/services/aliases.py)
+        alias = project_alias(s, t, model)
+        if alias is not None:
+            row = usable_model(s, t.organization_id, t.project_id, alias.model)  # the same rule as by its name
     if row is None or row.base_model not in bases:
         raise model_not_found(model)
     return ResolvedModel(row.id, row.base_model, bases[row.base_model], row.object_prefix)
@@ -111,10 +131,11 @@ class ModelService:
         if model in bases:
             return Model(id=model, created=_created(bases[model]), owned_by=BASE_OWNER)
         with self.ctx.db.session() as s:
-            resolve_model(s, self.ctx, self.tenant, model)
-            row = s.scalar(select(FineTunedModel).where(FineTunedModel.id == model))
+            resolved = resolve_model(s, self.ctx, self.tenant, model)
+            row = s.scalar(select(FineTunedModel).where(FineTunedModel.id == resolved.id))
             assert row is not None
-            return ft_model_object(row)
+            # An alias is answered under its own name (as OpenAI answers `gpt-4o`), with its model's facts.
+            return Model(id=model, created=row.created_at, owned_by=row.owned_by)
 
     def archive(self, model: str) -> ModelArchive:
         """A fine-tuned or checkpoint model the project may use (its own or shared with it) as a ``.tar.gz``: the
@@ -166,6 +187,12 @@ class ModelService:
 
     def _forget(self, model: str) -> ModelRef:
         with self.ctx.db.session() as s:
+            if not model.startswith("ft:") and project_alias(s, self.tenant, model) is not None:
+                raise InvalidRequest(
+                    f"`{model}` is an alias, not a model: delete it with DELETE /v1/tunery/aliases/{model}.",
+                    param="model",
+                    code="model_is_alias",
+                )
             ref = model_ref(resolve_model(s, self.ctx, self.tenant, model))
             row = s.scalar(select(FineTunedModel).where(FineTunedModel.id == model))
             assert row is not None
@@ -174,6 +201,21 @@ class ModelService:
                     f"The model `{model}` was shared with your project by another one: only its own project can "
                     "delete it.",
                     param="model",
+                )
+            # Its own project's aliases keep it (re-point or delete them first); another project's alias of a shared
+            # model is not named here, and is not found once the model is gone (as when its permission is deleted).
+            aliases = s.scalars(
+                select(ModelAlias.name)
+                .where(ModelAlias.project_id == row.project_id, ModelAlias.model == model)
+                .order_by(ModelAlias.name)
+            ).all()
+            if aliases:
+                names = ", ".join(f"`{a}`" for a in aliases)
+                raise InvalidRequest(
+                    f"The model `{model}` is the current model of the alias(es) {names} of its project: re-point "
+                    "or delete them first (/v1/tunery/aliases).",
+                    param="model",
+                    code="model_in_use",
                 )
             delete_permissions(s, model)
             s.delete(row)

@@ -230,3 +230,67 @@ def test_admin_bootstrap_create_list_and_revoke_keys(tmp_path, tiny_server_facto
     assert runner.invoke(app, ["admin", "create-key", "--project", "proj_none", "--role", "member"], env=env).exit_code
     made = admin("create-key", "--role", "admin")
     assert made.startswith("sk-admin-")
+
+
+def test_aliases_create_set_rollback_history_and_delete(tmp_path, tiny_server_factory):
+    """`tunery aliases` calls the API's alias service on the metadata store (as `tunery admin` does): a running
+    server on the same store serves each change at once, and the versions say the CLI made them."""
+    from typer.testing import CliRunner
+
+    from api.cli import app
+    from tunery.db import FineTunedModel
+    from tunery.db.ops import now
+
+    runner = CliRunner()
+    env = _env(tmp_path)
+    srv = tiny_server_factory(data_dir=tmp_path / "data")  # open: every request is the default project's
+    ctx = srv.app.state.ctx
+    one, two = f"ft:{TINY}:personal:one:AbCd1234", f"ft:{TINY}:personal:two:EfGh5678"
+    with ctx.db.session() as s:
+        for model in (one, two):
+            s.add(
+                FineTunedModel(
+                    id=model,
+                    kind="fine_tuned",
+                    base_model=TINY,
+                    job_id="ftjob-cli",
+                    object_prefix="jobs/ftjob-cli/model/",
+                    owned_by="personal",
+                    organization_id=ctx.settings.organization_id,
+                    project_id=ctx.settings.project_id,
+                    created_at=now(),
+                )
+            )
+
+    def aliases(*args: str, code: int = 0) -> str:
+        out = runner.invoke(app, ["aliases", *args], env=env)
+        assert out.exit_code == code, out.output
+        return out.output
+
+    def served() -> str:
+        return str(srv.http.get("/v1/tunery/aliases/support-bot").json()["model"])
+
+    assert aliases("create", "support-bot", one, "--note", "first").startswith(f"support-bot\t{one}\tv1\t")
+    assert served() == one
+    assert aliases("set", "support-bot", two).startswith(f"support-bot\t{two}\tv2\t")
+    assert served() == two
+    assert aliases("rollback", "support-bot").startswith(f"support-bot\t{one}\tv3\t")
+    assert served() == one
+    assert aliases("rollback", "support-bot", "--to-version", "2").startswith(f"support-bot\t{two}\tv4\t")
+    history = [line.split("\t") for line in aliases("history", "support-bot").splitlines()]
+    assert [(h[0], h[1], h[3], h[4], h[5], h[6]) for h in history] == [
+        ("v4", "rolled_back", "cli", one, two, ""),
+        ("v3", "rolled_back", "cli", two, one, ""),
+        ("v2", "updated", "cli", one, two, ""),
+        ("v1", "created", "cli", "-", one, "first"),
+    ]
+    rest = srv.http.get("/v1/tunery/aliases/support-bot/history").json()["data"]
+    assert {(v["actor"]["type"], v["actor"]["id"]) for v in rest} == {("cli", "cli")}
+    assert [line.split("\t")[0] for line in aliases("list").splitlines()] == ["support-bot"]
+    # Refusals are the API's, with exit code 1.
+    assert "Invalid alias name `Bad`" in aliases("create", "Bad", one, code=1)
+    assert "No alias `nope`" in aliases("rollback", "nope", code=1)
+    assert "does not exist" in aliases("set", "support-bot", "ft:tiny-llama:personal:x:nope1234", code=1)
+    aliases("delete", "support-bot")
+    assert srv.http.get("/v1/tunery/aliases/support-bot").status_code == 404
+    assert aliases("list") == ""

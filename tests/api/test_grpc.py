@@ -34,8 +34,9 @@ from tests.configurations import (  # noqa: F401 (each server test runs embedded
     configuration_object_store,
 )
 from tests.conftest import TINY, RunningServer, chat_lines
+from tunery.v1 import aliases_pb2 as apb
+from tunery.v1 import aliases_pb2_grpc, chat_pb2_grpc, files_pb2_grpc, fine_tuning_pb2_grpc, models_pb2_grpc
 from tunery.v1 import chat_pb2 as cpb
-from tunery.v1 import chat_pb2_grpc, files_pb2_grpc, fine_tuning_pb2_grpc, models_pb2_grpc
 from tunery.v1 import files_pb2 as fpb
 from tunery.v1 import fine_tuning_pb2 as jpb
 from tunery.v1 import models_pb2 as mpb
@@ -43,6 +44,7 @@ from tunery.v1 import models_pb2 as mpb
 KEY = fuzzing.API_KEY
 HI = struct_pb2.Value(string_value="Hi")
 J = "/v1/fine_tuning/jobs"
+AL = "/v1/tunery/aliases"
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Api:
             "FileService": files_pb2_grpc.FileServiceStub,
             "FineTuningService": fine_tuning_pb2_grpc.FineTuningServiceStub,
             "ModelService": models_pb2_grpc.ModelServiceStub,
+            "AliasService": aliases_pb2_grpc.AliasServiceStub,
         }
         return stubs[service](self.channel)
 
@@ -144,7 +147,7 @@ def error_info(e: grpc.RpcError) -> error_details_pb2.ErrorInfo:
     return info
 
 
-MISSING = {"file_id": "file-nope", "job_id": "ftjob-nope", "model": "ft:nope"}
+MISSING = {"file_id": "file-nope", "job_id": "ftjob-nope", "model": "ft:nope", "name": "nope-bot"}
 # Refusals: the same status (mapped), message, type, code and param over both transports.
 REFUSALS = [
     Case("ModelService/GetModel", lambda o: mpb.GetModelRequest(model=o["model"]), "/v1/models/{model}"),
@@ -198,6 +201,33 @@ REFUSALS = [
         f"{J}/dry_run",
         body={"model": TINY, "training_file": "file-nope"},
     ),
+    Case("AliasService/GetAlias", lambda o: apb.GetAliasRequest(name=o["name"]), f"{AL}/{{name}}"),
+    Case(
+        "AliasService/ListAliasVersions",
+        lambda o: apb.ListAliasVersionsRequest(name=o["name"]),
+        f"{AL}/{{name}}/history",
+    ),
+    Case("AliasService/DeleteAlias", lambda o: apb.DeleteAliasRequest(name=o["name"]), f"{AL}/{{name}}"),
+    Case("AliasService/RollbackAlias", lambda o: apb.RollbackAliasRequest(name=o["name"]), f"{AL}/{{name}}/rollback"),
+    Case(
+        "AliasService/UpdateAlias",
+        lambda o: apb.UpdateAliasRequest(name=o["name"], model=o["model"]),
+        f"{AL}/{{name}}",
+        body={"model": "ft:nope"},
+    ),
+    Case(
+        "AliasService/CreateAlias",
+        lambda o: apb.CreateAliasRequest(name="Bad Name", model=o["model"]),
+        AL,
+        body={"name": "Bad Name", "model": "ft:nope"},
+    ),
+    Case(
+        "AliasService/CreateAlias",
+        lambda o: apb.CreateAliasRequest(name="ok", model=o["model"]),
+        AL,
+        body={"name": "ok", "model": "ft:nope"},
+    ),
+    Case("AliasService/ListAliases", lambda o: apb.ListAliasesRequest(limit=0), AL, {"limit": 0}),
 ]
 
 
@@ -220,7 +250,7 @@ def test_refusals_map_to_status_codes_with_openai_error(api: Api, case: Case) ->
 def test_every_rpc_has_a_rest_twin_and_every_service_rpc_is_served() -> None:
     served = {
         f"{s.name}/{m.name}"
-        for module in (cpb, fpb, jpb, mpb)
+        for module in (cpb, fpb, jpb, mpb, apb)
         for s in module.DESCRIPTOR.services_by_name.values()
         for m in s.methods
     }
@@ -328,6 +358,38 @@ def test_download_archive_streams_the_bytes_rest_serves_and_its_refusals(api: Ap
     with tarfile.open(fileobj=io.BytesIO(got), mode="r:gz") as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("/adapter_model.safetensors"))
         assert tar.extractfile(member).read() == weights  # type: ignore[union-attr]
+
+
+def test_aliases_over_grpc_are_the_rest_aliases(api: Api) -> None:
+    """Every AliasService RPC calls the REST service: what one transport writes, the other reads, field for field."""
+    models = api.server.http.get("/v1/models").json()["data"]
+    first, second = sorted(m["id"] for m in models if ":ckpt-step-" in m["id"])
+    made = api.call("AliasService/CreateAlias", apb.CreateAliasRequest(name="support-bot", model=first, note="v1"))
+    assert (made.name, made.model, made.version, made.object) == ("support-bot", first, 1, "tunery.alias")
+    assert made == to_message(api.server.http.get(f"{AL}/support-bot").json(), apb.Alias)
+    assert api.call("AliasService/GetAlias", apb.GetAliasRequest(name="support-bot")) == made
+    moved = api.call("AliasService/UpdateAlias", apb.UpdateAliasRequest(name="support-bot", model=second))
+    assert (moved.model, moved.version) == (second, 2)
+    back = api.call("AliasService/RollbackAlias", apb.RollbackAliasRequest(name="support-bot", to_version=1))
+    assert (back.model, back.version) == (first, 3)
+    listed = api.call("AliasService/ListAliases", apb.ListAliasesRequest(limit=5))
+    assert listed == to_message(api.server.http.get(AL, params={"limit": 5}).json(), apb.ListAliasesResponse)
+    assert [a.name for a in listed.data] == ["support-bot"]
+    versions = api.call("AliasService/ListAliasVersions", apb.ListAliasVersionsRequest(name="support-bot"))
+    rest_versions = api.server.http.get(f"{AL}/support-bot/history").json()
+    assert versions == to_message(rest_versions, apb.ListAliasVersionsResponse)
+    assert [(v.version, v.action, v.model) for v in versions.data] == [
+        (3, "rolled_back", first),
+        (2, "updated", second),
+        (1, "created", first),
+    ]
+    assert not versions.data[2].HasField("previous_model") and versions.data[2].note == "v1"
+    assert versions.data[0].actor.type == "api_key" and versions.data[0].actor.id == "bootstrap"
+    # The model RPCs resolve it as REST does (the chat through an alias: tests/api/test_aliases.py).
+    assert api.call("ModelService/GetModel", mpb.GetModelRequest(model="support-bot")).id == "support-bot"
+    gone = api.call("AliasService/DeleteAlias", apb.DeleteAliasRequest(name="support-bot"))
+    assert gone.deleted and gone.name == "support-bot"
+    assert api.server.http.get(f"{AL}/support-bot").status_code == 404
 
 
 def test_watch_events_replays_from_a_cursor_follows_live_and_ends_with_the_job(api: Api) -> None:

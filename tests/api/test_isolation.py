@@ -1,7 +1,7 @@
 """Isolation between projects, from one table of every ``/v1`` route (a route without a row fails the test).
 
-Project A holds a file, an upload, a job and a fine-tuned model. Each route that takes an id (in its path or its
-body) is tried with A's ids:
+Project A holds a file, an upload, a job, a fine-tuned model and an alias of it. Each route that takes an id (in its
+path or its body) is tried with A's ids:
 
 * with project B's key: the answer is the one an id that never existed gets (404 for a path id), never a 403 that
   would confirm the object exists, and A's objects are untouched;
@@ -31,7 +31,8 @@ MESSAGES = [{"role": "user", "content": "Hi"}]
 
 @dataclass(frozen=True)
 class Route:
-    """One route as the table tries it: a request with A's ids in ``{file}``, ``{upload}``, ``{job}``, ``{model}``;
+    """One route as the table tries it: a request with A's ids in ``{file}``, ``{upload}``, ``{job}``, ``{model}``,
+    ``{alias}``;
     ``read``: whether a reader may call it (then the reader's status); ``foreign``: B's status with A's ids."""
 
     method: str
@@ -44,6 +45,7 @@ class Route:
 
 
 T = "/v1/fine_tuning/jobs"
+AL = "/v1/tunery/aliases"
 P, P_ = "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:path}", "/v1/fine_tuning/checkpoints/{model}"
 ROUTES = [
     Route("GET", "/v1/files/{file_id}", "/v1/files/{file}", read=200),
@@ -79,15 +81,23 @@ ROUTES = [
     Route("POST", f"{P}/permissions", f"{P_}/permissions", {"project_ids": ["proj_x"]}, foreign=403),
     Route("GET", f"{P}/permissions", f"{P_}/permissions", foreign=403),
     Route("DELETE", f"{P}/permissions/{{permission_id}}", f"{P_}/permissions/cp_x", foreign=403),
+    # Aliases (Tunery's extension): another project's alias is not found, its model neither (create).
+    Route("POST", AL, AL, {"name": "b-bot", "model": "{model}"}),
+    Route("GET", f"{AL}/{{name}}", f"{AL}/{{alias}}", read=200),
+    Route("POST", f"{AL}/{{name}}", f"{AL}/{{alias}}", {"model": "{model}"}),
+    Route("DELETE", f"{AL}/{{name}}", f"{AL}/{{alias}}"),
+    Route("GET", f"{AL}/{{name}}/history", f"{AL}/{{alias}}/history", read=200),
+    Route("POST", f"{AL}/{{name}}/rollback", f"{AL}/{{alias}}/rollback"),
     # Ids in the body. A job on another project's file, or one that never existed, is the same 400.
     Route("POST", T, T, {"model": TINY, "training_file": "{file}"}, foreign=400),
     Route("POST", f"{T}/dry_run", f"{T}/dry_run", {"model": TINY, "training_file": "{file}"}, foreign=400),
     # A reader may chat: its request here lacks `messages` (a 400 after the door), so nothing is generated.
     Route("POST", "/v1/chat/completions", body={"model": "{model}", "messages": MESSAGES}, read=400),
     Route("POST", "/v1/completions", body={"model": "{model}", "prompt": "Hi"}, read=400),
+    Route("POST", "/v1/chat/completions", body={"model": "{alias}", "messages": MESSAGES}, read=400),
 ]
 # The routes without an id: lists (each shows B none of A's objects) and creations (a 403 for a reader).
-LISTS = {"/v1/files", "/v1/fine_tuning/jobs", "/v1/models"}
+LISTS = {"/v1/files", "/v1/fine_tuning/jobs", "/v1/models", AL}
 CREATIONS = {("POST", "/v1/files"), ("POST", "/v1/uploads")}
 
 
@@ -161,7 +171,9 @@ def two_projects(tiny_server_factory):  # type: ignore[no-untyped-def]
                 project_id=job.project_id,
             )
         )
-    ids = {"file": file_id, "job": job_id, "upload": upload_id, "model": model}
+    alias = srv.http.post(AL, json={"name": "support-bot", "model": model}, headers=a)
+    assert alias.status_code == 200, alias.text
+    ids = {"file": file_id, "job": job_id, "upload": upload_id, "model": model, "alias": "support-bot"}
     return srv, keys, ids
 
 
@@ -175,6 +187,7 @@ def test_another_projects_ids_are_not_found(two_projects):
     srv, keys, ids = two_projects
     never = {"file": "file-" + "x" * 24, "job": "ftjob-" + "x" * 24, "upload": "upload_" + "x" * 24}
     never["model"] = f"ft:{TINY}:personal:a:xxxxxxxx"
+    never["alias"] = "never-bot"
     for route in ROUTES:
         theirs = call(srv.http, keys["B-member"], route, ids)
         unknown = call(srv.http, keys["B-member"], route, never)
@@ -195,6 +208,7 @@ def test_another_projects_ids_are_not_found(two_projects):
     assert srv.http.get(f"{T}/{ids['job']}", headers=a).json()["status"] in ("validating_files", "queued")
     assert srv.http.get(f"/v1/models/{ids['model']}", headers=a).status_code == 200
     assert ids["model"] in {m["id"] for m in srv.http.get("/v1/models", headers=a).json()["data"]}
+    assert srv.http.get(f"{AL}/{ids['alias']}", headers=a).json()["model"] == ids["model"]
 
 
 def test_a_reader_reads_and_may_not_write(two_projects):
@@ -216,3 +230,4 @@ def test_a_reader_reads_and_may_not_write(two_projects):
     # Nothing the reader tried changed anything.
     assert srv.http.get(f"/v1/files/{ids['file']}", headers=reader).status_code == 200
     assert srv.http.get(f"{T}/{ids['job']}", headers=reader).json()["status"] in ("validating_files", "queued")
+    assert srv.http.get(f"{AL}/{ids['alias']}", headers=reader).json()["version"] == 1

@@ -347,3 +347,46 @@ class AuditEvent(Base):
     actor_service_account_id: Mapped[str | None] = mapped_column(String(64))
     resource_id: Mapped[str] = mapped_column(String(512))
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ModelAlias(Base, Tenant):
+    """A stable name of a project (``support-bot``) for one of the fine-tuned or checkpoint models it may use
+    (api/services/aliases.py). ``version`` counts its versions (1 at creation, one more per re-point or rollback) and
+    is the row's optimistic lock: two re-points at once cannot both become version n+1."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_model_aliases_project_name"),)
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(512), index=True)  # the current target, an ft:... name
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class ModelAliasVersion(Base):
+    """One version of an alias: what it pointed at before (``from_model``, None at creation) and from then on
+    (``to_model``), how (``action``: created, updated, rolled_back), who (the audit log's actor), when, and a note."""
+
+    __tablename__ = "model_alias_versions"
+    __table_args__ = (
+        UniqueConstraint("alias_id", "version", name="uq_model_alias_versions_alias_version"),
+        Index("ix_model_alias_versions_alias_pk", "alias_id", "pk"),
+    )
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    alias_id: Mapped[str] = mapped_column(ForeignKey("model_aliases.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))
+    from_model: Mapped[str | None] = mapped_column(String(512))
+    to_model: Mapped[str] = mapped_column(String(512))
+    actor_type: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[str] = mapped_column(String(64))
+    actor_service_account_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    note: Mapped[str | None] = mapped_column(Text)
