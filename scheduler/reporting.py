@@ -15,10 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunery import ids, jobstate, layout
+from tunery.aliases import point_alias
+from tunery.audit import Actor
 from tunery.db import Checkpoint, Database, File, FineTunedModel, Job
 from tunery.db.models import RESULTS_PURPOSE
 from tunery.db.ops import add_event, now
-from tunery.evalreport import REPORT_FILE, EvalReport
+from tunery.evalreport import REPORT_FILE, EvalOptions, EvalReport
 from tunery.files import report_key
 from tunery.jobstate import TERMINAL, ErrorCode, JobError, UnknownErrorCode, error_code
 from tunery.methods import method_info
@@ -118,6 +120,24 @@ def eval_report_file(s: Session, store: ObjectStore, job: Job, prefix: str, file
     f = result_file(job, key, filename, size)
     s.add(f)
     return report.summary(f.id).model_dump()
+
+
+def promote(s: Session, job: Job) -> None:
+    """A job that succeeded with ``tunery.eval.promote_to_alias`` (and so passed its gate, which that needs) points
+    the alias at its model: a new version, made by the job (docs/evals.md)."""
+    options = EvalOptions.model_validate(job.tunery_options("eval"))
+    name = options.promote_to_alias
+    if not name or options.gate is None or job.fine_tuned_model is None:
+        return
+    report = job.eval_report or {}
+    if report.get("gate_passed") is not True:  # no report saying it passed: nothing is promoted
+        add_event(s, job.id, f"Not promoted to alias {name}: no eval report says the model passed the gate", level="warn")
+        return
+    note = f"promoted by {job.id}: its model passed the eval gate"
+    alias = point_alias(s, Actor("job", job.id), job.organization_id, job.project_id, name, job.fine_tuned_model, note)
+    add_event(
+        s, job.id, f"Promoted {job.fine_tuned_model} to alias {name} (version {alias.version})", data={"alias": name}
+    )
 
 
 def reported_error(request: pb.FinishedRequest) -> JobError:
@@ -336,6 +356,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
             jobstate.succeed(job, now())
             done.append(job.trained_tokens)
             add_event(s, job.id, f"New fine-tuned model created: {job.fine_tuned_model}")
+            promote(s, job)
             add_event(s, job.id, "The job has successfully completed")
 
         def check(job: Job) -> str | None:

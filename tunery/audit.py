@@ -53,7 +53,7 @@ class EventType(StrEnum):
     API_KEY_DELETED = "api_key.deleted"
 
 
-ActorType = Literal["api_key", "open_access", "cli"]
+ActorType = Literal["api_key", "open_access", "cli", "job"]
 BOOTSTRAP_KEY_ID = "bootstrap"
 
 
@@ -62,7 +62,8 @@ class Actor:
     """Who acted. ``api_key``: a stored key (``id`` is its ``key_…`` id, ``service_account_id`` set for a project
     key, None for an admin key) or a ``TUNERY_API_KEYS`` key (``id`` ``bootstrap``: which of them is not known, and
     its value is never written down). ``open_access``: a request to a server without keys. ``cli``: ``tunery admin``
-    on a machine that reaches the metadata store."""
+    on a machine that reaches the metadata store. ``job``: a job that acted on its own once it ended (``id`` its
+    ``ftjob-…`` id: its model promoted to an alias, ``tunery.eval.promote_to_alias``)."""
 
     type: ActorType
     id: str

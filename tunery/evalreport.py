@@ -72,6 +72,11 @@ class EvalOptions(_Options):
         default=0.1, ge=0, description="The forgetting check flags a reference loss this share above the base's."
     )
     gate: EvalGate | None = None
+    promote_to_alias: str | None = Field(
+        default=None,
+        description="When the job succeeds (its model passed the gate, which this needs), point this alias of the "
+        "project at its fine-tuned model: created, or re-pointed as a new version made by the job.",
+    )
 
 
 class LossFigures(BaseModel):

@@ -59,7 +59,8 @@ class AliasList(CursorPage[Alias]):
 
 class AliasActor(OpenAIResponse):
     """Who made a version, as the audit log names it: ``api_key`` (``id`` a ``key_…`` id or ``bootstrap``,
-    ``service_account_id`` for a project key), ``open_access`` or ``cli``."""
+    ``service_account_id`` for a project key), ``open_access``, ``cli``, or ``job`` (a job that promoted its model:
+    ``tunery.eval.promote_to_alias``)."""
 
     type: str
     id: str

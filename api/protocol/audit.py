@@ -35,7 +35,7 @@ class AuditLogActor(OpenAIResponse):
     """Who acted: an API key (OpenAI's ``api_key``), or Tunery's ``open_access`` (a server without keys) and
     ``cli`` (``tunery admin``)."""
 
-    type: Literal["api_key", "open_access", "cli"]
+    type: Literal["api_key", "open_access", "cli", "job"]
     api_key: AuditLogApiKey | None = omitted()
 
 

@@ -32,10 +32,10 @@ from api.protocol.aliases import (
     UpdateAliasRequest,
 )
 from api.services.models import model_not_found, project_alias
-from tunery import audit, ids
+from tunery import audit
+from tunery.aliases import create_alias, repoint
 from tunery.audit import Actor, EventType
 from tunery.db import Checkpoint, FineTunedModel, Job, ModelAlias, ModelAliasVersion
-from tunery.db.ops import now
 from tunery.sharing import usable_model
 
 # Lowercase letters, digits, '-', '_', '.'; 1 to 64 characters, the first a letter or a digit (so never `.` or `..`,
@@ -138,19 +138,7 @@ class AliasService:
             self._target(s, req.model)
             if project_alias(s, t, req.name) is not None:
                 raise self._exists(req.name)
-            at = now()
-            alias = ModelAlias(
-                id=ids.alias_id(),
-                organization_id=t.organization_id,
-                project_id=t.project_id,
-                name=req.name,
-                model=req.model,
-                created_at=at,
-                updated_at=at,
-            )
-            s.add(alias)
-            s.flush()  # its version (1) is the mapper's
-            self._record(s, alias, "created", None, req.note)
+            alias = create_alias(s, self.actor, t.organization_id, t.project_id, req.name, req.model, req.note)
             return alias_object(alias)
 
         try:
@@ -166,7 +154,7 @@ class AliasService:
             alias = self._alias(s, name)
             self._target(s, req.model)
             if req.model != alias.model:
-                self._repoint(s, alias, req.model, "updated", req.note)
+                repoint(s, self.actor, alias, req.model, "updated", req.note)
             return alias_object(alias)
 
         return self.ctx.db.transaction(work)
@@ -203,7 +191,7 @@ class AliasService:
                         code="invalid_value",
                     )
             self._target(s, target)  # a model the project may no longer use is a 404, as for a re-point
-            self._repoint(s, alias, target, "rolled_back", req.note, to_version=req.to_version)
+            repoint(s, self.actor, alias, target, "rolled_back", req.note, to_version=req.to_version)
             return alias_object(alias)
 
         return self.ctx.db.transaction(work)
@@ -259,64 +247,6 @@ class AliasService:
         if row is None:
             raise model_not_found(model)
         return row
-
-    def _repoint(
-        self, s: Session, alias: ModelAlias, model: str, action: str, note: str | None, to_version: int | None = None
-    ) -> None:
-        previous = alias.model
-        alias.model = model
-        alias.updated_at = now()
-        s.flush()  # the mapper adds one to `version`, or raises StaleDataError if another request did (retried)
-        self._record(s, alias, action, previous, note, to_version=to_version)
-
-    def _record(
-        self,
-        s: Session,
-        alias: ModelAlias,
-        action: str,
-        previous: str | None,
-        note: str | None,
-        to_version: int | None = None,
-    ) -> None:
-        """The alias's current version as a row of its history, and as an event of the audit log."""
-        a = self.actor
-        s.add(
-            ModelAliasVersion(
-                id=ids.alias_version_id(),
-                alias_id=alias.id,
-                version=alias.version,
-                action=action,
-                from_model=previous,
-                to_model=alias.model,
-                actor_type=a.type,
-                actor_id=a.id,
-                actor_service_account_id=a.service_account_id,
-                created_at=alias.updated_at,
-                note=note,
-            )
-        )
-        kind = {
-            "created": EventType.MODEL_ALIAS_CREATED,
-            "updated": EventType.MODEL_ALIAS_UPDATED,
-            "rolled_back": EventType.MODEL_ALIAS_ROLLED_BACK,
-        }[action]
-        data: dict[str, Any] = {
-            "name": alias.name,
-            "model": alias.model,
-            "previous_model": previous,
-            "version": alias.version,
-        }
-        if to_version is not None:
-            data["to_version"] = to_version
-        audit.record(
-            s,
-            kind,
-            a,
-            organization_id=alias.organization_id,
-            project_id=alias.project_id,
-            resource_id=alias.id,
-            details={"data": data},
-        )
 
     def _eval_report(self, s: Session, model: str) -> dict[str, Any] | None:
         """The eval report stored with ``model`` (its checkpoint's, or its job's for a final model), passed through as

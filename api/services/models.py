@@ -16,6 +16,7 @@ from api.context import AppContext, Tenant
 from api.errors import InvalidRequest, NotFound, PermissionDenied, Unavailable
 from api.protocol.models import Model, ModelDeleted, ModelList
 from serving.engine import ModelRef
+from tunery.aliases import find_alias
 from tunery.archive import CheckpointDamaged, CheckpointIncomplete, archive_stream, checkpoint_entries, safe_name
 from tunery.audit import Actor, EventType, record
 from tunery.db import FineTunedModel, ModelAlias
@@ -61,13 +62,7 @@ def ft_model_object(m: FineTunedModel) -> Model:
 
 def project_alias(s: Session, t: Tenant, name: str) -> ModelAlias | None:
     """The tenant's alias called ``name``; another project's is never found."""
-    return s.scalar(
-        select(ModelAlias).where(
-            ModelAlias.organization_id == t.organization_id,
-            ModelAlias.project_id == t.project_id,
-            ModelAlias.name == name,
-        )
-    )
+    return find_alias(s, t.organization_id, t.project_id, name)
 
 
 def resolve_model(s: Session, ctx: AppContext, t: Tenant, model: str) -> ResolvedModel:

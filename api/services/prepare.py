@@ -12,6 +12,7 @@ scheduler for a job, at once for a dry run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from api.context import AppContext, Tenant
 from api.errors import InvalidRequest, NotFound
 from api.protocol.jobs import CreateJob
+from api.services.aliases import check_name
 from api.services.files import find_file
 from tunery.db import Job
 from tunery.jobstate import REFERENCE_PARAM, file_error_code
@@ -179,7 +181,27 @@ def prepare_job(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> Prepa
         _check_file(s, t, req.validation_file, "validation_file")
     if mix is not None:
         _check_file(s, t, mix.file, "tunery.data.mix.file")
+    _check_promotion(req, base_models)
     reference = req.tunery.eval.reference_file if req.tunery and req.tunery.eval else None
     if reference is not None:
         _check_file(s, t, reference, REFERENCE_PARAM)
     return PreparedJob(req, base_model, request)
+
+
+def _check_promotion(req: CreateJob, base_models: set[str] | dict[str, Any]) -> None:
+    """``tunery.eval.promote_to_alias`` names a valid alias and comes with the gate its model must pass."""
+    options = req.tunery.eval if req.tunery else None
+    if options is None or options.promote_to_alias is None:
+        return
+    param = "tunery.eval.promote_to_alias"
+    if options.gate is None or not options.enabled:
+        raise InvalidRequest(
+            "tunery.eval.promote_to_alias promotes a model that passed the job's eval gate: set tunery.eval.gate "
+            "(with eval reports enabled).",
+            param=param,
+            code="invalid_value",
+        )
+    try:
+        check_name(options.promote_to_alias, base_models)
+    except InvalidRequest as e:
+        raise InvalidRequest(e.message, param=param, code=e.code) from None

@@ -155,3 +155,35 @@ def test_a_job_may_name_its_own_reference_set(tiny_server_factory, tmp_path: Pat
         json={"model": TINY, "training_file": reference.id, "tunery": {"eval": {"reference_file": "file-nope"}}},
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "tunery.eval.reference_file", r.text
+
+
+def test_a_job_promotes_its_model_to_an_alias_only_when_it_passes_its_gate(tiny_server_factory, tmp_path: Path) -> None:
+    srv = tiny_server_factory(data_dir=tmp_path / "state")
+    passing = {"samples": 0, "gate": {"min_validation_improvement": 0.0}, "promote_to_alias": "support-bot"}
+    job = create(srv, chat_lines(12), chat_lines(4), {"eval": passing}, n_epochs=1)
+    assert job.status == "succeeded", (job.error, srv.events(job.id))
+    alias = srv.http.get("/v1/tunery/aliases/support-bot").json()
+    assert alias["model"] == job.fine_tuned_model and alias["version"] == 1
+    (version,) = srv.http.get("/v1/tunery/aliases/support-bot/history").json()["data"]
+    assert version["actor"]["type"] == "job" and version["actor"]["id"] == job.id
+    assert version["eval_report"]["gate_passed"] is True
+    assert any("Promoted" in m and "support-bot" in m for m in srv.events(job.id))
+    answer = srv.client.chat.completions.create(
+        model="support-bot", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert answer.model == "support-bot"
+
+    # A job whose models fail the gate leaves the alias where it was.
+    failing = {**passing, "gate": {"min_validation_improvement": 0.999}}
+    second = create(srv, chat_lines(12), chat_lines(4), {"eval": failing}, n_epochs=1)
+    assert second.status == "failed" and second.error.code == "eval_gate_failed"
+    after = srv.http.get("/v1/tunery/aliases/support-bot").json()
+    assert after["model"] == job.fine_tuned_model and after["version"] == 1
+
+    # Refused at creation: a promotion without a gate, a name that is not an alias's.
+    f = srv.client.files.create(file=("train.jsonl", chat_lines(12)), purpose="fine-tune")
+    for options in ({"promote_to_alias": "support-bot"}, {"gate": {"max_forgetting": 0.1}, "promote_to_alias": "Bad!"}):
+        r = srv.http.post(
+            "/v1/fine_tuning/jobs", json={"model": TINY, "training_file": f.id, "tunery": {"eval": options}}
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tunery.eval.promote_to_alias", r.text

@@ -120,7 +120,7 @@ class EvalGate(_message.Message):
     def __init__(self, min_validation_improvement: _Optional[float] = ..., max_forgetting: _Optional[float] = ...) -> None: ...
 
 class EvalOptions(_message.Message):
-    __slots__ = ("enabled", "samples", "max_new_tokens", "max_examples", "reference_file", "forgetting_threshold", "gate")
+    __slots__ = ("enabled", "samples", "max_new_tokens", "max_examples", "reference_file", "forgetting_threshold", "gate", "promote_to_alias")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,7 @@ class EvalOptions(_message.Message):
     REFERENCE_FILE_FIELD_NUMBER: _ClassVar[int]
     FORGETTING_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     GATE_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_TO_ALIAS_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     samples: int
     max_new_tokens: int
@@ -135,7 +136,8 @@ class EvalOptions(_message.Message):
     reference_file: str
     forgetting_threshold: float
     gate: EvalGate
-    def __init__(self, enabled: _Optional[bool] = ..., samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_examples: _Optional[int] = ..., reference_file: _Optional[str] = ..., forgetting_threshold: _Optional[float] = ..., gate: _Optional[_Union[EvalGate, _Mapping]] = ...) -> None: ...
+    promote_to_alias: str
+    def __init__(self, enabled: _Optional[bool] = ..., samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_examples: _Optional[int] = ..., reference_file: _Optional[str] = ..., forgetting_threshold: _Optional[float] = ..., gate: _Optional[_Union[EvalGate, _Mapping]] = ..., promote_to_alias: _Optional[str] = ...) -> None: ...
 
 class EvalReportSummary(_message.Message):
     __slots__ = ("file_id", "step", "validation_loss", "validation_change", "forgetting_change", "forgetting_flagged", "gate_passed")
