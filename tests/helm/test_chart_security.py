@@ -99,6 +99,41 @@ def test_reporting_tls_mounts_a_certificate_into_the_scheduler_and_each_trainer(
     assert "TUNERY_GRPC_TLS_CLIENT_CA" not in one(one_way, "ConfigMap", "tun-tunery")["data"]
 
 
+def test_grpc_tls_mounts_the_api_certificate_and_probes_over_http(bin_dir: Path) -> None:
+    """api.grpc.tls: the API container serves its gRPC port with the Secret's certificate (mutual TLS with its CA);
+    the liveness probe turns to HTTP, since the kubelet's gRPC probe speaks plaintext only."""
+    assert "api.grpc.tls.secret" in refusal(bin_dir, "api.grpc.tls.enabled=true")
+    sets = ["api.grpc.tls.enabled=true", "api.grpc.tls.secret=api-grpc-cert"]
+
+    def api_of(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        pod = one(docs, "Deployment", "tun-tunery-api")["spec"]["template"]["spec"]
+        return pod, pod["containers"][0]
+
+    pod, api = api_of(render(bin_dir, values=[MINIMAL_VALUES], sets=sets))
+    env = {e["name"]: e.get("value") for e in api["env"]}
+    # The variables tunery/settings.py reads: its field names, upper-cased, with the TUNERY_ prefix.
+    fields = {f"TUNERY_{n.upper()}": n for n in Settings.model_fields if n.startswith("api_grpc_tls")}
+    assert env["TUNERY_API_GRPC_TLS_CERT"] == "/etc/tunery/grpc-tls/tls.crt"
+    assert env["TUNERY_API_GRPC_TLS_KEY"] == "/etc/tunery/grpc-tls/tls.key"
+    assert {"TUNERY_API_GRPC_TLS_CERT", "TUNERY_API_GRPC_TLS_KEY"} <= set(fields)
+    assert "TUNERY_API_GRPC_TLS_CLIENT_CA" not in env
+    [mount] = [m for m in api["volumeMounts"] if m["name"] == "grpc-tls"]
+    assert mount == {"name": "grpc-tls", "mountPath": "/etc/tunery/grpc-tls", "readOnly": True}
+    assert {"name": "grpc-tls", "secret": {"secretName": "api-grpc-cert"}} in pod["volumes"]
+    assert "grpc" not in api["livenessProbe"] and api["livenessProbe"]["httpGet"]["path"] == "/health"
+
+    _, mutual = api_of(render(bin_dir, values=[MINIMAL_VALUES], sets=[*sets, "api.grpc.tls.mutual=true"]))
+    env = {e["name"]: e.get("value") for e in mutual["env"]}
+    assert (
+        env["TUNERY_API_GRPC_TLS_CLIENT_CA"] == "/etc/tunery/grpc-tls/ca.crt"
+        and "TUNERY_API_GRPC_TLS_CLIENT_CA" in fields
+    )
+    # Off (the default): plaintext, no mount, the gRPC probe.
+    pod, plain = api_of(render(bin_dir, values=[MINIMAL_VALUES]))
+    assert not any(e["name"].startswith("TUNERY_API_GRPC_TLS") for e in plain["env"])
+    assert all(v["name"] != "grpc-tls" for v in pod["volumes"]) and "grpc" in plain["livenessProbe"]
+
+
 def test_secrets_stay_in_secrets(rendered: dict[str, list[dict[str, Any]]]) -> None:
     import base64
 

@@ -78,7 +78,9 @@ def test_metrics_after_a_job(tiny_server_factory):
     assert value(m, "tunery_metadata_store_up") == 1
     assert value(m, "tunery_jobs", status="succeeded") == 1
     assert value(m, "tunery_jobs", status="queued") == 0 and value(m, "tunery_jobs", status="running") == 0
-    assert value(m, "tunery_files", status="processed") == 2  # the training file and the job's results file
+    # The training file, the job's results file and the eval reports (each checkpoint's, the final model's).
+    n_checkpoints = len(sdk.fine_tuning.jobs.checkpoints.list(job.id).data)
+    assert value(m, "tunery_files", status="processed") == 2 + n_checkpoints + 1
     # The run stays recorded until its process has exited and the scheduler has reaped it.
     deadline = time.monotonic() + 60
     while value(m, "tunery_runs_active") != 0:

@@ -264,6 +264,9 @@ port of objectStore.s3.endpointUrl (AWS S3 when empty: 443). */}}
 {{- if and .Values.scheduler.reportingTls.enabled (not (and .Values.scheduler.reportingTls.serverSecret .Values.scheduler.reportingTls.trainerSecret)) }}
 {{- fail "scheduler.reportingTls.enabled needs scheduler.reportingTls.serverSecret (release namespace) and scheduler.reportingTls.trainerSecret (training namespace)" }}
 {{- end }}
+{{- if and .Values.api.grpc.tls.enabled (not .Values.api.grpc.tls.secret) }}
+{{- fail "api.grpc.tls.enabled needs api.grpc.tls.secret (a Secret in the release namespace with tls.crt and tls.key)" }}
+{{- end }}
 {{- if and (gt (int .Values.scheduler.replicaCount) 1) (not .Values.scheduler.leaderElection) }}
 {{- fail "scheduler.replicaCount > 1 needs scheduler.leaderElection" }}
 {{- end }}
