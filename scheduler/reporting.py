@@ -131,7 +131,8 @@ def promote(s: Session, job: Job) -> None:
         return
     report = job.eval_report or {}
     if report.get("gate_passed") is not True:  # no report saying it passed: nothing is promoted
-        add_event(s, job.id, f"Not promoted to alias {name}: no eval report says the model passed the gate", level="warn")
+        message = f"Not promoted to alias {name}: no eval report says the model passed the gate"
+        add_event(s, job.id, message, level="warn")
         return
     note = f"promoted by {job.id}: its model passed the eval gate"
     alias = point_alias(s, Actor("job", job.id), job.organization_id, job.project_id, name, job.fine_tuned_model, note)
