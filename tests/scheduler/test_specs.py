@@ -16,6 +16,7 @@ import pytest
 
 from scheduler.specs import build_spec
 from tunery.db import File, Job
+from tunery.evalreport import EvalOptions
 from tunery.plan import PlanRequest, resolve_plan
 
 JOB_ID = "ftjob-abc123"
@@ -117,6 +118,9 @@ SUPERVISED: dict[str, Any] = {
     "training_file": {"file_id": "file-train", "key": "files/file-train", "sha256": "sha-file-train"},
     "validation_file": None,
     "data": None,
+    # Every job writes eval reports, with the default options unless it set tunery.eval.
+    "eval": EvalOptions().model_dump(),
+    "eval_reference_file": None,
     "plan": PLAN,
     "seed": 42,
     "device": "cpu",
@@ -130,6 +134,16 @@ SUPERVISED: dict[str, Any] = {
 
 def test_supervised_with_defaults():
     assert spec_of(a_job(), ["file-train"]) == SUPERVISED
+
+
+def test_eval_options_and_the_reference_file_come_from_tunery_eval():
+    job = a_job()
+    options = {"samples": 1, "reference_file": "file-ref", "gate": {"max_forgetting": 0.05}}
+    job.extensions = {"tunery": {**(job.extensions or {}).get("tunery", {}), "eval": options}}
+    spec = spec_of(job, ["file-train", "file-ref"])
+    assert spec["eval"] == EvalOptions.model_validate(options).model_dump()
+    assert spec["eval_reference_file"] == {"file_id": "file-ref", "key": "files/file-ref", "sha256": "sha-file-ref"}
+    assert spec_of(job, ["file-train"]) is None  # the reference file is gone: no run
 
 
 def test_the_stored_plan_is_embedded_whole():
