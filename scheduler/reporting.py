@@ -20,7 +20,7 @@ from tunery.audit import Actor
 from tunery.db import Checkpoint, Database, File, FineTunedModel, Job
 from tunery.db.models import RESULTS_PURPOSE
 from tunery.db.ops import add_event, now
-from tunery.evalreport import REPORT_FILE, EvalOptions, EvalReport
+from tunery.evalreport import EvalOptions, EvalReport
 from tunery.files import report_key
 from tunery.jobstate import TERMINAL, ErrorCode, JobError, UnknownErrorCode, error_code
 from tunery.methods import method_info
@@ -102,7 +102,7 @@ def eval_report_file(s: Session, store: ObjectStore, job: Job, prefix: str, file
     """Register the eval report the run wrote beside the model under ``prefix`` (the server's key, not the
     trainer's) as one of the job's files; its summary (``ReportSummary``) with the file's id, or None when there is
     no report there, or what is there is not one."""
-    key = f"{prefix}/{REPORT_FILE}"
+    key = layout.eval_report_key(prefix)
     try:
         size = store.size(key)
         if size > MAX_REPORT_BYTES:

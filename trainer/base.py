@@ -22,6 +22,7 @@ from .checkpoint import (
     MANIFEST,
     MANIFEST_FORMAT,
     library_versions,
+    manifest_bytes,
     sha256_text,
     upload_checkpoint,
     utc_now,
@@ -287,9 +288,10 @@ class TrainingRun:
     def stored_report(self, step: int) -> EvalReport | None:
         """A checkpoint's report written by an earlier run of this job (complete: its manifest exists)."""
         prefix = checkpoint_prefix(self.spec.output_prefix, step)
-        if not self.store.exists(f"{prefix}/{MANIFEST}") or not self.store.exists(f"{prefix}/{REPORT_FILE}"):
+        key = layout.eval_report_key(prefix)
+        if not self.store.exists(f"{prefix}/{MANIFEST}") or not self.store.exists(key):
             return None
-        return EvalReport.model_validate_json(self.store.get_bytes(f"{prefix}/{REPORT_FILE}"))
+        return EvalReport.model_validate_json(self.store.get_bytes(key))
 
     def gated_choice(self, final_prefix: str, final: EvalReport) -> EvalReport | None:
         """With a gate: None when the final model is the one to promote (:func:`tunery.evalreport.promotion`), the
@@ -302,7 +304,7 @@ class TrainingRun:
                 checkpoints.append(report)
         chosen = promotion(final, checkpoints)
         if chosen is None:
-            self.store.put_bytes(f"{final_prefix}/{REPORT_FILE}", final.model_dump_json(indent=2).encode())
+            self.store.put_bytes(layout.eval_report_key(final_prefix), final.model_dump_json(indent=2).encode())
             drop_states(self)
             failed = "; ".join(c.message for c in (final.gate.checks if final.gate else []) if not c.passed)
             raise TrainerError(
@@ -324,7 +326,7 @@ class TrainingRun:
                 continue
             _, files[rel] = self.store.put_stream(f"{final_prefix}/{rel}", self.store.iter_chunks(f"{source}/{rel}"))
         _, files[REPORT_FILE] = self.store.put_bytes(
-            f"{final_prefix}/{REPORT_FILE}", promoted.model_dump_json(indent=2).encode()
+            layout.eval_report_key(final_prefix), promoted.model_dump_json(indent=2).encode()
         )
         manifest.update(
             files=files,
@@ -333,9 +335,7 @@ class TrainingRun:
             eval_report={"file": REPORT_FILE, **promoted.summary().model_dump(exclude={"file_id"})},
             created_at=utc_now(),
         )
-        self.store.put_bytes(
-            f"{final_prefix}/{MANIFEST}", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-        )
+        self.store.put_bytes(f"{final_prefix}/{MANIFEST}", manifest_bytes(manifest))
         message = (
             f"Eval gate: the checkpoint of step {report.step} passes it with the lowest validation loss and is the "
             "job's fine-tuned model"
@@ -355,7 +355,7 @@ class TrainingRun:
             return
         manifest = {**self.best_manifest, "best": False}
         key = f"{self.best['prefix']}/{MANIFEST}"
-        self.store.put_bytes(key, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        self.store.put_bytes(key, manifest_bytes(manifest))
         self.best_manifest = None
 
     def plan_steps(self, n_examples: int) -> None:

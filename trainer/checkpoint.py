@@ -99,8 +99,13 @@ def upload_checkpoint(
             _, digest = store.put_bytes(f"{prefix}/{rel}", data)
             files[rel] = digest
         manifest = {**manifest, "files": files}
-        store.put_bytes(f"{prefix}/{MANIFEST}", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        store.put_bytes(f"{prefix}/{MANIFEST}", manifest_bytes(manifest))
     return manifest
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """A manifest as it is stored (sorted keys, indented, one final newline)."""
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
 def utc_now() -> str:

@@ -33,7 +33,6 @@ from tunery.storage import CHUNK, ObjectNotFound, ObjectStore
 log = logging.getLogger("tunery.archive")
 
 MANIFEST = "tunery_manifest.json"  # trainer/checkpoint.py's MANIFEST (the trainer's module is not imported here)
-EVAL_REPORT = REPORT_FILE  # written before the manifest, which lists its hash (tunery/evalreport.py)
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 # Weights barely compress: the fastest level keeps a multi-gigabyte full model from being bound by the compressor.
@@ -107,9 +106,10 @@ def checkpoint_entries(store: ObjectStore, prefix: str) -> list[ArchiveEntry]:
             raise CheckpointDamaged(f"{rel}, listed by its manifest, is missing from the object store") from None
         entries.append(ArchiveEntry(rel, prefix + rel, size, digest))
     entries.append(ArchiveEntry(MANIFEST, prefix + MANIFEST, manifest_size, None))
-    if EVAL_REPORT not in files:  # a model whose manifest does not list its report (a gate's failed final model)
+    if REPORT_FILE not in files:  # a model whose manifest does not list its report (a gate's failed final model)
         with contextlib.suppress(ObjectNotFound):
-            entries.append(ArchiveEntry(EVAL_REPORT, prefix + EVAL_REPORT, store.size(prefix + EVAL_REPORT), None))
+            key = prefix + REPORT_FILE  # written before the manifest, which lists its hash when it can
+            entries.append(ArchiveEntry(REPORT_FILE, key, store.size(key), None))
     return entries
 
 

@@ -20,8 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-REPORT_FORMAT = "tunery.eval_report.v1"
-REPORT_FILE = "eval_report.json"  # beside the manifest of a checkpoint or of the final model
+REPORT_FILE = "eval_report.json"  # beside the manifest of a checkpoint or of the final model (layout.eval_report_key)
 # Tunery's own forgetting reference set (tunery/evaldata/README.md); a job may name its own file instead.
 DEFAULT_REFERENCE = "tunery:reference-v1"
 EVAL_GATE_FAILED = "eval_gate_failed"  # the job's error code when no checkpoint passes its gate

@@ -4,12 +4,15 @@ keys from it, the trainer writes under them, and the reporting service refuses a
     jobs/<job id>/spec.json                 the JobSpec of the current run
     jobs/<job id>/checkpoints/step-<N>/     a checkpoint (adapter or whole model, manifest last)
     jobs/<job id>/model/                    the final model
+    <checkpoint or model prefix>/eval_report.json   its eval report (tunery/evalreport.py)
     jobs/<job id>/results.csv               the results file
     jobs/<job id>/resume/step-<N>/          resume states (tunery/resume.py)
     jobs/<job id>/trainer.log               the trainer's log, kept when the run ends
 """
 
 from __future__ import annotations
+
+from tunery.evalreport import REPORT_FILE
 
 
 def job_prefix(job_id: str) -> str:
@@ -26,6 +29,11 @@ def checkpoint_prefix(output_prefix: str, step: int) -> str:
 
 def model_prefix(output_prefix: str) -> str:
     return f"{output_prefix.rstrip('/')}/model"
+
+
+def eval_report_key(model_prefix: str) -> str:
+    """The eval report beside a checkpoint or a final model (written before its manifest)."""
+    return f"{model_prefix.rstrip('/')}/{REPORT_FILE}"
 
 
 def results_key(output_prefix: str) -> str:
