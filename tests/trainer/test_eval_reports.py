@@ -188,8 +188,10 @@ def test_a_gate_promotes_the_passing_checkpoint_with_the_lowest_validation_loss(
     from trainer.methods import get_method
     from trainer.reporter import Reporter
 
-    run = TrainingRun(spec, Reporter(address, spec.job_id, RUN_TOKEN), StopSignal(), get_method("supervised"), store)
+    reporter = Reporter(address, spec.job_id, RUN_TOKEN)
+    run = TrainingRun(spec, reporter, StopSignal(), get_method("supervised"), store)
     run.copy_checkpoint(reports[2], final_prefix)
+    reporter.close()  # events go out on the reporter's own thread: send them before looking
     source = f"jobs/{spec.job_id}/checkpoints/step-2"
     manifest = json.loads(store.get_bytes(f"{final_prefix}/{MANIFEST}"))
     assert manifest["promoted_from"]["step"] == 2 and manifest["step"] == 2
