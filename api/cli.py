@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
@@ -156,6 +156,70 @@ def models_download(
         raise typer.Exit(1)
     os.replace(part, dest)
     typer.echo(str(dest))
+
+
+@models_app.command("export")
+def models_export(
+    archive: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="A model's archive, as `tunery models download` saves it (.tar.gz)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="The folder to write the merged model to (safetensors)."),
+    base: str = typer.Option(
+        "",
+        help="The base model: a folder, or a base model's name in TUNERY_BASE_MODELS or the demo model (default: "
+        "the base the adapter names, when this machine has it). A full fine-tune needs none.",
+    ),
+    dtype: str = typer.Option("float32", help="Precision of the merge and of the written weights."),
+    gguf: Path = typer.Option(None, help="Also write one GGUF file here, for llama.cpp and Ollama (Llama models)."),
+    gguf_type: str = typer.Option("f16", help="The GGUF's weights: f32, f16 or q8_0."),
+) -> None:
+    """Take the model home as a plain model: the downloaded adapter merged into its base model (a standalone
+    safetensors folder any `from_pretrained` loads without PEFT), and optionally one GGUF file. Runs here, on this
+    machine's CPU (it needs the `trainer` extra: torch, transformers, PEFT)."""
+    import json
+    import tarfile
+    import tempfile
+
+    from tunery.archive import verify_archive
+
+    def fail(message: str) -> NoReturn:
+        typer.echo(f"tunery models export: {message}", err=True)
+        raise typer.Exit(1)
+
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
+        fail(f"{out} exists and is not a model folder: it would be replaced whole; choose another --out")
+    try:
+        problems = verify_archive(str(archive))
+    except (OSError, EOFError, ValueError, tarfile.TarError) as e:
+        fail(f"{archive} is not a model archive ({type(e).__name__}: {e})")
+    if problems:
+        fail(f"the archive does not match its manifest: {'; '.join(problems)}")
+    try:
+        from trainer.errors import TrainerError
+        from trainer.export import merge_model, write_gguf
+    except ImportError as e:
+        fail(f"exporting needs the trainer's libraries (pip install 'tunery[trainer]'): {e}")
+    with tempfile.TemporaryDirectory(prefix="tunery-export-") as tmp:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        (folder,) = [p for p in Path(tmp).iterdir() if p.is_dir()]  # the archive's one top folder
+        adapter = folder / "adapter_config.json"
+        named = json.loads(adapter.read_text()).get("base_model_name_or_path", "") if adapter.is_file() else ""
+        wanted = base or named
+        bases = _settings().base_model_paths()
+        base_dir = Path(bases.get(wanted, wanted)) if wanted else None
+        if adapter.is_file() and not (base_dir and (base_dir / "config.json").is_file()):
+            fail(
+                f"the adapter's base model {wanted!r} is not on this machine: give its folder with --base "
+                f"(configured here: {', '.join(bases) or 'none'})"
+            )
+        try:
+            merged = merge_model(base_dir or folder, folder, out, dtype)
+            typer.echo(str(merged))
+            if gguf is not None:
+                typer.echo(str(write_gguf(merged, gguf, gguf_type)))
+        except TrainerError as e:
+            fail(f"{e.message} ({e.code})")
 
 
 @data_app.command("validate")

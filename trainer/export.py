@@ -34,7 +34,7 @@ from typing import Any
 from .checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, save_full_model_folder
 from .errors import TrainerError
 from .loading import DeviceChoice, load_base_model
-from .models import _publish
+from .models import publish_folder
 
 MERGE_DTYPES = ("float32", "bfloat16", "float16")
 GGUF_OUTTYPES = ("f32", "f16", "q8_0")
@@ -95,7 +95,7 @@ def merge_model(base_dir: Path, checkpoint_dir: Path, out_dir: Path, dtype: str 
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         save_full_model_folder(model, tokenizer, tmp)
-        _publish(tmp, out_dir)
+        publish_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

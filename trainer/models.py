@@ -31,7 +31,7 @@ def find_demo_gguf() -> Path:
     return path
 
 
-def _publish(tmp: Path, out: Path) -> None:
+def publish_folder(tmp: Path, out: Path) -> None:
     """Move a finished folder into place atomically (a half-converted model is never visible)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
@@ -62,7 +62,7 @@ def convert_gguf(gguf_path: Path, out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    _publish(tmp, out)
+    publish_folder(tmp, out)
     return out
 
 
@@ -101,7 +101,7 @@ def make_tiny_llama(tokenizer_from: Path, out: Path, seed: int = 0, head_dim: in
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    _publish(tmp, out)
+    publish_folder(tmp, out)
     return out
 
 

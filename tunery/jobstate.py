@@ -101,6 +101,9 @@ class ErrorCode(enum.StrEnum):
     eval_gate_failed = "eval_gate_failed"  # no model of the job passed its eval gate (tunery.eval.gate)
     invalid_reference_file = "invalid_reference_file"  # tunery.eval.reference_file
     unsupported_method = "unsupported_method"  # the method does not support an option of the job (tunery.methods)
+    # A model export (trainer/export.py): a checkpoint that cannot be merged, an architecture GGUF cannot express.
+    export_error = "export_error"
+    unsupported_architecture = "unsupported_architecture"
 
 
 # The request parameter that names the general-purpose file mixed into the training set (docs/data-options.md).

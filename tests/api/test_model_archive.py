@@ -284,3 +284,50 @@ def test_verify_archive_finds_a_file_that_is_not_its_manifests(tmp_path: Path) -
         (tmp_path / "cut.tar.gz").write_bytes(cut)
         with pytest.raises((EOFError, tarfile.TarError)):
             verify_archive(str(tmp_path / "cut.tar.gz"))
+
+
+def test_tunery_models_export_merges_the_downloaded_adapter_into_its_base(
+    world: World, trained: Trained, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`tunery models export` turns a downloaded archive into a standalone model (and a GGUF): the base the adapter
+    names is found among this machine's base models, and the merged model computes what base + adapter computes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    archive = tmp_path / "home.tar.gz"
+    archive.write_bytes(world.get("A-owner", CHECKPOINT).content)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TUNERY_"))}
+    env |= {"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "TUNERY_DEMO_MODEL": "false"}
+    env["TUNERY_BASE_MODELS"] = json.dumps({TINY: str(tiny_model_dir)})  # the base the adapter names, by name
+    out, gguf = tmp_path / "merged", tmp_path / "merged.gguf"
+    cmd = [sys.executable, "-m", "api.cli", "models", "export", str(archive), "--out", str(out)]
+    done = subprocess.run([*cmd, "--gguf", str(gguf), "--gguf-type", "f32"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(out), str(gguf)]
+    assert not (out / "adapter_config.json").exists()
+    ids = torch.tensor([trained.tokenizer("Hi there, how are you?")["input_ids"]])
+    with torch.no_grad():
+        want = trained.peft_model(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(str(out))(ids).logits
+        from_gguf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=gguf.name)(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))(ids).logits
+    assert torch.allclose(merged, want, atol=1e-5) and torch.allclose(from_gguf, want, atol=1e-4)
+    assert not torch.allclose(base, want, atol=1e-3)  # the adapter changed the model: the merge kept it
+
+    # Refusals say why: an unknown base, a damaged archive, an --out that is not a model folder.
+    env["TUNERY_BASE_MODELS"] = "{}"
+    done = subprocess.run([*cmd[:-1], str(tmp_path / "again")], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "is not on this machine: give its folder with --base" in done.stderr
+    done = subprocess.run(
+        [*cmd[:-1], str(tmp_path / "again"), "--base", str(tiny_model_dir)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr  # --base names the folder instead
+    damaged = tmp_path / "damaged.tar.gz"
+    damaged.write_bytes(archive.read_bytes()[:-100])
+    done = subprocess.run(
+        [*cmd[:5], str(damaged), "--out", str(tmp_path / "x")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "tunery models export:" in done.stderr and not (tmp_path / "x").exists()
+    done = subprocess.run([*cmd[:-1], str(tmp_path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "is not a model folder" in done.stderr
+    assert archive.exists()  # --out of a folder with other files: left alone
