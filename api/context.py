@@ -10,6 +10,7 @@ from anyio import CapacityLimiter, to_thread
 from fastapi import Request, Response
 from pydantic import BaseModel
 
+from api.jsoncache import JsonCache
 from api.ratelimit import RateLimiter
 from tunery.db import Database
 from tunery.metrics import Metrics
@@ -38,6 +39,8 @@ class AppContext:
     read_limiter: CapacityLimiter = field(init=False)
     # The projects' request rate limits (api/ratelimit.py), counted by the request guard.
     rate_limiter: RateLimiter = field(init=False)
+    # The read routes' objects as JSON, each for one version of its rows (api/jsoncache.py).
+    json_cache: JsonCache = field(default_factory=JsonCache)
 
     def __post_init__(self) -> None:
         if self.keys is None:
@@ -57,14 +60,15 @@ async def run_read(ctx: AppContext, fn: Callable[..., T], *args: Any) -> T:
     return await to_thread.run_sync(fn, *args, limiter=ctx.read_limiter)
 
 
-async def read_json(ctx: AppContext, fn: Callable[..., BaseModel], *args: Any) -> Response:
+async def read_json(ctx: AppContext, fn: Callable[..., BaseModel | bytes], *args: Any) -> Response:
     """:func:`run_read`, with the answer written as JSON in the same thread (pydantic's serializer, once): the event
     loop only sends the bytes. FastAPI would check and serialize the returned object again on the event loop, which
     under load delays every other request and ``/health`` (a route declares its ``response_model`` for
     ``/openapi.json``)."""
 
     def work() -> bytes:
-        return fn(*args).model_dump_json().encode()
+        answer = fn(*args)  # an object, or its JSON already (the services' ``*_json`` reads)
+        return answer if isinstance(answer, bytes) else answer.model_dump_json().encode()
 
     return Response(await to_thread.run_sync(work, limiter=ctx.read_limiter), media_type="application/json")
 

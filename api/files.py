@@ -110,13 +110,15 @@ async def list_files(
     after: str | None = None,
     svc: FileService = Depends(file_service),
 ) -> Response:
-    return await read_json(svc.ctx, svc.list, ListFilesRequest(purpose=purpose, limit=limit, order=order, after=after))
+    return await read_json(
+        svc.ctx, svc.list_json, ListFilesRequest(purpose=purpose, limit=limit, order=order, after=after)
+    )
 
 
 @router.get("/files/{file_id}", response_model=FileObject)
 async def retrieve_file(file_id: Name, svc: FileService = Depends(file_service)) -> Response:
     # A coroutine with one trip to the read routes' threads, as the job routes (api/jobs.py) for the same reasons.
-    return await read_json(svc.ctx, svc.retrieve, file_id)
+    return await read_json(svc.ctx, svc.retrieve_json, file_id)
 
 
 @router.delete("/files/{file_id}")

@@ -61,12 +61,14 @@ async def list_jobs(
     limit: int = limit_param(20),
     svc: JobService = Depends(job_service),
 ) -> Response:
-    return await read_json(svc.ctx, svc.list, ListJobsRequest(after=after, limit=limit, metadata=_metadata(request)))
+    return await read_json(
+        svc.ctx, svc.list_json, ListJobsRequest(after=after, limit=limit, metadata=_metadata(request))
+    )
 
 
 @router.get("/fine_tuning/jobs/{job_id}", response_model=FineTuningJob)
 async def retrieve_job(job_id: Name, svc: JobService = Depends(job_service)) -> Response:
-    return await read_json(svc.ctx, svc.retrieve, job_id)
+    return await read_json(svc.ctx, svc.retrieve_json, job_id)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
@@ -81,7 +83,7 @@ async def list_events(
     limit: int = limit_param(20),
     svc: JobService = Depends(job_service),
 ) -> Response:
-    return await read_json(svc.ctx, svc.events, job_id, ListJobEventsRequest(after=after, limit=limit))
+    return await read_json(svc.ctx, svc.events_json, job_id, ListJobEventsRequest(after=after, limit=limit))
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints", response_model=ListFineTuningJobCheckpointsResponse)

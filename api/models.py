@@ -28,7 +28,7 @@ async def model_service(request: Request) -> ModelService:
 # The read routes: coroutines with one trip to the read routes' threads, as the job routes (api/jobs.py), same reasons.
 @router.get("/models", response_model=ModelList)
 async def list_models(svc: ModelService = Depends(model_service)) -> Response:
-    return await read_json(svc.ctx, svc.list)
+    return await read_json(svc.ctx, svc.list_json)
 
 
 # `{model:path}`: ids contain ':' and, from older SDKs, a raw '/'.

@@ -9,13 +9,17 @@ deleted keeps its place); every list answers
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 from fastapi import Query
-from sqlalchemy import Select
+from sqlalchemy import Row, Select
 from sqlalchemy.orm import Session
 
 MAX_PAGE = 10_000  # OpenAI's largest documented page (files)
+
+# A query and a row of any columns (``select(Job.id, Job.version)``), as :func:`page` takes and returns them.
+AnySelect: TypeAlias = Select[*tuple[Any, ...]]
+AnyRow: TypeAlias = Row[*tuple[Any, ...]]
 
 
 def limit_param(default: int) -> Any:
@@ -26,16 +30,18 @@ def limit_param(default: int) -> Any:
 def page(
     session: Session,
     model: Any,
-    query: Select[Any],
+    query: AnySelect,
     *,
     after: str | None,
     limit: int,
     newest_first: bool = True,
-    cursors: Select[Any] | None = None,
+    cursors: AnySelect | None = None,
+    columns: bool = False,
 ) -> tuple[list[Any], bool]:
     """One page of ``query``'s rows ordered by creation (pk), after the row whose id is ``after``; returns
     (rows, has_more). ``after`` is looked up in ``cursors`` (default: ``query``), a wider query where rows that
-    leave the list keep their place (a checkpoint whose model was deleted)."""
+    leave the list keep their place (a checkpoint whose model was deleted). With ``columns``, ``query`` selects
+    columns (``select(Job.id, Job.version)``) and the rows are tuples of them, not ORM objects."""
     limit = min(limit, MAX_PAGE)
     if after:
         where = query if cursors is None else cursors
@@ -44,5 +50,5 @@ def page(
             return [], False
         query = query.where(model.pk < cursor if newest_first else model.pk > cursor)
     query = query.order_by(model.pk.desc() if newest_first else model.pk.asc()).limit(limit + 1)
-    rows = list(session.scalars(query))
+    rows = list(session.execute(query).tuples()) if columns else list(session.scalars(query))
     return rows[:limit], len(rows) > limit

@@ -265,3 +265,39 @@ def test_tests_mirror_the_modules_they_test() -> None:
     assert not stray, stray
     assert folders <= allowed, folders - allowed
     assert all((tests / f / "__init__.py").is_file() for f in folders)
+
+
+# What a plain UPDATE of jobs may set without bumping the job's ``version``: nothing a job's object shows.
+UNVERSIONED_JOB_FIELDS = {"claimed_by", "lease_expires_at"}
+
+
+def unversioned_job_updates(rel: str, source: str) -> list[str]:
+    """``update(Job).values(...)`` statements that set a field outside UNVERSIONED_JOB_FIELDS without ``version``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "values"
+            and _builds_on_job_table(node.func.value)
+        ):
+            fields = {k.arg for k in node.keywords if k.arg}
+            if "version" not in fields and not fields <= UNVERSIONED_JOB_FIELDS:
+                found.append(f"{rel}:{node.lineno}: update(Job).values({', '.join(sorted(fields))}=...)")
+    return found
+
+
+def test_every_write_of_what_a_job_shows_moves_its_version() -> None:
+    """The read routes keep a job's JSON for one ``version`` of its row (api/jsoncache.py). ORM writes bump it (the
+    optimistic lock); a plain UPDATE does not, so one may set only what the object does not show (a claim's lease),
+    or set ``version`` itself."""
+    found = []
+    for folder in STATE_FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            found += unversioned_job_updates(path.relative_to(ROOT).as_posix(), path.read_text())
+    assert found == [], found
+    assert unversioned_job_updates("x.py", "s.execute(update(Job).where(Job.id == 'x').values(trained_tokens=3))")
+    assert not unversioned_job_updates("x.py", "s.execute(update(Job).values(lease_expires_at=3))")
+    assert not unversioned_job_updates(
+        "x.py", "s.execute(update(Job).values(trained_tokens=3, version=Job.version + 1))"
+    )

@@ -123,6 +123,20 @@ class CursorPage(OpenAIResponse, Generic[T]):
         ids = [getattr(item, "id") for item in data]  # noqa: B009 (every listed object has one)
         return cls(data=data, first_id=ids[0] if ids else "", last_id=ids[-1] if ids else "", has_more=has_more)
 
+    @classmethod
+    def json_of(cls, ids: list[str], items: list[bytes], has_more: bool) -> bytes:
+        """The JSON of ``cls.of(objects, has_more)`` from the objects' ids and their JSON, serialized already (the
+        read routes' cache, api/jsoncache.py): the same bytes, without building the objects again."""
+        empty = cls(data=[], first_id=ids[0] if ids else "", last_id=ids[-1] if ids else "", has_more=has_more)
+        return with_data(empty, items)
+
+
+def with_data(empty: OpenAIResponse, items: list[bytes]) -> bytes:
+    """The JSON of a list object built with ``data=[]``, with ``items`` (its objects' JSON) as its data."""
+    head, sep, tail = empty.model_dump_json().encode().partition(b'"data":[]')
+    assert sep, "a list's JSON has its data"
+    return b"".join((head, b'"data":[', b",".join(items), b"]", tail))
+
 
 class Error(OpenAIResponse):
     """OpenAI's ``Error``: ``type`` is ``invalid_request_error``, ``server_error`` or ``rate_limit_error``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from api.protocol.base import OpenAIResponse
+from api.protocol.base import OpenAIResponse, with_data
 
 
 class Model(OpenAIResponse):
@@ -21,6 +21,11 @@ class ModelList(OpenAIResponse):
 
     object: Literal["list"] = "list"
     data: list[Model]
+
+    @classmethod
+    def json_of(cls, items: list[bytes]) -> bytes:
+        """The JSON of ``cls(data=models)`` from the models' JSON, serialized already (api/jsoncache.py)."""
+        return with_data(cls(data=[]), items)
 
 
 class ModelDeleted(OpenAIResponse):

@@ -9,16 +9,16 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from api.context import AppContext, Tenant
 from api.errors import InvalidRequest, NotFound, TooLarge, Unavailable
-from api.pagination import page
+from api.pagination import AnyRow, page
 from api.protocol.files import (
     CreateFileRequest,
     FileDeleted,
@@ -38,7 +38,21 @@ from tunery.storage import CHUNK, ObjectNotFound, ObjectStore
 log = logging.getLogger("tunery.api.files")
 
 
-def file_object(f: File) -> FileObject:
+# The columns a file's object shows (:func:`file_object`), read whole by the JSON reads: they are its cache key.
+FILE_COLUMNS = (
+    File.id,
+    File.bytes,
+    File.created_at,
+    File.expires_at,
+    File.filename,
+    File.purpose,
+    File.status,
+    File.status_details,
+)
+
+
+def file_object(f: File | AnyRow) -> FileObject:
+    """A file's object, from its row (or its :data:`FILE_COLUMNS`)."""
     return FileObject(
         id=f.id,
         bytes=f.bytes,
@@ -60,8 +74,12 @@ def find_file(s: Session, t: Tenant, file_id: str) -> File:
         )
     )
     if f is None:
-        raise NotFound(f"No such File object: {file_id}", param="id")
+        raise file_not_found(file_id)
     return f
+
+
+def file_not_found(file_id: str) -> NotFound:
+    return NotFound(f"No such File object: {file_id}", param="id")
 
 
 def initial_status(purpose: str) -> str:
@@ -252,16 +270,45 @@ class FileService:
                 quotas.release(s, reservation)
 
     def list(self, req: ListFilesRequest) -> FileList:
-        t = self.tenant
         with self.ctx.db.session() as s:
-            q = select(File).where(File.organization_id == t.organization_id, File.project_id == t.project_id, live())
-            if req.purpose:
-                q = q.where(File.purpose == req.purpose)
-            rows, more = page(s, File, q, after=req.after, limit=req.limit, newest_first=req.order == "desc")
-            return FileList.of([file_object(f) for f in rows], more)
+            rows, more = self._page(s, req)
+        return FileList.of([file_object(r) for r in rows], more)
 
     def retrieve(self, file_id: str) -> FileObject:
-        return file_object(self._get(file_id))
+        return file_object(self._row(file_id))
+
+    # ---- the same reads as JSON, through the read routes' cache (api/jsoncache.py): keyed by what they show ------
+    def list_json(self, req: ListFilesRequest) -> bytes:
+        """The JSON of :meth:`list`."""
+        with self.ctx.db.session() as s:
+            rows, more = self._page(s, req)
+        return FileList.json_of([r.id for r in rows], [self._json(r) for r in rows], more)
+
+    def retrieve_json(self, file_id: str) -> bytes:
+        """The JSON of :meth:`retrieve`."""
+        return self._json(self._row(file_id))
+
+    def _page(self, s: Session, req: ListFilesRequest) -> tuple[Sequence[AnyRow], bool]:
+        """A page of the tenant's live files' :data:`FILE_COLUMNS`."""
+        q = select(*FILE_COLUMNS).where(*self._mine())
+        if req.purpose:
+            q = q.where(File.purpose == req.purpose)
+        return page(s, File, q, after=req.after, limit=req.limit, newest_first=req.order == "desc", columns=True)
+
+    def _row(self, file_id: str) -> AnyRow:
+        """One of the tenant's live files' :data:`FILE_COLUMNS`; NotFound as :func:`find_file`."""
+        with self.ctx.db.session() as s:
+            row = s.execute(select(*FILE_COLUMNS).where(File.id == file_id, *self._mine())).first()
+        if row is None:
+            raise file_not_found(file_id)
+        return row
+
+    def _mine(self) -> tuple[ColumnElement[bool], ...]:
+        t = self.tenant
+        return (File.organization_id == t.organization_id, File.project_id == t.project_id, live())
+
+    def _json(self, row: AnyRow) -> bytes:
+        return self.ctx.json_cache.json(("file", *row), lambda: file_object(row))
 
     def delete(self, file_id: str) -> FileDeleted:
         # The same deletion as the expiry sweep's (tunery/files.py), of one of the tenant's files that has not expired.
@@ -279,7 +326,7 @@ class FileService:
             )
 
         if not lifecycle.delete_file(self.ctx.db, self.ctx.store, file_id, *mine, on_deleted=deleted):
-            raise NotFound(f"No such File object: {file_id}", param="id")
+            raise file_not_found(file_id)
         return FileDeleted(id=file_id, deleted=True)
 
     def content(self, file_id: str) -> FileContent:

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.interfaces import ORMOption
 
@@ -149,16 +149,21 @@ def best_checkpoint_step(metrics_by_step: list[tuple[int, dict[str, Any] | None]
 NOT_SHOWN = (defer(Job.plan), defer(Job.runtime))
 
 
+def _owned(t: Tenant) -> tuple[ColumnElement[bool], ...]:
+    """The condition a job row of the tenant meets."""
+    return (Job.organization_id == t.organization_id, Job.project_id == t.project_id)
+
+
 def find_job(s: Session, t: Tenant, job_id: str, *options: ORMOption) -> Job:
     """One of the tenant's jobs; NotFound when there is none."""
-    job = s.scalar(
-        select(Job)
-        .where(Job.id == job_id, Job.organization_id == t.organization_id, Job.project_id == t.project_id)
-        .options(*options)
-    )
+    job = s.scalar(select(Job).where(Job.id == job_id, *_owned(t)).options(*options))
     if job is None:
-        raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+        raise job_not_found(job_id)
     return job
+
+
+def job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
 
 
 def _extensions(req: CreateJob, request: PlanRequest) -> dict[str, Any]:
@@ -267,6 +272,41 @@ class JobService:
         with self.ctx.db.session() as s:
             return job_objects(s, [find_job(s, self.tenant, job_id, *NOT_SHOWN)])[0]
 
+    # ---- the same reads as JSON, through the read routes' cache (api/jsoncache.py) -----------------------------
+    def list_json(self, req: ListJobsRequest) -> bytes:
+        """The JSON of :meth:`list`: the page's ids and versions, then each job's JSON from the cache or built."""
+        if req.metadata:
+            return self.list(req).model_dump_json().encode()
+        t = self.tenant
+        with self.ctx.db.session() as s:
+            q = select(Job.id, Job.version).where(*_owned(t))
+            rows, more = page(s, Job, q, after=req.after, limit=req.limit, columns=True)
+            ids = [job_id for job_id, _ in rows]
+            return ListPaginatedFineTuningJobsResponse.json_of(ids, [*self._jobs_json(s, rows)], more)
+
+    def retrieve_json(self, job_id: str) -> bytes:
+        """The JSON of :meth:`retrieve`, through the cache."""
+        t = self.tenant
+        with self.ctx.db.session() as s:
+            version = s.scalar(select(Job.version).where(Job.id == job_id, *_owned(t)))
+            if version is None:
+                raise job_not_found(job_id)
+            return self._jobs_json(s, [(job_id, version)])[0]
+
+    def _jobs_json(self, s: Session, versions: Sequence[tuple[str, int]]) -> Sequence[bytes]:
+        """Each job's JSON, in order: from the cache when built from the same version of its row, else loaded and
+        built (:func:`job_objects`) and kept, unless the object shows more than its row (a queue position)."""
+        cache = self.ctx.json_cache
+        found = {job_id: cache.get(("job", job_id, version)) for job_id, version in versions}
+        missing = [job_id for job_id, data in found.items() if data is None]
+        if missing:
+            rows = list(s.scalars(select(Job).where(Job.id.in_(missing)).options(*NOT_SHOWN)))
+            for job, obj in zip(rows, job_objects(s, rows), strict=True):
+                found[job.id] = data = obj.model_dump_json().encode()
+                if not _shows_queue(job):
+                    cache.put(("job", job.id, job.version), data)
+        return [found[job_id] or b"" for job_id, _ in versions]
+
     def _transition(
         self,
         job_id: str,
@@ -334,6 +374,24 @@ class JobService:
             events = select(JobEvent).where(JobEvent.job_id == job_id)
             rows, more = page(s, JobEvent, events, after=req.after, limit=req.limit)
             return ListFineTuningJobEventsResponse.of([event_object(e) for e in rows], more)
+
+    def events_json(self, job_id: str, req: ListJobEventsRequest) -> bytes:
+        """The JSON of :meth:`events`; an event never changes, so its JSON is kept by its id."""
+        t = self.tenant
+        with self.ctx.db.session() as s:
+            if s.scalar(select(Job.pk).where(Job.id == job_id, *_owned(t))) is None:
+                raise job_not_found(job_id)
+            q = select(JobEvent.id).where(JobEvent.job_id == job_id)
+            rows, more = page(s, JobEvent, q, after=req.after, limit=req.limit, columns=True)
+            ids = [event_id for (event_id,) in rows]
+            cache = self.ctx.json_cache
+            found = {event_id: cache.get(("event", event_id)) for event_id in ids}
+            missing = [event_id for event_id, data in found.items() if data is None]
+            if missing:
+                for e in s.scalars(select(JobEvent).where(JobEvent.id.in_(missing))):
+                    found[e.id] = data = event_object(e).model_dump_json().encode()
+                    cache.put(("event", e.id), data)
+            return ListFineTuningJobEventsResponse.json_of(ids, [found[i] or b"" for i in ids], more)
 
     def events_after(
         self, job_id: str, after: str | None, limit: int = 200

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
@@ -102,17 +102,25 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10):
         self.url = url
-        # pool_pre_ping: a connection the server dropped (restart, failover, idle timeout) is replaced, not used.
-        kwargs: dict = {"pool_pre_ping": True}
+        kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            if path and path != ":memory:":
+                # A local file: no server to drop a connection, so no ping before each use; and every connection
+                # kept (opening one and setting its pragmas cost more than the query of a read route: with
+                # SQLAlchemy's default of 5 kept, the API's read threads, scheduler and reporting opened and
+                # closed one per request under load).
+                kwargs.update(pool_size=pool_size + max_overflow, max_overflow=max_overflow, pool_timeout=30)
         else:
             # A network database: a bounded pool per process (API threads + scheduler + reporting share it),
-            # connections recycled before server-side idle timeouts, and a name in pg_stat_activity.
-            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800, pool_timeout=30)
+            # connections recycled before server-side idle timeouts, and a name in pg_stat_activity;
+            # pool_pre_ping: a connection the server dropped (restart, failover, idle timeout) is replaced, not used.
+            kwargs.update(
+                pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800, pool_timeout=30, pool_pre_ping=True
+            )
             if url.startswith("postgresql"):
                 kwargs["connect_args"] = {"application_name": "tunery", "connect_timeout": 10}
         self.engine: Engine = create_engine(url, **kwargs)
