@@ -10,7 +10,7 @@ from anyio import CapacityLimiter, to_thread
 from fastapi import Request, Response
 from pydantic import BaseModel
 
-from api.jsoncache import JsonCache
+from api.encoded import EncodedCache
 from api.ratelimit import RateLimiter
 from tunery.db import Database
 from tunery.metrics import Metrics
@@ -39,8 +39,8 @@ class AppContext:
     read_limiter: CapacityLimiter = field(init=False)
     # The projects' request rate limits (api/ratelimit.py), counted by the request guard.
     rate_limiter: RateLimiter = field(init=False)
-    # The read routes' objects as JSON, each for one version of its rows (api/jsoncache.py).
-    json_cache: JsonCache = field(default_factory=JsonCache)
+    # The reads' objects encoded (JSON, protobuf), each for one version of its rows (api/encoded.py).
+    encoded: EncodedCache = field(default_factory=EncodedCache)
 
     def __post_init__(self) -> None:
         if self.keys is None:
@@ -67,7 +67,7 @@ async def read_json(ctx: AppContext, fn: Callable[..., BaseModel | bytes], *args
     ``/openapi.json``)."""
 
     def work() -> bytes:
-        answer = fn(*args)  # an object, or its JSON already (the services' ``*_json`` reads)
+        answer = fn(*args)  # an object, or its JSON already (the services' encoded reads, api/encoded.py)
         return answer if isinstance(answer, bytes) else answer.model_dump_json().encode()
 
     return Response(await to_thread.run_sync(work, limiter=ctx.read_limiter), media_type="application/json")

@@ -12,6 +12,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from api.auth import request_principal
 from api.context import get_ctx, read_json
+from api.encoded import JSON
 from api.errors import ERROR_RESPONSES, InvalidRequest
 from api.limits import upload_body
 from api.pagination import limit_param
@@ -110,15 +111,14 @@ async def list_files(
     after: str | None = None,
     svc: FileService = Depends(file_service),
 ) -> Response:
-    return await read_json(
-        svc.ctx, svc.list_json, ListFilesRequest(purpose=purpose, limit=limit, order=order, after=after)
-    )
+    req = ListFilesRequest(purpose=purpose, limit=limit, order=order, after=after)
+    return await read_json(svc.ctx, lambda: FileList.json_of(svc.list_encoded(req, JSON)))
 
 
 @router.get("/files/{file_id}", response_model=FileObject)
 async def retrieve_file(file_id: Name, svc: FileService = Depends(file_service)) -> Response:
     # A coroutine with one trip to the read routes' threads, as the job routes (api/jobs.py) for the same reasons.
-    return await read_json(svc.ctx, svc.retrieve_json, file_id)
+    return await read_json(svc.ctx, svc.retrieve_encoded, file_id, JSON)
 
 
 @router.delete("/files/{file_id}")

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from api.auth import request_principal
 from api.context import get_ctx, read_json
+from api.encoded import JSON
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
 from api.protocol.base import Name
@@ -61,14 +62,13 @@ async def list_jobs(
     limit: int = limit_param(20),
     svc: JobService = Depends(job_service),
 ) -> Response:
-    return await read_json(
-        svc.ctx, svc.list_json, ListJobsRequest(after=after, limit=limit, metadata=_metadata(request))
-    )
+    req = ListJobsRequest(after=after, limit=limit, metadata=_metadata(request))
+    return await read_json(svc.ctx, lambda: ListPaginatedFineTuningJobsResponse.json_of(svc.list_encoded(req, JSON)))
 
 
 @router.get("/fine_tuning/jobs/{job_id}", response_model=FineTuningJob)
 async def retrieve_job(job_id: Name, svc: JobService = Depends(job_service)) -> Response:
-    return await read_json(svc.ctx, svc.retrieve_json, job_id)
+    return await read_json(svc.ctx, svc.retrieve_encoded, job_id, JSON)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
@@ -83,7 +83,10 @@ async def list_events(
     limit: int = limit_param(20),
     svc: JobService = Depends(job_service),
 ) -> Response:
-    return await read_json(svc.ctx, svc.events_json, job_id, ListJobEventsRequest(after=after, limit=limit))
+    req = ListJobEventsRequest(after=after, limit=limit)
+    return await read_json(
+        svc.ctx, lambda: ListFineTuningJobEventsResponse.json_of(svc.events_encoded(job_id, req, JSON))
+    )
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints", response_model=ListFineTuningJobCheckpointsResponse)

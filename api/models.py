@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 
 from api.auth import request_principal
 from api.context import get_ctx, read_json
+from api.encoded import JSON
 from api.errors import ERROR_RESPONSES
 from api.protocol.base import Name
 from api.protocol.models import Model, ModelDeleted, ModelList
@@ -28,7 +29,7 @@ async def model_service(request: Request) -> ModelService:
 # The read routes: coroutines with one trip to the read routes' threads, as the job routes (api/jobs.py), same reasons.
 @router.get("/models", response_model=ModelList)
 async def list_models(svc: ModelService = Depends(model_service)) -> Response:
-    return await read_json(svc.ctx, svc.list_json)
+    return await read_json(svc.ctx, lambda: ModelList.json_of(svc.list_encoded(JSON)))
 
 
 # `{model:path}`: ids contain ':' and, from older SDKs, a raw '/'.

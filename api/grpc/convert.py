@@ -9,6 +9,7 @@ parity tests until its message has it too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from typing import Any, TypeVar
 
@@ -16,6 +17,8 @@ from google.protobuf import json_format, message_factory, struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from pydantic import BaseModel
+
+from api.encoded import EncodedPage, Encoding
 
 M = TypeVar("M", bound=Message)
 
@@ -121,3 +124,36 @@ def to_message(obj: BaseModel | dict[str, Any], cls: type[M], *, engine: bool = 
     message = _build(cls.DESCRIPTOR, data, engine)
     assert isinstance(message, cls)
     return message
+
+
+# ---- answers encoded once (api/encoded.py) ------------------------------------------------------------------------
+@cache
+def encoding(cls: type[Message]) -> Encoding:
+    """A service object as a serialized ``cls`` message: the reads keep it (api/encoded.py), as they keep JSON."""
+    return Encoding(f"pb:{cls.DESCRIPTOR.full_name}", lambda obj: to_message(obj, cls).SerializeToString())
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def list_message(cls: type[Message], items: Sequence[bytes], **fields: Any) -> bytes:
+    """A serialized list message (``ListJobsResponse``: ``object``, ``data``, ...) whose ``data`` are ``items``,
+    messages serialized already: each is appended as a length-delimited field, which is how protobuf encodes a
+    repeated message field, so the bytes parse as ``cls(data=[...], **fields)``, with nothing parsed or built here."""
+    head = cls(object="list", **fields).SerializeToString()
+    tag = _varint(cls.DESCRIPTOR.fields_by_name["data"].number << 3 | 2)  # wire type 2: length-delimited
+    return head + b"".join(tag + _varint(len(item)) + item for item in items)
+
+
+def page_message(cls: type[Message], page: EncodedPage) -> bytes:
+    """:func:`list_message` of a page: its ``first_id``, ``last_id`` and ``has_more`` as REST answers them."""
+    ids = page.ids
+    return list_message(
+        cls, page.items, first_id=ids[0] if ids else "", last_id=ids[-1] if ids else "", has_more=page.has_more
+    )

@@ -79,6 +79,19 @@ def _wrap(behaviour: Callable[..., Any], method: MethodDescriptor) -> Callable[.
     return unary_unary
 
 
+def _serializer(cls: type[Message]) -> Callable[[Message | bytes], bytes]:
+    """A method's answers: its messages serialized, or the bytes of one serialized already (the reads' answers kept
+    encoded, api/encoded.py and api/grpc/convert.py)."""
+
+    def serialize(answer: Message | bytes) -> bytes:
+        if isinstance(answer, bytes):
+            return answer
+        assert isinstance(answer, cls), f"{type(answer).__name__} is not a {cls.__name__}"
+        return answer.SerializeToString()
+
+    return serialize
+
+
 _FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
@@ -95,6 +108,6 @@ def service_handler(servicer: Any, service: ServiceDescriptor) -> grpc.GenericRp
         handlers[method.name] = factory(  # type: ignore[operator]
             _wrap(getattr(servicer, method.name), method),
             request_deserializer=_deserializer(message_factory.GetMessageClass(method.input_type)),
-            response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString,
+            response_serializer=_serializer(message_factory.GetMessageClass(method.output_type)),
         )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -15,7 +15,7 @@ from api.auth import Principal
 from api.context import AppContext, Tenant, run_read
 from api.errors import APIError, InvalidRequest
 from api.grpc.calls import Calls
-from api.grpc.convert import message_dict, to_message
+from api.grpc.convert import encoding, list_message, message_dict, page_message, to_message
 from api.protocol.aliases import (
     CreateAliasRequest,
     ListAliasesRequest,
@@ -73,8 +73,9 @@ class _Servicer:
 
 class ModelServicer(_Servicer, models_grpc.ModelServiceServicer):
     async def ListModels(self, request: models_pb.ListModelsRequest, context: Context) -> Any:
-        def run(p: Principal) -> models_pb.ListModelsResponse:
-            return to_message(ModelService(self.ctx, *self._who(p)).list(), models_pb.ListModelsResponse)
+        def run(p: Principal) -> bytes:
+            models = ModelService(self.ctx, *self._who(p)).list_encoded(encoding(models_pb.Model))
+            return list_message(models_pb.ListModelsResponse, models)
 
         return await self.calls.blocking("ModelService/ListModels", context, run)
 
@@ -182,15 +183,16 @@ class FileServicer(_Servicer, files_grpc.FileServiceServicer):
         return await self.calls.unary("FileService/UploadFile", context, run)
 
     async def GetFile(self, request: files_pb.GetFileRequest, context: Context) -> Any:
-        def run(p: Principal) -> files_pb.File:
-            return to_message(FileService(self.ctx, *self._who(p)).retrieve(request.file_id), files_pb.File)
+        def run(p: Principal) -> bytes:
+            return FileService(self.ctx, *self._who(p)).retrieve_encoded(request.file_id, encoding(files_pb.File))
 
         return await self.calls.blocking("FileService/GetFile", context, run)
 
     async def ListFiles(self, request: files_pb.ListFilesRequest, context: Context) -> Any:
-        def run(p: Principal) -> files_pb.ListFilesResponse:
+        def run(p: Principal) -> bytes:
             req = ListFilesRequest.model_validate(_query(request))
-            return to_message(FileService(self.ctx, *self._who(p)).list(req), files_pb.ListFilesResponse)
+            page = FileService(self.ctx, *self._who(p)).list_encoded(req, encoding(files_pb.File))
+            return page_message(files_pb.ListFilesResponse, page)
 
         return await self.calls.blocking("FileService/ListFiles", context, run)
 
@@ -245,15 +247,16 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
         return await self.calls.blocking("FineTuningService/DryRun", context, run, read=False)
 
     async def GetJob(self, request: ft_pb.GetJobRequest, context: Context) -> Any:
-        def run(p: Principal) -> ft_pb.FineTuningJob:
-            return to_message(JobService(self.ctx, *self._who(p)).retrieve(request.job_id), ft_pb.FineTuningJob)
+        def run(p: Principal) -> bytes:
+            return JobService(self.ctx, *self._who(p)).retrieve_encoded(request.job_id, encoding(ft_pb.FineTuningJob))
 
         return await self.calls.blocking("FineTuningService/GetJob", context, run)
 
     async def ListJobs(self, request: ft_pb.ListJobsRequest, context: Context) -> Any:
-        def run(p: Principal) -> ft_pb.ListJobsResponse:
+        def run(p: Principal) -> bytes:
             req = ListJobsRequest.model_validate(_query(request))
-            return to_message(JobService(self.ctx, *self._who(p)).list(req), ft_pb.ListJobsResponse)
+            page = JobService(self.ctx, *self._who(p)).list_encoded(req, encoding(ft_pb.FineTuningJob))
+            return page_message(ft_pb.ListJobsResponse, page)
 
         return await self.calls.blocking("FineTuningService/ListJobs", context, run)
 
@@ -275,9 +278,12 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
         return await self._transition("ResumeJob", request, context)
 
     async def ListEvents(self, request: ft_pb.ListEventsRequest, context: Context) -> Any:
-        def run(p: Principal) -> ft_pb.ListEventsResponse:
+        def run(p: Principal) -> bytes:
             req = ListJobEventsRequest.model_validate(_query(request, "job_id"))
-            return to_message(JobService(self.ctx, *self._who(p)).events(request.job_id, req), ft_pb.ListEventsResponse)
+            svc = JobService(self.ctx, *self._who(p))
+            return page_message(
+                ft_pb.ListEventsResponse, svc.events_encoded(request.job_id, req, encoding(ft_pb.FineTuningJobEvent))
+            )
 
         return await self.calls.blocking("FineTuningService/ListEvents", context, run)
 

@@ -15,9 +15,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from api.encoded import EncodedPage
 
 log = logging.getLogger("tunery.api")
 
@@ -124,14 +127,15 @@ class CursorPage(OpenAIResponse, Generic[T]):
         return cls(data=data, first_id=ids[0] if ids else "", last_id=ids[-1] if ids else "", has_more=has_more)
 
     @classmethod
-    def json_of(cls, ids: list[str], items: list[bytes], has_more: bool) -> bytes:
-        """The JSON of ``cls.of(objects, has_more)`` from the objects' ids and their JSON, serialized already (the
-        read routes' cache, api/jsoncache.py): the same bytes, without building the objects again."""
-        empty = cls(data=[], first_id=ids[0] if ids else "", last_id=ids[-1] if ids else "", has_more=has_more)
-        return with_data(empty, items)
+    def json_of(cls, page: EncodedPage) -> bytes:
+        """The JSON of ``cls.of(objects, has_more)`` from the page's objects as JSON already (api/encoded.py): the
+        same bytes, without building the objects again."""
+        ids = page.ids
+        empty = cls(data=[], first_id=ids[0] if ids else "", last_id=ids[-1] if ids else "", has_more=page.has_more)
+        return with_data(empty, page.items)
 
 
-def with_data(empty: OpenAIResponse, items: list[bytes]) -> bytes:
+def with_data(empty: OpenAIResponse, items: Sequence[bytes]) -> bytes:
     """The JSON of a list object built with ``data=[]``, with ``items`` (its objects' JSON) as its data."""
     head, sep, tail = empty.model_dump_json().encode().partition(b'"data":[]')
     assert sep, "a list's JSON has its data"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from api.protocol.base import OpenAIResponse, with_data
@@ -23,8 +24,8 @@ class ModelList(OpenAIResponse):
     data: list[Model]
 
     @classmethod
-    def json_of(cls, items: list[bytes]) -> bytes:
-        """The JSON of ``cls(data=models)`` from the models' JSON, serialized already (api/jsoncache.py)."""
+    def json_of(cls, items: Sequence[bytes]) -> bytes:
+        """The JSON of ``cls(data=models)`` from the models as JSON already (api/encoded.py)."""
         return with_data(cls(data=[]), items)
 
 

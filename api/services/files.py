@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from api.context import AppContext, Tenant
+from api.encoded import EncodedPage, Encoding
 from api.errors import InvalidRequest, NotFound, TooLarge, Unavailable
 from api.pagination import AnyRow, page
 from api.protocol.files import (
@@ -277,16 +278,17 @@ class FileService:
     def retrieve(self, file_id: str) -> FileObject:
         return file_object(self._row(file_id))
 
-    # ---- the same reads as JSON, through the read routes' cache (api/jsoncache.py): keyed by what they show ------
-    def list_json(self, req: ListFilesRequest) -> bytes:
-        """The JSON of :meth:`list`."""
+    # ---- the same reads encoded (JSON for REST, protobuf for gRPC), through the cache of api/encoded.py, keyed by
+    # ---- what a file's object shows
+    def list_encoded(self, req: ListFilesRequest, encoding: Encoding) -> EncodedPage:
+        """:meth:`list`, encoded."""
         with self.ctx.db.session() as s:
             rows, more = self._page(s, req)
-        return FileList.json_of([r.id for r in rows], [self._json(r) for r in rows], more)
+        return EncodedPage([r.id for r in rows], [self._encoded(r, encoding) for r in rows], more)
 
-    def retrieve_json(self, file_id: str) -> bytes:
-        """The JSON of :meth:`retrieve`."""
-        return self._json(self._row(file_id))
+    def retrieve_encoded(self, file_id: str, encoding: Encoding) -> bytes:
+        """:meth:`retrieve`, encoded."""
+        return self._encoded(self._row(file_id), encoding)
 
     def _page(self, s: Session, req: ListFilesRequest) -> tuple[Sequence[AnyRow], bool]:
         """A page of the tenant's live files' :data:`FILE_COLUMNS`."""
@@ -307,8 +309,8 @@ class FileService:
         t = self.tenant
         return (File.organization_id == t.organization_id, File.project_id == t.project_id, live())
 
-    def _json(self, row: AnyRow) -> bytes:
-        return self.ctx.json_cache.json(("file", *row), lambda: file_object(row))
+    def _encoded(self, row: AnyRow, encoding: Encoding) -> bytes:
+        return self.ctx.encoded.encoded(encoding, ("file", *row), lambda: file_object(row))
 
     def delete(self, file_id: str) -> FileDeleted:
         # The same deletion as the expiry sweep's (tunery/files.py), of one of the tenant's files that has not expired.

@@ -12,14 +12,16 @@ a paused job goes back to ``queued``, and its next run continues from the newest
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.interfaces import ORMOption
 
 from api.context import AppContext, Tenant
+from api.encoded import EncodedPage, Encoding
 from api.errors import InvalidRequest, NotFound
 from api.pagination import page
 from api.protocol.jobs import (
@@ -272,40 +274,35 @@ class JobService:
         with self.ctx.db.session() as s:
             return job_objects(s, [find_job(s, self.tenant, job_id, *NOT_SHOWN)])[0]
 
-    # ---- the same reads as JSON, through the read routes' cache (api/jsoncache.py) -----------------------------
-    def list_json(self, req: ListJobsRequest) -> bytes:
-        """The JSON of :meth:`list`: the page's ids and versions, then each job's JSON from the cache or built."""
+    # ---- the same reads encoded (JSON for REST, protobuf for gRPC), through the cache of api/encoded.py ---------
+    def list_encoded(self, req: ListJobsRequest, encoding: Encoding) -> EncodedPage:
+        """:meth:`list`, encoded: the page's ids and versions, then each job's encoding, kept or built."""
         if req.metadata:
-            return self.list(req).model_dump_json().encode()
-        t = self.tenant
+            listed = self.list(req)
+            return EncodedPage([j.id for j in listed.data], [encoding.encode(j) for j in listed.data], listed.has_more)
         with self.ctx.db.session() as s:
-            q = select(Job.id, Job.version).where(*_owned(t))
+            q = select(Job.id, Job.version).where(*_owned(self.tenant))
             rows, more = page(s, Job, q, after=req.after, limit=req.limit, columns=True)
-            ids = [job_id for job_id, _ in rows]
-            return ListPaginatedFineTuningJobsResponse.json_of(ids, [*self._jobs_json(s, rows)], more)
+            return EncodedPage([job_id for job_id, _ in rows], [*self._encoded(s, rows, encoding)], more)
 
-    def retrieve_json(self, job_id: str) -> bytes:
-        """The JSON of :meth:`retrieve`, through the cache."""
-        t = self.tenant
+    def retrieve_encoded(self, job_id: str, encoding: Encoding) -> bytes:
+        """:meth:`retrieve`, encoded."""
         with self.ctx.db.session() as s:
-            version = s.scalar(select(Job.version).where(Job.id == job_id, *_owned(t)))
+            version = s.scalar(select(Job.version).where(Job.id == job_id, *_owned(self.tenant)))
             if version is None:
                 raise job_not_found(job_id)
-            return self._jobs_json(s, [(job_id, version)])[0]
+            return self._encoded(s, [(job_id, version)], encoding)[0]
 
-    def _jobs_json(self, s: Session, versions: Sequence[tuple[str, int]]) -> Sequence[bytes]:
-        """Each job's JSON, in order: from the cache when built from the same version of its row, else loaded and
-        built (:func:`job_objects`) and kept, unless the object shows more than its row (a queue position)."""
-        cache = self.ctx.json_cache
-        found = {job_id: cache.get(("job", job_id, version)) for job_id, version in versions}
-        missing = [job_id for job_id, data in found.items() if data is None]
-        if missing:
+    def _encoded(self, s: Session, versions: Sequence[tuple[str, int]], encoding: Encoding) -> Sequence[bytes]:
+        """Each job's encoding, in order: kept when built from the same version of its row, else loaded and built
+        (:func:`job_objects`), and kept unless the object shows more than its row (a queue position)."""
+
+        def load(missing: list[str]) -> Iterator[tuple[str, int, BaseModel, bool]]:
             rows = list(s.scalars(select(Job).where(Job.id.in_(missing)).options(*NOT_SHOWN)))
             for job, obj in zip(rows, job_objects(s, rows), strict=True):
-                found[job.id] = data = obj.model_dump_json().encode()
-                if not _shows_queue(job):
-                    cache.put(("job", job.id, job.version), data)
-        return [found[job_id] or b"" for job_id, _ in versions]
+                yield job.id, job.version, obj, not _shows_queue(job)
+
+        return self.ctx.encoded.encoded_all(encoding, "job", versions, load)
 
     def _transition(
         self,
@@ -375,23 +372,20 @@ class JobService:
             rows, more = page(s, JobEvent, events, after=req.after, limit=req.limit)
             return ListFineTuningJobEventsResponse.of([event_object(e) for e in rows], more)
 
-    def events_json(self, job_id: str, req: ListJobEventsRequest) -> bytes:
-        """The JSON of :meth:`events`; an event never changes, so its JSON is kept by its id."""
-        t = self.tenant
+    def events_encoded(self, job_id: str, req: ListJobEventsRequest, encoding: Encoding) -> EncodedPage:
+        """:meth:`events`, encoded; an event never changes, so its encoding is kept by its id."""
         with self.ctx.db.session() as s:
-            if s.scalar(select(Job.pk).where(Job.id == job_id, *_owned(t))) is None:
+            if s.scalar(select(Job.pk).where(Job.id == job_id, *_owned(self.tenant))) is None:
                 raise job_not_found(job_id)
             q = select(JobEvent.id).where(JobEvent.job_id == job_id)
             rows, more = page(s, JobEvent, q, after=req.after, limit=req.limit, columns=True)
             ids = [event_id for (event_id,) in rows]
-            cache = self.ctx.json_cache
-            found = {event_id: cache.get(("event", event_id)) for event_id in ids}
-            missing = [event_id for event_id, data in found.items() if data is None]
-            if missing:
+
+            def load(missing: list[str]) -> Iterator[tuple[str, int, BaseModel, bool]]:
                 for e in s.scalars(select(JobEvent).where(JobEvent.id.in_(missing))):
-                    found[e.id] = data = event_object(e).model_dump_json().encode()
-                    cache.put(("event", e.id), data)
-            return ListFineTuningJobEventsResponse.json_of(ids, [found[i] or b"" for i in ids], more)
+                    yield e.id, 0, event_object(e), True
+
+            return EncodedPage(ids, self.ctx.encoded.encoded_all(encoding, "event", [(i, 0) for i in ids], load), more)
 
     def events_after(
         self, job_id: str, after: str | None, limit: int = 200

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.context import AppContext, Tenant
+from api.encoded import Encoding
 from api.errors import InvalidRequest, NotFound, PermissionDenied, Unavailable
 from api.pagination import AnyRow
 from api.protocol.models import Model, ModelDeleted, ModelList
@@ -112,12 +113,13 @@ class ModelService:
     def list(self) -> ModelList:
         return ModelList(data=[*self._bases(), *(ft_model_object(row) for row in self._rows())])
 
-    def list_json(self) -> bytes:
-        """The JSON of :meth:`list`, each fine-tuned model's through the read routes' cache, keyed by what it shows."""
-        cache = self.ctx.json_cache
-        data = [m.model_dump_json().encode() for m in self._bases()]
-        data += [cache.json(("model", *row), lambda row=row: ft_model_object(row)) for row in self._rows()]  # type: ignore[misc]
-        return ModelList.json_of(data)
+    def list_encoded(self, encoding: Encoding) -> Sequence[bytes]:
+        """:meth:`list`, encoded: each fine-tuned model's kept (api/encoded.py), keyed by what it shows."""
+        cache = self.ctx.encoded
+        data: list[bytes] = [encoding.encode(m) for m in self._bases()]
+        for row in self._rows():
+            data.append(cache.encoded(encoding, ("model", *row), lambda row=row: ft_model_object(row)))  # type: ignore[misc]
+        return data
 
     def _bases(self) -> Sequence[Model]:
         bases = self.ctx.settings.base_model_paths()
