@@ -47,8 +47,8 @@ JSON = Encoding("json", _json)
 class EncodedPage:
     """A page of a list, its objects encoded: their ids, their encodings (in order) and whether more follow."""
 
-    ids: list[str]
-    items: list[bytes]
+    ids: Sequence[str]
+    items: Sequence[bytes]
     has_more: bool
 
 

@@ -13,6 +13,7 @@ import grpc
 
 from api.auth import Principal
 from api.context import AppContext, Tenant, run_read
+from api.encoded import EncodedPage
 from api.errors import APIError, InvalidRequest
 from api.grpc.calls import Calls
 from api.grpc.convert import encoding, list_message, message_dict, page_message, to_message
@@ -288,29 +289,29 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
         return await self.calls.blocking("FineTuningService/ListEvents", context, run)
 
     async def WatchEvents(self, request: ft_pb.WatchEventsRequest, context: Context) -> Any:
-        Page = tuple[list[ft_pb.FineTuningJobEvent], bool]
+        Page = tuple[EncodedPage, bool]
+        event = encoding(ft_pb.FineTuningJobEvent)
 
         def page(p: Principal, cursor: str | None) -> Page:
-            events, ended = JobService(self.ctx, *self._who(p)).events_after(request.job_id, cursor)
-            return [to_message(e, ft_pb.FineTuningJobEvent) for e in events], ended
+            return JobService(self.ctx, *self._who(p)).events_after(request.job_id, cursor, event)
 
         def first(p: Principal) -> Page:
             return page(p, request.after if request.HasField("after") else None)
 
-        async def rest(p: Principal, start: Page) -> AsyncIterator[ft_pb.FineTuningJobEvent]:
+        async def rest(p: Principal, start: Page) -> AsyncIterator[bytes]:
             (events, ended), cursor = start, request.after if request.HasField("after") else None
             while True:
-                for event in events:
-                    yield event
-                    cursor = event.id
+                for event_id, data in zip(events.ids, events.items, strict=True):
+                    yield data  # a FineTuningJobEvent, serialized already (api/encoded.py)
+                    cursor = event_id
                 if ended:
                     return
-                if not events:  # a client that leaves cancels this wait: nothing is left behind
+                if not events.ids:  # a client that leaves cancels this wait: nothing is left behind
                     await asyncio.sleep(self.watch_poll_seconds)
                 events, ended = await run_read(self.ctx, page, p, cursor)
 
-        async for event in self.calls.stream("FineTuningService/WatchEvents", context, first, rest):
-            yield event
+        async for data in self.calls.stream("FineTuningService/WatchEvents", context, first, rest):
+            yield data
 
     async def ListCheckpoints(self, request: ft_pb.ListCheckpointsRequest, context: Context) -> Any:
         def run(p: Principal) -> ft_pb.ListCheckpointsResponse:

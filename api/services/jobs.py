@@ -283,7 +283,7 @@ class JobService:
         with self.ctx.db.session() as s:
             q = select(Job.id, Job.version).where(*_owned(self.tenant))
             rows, more = page(s, Job, q, after=req.after, limit=req.limit, columns=True)
-            return EncodedPage([job_id for job_id, _ in rows], [*self._encoded(s, rows, encoding)], more)
+            return EncodedPage([job_id for job_id, _ in rows], self._encoded(s, rows, encoding), more)
 
     def retrieve_encoded(self, job_id: str, encoding: Encoding) -> bytes:
         """:meth:`retrieve`, encoded."""
@@ -380,32 +380,37 @@ class JobService:
             q = select(JobEvent.id).where(JobEvent.job_id == job_id)
             rows, more = page(s, JobEvent, q, after=req.after, limit=req.limit, columns=True)
             ids = [event_id for (event_id,) in rows]
-
-            def load(missing: list[str]) -> Iterator[tuple[str, int, BaseModel, bool]]:
-                for e in s.scalars(select(JobEvent).where(JobEvent.id.in_(missing))):
-                    yield e.id, 0, event_object(e), True
-
-            return EncodedPage(ids, self.ctx.encoded.encoded_all(encoding, "event", [(i, 0) for i in ids], load), more)
+            return EncodedPage(ids, self._events_encoded(s, ids, encoding), more)
 
     def events_after(
-        self, job_id: str, after: str | None, limit: int = 200
-    ) -> tuple[Sequence[FineTuningJobEvent], bool]:
+        self, job_id: str, after: str | None, encoding: Encoding, limit: int = 200
+    ) -> tuple[EncodedPage, bool]:
         """The job's events after the one whose id is ``after`` (from the first without it), oldest first, at most
-        ``limit``; and whether the job had ended when they were read (then no event will follow the last one: the
-        final event is written with the status, in one transaction). For a client that follows a job live (the gRPC
-        ``WatchEvents``). An ``after`` that is not one of this job's events is refused: a stream that silently
-        restarted from the start would repeat events."""
+        ``limit``, encoded; and whether the job had ended when they were read (then no event will follow the last
+        one: the final event is written with the status, in one transaction). For a client that follows a job live
+        (the gRPC ``WatchEvents``). An ``after`` that is not one of this job's events is refused: a stream that
+        silently restarted from the start would repeat events."""
         with self.ctx.db.session() as s:
-            job = find_job(s, self.tenant, job_id)
-            ended = job.status in jobstate.TERMINAL
-            q = select(JobEvent).where(JobEvent.job_id == job_id)
+            status = s.scalar(select(Job.status).where(Job.id == job_id, *_owned(self.tenant)))
+            if status is None:
+                raise job_not_found(job_id)
+            q = select(JobEvent.id).where(JobEvent.job_id == job_id)
             if after:
                 cursor = s.scalar(select(JobEvent.pk).where(JobEvent.job_id == job_id, JobEvent.id == after))
                 if cursor is None:
                     raise InvalidRequest(f"No event {after!r} of job {job_id}.", param="after", code="invalid_cursor")
                 q = q.where(JobEvent.pk > cursor)
-            rows = list(s.scalars(q.order_by(JobEvent.pk).limit(limit + 1)))
-            return [event_object(e) for e in rows[:limit]], ended and len(rows) <= limit
+            ids = list(s.scalars(q.order_by(JobEvent.pk).limit(limit + 1)))
+            more = len(ids) > limit
+            page_ = EncodedPage(ids[:limit], self._events_encoded(s, ids[:limit], encoding), more)
+            return page_, status in jobstate.TERMINAL and not more
+
+    def _events_encoded(self, s: Session, ids: Sequence[str], encoding: Encoding) -> Sequence[bytes]:
+        def load(missing: list[str]) -> Iterator[tuple[str, int, BaseModel, bool]]:
+            for e in s.scalars(select(JobEvent).where(JobEvent.id.in_(missing))):
+                yield e.id, 0, event_object(e), True
+
+        return self.ctx.encoded.encoded_all(encoding, "event", [(i, 0) for i in ids], load)
 
     def checkpoints(self, job_id: str, req: ListJobCheckpointsRequest) -> ListFineTuningJobCheckpointsResponse:
         """The job's checkpoints whose models exist, newest first, the run's best one marked (``tunery.best``)."""
