@@ -40,12 +40,13 @@ class AppContext:
     # The projects' request rate limits (api/ratelimit.py), counted by the request guard.
     rate_limiter: RateLimiter = field(init=False)
     # The reads' objects encoded (JSON, protobuf), each for one version of its rows (api/encoded.py).
-    encoded: EncodedCache = field(default_factory=EncodedCache)
+    encoded: EncodedCache = field(init=False)
 
     def __post_init__(self) -> None:
         if self.keys is None:
             self.keys = KeyRegistry(self.db)
         self.read_limiter = CapacityLimiter(self.settings.api_read_threads)
+        self.encoded = EncodedCache(self.settings.api_cache_entries)
         self.rate_limiter = RateLimiter(self.settings, self.db)
 
 

@@ -25,9 +25,6 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-DEFAULT_ENTRIES = 50_000  # about 1 KB each (a job object): tens of MB at most
-
-
 @dataclass(frozen=True)
 class Encoding:
     """How an object is sent: ``name`` keys the cache (one entry per object and encoding), ``encode`` builds it."""
@@ -55,7 +52,7 @@ class EncodedPage:
 class EncodedCache:
     """``key -> bytes``, thread-safe, least recently used out first past ``entries`` (0: keeps nothing)."""
 
-    def __init__(self, entries: int = DEFAULT_ENTRIES):
+    def __init__(self, entries: int):
         self.entries = entries
         self._data: OrderedDict[Hashable, bytes] = OrderedDict()
         self._lock = threading.Lock()

@@ -204,6 +204,9 @@ class Settings(BaseSettings):
     # Threads the API's read routes (lists and retrieves of jobs, events, checkpoints, files, models) run their
     # database work on, at most, per process (api/context.py's run_read); other blocking work has anyio's pool of 40.
     api_read_threads: int = Field(default=8, ge=1)
+    # Objects the reads keep encoded (JSON for REST, protobuf for gRPC), each for one version of its rows
+    # (api/encoded.py): about 1 KB each; 0 keeps none.
+    api_cache_entries: int = Field(default=50_000, ge=0)
 
     # PostgreSQL metadata store and several scheduler replicas on it.
     # Connection pool of each process (API threads, scheduler and reporting share it); not used for SQLite.
