@@ -45,14 +45,14 @@ class AppContext:
     def __post_init__(self) -> None:
         if self.keys is None:
             self.keys = KeyRegistry(self.db)
-        self.read_limiter = CapacityLimiter(self.settings.api_read_threads)
+        self.read_limiter = CapacityLimiter(self.settings.resolved_api_read_threads)
         self.encoded = EncodedCache(self.settings.api_cache_entries)
         self.rate_limiter = RateLimiter(self.settings, self.db)
 
 
 async def run_read(ctx: AppContext, fn: Callable[..., T], *args: Any) -> T:
     """Run a read route's blocking service call (database reads, building the answer) in a thread, at most
-    ``TUNERY_API_READ_THREADS`` at once (8), not among anyio's default 40.
+    ``TUNERY_API_READ_THREADS`` at once (2 on SQLite, 8 on PostgreSQL), not among anyio's default 40.
 
     Few on purpose: that work holds the GIL nearly all the time, so more threads add no throughput, and each one
     waiting for the GIL delays the event loop's turn too (under load a /health answer then took seconds). The other

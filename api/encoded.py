@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+
 @dataclass(frozen=True)
 class Encoding:
     """How an object is sent: ``name`` keys the cache (one entry per object and encoding), ``encode`` builds it."""

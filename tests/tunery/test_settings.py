@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tunery.settings import ROLES, Settings
@@ -39,3 +41,10 @@ def test_allow_open_is_read_from_the_environment(monkeypatch):
     assert Settings().open_access_refusal("api") is not None
     monkeypatch.setenv("TUNERY_API_KEYS", "sk-a, sk-b")
     assert Settings().api_keys == ["sk-a", "sk-b"] and Settings().open_access_refusal("api") is None
+
+
+def test_the_read_threads_follow_the_metadata_store(tmp_path: Path) -> None:
+    """Few on SQLite (its reads hold the GIL), more on PostgreSQL (its reads wait on the network); a setting wins."""
+    assert Settings(data_dir=tmp_path).resolved_api_read_threads == 2
+    assert Settings(data_dir=tmp_path, database_url="postgresql://h/db").resolved_api_read_threads == 8
+    assert Settings(data_dir=tmp_path, api_read_threads=5).resolved_api_read_threads == 5
