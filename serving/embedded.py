@@ -226,3 +226,4 @@ class EmbeddedBackend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()  # every generation stops at its next token; nothing runs on after the server

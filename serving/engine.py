@@ -13,6 +13,10 @@ into ``cache_dir/adapters/<safe name>/`` on first use and loaded onto that one m
 request runs inside ``disable_adapter()``. A fully fine-tuned ``ft:`` model (a whole model under its prefix, no
 adapter) is downloaded the same way and loaded as a base model of its own. One generation at a time per base model:
 a lock is held across choosing the adapter and generating, so concurrent requests never see each other's adapter.
+
+Every call into the model (generating, loading or dropping an adapter) runs on the engine's one long-lived model
+thread: torch's CPU thread pool is kept per calling thread, and a new calling thread per request builds and tears one
+down each time. ``close()`` stops every generation at its next token and waits for that thread.
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from collections.abc import Generator as PyGenerator
-from collections.abc import Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from serving.adapters import AdapterCache, is_full_model, safe_adapter_name
-from serving.errors import AdapterNotFound, EngineError
+from serving.errors import AdapterNotFound, EngineError, ServingUnavailable
 from serving.sampling import SamplingParams
 from serving.text import Detokenizer, emittable, find_stop, normalize_messages
 from tunery.storage import ObjectStore
@@ -92,6 +97,10 @@ class ChatEngine(Protocol):
         """Tokens of the chat-templated prompt (with the generation prompt), as ``usage.prompt_tokens``."""
         ...
 
+    def close(self) -> None:
+        """Stop every generation and free the engine's threads (the server is shutting down)."""
+        ...
+
 
 @dataclass
 class _Base:
@@ -124,6 +133,10 @@ class _Job:
 @dataclass
 class _Failed:
     error: BaseException
+
+
+def _closing() -> ServingUnavailable:
+    return ServingUnavailable("The serving engine is shutting down; retry on another replica.", retry_after=1)
 
 
 def _norm_prefix(prefix: str | None) -> str:
@@ -177,18 +190,43 @@ class EmbeddedEngine:
         self.adapters = AdapterCache(store, self.cache_dir / "adapters")
         self._bases: dict[str, _Base] = {}
         self._bases_lock = threading.Lock()
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunery-model")
+        self._running: set[threading.Event] = set()  # the cancel events of the generations not yet finished
+        self._running_lock = threading.Lock()
+        self._closed = False
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        try:
+            if self._closed:
+                raise RuntimeError("closed")
+            return self._model_thread.submit(fn, *args)
+        except RuntimeError:
+            raise _closing() from None
+
+    def _on_model_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the model thread and return its result (or raise its error)."""
+        try:
+            return self._submit(fn, *args).result()
+        except CancelledError:  # closed before it ran
+            raise _closing() from None
+
+    def close(self) -> None:
+        """Stop every generation at its next token and wait for the model thread to finish."""
+        self._closed = True
+        with self._running_lock:
+            for cancel in self._running:
+                cancel.set()
+        self._model_thread.shutdown(wait=True, cancel_futures=True)
 
     # ----------------------------------------------------------------------------------- public interface
 
     def generate(self, ref: ModelRef, messages: list[dict], params: SamplingParams) -> Generation:
         job = self._prepare(ref, messages, params)
-        result: Generation | None = None
-        with job.base.lock:
-            for item in self._run(job, threading.Event()):
-                if isinstance(item, Generation):
-                    result = item
-        assert result is not None
-        return result
+        items: list[str | Generation] = []
+        self._on_model_thread(self._work, job, threading.Event(), items.append)
+        if not items or not isinstance(items[-1], Generation):  # cancelled by close()
+            raise _closing()
+        return items[-1]
 
     def stream(
         self, ref: ModelRef, messages: list[dict], params: SamplingParams
@@ -202,39 +240,53 @@ class EmbeddedEngine:
 
         def work() -> None:
             try:
-                with job.base.lock:
-                    for item in self._run(job, cancel):
-                        items.put(item)
+                self._work(job, cancel, items.put)
             except BaseException as e:
                 items.put(_Failed(e))
+            finally:  # read only when no Generation came: the engine closed mid-way
+                items.put(_Failed(_closing()))
 
-        worker = threading.Thread(target=work, name="tunery-generate", daemon=True)
-        worker.start()
+        future = self._submit(work)
+        future.add_done_callback(lambda f: items.put(_Failed(_closing())) if f.cancelled() else None)
         try:
             while True:
                 item = items.get()
                 if isinstance(item, _Failed):
-                    worker.join()
                     raise item.error
-                if isinstance(item, Generation):
-                    worker.join()  # it has finished; only the lock is left to release
-                    yield item
-                    return
                 yield item
+                if isinstance(item, Generation):
+                    return
         finally:
-            cancel.set()  # a consumer that stops early stops the worker at its next token
+            cancel.set()  # a consumer that stops early stops the generation at its next token
+
+    def _work(self, job: _Job, cancel: threading.Event, put: Callable[[str | Generation], None]) -> None:
+        """Generate (on the model thread), handing each item to ``put``; ``close()`` cancels it."""
+        with self._running_lock:
+            self._running.add(cancel)
+        try:
+            if self._closed:
+                cancel.set()
+            with job.base.lock:
+                for item in self._run(job, cancel):
+                    put(item)
+        finally:
+            with self._running_lock:
+                self._running.discard(cancel)
 
     def unload(self, adapter_name: str) -> None:
         safe = safe_adapter_name(adapter_name)
         with self._bases_lock:
             bases = list(self._bases.values())
         for base in bases:
-            with base.lock:
-                if safe in base.adapters:
-                    self._drop_adapter(base, safe)
-                    log.info("unloaded adapter %s from %s", adapter_name, base.name)
+            self._on_model_thread(self._unload_from, base, safe, adapter_name)
         self._drop_full_model(adapter_name)
         self.adapters.remove(adapter_name)
+
+    def _unload_from(self, base: _Base, safe: str, adapter_name: str) -> None:
+        with base.lock:
+            if safe in base.adapters:
+                self._drop_adapter(base, safe)
+                log.info("unloaded adapter %s from %s", adapter_name, base.name)
 
     def _drop_full_model(self, adapter_name: str) -> None:
         """Forget a fully fine-tuned model loaded as a base model of its own."""
@@ -265,7 +317,7 @@ class EmbeddedEngine:
             base = self._bases.setdefault(key, _Base(path=key, name=ref.base_name))
         with base.load_lock:
             if base.model is None:
-                self._load_base(base)
+                self._on_model_thread(self._load_base, base)
         return base
 
     def _load_model(self, base: _Base) -> Any:
@@ -365,12 +417,15 @@ class EmbeddedEngine:
             params.check(vocab_size=base.vocab_size)
         prompt_ids = self._encode(base, msgs)
         max_new = self._budget(base, len(prompt_ids), params)
-        if ref.adapter_name is not None:
-            with base.lock:  # load it now, so a bad adapter is an error before any token is streamed
-                self._ensure_adapter(base, ref)
+        if ref.adapter_name is not None:  # load it now, so a bad adapter is an error before any token is streamed
+            self._on_model_thread(self._ensure_adapter_locked, base, ref)
         return _Job(base=base, ref=ref, params=params, prompt_ids=prompt_ids, max_new=max_new)
 
     # ------------------------------------------------------------------------------------------ adapters
+
+    def _ensure_adapter_locked(self, base: _Base, ref: ModelRef) -> str:
+        with base.lock:
+            return self._ensure_adapter(base, ref)
 
     def _ensure_adapter(self, base: _Base, ref: ModelRef) -> str:
         """Load the request's adapter onto the base model unless it is there (call with base.lock held)."""

@@ -186,6 +186,46 @@ def test_closing_a_stream_early_stops_generation(engine: EmbeddedEngine, base: M
     assert engine.generate(base, HELLO, GREEDY).completion_tokens == 12
 
 
+def test_every_model_call_runs_on_one_thread_and_close_stops_them_all(
+    adapters: Adapters, base: ModelRef, tmp_path: Path
+) -> None:
+    """Generations, streams and adapter loads all run on the engine's one model thread (torch keeps its CPU thread
+    pool per calling thread); close() stops a running stream at its next token and refuses what comes after."""
+    import threading
+
+    from serving.errors import ServingUnavailable
+
+    engine = EmbeddedEngine(adapters.store, tmp_path / "cache", device="cpu")
+    engine.generate(base, HELLO, GREEDY)
+    loaded = loaded_base(engine, base)
+    threads: set[threading.Thread] = set()
+
+    def where(module: Any, args: Any, output: Any) -> None:
+        threads.add(threading.current_thread())
+        time.sleep(0.01)
+
+    handle = loaded.model.register_forward_hook(where)
+    with ThreadPoolExecutor(4) as pool:  # callers on several threads, as the API's are
+        done = list(pool.map(lambda ref: engine.generate(ref, HELLO, GREEDY), [base, ft(base, ONE), base]))
+        assert [g.completion_tokens for g in done] == [12, 12, 12]
+        assert (
+            collect(pool.submit(lambda: list(engine.stream(base, HELLO, GREEDY))).result())[1].completion_tokens == 12
+        )
+    assert len(threads) == 1 and next(iter(threads)).name.startswith("tunery-model"), threads
+    handle.remove()  # PeftModel wraps the base now: hook the model that runs
+    handle = loaded.model.register_forward_hook(where)
+
+    stream = engine.stream(base, HELLO, SamplingParams(max_tokens=500, temperature=0))
+    assert isinstance(next(stream), str)
+    engine.close()  # waits for the model thread: the stream was stopped at its next token
+    assert not next(iter(threads)).is_alive()
+    with pytest.raises(ServingUnavailable):
+        list(stream)  # what it had made, then the news that it was stopped
+    with pytest.raises(ServingUnavailable):
+        engine.generate(base, HELLO, GREEDY)
+    handle.remove()
+
+
 def test_unload_and_missing_adapters(engine: EmbeddedEngine, base: ModelRef, adapters: Adapters) -> None:
     ref_one, ref_two = ft(base, ONE), ft(base, TWO)
     two = engine.generate(ref_two, HELLO, GREEDY).text
