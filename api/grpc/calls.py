@@ -26,6 +26,8 @@ AL = "/v1/tunery/aliases"
 REST_TWIN: dict[str, tuple[str, str]] = {
     "ChatService/CreateChatCompletion": ("POST", "/v1/chat/completions"),
     "ChatService/StreamChatCompletion": ("POST", "/v1/chat/completions"),
+    "ChatService/CreateCompletion": ("POST", "/v1/completions"),
+    "ChatService/StreamCompletion": ("POST", "/v1/completions"),
     "ModelService/ListModels": ("GET", "/v1/models"),
     "ModelService/GetModel": ("GET", "/v1/models/{model:path}"),
     "ModelService/DeleteModel": ("DELETE", "/v1/models/{model:path}"),

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import Message
+from pydantic import BaseModel
 
 from api.auth import Principal
 from api.context import AppContext, Tenant, run_read
@@ -24,7 +26,7 @@ from api.protocol.aliases import (
     RollbackAliasRequest,
     UpdateAliasRequest,
 )
-from api.protocol.chat import ChatCompletion, ChatCompletionRequest
+from api.protocol.chat import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, SamplingRequest
 from api.protocol.files import CreateFileRequest, ListFilesRequest
 from api.protocol.jobs import CreateJob, ListJobCheckpointsRequest, ListJobEventsRequest, ListJobsRequest
 from api.services.aliases import AliasService
@@ -45,6 +47,7 @@ from tunery.v1 import models_pb2 as models_pb
 from tunery.v1 import models_pb2_grpc as models_grpc
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 Context: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
 SPOOL_MEMORY_BYTES = 1 << 20  # an upload past this is spooled to disk
 DOWNLOAD_CHUNK = 1 << 20  # a DownloadFile message's most bytes: well under the message size limit
@@ -346,30 +349,53 @@ def _sse_payloads(events: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
     return payloads()
 
 
+# How each ChatService RPC reads its request and calls the chat service: (request model, whole answer type, call).
+_COMPLETIONS: dict[str, tuple[type[SamplingRequest], type[BaseModel], Callable[..., Awaitable[Any]]]] = {
+    "Chat": (ChatCompletionRequest, ChatCompletion, ChatService.chat_completion),
+    "": (CompletionRequest, Completion, ChatService.completion),
+}
+
+
 class ChatServicer(_Servicer, chat_grpc.ChatServiceServicer):
-    @staticmethod
-    def _request(request: chat_pb.CreateChatCompletionRequest, stream: bool) -> ChatCompletionRequest:
-        return ChatCompletionRequest.model_validate({**message_dict(request), "stream": stream})
+    """Chat and legacy completions: the request message read as REST's JSON body, the answer (or each streamed
+    event) written as its message."""
+
+    async def _whole(self, kind: str, request: Message, message: type[M], context: Context) -> Any:
+        model, answer_type, call = _COMPLETIONS[kind]
+
+        async def run(p: Principal) -> M:
+            req = model.model_validate({**message_dict(request), "stream": False})
+            answer = await call(ChatService(self.ctx, p.tenant(self.ctx.settings)), req)
+            assert isinstance(answer, answer_type)
+            return to_message(answer, message, engine=True)
+
+        return await self.calls.unary(f"ChatService/Create{kind}Completion", context, run)
+
+    async def _streamed(self, kind: str, request: Message, message: type[M], context: Context) -> AsyncIterator[M]:
+        model, answer_type, call = _COMPLETIONS[kind]
+
+        def first(p: Principal) -> SamplingRequest:
+            return model.model_validate({**message_dict(request), "stream": True})
+
+        async def rest(p: Principal, req: SamplingRequest) -> AsyncIterator[M]:
+            answer = await call(ChatService(self.ctx, p.tenant(self.ctx.settings)), req)
+            assert not isinstance(answer, answer_type)
+            async for payload in _sse_payloads(answer):
+                yield to_message(payload, message, engine=True)
+
+        async for item in self.calls.stream(f"ChatService/Stream{kind}Completion", context, first, rest):
+            yield item
 
     async def CreateChatCompletion(self, request: chat_pb.CreateChatCompletionRequest, context: Context) -> Any:
-        async def run(p: Principal) -> chat_pb.ChatCompletion:
-            answer = await ChatService(self.ctx, p.tenant(self.ctx.settings)).chat_completion(
-                self._request(request, False)
-            )
-            assert isinstance(answer, ChatCompletion)
-            return to_message(answer, chat_pb.ChatCompletion, engine=True)
-
-        return await self.calls.unary("ChatService/CreateChatCompletion", context, run)
+        return await self._whole("Chat", request, chat_pb.ChatCompletion, context)
 
     async def StreamChatCompletion(self, request: chat_pb.CreateChatCompletionRequest, context: Context) -> Any:
-        def first(p: Principal) -> ChatCompletionRequest:
-            return self._request(request, True)
-
-        async def rest(p: Principal, req: ChatCompletionRequest) -> AsyncIterator[chat_pb.ChatCompletionChunk]:
-            answer = await ChatService(self.ctx, p.tenant(self.ctx.settings)).chat_completion(req)
-            assert not isinstance(answer, ChatCompletion)
-            async for payload in _sse_payloads(answer):
-                yield to_message(payload, chat_pb.ChatCompletionChunk, engine=True)
-
-        async for chunk in self.calls.stream("ChatService/StreamChatCompletion", context, first, rest):
+        async for chunk in self._streamed("Chat", request, chat_pb.ChatCompletionChunk, context):
             yield chunk
+
+    async def CreateCompletion(self, request: chat_pb.CreateCompletionRequest, context: Context) -> Any:
+        return await self._whole("", request, chat_pb.Completion, context)
+
+    async def StreamCompletion(self, request: chat_pb.CreateCompletionRequest, context: Context) -> Any:
+        async for part in self._streamed("", request, chat_pb.Completion, context):
+            yield part

@@ -228,6 +228,19 @@ REFUSALS = [
         body={"name": "ok", "model": "ft:nope"},
     ),
     Case("AliasService/ListAliases", lambda o: apb.ListAliasesRequest(limit=0), AL, {"limit": 0}),
+    # Legacy completions need vLLM: the embedded engine refuses them (tests/serving/test_vllm.py serves them).
+    Case(
+        "ChatService/CreateCompletion",
+        lambda o: cpb.CreateCompletionRequest(model=TINY, prompt=HI, max_tokens=2),
+        "/v1/completions",
+        body={"model": TINY, "prompt": "Hi", "max_tokens": 2},
+    ),
+    Case(
+        "ChatService/CreateCompletion",
+        lambda o: cpb.CreateCompletionRequest(model="nope", prompt=HI),
+        "/v1/completions",
+        body={"model": "nope", "prompt": "Hi"},
+    ),
 ]
 
 
@@ -512,6 +525,12 @@ def test_chat_answers_what_rest_answers_whole_and_streamed(api: Api) -> None:
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == answer.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
+    legacy = cpb.CreateCompletionRequest(model=TINY, prompt=HI, max_tokens=2)
+    with pytest.raises(grpc.RpcError) as caught:  # a stream is refused as REST refuses it, before its first part
+        list(api.call("ChatService/StreamCompletion", legacy))
+    refused = api.server.http.post("/v1/completions", json={"model": TINY, "prompt": "Hi", "stream": True}).json()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == refused["error"]["message"]
 
 
 def test_rate_limits_count_grpc_calls_too(tiny_server_factory: Callable[..., RunningServer]) -> None:

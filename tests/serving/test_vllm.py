@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import openai
 import pytest
+from google.protobuf import json_format, struct_pb2
 from sqlalchemy import select
 
 from serving.adapters import safe_adapter_name
@@ -29,6 +31,8 @@ from tests.vllm_server import VLLMServer, run_vllm, vllm_python
 from tunery.db import FineTunedModel
 from tunery.settings import Settings
 from tunery.storage import store_environment
+from tunery.v1 import chat_pb2 as cpb
+from tunery.v1 import chat_pb2_grpc
 
 pytestmark = pytest.mark.vllm
 
@@ -218,6 +222,21 @@ def test_openai_surface_passes_through(srv: Any, vllm: VLLMServer, vllm_model_di
     streamed = list(client.completions.create(model=model, prompt="Once upon a time", max_tokens=5, temperature=0,
                                               stream=True))  # fmt: skip
     assert "".join(c.choices[0].text for c in streamed if c.choices) == legacy.choices[0].text
+    # The same over the public gRPC API, whole and streamed, and a prompt of token ids as REST takes it.
+    by_ids = client.completions.create(model=model, prompt=[100, 200, 300], max_tokens=4, temperature=0)
+    with grpc.insecure_channel(srv.grpc_address) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        prompt = struct_pb2.Value(string_value="Once upon a time")
+        request = cpb.CreateCompletionRequest(model=model, prompt=prompt, max_tokens=5, temperature=0)
+        whole = stub.CreateCompletion(request, timeout=60)
+        assert whole.object == "text_completion" and whole.model == model
+        assert whole.choices[0].text == legacy.choices[0].text and whole.usage.completion_tokens == 5
+        parts = list(stub.StreamCompletion(request, timeout=60))
+        assert all(p.object == "text_completion" for p in parts)
+        assert "".join(p.choices[0].text for p in parts if p.choices) == legacy.choices[0].text
+        ids = json_format.ParseDict([100, 200, 300], struct_pb2.Value())
+        request = cpb.CreateCompletionRequest(model=model, prompt=ids, max_tokens=4, temperature=0)
+        assert stub.CreateCompletion(request, timeout=60).choices[0].text == by_ids.choices[0].text
 
     # No default cap: without max_tokens the answer may run to the context (512 here), as OpenAI's may.
     long = client.chat.completions.create(model=model, messages=hi, temperature=1.0, seed=5)

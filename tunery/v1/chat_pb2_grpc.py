@@ -44,6 +44,16 @@ class ChatServiceStub:
                 request_serializer=tunery_dot_v1_dot_chat__pb2.CreateChatCompletionRequest.SerializeToString,
                 response_deserializer=tunery_dot_v1_dot_chat__pb2.ChatCompletionChunk.FromString,
                 _registered_method=True)
+        self.CreateCompletion = channel.unary_unary(
+                '/tunery.v1.ChatService/CreateCompletion',
+                request_serializer=tunery_dot_v1_dot_chat__pb2.CreateCompletionRequest.SerializeToString,
+                response_deserializer=tunery_dot_v1_dot_chat__pb2.Completion.FromString,
+                _registered_method=True)
+        self.StreamCompletion = channel.unary_stream(
+                '/tunery.v1.ChatService/StreamCompletion',
+                request_serializer=tunery_dot_v1_dot_chat__pb2.CreateCompletionRequest.SerializeToString,
+                response_deserializer=tunery_dot_v1_dot_chat__pb2.Completion.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -63,6 +73,20 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCompletion(self, request, context):
+        """A legacy text completion, as OpenAI's /v1/completions (served by vLLM; the embedded engine refuses it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamCompletion(self, request, context):
+        """The same completion as it is generated: `text_completion` messages, then the end of the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +99,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.StreamChatCompletion,
                     request_deserializer=tunery_dot_v1_dot_chat__pb2.CreateChatCompletionRequest.FromString,
                     response_serializer=tunery_dot_v1_dot_chat__pb2.ChatCompletionChunk.SerializeToString,
+            ),
+            'CreateCompletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCompletion,
+                    request_deserializer=tunery_dot_v1_dot_chat__pb2.CreateCompletionRequest.FromString,
+                    response_serializer=tunery_dot_v1_dot_chat__pb2.Completion.SerializeToString,
+            ),
+            'StreamCompletion': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamCompletion,
+                    request_deserializer=tunery_dot_v1_dot_chat__pb2.CreateCompletionRequest.FromString,
+                    response_serializer=tunery_dot_v1_dot_chat__pb2.Completion.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +165,60 @@ class ChatService:
             '/tunery.v1.ChatService/StreamChatCompletion',
             tunery_dot_v1_dot_chat__pb2.CreateChatCompletionRequest.SerializeToString,
             tunery_dot_v1_dot_chat__pb2.ChatCompletionChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunery.v1.ChatService/CreateCompletion',
+            tunery_dot_v1_dot_chat__pb2.CreateCompletionRequest.SerializeToString,
+            tunery_dot_v1_dot_chat__pb2.Completion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tunery.v1.ChatService/StreamCompletion',
+            tunery_dot_v1_dot_chat__pb2.CreateCompletionRequest.SerializeToString,
+            tunery_dot_v1_dot_chat__pb2.Completion.FromString,
             options,
             channel_credentials,
             insecure,
