@@ -164,12 +164,15 @@ def verify_archive(path: str) -> list[str]:
     manifest's SHA-256; returns the problems (none: every file is the trainer's). A cut or corrupt archive raises
     (``EOFError``, ``OSError``, ``tarfile.TarError``)."""
     seen: dict[str, str] = {}
+    tops: set[str] = set()
     manifest: object = None
     with gzip.open(path, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
-            name = member.name.split("/", 1)[-1]
+            top, _, name = member.name.removeprefix("./").partition("/")
+            tops.add(top if name else "")  # "": a file outside any folder
+            name = name or top
             f = tar.extractfile(member)
             assert f is not None  # a regular file
             if name == MANIFEST:
@@ -184,6 +187,8 @@ def verify_archive(path: str) -> list[str]:
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict):
         return [f"no {MANIFEST} listing the files"]
+    if len(tops) != 1 or "" in tops:  # what `tunery models download` writes: one folder named after the model
+        return [f"the files are not in one top folder (found: {', '.join(sorted(t or '.' for t in tops))})"]
     problems = [f"{name}: missing" for name in files if name not in seen]
     problems += [
         f"{name}: SHA-256 differs from the manifest's" for name in files if seen.get(name, files[name]) != files[name]

@@ -263,12 +263,12 @@ def test_tunery_models_download(world: World, tmp_path: Path) -> None:
 def test_verify_archive_finds_a_file_that_is_not_its_manifests(tmp_path: Path) -> None:
     """What `tunery models download` checks before it keeps a file: every file the manifest lists, with its hash."""
 
-    def archive(files: dict[str, bytes], manifest_files: dict[str, str]) -> str:
+    def archive(files: dict[str, bytes], manifest_files: dict[str, str], top: str = "top/") -> str:
         path = tmp_path / "a.tar.gz"
         members = {**files, MANIFEST: json.dumps({"files": manifest_files}).encode()}
         with tarfile.open(path, "w:gz") as tar:
             for name, data in members.items():
-                info = tarfile.TarInfo(f"top/{name}")
+                info = tarfile.TarInfo(name if "/" in name else f"{top}{name}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
         return str(path)
@@ -279,6 +279,12 @@ def test_verify_archive_finds_a_file_that_is_not_its_manifests(tmp_path: Path) -
         "w.safetensors: SHA-256 differs from the manifest's"
     ]
     assert verify_archive(archive({}, {"w.safetensors": good})) == ["w.safetensors: missing"]
+    # The files of one model in one folder, as `tunery models download` writes them; `export` unpacks that folder.
+    assert verify_archive(archive({"w.safetensors": b"weights"}, {"w.safetensors": good}, top="")) == [
+        "the files are not in one top folder (found: .)"
+    ]
+    two = archive({"w.safetensors": b"weights", "other/x.txt": b"x"}, {"w.safetensors": good})
+    assert verify_archive(two) == ["the files are not in one top folder (found: other, top)"]
     whole = Path(archive({"w.safetensors": b"weights"}, {"w.safetensors": good})).read_bytes()
     for cut in (whole[: len(whole) // 2], whole[:-4]):  # cut mid-file, or only gzip's trailer missing
         (tmp_path / "cut.tar.gz").write_bytes(cut)
