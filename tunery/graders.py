@@ -13,8 +13,9 @@ the reinforcement trainer will later (docs/graders.md).
   stage needs data that is not shipped, so it matches no synonyms), rouge_1..rouge_5 and rouge_l (Google's
   ``rouge-score``, F-measure, no stemming). ``cosine`` needs an embedding model, and none is configured: refused.
 - ``multi``: named sub-graders and a ``calculate_output`` formula, evaluated on floats by a walk of its syntax tree
-  (never ``eval``): numbers, the sub-graders' names, ``+ - * /``, ``**`` or ``^`` for a power, unary minus,
-  parentheses and min, max, abs, floor, ceil, exp, sqrt, log.
+  (never ``eval``): numbers, the sub-graders' names, ``+ - * /``, ``**`` or ``^`` for a power (binding as one),
+  unary minus, parentheses and min, max, abs, floor, ceil, exp, sqrt, log; on floats bounded by ±1e15, so
+  ``10 ** 10 ** 10`` is refused at once instead of computed for hours.
 - ``python``, ``score_model`` and ``label_model`` are checked as well-formed but not run (:class:`GraderNotRunnable`):
   the first needs an isolated sandbox, the others a judge model served by Tunery.
 """
@@ -447,7 +448,6 @@ _BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Mult: lambda a, b: a * b,
     ast.Div: lambda a, b: a / b,
     ast.Pow: lambda a, b: a**b,
-    ast.BitXor: lambda a, b: a**b,  # OpenAI's guide writes a power as ^
 }
 
 
@@ -485,7 +485,7 @@ def _evaluate(node: ast.expr, values: dict[str, float]) -> float:
         return -x if isinstance(node.op, ast.USub) else x
     if isinstance(node, ast.BinOp):
         a, b = _evaluate(node.left, values), _evaluate(node.right, values)
-        if isinstance(node.op, ast.Pow | ast.BitXor) and a == 0 and b < 0:
+        if isinstance(node.op, ast.Pow) and a == 0 and b < 0:
             raise ZeroDivisionError("zero to a negative power")
         try:
             result = _BINARY[type(node.op)](a, b)
@@ -509,7 +509,8 @@ def parse_formula(text: str, names: set[str], param: str = "calculate_output") -
     if len(text) > MAX_FORMULA_CHARS:
         raise FormulaError(f"Invalid formula in '{param}': longer than {MAX_FORMULA_CHARS} characters.", param)
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        # OpenAI's guide writes a power as ^: read as **, so it binds as a power does (Python's ^ binds below + and *).
+        tree = ast.parse(text.strip().replace("^", "**"), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         msg = e.msg if isinstance(e, SyntaxError) else str(e)
         raise FormulaError(f"Invalid formula in '{param}': it does not parse ({msg}).", param) from None

@@ -331,6 +331,8 @@ def test_multi_combines_named_sub_graders_with_its_formula() -> None:
         "max(exact, close)": 0.8,
         "min(exact, close, 1)": 0.0,
         "close ^ 2": 0.64,  # OpenAI's guide writes a power as ^
+        "0.5 * exact + 0.5 * close ^ 2": 0.32,  # and it binds as a power, not as Python's ^ (0.16)
+        "-close ^ 2 + 1": 0.36,
         "close ** 2": 0.64,
         "-close + 1": 0.2,
         "abs(exact - close)": 0.8,
