@@ -15,6 +15,7 @@ from api import (
     errors,
     estimates,
     files,
+    graders,
     jobs,
     models,
     organization,
@@ -95,7 +96,8 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (files, uploads, estimates, jobs, pause, permissions, models, aliases, chat, organization, audit):
+    modules = (files, uploads, estimates, jobs, pause, permissions, models, aliases, chat, graders, organization, audit)
+    for module in modules:
         app.include_router(module.router, prefix="/v1")
 
     # A coroutine: a probe's answer must not wait for a thread of the pool, which a busy API keeps full.

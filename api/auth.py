@@ -39,8 +39,15 @@ from tunery.tenancy import KeyRegistry, find_key, note_use
 
 PRINCIPAL_SCOPE_KEY = "tunery.principal"
 ADMIN_PREFIX = "/v1/organization/"
-# POST routes that only read: a reader may call them.
-READ_POSTS = frozenset({"/v1/chat/completions", "/v1/completions"})
+# POSTs that change nothing: a reader may call them (inference, and graders, which read and store nothing).
+READ_POSTS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/fine_tuning/alpha/graders/run",
+        "/v1/fine_tuning/alpha/graders/validate",
+    }
+)
 # Routes only a project's owner (for its project's models) and the organization's admin may call: sharing models.
 OWNER_ONLY_PREFIX = "/v1/fine_tuning/checkpoints/"
 # Admin routes a project's owner may call for its own project ({project_id} in the path).

@@ -99,6 +99,12 @@ ROUTES = [
 # The routes without an id: lists (each shows B none of A's objects) and creations (a 403 for a reader).
 LISTS = {"/v1/files", "/v1/fine_tuning/jobs", "/v1/models", AL}
 CREATIONS = {("POST", "/v1/files"), ("POST", "/v1/uploads")}
+# Routes that read and store nothing of any project (graders): every role may call them, with no ids to try.
+GRADER = {"type": "string_check", "name": "g", "input": "{{sample.output_text}}", "reference": "a", "operation": "eq"}
+STATELESS = {
+    ("POST", "/v1/fine_tuning/alpha/graders/run"): {"grader": GRADER, "model_sample": "a"},
+    ("POST", "/v1/fine_tuning/alpha/graders/validate"): {"grader": GRADER},
+}
 
 
 def app_routes(app: Any) -> set[tuple[str, str]]:
@@ -179,7 +185,7 @@ def two_projects(tiny_server_factory):  # type: ignore[no-untyped-def]
 
 def test_the_table_covers_every_route(two_projects):
     srv, _, _ = two_projects
-    tabled = {(r.method, r.template) for r in ROUTES} | {("GET", p) for p in LISTS} | CREATIONS
+    tabled = {(r.method, r.template) for r in ROUTES} | {("GET", p) for p in LISTS} | CREATIONS | set(STATELESS)
     assert app_routes(srv.app) == tabled
 
 
@@ -227,6 +233,8 @@ def test_a_reader_reads_and_may_not_write(two_projects):
         assert srv.http.request(method, path, headers=reader).status_code == 403, path
     for path in LISTS:
         assert srv.http.get(path, headers=reader).status_code == 200, path
+    for (method, path), body in STATELESS.items():
+        assert srv.http.request(method, path, json=body, headers=reader).status_code == 200, path
     # Nothing the reader tried changed anything.
     assert srv.http.get(f"/v1/files/{ids['file']}", headers=reader).status_code == 200
     assert srv.http.get(f"{T}/{ids['job']}", headers=reader).json()["status"] in ("validating_files", "queued")
