@@ -244,11 +244,33 @@ _SUB: dict[str, type[GraderObject]] = {
 
 
 # ---- parsing and checking -----------------------------------------------------------------------------------------
+_UNION_MEMBERS = {"str", "int", "float", "bool", "none", "list", "dict"}
+
+
 def _param(where: str, loc: tuple[Any, ...]) -> str:
-    out = where
+    """A pydantic error location as OpenAI's ``param``, without the union members pydantic names in it
+    (``str``, ``tagged-union[...]`` and the tag after it)."""
+    out, after_tag_union = where, False
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _UNION_MEMBERS or any(c in part for c in "[]-("):
+            after_tag_union = "tagged-union[" in part  # the tag follows (after a list's index, for a list of them)
+            continue
+        elif after_tag_union:
+            after_tag_union = False  # the tag itself: the part's type, not a field
+        else:
+            out += f".{part}"
     return out
+
+
+def _most_specific(errors: list[Any], where: str) -> tuple[Any, str]:
+    """Of pydantic's errors, the deepest under the first one's field: where a value fits none of a union's members,
+    the member it nearly fits says more than "should be a valid string"."""
+    first = _param(where, tuple(errors[0]["loc"]))
+    same = [e for e in errors if _param(where, tuple(e["loc"])).startswith(first)]
+    best = max(same, key=lambda e: len(_param(where, tuple(e["loc"]))))
+    return best, _param(where, tuple(best["loc"]))
 
 
 def _one(data: Any, where: str, kinds: dict[str, type[GraderObject]]) -> AnyGrader:
@@ -267,8 +289,7 @@ def _one(data: Any, where: str, kinds: dict[str, type[GraderObject]]) -> AnyGrad
     try:
         grader: AnyGrader = cls.model_validate(data)  # type: ignore[assignment]
     except ValidationError as e:
-        first = e.errors()[0]
-        param = _param(where, tuple(first["loc"]))
+        first, param = _most_specific(e.errors(), where)
         if first["type"] == "missing":
             raise GraderError(f"Missing required parameter: '{param}'.", param) from None
         raise GraderError(f"Invalid value for '{param}': {first['msg']}.", param) from None

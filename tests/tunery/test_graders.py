@@ -130,6 +130,28 @@ def test_what_the_sample_or_item_lacks_is_an_error_flag_and_no_reward() -> None:
             "Input should be",
         ),
         (
+            {
+                "type": "score_model",
+                "name": "j",
+                "model": "m",
+                "input": [
+                    {"role": "user", "content": {"type": "input_audio", "input_audio": {"data": "", "format": "ogg"}}}
+                ],
+            },
+            "grader.input[0].content.input_audio.format",  # the content part it nearly is, not "should be a string"
+            "Input should be 'mp3' or 'wav'",
+        ),
+        (
+            {
+                "type": "score_model",
+                "name": "j",
+                "model": "m",
+                "input": [{"role": "user", "content": [{"type": "input_text"}]}],
+            },
+            "grader.input[0].content[0].text",
+            "Missing required parameter",
+        ),
+        (
             {"type": "multi", "name": "m", "graders": {"a": check("x", "y", "eq")}},
             "grader.calculate_output",
             "Missing required parameter",
