@@ -12,6 +12,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -261,11 +262,18 @@ def health_app(scheduler, metrics: Metrics | None):  # type: ignore[no-untyped-d
     return app
 
 
+def uvicorn_options(host: str, port: int) -> dict[str, Any]:
+    """The arguments ``tunery serve`` gives ``uvicorn.run`` (bench/api_load.py serves its bare reference with them
+    too). The event loop and the HTTP parser are uvicorn's ``auto``: uvloop and httptools, dependencies (see
+    pyproject.toml), else asyncio and h11."""
+    return {"host": host, "port": port, "log_level": "info", "access_log": False, "loop": "auto", "http": "auto"}
+
+
 def serve(settings: Settings, role: str = "all") -> None:
     import uvicorn
 
     app, shutdown = build(settings, role=role)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+        uvicorn.run(app, **uvicorn_options(settings.host, settings.port))
     finally:
         shutdown()

@@ -225,10 +225,26 @@ def free_port() -> int:
 
 
 def uvicorn_run(app: Any, port: int) -> None:
-    """``uvicorn.run`` with the arguments ``tunery serve`` gives it (api/server.py's ``serve``)."""
+    """``uvicorn.run`` with the arguments ``tunery serve`` gives it (api/server.py's ``uvicorn_options``: uvloop and
+    httptools when installed, as for Tunery)."""
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info", access_log=False)
+    from api.server import uvicorn_options
+
+    uvicorn.run(app, **uvicorn_options("127.0.0.1", port))
+
+
+def server_stack() -> str:
+    """The event loop and HTTP parser uvicorn's ``auto`` picks in this interpreter (the servers' too)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        loop = "asyncio"
+    else:
+        loop = "uvloop"
+    return f"{loop} + {AutoHTTPProtocol.__name__}"
 
 
 def serve_bare(port: int) -> None:
@@ -655,7 +671,8 @@ def main() -> None:
                 f"{args.store}: {len(seeded.job_ids):,} jobs, {seeded.events:,} events, {len(seeded.file_ids)} files, "
                 f"{seeded.models} models stored in {seeded.seconds:.1f} s; {args.clients} clients "
                 f"({connections} connections), {args.seconds:.0f} s after {args.warmup:.0f} s of warm-up, "
-                f"{'with' if args.with_training else 'without'} training; {os.cpu_count()} cores, "
+                f"{'with' if args.with_training else 'without'} training; servers on {server_stack()}; "
+                f"{os.cpu_count()} cores, "
                 f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
                 flush=True,
             )
