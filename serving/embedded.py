@@ -11,7 +11,6 @@ clear 400 naming the parameter; the vLLM backend serves all of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import threading
@@ -72,12 +71,11 @@ def _usage(g: Generation) -> dict[str, int]:
 
 
 def _close(stream: Iterator[Any]) -> None:
-    """Close the engine's stream: its worker stops at the next token. A stream busy in a worker thread (the client
-    left while a token was on its way) cannot be closed now; it is closed when it is garbage-collected."""
+    """Close the engine's stream: its generation stops at the next token. Safe from any thread, also while a pool
+    thread waits in its ``next()`` (serving.engine.Stream)."""
     close = getattr(stream, "close", None)
     if close is not None:
-        with contextlib.suppress(ValueError):  # "generator already executing"
-            close()
+        close()
 
 
 def _finish(release: Callable[[], None], stream: Iterator[Any]) -> None:

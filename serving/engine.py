@@ -28,7 +28,6 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from collections.abc import Generator as PyGenerator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +84,8 @@ class ChatEngine(Protocol):
         """Yield text deltas (str), then one Generation with the full text, finish_reason and usage.
 
         Lazy: nothing happens before the first ``next()``, which raises EngineError for a bad request.
-        Closing the iterator early (client disconnect) stops the generation.
+        Closing the iterator early (client disconnect) stops the generation; ``close()`` is safe from any thread,
+        also while another thread waits in ``next()``.
         """
         ...
 
@@ -133,6 +133,65 @@ class _Job:
 @dataclass
 class _Failed:
     error: BaseException
+
+
+class Stream:
+    """One streamed generation: an iterator of text deltas (str), then one Generation.
+
+    Lazy: the request is checked (and its model loaded) on the first ``next()``, in the caller's thread, which raises
+    EngineError for a bad request. The tokens come from the engine's model thread through a queue. ``close()`` may be
+    called from any thread, also while another thread waits in ``next()``: the generation stops at its next token
+    and the waiting ``next()`` ends the iteration. (Not a generator: closing a generator that another thread is
+    running is not safe in CPython 3.11, and crashed the interpreter.) Dropping the stream closes it."""
+
+    _CLOSED = object()
+
+    def __init__(
+        self,
+        prepare: Callable[[], _Job],
+        start: Callable[[_Job, threading.Event, Callable[[object], None]], None],
+    ):
+        self._prepare = prepare
+        self._start = start
+        self._cancel = threading.Event()
+        self._items: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._started = False
+        self._done = False
+        self._closed = False  # by its consumer (the engine's close() only cancels: the consumer then hears why)
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> str | Generation:
+        if self._done or self._closed:
+            raise StopIteration
+        if not self._started:
+            self._started = True
+            try:
+                job = self._prepare()
+            except BaseException:
+                self._done = True
+                raise
+            self._start(job, self._cancel, self._items.put)
+        item = self._items.get()
+        if item is Stream._CLOSED:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, _Failed):
+            self._done = True
+            raise item.error
+        assert isinstance(item, str | Generation)
+        self._done = isinstance(item, Generation)
+        return item
+
+    def close(self) -> None:
+        """Stop the generation at its next token; a thread waiting in ``next()`` gets the end of the iteration."""
+        self._closed = True
+        self._cancel.set()
+        self._items.put(Stream._CLOSED)
+
+    def __del__(self) -> None:
+        self._cancel.set()
 
 
 def _closing() -> ServingUnavailable:
@@ -228,36 +287,24 @@ class EmbeddedEngine:
             raise _closing()
         return items[-1]
 
-    def stream(
-        self, ref: ModelRef, messages: list[dict], params: SamplingParams
-    ) -> PyGenerator[str | Generation, None, None]:
-        # A generator: the request is checked (and the model loaded) on the first next(), in the caller's
-        # thread; the tokens come from a worker thread that holds the base model's lock and stops at the
-        # next token once this iterator is closed or dropped.
-        job = self._prepare(ref, messages, params)
-        cancel = threading.Event()
-        items: queue.SimpleQueue[str | Generation | _Failed] = queue.SimpleQueue()
+    def stream(self, ref: ModelRef, messages: list[dict], params: SamplingParams) -> Stream:
+        """The items of one generation as the model thread makes them (see :class:`Stream`)."""
+        return Stream(lambda: self._prepare(ref, messages, params), self._start)
+
+    def _start(self, job: _Job, cancel: threading.Event, put: Callable[[object], None]) -> None:
+        """Generate ``job`` on the model thread, handing each item to ``put`` and then, if no Generation came (the
+        engine closed mid-way), a failure."""
 
         def work() -> None:
             try:
-                self._work(job, cancel, items.put)
+                self._work(job, cancel, put)
             except BaseException as e:
-                items.put(_Failed(e))
-            finally:  # read only when no Generation came: the engine closed mid-way
-                items.put(_Failed(_closing()))
+                put(_Failed(e))
+            finally:  # read only when no Generation came
+                put(_Failed(_closing()))
 
         future = self._submit(work)
-        future.add_done_callback(lambda f: items.put(_Failed(_closing())) if f.cancelled() else None)
-        try:
-            while True:
-                item = items.get()
-                if isinstance(item, _Failed):
-                    raise item.error
-                yield item
-                if isinstance(item, Generation):
-                    return
-        finally:
-            cancel.set()  # a consumer that stops early stops the generation at its next token
+        future.add_done_callback(lambda f: put(_Failed(_closing())) if f.cancelled() else None)
 
     def _work(self, job: _Job, cancel: threading.Event, put: Callable[[str | Generation], None]) -> None:
         """Generate (on the model thread), handing each item to ``put``; ``close()`` cancels it."""

@@ -186,6 +186,41 @@ def test_closing_a_stream_early_stops_generation(engine: EmbeddedEngine, base: M
     assert engine.generate(base, HELLO, GREEDY).completion_tokens == 12
 
 
+def test_a_stream_is_closed_from_another_thread_while_one_waits_for_its_next_token(
+    engine: EmbeddedEngine, base: ModelRef
+) -> None:
+    """What the API does when a client leaves: its event loop closes the stream while a pool thread waits in next().
+    Closing a generator that another thread runs is not safe (it crashed the interpreter in CI); a Stream's close()
+    is: the waiting next() ends the iteration and the generation stops at its next token."""
+    import threading
+
+    engine.generate(base, HELLO, GREEDY)  # loaded
+    loaded = loaded_base(engine, base)
+    calls: list[int] = []
+
+    def slow(module: Any, args: Any, output: Any) -> None:
+        calls.append(1)
+        time.sleep(0.3)
+
+    handle = loaded.model.register_forward_hook(slow)
+    try:
+        stream = engine.stream(base, HELLO, SamplingParams(max_tokens=200, temperature=0))
+        assert isinstance(next(stream), str)
+        got: list[Any] = []
+        waiting = threading.Thread(target=lambda: got.append(next(stream, "ended")))
+        waiting.start()
+        time.sleep(0.05)  # it waits for the next token
+        stream.close()
+        waiting.join(timeout=5)
+        assert not waiting.is_alive() and got == ["ended"]
+        assert loaded.lock.acquire(timeout=5)  # the generation stopped and let go of the model
+        loaded.lock.release()
+        assert len(calls) < 10
+        assert next(stream, "ended") == "ended"
+    finally:
+        handle.remove()
+
+
 def test_every_model_call_runs_on_one_thread_and_close_stops_them_all(
     adapters: Adapters, base: ModelRef, tmp_path: Path
 ) -> None:
