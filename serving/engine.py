@@ -168,11 +168,10 @@ class Stream:
         if not self._started:
             self._started = True
             try:
-                job = self._prepare()
-            except BaseException:
+                self._start(self._prepare(), self._cancel, self._items.put)
+            except BaseException:  # a bad request, or an engine that is shutting down: nothing will come
                 self._done = True
                 raise
-            self._start(job, self._cancel, self._items.put)
         item = self._items.get()
         if item is Stream._CLOSED:
             self._done = True

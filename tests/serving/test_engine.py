@@ -258,6 +258,10 @@ def test_every_model_call_runs_on_one_thread_and_close_stops_them_all(
         list(stream)  # what it had made, then the news that it was stopped
     with pytest.raises(ServingUnavailable):
         engine.generate(base, HELLO, GREEDY)
+    late = engine.stream(base, HELLO, GREEDY)
+    with pytest.raises(ServingUnavailable):
+        next(late)
+    assert next(late, "ended") == "ended"  # refused once, then ended: never a wait for items that cannot come
     handle.remove()
 
 
