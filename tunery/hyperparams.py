@@ -8,6 +8,8 @@
 - ``learning_rate_multiplier``: 1.0. The learning rate is the method's base rate for the adapter
   (:class:`tunery.methods.MethodInfo`) x multiplier.
 - ``beta`` (``dpo`` jobs): 0.1.
+- ``num_generations`` (``reinforcement`` jobs, GRPO's group of completions per prompt): 8 on a GPU, 4 on a CPU-only
+  machine, times ``compute_multiplier``, between 2 and 64.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ TARGET_EPOCHS = 3
 MIN_DEFAULT_EPOCHS = 1
 MAX_DEFAULT_EPOCHS = 25
 DEFAULT_MAX_SEQ_LENGTH = 1024
+
+
+GENERATIONS_GPU, GENERATIONS_CPU = 8, 4
+MIN_GENERATIONS, MAX_GENERATIONS = 2, 64
+
+
+def auto_num_generations(compute_multiplier: float = 1.0, cpu_only: bool = True) -> int:
+    base = GENERATIONS_CPU if cpu_only else GENERATIONS_GPU
+    return max(MIN_GENERATIONS, min(MAX_GENERATIONS, round(base * compute_multiplier)))
 
 
 def auto_n_epochs(n_examples: int) -> int:

@@ -1,8 +1,8 @@
 """The training methods Tunery runs and what each supports: the one table the API, the dry run and the scheduler read.
 
-A method is named by what the trainer runs (``supervised``, ``dpo``, ``orpo``, ``kto``); OpenAI's ``method.type`` is
-``supervised`` or ``dpo``, and a ``dpo`` job picks its preference trainer with ``tunery.method.trainer``
-(docs/methods.md). The trainer registers one implementation per name here (``trainer/methods/``); a test checks the
+A method is named by what the trainer runs (``supervised``, ``dpo``, ``orpo``, ``kto``, ``grpo``); OpenAI's
+``method.type`` is ``supervised``, ``dpo`` or ``reinforcement``; a ``dpo`` job picks its preference trainer with
+``tunery.method.trainer`` (docs/methods.md), and a ``reinforcement`` job trains with GRPO (docs/reinforcement.md). The trainer registers one implementation per name here (``trainer/methods/``); a test checks the
 two tables name the same methods.
 
 Adding a method: one :class:`MethodInfo` in :data:`METHODS`, one module in ``trainer/methods/`` that registers its
@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-TrainingMethod = Literal["supervised", "dpo", "orpo", "kto"]
+TrainingMethod = Literal["supervised", "dpo", "orpo", "kto", "grpo"]
+OpenAIMethod = Literal["supervised", "dpo", "reinforcement"]  # OpenAI's ``method.type``
 # The TRL preference trainers a ``dpo`` job can run (``tunery.method.trainer``).
 PreferenceTrainer = Literal["dpo", "orpo", "kto"]
 Adapter = Literal["lora", "qlora", "full"]
@@ -31,8 +32,8 @@ class MethodInfo:
     """What a method trains on and which combinations of the job's options it supports."""
 
     name: TrainingMethod
-    openai_type: Literal["supervised", "dpo"]  # ``method.type`` of the job
-    data: Literal["supervised", "preference"]  # the kind of training file it reads (tunery.data.DataFormat kinds)
+    openai_type: OpenAIMethod  # ``method.type`` of the job
+    data: Literal["supervised", "preference", "reinforcement"]  # the kind of training file it reads (DataFormat kinds)
     lora_base_lr: float  # learning rate at multiplier 1 with a LoRA or QLoRA adapter
     full_base_lr: float  # ... with full fine-tuning (every weight moves: a much smaller step)
     adapters: frozenset[str] = frozenset(ADAPTERS)
@@ -43,6 +44,7 @@ class MethodInfo:
     data_mix: bool = False  # ``tunery.data.mix`` (general chat examples mixed into the training set)
     beta: bool = False  # ``method.dpo.hyperparameters.beta`` applies
     rows_per_example: int = 1  # rows of TRL's dataset per training example (KTO: a desirable and an undesirable)
+    reinforcement: bool = False  # samples completions and learns from a grader's rewards (``plan.reinforcement``)
 
     def base_learning_rate(self, adapter: str) -> float:
         return self.full_base_lr if adapter == "full" else self.lora_base_lr
@@ -53,6 +55,9 @@ FULL_BASE_LR = 2e-5
 # Preference methods move a model that already answers well: a 10x smaller step than supervised training.
 PREFERENCE_LORA_BASE_LR = 1e-4
 PREFERENCE_FULL_BASE_LR = 5e-6
+# Reinforcement fine-tuning moves the policy by its own samples' advantages: the preference methods' small step.
+REINFORCEMENT_LORA_BASE_LR = 1e-4
+REINFORCEMENT_FULL_BASE_LR = 5e-6
 
 METHODS: dict[str, MethodInfo] = {
     m.name: m
@@ -71,6 +76,14 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo("orpo", "dpo", "preference", PREFERENCE_LORA_BASE_LR, PREFERENCE_FULL_BASE_LR, beta=True),
         MethodInfo(
             "kto", "dpo", "preference", PREFERENCE_LORA_BASE_LR, PREFERENCE_FULL_BASE_LR, beta=True, rows_per_example=2
+        ),
+        MethodInfo(
+            "grpo",
+            "reinforcement",
+            "reinforcement",
+            REINFORCEMENT_LORA_BASE_LR,
+            REINFORCEMENT_FULL_BASE_LR,
+            reinforcement=True,
         ),
     )
 }

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tunery import hyperparams
 from tunery.methods import (
     Adapter,
+    MethodInfo,
     Precision,
     PreferenceTrainer,
     TrainingMethod,
@@ -47,6 +48,47 @@ class DPOHyperparameters(Hyperparameters):
     """OpenAI's ``FineTuneDPOHyperparameters``: the supervised three and ``beta`` in (0, 2]."""
 
     beta: Auto | Annotated[float, Field(gt=0, le=2)] | None = "auto"
+
+
+ReasoningEffort = Literal["default", "low", "medium", "high"]
+
+
+class ReinforcementSettings(BaseModel):
+    """The hyperparameters of OpenAI's reinforcement method beyond the three (docs/reinforcement.md says how each
+    maps onto GRPO)."""
+
+    model_config = ConfigDict(extra="forbid")
+    eval_interval: Auto | Annotated[int, Field(ge=1)] | None = "auto"
+    eval_samples: Auto | Annotated[int, Field(ge=1, le=64)] | None = "auto"
+    compute_multiplier: Auto | Annotated[float, Field(gt=1e-5, le=10, allow_inf_nan=False)] | None = "auto"
+    reasoning_effort: ReasoningEffort | None = "default"
+
+
+class ReinforcementHyperparameters(Hyperparameters, ReinforcementSettings):
+    """OpenAI's ``FineTuneReinforcementHyperparameters``: the three and the reinforcement method's own."""
+
+    def settings(self) -> ReinforcementSettings:
+        return ReinforcementSettings(**self.model_dump(include=set(ReinforcementSettings.model_fields)))
+
+
+class ReinforcementOptions(BaseModel):
+    """``tunery.reinforcement``: GRPO's settings beyond OpenAI's hyperparameters (docs/reinforcement.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_generations: Auto | Annotated[int, Field(ge=2, le=64)] = "auto"  # completions sampled per prompt
+    max_completion_length: Annotated[int, Field(ge=1, le=8192)] = 256  # tokens per sampled completion
+    kl_coef: Annotated[float, Field(ge=0, le=10)] = 0.0  # GRPO's beta: KL to the starting model (0: none)
+    temperature: Annotated[float, Field(gt=0, le=2)] = 1.0  # of the sampling
+
+
+class ReinforcementRequest(BaseModel):
+    """What a ``reinforcement`` job asks for beyond the three hyperparameters: its grader (OpenAI's grader object,
+    checked by :func:`tunery.graders.parse_grader` before it gets here), OpenAI's reinforcement hyperparameters and
+    ``tunery.reinforcement``."""
+
+    grader: dict[str, Any]
+    hyperparameters: ReinforcementSettings = Field(default_factory=ReinforcementSettings)
+    options: ReinforcementOptions = Field(default_factory=ReinforcementOptions)
 
 
 class LoraOptions(BaseModel):
@@ -110,11 +152,12 @@ class TrainingOptions(PlainOptions):
 
 class PlanRequest(BaseModel):
     """Everything a plan is resolved from: the method, OpenAI's hyperparameters (``beta`` for the preference
-    methods) and ``tunery.training``."""
+    methods), ``tunery.training``, and for a reinforcement job its grader and settings."""
 
     method: TrainingMethod = "supervised"
     hyperparameters: DPOHyperparameters = Field(default_factory=DPOHyperparameters)
     training: TrainingOptions = Field(default_factory=TrainingOptions)
+    reinforcement: ReinforcementRequest | None = None
 
     @classmethod
     def from_job_fields(
@@ -123,21 +166,37 @@ class PlanRequest(BaseModel):
         hyperparameters: dict[str, Any] | None,
         training: dict[str, Any] | None,
         trainer: PreferenceTrainer | None = None,
+        reinforcement: dict[str, Any] | None = None,
     ) -> PlanRequest:
         """The request as a job stores it: OpenAI's ``method`` object and ``hyperparameters``, and the
-        ``tunery.training`` and ``tunery.method.trainer`` extensions. Resolved values read back as themselves."""
+        ``tunery.training``, ``tunery.method.trainer`` and ``tunery.reinforcement`` extensions. Resolved values
+        read back as themselves."""
         method = method or {}
         openai_type = method.get("type") or "supervised"
         hp = dict(hyperparameters or {})
         if openai_type == "dpo":
             beta = ((method.get("dpo") or {}).get("hyperparameters") or {}).get("beta")
             hp["beta"] = "auto" if beta is None else beta
-        known = set(DPOHyperparameters.model_fields)
+        rl = None
+        if openai_type == "reinforcement":
+            section = method.get("reinforcement") or {}
+            rl_hp = dict(section.get("hyperparameters") or {})
+            extra = {k: v for k, v in rl_hp.items() if k in ReinforcementSettings.model_fields}
+            rl = ReinforcementRequest(
+                grader=section.get("grader") or {},
+                hyperparameters=ReinforcementSettings(**extra),
+                options=ReinforcementOptions(**(reinforcement or {})),
+            )
+        known = set(Hyperparameters.model_fields) | {"beta"}
         return cls(
-            method=(trainer or "dpo") if openai_type == "dpo" else "supervised",
+            method=_method_of(openai_type, trainer),
             hyperparameters=DPOHyperparameters(**{k: v for k, v in hp.items() if k in known}),
             training=TrainingOptions(**(training or {})),
+            reinforcement=rl,
         )
+
+    def method_info(self) -> MethodInfo:
+        return method_info(self.method)
 
     def openai_hyperparameters(self) -> dict[str, Any]:
         hp = self.hyperparameters.model_dump(include={"batch_size", "learning_rate_multiplier", "n_epochs"})
@@ -145,13 +204,41 @@ class PlanRequest(BaseModel):
 
     def openai_method(self) -> dict[str, Any]:
         """The job's ``method`` as OpenAI returns it (``auto`` until the files are validated)."""
-        return _openai_method(self.method, self.openai_hyperparameters(), self.hyperparameters.beta)
+        rl = self.reinforcement
+        return _openai_method(
+            self.method,
+            self.openai_hyperparameters(),
+            self.hyperparameters.beta,
+            grader=rl.grader if rl else None,
+            rl_hyperparameters=rl.hyperparameters.model_dump() if rl else None,
+        )
 
 
-def _openai_method(method: str, hp: dict[str, Any], beta: Any) -> dict[str, Any]:
-    if method_info(method).openai_type != "dpo":
-        return {"type": "supervised", "supervised": {"hyperparameters": hp}}
-    return {"type": "dpo", "dpo": {"hyperparameters": {**hp, "beta": "auto" if beta is None else beta}}}
+def _method_of(openai_type: str, trainer: PreferenceTrainer | None) -> TrainingMethod:
+    """The method a job of OpenAI's ``method.type`` runs (``tunery.method.trainer`` picks a dpo job's)."""
+    if openai_type == "dpo":
+        return trainer or "dpo"
+    return "grpo" if openai_type == "reinforcement" else "supervised"
+
+
+def _openai_method(
+    method: str,
+    hp: dict[str, Any],
+    beta: Any,
+    *,
+    grader: dict[str, Any] | None = None,
+    rl_hyperparameters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    openai_type = method_info(method).openai_type
+    if openai_type == "dpo":
+        return {"type": "dpo", "dpo": {"hyperparameters": {**hp, "beta": "auto" if beta is None else beta}}}
+    if openai_type == "reinforcement":
+        rl_hp = {k: ("auto" if v is None else v) for k, v in (rl_hyperparameters or {}).items()}
+        if rl_hp.get("reasoning_effort") == "auto":
+            rl_hp["reasoning_effort"] = "default"
+        section = {"grader": grader or {}, "hyperparameters": {**hp, **rl_hp}, "response_format": None}
+        return {"type": "reinforcement", "reinforcement": section}
+    return {"type": "supervised", "supervised": {"hyperparameters": hp}}
 
 
 def _multiplier(request: PlanRequest) -> float:
@@ -204,6 +291,17 @@ def check_request(
             "tunery.training.gradient_accumulation_steps",
             None,
         )
+    rl = request.reinforcement
+    if method_info(request.method).reinforcement and rl is None:
+        return Unsupported(
+            "a reinforcement job needs method.reinforcement with its grader.", "method.reinforcement", "invalid_method"
+        )
+    if rl is not None and isinstance(rl.hyperparameters.eval_interval, int) and "n_evals" in explicit:
+        return Unsupported(
+            "give method.reinforcement.hyperparameters.eval_interval or tunery.training.n_evals, not both.",
+            "tunery.training.n_evals",
+            "invalid_hyperparameters",
+        )
     if isinstance(t.n_evals, int) and t.n_evals > 0 and not has_validation:
         return Unsupported(
             "n_evals needs a validation_file to evaluate.", "tunery.training.n_evals", "missing_validation"
@@ -217,6 +315,33 @@ class LoraPlan(BaseModel):
     alpha: int = 32
     dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
+
+
+class ReinforcementPlan(BaseModel):
+    """A reinforcement job's resolved settings: its grader (OpenAI's object, checked), GRPO's sampling and OpenAI's
+    reinforcement hyperparameters as they apply (docs/reinforcement.md)."""
+
+    grader: dict[str, Any]
+    num_generations: int = Field(ge=2)  # completions sampled per prompt (GRPO's group)
+    max_completion_length: int = Field(ge=1)
+    kl_coef: float = Field(ge=0)
+    temperature: float = Field(gt=0)
+    eval_interval: int | None = None  # optimizer steps between evaluations (None: no validation file)
+    eval_samples: int = Field(default=1, ge=1)  # completions sampled per validation prompt at an evaluation
+    compute_multiplier: float = 1.0
+    reasoning_effort: ReasoningEffort = "default"
+
+    def openai_hyperparameters(self) -> dict[str, Any]:
+        return {
+            "eval_interval": "auto" if self.eval_interval is None else self.eval_interval,
+            "eval_samples": self.eval_samples,
+            "compute_multiplier": self.compute_multiplier,
+            "reasoning_effort": self.reasoning_effort,
+        }
+
+    def options(self) -> dict[str, Any]:
+        """``tunery.reinforcement`` as the job object shows it once resolved."""
+        return self.model_dump(include=set(ReinforcementOptions.model_fields))
 
 
 class TrainingPlan(PlainOptions):
@@ -238,6 +363,7 @@ class TrainingPlan(PlainOptions):
     n_evals: int | None = None  # evaluations of the validation file, evenly spaced; None: one per epoch
     packing: bool = True  # padding-free: each micro-batch is one sequence with per-example position ids
     lora: LoraPlan = Field(default_factory=LoraPlan)
+    reinforcement: ReinforcementPlan | None = None  # a reinforcement job's grader and sampling (GRPO)
 
     @model_validator(mode="after")
     def _micro_batches(self) -> TrainingPlan:
@@ -260,7 +386,14 @@ class TrainingPlan(PlainOptions):
         }
 
     def openai_method(self) -> dict[str, Any]:
-        return _openai_method(self.method, self.openai_hyperparameters(), self.beta)
+        rl = self.reinforcement
+        return _openai_method(
+            self.method,
+            self.openai_hyperparameters(),
+            self.beta,
+            grader=rl.grader if rl else None,
+            rl_hyperparameters=rl.openai_hyperparameters() if rl else None,
+        )
 
     def training_options(self) -> dict[str, Any]:
         """``tunery.training`` as the job object shows it once resolved."""
@@ -296,6 +429,10 @@ def resolve_plan(
     steps = hyperparams.total_steps(n, batch, n_epochs)
     n_ckpt = n_epochs if t.n_checkpoints == "auto" else t.n_checkpoints
     n_evals = (n_epochs if t.n_evals == "auto" else t.n_evals) if has_validation else 0
+    rl = request.reinforcement
+    interval = rl.hyperparameters.eval_interval if rl is not None else None
+    if has_validation and isinstance(interval, int):
+        n_evals = max(1, steps // interval)
     warmup_ratio = 0.0 if t.warmup_ratio is None else t.warmup_ratio
     return TrainingPlan(
         **t.model_dump(include=set(PLAIN_OPTIONS)),
@@ -319,4 +456,32 @@ def resolve_plan(
             dropout=t.lora.dropout,
             target_modules=t.lora.target_modules,
         ),
+        reinforcement=_resolve_reinforcement(rl, steps, n_evals if has_validation else 0, cpu_only)
+        if info.reinforcement
+        else None,
+    )
+
+
+def _resolve_reinforcement(
+    rl: ReinforcementRequest | None, steps: int, n_evals: int, cpu_only: bool
+) -> ReinforcementPlan:
+    if rl is None:
+        raise ValueError("a reinforcement plan needs the job's grader (method.reinforcement)")
+    hp, o = rl.hyperparameters, rl.options
+    multiplier = 1.0 if hp.compute_multiplier in (None, "auto") else float(hp.compute_multiplier)
+    if o.num_generations == "auto":
+        generations = hyperparams.auto_num_generations(multiplier, cpu_only)
+    else:
+        generations = int(o.num_generations)
+    n_evals = max(0, min(n_evals, steps))
+    return ReinforcementPlan(
+        grader=rl.grader,
+        num_generations=generations,
+        max_completion_length=o.max_completion_length,
+        kl_coef=o.kl_coef,
+        temperature=o.temperature,
+        eval_interval=max(1, steps // n_evals) if n_evals else None,
+        eval_samples=1 if hp.eval_samples in (None, "auto") else int(hp.eval_samples),
+        compute_multiplier=multiplier,
+        reasoning_effort=hp.reasoning_effort or "default",
     )

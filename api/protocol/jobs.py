@@ -20,7 +20,15 @@ from tunery.estimate import Estimate
 from tunery.evalreport import EvalOptions, ReportSummary
 from tunery.jobstate import JobStatus
 from tunery.methods import PreferenceTrainer
-from tunery.plan import Auto, DPOHyperparameters, Hyperparameters, TrainingOptions
+from tunery.plan import (
+    Auto,
+    DPOHyperparameters,
+    Hyperparameters,
+    ReasoningEffort,
+    ReinforcementHyperparameters,
+    ReinforcementOptions,
+    TrainingOptions,
+)
 
 MethodType = Literal["supervised", "dpo", "reinforcement"]
 
@@ -34,13 +42,22 @@ class FineTuneDPOMethod(OpenAIObject):
     hyperparameters: DPOHyperparameters | None = None
 
 
+class FineTuneReinforcementMethod(OpenAIObject):
+    """OpenAI's ``FineTuneReinforcementMethod``: the grader (OpenAI's grader object, checked by
+    :func:`tunery.graders.parse_grader` so its errors name the field) and the hyperparameters."""
+
+    grader: dict[str, Any]
+    hyperparameters: ReinforcementHyperparameters | None = None
+    response_format: dict[str, Any] | None = None  # structured outputs of the sampled answers: refused when set
+
+
 class FineTuneMethod(OpenAIObject):
     """OpenAI's ``FineTuneMethod``: the type, and the section of that type."""
 
     type: MethodType
     supervised: FineTuneSupervisedMethod | None = None
     dpo: FineTuneDPOMethod | None = None
-    reinforcement: dict[str, Any] | None = None  # not modelled: a reinforcement job is refused (unsupported_method)
+    reinforcement: FineTuneReinforcementMethod | None = None
 
 
 class MixOptions(TuneryExtension):
@@ -84,6 +101,7 @@ class TuneryExtensions(TuneryExtension):
     method: MethodOptions | None = None
     scheduling: SchedulingOptions | None = None
     eval: EvalOptions | None = None
+    reinforcement: ReinforcementOptions | None = None
 
 
 class CreateJob(OpenAIRequest):
@@ -153,12 +171,26 @@ class JobDPOMethod(OpenAIResponse):
     hyperparameters: JobDPOHyperparameters
 
 
+class JobReinforcementHyperparameters(JobHyperparameters):
+    eval_interval: Auto | int = "auto"
+    eval_samples: Auto | int = "auto"
+    compute_multiplier: Auto | float = "auto"
+    reasoning_effort: ReasoningEffort = "default"
+
+
+class JobReinforcementMethod(OpenAIResponse):
+    grader: dict[str, Any]
+    hyperparameters: JobReinforcementHyperparameters
+    response_format: dict[str, Any] | None = None
+
+
 class JobMethod(OpenAIResponse):
     """``FineTuningJob.method``: the type and its section, the only one sent."""
 
     type: MethodType
     supervised: JobSupervisedMethod | None = omitted()
     dpo: JobDPOMethod | None = omitted()
+    reinforcement: JobReinforcementMethod | None = omitted()
 
 
 class WandbIntegration(OpenAIResponse):
@@ -193,6 +225,9 @@ class JobTunery(OpenAIResponse):
     data: DataQualityOptions
     training: TrainingOptions | None = omitted("Absent on jobs created before tunery.training existed.")
     method: MethodOptions | None = omitted("The preference trainer of a dpo job.")
+    reinforcement: ReinforcementOptions | None = omitted(
+        "A reinforcement job's GRPO settings, as requested, then as resolved (docs/reinforcement.md)."
+    )
     scheduling: JobScheduling
     eval: EvalOptions | None = omitted("The eval report options the job asked for (docs/evals.md).")
     eval_report: ReportSummary | None = omitted(

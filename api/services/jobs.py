@@ -178,8 +178,10 @@ def _extensions(req: CreateJob, request: PlanRequest) -> dict[str, Any]:
         out = {"data": req.tunery.data.model_dump(), **out}
         if req.tunery.eval is not None:
             out["eval"] = req.tunery.eval.model_dump()
-    if request.method != "supervised":
+    if request.method_info().openai_type == "dpo":
         out["method"] = {"trainer": request.method}
+    if request.reinforcement is not None:
+        out["reinforcement"] = request.reinforcement.options.model_dump()
     return {"tunery": out}
 
 

@@ -23,8 +23,18 @@ from api.protocol.jobs import CreateJob
 from api.services.aliases import check_name
 from api.services.files import find_file
 from tunery.db import Job
+from tunery.graders import GraderError, check_runnable, parse_grader
 from tunery.jobstate import REFERENCE_PARAM, file_error_code
-from tunery.plan import DPOHyperparameters, Hyperparameters, PlanRequest, TrainingOptions, check_request
+from tunery.plan import (
+    DPOHyperparameters,
+    Hyperparameters,
+    PlanRequest,
+    ReinforcementOptions,
+    ReinforcementRequest,
+    ReinforcementSettings,
+    TrainingOptions,
+    check_request,
+)
 from tunery.sharing import usable_model
 
 
@@ -46,6 +56,8 @@ def _method_hyperparameters(req: CreateJob) -> Hyperparameters | None:
         return method.supervised.hyperparameters
     if method and method.dpo and method.dpo.hyperparameters:
         return method.dpo.hyperparameters
+    if method and method.reinforcement and method.reinforcement.hyperparameters:
+        return method.reinforcement.hyperparameters
     return None
 
 
@@ -58,15 +70,11 @@ def _hyperparameters_param(req: CreateJob) -> str:
 
 def plan_request(req: CreateJob) -> PlanRequest:
     """The training plan the request asks for (``auto`` where it leaves a choice), after the checks of its shape:
-    the method's hyperparameters win over the deprecated top-level ones; a ``reinforcement`` job is refused."""
+    the method's hyperparameters win over the deprecated top-level ones; a ``reinforcement`` job's grader is one
+    Tunery runs."""
     method_type = req.method.type if req.method else "supervised"
     trainer = req.tunery.method.trainer if req.tunery and req.tunery.method else None
-    if method_type == "reinforcement":
-        raise InvalidRequest(
-            "Fine-tuning method 'reinforcement' is not supported; use 'supervised' or 'dpo'.",
-            param="method.type",
-            code="unsupported_method",
-        )
+    rl_options = req.tunery.reinforcement if req.tunery else None
     for other in ("supervised", "dpo", "reinforcement"):
         if req.method and other != method_type and getattr(req.method, other) is not None:
             raise InvalidRequest(
@@ -80,11 +88,46 @@ def plan_request(req: CreateJob) -> PlanRequest:
             param="tunery.method.trainer",
             code="invalid_method",
         )
+    if rl_options is not None and method_type != "reinforcement":
+        raise InvalidRequest(
+            f"tunery.reinforcement sets the sampling of a reinforcement job (method.type {method_type!r}).",
+            param="tunery.reinforcement",
+            code="invalid_method",
+        )
     chosen = _method_hyperparameters(req) or req.hyperparameters or Hyperparameters()
     return PlanRequest(
-        method=(trainer or "dpo") if method_type == "dpo" else "supervised",
-        hyperparameters=DPOHyperparameters(**chosen.model_dump()),
+        method=PlanRequest.from_job_fields({"type": method_type}, None, None, trainer).method,
+        hyperparameters=DPOHyperparameters(**chosen.model_dump(include=set(DPOHyperparameters.model_fields))),
         training=req.tunery.training if req.tunery else TrainingOptions(),
+        reinforcement=_reinforcement(req, rl_options) if method_type == "reinforcement" else None,
+    )
+
+
+def _reinforcement(req: CreateJob, options: ReinforcementOptions | None) -> ReinforcementRequest:
+    """A reinforcement job's grader, checked as ``graders/validate`` checks one and runnable here, and its settings."""
+    section = req.method.reinforcement if req.method else None
+    if section is None:
+        raise InvalidRequest(
+            "method.reinforcement is required when method.type is 'reinforcement': it holds the grader.",
+            param="method.reinforcement",
+            code="invalid_method",
+        )
+    if section.response_format is not None:
+        raise InvalidRequest(
+            "method.reinforcement.response_format (structured outputs of the sampled answers) is not supported.",
+            param="method.reinforcement.response_format",
+            code="unsupported_method",
+        )
+    where = "method.reinforcement.grader"
+    try:
+        check_runnable(parse_grader(section.grader, where), where)
+    except GraderError as e:
+        raise InvalidRequest(e.message, param=e.param, code=e.code) from None
+    hp = section.hyperparameters
+    return ReinforcementRequest(
+        grader=section.grader,
+        hyperparameters=hp.settings() if hp is not None else ReinforcementSettings(),
+        options=options or ReinforcementOptions(),
     )
 
 

@@ -20,6 +20,15 @@ from tests.schema import validate
 from tunery import ids
 from tunery.db import Checkpoint, Job
 
+# OpenAI's keyword grader of a reinforcement job: the sampled answer contains the line's ``keyword``.
+KEYWORD = {
+    "type": "string_check",
+    "name": "keyword",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.keyword}}",
+    "operation": "ilike",
+}
+
 
 def test_job_with_too_few_examples_fails_invalid_n_examples(server, upload):
     f = upload(chat_lines(3))
@@ -83,7 +92,7 @@ def test_create_errors_are_400_with_param(server, upload):
             {"model": TINY, "training_file": good, "hyperparameters": {"learning_rate_multiplier": 0}},
             "hyperparameters.learning_rate_multiplier",
         ),
-        ({"model": TINY, "training_file": good, "method": {"type": "reinforcement"}}, "method.type"),
+        ({"model": TINY, "training_file": good, "method": {"type": "reinforcement"}}, "method.reinforcement"),
         ({"model": TINY, "training_file": good, "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
         ({"training_file": good}, "model"),
         ({"model": TINY}, "training_file"),
@@ -342,7 +351,61 @@ def test_dpo_method_validation_errors_are_400_with_param(server, upload):
         ),
         ({"method": {"type": "dpo", "supervised": {}}}, "method.supervised", "invalid_method"),
         ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo", "invalid_method"),
-        ({"method": {"type": "reinforcement"}}, "method.type", "unsupported_method"),
+        ({"method": {"type": "reinforcement"}}, "method.reinforcement", "invalid_method"),
+        (
+            {"method": {"type": "reinforcement", "reinforcement": {"grader": {"type": "string_check"}}}},
+            "method.reinforcement.grader.name",
+            "invalid_grader",
+        ),
+        (
+            {"method": {"type": "reinforcement", "reinforcement": {"grader": KEYWORD, "response_format": {}}}},
+            "method.reinforcement.response_format",
+            "unsupported_method",
+        ),
+        (
+            {"method": {"type": "reinforcement", "reinforcement": {"grader": {**KEYWORD, "reference": "{{x.y}}"}}}},
+            "method.reinforcement.grader.reference",
+            "invalid_template",
+        ),
+        (
+            {
+                "method": {
+                    "type": "reinforcement",
+                    "reinforcement": {"grader": {"type": "python", "name": "p", "source": "x"}},
+                }
+            },
+            "method.reinforcement.grader.source",
+            "invalid_grader",
+        ),
+        (
+            {
+                "method": {
+                    "type": "reinforcement",
+                    "reinforcement": {"grader": KEYWORD, "hyperparameters": {"eval_samples": 0}},
+                }
+            },
+            "method.reinforcement.hyperparameters.eval_samples",
+            None,
+        ),
+        (
+            {
+                "method": {
+                    "type": "reinforcement",
+                    "reinforcement": {"grader": KEYWORD, "hyperparameters": {"compute_multiplier": 11}},
+                }
+            },
+            "method.reinforcement.hyperparameters.compute_multiplier",
+            None,
+        ),
+        (
+            {
+                "method": {"type": "reinforcement", "reinforcement": {"grader": KEYWORD}},
+                "tunery": {"reinforcement": {"num_generations": 1}},
+            },
+            "tunery.reinforcement.num_generations",
+            None,
+        ),
+        ({"tunery": {"reinforcement": {"kl_coef": 0.1}}}, "tunery.reinforcement", "invalid_method"),
         ({"method": {"type": "ppo"}}, "method.type", None),
         ({"tunery": {"method": {"trainer": "kto"}}}, "tunery.method.trainer", "invalid_method"),
         ({"method": dpo, "tunery": {"method": {"trainer": "simpo"}}}, "tunery.method.trainer", None),

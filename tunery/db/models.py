@@ -121,6 +121,7 @@ class Job(Base, Tenant):
             self.hyperparameters,
             self.tunery_options("training"),
             self.tunery_options("method").get("trainer"),
+            self.tunery_options("reinforcement"),
         )
 
     def training_plan(self) -> TrainingPlan | None:
@@ -133,6 +134,8 @@ class Job(Base, Tenant):
         self.hyperparameters = plan.openai_hyperparameters()
         self.method = plan.openai_method()
         tunery = {**((self.extensions or {}).get("tunery") or {}), "training": plan.training_options()}
+        if plan.reinforcement is not None:
+            tunery["reinforcement"] = plan.reinforcement.options()
         self.extensions = {**(self.extensions or {}), "tunery": tunery}  # a new dict: JSON is not tracked
 
     def input_files(self) -> list[tuple[str, str]]:
