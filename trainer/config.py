@@ -64,4 +64,4 @@ def trl_config(method: TrainerMethod, plan: TrainingPlan, *, seed: int, output_d
     args = trl_args(
         plan, seed=seed, output_dir=output_dir, choice=choice, rows_per_example=method.info.rows_per_example
     )
-    return method.config_class()(**{**args, **method.config_extra(plan)})
+    return method.config_class()(**method.config_args(args, plan))

@@ -103,14 +103,23 @@ def make_callback(run: TrainingRun) -> TrainerCallback:
             logs = logs or {}
             if "loss" in logs and "eval_loss" not in logs:
                 self._train_log(state, logs)
-            elif "eval_loss" in logs:
+            elif any(key.startswith("eval_") for key in logs):
                 row = self.pending or (run.rows[-1] if run.rows else None)
                 if row is not None:
                     loss, acc = logs.get("eval_loss"), logs.get("eval_mean_token_accuracy")
-                    # The evaluation covers the whole validation set: it is also the step's valid_loss.
-                    row.full_valid_loss = row.valid_loss = loss
-                    row.full_valid_mean_token_accuracy = row.valid_mean_token_accuracy = acc
-                    log.info("eval: step %d valid_loss %s valid_acc %s", row.step, _fmt(loss), _fmt(acc))
+                    if run.method.valid_loss_from_eval:
+                        # The evaluation covers the whole validation set: it is also the step's valid_loss.
+                        row.full_valid_loss = row.valid_loss = loss
+                        row.full_valid_mean_token_accuracy = row.valid_mean_token_accuracy = acc
+                    figures = run.method.metrics({k.removeprefix("eval_"): v for k, v in logs.items()})
+                    row.extra.update({f"valid_{name}": value for name, value in figures.items()})
+                    log.info(
+                        "eval: step %d valid_loss %s valid_acc %s %s",
+                        row.step,
+                        _fmt(row.valid_loss),
+                        _fmt(row.valid_mean_token_accuracy),
+                        " ".join(f"valid_{k} {_fmt(v)}" for k, v in figures.items()),
+                    )
 
         def _train_log(self, state: Any, logs: dict[str, Any]) -> None:
             elapsed = max(time.monotonic() - self.step_started, 1e-9)

@@ -94,7 +94,7 @@ def run(
     chat = chat_tokenizer(model, tokenizer)
     datasets = method.build_datasets(r, chat, train_data, valid_data)
     r.has_eval = datasets.valid is not None
-    if spec.eval is not None and spec.eval.enabled:
+    if spec.eval is not None and spec.eval.enabled and method.writes_eval_reports:
         r.evaluator = Evaluator(r, chat, spec.eval)
         r.evaluator.prepare(train_data, valid_data)
 
@@ -104,7 +104,9 @@ def run(
         model, peft_config = attach_adapter(model, plan, r.store, spec.init_adapter_prefix, workdir)
         callbacks = [make_callback(r), make_state_callback(r)]  # metrics and checkpoints; resumable states
         try:
-            r.trainer = method.build_trainer(model, tokenizer, args, peft_config, datasets, callbacks, ref_model)
+            r.trainer = method.build_trainer(
+                model, tokenizer, args, peft_config, datasets, callbacks, ref_model, plan=plan
+            )
         except ValueError as e:  # TRL refuses a configuration with a message that names the option
             raise TrainerError(f"{plan.method}: {e}", code="invalid_hyperparameters") from e
         n_examples = method.count_examples(r, r.trainer, datasets)

@@ -7,7 +7,7 @@ PreferenceMethod), calls :func:`register`, and is imported below.
 
 from __future__ import annotations
 
-from . import dpo, kto, orpo, supervised  # noqa: F401  (each registers its method)
+from . import dpo, grpo, kto, orpo, supervised  # noqa: F401  (each registers its method)
 from .base import Datasets, TrainerMethod
 from .registry import get_method, register, registered
 

@@ -44,11 +44,17 @@ class TrainerMethod:
         """The method's own fields of its TRL config, beyond :func:`trainer.config.trl_args`."""
         return {}
 
+    def config_args(self, args: dict[str, Any], plan: TrainingPlan) -> dict[str, Any]:
+        """Every field of the method's TRL config: the shared ones (``args``) and the method's own. A method whose
+        config lacks a shared field, or counts a batch otherwise, overrides this."""
+        return {**args, **self.config_extra(plan)}
+
     def trainer_class(self) -> type:
         raise NotImplementedError
 
-    def trainer_extra(self, ref_model: Any) -> dict[str, Any]:
-        """The method's own arguments of its TRL trainer (a reference model, for the methods that have one)."""
+    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None) -> dict[str, Any]:
+        """The method's own arguments of its TRL trainer (a reference model, for the methods that have one; the
+        reward functions of a reinforcement method, from ``plan``)."""
         return {}
 
     def needs_reference_copy(self, plan: TrainingPlan) -> bool:
@@ -65,6 +71,7 @@ class TrainerMethod:
         datasets: Datasets,
         callbacks: list[Any] | None = None,
         ref_model: Any = None,
+        plan: TrainingPlan | None = None,
     ) -> Any:
         from transformers import PrinterCallback
 
@@ -77,7 +84,7 @@ class TrainerMethod:
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=callbacks,
-            **self.trainer_extra(ref_model),
+            **self.trainer_extra(ref_model, plan),
         )
         trainer.remove_callback(PrinterCallback)  # the run prints its own one-line progress
         return trainer
@@ -97,6 +104,9 @@ class TrainerMethod:
         return datasets.n_examples
 
     # -- reports
+    writes_eval_reports = True  # the eval report (trainer/evaluation.py) applies to the method's records
+    valid_loss_from_eval = True  # TRL's eval_loss is the validation loss (a reinforcement method's is not)
+
     def metrics(self, logs: dict[str, Any]) -> dict[str, float]:
         """Figures of the method beyond loss and accuracy, from one of TRL's step logs."""
         return {}

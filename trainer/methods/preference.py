@@ -155,7 +155,7 @@ class PreferenceMethod(TrainerMethod):
             extra["precompute_ref_log_probs"] = False
         return extra
 
-    def trainer_extra(self, ref_model: Any) -> dict[str, Any]:
+    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None) -> dict[str, Any]:
         return {"ref_model": ref_model} if self.has_reference else {}
 
     def needs_reference_copy(self, plan: TrainingPlan) -> bool:

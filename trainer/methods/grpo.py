@@ -1,0 +1,173 @@
+"""Reinforcement fine-tuning (OpenAI's ``reinforcement`` method) with TRL's GRPOTrainer: the model samples
+``num_generations`` completions of each prompt, the job's grader scores each one (:func:`tunery.graders.run_grader`,
+the code ``graders/run`` answers with), and the policy moves toward the completions that scored above their
+group's mean.
+
+    reinforcement records -> rows (prompt: the conversation; item: the line's other fields, as JSON)
+         -> GRPOTrainer on the job's adapter, rewards from the grader -> reward mean/std, KL, completion length
+
+A step is ``batch_size`` prompts (OpenAI's "examples in each batch"), each sampled ``num_generations`` times: TRL's
+micro-batch counts completions, so it is the plan's micro-batch of prompts times the group size. TRL samples whole
+batches of prompts, so an epoch covers ``n - n % batch_size`` prompts (a different remainder left out each epoch, as
+its sampler shuffles). The KL term (``tunery.reinforcement.kl_coef``, GRPO's beta) is 0 by default, as in TRL: then
+no reference model is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tunery.data import ReinforcementRecord
+from tunery.graders import AnyGrader, parse_grader, run_grader
+from tunery.methods import METHODS
+from tunery.plan import ReinforcementPlan, TrainingPlan
+
+from ..errors import TrainerError
+from .base import Datasets, TrainerMethod
+from .registry import register
+
+if TYPE_CHECKING:
+    from ..base import TrainingRun
+    from ..chat import ChatTokenizer
+    from ..data_files import DataFileRead
+
+log = logging.getLogger("tunery.trainer.grpo")
+
+GRADER_PARAM = "method.reinforcement.grader"
+# TRL's per-step logs reported as the method's figures, and their names in events and results.csv.
+METRICS = {
+    "reward": "reward",
+    "reward_std": "reward_std",
+    "kl": "kl",
+    "entropy": "entropy",
+    "frac_reward_zero_std": "frac_reward_zero_std",
+    "completions/mean_length": "completion_length",
+    "completions/clipped_ratio": "completion_clipped_ratio",
+}
+RESULTS_EXTRA = ("reward", "reward_std", "kl", "completion_length", "valid_reward")
+
+
+def _rl(plan: TrainingPlan) -> ReinforcementPlan:
+    if plan.reinforcement is None:
+        raise TrainerError("a reinforcement job's plan has no grader", code="invalid_method", param=GRADER_PARAM)
+    return plan.reinforcement
+
+
+def rows(records: list[ReinforcementRecord], param: str) -> list[dict[str, Any]]:
+    """GRPO's conversational rows: the prompt, and the line's other fields as JSON (one column of strings, as
+    the fields differ from line to line, which an Arrow column of structs cannot hold)."""
+    out = []
+    for r in records:
+        if r.tools:
+            raise TrainerError(
+                f"{param}: line {r.line} gives tools; reinforcement fine-tuning with tools is not supported yet",
+                code="invalid_training_file" if param == "training_file" else "invalid_validation_file",
+                param=param,
+            )
+        out.append({"prompt": [m.as_template_dict() for m in r.prompt], "item": json.dumps(r.item)})
+    return out
+
+
+def output_text(completion: Any) -> str:
+    """The sampled answer's text: TRL gives a conversational prompt's completion as its assistant messages."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(str(m.get("content") or "") for m in completion if m.get("role", "assistant") == "assistant")
+
+
+def grader_reward(grader: AnyGrader) -> Callable[..., list[float]]:
+    """TRL's reward function: each completion graded against its row's item, as ``graders/run`` grades it (an error
+    flag is a reward of 0, logged once per batch)."""
+
+    def reward(prompts: list[Any], completions: list[Any], item: list[str] | None = None, **_: Any) -> list[float]:
+        out, problems = [], []
+        for i, completion in enumerate(completions):
+            result = run_grader(grader, output_text(completion), json.loads(item[i]) if item else {}, GRADER_PARAM)
+            out.append(float(result.reward))
+            problems.extend(result.problems)
+        if problems:
+            log.warning("grader: %d problem(s) in this batch, first: %s", len(problems), problems[0])
+        return out
+
+    reward.__name__ = "grader"  # TRL logs rewards/<name>/mean
+    return reward
+
+
+class GRPO(TrainerMethod):
+    info = METHODS["grpo"]
+    results_columns = RESULTS_EXTRA
+    writes_eval_reports = False  # the eval report scores replies by loss; a reinforcement job's is its reward
+    valid_loss_from_eval = False  # GRPO's eval_loss is its surrogate objective: the validation figure is the reward
+
+    def config_class(self) -> type:
+        from trl import GRPOConfig
+
+        return GRPOConfig
+
+    def config_args(self, args: dict[str, Any], plan: TrainingPlan) -> dict[str, Any]:
+        rl = _rl(plan)
+        out = {k: v for k, v in args.items() if k != "max_length"}  # GRPO bounds the completion, not the row
+        out.update(
+            per_device_train_batch_size=plan.micro_batch_size * rl.num_generations,
+            per_device_eval_batch_size=plan.micro_batch_size * rl.eval_samples,
+            num_generations=rl.num_generations,
+            num_generations_eval=rl.eval_samples,
+            max_completion_length=rl.max_completion_length,
+            temperature=rl.temperature,
+            beta=rl.kl_coef,
+            log_completions=False,
+        )
+        return out
+
+    def trainer_class(self) -> type:
+        from trl import GRPOTrainer
+
+        return GRPOTrainer
+
+    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None) -> dict[str, Any]:
+        if plan is None:
+            raise TrainerError("a reinforcement trainer is built from its plan", code="invalid_method")
+        return {"reward_funcs": [grader_reward(parse_grader(_rl(plan).grader, GRADER_PARAM))]}
+
+    def build_datasets(
+        self, run: TrainingRun, chat: ChatTokenizer, train: DataFileRead, valid: DataFileRead | None
+    ) -> Datasets:
+        from datasets import Dataset
+
+        train_rows = rows(train.records, "training_file")
+        valid_rows = rows(valid.records, "validation_file") if valid is not None else None
+        return Datasets(
+            train=Dataset.from_list(train_rows),
+            valid=Dataset.from_list(valid_rows) if valid_rows else None,
+            n_examples=len(train_rows),
+        )
+
+    def count_examples(self, run: TrainingRun, trainer: Any, datasets: Datasets) -> int:
+        """The prompts an epoch samples (whole batches), and the tokens the model reads: each prompt rendered with
+        the chat template, once per completion (the completions' own tokens are counted per step, in the metrics)."""
+        n, batch = datasets.n_examples, run.plan.batch_size
+        left_out = n % batch
+        if left_out:
+            run.warn(
+                f"{left_out} of {n} prompts are left out of each epoch: a step samples whole batches of "
+                f"batch_size={batch} prompts (a different {left_out} each epoch)",
+                {"file": "training_file", "left_out": left_out, "batch_size": batch},
+            )
+        tok = run.tokenizer
+        prompts = [row["prompt"] for row in datasets.train]
+        lengths = [len(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)) for p in prompts]
+        run.tokens_per_epoch = run.trained_tokens_per_epoch = sum(lengths) * _rl(run.plan).num_generations
+        return n - left_out
+
+    def metrics(self, logs: dict[str, Any]) -> dict[str, float]:
+        return {name: float(logs[key]) for key, name in METRICS.items() if isinstance(logs.get(key), int | float)}
+
+    def manifest_extra(self, run: TrainingRun) -> dict[str, Any]:
+        rl = _rl(run.plan)
+        return {"reinforcement": rl.model_dump()}
+
+
+register(GRPO())
