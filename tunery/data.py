@@ -6,8 +6,10 @@ records), so both agree on what a file contains. No torch here.
 Formats are detected per file: the first line that is a valid JSON object decides, and every later line must
 be in the same format. Supervised formats (OpenAI chat, legacy prompt/completion, alpaca, sharegpt) all
 normalize to :class:`ChatRecord`; preference formats (OpenAI DPO, TRL prompt/chosen/rejected) normalize to
-:class:`PreferenceRecord`. The per-format line parsers are in :mod:`tunery.data_parsers`; reading a JSONL file
-(line splitting, the line rules, :func:`~tunery.data_jsonl.parse_jsonl`) is in :mod:`tunery.data_jsonl`.
+:class:`PreferenceRecord`; OpenAI's reinforcement fine-tuning format normalizes to :class:`ReinforcementRecord`
+(a prompt the model answers, and the line's other fields for graders). The per-format line parsers are in
+:mod:`tunery.data_parsers`; reading a JSONL file (line splitting, the line rules,
+:func:`~tunery.data_jsonl.parse_jsonl`) is in :mod:`tunery.data_jsonl`.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ class DataFormat(StrEnum):
     ALPACA = "alpaca"
     SHAREGPT = "sharegpt"
     TRL_PREFERENCE = "trl_preference"
+    REINFORCEMENT = "reinforcement"
 
     @property
     def kind(self) -> str:
-        """`supervised` or `preference`: which training method the format feeds."""
-        return "preference" if self in (DataFormat.PREFERENCE, DataFormat.TRL_PREFERENCE) else "supervised"
+        """`supervised`, `preference` or `reinforcement`: which kind of training method the format feeds."""
+        return FORMAT_KINDS[self]
 
     @property
     def label(self) -> str:
@@ -59,9 +62,21 @@ FORMAT_LABELS = {
     DataFormat.ALPACA: "alpaca",
     DataFormat.SHAREGPT: "sharegpt",
     DataFormat.TRL_PREFERENCE: "TRL preference",
+    DataFormat.REINFORCEMENT: "fine-tune-reinforcement",
 }
 SUPERVISED = "supervised"
 PREFERENCE = "preference"
+REINFORCEMENT = "reinforcement"
+# The kind of data each format is: the kind of training method that reads it (tunery.methods.MethodInfo.data).
+FORMAT_KINDS = {
+    DataFormat.CHAT: SUPERVISED,
+    DataFormat.COMPLETION: SUPERVISED,
+    DataFormat.ALPACA: SUPERVISED,
+    DataFormat.SHAREGPT: SUPERVISED,
+    DataFormat.PREFERENCE: PREFERENCE,
+    DataFormat.TRL_PREFERENCE: PREFERENCE,
+    DataFormat.REINFORCEMENT: REINFORCEMENT,
+}
 
 
 @dataclass
@@ -126,7 +141,18 @@ class PreferenceRecord:
     line: int = 0
 
 
-Record = ChatRecord | PreferenceRecord
+@dataclass
+class ReinforcementRecord:
+    """One reinforcement fine-tuning example: the conversation the model answers, its tools, and the line's other
+    fields, which graders read as {{item.*}}."""
+
+    prompt: list[ChatMessage]
+    item: dict[str, Any]  # every key of the line but messages and tools
+    tools: list[dict[str, Any]] | None = None
+    line: int = 0
+
+
+Record = ChatRecord | PreferenceRecord | ReinforcementRecord
 
 
 @dataclass

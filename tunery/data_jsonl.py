@@ -116,7 +116,7 @@ def parse_jsonl(
             result.format = seen or DataFormat.CHAT
             result.format_line = n
         try:
-            record = parse_line(obj, n, result.format or DataFormat.CHAT)
+            record = parse_line(obj, n, result.format or DataFormat.CHAT, result.format_line)
         except LineError as err:
             result.add_error(err)
             continue

@@ -1,9 +1,13 @@
 """The per-format line parsers of training data: one decoded JSON line -> its :mod:`tunery.data` record.
 
 Format detection from a line's keys (:func:`detect_format`), one parser per :class:`~tunery.data.DataFormat`
-(OpenAI chat with tools, OpenAI preference, prompt/completion, alpaca, sharegpt, TRL preference) and
-:func:`parse_line`, which every line of a file goes through. Each raises :class:`~tunery.data.LineError` with
-the field path of what is wrong.
+(OpenAI chat with tools, OpenAI preference, prompt/completion, alpaca, sharegpt, TRL preference, OpenAI
+reinforcement) and :func:`parse_line`, which every line of a file goes through. Each raises
+:class:`~tunery.data.LineError` with the field path of what is wrong.
+
+OpenAI chat and OpenAI reinforcement lines both hold ``messages``: a line whose last message is an assistant reply
+is a chat example (the reply is what it trains on), one that ends with any other message is a reinforcement prompt
+(the model answers after it).
 """
 
 from __future__ import annotations
@@ -12,7 +16,16 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tunery.data import ChatMessage, ChatRecord, DataFormat, LineError, PreferenceRecord, Record, load_json
+from tunery.data import (
+    ChatMessage,
+    ChatRecord,
+    DataFormat,
+    LineError,
+    PreferenceRecord,
+    Record,
+    ReinforcementRecord,
+    load_json,
+)
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -37,7 +50,7 @@ def detect_format(obj: Any) -> DataFormat | None:
     if not isinstance(obj, dict):
         return None
     if "messages" in obj:
-        return DataFormat.CHAT
+        return DataFormat.REINFORCEMENT if _ends_with_assistant(obj) is False else DataFormat.CHAT
     if any(k in obj for k in ("preferred_output", "non_preferred_output", "preferred_completion")) or (
         "non_preferred_completion" in obj or isinstance(obj.get("input"), dict)
     ):
@@ -51,6 +64,18 @@ def detect_format(obj: Any) -> DataFormat | None:
     if "prompt" in obj or "completion" in obj:
         return DataFormat.COMPLETION
     return None
+
+
+def _ends_with_assistant(obj: dict[str, Any]) -> bool | None:
+    """Whether a line's ``messages`` ends with an assistant message; None when its last message has no known role
+    (or there is none): the line is malformed in either format, and its parser says how."""
+    messages = obj.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") not in ROLES:
+        return None
+    return bool(last["role"] == "assistant")
 
 
 # ---- OpenAI chat ------------------------------------------------------------------------------------------
@@ -104,7 +129,8 @@ def _tool_calls(raw: Any, path: str, line: int) -> list[dict[str, Any]]:
     return out
 
 
-def _tools(obj: dict[str, Any], line: int) -> list[dict[str, Any]] | None:
+def _tool_list(obj: dict[str, Any], line: int) -> list[dict[str, Any]]:
+    """The line's ``tools`` (function tools), checked; [] when it has none."""
     tools: list[dict[str, Any]] = []
     if obj.get("tools") is not None:
         raw = obj["tools"]
@@ -117,6 +143,13 @@ def _tools(obj: dict[str, Any], line: int) -> list[dict[str, Any]] | None:
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
                 raise LineError(line, "tool needs a 'function' with a non-empty 'name'", f"tools[{i}].function")
             tools.append({"type": "function", "function": fn})
+    return tools
+
+
+def _tools(obj: dict[str, Any], line: int) -> list[dict[str, Any]] | None:
+    """The tools of a chat or preference line: ``tools``, the deprecated ``functions``, and a check of
+    ``parallel_tool_calls``."""
+    tools = _tool_list(obj, line)
     if obj.get("functions") is not None:  # deprecated: same as tools
         raw = obj["functions"]
         if not isinstance(raw, list):
@@ -207,11 +240,15 @@ def parse_messages(messages: Any, line: int, path: str = "messages") -> list[Cha
     return out
 
 
+class _NoAssistant(LineError):
+    """A supervised example with nothing to learn from (in a chat file, the shape of a reinforcement line)."""
+
+
 def _needs_assistant(messages: list[ChatMessage], line: int, path: str) -> None:
     if not any(m.role == "assistant" for m in messages):
-        raise LineError(line, "example has no assistant message to learn from", path)
+        raise _NoAssistant(line, "example has no assistant message to learn from", path)
     if not any(m.role == "assistant" and m.weight == 1 for m in messages):
-        raise LineError(line, "example has no assistant message to learn from (every one has weight 0)", path)
+        raise _NoAssistant(line, "example has no assistant message to learn from (every one has weight 0)", path)
 
 
 def _require_object(obj: Any, line: int) -> dict[str, Any]:
@@ -275,6 +312,51 @@ def parse_preference_line(obj: Any, line: int) -> PreferenceRecord:
     chosen = _one_assistant(obj, ("preferred_output", "preferred_completion"), line)
     rejected = _one_assistant(obj, ("non_preferred_output", "non_preferred_completion"), line)
     return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected, tools=tools, line=line)
+
+
+# ---- OpenAI reinforcement ---------------------------------------------------------------------------------
+# "messages and tools are the only reserved keywords": every other key of a line is data for the graders.
+REINFORCEMENT_RESERVED = ("messages", "tools")
+
+
+def parse_reinforcement_line(obj: Any, line: int) -> ReinforcementRecord:
+    """One OpenAI reinforcement fine-tuning line -> ReinforcementRecord; raises LineError with the field path.
+
+    The messages are read as chat messages (assistant turns with tool calls and their tool results may come before
+    the end) but the last one must not be an assistant message: the model answers after it. Only ``tools`` are its
+    tools; ``functions``, ``parallel_tool_calls`` and any other key are item fields, kept as they are. A ``weight``
+    on an assistant message is accepted as in chat (OpenAI's schema allows it) and means nothing here.
+    """
+    obj = _require_object(obj, line)
+    if obj.get("messages") is None:
+        raise LineError(line, "missing 'messages'", "messages")
+    tools = _tool_list(obj, line) or None
+    raw = obj["messages"]
+    if isinstance(raw, list):
+        for i, m in enumerate(raw):
+            if not isinstance(m, dict):
+                continue
+            if m.get("role") == "function":
+                raise LineError(
+                    line,
+                    "the fine-tune-reinforcement format has no 'function' role (use a 'tool' message)",
+                    f"messages[{i}].role",
+                )
+            if m.get("function_call") is not None:
+                raise LineError(
+                    line,
+                    "the fine-tune-reinforcement format has no 'function_call' (use 'tool_calls')",
+                    f"messages[{i}].function_call",
+                )
+    prompt = parse_messages(raw, line)
+    if prompt[-1].role == "assistant":
+        raise LineError(
+            line,
+            "the last message must not be an assistant message: the model answers after it",
+            f"messages[{len(prompt) - 1}].role",
+        )
+    item = {k: v for k, v in obj.items() if k not in REINFORCEMENT_RESERVED}
+    return ReinforcementRecord(prompt=prompt, item=item, tools=tools, line=line)
 
 
 # ---- other formats ----------------------------------------------------------------------------------------
@@ -396,6 +478,7 @@ PARSERS: dict[DataFormat, Callable[[Any, int], Record]] = {
     DataFormat.ALPACA: parse_alpaca_line,
     DataFormat.SHAREGPT: parse_sharegpt_line,
     DataFormat.TRL_PREFERENCE: parse_trl_preference_line,
+    DataFormat.REINFORCEMENT: parse_reinforcement_line,
 }
 REQUIRED_KEY = {
     DataFormat.CHAT: "messages",
@@ -404,12 +487,16 @@ REQUIRED_KEY = {
     DataFormat.ALPACA: "output",
     DataFormat.SHAREGPT: "conversations",
     DataFormat.TRL_PREFERENCE: "chosen",
+    DataFormat.REINFORCEMENT: "messages",
 }
 
 
-def parse_line(obj: Any, line: int, fmt: DataFormat) -> Record:
-    """One decoded JSON line of a file in format `fmt` -> its record; raises LineError."""
+def parse_line(obj: Any, line: int, fmt: DataFormat, format_line: int | None = None) -> Record:
+    """One decoded JSON line of a file in format `fmt` (decided by line `format_line`, when known) -> its record;
+    raises LineError."""
     seen = detect_format(obj)
+    if seen is not None and seen != fmt and {seen, fmt} == {DataFormat.CHAT, DataFormat.REINFORCEMENT}:
+        return _chat_or_reinforcement(obj, line, fmt, format_line)
     if seen is not None and seen != fmt:
         key = REQUIRED_KEY[fmt]
         raise LineError(
@@ -419,3 +506,34 @@ def parse_line(obj: Any, line: int, fmt: DataFormat) -> Record:
             key,
         )
     return PARSERS[fmt](obj, line)
+
+
+def _chat_or_reinforcement(obj: dict[str, Any], line: int, fmt: DataFormat, format_line: int | None) -> Record:
+    """A ``messages`` line that looks like the other of the chat and reinforcement formats, in a file of ``fmt``.
+
+    In a chat file it is still read as chat: a conversation that goes on after its last assistant reply trains on
+    that reply, as it always did; only one with no assistant reply to learn from is refused, saying that it is
+    shaped like a reinforcement line. In a reinforcement file a line that ends with an assistant reply is refused.
+    """
+    decided = f"decided by line {format_line}" if format_line else "decided by its first line"
+    messages = obj["messages"]
+    if fmt is DataFormat.CHAT:
+        try:
+            return parse_chat_line(obj, line)
+        except _NoAssistant as e:
+            raise LineError(
+                line,
+                f"{e.message}: it ends with a {messages[-1]['role']} message, as a line of the "
+                f"{DataFormat.REINFORCEMENT.label} format does (a prompt the model answers), but the file is in the "
+                f"{DataFormat.CHAT.label} format, {decided}, which ends with an assistant reply",
+                e.field,
+            ) from None
+    if not _ends_with_assistant(obj):  # malformed: the reinforcement parser says how
+        return parse_reinforcement_line(obj, line)
+    raise LineError(
+        line,
+        f"this line ends with an assistant reply (the {DataFormat.CHAT.label} format), but the file is in the "
+        f"{DataFormat.REINFORCEMENT.label} format, {decided}, which has no assistant reply at its end (the model "
+        "answers after the last message)",
+        f"messages[{len(messages) - 1}].role",
+    )

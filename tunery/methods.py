@@ -33,7 +33,8 @@ class MethodInfo:
 
     name: TrainingMethod
     openai_type: OpenAIMethod  # ``method.type`` of the job
-    data: Literal["supervised", "preference", "reinforcement"]  # the kind of training file it reads (DataFormat kinds)
+    # The kind of training file it reads (tunery.data.DataFormat kinds).
+    data: Literal["supervised", "preference", "reinforcement"]
     lora_base_lr: float  # learning rate at multiplier 1 with a LoRA or QLoRA adapter
     full_base_lr: float  # ... with full fine-tuning (every weight moves: a much smaller step)
     adapters: frozenset[str] = frozenset(ADAPTERS)
