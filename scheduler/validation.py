@@ -24,7 +24,7 @@ _LABELS = {
     REFERENCE_PARAM: "reference file",
 }
 # The training method each kind of file feeds (`method.type` of a job).
-METHOD_FOR_KIND = {"supervised": "supervised", "preference": "dpo"}
+METHOD_FOR_KIND = {"supervised": "supervised", "preference": "dpo", "reinforcement": "reinforcement"}
 
 
 @dataclass
@@ -178,6 +178,9 @@ def _stats(values: Sequence[int]) -> dict[str, float | int]:
 
 
 def token_report(scan: FileScan, model: str, max_seq_length: int | None) -> dict[str, Any] | None:
+    """Token statistics of a scanned file. A reinforcement file's tokens are its prompts (rendered with the
+    generation prompt) and none is trained (``trained`` 0, ``prompt_only`` true): the model is trained on the
+    answers it samples."""
     if scan.tokenizer is None or not scan.tokens:
         return None
     out: dict[str, Any] = {
@@ -189,6 +192,8 @@ def token_report(scan: FileScan, model: str, max_seq_length: int | None) -> dict
         "trained_per_example": _stats(scan.trained),
         "no_trained_tokens": sum(1 for t in scan.trained if t == 0),
     }
+    if scan.kind == "reinforcement":
+        out["prompt_only"] = True
     if max_seq_length:
         over = [line for line, n in zip(scan.lines, scan.tokens, strict=True) if n > max_seq_length]
         out["max_seq_length"] = max_seq_length
@@ -231,7 +236,7 @@ def file_report(
             f"{tokens['over_max_seq_length']['total']} example(s) are longer than max_seq_length="
             f"{max_seq_length} tokens: they are truncated, or dropped with the long_examples data option."
         )
-    if tokens and tokens["no_trained_tokens"]:
+    if tokens and tokens["no_trained_tokens"] and not tokens.get("prompt_only"):
         warnings.append(f"{tokens['no_trained_tokens']} example(s) have no assistant token to train on.")
     errors = sorted(scan.errors + (scan.special if special_errors else []), key=lambda e: e.line)
     return {
@@ -279,7 +284,7 @@ def status_details(report: dict[str, Any]) -> str:
     out = f"{report['examples']} example(s) in the {report['format']} format"
     tokens = report.get("tokens")
     if tokens:
-        out += f", {tokens['total']} tokens ({tokens['trained']} trained) with the {tokens['model']} tokenizer"
+        out += f", {_token_total(tokens)} with the {tokens['model']} tokenizer"
     return out + (f"; {report['duplicates']['exact']} exact duplicate(s)" if report["duplicates"]["exact"] else "")
 
 
@@ -290,7 +295,7 @@ def token_summary(report: dict[str, Any]) -> str:
         return ""
     per = tokens["per_example"]
     out = (
-        f"{tokens['total']} tokens ({tokens['trained']} trained) with the {tokens['model']} chat template; "
+        f"{_token_total(tokens)} with the {tokens['model']} chat template; "
         f"tokens per example min {per['min']}, mean {per['mean']}, p50 {per['p50']}, p95 {per['p95']}, "
         f"max {per['max']}"
     )
@@ -301,3 +306,9 @@ def token_summary(report: dict[str, Any]) -> str:
     if near:
         out += f"; {near} near-duplicate(s)"
     return out
+
+
+def _token_total(tokens: dict[str, Any]) -> str:
+    if tokens.get("prompt_only"):  # reinforcement: nothing of the file is trained on
+        return f"{tokens['total']} prompt tokens (none trained: the model learns from its sampled answers)"
+    return f"{tokens['total']} tokens ({tokens['trained']} trained)"

@@ -9,7 +9,9 @@ Per example the scan records:
 * the parse result (:mod:`tunery.data`: format, line-numbered errors);
 * an exact-duplicate digest (the example as canonical JSON);
 * with a model: the tokens of the example rendered with the model's chat template, the trained (assistant)
-  tokens, and any special token of the model's tokenizer inside the text (:mod:`tunery.tokenizer`);
+  tokens, and any special token of the model's tokenizer inside the text (:mod:`tunery.tokenizer`); a
+  reinforcement example is its prompt rendered with the generation prompt (what the model answers), and has no
+  trained tokens: the model is trained on the answers it samples, not on the file's tokens;
 * for near-duplicates: a MinHash of its word 3-grams (``datasketch``), for up to ``near_dup_max_examples``
   examples; candidates come from an LSH index at the given Jaccard threshold.
 """
@@ -42,7 +44,9 @@ from tunery.data import (
     ChatRecord,
     DataFormat,
     LineError,
+    PreferenceRecord,
     Record,
+    ReinforcementRecord,
     load_json,
 )
 from tunery.data_jsonl import iter_lines, json_lines
@@ -78,6 +82,7 @@ class FileScan:
     n_records: int = 0
     n_messages: int = 0
     format: DataFormat | None = None
+    format_line: int | None = None  # the line that decided the format (absolute, also in a range's scan)
     errors: list[LineError] = field(default_factory=list)
     n_errors: int = 0
     trailing_blank: list[int] = field(default_factory=list)  # blank lines not (yet) followed by content
@@ -118,16 +123,21 @@ def _message_key(m: ChatMessage) -> str:
 
 def _digest(record: Record) -> int:
     """The exact-duplicate digest of what an example trains on: its normalized messages (roles, contents,
-    weights, tool calls) and tools. Two lines that differ only in key order, spacing or fields nothing reads
-    are duplicates."""
+    weights, tool calls) and tools, and for a reinforcement example its item fields (what graders read). Two
+    lines that differ only in key order, spacing or fields nothing reads are duplicates."""
+    item = ""
     if isinstance(record, ChatRecord):
         messages = record.messages
         head = "chat"
-    else:
+    elif isinstance(record, PreferenceRecord):
         messages = [*record.prompt, record.chosen, record.rejected]
         head = "preference"
+    else:
+        messages = record.prompt
+        head = "reinforcement"
+        item = json.dumps(record.item, sort_keys=True, ensure_ascii=False)
     tools = json.dumps(record.tools, sort_keys=True) if record.tools else ""
-    text = "\x1e".join([head, tools, *map(_message_key, messages)]).encode()
+    text = "\x1e".join([head, tools, item, *map(_message_key, messages)]).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -135,13 +145,23 @@ def _texts(record: Record) -> list[tuple[str, str]]:
     """(field path, text) of every message of a record, for the special-token check and near-duplicates."""
     if isinstance(record, ChatRecord):
         return [(f"messages[{i}].content", m.content) for i, m in enumerate(record.messages)]
+    if isinstance(record, ReinforcementRecord):
+        return [(f"messages[{i}].content", m.content) for i, m in enumerate(record.prompt)]
     out = [(f"input.messages[{i}].content", m.content) for i, m in enumerate(record.prompt)]
     out.append(("preferred_output[0].content", record.chosen.content))
     out.append(("non_preferred_output[0].content", record.rejected.content))
     return out
 
 
-def _conversations(record: Record) -> list[ChatRecord]:
+def _n_messages(record: Record) -> int:
+    if isinstance(record, ChatRecord):
+        return len(record.messages)
+    if isinstance(record, PreferenceRecord):
+        return len(record.prompt) + 1
+    return len(record.prompt)
+
+
+def _conversations(record: ChatRecord | PreferenceRecord) -> list[ChatRecord]:
     """The conversations a record is trained as: itself, or prompt + chosen and prompt + rejected."""
     if isinstance(record, ChatRecord):
         return [record]
@@ -171,21 +191,28 @@ class _Tokens:
     def add(self, record: Record) -> None:
         from tunery.chattemplate import ChatTemplateError
 
+        try:
+            renderings = self._render(record)
+        except ChatTemplateError as e:
+            raise LineError(record.line, str(e).removeprefix(f"line {record.line}: ")) from None
+        except Exception as e:  # a template that raises (raise_exception) on this conversation
+            raise LineError(record.line, f"the model's chat template cannot render this example: {e}") from None
         index = len(self.scan.tokens)
         self.scan.tokens.append(0)
         self.scan.trained.append(0)
-        for conv in _conversations(record):
-            try:
-                text, spans = self.renderer.render(conv)
-            except ChatTemplateError as e:
-                raise LineError(record.line, str(e).removeprefix(f"line {record.line}: ")) from None
-            except Exception as e:  # a template that raises (raise_exception) on this conversation
-                raise LineError(record.line, f"the model's chat template cannot render this example: {e}") from None
+        for text, spans in renderings:
             self.texts.append(text)
             self.spans.append(spans)
             self.owner.append(index)
         if len(self.texts) >= BATCH:
             self.flush()
+
+    def _render(self, record: Record) -> list[tuple[str, list[tuple[int, int]]]]:
+        """The texts an example is counted as, each with its trained character spans."""
+        if isinstance(record, ReinforcementRecord):
+            # The prompt the model answers, with the generation prompt; no trained span (its answers are sampled).
+            return [(self.tok.template.render(record.prompt, True, record.tools), [])]
+        return [self.renderer.render(conv) for conv in _conversations(record)]
 
     def flush(self) -> None:
         if not self.texts:
@@ -241,8 +268,9 @@ def _scan_lines(
     opts: ScanOptions,
     near_dup_quota: int,
     check_max_lines: bool = True,
+    format_line: int | None = None,
 ) -> FileScan:
-    scan = FileScan(format=fmt)
+    scan = FileScan(format=fmt, format_line=format_line)
     tokens = _Tokens(opts, scan) if opts.model_folder else None
     tok = tokens.tok if tokens else None
     pending_blank: list[int] = []
@@ -252,8 +280,9 @@ def _scan_lines(
     ):
         if scan.format is None and isinstance(obj, dict):
             scan.format = detect_format(obj) or DataFormat.CHAT
+            scan.format_line = n
         try:
-            record = parse_line(obj, n, scan.format or DataFormat.CHAT)
+            record = parse_line(obj, n, scan.format or DataFormat.CHAT, scan.format_line)
             if tokens is not None:
                 tokens.add(record)
         except LineError as err:
@@ -263,7 +292,7 @@ def _scan_lines(
         scan.lines.append(n)
         scan.digests.append(_digest(record))
         parts = _texts(record)
-        scan.n_messages += len(record.messages) if isinstance(record, ChatRecord) else len(record.prompt) + 1
+        scan.n_messages += _n_messages(record)
         if tok is not None:
             for path, content in parts:
                 special = tok.special_token_in(content)
@@ -282,8 +311,17 @@ def _scan_lines(
     return scan
 
 
-def _scan_range(path: str, start: int, end: int, fmt: DataFormat | None, opts: ScanOptions, quota: int) -> FileScan:
-    """Scan bytes [start, end) of a file (both at line starts); line numbers are relative to the range."""
+def _scan_range(
+    path: str,
+    start: int,
+    end: int,
+    fmt: DataFormat | None,
+    opts: ScanOptions,
+    quota: int,
+    format_line: int | None = None,
+) -> FileScan:
+    """Scan bytes [start, end) of a file (both at line starts); line numbers are relative to the range
+    (``format_line``, the line that decided ``fmt``, is the file's)."""
 
     def chunks() -> Iterator[bytes]:
         with open(path, "rb") as f:
@@ -296,14 +334,14 @@ def _scan_range(path: str, start: int, end: int, fmt: DataFormat | None, opts: S
                 left -= len(data)
                 yield data
 
-    return _scan_lines(iter_lines(chunks(), opts.max_line_bytes), fmt, opts, quota, False)
+    return _scan_lines(iter_lines(chunks(), opts.max_line_bytes), fmt, opts, quota, False, format_line)
 
 
 # ---- whole files -------------------------------------------------------------------------------------------
-def _first_format(path: Path, max_line_bytes: int) -> DataFormat | None:
-    """The format the file's first JSON-object line decides (as the sequential parse does)."""
+def _first_format(path: Path, max_line_bytes: int) -> tuple[DataFormat | None, int | None]:
+    """The format the file's first JSON-object line decides (as the sequential parse does), and that line."""
     with open(path, "rb") as f:
-        for _, raw in iter_lines(iter(lambda: f.read(CHUNK), b""), max_line_bytes):
+        for n, raw in iter_lines(iter(lambda: f.read(CHUNK), b""), max_line_bytes):
             if raw is None or not raw.strip():
                 continue
             try:
@@ -311,8 +349,8 @@ def _first_format(path: Path, max_line_bytes: int) -> DataFormat | None:
             except (UnicodeDecodeError, json.JSONDecodeError):
                 continue
             if isinstance(obj, dict):
-                return detect_format(obj) or DataFormat.CHAT
-    return None
+                return detect_format(obj) or DataFormat.CHAT, n
+    return None, None
 
 
 def _cuts(path: Path, parts: int) -> list[tuple[int, int]]:
@@ -343,15 +381,15 @@ def scan_path(path: Path, opts: ScanOptions) -> FileScan:
     size = path.stat().st_size
     if workers <= 1 or size < PARALLEL_MIN_BYTES:
         return scan_stream(lambda: _read(path), opts)
-    fmt = _first_format(path, opts.max_line_bytes)
+    fmt, format_line = _first_format(path, opts.max_line_bytes)
     ranges = _cuts(path, workers)
     quota = max(1, opts.near_dup_max_examples // len(ranges))
     for fast in (opts.fast_tokenizer, False):
         run_opts = opts if fast else _slow(opts)
         with ProcessPoolExecutor(max_workers=len(ranges), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_scan_range, str(path), a, b, fmt, run_opts, quota) for a, b in ranges]
+            futures = [pool.submit(_scan_range, str(path), a, b, fmt, run_opts, quota, format_line) for a, b in ranges]
             parts = [f.result() for f in futures]
-        scan = _merge(parts, fmt)
+        scan = _merge(parts, fmt, format_line)
         if not fast or _fast_path_agrees(scan, opts):
             break
     return finish(scan, opts)
@@ -387,8 +425,8 @@ def scan_stream(open_chunks: Callable[[], Iterable[bytes]], opts: ScanOptions) -
     return finish(scan, opts)
 
 
-def _merge(parts: list[FileScan], fmt: DataFormat | None) -> FileScan:
-    out = FileScan(format=fmt)
+def _merge(parts: list[FileScan], fmt: DataFormat | None, format_line: int | None = None) -> FileScan:
+    out = FileScan(format=fmt, format_line=format_line)
     offset = 0
     for i, part in enumerate(parts):
         shift = offset
