@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from tunery.data import ChatRecord, ParseResult, PreferenceRecord
+from tunery.data import ChatRecord, ParseResult, PreferenceRecord, ReinforcementRecord
 from tunery.data_jsonl import parse_jsonl
 from tunery.jobspec import DataFile
 from tunery.jobstate import file_error_code
@@ -15,12 +15,26 @@ from tunery.storage import ObjectNotFound, ObjectStore
 
 from .errors import TrainerError
 
-Record = ChatRecord | PreferenceRecord
+Record = ChatRecord | PreferenceRecord | ReinforcementRecord
+
+# Per kind of data (tunery.data.FORMAT_KINDS): its record type, and what a method of that kind needs, for the error
+# when a file is of another kind.
+RECORD_TYPES: dict[str, type[Record]] = {
+    "supervised": ChatRecord,
+    "preference": PreferenceRecord,
+    "reinforcement": ReinforcementRecord,
+}
+NEEDS = {
+    "supervised": "supervised data (chat messages per line)",
+    "preference": "preference data: input, preferred_output and non_preferred_output per line",
+    "reinforcement": "reinforcement data: messages per line that end before the model's answer (no final "
+    "assistant message), with the fields graders read",
+}
 
 
 @dataclass
 class DataFileRead:
-    records: list[Any]  # ChatRecord for supervised files, PreferenceRecord for preference files
+    records: list[Any]  # ChatRecord, PreferenceRecord or ReinforcementRecord: RECORD_TYPES[kind]
     sha256: str
     n_bytes: int
 
@@ -60,23 +74,21 @@ def read_data_file(store: ObjectStore, data_file: DataFile, param: str, code: st
 
 def read_records(store: ObjectStore, data_file: DataFile, param: str, kind: str = "supervised") -> DataFileRead:
     """Read and parse one data file of ``kind`` (``supervised``: chat, completion, alpaca or sharegpt, normalized to
-    ChatRecord; ``preference``: OpenAI's or TRL's preference lines, normalized to PreferenceRecord). A file of the
-    other kind, or with no example, is a TrainerError naming ``param``."""
+    ChatRecord; ``preference``: OpenAI's or TRL's preference lines, normalized to PreferenceRecord;
+    ``reinforcement``: OpenAI's reinforcement lines, normalized to ReinforcementRecord). A file of another kind, or
+    with no example, is a TrainerError naming ``param``."""
+    if kind not in RECORD_TYPES:
+        raise ValueError(f"unknown kind of data {kind!r} (expected one of {', '.join(RECORD_TYPES)})")
     code = file_error_code(param).value
     result, sha, size = read_data_file(store, data_file, param, code)
     if result.format is not None and result.format.kind != kind:
-        needs = (
-            "supervised data (chat messages per line)"
-            if kind == "supervised"
-            else "preference data: input, preferred_output and non_preferred_output per line"
-        )
         raise TrainerError(
             f"{param} {data_file.file_id} is in the {result.format.label} format ({result.format.kind} data), but "
-            f"this job's method needs {needs}",
+            f"this job's method needs {NEEDS[kind]}",
             code=code,
             param=param,
         )
-    wanted = ChatRecord if kind == "supervised" else PreferenceRecord
+    wanted = RECORD_TYPES[kind]
     records = [r for r in result.records if isinstance(r, wanted)]
     if not records:
         raise TrainerError(f"{param} {data_file.file_id} contains no examples", code=code, param=param)
