@@ -58,6 +58,12 @@ def sharegpt(*turns: tuple[str, Any]) -> dict[str, Any]:
 GOOD_SG = sharegpt(("human", "Hi?"), ("gpt", "Hello."))
 GOOD_TRL = {"prompt": "Q?", "chosen": "Good.", "rejected": "Bad."}
 GOOD_PC = {"prompt": "Q?", "completion": "A."}
+GOOD_RFT = {"messages": [{"role": "user", "content": "Say the password."}], "reference_answer": "swordfish"}
+
+
+def rft(*msgs: dict[str, Any], **extra: Any) -> bytes:
+    return j({"messages": list(msgs), "reference_answer": "swordfish", **extra})
+
 
 # name -> (lines of the file, code, line, field, substring of the message)
 CASES: dict[str, tuple[list[bytes], str, int | None, str | None, str]] = {}
@@ -245,6 +251,29 @@ case(
     "same prompt messages",
     good=GOOD_TRL,
 )
+# ---- OpenAI reinforcement (RFT): the last message is the user's (or a tool's), other keys are grader data
+case("rft_ends_with_assistant", rft(U, A), "messages[1].role", "ends with an assistant reply", good=GOOD_RFT)
+case("rft_missing_messages", j({"reference_answer": "x"}), "messages", "missing 'messages'", good=GOOD_RFT)
+case("rft_messages_empty", rft(), "messages", "non-empty list", good=GOOD_RFT)
+case("rft_unknown_role", rft({"role": "wizard", "content": "x"}), "messages[0].role", "unknown role 'wizard'",
+     good=GOOD_RFT)  # fmt: skip
+case("rft_function_role", rft(U, {"role": "function", "name": "weather", "content": "18C"}), "messages[1].role",
+     "no 'function' role", good=GOOD_RFT)  # fmt: skip
+case("rft_tools_not_list", rft(U, tools={"type": "function"}), "tools", "'tools' must be a list", good=GOOD_RFT)
+case("rft_tool_without_name", rft(U, tools=[{"type": "function", "function": {}}]), "tools[0].function",
+     "non-empty 'name'", good=GOOD_RFT)  # fmt: skip
+case(
+    "rft_tool_call_without_result",
+    rft(
+        U,
+        {"role": "assistant", "content": None, "tool_calls": [call("c1"), call("c2")]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18C"},
+    ),
+    "messages[1].tool_calls[1]",
+    "'c2' has no tool result",
+    good=GOOD_RFT,
+)
+case("mixed_chat_then_rft", j(GOOD_RFT), "messages", "but the file is in the fine-tune-chat format, decided by line 1")
 # ---- whole-file problems
 CASES["too_few_examples"] = (
     [j(chat(i)) for i in range(3)],

@@ -169,3 +169,69 @@ def test_special_token_in_text_warns_at_upload_and_fails_the_job(tiny_server_fac
     failed = srv.wait_job(job.id, {"failed"}, timeout=30)
     assert failed.error.code == "invalid_training_file" and failed.error.param == "training_file"
     assert "line 7 (messages[1].content): contains '<|im_start|>'" in failed.error.message
+
+
+def test_reinforcement_file_report_and_estimate(tiny_model_dir):
+    """A reinforcement file: prompt tokens with the generation prompt, no trained token (said so, without the
+    supervised warning), duplicates that count the item fields, line errors; the estimate does not trip on it."""
+    from pathlib import Path
+
+    from scheduler.validation import check_scan, file_report, status_details, token_summary
+    from tunery.estimate import estimate_for_scan, model_shape
+    from tunery.filescan import ScanOptions, scan_stream
+    from tunery.plan import PlanRequest, resolve_plan
+
+    lines = [
+        {"messages": [{"role": "user", "content": f"Question {i}?"}], "answer": {"value": i, "tags": ["x"]}}
+        for i in range(12)
+    ]
+    lines.append(lines[3])  # an exact duplicate
+    lines.append({**lines[4], "answer": "other"})  # the same prompt for another answer: not an exact duplicate
+    data = [json.dumps(o).encode() + b"\n" for o in lines]
+    data.insert(
+        5,
+        json.dumps(
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+        ).encode()
+        + b"\n",
+    )
+    opts = ScanOptions(model_folder=str(tiny_model_dir), model_name="tiny-llama", max_seq_length=1024, workers=1)
+    bad = scan_stream(lambda: iter(data), opts)
+    report = file_report("file-rft", bad, 0, model="tiny-llama", max_seq_length=1024)
+    assert (report["status"], report["format"], report["kind"], report["examples"]) == (
+        "error",
+        "reinforcement",
+        "reinforcement",
+        14,
+    )
+    (error,) = report["errors"]["listed"]
+    assert (error["line"], error["field"]) == (6, "messages[1].role")
+    assert "but the file is in the fine-tune-reinforcement format, decided by line 1" in error["message"]
+
+    del data[5]
+    scan = scan_stream(lambda: iter(data), opts)
+    report = file_report("file-rft", scan, 0, model="tiny-llama", max_seq_length=1024)
+    assert (report["status"], report["format"], report["kind"]) == ("processed", "reinforcement", "reinforcement")
+    assert (report["lines"], report["examples"], report["messages"]) == (14, 14, 14)
+    tokens = report["tokens"]
+    assert tokens["prompt_only"] is True and tokens["trained"] == 0 and tokens["trained_per_example"]["max"] == 0
+    assert tokens["total"] == sum(scan.tokens) and tokens["per_example"]["min"] > 5  # prompt + generation prompt
+    assert report["duplicates"]["exact"] == 1
+    assert report["duplicates"]["listed"] == [{"line": 13, "duplicate_of": 4}]
+    assert report["warnings"] == [
+        "1 example(s) repeat an earlier example exactly.",
+        "1 example(s) are near-duplicates of an earlier example.",
+    ]
+    assert status_details(report) == (
+        f"14 example(s) in the reinforcement format, {tokens['total']} prompt tokens (none trained: the model learns "
+        "from its sampled answers) with the tiny-llama tokenizer; 1 exact duplicate(s)"
+    )
+    assert token_summary(report).startswith(f"{tokens['total']} prompt tokens (none trained")
+    # The job's check: fits a reinforcement job, not a supervised one.
+    assert check_scan(scan, "file-rft", "training_file", method="reinforcement").error is None
+    wrong = check_scan(scan, "file-rft", "training_file", method="supervised").error
+    assert wrong is not None and "is in the fine-tune-reinforcement format" in wrong.message
+    # Estimates read the token counts: no trained token is no division by zero.
+    plan = resolve_plan(PlanRequest(), scan.n_records, has_validation=False, cpu_only=True)
+    est = estimate_for_scan(model_shape(Path(tiny_model_dir)), scan.tokens, scan.trained, plan, "cpu")
+    assert est.trained_tokens_per_epoch == 0 and est.tokens_per_epoch == tokens["total"] and est.gpu_seconds > 0

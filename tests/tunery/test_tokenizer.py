@@ -22,7 +22,7 @@ from tests.trainer_fixtures import smol_tokenizer
 from tests.tunery.test_data import PREFERENCE, SUPERVISED, TOOL_CHAT, jsonl
 from trainer.chat import ChatTokenizer, end_of_turn_tokens
 from tunery.chattemplate import ChatTemplate, SkeletonRenderer
-from tunery.data import ChatMessage, ChatRecord
+from tunery.data import ChatMessage, ChatRecord, ReinforcementRecord
 from tunery.data_jsonl import parse_jsonl
 from tunery.filescan import ScanOptions, scan_path, scan_stream
 from tunery.tokenizer import ModelTokenizer, load_model_tokenizer
@@ -217,3 +217,42 @@ def test_exact_duplicates_are_the_same_training_content(tmp_path: Path):
     )
     scan = scan_path(path, ScanOptions())
     assert scan.duplicates == [(2, 1), (5, 1)]  # key order, spacing and unread fields aside; weight 0 differs
+
+
+def test_reinforcement_files_scan_in_parallel_as_in_sequence(
+    model: ModelTokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Prompt tokens are the prompt with the generation prompt (what the model answers), nothing is trained,
+    duplicates count the item fields, and a chat line in a later range names the line that decided the format, as
+    the sequential scan does."""
+    rng = random.Random(7)
+    lines = [b"{broken"]
+    for i in range(400):
+        q = " ".join(rng.choices(WORDS, k=rng.randint(3, 40)))
+        lines.append(json.dumps({"messages": [{"role": "user", "content": q}], "answer": i}).encode())
+    chat = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    lines[300] = json.dumps(chat).encode()
+    lines[350] = json.dumps({"answer": {"a": 1, "b": [2]}, "messages": [{"content": "z", "role": "user"}]}).encode()
+    lines[351] = json.dumps({"messages": [{"role": "user", "content": "z"}], "answer": {"b": [2], "a": 1}}).encode()
+    lines[352] = json.dumps({"messages": [{"role": "user", "content": "z"}], "answer": {"a": 2}}).encode()
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    opts = ScanOptions(model_folder=str(model.folder), model_name="tiny-llama", max_seq_length=30, workers=1)
+    sequential = scan_path(path, opts)
+    one = file_report("f", sequential, 0, model="tiny-llama", max_seq_length=30)
+    monkeypatch.setattr(filescan, "PARALLEL_MIN_BYTES", 0)
+    many = file_report(
+        "f", scan_path(path, ScanOptions(**{**opts.__dict__, "workers": 3})), 0, model="tiny-llama", max_seq_length=30
+    )
+    assert many == one
+    assert (one["format"], one["examples"]) == ("reinforcement", 399)
+    assert [(e["line"], e["field"]) for e in one["errors"]["listed"]] == [(1, None), (301, "messages[1].role")]
+    assert "fine-tune-reinforcement format, decided by line 2," in one["errors"]["listed"][1]["message"]
+    assert one["duplicates"]["listed"] == [{"line": 352, "duplicate_of": 351}]  # key order aside; 353 differs
+    assert one["tokens"]["trained"] == 0 and one["tokens"]["prompt_only"] is True
+    # A count is the prompt rendered with the generation prompt, in the model's own tokenizer's tokens.
+    record = parse_jsonl([lines[5] + b"\n"]).records[0]
+    assert isinstance(record, ReinforcementRecord)
+    with_prompt = len(model.hf_ids(model.template.render(record.prompt, True)))
+    assert with_prompt > len(model.hf_ids(model.template.render(record.prompt, False)))
+    assert sequential.tokens[list(sequential.lines).index(6)] == with_prompt
