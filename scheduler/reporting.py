@@ -23,7 +23,6 @@ from tunery.db.ops import add_event, now
 from tunery.evalreport import EvalOptions, EvalReport
 from tunery.files import report_key
 from tunery.jobstate import TERMINAL, ErrorCode, JobError, UnknownErrorCode, error_code
-from tunery.methods import method_info
 from tunery.metrics import Metrics
 from tunery.storage import ObjectNotFound, ObjectStore
 from tunery.v1 import reporting_pb2 as pb
@@ -253,8 +252,7 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
             except (ObjectNotFound, ValueError):
                 return None
             examples += int(report.get("examples") or 0)
-        sequences = 1 if method_info(plan.method).data == "supervised" else 2  # chosen and rejected, per pair
-        return plan.n_epochs * examples * plan.max_seq_length * sequences
+        return plan.n_epochs * examples * plan.max_seq_length * plan.sequences_per_example
 
     def Started(self, request: pb.StartedRequest, context: grpc.ServicerContext) -> pb.ReportReply:
         def apply(s: Session, job: Job) -> None:

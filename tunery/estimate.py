@@ -55,12 +55,18 @@ BYTES_PER_PARAM = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "nf4": 0.55}
 #   orpo: chosen and rejected through the policy, no reference: 2.
 #   kto:  a desirable and an undesirable row per pair; each row forward + backward, plus forward passes of its KL
 #         completion through the policy (no gradient) and of both through the reference: 2 x 6/3.
+#   grpo: per sampled completion (prompt + completion tokens): forward + backward, and its sampling, token by token,
+#         counted as one more forward + backward (decoding one token at a time uses the hardware about a third as
+#         well as a forward over a whole row); the completions of a batch are its rows (batch_size x num_generations,
+#         applied in estimate_plan); the KL term's reference forward adds 1/3.
 TRAINER_COST: dict[str, tuple[float, int]] = {
     "supervised": (1.0, 1),
     "dpo": (8 / 3, 2),
     "orpo": (2.0, 2),
     "kto": (4.0, 2),
+    "grpo": (2.0, 1),
 }
+GRPO_KL_COST = 1 / 3
 
 
 @dataclass
@@ -161,22 +167,40 @@ def estimate_plan(
     gpu_type: str,
     precision: str | None = None,
 ) -> Estimate:
-    """The estimate of a resolved plan over ``examples`` training examples."""
-    return estimate(
+    """The estimate of a resolved plan over ``examples`` training examples. A reinforcement plan's work is its
+    sampled completions: each prompt ``num_generations`` times, each with up to ``max_completion_length`` tokens
+    (counted whole: an upper bound), trained as rows of prompt + completion."""
+    rl = plan.reinforcement
+    batch, seq, tokens, extra = plan.batch_size, plan.max_seq_length, tokens_per_epoch, 0.0
+    steps = math.ceil(examples / plan.batch_size) * plan.n_epochs
+    if rl is not None:
+        batch *= rl.num_generations
+        seq += rl.max_completion_length
+        tokens = (tokens_per_epoch + examples * rl.max_completion_length) * rl.num_generations
+        trained_tokens_per_epoch = tokens_per_epoch * rl.num_generations  # as the trainer reports them
+        extra = GRPO_KL_COST if rl.kl_coef > 0 else 0.0
+        steps = examples // plan.batch_size * plan.n_epochs  # whole batches of prompts (trainer/methods/grpo.py)
+    est = estimate(
         shape,
         examples=examples,
-        tokens_per_epoch=tokens_per_epoch,
+        tokens_per_epoch=tokens,
         trained_tokens_per_epoch=trained_tokens_per_epoch,
         n_epochs=plan.n_epochs,
-        batch_size=plan.batch_size,
-        steps=math.ceil(examples / plan.batch_size) * plan.n_epochs,
-        max_seq_length=plan.max_seq_length,
+        batch_size=batch,
+        steps=steps,
+        max_seq_length=seq,
         gpu_type=gpu_type,
         adapter=plan.adapter,
         lora_r=plan.lora.r,
         precision=precision or plan.precision,
         trainer=plan.method,
     )
+    if extra:
+        scale = (est.compute_factor + extra) / est.compute_factor
+        est.compute_factor += extra
+        est.gpu_seconds *= scale
+        est.gpu_hours *= scale
+    return est
 
 
 def estimate(

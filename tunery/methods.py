@@ -2,8 +2,9 @@
 
 A method is named by what the trainer runs (``supervised``, ``dpo``, ``orpo``, ``kto``, ``grpo``); OpenAI's
 ``method.type`` is ``supervised``, ``dpo`` or ``reinforcement``; a ``dpo`` job picks its preference trainer with
-``tunery.method.trainer`` (docs/methods.md), and a ``reinforcement`` job trains with GRPO (docs/reinforcement.md). The trainer registers one implementation per name here (``trainer/methods/``); a test checks the
-two tables name the same methods.
+``tunery.method.trainer`` (docs/methods.md), and a ``reinforcement`` job trains with GRPO (docs/reinforcement.md).
+The trainer registers one implementation per name here (``trainer/methods/``); a test checks the two tables name
+the same methods.
 
 Adding a method: one :class:`MethodInfo` in :data:`METHODS`, one module in ``trainer/methods/`` that registers its
 TRL config, dataset builder and trainer class.

@@ -378,6 +378,14 @@ class TrainingPlan(PlainOptions):
     def micro_batch_size(self) -> int:
         return self.batch_size // self.gradient_accumulation_steps
 
+    @property
+    def sequences_per_example(self) -> int:
+        """The sequences of at most ``max_seq_length`` tokens the trainer counts per training example: one
+        (supervised), a pair's two sides (preference), a prompt once per sampled completion (reinforcement)."""
+        if self.reinforcement is not None:
+            return self.reinforcement.num_generations
+        return 1 if method_info(self.method).data == "supervised" else 2
+
     def openai_hyperparameters(self) -> dict[str, Any]:
         return {
             "n_epochs": self.n_epochs,

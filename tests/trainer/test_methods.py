@@ -22,6 +22,7 @@ from trainer.reporter import Reporter
 from trainer.run import StopSignal, run
 from tunery.jobspec import JobSpec
 from tunery.methods import ADAPTERS, METHODS
+from tunery.plan import ReinforcementPlan
 from tunery.storage import ObjectStore, open_store
 
 pytestmark = pytest.mark.integration  # trains through the trainer: make test, not test-fast
@@ -30,12 +31,31 @@ __all__ = ["pausing_server"]
 
 COMBINATIONS = [(m, a) for m in METHODS for a in ADAPTERS if a in METHODS[m].adapters]
 N_EXAMPLES, EPOCHS, BATCH = 8, 2, 2  # 4 steps an epoch, 8 steps; checkpoints at 4 and 8
+# A reinforcement job's grader: how close the sampled answer is to the line's answer (a graded reward, so the
+# completions of a group differ and the policy moves even on the tiny random model).
+SIMILARITY = {
+    "type": "text_similarity",
+    "name": "close",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+    "evaluation_metric": "fuzzy_match",
+}
+
+
+def reinforcement_examples(n: int) -> list[dict[str, Any]]:
+    return [{"messages": m["messages"][:-1], "answer": m["messages"][-1]["content"]} for m in chat_examples(n)]
+
+
+def _examples(data: str, n: int) -> list[dict[str, Any]]:
+    if data == "supervised":
+        return chat_examples(n)
+    return preference_examples(n) if data == "preference" else reinforcement_examples(n)
 
 
 def _spec(tmp_path: Path, tiny_model_dir: Path, address: str, method: str, adapter: str) -> JobSpec:
     root = tmp_path / "objects"
     info = METHODS[method]
-    examples = chat_examples(N_EXAMPLES) if info.data == "supervised" else preference_examples(N_EXAMPLES)
+    examples = _examples(info.data, N_EXAMPLES)
     open_store(str(root)).put_bytes("files/file-train", jsonl_bytes(examples))
     spec = make_spec(
         base_model_path=tiny_model_dir,
@@ -53,6 +73,11 @@ def _spec(tmp_path: Path, tiny_model_dir: Path, address: str, method: str, adapt
             "beta": 0.1 if info.beta else None,
             "packing": info.packing,
             "learning_rate": 1e-4 if adapter == "full" else 5e-3,
+            "reinforcement": ReinforcementPlan(
+                grader=SIMILARITY, num_generations=2, max_completion_length=4, kl_coef=0.0, temperature=1.0
+            )
+            if info.reinforcement
+            else None,
         }
     )
     return spec.model_copy(update={"plan": plan})

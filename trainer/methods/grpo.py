@@ -71,6 +71,12 @@ def rows(records: list[ReinforcementRecord], param: str) -> list[dict[str, Any]]
     return out
 
 
+def prompt_tokens(tokenizer: Any, prompt: list[dict[str, Any]]) -> int:
+    """A prompt's tokens as the model reads it: rendered with the chat template and its generation prompt."""
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+    return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+
 def output_text(completion: Any) -> str:
     """The sampled answer's text: TRL gives a conversational prompt's completion as its assistant messages."""
     if isinstance(completion, str):
@@ -137,12 +143,39 @@ class GRPO(TrainerMethod):
     ) -> Datasets:
         from datasets import Dataset
 
-        train_rows = rows(train.records, "training_file")
-        valid_rows = rows(valid.records, "validation_file") if valid is not None else None
+        train_rows = self._fitting(run, rows(train.records, "training_file"), "training_file")
+        valid_rows = self._fitting(run, rows(valid.records, "validation_file"), "validation_file") if valid else None
         return Datasets(
             train=Dataset.from_list(train_rows),
             valid=Dataset.from_list(valid_rows) if valid_rows else None,
             n_examples=len(train_rows),
+        )
+
+    def _fitting(self, run: TrainingRun, examples: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
+        """The rows whose prompt fits ``max_seq_length`` tokens (rendered with the generation prompt). A longer one
+        is dropped with ``tunery.data.long_examples = "drop"``, and refused otherwise: cutting a prompt would
+        change the question its grader scores."""
+        max_len, tok = run.plan.max_seq_length, run.tokenizer
+        lengths = [prompt_tokens(tok, r["prompt"]) for r in examples]
+        long = [i for i, n in enumerate(lengths) if n > max_len]
+        if not long:
+            return examples
+        if run.spec.data is not None and run.spec.data.long_examples == "drop":
+            run.reporter.event(
+                "info",
+                f"Data options: {len(long)} prompt(s) of {param} longer than max_seq_length={max_len} tokens dropped",
+                {"file": param, "long_dropped": len(long)},
+            )
+            dropped = set(long)
+            kept = [r for i, r in enumerate(examples) if i not in dropped]
+            if kept:
+                return kept
+        raise TrainerError(
+            f"{param}: {len(long)} prompt(s) are longer than max_seq_length={max_len} tokens (the first is "
+            f"{lengths[long[0]]} tokens); raise tunery.training.max_seq_length, or set tunery.data.long_examples "
+            '"drop"',
+            code="invalid_training_file" if param == "training_file" else "invalid_validation_file",
+            param=param,
         )
 
     def count_examples(self, run: TrainingRun, trainer: Any, datasets: Datasets) -> int:
@@ -158,7 +191,7 @@ class GRPO(TrainerMethod):
             )
         tok = run.tokenizer
         prompts = [row["prompt"] for row in datasets.train]
-        lengths = [len(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)) for p in prompts]
+        lengths = [prompt_tokens(tok, p) for p in prompts]
         run.tokens_per_epoch = run.trained_tokens_per_epoch = sum(lengths) * _rl(run.plan).num_generations
         return n - left_out
 
