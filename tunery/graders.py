@@ -16,8 +16,13 @@ the reinforcement trainer will later (docs/graders.md).
   (never ``eval``): numbers, the sub-graders' names, ``+ - * /``, ``**`` or ``^`` for a power (binding as one),
   unary minus, parentheses and min, max, abs, floor, ceil, exp, sqrt, log; on floats bounded by ±1e15, so
   ``10 ** 10 ** 10`` is refused at once instead of computed for hours.
-- ``python``, ``score_model`` and ``label_model`` are checked as well-formed but not run (:class:`GraderNotRunnable`):
-  the first needs an isolated sandbox, the others a judge model served by Tunery.
+- ``python``: ``grade(sample, item)`` of the source, run in an isolated process by tunery/sandbox.py (namespaces without
+  network, Landlock, seccomp, resource limits); ``sample`` is ``output_text``, ``output_json`` (the sample parsed, or
+  None), ``output_tools`` (none) and ``choices`` (one assistant message). What the code does wrong (it raises, returns
+  no finite number, runs out of time or memory) is ``python_grader_runtime_error`` with its details and a reward of 0.
+  Refused (:class:`GraderNotRunnable`) where no sandbox can be made on the machine, never run without one.
+- ``score_model`` and ``label_model`` are checked as well-formed but not run (:class:`GraderNotRunnable`): they need a
+  judge model served by Tunery.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunery import sandbox
 
 # Bounds on what one grader may ask for: a formula's length and depth, a sub-grader count, a text's length (the
 # similarity metrics are quadratic in it at worst), and the size of any number a formula computes.
@@ -678,11 +685,9 @@ class GradeResult(BaseModel):
 
 def _not_runnable(grader: AnyGrader, where: str) -> GraderNotRunnable | None:
     if isinstance(grader, PythonGrader):
-        return GraderNotRunnable(
-            f"The python grader is not implemented yet in Tunery: it needs an isolated sandbox (no network, no "
-            f"credentials, CPU, memory and time limits), which is not built. '{where}' is well-formed, but cannot run.",
-            f"{where}.type",
-        )
+        missing = sandbox.unavailable()
+        if missing:
+            return _no_sandbox(missing, where)
     if isinstance(grader, ScoreModelGrader | LabelModelGrader):
         return GraderNotRunnable(
             f"The {grader.type} grader is not implemented yet in Tunery: it needs a judge model served by Tunery's "
@@ -704,6 +709,14 @@ def _not_runnable(grader: AnyGrader, where: str) -> GraderNotRunnable | None:
     return None
 
 
+def _no_sandbox(missing: str, where: str) -> GraderNotRunnable:
+    return GraderNotRunnable(
+        f"The python grader cannot run on this server: it runs only in an isolated sandbox (no network, no files, "
+        f"CPU, memory and time limits), and {missing}. '{where}' is well-formed, but cannot run.",
+        f"{where}.type",
+    )
+
+
 def check_runnable(grader: AnyGrader, where: str = "grader") -> None:
     """Raise :class:`GraderNotRunnable` for a grader (or a sub-grader) Tunery does not run."""
     refused = _not_runnable(grader, where)
@@ -711,10 +724,17 @@ def check_runnable(grader: AnyGrader, where: str = "grader") -> None:
         raise refused
 
 
-def run_grader(grader: AnyGrader, model_sample: str, item: Any = None, where: str = "grader") -> GradeResult:
+def run_grader(
+    grader: AnyGrader,
+    model_sample: str,
+    item: Any = None,
+    where: str = "grader",
+    limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
+) -> GradeResult:
     """Grade ``model_sample`` against ``item`` with a checked grader (:func:`parse_grader`). What depends on the
-    sample or the item (a reference it lacks, a sample that is not JSON, a formula without a value) is an error
-    flag and a reward of 0; a grader Tunery does not run is a :class:`GraderNotRunnable`."""
+    sample or the item (a reference it lacks, a sample that is not JSON, a formula without a value, a python grader
+    that fails) is an error flag and a reward of 0; a grader Tunery does not run is a :class:`GraderNotRunnable`.
+    ``limits``: those of a python grader's sandbox, for each python grader in it."""
     check_runnable(grader, where)
     started = time.perf_counter()
     ctx = _Context(model_sample, {} if item is None else item)
@@ -726,7 +746,7 @@ def run_grader(grader: AnyGrader, model_sample: str, item: Any = None, where: st
         values: dict[str, float] = {}
         for name, sub in named.items():
             sub_where = f"{where}.graders" if not isinstance(grader.graders, dict) else f"{where}.graders.{name}"
-            values[name] = _score(sub, ctx, sub_where, errors, problems)
+            values[name] = _score(sub, ctx, sub_where, errors, problems, limits)
         sub_rewards = dict(values)
         reward = 0.0
         if not errors.any():
@@ -737,7 +757,7 @@ def run_grader(grader: AnyGrader, model_sample: str, item: Any = None, where: st
                 errors.other_error = True
                 problems.append(f"{where}.calculate_output has no value: {e}")
     else:
-        reward = _score(grader, ctx, where, errors, problems)
+        reward = _score(grader, ctx, where, errors, problems, limits)
     if errors.any():
         reward = 0.0
     metadata = GradeMetadata(
@@ -750,7 +770,11 @@ def run_grader(grader: AnyGrader, model_sample: str, item: Any = None, where: st
     return GradeResult(reward=reward, metadata=metadata, sub_rewards=sub_rewards, problems=problems)
 
 
-def _score(grader: AnyGrader, ctx: _Context, where: str, errors: GradeErrors, problems: list[str]) -> float:
+def _score(
+    grader: AnyGrader, ctx: _Context, where: str, errors: GradeErrors, problems: list[str], limits: sandbox.Limits
+) -> float:
+    if isinstance(grader, PythonGrader):
+        return _run_python(grader, ctx, where, errors, problems, limits)
     assert isinstance(grader, StringCheckGrader | TextSimilarityGrader)
     try:
         text = render(grader.input, ctx, f"{where}.input")
@@ -772,6 +796,46 @@ def _score(grader: AnyGrader, ctx: _Context, where: str, errors: GradeErrors, pr
         problems.append(f"{where}: {grader.evaluation_metric} takes at most {MAX_WORDS_QUADRATIC} words a text")
         return 0.0
     return similarity(text, reference, grader.evaluation_metric)
+
+
+def python_sample(model_sample: str) -> dict[str, Any]:
+    """OpenAI's ``sample`` of a python grader, for a model sample that is text: ``output_json`` is None unless the text
+    is JSON; no tool calls; one choice, the assistant's message."""
+    try:
+        output_json = json.loads(model_sample)
+    except (ValueError, RecursionError):
+        output_json = None
+    message = {"role": "assistant", "content": model_sample}
+    return {
+        "output_text": model_sample,
+        "output_json": output_json,
+        "output_tools": [],
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+    }
+
+
+def _run_python(
+    grader: PythonGrader, ctx: _Context, where: str, errors: GradeErrors, problems: list[str], limits: sandbox.Limits
+) -> float:
+    try:
+        outcome = sandbox.run_python(grader.source, python_sample(ctx.sample), ctx.item, limits)
+    except sandbox.SandboxUnavailable as e:
+        raise _no_sandbox(str(e), where) from None
+    if outcome.reward is not None:
+        return outcome.reward
+    if outcome.server_error is not None:
+        errors.python_grader_server_error = True
+        errors.python_grader_server_error_type = "sandbox_error"
+        problems.append(f"{where}: {outcome.server_error}")
+        return 0.0
+    details = outcome.error or "grade() failed"
+    errors.python_grader_runtime_error = True
+    named = f"{grader.name}: {details}" if errors.python_grader_runtime_error_details else details
+    errors.python_grader_runtime_error_details = "\n".join(
+        d for d in (errors.python_grader_runtime_error_details, named) if d
+    )[-sandbox.MAX_DETAILS_CHARS :]
+    problems.append(f"{where}: {details}")
+    return 0.0
 
 
 def string_check(text: str, reference: str, operation: str) -> float:

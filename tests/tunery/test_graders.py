@@ -181,7 +181,7 @@ def test_a_malformed_grader_is_refused_naming_the_field(grader: Any, param: str,
     assert words in e.value.message
 
 
-def test_python_score_model_label_model_and_cosine_are_well_formed_but_not_run() -> None:
+def test_score_model_label_model_and_cosine_are_well_formed_but_not_run() -> None:
     judge = {
         "type": "score_model",
         "name": "judge",
@@ -207,9 +207,7 @@ def test_python_score_model_label_model_and_cosine_are_well_formed_but_not_run()
         "labels": ["good", "bad"],
         "passing_labels": ["good"],
     }
-    python = {"type": "python", "name": "py", "source": "def grade(sample, item):\n    return 1.0\n"}
-    cases = [
-        (python, "grader.type", "isolated sandbox"),
+    cases = [  # python: tests/tunery/test_python_grader.py
         (judge, "grader.type", "judge model"),
         (similar("a", "b", "cosine"), "grader.evaluation_metric", "embedding model"),
         (
