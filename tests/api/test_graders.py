@@ -1,6 +1,7 @@
 """``/v1/fine_tuning/alpha/graders/run`` and ``/validate`` through the official OpenAI SDK
 (``client.fine_tuning.alpha.graders``) against a real server: OpenAI's request and answer shapes, checked against its
-published schema, and OpenAI's error object, naming the field, for every grader Tunery refuses."""
+published schema, and OpenAI's error object, naming the field, for every grader Tunery refuses; python graders, run in
+the sandbox."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from tests.conftest import RunningServer
 from tests.schema import validate
+from tunery import sandbox
 
 EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.label}}"}
 CLOSE = {
@@ -168,13 +170,61 @@ def test_validate_answers_the_grader_and_run_refuses_what_tunery_does_not_run(se
         assert body["grader"] == grader
         assert raw.parse().grader is not None
     for grader, param, words in [
-        (python, "grader.type", "isolated sandbox"),
         (judge, "grader.type", "judge model"),
         (cosine, "grader.evaluation_metric", "embedding model"),
     ]:
         error = refused(lambda g=grader: graders.run(grader=g, model_sample="x"))  # type: ignore[misc]
         assert (error["param"], error["code"]) == (param, "grader_not_supported")
         assert words in error["message"]
+
+
+@pytest.mark.skipif(sandbox.unavailable() is not None, reason=f"no sandbox: {sandbox.unavailable()}")
+def test_a_python_grader_runs_in_the_sandbox(server: RunningServer) -> None:
+    source = (
+        "from rapidfuzz import fuzz, utils\n\n"
+        "def grade(sample, item) -> float:\n"
+        "    if sample['output_json'] is not None:\n"
+        "        return float(sample['output_json']['answer'] == item['label'])\n"
+        "    return fuzz.WRatio(sample['output_text'], item['label'], processor=utils.default_process) / 100.0\n"
+    )
+    python = {"type": "python", "name": "py", "source": source}
+    assert run(server, python, "Paris", {"label": "paris"})["reward"] == 1.0
+    assert run(server, python, '{"answer": "Paris"}', {"label": "Paris"})["reward"] == 1.0
+    body = run(server, python, '{"answer": "Lyon"}', {"label": "Paris"})
+    assert body["reward"] == 0.0 and not any(body["metadata"]["errors"].values())
+    assert (body["metadata"]["type"], body["metadata"]["name"]) == ("python", "py")
+    failing = run(server, python, '{"other": 1}', {"label": "Paris"})  # grade raises KeyError
+    errors = failing["metadata"]["errors"]
+    assert failing["reward"] == 0.0 and errors["python_grader_runtime_error"]
+    assert "KeyError: 'answer'" in errors["python_grader_runtime_error_details"]
+    secret = {
+        "type": "python",
+        "name": "s",
+        "source": "def grade(sample, item):\n    return len(open('/etc/hostname').read())\n",
+    }
+    denied = run(server, secret, "x")["metadata"]["errors"]
+    assert denied["python_grader_runtime_error"] and "PermissionError" in denied["python_grader_runtime_error_details"]
+    multi = {
+        "type": "multi",
+        "name": "m",
+        "graders": {"py": python, "exact": {**EXACT, "operation": "eq"}},
+        "calculate_output": "0.5 * py + 0.5 * exact",
+    }
+    body = run(server, multi, "Paris", {"label": "Paris"})
+    assert body["reward"] == 1.0 and body["sub_rewards"] == {"py": 1.0, "exact": 1.0}
+
+
+def test_a_python_graders_source_is_checked_by_validate_and_run(server: RunningServer) -> None:
+    graders = server.client.fine_tuning.alpha.graders
+    for source, words in [("def grade(sample, item:\n    return 1\n", "does not parse"), ("x = 1\n", "defines no")]:
+        grader = {"type": "python", "name": "py", "source": source}
+        for call in (
+            lambda: graders.validate(grader=grader),  # type: ignore[arg-type]  # noqa: B023
+            lambda: graders.run(grader=grader, model_sample="x"),  # type: ignore[arg-type]  # noqa: B023
+        ):
+            error = refused(call)
+            assert (error["param"], error["code"]) == ("grader.source", "invalid_grader")
+            assert words in error["message"]
 
 
 def test_the_request_itself_is_checked(server: RunningServer) -> None:
