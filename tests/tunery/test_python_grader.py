@@ -363,7 +363,7 @@ def test_refused_where_there_is_no_sandbox(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_the_check_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     probe = sandbox.unavailable.__wrapped__  # type: ignore[attr-defined]
-    monkeypatch.setattr(sandbox, "_landlock_abi", lambda: -1)
+    monkeypatch.setattr(sandbox.sandbox_child, "landlock_abi", lambda: -1)
     assert "needs Landlock" in (probe() or "")
     monkeypatch.setattr(sandbox.sys, "platform", "darwin")
     assert "needs Linux" in (probe() or "")
