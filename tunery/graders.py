@@ -359,7 +359,8 @@ def _check_python(source: str, param: str) -> None:
     if len(source) > MAX_PYTHON_SOURCE_CHARS:
         raise GraderError(f"Invalid value for '{param}': longer than {MAX_PYTHON_SOURCE_CHARS} characters.", param)
     try:
-        tree = ast.parse(source)  # parsed only: nothing of it runs here
+        tree = ast.parse(source)  # parsed and compiled only: nothing of it runs here
+        compile(tree, "grader.py", "exec", dont_inherit=True)  # what the parser lets by: `return` outside a function
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         raise GraderError(f"Invalid value for '{param}': the source does not parse: {e}.", param) from None
     if not any(isinstance(n, ast.FunctionDef) and n.name == "grade" for n in tree.body):

@@ -123,6 +123,11 @@ def test_what_the_sample_or_item_lacks_is_an_error_flag_and_no_reward() -> None:
         (check("a", "b", "contains"), "grader.operation", "'eq', 'ne', 'like' or 'ilike'"),
         (similar("a", "b", "bleurt"), "grader.evaluation_metric", "Input should be"),
         ({"type": "python", "name": "p", "source": "def grade(:"}, "grader.source", "does not parse"),
+        (
+            {"type": "python", "name": "p", "source": "return 1\ndef grade(s, i): return 1"},
+            "grader.source",
+            "'return' outside function (grader.py, line 1)",
+        ),
         ({"type": "python", "name": "p", "source": "x = 1"}, "grader.source", "defines no function `grade"),
         (
             {"type": "score_model", "name": "j", "model": "m", "input": [{"role": "judge", "content": "x"}]},
