@@ -1,7 +1,8 @@
 """Graders before training (``/v1/fine_tuning/alpha/graders/run`` and ``/validate``): check a grader, and grade one
 model sample against one item with it, by tunery/graders.py. Nothing is stored and nothing is read from the project,
 so the service needs no context; a failure is an :class:`~api.errors.InvalidRequest` naming the field at fault.
-CPU-bound (the similarity metrics): run it off the event loop.
+CPU-bound (the similarity metrics), or waiting up to a python grader's time limit on its sandbox: run it off the
+event loop.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def _parse(data: dict[str, object], request: str) -> AnyGrader:
 
 
 def validate(req: ValidateGraderRequest) -> ValidateGraderResponse:
-    """The grader, typed, when it is well-formed: its fields, templates, formula and source. A python, score_model
-    or cosine grader is well-formed here even though :func:`run` refuses it."""
+    """The grader, typed, when it is well-formed: its fields, templates, formula and source. A score_model or cosine
+    grader (or a python one where no sandbox can be made) is well-formed here even though :func:`run` refuses it."""
     return ValidateGraderResponse(grader=_parse(req.grader, "ValidateGraderRequest"))  # type: ignore[arg-type]
 
 
