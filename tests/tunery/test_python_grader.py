@@ -199,6 +199,9 @@ def test_it_cannot_read_files_outside_its_directory() -> None:
         failed(run(f"return len(open({path!r}, 'rb').read())"), "PermissionError")
     failed(run("import os\nreturn len(os.listdir('/'))"), "PermissionError")
     failed(run(f"import os\nreturn len(os.listdir({str(Path(repo_file).parent)!r}))"), "PermissionError")
+    # nor through a link made in its own directory: Landlock checks the file a symbolic link leads to
+    failed(run("import os\nos.symlink('/etc/hostname', 'h')\nreturn len(open('h').read())"), "PermissionError")
+    failed(run("import os\nos.link('/etc/hostname', 'h')\nreturn 1"), "Invalid cross-device link")  # a tmpfs
     # its own directory is readable and writable, and starts empty but for the log of what it prints
     body = "import os\nopen('x', 'w').write('abc')\nreturn len(open('x').read()) + len(os.listdir('.'))"
     assert run(body).reward == 3 + 2
