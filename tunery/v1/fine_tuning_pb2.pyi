@@ -25,15 +25,57 @@ class MethodSection(_message.Message):
     hyperparameters: Hyperparameters
     def __init__(self, hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ...) -> None: ...
 
+class ReinforcementHyperparameters(_message.Message):
+    __slots__ = ("batch_size", "learning_rate_multiplier", "n_epochs", "eval_interval", "eval_samples", "compute_multiplier", "reasoning_effort")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    N_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    EVAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    REASONING_EFFORT_FIELD_NUMBER: _ClassVar[int]
+    batch_size: _struct_pb2.Value
+    learning_rate_multiplier: _struct_pb2.Value
+    n_epochs: _struct_pb2.Value
+    eval_interval: _struct_pb2.Value
+    eval_samples: _struct_pb2.Value
+    compute_multiplier: _struct_pb2.Value
+    reasoning_effort: str
+    def __init__(self, batch_size: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., learning_rate_multiplier: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., n_epochs: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., eval_interval: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., eval_samples: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., compute_multiplier: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., reasoning_effort: _Optional[str] = ...) -> None: ...
+
+class ReinforcementSection(_message.Message):
+    __slots__ = ("grader", "hyperparameters", "response_format")
+    GRADER_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    grader: _struct_pb2.Struct
+    hyperparameters: ReinforcementHyperparameters
+    response_format: _struct_pb2.Struct
+    def __init__(self, grader: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., hyperparameters: _Optional[_Union[ReinforcementHyperparameters, _Mapping]] = ..., response_format: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
 class Method(_message.Message):
-    __slots__ = ("type", "supervised", "dpo")
+    __slots__ = ("type", "supervised", "dpo", "reinforcement")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SUPERVISED_FIELD_NUMBER: _ClassVar[int]
     DPO_FIELD_NUMBER: _ClassVar[int]
+    REINFORCEMENT_FIELD_NUMBER: _ClassVar[int]
     type: str
     supervised: MethodSection
     dpo: MethodSection
-    def __init__(self, type: _Optional[str] = ..., supervised: _Optional[_Union[MethodSection, _Mapping]] = ..., dpo: _Optional[_Union[MethodSection, _Mapping]] = ...) -> None: ...
+    reinforcement: ReinforcementSection
+    def __init__(self, type: _Optional[str] = ..., supervised: _Optional[_Union[MethodSection, _Mapping]] = ..., dpo: _Optional[_Union[MethodSection, _Mapping]] = ..., reinforcement: _Optional[_Union[ReinforcementSection, _Mapping]] = ...) -> None: ...
+
+class ReinforcementOptions(_message.Message):
+    __slots__ = ("num_generations", "max_completion_length", "kl_coef", "temperature")
+    NUM_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_COMPLETION_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    KL_COEF_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    num_generations: _struct_pb2.Value
+    max_completion_length: int
+    kl_coef: float
+    temperature: float
+    def __init__(self, num_generations: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., max_completion_length: _Optional[int] = ..., kl_coef: _Optional[float] = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class MixOptions(_message.Message):
     __slots__ = ("file", "fraction")
@@ -158,18 +200,20 @@ class EvalReportSummary(_message.Message):
     def __init__(self, file_id: _Optional[str] = ..., step: _Optional[int] = ..., validation_loss: _Optional[float] = ..., validation_change: _Optional[float] = ..., forgetting_change: _Optional[float] = ..., forgetting_flagged: _Optional[bool] = ..., gate_passed: _Optional[bool] = ...) -> None: ...
 
 class TuneryExtensions(_message.Message):
-    __slots__ = ("data", "training", "method", "scheduling", "eval")
+    __slots__ = ("data", "training", "method", "scheduling", "eval", "reinforcement")
     DATA_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SCHEDULING_FIELD_NUMBER: _ClassVar[int]
     EVAL_FIELD_NUMBER: _ClassVar[int]
+    REINFORCEMENT_FIELD_NUMBER: _ClassVar[int]
     data: DataQualityOptions
     training: TrainingOptions
     method: MethodOptions
     scheduling: SchedulingOptions
     eval: EvalOptions
-    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ..., scheduling: _Optional[_Union[SchedulingOptions, _Mapping]] = ..., eval: _Optional[_Union[EvalOptions, _Mapping]] = ...) -> None: ...
+    reinforcement: ReinforcementOptions
+    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ..., scheduling: _Optional[_Union[SchedulingOptions, _Mapping]] = ..., eval: _Optional[_Union[EvalOptions, _Mapping]] = ..., reinforcement: _Optional[_Union[ReinforcementOptions, _Mapping]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("model", "training_file", "validation_file", "suffix", "seed", "metadata", "hyperparameters", "method", "integrations", "tunery")
@@ -298,20 +342,22 @@ class JobScheduling(_message.Message):
     def __init__(self, priority: _Optional[int] = ..., queue_position: _Optional[int] = ...) -> None: ...
 
 class JobTunery(_message.Message):
-    __slots__ = ("data", "training", "method", "scheduling", "eval", "eval_report")
+    __slots__ = ("data", "training", "method", "scheduling", "eval", "eval_report", "reinforcement")
     DATA_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SCHEDULING_FIELD_NUMBER: _ClassVar[int]
     EVAL_FIELD_NUMBER: _ClassVar[int]
     EVAL_REPORT_FIELD_NUMBER: _ClassVar[int]
+    REINFORCEMENT_FIELD_NUMBER: _ClassVar[int]
     data: DataQualityOptions
     training: TrainingOptions
     method: MethodOptions
     scheduling: JobScheduling
     eval: EvalOptions
     eval_report: EvalReportSummary
-    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ..., scheduling: _Optional[_Union[JobScheduling, _Mapping]] = ..., eval: _Optional[_Union[EvalOptions, _Mapping]] = ..., eval_report: _Optional[_Union[EvalReportSummary, _Mapping]] = ...) -> None: ...
+    reinforcement: ReinforcementOptions
+    def __init__(self, data: _Optional[_Union[DataQualityOptions, _Mapping]] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., method: _Optional[_Union[MethodOptions, _Mapping]] = ..., scheduling: _Optional[_Union[JobScheduling, _Mapping]] = ..., eval: _Optional[_Union[EvalOptions, _Mapping]] = ..., eval_report: _Optional[_Union[EvalReportSummary, _Mapping]] = ..., reinforcement: _Optional[_Union[ReinforcementOptions, _Mapping]] = ...) -> None: ...
 
 class FineTuningJob(_message.Message):
     __slots__ = ("id", "object", "created_at", "error", "fine_tuned_model", "finished_at", "hyperparameters", "model", "organization_id", "result_files", "seed", "status", "trained_tokens", "training_file", "validation_file", "integrations", "estimated_finish", "method", "metadata", "user_provided_suffix", "tunery")

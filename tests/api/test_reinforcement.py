@@ -1,0 +1,134 @@
+"""Reinforcement jobs through the API: OpenAI's request shape from the official SDK, the job object as OpenAI returns
+it (``auto``, then resolved), Tunery's ``tunery.reinforcement``, the dry run's generation figures, the same object
+over gRPC, and the refusals. Training itself is tests/trainer/test_grpo.py's and test_methods.py's."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from api.grpc.convert import to_message
+from tests.conftest import TINY, RunningServer
+from tests.schema import validate
+from tunery.v1 import fine_tuning_pb2 as jpb
+from tunery.v1 import fine_tuning_pb2_grpc
+
+KEYWORD = {
+    "type": "string_check",
+    "name": "keyword",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.keyword}}",
+    "operation": "ilike",
+}
+
+
+def rft_lines(n: int) -> bytes:
+    lines = [
+        {"messages": [{"role": "user", "content": f"Question {i}: say a fruit."}], "keyword": "apple", "n": i}
+        for i in range(n)
+    ]
+    return "\n".join(json.dumps(line) for line in lines).encode()
+
+
+def test_a_reinforcement_job_is_stored_resolved_and_returned_as_openai_says(
+    tiny_server_factory: Callable[..., RunningServer],
+) -> None:
+    srv = tiny_server_factory(max_concurrent_runs=0)  # nothing launches: the job stays queued
+    client = srv.client
+    train = client.files.create(file=("rft.jsonl", rft_lines(20)), purpose="fine-tune").id
+    client.files.wait_for_processing(train, poll_interval=0.1, max_wait_seconds=30)
+
+    method = {
+        "type": "reinforcement",
+        "reinforcement": {"grader": KEYWORD, "hyperparameters": {"n_epochs": 2, "eval_samples": 2}},
+    }
+    job = client.fine_tuning.jobs.create(
+        model=TINY, training_file=train, method=method, extra_body={"tunery": {"reinforcement": {"kl_coef": 0.05}}}
+    )
+    raw = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()
+    validate(raw, "FineTuningJob")
+    assert raw["method"]["type"] == "reinforcement"
+    section = raw["method"]["reinforcement"]
+    assert section["grader"] == KEYWORD and section["response_format"] is None
+    assert section["hyperparameters"] == {
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
+        "n_epochs": 2,
+        "eval_interval": "auto",
+        "eval_samples": 2,
+        "compute_multiplier": "auto",
+        "reasoning_effort": "default",
+    }
+    assert raw["tunery"]["reinforcement"] == {
+        "num_generations": "auto",
+        "max_completion_length": 256,
+        "kl_coef": 0.05,
+        "temperature": 1.0,
+    }
+
+    job = srv.wait_job(job.id, {"queued"}, timeout=30)
+    report = srv.http.get(f"/v1/files/{train}/validation", params={"model": TINY}).json()
+    assert (report["format"], report["kind"], report["examples"]) == ("reinforcement", "reinforcement", 20)
+    assert report["tokens"]["prompt_only"] and report["tokens"]["trained"] == 0 < report["tokens"]["total"]
+    assert job.method.type == "reinforcement"
+    hp = job.method.reinforcement.hyperparameters
+    assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier) == (2, 1, 1.0)
+    assert (hp.eval_samples, hp.compute_multiplier, hp.reasoning_effort, hp.eval_interval) == (
+        2,
+        1.0,
+        "default",
+        "auto",
+    )
+    assert job.method.reinforcement.grader.type == "string_check"
+    raw = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}").json()
+    validate(raw, "FineTuningJob")
+    # A CPU-only trainer samples 4 answers per prompt (compute_multiplier 1).
+    assert raw["tunery"]["reinforcement"]["num_generations"] == 4
+
+    # The same object over gRPC, field for field.
+    with grpc.insecure_channel(srv.grpc_address) as channel:
+        stub = fine_tuning_pb2_grpc.FineTuningServiceStub(channel)
+        answer = stub.GetJob(jpb.GetJobRequest(job_id=job.id), timeout=30)
+    assert answer == to_message(raw, type(answer))
+
+
+def test_the_dry_run_counts_the_sampled_answers(tiny_server_factory: Callable[..., RunningServer]) -> None:
+    srv = tiny_server_factory(max_concurrent_runs=0)
+    train = srv.client.files.create(file=("rft.jsonl", rft_lines(20)), purpose="fine-tune").id
+    srv.client.files.wait_for_processing(train, poll_interval=0.1, max_wait_seconds=30)
+
+    def estimate(generations: int, length: int) -> dict[str, Any]:
+        body = {
+            "model": TINY,
+            "training_file": train,
+            "method": {"type": "reinforcement", "reinforcement": {"grader": KEYWORD}},
+            "tunery": {"reinforcement": {"num_generations": generations, "max_completion_length": length}},
+        }
+        r = srv.http.post("/v1/fine_tuning/jobs/dry_run", json=body)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    small, more, longer = estimate(2, 16), estimate(8, 16), estimate(2, 64)
+    assert more["tokens_per_epoch"] == 4 * small["tokens_per_epoch"]
+    assert longer["tokens_per_epoch"] - small["tokens_per_epoch"] == 2 * 20 * (64 - 16)
+    assert more["gpu_seconds"] > small["gpu_seconds"] and longer["gpu_seconds"] > small["gpu_seconds"]
+    # The tokens the trainer will report: the prompts, once per answer.
+    assert more["trained_tokens_per_epoch"] == 4 * small["trained_tokens_per_epoch"] > 0
+
+
+def test_files_of_another_kind_do_not_fit(tiny_server_factory: Callable[..., RunningServer]) -> None:
+    from tests.conftest import chat_lines
+
+    srv = tiny_server_factory(max_concurrent_runs=0)
+    chat = srv.client.files.create(file=("c.jsonl", chat_lines(12)), purpose="fine-tune").id
+    rft = srv.client.files.create(file=("r.jsonl", rft_lines(12)), purpose="fine-tune").id
+    method = {"type": "reinforcement", "reinforcement": {"grader": KEYWORD}}
+    bad = srv.client.fine_tuning.jobs.create(model=TINY, training_file=chat, method=method)
+    bad = srv.wait_job(bad.id, {"failed"}, timeout=30)
+    assert bad.error.code == "invalid_training_file" and "provided method=reinforcement" in bad.error.message
+    sft = srv.client.fine_tuning.jobs.create(model=TINY, training_file=rft)
+    sft = srv.wait_job(sft.id, {"failed"}, timeout=30)
+    assert sft.error.code == "invalid_training_file" and "fine-tune-reinforcement" in sft.error.message
