@@ -414,9 +414,10 @@ class _Context:
 
     _NO_JSON = object()
 
-    def __init__(self, sample: str, item: Any):
+    def __init__(self, sample: str, item: Any, python: dict[int, sandbox.Outcome] | None = None):
         self.sample = sample
         self.item = item
+        self.python = python or {}  # what each python grader (by id) gave for this sample, graded in a batch
         self._json: Any = None
         self._parsed = False
 
@@ -737,8 +738,40 @@ def run_grader(
     that fails) is an error flag and a reward of 0; a grader Tunery does not run is a :class:`GraderNotRunnable`.
     ``limits``: those of a python grader's sandbox, for each python grader in it."""
     check_runnable(grader, where)
+    return _grade(grader, _Context(model_sample, {} if item is None else item), where, limits)
+
+
+def run_graders(
+    grader: AnyGrader,
+    samples: list[str],
+    items: list[Any],
+    where: str = "grader",
+    limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
+) -> list[GradeResult]:
+    """:func:`run_grader` of each sample against its item (a reinforcement step's completions): the same results,
+    with each python grader in ``grader`` run once for all of them, in one sandbox (its start paid once)."""
+    check_runnable(grader, where)
+    if len(samples) != len(items):
+        raise ValueError(f"{len(samples)} samples for {len(items)} items")
+    items = [{} if item is None else item for item in items]
+    pythons = [grader] if isinstance(grader, PythonGrader) else []
+    if isinstance(grader, MultiGrader):
+        pythons = [g for g in grader.named().values() if isinstance(g, PythonGrader)]
+    batches: dict[int, list[sandbox.Outcome]] = {}
+    for python in pythons:
+        pairs = [(python_sample(s), item) for s, item in zip(samples, items, strict=True)]
+        try:
+            batches[id(python)] = sandbox.run_python_batch(python.source, pairs, limits)
+        except sandbox.SandboxUnavailable as e:
+            raise _no_sandbox(str(e), where) from None
+    return [
+        _grade(grader, _Context(s, item, {k: v[i] for k, v in batches.items()}), where, limits)
+        for i, (s, item) in enumerate(zip(samples, items, strict=True))
+    ]
+
+
+def _grade(grader: AnyGrader, ctx: _Context, where: str, limits: sandbox.Limits) -> GradeResult:
     started = time.perf_counter()
-    ctx = _Context(model_sample, {} if item is None else item)
     errors = GradeErrors()
     problems: list[str] = []
     sub_rewards: dict[str, Any] = {}
@@ -818,10 +851,12 @@ def python_sample(model_sample: str) -> dict[str, Any]:
 def _run_python(
     grader: PythonGrader, ctx: _Context, where: str, errors: GradeErrors, problems: list[str], limits: sandbox.Limits
 ) -> float:
-    try:
-        outcome = sandbox.run_python(grader.source, python_sample(ctx.sample), ctx.item, limits)
-    except sandbox.SandboxUnavailable as e:
-        raise _no_sandbox(str(e), where) from None
+    outcome = ctx.python.get(id(grader))
+    if outcome is None:
+        try:
+            outcome = sandbox.run_python(grader.source, python_sample(ctx.sample), ctx.item, limits)
+        except sandbox.SandboxUnavailable as e:
+            raise _no_sandbox(str(e), where) from None
     if outcome.reward is not None:
         return outcome.reward
     if outcome.server_error is not None:

@@ -16,6 +16,7 @@ from tests.trainer_fixtures import RUN_TOKEN, jsonl_bytes, make_spec, reporting_
 from trainer.methods.grpo import grader_reward, output_text
 from trainer.reporter import Reporter
 from trainer.run import StopSignal, run
+from tunery import sandbox
 from tunery.graders import parse_grader
 from tunery.plan import ReinforcementPlan
 from tunery.storage import open_store
@@ -100,3 +101,13 @@ def test_a_model_learns_a_task_defined_only_by_its_grader(
     assert manifest["method"] == "grpo" and manifest["reinforcement"]["grader"] == KEYWORD
     results = store.get_bytes(result.results_key).decode().splitlines()
     assert results[0].split(",")[-5:] == ["reward", "reward_std", "kl", "completion_length", "valid_reward"]
+
+
+@pytest.mark.skipif(sandbox.unavailable() is not None, reason=f"no sandbox on this machine: {sandbox.unavailable()}")
+def test_a_python_grader_scores_a_batch_of_completions_in_its_sandbox() -> None:
+    source = "def grade(sample, item):\n    return len(sample['output_text']) / item['length']\n"
+    reward = grader_reward(parse_grader({"type": "python", "name": "length", "source": source}))
+    completions = [[{"role": "assistant", "content": "ab"}], [{"role": "assistant", "content": "abcd"}]]
+    items = [json.dumps({"length": 4}), json.dumps({"length": 0})]
+    # The second divides by zero: a reward of 0 (python_grader_runtime_error), not a failed step.
+    assert reward(prompts=[None, None], completions=completions, item=items) == [0.5, 0.0]

@@ -385,3 +385,52 @@ def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="disk_bytes"):
         Limits(disk_bytes=0)
     assert math.isfinite(sandbox.DEFAULT_LIMITS.timeout_s)
+
+
+def test_a_batch_of_samples_is_graded_as_one_by_one_in_one_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_graders (a reinforcement step's completions) answers what run_grader answers for each sample, with each
+    python grader started once for the batch, also inside a multi grader next to other graders."""
+    source = (
+        "def grade(sample, item):\n"
+        "    if sample['output_text'] == 'boom':\n"
+        "        raise ValueError('boom')\n"
+        "    return float(item['answer'] in sample['output_text'])\n"
+    )
+    single = python(source)
+    multi = parse_grader(
+        {
+            "type": "multi",
+            "name": "both",
+            "graders": {
+                "code": {"type": "python", "name": "code", "source": source},
+                "same": {
+                    "type": "string_check",
+                    "name": "same",
+                    "input": "{{sample.output_text}}",
+                    "reference": "{{item.answer}}",
+                    "operation": "eq",
+                },
+            },
+            "calculate_output": "code + same",
+        }
+    )
+    samples = ["it is 4", "5", "boom", "4"]
+    items = [{"answer": "4"}, {"answer": "4"}, {"answer": "4"}, {"answer": "4"}]
+    starts: list[int] = []
+    real = sandbox.run_python_batch
+
+    def counted(src: str, pairs: list[tuple[Any, Any]], limits: Limits = FAST) -> list[Outcome]:
+        starts.append(len(pairs))
+        return real(src, pairs, limits)
+
+    for grader, expected in ((single, [1.0, 0.0, 0.0, 1.0]), (multi, [1.0, 0.0, 0.0, 2.0])):
+        one_by_one = [g.run_grader(grader, s, i, limits=FAST) for s, i in zip(samples, items, strict=True)]
+        monkeypatch.setattr(sandbox, "run_python_batch", counted)
+        batch = g.run_graders(grader, samples, items, limits=FAST)
+        monkeypatch.setattr(sandbox, "run_python_batch", real)
+        assert starts == [4]
+        starts.clear()
+        assert [r.reward for r in batch] == [r.reward for r in one_by_one] == expected
+        assert [r.metadata.errors.python_grader_runtime_error for r in batch] == [False, False, True, False]
+        assert "boom" in (batch[2].metadata.errors.python_grader_runtime_error_details or "")
+        assert [r.sub_rewards for r in batch] == [r.sub_rewards for r in one_by_one]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tunery.data import ReinforcementRecord
-from tunery.graders import AnyGrader, parse_grader, run_grader
+from tunery.graders import AnyGrader, parse_grader, run_graders
 from tunery.methods import METHODS
 from tunery.plan import ReinforcementPlan, TrainingPlan
 
@@ -86,17 +86,15 @@ def output_text(completion: Any) -> str:
 
 def grader_reward(grader: AnyGrader) -> Callable[..., list[float]]:
     """TRL's reward function: each completion graded against its row's item, as ``graders/run`` grades it (an error
-    flag is a reward of 0, logged once per batch)."""
+    flag is a reward of 0, logged once per batch); a python grader grades a batch in one sandbox."""
 
     def reward(prompts: list[Any], completions: list[Any], item: list[str] | None = None, **_: Any) -> list[float]:
-        out, problems = [], []
-        for i, completion in enumerate(completions):
-            result = run_grader(grader, output_text(completion), json.loads(item[i]) if item else {}, GRADER_PARAM)
-            out.append(float(result.reward))
-            problems.extend(result.problems)
+        items = [json.loads(i) for i in item] if item else [{} for _ in completions]
+        results = run_graders(grader, [output_text(c) for c in completions], items, GRADER_PARAM)
+        problems = [p for r in results for p in r.problems]
         if problems:
             log.warning("grader: %d problem(s) in this batch, first: %s", len(problems), problems[0])
-        return out
+        return [float(r.reward) for r in results]
 
     reward.__name__ = "grader"  # TRL logs rewards/<name>/mean
     return reward
