@@ -111,3 +111,24 @@ def test_a_python_grader_scores_a_batch_of_completions_in_its_sandbox() -> None:
     items = [json.dumps({"length": 4}), json.dumps({"length": 0})]
     # The second divides by zero: a reward of 0 (python_grader_runtime_error), not a failed step.
     assert reward(prompts=[None, None], completions=completions, item=items) == [0.5, 0.0]
+
+
+def test_a_trainer_that_cannot_run_the_grader_fails_the_job_with_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API checked the grader where it runs; a trainer on a machine without a sandbox refuses the job at its start
+    (unsupported_method, naming what is missing), instead of failing inside a training step."""
+    from trainer.errors import TrainerError
+    from trainer.methods import get_method
+
+    monkeypatch.setattr(sandbox, "unavailable", lambda: "Landlock is not enabled")
+    grader = {"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1.0\n"}
+    plan = make_spec(base_model_path=Path("."), object_store=Path("."), reporting_address="x").plan.model_copy(
+        update={
+            "method": "grpo",
+            "reinforcement": ReinforcementPlan(
+                grader=grader, num_generations=2, max_completion_length=4, kl_coef=0.0, temperature=1.0
+            ),
+        }
+    )
+    with pytest.raises(TrainerError) as e:
+        get_method("grpo").trainer_extra(None, plan)
+    assert e.value.code == "unsupported_method" and "Landlock is not enabled" in str(e.value)

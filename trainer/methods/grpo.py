@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tunery.data import ReinforcementRecord
-from tunery.graders import AnyGrader, parse_grader, run_graders
+from tunery.graders import AnyGrader, GraderNotRunnable, check_runnable, parse_grader, run_graders
 from tunery.methods import METHODS
 from tunery.plan import ReinforcementPlan, TrainingPlan
 
@@ -134,7 +134,14 @@ class GRPO(TrainerMethod):
     def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None) -> dict[str, Any]:
         if plan is None:
             raise TrainerError("a reinforcement trainer is built from its plan", code="invalid_method")
-        return {"reward_funcs": [grader_reward(parse_grader(_rl(plan).grader, GRADER_PARAM))]}
+        grader = parse_grader(_rl(plan).grader, GRADER_PARAM)
+        try:  # the API checked it where it runs; the trainer's machine may lack what it needs (a python sandbox)
+            check_runnable(grader, GRADER_PARAM)
+        except GraderNotRunnable as e:
+            raise TrainerError(
+                f"the trainer cannot run this job's grader: {e.message}", code="unsupported_method", param=e.param
+            ) from None
+        return {"reward_funcs": [grader_reward(grader)]}
 
     def build_datasets(
         self, run: TrainingRun, chat: ChatTokenizer, train: DataFileRead, valid: DataFileRead | None
