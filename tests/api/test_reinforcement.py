@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import pytest
 
 from api.grpc.convert import to_message
 from tests.conftest import TINY, RunningServer
@@ -132,3 +133,37 @@ def test_files_of_another_kind_do_not_fit(tiny_server_factory: Callable[..., Run
     sft = srv.client.fine_tuning.jobs.create(model=TINY, training_file=rft)
     sft = srv.wait_job(sft.id, {"failed"}, timeout=30)
     assert sft.error.code == "invalid_training_file" and "fine-tune-reinforcement" in sft.error.message
+
+
+@pytest.mark.integration
+def test_a_reinforcement_job_trains_end_to_end_and_its_model_answers(server: Any, upload: Any) -> None:
+    """Through the embedded server: the scheduler validates the RFT file, launches the trainer with the grader in the
+    plan, the steps report their rewards as metrics events, the job succeeds, and its model answers a chat."""
+    train = upload(rft_lines(12)).id
+    valid = upload(rft_lines(4)).id
+    job = server.client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=train,
+        validation_file=valid,
+        method={
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": KEYWORD,
+                "hyperparameters": {"n_epochs": 1, "batch_size": 4, "eval_interval": 1},
+            },
+        },
+        extra_body={"tunery": {"reinforcement": {"num_generations": 2, "max_completion_length": 4}}},
+    )
+    done = server.wait_job(job.id, {"succeeded", "failed"}, timeout=300)
+    assert done.status == "succeeded", (done.error, server.events(job.id))
+    assert done.trained_tokens and done.trained_tokens > 0
+    metrics = [e.data for e in server.client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    assert sorted(m["step"] for m in metrics) == [1, 2, 3]  # 12 prompts, 4 a step
+    assert all("reward" in m and "reward_std" in m and "completion_length" in m for m in metrics)
+    assert all("valid_reward" in m for m in metrics)  # evaluated every step (eval_interval 1)
+    hp = done.method.reinforcement.hyperparameters
+    assert (hp.n_epochs, hp.batch_size, hp.eval_interval) == (1, 4, 1)
+    reply = server.client.chat.completions.create(
+        model=done.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0
+    )
+    assert reply.model == done.fine_tuned_model and reply.usage.completion_tokens > 0
