@@ -26,16 +26,34 @@ M = TypeVar("M", bound=Message)
 JSON_TYPES = frozenset({"google.protobuf.Value", "google.protobuf.Struct", "google.protobuf.ListValue"})
 
 
+# The integers a double holds exactly: a JSON number in that range without a fraction is read as an integer.
+EXACT_INTEGERS = 2**53
+
+
+def _json(v: Any) -> Any:
+    """A JSON value read from a Struct, a Value or a ListValue as REST's JSON parser reads it: protobuf keeps every
+    number as a double, so ``3`` comes out as ``3.0``; a whole number comes back as the integer a JSON body would
+    have sent (a grader's ``{{item.n}}`` renders ``3``, not ``3.0``; a python grader's item has an ``int``)."""
+    if isinstance(v, float):
+        return int(v) if v.is_integer() and abs(v) < EXACT_INTEGERS else v
+    if isinstance(v, dict):
+        return {k: _json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_json(x) for x in v]
+    return v
+
+
 def _value(field: FieldDescriptor, value: Any) -> Any:
     if field.type != FieldDescriptor.TYPE_MESSAGE:
         return value
     if field.message_type.full_name in JSON_TYPES:
-        return json_format.MessageToDict(value)
+        return _json(json_format.MessageToDict(value))
     return message_dict(value)
 
 
 def message_dict(message: Message) -> dict[str, Any]:
-    """The fields the client set, as the JSON object REST would have been sent (integers stay integers)."""
+    """The fields the client set, as the JSON object REST would have been sent (integers stay integers, in JSON
+    values too)."""
     out: dict[str, Any] = {}
     for field, value in message.ListFields():
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
