@@ -22,6 +22,7 @@ F = TypeVar("F")
 
 J = "/v1/fine_tuning/jobs"
 AL = "/v1/tunery/aliases"
+GR = "/v1/fine_tuning/alpha/graders"
 # Every RPC and the REST route it mirrors (method, route template).
 REST_TWIN: dict[str, tuple[str, str]] = {
     "ChatService/CreateChatCompletion": ("POST", "/v1/chat/completions"),
@@ -55,6 +56,8 @@ REST_TWIN: dict[str, tuple[str, str]] = {
     "AliasService/RollbackAlias": ("POST", f"{AL}/{{name}}/rollback"),
     "AliasService/ListAliasVersions": ("GET", f"{AL}/{{name}}/history"),
     "AliasService/DeleteAlias": ("DELETE", f"{AL}/{{name}}"),
+    "GraderService/RunGrader": ("POST", f"{GR}/run"),
+    "GraderService/ValidateGrader": ("POST", f"{GR}/validate"),
 }
 
 

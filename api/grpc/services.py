@@ -28,7 +28,9 @@ from api.protocol.aliases import (
 )
 from api.protocol.chat import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, SamplingRequest
 from api.protocol.files import CreateFileRequest, ListFilesRequest
+from api.protocol.graders import RunGraderRequest, ValidateGraderRequest
 from api.protocol.jobs import CreateJob, ListJobCheckpointsRequest, ListJobEventsRequest, ListJobsRequest
+from api.services import graders
 from api.services.aliases import AliasService
 from api.services.chat import ChatService
 from api.services.files import FileContent, FileService, file_too_large
@@ -43,6 +45,8 @@ from tunery.v1 import files_pb2 as files_pb
 from tunery.v1 import files_pb2_grpc as files_grpc
 from tunery.v1 import fine_tuning_pb2 as ft_pb
 from tunery.v1 import fine_tuning_pb2_grpc as ft_grpc
+from tunery.v1 import graders_pb2 as graders_pb
+from tunery.v1 import graders_pb2_grpc as graders_grpc
 from tunery.v1 import models_pb2 as models_pb
 from tunery.v1 import models_pb2_grpc as models_grpc
 
@@ -399,3 +403,23 @@ class ChatServicer(_Servicer, chat_grpc.ChatServiceServicer):
     async def StreamCompletion(self, request: chat_pb.CreateCompletionRequest, context: Context) -> Any:
         async for part in self._streamed("", request, chat_pb.Completion, context):
             yield part
+
+
+class GraderServicer(_Servicer, graders_grpc.GraderServiceServicer):
+    """Graders before training: REST's service (api/services/graders.py), which reads and stores nothing of the
+    project. Not in a read thread: a python grader waits up to its time limit on its sandbox (REST's routes are plain
+    ``def`` routes, in anyio's pool, for the same reason)."""
+
+    async def RunGrader(self, request: graders_pb.RunGraderRequest, context: Context) -> Any:
+        def run(p: Principal) -> graders_pb.RunGraderResponse:
+            req = RunGraderRequest.model_validate(message_dict(request))
+            return to_message(graders.run(req), graders_pb.RunGraderResponse)
+
+        return await self.calls.blocking("GraderService/RunGrader", context, run, read=False)
+
+    async def ValidateGrader(self, request: graders_pb.ValidateGraderRequest, context: Context) -> Any:
+        def run(p: Principal) -> graders_pb.ValidateGraderResponse:
+            req = ValidateGraderRequest.model_validate(message_dict(request))
+            return to_message(graders.validate(req), graders_pb.ValidateGraderResponse)
+
+        return await self.calls.blocking("GraderService/ValidateGrader", context, run, read=False)
