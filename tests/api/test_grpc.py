@@ -28,23 +28,34 @@ from api.grpc.calls import REST_TWIN
 from api.grpc.convert import to_message
 from api.grpc.errors import GRPC_CODE
 from tests import fuzzing
+from tests.api.test_graders import CLOSE, EXACT
 from tests.configurations import (  # noqa: F401 (each server test runs embedded and on PostgreSQL + S3)
     configuration,
     configuration_metadata_store,
     configuration_object_store,
 )
 from tests.conftest import TINY, RunningServer, chat_lines
+from tunery import sandbox
 from tunery.v1 import aliases_pb2 as apb
-from tunery.v1 import aliases_pb2_grpc, chat_pb2_grpc, files_pb2_grpc, fine_tuning_pb2_grpc, models_pb2_grpc
+from tunery.v1 import (
+    aliases_pb2_grpc,
+    chat_pb2_grpc,
+    files_pb2_grpc,
+    fine_tuning_pb2_grpc,
+    graders_pb2_grpc,
+    models_pb2_grpc,
+)
 from tunery.v1 import chat_pb2 as cpb
 from tunery.v1 import files_pb2 as fpb
 from tunery.v1 import fine_tuning_pb2 as jpb
+from tunery.v1 import graders_pb2 as gpb
 from tunery.v1 import models_pb2 as mpb
 
 KEY = fuzzing.API_KEY
 HI = struct_pb2.Value(string_value="Hi")
 J = "/v1/fine_tuning/jobs"
 AL = "/v1/tunery/aliases"
+GR = "/v1/fine_tuning/alpha/graders"
 
 
 @dataclass
@@ -60,6 +71,7 @@ class Api:
             "FineTuningService": fine_tuning_pb2_grpc.FineTuningServiceStub,
             "ModelService": models_pb2_grpc.ModelServiceStub,
             "AliasService": aliases_pb2_grpc.AliasServiceStub,
+            "GraderService": graders_pb2_grpc.GraderServiceStub,
         }
         return stubs[service](self.channel)
 
@@ -86,6 +98,43 @@ class Case:
     path: str
     query: dict[str, Any] | None = None
     body: dict[str, Any] | None = None
+
+
+def grader_call(rpc: str, body: dict[str, Any]) -> Case:
+    """A GraderService call and its REST twin, both from one JSON body: the message is built from it by protobuf's
+    own JSON mapping (a grader and an item are Structs), not by the server's converter."""
+    route = {"GraderService/RunGrader": f"{GR}/run", "GraderService/ValidateGrader": f"{GR}/validate"}[rpc]
+    message = {
+        "GraderService/RunGrader": gpb.RunGraderRequest,
+        "GraderService/ValidateGrader": gpb.ValidateGraderRequest,
+    }
+    return Case(rpc, lambda o: json_format.ParseDict(body, message[rpc]()), route, body=body)
+
+
+EQ = {**EXACT, "operation": "eq"}
+MULTI = {
+    "type": "multi",
+    "name": "combined",
+    "graders": {"exact": EQ, "close": CLOSE},
+    "calculate_output": "0.5 * exact + 0.5 * close ^ 2",
+}
+JUDGE = {
+    "type": "score_model",
+    "name": "judge",
+    "model": "m",
+    "input": [{"role": "user", "content": [{"type": "input_text", "text": "Rate {{sample.output_text}}"}]}],
+    "range": [0, 1],
+    "sampling_params": {"seed": 7},
+}
+PYTHON = {
+    "type": "python",
+    "name": "py",
+    "source": (
+        "def grade(sample, item):\n"
+        "    assert isinstance(item['n'], int), 'an integer of the item stays one'\n"
+        "    return float(sample['output_json']['answer'] == item['label'])\n"
+    ),
+}
 
 
 # Reads that answer the same object over both transports (writes are checked below, on their own objects).
@@ -121,6 +170,13 @@ READS = [
         lambda o: jpb.ListCheckpointsRequest(job_id=o["job_id"]),
         f"{J}/{{job_id}}/checkpoints",
     ),
+    # Graders read nothing of the project: validate answers the grader as Tunery read it.
+    grader_call("GraderService/ValidateGrader", {"grader": EQ}),
+    grader_call("GraderService/ValidateGrader", {"grader": CLOSE}),
+    grader_call("GraderService/ValidateGrader", {"grader": MULTI}),
+    grader_call("GraderService/ValidateGrader", {"grader": JUDGE}),
+    grader_call("GraderService/ValidateGrader", {"grader": PYTHON}),
+    grader_call("GraderService/ValidateGrader", {"grader": {**EQ, "future_field": {"a": [1, None, "x"]}}}),
 ]
 
 
@@ -137,6 +193,52 @@ def test_reads_answer_what_rest_answers(api: Api, case: Case) -> None:
     assert r.status_code == 200, r.text
     # The REST object, converted by the one rule, is the gRPC answer, field for field.
     assert answer == to_message(r.json(), type(answer))
+
+
+# Grader runs: (the call, the reward REST and gRPC both answer).
+RUNS = (
+    [
+        pytest.param(grader_call("GraderService/RunGrader", {"grader": EQ, "model_sample": s, "item": i}), r, id=name)
+        for name, s, i, r in [
+            ("string_check", "Paris", {"label": "Paris"}, 1.0),
+            ("string_check-miss", "paris", {"label": "Paris"}, 0.0),
+            ("string_check-number", "3", {"label": 3}, 1.0),  # {{item.label}} renders 3, as over REST, not 3.0
+            ("string_check-no-field", "x", {"other": "y"}, 0.0),  # invalid_variable_error
+        ]
+    ]
+    + [
+        pytest.param(grader_call("GraderService/RunGrader", body), reward, id=name)
+        for name, body, reward in [
+            ("empty-sample", {"grader": {**EXACT, "operation": "ne"}, "model_sample": "", "item": {"label": "a"}}, 1.0),
+            ("no-item", {"grader": {**EQ, "reference": "Paris"}, "model_sample": "Paris"}, 1.0),
+            ("text_similarity", {"grader": CLOSE, "model_sample": "hallo", "item": {"label": "hello"}}, 0.8),
+            ("multi", {"grader": MULTI, "model_sample": "hallo", "item": {"label": "hello"}}, 0.32),
+            ("formula-no-value", {"grader": {**MULTI, "calculate_output": "1/exact"}, "model_sample": "x"}, 0.0),
+        ]
+    ]
+    + [
+        pytest.param(
+            grader_call(
+                "GraderService/RunGrader", {"grader": PYTHON, "model_sample": sample, "item": {"n": 1, "label": "P"}}
+            ),
+            reward,
+            id=name,
+            marks=pytest.mark.skipif(sandbox.unavailable() is not None, reason=f"no sandbox: {sandbox.unavailable()}"),
+        )
+        for name, sample, reward in [("python", '{"answer": "P"}', 1.0), ("python-raises", '{"other": 1}', 0.0)]
+    ]
+)
+
+
+@pytest.mark.parametrize(("case", "reward"), RUNS)
+def test_a_grader_run_answers_what_rest_answers(api: Api, case: Case, reward: float) -> None:
+    answer = api.call(case.rpc, case.request(api.objects))
+    r = rest(api, case, api.objects)
+    assert r.status_code == 200, r.text
+    expected = to_message(r.json(), gpb.RunGraderResponse)
+    assert answer.reward == pytest.approx(reward) and answer.metadata.execution_time >= 0
+    answer.metadata.execution_time = expected.metadata.execution_time = 0  # measured: the one field that differs
+    assert answer == expected
 
 
 def error_info(e: grpc.RpcError) -> error_details_pb2.ErrorInfo:
@@ -228,6 +330,26 @@ REFUSALS = [
         body={"name": "ok", "model": "ft:nope"},
     ),
     Case("AliasService/ListAliases", lambda o: apb.ListAliasesRequest(limit=0), AL, {"limit": 0}),
+    # Graders: a bad grader, a bad template, a formula error, what Tunery does not run, a bad request.
+    grader_call("GraderService/RunGrader", {"grader": {**EXACT, "operation": "contains"}, "model_sample": "x"}),
+    grader_call("GraderService/ValidateGrader", {"grader": {"type": "regex", "name": "r"}}),
+    grader_call("GraderService/ValidateGrader", {"grader": {**EQ, "input": "{{sample.text}}"}}),
+    grader_call(
+        "GraderService/RunGrader",
+        {
+            "grader": {**MULTI, "graders": {"e": {**CLOSE, "reference": "{{x}}"}}, "calculate_output": "e"},
+            "model_sample": "x",
+        },
+    ),
+    grader_call("GraderService/ValidateGrader", {"grader": {**MULTI, "calculate_output": "__import__('os')"}}),
+    grader_call(
+        "GraderService/RunGrader", {"grader": {**MULTI, "calculate_output": "exact.__class__"}, "model_sample": "x"}
+    ),
+    grader_call("GraderService/ValidateGrader", {"grader": {**PYTHON, "source": "x = 1\n"}}),
+    grader_call("GraderService/RunGrader", {"grader": JUDGE, "model_sample": "x"}),
+    grader_call("GraderService/RunGrader", {"grader": {**CLOSE, "evaluation_metric": "cosine"}, "model_sample": "x"}),
+    grader_call("GraderService/RunGrader", {"grader": EQ}),
+    grader_call("GraderService/ValidateGrader", {}),
     # Legacy completions need vLLM: the embedded engine refuses them (tests/serving/test_vllm.py serves them).
     Case(
         "ChatService/CreateCompletion",
@@ -263,7 +385,7 @@ def test_refusals_map_to_status_codes_with_openai_error(api: Api, case: Case) ->
 def test_every_rpc_has_a_rest_twin_and_every_service_rpc_is_served() -> None:
     served = {
         f"{s.name}/{m.name}"
-        for module in (cpb, fpb, jpb, mpb, apb)
+        for module in (cpb, fpb, jpb, mpb, apb, gpb)
         for s in module.DESCRIPTOR.services_by_name.values()
         for m in s.methods
     }
@@ -288,6 +410,13 @@ def test_keys_and_roles_are_the_rest_rules(api: Api) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         api.call("FineTuningService/GetJob", job, key=reader)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # ... grades (a POST that reads and stores nothing, as over REST) ...
+    graded = api.call(
+        "GraderService/RunGrader",
+        json_format.ParseDict({"grader": EQ, "model_sample": "a", "item": {"label": "a"}}, gpb.RunGraderRequest()),
+        key=reader,
+    )
+    assert graded.reward == 1.0
     # ... and may not write: refused before the job is looked up.
     with pytest.raises(grpc.RpcError) as caught:
         api.call("FineTuningService/CancelJob", jpb.JobRequest(job_id=api.objects["job_id"]), key=reader)
@@ -434,12 +563,20 @@ def test_watch_events_replays_from_a_cursor_follows_live_and_ends_with_the_job(a
 
 def test_health_and_reflection(api: Api) -> None:
     health = health_pb2_grpc.HealthStub(api.channel)
-    for service in ("", "tunery.v1.FineTuningService", "tunery.v1.FileService", "tunery.v1.ModelService"):
+    public = (
+        "tunery.v1.FineTuningService",
+        "tunery.v1.FileService",
+        "tunery.v1.ModelService",
+        "tunery.v1.AliasService",
+        "tunery.v1.ChatService",
+        "tunery.v1.GraderService",
+    )
+    for service in ("", *public):
         answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
     db = ProtoReflectionDescriptorDatabase(api.channel)
     services = set(db.get_services())
-    assert {"tunery.v1.FineTuningService", "tunery.v1.FileService", "tunery.v1.ModelService"} <= services
+    assert set(public) <= services
     assert "tunery.v1.TrainerReporting" not in services  # the trainers' channel is not the public API
 
 
