@@ -10,7 +10,9 @@ the line's fruit), with the same grader and generation settings (``--generations
 ``--completion-length`` tokens per prompt, temperature 1, ``--batch-size`` prompts a step):
 
 * plain TRL: ``GRPOConfig`` + ``GRPOTrainer`` as TRL's documentation writes them, the reward a Python function that
-  checks the keyword, the dataset a ``prompt`` column and the keyword;
+  checks the keyword, the dataset a ``prompt`` column and the keyword; in fp32 without gradient checkpointing, as
+  Tunery trains on this CPU (TRL's own defaults, bf16 autocast and gradient checkpointing even on a CPU, with
+  ``--trl-defaults``: a different numeric setting, measured apart);
 * Tunery: the trainer's own path for a reinforcement job (``trainer/methods/grpo.py``: its TRL config from the plan,
   its rows, its reward from the job's OpenAI grader through :func:`tunery.graders.run_graders`).
 
@@ -94,6 +96,7 @@ def build_trl(model_dir: Path, rows: list[dict[str, Any]], a: argparse.Namespace
         use_cpu=True,
         seed=a.seed,
         disable_tqdm=True,
+        **({} if a.trl_defaults else {"bf16": False, "gradient_checkpointing": False}),
     )
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -173,6 +176,9 @@ def main() -> int:
     parser.add_argument("--completion-length", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-dir", type=Path, default=DEMO_DIR)
+    parser.add_argument(
+        "--trl-defaults", action="store_true", help="plain TRL with its defaults: bf16 autocast, gradient checkpointing"
+    )
     a = parser.parse_args()
 
     import torch
@@ -187,7 +193,8 @@ def main() -> int:
     print(
         f"# GRPO, Tunery vs plain TRL: SmolLM2-135M-Instruct fp32, LoRA r=16 all-linear, {a.steps} steps x "
         f"{a.batch_size} prompts x {a.generations} completions of <= {a.completion_length} tokens, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads",
+        f"{torch.__version__}, {torch.get_num_threads()} threads; plain TRL "
+        f"{'with its defaults (bf16 autocast, gradient checkpointing)' if a.trl_defaults else 'in fp32, as Tunery'}",
         flush=True,
     )
     names = ["trl", "tunery"]

@@ -1,4 +1,4 @@
-"""Untrusted Python, run in an isolated process: the sandbox of OpenAI's ``python`` grader (tunery/graders.py,
+"""Untrusted Python, run in an isolated process: the sandbox of OpenAI's ``python`` grader (tunery/graders/,
 docs/graders.md). Linux only; standard library only.
 
 The parent (:func:`run_python`, :func:`run_python_batch`) starts ``<this interpreter> -I -S -B sandbox_child.py

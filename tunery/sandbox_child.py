@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_DETAILS_CHARS = 4000  # of an error's details (a traceback, the end of what the code printed)
-MAX_MAGNITUDE = 1e15  # as tunery/graders.py's formulas
+MAX_MAGNITUDE = 1e15  # as tunery/graders/'s formulas
 SETUP_FAILED = 70  # the launcher's exit status when it could not build the sandbox (its stderr says why)
 
 

@@ -18,9 +18,11 @@ import logging
 from collections.abc import Sequence
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
 from api.encoded import EncodedPage
+from tunery.wire import omitted as omitted  # re-exported: the protocol modules import it from here
+from tunery.wire import schema_as_sent
 
 log = logging.getLogger("tunery.api")
 
@@ -75,36 +77,12 @@ class TuneryExtension(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def omitted(description: str | None = None) -> Any:
-    """A response field that is left out, not sent as null, when it is None (OpenAI's optional fields that are not
-    nullable)."""
-    return Field(default=None, exclude_if=lambda v: v is None, description=description)
-
-
-def _schema_as_sent(schema: dict[str, Any], cls: type[BaseModel]) -> None:
-    """An :func:`omitted` field is neither required nor nullable: when it is sent, it has a value."""
-    required = schema.get("required", [])
-    for name, info in cls.model_fields.items():
-        if info.exclude_if is None:
-            continue
-        if name in required:
-            required.remove(name)
-        prop = schema.get("properties", {}).get(name, {})
-        prop.pop("default", None)
-        branches = [b for b in prop.get("anyOf", []) if b != {"type": "null"}]
-        if len(branches) == 1:
-            del prop["anyOf"]
-            prop.update(branches[0])
-    if not required:
-        schema.pop("required", None)
-
-
 class OpenAIResponse(BaseModel):
     """An object Tunery answers with. Built by the services, never from client input: undeclared fields are a bug
     (forbidden), except where a subclass passes on what a serving engine answered."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_serialization_defaults_required=True, json_schema_extra=_schema_as_sent
+        extra="forbid", json_schema_serialization_defaults_required=True, json_schema_extra=schema_as_sent
     )
 
 

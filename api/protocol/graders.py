@@ -1,5 +1,5 @@
 """OpenAI's grader requests and answers (``/v1/fine_tuning/alpha/graders/run`` and ``/validate``); the grader objects
-themselves are tunery/graders.py's, shared with the trainer.
+themselves are tunery/graders/'s, shared with the trainer.
 
 A request's ``grader`` is taken as a JSON object and typed by :func:`tunery.graders.parse_grader`, which names the
 field at fault (``grader.graders.a.operation``) in OpenAI's words; pydantic's own union errors would name its tags.

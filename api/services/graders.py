@@ -1,5 +1,5 @@
 """Graders before training (``/v1/fine_tuning/alpha/graders/run`` and ``/validate``): check a grader, and grade one
-model sample against one item with it, by tunery/graders.py. Nothing is stored and nothing is read from the project,
+model sample against one item with it, by tunery/graders/. Nothing is stored and nothing is read from the project,
 so the service needs no context; a failure is an :class:`~api.errors.InvalidRequest` naming the field at fault.
 CPU-bound (the similarity metrics), or waiting up to a python grader's time limit on its sandbox: run it off the
 event loop.

@@ -1,4 +1,4 @@
-"""tunery/graders.py: OpenAI's grader objects, templates, each grader and metric against an independent computation or a
+"""tunery/graders/: OpenAI's grader objects, templates, each grader and metric against an independent computation or a
 published example, and the formula of a multi grader, including what it must refuse."""
 
 from __future__ import annotations

@@ -1,0 +1,284 @@
+"""Grading a model sample against an item: :func:`run_grader` (one) and :func:`run_graders` (a batch, each python
+grader started once), with OpenAI's result and error flags."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunery import sandbox
+
+from .errors import MAX_TEXT_CHARS, MAX_WORDS_QUADRATIC, GraderNotRunnable
+from .formulas import parse_formula
+from .metrics import similarity, string_check
+from .objects import (
+    AnyGrader,
+    LabelModelGrader,
+    MultiGrader,
+    PythonGrader,
+    ScoreModelGrader,
+    StringCheckGrader,
+    TextSimilarityGrader,
+)
+from .templates import _Context, _Unfilled, render
+
+# ---- grading ------------------------------------------------------------------------------------------------------
+ERROR_FLAGS = (
+    "formula_parse_error",
+    "sample_parse_error",
+    "truncated_observation_error",
+    "unresponsive_reward_error",
+    "invalid_variable_error",
+    "other_error",
+    "python_grader_server_error",
+    "python_grader_runtime_error",
+    "model_grader_server_error",
+    "model_grader_refusal_error",
+    "model_grader_parse_error",
+)
+
+
+class GradeErrors(BaseModel):
+    """OpenAI's ``metadata.errors`` of a run: every flag, false unless that failure happened."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+    formula_parse_error: bool = False
+    sample_parse_error: bool = False
+    truncated_observation_error: bool = False
+    unresponsive_reward_error: bool = False
+    invalid_variable_error: bool = False
+    other_error: bool = False
+    python_grader_server_error: bool = False
+    python_grader_server_error_type: str | None = None
+    python_grader_runtime_error: bool = False
+    python_grader_runtime_error_details: str | None = None
+    model_grader_server_error: bool = False
+    model_grader_refusal_error: bool = False
+    model_grader_parse_error: bool = False
+    model_grader_server_error_details: str | None = None
+
+    def any(self) -> bool:
+        return any(getattr(self, f) for f in ERROR_FLAGS)
+
+    def merge(self, other: GradeErrors) -> None:
+        for f in ERROR_FLAGS:
+            if getattr(other, f):
+                setattr(self, f, True)
+
+
+class GradeMetadata(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+    name: str
+    type: str
+    errors: GradeErrors
+    execution_time: float
+    scores: dict[str, Any]
+    token_usage: int | None = None
+    sampled_model_name: str | None = None
+
+
+class GradeResult(BaseModel):
+    """OpenAI's ``RunGraderResponse``: the reward (0 when any error flag is set), what happened, the sub-rewards of a
+    multi grader. ``problems``: the messages behind the flags, for logs (not part of OpenAI's answer)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+    reward: float
+    metadata: GradeMetadata
+    sub_rewards: dict[str, Any] = {}
+    model_grader_token_usage_per_model: dict[str, Any] = {}
+    problems: list[str] = Field(default=[], exclude=True)
+
+
+def _not_runnable(grader: AnyGrader, where: str) -> GraderNotRunnable | None:
+    if isinstance(grader, PythonGrader):
+        missing = sandbox.unavailable()
+        if missing:
+            return _no_sandbox(missing, where)
+    if isinstance(grader, ScoreModelGrader | LabelModelGrader):
+        return GraderNotRunnable(
+            f"The {grader.type} grader is not implemented yet in Tunery: it needs a judge model served by Tunery's "
+            f"engine, which graders cannot call yet. '{where}' is well-formed, but cannot run.",
+            f"{where}.type",
+        )
+    if isinstance(grader, TextSimilarityGrader) and grader.evaluation_metric == "cosine":
+        return GraderNotRunnable(
+            "The cosine metric needs an embedding model, and Tunery has none configured: use another "
+            "evaluation_metric (fuzzy_match, bleu, gleu, meteor, rouge_1..rouge_5, rouge_l).",
+            f"{where}.evaluation_metric",
+        )
+    if isinstance(grader, MultiGrader):
+        for name, sub in grader.named().items():
+            sub_where = f"{where}.graders" if not isinstance(grader.graders, dict) else f"{where}.graders.{name}"
+            refused = _not_runnable(sub, sub_where)
+            if refused:
+                return refused
+    return None
+
+
+def _no_sandbox(missing: str, where: str) -> GraderNotRunnable:
+    return GraderNotRunnable(
+        f"The python grader cannot run on this server: it runs only in an isolated sandbox (no network, no files, "
+        f"CPU, memory and time limits), and {missing}. '{where}' is well-formed, but cannot run.",
+        f"{where}.type",
+    )
+
+
+def check_runnable(grader: AnyGrader, where: str = "grader") -> None:
+    """Raise :class:`GraderNotRunnable` for a grader (or a sub-grader) Tunery does not run."""
+    refused = _not_runnable(grader, where)
+    if refused:
+        raise refused
+
+
+def run_grader(
+    grader: AnyGrader,
+    model_sample: str,
+    item: Any = None,
+    where: str = "grader",
+    limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
+) -> GradeResult:
+    """Grade ``model_sample`` against ``item`` with a checked grader (:func:`parse_grader`). What depends on the
+    sample or the item (a reference it lacks, a sample that is not JSON, a formula without a value, a python grader
+    that fails) is an error flag and a reward of 0; a grader Tunery does not run is a :class:`GraderNotRunnable`.
+    ``limits``: those of a python grader's sandbox, for each python grader in it."""
+    check_runnable(grader, where)
+    return _grade(grader, _Context(model_sample, {} if item is None else item), where, limits)
+
+
+def run_graders(
+    grader: AnyGrader,
+    samples: list[str],
+    items: list[Any],
+    where: str = "grader",
+    limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
+) -> list[GradeResult]:
+    """:func:`run_grader` of each sample against its item (a reinforcement step's completions): the same results,
+    with each python grader in ``grader`` run once for all of them, in one sandbox (its start paid once)."""
+    check_runnable(grader, where)
+    if len(samples) != len(items):
+        raise ValueError(f"{len(samples)} samples for {len(items)} items")
+    items = [{} if item is None else item for item in items]
+    pythons = [grader] if isinstance(grader, PythonGrader) else []
+    if isinstance(grader, MultiGrader):
+        pythons = [g for g in grader.named().values() if isinstance(g, PythonGrader)]
+    batches: dict[int, list[sandbox.Outcome]] = {}
+    for python in pythons:
+        pairs = [(python_sample(s), item) for s, item in zip(samples, items, strict=True)]
+        try:
+            batches[id(python)] = sandbox.run_python_batch(python.source, pairs, limits)
+        except sandbox.SandboxUnavailable as e:
+            raise _no_sandbox(str(e), where) from None
+    return [
+        _grade(grader, _Context(s, item, {k: v[i] for k, v in batches.items()}), where, limits)
+        for i, (s, item) in enumerate(zip(samples, items, strict=True))
+    ]
+
+
+def _grade(grader: AnyGrader, ctx: _Context, where: str, limits: sandbox.Limits) -> GradeResult:
+    started = time.perf_counter()
+    errors = GradeErrors()
+    problems: list[str] = []
+    sub_rewards: dict[str, Any] = {}
+    if isinstance(grader, MultiGrader):
+        named = grader.named()
+        values: dict[str, float] = {}
+        for name, sub in named.items():
+            sub_where = f"{where}.graders" if not isinstance(grader.graders, dict) else f"{where}.graders.{name}"
+            values[name] = _score(sub, ctx, sub_where, errors, problems, limits)
+        sub_rewards = dict(values)
+        reward = 0.0
+        if not errors.any():
+            formula = parse_formula(grader.calculate_output, set(named), f"{where}.calculate_output")
+            try:
+                reward = formula.evaluate(values)
+            except (ArithmeticError, ValueError) as e:
+                errors.other_error = True
+                problems.append(f"{where}.calculate_output has no value: {e}")
+    else:
+        reward = _score(grader, ctx, where, errors, problems, limits)
+    if errors.any():
+        reward = 0.0
+    metadata = GradeMetadata(
+        name=grader.name,
+        type=grader.type,
+        errors=errors,
+        execution_time=time.perf_counter() - started,
+        scores=dict(sub_rewards),
+    )
+    return GradeResult(reward=reward, metadata=metadata, sub_rewards=sub_rewards, problems=problems)
+
+
+def _score(
+    grader: AnyGrader, ctx: _Context, where: str, errors: GradeErrors, problems: list[str], limits: sandbox.Limits
+) -> float:
+    if isinstance(grader, PythonGrader):
+        return _run_python(grader, ctx, where, errors, problems, limits)
+    assert isinstance(grader, StringCheckGrader | TextSimilarityGrader)
+    try:
+        text = render(grader.input, ctx, f"{where}.input")
+        reference = render(grader.reference, ctx, f"{where}.reference")
+    except _Unfilled as e:
+        setattr(errors, e.flag, True)
+        problems.append(f"{where}: {e}")
+        return 0.0
+    if isinstance(grader, StringCheckGrader):
+        return string_check(text, reference, grader.operation)
+    if max(len(text), len(reference)) > MAX_TEXT_CHARS:
+        errors.truncated_observation_error = True
+        problems.append(f"{where}: a text is longer than {MAX_TEXT_CHARS} characters")
+        return 0.0
+    if grader.evaluation_metric in ("rouge_l", "meteor") and max(len(text.split()), len(reference.split())) > (
+        MAX_WORDS_QUADRATIC
+    ):
+        errors.truncated_observation_error = True
+        problems.append(f"{where}: {grader.evaluation_metric} takes at most {MAX_WORDS_QUADRATIC} words a text")
+        return 0.0
+    return similarity(text, reference, grader.evaluation_metric)
+
+
+def python_sample(model_sample: str) -> dict[str, Any]:
+    """OpenAI's ``sample`` of a python grader, for a model sample that is text: ``output_json`` is None unless the text
+    is JSON; no tool calls; one choice, the assistant's message."""
+    try:
+        output_json = json.loads(model_sample)
+    except (ValueError, RecursionError):
+        output_json = None
+    message = {"role": "assistant", "content": model_sample}
+    return {
+        "output_text": model_sample,
+        "output_json": output_json,
+        "output_tools": [],
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+    }
+
+
+def _run_python(
+    grader: PythonGrader, ctx: _Context, where: str, errors: GradeErrors, problems: list[str], limits: sandbox.Limits
+) -> float:
+    outcome = ctx.python.get(id(grader))
+    if outcome is None:
+        try:
+            outcome = sandbox.run_python(grader.source, python_sample(ctx.sample), ctx.item, limits)
+        except sandbox.SandboxUnavailable as e:
+            raise _no_sandbox(str(e), where) from None
+    if outcome.reward is not None:
+        return outcome.reward
+    if outcome.server_error is not None:
+        errors.python_grader_server_error = True
+        errors.python_grader_server_error_type = "sandbox_error"
+        problems.append(f"{where}: {outcome.server_error}")
+        return 0.0
+    details = outcome.error or "grade() failed"
+    errors.python_grader_runtime_error = True
+    named = f"{grader.name}: {details}" if errors.python_grader_runtime_error_details else details
+    errors.python_grader_runtime_error_details = "\n".join(
+        d for d in (errors.python_grader_runtime_error_details, named) if d
+    )[-sandbox.MAX_DETAILS_CHARS :]
+    problems.append(f"{where}: {details}")
+    return 0.0
