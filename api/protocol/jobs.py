@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field
 from api.protocol.base import CursorPage, Name, OpenAIObject, OpenAIRequest, OpenAIResponse, TuneryExtension, omitted
 from tunery.estimate import Estimate
 from tunery.evalreport import EvalOptions, ReportSummary
+from tunery.graders import Grader
 from tunery.jobstate import JobStatus
 from tunery.methods import PreferenceTrainer
 from tunery.plan import (
@@ -179,7 +180,7 @@ class JobReinforcementHyperparameters(JobHyperparameters):
 
 
 class JobReinforcementMethod(OpenAIResponse):
-    grader: dict[str, Any]
+    grader: Grader  # as the job asked for it (checked by tunery.graders.parse_grader when it was created)
     hyperparameters: JobReinforcementHyperparameters
     response_format: dict[str, Any] | None = None
 

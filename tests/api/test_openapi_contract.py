@@ -51,6 +51,8 @@ KNOWN = {
     "ListPaginatedFineTuningJobsResponse.data[].status": "the same job object",
     "ValidateGraderResponse.grader.graders": "a map of names to sub-graders, as OpenAI's graders guide and its "
     "formulas use them; its schema has one grader there (also accepted, named by its `name`)",
+    "FineTuningJob.method.reinforcement.grader.graders": "the same grader object, in a reinforcement job",
+    "ListPaginatedFineTuningJobsResponse.data[].method.reinforcement.grader.graders": "the same job object",
 }
 KNOWN_SEEN: set[str] = set()
 

@@ -107,6 +107,7 @@ PLAN: dict[str, Any] = {
     "n_evals": 0,
     "packing": True,
     "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+    "reinforcement": None,
 }
 SUPERVISED: dict[str, Any] = {
     "job_id": JOB_ID,
