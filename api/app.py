@@ -14,6 +14,7 @@ from api import (
     chat,
     errors,
     estimates,
+    evaluations,
     files,
     graders,
     jobs,
@@ -96,7 +97,21 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    modules = (files, uploads, estimates, jobs, pause, permissions, models, aliases, chat, graders, organization, audit)
+    modules = (
+        files,
+        uploads,
+        estimates,
+        jobs,
+        pause,
+        permissions,
+        models,
+        aliases,
+        evaluations,
+        chat,
+        graders,
+        organization,
+        audit,
+    )
     for module in modules:
         app.include_router(module.router, prefix="/v1")
 

@@ -19,7 +19,7 @@ from tunery import ids, jobstate, quotas
 from tunery.db import Job, Project
 from tunery.db.ops import add_event, now
 from tunery.jobspec import JobSpec, broker_url
-from tunery.jobstate import ErrorCode, JobError, JobStatus
+from tunery.jobstate import EVAL_FILE_PARAM, ErrorCode, JobError, JobKind, JobStatus
 
 log = logging.getLogger("tunery.scheduler")
 
@@ -27,6 +27,10 @@ log = logging.getLogger("tunery.scheduler")
 DELETED_INPUT = (
     "The training file (or the mix file, or the fine-tuned model the job starts from) was deleted, or the model is "
     "no longer shared with the job's project."
+)
+DELETED_EVALUATION_INPUT = (
+    "The file to evaluate (or the reference file, or the model) was deleted, or the model is no longer shared with "
+    "the evaluation's project."
 )
 LAUNCHES_PER_PASS = 32  # jobs a backend that queues its own runs (Kubernetes) is given in one scheduler pass
 
@@ -94,7 +98,12 @@ class Dispatcher(SchedulerPart):
                 token = ids.run_token()
                 spec = self._spec(s, job)
                 if spec is None:
-                    fail_in(s, job, JobError(ErrorCode.invalid_training_file, DELETED_INPUT, "training_file"))
+                    gone = (
+                        JobError(ErrorCode.invalid_file, DELETED_EVALUATION_INPUT, EVAL_FILE_PARAM)
+                        if job.kind == JobKind.evaluation
+                        else JobError(ErrorCode.invalid_training_file, DELETED_INPUT, "training_file")
+                    )
+                    fail_in(s, job, gone)
                     continue
                 self.store.put_bytes(spec.spec_key(), spec.model_dump_json(indent=2).encode())
                 job.run_token = ids.token_digest(token)  # the token itself goes to the trainer alone

@@ -37,7 +37,7 @@ from tunery.db.ops import add_event, now
 from tunery.files import report_key
 from tunery.filescan import FileScan, ScanOptions
 from tunery.jobspec import mix_count
-from tunery.jobstate import CHAT_PARAMS, ErrorCode, JobError, JobStatus
+from tunery.jobstate import CHAT_PARAMS, EVAL_FILE_PARAM, ErrorCode, JobError, JobKind, JobStatus
 from tunery.plan import TrainingPlan, check_request, resolve_plan
 from tunery.sharing import usable_model
 from tunery.storage import ObjectNotFound
@@ -221,6 +221,9 @@ class Preprocessor(SchedulerPart):
             if job is None or job.status != JobStatus.validating_files:
                 return
             files = job_files(s, job)
+        if job.kind == JobKind.evaluation:
+            self._validate_evaluation(job, files)
+            return
         error: JobError | None = None
         n_train = n_mix = 0
         train_scan: FileScan | None = None
@@ -308,6 +311,48 @@ class Preprocessor(SchedulerPart):
                     "training": plan.training_options(),
                 },
             )
+
+        self.db.transaction(queue)
+
+    def _validate_evaluation(self, job: Job, files: dict[str, File]) -> None:
+        """An evaluation's file (and reference set): the tenant's, still there, without invalid lines, and holding
+        examples with an answer to score: chat (scored as a validation file is) or preference pairs (also DPO's
+        rewards). A reinforcement file, which has no answers, fails the evaluation with ``invalid_file``."""
+        model_folder = self.settings.base_model_paths().get(job.base_model)
+        model = (job.base_model, model_folder) if model_folder else None
+        plan = job.training_plan()
+        max_len = plan.max_seq_length if plan is not None else None
+        summaries: list[str] = []
+        for param, file_id in job.input_files():
+            f = files.get(file_id)
+            if f is None:
+                fail(self.db, job.id, JobError(file_error_code(param), f"File {file_id} was deleted.", param))
+                return
+            scan = scan_stored(self.store, f.object_key, self.scan_options(model, max_len))
+            kind = scan.format.kind if scan.format is not None and param == EVAL_FILE_PARAM else "supervised"
+            if kind == "reinforcement":
+                message = (
+                    f"File {file_id} holds reinforcement data (prompts without answers): an evaluation scores chat or "
+                    "preference examples, each with the answer to score."
+                )
+                fail(self.db, job.id, JobError(ErrorCode.invalid_file, message, param))
+                return
+            check = check_scan(scan, f.id, param, method="dpo" if kind == "preference" else "supervised")
+            if check.error:
+                fail(self.db, job.id, check.error)
+                return
+            summaries.append(check.summary(f.id, param))
+
+        def queue(s: Session) -> None:
+            row = s.scalar(select(Job).where(Job.id == job.id))
+            if row is None or row.status != JobStatus.validating_files or row.claimed_by != self.replica_id:
+                return  # cancelled meanwhile (or taken over by another replica)
+            release(row)
+            row.runtime = self.backend.runtime()
+            jobstate.queue(row)
+            for summary in summaries:
+                add_event(s, row.id, summary)
+            add_event(s, row.id, "Files validated, moving evaluation to queued state")
 
         self.db.transaction(queue)
 

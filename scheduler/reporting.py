@@ -22,7 +22,7 @@ from tunery.db.models import RESULTS_PURPOSE
 from tunery.db.ops import add_event, now
 from tunery.evalreport import EvalOptions, EvalReport
 from tunery.files import report_key
-from tunery.jobstate import TERMINAL, ErrorCode, JobError, UnknownErrorCode, error_code
+from tunery.jobstate import TERMINAL, ErrorCode, JobError, JobKind, UnknownErrorCode, error_code
 from tunery.metrics import Metrics
 from tunery.storage import ObjectNotFound, ObjectStore
 from tunery.v1 import reporting_pb2 as pb
@@ -183,6 +183,26 @@ def event_data(data_json: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def finish_evaluation(s: Session, store: ObjectStore, job: Job, request: pb.FinishedRequest) -> None:
+    """An evaluation's run ended (docs/evals.md): its report, at the server's key, becomes its file (purpose
+    ``fine-tune-results``) and its summary; a run that reported success without a readable report fails."""
+    job.run_token = None
+    job.eval_report = eval_report_file(s, store, job, layout.job_prefix(job.id), "eval_report.json")
+    job.result_files = [job.eval_report["file_id"]] if job.eval_report else []
+    if not request.succeeded or job.eval_report is None:
+        error = (
+            reported_error(request)
+            if not request.succeeded
+            else JobError(ErrorCode.training_error, "The evaluation ended without a readable report.")
+        )
+        jobstate.fail(job, error, now())
+        add_event(s, job.id, jobstate.failure_event(error, job.kind), level="error")
+        return
+    jobstate.succeed(job, now())
+    add_event(s, job.id, f"Evaluation of {job.model} written", data=job.eval_report)
+    add_event(s, job.id, "The evaluation has successfully completed")
+
+
 class ReportingService(pb_grpc.TrainerReportingServicer):
     def __init__(
         self,
@@ -331,6 +351,9 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
 
         def apply(s: Session, job: Job) -> None:
             done.clear()
+            if job.kind == JobKind.evaluation:
+                finish_evaluation(s, self.store, job, request)
+                return
             job.run_token = None
             model_prefix = layout.model_prefix(layout.job_prefix(job.id))
             # The final model's report: also when the job failed its eval gate (the report says why).
@@ -362,6 +385,10 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
             if not request.succeeded:
                 return None
             prefix = layout.job_prefix(job.id)
+            if job.kind == JobKind.evaluation:
+                if request.results_key != layout.eval_report_key(prefix) or request.model_prefix:
+                    return f"an evaluation's report is stored at {layout.eval_report_key(prefix)}"
+                return None
             if request.model_prefix.rstrip("/") != layout.model_prefix(prefix):
                 return f"the final model is stored under {layout.model_prefix(prefix)}"
             if request.results_key and request.results_key != layout.results_key(prefix):

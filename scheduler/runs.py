@@ -49,7 +49,7 @@ def fail_in(s: Session, job: Job, error: JobError) -> None:
     """Fail a job in the caller's transaction: its run is forgotten, the failure recorded as an event."""
     clear_run(job)
     jobstate.fail(job, error, now())
-    add_event(s, job.id, jobstate.failure_event(error), level="error")
+    add_event(s, job.id, jobstate.failure_event(error, job.kind), level="error")
 
 
 class TrainerLogs:

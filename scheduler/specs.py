@@ -11,6 +11,7 @@ from tunery import layout
 from tunery.db import File, Job
 from tunery.evalreport import EvalOptions
 from tunery.jobspec import DataFile, DataOptions, JobSpec, MixSpec
+from tunery.jobstate import JobKind
 from tunery.plan import TrainingPlan, resolve_plan
 
 
@@ -36,7 +37,18 @@ def build_spec(
 ) -> JobSpec | None:
     """The spec of the job's next run, or None when one of its inputs is gone: ``files`` are the job's input files
     by id (those missing were deleted), ``parent_prefix`` the object-store prefix of the fine-tuned model the job
-    starts from (None when there is none, or when it was deleted)."""
+    starts from (None when there is none, or when it was deleted). An evaluation's spec is
+    :func:`build_evaluation_spec`'s."""
+    if job.kind == JobKind.evaluation:
+        return build_evaluation_spec(
+            job,
+            files,
+            parent_prefix,
+            base_model_path=base_model_path,
+            store_url=store_url,
+            reporting_address=reporting_address,
+            device=device,
+        )
     train = files.get(job.training_file)
     if train is None:
         return None
@@ -94,4 +106,48 @@ def build_spec(
         # A job run before (paused, crashed, preempted, its scheduler gone) continues from its newest complete
         # checkpoint, if it has one.
         resume_from="latest" if job.attempts else None,
+    )
+
+
+def build_evaluation_spec(
+    job: Job,
+    files: dict[str, File],
+    model_prefix: str | None,
+    *,
+    base_model_path: str,
+    store_url: str,
+    reporting_address: str,
+    device: str,
+) -> JobSpec | None:
+    """The spec of an evaluation's run (trainer/evaluate.py): the model ``job.model`` (its files under
+    ``model_prefix``) against the file ``job.training_file``, with the job's ``tunery.eval`` options and the plan of
+    the job that made the model. None when the file, the reference set or the model is gone."""
+    data = files.get(job.training_file)
+    if data is None or model_prefix is None:
+        return None
+    options = EvalOptions.model_validate(job.tunery_options("eval"))
+    reference: DataFile | None = None
+    if options.reference_file:
+        ref = files.get(options.reference_file)
+        if ref is None:
+            return None
+        reference = DataFile(file_id=ref.id, key=ref.object_key, sha256=ref.sha256)
+    return JobSpec(
+        task=JobKind.evaluation,
+        job_id=job.id,
+        organization_id=job.organization_id,
+        project_id=job.project_id,
+        base_model=job.base_model,
+        base_model_path=base_model_path,
+        fine_tuned_model=job.model,
+        training_file=DataFile(file_id=data.id, key=data.object_key, sha256=data.sha256),
+        eval=options,
+        eval_reference_file=reference,
+        plan=job_plan(job),
+        seed=job.seed,
+        device=device,
+        init_adapter_prefix=model_prefix,
+        object_store=store_url,
+        output_prefix=layout.job_prefix(job.id),
+        reporting_address=reporting_address,
     )

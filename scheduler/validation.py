@@ -13,7 +13,7 @@ import numpy as np
 from tunery import filescan
 from tunery.data import MAX_LINE_BYTES, MAX_LINES, MAX_LISTED_ERRORS, MIN_EXAMPLES, DataFormat
 from tunery.filescan import FileScan, ScanOptions, scan_path, scan_stream
-from tunery.jobstate import MIX_PARAM, REFERENCE_PARAM, ErrorCode, JobError, file_error_code
+from tunery.jobstate import EVAL_FILE_PARAM, MIX_PARAM, REFERENCE_PARAM, ErrorCode, JobError, file_error_code
 from tunery.storage import ObjectNotFound, ObjectStore
 
 SHOWN_ERRORS = 5
@@ -22,6 +22,7 @@ _LABELS = {
     "validation_file": "validation file",
     MIX_PARAM: "mix file",
     REFERENCE_PARAM: "reference file",
+    EVAL_FILE_PARAM: "evaluation file",
 }
 # The training method each kind of file feeds (`method.type` of a job).
 METHOD_FOR_KIND = {"supervised": "supervised", "preference": "dpo", "reinforcement": "reinforcement"}

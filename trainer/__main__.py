@@ -1,5 +1,7 @@
 """``python -m trainer --spec <path | object_store_url#key>``: the trainer container's entrypoint (the store URL may be
-a broker's, ``tunery-broker://<address>/<job>``: trainer/brokered.py).
+a broker's, ``tunery-broker://<address>/<job>``: trainer/brokered.py). The spec's ``task`` says what the run does:
+``fine_tune`` trains (trainer/run.py), ``evaluation`` writes one eval report of an existing model
+(trainer/evaluate.py); both report over the same channel and end the same ways.
 
 Exit codes: 0 succeeded; 1 failed (``Finished(succeeded=False)`` was reported); 2 bad command line;
 3 stopped because the control plane asked (cancel, or it rejected this run); 4 paused or preempted (SIGTERM during
@@ -24,6 +26,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 from tunery.grpc_tls import channel_credentials_from_env  # noqa: E402
 from tunery.jobspec import RUN_TOKEN_ENV  # noqa: E402
+from tunery.jobstate import JobKind  # noqa: E402
 from tunery.storage import ObjectStore  # noqa: E402
 
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE, RunStopped, TrainerError, one_line  # noqa: E402
@@ -90,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         abort_wait=lambda: stop.reason is not None,
     )
     try:
-        result = run(spec, reporter, stop, store)
+        if spec.task == JobKind.evaluation:
+            from .evaluate import evaluate
+
+            evaluation = evaluate(spec, reporter, stop, store)
+        else:
+            result = run(spec, reporter, stop, store)
     except RunStopped as e:
         log.warning("run stopped (%s); not reporting success", e.reason)
         # A paused or preempted run's last checkpoint report must get through; a cancelled one has nothing to say,
@@ -108,6 +116,19 @@ def main(argv: list[str] | None = None) -> int:
             reporter.finished(False, error_code=code, error_message=message, error_param=param)
         reporter.close(timeout=5.0)
         return EXIT_FAILED
+
+    if spec.task == JobKind.evaluation:
+        try:
+            delivered = reporter.finished(True, results_key=evaluation.report_key)
+        except RunStopped:
+            delivered = False
+        if not delivered:
+            log.error(
+                "could not report success to %s; the report is at %s", spec.reporting_address, evaluation.report_key
+            )
+        reporter.close(timeout=10.0)
+        log.info("finished: the evaluation took %.1fs", evaluation.seconds)
+        return EXIT_OK
 
     try:
         delivered = reporter.finished(

@@ -35,6 +35,8 @@ class EventType(StrEnum):
     JOB_CANCELLED = "fine_tuning.job.cancelled"
     JOB_PAUSED = "fine_tuning.job.paused"
     JOB_RESUMED = "fine_tuning.job.resumed"
+    EVALUATION_CREATED = "tunery.evaluation.created"
+    EVALUATION_CANCELLED = "tunery.evaluation.cancelled"
     MODEL_DELETED = "model.deleted"
     MODEL_DOWNLOADED = "model.downloaded"
     CHECKPOINT_PERMISSION_CREATED = "checkpoint.permission.created"

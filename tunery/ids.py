@@ -28,6 +28,11 @@ def _random(n: int) -> str:
     return "".join(out[:n])
 
 
+def evaluation_id() -> str:
+    """An on-demand evaluation (a job of kind ``evaluation``, tunery.jobstate.JobKind)."""
+    return f"evaljob-{_random(24)}"
+
+
 def file_id() -> str:
     return f"file-{_random(24)}"
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from tunery import layout
 from tunery.evalreport import EvalOptions
+from tunery.jobstate import JobKind
 from tunery.plan import TrainingPlan
 
 # A local trainer's parent: the server that launched it (scheduler/backends.py sets it, trainer/orphan.py reads it).
@@ -68,6 +69,12 @@ class DataOptions(BaseModel):
 
 
 class JobSpec(BaseModel):
+    """One run of a job of any kind (``task``; tunery.jobstate.JobKind). A ``fine_tune`` run trains; an
+    ``evaluation`` run (trainer/evaluate.py) writes one eval report of the model ``fine_tuned_model`` (whose files
+    are under ``init_adapter_prefix``) against ``training_file``, the base model as its baseline, with ``eval``'s
+    options and ``plan`` the plan of the job that made the model (its max_seq_length, its method's beta)."""
+
+    task: JobKind = JobKind.fine_tune
     job_id: str
     organization_id: str
     project_id: str

@@ -36,6 +36,20 @@ OWNED = frozenset({JobStatus.validating_files, JobStatus.running})
 WAITING = frozenset({JobStatus.validating_files, JobStatus.queued})
 
 
+class JobKind(enum.StrEnum):
+    """What a job's trainer run does (the ``kind`` column; docs/evals.md). Every kind goes through the same statuses,
+    queue, claims, run lifecycle and reporting channel; each is its own resource at the API, so a fine-tuning job
+    list (OpenAI's) shows fine-tuning jobs only:
+
+    * ``fine_tune``: ``/v1/fine_tuning/jobs``, the trainer trains (trainer/run.py);
+    * ``evaluation``: ``/v1/tunery/evaluations``, the trainer writes one eval report of an existing ``ft:`` model
+      against a file (trainer/evaluate.py).
+    """
+
+    fine_tune = "fine_tune"
+    evaluation = "evaluation"
+
+
 class Transition(enum.StrEnum):
     """The moves of a job, one function each below."""
 
@@ -104,12 +118,15 @@ class ErrorCode(enum.StrEnum):
     # A model export (trainer/export.py): a checkpoint that cannot be merged, an architecture GGUF cannot express.
     export_error = "export_error"
     unsupported_architecture = "unsupported_architecture"
+    invalid_file = "invalid_file"  # an evaluation's file (``file``): not chat or preference examples
 
 
 # The request parameter that names the general-purpose file mixed into the training set (docs/data-options.md).
 MIX_PARAM = "tunery.data.mix.file"
 # The request parameter that names the job's own forgetting reference set (docs/evals.md): chat examples.
 REFERENCE_PARAM = "tunery.eval.reference_file"
+# The request parameter that names the file an evaluation scores (docs/evals.md): chat or preference examples.
+EVAL_FILE_PARAM = "file"
 # The inputs that are chat examples whatever the job's method.
 CHAT_PARAMS = frozenset({MIX_PARAM, REFERENCE_PARAM})
 
@@ -121,12 +138,14 @@ def file_error_code(param: str) -> ErrorCode:
         "training_file": ErrorCode.invalid_training_file,
         MIX_PARAM: ErrorCode.invalid_mix_file,
         REFERENCE_PARAM: ErrorCode.invalid_reference_file,
+        EVAL_FILE_PARAM: ErrorCode.invalid_file,
     }.get(param, ErrorCode.invalid_validation_file)
 
 
-def failure_event(error: JobError) -> str:
-    """The message of the event a failed job gets (OpenAI's wording), whoever fails it."""
-    return f"Fine-tuning job failed: {error.message}"
+def failure_event(error: JobError, kind: str = JobKind.fine_tune) -> str:
+    """The message of the event a failed job gets (OpenAI's wording for a fine-tuning job), whoever fails it."""
+    what = "Evaluation" if kind == JobKind.evaluation else "Fine-tuning job"
+    return f"{what} failed: {error.message}"
 
 
 class UnknownErrorCode(ValueError):

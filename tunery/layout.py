@@ -8,6 +8,7 @@ keys from it, the trainer writes under them, and the reporting service refuses a
     jobs/<job id>/results.csv               the results file
     jobs/<job id>/resume/step-<N>/          resume states (tunery/resume.py)
     jobs/<job id>/trainer.log               the trainer's log, kept when the run ends
+    jobs/<evaluation id>/eval_report.json   an evaluation's report (a job of kind evaluation: no model of its own)
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ from tunery.audit import Actor, EventType, record
 from tunery.db import Checkpoint, File, FineTunedModel, Job, JobEvent
 from tunery.db.ops import add_event, now
 from tunery.evalreport import EvalReport, ReportSummary
-from tunery.jobstate import JobStatus
+from tunery.jobstate import JobKind, JobStatus
 from tunery.plan import PlanRequest
 from tunery.quotas import queue_positions
 from tunery.storage import ObjectNotFound
@@ -151,9 +151,13 @@ def best_checkpoint_step(metrics_by_step: list[tuple[int, dict[str, Any] | None]
 NOT_SHOWN = (defer(Job.plan), defer(Job.runtime))
 
 
-def _owned(t: Tenant) -> tuple[ColumnElement[bool], ...]:
-    """The condition a job row of the tenant meets."""
-    return (Job.organization_id == t.organization_id, Job.project_id == t.project_id)
+def owned(t: Tenant, kind: JobKind = JobKind.fine_tune) -> tuple[ColumnElement[bool], ...]:
+    """The condition a job row of the tenant, of ``kind``, meets: the fine-tuning routes see fine-tuning jobs only
+    (an evaluation, api/services/evaluations.py, is another kind of job and never one of OpenAI's)."""
+    return (Job.organization_id == t.organization_id, Job.project_id == t.project_id, Job.kind == kind)
+
+
+_owned = owned
 
 
 def find_job(s: Session, t: Tenant, job_id: str, *options: ORMOption) -> Job:
@@ -254,11 +258,7 @@ class JobService:
         """The tenant's jobs, newest first; with ``metadata``, those whose metadata has every pair given."""
         t, wanted = self.tenant, req.metadata or {}
         with self.ctx.db.session() as s:
-            q = (
-                select(Job)
-                .where(Job.organization_id == t.organization_id, Job.project_id == t.project_id)
-                .options(*NOT_SHOWN)
-            )
+            q = select(Job).where(*_owned(t)).options(*NOT_SHOWN)
             if not wanted:
                 rows, more = page(s, Job, q, after=req.after, limit=req.limit)
                 return ListPaginatedFineTuningJobsResponse.of(job_objects(s, rows), more)

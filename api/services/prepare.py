@@ -22,7 +22,7 @@ from api.errors import InvalidRequest, NotFound
 from api.protocol.jobs import CreateJob
 from api.services.aliases import check_name
 from api.services.files import find_file
-from tunery.db import Job
+from tunery.db import File, Job
 from tunery.graders import GraderError, check_runnable, parse_grader
 from tunery.jobstate import REFERENCE_PARAM, file_error_code
 from tunery.plan import (
@@ -131,7 +131,9 @@ def _reinforcement(req: CreateJob, options: ReinforcementOptions | None) -> Rein
     )
 
 
-def _check_file(s: Session, t: Tenant, file_id: str, param: str) -> None:
+def check_file(s: Session, t: Tenant, file_id: str, param: str) -> File:
+    """One of the tenant's files, uploaded for fine-tuning and not refused by its validation; a 400 naming
+    ``param`` otherwise."""
     try:
         f = find_file(s, t, file_id)
     except NotFound:
@@ -151,6 +153,7 @@ def _check_file(s: Session, t: Tenant, file_id: str, param: str) -> None:
             param=param,
             code=file_error_code(param).value,
         )
+    return f
 
 
 def _parent_base_model(s: Session, t: Tenant, req: CreateJob, base_models: dict[str, str]) -> str:
@@ -219,15 +222,15 @@ def prepare_job(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> Prepa
     if problem is not None:
         raise InvalidRequest(problem.message, param=problem.param, code=problem.code)
     base_model = req.model if req.model in base_models else _parent_base_model(s, t, req, base_models)
-    _check_file(s, t, req.training_file, "training_file")
+    check_file(s, t, req.training_file, "training_file")
     if req.validation_file:
-        _check_file(s, t, req.validation_file, "validation_file")
+        check_file(s, t, req.validation_file, "validation_file")
     if mix is not None:
-        _check_file(s, t, mix.file, "tunery.data.mix.file")
+        check_file(s, t, mix.file, "tunery.data.mix.file")
     _check_promotion(req, base_models)
     reference = req.tunery.eval.reference_file if req.tunery and req.tunery.eval else None
     if reference is not None:
-        _check_file(s, t, reference, REFERENCE_PARAM)
+        check_file(s, t, reference, REFERENCE_PARAM)
     return PreparedJob(req, base_model, request)
 
 

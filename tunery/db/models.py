@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tunery.jobstate import MIX_PARAM, REFERENCE_PARAM
+from tunery.jobstate import EVAL_FILE_PARAM, MIX_PARAM, REFERENCE_PARAM, JobKind
 from tunery.plan import PlanRequest, TrainingPlan
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
@@ -52,10 +52,17 @@ class File(Base, Tenant):
 
 
 class Job(Base, Tenant):
+    """A trainer run's job, of one :class:`tunery.jobstate.JobKind`. A fine-tuning job is OpenAI's; an evaluation
+    (``kind`` evaluation, docs/evals.md) keeps in ``model`` the ``ft:`` model it evaluates (and in
+    ``fine_tuned_model`` the same name), in ``training_file`` the file it scores, and in ``plan`` the plan of the job
+    that made the model; it never makes a model."""
+
     __tablename__ = "jobs"
 
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
+    # What the job's run does; each kind is its own resource at the API (only fine_tune jobs are OpenAI's).
+    kind: Mapped[str] = mapped_column(String(16), default=JobKind.fine_tune, server_default=JobKind.fine_tune.value)
     created_at: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[int | None] = mapped_column(BigInteger)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
@@ -140,7 +147,11 @@ class Job(Base, Tenant):
 
     def input_files(self) -> list[tuple[str, str]]:
         """``(request parameter, file id)`` of every file the job reads: its training file, its validation file and
-        the file of ``tunery.data.mix``."""
+        the file of ``tunery.data.mix``; an evaluation's file as ``file``."""
+        if self.kind == JobKind.evaluation:
+            out = [(EVAL_FILE_PARAM, self.training_file)]
+            reference = self.tunery_options("eval").get("reference_file")
+            return out + ([(REFERENCE_PARAM, str(reference))] if reference else [])
         out = [("training_file", self.training_file)]
         if self.validation_file:
             out.append(("validation_file", self.validation_file))

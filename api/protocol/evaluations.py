@@ -1,0 +1,58 @@
+"""On-demand evaluations (``/v1/tunery/evaluations``, Tunery's extension, docs/evals.md): the eval report of an
+existing ``ft:`` model or checkpoint model against a file, as a short job of its own, so two versions can be
+compared on the same data. OpenAI has no such object: the shapes follow its conventions (``object``,
+``created_at``, cursor lists, a job's ``status`` and ``error``) and every request field is Tunery's, so an unknown one
+is a 400. An evaluation is never a fine-tuning job: ``GET /v1/fine_tuning/jobs`` does not list it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from api.protocol.base import CursorPage, Name, OpenAIResponse, TuneryExtension
+from api.protocol.jobs import FineTuningJobError
+from tunery.evalreport import ReportOptions, ReportSummary
+from tunery.jobstate import JobStatus
+
+
+class CreateEvaluationRequest(TuneryExtension):
+    model: Name = Field(
+        description="The fine-tuned model (ft:...) or checkpoint model (ft:...:ckpt-step-N) to evaluate."
+    )
+    file: Name = Field(
+        description="A file of the project (purpose fine-tune): chat examples, or preference pairs (then also DPO's "
+        "implicit rewards), scored as a job's validation file is."
+    )
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Picks the sample prompts; random when unset.")
+    eval: ReportOptions | None = Field(
+        None, description="What the report measures (a job's tunery.eval, less the gate)."
+    )
+
+
+class ListEvaluationsRequest(TuneryExtension):
+    after: str | None = None
+    limit: int = Field(20, ge=1)
+
+
+class Evaluation(OpenAIResponse):
+    """An evaluation: a short job (``validating_files`` -> ``queued`` -> ``running`` -> ``succeeded``, or ``failed``
+    or ``cancelled``) whose result is one eval report, ``report``'s file."""
+
+    id: str
+    object: Literal["tunery.evaluation"] = "tunery.evaluation"
+    created_at: int
+    finished_at: int | None
+    status: JobStatus
+    model: str = Field(description="The model evaluated")
+    base_model: str = Field(description="Its base model: the report's baseline")
+    file: str = Field(description="The file it is evaluated on")
+    seed: int
+    eval: ReportOptions
+    error: FineTuningJobError | None
+    report: ReportSummary | None = Field(description="The report's figures and file, once written")
+    result_files: list[str] = Field(description="The report (purpose fine-tune-results), once written")
+
+
+class EvaluationList(CursorPage[Evaluation]):
+    """The project's evaluations, newest first."""

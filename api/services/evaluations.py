@@ -1,0 +1,234 @@
+"""On-demand evaluations (docs/evals.md): the eval report of an existing ``ft:`` model or checkpoint model against a
+file of the project, as a short job of its own: create one, list, retrieve and cancel them, read the report.
+
+The design: an evaluation is a job of kind ``evaluation`` (tunery.jobstate.JobKind) in the jobs table, so it goes
+through everything a fine-tuning job's run does, unchanged: the state machine, the scheduler's file validation,
+fair queue, project quotas and claims, the trainer's launch on either backend (local process or Kubernetes Job), its
+run token and reporting channel, cancellation, crash handling and the trainer log. At the API it is its own
+resource, ``/v1/tunery/evaluations`` (ids ``evaljob-...``, object ``tunery.evaluation``): the fine-tuning routes
+select ``kind = fine_tune`` (api/services/jobs.py, :func:`api.services.jobs.owned`), so OpenAI SDK users never see
+an evaluation among their fine-tuning jobs. A next short kind (a merged-model export) adds a kind, a trainer task,
+a spec builder and a resource like this one.
+
+The checks, in the other routes' words: the model is one the project may use (its own, or shared with it;
+otherwise the 404 of ``GET /v1/models/{model}``); a base model is refused (400 ``invalid_model``: a report compares
+a fine-tuned model against its base, and a base model has nothing to be compared with); the file is the project's,
+of purpose ``fine-tune`` and not refused by its validation (a 400 naming ``file``), and not reinforcement data, which
+has no answers to score (known at once when the file was validated at upload; otherwise the evaluation fails with
+``invalid_file`` when the scheduler validates it).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.context import AppContext, Tenant
+from api.errors import InvalidRequest, NotFound
+from api.pagination import page
+from api.protocol.evaluations import CreateEvaluationRequest, Evaluation, EvaluationList, ListEvaluationsRequest
+from api.protocol.jobs import FineTuningJobError
+from api.services.jobs import NOT_SHOWN, owned
+from api.services.models import model_not_found
+from api.services.prepare import check_file
+from tunery import ids, jobstate
+from tunery.audit import Actor, EventType, record
+from tunery.data import DataFormat
+from tunery.db import File, Job
+from tunery.db.ops import add_event, now
+from tunery.evalreport import EvalReport, ReportOptions, ReportSummary
+from tunery.files import report_key
+from tunery.jobstate import EVAL_FILE_PARAM, JobKind, JobStatus
+from tunery.sharing import usable_model
+from tunery.storage import ObjectNotFound
+
+REFERENCE = "eval.reference_file"
+
+
+def evaluation_object(j: Job) -> Evaluation:
+    options = ((j.extensions or {}).get("tunery") or {}).get("eval") or {}
+    return Evaluation(
+        id=j.id,
+        created_at=j.created_at,
+        finished_at=j.finished_at,
+        status=JobStatus(j.status),
+        model=j.model,
+        base_model=j.base_model,
+        file=j.training_file,
+        seed=j.seed,
+        eval=ReportOptions.model_validate({k: v for k, v in options.items() if k in ReportOptions.model_fields}),
+        error=FineTuningJobError.model_validate(j.error) if j.error is not None else None,
+        report=ReportSummary.model_validate(j.eval_report) if j.eval_report else None,
+        result_files=list(j.result_files or []),
+    )
+
+
+def evaluation_not_found(evaluation_id: str) -> NotFound:
+    return NotFound(f"No such evaluation: {evaluation_id}", param="evaluation_id")
+
+
+class EvaluationService:
+    """The caller's evaluations. Blocking (database, object store): run it off the event loop."""
+
+    def __init__(self, ctx: AppContext, tenant: Tenant, actor: Actor):
+        self.ctx = ctx
+        self.tenant = tenant
+        self.actor = actor
+
+    def _find(self, s: Session, evaluation_id: str) -> Job:
+        job = s.scalar(
+            select(Job).where(Job.id == evaluation_id, *owned(self.tenant, JobKind.evaluation)).options(*NOT_SHOWN)
+        )
+        if job is None:
+            raise evaluation_not_found(evaluation_id)
+        return job
+
+    def _record(self, s: Session, type: EventType, job: Job, details: dict[str, Any] | None = None) -> None:
+        record(
+            s,
+            type,
+            self.actor,
+            organization_id=job.organization_id,
+            project_id=job.project_id,
+            resource_id=job.id,
+            details=details,
+        )
+
+    def _check_format(self, f: File) -> None:
+        """A file validated at upload whose examples have no answers to score (reinforcement data) is refused now;
+        one not validated yet is checked by the scheduler."""
+        if f.status != "processed":
+            return
+        try:
+            report = json.loads(self.ctx.store.get_bytes(report_key(f.id)))
+            fmt = DataFormat(report.get("format"))
+        except (ObjectNotFound, ValueError, TypeError):
+            return
+        if fmt.kind not in ("supervised", "preference"):
+            raise InvalidRequest(
+                f"File {f.id} is in the {fmt.label} format ({fmt.kind} data, prompts without answers): an evaluation "
+                "scores chat or preference examples, each with the answer to score.",
+                param=EVAL_FILE_PARAM,
+                code="invalid_file",
+            )
+
+    def create(self, req: CreateEvaluationRequest) -> Evaluation:
+        """A new evaluation, ``validating_files``: the scheduler validates its file, then queues it."""
+        t = self.tenant
+        base_models = self.ctx.settings.base_model_paths()
+        options = req.eval or ReportOptions()
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        with self.ctx.db.session() as s:
+            if req.model in base_models:
+                raise InvalidRequest(
+                    f"Model {req.model!r} is a base model: an evaluation compares a fine-tuned model (ft:...) or a "
+                    "checkpoint model (ft:...:ckpt-step-N) with its base model.",
+                    param="model",
+                    code="invalid_model",
+                )
+            row = usable_model(s, t.organization_id, t.project_id, req.model)  # its own, or shared with it
+            if row is None:
+                raise model_not_found(req.model)
+            if row.base_model not in base_models:
+                raise InvalidRequest(
+                    f"The base model of {req.model!r} ({row.base_model}) is not available on this server.",
+                    param="model",
+                    code="model_not_available",
+                )
+            parent = s.scalar(select(Job).where(Job.id == row.job_id))
+            plan = parent.training_plan() if parent is not None else None
+            if parent is None or plan is None:
+                raise InvalidRequest(
+                    f"Model {req.model!r} was made before training plans were stored; it cannot be evaluated.",
+                    param="model",
+                    code="model_not_available",
+                )
+            self._check_format(check_file(s, t, req.file, EVAL_FILE_PARAM))
+            if options.reference_file is not None:
+                check_file(s, t, options.reference_file, REFERENCE)
+            job = Job(
+                id=ids.evaluation_id(),
+                kind=JobKind.evaluation,
+                organization_id=t.organization_id,
+                project_id=t.project_id,
+                created_at=now(),
+                model=req.model,
+                base_model=row.base_model,
+                training_file=req.file,
+                validation_file=None,
+                suffix=None,
+                seed=seed,
+                job_metadata=None,
+                method=parent.method,
+                hyperparameters=parent.hyperparameters,
+                integrations=[],
+                extensions={"tunery": {"eval": options.model_dump()}},
+                result_files=[],
+                attempts=0,
+                priority=0,
+                plan=plan.model_dump(),
+            )
+            jobstate.create(job)
+            s.add(job)
+            s.flush()
+            add_event(s, job.id, f"Created evaluation: {job.id} of {req.model}")
+            add_event(s, job.id, f"Validating file: {req.file}")
+            details = {"kind": JobKind.evaluation.value, "model": req.model, "file": req.file}
+            self._record(s, EventType.EVALUATION_CREATED, job, {"data": details})
+            out = evaluation_object(job)
+        self.ctx.wake_scheduler()
+        return out
+
+    def list(self, req: ListEvaluationsRequest) -> EvaluationList:
+        """The tenant's evaluations, newest first."""
+        with self.ctx.db.session() as s:
+            q = select(Job).where(*owned(self.tenant, JobKind.evaluation)).options(*NOT_SHOWN)
+            rows, more = page(s, Job, q, after=req.after, limit=req.limit)
+            return EvaluationList.of([evaluation_object(j) for j in rows], more)
+
+    def retrieve(self, evaluation_id: str) -> Evaluation:
+        with self.ctx.db.session() as s:
+            return evaluation_object(self._find(s, evaluation_id))
+
+    def cancel(self, evaluation_id: str) -> Evaluation:
+        """Cancel an evaluation that has not finished (the state machine's cancel, as a job's): at once if it waits;
+        a run is stopped by the scheduler."""
+
+        def apply(s: Session) -> Evaluation:
+            job = self._find(s, evaluation_id)
+            try:
+                jobstate.cancel(job, now())
+            except jobstate.IllegalTransition:
+                done = "been cancelled" if job.status == JobStatus.cancelled else job.status
+                raise InvalidRequest(
+                    f"Evaluation {evaluation_id} has already {done}.",
+                    param="evaluation_id",
+                    code="evaluation_not_cancellable",
+                ) from None
+            add_event(s, job.id, "Evaluation cancelled")
+            self._record(s, EventType.EVALUATION_CANCELLED, job)
+            return evaluation_object(job)
+
+        out = self.ctx.db.transaction(apply)
+        self.ctx.wake_scheduler()
+        return out
+
+    def report(self, evaluation_id: str) -> EvalReport:
+        """The evaluation's report (the typed shape of a job's: tunery.evalreport.EvalReport). NotFound until it is
+        written."""
+        with self.ctx.db.session() as s:
+            job = self._find(s, evaluation_id)
+            summary = job.eval_report
+            report_file = s.scalar(select(File).where(File.id == summary["file_id"])) if summary else None
+        if report_file is None:
+            raise NotFound(f"No eval report of evaluation {evaluation_id} (yet).", param="evaluation_id")
+        try:
+            return EvalReport.model_validate_json(self.ctx.store.get_bytes(report_file.object_key))
+        except ObjectNotFound:
+            raise NotFound(
+                f"The eval report of evaluation {evaluation_id} was deleted.", param="evaluation_id"
+            ) from None
