@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
+from api.cli_evals import evals_app
+
 if TYPE_CHECKING:
     from tunery.settings import Settings
 
@@ -22,6 +24,7 @@ admin_app = typer.Typer(no_args_is_help=True, help="Organization, projects and A
 app.add_typer(admin_app, name="admin")
 jobs_app = typer.Typer(no_args_is_help=True, help="Fine-tuning jobs, through a running server's API.")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(evals_app, name="evals")
 aliases_app = typer.Typer(no_args_is_help=True, help="A project's model aliases (docs/aliases.md).")
 app.add_typer(aliases_app, name="aliases")
 

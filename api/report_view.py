@@ -25,9 +25,9 @@ def _comparison(title: str, c: Comparison) -> Table:
 
 def report_renderable(r: EvalReport) -> Group:
     parts: list[object] = []
-    head = (
-        f"[bold]{r.model}[/bold]\nstep {r.step} (epoch {r.epoch:g}) of {r.job_id}; base: {r.baseline} ({r.base_model})"
-    )
+    # A job's report is of its own step; an evaluation's (docs/evals.md) of the model's step, on the file it names.
+    of = f"evaluation {r.job_id} on {r.evaluated_file}" if r.evaluated_file else r.job_id
+    head = f"[bold]{r.model}[/bold]\nstep {r.step} (epoch {r.epoch:g}), {of}; base: {r.baseline} ({r.base_model})"
     if r.training_loss is not None:
         head += f"\nlast training loss {r.training_loss:.4f}"
     parts.append(Panel(head, title="eval report", title_align="left"))

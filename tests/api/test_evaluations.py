@@ -12,7 +12,10 @@ import time
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from api.cli import app
+from api.protocol.evaluations import Evaluation
 from tests.conftest import TINY, RunningServer, chat_lines
 from tests.schema import validate
 from tunery import ids
@@ -23,6 +26,18 @@ from tunery.plan import TrainingPlan
 EV = "/v1/tunery/evaluations"
 OPTIONS = {"samples": 2, "max_new_tokens": 4, "max_examples": 4}
 DONE = {"succeeded", "failed", "cancelled"}
+
+
+CLI = CliRunner(env={"COLUMNS": "250"})
+
+
+def cli_args(srv: RunningServer) -> list[str]:
+    return ["--base-url", f"{srv.base_url}/v1", "--api-key", "test-key"]
+
+
+def validate_evaluation(ev: dict[str, Any]) -> None:
+    """The object is what the API publishes (its OpenAPI schema's ``Evaluation``), every field typed."""
+    assert Evaluation.model_validate(ev).model_dump(mode="json") == ev
 
 
 def wait_evaluation(srv: RunningServer, evaluation_id: str, statuses: set[str], timeout: float = 240) -> Any:
@@ -94,14 +109,18 @@ def test_a_model_and_its_checkpoint_are_evaluated_on_one_file_and_compared(serve
     checkpoint = min(c.fine_tuning.jobs.checkpoints.list(job.id).data, key=lambda k: k.step_number)
     models = [job.fine_tuned_model, checkpoint.fine_tuned_model_checkpoint]
 
-    created = []
-    for model in models:
-        r = server.http.post(EV, json={"model": model, "file": data.id, "seed": 5, "eval": OPTIONS})
-        assert r.status_code == 200, r.text
-        ev = r.json()
-        assert ev["id"].startswith("evaljob-") and ev["object"] == "tunery.evaluation"
-        assert (ev["status"], ev["model"], ev["file"], ev["base_model"]) == ("validating_files", model, data.id, TINY)
-        created.append(ev["id"])
+    # The final model through the API, the checkpoint through `tunery evals create`.
+    r = server.http.post(EV, json={"model": models[0], "file": data.id, "seed": 5, "eval": OPTIONS})
+    assert r.status_code == 200, r.text
+    ev = r.json()
+    validate_evaluation(ev)
+    assert ev["id"].startswith("evaljob-") and ev["object"] == "tunery.evaluation"
+    assert (ev["status"], ev["model"], ev["file"], ev["base_model"]) == ("validating_files", models[0], data.id, TINY)
+    assert ev["eval"] == {**ev["eval"], **OPTIONS} and ev["seed"] == 5 and ev["report"] is None
+    options = ["--samples", "2", "--max-new-tokens", "4", "--max-examples", "4", "--seed", "5"]
+    out = CLI.invoke(app, ["evals", "create", models[1], data.id, *options, *cli_args(server)])
+    assert out.exit_code == 0, out.output
+    created = [ev["id"], out.output.strip()]
 
     reports = []
     for evaluation_id, model in zip(created, models, strict=True):
@@ -136,6 +155,14 @@ def test_a_model_and_its_checkpoint_are_evaluated_on_one_file_and_compared(serve
     assert [s.base for s in a.samples] == [s.base for s in b.samples]
     assert a.step > b.step
     assert a.validation.model.loss != b.validation.model.loss
+
+    # The terminal's view of a report: `tunery evals report` (and its --json).
+    out = CLI.invoke(app, ["evals", "report", created[1], *cli_args(server)])
+    assert out.exit_code == 0, out.output
+    assert models[1] in out.output and f"evaluation {created[1]} on {data.id}" in out.output
+    assert "Validation" in out.output and f"{b.validation.model.loss:.4f}" in out.output
+    out = CLI.invoke(app, ["evals", "report", created[1], "--json", *cli_args(server)])
+    assert out.exit_code == 0 and EvalReport.model_validate_json(out.output) == b
 
     # An evaluation is not a fine-tuning job: OpenAI's list and routes never show it.
     assert {j.id for j in c.fine_tuning.jobs.list().data} == {job.id}
@@ -186,6 +213,9 @@ def test_refusals_are_the_other_routes(tiny_server_factory: Any) -> None:
     # Every field is Tunery's: an unknown one (a gate, say) is a 400.
     r = srv.http.post(EV, json={"model": model, "file": data.id, "eval": {"gate": {"max_forgetting": 0.1}}})
     assert r.status_code == 400 and "gate" in r.json()["error"]["param"]
+
+    out = CLI.invoke(app, ["evals", "create", TINY, data.id, *cli_args(srv)])
+    assert out.exit_code == 1 and "is a base model" in out.output
 
     # Cancel: as a job's, once, then refused.
     ev = srv.http.post(EV, json={"model": model, "file": data.id}).json()

@@ -46,6 +46,7 @@ class Route:
 
 T = "/v1/fine_tuning/jobs"
 AL = "/v1/tunery/aliases"
+EV = "/v1/tunery/evaluations"
 P, P_ = "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:path}", "/v1/fine_tuning/checkpoints/{model}"
 ROUTES = [
     Route("GET", "/v1/files/{file_id}", "/v1/files/{file}", read=200),
@@ -88,6 +89,12 @@ ROUTES = [
     Route("DELETE", f"{AL}/{{name}}", f"{AL}/{{alias}}"),
     Route("GET", f"{AL}/{{name}}/history", f"{AL}/{{alias}}/history", read=200),
     Route("POST", f"{AL}/{{name}}/rollback", f"{AL}/{{alias}}/rollback"),
+    # Evaluations (Tunery's extension, docs/evals.md): A's has not run (no report yet); B's own evaluation of A's model
+    # is the model's 404.
+    Route("GET", f"{EV}/{{evaluation_id}}", f"{EV}/{{evaluation}}", read=200),
+    Route("POST", f"{EV}/{{evaluation_id}}/cancel", f"{EV}/{{evaluation}}/cancel"),
+    Route("GET", f"{EV}/{{evaluation_id}}/report", f"{EV}/{{evaluation}}/report", read=404),
+    Route("POST", EV, EV, {"model": "{model}", "file": "{file}"}),
     # Ids in the body. A job on another project's file, or one that never existed, is the same 400.
     Route("POST", T, T, {"model": TINY, "training_file": "{file}"}, foreign=400),
     Route("POST", f"{T}/dry_run", f"{T}/dry_run", {"model": TINY, "training_file": "{file}"}, foreign=400),
@@ -97,7 +104,7 @@ ROUTES = [
     Route("POST", "/v1/chat/completions", body={"model": "{alias}", "messages": MESSAGES}, read=400),
 ]
 # The routes without an id: lists (each shows B none of A's objects) and creations (a 403 for a reader).
-LISTS = {"/v1/files", "/v1/fine_tuning/jobs", "/v1/models", AL}
+LISTS = {"/v1/files", "/v1/fine_tuning/jobs", "/v1/models", AL, EV}
 CREATIONS = {("POST", "/v1/files"), ("POST", "/v1/uploads")}
 # Routes that read and store nothing of any project (graders): every role may call them, with no ids to try.
 GRADER = {"type": "string_check", "name": "g", "input": "{{sample.output_text}}", "reference": "a", "operation": "eq"}
@@ -179,7 +186,13 @@ def two_projects(tiny_server_factory):  # type: ignore[no-untyped-def]
         )
     alias = srv.http.post(AL, json={"name": "support-bot", "model": model}, headers=a)
     assert alias.status_code == 200, alias.text
+    deadline = time.monotonic() + 30  # an evaluation takes the plan of the model's job: resolved once it is queued
+    while srv.http.get(f"{T}/{job_id}", headers=a).json()["status"] != "queued" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    evaluation = srv.http.post(EV, json={"model": model, "file": file_id}, headers=a)
+    assert evaluation.status_code == 200, evaluation.text
     ids = {"file": file_id, "job": job_id, "upload": upload_id, "model": model, "alias": "support-bot"}
+    ids["evaluation"] = evaluation.json()["id"]
     return srv, keys, ids
 
 
@@ -194,6 +207,7 @@ def test_another_projects_ids_are_not_found(two_projects):
     never = {"file": "file-" + "x" * 24, "job": "ftjob-" + "x" * 24, "upload": "upload_" + "x" * 24}
     never["model"] = f"ft:{TINY}:personal:a:xxxxxxxx"
     never["alias"] = "never-bot"
+    never["evaluation"] = "evaljob-" + "x" * 24
     for route in ROUTES:
         theirs = call(srv.http, keys["B-member"], route, ids)
         unknown = call(srv.http, keys["B-member"], route, never)

@@ -17,7 +17,7 @@ import pytest
 from scheduler.specs import build_spec
 from tunery.db import File, Job
 from tunery.evalreport import EvalOptions
-from tunery.plan import PlanRequest, resolve_plan
+from tunery.plan import PlanRequest, TrainingPlan, resolve_plan
 
 JOB_ID = "ftjob-abc123"
 STORE = "file:///data/objects"
@@ -110,6 +110,7 @@ PLAN: dict[str, Any] = {
     "reinforcement": None,
 }
 SUPERVISED: dict[str, Any] = {
+    "task": "fine_tune",
     "job_id": JOB_ID,
     "organization_id": "org-1",
     "project_id": "proj-1",
@@ -251,3 +252,31 @@ def test_a_job_queued_before_the_training_options_gets_their_defaults():
 )
 def test_no_spec_when_an_input_is_gone(job: Job, files: list[str], parent_prefix: str | None):
     assert spec_of(job, files, parent_prefix) is None
+
+
+def test_an_evaluation_s_spec_names_the_model_its_files_and_the_file():
+    """An evaluation (docs/evals.md): the model it evaluates and where its files are, its file as the one data file,
+    its options, the plan of the model's job; no resume, no validation file; None once the model or file is gone."""
+    options = {"samples": 1, "max_new_tokens": 4, "max_examples": 3, "reference_file": "file-ref"}
+    job = a_job(
+        id="evaljob-1",
+        kind="evaluation",
+        model="ft:tiny:org:none:abc123:ckpt-step-2",
+        training_file="file-eval",
+        fine_tuned_model=None,
+        attempts=1,
+        extensions={"tunery": {"eval": options}},
+        plan=PLAN,
+    )
+    spec = spec_of(job, ["file-eval", "file-ref"], "jobs/ftjob-x/checkpoints/step-2")
+    assert spec is not None
+    assert spec["task"] == "evaluation" and spec["fine_tuned_model"] == job.model
+    assert spec["init_adapter_prefix"] == "jobs/ftjob-x/checkpoints/step-2"
+    assert spec["training_file"]["file_id"] == "file-eval" and spec["validation_file"] is None
+    assert spec["eval_reference_file"]["file_id"] == "file-ref"
+    assert spec["eval"] == {**EvalOptions().model_dump(), **options}
+    assert spec["plan"] == TrainingPlan.model_validate(PLAN).model_dump()
+    assert spec["resume_from"] is None and spec["output_prefix"] == "jobs/evaljob-1"
+    assert spec_of(job, ["file-eval", "file-ref"], None) is None  # the model is gone
+    assert spec_of(job, ["file-ref"], "jobs/ftjob-x/model") is None  # the file is gone
+    assert job.input_files() == [("file", "file-eval"), ("tunery.eval.reference_file", "file-ref")]
