@@ -157,12 +157,9 @@ def owned(t: Tenant, kind: JobKind = JobKind.fine_tune) -> tuple[ColumnElement[b
     return (Job.organization_id == t.organization_id, Job.project_id == t.project_id, Job.kind == kind)
 
 
-_owned = owned
-
-
 def find_job(s: Session, t: Tenant, job_id: str, *options: ORMOption) -> Job:
     """One of the tenant's jobs; NotFound when there is none."""
-    job = s.scalar(select(Job).where(Job.id == job_id, *_owned(t)).options(*options))
+    job = s.scalar(select(Job).where(Job.id == job_id, *owned(t)).options(*options))
     if job is None:
         raise job_not_found(job_id)
     return job
@@ -258,7 +255,7 @@ class JobService:
         """The tenant's jobs, newest first; with ``metadata``, those whose metadata has every pair given."""
         t, wanted = self.tenant, req.metadata or {}
         with self.ctx.db.session() as s:
-            q = select(Job).where(*_owned(t)).options(*NOT_SHOWN)
+            q = select(Job).where(*owned(t)).options(*NOT_SHOWN)
             if not wanted:
                 rows, more = page(s, Job, q, after=req.after, limit=req.limit)
                 return ListPaginatedFineTuningJobsResponse.of(job_objects(s, rows), more)
@@ -283,14 +280,14 @@ class JobService:
             listed = self.list(req)
             return EncodedPage([j.id for j in listed.data], [encoding.encode(j) for j in listed.data], listed.has_more)
         with self.ctx.db.session() as s:
-            q = select(Job.id, Job.version).where(*_owned(self.tenant))
+            q = select(Job.id, Job.version).where(*owned(self.tenant))
             rows, more = page(s, Job, q, after=req.after, limit=req.limit, columns=True)
             return EncodedPage([job_id for job_id, _ in rows], self._encoded(s, rows, encoding), more)
 
     def retrieve_encoded(self, job_id: str, encoding: Encoding) -> bytes:
         """:meth:`retrieve`, encoded."""
         with self.ctx.db.session() as s:
-            version = s.scalar(select(Job.version).where(Job.id == job_id, *_owned(self.tenant)))
+            version = s.scalar(select(Job.version).where(Job.id == job_id, *owned(self.tenant)))
             if version is None:
                 raise job_not_found(job_id)
             return self._encoded(s, [(job_id, version)], encoding)[0]
@@ -377,7 +374,7 @@ class JobService:
     def events_encoded(self, job_id: str, req: ListJobEventsRequest, encoding: Encoding) -> EncodedPage:
         """:meth:`events`, encoded; an event never changes, so its encoding is kept by its id."""
         with self.ctx.db.session() as s:
-            if s.scalar(select(Job.pk).where(Job.id == job_id, *_owned(self.tenant))) is None:
+            if s.scalar(select(Job.pk).where(Job.id == job_id, *owned(self.tenant))) is None:
                 raise job_not_found(job_id)
             q = select(JobEvent.id).where(JobEvent.job_id == job_id)
             rows, more = page(s, JobEvent, q, after=req.after, limit=req.limit, columns=True)
@@ -393,7 +390,7 @@ class JobService:
         (the gRPC ``WatchEvents``). An ``after`` that is not one of this job's events is refused: a stream that
         silently restarted from the start would repeat events."""
         with self.ctx.db.session() as s:
-            status = s.scalar(select(Job.status).where(Job.id == job_id, *_owned(self.tenant)))
+            status = s.scalar(select(Job.status).where(Job.id == job_id, *owned(self.tenant)))
             if status is None:
                 raise job_not_found(job_id)
             q = select(JobEvent.id).where(JobEvent.job_id == job_id)
