@@ -10,6 +10,7 @@ import pytest
 from tests.api.test_jobs import preference_lines
 from tests.conftest import TINY, chat_lines
 from tunery.estimate import FLOPS_DIVISOR, GPU_TYPES, TRAINER_COST, ModelShape, estimate, model_shape
+from tunery.methods import METHODS
 
 # Roughly Llama-3-8B: 8.0e9 parameters, 32 layers of 4096, 128k vocabulary.
 LLAMA_8B = ModelShape(
@@ -91,7 +92,10 @@ def test_preference_trainers_cost_more_per_example_than_supervised():
     twice = _estimate(LLAMA_8B, "h100-80gb", batch=4, seq=2048)
     for pref in (dpo, orpo, kto):
         assert pref.memory_gib == twice.memory_gib
-    assert set(TRAINER_COST) == {"supervised", "dpo", "orpo", "kto"}
+    # Every method has its cost (a reinforcement step's sampling counts as one more pass per token).
+    assert set(TRAINER_COST) == set(METHODS)
+    grpo = _estimate(LLAMA_8B, "h100-80gb", batch=2, seq=2048, trainer="grpo")
+    assert grpo.gpu_seconds == pytest.approx(sft.gpu_seconds * 2, rel=1e-3)
     with pytest.raises(ValueError, match="unknown trainer"):
         _estimate(LLAMA_8B, "h100-80gb", trainer="ppo")
     # QLoRA holds its base in NF4 whatever the compute precision asked for.
