@@ -52,7 +52,7 @@ RESULTS_EXTRA = ("reward", "reward_std", "kl", "completion_length", "valid_rewar
 
 def _rl(plan: TrainingPlan) -> ReinforcementPlan:
     if plan.reinforcement is None:
-        raise TrainerError("a reinforcement job's plan has no grader", code="invalid_method", param=GRADER_PARAM)
+        raise TrainerError("a reinforcement job's plan has no grader", code="server_error", param=GRADER_PARAM)
     return plan.reinforcement
 
 
@@ -133,7 +133,7 @@ class GRPO(TrainerMethod):
 
     def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None) -> dict[str, Any]:
         if plan is None:
-            raise TrainerError("a reinforcement trainer is built from its plan", code="invalid_method")
+            raise TrainerError("a reinforcement trainer is built from its plan", code="server_error")
         grader = parse_grader(_rl(plan).grader, GRADER_PARAM)
         try:  # the API checked it where it runs; the trainer's machine may lack what it needs (a python sandbox)
             check_runnable(grader, GRADER_PARAM)
