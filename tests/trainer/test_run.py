@@ -235,7 +235,8 @@ def test_sigterm_stops_at_step_boundary(tmp_path: Path, tiny_model_dir: Path, re
 
 def test_bad_training_file_fails_with_error_code(tmp_path: Path, tiny_model_dir: Path, reporting_server: Any) -> None:
     servicer, address = reporting_server
-    bad = b'{"messages": [{"role": "user", "content": "no answer"}]}\n{"prompt": "legacy format"}\n'
+    # Line 1: chat without messages (a line of no format); line 2: another format.
+    bad = b'{"messages": []}\n{"prompt": "legacy format"}\n'
     setup_job(tmp_path, tiny_model_dir, address, bad)
     proc = start_trainer(tmp_path / "objects")
     out = wait(proc)
