@@ -86,12 +86,16 @@ def start_server(data_dir: Path, **overrides: Any) -> RunningServer:
     from api.server import build
     from tunery.settings import Settings
 
-    port = free_port()
+    # the socket is bound here and handed to uvicorn: no window in which another process could take the port
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
     options: dict[str, Any] = {"scheduler_poll_seconds": 0.2, "cancel_grace_seconds": 3.0, "trainer_device": "cpu"}
     settings = Settings(data_dir=data_dir, host="127.0.0.1", port=port, **{**options, **overrides})
     app, shutdown = build(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
@@ -103,6 +107,7 @@ def start_server(data_dir: Path, **overrides: Any) -> RunningServer:
     def stop() -> None:
         server.should_exit = True
         thread.join(timeout=15)
+        sock.close()
         shutdown()
 
     return RunningServer(
