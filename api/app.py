@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,6 +27,7 @@ from api import (
 )
 from api.context import AppContext
 from api.limits import RequestGuard
+from api.probe import LoopHeartbeat, ProbeProcess
 from api.routing import RouteTable
 from tunery import ids
 from tunery.metrics import CONTENT_TYPE, HTTPMetricsMiddleware
@@ -73,7 +75,31 @@ class RequestIdMiddleware:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The public gRPC API runs on the app's event loop, from its start to its end (TUNERY_API_GRPC_PORT)."""
+    """The probe port (TUNERY_PROBE_PORT, api/probe.py) and the public gRPC API, which runs on the app's event loop
+    (TUNERY_API_GRPC_PORT), from the app's start to its end."""
+    ctx: AppContext = app.state.ctx
+    settings = ctx.settings
+    app.state.probe_address = app.state.heartbeat = None
+    if settings.probe_port < 0:
+        async with _grpc_api(app):
+            yield
+        return
+    heartbeat = LoopHeartbeat()
+    heartbeat.start()
+    probe = ProbeProcess(settings.host, settings.probe_port, heartbeat, settings.probe_stale_seconds)
+    try:
+        await asyncio.to_thread(probe.start)
+        app.state.probe_address, app.state.heartbeat = probe.address, heartbeat
+        async with _grpc_api(app):
+            yield
+    finally:
+        await asyncio.to_thread(probe.stop)
+        await heartbeat.stop()
+        heartbeat.close()
+
+
+@asynccontextmanager
+async def _grpc_api(app: FastAPI) -> AsyncIterator[None]:
     ctx: AppContext = app.state.ctx
     settings = ctx.settings
     if settings.api_grpc_port < 0:

@@ -22,7 +22,8 @@
    ``/v1/files/{id}`` and ``/v1/models``, ids drawn at random. Latency is from the request to the end of its body
    (waits for a pool connection included). Any answer other than 200, or a failed request, is an error.
 6. ``/health`` is sampled in a separate process every ``--health-interval`` seconds on a new connection (as a
-   probe does) throughout the Tunery load.
+   probe does) throughout the Tunery load, on the API port (answered by its event loop) and on the probe port
+   (TUNERY_PROBE_PORT: its own thread, from the loop's heartbeat; api/probe.py), which the chart's probes use.
 
 Prints requests/s, p50 and p99 latency and errors of each target and each call, the server's and the client's
 CPU use (cores), the load average when measured, the ``/health`` samples and Tunery's share of the bare endpoint's
@@ -269,6 +270,7 @@ class Server:
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
+    probe_url: str = ""  # Tunery's probe port (TUNERY_PROBE_PORT, api/probe.py)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -302,12 +304,13 @@ def wait_up(server: Server, path: str, timeout: float = 120) -> None:
 
 
 def start_tunery(tmp: Path, url: str) -> Server:
-    port = free_port()
+    port, probe_port = free_port(), free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "TUNERY_HOST": "127.0.0.1",
         "TUNERY_PORT": str(port),
+        "TUNERY_PROBE_PORT": str(probe_port),
         "TUNERY_DATA_DIR": str(tmp / "data"),
         "TUNERY_DATABASE_URL": url,
         "TUNERY_DEMO_MODEL": "false",
@@ -318,7 +321,7 @@ def start_tunery(tmp: Path, url: str) -> Server:
     log = tmp / "tunery.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], cwd=ROOT, env=env, stdout=out, stderr=out)
-    server = Server("tunery serve", f"http://127.0.0.1:{port}", proc, log)
+    server = Server("tunery serve", f"http://127.0.0.1:{port}", proc, log, f"http://127.0.0.1:{probe_port}")
     wait_up(server, "/health")
     return server
 
@@ -345,18 +348,30 @@ def ensure_tiny_model() -> None:
 
 # ---- helpers in their own processes: /health sampler, training and chats ----------------------------------------
 def sample_health(url: str, interval: float) -> None:
-    """Until stdin closes: GET /health on a new connection every ``interval`` s; then print the samples (JSON)."""
-    import httpx
+    """Until stdin closes: GET /health on a new connection every ``interval`` s; then print the samples (JSON).
 
+    With the standard library's ``http.client``, as lean as a kubelet's probe: an ``httpx.get`` builds a client and
+    its TLS context each time, which alone took 60-120 ms of this process's CPU on the loaded machine, and was
+    measured as the server's latency."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     while not stop.is_set():
         t0 = time.perf_counter()
+        conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=30)
         try:
-            status = httpx.get(url + "/health", timeout=30).status_code
-        except httpx.HTTPError:
+            conn.request("GET", "/health")
+            answer = conn.getresponse()
+            answer.read()
+            status = answer.status
+        except (OSError, http.client.HTTPException):
             status = 0
+        finally:
+            conn.close()
         samples.append((time.perf_counter() - t0, status))
         stop.wait(interval)
     print(json.dumps(samples))
@@ -583,7 +598,7 @@ def row(label: str, lat: list[float], seconds: float, errors: int, extra: str = 
     )
 
 
-def report(results: list[Measured], health: list[tuple[float, int]] | None, bg: dict[str, Any] | None) -> None:
+def report(results: list[Measured], health: dict[str, list[tuple[float, int]]], bg: dict[str, Any] | None) -> None:
     print()
     print(
         f"{'target':<40} {'requests/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}  server CPU (loop)  "
@@ -599,12 +614,12 @@ def report(results: list[Measured], health: list[tuple[float, int]] | None, bg: 
                 print(row(f"  {call}", values, m.seconds, m.errors[call]))
         for e in m.error_examples:
             print(f"  error: {e}")
-    if health is not None:
-        lat = [t for t, status in health if status == 200]
-        bad = sum(1 for _, status in health if status != 200)
+    for where, samples in health.items():
+        lat = [t for t, status in samples if status == 200]
+        bad = sum(1 for _, status in samples if status != 200)
         over = sum(1 for t in lat if t >= 0.1)
         print(
-            f"\n/health during the Tunery load: {len(health)} samples, p50 {1000 * pct(lat, 0.5):.1f} ms, "
+            f"\n/health on {where} during the Tunery load: {len(samples)} samples, p50 {1000 * pct(lat, 0.5):.1f} ms, "
             f"p99 {1000 * pct(lat, 0.99):.1f} ms, max {1000 * max(lat, default=float('nan')):.1f} ms, "
             f"{over} at 100 ms or more, {bad} errors (target: under 100 ms)"
         )
@@ -698,8 +713,13 @@ def main() -> None:
                     )
                     print(f"measured {name}", flush=True)
                 bare.stop()
-            health = Helper.start("health", "--url", tunery.url, "--health-interval", str(args.health_interval))
-            helpers.append(health)
+            # A probe of each /health: the API port's (answered by the event loop) and the probe port's (its own
+            # thread, api/probe.py), which the chart's probes use.
+            samplers = {
+                where: Helper.start("health", "--url", base, "--health-interval", str(args.health_interval))
+                for where, base in (("the API port", tunery.url), ("the probe port", tunery.probe_url))
+            }
+            helpers.extend(samplers.values())
             calls = paths_for(seeded)
             spy = profile(tunery, args.profile, args.warmup, args.seconds) if args.profile else None
             results.append(
@@ -710,7 +730,7 @@ def main() -> None:
             if spy is not None:
                 spy.wait()
                 print(f"profile: {args.profile}", flush=True)
-            health_samples = health.finish()
+            health_samples = {where: sampler.finish() for where, sampler in samplers.items()}
             summary = bg.finish(timeout=300) if bg is not None else None
             tunery.stop()
             report(results, health_samples, summary)

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     api_grpc_tls_cert: str = ""
     api_grpc_tls_key: str = ""
     api_grpc_tls_client_ca: str = ""
+    # The probe port of the API process (api/probe.py): GET /health on a thread of its own, from the event loop's
+    # heartbeat, so a busy API never fails its probes (-1: off; 0: a free one). Stale past probe_stale_seconds: 503.
+    probe_port: int = Field(default=-1, ge=-1, le=65535)
+    probe_stale_seconds: float = Field(default=10.0, gt=0)
     # GET /metrics (Prometheus text format) on the API and the scheduler's HTTP port, without an API key.
     metrics_enabled: bool = True
 

@@ -211,7 +211,12 @@ def test_probes_use_the_health_routes(rendered: dict[str, list[dict[str, Any]]])
     docs = rendered["production"]
     api = one(docs, "Deployment", "tun-tunery-api")["spec"]["template"]["spec"]["containers"][0]
     sched = one(docs, "Deployment", "tun-tunery-scheduler")["spec"]["template"]["spec"]["containers"][0]
-    assert api["readinessProbe"]["httpGet"]["path"] == "/health"  # api/app.py
+    env = {e["name"]: e.get("value") for e in api["env"]}
+    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
+    # Both of the API's probes ask its probe port (api/probe.py), which a busy event loop does not delay.
+    for probe in (api["readinessProbe"], api["livenessProbe"]):
+        assert probe["httpGet"] == {"path": "/health", "port": "probe"}
+    assert env["TUNERY_PROBE_PORT"] == str(ports["probe"]) == "8081"
     assert sched["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert api["command"] == ["tunery", "serve", "--role", "api"]
 
@@ -318,7 +323,7 @@ def test_scratch_size_limits_follow_the_values(bin_dir: Path) -> None:
     assert out.returncode != 0 and "sizeLimit" in out.stderr
 
 
-def test_the_grpc_api_has_a_port_a_service_port_a_probe_and_a_policy(
+def test_the_grpc_api_has_a_port_a_service_port_and_a_policy(
     rendered: dict[str, list[dict[str, Any]]], bin_dir: Path
 ) -> None:
     docs = rendered["dev"]
@@ -329,13 +334,9 @@ def test_the_grpc_api_has_a_port_a_service_port_a_probe_and_a_policy(
     svc = one(docs, "Service", "tun-tunery-api")
     (grpc_port,) = [p for p in svc["spec"]["ports"] if p["name"] == "grpc"]
     assert grpc_port["targetPort"] == "grpc" and grpc_port["appProtocol"] == "grpc"
-    assert api["livenessProbe"]["grpc"] == {"port": 50051}  # the standard health service (api/grpc/server.py)
     policy = one(docs, "NetworkPolicy", "tun-tunery-api")
     assert {"port": "grpc", "protocol": "TCP"} in policy["spec"]["ingress"][0]["ports"]
-    # A cluster before gRPC probes (1.24) probes /health; with the API off, no port and the server does not serve it.
-    old = render(bin_dir, sets=DEV_SETS, kube_version="1.23.0")
-    old_api = one(old, "Deployment", "tun-tunery-api")["spec"]["template"]["spec"]["containers"][0]
-    assert old_api["livenessProbe"]["httpGet"]["path"] == "/health"
+    # With the API off, no port and the server does not serve it.
     off = render(bin_dir, sets=[*DEV_SETS, "api.grpc.enabled=false"])
     off_api = one(off, "Deployment", "tun-tunery-api")["spec"]["template"]["spec"]["containers"][0]
     assert {e["name"]: e.get("value") for e in off_api["env"]}["TUNERY_API_GRPC_PORT"] == "-1"

@@ -99,9 +99,9 @@ def test_reporting_tls_mounts_a_certificate_into_the_scheduler_and_each_trainer(
     assert "TUNERY_GRPC_TLS_CLIENT_CA" not in one(one_way, "ConfigMap", "tun-tunery")["data"]
 
 
-def test_grpc_tls_mounts_the_api_certificate_and_probes_over_http(bin_dir: Path) -> None:
+def test_grpc_tls_mounts_the_api_certificate(bin_dir: Path) -> None:
     """api.grpc.tls: the API container serves its gRPC port with the Secret's certificate (mutual TLS with its CA);
-    the liveness probe turns to HTTP, since the kubelet's gRPC probe speaks plaintext only."""
+    the probes stay on the plain HTTP probe port."""
     assert "api.grpc.tls.secret" in refusal(bin_dir, "api.grpc.tls.enabled=true")
     sets = ["api.grpc.tls.enabled=true", "api.grpc.tls.secret=api-grpc-cert"]
 
@@ -120,7 +120,7 @@ def test_grpc_tls_mounts_the_api_certificate_and_probes_over_http(bin_dir: Path)
     [mount] = [m for m in api["volumeMounts"] if m["name"] == "grpc-tls"]
     assert mount == {"name": "grpc-tls", "mountPath": "/etc/tunery/grpc-tls", "readOnly": True}
     assert {"name": "grpc-tls", "secret": {"secretName": "api-grpc-cert"}} in pod["volumes"]
-    assert "grpc" not in api["livenessProbe"] and api["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert api["livenessProbe"]["httpGet"] == {"path": "/health", "port": "probe"}
 
     _, mutual = api_of(render(bin_dir, values=[MINIMAL_VALUES], sets=[*sets, "api.grpc.tls.mutual=true"]))
     env = {e["name"]: e.get("value") for e in mutual["env"]}
@@ -128,10 +128,10 @@ def test_grpc_tls_mounts_the_api_certificate_and_probes_over_http(bin_dir: Path)
         env["TUNERY_API_GRPC_TLS_CLIENT_CA"] == "/etc/tunery/grpc-tls/ca.crt"
         and "TUNERY_API_GRPC_TLS_CLIENT_CA" in fields
     )
-    # Off (the default): plaintext, no mount, the gRPC probe.
+    # Off (the default): plaintext, no mount.
     pod, plain = api_of(render(bin_dir, values=[MINIMAL_VALUES]))
     assert not any(e["name"].startswith("TUNERY_API_GRPC_TLS") for e in plain["env"])
-    assert all(v["name"] != "grpc-tls" for v in pod["volumes"]) and "grpc" in plain["livenessProbe"]
+    assert all(v["name"] != "grpc-tls" for v in pod["volumes"])
 
 
 def test_secrets_stay_in_secrets(rendered: dict[str, list[dict[str, Any]]]) -> None:
