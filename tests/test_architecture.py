@@ -29,7 +29,7 @@ def test_trainer_imports_nothing_from_the_control_plane_or_serving():
 
 def test_the_shared_package_imports_none_of_the_parts_it_is_shared_by():
     """``tunery/`` is the ground api/, scheduler/, serving/ and trainer/ stand on; the composition root that wires
-    them (``api/server.py``) and the CLI (``api/cli.py``) live in the outermost layer."""
+    them (``api/server.py``) and the CLI (``api/cli/``) live in the outermost layer."""
     assert not _imports("tunery") & {"api", "scheduler", "serving", "trainer"}
 
 
