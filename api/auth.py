@@ -35,7 +35,7 @@ from api.errors import INVALID_REQUEST, APIError, PermissionDenied
 from tunery import audit
 from tunery.db.models import ADMIN_ROLE
 from tunery.settings import Settings
-from tunery.tenancy import KeyRegistry, find_key, note_use
+from tunery.tenancy import KeyRegistry, WouldBlock, find_key, note_use
 
 PRINCIPAL_SCOPE_KEY = "tunery.principal"
 ADMIN_PREFIX = "/v1/organization/"
@@ -97,20 +97,25 @@ def _missing() -> APIError:
     )
 
 
-def identify(settings: Settings, registry: KeyRegistry | None, authorization: str | None) -> Principal:
-    """The one rule of API keys (see the module): the request's principal, or the 401."""
+def identify(
+    settings: Settings, registry: KeyRegistry | None, authorization: str | None, blocking: bool = True
+) -> Principal:
+    """The one rule of API keys (see the module): the request's principal, or the 401. ``blocking=False``: raise
+    :class:`tunery.tenancy.WouldBlock` where the answer needs the metadata store (a stored key, a recheck)."""
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip() if scheme.lower() == "bearer" else ""
     bootstrap = Principal(settings.organization_id, None, ADMIN_ROLE)
     # As bytes: compare_digest refuses str with non-ASCII characters, which a header may hold.
     if token and any(hmac.compare_digest(token.encode(), k.encode()) for k in settings.api_keys):
         return bootstrap
-    stored = registry is not None and registry.issued()
+    stored = registry is not None and registry.issued(blocking)
     if not settings.api_keys and not stored:
         return Principal(settings.organization_id, None, ADMIN_ROLE, open_access=True)  # the embedded mode until keys
     if not token:
         raise _missing()
     if stored and registry is not None:
+        if not blocking:
+            raise WouldBlock("a stored key is looked up in the metadata store")
         with registry.db.session() as s:
             row = find_key(s, token)
             if row is not None:
@@ -154,9 +159,11 @@ def admit(
     method: str,
     template: str,
     path_params: Mapping[str, Any],
+    blocking: bool = True,
 ) -> Principal:
-    """Who the request is and whether its role lets it call this route: the principal, or the 401 or 403."""
-    principal = identify(settings, registry, authorization)
+    """Who the request is and whether its role lets it call this route: the principal, or the 401 or 403
+    (``blocking``: see :func:`identify`)."""
+    principal = identify(settings, registry, authorization, blocking)
     authorize(principal, method, template, path_params)
     return principal
 

@@ -39,7 +39,7 @@ from api.errors import APIError, ServiceError, TooLarge, api_error, error_respon
 from api.ratelimit import RateLimiter, Verdict
 from api.routing import RouteTable
 from tunery.settings import Settings
-from tunery.tenancy import KeyRegistry
+from tunery.tenancy import KeyRegistry, WouldBlock
 
 F = TypeVar("F", bound=Callable[..., Any])
 Admitted = tuple[Principal, Verdict | None]
@@ -129,15 +129,18 @@ def admission(
     method: str,
     template: str,
     params: Mapping[str, Any],
+    blocking: bool = True,
 ) -> Admitted:
     """Who a request is (api/auth.py's ``admit``) and its turn in its project's rate limit (a 429 past it): the one
     door of REST (the request guard) and gRPC (api/grpc/calls.py). Blocking: a stored key and a project's limit are
-    read from the metadata store."""
-    principal = admit(settings, keys, authorization, method, template, params)
+    read from the metadata store. With ``blocking=False`` it raises :class:`WouldBlock` instead, before taking
+    anything, so that the caller can ask again in a thread; most requests need no I/O (a bootstrap key or none, a
+    limit read in the last seconds) and are admitted on the event loop, without a trip to a thread."""
+    principal = admit(settings, keys, authorization, method, template, params, blocking)
     if limiter is None or template.startswith(ADMIN_PREFIX):
         return principal, None
     project = principal.tenant(settings).project_id
-    verdict = limiter.take(project)
+    verdict = limiter.take(project, blocking)
     if verdict is not None and verdict.retry_after is not None:
         raise verdict.refusal(project)
     return principal, verdict
@@ -160,8 +163,13 @@ class RequestGuard:
         self.keys = keys
         self.limiter = limiter
 
-    def admit(self, authorization: str | None, method: str, template: str, params: dict[str, Any]) -> Admitted:
-        return admission(self.settings, self.keys, self.limiter, authorization, method, template, params)
+    async def admit(self, authorization: str | None, method: str, template: str, params: dict[str, Any]) -> Admitted:
+        """On the event loop when no I/O is needed, else in a thread (a stored key, a limit to read again)."""
+        args = (self.settings, self.keys, self.limiter, authorization, method, template, params)
+        try:
+            return admission(*args, blocking=False)
+        except WouldBlock:
+            return await to_thread.run_sync(lambda: admission(*args, blocking=True))
 
     def body_limit(self, route: RouteContext | None) -> BodyLimit:
         upload = getattr(route.endpoint, _UPLOAD_BODY, None) if route is not None else None
@@ -193,9 +201,7 @@ class RequestGuard:
         try:
             if route is not None and str(route.path).startswith("/v1/"):
                 _, child = route.matches(scope)
-                # In a thread: a stored key, and a project's rate limit, are looked up in the metadata store.
-                scope[PRINCIPAL_SCOPE_KEY], verdict = await to_thread.run_sync(
-                    self.admit,
+                scope[PRINCIPAL_SCOPE_KEY], verdict = await self.admit(
                     Headers(scope=scope).get("authorization"),
                     scope["method"],
                     str(route.path),

@@ -27,6 +27,7 @@ from api.errors import APIError
 from tunery.db import Database
 from tunery.quotas import project_limits
 from tunery.settings import Settings
+from tunery.tenancy import WouldBlock
 
 RECHECK_SECONDS = 1.0
 
@@ -97,20 +98,24 @@ class RateLimiter:
         self._limits: dict[str, tuple[int, float]] = {}  # project -> (requests per minute, when read)
         self._lock = threading.Lock()
 
-    def limit_of(self, project_id: str) -> int:
+    def limit_of(self, project_id: str, blocking: bool = True) -> int:
+        """The project's requests per minute (0: none), read again every RECHECK_SECONDS; ``blocking=False``: raise
+        :class:`WouldBlock` rather than read the store."""
         at = time.monotonic()
         known = self._limits.get(project_id)
         if known is not None and at - known[1] < RECHECK_SECONDS:
             return known[0]
+        if not blocking:
+            raise WouldBlock(f"the request limit of {project_id} is to be read from the metadata store")
         with self.db.session() as s:
             rpm = project_limits(s, self.settings, project_id).requests_per_minute
         self._limits[project_id] = (rpm, at)
         return rpm
 
-    def take(self, project_id: str) -> Verdict | None:
+    def take(self, project_id: str, blocking: bool = True) -> Verdict | None:
         """Take one token of the project's bucket: the verdict (``retry_after`` set when there was none), or None when
-        the project has no limit."""
-        rpm = self.limit_of(project_id)
+        the project has no limit. ``blocking=False``: :class:`WouldBlock` (nothing taken) if the limit is to be read."""
+        rpm = self.limit_of(project_id, blocking)
         if not rpm:
             return None
         rate = rpm / 60.0

@@ -141,6 +141,10 @@ def keys_issued(s: Session) -> bool:
     return bool(s.scalar(select(exists().where(ApiKey.pk.is_not(None)))))
 
 
+class WouldBlock(Exception):
+    """A decision asked for without I/O (``blocking=False``) needs the metadata store: ask again in a thread."""
+
+
 class KeyRegistry:
     """Whether the store has issued keys, without a query per request: once it has, for good (revoked keys keep
     their rows); until then, asked again at most every ``recheck_seconds`` (a key made by ``tunery admin`` in
@@ -153,9 +157,12 @@ class KeyRegistry:
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
 
-    def issued(self) -> bool:
+    def issued(self, blocking: bool = True) -> bool:
+        """Whether keys are required; ``blocking=False``: raise :class:`WouldBlock` rather than ask the store."""
         if self._issued:
             return True
+        if not blocking and time.monotonic() - self._checked_at >= self.recheck_seconds:
+            raise WouldBlock("whether keys were issued is to be asked of the metadata store")
         with self._lock:
             if not self._issued and time.monotonic() - self._checked_at >= self.recheck_seconds:
                 with self.db.session() as s:
