@@ -135,8 +135,8 @@ class TrainingRun:
         """The training and validation files, of the kind the method trains on, and the mix file if any; each
         recorded for the manifest."""
         spec, kind = self.spec, self.method.info.data
-        train = read_records(self.store, spec.training_file, "training_file", kind)
-        self.record_file("training_file", spec.training_file, train.sha256, len(train.records))
+        train = read_records(self.store, spec.data_file(), "training_file", kind)
+        self.record_file("training_file", spec.data_file(), train.sha256, len(train.records))
         valid = None
         if spec.validation_file is not None:
             valid = read_records(self.store, spec.validation_file, "validation_file", kind)

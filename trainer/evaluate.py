@@ -57,18 +57,19 @@ def read_eval_file(store: ObjectStore, spec: JobSpec) -> tuple[DataFileRead, str
     """The evaluation's file and the kind of its examples (chat: ``supervised``, or ``preference``). Other data (a
     reinforcement file has no answer to score) is a TrainerError ``invalid_file``."""
     code = ErrorCode.invalid_file.value
-    result, sha, size = read_data_file(store, spec.training_file, EVAL_FILE_PARAM, code)
+    data_file = spec.data_file()
+    result, sha, size = read_data_file(store, data_file, EVAL_FILE_PARAM, code)
     kind = result.format.kind if result.format is not None else "supervised"
     if kind not in SCORABLE:
         raise TrainerError(
-            f"file {spec.training_file.file_id} holds {kind} data: an evaluation scores chat or preference examples "
+            f"file {data_file.file_id} holds {kind} data: an evaluation scores chat or preference examples "
             "(each with the answer to score)",
             code=code,
             param=EVAL_FILE_PARAM,
         )
     records = [r for r in result.records if isinstance(r, RECORD_TYPES[kind])]
     if not records:
-        raise TrainerError(f"file {spec.training_file.file_id} contains no examples", code=code, param=EVAL_FILE_PARAM)
+        raise TrainerError(f"file {data_file.file_id} contains no examples", code=code, param=EVAL_FILE_PARAM)
     return DataFileRead(records=records, sha256=sha, n_bytes=size), kind
 
 
@@ -111,7 +112,8 @@ def evaluate(
         plan = plan.model_copy(update={"beta": DEFAULT_BETA})
     spec = spec.model_copy(update={"plan": plan})
     r = TrainingRun(spec, reporter, stop, get_method(plan.method), store)
-    r.record_file(EVAL_FILE_PARAM, spec.training_file, data.sha256, len(data.records))
+    data_file = spec.data_file()
+    r.record_file(EVAL_FILE_PARAM, data_file, data.sha256, len(data.records))
     manifest = model_manifest(store, model_prefix)
     stop.check()
 
@@ -123,8 +125,8 @@ def evaluate(
     evaluator.prepare(data, data)  # the file is the validation file: every figure and sample comes from it
     reporter.event(
         "info",
-        f"Evaluating {spec.fine_tuned_model} against {spec.training_file.file_id} ({len(data.records)} examples)",
-        {"model": spec.fine_tuned_model, "file": spec.training_file.file_id, "examples": len(data.records)},
+        f"Evaluating {spec.fine_tuned_model} against {data_file.file_id} ({len(data.records)} examples)",
+        {"model": spec.fine_tuned_model, "file": data_file.file_id, "examples": len(data.records)},
     )
     stop.check()
     evaluator.measure_baseline(model)
@@ -143,7 +145,7 @@ def evaluate(
             float(manifest.get("epoch") or 0.0),
             (manifest.get("metrics") or {}).get("train_loss"),
         )
-    report = report.model_copy(update={"baseline": "the base model", "evaluated_file": spec.training_file.file_id})
+    report = report.model_copy(update={"baseline": "the base model", "evaluated_file": data_file.file_id})
     key = layout.eval_report_key(spec.output_prefix)
     store.put_bytes(key, report.model_dump_json(indent=2).encode())
     log.info("evaluation of %s written to %s", spec.fine_tuned_model, key)

@@ -175,7 +175,9 @@ def spec_summary(spec: JobSpec) -> str:
         {
             "job_id": spec.job_id,
             "base_model": spec.base_model,
-            "training_file": spec.training_file.file_id,
+            "task": spec.task.value,
+            "model": spec.fine_tuned_model,
+            "training_file": spec.training_file.file_id if spec.training_file else None,
             "validation_file": spec.validation_file.file_id if spec.validation_file else None,
             "data": spec.data.model_dump() if spec.data else None,
             "plan": spec.plan.model_dump(),

@@ -37,6 +37,8 @@ class EventType(StrEnum):
     JOB_RESUMED = "fine_tuning.job.resumed"
     EVALUATION_CREATED = "tunery.evaluation.created"
     EVALUATION_CANCELLED = "tunery.evaluation.cancelled"
+    EXPORT_CREATED = "tunery.export.created"
+    EXPORT_CANCELLED = "tunery.export.cancelled"
     MODEL_DELETED = "model.deleted"
     MODEL_DOWNLOADED = "model.downloaded"
     CHECKPOINT_PERMISSION_CREATED = "checkpoint.permission.created"

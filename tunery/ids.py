@@ -33,6 +33,11 @@ def evaluation_id() -> str:
     return f"evaljob-{_random(24)}"
 
 
+def export_id() -> str:
+    """A merged-model export (a job of kind ``export``, tunery.jobstate.JobKind)."""
+    return f"exportjob-{_random(24)}"
+
+
 def file_id() -> str:
     return f"file-{_random(24)}"
 

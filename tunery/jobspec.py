@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from tunery import layout
 from tunery.evalreport import EvalOptions
+from tunery.exports import ExportOptions
 from tunery.jobstate import JobKind
 from tunery.plan import TrainingPlan
 
@@ -72,7 +73,9 @@ class JobSpec(BaseModel):
     """One run of a job of any kind (``task``; tunery.jobstate.JobKind). A ``fine_tune`` run trains; an
     ``evaluation`` run (trainer/evaluate.py) writes one eval report of the model ``fine_tuned_model`` (whose files
     are under ``init_adapter_prefix``) against ``training_file``, the base model as its baseline, with ``eval``'s
-    options and ``plan`` the plan of the job that made the model (its max_seq_length, its method's beta)."""
+    options and ``plan`` the plan of the job that made the model (its max_seq_length, its method's beta). An
+    ``export`` run (trainer/export_task.py) merges the model ``fine_tuned_model`` (its files under
+    ``init_adapter_prefix``) into its base and stores it as ``export`` says; it reads no data file."""
 
     task: JobKind = JobKind.fine_tune
     job_id: str
@@ -82,7 +85,7 @@ class JobSpec(BaseModel):
     base_model_path: str  # local folder with a safetensors model and tokenizer
     fine_tuned_model: str  # ft:... name this run produces
 
-    training_file: DataFile
+    training_file: DataFile | None = None  # a fine-tuning job's, an evaluation's file; None for an export
     validation_file: DataFile | None = None
     data: DataOptions | None = None
     # The eval reports (tunery.eval; docs/evals.md): None writes none. The reference set's file when the job named one.
@@ -93,6 +96,7 @@ class JobSpec(BaseModel):
     device: str = "auto"  # auto | cpu | cuda
     # Fine-tuning a fine-tuned model: the object-store prefix of the parent adapter (``model`` was an ft: model).
     init_adapter_prefix: str | None = None
+    export: ExportOptions | None = None  # an export's format and precision
 
     # URL of the object store as the trainer reaches it: file:///..., s3://bucket/prefix (with TUNERY_S3_* in the env),
     # or a broker URL (broker_url: no credentials, presigned URLs from the scheduler)
@@ -102,6 +106,12 @@ class JobSpec(BaseModel):
     # Continue from a resume state (see tunery/resume.py): "latest" (the newest complete one, if any) or a state's
     # prefix; None starts from the beginning.
     resume_from: str | None = None
+
+    def data_file(self) -> DataFile:
+        """The file a fine-tuning run trains on, or an evaluation scores (an export reads none)."""
+        if self.training_file is None:
+            raise ValueError(f"a run of kind {self.task} has no data file")
+        return self.training_file
 
     def spec_key(self) -> str:
         return layout.spec_key(self.output_prefix)

@@ -43,11 +43,14 @@ class JobKind(enum.StrEnum):
 
     * ``fine_tune``: ``/v1/fine_tuning/jobs``, the trainer trains (trainer/run.py);
     * ``evaluation``: ``/v1/tunery/evaluations``, the trainer writes one eval report of an existing ``ft:`` model
-      against a file (trainer/evaluate.py).
+      against a file (trainer/evaluate.py);
+    * ``export``: ``/v1/tunery/exports``, the trainer merges an existing ``ft:`` model into its base and stores it as
+      one downloadable file, a safetensors folder's archive or a GGUF (trainer/export_task.py, docs/exports.md).
     """
 
     fine_tune = "fine_tune"
     evaluation = "evaluation"
+    export = "export"
 
 
 class Transition(enum.StrEnum):
@@ -115,7 +118,8 @@ class ErrorCode(enum.StrEnum):
     eval_gate_failed = "eval_gate_failed"  # no model of the job passed its eval gate (tunery.eval.gate)
     invalid_reference_file = "invalid_reference_file"  # tunery.eval.reference_file
     unsupported_method = "unsupported_method"  # the method does not support an option of the job (tunery.methods)
-    # A model export (trainer/export.py): a checkpoint that cannot be merged, an architecture GGUF cannot express.
+    # A model export (trainer/export.py, an export job's run): a checkpoint that cannot be merged, an architecture GGUF
+    # cannot express.
     export_error = "export_error"
     unsupported_architecture = "unsupported_architecture"
     invalid_file = "invalid_file"  # an evaluation's file (``file``): not chat or preference examples
@@ -144,7 +148,7 @@ def file_error_code(param: str) -> ErrorCode:
 
 def failure_event(error: JobError, kind: str = JobKind.fine_tune) -> str:
     """The message of the event a failed job gets (OpenAI's wording for a fine-tuning job), whoever fails it."""
-    what = "Evaluation" if kind == JobKind.evaluation else "Fine-tuning job"
+    what = {JobKind.evaluation: "Evaluation", JobKind.export: "Export"}.get(JobKind(kind), "Fine-tuning job")
     return f"{what} failed: {error.message}"
 
 

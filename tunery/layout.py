@@ -9,11 +9,13 @@ keys from it, the trainer writes under them, and the reporting service refuses a
     jobs/<job id>/resume/step-<N>/          resume states (tunery/resume.py)
     jobs/<job id>/trainer.log               the trainer's log, kept when the run ends
     jobs/<evaluation id>/eval_report.json   an evaluation's report (a job of kind evaluation: no model of its own)
+    jobs/<export id>/export/model.tar.gz    an export's merged model (a job of kind export), or .../model.gguf
 """
 
 from __future__ import annotations
 
 from tunery.evalreport import REPORT_FILE
+from tunery.exports import RESULT_SUFFIX
 
 
 def job_prefix(job_id: str) -> str:
@@ -43,3 +45,8 @@ def results_key(output_prefix: str) -> str:
 
 def log_key(output_prefix: str) -> str:
     return f"{output_prefix.rstrip('/')}/trainer.log"
+
+
+def export_key(output_prefix: str, fmt: str) -> str:
+    """An export's one result (tunery/exports.py): the merged folder as a tar.gz, or the GGUF file."""
+    return f"{output_prefix.rstrip('/')}/export/model{RESULT_SUFFIX[fmt]}"

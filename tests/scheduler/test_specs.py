@@ -127,6 +127,7 @@ SUPERVISED: dict[str, Any] = {
     "seed": 42,
     "device": "cpu",
     "init_adapter_prefix": None,
+    "export": None,
     "object_store": STORE,
     "output_prefix": f"jobs/{JOB_ID}",
     "reporting_address": REPORTING,
@@ -280,3 +281,37 @@ def test_an_evaluation_s_spec_names_the_model_its_files_and_the_file():
     assert spec_of(job, ["file-eval", "file-ref"], None) is None  # the model is gone
     assert spec_of(job, ["file-ref"], "jobs/ftjob-x/model") is None  # the file is gone
     assert job.input_files() == [("file", "file-eval"), ("tunery.eval.reference_file", "file-ref")]
+
+
+def test_an_export_s_spec_names_the_model_its_files_and_the_format():
+    """An export (docs/exports.md): the model it merges and where its files are, its format and precision, the plan
+    of the model's job, the fields every kind shares (run_spec); no data file, no eval report, no resume; None once
+    the model is gone."""
+    job = a_job(
+        id="exportjob-1",
+        kind="export",
+        model="ft:tiny:org:none:abc123:ckpt-step-2",
+        training_file="",
+        fine_tuned_model=None,
+        attempts=1,
+        extensions={"tunery": {"export": {"format": "gguf", "dtype": "float32", "gguf_type": "q8_0"}}},
+        plan=PLAN,
+    )
+    spec = spec_of(job, [], "jobs/ftjob-x/checkpoints/step-2")
+    assert spec is not None
+    assert spec["task"] == "export" and spec["fine_tuned_model"] == job.model
+    assert spec["init_adapter_prefix"] == "jobs/ftjob-x/checkpoints/step-2"
+    assert spec["export"] == {"format": "gguf", "dtype": "float32", "gguf_type": "q8_0"}
+    assert spec["training_file"] is None and spec["validation_file"] is None and spec["eval"] is None
+    assert spec["plan"] == TrainingPlan.model_validate(PLAN).model_dump()
+    assert spec["resume_from"] is None and spec["output_prefix"] == "jobs/exportjob-1"
+    shared = {k: v for k, v in SUPERVISED.items() if k in ("organization_id", "project_id", "base_model", "seed")}
+    assert {k: spec[k] for k in shared} == shared
+    assert (spec["base_model_path"], spec["object_store"], spec["reporting_address"], spec["device"]) == (
+        BASE_PATH,
+        STORE,
+        REPORTING,
+        "cpu",
+    )
+    assert spec_of(job, [], None) is None  # the model is gone
+    assert job.input_files() == []

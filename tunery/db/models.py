@@ -55,7 +55,8 @@ class Job(Base, Tenant):
     """A trainer run's job, of one :class:`tunery.jobstate.JobKind`. A fine-tuning job is OpenAI's; an evaluation
     (``kind`` evaluation, docs/evals.md) keeps in ``model`` the ``ft:`` model it evaluates (and in
     ``fine_tuned_model`` the same name), in ``training_file`` the file it scores, and in ``plan`` the plan of the job
-    that made the model; it never makes a model."""
+    that made the model; it never makes a model. An export (``kind`` export, docs/exports.md) keeps in ``model`` the
+    ``ft:`` model it merges, in ``tunery.export`` its options, and no file (``training_file`` is empty)."""
 
     __tablename__ = "jobs"
 
@@ -147,7 +148,9 @@ class Job(Base, Tenant):
 
     def input_files(self) -> list[tuple[str, str]]:
         """``(request parameter, file id)`` of every file the job reads: its training file, its validation file and
-        the file of ``tunery.data.mix``; an evaluation's file as ``file``."""
+        the file of ``tunery.data.mix``; an evaluation's file as ``file``; none for an export."""
+        if self.kind == JobKind.export:
+            return []
         if self.kind == JobKind.evaluation:
             out = [(EVAL_FILE_PARAM, self.training_file)]
             reference = self.tunery_options("eval").get("reference_file")
