@@ -32,6 +32,13 @@ DELETED_EVALUATION_INPUT = (
     "The file to evaluate (or the reference file, or the model) was deleted, or the model is no longer shared with "
     "the evaluation's project."
 )
+DELETED_EXPORT_INPUT = "The model to export was deleted, or it is no longer shared with the export's project."
+# The error of a job whose inputs are gone, by kind.
+INPUT_GONE = {
+    JobKind.fine_tune: JobError(ErrorCode.invalid_training_file, DELETED_INPUT, "training_file"),
+    JobKind.evaluation: JobError(ErrorCode.invalid_file, DELETED_EVALUATION_INPUT, EVAL_FILE_PARAM),
+    JobKind.export: JobError(ErrorCode.model_not_available, DELETED_EXPORT_INPUT, "model"),
+}
 LAUNCHES_PER_PASS = 32  # jobs a backend that queues its own runs (Kubernetes) is given in one scheduler pass
 
 
@@ -98,12 +105,7 @@ class Dispatcher(SchedulerPart):
                 token = ids.run_token()
                 spec = self._spec(s, job)
                 if spec is None:
-                    gone = (
-                        JobError(ErrorCode.invalid_file, DELETED_EVALUATION_INPUT, EVAL_FILE_PARAM)
-                        if job.kind == JobKind.evaluation
-                        else JobError(ErrorCode.invalid_training_file, DELETED_INPUT, "training_file")
-                    )
-                    fail_in(s, job, gone)
+                    fail_in(s, job, INPUT_GONE[JobKind(job.kind)])
                     continue
                 self.store.put_bytes(spec.spec_key(), spec.model_dump_json(indent=2).encode())
                 job.run_token = ids.token_digest(token)  # the token itself goes to the trainer alone

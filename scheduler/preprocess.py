@@ -224,6 +224,9 @@ class Preprocessor(SchedulerPart):
         if job.kind == JobKind.evaluation:
             self._validate_evaluation(job, files)
             return
+        if job.kind == JobKind.export:  # no file to check: its model is looked up when it is launched
+            self._queue_short(job.id, [], "export")
+            return
         error: JobError | None = None
         n_train = n_mix = 0
         train_scan: FileScan | None = None
@@ -343,8 +346,13 @@ class Preprocessor(SchedulerPart):
                 return
             summaries.append(check.summary(f.id, param))
 
+        self._queue_short(job.id, summaries, "evaluation")
+
+    def _queue_short(self, job_id: str, summaries: list[str], what: str) -> None:
+        """Queue a job that carries the plan of the model it reads (an evaluation, an export): nothing to resolve."""
+
         def queue(s: Session) -> None:
-            row = s.scalar(select(Job).where(Job.id == job.id))
+            row = s.scalar(select(Job).where(Job.id == job_id))
             if row is None or row.status != JobStatus.validating_files or row.claimed_by != self.replica_id:
                 return  # cancelled meanwhile (or taken over by another replica)
             release(row)
@@ -352,7 +360,7 @@ class Preprocessor(SchedulerPart):
             jobstate.queue(row)
             for summary in summaries:
                 add_event(s, row.id, summary)
-            add_event(s, row.id, "Files validated, moving evaluation to queued state")
+            add_event(s, row.id, f"Files validated, moving {what} to queued state")
 
         self.db.transaction(queue)
 

@@ -21,6 +21,7 @@ from tunery.db import Checkpoint, Database, File, FineTunedModel, Job
 from tunery.db.models import RESULTS_PURPOSE
 from tunery.db.ops import add_event, now
 from tunery.evalreport import EvalOptions, EvalReport
+from tunery.exports import ExportOptions, result_filename
 from tunery.files import report_key
 from tunery.jobstate import TERMINAL, ErrorCode, JobError, JobKind, UnknownErrorCode, error_code
 from tunery.metrics import Metrics
@@ -203,6 +204,36 @@ def finish_evaluation(s: Session, store: ObjectStore, job: Job, request: pb.Fini
     add_event(s, job.id, "The evaluation has successfully completed")
 
 
+def export_key(job: Job) -> str:
+    """Where an export's run stores its one result: the server's key (tunery/layout.py), from the job's format."""
+    options = ExportOptions.model_validate(job.tunery_options("export"))
+    return layout.export_key(layout.job_prefix(job.id), options.format)
+
+
+def finish_export(s: Session, store: ObjectStore, job: Job, request: pb.FinishedRequest) -> None:
+    """An export's run ended (docs/exports.md): its merged model, at the server's key, becomes its one file (purpose
+    ``fine-tune-results``, owned by the project); a run that reported success without it fails."""
+    job.run_token = None
+    key = export_key(job)
+    options = ExportOptions.model_validate(job.tunery_options("export"))
+    if request.succeeded and store.exists(key):
+        f = result_file(job, key, result_filename(job.model, options.format), store.size(key))
+        s.add(f)
+        job.result_files = [f.id]
+        jobstate.succeed(job, now())
+        add_event(s, job.id, f"Export of {job.model} written: {f.id} ({f.filename}, {f.bytes} bytes)")
+        add_event(s, job.id, "The export has successfully completed")
+        return
+    error = (
+        reported_error(request)
+        if not request.succeeded
+        else JobError(ErrorCode.export_error, "The export ended without its result.")
+    )
+    job.result_files = []
+    jobstate.fail(job, error, now())
+    add_event(s, job.id, jobstate.failure_event(error, job.kind), level="error")
+
+
 class ReportingService(pb_grpc.TrainerReportingServicer):
     def __init__(
         self,
@@ -354,6 +385,9 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
             if job.kind == JobKind.evaluation:
                 finish_evaluation(s, self.store, job, request)
                 return
+            if job.kind == JobKind.export:
+                finish_export(s, self.store, job, request)
+                return
             job.run_token = None
             model_prefix = layout.model_prefix(layout.job_prefix(job.id))
             # The final model's report: also when the job failed its eval gate (the report says why).
@@ -388,6 +422,10 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
             if job.kind == JobKind.evaluation:
                 if request.results_key != layout.eval_report_key(prefix) or request.model_prefix:
                     return f"an evaluation's report is stored at {layout.eval_report_key(prefix)}"
+                return None
+            if job.kind == JobKind.export:
+                if request.results_key != export_key(job) or request.model_prefix:
+                    return f"an export's result is stored at {export_key(job)}"
                 return None
             if request.model_prefix.rstrip("/") != layout.model_prefix(prefix):
                 return f"the final model is stored under {layout.model_prefix(prefix)}"

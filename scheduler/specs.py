@@ -8,9 +8,9 @@ Every kind of job (tunery.jobstate.JobKind) shares :func:`run_spec`'s fields; ea
 
 from __future__ import annotations
 
-from tunery import layout
 from typing import Any
 
+from tunery import layout
 from tunery.db import File, Job
 from tunery.evalreport import EvalOptions
 from tunery.exports import ExportOptions

@@ -1,7 +1,8 @@
 """``python -m trainer --spec <path | object_store_url#key>``: the trainer container's entrypoint (the store URL may be
 a broker's, ``tunery-broker://<address>/<job>``: trainer/brokered.py). The spec's ``task`` says what the run does:
 ``fine_tune`` trains (trainer/run.py), ``evaluation`` writes one eval report of an existing model
-(trainer/evaluate.py); both report over the same channel and end the same ways.
+(trainer/evaluate.py), ``export`` merges an existing model into its base as one file (trainer/export_task.py); all
+report over the same channel and end the same ways.
 
 Exit codes: 0 succeeded; 1 failed (``Finished(succeeded=False)`` was reported); 2 bad command line;
 3 stopped because the control plane asked (cancel, or it rejected this run); 4 paused or preempted (SIGTERM during
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import evaluate
 
             evaluation = evaluate(spec, reporter, stop, store)
+        elif spec.task == JobKind.export:
+            from .export_task import export
+
+            exported = export(spec, reporter, stop, store)
         else:
             result = run(spec, reporter, stop, store)
     except RunStopped as e:
@@ -128,6 +133,17 @@ def main(argv: list[str] | None = None) -> int:
             )
         reporter.close(timeout=10.0)
         log.info("finished: the evaluation took %.1fs", evaluation.seconds)
+        return EXIT_OK
+
+    if spec.task == JobKind.export:
+        try:
+            delivered = reporter.finished(True, results_key=exported.key)
+        except RunStopped:
+            delivered = False
+        if not delivered:
+            log.error("could not report success to %s; the export is at %s", spec.reporting_address, exported.key)
+        reporter.close(timeout=10.0)
+        log.info("finished: the export took %.1fs (%d bytes)", exported.seconds, exported.bytes)
         return EXIT_OK
 
     try:

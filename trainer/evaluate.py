@@ -34,7 +34,7 @@ from .checkpoint import MANIFEST
 from .data_files import RECORD_TYPES, DataFileRead, read_data_file
 from .errors import TrainerError
 from .evaluation import Evaluator
-from .loading import load_base_model, load_parent_adapter, resolve_device, set_determinism
+from .loading import fetch_model_files, load_base_model, load_parent_adapter, resolve_device, set_determinism
 from .methods import get_method
 from .reporter import Reporter
 from .run import chat_tokenizer
@@ -74,24 +74,19 @@ def read_eval_file(store: ObjectStore, spec: JobSpec) -> tuple[DataFileRead, str
 
 
 def model_manifest(store: ObjectStore, prefix: str) -> dict[str, Any]:
-    """The manifest of the evaluated model (its step and epoch); a model without one is incomplete."""
+    """The manifest of the model an evaluation or an export reads (its step and epoch); a model without one is
+    incomplete."""
     try:
         return dict(json.loads(store.get_bytes(f"{prefix.rstrip('/')}/{MANIFEST}")))
     except Exception as e:
         raise TrainerError(
-            f"the model to evaluate has no complete files under {prefix}", code="model_not_available", param="model"
+            f"the model has no complete files under {prefix}", code="model_not_available", param="model"
         ) from e
 
 
 def load_full_model(store: ObjectStore, prefix: str, folder: Path, device: Any) -> Any:
     """A fully fine-tuned model's weights (safetensors, config, tokenizer) from the object store."""
-    prefix = prefix.strip("/") + "/"
-    folder.mkdir(parents=True, exist_ok=True)
-    for key in store.list(prefix):
-        name = key[len(prefix) :]
-        if "/" not in name and not name.endswith((".bin", ".pt", ".pkl")):  # never a pickle
-            store.get_file(key, folder / name)
-    return load_base_model(str(folder), device)[0]
+    return load_base_model(str(fetch_model_files(store, prefix, folder)), device)[0]
 
 
 def evaluate(

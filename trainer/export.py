@@ -15,6 +15,9 @@ caller (or a later download) would take it for a finished one. Failures a user c
 
     python -m trainer.export merge --base DIR --checkpoint DIR --out DIR
     python -m trainer.export gguf --model DIR --out FILE.gguf [--outtype f16]
+
+The server runs both as a job of kind ``export`` (trainer/export_task.py, docs/exports.md); ``tunery models export``
+runs them on the client.
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+from tunery.exports import EXPORT_DTYPES, GGUF_TYPES
+
 from .checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, save_full_model_folder
 from .errors import TrainerError
 from .loading import DeviceChoice, load_base_model
 from .models import publish_folder
 
-MERGE_DTYPES = ("float32", "bfloat16", "float16")
-GGUF_OUTTYPES = ("f32", "f16", "q8_0")
+MERGE_DTYPES = EXPORT_DTYPES
+GGUF_OUTTYPES = GGUF_TYPES
 LLAMA_ARCHITECTURE = "LlamaForCausalLM"
 
 

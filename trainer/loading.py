@@ -118,6 +118,18 @@ def load_base_model(path: str, choice: DeviceChoice) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def fetch_model_files(store: ObjectStore, prefix: str, folder: Path) -> Path:
+    """The files of a checkpoint or final model (an adapter, or a full model's weights, config and tokenizer) from
+    the object store into ``folder``: the top level only, never a pickle."""
+    prefix = prefix.strip("/") + "/"
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in store.list(prefix):
+        name = key[len(prefix) :]
+        if "/" not in name and not name.endswith((".bin", ".pt", ".pkl", ".pth")):
+            store.get_file(key, folder / name)
+    return folder
+
+
 def load_parent_adapter(store: ObjectStore, prefix: str, model: Any, workdir: str) -> Any:
     """Fine-tuning a fine-tuned model: the parent's LoRA adapter (safetensors, from the object store) on the base
     model, trainable, so training continues from it. Pickles are never copied."""
