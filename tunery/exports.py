@@ -33,7 +33,7 @@ class ExportOptions(BaseModel):
 
     format: ExportFormat = "safetensors"
     dtype: ExportDtype = "float32"
-    gguf_type: GgufType | None = Field(None, description="For format gguf: f32, f16 (its default) or q8_0.")
+    gguf_type: GgufType | None = Field(default=None, description="For format gguf: f32, f16 (its default) or q8_0.")
 
     def outtype(self) -> GgufType:
         return self.gguf_type or DEFAULT_GGUF_TYPE

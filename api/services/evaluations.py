@@ -8,7 +8,7 @@ run token and reporting channel, cancellation, crash handling and the trainer lo
 resource, ``/v1/tunery/evaluations`` (ids ``evaljob-...``, object ``tunery.evaluation``): the fine-tuning routes
 select ``kind = fine_tune`` (api/services/jobs.py, :func:`api.services.jobs.owned`), so OpenAI SDK users never see
 an evaluation among their fine-tuning jobs. A next short kind (a merged-model export) adds a kind, a trainer task,
-a spec builder and a resource like this one.
+a spec builder and a resource like this one (it did: api/services/exports.py).
 
 The checks, in the other routes' words: the model is one the project may use (its own, or shared with it;
 otherwise the 404 of ``GET /v1/models/{model}``); a base model is refused (400 ``invalid_model``: a report compares
@@ -33,7 +33,7 @@ from api.pagination import page
 from api.protocol.evaluations import CreateEvaluationRequest, Evaluation, EvaluationList, ListEvaluationsRequest
 from api.protocol.jobs import FineTuningJobError
 from api.services.jobs import NOT_SHOWN, owned
-from api.services.models import model_not_found
+from api.services.models import model_to_read
 from api.services.prepare import check_file
 from tunery import ids, jobstate
 from tunery.audit import Actor, EventType, record
@@ -43,7 +43,6 @@ from tunery.db.ops import add_event, now
 from tunery.evalreport import EvalReport, ReportOptions, ReportSummary
 from tunery.files import report_key
 from tunery.jobstate import EVAL_FILE_PARAM, JobKind, JobStatus
-from tunery.sharing import usable_model
 from tunery.storage import ObjectNotFound
 
 REFERENCE = "eval.reference_file"
@@ -123,22 +122,14 @@ class EvaluationService:
         options = req.eval or ReportOptions()
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         with self.ctx.db.session() as s:
-            if req.model in base_models:
-                raise InvalidRequest(
-                    f"Model {req.model!r} is a base model: an evaluation compares a fine-tuned model (ft:...) or a "
-                    "checkpoint model (ft:...:ckpt-step-N) with its base model.",
-                    param="model",
-                    code="invalid_model",
-                )
-            row = usable_model(s, t.organization_id, t.project_id, req.model)  # its own, or shared with it
-            if row is None:
-                raise model_not_found(req.model)
-            if row.base_model not in base_models:
-                raise InvalidRequest(
-                    f"The base model of {req.model!r} ({row.base_model}) is not available on this server.",
-                    param="model",
-                    code="model_not_available",
-                )
+            row = model_to_read(
+                s,
+                t,
+                req.model,
+                base_models,
+                "an evaluation compares a fine-tuned model (ft:...) or a checkpoint model (ft:...:ckpt-step-N) with "
+                "its base model.",
+            )
             parent = s.scalar(select(Job).where(Job.id == row.job_id))
             plan = parent.training_plan() if parent is not None else None
             if parent is None or plan is None:

@@ -58,6 +58,25 @@ def model_not_found(model: str) -> NotFound:
     )
 
 
+def model_to_read(s: Session, t: Tenant, model: str, base_models: dict[str, str], base_refused: str) -> FineTunedModel:
+    """The ``ft:`` model or checkpoint model ``model`` that a short job of the tenant (an evaluation, an export)
+    reads: one the project may use (its own, or shared with it; otherwise the 404 of ``GET /v1/models/{model}``),
+    whose base model this server has. A base model is refused with ``base_refused``'s reason (400
+    ``invalid_model``)."""
+    if model in base_models:
+        raise InvalidRequest(f"Model {model!r} is a base model: {base_refused}", param="model", code="invalid_model")
+    row = usable_model(s, t.organization_id, t.project_id, model)
+    if row is None:
+        raise model_not_found(model)
+    if row.base_model not in base_models:
+        raise InvalidRequest(
+            f"The base model of {model!r} ({row.base_model}) is not available on this server.",
+            param="model",
+            code="model_not_available",
+        )
+    return row
+
+
 def ft_model_object(m: FineTunedModel | AnyRow) -> Model:
     return Model(id=m.id, created=m.created_at, owned_by=m.owned_by)
 
