@@ -8,6 +8,7 @@ from api.cli.admin import admin_app
 from api.cli.aliases import aliases_app
 from api.cli.data import data_app
 from api.cli.evals import evals_app
+from api.cli.exports import exports_app
 from api.cli.jobs import jobs_app
 from api.cli.models import models_app
 from api.cli.server import db_app, demo, serve
@@ -21,6 +22,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(admin_app, name="admin")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(evals_app, name="evals")
+app.add_typer(exports_app, name="exports")
 app.add_typer(aliases_app, name="aliases")
 
 

@@ -41,3 +41,31 @@ def expiry(days: int | None) -> int | None:
     from tunery.db.ops import now
 
     return None if days is None else now() + days * 86400
+
+
+# The commands that go through a running server's API (``tunery jobs``, ``evals``, ``exports``): where, and with
+# which key, as the OpenAI SDK reads them.
+BASE_URL = typer.Option("http://127.0.0.1:8000/v1", envvar="OPENAI_BASE_URL", help="The API (OPENAI_BASE_URL).")
+API_KEY = typer.Option("tunery", envvar="OPENAI_API_KEY", help="An API key (OPENAI_API_KEY).")
+DONE = ("succeeded", "failed", "cancelled")
+
+
+def api_call(method: str, base_url: str, api_key: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """The API's answer to ``method`` on ``path`` (under /v1); a refusal or an unreachable server is printed, with
+    exit code 1 (the commands that go through a running server's API)."""
+    import httpx
+
+    url = base_url.rstrip("/") + path
+    try:
+        r = httpx.request(method, url, json=body, headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+    except httpx.HTTPError as e:
+        typer.echo(f"error: cannot reach {base_url}: {e}", err=True)
+        raise typer.Exit(1) from None
+    if r.status_code != 200:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:200]
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(1)
+    return r

@@ -8,34 +8,17 @@ from typing import Any
 
 import typer
 
+from api.cli.common import API_KEY, BASE_URL, DONE, api_call
+
 evals_app = typer.Typer(
     no_args_is_help=True, help="Evaluate a fine-tuned or checkpoint model on a file (docs/evals.md)."
 )
 
-_BASE_URL = typer.Option("http://127.0.0.1:8000/v1", envvar="OPENAI_BASE_URL", help="The API (OPENAI_BASE_URL).")
-_API_KEY = typer.Option("tunery", envvar="OPENAI_API_KEY", help="An API key (OPENAI_API_KEY).")
 _JSON = typer.Option(False, "--json", help="Print the JSON the API answers.")
-DONE = ("succeeded", "failed", "cancelled")
 
 
 def _call(method: str, base_url: str, api_key: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """The API's answer; a refusal or an unreachable server is printed, with exit code 1."""
-    import httpx
-
-    url = base_url.rstrip("/") + "/tunery/evaluations" + path
-    try:
-        r = httpx.request(method, url, json=body, headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
-    except httpx.HTTPError as e:
-        typer.echo(f"error: cannot reach {base_url}: {e}", err=True)
-        raise typer.Exit(1) from None
-    if r.status_code != 200:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:200]
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(1)
-    return r
+    return api_call(method, base_url, api_key, "/tunery/evaluations" + path, body)
 
 
 def _show_report(base_url: str, api_key: str, evaluation_id: str, as_json: bool) -> None:
@@ -60,8 +43,8 @@ def evals_create(
     seed: int = typer.Option(None, help="Picks the sample prompts (random when unset)."),
     wait: bool = typer.Option(False, "--wait", help="Wait for it to end, then show its report."),
     as_json: bool = _JSON,
-    base_url: str = _BASE_URL,
-    api_key: str = _API_KEY,
+    base_url: str = BASE_URL,
+    api_key: str = API_KEY,
 ) -> None:
     """Start an evaluation of MODEL on FILE against its base model; print its id (with --wait, its report)."""
     options = {
@@ -92,8 +75,8 @@ def evals_create(
 @evals_app.command("get")
 def evals_get(
     evaluation_id: str = typer.Argument(..., help="The evaluation (evaljob-...)."),
-    base_url: str = _BASE_URL,
-    api_key: str = _API_KEY,
+    base_url: str = BASE_URL,
+    api_key: str = API_KEY,
 ) -> None:
     """An evaluation's JSON: its status, its error, its report's figures."""
     typer.echo(_call("GET", base_url, api_key, f"/{evaluation_id}").text)
@@ -103,8 +86,8 @@ def evals_get(
 def evals_report(
     evaluation_id: str = typer.Argument(..., help="The evaluation (evaljob-...)."),
     as_json: bool = _JSON,
-    base_url: str = _BASE_URL,
-    api_key: str = _API_KEY,
+    base_url: str = BASE_URL,
+    api_key: str = API_KEY,
 ) -> None:
     """An evaluation's report, as ``tunery jobs report`` shows a job's."""
     _show_report(base_url, api_key, evaluation_id, as_json)
@@ -113,8 +96,8 @@ def evals_report(
 @evals_app.command("cancel")
 def evals_cancel(
     evaluation_id: str = typer.Argument(..., help="The evaluation (evaljob-...)."),
-    base_url: str = _BASE_URL,
-    api_key: str = _API_KEY,
+    base_url: str = BASE_URL,
+    api_key: str = API_KEY,
 ) -> None:
     """Cancel an evaluation that has not ended."""
     typer.echo(_call("POST", base_url, api_key, f"/{evaluation_id}/cancel").json()["status"])
