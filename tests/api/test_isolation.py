@@ -47,6 +47,7 @@ class Route:
 T = "/v1/fine_tuning/jobs"
 AL = "/v1/tunery/aliases"
 EV = "/v1/tunery/evaluations"
+EX = "/v1/tunery/exports"
 P, P_ = "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:path}", "/v1/fine_tuning/checkpoints/{model}"
 ROUTES = [
     Route("GET", "/v1/files/{file_id}", "/v1/files/{file}", read=200),
@@ -95,6 +96,10 @@ ROUTES = [
     Route("POST", f"{EV}/{{evaluation_id}}/cancel", f"{EV}/{{evaluation}}/cancel"),
     Route("GET", f"{EV}/{{evaluation_id}}/report", f"{EV}/{{evaluation}}/report", read=404),
     Route("POST", EV, EV, {"model": "{model}", "file": "{file}"}),
+    # Exports (Tunery's extension, docs/exports.md): A's has not run; B's own export of A's model is the model's 404.
+    Route("GET", f"{EX}/{{export_id}}", f"{EX}/{{export}}", read=200),
+    Route("POST", f"{EX}/{{export_id}}/cancel", f"{EX}/{{export}}/cancel"),
+    Route("POST", EX, EX, {"model": "{model}"}),
     # Ids in the body. A job on another project's file, or one that never existed, is the same 400.
     Route("POST", T, T, {"model": TINY, "training_file": "{file}"}, foreign=400),
     Route("POST", f"{T}/dry_run", f"{T}/dry_run", {"model": TINY, "training_file": "{file}"}, foreign=400),
@@ -104,7 +109,7 @@ ROUTES = [
     Route("POST", "/v1/chat/completions", body={"model": "{alias}", "messages": MESSAGES}, read=400),
 ]
 # The routes without an id: lists (each shows B none of A's objects) and creations (a 403 for a reader).
-LISTS = {"/v1/files", "/v1/fine_tuning/jobs", "/v1/models", AL, EV}
+LISTS = {"/v1/files", "/v1/fine_tuning/jobs", "/v1/models", AL, EV, EX}
 CREATIONS = {("POST", "/v1/files"), ("POST", "/v1/uploads")}
 # Routes that read and store nothing of any project (graders): every role may call them, with no ids to try.
 GRADER = {"type": "string_check", "name": "g", "input": "{{sample.output_text}}", "reference": "a", "operation": "eq"}
@@ -193,6 +198,9 @@ def two_projects(tiny_server_factory):  # type: ignore[no-untyped-def]
     assert evaluation.status_code == 200, evaluation.text
     ids = {"file": file_id, "job": job_id, "upload": upload_id, "model": model, "alias": "support-bot"}
     ids["evaluation"] = evaluation.json()["id"]
+    export = srv.http.post(EX, json={"model": model}, headers=a)
+    assert export.status_code == 200, export.text
+    ids["export"] = export.json()["id"]
     return srv, keys, ids
 
 
@@ -208,6 +216,7 @@ def test_another_projects_ids_are_not_found(two_projects):
     never["model"] = f"ft:{TINY}:personal:a:xxxxxxxx"
     never["alias"] = "never-bot"
     never["evaluation"] = "evaljob-" + "x" * 24
+    never["export"] = "exportjob-" + "x" * 24
     for route in ROUTES:
         theirs = call(srv.http, keys["B-member"], route, ids)
         unknown = call(srv.http, keys["B-member"], route, never)
