@@ -202,3 +202,38 @@ def test_steps_reported_again_after_a_resume_are_one_event_each(reporting: Any) 
     with db.session() as s:
         events = s.scalars(select(JobEvent).where(JobEvent.job_id == "ftjob-victim", JobEvent.type == "metrics"))
         assert [e.data["step"] for e in events] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"results_key": "files/file-other"},
+        {"results_key": "jobs/exportjob-victim/export/model.tar.gz"},  # the other format's key
+        {"results_key": "jobs/ftjob-victim/results.csv"},
+        {"results_key": "jobs/exportjob-victim/export/model.gguf", "model_prefix": "jobs/exportjob-victim/model"},
+    ],
+)
+def test_an_export_s_result_is_at_the_server_s_key_only(reporting: Any, forged: dict[str, Any]) -> None:
+    """An export (docs/exports.md) reports its one result at the key its format gives (tunery/layout.py); any other
+    key is refused, and the result becomes a fine-tune-results file of the export's project, named after the model."""
+    db, store, stub = reporting
+    with db.session() as s:
+        job = a_job("exportjob-victim")
+        job.kind, job.model, job.fine_tuned_model = "export", "ft:tiny:org::ftjob-done", None
+        job.extensions = {"tunery": {"export": {"format": "gguf", "dtype": "float32", "gguf_type": None}}}
+        s.add(job)
+    key = layout.export_key(layout.job_prefix("exportjob-victim"), "gguf")
+    store.put_bytes(key, b"GGUF...")
+    forged_request = pb.FinishedRequest(run=run("exportjob-victim"), succeeded=True, **forged)
+    assert _code(lambda: stub.Finished(forged_request)) == grpc.StatusCode.INVALID_ARGUMENT
+    with db.session() as s:
+        row = s.scalar(select(Job).where(Job.id == "exportjob-victim"))
+        assert row is not None and row.status == "running" and row.result_files == []
+    stub.Finished(pb.FinishedRequest(run=run("exportjob-victim"), succeeded=True, results_key=key))
+    with db.session() as s:
+        row = s.scalar(select(Job).where(Job.id == "exportjob-victim"))
+        assert row is not None and row.status == "succeeded"
+        [result] = s.scalars(select(File).where(File.id == row.result_files[0])).all()
+        assert (result.object_key, result.purpose, result.bytes) == (key, "fine-tune-results", 7)
+        assert (result.project_id, result.filename) == ("proj", "ft_tiny_org_ftjob-done.gguf")
+        assert not s.scalars(select(FineTunedModel)).all()  # an export makes no model
