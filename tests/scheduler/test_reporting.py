@@ -237,3 +237,19 @@ def test_an_export_s_result_is_at_the_server_s_key_only(reporting: Any, forged: 
         assert (result.object_key, result.purpose, result.bytes) == (key, "fine-tune-results", 7)
         assert (result.project_id, result.filename) == ("proj", "ft_tiny_org_ftjob-done.gguf")
         assert not s.scalars(select(FineTunedModel)).all()  # an export makes no model
+
+
+def test_an_export_that_reports_success_without_its_result_fails(reporting: Any) -> None:
+    db, _, stub = reporting
+    with db.session() as s:
+        job = a_job("exportjob-empty")
+        job.kind, job.model, job.fine_tuned_model = "export", "ft:tiny:org::ftjob-done", None
+        s.add(job)
+    key = layout.export_key(layout.job_prefix("exportjob-empty"), "safetensors")  # the default format's; not written
+    stub.Finished(pb.FinishedRequest(run=run("exportjob-empty"), succeeded=True, results_key=key))
+    with db.session() as s:
+        row = s.scalar(select(Job).where(Job.id == "exportjob-empty"))
+        assert row is not None and row.status == "failed" and row.result_files == []
+        assert row.error is not None and row.error["code"] == "export_error"
+        events = [e.message for e in s.scalars(select(JobEvent).where(JobEvent.job_id == "exportjob-empty"))]
+        assert "Export failed: The export ended without its result." in events
