@@ -67,8 +67,10 @@ def download_result(base_url: str, api_key: str, export: dict[str, Any], out: Pa
             return dest
         with tarfile.open(tmp, "r:gz") as tar:
             tops = {m.name.split("/", 1)[0] for m in tar.getmembers()}
+            if len(tops) != 1:
+                raise ValueError(f"the archive holds {len(tops)} top folders, not the model's one")
             tar.extractall(out, filter="data")
-        return out / sorted(tops)[0]
+        return out / tops.pop()
     except (httpx.HTTPError, OSError, EOFError, ValueError, tarfile.TarError) as e:
         typer.echo(f"error: the download of {file_id} did not complete ({type(e).__name__}: {e})", err=True)
         raise typer.Exit(1) from None
