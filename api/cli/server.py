@@ -19,7 +19,7 @@ def serve(
     role: str = typer.Option(
         "all",
         help="all: API + scheduler + serving in one process (embedded mode); api: the HTTP API only (needs "
-        "TUNERYAPI_KEYS, or TUNERY_ALLOW_OPEN=true); scheduler: the scheduler loop and gRPC reporting service, with "
+        "TUNERY_API_KEYS, or TUNERY_ALLOW_OPEN=true); scheduler: the scheduler loop and gRPC reporting service, with "
         "/healthz on the port.",
     ),
 ) -> None:
@@ -38,7 +38,7 @@ def serve(
     except ObjectStoreError as e:  # a missing bucket or wrong credentials: say so, no traceback
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    except (SchemaOutOfDate, UnsafeSettings) as e:  # e.g. --role api without TUNERYAPI_KEYS
+    except (SchemaOutOfDate, UnsafeSettings) as e:  # e.g. --role api without TUNERY_API_KEYS
         typer.echo(f"tunery serve: {e}", err=True)
         raise typer.Exit(2) from None
 
