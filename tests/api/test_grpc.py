@@ -91,13 +91,14 @@ def api(tiny_server_factory: Callable[..., RunningServer]) -> Iterator[Api]:
 
 @dataclass(frozen=True)
 class Case:
-    """One call over both transports: the RPC and its request, and the REST request that is its twin."""
+    """One call over both transports: the RPC and its request, and the REST request that is its twin (its path and
+    its body, when one is a function, filled with the same objects as the request)."""
 
     rpc: str
     request: Callable[[dict[str, str]], Message]
     path: str
     query: dict[str, Any] | None = None
-    body: dict[str, Any] | None = None
+    body: dict[str, Any] | Callable[[dict[str, str]], dict[str, Any]] | None = None
 
 
 def grader_call(rpc: str, body: dict[str, Any]) -> Case:
@@ -180,19 +181,25 @@ READS = [
 ]
 
 
-def rest(api: Api, case: Case, objects: dict[str, str]) -> Any:
+def rest(api: Api, case: Case, objects: dict[str, str], key: str | None = None) -> Any:
     method, _ = REST_TWIN[case.rpc]
-    r = api.server.http.request(method, case.path.format(**objects), params=case.query, json=case.body)
-    return r
+    body = case.body(objects) if callable(case.body) else case.body
+    headers = {"authorization": f"Bearer {key}"} if key else None
+    return api.server.http.request(method, case.path.format(**objects), params=case.query, json=body, headers=headers)
+
+
+def assert_same_answer(api: Api, case: Case, objects: dict[str, str]) -> Any:
+    """The gRPC answer is the REST object converted by the one rule, field for field; it is returned."""
+    answer = api.call(case.rpc, case.request(objects))
+    r = rest(api, case, objects)
+    assert r.status_code == 200, r.text
+    assert answer == to_message(r.json(), type(answer))
+    return answer
 
 
 @pytest.mark.parametrize("case", READS, ids=lambda c: c.rpc)
 def test_reads_answer_what_rest_answers(api: Api, case: Case) -> None:
-    answer = api.call(case.rpc, case.request(api.objects))
-    r = rest(api, case, api.objects)
-    assert r.status_code == 200, r.text
-    # The REST object, converted by the one rule, is the gRPC answer, field for field.
-    assert answer == to_message(r.json(), type(answer))
+    assert_same_answer(api, case, api.objects)
 
 
 # Grader runs: (the call, the reward REST and gRPC both answer).
@@ -366,20 +373,26 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("case", REFUSALS, ids=lambda c: c.rpc)
-def test_refusals_map_to_status_codes_with_openai_error(api: Api, case: Case) -> None:
-    r = rest(api, case, MISSING)
+def assert_same_refusal(api: Api, case: Case, objects: dict[str, str], key: str = KEY) -> dict[str, Any]:
+    """The same status (mapped), message, type, code and param over both transports; REST's error is returned."""
+    r = rest(api, case, objects, key)
     assert r.status_code >= 400, r.text
     with pytest.raises(grpc.RpcError) as caught:
-        api.call(case.rpc, case.request(MISSING))
+        api.call(case.rpc, case.request(objects), key=key)
     e = caught.value
-    error = r.json()["error"]
+    error: dict[str, Any] = r.json()["error"]
     assert e.code() == GRPC_CODE[r.status_code]
     assert e.details() == error["message"]
     info = error_info(e)
     assert info.domain == "tunery" and info.metadata["type"] == error["type"]
     assert info.metadata["code"] == (error["code"] or "") and info.metadata["param"] == (error["param"] or "")
     assert dict(e.trailing_metadata() or ())["x-request-id"].startswith("req_")
+    return {**error, "status": r.status_code}
+
+
+@pytest.mark.parametrize("case", REFUSALS, ids=lambda c: c.rpc)
+def test_refusals_map_to_status_codes_with_openai_error(api: Api, case: Case) -> None:
+    assert_same_refusal(api, case, MISSING)
 
 
 def test_every_rpc_has_a_rest_twin_and_every_service_rpc_is_served() -> None:
