@@ -23,6 +23,7 @@ F = TypeVar("F")
 J = "/v1/fine_tuning/jobs"
 AL = "/v1/tunery/aliases"
 GR = "/v1/fine_tuning/alpha/graders"
+EV = "/v1/tunery/evaluations"
 # Every RPC and the REST route it mirrors (method, route template).
 REST_TWIN: dict[str, tuple[str, str]] = {
     "ChatService/CreateChatCompletion": ("POST", "/v1/chat/completions"),
@@ -58,6 +59,11 @@ REST_TWIN: dict[str, tuple[str, str]] = {
     "AliasService/DeleteAlias": ("DELETE", f"{AL}/{{name}}"),
     "GraderService/RunGrader": ("POST", f"{GR}/run"),
     "GraderService/ValidateGrader": ("POST", f"{GR}/validate"),
+    "EvaluationService/CreateEvaluation": ("POST", EV),
+    "EvaluationService/GetEvaluation": ("GET", f"{EV}/{{evaluation_id}}"),
+    "EvaluationService/ListEvaluations": ("GET", EV),
+    "EvaluationService/CancelEvaluation": ("POST", f"{EV}/{{evaluation_id}}/cancel"),
+    "EvaluationService/GetEvaluationReport": ("GET", f"{EV}/{{evaluation_id}}/report"),
 }
 
 

@@ -15,6 +15,7 @@ from api.grpc.handlers import service_handler
 from api.grpc.services import (
     AliasServicer,
     ChatServicer,
+    EvaluationServicer,
     FileServicer,
     FineTuningServicer,
     GraderServicer,
@@ -24,6 +25,7 @@ from tunery.grpc_tls import api_server_credentials
 from tunery.v1 import (
     aliases_pb2,
     chat_pb2,
+    evaluations_pb2,
     files_pb2,
     fine_tuning_pb2,
     graders_pb2,
@@ -39,6 +41,7 @@ SERVICES = (
     models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     aliases_pb2.DESCRIPTOR.services_by_name["AliasService"].full_name,
     graders_pb2.DESCRIPTOR.services_by_name["GraderService"].full_name,
+    evaluations_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name,
 )
 # A message's most bytes, each way: a page of 10,000 file objects fits; a file's content goes in 1 MiB chunks.
 MAX_MESSAGE_BYTES = 16 << 20
@@ -62,8 +65,9 @@ class PublicGrpcServer:
             "ChatService": ChatServicer(ctx, calls),
             "AliasService": AliasServicer(ctx, calls),
             "GraderService": GraderServicer(ctx, calls),
+            "EvaluationService": EvaluationServicer(ctx, calls),
         }
-        for module in (files_pb2, fine_tuning_pb2, models_pb2, chat_pb2, aliases_pb2, graders_pb2):
+        for module in (files_pb2, fine_tuning_pb2, models_pb2, chat_pb2, aliases_pb2, graders_pb2, evaluations_pb2):
             for service in module.DESCRIPTOR.services_by_name.values():
                 self.server.add_generic_rpc_handlers((service_handler(servicers[service.name], service),))
         self.health = health.aio.HealthServicer()

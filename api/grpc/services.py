@@ -27,12 +27,14 @@ from api.protocol.aliases import (
     UpdateAliasRequest,
 )
 from api.protocol.chat import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, SamplingRequest
+from api.protocol.evaluations import CreateEvaluationRequest, ListEvaluationsRequest
 from api.protocol.files import CreateFileRequest, ListFilesRequest
 from api.protocol.graders import RunGraderRequest, ValidateGraderRequest
 from api.protocol.jobs import CreateJob, ListJobCheckpointsRequest, ListJobEventsRequest, ListJobsRequest
 from api.services import graders
 from api.services.aliases import AliasService
 from api.services.chat import ChatService
+from api.services.evaluations import EvaluationService
 from api.services.files import FileContent, FileService, file_too_large
 from api.services.jobs import JobService
 from api.services.models import ModelArchive, ModelService
@@ -41,6 +43,8 @@ from tunery.v1 import aliases_pb2 as aliases_pb
 from tunery.v1 import aliases_pb2_grpc as aliases_grpc
 from tunery.v1 import chat_pb2 as chat_pb
 from tunery.v1 import chat_pb2_grpc as chat_grpc
+from tunery.v1 import evaluations_pb2 as evals_pb
+from tunery.v1 import evaluations_pb2_grpc as evals_grpc
 from tunery.v1 import files_pb2 as files_pb
 from tunery.v1 import files_pb2_grpc as files_grpc
 from tunery.v1 import fine_tuning_pb2 as ft_pb
@@ -423,3 +427,45 @@ class GraderServicer(_Servicer, graders_grpc.GraderServiceServicer):
             return to_message(graders.validate(req), graders_pb.ValidateGraderResponse)
 
         return await self.calls.blocking("GraderService/ValidateGrader", context, run, read=False)
+
+
+class EvaluationServicer(_Servicer, evals_grpc.EvaluationServiceServicer):
+    """On-demand evaluations: REST's service (api/services/evaluations.py), each RPC the twin of its
+    /v1/tunery/evaluations route."""
+
+    def _svc(self, p: Principal) -> EvaluationService:
+        return EvaluationService(self.ctx, *self._who(p))
+
+    async def CreateEvaluation(self, request: evals_pb.CreateEvaluationRequest, context: Context) -> Any:
+        def run(p: Principal) -> evals_pb.Evaluation:
+            req = CreateEvaluationRequest.model_validate(message_dict(request))
+            return to_message(self._svc(p).create(req), evals_pb.Evaluation)
+
+        return await self.calls.blocking("EvaluationService/CreateEvaluation", context, run, read=False)
+
+    async def GetEvaluation(self, request: evals_pb.GetEvaluationRequest, context: Context) -> Any:
+        def run(p: Principal) -> evals_pb.Evaluation:
+            return to_message(self._svc(p).retrieve(request.evaluation_id), evals_pb.Evaluation)
+
+        return await self.calls.blocking("EvaluationService/GetEvaluation", context, run)
+
+    async def ListEvaluations(self, request: evals_pb.ListEvaluationsRequest, context: Context) -> Any:
+        def run(p: Principal) -> evals_pb.ListEvaluationsResponse:
+            req = ListEvaluationsRequest.model_validate(_query(request))
+            return to_message(self._svc(p).list(req), evals_pb.ListEvaluationsResponse)
+
+        return await self.calls.blocking("EvaluationService/ListEvaluations", context, run)
+
+    async def CancelEvaluation(self, request: evals_pb.CancelEvaluationRequest, context: Context) -> Any:
+        def run(p: Principal) -> evals_pb.Evaluation:
+            return to_message(self._svc(p).cancel(request.evaluation_id), evals_pb.Evaluation)
+
+        return await self.calls.blocking("EvaluationService/CancelEvaluation", context, run, read=False)
+
+    async def GetEvaluationReport(self, request: evals_pb.GetEvaluationReportRequest, context: Context) -> Any:
+        def run(p: Principal) -> evals_pb.EvaluationReport:
+            report = self._svc(p).report(request.evaluation_id)
+            # REST's JSON of the report (a NaN figure is null there, as in the Struct), whole, as a Struct.
+            return to_message({"report": json.loads(report.model_dump_json())}, evals_pb.EvaluationReport)
+
+        return await self.calls.blocking("EvaluationService/GetEvaluationReport", context, run)

@@ -40,12 +40,14 @@ from tunery.v1 import aliases_pb2 as apb
 from tunery.v1 import (
     aliases_pb2_grpc,
     chat_pb2_grpc,
+    evaluations_pb2_grpc,
     files_pb2_grpc,
     fine_tuning_pb2_grpc,
     graders_pb2_grpc,
     models_pb2_grpc,
 )
 from tunery.v1 import chat_pb2 as cpb
+from tunery.v1 import evaluations_pb2 as epb
 from tunery.v1 import files_pb2 as fpb
 from tunery.v1 import fine_tuning_pb2 as jpb
 from tunery.v1 import graders_pb2 as gpb
@@ -72,6 +74,7 @@ class Api:
             "ModelService": models_pb2_grpc.ModelServiceStub,
             "AliasService": aliases_pb2_grpc.AliasServiceStub,
             "GraderService": graders_pb2_grpc.GraderServiceStub,
+            "EvaluationService": evaluations_pb2_grpc.EvaluationServiceStub,
         }
         return stubs[service](self.channel)
 
@@ -398,7 +401,7 @@ def test_refusals_map_to_status_codes_with_openai_error(api: Api, case: Case) ->
 def test_every_rpc_has_a_rest_twin_and_every_service_rpc_is_served() -> None:
     served = {
         f"{s.name}/{m.name}"
-        for module in (cpb, fpb, jpb, mpb, apb, gpb)
+        for module in (cpb, fpb, jpb, mpb, apb, gpb, epb)
         for s in module.DESCRIPTOR.services_by_name.values()
         for m in s.methods
     }
@@ -583,6 +586,7 @@ def test_health_and_reflection(api: Api) -> None:
         "tunery.v1.AliasService",
         "tunery.v1.ChatService",
         "tunery.v1.GraderService",
+        "tunery.v1.EvaluationService",
     )
     for service in ("", *public):
         answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
