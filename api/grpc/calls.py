@@ -24,6 +24,7 @@ J = "/v1/fine_tuning/jobs"
 AL = "/v1/tunery/aliases"
 GR = "/v1/fine_tuning/alpha/graders"
 EV = "/v1/tunery/evaluations"
+EX = "/v1/tunery/exports"
 # Every RPC and the REST route it mirrors (method, route template).
 REST_TWIN: dict[str, tuple[str, str]] = {
     "ChatService/CreateChatCompletion": ("POST", "/v1/chat/completions"),
@@ -64,6 +65,10 @@ REST_TWIN: dict[str, tuple[str, str]] = {
     "EvaluationService/ListEvaluations": ("GET", EV),
     "EvaluationService/CancelEvaluation": ("POST", f"{EV}/{{evaluation_id}}/cancel"),
     "EvaluationService/GetEvaluationReport": ("GET", f"{EV}/{{evaluation_id}}/report"),
+    "ExportService/CreateExport": ("POST", EX),
+    "ExportService/GetExport": ("GET", f"{EX}/{{export_id}}"),
+    "ExportService/ListExports": ("GET", EX),
+    "ExportService/CancelExport": ("POST", f"{EX}/{{export_id}}/cancel"),
 }
 
 

@@ -16,6 +16,7 @@ from api.grpc.services import (
     AliasServicer,
     ChatServicer,
     EvaluationServicer,
+    ExportServicer,
     FileServicer,
     FineTuningServicer,
     GraderServicer,
@@ -26,6 +27,7 @@ from tunery.v1 import (
     aliases_pb2,
     chat_pb2,
     evaluations_pb2,
+    exports_pb2,
     files_pb2,
     fine_tuning_pb2,
     graders_pb2,
@@ -42,6 +44,7 @@ SERVICES = (
     aliases_pb2.DESCRIPTOR.services_by_name["AliasService"].full_name,
     graders_pb2.DESCRIPTOR.services_by_name["GraderService"].full_name,
     evaluations_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name,
+    exports_pb2.DESCRIPTOR.services_by_name["ExportService"].full_name,
 )
 # A message's most bytes, each way: a page of 10,000 file objects fits; a file's content goes in 1 MiB chunks.
 MAX_MESSAGE_BYTES = 16 << 20
@@ -66,8 +69,10 @@ class PublicGrpcServer:
             "AliasService": AliasServicer(ctx, calls),
             "GraderService": GraderServicer(ctx, calls),
             "EvaluationService": EvaluationServicer(ctx, calls),
+            "ExportService": ExportServicer(ctx, calls),
         }
-        for module in (files_pb2, fine_tuning_pb2, models_pb2, chat_pb2, aliases_pb2, graders_pb2, evaluations_pb2):
+        modules = (files_pb2, fine_tuning_pb2, models_pb2, chat_pb2, aliases_pb2, graders_pb2, evaluations_pb2)
+        for module in (*modules, exports_pb2):
             for service in module.DESCRIPTOR.services_by_name.values():
                 self.server.add_generic_rpc_handlers((service_handler(servicers[service.name], service),))
         self.health = health.aio.HealthServicer()

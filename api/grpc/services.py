@@ -28,6 +28,7 @@ from api.protocol.aliases import (
 )
 from api.protocol.chat import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, SamplingRequest
 from api.protocol.evaluations import CreateEvaluationRequest, ListEvaluationsRequest
+from api.protocol.exports import CreateExportRequest, ListExportsRequest
 from api.protocol.files import CreateFileRequest, ListFilesRequest
 from api.protocol.graders import RunGraderRequest, ValidateGraderRequest
 from api.protocol.jobs import CreateJob, ListJobCheckpointsRequest, ListJobEventsRequest, ListJobsRequest
@@ -35,6 +36,7 @@ from api.services import graders
 from api.services.aliases import AliasService
 from api.services.chat import ChatService
 from api.services.evaluations import EvaluationService
+from api.services.exports import ExportService
 from api.services.files import FileContent, FileService, file_too_large
 from api.services.jobs import JobService
 from api.services.models import ModelArchive, ModelService
@@ -45,6 +47,8 @@ from tunery.v1 import chat_pb2 as chat_pb
 from tunery.v1 import chat_pb2_grpc as chat_grpc
 from tunery.v1 import evaluations_pb2 as evals_pb
 from tunery.v1 import evaluations_pb2_grpc as evals_grpc
+from tunery.v1 import exports_pb2 as exports_pb
+from tunery.v1 import exports_pb2_grpc as exports_grpc
 from tunery.v1 import files_pb2 as files_pb
 from tunery.v1 import files_pb2_grpc as files_grpc
 from tunery.v1 import fine_tuning_pb2 as ft_pb
@@ -469,3 +473,37 @@ class EvaluationServicer(_Servicer, evals_grpc.EvaluationServiceServicer):
             return to_message({"report": json.loads(report.model_dump_json())}, evals_pb.EvaluationReport)
 
         return await self.calls.blocking("EvaluationService/GetEvaluationReport", context, run)
+
+
+class ExportServicer(_Servicer, exports_grpc.ExportServiceServicer):
+    """Merged-model exports: REST's service (api/services/exports.py), each RPC the twin of its /v1/tunery/exports
+    route."""
+
+    def _svc(self, p: Principal) -> ExportService:
+        return ExportService(self.ctx, *self._who(p))
+
+    async def CreateExport(self, request: exports_pb.CreateExportRequest, context: Context) -> Any:
+        def run(p: Principal) -> exports_pb.Export:
+            req = CreateExportRequest.model_validate(message_dict(request))
+            return to_message(self._svc(p).create(req), exports_pb.Export)
+
+        return await self.calls.blocking("ExportService/CreateExport", context, run, read=False)
+
+    async def GetExport(self, request: exports_pb.GetExportRequest, context: Context) -> Any:
+        def run(p: Principal) -> exports_pb.Export:
+            return to_message(self._svc(p).retrieve(request.export_id), exports_pb.Export)
+
+        return await self.calls.blocking("ExportService/GetExport", context, run)
+
+    async def ListExports(self, request: exports_pb.ListExportsRequest, context: Context) -> Any:
+        def run(p: Principal) -> exports_pb.ListExportsResponse:
+            req = ListExportsRequest.model_validate(_query(request))
+            return to_message(self._svc(p).list(req), exports_pb.ListExportsResponse)
+
+        return await self.calls.blocking("ExportService/ListExports", context, run)
+
+    async def CancelExport(self, request: exports_pb.CancelExportRequest, context: Context) -> Any:
+        def run(p: Principal) -> exports_pb.Export:
+            return to_message(self._svc(p).cancel(request.export_id), exports_pb.Export)
+
+        return await self.calls.blocking("ExportService/CancelExport", context, run, read=False)
