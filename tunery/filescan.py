@@ -12,8 +12,9 @@ Per example the scan records:
   tokens, and any special token of the model's tokenizer inside the text (:mod:`tunery.tokenizer`); a
   reinforcement example is its prompt rendered with the generation prompt (what the model answers), and has no
   trained tokens: the model is trained on the answers it samples, not on the file's tokens;
-* for near-duplicates: a MinHash of its word 3-grams (``datasketch``), for up to ``near_dup_max_examples``
-  examples; candidates come from an LSH index at the given Jaccard threshold.
+* for near-duplicates: a MinHash of its word 3-grams (``datasketch``'s numbers, computed with numpy in the worker),
+  for up to ``near_dup_max_examples`` examples; candidates share a band of the signature, in the bands that
+  ``datasketch``'s LSH picks for the given Jaccard threshold.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class FileScan:
     trained: array[int] = field(default_factory=lambda: array("q"))  # trained tokens (with a model)
     special: list[LineError] = field(default_factory=list)
     n_special: int = 0
-    minhashes: list[tuple[int, Any]] = field(default_factory=list)  # (line, word 3-gram hashes)
+    minhashes: list[tuple[int, Any]] = field(default_factory=list)  # (line, MinHash of its word 3-grams)
     tokenizer: str | None = None  # "tiktoken" | "tokenizers" when tokens were counted
     token_samples: list[tuple[str, list[int]]] = field(default_factory=list)  # fast-path texts to check
     # Filled in by finish():
@@ -227,24 +228,27 @@ class _Tokens:
         self.texts, self.spans, self.owner = [], [], []
 
 
+# datasketch's MinHash (its default scheme, affine32: each value mixed with MurmurHash3's 32-bit finalizer, then
+# a * h + b modulo 2^32 for each permutation, the minimum kept): the same numbers it computes, in one numpy
+# expression per example, in the worker that scans the example.
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
+
+
 @lru_cache(maxsize=1)
-def _hasher() -> Any:
-    """One MinHash per process, cleared for every example (building one is costly)."""
-    from datasketch import MinHash
-
-    return MinHash(num_perm=NUM_PERM, seed=1, hashfunc=_identity)
-
-
-def _identity(value: int) -> int:
-    return value
+def _permutations() -> tuple[Any, Any]:
+    """datasketch's ``MinHash(num_perm=NUM_PERM, seed=1).permutations`` (a and b), drawn as it draws them, without
+    importing datasketch (and SciPy) in every worker (tests/tunery/test_filescan_minhash.py checks they are its)."""
+    gen = np.random.RandomState(1)
+    a = gen.randint(0, 1 << 31, NUM_PERM, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, NUM_PERM, dtype=np.uint32)
+    return a, b
 
 
 def _shingles(record: Record) -> Any:
     """The hashes of an example's word 3-grams (uint32, unique): what its MinHash is made of.
 
     Each word is hashed with CRC-32 (deterministic across processes, unlike ``hash``) and a 3-gram's hash
-    combines its words' hashes. Worker processes compute these; the process that merges the scan turns them into
-    datasketch MinHashes, so workers need not load datasketch (and SciPy).
+    combines its words' hashes.
     """
     words = _WORD.findall(" ".join(t for _, t in _texts(record)).lower())
     h = np.fromiter(map(zlib.crc32, map(str.encode, words)), dtype=np.uint64, count=len(words))
@@ -253,13 +257,19 @@ def _shingles(record: Record) -> Any:
     return np.unique(h).astype(np.uint32)
 
 
-def _minhash(shingles: Any) -> Any:
-    from datasketch import LeanMinHash
-
-    m = _hasher()
-    m.clear()
-    m.update_batch(shingles.tolist() or [0])
-    return LeanMinHash(m)
+def _signature(shingles: Any) -> Any:
+    """The MinHash signature of a set of shingle hashes (uint32 x NUM_PERM): datasketch's ``MinHash.update_batch``
+    of them (of ``[0]`` for an empty set), its ``hashvalues`` exactly."""
+    a, b = _permutations()
+    s1, m1, s2, m2, s3 = _FMIX32
+    hv = shingles if len(shingles) else np.zeros(1, dtype=np.uint32)
+    hv = hv ^ (hv >> s1)
+    hv = hv * m1
+    hv = hv ^ (hv >> s2)
+    hv = hv * m2
+    hv = hv ^ (hv >> s3)
+    result: Any = (hv[:, None] * a + b).min(axis=0)  # uint32: the products wrap, modulo 2^32
+    return result
 
 
 def _scan_lines(
@@ -304,7 +314,7 @@ def _scan_lines(
                         )
                     break
         if len(scan.minhashes) < near_dup_quota:
-            scan.minhashes.append((n, _shingles(record)))
+            scan.minhashes.append((n, _signature(_shingles(record))))
     if tokens is not None:
         tokens.flush()
     scan.trailing_blank = pending_blank
@@ -476,18 +486,24 @@ def finish(scan: FileScan, opts: ScanOptions) -> FileScan:
 
 
 def _near_duplicates(scan: FileScan, exact: set[int], threshold: float) -> None:
+    """Each example (not an exact duplicate) against the earlier ones kept: a near duplicate of the most similar one
+    whose estimated Jaccard similarity reaches ``threshold``, else kept. Candidates are those that share a band of
+    their signature with it, in the bands datasketch's ``MinHashLSH`` picks for the threshold; the index is a dict
+    per band (datasketch's own index spent 0.3 ms an example in Python, the scan's serial part)."""
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    ranges = MinHashLSH(threshold=threshold, num_perm=NUM_PERM).hashranges  # its bands: the same candidates
+    bands: list[dict[bytes, list[int]]] = [{} for _ in ranges]
     indexed: dict[int, Any] = {}
-    for line, shingles in scan.minhashes:
+    for line, signature in scan.minhashes:
         if line in exact:
             continue
         scan.near_dup_examined += 1
-        m = _minhash(shingles)
+        keys = [signature[start:end].tobytes() for start, end in ranges]
+        candidates = {other for band, key in zip(bands, keys, strict=True) for other in band.get(key, ())}
         best: tuple[float, int] | None = None
-        for other in lsh.query(m):
-            j = float(m.jaccard(indexed[other]))
+        for other in candidates:
+            j = np.count_nonzero(signature == indexed[other]) / NUM_PERM  # datasketch's jaccard
             if j >= threshold and (best is None or j > best[0] or (j == best[0] and other < best[1])):
                 best = (j, other)
         if best is not None:
@@ -495,6 +511,7 @@ def _near_duplicates(scan: FileScan, exact: set[int], threshold: float) -> None:
             if len(scan.near_duplicates) < MAX_LISTED_ERRORS:
                 scan.near_duplicates.append((line, best[1], round(best[0], 3)))
             continue
-        lsh.insert(line, m)
-        indexed[line] = m
+        for band, key in zip(bands, keys, strict=True):
+            band.setdefault(key, []).append(line)
+        indexed[line] = signature
     scan.minhashes = []  # not needed any more
