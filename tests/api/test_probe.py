@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -113,10 +114,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_the_server_runs_its_probe_port_for_its_lifetime(tiny_server_factory: Callable[..., RunningServer]) -> None:
+def test_the_server_runs_its_probe_port_for_its_lifetime(
+    tiny_server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
     """``tunery serve`` with TUNERY_PROBE_PORT: the probe answers while the API's own event loop is stuck; it is
     off by default and closed when the server stops."""
-    assert tiny_server_factory(data_dir=None).app.state.probe_address is None  # off by default
+    default = tiny_server_factory(data_dir=tmp_path / "default")
+    assert default.app.state.probe_address is None and default.app.state.heartbeat is None  # off by default
+    default.stop()
     srv = tiny_server_factory(probe_port=0, probe_stale_seconds=0.5)
     address: Any = srv.app.state.probe_address
     assert address and httpx.get(f"http://{address}/health", timeout=5).json()["status"] == "ok"
