@@ -133,3 +133,16 @@ def fine_tuned_model_name(base: str, org_slug: str, suffix: str | None, job: str
 
 def checkpoint_model_name(fine_tuned_model: str, step: int) -> str:
     return f"{fine_tuned_model}:ckpt-step-{step}"
+
+
+def webhook_endpoint_id() -> str:
+    return f"whep_{_random(24)}"
+
+
+def webhook_delivery_id() -> str:
+    return f"whdel_{_random(24)}"
+
+
+def webhook_event_id() -> str:
+    """A webhook event (OpenAI's ``evt_…``): one per event, the same in every endpoint's delivery of it."""
+    return f"evt_{_random(24)}"

@@ -3,7 +3,9 @@
 The functions here are the only writers of a job's ``status``, ``error``, ``finished_at``, ``pause_requested`` and
 ``cancel_requested`` (tests/test_architecture.py checks it). Each transition checks its move against
 ``TRANSITIONS`` and raises ``IllegalTransition`` otherwise. They change the job object only: the caller's
-transaction writes it, and the caller adds the job's events.
+transaction writes it, and the caller adds the job's events. A fine-tuning job's move to succeeded, failed or
+cancelled also writes its webhook deliveries, in that same transaction: tunery/webhooks.py's outbox, which every
+session of the metadata store runs at its flush.
 """
 
 from __future__ import annotations

@@ -119,6 +119,15 @@ class Settings(BaseSettings):
     trainer_tls_cert: str = ""
     trainer_tls_key: str = ""
 
+    # Webhooks (docs/webhooks.md): a delivery's timeout; the first retry's delay (later ones are multiples of it:
+    # 5 s, 5 min, 30 min, 2 h, 5 h, then every 10 h at the default); how long after its first attempt a delivery is
+    # retried before it is failed; and whether endpoints may be on loopback, link-local, private or other non-public
+    # addresses (refused by default: a webhook must not reach into the server's own network).
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_window_seconds: float = Field(default=86400.0, ge=0)
+    webhooks_allow_private: bool = False
+
     # Serving (docs/serving.md). `embedded`: transformers + PEFT in the API process (needs torch); `vllm`: the API
     # proxies chat and completions to vLLM servers, which load adapters from the object store (no torch in the API).
     serving_backend: Literal["embedded", "vllm"] = "embedded"

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tunery.jobstate import EVAL_FILE_PARAM, MIX_PARAM, REFERENCE_PARAM, JobKind
@@ -407,3 +419,46 @@ class ModelAliasVersion(Base):
     actor_service_account_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[int] = mapped_column(BigInteger)
     note: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookEndpoint(Base, Tenant):
+    """Where a project's webhook events go (tunery/webhooks.py, docs/webhooks.md): a URL, the event types it takes,
+    and its signing secret (``whsec_…``). The secret is stored as given, since every delivery is signed with it; the
+    API answers it once, at creation, and never again."""
+
+    __tablename__ = "webhook_endpoints"
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(256))
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[list[Any]] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class WebhookDelivery(Base, Tenant):
+    """One event for one endpoint: the outbox row written in the transaction that made the event (a job's terminal
+    transition), then sent by the scheduler's leader until the endpoint answers 2xx (``delivered``) or the retry
+    window is over (``failed``). ``payload`` is the exact body signed and sent, every attempt the same bytes."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),)
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(64), index=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float)
+    # The end of the retry window: set at the first attempt (and again at the first after a redelivery).
+    retry_until: Mapped[float | None] = mapped_column(Float)
+    last_attempt_at: Mapped[int | None] = mapped_column(BigInteger)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger)
