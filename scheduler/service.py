@@ -31,6 +31,7 @@ from scheduler.dispatch import Dispatcher
 from scheduler.expiry import ExpirySweep
 from scheduler.preprocess import Preprocessor
 from scheduler.runs import RunLifecycle, TrainerLogs, run_crashed
+from scheduler.webhooks import WebhookSender
 from tunery.db import Database, Job
 from tunery.filescan import ScanOptions
 from tunery.metrics import Metrics
@@ -82,6 +83,8 @@ class Scheduler:
         self.runs = RunLifecycle(ctx, self.logs)
         self.preprocess = Preprocessor(ctx, self.claims, self.wake)
         self.dispatch = Dispatcher(ctx, self.claims, self.logs, reporting_address)
+        # Webhook deliveries (scheduler/webhooks.py): sent by the replica that leads, on a thread of their own.
+        self.webhooks = WebhookSender(settings, db, self.is_leading)
 
     # Lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -91,12 +94,14 @@ class Scheduler:
             self.leader.start()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
+        self.webhooks.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=10)
+        self.webhooks.stop()
         self.preprocess.shutdown()
         if self.leader is not None:
             self.leader.stop()
@@ -110,6 +115,7 @@ class Scheduler:
 
     def wake(self) -> None:
         self._wake.set()
+        self.webhooks.wake()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
