@@ -25,6 +25,7 @@ from api import (
     pause,
     permissions,
     uploads,
+    webhooks,
 )
 from api.context import AppContext
 from api.limits import RequestGuard
@@ -139,6 +140,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         graders,
         organization,
         audit,
+        webhooks,
     )
     for module in modules:
         app.include_router(module.router, prefix="/v1")

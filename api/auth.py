@@ -15,7 +15,7 @@ themselves, for an app without the guard).
 * **Roles.** ``admin`` (organization): everything, the administration API included. ``owner`` and ``member``
   (project): read and write on their project; an owner also manages its own project's service accounts and keys.
   ``reader``: GET routes and chat/completions only. Sharing a model (checkpoint permissions) is for a project's
-  owner and the admin. Anything else is a 403 with OpenAI's wording.
+  owner and the admin, and so are a project's webhook endpoints. Anything else is a 403 with OpenAI's wording.
 
 A missing or wrong key is a 401 with OpenAI's body: type ``invalid_request_error``, code ``null`` for a missing key
 and ``invalid_api_key`` for a wrong one, the key masked in the message as OpenAI masks it.
@@ -48,8 +48,12 @@ READ_POSTS = frozenset(
         "/v1/fine_tuning/alpha/graders/validate",
     }
 )
-# Routes only a project's owner (for its project's models) and the organization's admin may call: sharing models.
-OWNER_ONLY_PREFIX = "/v1/fine_tuning/checkpoints/"
+# Routes only a project's owner (for its project's models) and the organization's admin may call: sharing models,
+# and a project's webhook endpoints (their secrets, where its events go), with the scope a 403 names.
+OWNER_ONLY_PREFIXES = {
+    "/v1/fine_tuning/checkpoints/": "api.fine_tuning.checkpoints.permissions",
+    "/v1/webhook_endpoints": "api.webhooks",
+}
 # Admin routes a project's owner may call for its own project ({project_id} in the path).
 OWNER_ROUTES_PREFIXES = (
     "/v1/organization/projects/{project_id}/service_accounts",
@@ -146,8 +150,9 @@ def authorize(principal: Principal, method: str, template: str, path_params: Map
         if own and template.startswith(OWNER_ROUTES_PREFIXES):
             return
         raise insufficient("api.management.write" if method not in ("GET", "HEAD") else "api.management.read")
-    if template.startswith(OWNER_ONLY_PREFIX) and principal.role != "owner":
-        raise insufficient("api.fine_tuning.checkpoints.permissions")
+    for prefix, scope in OWNER_ONLY_PREFIXES.items():
+        if template.startswith(prefix) and principal.role != "owner":
+            raise insufficient(scope)
     if principal.role == "reader" and method not in ("GET", "HEAD") and template not in READ_POSTS:
         raise insufficient("api.write")
 

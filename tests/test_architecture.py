@@ -92,6 +92,7 @@ NOT_JOBS = {
     ("serving/errors.py", "self", "status"): "the serving error's HTTP status",
     ("api/services/uploads.py", "upload", "status"): "an Upload",
     ("scheduler/preprocess.py", "f", "status"): "a File",
+    ("tunery/webhooks.py", "d", "status"): "a WebhookDelivery",
 }
 STATE_FOLDERS = ("api", "scheduler", "serving", "tunery")
 

@@ -130,17 +130,22 @@ def record_attempt(d: WebhookDelivery, outcome: Outcome, at: float, base_seconds
     d.last_attempt_at = int(at)
     d.last_status_code = outcome.status_code
     d.last_error = None if outcome.ok else (outcome.error or f"HTTP {outcome.status_code}")[:MAX_ERROR_LENGTH]
+    d.next_attempt_at = None
     if outcome.ok:
-        d.status, d.delivered_at, d.next_attempt_at = DeliveryStatus.delivered.value, int(at), None
+        d.status = DeliveryStatus.delivered.value
+        d.delivered_at = int(at)
     elif at >= d.retry_until:
-        d.status, d.next_attempt_at = DeliveryStatus.failed.value, None
+        d.status = DeliveryStatus.failed.value
     else:
-        d.status, d.next_attempt_at = DeliveryStatus.pending.value, at + retry_delay(d.attempts, base_seconds)
+        d.status = DeliveryStatus.pending.value
+        d.next_attempt_at = at + retry_delay(d.attempts, base_seconds)
 
 
 def redeliver(d: WebhookDelivery, at: float) -> None:
     """Send the delivery again now, whatever it became: pending, with a fresh retry window from its next attempt."""
-    d.status, d.next_attempt_at, d.retry_until = DeliveryStatus.pending.value, at, None
+    d.status = DeliveryStatus.pending.value
+    d.next_attempt_at = at
+    d.retry_until = None
 
 
 # ---- which URLs an endpoint may have (SSRF) --------------------------------------------------------------------------

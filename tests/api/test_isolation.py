@@ -48,6 +48,7 @@ T = "/v1/fine_tuning/jobs"
 AL = "/v1/tunery/aliases"
 EV = "/v1/tunery/evaluations"
 EX = "/v1/tunery/exports"
+WH = "/v1/webhook_endpoints"
 P, P_ = "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:path}", "/v1/fine_tuning/checkpoints/{model}"
 ROUTES = [
     Route("GET", "/v1/files/{file_id}", "/v1/files/{file}", read=200),
@@ -100,6 +101,20 @@ ROUTES = [
     Route("GET", f"{EX}/{{export_id}}", f"{EX}/{{export}}", read=200),
     Route("POST", f"{EX}/{{export_id}}/cancel", f"{EX}/{{export}}/cancel"),
     Route("POST", EX, EX, {"model": "{model}"}),
+    # Webhook endpoints are for a project's owner (and the admin): a member of any project, or a reader, is refused
+    # before an endpoint is looked up. tests/api/test_webhooks.py has another project's owner's 404s.
+    Route("POST", WH, WH, {"name": "b", "url": "https://8.8.8.8/"}, foreign=403),
+    Route("GET", WH, WH, foreign=403),
+    Route("GET", f"{WH}/{{webhook_endpoint_id}}", f"{WH}/whep_x", foreign=403),
+    Route("POST", f"{WH}/{{webhook_endpoint_id}}", f"{WH}/whep_x", {"name": "b"}, foreign=403),
+    Route("DELETE", f"{WH}/{{webhook_endpoint_id}}", f"{WH}/whep_x", foreign=403),
+    Route("GET", f"{WH}/{{webhook_endpoint_id}}/deliveries", f"{WH}/whep_x/deliveries", foreign=403),
+    Route(
+        "POST",
+        f"{WH}/{{webhook_endpoint_id}}/deliveries/{{delivery_id}}/redeliver",
+        f"{WH}/whep_x/deliveries/whdel_x/redeliver",
+        foreign=403,
+    ),
     # Ids in the body. A job on another project's file, or one that never existed, is the same 400.
     Route("POST", T, T, {"model": TINY, "training_file": "{file}"}, foreign=400),
     Route("POST", f"{T}/dry_run", f"{T}/dry_run", {"model": TINY, "training_file": "{file}"}, foreign=400),
