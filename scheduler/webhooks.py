@@ -20,7 +20,15 @@ from sqlalchemy.orm import Session
 
 from tunery.db import Database, WebhookDelivery, WebhookEndpoint
 from tunery.settings import Settings
-from tunery.webhooks import DeliveryStatus, Outcome, RefusedURL, check_url, record_attempt, signed_headers
+from tunery.webhooks import (
+    DeliveryStatus,
+    Outcome,
+    RefusedURL,
+    check_url,
+    record_attempt,
+    redeliver,
+    signed_headers,
+)
 
 log = logging.getLogger("tunery.webhooks")
 
@@ -35,6 +43,7 @@ class Due:
     url: str
     secret: str
     payload: str
+    next_attempt_at: float | None  # as read: a redelivery while the attempt is out moves it
 
 
 class WebhookSender:
@@ -74,7 +83,13 @@ class WebhookSender:
     def due(self, now: float) -> list[Due]:
         with self.db.session() as s:
             rows = s.execute(
-                select(WebhookDelivery.id, WebhookEndpoint.url, WebhookEndpoint.secret, WebhookDelivery.payload)
+                select(
+                    WebhookDelivery.id,
+                    WebhookEndpoint.url,
+                    WebhookEndpoint.secret,
+                    WebhookDelivery.payload,
+                    WebhookDelivery.next_attempt_at,
+                )
                 .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
                 .where(WebhookDelivery.status == DeliveryStatus.pending.value, WebhookDelivery.next_attempt_at <= now)
                 .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.pk)
@@ -90,7 +105,7 @@ class WebhookSender:
             if not batch:
                 return sent
             for d in batch:
-                self.record(d.id, self.attempt(d))
+                self.record(d, self.attempt(d))
                 sent += 1
         return sent
 
@@ -107,16 +122,20 @@ class WebhookSender:
             return Outcome(error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         return Outcome(status_code=r.status_code)
 
-    def record(self, delivery_id: str, outcome: Outcome) -> None:
+    def record(self, due: Due, outcome: Outcome) -> None:
+        """Write the attempt's outcome. A delivery redelivered while its attempt was out stays due at the time the
+        redelivery asked for; one whose endpoint was deleted meanwhile is gone."""
         settings = self.settings
 
         def work(s: Session) -> None:
-            d = s.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id))
-            # Gone (its endpoint was deleted), or redelivered meanwhile: this attempt counts all the same.
+            d = s.scalar(select(WebhookDelivery).where(WebhookDelivery.id == due.id))
             if d is None:
                 return
+            requested = d.next_attempt_at
             record_attempt(
                 d, outcome, time.time(), settings.webhook_retry_base_seconds, settings.webhook_retry_window_seconds
             )
+            if requested is not None and requested != due.next_attempt_at:
+                redeliver(d, requested)
 
         self.db.transaction(work)

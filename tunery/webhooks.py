@@ -209,8 +209,9 @@ def check_url(url: str, allow_private: bool) -> None:
 
 # ---- the outbox ------------------------------------------------------------------------------------------------------
 def _ended(s: Session) -> Iterable[tuple[Job, EventType]]:
-    """The fine-tuning jobs of this flush whose status became terminal, with their event."""
-    for obj in s.dirty:
+    """The fine-tuning jobs of this flush whose status became terminal, with their event (a job added already ended
+    too: it has no status before)."""
+    for obj in [*s.new, *s.dirty]:
         if not isinstance(obj, Job) or obj.kind != JobKind.fine_tune:
             continue
         history = inspect(obj).attrs.status.history

@@ -143,3 +143,17 @@ def test_an_unreachable_endpoint_is_an_attempt_with_its_error(db: Database, tmp_
     s.http.close()
     after = reread(db, d.id)
     assert after.status == "pending" and after.attempts == 1 and "ConnectError" in (after.last_error or "")
+
+
+def test_a_redelivery_during_an_attempt_is_kept(db: Database, tmp_path: Path) -> None:
+    with receiver() as r:
+        _, d = outbox(db, r.url)
+        s = sender(db, tmp_path)
+        (due,) = s.due(time.time())
+        outcome = s.attempt(due)
+        asked = time.time() + 60
+        db.transaction(lambda session: webhooks.redeliver(session.get(WebhookDelivery, d.pk), asked))
+        s.record(due, outcome)
+        s.http.close()
+    after = reread(db, d.id)
+    assert (after.status, after.attempts, after.last_status_code, after.next_attempt_at) == ("pending", 1, 200, asked)

@@ -243,3 +243,14 @@ def test_the_deliveries_go_with_the_transition_or_not_at_all(db: Database) -> No
 
 def _error() -> jobstate.JobError:
     return jobstate.JobError(jobstate.ErrorCode.training_error, "boom")
+
+
+def test_a_job_stored_already_ended_has_its_event_too(db: Database) -> None:
+    with db.session() as s:
+        s.add(_endpoint("proj_a", ["fine_tuning.job.succeeded"]))
+        s.flush()
+        job = _job("proj_a")
+        jobstate.queue(job)
+        jobstate.succeed(job, 7)
+        s.add(job)
+    assert [(r.event_type, r.created_at) for r in _deliveries(db)] == [("fine_tuning.job.succeeded", 7)]
