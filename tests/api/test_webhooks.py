@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 from openai import OpenAI
-from openai.types.webhooks import FineTuningJobCancelledWebhookEvent
+from openai.types.webhooks import FineTuningJobCancelledWebhookEvent, FineTuningJobFailedWebhookEvent
 
 from tests.conftest import TINY, RunningServer, chat_lines
 from tests.metadata_stores import every_metadata_store  # noqa: F401 (each server test runs on SQLite and PostgreSQL)
@@ -90,6 +90,24 @@ def test_a_cancelled_job_reaches_the_receiver_signed_retried_logged_and_redelive
     assert (deleted.id, deleted.deleted, deleted.object) == (created.id, True, "webhook_endpoint.deleted")
     assert list(client.webhooks.list()) == []
     assert srv.http.get(f"{W}/{created.id}/deliveries").status_code == 404
+
+
+def test_a_job_the_scheduler_fails_reaches_an_endpoint_of_that_event_only(tiny_server_factory: Any) -> None:
+    srv = tiny_server_factory(webhooks_allow_private=True)
+    client = srv.client
+    with receiver() as failed_only, receiver() as cancelled_only:
+        hook = client.webhooks.create(name="f", url=failed_only.url, event_types=["fine_tuning.job.failed"])
+        client.webhooks.create(name="c", url=cancelled_only.url, event_types=["fine_tuning.job.cancelled"])
+        f = client.files.create(file=("t.jsonl", chat_lines(2)), purpose="fine-tune")  # too few examples
+        job = client.fine_tuning.jobs.create(model=TINY, training_file=f.id)
+        (got,) = failed_only.wait_for(1)
+        event = client.webhooks.unwrap(got.body, got.headers, secret=hook.signing_secret)
+        assert isinstance(event, FineTuningJobFailedWebhookEvent) and event.data.id == job.id
+        ended = client.fine_tuning.jobs.retrieve(job.id)
+        assert ended.status == "failed" and ended.error.code == "invalid_n_examples"
+        assert event.created_at == ended.finished_at
+        wait_delivered(srv, hook.id, attempts=1)
+        assert cancelled_only.requests == []
 
 
 def wait_delivered(srv: RunningServer, endpoint_id: str, attempts: int, timeout: float = 30) -> dict[str, Any]:
