@@ -3,8 +3,9 @@
 
 The outbox: a job's terminal transition (tunery/jobstate.py ``succeed``, ``fail``, ``cancel``) writes one
 ``webhook_deliveries`` row per subscribed endpoint of the job's project **in the same transaction** as the job's new
-status (:func:`record_job_events`, run at every flush of the metadata store's sessions), so an event is never lost
-to a process that dies between the two. The scheduler's leader sends the rows (scheduler/webhooks.py).
+status (:func:`record_events`, run at every flush of the metadata store's sessions), so an event is never lost to a
+process that dies between the two; a checkpoint's row, likewise. The scheduler's leader sends them
+(scheduler/webhooks.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,16 +28,18 @@ from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from tunery import ids
-from tunery.db.models import Job, WebhookDelivery, WebhookEndpoint
+from tunery.db.models import Checkpoint, Job, WebhookDelivery, WebhookEndpoint
 from tunery.jobstate import JobKind, JobStatus
 
 
 class EventType(enum.StrEnum):
-    """The events an endpoint may subscribe to: OpenAI's three of a fine-tuning job's end."""
+    """The events an endpoint may subscribe to: OpenAI's three of a fine-tuning job's end, and Tunery's extension
+    (``tunery.`` types, only when subscribed to): a checkpoint saved."""
 
     job_succeeded = "fine_tuning.job.succeeded"
     job_failed = "fine_tuning.job.failed"
     job_cancelled = "fine_tuning.job.cancelled"
+    checkpoint_created = "tunery.fine_tuning.job.checkpoint.created"
 
 
 # What an endpoint created without ``event_types`` takes.
@@ -91,11 +94,11 @@ def signed_headers(secret: str, message_id: str, body: bytes, timestamp: int | N
     }
 
 
-def envelope(event_id: str, event_type: EventType, created_at: int, object_id: str) -> str:
+def envelope(event_id: str, event_type: EventType, created_at: int, data: Mapping[str, str]) -> str:
     """OpenAI's event object, as the body every attempt sends: ``{"id": "evt_…", "object": "event", "created_at",
-    "type", "data": {"id": <the job's id>}}``."""
+    "type", "data": {"id": <the job's id>}}`` (a checkpoint's event: its ``ftckpt_…`` id and ``fine_tuning_job_id``)."""
     event = {"id": event_id, "object": "event", "created_at": created_at, "type": event_type.value}
-    return json.dumps({**event, "data": {"id": object_id}}, separators=(",", ":"))
+    return json.dumps({**event, "data": dict(data)}, separators=(",", ":"))
 
 
 # The delays between attempts, in units of TUNERY_WEBHOOK_RETRY_BASE_SECONDS (5 s: 5 s, 5 min, 30 min, 2 h, 5 h, then
@@ -208,55 +211,80 @@ def check_url(url: str, allow_private: bool) -> None:
 
 
 # ---- the outbox ------------------------------------------------------------------------------------------------------
-def _ended(s: Session) -> Iterable[tuple[Job, EventType]]:
-    """The fine-tuning jobs of this flush whose status became terminal, with their event (a job added already ended
-    too: it has no status before)."""
+@dataclass(frozen=True)
+class Event:
+    """An event of a project, to be written to the outbox."""
+
+    organization_id: str
+    project_id: str
+    type: EventType
+    data: Mapping[str, str]
+    created_at: int
+
+
+def _job_of(s: Session, job_id: str) -> Job | None:
+    """The job, from this session (it may not be flushed yet) or the store."""
+    for obj in s:
+        if isinstance(obj, Job) and obj.id == job_id:
+            return obj
+    with s.no_autoflush:
+        return s.scalar(select(Job).where(Job.id == job_id))
+
+
+def _events(s: Session) -> Iterable[Event]:
+    """The events of this flush: a fine-tuning job whose status became terminal (a job added already ended too: it
+    has no status before), a checkpoint added to a fine-tuning job."""
     for obj in [*s.new, *s.dirty]:
-        if not isinstance(obj, Job) or obj.kind != JobKind.fine_tune:
-            continue
-        history = inspect(obj).attrs.status.history
-        event = JOB_EVENTS.get(history.added[0]) if history.added else None
-        if event is not None and list(history.deleted) != list(history.added):
-            yield obj, event
+        if isinstance(obj, Job) and obj.kind == JobKind.fine_tune:
+            history = inspect(obj).attrs.status.history
+            event = JOB_EVENTS.get(history.added[0]) if history.added else None
+            if event is not None and list(history.deleted) != list(history.added):
+                at = obj.finished_at or int(time.time())
+                yield Event(obj.organization_id, obj.project_id, event, {"id": obj.id}, at)
+        elif isinstance(obj, Checkpoint) and obj in s.new:
+            job = _job_of(s, obj.job_id)
+            if job is not None and job.kind == JobKind.fine_tune:
+                data = {"id": obj.id, "fine_tuning_job_id": job.id}
+                yield Event(job.organization_id, job.project_id, EventType.checkpoint_created, data, obj.created_at)
 
 
-def event_deliveries(
-    s: Session, organization_id: str, project_id: str, event_type: EventType, object_id: str, created_at: int
-) -> list[WebhookDelivery]:
-    """Add one pending delivery of a new event to each endpoint of the project subscribed to its type (in ``s``'s
+def event_deliveries(s: Session, event: Event) -> list[WebhookDelivery]:
+    """Add one pending delivery of a new event to each endpoint of its project subscribed to its type (in ``s``'s
     transaction); the rows added."""
     event_id = ids.webhook_event_id()
-    body = envelope(event_id, event_type, created_at, object_id)
+    body = envelope(event_id, event.type, event.created_at, event.data)
     with s.no_autoflush:
         endpoints = s.scalars(
             select(WebhookEndpoint).where(
-                WebhookEndpoint.organization_id == organization_id, WebhookEndpoint.project_id == project_id
+                WebhookEndpoint.organization_id == event.organization_id,
+                WebhookEndpoint.project_id == event.project_id,
             )
         ).all()
     rows = []
     for endpoint in endpoints:
-        if event_type.value not in endpoint.event_types:
+        if event.type.value not in endpoint.event_types:
             continue
         row = WebhookDelivery(
             id=ids.webhook_delivery_id(),
-            organization_id=organization_id,
-            project_id=project_id,
+            organization_id=event.organization_id,
+            project_id=event.project_id,
             endpoint_id=endpoint.id,
             event_id=event_id,
-            event_type=event_type.value,
+            event_type=event.type.value,
             payload=body,
             status=DeliveryStatus.pending.value,
             attempts=0,
-            next_attempt_at=float(created_at),
-            created_at=created_at,
+            next_attempt_at=float(event.created_at),
+            created_at=event.created_at,
         )
         s.add(row)
         rows.append(row)
     return rows
 
 
-def record_job_events(s: Session, _flush_context: Any, _instances: Any) -> None:
-    """The ``before_flush`` hook of every session of the metadata store (tunery/db ``Database``): a fine-tuning job
-    that reaches succeeded, failed or cancelled in this flush gets its event's deliveries in the same transaction."""
-    for job, event in list(_ended(s)):
-        event_deliveries(s, job.organization_id, job.project_id, event, job.id, job.finished_at or int(time.time()))
+def record_events(s: Session, _flush_context: Any, _instances: Any) -> None:
+    """The ``before_flush`` hook of every session of the metadata store (tunery/db ``Database``): the events of this
+    flush (a fine-tuning job that reaches succeeded, failed or cancelled; a checkpoint saved) get their deliveries in
+    the same transaction."""
+    for event in list(_events(s)):
+        event_deliveries(s, event)

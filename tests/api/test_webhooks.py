@@ -129,6 +129,9 @@ def test_an_endpoint_takes_the_job_events_by_default_and_refuses_others(server: 
     bad = server.http.post(W, json={"name": "x", "url": "https://8.8.8.8/", "event_types": ["batch.completed"]})
     assert bad.status_code == 400
     assert (bad.json()["error"]["param"], bad.json()["error"]["code"]) == ("event_types", "invalid_event_type")
+    tunerys = ["tunery.fine_tuning.job.checkpoint.created", "fine_tuning.job.failed"]
+    extended = server.http.post(W, json={"name": "x", "url": "https://8.8.8.8/", "event_types": tunerys})
+    assert extended.status_code == 200 and extended.json()["event_types"] == tunerys
     missing = server.http.post(W, json={"url": "https://8.8.8.8/"})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "name"
 

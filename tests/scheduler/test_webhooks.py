@@ -53,7 +53,8 @@ def outbox(db: Database, url: str) -> tuple[WebhookEndpoint, WebhookDelivery]:
         )
         s.add(e)
         s.flush()
-        (d,) = webhooks.event_deliveries(s, "org-default", "proj_default", EventType.job_succeeded, "ftjob-x", now)
+        event = webhooks.Event("org-default", "proj_default", EventType.job_succeeded, {"id": "ftjob-x"}, now)
+        (d,) = webhooks.event_deliveries(s, event)
     return e, d
 
 

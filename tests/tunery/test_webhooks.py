@@ -14,7 +14,7 @@ from openai.types.webhooks import FineTuningJobCancelledWebhookEvent, FineTuning
 from sqlalchemy import func, select
 
 from tunery import ids, jobstate, webhooks
-from tunery.db import Database, Job, WebhookDelivery, WebhookEndpoint
+from tunery.db import Checkpoint, Database, Job, WebhookDelivery, WebhookEndpoint
 from tunery.jobstate import JobKind, JobStatus
 from tunery.webhooks import DeliveryStatus, EventType, Outcome, RefusedURL
 
@@ -24,7 +24,7 @@ SDK = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1")
 def test_a_signed_event_is_unwrapped_by_the_official_sdk() -> None:
     secret = webhooks.new_secret()
     assert secret.startswith("whsec_")
-    body = webhooks.envelope("evt_abc", EventType.job_succeeded, 1719168000, "ftjob-abc").encode()
+    body = webhooks.envelope("evt_abc", EventType.job_succeeded, 1719168000, {"id": "ftjob-abc"}).encode()
     headers = webhooks.signed_headers(secret, "whdel_1", body)
     event = SDK.webhooks.unwrap(body, headers, secret=secret)
     assert isinstance(event, FineTuningJobSucceededWebhookEvent)
@@ -254,3 +254,38 @@ def test_a_job_stored_already_ended_has_its_event_too(db: Database) -> None:
         jobstate.succeed(job, 7)
         s.add(job)
     assert [(r.event_type, r.created_at) for r in _deliveries(db)] == [("fine_tuning.job.succeeded", 7)]
+
+
+def test_a_checkpoint_is_tunerys_event_for_the_endpoints_that_ask_for_it(db: Database) -> None:
+    with db.session() as s:
+        asking = _endpoint("proj_a", ["tunery.fine_tuning.job.checkpoint.created"])
+        s.add_all([asking, _endpoint("proj_a", [t.value for t in webhooks.DEFAULT_EVENT_TYPES])])
+        job = _job("proj_a")
+        s.add(job)
+    with db.session() as s:
+        s.add(
+            Checkpoint(
+                id="ftckpt_abc",
+                job_id=job.id,
+                created_at=55,
+                step_number=10,
+                metrics={},
+                fine_tuned_model_checkpoint="ft:m:o::x:ckpt-step-10",
+                object_prefix="jobs/x/checkpoints/step-10",
+            )
+        )
+    (row,) = _deliveries(db)
+    assert (row.endpoint_id, row.event_type, row.created_at) == (
+        asking.id,
+        "tunery.fine_tuning.job.checkpoint.created",
+        55,
+    )
+    body = row.payload.encode()
+    SDK.webhooks.verify_signature(body, webhooks.signed_headers(asking.secret, row.id, body), secret=asking.secret)
+    assert json.loads(body) == {
+        "id": row.event_id,
+        "object": "event",
+        "created_at": 55,
+        "type": "tunery.fine_tuning.job.checkpoint.created",
+        "data": {"id": "ftckpt_abc", "fine_tuning_job_id": job.id},
+    }

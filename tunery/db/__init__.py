@@ -131,10 +131,10 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # The webhook outbox: a job's terminal transition writes its events' deliveries in its own transaction.
-        from tunery.webhooks import record_job_events
+        # The webhook outbox: a job's end (or a checkpoint) writes its events' deliveries in its own transaction.
+        from tunery.webhooks import record_events
 
-        event.listen(self._sessions, "before_flush", record_job_events)
+        event.listen(self._sessions, "before_flush", record_events)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
