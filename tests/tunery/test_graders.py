@@ -186,7 +186,7 @@ def test_a_malformed_grader_is_refused_naming_the_field(grader: Any, param: str,
     assert words in e.value.message
 
 
-def test_score_model_label_model_and_cosine_are_well_formed_but_not_run() -> None:
+def test_image_judges_label_model_and_cosine_are_well_formed_but_not_run() -> None:
     judge = {
         "type": "score_model",
         "name": "judge",
@@ -212,13 +212,13 @@ def test_score_model_label_model_and_cosine_are_well_formed_but_not_run() -> Non
         "labels": ["good", "bad"],
         "passing_labels": ["good"],
     }
-    cases = [  # python: tests/tunery/test_python_grader.py
-        (judge, "grader.type", "judge model"),
+    cases = [  # python: tests/tunery/test_python_grader.py; score_model with text: tests/api/test_graders_judge.py
+        (judge, "grader.input[1].content[1]", "read text only"),
         (similar("a", "b", "cosine"), "grader.evaluation_metric", "embedding model"),
         (
             {"type": "multi", "name": "m", "graders": {"l": labeller}, "calculate_output": "l"},
             "grader.graders.l.type",
-            "judge model",
+            "not implemented yet",
         ),
     ]
     for grader, param, words in cases:

@@ -21,11 +21,15 @@ against one dataset item. The API's ``/v1/fine_tuning/alpha/graders/*`` and the 
   None), ``output_tools`` (none) and ``choices`` (one assistant message). What the code does wrong (it raises, returns
   no finite number, runs out of time or memory) is ``python_grader_runtime_error`` with its details and a reward of 0.
   Refused (:class:`GraderNotRunnable`) where no sandbox can be made on the machine, never run without one.
-- ``score_model`` and ``label_model`` are checked as well-formed but not run (:class:`GraderNotRunnable`): they need a
-  judge model served by Tunery.
+- ``score_model``: its messages rendered per sample and sent to a judge model Tunery serves (:class:`Judge`: the
+  serving backend on the API, the model loaded in-process in the trainer), the reply read as a number
+  (:func:`parse_score`) and clamped into ``range``; no number is the range's minimum and ``model_grader_parse_error``,
+  a judge that fails ``model_grader_server_error``. ``label_model`` is checked as well-formed but not run
+  (:class:`GraderNotRunnable`).
 
 The modules: :mod:`.errors` (bounds and errors), :mod:`.objects` (the typed objects and their checks),
-:mod:`.templates`, :mod:`.formulas`, :mod:`.metrics` (string_check and text_similarity) and :mod:`.grading`.
+:mod:`.templates`, :mod:`.formulas`, :mod:`.metrics` (string_check and text_similarity), :mod:`.judges` (score_model's
+judge) and :mod:`.grading`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 from .errors import (
     MAX_FORMULA_CHARS,
     MAX_FORMULA_DEPTH,
+    MAX_JUDGE_TOKENS,
     MAX_MAGNITUDE,
     MAX_PYTHON_SOURCE_CHARS,
     MAX_SUB_GRADERS,
@@ -57,6 +62,17 @@ from .grading import (
     python_sample,
     run_grader,
     run_graders,
+)
+from .judges import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_RANGE,
+    Judge,
+    JudgeReply,
+    JudgeSampling,
+    Message,
+    parse_score,
+    score_models,
+    score_range,
 )
 from .metrics import (
     similarity,
@@ -93,10 +109,13 @@ from .templates import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_RANGE",
     "ERROR_FLAGS",
     "FUNCTIONS",
     "MAX_FORMULA_CHARS",
     "MAX_FORMULA_DEPTH",
+    "MAX_JUDGE_TOKENS",
     "MAX_MAGNITUDE",
     "MAX_PYTHON_SOURCE_CHARS",
     "MAX_SUB_GRADERS",
@@ -120,7 +139,11 @@ __all__ = [
     "InputAudio",
     "InputImage",
     "InputText",
+    "Judge",
+    "JudgeReply",
+    "JudgeSampling",
     "LabelModelGrader",
+    "Message",
     "MultiGrader",
     "OutputText",
     "PythonGrader",
@@ -136,10 +159,13 @@ __all__ = [
     "check_template",
     "parse_formula",
     "parse_grader",
+    "parse_score",
     "python_sample",
     "render",
     "run_grader",
     "run_graders",
+    "score_models",
+    "score_range",
     "similarity",
     "string_check",
 ]

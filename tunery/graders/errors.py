@@ -11,6 +11,7 @@ MAX_TEXT_CHARS = 65_536
 MAX_WORDS_QUADRATIC = 1_000  # rouge_l and meteor align every word with every word, in Python
 MAX_PYTHON_SOURCE_CHARS = 256 * 1024
 MAX_MAGNITUDE = 1e15
+MAX_JUDGE_TOKENS = 4096  # a score_model's max_completions_tokens
 
 
 class GraderError(ValueError):

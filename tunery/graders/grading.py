@@ -4,6 +4,7 @@ grader started once), with OpenAI's result and error flags."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -13,6 +14,17 @@ from tunery import sandbox
 
 from .errors import MAX_TEXT_CHARS, MAX_WORDS_QUADRATIC, GraderNotRunnable
 from .formulas import parse_formula
+from .judges import (
+    Judge,
+    JudgeReply,
+    JudgeSampling,
+    clamp,
+    conversation,
+    parse_score,
+    score_models,
+    score_range,
+)
+from .judges import not_runnable as _judge_not_runnable
 from .metrics import similarity, string_check
 from .objects import (
     AnyGrader,
@@ -25,6 +37,7 @@ from .objects import (
 )
 from .templates import _Context, _Unfilled, render
 
+log = logging.getLogger("tunery.graders")
 # ---- grading ------------------------------------------------------------------------------------------------------
 ERROR_FLAGS = (
     "formula_parse_error",
@@ -100,10 +113,12 @@ def _not_runnable(grader: AnyGrader, where: str) -> GraderNotRunnable | None:
         missing = sandbox.unavailable()
         if missing:
             return _no_sandbox(missing, where)
-    if isinstance(grader, ScoreModelGrader | LabelModelGrader):
+    if isinstance(grader, ScoreModelGrader):
+        return _judge_not_runnable(grader, where)
+    if isinstance(grader, LabelModelGrader):
         return GraderNotRunnable(
-            f"The {grader.type} grader is not implemented yet in Tunery: it needs a judge model served by Tunery's "
-            f"engine, which graders cannot call yet. '{where}' is well-formed, but cannot run.",
+            f"The {grader.type} grader is not implemented yet in Tunery (score_model is: a judge model that answers "
+            f"a number). '{where}' is well-formed, but cannot run.",
             f"{where}.type",
         )
     if isinstance(grader, TextSimilarityGrader) and grader.evaluation_metric == "cosine":
@@ -142,13 +157,18 @@ def run_grader(
     item: Any = None,
     where: str = "grader",
     limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
+    judge: Judge | None = None,
 ) -> GradeResult:
     """Grade ``model_sample`` against ``item`` with a checked grader (:func:`parse_grader`). What depends on the
     sample or the item (a reference it lacks, a sample that is not JSON, a formula without a value, a python grader
-    that fails) is an error flag and a reward of 0; a grader Tunery does not run is a :class:`GraderNotRunnable`.
-    ``limits``: those of a python grader's sandbox, for each python grader in it."""
+    that fails, a judge's reply that is no number) is an error flag and a reward of 0 (a score_model's: its range's
+    minimum); a grader Tunery does not run is a :class:`GraderNotRunnable`. ``limits``: those of a python grader's
+    sandbox, for each python grader in it; ``judge``: what answers its score_model graders."""
     check_runnable(grader, where)
-    return _grade(grader, _Context(model_sample, {} if item is None else item), where, limits)
+    started = time.perf_counter()
+    ctx = _Context(model_sample, {} if item is None else item)
+    _judge_all(grader, [ctx], judge, where)
+    return _grade(grader, ctx, where, limits, started)
 
 
 def run_graders(
@@ -157,9 +177,11 @@ def run_graders(
     items: list[Any],
     where: str = "grader",
     limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
+    judge: Judge | None = None,
 ) -> list[GradeResult]:
     """:func:`run_grader` of each sample against its item (a reinforcement step's completions): the same results,
-    with each python grader in ``grader`` run once for all of them, in one sandbox (its start paid once)."""
+    with each python grader in ``grader`` run once for all of them, in one sandbox (its start paid once), and each
+    score_model grader's judge asked once for all of them (a batch)."""
     check_runnable(grader, where)
     if len(samples) != len(items):
         raise ValueError(f"{len(samples)} samples for {len(items)} items")
@@ -174,23 +196,56 @@ def run_graders(
             batches[id(python)] = sandbox.run_python_batch(python.source, pairs, limits)
         except sandbox.SandboxUnavailable as e:
             raise _no_sandbox(str(e), where) from None
-    return [
-        _grade(grader, _Context(s, item, {k: v[i] for k, v in batches.items()}), where, limits)
+    contexts = [
+        _Context(s, item, {k: v[i] for k, v in batches.items()})
         for i, (s, item) in enumerate(zip(samples, items, strict=True))
     ]
+    _judge_all(grader, contexts, judge, where)
+    return [_grade(grader, ctx, where, limits) for ctx in contexts]
 
 
-def _grade(grader: AnyGrader, ctx: _Context, where: str, limits: sandbox.Limits) -> GradeResult:
-    started = time.perf_counter()
+def _judge_all(grader: AnyGrader, contexts: list[_Context], judge: Judge | None, where: str) -> None:
+    """Ask the judge of each score_model grader in ``grader`` for the replies of all the samples at once; a sample
+    whose messages cannot be filled is not sent (its grading flags why)."""
+    for at, g in score_models(grader, where):
+        if judge is None:
+            raise GraderNotRunnable(
+                f"The score_model grader '{at}' needs a judge model, and none is at hand here.", f"{at}.model"
+            )
+        conversations, who = [], []
+        for i, ctx in enumerate(contexts):
+            try:
+                conversations.append(conversation(g, ctx, at))
+                who.append(i)
+            except _Unfilled:
+                continue
+        if not conversations:
+            continue
+        try:
+            replies = judge.complete(g.model, conversations, JudgeSampling.of(g.sampling_params))
+            if len(replies) != len(conversations):
+                raise RuntimeError(f"{len(replies)} replies to {len(conversations)} conversations")
+        except Exception as e:  # the judge's own failure: each sample's model_grader_server_error, not a crash
+            log.exception("the judge %s failed", g.model[:64])
+            replies = [JudgeReply(error=f"the judge failed: {e}")] * len(conversations)
+        for i, reply in zip(who, replies, strict=True):
+            contexts[i].judged[id(g)] = reply
+
+
+def _grade(
+    grader: AnyGrader, ctx: _Context, where: str, limits: sandbox.Limits, started: float | None = None
+) -> GradeResult:
+    started = time.perf_counter() if started is None else started  # a judge's time counts, when it judged one sample
     errors = GradeErrors()
     problems: list[str] = []
     sub_rewards: dict[str, Any] = {}
+    usage: dict[str, dict[str, int]] = {}  # the judges' tokens, by model
     if isinstance(grader, MultiGrader):
         named = grader.named()
         values: dict[str, float] = {}
         for name, sub in named.items():
             sub_where = f"{where}.graders" if not isinstance(grader.graders, dict) else f"{where}.graders.{name}"
-            values[name] = _score(sub, ctx, sub_where, errors, problems, limits)
+            values[name] = _score(sub, ctx, sub_where, errors, problems, limits, usage)
         sub_rewards = dict(values)
         reward = 0.0
         if not errors.any():
@@ -201,24 +256,40 @@ def _grade(grader: AnyGrader, ctx: _Context, where: str, limits: sandbox.Limits)
                 errors.other_error = True
                 problems.append(f"{where}.calculate_output has no value: {e}")
     else:
-        reward = _score(grader, ctx, where, errors, problems, limits)
-    if errors.any():
-        reward = 0.0
+        reward = _score(grader, ctx, where, errors, problems, limits, usage)
+    if errors.any():  # a score_model's floor is its range's minimum
+        reward = score_range(grader)[0] if isinstance(grader, ScoreModelGrader) else 0.0
     metadata = GradeMetadata(
         name=grader.name,
         type=grader.type,
         errors=errors,
         execution_time=time.perf_counter() - started,
         scores=dict(sub_rewards),
+        token_usage=sum(u["total_tokens"] for u in usage.values()) if usage else None,
+        sampled_model_name=next(iter(usage), None),
     )
-    return GradeResult(reward=reward, metadata=metadata, sub_rewards=sub_rewards, problems=problems)
+    return GradeResult(
+        reward=reward,
+        metadata=metadata,
+        sub_rewards=sub_rewards,
+        model_grader_token_usage_per_model=usage,
+        problems=problems,
+    )
 
 
 def _score(
-    grader: AnyGrader, ctx: _Context, where: str, errors: GradeErrors, problems: list[str], limits: sandbox.Limits
+    grader: AnyGrader,
+    ctx: _Context,
+    where: str,
+    errors: GradeErrors,
+    problems: list[str],
+    limits: sandbox.Limits,
+    usage: dict[str, dict[str, int]],
 ) -> float:
     if isinstance(grader, PythonGrader):
         return _run_python(grader, ctx, where, errors, problems, limits)
+    if isinstance(grader, ScoreModelGrader):
+        return _judged(grader, ctx, where, errors, problems, usage)
     assert isinstance(grader, StringCheckGrader | TextSimilarityGrader)
     try:
         text = render(grader.input, ctx, f"{where}.input")
@@ -282,3 +353,49 @@ def _run_python(
     )[-sandbox.MAX_DETAILS_CHARS :]
     problems.append(f"{where}: {details}")
     return 0.0
+
+
+def _judged(
+    grader: ScoreModelGrader,
+    ctx: _Context,
+    where: str,
+    errors: GradeErrors,
+    problems: list[str],
+    usage: dict[str, dict[str, int]],
+) -> float:
+    """A score_model grader's score: its judge's reply (asked by :func:`_judge_all`) read as a number, clamped into
+    its range; the range's minimum with a flag when there is none."""
+    low, high = score_range(grader)
+    reply = ctx.judged.get(id(grader))
+    if reply is None:
+        try:
+            conversation(grader, ctx, where)
+        except _Unfilled as e:
+            setattr(errors, e.flag, True)
+            problems.append(f"{where}: {e}")
+            return low
+        reply = JudgeReply(error="the judge gave no reply")
+    if reply.prompt_tokens or reply.completion_tokens:
+        used = usage.setdefault(
+            grader.model, {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cached_tokens": 0}
+        )
+        used["prompt_tokens"] += reply.prompt_tokens
+        used["completion_tokens"] += reply.completion_tokens
+        used["total_tokens"] += reply.prompt_tokens + reply.completion_tokens
+    if reply.error is not None or reply.text is None:
+        errors.model_grader_server_error = True
+        details = f"{grader.name}: {reply.error}"
+        errors.model_grader_server_error_details = "\n".join(
+            d for d in (errors.model_grader_server_error_details, details) if d
+        )[-sandbox.MAX_DETAILS_CHARS :]
+        problems.append(f"{where}: {reply.error}")
+        return low
+    try:
+        score = parse_score(reply.text)
+    except ValueError as e:
+        errors.model_grader_parse_error = True
+        problems.append(f"{where}: {e}: {reply.text[:200]!r}")
+        return low
+    if not low <= score <= high:
+        problems.append(f"{where}: the judge's score {score:g} is outside its range [{low:g}, {high:g}]: clamped")
+    return clamp(score, low, high)

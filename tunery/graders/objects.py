@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunery.wire import omitted, schema_as_sent
 
-from .errors import MAX_PYTHON_SOURCE_CHARS, MAX_SUB_GRADERS, GraderError
+from .errors import MAX_JUDGE_TOKENS, MAX_PYTHON_SOURCE_CHARS, MAX_SUB_GRADERS, GraderError
 from .formulas import parse_formula
 from .templates import check_template
 
@@ -248,6 +249,8 @@ def check_grader(grader: AnyGrader, where: str = "grader") -> None:
         for i, message in enumerate(grader.input):
             for text in _strings(message.content):
                 check_template(text, f"{where}.input[{i}].content")
+        if isinstance(grader, ScoreModelGrader):
+            check_score_model(grader, where)
     elif isinstance(grader, PythonGrader):
         _check_python(grader.source, f"{where}.source")
     elif isinstance(grader, MultiGrader):
@@ -256,6 +259,35 @@ def check_grader(grader: AnyGrader, where: str = "grader") -> None:
             sub_where = f"{where}.graders" if not isinstance(grader.graders, dict) else f"{where}.graders.{name}"
             check_grader(sub, sub_where)
         parse_formula(grader.calculate_output, set(named), f"{where}.calculate_output")
+
+
+def check_score_model(grader: ScoreModelGrader, where: str) -> None:
+    """What can be known before it runs: a range of two finite numbers, the first below the second; sampling
+    parameters in OpenAI's bounds."""
+    if grader.range is not None:
+        low, high = grader.range
+        if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+            raise GraderError(
+                f"Invalid value for '{where}.range': [min, max] with min below max, both finite numbers "
+                f"(got {grader.range}).",
+                f"{where}.range",
+            )
+    p = grader.sampling_params
+    if p is None:
+        return
+    bounds = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
+    for name, (lo, hi) in bounds.items():
+        value = getattr(p, name)
+        if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+            raise GraderError(
+                f"Invalid value for '{where}.sampling_params.{name}': a number from {lo:g} to {hi:g}.",
+                f"{where}.sampling_params.{name}",
+            )
+    if p.max_completions_tokens is not None and p.max_completions_tokens > MAX_JUDGE_TOKENS:
+        raise GraderError(
+            f"Invalid value for '{where}.sampling_params.max_completions_tokens': at most {MAX_JUDGE_TOKENS}.",
+            f"{where}.sampling_params.max_completions_tokens",
+        )
 
 
 def _strings(value: Any) -> list[str]:
