@@ -26,6 +26,7 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 ADAPTER_PARAM = "tunery.training.adapter"
 PRECISION_PARAM = "tunery.training.precision"
+GRADER_PARAM = "method.reinforcement.grader"  # a reinforcement job's grader, as errors name it
 
 
 @dataclass(frozen=True)

@@ -414,21 +414,22 @@ class ChatServicer(_Servicer, chat_grpc.ChatServiceServicer):
 
 
 class GraderServicer(_Servicer, graders_grpc.GraderServiceServicer):
-    """Graders before training: REST's service (api/services/graders.py), which reads and stores nothing of the
-    project. Not in a read thread: a python grader waits up to its time limit on its sandbox (REST's routes are plain
-    ``def`` routes, in anyio's pool, for the same reason)."""
+    """Graders before training: REST's service (api/services/graders.py), for the caller's project (a score_model's
+    judge is one of its models). Not in a read thread: a python grader waits up to its time limit on its sandbox."""
 
     async def RunGrader(self, request: graders_pb.RunGraderRequest, context: Context) -> Any:
-        def run(p: Principal) -> graders_pb.RunGraderResponse:
+        async def run(p: Principal) -> graders_pb.RunGraderResponse:
             req = RunGraderRequest.model_validate(message_dict(request))
-            return to_message(graders.run(req), graders_pb.RunGraderResponse)
+            answer = await graders.GraderService(self.ctx, p.tenant(self.ctx.settings)).run(req)
+            return to_message(answer, graders_pb.RunGraderResponse)
 
-        return await self.calls.blocking("GraderService/RunGrader", context, run, read=False)
+        return await self.calls.unary("GraderService/RunGrader", context, run)
 
     async def ValidateGrader(self, request: graders_pb.ValidateGraderRequest, context: Context) -> Any:
         def run(p: Principal) -> graders_pb.ValidateGraderResponse:
             req = ValidateGraderRequest.model_validate(message_dict(request))
-            return to_message(graders.validate(req), graders_pb.ValidateGraderResponse)
+            answer = graders.GraderService(self.ctx, p.tenant(self.ctx.settings)).validate(req)
+            return to_message(answer, graders_pb.ValidateGraderResponse)
 
         return await self.calls.blocking("GraderService/ValidateGrader", context, run, read=False)
 

@@ -1,18 +1,35 @@
 """Graders before training (``/v1/fine_tuning/alpha/graders/run`` and ``/validate``): check a grader, and grade one
-model sample against one item with it, by tunery/graders/. Nothing is stored and nothing is read from the project,
-so the service needs no context; a failure is an :class:`~api.errors.InvalidRequest` naming the field at fault.
-CPU-bound (the similarity metrics), or waiting up to a python grader's time limit on its sandbox: run it off the
-event loop.
+model sample against one item with it, by tunery/graders/. Nothing is stored; a failure is an
+:class:`~api.errors.InvalidRequest` naming the field at fault.
+
+A ``score_model`` grader's judge is a model this server serves to the caller's project (a base model, or an ``ft:``
+model or alias the project may use: :func:`resolve_judges`, which job creation shares), asked through the serving
+backend (:class:`ServingJudge`): the embedded engine or vLLM. Grading is CPU-bound (the similarity metrics), or waits
+up to a python grader's time limit on its sandbox, or on the judge: it runs in a thread, off the event loop, and the
+judge's generations are awaited on the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
+from anyio import to_thread
+from sqlalchemy.orm import Session
+
+from api.context import AppContext, Tenant
 from api.errors import InvalidRequest
 from api.protocol.graders import RunGraderRequest, RunGraderResponse, ValidateGraderRequest, ValidateGraderResponse
+from api.services.chat import no_engine
+from api.services.models import model_ref
+from serving.backend import ServingBackend
+from serving.engine import ModelRef
+from serving.errors import EngineError, ServingUnavailable
+from serving.sampling import SamplingParams
 from tunery import graders
-from tunery.graders import AnyGrader, GraderError, GraderObject
+from tunery.graders import AnyGrader, GraderError, GraderObject, JudgeReply, JudgeSampling, Message
+from tunery.sharing import ResolvedModel, resolve_usable
 
 log = logging.getLogger("tunery.api")
 
@@ -41,24 +58,119 @@ def _parse(data: dict[str, object], request: str) -> AnyGrader:
     return grader
 
 
-def validate(req: ValidateGraderRequest) -> ValidateGraderResponse:
-    """The grader, typed, when it is well-formed: its fields, templates, formula and source. A score_model or cosine
-    grader (or a python one where no sandbox can be made) is well-formed here even though :func:`run` refuses it."""
-    return ValidateGraderResponse(grader=_parse(req.grader, "ValidateGraderRequest"))  # type: ignore[arg-type]
+def resolve_judges(
+    s: Session, ctx: AppContext, t: Tenant, grader: AnyGrader, where: str = "grader"
+) -> dict[str, ResolvedModel]:
+    """The judge model of each score_model grader in ``grader``, by the name the grader gives: a model this server
+    serves to the project; a 400 naming the grader's ``model`` (``grader.model``,
+    ``method.reinforcement.grader.graders.judge.model``) for any other (unknown, another project's, a base model
+    this server does not serve)."""
+    bases = ctx.settings.base_model_paths()
+    out: dict[str, ResolvedModel] = {}
+    for at, judge in graders.score_models(grader, where):
+        found = resolve_usable(s, t.organization_id, t.project_id, judge.model, bases)
+        if found is None:
+            raise InvalidRequest(
+                f"The judge model `{judge.model[:200]}` of '{at}' does not exist or you do not have access to it: a "
+                f"score_model grader's model is a base model this server serves ({', '.join(bases) or 'none'}) or "
+                "one of your fine-tuned models (ft:...).",
+                param=f"{at}.model",
+                code="model_not_found",
+            )
+        out[judge.model] = found
+    return out
 
 
-def run(req: RunGraderRequest) -> RunGraderResponse:
-    """The grader's reward for ``req.model_sample`` against ``req.item``, in OpenAI's shape."""
-    grader = _parse(req.grader, "RunGraderRequest")
-    try:
-        result = graders.run_grader(grader, req.model_sample, req.item)
-    except GraderError as e:
-        raise InvalidRequest(e.message, param=e.param, code=e.code) from None
-    if result.problems:
-        log.info("grader %r: %s", grader.name[:64], "; ".join(result.problems))
-    return RunGraderResponse(
-        reward=result.reward,
-        metadata=result.metadata,
-        sub_rewards=result.sub_rewards,
-        model_grader_token_usage_per_model=result.model_grader_token_usage_per_model,
-    )
+class ServingJudge:
+    """The judge on the API: each conversation one chat completion of the serving backend, on the model the
+    grader's name resolved to for the caller's project. :meth:`complete` is called from a grading thread; the
+    generations run on the event loop ``loop`` (the embedded engine queues them on its own threads)."""
+
+    def __init__(self, serving: ServingBackend, models: dict[str, ResolvedModel], loop: asyncio.AbstractEventLoop):
+        self.serving = serving
+        self.models = models
+        self.loop = loop
+
+    def complete(self, model: str, conversations: list[list[Message]], sampling: JudgeSampling) -> list[JudgeReply]:
+        return asyncio.run_coroutine_threadsafe(self._all(model, conversations, sampling), self.loop).result()
+
+    async def _all(self, model: str, conversations: list[list[Message]], sampling: JudgeSampling) -> list[JudgeReply]:
+        ref = model_ref(self.models[model])
+        return list(await asyncio.gather(*(self._one(ref, model, c, sampling) for c in conversations)))
+
+    async def _one(self, ref: ModelRef, model: str, messages: list[Message], sampling: JudgeSampling) -> JudgeReply:
+        params = SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=0.0 if sampling.greedy else sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+        )
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            **({"seed": sampling.seed} if sampling.seed is not None else {}),
+        }
+        try:
+            answer = await self.serving.chat_completions(ref, body, params)
+        except (EngineError, ServingUnavailable) as e:
+            return JudgeReply(error=e.message)
+        if not isinstance(answer, dict):  # a stream, which was not asked for
+            return JudgeReply(error="the serving backend answered a stream")
+        usage = answer.get("usage") or {}
+        return JudgeReply(
+            text=str(answer["choices"][0]["message"].get("content") or ""),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+
+
+class GraderService:
+    """``graders/validate`` (the grader's form) and ``graders/run`` (its reward, a score_model's judge a model the
+    caller's project may use)."""
+
+    def __init__(self, ctx: AppContext, tenant: Tenant):
+        self.ctx = ctx
+        self.tenant = tenant
+
+    def validate(self, req: ValidateGraderRequest) -> ValidateGraderResponse:
+        """The grader, typed, when it is well-formed: its fields, templates, formula, source and range. A cosine
+        grader (or a python one where no sandbox can be made) is well-formed here even though :meth:`run` refuses
+        it; a score_model's judge model is looked up when it runs."""
+        return ValidateGraderResponse(grader=_parse(req.grader, "ValidateGraderRequest"))  # type: ignore[arg-type]
+
+    async def run(self, req: RunGraderRequest) -> RunGraderResponse:
+        """The grader's reward for ``req.model_sample`` against ``req.item``, in OpenAI's shape."""
+        grader = _parse(req.grader, "RunGraderRequest")
+        try:
+            graders.check_runnable(grader)
+        except GraderError as e:
+            raise InvalidRequest(e.message, param=e.param, code=e.code) from None
+        judge = None
+        if graders.score_models(grader):
+            models = await to_thread.run_sync(self._judges, grader)
+            if self.ctx.serving is None:
+                raise no_engine()
+            judge = ServingJudge(self.ctx.serving, models, asyncio.get_running_loop())
+
+        def grade() -> graders.GradeResult:
+            try:
+                return graders.run_grader(grader, req.model_sample, req.item, judge=judge)
+            except GraderError as e:
+                raise InvalidRequest(e.message, param=e.param, code=e.code) from None
+
+        result = await to_thread.run_sync(grade)
+        if result.problems:
+            log.info("grader %r: %s", grader.name[:64], "; ".join(result.problems))
+        return RunGraderResponse(
+            reward=result.reward,
+            metadata=result.metadata,
+            sub_rewards=result.sub_rewards,
+            model_grader_token_usage_per_model=result.model_grader_token_usage_per_model,
+        )
+
+    def _judges(self, grader: AnyGrader) -> dict[str, ResolvedModel]:
+        with self.ctx.db.session() as s:
+            return resolve_judges(s, self.ctx, self.tenant, grader)

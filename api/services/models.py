@@ -22,17 +22,9 @@ from tunery.aliases import find_alias
 from tunery.archive import CheckpointDamaged, CheckpointIncomplete, archive_stream, checkpoint_entries, safe_name
 from tunery.audit import Actor, EventType, record
 from tunery.db import FineTunedModel, ModelAlias
-from tunery.sharing import delete_permissions, usable_by, usable_model
+from tunery.sharing import ResolvedModel, delete_permissions, resolve_usable, usable_by, usable_model
 
 BASE_OWNER = "tunery"
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    id: str
-    base_name: str
-    base_path: str
-    adapter_prefix: str | None  # None for a base model
 
 
 def model_ref(model: ResolvedModel) -> ModelRef:
@@ -93,17 +85,10 @@ def resolve_model(s: Session, ctx: AppContext, t: Tenant, model: str) -> Resolve
 
     The one place a model name is resolved for serving: ``ResolvedModel.id`` is the model that runs (an alias's
     target); the answer still names the model as the client sent it (serving/backend.py)."""
-    bases = ctx.settings.base_model_paths()
-    if model in bases:
-        return ResolvedModel(model, model, bases[model], None)
-    row = usable_model(s, t.organization_id, t.project_id, model)  # its own, or shared with it
-    if row is None and not model.startswith("ft:"):  # an alias's name never does (api/services/aliases.py)
-        alias = project_alias(s, t, model)
-        if alias is not None:
-            row = usable_model(s, t.organization_id, t.project_id, alias.model)  # the same rule as by its name
-    if row is None or row.base_model not in bases:
+    found = resolve_usable(s, t.organization_id, t.project_id, model, ctx.settings.base_model_paths())
+    if found is None:
         raise model_not_found(model)
-    return ResolvedModel(row.id, row.base_model, bases[row.base_model], row.object_prefix)
+    return found
 
 
 def resolve(ctx: AppContext, t: Tenant, model: str) -> ResolvedModel:

@@ -3,7 +3,8 @@ run (:mod:`api.services.estimates`) both start with :func:`prepare_job`, so the 
 creation refuses.
 
 What is checked here: the model (a base model of this server, or one of the tenant's ``ft:`` models, which must be
-a LoRA or QLoRA adapter), the request's shape (metadata bounds, the method and its section, integrations), the
+a LoRA or QLoRA adapter), the request's shape (metadata bounds, the method and its section, integrations, a
+reinforcement grader's judge models), the
 training plan it asks for (:func:`tunery.plan.check_request`: what its method supports, options that contradict
 each other) and its files (the tenant's, uploaded for fine-tuning). The files' contents are checked later: by the
 scheduler for a job, at once for a dry run.
@@ -22,9 +23,11 @@ from api.errors import InvalidRequest, NotFound
 from api.protocol.jobs import CreateJob
 from api.services.aliases import check_name
 from api.services.files import find_file
+from api.services.graders import resolve_judges
 from tunery.db import File, Job
 from tunery.graders import GraderError, check_runnable, parse_grader
 from tunery.jobstate import REFERENCE_PARAM, file_error_code
+from tunery.methods import GRADER_PARAM
 from tunery.plan import (
     DPOHyperparameters,
     Hyperparameters,
@@ -118,7 +121,7 @@ def _reinforcement(req: CreateJob, options: ReinforcementOptions | None) -> Rein
             param="method.reinforcement.response_format",
             code="unsupported_method",
         )
-    where = "method.reinforcement.grader"
+    where = GRADER_PARAM
     try:
         check_runnable(parse_grader(section.grader, where), where)
     except GraderError as e:
@@ -210,6 +213,9 @@ def prepare_job(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> Prepa
         )
     _check_metadata(req.metadata)
     request = plan_request(req)
+    if request.reinforcement is not None:  # a score_model's judge: a model this server serves to the project
+        grader = parse_grader(request.reinforcement.grader, GRADER_PARAM)
+        resolve_judges(s, ctx, t, grader, GRADER_PARAM)
     mix = req.tunery.data.mix if req.tunery else None
     problem = check_request(
         request,

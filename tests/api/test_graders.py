@@ -169,12 +169,12 @@ def test_validate_answers_the_grader_and_run_refuses_what_tunery_does_not_run(se
             validate(body, "ValidateGraderResponse")
         assert body["grader"] == grader
         assert raw.parse().grader is not None
-    for grader, param, words in [
-        (judge, "grader.type", "judge model"),
-        (cosine, "grader.evaluation_metric", "embedding model"),
+    for grader, param, code, words in [
+        (judge, "grader.model", "model_not_found", "does not exist"),  # a judge this server serves: test_graders_judge
+        (cosine, "grader.evaluation_metric", "grader_not_supported", "embedding model"),
     ]:
         error = refused(lambda g=grader: graders.run(grader=g, model_sample="x"))  # type: ignore[misc]
-        assert (error["param"], error["code"]) == (param, "grader_not_supported")
+        assert (error["param"], error["code"]) == (param, code)
         assert words in error["message"]
 
 
