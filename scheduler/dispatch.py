@@ -11,15 +11,16 @@ from sqlalchemy.orm import Session
 from scheduler.backends import LaunchRefused
 from scheduler.claims import Claims
 from scheduler.context import SchedulerContext, SchedulerPart
-from scheduler.preprocess import job_files, parent_model_prefix
+from scheduler.preprocess import job_files, judge_names, parent_model_prefix
 from scheduler.quota import quota_decision
 from scheduler.runs import TrainerLogs, fail, fail_in
 from scheduler.specs import build_spec
 from tunery import ids, jobstate, quotas
 from tunery.db import Job, Project
 from tunery.db.ops import add_event, now
-from tunery.jobspec import JobSpec, broker_url
+from tunery.jobspec import JobSpec, JudgeSpec, broker_url
 from tunery.jobstate import EVAL_FILE_PARAM, ErrorCode, JobError, JobKind, JobStatus
+from tunery.sharing import resolve_usable
 
 log = logging.getLogger("tunery.scheduler")
 
@@ -104,8 +105,8 @@ class Dispatcher(SchedulerPart):
                     continue
                 token = ids.run_token()
                 spec = self._spec(s, job)
-                if spec is None:
-                    fail_in(s, job, INPUT_GONE[JobKind(job.kind)])
+                if not isinstance(spec, JobSpec):  # an input gone (None), or a judge gone (its error)
+                    fail_in(s, job, spec or INPUT_GONE[JobKind(job.kind)])
                     continue
                 self.store.put_bytes(spec.spec_key(), spec.model_dump_json(indent=2).encode())
                 job.run_token = ids.token_digest(token)  # the token itself goes to the trainer alone
@@ -137,9 +138,26 @@ class Dispatcher(SchedulerPart):
 
         self.db.transaction(note)
 
-    def _spec(self, s: Session, job: Job) -> JobSpec | None:
-        """The JobSpec of the job's next run (scheduler.specs), with its files and parent model looked up; None
-        when one of them was deleted."""
+    def _spec(self, s: Session, job: Job) -> JobSpec | JobError | None:
+        """The JobSpec of the job's next run (scheduler.specs), with its files, parent model and judge models looked
+        up; None when one of them was deleted, the job's error when a judge model is gone for its project."""
+        judges: dict[str, JudgeSpec] = {}
+        bases = self.settings.base_model_paths()
+        for name, where in judge_names(job).items():
+            found = resolve_usable(s, job.organization_id, job.project_id, name, bases)
+            if found is None:
+                return JobError(
+                    ErrorCode.model_not_available,
+                    f"The judge model `{name}` of the job's score_model grader ('{where}') was deleted, is no longer "
+                    "shared with the job's project, or its base model is no longer served.",
+                    f"{where}.model",
+                )
+            judges[name] = JudgeSpec(
+                model=name,
+                base_model=found.base_name,
+                base_model_path=found.base_path,
+                adapter_prefix=found.adapter_prefix,
+            )
         files = job_files(s, job)
         parent_prefix = None
         if job.model != job.base_model:  # fine-tuning a fine-tuned model: continue from its adapter
@@ -153,10 +171,11 @@ class Dispatcher(SchedulerPart):
             job,
             files,
             parent_prefix,
-            base_model_path=self.settings.base_model_paths()[job.base_model],
+            base_model_path=bases[job.base_model],
             store_url=broker_url(self.reporting_address, job.id) if brokered else self.store.url,
             reporting_address=self.reporting_address,
             device=self.settings.trainer_device,
+            judges=judges,
         )
 
     def _start_run(self, job_id: str, token: str, spec: JobSpec, runtime: dict[str, Any] | None) -> None:

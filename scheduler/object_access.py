@@ -8,7 +8,8 @@ from anything the trainer could have written (its spec.json lies under its own, 
 
 - **read**: everything under ``jobs/<job>/`` (its spec, its checkpoints and resume states), the objects of its input
   files (training, validation, mix, eval reference: the job's rows, of its own project), and everything under the
-  prefix of the fine-tuned model it continues from (a model its project may use: its own, or one shared with it);
+  prefix of the fine-tuned model it continues from and of its grader's fine-tuned judge models (models its project
+  may use: its own, or shared with it);
 - **write** (and delete, and multipart uploads): keys under ``jobs/<job>/``, but for the two the scheduler writes
   there (``spec.json``, ``trainer.log``);
 - **list**: prefixes inside what it may read.
@@ -27,12 +28,13 @@ import grpc
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.orm import Session
 
-from scheduler.preprocess import job_files, parent_model_prefix
+from scheduler.preprocess import job_files, judge_names, parent_model_prefix
 from scheduler.reporting import run_job
 from tunery import layout
 from tunery.db import Database, Job
 from tunery.jobstate import TERMINAL
 from tunery.metrics import Metrics
+from tunery.sharing import usable_named
 from tunery.storage import ObjectNotFound, ObjectStore, _check_key
 from tunery.storage_s3 import S3ObjectStore
 from tunery.v1 import reporting_pb2 as pb
@@ -82,6 +84,10 @@ def job_reach(s: Session, job: Job) -> Reach:
     parent = parent_model_prefix(s, job)
     if parent:
         prefixes.append(parent.strip("/") + "/")
+    for name in judge_names(job):  # a fine-tuned judge's files (a model its project may use)
+        judge = usable_named(s, job.organization_id, job.project_id, name)
+        if judge is not None:
+            prefixes.append(judge.object_prefix.strip("/") + "/")
     return Reach(own, frozenset(f.object_key for f in files), tuple(prefixes))
 
 

@@ -36,8 +36,10 @@ from tunery.db import File, Job
 from tunery.db.ops import add_event, now
 from tunery.files import report_key
 from tunery.filescan import FileScan, ScanOptions
+from tunery.graders import parse_grader, score_models
 from tunery.jobspec import mix_count
 from tunery.jobstate import CHAT_PARAMS, EVAL_FILE_PARAM, ErrorCode, JobError, JobKind, JobStatus
+from tunery.methods import GRADER_PARAM
 from tunery.plan import TrainingPlan, check_request, resolve_plan
 from tunery.sharing import usable_model
 from tunery.storage import ObjectNotFound
@@ -61,6 +63,22 @@ def parent_model_prefix(s: Session, job: Job) -> str | None:
         return None
     parent = usable_model(s, job.organization_id, job.project_id, job.model)
     return parent.object_prefix if parent is not None else None
+
+
+def judge_names(job: Job) -> dict[str, str]:
+    """The judge models a reinforcement job's grader names (its score_model graders'), each with where the first
+    grader that names it is (``method.reinforcement.grader.graders.j``); none for an evaluation or an export, which
+    grade nothing."""
+    if job.kind != JobKind.fine_tune:
+        return {}
+    plan = job.training_plan()
+    rl = plan.reinforcement if plan is not None else None
+    if rl is None:
+        return {}
+    found: dict[str, str] = {}
+    for where, grader in score_models(parse_grader(rl.grader, GRADER_PARAM), GRADER_PARAM):
+        found.setdefault(grader.model, where)
+    return found
 
 
 class Preprocessor(SchedulerPart):

@@ -1,9 +1,10 @@
 """The JobSpec of a run, built from a job row and its input files: pure functions, no database and no store.
 
-The caller (scheduler.dispatch) looks the job's files and the parent model up; ``build_spec`` only reads them, with
-what the trainer needs of the control plane (its base model folder, the object store, the reporting address). The
-training plan is the job's, resolved and stored when its files were validated (``tunery.plan``), embedded whole.
-Every kind of job (tunery.jobstate.JobKind) shares :func:`run_spec`'s fields; each adds its own.
+The caller (scheduler.dispatch) looks the job's files, the parent model and the grader's judge models up;
+``build_spec`` only reads them, with what the trainer needs of the control plane (its base model folder, the object
+store, the reporting address). The training plan is the job's, resolved and stored when its files were validated
+(``tunery.plan``), embedded whole. Every kind of job (tunery.jobstate.JobKind) shares :func:`run_spec`'s fields; each
+adds its own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from tunery import layout
 from tunery.db import File, Job
 from tunery.evalreport import EvalOptions
 from tunery.exports import ExportOptions
-from tunery.jobspec import DataFile, DataOptions, JobSpec, MixSpec
+from tunery.jobspec import DataFile, DataOptions, JobSpec, JudgeSpec, MixSpec
 from tunery.jobstate import JobKind
 from tunery.plan import TrainingPlan, resolve_plan
 
@@ -88,10 +89,12 @@ def build_spec(
     store_url: str,
     reporting_address: str,
     device: str,
+    judges: dict[str, JudgeSpec] | None = None,
 ) -> JobSpec | None:
     """The spec of the job's next run, or None when one of its inputs is gone: ``files`` are the job's input files
     by id (those missing were deleted), ``parent_prefix`` the object-store prefix of the fine-tuned model the job
-    starts from, or that an evaluation or an export reads (None when there is none, or when it was deleted)."""
+    starts from, or that an evaluation or an export reads (None when there is none, or when it was deleted), ``judges``
+    a fine-tuning job's grader's judge models, resolved."""
     where = {
         "base_model_path": base_model_path,
         "store_url": store_url,
@@ -103,12 +106,14 @@ def build_spec(
             return _evaluation(job, files, parent_prefix, **where)
         if job.kind == JobKind.export:
             return _export(job, files, parent_prefix, **where)
-        return _fine_tune(job, files, parent_prefix, **where)
+        return _fine_tune(job, files, parent_prefix, judges or {}, **where)
     except InputGone:
         return None
 
 
-def _fine_tune(job: Job, files: dict[str, File], parent_prefix: str | None, **where: str) -> JobSpec:
+def _fine_tune(
+    job: Job, files: dict[str, File], parent_prefix: str | None, judges: dict[str, JudgeSpec], **where: str
+) -> JobSpec:
     options = job.tunery_options("data")
     data: DataOptions | None = None
     if options:
@@ -141,6 +146,7 @@ def _fine_tune(job: Job, files: dict[str, File], parent_prefix: str | None, **wh
         validation_file=data_file(files, job.validation_file),
         data=data,
         init_adapter_prefix=init_prefix,
+        judges=judges,
         # A job run before (paused, crashed, preempted, its scheduler gone) continues from its newest complete
         # checkpoint, if it has one.
         resume_from="latest" if job.attempts else None,

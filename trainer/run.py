@@ -30,6 +30,7 @@ from .chat import ChatTemplateError, ChatTokenizer, end_of_turn_tokens
 from .config import trl_config
 from .errors import TrainerError
 from .evaluation import Evaluator
+from .judge import TransformersJudge
 from .loading import attach_adapter, load_base_model, resolve_device, set_determinism
 from .methods import get_method
 from .metrics import make_callback
@@ -102,10 +103,14 @@ def run(
         args = trl_config(method, plan, seed=spec.seed, output_dir=workdir, choice=r.device)
         ref_model = load_base_model(spec.base_model_path, r.device)[0] if method.needs_reference_copy(plan) else None
         model, peft_config = attach_adapter(model, plan, r.store, spec.init_adapter_prefix, workdir)
+        # A score_model grader's judges, loaded beside the policy (resolved by the scheduler: JobSpec.judges).
+        judge = (
+            TransformersJudge(spec.judges, r.store, r.device.device, r.device.dtype, workdir) if spec.judges else None
+        )
         callbacks = [make_callback(r), make_state_callback(r)]  # metrics and checkpoints; resumable states
         try:
             r.trainer = method.build_trainer(
-                model, tokenizer, args, peft_config, datasets, callbacks, ref_model, plan=plan
+                model, tokenizer, args, peft_config, datasets, callbacks, ref_model, plan=plan, judge=judge
             )
         except ValueError as e:  # TRL refuses a configuration with a message that names the option
             raise TrainerError(f"{plan.method}: {e}", code="invalid_hyperparameters") from e

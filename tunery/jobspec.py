@@ -61,6 +61,17 @@ def mix_count(n_train: int, fraction: float) -> int:
     return round(n_train * fraction / (1 - fraction))
 
 
+class JudgeSpec(BaseModel):
+    """The judge model of a score_model grader, as the trainer loads it (trainer/judge.py): resolved by the scheduler
+    for the job's project when it launches the run (tunery/sharing.py), so the trainer never looks a model up by
+    name."""
+
+    model: str  # the name the grader gives (a base model, an ft: model, an alias)
+    base_model: str
+    base_model_path: str  # local folder of its base model
+    adapter_prefix: str | None = None  # an ft: model's files in the object store (a LoRA adapter, or a whole model)
+
+
 class DataOptions(BaseModel):
     """Data quality options of the job (``tunery.data`` on the job; see docs/data-options.md)."""
 
@@ -97,6 +108,8 @@ class JobSpec(BaseModel):
     # Fine-tuning a fine-tuned model: the object-store prefix of the parent adapter (``model`` was an ft: model).
     init_adapter_prefix: str | None = None
     export: ExportOptions | None = None  # an export's format and precision
+    # A reinforcement job's judge models (its score_model graders'), by the name each grader gives.
+    judges: dict[str, JudgeSpec] = Field(default_factory=dict)
 
     # URL of the object store as the trainer reaches it: file:///..., s3://bucket/prefix (with TUNERY_S3_* in the env),
     # or a broker URL (broker_url: no credentials, presigned URLs from the scheduler)

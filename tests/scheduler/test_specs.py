@@ -17,6 +17,7 @@ import pytest
 from scheduler.specs import build_spec
 from tunery.db import File, Job
 from tunery.evalreport import EvalOptions
+from tunery.jobspec import JudgeSpec
 from tunery.plan import PlanRequest, TrainingPlan, resolve_plan
 
 JOB_ID = "ftjob-abc123"
@@ -72,7 +73,9 @@ def a_job(**overrides: Any) -> Job:
     return Job(**fields)
 
 
-def spec_of(job: Job, files: list[str], parent_prefix: str | None = None) -> dict[str, Any] | None:
+def spec_of(
+    job: Job, files: list[str], parent_prefix: str | None = None, judges: dict[str, JudgeSpec] | None = None
+) -> dict[str, Any] | None:
     spec = build_spec(
         job,
         {file_id: a_file(file_id) for file_id in files},
@@ -81,6 +84,7 @@ def spec_of(job: Job, files: list[str], parent_prefix: str | None = None) -> dic
         store_url=STORE,
         reporting_address=REPORTING,
         device="cpu",
+        judges=judges,
     )
     return None if spec is None else spec.model_dump()
 
@@ -128,6 +132,7 @@ SUPERVISED: dict[str, Any] = {
     "device": "cpu",
     "init_adapter_prefix": None,
     "export": None,
+    "judges": {},
     "object_store": STORE,
     "output_prefix": f"jobs/{JOB_ID}",
     "reporting_address": REPORTING,
@@ -217,6 +222,24 @@ def test_fine_tuning_a_fine_tuned_model_starts_from_its_adapter():
         **SUPERVISED,
         "fine_tuned_model": "ft:tiny:org:second:abc123",
         "init_adapter_prefix": "models/ftjob-parent1",
+    }
+
+
+def test_a_score_model_graders_judges_are_in_the_spec_as_the_scheduler_resolved_them():
+    """The trainer loads each judge from the spec (its base model's folder, an ft: judge's files); it never looks a
+    model up by name (scheduler.dispatch resolves them for the job's project)."""
+    judge = JudgeSpec(
+        model="my-judge", base_model="tiny", base_model_path=BASE_PATH, adapter_prefix="jobs/ftjob-j/model/"
+    )
+    spec = spec_of(a_job(), ["file-train"], judges={"my-judge": judge})
+    assert spec is not None
+    assert spec["judges"] == {
+        "my-judge": {
+            "model": "my-judge",
+            "base_model": "tiny",
+            "base_model_path": BASE_PATH,
+            "adapter_prefix": "jobs/ftjob-j/model/",
+        }
     }
 
 

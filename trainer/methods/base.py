@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tunery.graders import Judge
 from tunery.methods import MethodInfo
 from tunery.plan import TrainingPlan
 
@@ -52,9 +53,9 @@ class TrainerMethod:
     def trainer_class(self) -> type:
         raise NotImplementedError
 
-    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None) -> dict[str, Any]:
+    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None, judge: Judge | None = None) -> dict[str, Any]:
         """The method's own arguments of its TRL trainer (a reference model, for the methods that have one; the
-        reward functions of a reinforcement method, from ``plan``)."""
+        reward functions of a reinforcement method, from ``plan``, with ``judge`` for its score_model graders)."""
         return {}
 
     def needs_reference_copy(self, plan: TrainingPlan) -> bool:
@@ -72,6 +73,7 @@ class TrainerMethod:
         callbacks: list[Any] | None = None,
         ref_model: Any = None,
         plan: TrainingPlan | None = None,
+        judge: Judge | None = None,
     ) -> Any:
         from transformers import PrinterCallback
 
@@ -84,7 +86,7 @@ class TrainerMethod:
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=callbacks,
-            **self.trainer_extra(ref_model, plan),
+            **self.trainer_extra(ref_model, plan, judge),
         )
         trainer.remove_callback(PrinterCallback)  # the run prints its own one-line progress
         return trainer

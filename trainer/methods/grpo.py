@@ -1,7 +1,7 @@
 """Reinforcement fine-tuning (OpenAI's ``reinforcement`` method) with TRL's GRPOTrainer: the model samples
 ``num_generations`` completions of each prompt, the job's grader scores each one (:func:`tunery.graders.run_grader`,
-the code ``graders/run`` answers with), and the policy moves toward the completions that scored above their
-group's mean.
+the code ``graders/run`` answers with; a score_model's judge loaded in the trainer, trainer/judge.py), and the
+policy moves toward the completions that scored above their group's mean.
 
     reinforcement records -> rows (prompt: the conversation; item: the line's other fields, as JSON)
          -> GRPOTrainer on the job's adapter, rewards from the grader -> reward mean/std, KL, completion length
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tunery.data import ReinforcementRecord
-from tunery.graders import AnyGrader, GraderNotRunnable, check_runnable, parse_grader, run_graders
-from tunery.methods import METHODS
+from tunery.graders import AnyGrader, GraderNotRunnable, Judge, check_runnable, parse_grader, run_graders, score_models
+from tunery.methods import GRADER_PARAM, METHODS
 from tunery.plan import ReinforcementPlan, TrainingPlan
 
 from ..errors import TrainerError
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tunery.trainer.grpo")
 
-GRADER_PARAM = "method.reinforcement.grader"
 # TRL's per-step logs reported as the method's figures, and their names in events and results.csv.
 METRICS = {
     "reward": "reward",
@@ -84,13 +83,14 @@ def output_text(completion: Any) -> str:
     return "".join(str(m.get("content") or "") for m in completion if m.get("role", "assistant") == "assistant")
 
 
-def grader_reward(grader: AnyGrader) -> Callable[..., list[float]]:
+def grader_reward(grader: AnyGrader, judge: Judge | None = None) -> Callable[..., list[float]]:
     """TRL's reward function: each completion graded against its row's item, as ``graders/run`` grades it (an error
-    flag is a reward of 0, logged once per batch); a python grader grades a batch in one sandbox."""
+    flag is a reward of 0, a score_model's its range's minimum, logged once per batch); a python grader grades a
+    batch in one sandbox, a score_model's ``judge`` (trainer/judge.py) judges a batch at once."""
 
     def reward(prompts: list[Any], completions: list[Any], item: list[str] | None = None, **_: Any) -> list[float]:
         items = [json.loads(i) for i in item] if item else [{} for _ in completions]
-        results = run_graders(grader, [output_text(c) for c in completions], items, GRADER_PARAM)
+        results = run_graders(grader, [output_text(c) for c in completions], items, GRADER_PARAM, judge=judge)
         problems = [p for r in results for p in r.problems]
         if problems:
             log.warning("grader: %d problem(s) in this batch, first: %s", len(problems), problems[0])
@@ -131,7 +131,7 @@ class GRPO(TrainerMethod):
 
         return GRPOTrainer
 
-    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None) -> dict[str, Any]:
+    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None, judge: Judge | None = None) -> dict[str, Any]:
         if plan is None:
             raise TrainerError("a reinforcement trainer is built from its plan", code="server_error")
         grader = parse_grader(_rl(plan).grader, GRADER_PARAM)
@@ -141,7 +141,13 @@ class GRPO(TrainerMethod):
             raise TrainerError(
                 f"the trainer cannot run this job's grader: {e.message}", code="unsupported_method", param=e.param
             ) from None
-        return {"reward_funcs": [grader_reward(grader)]}
+        if score_models(grader) and judge is None:  # the scheduler resolves every judge into the spec
+            raise TrainerError(
+                "the job's score_model grader has no judge model in the trainer's spec",
+                code="server_error",
+                param=f"{GRADER_PARAM}.model",
+            )
+        return {"reward_funcs": [grader_reward(grader, judge)]}
 
     def build_datasets(
         self, run: TrainingRun, chat: ChatTokenizer, train: DataFileRead, valid: DataFileRead | None

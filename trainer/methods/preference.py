@@ -20,6 +20,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from tunery.data import PreferenceRecord
+from tunery.graders import Judge
 from tunery.plan import TrainingPlan
 
 from ..chat import ChatTokenizer
@@ -155,7 +156,7 @@ class PreferenceMethod(TrainerMethod):
             extra["precompute_ref_log_probs"] = False
         return extra
 
-    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None) -> dict[str, Any]:
+    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None, judge: Judge | None = None) -> dict[str, Any]:
         return {"ref_model": ref_model} if self.has_reference else {}
 
     def needs_reference_copy(self, plan: TrainingPlan) -> bool:
