@@ -36,7 +36,7 @@ from tunery.db import File, Job
 from tunery.db.ops import add_event, now
 from tunery.files import report_key
 from tunery.filescan import FileScan, ScanOptions
-from tunery.graders import parse_grader, score_models
+from tunery.graders import model_graders, parse_grader
 from tunery.jobspec import mix_count
 from tunery.jobstate import CHAT_PARAMS, EVAL_FILE_PARAM, ErrorCode, JobError, JobKind, JobStatus
 from tunery.methods import GRADER_PARAM
@@ -76,7 +76,7 @@ def judge_names(job: Job) -> dict[str, str]:
     if rl is None:
         return {}
     found: dict[str, str] = {}
-    for where, grader in score_models(parse_grader(rl.grader, GRADER_PARAM), GRADER_PARAM):
+    for where, grader in model_graders(parse_grader(rl.grader, GRADER_PARAM), GRADER_PARAM):
         found.setdefault(grader.model, where)
     return found
 

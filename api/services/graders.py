@@ -61,18 +61,18 @@ def _parse(data: dict[str, object], request: str) -> AnyGrader:
 def resolve_judges(
     s: Session, ctx: AppContext, t: Tenant, grader: AnyGrader, where: str = "grader"
 ) -> dict[str, ResolvedModel]:
-    """The judge model of each score_model grader in ``grader``, by the name the grader gives: a model this server
-    serves to the project; a 400 naming the grader's ``model`` (``grader.model``,
+    """The judge model of each model grader (score_model, label_model) in ``grader``, by the name the grader gives:
+    a model this server serves to the project; a 400 naming the grader's ``model`` (``grader.model``,
     ``method.reinforcement.grader.graders.judge.model``) for any other (unknown, another project's, a base model
     this server does not serve)."""
     bases = ctx.settings.base_model_paths()
     out: dict[str, ResolvedModel] = {}
-    for at, judge in graders.score_models(grader, where):
+    for at, judge in graders.model_graders(grader, where):
         found = resolve_usable(s, t.organization_id, t.project_id, judge.model, bases)
         if found is None:
             raise InvalidRequest(
                 f"The judge model `{judge.model[:200]}` of '{at}' does not exist or you do not have access to it: a "
-                f"score_model grader's model is a base model this server serves ({', '.join(bases) or 'none'}) or "
+                f"model grader's model is a base model this server serves ({', '.join(bases) or 'none'}) or "
                 "one of your fine-tuned models (ft:...).",
                 param=f"{at}.model",
                 code="model_not_found",
@@ -149,7 +149,7 @@ class GraderService:
         except GraderError as e:
             raise InvalidRequest(e.message, param=e.param, code=e.code) from None
         judge = None
-        if graders.score_models(grader):
+        if graders.model_graders(grader):
             models = await to_thread.run_sync(self._judges, grader)
             if self.ctx.serving is None:
                 raise no_engine()

@@ -70,6 +70,12 @@ def test_a_judge_on_the_embedded_engine_scores_the_rendered_messages(server: Run
     both = run(server, multi, "Paris", {"label": "Lyon"})
     assert both["reward"] == 0.0 and both["sub_rewards"] == {"j": 2.0}
     assert both["metadata"]["errors"]["model_grader_parse_error"]
+    # label_model (inside a multi grader, as OpenAI's schema has it): the same judge; its blank reply is no label.
+    labeller = {k: v for k, v in judge().items() if k not in ("type", "sampling_params")}
+    labeller.update(type="label_model", labels=["good", "bad"], passing_labels=["good"])
+    labelled = run(server, {**multi, "graders": {"l": labeller}, "calculate_output": "l"}, "Paris", {"label": "x"})
+    assert labelled["reward"] == 0.0 and labelled["metadata"]["errors"]["model_grader_parse_error"]
+    assert labelled["model_grader_token_usage_per_model"][TINY]["completion_tokens"] > 0
 
 
 @dataclass

@@ -186,7 +186,7 @@ def test_a_malformed_grader_is_refused_naming_the_field(grader: Any, param: str,
     assert words in e.value.message
 
 
-def test_image_judges_label_model_and_cosine_are_well_formed_but_not_run() -> None:
+def test_image_judges_and_cosine_are_well_formed_but_not_run() -> None:
     judge = {
         "type": "score_model",
         "name": "judge",
@@ -216,9 +216,14 @@ def test_image_judges_label_model_and_cosine_are_well_formed_but_not_run() -> No
         (judge, "grader.input[1].content[1]", "read text only"),
         (similar("a", "b", "cosine"), "grader.evaluation_metric", "embedding model"),
         (
-            {"type": "multi", "name": "m", "graders": {"l": labeller}, "calculate_output": "l"},
-            "grader.graders.l.type",
-            "not implemented yet",
+            {
+                "type": "multi",
+                "name": "m",
+                "graders": {"l": {**labeller, "input": judge["input"]}},
+                "calculate_output": "l",
+            },
+            "grader.graders.l.input[1].content[1]",
+            "read text only",
         ),
     ]
     for grader, param, words in cases:

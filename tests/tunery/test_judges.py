@@ -1,6 +1,6 @@
-"""A score_model grader's judge, without a model: reading its reply as a score (OpenAI's score model answers a
-float), the checks of its range and sampling parameters, and a judge that is not at hand. The judge itself, on the
-serving engine and in the trainer: tests/api/test_graders_judge.py, tests/trainer/test_grpo_judge.py."""
+"""A model grader's judge, without a model: reading its reply as a score (OpenAI's score model answers a float) or
+as a label, the checks of a range, sampling parameters and labels, and a judge that is not at hand. The judge
+itself, on the serving engine and in the trainer: tests/api/test_graders_judge.py, tests/trainer/test_grpo_judge.py."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from tunery.graders import (
     GraderError,
     GraderNotRunnable,
     JudgeSampling,
+    model_graders,
     parse_grader,
+    parse_label,
     parse_score,
     run_grader,
-    score_models,
     score_range,
 )
 from tunery.graders.objects import SamplingParams
@@ -91,10 +92,65 @@ def test_the_judges_of_a_grader_and_a_judge_not_at_hand() -> None:
     multi = parse_grader(
         {"type": "multi", "name": "m", "graders": {"a": JUDGE, "b": {**JUDGE, "model": "n"}}, "calculate_output": "a+b"}
     )
-    assert [(where, g.model) for where, g in score_models(multi)] == [
+    assert [(where, g.model) for where, g in model_graders(multi)] == [
         ("grader.graders.a", "m"),
         ("grader.graders.b", "n"),
     ]
     with pytest.raises(GraderNotRunnable) as e:  # a caller without a judge (none given) cannot run one
         run_grader(multi, "x", {"label": "y"})
     assert e.value.param == "grader.graders.a.model"
+
+
+LABELS = ["good", "bad", "very bad"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "label"),
+    [
+        ("good", "good"),
+        (" Good.\n", "good"),
+        ('{"result": "bad"}', "bad"),
+        ('"very bad"', "very bad"),
+        ("I think the answer is good.", "good"),
+        ("Very bad, sadly", "very bad"),  # a label of several words
+    ],
+)
+def test_a_reply_naming_one_label_is_that_label(reply: str, label: str) -> None:
+    assert parse_label(reply, ["good", "very bad"] if "ery" in reply else LABELS) == label
+
+
+@pytest.mark.parametrize(
+    ("reply", "why"),
+    [("", "none of the labels"), ("goodness", "none of the labels"), ("good or bad", "several labels")],
+)
+def test_a_reply_without_exactly_one_label_is_no_label(reply: str, why: str) -> None:
+    with pytest.raises(ValueError) as e:
+        parse_label(reply, LABELS)
+    assert why in str(e.value)
+
+
+def test_labels_are_checked_and_a_label_model_needs_its_judge() -> None:
+    labeller = {
+        "type": "label_model",
+        "name": "l",
+        "model": "m",
+        "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+        "labels": ["good", "bad"],
+        "passing_labels": ["good"],
+    }
+
+    def multi(**extra: object) -> dict[str, object]:
+        return {"type": "multi", "name": "m", "graders": {"l": {**labeller, **extra}}, "calculate_output": "l"}
+
+    for bad, param in [
+        ({"labels": []}, "labels"),
+        ({"labels": ["good", "good"]}, "labels"),
+        ({"passing_labels": []}, "passing_labels"),
+        ({"passing_labels": ["great"]}, "passing_labels"),
+    ]:
+        with pytest.raises(GraderError) as e:
+            parse_grader(multi(**bad))
+        assert e.value.param == f"grader.graders.l.{param}", bad
+    with pytest.raises(GraderNotRunnable) as n:
+        run_grader(parse_grader(multi()), "x")
+    assert n.value.param == "grader.graders.l.model"

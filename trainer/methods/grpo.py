@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tunery.data import ReinforcementRecord
-from tunery.graders import AnyGrader, GraderNotRunnable, Judge, check_runnable, parse_grader, run_graders, score_models
+from tunery.graders import AnyGrader, GraderNotRunnable, Judge, check_runnable, model_graders, parse_grader, run_graders
 from tunery.methods import GRADER_PARAM, METHODS
 from tunery.plan import ReinforcementPlan, TrainingPlan
 
@@ -141,7 +141,7 @@ class GRPO(TrainerMethod):
             raise TrainerError(
                 f"the trainer cannot run this job's grader: {e.message}", code="unsupported_method", param=e.param
             ) from None
-        if score_models(grader) and judge is None:  # the scheduler resolves every judge into the spec
+        if model_graders(grader) and judge is None:  # the scheduler resolves every judge into the spec
             raise TrainerError(
                 "the job's score_model grader has no judge model in the trainer's spec",
                 code="server_error",

@@ -24,8 +24,8 @@ against one dataset item. The API's ``/v1/fine_tuning/alpha/graders/*`` and the 
 - ``score_model``: its messages rendered per sample and sent to a judge model Tunery serves (:class:`Judge`: the
   serving backend on the API, the model loaded in-process in the trainer), the reply read as a number
   (:func:`parse_score`) and clamped into ``range``; no number is the range's minimum and ``model_grader_parse_error``,
-  a judge that fails ``model_grader_server_error``. ``label_model`` is checked as well-formed but not run
-  (:class:`GraderNotRunnable`).
+  a judge that fails ``model_grader_server_error``. ``label_model`` (inside a ``multi`` grader, as OpenAI's schema
+  has it): the same judge, its reply read as one of ``labels`` (:func:`parse_label`), 1 for a passing label, else 0.
 
 The modules: :mod:`.errors` (bounds and errors), :mod:`.objects` (the typed objects and their checks),
 :mod:`.templates`, :mod:`.formulas`, :mod:`.metrics` (string_check and text_similarity), :mod:`.judges` (score_model's
@@ -70,8 +70,10 @@ from .judges import (
     JudgeReply,
     JudgeSampling,
     Message,
+    ModelGrader,
+    model_graders,
+    parse_label,
     parse_score,
-    score_models,
     score_range,
 )
 from .metrics import (
@@ -144,6 +146,7 @@ __all__ = [
     "JudgeSampling",
     "LabelModelGrader",
     "Message",
+    "ModelGrader",
     "MultiGrader",
     "OutputText",
     "PythonGrader",
@@ -157,14 +160,15 @@ __all__ = [
     "check_grader",
     "check_runnable",
     "check_template",
+    "model_graders",
     "parse_formula",
     "parse_grader",
+    "parse_label",
     "parse_score",
     "python_sample",
     "render",
     "run_grader",
     "run_graders",
-    "score_models",
     "score_range",
     "similarity",
     "string_check",

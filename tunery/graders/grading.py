@@ -17,11 +17,13 @@ from .formulas import parse_formula
 from .judges import (
     Judge,
     JudgeReply,
-    JudgeSampling,
+    ModelGrader,
     clamp,
     conversation,
+    model_graders,
+    parse_label,
     parse_score,
-    score_models,
+    sampling,
     score_range,
 )
 from .judges import not_runnable as _judge_not_runnable
@@ -113,14 +115,8 @@ def _not_runnable(grader: AnyGrader, where: str) -> GraderNotRunnable | None:
         missing = sandbox.unavailable()
         if missing:
             return _no_sandbox(missing, where)
-    if isinstance(grader, ScoreModelGrader):
+    if isinstance(grader, ScoreModelGrader | LabelModelGrader):
         return _judge_not_runnable(grader, where)
-    if isinstance(grader, LabelModelGrader):
-        return GraderNotRunnable(
-            f"The {grader.type} grader is not implemented yet in Tunery (score_model is: a judge model that answers "
-            f"a number). '{where}' is well-formed, but cannot run.",
-            f"{where}.type",
-        )
     if isinstance(grader, TextSimilarityGrader) and grader.evaluation_metric == "cosine":
         return GraderNotRunnable(
             "The cosine metric needs an embedding model, and Tunery has none configured: use another "
@@ -181,7 +177,7 @@ def run_graders(
 ) -> list[GradeResult]:
     """:func:`run_grader` of each sample against its item (a reinforcement step's completions): the same results,
     with each python grader in ``grader`` run once for all of them, in one sandbox (its start paid once), and each
-    score_model grader's judge asked once for all of them (a batch)."""
+    model grader's judge asked once for all of them (a batch)."""
     check_runnable(grader, where)
     if len(samples) != len(items):
         raise ValueError(f"{len(samples)} samples for {len(items)} items")
@@ -205,12 +201,12 @@ def run_graders(
 
 
 def _judge_all(grader: AnyGrader, contexts: list[_Context], judge: Judge | None, where: str) -> None:
-    """Ask the judge of each score_model grader in ``grader`` for the replies of all the samples at once; a sample
+    """Ask the judge of each model grader in ``grader`` for the replies of all the samples at once; a sample
     whose messages cannot be filled is not sent (its grading flags why)."""
-    for at, g in score_models(grader, where):
+    for at, g in model_graders(grader, where):
         if judge is None:
             raise GraderNotRunnable(
-                f"The score_model grader '{at}' needs a judge model, and none is at hand here.", f"{at}.model"
+                f"The {g.type} grader '{at}' needs a judge model, and none is at hand here.", f"{at}.model"
             )
         conversations, who = [], []
         for i, ctx in enumerate(contexts):
@@ -222,7 +218,7 @@ def _judge_all(grader: AnyGrader, contexts: list[_Context], judge: Judge | None,
         if not conversations:
             continue
         try:
-            replies = judge.complete(g.model, conversations, JudgeSampling.of(g.sampling_params))
+            replies = judge.complete(g.model, conversations, sampling(g))
             if len(replies) != len(conversations):
                 raise RuntimeError(f"{len(replies)} replies to {len(conversations)} conversations")
         except Exception as e:  # the judge's own failure: each sample's model_grader_server_error, not a crash
@@ -288,7 +284,7 @@ def _score(
 ) -> float:
     if isinstance(grader, PythonGrader):
         return _run_python(grader, ctx, where, errors, problems, limits)
-    if isinstance(grader, ScoreModelGrader):
+    if isinstance(grader, ScoreModelGrader | LabelModelGrader):
         return _judged(grader, ctx, where, errors, problems, usage)
     assert isinstance(grader, StringCheckGrader | TextSimilarityGrader)
     try:
@@ -356,16 +352,17 @@ def _run_python(
 
 
 def _judged(
-    grader: ScoreModelGrader,
+    grader: ModelGrader,
     ctx: _Context,
     where: str,
     errors: GradeErrors,
     problems: list[str],
     usage: dict[str, dict[str, int]],
 ) -> float:
-    """A score_model grader's score: its judge's reply (asked by :func:`_judge_all`) read as a number, clamped into
-    its range; the range's minimum with a flag when there is none."""
-    low, high = score_range(grader)
+    """A model grader's score: its judge's reply (asked by :func:`_judge_all`) read as a number clamped into a
+    score_model's range, or as a label_model's label (1 when it is a passing one, else 0); the range's minimum (0
+    for a label_model) with a flag when the reply is neither."""
+    low, high = score_range(grader) if isinstance(grader, ScoreModelGrader) else (0.0, 1.0)
     reply = ctx.judged.get(id(grader))
     if reply is None:
         try:
@@ -391,6 +388,8 @@ def _judged(
         problems.append(f"{where}: {reply.error}")
         return low
     try:
+        if isinstance(grader, LabelModelGrader):
+            return float(parse_label(reply.text, grader.labels) in grader.passing_labels)
         score = parse_score(reply.text)
     except ValueError as e:
         errors.model_grader_parse_error = True

@@ -1,5 +1,5 @@
-"""The judge of a ``score_model`` grader: a model Tunery serves (a base model, or an ``ft:`` model the project may
-use), asked to score each sample, and the reading of its reply as a score.
+"""The judge of a model grader (``score_model``, ``label_model``): a model Tunery serves (a base model, or an ``ft:``
+model the project may use), asked about each sample, and the reading of its reply as a score or a label.
 
 One interface, :class:`Judge`, with two implementations: on the API the configured serving backend (the embedded
 engine or vLLM: api/services/graders.py), in the reinforcement trainer the judge model loaded in-process
@@ -9,7 +9,9 @@ engine or vLLM: api/services/graders.py), in the reinforcement trainer the judge
   (``input_text``, ``output_text`` or a string), an image or audio part is refused (:func:`not_runnable`).
 - ``sampling_params``: greedy unless ``temperature`` is given (and above 0), ``top_p``, a seeded sampler when
   ``seed`` is given, at most ``max_completions_tokens`` (default :data:`DEFAULT_MAX_TOKENS`) tokens a reply.
-- The reply is read by :func:`parse_score`; the score is clamped into ``range`` (default ``[0, 1]``).
+- A score_model's reply is read by :func:`parse_score`, the score clamped into ``range`` (default ``[0, 1]``); a
+  label_model's by :func:`parse_label`, one of its ``labels`` (its reward 1 when that label is a passing one). A
+  label_model has no sampling parameters: greedy, :data:`DEFAULT_MAX_TOKENS` tokens.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import GraderNotRunnable
-from .objects import AnyGrader, InputText, MultiGrader, OutputText, SamplingParams, ScoreModelGrader
+from .objects import (
+    AnyGrader,
+    InputText,
+    LabelModelGrader,
+    MultiGrader,
+    OutputText,
+    SamplingParams,
+    ScoreModelGrader,
+)
 from .templates import _Context, render
 
 DEFAULT_RANGE = (0.0, 1.0)
@@ -76,16 +86,20 @@ class Judge(Protocol):
         ...
 
 
+ModelGrader = ScoreModelGrader | LabelModelGrader
+
+
 # ---- the graders' judges ------------------------------------------------------------------------------------------
-def score_models(grader: AnyGrader, where: str = "grader") -> list[tuple[str, ScoreModelGrader]]:
-    """The score_model graders of ``grader`` (itself, or a multi grader's sub-graders), with where each is."""
-    if isinstance(grader, ScoreModelGrader):
+def model_graders(grader: AnyGrader, where: str = "grader") -> list[tuple[str, ModelGrader]]:
+    """The model graders (score_model, label_model) of ``grader`` (itself, or a multi grader's sub-graders), with
+    where each is."""
+    if isinstance(grader, ScoreModelGrader | LabelModelGrader):
         return [(where, grader)]
     if isinstance(grader, MultiGrader):
         out = []
         for name, sub in grader.named().items():
             sub_where = f"{where}.graders" if not isinstance(grader.graders, dict) else f"{where}.graders.{name}"
-            out += score_models(sub, sub_where)
+            out += model_graders(sub, sub_where)
         return out
     return []
 
@@ -94,22 +108,26 @@ def score_range(grader: ScoreModelGrader) -> tuple[float, float]:
     return (float(grader.range[0]), float(grader.range[1])) if grader.range else DEFAULT_RANGE
 
 
-def not_runnable(grader: ScoreModelGrader, where: str) -> GraderNotRunnable | None:
-    """A score_model grader Tunery cannot run: content other than text (the models it serves read text)."""
+def sampling(grader: ModelGrader) -> JudgeSampling:
+    return JudgeSampling.of(grader.sampling_params if isinstance(grader, ScoreModelGrader) else None)
+
+
+def not_runnable(grader: ModelGrader, where: str) -> GraderNotRunnable | None:
+    """A model grader Tunery cannot run: content other than text (the models it serves read text)."""
     for i, message in enumerate(grader.input):
         parts = message.content if isinstance(message.content, list) else [message.content]
         for j, part in enumerate(parts):
             if not isinstance(part, str | InputText | OutputText):
                 at = f"{where}.input[{i}].content" + (f"[{j}]" if isinstance(message.content, list) else "")
                 return GraderNotRunnable(
-                    f"The judge models Tunery serves read text only: '{at}' is {part.type}, which a score_model "
+                    f"The judge models Tunery serves read text only: '{at}' is {part.type}, which a {grader.type} "
                     "grader cannot send them.",
                     at,
                 )
     return None
 
 
-def conversation(grader: ScoreModelGrader, ctx: _Context, where: str) -> list[Message]:
+def conversation(grader: ModelGrader, ctx: _Context, where: str) -> list[Message]:
     """The grader's messages with their templates filled for one sample (raises ``_Unfilled`` for a reference the
     sample or item lacks)."""
     out = []
@@ -168,3 +186,39 @@ def parse_score(text: str) -> float:
 
 def clamp(score: float, low: float, high: float) -> float:
     return min(max(score, low), high)
+
+
+def _words(text: str) -> str:
+    return " " + re.sub(r"\W+", " ", text.casefold()).strip() + " "
+
+
+def parse_label(text: str, labels: list[str]) -> str:
+    """The label of a judge's reply, one of ``labels``, or a ``ValueError`` saying why the reply is none:
+
+    1. the reply is a label (``good``, `` good. ``), exactly or ignoring case when that names one label;
+    2. the reply is JSON: a label as a string, or an object whose ``result`` (OpenAI's structured answer) or
+       ``label`` is one;
+    3. the reply holds exactly one of the labels as whole words, ignoring case (``The answer is good.``); several
+       are ambiguous, none is no label."""
+    stripped = text.strip().rstrip(".").strip()
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        data = None
+    if isinstance(data, dict):
+        data = data.get("result", data.get("label"))
+    for candidate in (stripped, data.strip() if isinstance(data, str) else None):
+        if candidate is None:
+            continue
+        if candidate in labels:
+            return candidate
+        folded = [label for label in labels if label.casefold() == candidate.casefold()]
+        if len(folded) == 1:
+            return folded[0]
+    words = _words(text)
+    found = [label for label in labels if _words(label).strip() and _words(label) in words]
+    if len(found) > 1:
+        raise ValueError(f"the judge's reply names several labels ({', '.join(found[:5])}), not one")
+    if not found:
+        raise ValueError(f"the judge's reply names none of the labels ({', '.join(labels[:10])})")
+    return found[0]

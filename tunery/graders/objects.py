@@ -251,6 +251,8 @@ def check_grader(grader: AnyGrader, where: str = "grader") -> None:
                 check_template(text, f"{where}.input[{i}].content")
         if isinstance(grader, ScoreModelGrader):
             check_score_model(grader, where)
+        else:
+            _check_labels(grader, where)
     elif isinstance(grader, PythonGrader):
         _check_python(grader.source, f"{where}.source")
     elif isinstance(grader, MultiGrader):
@@ -287,6 +289,21 @@ def check_score_model(grader: ScoreModelGrader, where: str) -> None:
         raise GraderError(
             f"Invalid value for '{where}.sampling_params.max_completions_tokens': at most {MAX_JUDGE_TOKENS}.",
             f"{where}.sampling_params.max_completions_tokens",
+        )
+
+
+def _check_labels(grader: LabelModelGrader, where: str) -> None:
+    """Labels to choose from (distinct, not empty) and passing labels among them, as OpenAI's schema says."""
+    if not grader.labels or len(set(grader.labels)) != len(grader.labels) or not all(s.strip() for s in grader.labels):
+        raise GraderError(
+            f"Invalid value for '{where}.labels': distinct, non-empty labels, at least one.", f"{where}.labels"
+        )
+    outside = [label for label in grader.passing_labels if label not in grader.labels]
+    if not grader.passing_labels or outside:
+        raise GraderError(
+            f"Invalid value for '{where}.passing_labels': at least one, and a subset of labels"
+            + (f" ({outside[0][:64]!r} is not one)." if outside else "."),
+            f"{where}.passing_labels",
         )
 
 
