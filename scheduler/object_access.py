@@ -59,7 +59,7 @@ class Reach:
 
     job_prefix: str  # jobs/<job>/
     read_keys: frozenset[str]  # the objects of its input files
-    read_prefixes: tuple[str, ...]  # its own prefix; the fine-tuned model it continues from
+    read_prefixes: tuple[str, ...]  # its own prefix; the fine-tuned model it continues from; its ft: judges
 
     def may_read(self, key: str) -> bool:
         return _valid(key) and (key in self.read_keys or any(key.startswith(p) for p in self.read_prefixes))

@@ -211,3 +211,41 @@ def test_resume_states_go_through_the_broker(broker: Any, tmp_path: Path) -> Non
     download_state(trainer, state, tmp_path / "back")
     assert (tmp_path / "back" / "optimizer.pt").read_bytes() == (folder / "optimizer.pt").read_bytes()
     assert not [k for k in broker[1].list("jobs/ftjob-a/") if "/step-2/" in k]
+
+
+def test_a_reinforcement_job_reaches_its_fine_tuned_judges_files(tmp_path: Path) -> None:
+    """A score_model grader's ft: judge is loaded by the trainer from the store: its prefix is in the job's reach when
+    its project may use it, and another project's model (which job creation refuses) never is."""
+    from tunery.plan import ReinforcementPlan, TrainingPlan
+
+    db = Database(f"sqlite:///{tmp_path / 'tunery.db'}")
+    db.upgrade()
+    judge = {"type": "score_model", "name": "j", "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
+    grader = {
+        "type": "multi",
+        "name": "m",
+        "graders": {"mine": {**judge, "model": "ft:tiny:org:j:mine"}, "theirs": {**judge, "model": "ft:tiny:org:j:b"}},
+        "calculate_output": "mine + theirs",
+    }
+    plan = TrainingPlan(
+        method="grpo",
+        n_epochs=1,
+        batch_size=2,
+        learning_rate=1e-4,
+        reinforcement=ReinforcementPlan(
+            grader=grader, num_generations=2, max_completion_length=4, kl_coef=0.0, temperature=1.0
+        ),
+    )
+    with db.session() as s:
+        job = a_job("ftjob-rl", token=TOKEN_A)
+        job.training_file = "file-a"
+        job.plan = plan.model_dump()
+        s.add_all([job, a_model("ft:tiny:org:j:mine", "jobs/ftjob-j1/model"),
+                   a_model("ft:tiny:org:j:b", "jobs/ftjob-j2/model", project="proj-b")])  # fmt: skip
+        s.commit()
+    with db.session() as s:
+        reach = job_reach(s, s.query(Job).filter(Job.id == "ftjob-rl").one())
+    assert reach.read_prefixes == ("jobs/ftjob-rl/", "jobs/ftjob-j1/model/")
+    assert reach.may_read("jobs/ftjob-j1/model/adapter_model.safetensors")
+    assert not reach.may_read("jobs/ftjob-j2/model/adapter_model.safetensors")
+    db.engine.dispose()
