@@ -5,6 +5,7 @@ resolution of ``JobSpec.judges``, end to end, is tests/api/test_judge_jobs.py's.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,11 @@ def test_rewards_come_from_a_judge_loaded_in_the_trainer(
     servicer, address = reporting_server
     judge = JudgeSpec(model=JUDGE_NAME, base_model="tiny-llama", base_model_path=str(tiny_model_dir))
     grader = judge_grader("Rate this answer: {{sample.output_text}}", 0.25, 0.75)
-    result = train(grpo_spec(tmp_path, tiny_model_dir, judge, grader, address))
+    spec = grpo_spec(tmp_path, tiny_model_dir, judge, grader, address)
+    result = train(spec)
     assert result.total_steps == 1
+    manifest = json.loads(open_store(spec.object_store).get_bytes(f"{result.model_prefix}/tunery_manifest.json"))
+    assert manifest["judges"] == {JUDGE_NAME: judge.model_dump()}  # what judged the rewards, recorded
     metrics = [m.metrics.method_metrics for m in servicer.of("Metrics")]
     assert metrics and all(m["reward"] == pytest.approx(0.25) and m["reward_std"] == 0 for m in metrics)
 

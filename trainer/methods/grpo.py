@@ -211,7 +211,8 @@ class GRPO(TrainerMethod):
 
     def manifest_extra(self, run: TrainingRun) -> dict[str, Any]:
         rl = _rl(run.plan)
-        return {"reinforcement": rl.model_dump()}
+        judges = {name: judge.model_dump() for name, judge in run.spec.judges.items()}  # what judged the rewards
+        return {"reinforcement": rl.model_dump(), **({"judges": judges} if judges else {})}
 
 
 register(GRPO())

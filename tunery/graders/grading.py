@@ -40,6 +40,7 @@ from .objects import (
 from .templates import _Context, _Unfilled, render
 
 log = logging.getLogger("tunery.graders")
+
 # ---- grading ------------------------------------------------------------------------------------------------------
 ERROR_FLAGS = (
     "formula_parse_error",
@@ -159,7 +160,7 @@ def run_grader(
     sample or the item (a reference it lacks, a sample that is not JSON, a formula without a value, a python grader
     that fails, a judge's reply that is no number) is an error flag and a reward of 0 (a score_model's: its range's
     minimum); a grader Tunery does not run is a :class:`GraderNotRunnable`. ``limits``: those of a python grader's
-    sandbox, for each python grader in it; ``judge``: what answers its score_model graders."""
+    sandbox, for each python grader in it; ``judge``: what answers its model graders (score_model, label_model)."""
     check_runnable(grader, where)
     started = time.perf_counter()
     ctx = _Context(model_sample, {} if item is None else item)
