@@ -4,9 +4,9 @@ heartbeat.
 Under load the API's event loop has hundreds of requests' callbacks queued, and a probe's request waits its turn
 behind them: 200 clients on 2 cores kept ``GET /health`` on the API port at a p99 of 170-280 ms (bench/api_load.py),
 and a saturated loop can push a probe past its timeout until Kubernetes restarts a pod that is working, only busy.
-A probe must say whether the process works, not how long the queue is. A thread of the API process does not escape
-that queue either: it needs the interpreter's lock, which the loop and the read threads hold in turn (a thread probe
-measured p50 61 ms, p99 241 ms under the same load).
+A probe must say whether the process works, not how long the queue is. A thread of the API process would still wait
+for the interpreter's lock, which the loop and the read threads hold in turn under load; a process of its own shares
+nothing with the API process but the heartbeat.
 
 So the API process runs two things here, from its lifespan (api/app.py):
 
