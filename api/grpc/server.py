@@ -15,13 +15,12 @@ from api.grpc.handlers import service_handler
 from api.grpc.services import (
     AliasServicer,
     ChatServicer,
-    EvaluationServicer,
-    ExportServicer,
     FileServicer,
     FineTuningServicer,
     GraderServicer,
     ModelServicer,
 )
+from api.grpc.short_jobs import EvaluationServicer, ExportServicer
 from tunery.grpc_tls import api_server_credentials
 from tunery.v1 import (
     aliases_pb2,

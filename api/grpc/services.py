@@ -27,16 +27,12 @@ from api.protocol.aliases import (
     UpdateAliasRequest,
 )
 from api.protocol.chat import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, SamplingRequest
-from api.protocol.evaluations import CreateEvaluationRequest, ListEvaluationsRequest
-from api.protocol.exports import CreateExportRequest, ListExportsRequest
 from api.protocol.files import CreateFileRequest, ListFilesRequest
 from api.protocol.graders import RunGraderRequest, ValidateGraderRequest
 from api.protocol.jobs import CreateJob, ListJobCheckpointsRequest, ListJobEventsRequest, ListJobsRequest
 from api.services import graders
 from api.services.aliases import AliasService
 from api.services.chat import ChatService
-from api.services.evaluations import EvaluationService
-from api.services.exports import ExportService
 from api.services.files import FileContent, FileService, file_too_large
 from api.services.jobs import JobService
 from api.services.models import ModelArchive, ModelService
@@ -45,10 +41,6 @@ from tunery.v1 import aliases_pb2 as aliases_pb
 from tunery.v1 import aliases_pb2_grpc as aliases_grpc
 from tunery.v1 import chat_pb2 as chat_pb
 from tunery.v1 import chat_pb2_grpc as chat_grpc
-from tunery.v1 import evaluations_pb2 as evals_pb
-from tunery.v1 import evaluations_pb2_grpc as evals_grpc
-from tunery.v1 import exports_pb2 as exports_pb
-from tunery.v1 import exports_pb2_grpc as exports_grpc
 from tunery.v1 import files_pb2 as files_pb
 from tunery.v1 import files_pb2_grpc as files_grpc
 from tunery.v1 import fine_tuning_pb2 as ft_pb
@@ -65,7 +57,7 @@ SPOOL_MEMORY_BYTES = 1 << 20  # an upload past this is spooled to disk
 DOWNLOAD_CHUNK = 1 << 20  # a DownloadFile message's most bytes: well under the message size limit
 
 
-def _query(request: Any, *path_fields: str) -> dict[str, Any]:
+def query_of(request: Any, *path_fields: str) -> dict[str, Any]:
     """A request's fields other than those REST takes from the path: its query, as REST reads it."""
     return {k: v for k, v in message_dict(request).items() if k not in path_fields}
 
@@ -78,7 +70,7 @@ async def _pieces(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
             yield chunk[i : i + DOWNLOAD_CHUNK]
 
 
-class _Servicer:
+class Servicer:
     def __init__(self, ctx: AppContext, calls: Calls):
         self.ctx, self.calls = ctx, calls
 
@@ -87,7 +79,7 @@ class _Servicer:
         return p.tenant(self.ctx.settings), p.actor
 
 
-class ModelServicer(_Servicer, models_grpc.ModelServiceServicer):
+class ModelServicer(Servicer, models_grpc.ModelServiceServicer):
     async def ListModels(self, request: models_pb.ListModelsRequest, context: Context) -> Any:
         def run(p: Principal) -> bytes:
             models = ModelService(self.ctx, *self._who(p)).list_encoded(encoding(models_pb.Model))
@@ -121,7 +113,7 @@ class ModelServicer(_Servicer, models_grpc.ModelServiceServicer):
             yield chunk
 
 
-class AliasServicer(_Servicer, aliases_grpc.AliasServiceServicer):
+class AliasServicer(Servicer, aliases_grpc.AliasServiceServicer):
     def _svc(self, p: Principal) -> AliasService:
         return AliasService(self.ctx, *self._who(p))
 
@@ -134,7 +126,7 @@ class AliasServicer(_Servicer, aliases_grpc.AliasServiceServicer):
 
     async def ListAliases(self, request: aliases_pb.ListAliasesRequest, context: Context) -> Any:
         def run(p: Principal) -> aliases_pb.ListAliasesResponse:
-            req = ListAliasesRequest.model_validate(_query(request))
+            req = ListAliasesRequest.model_validate(query_of(request))
             return to_message(self._svc(p).list(req), aliases_pb.ListAliasesResponse)
 
         return await self.calls.blocking("AliasService/ListAliases", context, run)
@@ -147,21 +139,21 @@ class AliasServicer(_Servicer, aliases_grpc.AliasServiceServicer):
 
     async def UpdateAlias(self, request: aliases_pb.UpdateAliasRequest, context: Context) -> Any:
         def run(p: Principal) -> aliases_pb.Alias:
-            req = UpdateAliasRequest.model_validate(_query(request, "name"))
+            req = UpdateAliasRequest.model_validate(query_of(request, "name"))
             return to_message(self._svc(p).update(request.name, req), aliases_pb.Alias)
 
         return await self.calls.blocking("AliasService/UpdateAlias", context, run, read=False)
 
     async def RollbackAlias(self, request: aliases_pb.RollbackAliasRequest, context: Context) -> Any:
         def run(p: Principal) -> aliases_pb.Alias:
-            req = RollbackAliasRequest.model_validate(_query(request, "name"))
+            req = RollbackAliasRequest.model_validate(query_of(request, "name"))
             return to_message(self._svc(p).rollback(request.name, req), aliases_pb.Alias)
 
         return await self.calls.blocking("AliasService/RollbackAlias", context, run, read=False)
 
     async def ListAliasVersions(self, request: aliases_pb.ListAliasVersionsRequest, context: Context) -> Any:
         def run(p: Principal) -> aliases_pb.ListAliasVersionsResponse:
-            req = ListAliasVersionsRequest.model_validate(_query(request, "name"))
+            req = ListAliasVersionsRequest.model_validate(query_of(request, "name"))
             return to_message(self._svc(p).history(request.name, req), aliases_pb.ListAliasVersionsResponse)
 
         return await self.calls.blocking("AliasService/ListAliasVersions", context, run)
@@ -173,7 +165,7 @@ class AliasServicer(_Servicer, aliases_grpc.AliasServiceServicer):
         return await self.calls.blocking("AliasService/DeleteAlias", context, run, read=False)
 
 
-class FileServicer(_Servicer, files_grpc.FileServiceServicer):
+class FileServicer(Servicer, files_grpc.FileServiceServicer):
     async def UploadFile(self, request_iterator: AsyncIterator[files_pb.UploadFileRequest], context: Context) -> Any:
         async def run(p: Principal) -> files_pb.File:
             first = await anext(request_iterator, None)
@@ -206,7 +198,7 @@ class FileServicer(_Servicer, files_grpc.FileServiceServicer):
 
     async def ListFiles(self, request: files_pb.ListFilesRequest, context: Context) -> Any:
         def run(p: Principal) -> bytes:
-            req = ListFilesRequest.model_validate(_query(request))
+            req = ListFilesRequest.model_validate(query_of(request))
             page = FileService(self.ctx, *self._who(p)).list_encoded(req, encoding(files_pb.File))
             return page_message(files_pb.ListFilesResponse, page)
 
@@ -239,7 +231,7 @@ class FileServicer(_Servicer, files_grpc.FileServiceServicer):
         return await self.calls.blocking("FileService/GetValidationReport", context, run)
 
 
-class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
+class FineTuningServicer(Servicer, ft_grpc.FineTuningServiceServicer):
     def __init__(self, ctx: AppContext, calls: Calls, watch_poll_seconds: float = 0.5):
         super().__init__(ctx, calls)
         self.watch_poll_seconds = watch_poll_seconds
@@ -270,7 +262,7 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
 
     async def ListJobs(self, request: ft_pb.ListJobsRequest, context: Context) -> Any:
         def run(p: Principal) -> bytes:
-            req = ListJobsRequest.model_validate(_query(request))
+            req = ListJobsRequest.model_validate(query_of(request))
             page = JobService(self.ctx, *self._who(p)).list_encoded(req, encoding(ft_pb.FineTuningJob))
             return page_message(ft_pb.ListJobsResponse, page)
 
@@ -295,7 +287,7 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
 
     async def ListEvents(self, request: ft_pb.ListEventsRequest, context: Context) -> Any:
         def run(p: Principal) -> bytes:
-            req = ListJobEventsRequest.model_validate(_query(request, "job_id"))
+            req = ListJobEventsRequest.model_validate(query_of(request, "job_id"))
             svc = JobService(self.ctx, *self._who(p))
             return page_message(
                 ft_pb.ListEventsResponse, svc.events_encoded(request.job_id, req, encoding(ft_pb.FineTuningJobEvent))
@@ -330,7 +322,7 @@ class FineTuningServicer(_Servicer, ft_grpc.FineTuningServiceServicer):
 
     async def ListCheckpoints(self, request: ft_pb.ListCheckpointsRequest, context: Context) -> Any:
         def run(p: Principal) -> ft_pb.ListCheckpointsResponse:
-            req = ListJobCheckpointsRequest.model_validate(_query(request, "job_id"))
+            req = ListJobCheckpointsRequest.model_validate(query_of(request, "job_id"))
             return to_message(
                 JobService(self.ctx, *self._who(p)).checkpoints(request.job_id, req), ft_pb.ListCheckpointsResponse
             )
@@ -368,7 +360,7 @@ _COMPLETIONS: dict[str, tuple[type[SamplingRequest], type[BaseModel], Callable[.
 }
 
 
-class ChatServicer(_Servicer, chat_grpc.ChatServiceServicer):
+class ChatServicer(Servicer, chat_grpc.ChatServiceServicer):
     """Chat and legacy completions: the request message read as REST's JSON body, the answer (or each streamed
     event) written as its message."""
 
@@ -413,7 +405,7 @@ class ChatServicer(_Servicer, chat_grpc.ChatServiceServicer):
             yield part
 
 
-class GraderServicer(_Servicer, graders_grpc.GraderServiceServicer):
+class GraderServicer(Servicer, graders_grpc.GraderServiceServicer):
     """Graders before training: REST's service (api/services/graders.py), for the caller's project (a score_model's
     judge is one of its models). Not in a read thread: a python grader waits up to its time limit on its sandbox."""
 
@@ -432,79 +424,3 @@ class GraderServicer(_Servicer, graders_grpc.GraderServiceServicer):
             return to_message(answer, graders_pb.ValidateGraderResponse)
 
         return await self.calls.blocking("GraderService/ValidateGrader", context, run, read=False)
-
-
-class EvaluationServicer(_Servicer, evals_grpc.EvaluationServiceServicer):
-    """On-demand evaluations: REST's service (api/services/evaluations.py), each RPC the twin of its
-    /v1/tunery/evaluations route."""
-
-    def _svc(self, p: Principal) -> EvaluationService:
-        return EvaluationService(self.ctx, *self._who(p))
-
-    async def CreateEvaluation(self, request: evals_pb.CreateEvaluationRequest, context: Context) -> Any:
-        def run(p: Principal) -> evals_pb.Evaluation:
-            req = CreateEvaluationRequest.model_validate(message_dict(request))
-            return to_message(self._svc(p).create(req), evals_pb.Evaluation)
-
-        return await self.calls.blocking("EvaluationService/CreateEvaluation", context, run, read=False)
-
-    async def GetEvaluation(self, request: evals_pb.GetEvaluationRequest, context: Context) -> Any:
-        def run(p: Principal) -> evals_pb.Evaluation:
-            return to_message(self._svc(p).retrieve(request.evaluation_id), evals_pb.Evaluation)
-
-        return await self.calls.blocking("EvaluationService/GetEvaluation", context, run)
-
-    async def ListEvaluations(self, request: evals_pb.ListEvaluationsRequest, context: Context) -> Any:
-        def run(p: Principal) -> evals_pb.ListEvaluationsResponse:
-            req = ListEvaluationsRequest.model_validate(_query(request))
-            return to_message(self._svc(p).list(req), evals_pb.ListEvaluationsResponse)
-
-        return await self.calls.blocking("EvaluationService/ListEvaluations", context, run)
-
-    async def CancelEvaluation(self, request: evals_pb.CancelEvaluationRequest, context: Context) -> Any:
-        def run(p: Principal) -> evals_pb.Evaluation:
-            return to_message(self._svc(p).cancel(request.evaluation_id), evals_pb.Evaluation)
-
-        return await self.calls.blocking("EvaluationService/CancelEvaluation", context, run, read=False)
-
-    async def GetEvaluationReport(self, request: evals_pb.GetEvaluationReportRequest, context: Context) -> Any:
-        def run(p: Principal) -> evals_pb.EvaluationReport:
-            report = self._svc(p).report(request.evaluation_id)
-            # REST's JSON of the report (a NaN figure is null there, as in the Struct), whole, as a Struct.
-            return to_message({"report": json.loads(report.model_dump_json())}, evals_pb.EvaluationReport)
-
-        return await self.calls.blocking("EvaluationService/GetEvaluationReport", context, run)
-
-
-class ExportServicer(_Servicer, exports_grpc.ExportServiceServicer):
-    """Merged-model exports: REST's service (api/services/exports.py), each RPC the twin of its /v1/tunery/exports
-    route."""
-
-    def _svc(self, p: Principal) -> ExportService:
-        return ExportService(self.ctx, *self._who(p))
-
-    async def CreateExport(self, request: exports_pb.CreateExportRequest, context: Context) -> Any:
-        def run(p: Principal) -> exports_pb.Export:
-            req = CreateExportRequest.model_validate(message_dict(request))
-            return to_message(self._svc(p).create(req), exports_pb.Export)
-
-        return await self.calls.blocking("ExportService/CreateExport", context, run, read=False)
-
-    async def GetExport(self, request: exports_pb.GetExportRequest, context: Context) -> Any:
-        def run(p: Principal) -> exports_pb.Export:
-            return to_message(self._svc(p).retrieve(request.export_id), exports_pb.Export)
-
-        return await self.calls.blocking("ExportService/GetExport", context, run)
-
-    async def ListExports(self, request: exports_pb.ListExportsRequest, context: Context) -> Any:
-        def run(p: Principal) -> exports_pb.ListExportsResponse:
-            req = ListExportsRequest.model_validate(_query(request))
-            return to_message(self._svc(p).list(req), exports_pb.ListExportsResponse)
-
-        return await self.calls.blocking("ExportService/ListExports", context, run)
-
-    async def CancelExport(self, request: exports_pb.CancelExportRequest, context: Context) -> Any:
-        def run(p: Principal) -> exports_pb.Export:
-            return to_message(self._svc(p).cancel(request.export_id), exports_pb.Export)
-
-        return await self.calls.blocking("ExportService/CancelExport", context, run, read=False)

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from api.encoded import EncodedPage
 from tunery.wire import omitted as omitted  # re-exported: the protocol modules import it from here
@@ -75,6 +75,13 @@ class TuneryExtension(BaseModel):
     """A section of Tunery's own ``tunery.*`` extensions: every field is Tunery's, so an unknown one is a 400."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class PageRequest(TuneryExtension):
+    """A list request of a Tunery resource: the cursor (an id of the last page) and the page size."""
+
+    after: str | None = None
+    limit: int = Field(20, ge=1)
 
 
 class OpenAIResponse(BaseModel):

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from api.protocol.base import CursorPage, Name, OpenAIResponse, TuneryExtension
+from api.protocol.base import CursorPage, Name, OpenAIResponse, PageRequest, TuneryExtension
 from api.protocol.jobs import FineTuningJobError
 from tunery.evalreport import ReportOptions, ReportSummary
 from tunery.jobstate import JobStatus
@@ -30,9 +30,8 @@ class CreateEvaluationRequest(TuneryExtension):
     )
 
 
-class ListEvaluationsRequest(TuneryExtension):
-    after: str | None = None
-    limit: int = Field(20, ge=1)
+class ListEvaluationsRequest(PageRequest):
+    pass
 
 
 class Evaluation(OpenAIResponse):

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from api.protocol.base import CursorPage, Name, OpenAIResponse, TuneryExtension
+from api.protocol.base import CursorPage, Name, OpenAIResponse, PageRequest, TuneryExtension
 from api.protocol.jobs import FineTuningJobError
 from tunery.exports import ExportDtype, ExportFormat, GgufType
 from tunery.jobstate import JobStatus
@@ -27,9 +27,8 @@ class CreateExportRequest(TuneryExtension):
     gguf_type: GgufType | None = Field(None, description="For format gguf: f32, f16 (the default) or q8_0.")
 
 
-class ListExportsRequest(TuneryExtension):
-    after: str | None = None
-    limit: int = Field(20, ge=1)
+class ListExportsRequest(PageRequest):
+    pass
 
 
 class Export(OpenAIResponse):

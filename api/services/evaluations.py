@@ -1,14 +1,9 @@
 """On-demand evaluations (docs/evals.md): the eval report of an existing ``ft:`` model or checkpoint model against a
 file of the project, as a short job of its own: create one, list, retrieve and cancel them, read the report.
 
-The design: an evaluation is a job of kind ``evaluation`` (tunery.jobstate.JobKind) in the jobs table, so it goes
-through everything a fine-tuning job's run does, unchanged: the state machine, the scheduler's file validation,
-fair queue, project quotas and claims, the trainer's launch on either backend (local process or Kubernetes Job), its
-run token and reporting channel, cancellation, crash handling and the trainer log. At the API it is its own
-resource, ``/v1/tunery/evaluations`` (ids ``evaljob-...``, object ``tunery.evaluation``): the fine-tuning routes
-select ``kind = fine_tune`` (api/services/jobs.py, :func:`api.services.jobs.owned`), so OpenAI SDK users never see
-an evaluation among their fine-tuning jobs. A next short kind (a merged-model export) adds a kind, a trainer task,
-a spec builder and a resource like this one (it did: api/services/exports.py).
+The design: an evaluation is a short job (api/services/short_jobs.py) of kind ``evaluation``, so it goes through
+everything a fine-tuning job's run does, unchanged, the scheduler's file validation included. At the API it is its
+own resource, ``/v1/tunery/evaluations`` (ids ``evaljob-...``, object ``tunery.evaluation``).
 
 The checks, in the other routes' words: the model is one the project may use (its own, or shared with it;
 otherwise the 404 of ``GET /v1/models/{model}``); a base model is refused (400 ``invalid_model``: a report compares
@@ -22,24 +17,19 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from api.context import AppContext, Tenant
 from api.errors import InvalidRequest, NotFound
-from api.pagination import page
-from api.protocol.evaluations import CreateEvaluationRequest, Evaluation, EvaluationList, ListEvaluationsRequest
+from api.protocol.evaluations import CreateEvaluationRequest, Evaluation, EvaluationList
 from api.protocol.jobs import FineTuningJobError
-from api.services.jobs import NOT_SHOWN, owned
 from api.services.models import model_to_read
 from api.services.prepare import check_file
-from tunery import ids, jobstate
-from tunery.audit import Actor, EventType, record
+from api.services.short_jobs import ShortJobService
+from tunery import ids
+from tunery.audit import EventType
 from tunery.data import DataFormat
 from tunery.db import File, Job
-from tunery.db.ops import add_event, now
 from tunery.evalreport import EvalReport, ReportOptions, ReportSummary
 from tunery.files import report_key
 from tunery.jobstate import EVAL_FILE_PARAM, JobKind, JobStatus
@@ -66,36 +56,15 @@ def evaluation_object(j: Job) -> Evaluation:
     )
 
 
-def evaluation_not_found(evaluation_id: str) -> NotFound:
-    return NotFound(f"No such evaluation: {evaluation_id}", param="evaluation_id")
-
-
-class EvaluationService:
+class EvaluationService(ShortJobService[Evaluation, EvaluationList]):
     """The caller's evaluations. Blocking (database, object store): run it off the event loop."""
 
-    def __init__(self, ctx: AppContext, tenant: Tenant, actor: Actor):
-        self.ctx = ctx
-        self.tenant = tenant
-        self.actor = actor
-
-    def _find(self, s: Session, evaluation_id: str) -> Job:
-        job = s.scalar(
-            select(Job).where(Job.id == evaluation_id, *owned(self.tenant, JobKind.evaluation)).options(*NOT_SHOWN)
-        )
-        if job is None:
-            raise evaluation_not_found(evaluation_id)
-        return job
-
-    def _record(self, s: Session, type: EventType, job: Job, details: dict[str, Any] | None = None) -> None:
-        record(
-            s,
-            type,
-            self.actor,
-            organization_id=job.organization_id,
-            project_id=job.project_id,
-            resource_id=job.id,
-            details=details,
-        )
+    kind = JobKind.evaluation
+    noun = "evaluation"
+    created = EventType.EVALUATION_CREATED
+    cancelled = EventType.EVALUATION_CANCELLED
+    list_type = EvaluationList
+    to_object = staticmethod(evaluation_object)
 
     def _check_format(self, f: File) -> None:
         """A file validated at upload whose examples have no answers to score (reinforcement data) is refused now;
@@ -141,70 +110,19 @@ class EvaluationService:
             self._check_format(check_file(s, t, req.file, EVAL_FILE_PARAM))
             if options.reference_file is not None:
                 check_file(s, t, options.reference_file, REFERENCE)
-            job = Job(
-                id=ids.evaluation_id(),
-                kind=JobKind.evaluation,
-                organization_id=t.organization_id,
-                project_id=t.project_id,
-                created_at=now(),
+            job_id = ids.evaluation_id()
+            out = self._new(
+                s,
+                job_id=job_id,
                 model=req.model,
                 base_model=row.base_model,
-                training_file=req.file,
-                validation_file=None,
-                suffix=None,
+                parent=parent,
+                options={"eval": options.model_dump()},
+                file=req.file,
                 seed=seed,
-                job_metadata=None,
-                method=parent.method,
-                hyperparameters=parent.hyperparameters,
-                integrations=[],
-                extensions={"tunery": {"eval": options.model_dump()}},
-                result_files=[],
-                attempts=0,
-                priority=0,
-                plan=plan.model_dump(),
+                events=[f"Created evaluation: {job_id} of {req.model}", f"Validating file: {req.file}"],
+                details={"model": req.model, "file": req.file},
             )
-            jobstate.create(job)
-            s.add(job)
-            s.flush()
-            add_event(s, job.id, f"Created evaluation: {job.id} of {req.model}")
-            add_event(s, job.id, f"Validating file: {req.file}")
-            details = {"kind": JobKind.evaluation.value, "model": req.model, "file": req.file}
-            self._record(s, EventType.EVALUATION_CREATED, job, {"data": details})
-            out = evaluation_object(job)
-        self.ctx.wake_scheduler()
-        return out
-
-    def list(self, req: ListEvaluationsRequest) -> EvaluationList:
-        """The tenant's evaluations, newest first."""
-        with self.ctx.db.session() as s:
-            q = select(Job).where(*owned(self.tenant, JobKind.evaluation)).options(*NOT_SHOWN)
-            rows, more = page(s, Job, q, after=req.after, limit=req.limit)
-            return EvaluationList.of([evaluation_object(j) for j in rows], more)
-
-    def retrieve(self, evaluation_id: str) -> Evaluation:
-        with self.ctx.db.session() as s:
-            return evaluation_object(self._find(s, evaluation_id))
-
-    def cancel(self, evaluation_id: str) -> Evaluation:
-        """Cancel an evaluation that has not finished (the state machine's cancel, as a job's): at once if it waits;
-        a run is stopped by the scheduler."""
-
-        def apply(s: Session) -> Evaluation:
-            job = self._find(s, evaluation_id)
-            try:
-                jobstate.cancel(job, now())
-            except jobstate.IllegalTransition:
-                done = "been cancelled" if job.status == JobStatus.cancelled else job.status
-                raise InvalidRequest(
-                    f"Evaluation {evaluation_id} has already {done}.",
-                    param="evaluation_id",
-                    code="evaluation_not_cancellable",
-                ) from None
-            add_event(s, job.id, "Evaluation cancelled")
-            self._record(s, EventType.EVALUATION_CANCELLED, job)
-            return evaluation_object(job)
-
-        out = self.ctx.db.transaction(apply)
         self.ctx.wake_scheduler()
         return out
 
