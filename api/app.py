@@ -150,6 +150,11 @@ def create_app(ctx: AppContext) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    if ctx.settings.dashboard:
+        from api.dashboard import make_router
+
+        app.include_router(make_router())
+
     if ctx.settings.metrics_enabled:
         # Prometheus scrapes it without an API key: aggregate counts only, routes as templates (docs/metrics.md).
         @app.get("/metrics", include_in_schema=False)

@@ -178,6 +178,20 @@ def _stats(values: Sequence[int]) -> dict[str, float | int]:
     }
 
 
+HISTOGRAM_BINS = 20
+
+
+def histogram(values: Sequence[int], bins: int = HISTOGRAM_BINS) -> dict[str, list[int]]:
+    """Examples per range of token counts (the dashboard draws it): ``counts[i]`` examples have at least ``edges[i]``
+    and fewer than ``edges[i + 1]`` tokens. At most ``bins`` ranges of equal whole widths, from the min to the max."""
+    arr = np.asarray(values, dtype=np.int64)
+    lo, hi = int(arr.min()), int(arr.max())
+    width = max(1, -(-(hi - lo + 1) // bins))  # ceil: whole tokens per range
+    edges = [*range(lo, hi + 1, width), hi + 1]
+    counts, _ = np.histogram(arr, bins=np.asarray(edges, dtype=np.float64) - 0.5)
+    return {"edges": edges, "counts": [int(c) for c in counts]}
+
+
 def token_report(scan: FileScan, model: str, max_seq_length: int | None) -> dict[str, Any] | None:
     """Token statistics of a scanned file. A reinforcement file's tokens are its prompts (rendered with the
     generation prompt) and none is trained (``trained`` 0, ``prompt_only`` true): the model is trained on the
@@ -191,6 +205,7 @@ def token_report(scan: FileScan, model: str, max_seq_length: int | None) -> dict
         "trained": int(sum(scan.trained)),
         "per_example": _stats(scan.tokens),
         "trained_per_example": _stats(scan.trained),
+        "histogram": histogram(scan.tokens),
         "no_trained_tokens": sum(1 for t in scan.trained if t == 0),
     }
     if scan.kind == "reinforcement":

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     probe_stale_seconds: float = Field(default=10.0, gt=0)
     # GET /metrics (Prometheus text format) on the API and the scheduler's HTTP port, without an API key.
     metrics_enabled: bool = True
+    # The web dashboard at /dashboard/ (docs/dashboard.md): static pages that call the API with the user's key.
+    dashboard: bool = True
 
     # Metadata store: SQLAlchemy URL; empty means SQLite under the data dir.
     database_url: str = ""
