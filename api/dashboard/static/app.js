@@ -635,6 +635,14 @@
   const H = 240;
   const PAD = { l: 60, r: 14, t: 26, b: 30 };
 
+  // A tick's label, with as many digits as the ticks' spacing needs to tell them apart.
+  function tickLabel(v, spacing) {
+    if (v === 0) return "0";
+    const a = Math.abs(v);
+    if (a < 1e-3 || a >= 1e5) return v.toExponential(Math.max(1, Math.min(6, Math.ceil(Math.log10(a / spacing)))));
+    return v.toFixed(Math.max(0, Math.min(8, -Math.floor(Math.log10(spacing)))));
+  }
+
   function ticks(lo, hi, n) {
     if (hi === lo) return [lo];
     return Array.from({ length: n + 1 }, (_, i) => lo + ((hi - lo) * i) / n);
@@ -661,7 +669,7 @@
     const axes = s("g", { class: "axes" });
     for (const y of ticks(y0, y1, 4)) {
       axes.append(s("line", { x1: PAD.l, x2: W - PAD.r, y1: Y(y), y2: Y(y), class: "grid" }));
-      axes.append(s("text", { x: PAD.l - 6, y: Y(y) + 4, "text-anchor": "end", text: num(y, 3) }));
+      axes.append(s("text", { x: PAD.l - 6, y: Y(y) + 4, "text-anchor": "end", text: tickLabel(y, (y1 - y0) / 4) }));
     }
     const xs = [...new Set(ticks(x0, x1, Math.min(5, x1 - x0)).map(Math.round))];
     for (const x of xs) axes.append(s("text", { x: X(x), y: H - PAD.b + 16, "text-anchor": "middle", text: x }));

@@ -1,5 +1,6 @@
 """How the dashboard's files are served (docs/dashboard.md): without a key, with a strict Content-Security-Policy,
-from a closed set of names, and not at all with TUNERY_DASHBOARD=false. No browser here (test_dashboard.py has one)."""
+from a closed set of names, and not at all with TUNERY_DASHBOARD=false. No browser here: tests/e2e/test_dashboard.py
+has one."""
 
 from __future__ import annotations
 

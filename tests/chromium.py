@@ -1,6 +1,6 @@
-"""A real headless Chromium for the dashboard's tests: Debian's ``chromium`` and ``chromium-driver`` (``make browser``
-installs them), driven by Selenium. Without them the tests skip with the reason, except under CI=true, where they
-fail (tests/metadata_stores.py's rule for every real part)."""
+"""A real headless Chromium for the dashboard's tests (tests/e2e/test_dashboard.py): Debian's ``chromium`` and
+``chromium-driver`` (``make browser`` installs them), driven by Selenium. Without them the tests skip with the reason,
+except under CI=true, where they fail (tests/metadata_stores.py's rule for every real part)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ WIDTH, HEIGHT = 1280, 1400
 
 def chromium_paths() -> tuple[str, str]:
     """(browser, driver): Debian's, or those TUNERY_TEST_CHROMIUM and TUNERY_TEST_CHROMEDRIVER name."""
-    browser = os.environ.get("TUNERY_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = os.environ.get("TUNERY_TEST_CHROMEDRIVER") or shutil.which("chromedriver")
+    browser = shutil.which(os.environ.get("TUNERY_TEST_CHROMIUM", "chromium"))
+    driver = shutil.which(os.environ.get("TUNERY_TEST_CHROMEDRIVER", "chromedriver"))
     if not browser or not driver:
         unavailable("no chromium and chromedriver here (run `make browser`: apt-get install chromium chromium-driver)")
     return str(browser), str(driver)

@@ -15,13 +15,24 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MODEL_CACHE, TINY, RunningServer, chat_lines, start_server
-from tests.dashboard.browser import WIDTH, png_pixels, wait_for
+from tests.chromium import WIDTH, png_pixels, start_chromium, wait_for
+from tests.conftest import TINY, RunningServer, chat_lines, start_server
 
 pytestmark = pytest.mark.integration  # a real trainer run
 
 KEY = "sk-dashboard-test-key-0123456789"
 N_EXAMPLES, BATCH = 10, 2  # the fewest examples a job takes; 5 steps of one epoch
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for the whole module (a start costs about a second)."""
+    driver = start_chromium()
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 @dataclass
@@ -84,13 +95,11 @@ def sign_in(driver: Any, key: str) -> None:
 
 def severe_console_errors(driver: Any) -> list[str]:
     """The browser console's errors, but for the 401 the wrong key got (Chromium logs a failed fetch)."""
-    return [
-        e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]
-    ]
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]]
 
 
 # ---- in the browser --------------------------------------------------------------------------------------------
-def test_a_wrong_key_shows_the_error_and_the_right_key_signs_in(shared: Shared, chromium: Any) -> None:
+def test_a_wrong_key_shows_the_error_and_the_right_key_signs_in(chromium: Any, shared: Shared) -> None:
     go(chromium, shared.srv, "#/jobs")
     wait_for(lambda: chromium.current_url.endswith("#/login"), what="the sign-in page")
     assert not css(chromium, "#nav").is_displayed()
@@ -117,16 +126,17 @@ def upload_through_the_page(driver: Any, path: Path) -> str:
     link = wait_for(lambda: css(driver, "#upload-status a"), what="the upload's end")
     bar = css(driver, "#upload-progress")
     # the upload's progress events count the whole multipart body: the file and the form around it
-    assert bar.get_attribute("value") == bar.get_attribute("max") and int(bar.get_attribute("max")) > path.stat().st_size
+    done, total = bar.get_attribute("value"), bar.get_attribute("max")
+    assert done == total and int(total) > path.stat().st_size
     return str(link.text)
 
 
-def test_a_file_uploaded_through_the_page_shows_its_validation_report(shared: Shared, chromium: Any) -> None:
+def test_a_file_uploaded_through_the_page_shows_its_validation_report(chromium: Any, shared: Shared) -> None:
     good = shared.tmp / "train.jsonl"
     good.write_bytes(chat_lines(N_EXAMPLES))
     shared.file_id = upload_through_the_page(chromium, good)
     uploaded = shared.srv.client.files.retrieve(shared.file_id)
-    assert uploaded.filename == "train.jsonl" and uploaded.purpose == "fine-tune" and uploaded.bytes == good.stat().st_size
+    assert (uploaded.filename, uploaded.purpose, uploaded.bytes) == ("train.jsonl", "fine-tune", good.stat().st_size)
     assert wait_for(lambda: css(chromium, f"#files-table tr[data-file-id='{shared.file_id}']"), what="the file listed")
     report = wait_for(lambda: css(chromium, "#validation-report .report"), what="the validation report")
     expected = shared.srv.http.get(f"/v1/files/{shared.file_id}/validation").json()
@@ -157,7 +167,7 @@ def points(driver: Any, series: str) -> int:
     return int(found[0].get_attribute("data-count")) if found else 0
 
 
-def test_a_job_page_draws_the_loss_curve_live(shared: Shared, chromium: Any) -> None:
+def test_a_job_page_draws_the_loss_curve_live(chromium: Any, shared: Shared) -> None:
     client = shared.srv.client
     file_id = shared.file_id or client.files.create(file=("t.jsonl", chat_lines(N_EXAMPLES)), purpose="fine-tune").id
     job = client.fine_tuning.jobs.create(
@@ -199,13 +209,13 @@ def test_a_job_page_draws_the_loss_curve_live(shared: Shared, chromium: Any) -> 
     assert (width, height) == (WIDTH, chromium.execute_script("return window.innerHeight")) and height > 600
     colours = {tuple(int(v) for v in px) for px in pixels[::7, ::7].reshape(-1, 3)}
     assert len(colours) > 50, "the screenshot is blank"
-    chart = css(chromium, "#loss-chart").rect
-    box = pixels[int(chart["y"]) : int(chart["y"] + chart["height"]), int(chart["x"]) : int(chart["x"] + chart["width"])]
+    r = css(chromium, "#loss-chart").rect
+    box = pixels[int(r["y"]) : int(r["y"] + r["height"]), int(r["x"]) : int(r["x"] + r["width"])]
     blue = ((box[:, :, 2].astype(int) - box[:, :, 0].astype(int)) > 80).sum()  # the train_loss line (#1f5fbf)
     assert blue > 100, "no loss curve drawn in the screenshot"
 
 
-def test_cancel_from_the_job_page(shared: Shared, chromium: Any) -> None:
+def test_cancel_from_the_job_page(chromium: Any, shared: Shared) -> None:
     job_id = shared.queued_job_id
     go(chromium, shared.srv, f"#/jobs/{job_id}")
     button = wait_for(lambda: css(chromium, "#cancel-job"), what="the cancel button")
@@ -220,7 +230,7 @@ def test_cancel_from_the_job_page(shared: Shared, chromium: Any) -> None:
     assert button is not None
 
 
-def test_the_finished_job_shows_its_checkpoints_report_and_hyperparameters(shared: Shared, chromium: Any) -> None:
+def test_the_finished_job_shows_its_checkpoints_report_and_hyperparameters(chromium: Any, shared: Shared) -> None:
     job = shared.srv.wait_job(shared.job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
     assert job.status == "succeeded", (job.error, shared.srv.events(job.id))
     go(chromium, shared.srv, f"#/jobs/{job.id}")
@@ -245,7 +255,7 @@ def test_the_finished_job_shows_its_checkpoints_report_and_hyperparameters(share
     assert job.fine_tuned_model in done.text and "succeeded" in done.text
 
 
-def test_the_models_page_lists_the_fine_tuned_model_with_its_lineage(shared: Shared, chromium: Any) -> None:
+def test_the_models_page_lists_the_fine_tuned_model_with_its_lineage(chromium: Any, shared: Shared) -> None:
     job = shared.srv.client.fine_tuning.jobs.retrieve(shared.job_id)
     css(chromium, "a[data-nav=models]").click()
     row = wait_for(lambda: css(chromium, f"#models-table tr[data-model-id='{job.fine_tuned_model}']"), what="the model")
@@ -257,7 +267,7 @@ def test_the_models_page_lists_the_fine_tuned_model_with_its_lineage(shared: Sha
     assert css(chromium, f"#models-table tr[data-model-id='{TINY}']").get_attribute("data-kind") == "base"
 
 
-def test_the_playground_chats_with_a_model_beside_its_base(shared: Shared, chromium: Any) -> None:
+def test_the_playground_chats_with_a_model_beside_its_base(chromium: Any, shared: Shared) -> None:
     job = shared.srv.client.fine_tuning.jobs.retrieve(shared.job_id)
     row = css(chromium, f"#models-table tr[data-model-id='{job.fine_tuned_model}']")
     row.find_element("css selector", "a[href^='#/playground']").click()
