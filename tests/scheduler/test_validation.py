@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import pytest
 
+from scheduler.validation import HISTOGRAM_BINS, histogram
 from tests.conftest import chat_lines
 from tests.schema import validate
 
@@ -39,6 +41,20 @@ def test_good_file_is_processed_with_a_report(server, upload):
     assert report["model"] == "tiny-llama" and tokens["tokenizer"] == "tiktoken"
     assert report["messages"] == 14 * 2
     assert report["warnings"] == ["2 example(s) repeat an earlier example exactly."]
+    hist = tokens["histogram"]  # examples per range of tokens, the dashboard's chart
+    assert sum(hist["counts"]) == 14 and hist["edges"][0] == tokens["per_example"]["min"]
+    assert hist["edges"][-1] == tokens["per_example"]["max"] + 1
+
+
+@pytest.mark.parametrize("values", [[5], [1, 2, 3], [50, 52, 55, 56, 51, 50], list(range(10, 1000, 7)), [3, 3, 40]])
+def test_the_token_histogram_puts_each_example_in_its_range(values: list[int]) -> None:
+    hist = histogram(values)
+    edges, counts = hist["edges"], hist["counts"]
+    assert len(counts) == len(edges) - 1 <= HISTOGRAM_BINS
+    assert edges[0] == min(values) and edges[-1] == max(values) + 1 and edges == sorted(set(edges))
+    widths = [b - a for a, b in pairwise(edges)]
+    assert len(set(widths[:-1])) <= 1 and widths[-1] <= widths[0]  # one width; the last range may be cut at the max
+    assert counts == [sum(a <= v < b for v in values) for a, b in pairwise(edges)]
 
 
 def test_bad_file_is_an_error_with_every_line_listed(server, upload):
