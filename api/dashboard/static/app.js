@@ -478,7 +478,11 @@
         progress.value = progress.max;
       }
       const keys = new Set(metrics.flatMap((m) => Object.keys(m)));
-      drawChart(lossChart, seriesOf(metrics, LOSSES.filter((k) => keys.has(k))), "No loss reported yet.");
+      // full_valid_loss is drawn where it differs from valid_loss (a validation set evaluated whole, the usual case,
+      // reports the same figure as both)
+      const same = metrics.every((m) => m.full_valid_loss === undefined || m.full_valid_loss === m.valid_loss);
+      const losses = LOSSES.filter((k) => keys.has(k) && !(k === "full_valid_loss" && same));
+      drawChart(lossChart, seriesOf(metrics, losses), "No loss reported yet.");
       const rewards = [...keys].filter(isReward).sort();
       rewardFigure.hidden = !rewards.length;
       if (rewards.length) drawChart(rewardChart, seriesOf(metrics, rewards), "");
@@ -517,16 +521,19 @@
         if (known || !pageOf.has_more || !pageOf.data.length) break;
         after = pageOf.data[pageOf.data.length - 1].id;
       }
-      if (!fresh.length) return;
+      if (!fresh.length) return false;
       for (const e of fresh) events.set(e.id, e);
       order = [...fresh.map((e) => e.id), ...order];
       renderMetrics();
       renderEvents();
+      return true;
     }
 
     let shownCheckpoints = "";
+    let checkpointsRead = false;
     async function refreshCheckpoints() {
       const list = await all(`/fine_tuning/jobs/${jobId}/checkpoints`, 100);
+      checkpointsRead = true;
       const sig = list.map((c) => c.id + JSON.stringify(c.tunery || {})).join();
       if (sig === shownCheckpoints) return;
       shownCheckpoints = sig;
@@ -567,8 +574,8 @@
     await every(p, POLL_MS, async () => {
       job = await api(`/fine_tuning/jobs/${jobId}`);
       renderJob();
-      await refreshEvents();
-      if (!ended) await refreshCheckpoints();
+      // a checkpoint comes with an event: the list is read again only when there are new events
+      if ((await refreshEvents()) || !checkpointsRead) await refreshCheckpoints();
       renderMetrics();
       // one more round after the job ends, for its last events and checkpoints; then nothing changes
       if (!LIVE.has(job.status)) {
@@ -899,7 +906,8 @@
       const path = [];
       c.forEach((link, i) => {
         if (i) path.push(h("span", { class: "arrow", text: " → " }), link.job ? [jobLink(link.job.id), h("span", { class: "arrow", text: " → " })] : "");
-        path.push(h("span", { class: `model kind-${link.kind}`, text: link.id === m.id ? (link.kind === "base" ? link.id : link.kind) : link.id }));
+        const label = link.kind === "checkpoint" ? `checkpoint at step ${link.step}` : link.kind;
+        path.push(h("span", { class: `model kind-${link.kind}`, text: link.id === m.id && link.kind !== "base" ? label : link.id }));
       });
       tbody.append(h("tr", { "data-model-id": m.id, "data-kind": me.kind },
         h("td", { class: "model-id", text: m.id }), h("td", { text: me.kind }), h("td", { class: "lineage" }, path),
