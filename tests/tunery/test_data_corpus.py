@@ -58,7 +58,7 @@ def test_malformed_files_fail_jobs_through_the_api(server, upload):
         jobs[name] = server.client.fine_tuning.jobs.create(model=TINY, training_file=f.id).id
     for name, job_id in jobs.items():
         expected = EXPECTED[name]
-        job = server.wait_job(job_id, {"failed"}, timeout=30)
+        job = server.wait_job(job_id, {"failed"}, timeout=120)
         assert job.error.code == expected["code"], (name, job.error)
         assert job.error.param == "training_file"
         assert f"line {expected['line']}" in job.error.message, (name, job.error.message)
