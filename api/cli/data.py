@@ -24,8 +24,8 @@ def data_validate(
     import json
 
     from rich.console import Console
-    from rich.table import Table
 
+    from api.cli.views import print_validation
     from scheduler.validation import file_report
     from tunery.filescan import ScanOptions, scan_path
 
@@ -58,28 +58,5 @@ def data_validate(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        console = Console()
-        ok = report["status"] == "processed"
-        console.print(
-            f"[bold]{path}[/]: [{'green' if ok else 'red'}]{'valid' if ok else 'invalid'}[/] - "
-            f"{report['examples']} example(s), {report['messages']} message(s) in {report['lines']} line(s), "
-            f"format {report['format']}"
-        )
-        tokens = report["tokens"]
-        if tokens:
-            table = Table("", "min", "mean", "p50", "p95", "max", "total", title=f"Tokens ({tokens['model']})")
-            for label, key, total in (
-                ("per example", "per_example", tokens["total"]),
-                ("trained", "trained_per_example", tokens["trained"]),
-            ):
-                st = tokens[key]
-                table.add_row(label, *(str(st[k]) for k in ("min", "mean", "p50", "p95", "max")), str(total))
-            console.print(table)
-        if report["errors"]["total"]:
-            table = Table("line", "field", "problem", title=f"{report['errors']['total']} invalid line(s)")
-            for e in report["errors"]["listed"]:
-                table.add_row(str(e["line"]), e["field"] or "", e["message"])
-            console.print(table)
-        for w in report["warnings"]:
-            console.print(f"[yellow]warning:[/] {w}")
+        print_validation(Console(), report, str(path))
     raise typer.Exit(0 if report["status"] == "processed" else 1)

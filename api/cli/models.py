@@ -1,4 +1,5 @@
-"""``tunery models``: base models; fine-tuned models to take home (download, export merged)."""
+"""``tunery models``: the server's models (base, fine-tuned, checkpoints: list, get, delete, through its API); this
+machine's base models (prepare, ``list --local``); fine-tuned models to take home (download, export merged)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ from typing import NoReturn
 
 import typer
 
-from api.cli.common import settings_of
+from api.cli.common import API_KEY, BASE_URL, JSON_OUT, api_command, client, print_json, settings_of, table, when
 
-models_app = typer.Typer(no_args_is_help=True, help="Base models; fine-tuned models to take home.")
+models_app = typer.Typer(
+    no_args_is_help=True, help="The server's models (base, fine-tuned, checkpoints); fine-tuned models to take home."
+)
+
+
+def model_kind(model_id: str) -> str:
+    """``base``, ``fine-tuned`` or ``checkpoint``, from the model's name (``ft:...``, ``ft:...:ckpt-step-N``)."""
+    if not model_id.startswith("ft:"):
+        return "base"
+    return "checkpoint" if ":ckpt-step-" in model_id else "fine-tuned"
 
 
 @models_app.command("prepare")
@@ -23,10 +33,65 @@ def models_prepare() -> None:
 
 
 @models_app.command("list")
-def models_list() -> None:
-    """Configured base models and their folders."""
-    for name, path in settings_of().base_model_paths().items():
-        typer.echo(f"{name}\t{path}")
+@api_command
+def models_list(
+    local: bool = typer.Option(
+        False, "--local", help="This machine's configured base models and their folders instead (no server)."
+    ),
+    kind: str = typer.Option(None, "--kind", help="Only these: base, fine-tuned or checkpoint."),
+    as_json: bool = JSON_OUT,
+    base_url: str = BASE_URL,
+    api_key: str = API_KEY,
+) -> None:
+    """The models the server offers the key's project: base models, its fine-tuned models and their checkpoints,
+    and the models other projects shared with it. With --local: the base models configured on this machine
+    (name, folder; TUNERY_BASE_MODELS and the demo model)."""
+    if local:
+        for name, path in settings_of().base_model_paths().items():
+            typer.echo(f"{name}\t{path}")
+        return
+    if kind is not None and kind not in ("base", "fine-tuned", "checkpoint"):
+        raise typer.BadParameter("base, fine-tuned or checkpoint", param_hint="--kind")
+    page = client(base_url, api_key).models.list()
+    if kind is not None:
+        page.data = [m for m in page.data if model_kind(m.id) == kind]
+    if as_json:
+        print_json(page)
+        return
+    rows = [(m.id, model_kind(m.id), m.owned_by, when(m.created)) for m in page.data]
+    table(("id", "kind", "owned by", "created"), rows)
+
+
+@models_app.command("get")
+@api_command
+def models_get(
+    model: str = typer.Argument(..., help="A base, fine-tuned (ft:...) or checkpoint model."),
+    as_json: bool = JSON_OUT,
+    base_url: str = BASE_URL,
+    api_key: str = API_KEY,
+) -> None:
+    """One model: its id, kind, owner, creation time."""
+    m = client(base_url, api_key).models.retrieve(model)
+    if as_json:
+        print_json(m)
+        return
+    table(("id", "kind", "owned by", "created"), [(m.id, model_kind(m.id), m.owned_by, when(m.created))])
+
+
+@models_app.command("delete")
+@api_command
+def models_delete(
+    model: str = typer.Argument(..., help="A fine-tuned model of the project (ft:...)."),
+    as_json: bool = JSON_OUT,
+    base_url: str = BASE_URL,
+    api_key: str = API_KEY,
+) -> None:
+    """Delete a fine-tuned model (owners; the server refuses one an alias points at)."""
+    deleted = client(base_url, api_key).models.delete(model)
+    if as_json:
+        print_json(deleted)
+    else:
+        typer.echo(f"deleted {deleted.id}")
 
 
 @models_app.command("download")
