@@ -25,6 +25,7 @@ AL = "/v1/tunery/aliases"
 GR = "/v1/fine_tuning/alpha/graders"
 EV = "/v1/tunery/evaluations"
 EX = "/v1/tunery/exports"
+WH = "/v1/webhook_endpoints"
 # Every RPC and the REST route it mirrors (method, route template).
 REST_TWIN: dict[str, tuple[str, str]] = {
     "ChatService/CreateChatCompletion": ("POST", "/v1/chat/completions"),
@@ -69,6 +70,18 @@ REST_TWIN: dict[str, tuple[str, str]] = {
     "ExportService/GetExport": ("GET", f"{EX}/{{export_id}}"),
     "ExportService/ListExports": ("GET", EX),
     "ExportService/CancelExport": ("POST", f"{EX}/{{export_id}}/cancel"),
+    "FineTuningService/GetJobEvalReport": ("GET", f"{J}/{{job_id}}/eval_report"),
+    "FineTuningService/GetCheckpointEvalReport": ("GET", f"{J}/{{job_id}}/checkpoints/{{checkpoint_id}}/eval_report"),
+    "WebhookService/CreateWebhookEndpoint": ("POST", WH),
+    "WebhookService/ListWebhookEndpoints": ("GET", WH),
+    "WebhookService/GetWebhookEndpoint": ("GET", f"{WH}/{{webhook_endpoint_id}}"),
+    "WebhookService/UpdateWebhookEndpoint": ("POST", f"{WH}/{{webhook_endpoint_id}}"),
+    "WebhookService/DeleteWebhookEndpoint": ("DELETE", f"{WH}/{{webhook_endpoint_id}}"),
+    "WebhookService/ListWebhookDeliveries": ("GET", f"{WH}/{{webhook_endpoint_id}}/deliveries"),
+    "WebhookService/RedeliverWebhookDelivery": (
+        "POST",
+        f"{WH}/{{webhook_endpoint_id}}/deliveries/{{delivery_id}}/redeliver",
+    ),
 }
 
 

@@ -1,10 +1,13 @@
 """The method handlers of the public services, built from their descriptors: as the generated
 ``add_*Servicer_to_server`` would, except that a request that does not parse as its message (corrupt bytes, a wrong
-wire type) is an ``INVALID_ARGUMENT`` with OpenAI's error, not grpcio's ``UNKNOWN``."""
+wire type) is an ``INVALID_ARGUMENT`` with OpenAI's error, not grpcio's ``UNKNOWN``, and that the fields REST takes
+from its path (an id: ``job_id`` of ``/v1/fine_tuning/jobs/{job_id}``) are checked as REST checks its path (a
+:data:`api.protocol.base.Name`: empty or over 256 characters is the same ``INVALID_ARGUMENT`` as REST's 400)."""
 
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,10 +15,15 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
+from pydantic import TypeAdapter, ValidationError
 
-from api.errors import bad_request
+from api.errors import api_error, bad_request, invalid_request
+from api.grpc.calls import REST_TWIN
 from api.grpc.errors import status_of
+from api.protocol.base import Name
 from tunery import ids
+
+NAME: TypeAdapter[str] = TypeAdapter(Name)
 
 
 class Malformed:
@@ -47,7 +55,23 @@ async def _checked(messages: AsyncIterator[Any], context: grpc.aio.ServicerConte
         yield message
 
 
-def _wrap(behaviour: Callable[..., Any], method: MethodDescriptor) -> Callable[..., Any]:
+def path_fields(service: ServiceDescriptor, method: MethodDescriptor) -> tuple[str, ...]:
+    """The request's fields that REST takes from the path of the method's twin (api/grpc/calls.py's REST_TWIN)."""
+    _, template = REST_TWIN.get(f"{service.name}/{method.name}", ("", ""))
+    params = re.findall(r"{(\w+)(?::path)?}", template)
+    return tuple(p for p in params if p in method.input_type.fields_by_name and not p.endswith("model"))
+
+
+async def _check_path(request: Any, fields: tuple[str, ...], context: grpc.aio.ServicerContext) -> None:
+    for name in fields:
+        try:
+            NAME.validate_python(getattr(request, name))
+        except ValidationError as e:
+            errors = [{**err, "loc": ("path", name)} for err in e.errors()]
+            await context.abort_with_status(status_of(api_error(invalid_request(errors)), ids.request_id()))
+
+
+def _wrap(behaviour: Callable[..., Any], method: MethodDescriptor, fields: tuple[str, ...]) -> Callable[..., Any]:
     if method.client_streaming:
         if inspect.isasyncgenfunction(behaviour):
 
@@ -66,6 +90,7 @@ def _wrap(behaviour: Callable[..., Any], method: MethodDescriptor) -> Callable[.
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if request is MALFORMED:
                 await _refuse(context, method)
+            await _check_path(request, fields, context)
             async for out in behaviour(request, context):
                 yield out
 
@@ -74,6 +99,7 @@ def _wrap(behaviour: Callable[..., Any], method: MethodDescriptor) -> Callable[.
     async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if request is MALFORMED:
             await _refuse(context, method)
+        await _check_path(request, fields, context)
         return await behaviour(request, context)
 
     return unary_unary
@@ -106,7 +132,7 @@ def service_handler(servicer: Any, service: ServiceDescriptor) -> grpc.GenericRp
     for method in service.methods:
         factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = factory(  # type: ignore[operator]
-            _wrap(getattr(servicer, method.name), method),
+            _wrap(getattr(servicer, method.name), method, path_fields(service, method)),
             request_deserializer=_deserializer(message_factory.GetMessageClass(method.input_type)),
             response_serializer=_serializer(message_factory.GetMessageClass(method.output_type)),
         )

@@ -21,6 +21,7 @@ from api.grpc.services import (
     ModelServicer,
 )
 from api.grpc.short_jobs import EvaluationServicer, ExportServicer
+from api.grpc.webhooks import WebhookServicer
 from tunery.grpc_tls import api_server_credentials
 from tunery.v1 import (
     aliases_pb2,
@@ -31,20 +32,24 @@ from tunery.v1 import (
     fine_tuning_pb2,
     graders_pb2,
     models_pb2,
+    webhooks_pb2,
 )
 
 log = logging.getLogger("tunery.api.grpc")
 
-SERVICES = (
-    chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
-    files_pb2.DESCRIPTOR.services_by_name["FileService"].full_name,
-    fine_tuning_pb2.DESCRIPTOR.services_by_name["FineTuningService"].full_name,
-    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-    aliases_pb2.DESCRIPTOR.services_by_name["AliasService"].full_name,
-    graders_pb2.DESCRIPTOR.services_by_name["GraderService"].full_name,
-    evaluations_pb2.DESCRIPTOR.services_by_name["EvaluationService"].full_name,
-    exports_pb2.DESCRIPTOR.services_by_name["ExportService"].full_name,
+# The modules of the public API's services (every .proto of protos/tunery/v1 but the trainer's reporting.proto).
+MODULES = (
+    chat_pb2,
+    files_pb2,
+    fine_tuning_pb2,
+    models_pb2,
+    aliases_pb2,
+    graders_pb2,
+    evaluations_pb2,
+    exports_pb2,
+    webhooks_pb2,
 )
+SERVICES = tuple(service.full_name for module in MODULES for service in module.DESCRIPTOR.services_by_name.values())
 # A message's most bytes, each way: a page of 10,000 file objects fits; a file's content goes in 1 MiB chunks.
 MAX_MESSAGE_BYTES = 16 << 20
 
@@ -69,9 +74,9 @@ class PublicGrpcServer:
             "GraderService": GraderServicer(ctx, calls),
             "EvaluationService": EvaluationServicer(ctx, calls),
             "ExportService": ExportServicer(ctx, calls),
+            "WebhookService": WebhookServicer(ctx, calls),
         }
-        modules = (files_pb2, fine_tuning_pb2, models_pb2, chat_pb2, aliases_pb2, graders_pb2, evaluations_pb2)
-        for module in (*modules, exports_pb2):
+        for module in MODULES:
             for service in module.DESCRIPTOR.services_by_name.values():
                 self.server.add_generic_rpc_handlers((service_handler(servicers[service.name], service),))
         self.health = health.aio.HealthServicer()

@@ -329,6 +329,20 @@ class FineTuningServicer(Servicer, ft_grpc.FineTuningServiceServicer):
 
         return await self.calls.blocking("FineTuningService/ListCheckpoints", context, run)
 
+    async def _eval_report(self, rpc: str, job_id: str, checkpoint_id: str | None, context: Context) -> Any:
+        def run(p: Principal) -> ft_pb.JobEvalReport:
+            report = JobService(self.ctx, *self._who(p)).eval_report(job_id, checkpoint_id)
+            # REST's JSON of the report (a NaN figure is null there, as in the Struct), whole, as a Struct.
+            return to_message({"report": json.loads(report.model_dump_json())}, ft_pb.JobEvalReport)
+
+        return await self.calls.blocking(f"FineTuningService/{rpc}", context, run)
+
+    async def GetJobEvalReport(self, request: ft_pb.JobRequest, context: Context) -> Any:
+        return await self._eval_report("GetJobEvalReport", request.job_id, None, context)
+
+    async def GetCheckpointEvalReport(self, request: ft_pb.GetCheckpointEvalReportRequest, context: Context) -> Any:
+        return await self._eval_report("GetCheckpointEvalReport", request.job_id, request.checkpoint_id, context)
+
 
 def _sse_payloads(events: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
     """The JSON objects of a stream of server-sent events (``data: {...}``), up to ``data: [DONE]``; an ``error``

@@ -46,6 +46,7 @@ from tunery.v1 import (
     fine_tuning_pb2_grpc,
     graders_pb2_grpc,
     models_pb2_grpc,
+    webhooks_pb2_grpc,
 )
 from tunery.v1 import chat_pb2 as cpb
 from tunery.v1 import files_pb2 as fpb
@@ -76,6 +77,7 @@ class Api:
             "GraderService": graders_pb2_grpc.GraderServiceStub,
             "EvaluationService": evaluations_pb2_grpc.EvaluationServiceStub,
             "ExportService": exports_pb2_grpc.ExportServiceStub,
+            "WebhookService": webhooks_pb2_grpc.WebhookServiceStub,
         }
         return stubs[service](self.channel)
 

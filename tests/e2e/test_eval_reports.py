@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from tests.conftest import TINY, chat_lines
 
@@ -92,6 +93,14 @@ def test_reports_on_the_job_and_its_checkpoints(tiny_server_factory, tmp_path: P
         assert got.tunery.eval_report.validation_loss == pytest.approx(summary["validation_loss"])
         listed = stub.ListCheckpoints(fine_tuning_pb2.ListCheckpointsRequest(job_id=job.id), metadata=meta)
         assert {c.tunery.eval_report.step for c in listed.data} == {c["step_number"] for c in checkpoints}
+        # ... and the whole reports: REST's JSON, as a Struct.
+        whole = stub.GetJobEvalReport(fine_tuning_pb2.JobRequest(job_id=job.id), metadata=meta)
+        assert json_format.MessageToDict(whole.report) == json.loads(json.dumps(report))
+        one = stub.GetCheckpointEvalReport(
+            fine_tuning_pb2.GetCheckpointEvalReportRequest(job_id=job.id, checkpoint_id=checkpoints[0]["id"]),
+            metadata=meta,
+        )
+        assert one.report["model"] == checkpoints[0]["fine_tuned_model_checkpoint"]
 
 
 def test_a_gate_no_model_passes_fails_the_job_with_its_report(tiny_server_factory, tmp_path: Path) -> None:

@@ -515,3 +515,17 @@ class FineTuningJobEstimate(_message.Message):
     estimated_finish: int
     estimate: _struct_pb2.Struct
     def __init__(self, object: _Optional[str] = ..., model: _Optional[str] = ..., training_file: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., estimated_finish: _Optional[int] = ..., estimate: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class GetCheckpointEvalReportRequest(_message.Message):
+    __slots__ = ("job_id", "checkpoint_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    checkpoint_id: str
+    def __init__(self, job_id: _Optional[str] = ..., checkpoint_id: _Optional[str] = ...) -> None: ...
+
+class JobEvalReport(_message.Message):
+    __slots__ = ("report",)
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    report: _struct_pb2.Struct
+    def __init__(self, report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...

@@ -84,6 +84,16 @@ class FineTuningServiceStub:
                 request_serializer=tunery_dot_v1_dot_fine__tuning__pb2.ListCheckpointsRequest.SerializeToString,
                 response_deserializer=tunery_dot_v1_dot_fine__tuning__pb2.ListCheckpointsResponse.FromString,
                 _registered_method=True)
+        self.GetJobEvalReport = channel.unary_unary(
+                '/tunery.v1.FineTuningService/GetJobEvalReport',
+                request_serializer=tunery_dot_v1_dot_fine__tuning__pb2.JobRequest.SerializeToString,
+                response_deserializer=tunery_dot_v1_dot_fine__tuning__pb2.JobEvalReport.FromString,
+                _registered_method=True)
+        self.GetCheckpointEvalReport = channel.unary_unary(
+                '/tunery.v1.FineTuningService/GetCheckpointEvalReport',
+                request_serializer=tunery_dot_v1_dot_fine__tuning__pb2.GetCheckpointEvalReportRequest.SerializeToString,
+                response_deserializer=tunery_dot_v1_dot_fine__tuning__pb2.JobEvalReport.FromString,
+                _registered_method=True)
 
 
 class FineTuningServiceServicer:
@@ -155,6 +165,21 @@ class FineTuningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobEvalReport(self, request, context):
+        """The eval report of the job's final model (GET /v1/fine_tuning/jobs/{job_id}/eval_report, docs/evals.md);
+        NOT_FOUND until it is written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpointEvalReport(self, request, context):
+        """The eval report of one of the job's checkpoints (GET .../checkpoints/{checkpoint_id}/eval_report).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FineTuningServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +232,16 @@ def add_FineTuningServiceServicer_to_server(servicer, server):
                     servicer.ListCheckpoints,
                     request_deserializer=tunery_dot_v1_dot_fine__tuning__pb2.ListCheckpointsRequest.FromString,
                     response_serializer=tunery_dot_v1_dot_fine__tuning__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'GetJobEvalReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobEvalReport,
+                    request_deserializer=tunery_dot_v1_dot_fine__tuning__pb2.JobRequest.FromString,
+                    response_serializer=tunery_dot_v1_dot_fine__tuning__pb2.JobEvalReport.SerializeToString,
+            ),
+            'GetCheckpointEvalReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpointEvalReport,
+                    request_deserializer=tunery_dot_v1_dot_fine__tuning__pb2.GetCheckpointEvalReportRequest.FromString,
+                    response_serializer=tunery_dot_v1_dot_fine__tuning__pb2.JobEvalReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -479,6 +514,60 @@ class FineTuningService:
             '/tunery.v1.FineTuningService/ListCheckpoints',
             tunery_dot_v1_dot_fine__tuning__pb2.ListCheckpointsRequest.SerializeToString,
             tunery_dot_v1_dot_fine__tuning__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobEvalReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunery.v1.FineTuningService/GetJobEvalReport',
+            tunery_dot_v1_dot_fine__tuning__pb2.JobRequest.SerializeToString,
+            tunery_dot_v1_dot_fine__tuning__pb2.JobEvalReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpointEvalReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunery.v1.FineTuningService/GetCheckpointEvalReport',
+            tunery_dot_v1_dot_fine__tuning__pb2.GetCheckpointEvalReportRequest.SerializeToString,
+            tunery_dot_v1_dot_fine__tuning__pb2.JobEvalReport.FromString,
             options,
             channel_credentials,
             insecure,
