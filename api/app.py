@@ -24,6 +24,7 @@ from api import (
     organization,
     pause,
     permissions,
+    secrets,
     uploads,
     webhooks,
 )
@@ -141,6 +142,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         organization,
         audit,
         webhooks,
+        secrets,
     )
     for module in modules:
         app.include_router(module.router, prefix="/v1")

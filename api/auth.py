@@ -15,7 +15,8 @@ themselves, for an app without the guard).
 * **Roles.** ``admin`` (organization): everything, the administration API included. ``owner`` and ``member``
   (project): read and write on their project; an owner also manages its own project's service accounts and keys.
   ``reader``: GET routes and chat/completions only. Sharing a model (checkpoint permissions) is for a project's
-  owner and the admin, and so are a project's webhook endpoints. Anything else is a 403 with OpenAI's wording.
+  owner and the admin, and so are a project's webhook endpoints and its secrets (``/v1/tunery/secrets``). Anything
+  else is a 403 with OpenAI's wording.
 
 A missing or wrong key is a 401 with OpenAI's body: type ``invalid_request_error``, code ``null`` for a missing key
 and ``invalid_api_key`` for a wrong one, the key masked in the message as OpenAI masks it.
@@ -49,10 +50,12 @@ READ_POSTS = frozenset(
     }
 )
 # Routes only a project's owner (for its project's models) and the organization's admin may call: sharing models,
-# and a project's webhook endpoints (their secrets, where its events go), with the scope a 403 names.
+# a project's webhook endpoints (their secrets, where its events go) and its secrets (docs/integrations.md), with the
+# scope a 403 names.
 OWNER_ONLY_PREFIXES = {
     "/v1/fine_tuning/checkpoints/": "api.fine_tuning.checkpoints.permissions",
     "/v1/webhook_endpoints": "api.webhooks",
+    "/v1/tunery/secrets": "api.tunery.secrets",
 }
 # Admin routes a project's owner may call for its own project ({project_id} in the path).
 OWNER_ROUTES_PREFIXES = (

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunery.integrations import SecretName
 from tunery.jobspec import PARENT_PID_ENV, RUN_TOKEN_ENV
 from tunery.jobstate import ErrorCode
 from tunery.storage import STORE_CREDENTIAL_ENV
@@ -60,11 +61,18 @@ class Backend(ABC):
 
     @abstractmethod
     def launch(
-        self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None, run_token: str = ""
+        self,
+        job_id: str,
+        spec_ref: str,
+        log_path: Path,
+        runtime: dict[str, Any] | None = None,
+        run_token: str = "",
+        secrets: dict[str, str] | None = None,
     ) -> str:
         """Start a run with the job's ``runtime`` (:meth:`runtime` when it was queued); returns a handle stored with
         the job. ``run_token`` is the run's secret: it reaches that trainer alone, as ``RUN_TOKEN_ENV`` in its
-        environment, never through the object store every trainer reads."""
+        environment, never through the object store every trainer reads. ``secrets`` (environment variable ->
+        value: the project's secrets its integrations read, tunery/integrations.py) reach it the same way."""
 
     def runtime(self) -> dict[str, Any] | None:
         """What this backend launches runs with now (a Kubernetes pod's image, resources, placement), snapshotted
@@ -116,13 +124,24 @@ class LocalProcessBackend(Backend):
         self._lock = threading.Lock()
 
     def launch(
-        self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None, run_token: str = ""
+        self,
+        job_id: str,
+        spec_ref: str,
+        log_path: Path,
+        runtime: dict[str, Any] | None = None,
+        run_token: str = "",
+        secrets: dict[str, str] | None = None,
     ) -> str:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         if self.without_store_credentials:
             for name in STORE_CREDENTIAL_ENV:
                 env.pop(name, None)
+        # A project's integration secrets come from its own store alone: never the server's (a WANDB_API_KEY in the
+        # server's environment must not log every project's jobs to one account).
+        for secret in SecretName:
+            env.pop(secret.value, None)
+        env.update(secrets or {})
         env[PARENT_PID_ENV] = str(os.getpid())  # an orphan whose server died stops itself (trainer/orphan.py)
         env[RUN_TOKEN_ENV] = run_token
         with open(log_path, "ab") as log:

@@ -18,6 +18,7 @@ from scheduler.specs import build_spec
 from tunery import ids, jobstate, quotas
 from tunery.db import Job, Project
 from tunery.db.ops import add_event, now
+from tunery.integrations import integrations_spec, run_secrets
 from tunery.jobspec import JobSpec, JudgeSpec, broker_url
 from tunery.jobstate import EVAL_FILE_PARAM, ErrorCode, JobError, JobKind, JobStatus
 from tunery.sharing import resolve_usable
@@ -73,7 +74,7 @@ class Dispatcher(SchedulerPart):
             return
         waits: list[tuple[str, str]] = []
 
-        def claim(s: Session) -> list[tuple[str, str, JobSpec, dict[str, Any] | None]]:
+        def claim(s: Session) -> list[tuple[str, str, JobSpec, dict[str, Any] | None, dict[str, str]]]:
             waits.clear()
             if s.get_bind().dialect.name == "postgresql":
                 s.execute(text("SELECT pg_advisory_xact_lock(hashtext('tunery-dispatch'))"))
@@ -83,7 +84,7 @@ class Dispatcher(SchedulerPart):
             projects = {job.project_id for job in queued}
             rows = s.scalars(select(Project).where(Project.id.in_(projects))) if projects else ()
             limits = {p.id: quotas.ProjectLimits.of(p, self.settings) for p in rows}
-            claimed: list[tuple[str, str, JobSpec, dict[str, Any] | None]] = []
+            claimed: list[tuple[str, str, JobSpec, dict[str, Any] | None, dict[str, str]]] = []
             for job in quotas.fair_order(queued, counts):
                 if len(claimed) >= free:
                     break
@@ -115,14 +116,15 @@ class Dispatcher(SchedulerPart):
                 jobstate.start(job, now())
                 self.claims.claim(job)
                 add_event(s, job.id, "Fine-tuning job started")
-                claimed.append((job.id, token, spec, runtime))
+                # The project's secrets its integrations read (a W&B API key): for this run's trainer alone.
+                claimed.append((job.id, token, spec, runtime, run_secrets(s, job)))
                 counts[job.project_id] = running + 1
             return claimed
 
         # The jobs are marked running (committed) first, then their trainers start and their handles are recorded.
-        for job_id, token, spec, runtime in self.db.transaction(claim):
+        for job_id, token, spec, runtime, secrets in self.db.transaction(claim):
             self._quota_noted.discard(job_id)
-            self._start_run(job_id, token, spec, runtime)
+            self._start_run(job_id, token, spec, runtime, secrets)
         for job_id, message in waits:
             self._note_wait(job_id, message)
 
@@ -176,12 +178,20 @@ class Dispatcher(SchedulerPart):
             reporting_address=self.reporting_address,
             device=self.settings.trainer_device,
             judges=judges,
+            integrations=integrations_spec(
+                job.integrations,
+                wandb_mode=self.settings.wandb_mode,
+                wandb_base_url=self.settings.wandb_base_url,
+                allow_private=self.settings.integrations_allow_private,
+            ),
         )
 
-    def _start_run(self, job_id: str, token: str, spec: JobSpec, runtime: dict[str, Any] | None) -> None:
+    def _start_run(
+        self, job_id: str, token: str, spec: JobSpec, runtime: dict[str, Any] | None, secrets: dict[str, str]
+    ) -> None:
         try:
             ref = f"{spec.object_store}#{spec.spec_key()}"
-            handle = self.backend.launch(job_id, ref, self.logs.path(job_id), runtime, token)
+            handle = self.backend.launch(job_id, ref, self.logs.path(job_id), runtime, token, secrets)
         except LaunchRefused as e:
             log.warning("the trainer of %s was not started: %s", job_id, e.message)
             fail(self.db, job_id, JobError(e.code, e.message))

@@ -122,7 +122,13 @@ class KubernetesBackend(Backend):
 
     # Launch ------------------------------------------------------------------------------------------
     def launch(
-        self, job_id: str, spec_ref: str, log_path: Path, runtime: dict[str, Any] | None = None, run_token: str = ""
+        self,
+        job_id: str,
+        spec_ref: str,
+        log_path: Path,
+        runtime: dict[str, Any] | None = None,
+        run_token: str = "",
+        secrets: dict[str, str] | None = None,
     ) -> str:
         rt = self._runtime(runtime)
         if not rt.image:
@@ -138,9 +144,12 @@ class KubernetesBackend(Backend):
                 f"{major}.{minor}.",
                 code=ErrorCode.unsupported_cluster,
             )
-        manifest = job_manifest(self.settings, job_id=job_id, run=_run_id(), spec_ref=spec_ref, runtime=rt)
+        secrets = secrets or {}
+        manifest = job_manifest(
+            self.settings, job_id=job_id, run=_run_id(), spec_ref=spec_ref, runtime=rt, secret_env=sorted(secrets)
+        )
         name = manifest["metadata"]["name"]
-        secret = run_token_secret_manifest(manifest, run_token)
+        secret = run_token_secret_manifest(manifest, run_token, secrets)
         try:  # the token's Secret first: the pods read it as they start
             self.core.create_namespaced_secret(self.namespace, secret)
         except ApiException as e:

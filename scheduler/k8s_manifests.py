@@ -8,6 +8,7 @@ several GPUs or nodes), the headless Service of a multi-node run, the run's DNS-
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -156,9 +157,11 @@ def job_manifest(
     spec_ref: str,
     namespace: str | None = None,
     runtime: TrainerRuntime | None = None,
+    secret_env: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The batch/v1 Job of one run (a plain dict, as sent to the API server), with the job's ``runtime`` (the
-    settings' when None)."""
+    settings' when None). ``secret_env``: the environment variables the run's Secret also holds (the project's
+    integration secrets: :func:`run_token_secret_manifest`)."""
     rt = runtime or TrainerRuntime.from_settings(settings)
     ns = namespace or settings.k8s_namespace
     name = job_name(job_id, run)
@@ -184,6 +187,11 @@ def job_manifest(
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         # The run's token, from its own Secret (run_token_secret_manifest): never in the spec every trainer can read.
         {"name": RUN_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": run_token_secret_name(name), "key": TOKEN_KEY}}},
+        # The project's integration secrets (a W&B API key), from the same Secret: never in the spec either.
+        *(
+            {"name": env_name, "valueFrom": {"secretKeyRef": {"name": run_token_secret_name(name), "key": env_name}}}
+            for env_name in secret_env
+        ),
     ]
     if nodes > 1:
         env.append(
@@ -266,9 +274,12 @@ def run_token_secret_name(job_name: str) -> str:
     return f"{job_name}-token"
 
 
-def run_token_secret_manifest(job: dict[str, Any], run_token: str) -> dict[str, Any]:
-    """The Secret that holds one run's token, read by that run's pods alone (through their env): created before
-    its Job, then owned by it (:func:`owner_references`), so it goes when the Job goes."""
+def run_token_secret_manifest(
+    job: dict[str, Any], run_token: str, secrets: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The Secret that holds one run's token, and the project's integration secrets its job reads (by environment
+    variable), read by that run's pods alone (through their env): created before its Job, then owned by it
+    (:func:`owner_references`), so it goes when the Job goes."""
     meta = job["metadata"]
     return {
         "apiVersion": "v1",
@@ -279,7 +290,7 @@ def run_token_secret_manifest(job: dict[str, Any], run_token: str) -> dict[str, 
             "namespace": meta["namespace"],
             "labels": dict(meta["labels"]),
         },
-        "stringData": {TOKEN_KEY: run_token},
+        "stringData": {**(secrets or {}), TOKEN_KEY: run_token},
     }
 
 

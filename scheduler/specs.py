@@ -15,6 +15,7 @@ from tunery import layout
 from tunery.db import File, Job
 from tunery.evalreport import EvalOptions
 from tunery.exports import ExportOptions
+from tunery.integrations import IntegrationsSpec
 from tunery.jobspec import DataFile, DataOptions, JobSpec, JudgeSpec, MixSpec
 from tunery.jobstate import JobKind
 from tunery.plan import TrainingPlan, resolve_plan
@@ -90,11 +91,13 @@ def build_spec(
     reporting_address: str,
     device: str,
     judges: dict[str, JudgeSpec] | None = None,
+    integrations: IntegrationsSpec | None = None,
 ) -> JobSpec | None:
     """The spec of the job's next run, or None when one of its inputs is gone: ``files`` are the job's input files
     by id (those missing were deleted), ``parent_prefix`` the object-store prefix of the fine-tuned model the job
     starts from, or that an evaluation or an export reads (None when there is none, or when it was deleted), ``judges``
-    a fine-tuning job's grader's judge models, resolved."""
+    a fine-tuning job's grader's judge models, resolved, ``integrations`` its experiment trackers
+    (:func:`tunery.integrations.integrations_spec`)."""
     where = {
         "base_model_path": base_model_path,
         "store_url": store_url,
@@ -106,13 +109,18 @@ def build_spec(
             return _evaluation(job, files, parent_prefix, **where)
         if job.kind == JobKind.export:
             return _export(job, files, parent_prefix, **where)
-        return _fine_tune(job, files, parent_prefix, judges or {}, **where)
+        return _fine_tune(job, files, parent_prefix, judges or {}, integrations, **where)
     except InputGone:
         return None
 
 
 def _fine_tune(
-    job: Job, files: dict[str, File], parent_prefix: str | None, judges: dict[str, JudgeSpec], **where: str
+    job: Job,
+    files: dict[str, File],
+    parent_prefix: str | None,
+    judges: dict[str, JudgeSpec],
+    integrations: IntegrationsSpec | None,
+    **where: str,
 ) -> JobSpec:
     options = job.tunery_options("data")
     data: DataOptions | None = None
@@ -147,6 +155,7 @@ def _fine_tune(
         data=data,
         init_adapter_prefix=init_prefix,
         judges=judges,
+        integrations=integrations,
         # A job run before (paused, crashed, preempted, its scheduler gone) continues from its newest complete
         # checkpoint, if it has one.
         resume_from="latest" if job.attempts else None,

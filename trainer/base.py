@@ -37,6 +37,7 @@ from .resume import PREEMPT_REASONS, drop_states
 
 if TYPE_CHECKING:
     from .evaluation import Evaluator
+    from .integrations import Trackers
     from .methods import TrainerMethod
 
 log = logging.getLogger("tunery.trainer")
@@ -115,11 +116,20 @@ class TrainingRun:
         # The eval reports (trainer/evaluation.py) of this run's checkpoints by step, when the job writes them.
         self.evaluator: Evaluator | None = None
         self.reports: dict[int, EvalReport] = {}
+        # The experiment trackers the job logs to (trainer/integrations.py), once training starts; None without any.
+        self.trackers: Trackers | None = None
 
     # -- events
     def warn(self, message: str, data: dict[str, Any] | None = None) -> None:
         log.warning("%s", message)
         self.reporter.event("warn", message, data)
+
+    def report_metrics(self, row: StepRow) -> None:
+        """A step's figures, complete (after its evaluation, if any): to the control plane, and to the job's
+        experiment trackers."""
+        self.reporter.metrics(row.to_proto(self.reporter.pb, self.total_steps))
+        if self.trackers is not None:
+            self.trackers.log(row)
 
     # -- the steps of a run
     def record_file(self, name: str, data_file: DataFile, sha256: str, examples: int) -> None:

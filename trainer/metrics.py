@@ -149,13 +149,13 @@ def make_callback(run: TrainingRun) -> TrainerCallback:
             if row.step in run.eval_steps and run.stop.reason is None:
                 self.pending = row  # reported with its valid_loss, after the evaluation
                 return
-            run.reporter.metrics(row.to_proto(run.reporter.pb, run.total_steps))
+            run.report_metrics(row)
             if row.step in run.checkpoint_steps:
                 run.checkpoint(row.step, row.epoch)
 
         def _flush(self) -> None:
             if self.pending is not None:
-                run.reporter.metrics(self.pending.to_proto(run.reporter.pb, run.total_steps))
+                run.report_metrics(self.pending)
                 self.pending = None
 
         def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:

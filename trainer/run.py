@@ -30,6 +30,7 @@ from .chat import ChatTemplateError, ChatTokenizer, end_of_turn_tokens
 from .config import trl_config
 from .errors import TrainerError
 from .evaluation import Evaluator
+from .integrations import Trackers
 from .judge import TransformersJudge
 from .loading import attach_adapter, load_base_model, resolve_device, set_determinism
 from .methods import get_method
@@ -131,7 +132,17 @@ def run(
         stop.check()
         reporter.started(r.total_steps, n_examples, r.tokens_per_epoch, plan.model_dump())
         stop.check()
-        train_seconds, final_prefix, results_key = r.train_to_end(resume_dir)
+        r.trackers = Trackers.of(spec, r.warn)
+        if r.trackers is not None:
+            r.trackers.start(tracker_config(r, n_examples))
+        try:
+            train_seconds, final_prefix, results_key = r.train_to_end(resume_dir)
+        except BaseException:
+            if r.trackers is not None:
+                r.trackers.close(succeeded=False)
+            raise
+        if r.trackers is not None:
+            r.trackers.close(succeeded=True, summary={"fine_tuned_model": spec.fine_tuned_model})
 
     total_tokens = sum(row.tokens or 0 for row in r.rows)
     log.info(
@@ -153,6 +164,23 @@ def run(
         train_seconds=train_seconds,
         eval_seconds=r.evaluator.seconds if r.evaluator is not None else 0.0,
     )
+
+
+def tracker_config(r: TrainingRun, n_examples: int) -> dict[str, Any]:
+    """What a job's experiment trackers record of its run (W&B's config, MLflow's params): who it is and the resolved
+    hyperparameters (docs/integrations.md)."""
+    spec = r.spec
+    return {
+        "job_id": spec.job_id,
+        "base_model": spec.base_model,
+        "fine_tuned_model": spec.fine_tuned_model,
+        "method": spec.plan.method,
+        "seed": spec.seed,
+        "train_examples": n_examples,
+        "total_steps": r.total_steps,
+        "tokens_per_epoch": r.tokens_per_epoch,
+        "hyperparameters": spec.plan.model_dump(),
+    }
 
 
 def configure_logging() -> None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from tunery import layout
 from tunery.evalreport import EvalOptions
 from tunery.exports import ExportOptions
+from tunery.integrations import IntegrationsSpec
 from tunery.jobstate import JobKind
 from tunery.plan import TrainingPlan
 
@@ -110,6 +111,9 @@ class JobSpec(BaseModel):
     export: ExportOptions | None = None  # an export's format and precision
     # A reinforcement job's judge models (its score_model graders'), by the name each grader gives.
     judges: dict[str, JudgeSpec] = Field(default_factory=dict)
+    # The experiment trackers the run logs to (docs/integrations.md): their settings only; the secrets they read
+    # (a W&B API key) are the trainer's environment, handed by its backend, never written here.
+    integrations: IntegrationsSpec | None = None
 
     # URL of the object store as the trainer reaches it: file:///..., s3://bucket/prefix (with TUNERY_S3_* in the env),
     # or a broker URL (broker_url: no credentials, presigned URLs from the scheduler)

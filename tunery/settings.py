@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     webhook_retry_window_seconds: float = Field(default=86400.0, ge=0)
     webhooks_allow_private: bool = False
 
+    # Integrations (docs/integrations.md): how trainers run W&B (`online`: to W&B's servers, or TUNERY_WANDB_BASE_URL's,
+    # with the project's WANDB_API_KEY secret, which a wandb job then needs; `offline`: run files on the trainer's disk,
+    # under WANDB_DIR, for `wandb sync` later, no key needed), and whether an MLflow tracking URI may resolve to
+    # loopback, link-local, private or other non-public addresses (refused by default, as webhooks are).
+    wandb_mode: Literal["online", "offline"] = "online"
+    wandb_base_url: str = ""
+    integrations_allow_private: bool = False
+
     # Serving (docs/serving.md). `embedded`: transformers + PEFT in the API process (needs torch); `vllm`: the API
     # proxies chat and completions to vLLM servers, which load adapters from the object store (no torch in the API).
     serving_backend: Literal["embedded", "vllm"] = "embedded"

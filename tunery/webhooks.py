@@ -178,18 +178,25 @@ def resolve(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-def check_url(url: str, allow_private: bool) -> None:
+def check_url(
+    url: str,
+    allow_private: bool,
+    *,
+    what: str = "a webhook endpoint",
+    setting: str = "TUNERY_WEBHOOKS_ALLOW_PRIVATE",
+) -> None:
     """Raise :class:`RefusedURL` unless ``url`` is an http(s) URL whose host resolves, and (unless ``allow_private``,
-    TUNERY_WEBHOOKS_ALLOW_PRIVATE) only to public addresses: never loopback, link-local (the cloud metadata service
-    at 169.254.169.254), unspecified, multicast, private or reserved. Checked at creation and before every attempt
-    (a name may come to resolve elsewhere)."""
+    the ``setting``: TUNERY_WEBHOOKS_ALLOW_PRIVATE for webhooks) only to public addresses: never loopback,
+    link-local (the cloud metadata service at 169.254.169.254), unspecified, multicast, private or reserved. Checked
+    at creation and before every attempt (a name may come to resolve elsewhere). ``what`` names the URL in the
+    messages (an MLflow tracking URI: tunery/integrations.py)."""
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as e:
         raise RefusedURL(f"Invalid URL `{url}`: {e}.") from None
     if parts.scheme not in ("http", "https"):
-        raise RefusedURL(f"Invalid URL `{url}`: a webhook endpoint is an http or https URL.")
+        raise RefusedURL(f"Invalid URL `{url}`: {what} is an http or https URL.")
     host = parts.hostname
     if not host:
         raise RefusedURL(f"Invalid URL `{url}`: it names no host.")
@@ -202,11 +209,11 @@ def check_url(url: str, allow_private: bool) -> None:
     if allow_private:
         return
     for address in addresses:
-        what = _refused_address(ipaddress.ip_address(address.split("%", 1)[0]))
-        if what is not None:
+        refused = _refused_address(ipaddress.ip_address(address.split("%", 1)[0]))
+        if refused is not None:
             raise RefusedURL(
-                f"Invalid URL `{url}`: `{host}` resolves to {what} address ({address}), which webhooks may not "
-                "reach (TUNERY_WEBHOOKS_ALLOW_PRIVATE allows it)."
+                f"Invalid URL `{url}`: `{host}` resolves to {refused} address ({address}), which {what} may not "
+                f"name ({setting} allows it)."
             )
 
 

@@ -11,14 +11,15 @@ mistyped option is a 400; they cannot extend it, because tunery/ never imports a
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from api.protocol.base import CursorPage, Name, OpenAIObject, OpenAIRequest, OpenAIResponse, TuneryExtension, omitted
 from tunery.estimate import Estimate
 from tunery.evalreport import EvalOptions, ReportSummary
 from tunery.graders import Grader
+from tunery.integrations import MAX_INTEGRATIONS, MAX_NAME_LENGTH, MAX_TAG_LENGTH, MAX_TAGS, MAX_URI_LENGTH
 from tunery.jobstate import JobStatus
 from tunery.methods import PreferenceTrainer
 from tunery.plan import (
@@ -105,6 +106,38 @@ class TuneryExtensions(TuneryExtension):
     reinforcement: ReinforcementOptions | None = None
 
 
+TrackerName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG_LENGTH)]
+
+
+class WandbOptions(OpenAIObject):
+    """OpenAI's W&B settings of an integration: the run's project, display name (default: the job's id), entity
+    (default: the API key's) and tags (Tunery adds ``tunery/finetune``, ``tunery/{base model}``, ``tunery/{job}``)."""
+
+    project: TrackerName
+    name: TrackerName | None = None
+    entity: TrackerName | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=MAX_TAGS)
+
+
+class MlflowOptions(TuneryExtension):
+    """Tunery's MLflow settings of an integration: the tracking server's URI, the experiment (default: MLflow's
+    ``Default``) and the run's name (default: the job's id)."""
+
+    tracking_uri: Annotated[str, StringConstraints(min_length=1, max_length=MAX_URI_LENGTH)]
+    experiment_name: TrackerName | None = None
+    run_name: TrackerName | None = None
+
+
+class IntegrationRequest(OpenAIObject):
+    """One of a job request's ``integrations``: OpenAI's ``{"type": "wandb", "wandb": {...}}``, or Tunery's
+    ``{"type": "mlflow", "mlflow": {...}}`` (checked by :func:`api.services.prepare.check_integrations`)."""
+
+    type: str
+    wandb: WandbOptions | None = None
+    mlflow: MlflowOptions | None = None
+
+
 class CreateJob(OpenAIRequest):
     """OpenAI's ``CreateFineTuningJobRequest`` and Tunery's ``tunery``: the body of job creation and of the dry run."""
 
@@ -116,7 +149,7 @@ class CreateJob(OpenAIRequest):
     metadata: dict[str, str] | None = None
     hyperparameters: Hyperparameters | None = Field(None, description="Deprecated: method's hyperparameters win.")
     method: FineTuneMethod | None = None
-    integrations: list[dict[str, Any]] | None = None  # none is supported yet (unsupported_integration)
+    integrations: list[IntegrationRequest] | None = Field(default=None, max_length=MAX_INTEGRATIONS)
     tunery: TuneryExtensions | None = None
 
 
@@ -199,13 +232,30 @@ class WandbIntegration(OpenAIResponse):
     name: str | None = None
     entity: str | None = None
     tags: list[str] = Field(default_factory=list)
+    run_id: str = Field(description="The W&B run's id: the job's id (as OpenAI's echo of the integration has it).")
 
 
-class JobIntegration(OpenAIResponse):
-    """OpenAI's ``FineTuningIntegration`` (Tunery runs none yet: a job's list is empty)."""
+class WandbJobIntegration(OpenAIResponse):
+    """OpenAI's ``FineTuningIntegration``: the job's W&B run (docs/integrations.md)."""
 
     type: Literal["wandb"] = "wandb"
     wandb: WandbIntegration
+
+
+class MlflowIntegration(OpenAIResponse):
+    tracking_uri: str
+    experiment_name: str | None = None
+    run_name: str | None = None
+
+
+class MlflowJobIntegration(OpenAIResponse):
+    """Tunery's MLflow integration: the job's run on an MLflow tracking server (docs/integrations.md)."""
+
+    type: Literal["mlflow"] = "mlflow"
+    mlflow: MlflowIntegration
+
+
+JobIntegration = Annotated[WandbJobIntegration | MlflowJobIntegration, Field(discriminator="type")]
 
 
 class JobScheduling(OpenAIResponse):

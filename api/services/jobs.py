@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.interfaces import ORMOption
@@ -46,7 +46,7 @@ from api.protocol.jobs import (
     ListPaginatedFineTuningJobsResponse,
 )
 from api.services import estimates
-from api.services.prepare import prepare_job
+from api.services.prepare import job_integrations, prepare_job
 from tunery import ids, jobstate
 from tunery.audit import Actor, EventType, record
 from tunery.db import Checkpoint, File, FineTunedModel, Job, JobEvent
@@ -57,8 +57,10 @@ from tunery.plan import PlanRequest
 from tunery.quotas import queue_positions
 from tunery.storage import ObjectNotFound
 
-
 # ---- rows -> OpenAI's objects ------------------------------------------------------------------------------------
+INTEGRATIONS: TypeAdapter[list[JobIntegration]] = TypeAdapter(list[JobIntegration])
+
+
 def job_object(j: Job, queue_position: int | None = None) -> FineTuningJob:
     # Tunery's extensions (resolved, defaults filled in), only on jobs created with the field ``tunery``: a plain
     # OpenAI-shaped job has exactly OpenAI's fields. Every job stores ``tunery.training`` (and a dpo job
@@ -81,7 +83,7 @@ def job_object(j: Job, queue_position: int | None = None) -> FineTuningJob:
         trained_tokens=j.trained_tokens,
         training_file=j.training_file,
         validation_file=j.validation_file,
-        integrations=[JobIntegration.model_validate(i) for i in j.integrations or []],
+        integrations=INTEGRATIONS.validate_python(j.integrations or []),
         estimated_finish=j.estimated_finish,
         method=JobMethod.model_validate(j.method),
         metadata=j.job_metadata,
@@ -213,8 +215,9 @@ class JobService:
         with self.ctx.db.session() as s:
             prepared = prepare_job(s, self.ctx, t, req)
             request = prepared.request
+            job_id = ids.job_id()
             job = Job(
-                id=ids.job_id(),
+                id=job_id,
                 organization_id=t.organization_id,
                 project_id=t.project_id,
                 created_at=now(),
@@ -227,7 +230,7 @@ class JobService:
                 job_metadata=req.metadata,
                 method=request.openai_method(),
                 hyperparameters=request.openai_hyperparameters(),
-                integrations=[],
+                integrations=job_integrations(req, job_id),
                 extensions=_extensions(req, request),
                 result_files=[],
                 attempts=0,

@@ -26,6 +26,14 @@ from api.services.files import find_file
 from api.services.graders import resolve_judges
 from tunery.db import File, Job
 from tunery.graders import GraderError, check_runnable, parse_grader
+from tunery.integrations import (
+    TYPES,
+    IntegrationError,
+    SecretName,
+    check_tracking_uri,
+    check_wandb_name,
+    project_secret_names,
+)
 from tunery.jobstate import REFERENCE_PARAM, file_error_code
 from tunery.methods import GRADER_PARAM
 from tunery.plan import (
@@ -187,6 +195,69 @@ def _parent_base_model(s: Session, t: Tenant, req: CreateJob, base_models: dict[
     return row.base_model
 
 
+def check_integrations(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> None:
+    """The request's ``integrations`` (docs/integrations.md): each of a type Tunery runs (``wandb``, ``mlflow``), at
+    most one of each, with the section of its type and no other; W&B names W&B accepts; an MLflow tracking URI a
+    trainer may reach (:func:`tunery.integrations.check_tracking_uri`); and, where trainers run W&B online, the
+    project's WANDB_API_KEY secret."""
+    seen: set[str] = set()
+    try:
+        for i, item in enumerate(req.integrations or ()):
+            where = f"integrations[{i}]"
+            if item.type not in TYPES:
+                raise IntegrationError(
+                    f"Integration type {item.type[:40]!r} is not supported: Tunery runs 'wandb' (Weights & Biases) and "
+                    "'mlflow' (an MLflow tracking server).",
+                    f"{where}.type",
+                    "unsupported_integration",
+                )
+            if item.type in seen:
+                raise IntegrationError(f"A job has at most one {item.type!r} integration.", where)
+            seen.add(item.type)
+            for other in TYPES:
+                if other != item.type and getattr(item, other) is not None:
+                    raise IntegrationError(
+                        f"{where}.{other} is given, but {where}.type is {item.type!r}: give the section of that type.",
+                        f"{where}.{other}",
+                    )
+            if item.type == "wandb":
+                if item.wandb is None:
+                    raise IntegrationError(f"Missing required parameter: '{where}.wandb'.", f"{where}.wandb")
+                check_wandb_name(item.wandb.project, f"{where}.wandb.project")
+                check_wandb_name(item.wandb.entity, f"{where}.wandb.entity")
+                if ctx.settings.wandb_mode == "online" and SecretName.WANDB_API_KEY not in project_secret_names(
+                    s, t.organization_id, t.project_id
+                ):
+                    raise IntegrationError(
+                        "The W&B integration needs the project's W&B API key: its owner sets it with "
+                        "POST /v1/tunery/secrets/WANDB_API_KEY (docs/integrations.md).",
+                        "integrations",
+                        "missing_integration_secret",
+                    )
+            else:
+                if item.mlflow is None:
+                    raise IntegrationError(f"Missing required parameter: '{where}.mlflow'.", f"{where}.mlflow")
+                check_tracking_uri(
+                    item.mlflow.tracking_uri, f"{where}.mlflow.tracking_uri", ctx.settings.integrations_allow_private
+                )
+    except IntegrationError as e:
+        raise InvalidRequest(e.message, param=e.param, code=e.code) from None
+
+
+def job_integrations(req: CreateJob, job_id: str) -> list[dict[str, Any]]:
+    """The integrations a job stores and its object echoes (checked: :func:`check_integrations`): each section as
+    given, unknown fields left out, a W&B run's id (the job's id) added."""
+    out: list[dict[str, Any]] = []
+    for item in req.integrations or ():
+        if item.type == "wandb" and item.wandb is not None:
+            w = item.wandb
+            wandb = {"project": w.project, "name": w.name, "entity": w.entity, "tags": list(w.tags or [])}
+            out.append({"type": "wandb", "wandb": {**wandb, "run_id": job_id}})
+        elif item.type == "mlflow" and item.mlflow is not None:
+            out.append({"type": "mlflow", "mlflow": item.mlflow.model_dump()})
+    return out
+
+
 @dataclass
 class PreparedJob:
     """A job request that passed every check job creation and the dry run share."""
@@ -207,11 +278,8 @@ def prepare_job(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> Prepa
             param="model",
             code="model_not_available",
         )
-    if req.integrations:
-        raise InvalidRequest(
-            "Integrations are not supported yet.", param="integrations", code="unsupported_integration"
-        )
     _check_metadata(req.metadata)
+    check_integrations(s, ctx, t, req)
     request = plan_request(req)
     if request.reinforcement is not None:  # a score_model's judge: a model this server serves to the project
         grader = parse_grader(request.reinforcement.grader, GRADER_PARAM)

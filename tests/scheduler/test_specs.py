@@ -133,6 +133,7 @@ SUPERVISED: dict[str, Any] = {
     "init_adapter_prefix": None,
     "export": None,
     "judges": {},
+    "integrations": None,
     "object_store": STORE,
     "output_prefix": f"jobs/{JOB_ID}",
     "reporting_address": REPORTING,
@@ -142,6 +143,49 @@ SUPERVISED: dict[str, Any] = {
 
 def test_supervised_with_defaults():
     assert spec_of(a_job(), ["file-train"]) == SUPERVISED
+
+
+def test_a_jobs_integrations_reach_its_spec_as_settings_without_secrets():
+    """The trackers' settings (docs/integrations.md), with the server's W&B mode; the secrets they read are the
+    trainer's environment (scheduler/backends.py), never the spec."""
+    from tunery.integrations import integrations_spec
+
+    stored = [
+        {"type": "wandb", "wandb": {"project": "p", "name": None, "entity": "e", "tags": ["t"], "run_id": JOB_ID}},
+        {
+            "type": "mlflow",
+            "mlflow": {"tracking_uri": "https://mlflow.example", "experiment_name": None, "run_name": "r"},
+        },
+    ]
+    wanted = integrations_spec(stored, wandb_mode="offline", wandb_base_url="", allow_private=False)
+    spec = build_spec(
+        a_job(),
+        {"file-train": a_file("file-train")},
+        None,
+        base_model_path=BASE_PATH,
+        store_url=STORE,
+        reporting_address=REPORTING,
+        device="cpu",
+        integrations=wanted,
+    )
+    assert spec is not None
+    assert spec.model_dump(mode="json")["integrations"] == {
+        "wandb": {
+            "project": "p",
+            "name": None,
+            "entity": "e",
+            "tags": ["t"],
+            "run_id": JOB_ID,
+            "mode": "offline",
+            "base_url": None,
+        },
+        "mlflow": {
+            "tracking_uri": "https://mlflow.example",
+            "experiment_name": None,
+            "run_name": "r",
+            "allow_private": False,
+        },
+    }
 
 
 def test_eval_options_and_the_reference_file_come_from_tunery_eval():

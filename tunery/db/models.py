@@ -462,3 +462,19 @@ class WebhookDelivery(Base, Tenant):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(BigInteger)
     delivered_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ProjectSecret(Base, Tenant):
+    """A secret of a project that its jobs' integrations read (tunery/integrations.py ``SecretName``: a W&B API key,
+    MLflow credentials), set by the project's owner or the admin (``/v1/tunery/secrets``). Stored as given, since a
+    trainer is handed the value itself (as a webhook's secret is); the API never answers it, and it reaches only the
+    trainers of the project's jobs that use its integration, through their backend (never the object store)."""
+
+    __tablename__ = "project_secrets"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_project_secrets_project_id_name"),)
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)

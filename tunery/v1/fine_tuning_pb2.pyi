@@ -314,24 +314,38 @@ class FineTuningJobError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., param: _Optional[str] = ...) -> None: ...
 
 class WandbIntegration(_message.Message):
-    __slots__ = ("project", "name", "entity", "tags")
+    __slots__ = ("project", "name", "entity", "tags", "run_id")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     project: str
     name: str
     entity: str
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, project: _Optional[str] = ..., name: _Optional[str] = ..., entity: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    run_id: str
+    def __init__(self, project: _Optional[str] = ..., name: _Optional[str] = ..., entity: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ...) -> None: ...
+
+class MlflowIntegration(_message.Message):
+    __slots__ = ("tracking_uri", "experiment_name", "run_name")
+    TRACKING_URI_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    tracking_uri: str
+    experiment_name: str
+    run_name: str
+    def __init__(self, tracking_uri: _Optional[str] = ..., experiment_name: _Optional[str] = ..., run_name: _Optional[str] = ...) -> None: ...
 
 class JobIntegration(_message.Message):
-    __slots__ = ("type", "wandb")
+    __slots__ = ("type", "wandb", "mlflow")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     WANDB_FIELD_NUMBER: _ClassVar[int]
+    MLFLOW_FIELD_NUMBER: _ClassVar[int]
     type: str
     wandb: WandbIntegration
-    def __init__(self, type: _Optional[str] = ..., wandb: _Optional[_Union[WandbIntegration, _Mapping]] = ...) -> None: ...
+    mlflow: MlflowIntegration
+    def __init__(self, type: _Optional[str] = ..., wandb: _Optional[_Union[WandbIntegration, _Mapping]] = ..., mlflow: _Optional[_Union[MlflowIntegration, _Mapping]] = ...) -> None: ...
 
 class JobScheduling(_message.Message):
     __slots__ = ("priority", "queue_position")
