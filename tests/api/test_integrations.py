@@ -11,15 +11,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from openai import OpenAI
 
+from api.grpc.convert import to_message
 from scheduler.backends import LocalProcessBackend
 from scheduler.k8s_manifests import job_manifest, run_token_secret_manifest
 from tests.conftest import TINY, chat_lines
 from tests.schema import validate
 from tunery.integrations import integrations_spec, secrets_needed
 from tunery.settings import Settings
+from tunery.v1 import fine_tuning_pb2 as jpb
+from tunery.v1 import fine_tuning_pb2_grpc
 
 BOOTSTRAP = "sk-tunery-bootstrap-0123456789abcdef"
 S = "/v1/tunery/secrets"
@@ -110,6 +114,22 @@ def test_secrets_and_integrations_end_to_end_at_the_api(tiny_server_factory: Any
     ]
     assert job.integrations is not None and job.integrations[0].wandb.project == "my-project"  # the SDK reads it
     assert KEY not in str(body)
+    # Over gRPC: the same job, its integrations typed (JobIntegration); a CreateJob's integrations are checked alike.
+    with grpc.insecure_channel(srv.grpc_address) as channel:
+        stub = fine_tuning_pb2_grpc.FineTuningServiceStub(channel)
+        md = (("authorization", f"Bearer {member.api_key}"),)
+        got = stub.GetJob(jpb.GetJobRequest(job_id=job.id), metadata=md, timeout=30)
+        assert got == to_message(body, jpb.FineTuningJob)
+        assert [i.type for i in got.integrations] == ["wandb", "mlflow"]
+        assert got.integrations[0].wandb.run_id == job.id and got.integrations[1].mlflow.experiment_name == "e"
+        request = jpb.CreateJobRequest(model=TINY, training_file=f.id)
+        request.integrations.add().update({"type": "mlflow", "mlflow": {"tracking_uri": "http://127.0.0.1:1"}})
+        made_grpc = stub.CreateJob(request, metadata=md, timeout=30)
+        assert made_grpc.integrations[0].mlflow.tracking_uri == "http://127.0.0.1:1"
+        request.integrations[0].update({"type": "comet"})
+        with pytest.raises(grpc.RpcError) as refused_grpc:
+            stub.CreateJob(request, metadata=md, timeout=30)
+        assert refused_grpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # Deleting the secret: the next W&B job is refused again (the queued one keeps its integration).
     deleted = srv.http.delete(f"{S}/WANDB_API_KEY", headers=h_owner)
     assert deleted.json() == {"object": "tunery.secret.deleted", "name": "WANDB_API_KEY", "deleted": True}

@@ -284,3 +284,21 @@ def test_vllm_is_not_exposed(bin_dir: Path) -> None:
         {"podSelector": {"matchLabels": one(docs, "Deployment", "tun-tunery-api")["spec"]["selector"]["matchLabels"]}},
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
     ]
+
+
+def test_trainers_reach_the_experiment_trackers_only_when_allowed(
+    bin_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """networkPolicy.egress.integrations (docs/integrations.md): off by default; on, trainer pods reach its peers at
+    its ports (W&B's API on 443), and the other parts do not."""
+    tracker = Address("198.51.100.9")
+    sets = [*DEV_SETS, "networkPolicy.egress.integrations.enabled=true"]
+    sets.append("networkPolicy.egress.integrations.to[0].ipBlock.cidr=198.51.100.0/24")
+    docs = render(bin_dir, sets=sets)
+    p = parts(docs, monkeypatch)
+    assert can_connect(docs, p["trainer"], tracker, 443)
+    assert not can_connect(docs, p["trainer"], tracker, 80)
+    assert not can_connect(docs, p["trainer"], INTERNET, 443)
+    assert not can_connect(docs, p["api"], tracker, 443)
+    off = render(bin_dir, sets=DEV_SETS)
+    assert not can_connect(off, parts(off, monkeypatch)["trainer"], tracker, 443)
