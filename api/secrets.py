@@ -19,7 +19,8 @@ router = APIRouter(prefix="/tunery/secrets", responses=ERROR_RESPONSES)
 async def secret_service(request: Request) -> SecretService:
     """The caller's project's secrets (on the event loop: the request guard admitted the caller already)."""
     ctx = get_ctx(request)
-    return SecretService(ctx, request_principal(request, ctx).tenant(ctx.settings))
+    p = request_principal(request, ctx)
+    return SecretService(ctx, p.tenant(ctx.settings), p.actor)
 
 
 Svc = Depends(secret_service)

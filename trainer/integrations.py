@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +87,8 @@ class WandbTracker:
             tags=[*s.tags, *default_tags(self.job.base_model, self.job.job_id)],
             config=config,
             mode=s.mode,
+            # Its local files (offline: the run itself): WANDB_DIR, else the temporary folder (a read-only image).
+            dir=os.environ.get("WANDB_DIR") or tempfile.gettempdir(),
             settings=wandb.Settings(**settings),
         )
 

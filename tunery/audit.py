@@ -55,6 +55,8 @@ class EventType(StrEnum):
     SERVICE_ACCOUNT_DELETED = "service_account.deleted"
     API_KEY_CREATED = "api_key.created"
     API_KEY_DELETED = "api_key.deleted"
+    SECRET_SET = "tunery.secret.set"
+    SECRET_DELETED = "tunery.secret.deleted"
 
 
 ActorType = Literal["api_key", "open_access", "cli", "job"]

@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 from api.context import AppContext, Tenant
 from api.errors import NotFound
 from api.protocol.secrets import ProjectSecret, ProjectSecretDeleted, ProjectSecretList
+from tunery import audit
+from tunery.audit import Actor, EventType
 from tunery.db import ProjectSecret as SecretRow
 from tunery.db.ops import now
 from tunery.integrations import SecretName
@@ -24,9 +26,22 @@ def secret_object(row: SecretRow) -> ProjectSecret:
 
 
 class SecretService:
-    def __init__(self, ctx: AppContext, tenant: Tenant):
+    def __init__(self, ctx: AppContext, tenant: Tenant, actor: Actor):
         self.ctx = ctx
         self.tenant = tenant
+        self.actor = actor  # who the audit log says acted (its events name the secret, never its value)
+
+    def _record(self, s: Session, type: EventType, name: SecretName) -> None:
+        t = self.tenant
+        audit.record(
+            s,
+            type,
+            self.actor,
+            organization_id=t.organization_id,
+            project_id=t.project_id,
+            resource_id=name.value,
+            details={"data": {"name": name.value}},
+        )
 
     def _find(self, s: Session, name: SecretName) -> SecretRow | None:
         t = self.tenant
@@ -67,6 +82,7 @@ class SecretService:
                 s.add(row)
             else:
                 row.value, row.updated_at = value, at
+            self._record(s, EventType.SECRET_SET, name)
             s.flush()
             return secret_object(row)
 
@@ -78,6 +94,7 @@ class SecretService:
             if row is None:
                 raise NotFound(f"The project has no secret {name.value}.", param="name", code="secret_not_found")
             s.delete(row)
+            self._record(s, EventType.SECRET_DELETED, name)
             return ProjectSecretDeleted(name=name.value, deleted=True)
 
         return self.ctx.db.transaction(apply)

@@ -134,6 +134,10 @@ def test_secrets_and_integrations_end_to_end_at_the_api(tiny_server_factory: Any
     deleted = srv.http.delete(f"{S}/WANDB_API_KEY", headers=h_owner)
     assert deleted.json() == {"object": "tunery.secret.deleted", "name": "WANDB_API_KEY", "deleted": True}
     assert srv.http.delete(f"{S}/WANDB_API_KEY", headers=h_owner).status_code == 404
+    logged = srv.http.get("/v1/organization/audit_logs?limit=100", headers=admin)
+    kinds = [e["type"] for e in logged.json()["data"] if e["type"].startswith("tunery.secret.")]
+    assert kinds == ["tunery.secret.deleted", "tunery.secret.set", "tunery.secret.set"]  # newest first
+    assert KEY not in logged.text
     assert create(member, [WANDB]).status_code == 400
 
 
