@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from tunery.integrations import IntegrationsSpec, MlflowSpec, SecretName, WandbSpec, check_tracking_uri, default_tags
 from tunery.jobspec import JobSpec
@@ -34,10 +34,13 @@ from .metrics import StepRow
 
 log = logging.getLogger("tunery.trainer.integrations")
 
+Outcome = Literal["succeeded", "failed", "stopped"]
+
 MLFLOW_BATCH = 100  # params per log_batch request (MLflow's limit)
 MLFLOW_DEFAULT_EXPERIMENT = "Default"
 JOB_TAG = "tunery.job_id"  # the MLflow tag that finds the run of a job again (a resumed job continues it)
-FINISH_TIMEOUT_S = 60.0  # how long the end of a run waits for its trackers
+FINISH_TIMEOUT_S = 60.0
+INIT_TIMEOUT_S = 30.0  # how long wandb.init may wait for its server  # how long the end of a run waits for its trackers
 # MLflow retries a failed request for minutes by default: a tracker that is down should cost seconds.
 MLFLOW_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
@@ -70,7 +73,13 @@ class WandbTracker:
         import wandb
 
         s = self.spec
-        settings: dict[str, Any] = {"console": "off", "silent": True, "save_code": False}
+        # A W&B server that does not answer costs the run 30 s of its tracker thread, not W&B's default 90.
+        settings: dict[str, Any] = {
+            "console": "off",
+            "silent": True,
+            "save_code": False,
+            "init_timeout": INIT_TIMEOUT_S,
+        }
         key = os.environ.get(SecretName.WANDB_API_KEY)
         if key:
             settings["api_key"] = key
@@ -95,12 +104,12 @@ class WandbTracker:
     def log(self, row: StepRow) -> None:
         self.run.log(row_figures(row), step=row.step)
 
-    def finish(self, succeeded: bool, summary: dict[str, Any]) -> None:
+    def finish(self, outcome: Outcome, summary: dict[str, Any]) -> None:
         if self.run is None:
             return
         for k, v in summary.items():
             self.run.summary[k] = v
-        self.run.finish(exit_code=0 if succeeded else 1)
+        self.run.finish(exit_code=0 if outcome == "succeeded" else 1)  # a stopped run resumes it later
 
 
 class MlflowTracker:
@@ -143,12 +152,13 @@ class MlflowTracker:
         metrics = [Metric(k, v, at, row.step) for k, v in row_figures(row).items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def finish(self, succeeded: bool, summary: dict[str, Any]) -> None:
+    def finish(self, outcome: Outcome, summary: dict[str, Any]) -> None:
         if self.client is None or self.run_id is None:
             return
         for k, v in summary.items():
             self.client.set_tag(self.run_id, f"tunery.{k}", str(v))
-        self.client.set_terminated(self.run_id, status="FINISHED" if succeeded else "FAILED")
+        status = {"succeeded": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}[outcome]
+        self.client.set_terminated(self.run_id, status=status)
 
 
 _STOP = object()
@@ -186,9 +196,10 @@ class Trackers:
     def log(self, row: StepRow) -> None:
         self._queue.put(("log", (row,)))
 
-    def close(self, succeeded: bool, summary: dict[str, Any] | None = None, timeout: float = FINISH_TIMEOUT_S) -> None:
-        """End every tracker's run (finished or failed), waiting up to ``timeout`` seconds for what is queued."""
-        self._queue.put(("finish", (succeeded, summary or {})))
+    def close(self, outcome: Outcome, summary: dict[str, Any] | None = None, timeout: float = FINISH_TIMEOUT_S) -> None:
+        """End every tracker's run (``stopped``: paused, preempted or cancelled; a paused job's next run continues
+        it), waiting up to ``timeout`` seconds for what is queued."""
+        self._queue.put(("finish", (outcome, summary or {})))
         self._queue.put(_STOP)
         self._worker.join(timeout)
         if self._worker.is_alive():

@@ -28,7 +28,7 @@ from tunery.storage import ObjectStore, open_store
 from .base import RunResult, StopSignal, TrainingRun
 from .chat import ChatTemplateError, ChatTokenizer, end_of_turn_tokens
 from .config import trl_config
-from .errors import TrainerError
+from .errors import RunStopped, TrainerError
 from .evaluation import Evaluator
 from .integrations import Trackers
 from .judge import TransformersJudge
@@ -137,12 +137,12 @@ def run(
             r.trackers.start(tracker_config(r, n_examples))
         try:
             train_seconds, final_prefix, results_key = r.train_to_end(resume_dir)
-        except BaseException:
+        except BaseException as e:
             if r.trackers is not None:
-                r.trackers.close(succeeded=False)
+                r.trackers.close("stopped" if isinstance(e, RunStopped) else "failed")
             raise
         if r.trackers is not None:
-            r.trackers.close(succeeded=True, summary={"fine_tuned_model": spec.fine_tuned_model})
+            r.trackers.close("succeeded", summary={"fine_tuned_model": spec.fine_tuned_model})
 
     total_tokens = sum(row.tokens or 0 for row in r.rows)
     log.info(

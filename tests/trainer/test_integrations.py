@@ -180,7 +180,7 @@ def test_a_failing_tracker_is_one_warning_and_is_dropped(monkeypatch: pytest.Mon
     trackers.start({"job_id": spec.job_id})
     for step in (1, 2):
         trackers.log(StepRow(step=step, epoch=0.5 * step, train_loss=1.0 / step))
-    trackers.close(succeeded=True, timeout=30)
+    trackers.close("succeeded", timeout=30)
     assert len(warnings) == 1, warnings
     message, data = warnings[0]
     assert message.startswith("MLflow integration failed, training goes on without it:") and data == {
@@ -198,5 +198,5 @@ def test_a_tracking_uri_that_became_private_is_refused_by_the_trainer() -> None:
     loopback = MlflowSpec(tracking_uri="http://127.0.0.1:9", allow_private=False)
     trackers = Trackers([MlflowTracker(loopback, spec)], lambda m, d: warnings.append(m))
     trackers.start({})
-    trackers.close(succeeded=True, timeout=30)
+    trackers.close("succeeded", timeout=30)
     assert len(warnings) == 1 and "loopback" in warnings[0] and "TUNERY_INTEGRATIONS_ALLOW_PRIVATE" in warnings[0]
