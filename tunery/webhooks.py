@@ -29,17 +29,21 @@ from sqlalchemy.orm import Session
 
 from tunery import ids
 from tunery.db.models import Checkpoint, Job, WebhookDelivery, WebhookEndpoint
+from tunery.evalreport import EVAL_GATE_FAILED
 from tunery.jobstate import JobKind, JobStatus
 
 
 class EventType(enum.StrEnum):
-    """The events an endpoint may subscribe to: OpenAI's three of a fine-tuning job's end, and Tunery's extension
-    (``tunery.`` types, only when subscribed to): a checkpoint saved."""
+    """The events an endpoint may subscribe to: OpenAI's three of a fine-tuning job's end, and Tunery's extensions
+    (``tunery.`` types, only when subscribed to): a checkpoint saved; a gated job's end (``tunery.eval.gate``,
+    docs/evals.md) that says whether its model passed the gate, beside OpenAI's event of that end."""
 
     job_succeeded = "fine_tuning.job.succeeded"
     job_failed = "fine_tuning.job.failed"
     job_cancelled = "fine_tuning.job.cancelled"
     checkpoint_created = "tunery.fine_tuning.job.checkpoint.created"
+    eval_gate_passed = "tunery.fine_tuning.job.eval_gate.passed"
+    eval_gate_failed = "tunery.fine_tuning.job.eval_gate.failed"
 
 
 # What an endpoint created without ``event_types`` takes.
@@ -238,6 +242,19 @@ def _job_of(s: Session, job_id: str) -> Job | None:
         return s.scalar(select(Job).where(Job.id == job_id))
 
 
+def gate_event(job: Job) -> EventType | None:
+    """The gate's event of a gated fine-tuning job that just ended: passed when it succeeded (its model is the best
+    that passed), failed when it failed with ``eval_gate_failed`` (no model passed); none otherwise (no gate, or an
+    end that the gate did not decide: cancelled, another failure)."""
+    if not job.tunery_options("eval").get("gate"):
+        return None
+    if job.status == JobStatus.succeeded:
+        return EventType.eval_gate_passed
+    if job.status == JobStatus.failed and (job.error or {}).get("code") == EVAL_GATE_FAILED:
+        return EventType.eval_gate_failed
+    return None
+
+
 def _events(s: Session) -> Iterable[Event]:
     """The events of this flush: a fine-tuning job whose status became terminal (a job added already ended too: it
     has no status before), a checkpoint added to a fine-tuning job."""
@@ -248,6 +265,9 @@ def _events(s: Session) -> Iterable[Event]:
             if event is not None and list(history.deleted) != list(history.added):
                 at = obj.finished_at or int(time.time())
                 yield Event(obj.organization_id, obj.project_id, event, {"id": obj.id}, at)
+                gate = gate_event(obj)
+                if gate is not None:
+                    yield Event(obj.organization_id, obj.project_id, gate, {"id": obj.id}, at)
         elif isinstance(obj, Checkpoint) and obj in s.new:
             job = _job_of(s, obj.job_id)
             if job is not None and job.kind == JobKind.fine_tune:

@@ -289,3 +289,40 @@ def test_a_checkpoint_is_tunerys_event_for_the_endpoints_that_ask_for_it(db: Dat
         "type": "tunery.fine_tuning.job.checkpoint.created",
         "data": {"id": "ftckpt_abc", "fine_tuning_job_id": job.id},
     }
+
+
+def test_a_gated_jobs_end_is_also_tunerys_gate_event(db: Database) -> None:
+    gate_events = ["tunery.fine_tuning.job.eval_gate.passed", "tunery.fine_tuning.job.eval_gate.failed"]
+    with db.session() as s:
+        s.add(_endpoint("proj_a", [*gate_events, "fine_tuning.job.failed"]))
+        jobs = [_job("proj_a") for _ in range(4)]
+        for job in jobs[:3]:
+            job.extensions = {"tunery": {"eval": {"gate": {"max_forgetting": 0.05}}}}
+        for job in jobs:
+            jobstate.queue(job)
+        s.add_all(jobs)
+    passed, failed, other_failure, ungated = (j.id for j in jobs)
+
+    def end(job_id: str, how: str) -> None:
+        def apply(s) -> None:  # type: ignore[no-untyped-def]
+            j = s.scalar(select(Job).where(Job.id == job_id))
+            if how == "succeed":
+                jobstate.succeed(j, 5)
+            else:
+                code = jobstate.ErrorCode.eval_gate_failed if how == "gate" else jobstate.ErrorCode.training_error
+                jobstate.fail(j, jobstate.JobError(code, "no model passed"), 5)
+
+        db.transaction(apply)
+
+    end(passed, "succeed")
+    end(failed, "gate")
+    end(other_failure, "other")  # failed, but not by its gate: OpenAI's event only
+    end(ungated, "gate")
+    got = [(json.loads(r.payload)["data"]["id"], r.event_type) for r in _deliveries(db)]
+    assert got == [
+        (passed, "tunery.fine_tuning.job.eval_gate.passed"),
+        (failed, "fine_tuning.job.failed"),
+        (failed, "tunery.fine_tuning.job.eval_gate.failed"),
+        (other_failure, "fine_tuning.job.failed"),
+        (ungated, "fine_tuning.job.failed"),
+    ]
