@@ -29,9 +29,10 @@ lint: setup
 	$(BIN)/mypy
 
 # Two workers (pytest-xdist): a test mostly waits on a one-thread trainer or a server, so two share the 2 cores of a
-# small machine well. Each test file runs whole on one worker (tests/conftest.py). TEST_WORKERS=0 runs them in turn.
+# small machine well. Each test file runs whole on one worker (its module fixtures made once, its tests in their
+# order). TEST_WORKERS=0 runs them in turn.
 TEST_WORKERS ?= 2
-PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
 test: lint kube vllm browser
 	$(BIN)/pytest -q -rs --durations=15 $(PARALLEL)

@@ -178,18 +178,3 @@ def upload(server: RunningServer) -> Callable[..., Any]:
         return server.client.files.create(file=(name, data), purpose=purpose)  # type: ignore[arg-type]
 
     return do
-
-
-# The suite runs on parallel workers (`make test`: pytest-xdist, `--dist loadgroup`). Each test file is one unit of
-# work, on one worker, so its module-scoped fixtures (a server, a trained model, a browser) are made once and its
-# tests run in their order. The files that share one costly server are one unit: both Kubernetes suites use the same
-# control plane (tests/kube/fixtures.py, session-scoped), which one worker starts once.
-SHARED_WORKER = {"tests/scheduler/test_k8s.py": "kube", "tests/helm/test_cluster.py": "kube"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    root = config.rootpath
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            path = item.path.relative_to(root).as_posix()
-            item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(path, path)))
