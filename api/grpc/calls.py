@@ -26,6 +26,7 @@ GR = "/v1/fine_tuning/alpha/graders"
 EV = "/v1/tunery/evaluations"
 EX = "/v1/tunery/exports"
 WH = "/v1/webhook_endpoints"
+SE = "/v1/tunery/secrets"
 # Every RPC and the REST route it mirrors (method, route template).
 REST_TWIN: dict[str, tuple[str, str]] = {
     "ChatService/CreateChatCompletion": ("POST", "/v1/chat/completions"),
@@ -72,6 +73,9 @@ REST_TWIN: dict[str, tuple[str, str]] = {
     "ExportService/CancelExport": ("POST", f"{EX}/{{export_id}}/cancel"),
     "FineTuningService/GetJobEvalReport": ("GET", f"{J}/{{job_id}}/eval_report"),
     "FineTuningService/GetCheckpointEvalReport": ("GET", f"{J}/{{job_id}}/checkpoints/{{checkpoint_id}}/eval_report"),
+    "SecretService/ListSecrets": ("GET", SE),
+    "SecretService/SetSecret": ("POST", f"{SE}/{{name}}"),
+    "SecretService/DeleteSecret": ("DELETE", f"{SE}/{{name}}"),
     "WebhookService/CreateWebhookEndpoint": ("POST", WH),
     "WebhookService/ListWebhookEndpoints": ("GET", WH),
     "WebhookService/GetWebhookEndpoint": ("GET", f"{WH}/{{webhook_endpoint_id}}"),

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from api.context import AppContext
 from api.grpc.calls import Calls
 from api.grpc.handlers import service_handler
+from api.grpc.secrets import SecretServicer
 from api.grpc.services import (
     AliasServicer,
     ChatServicer,
@@ -32,6 +33,7 @@ from tunery.v1 import (
     fine_tuning_pb2,
     graders_pb2,
     models_pb2,
+    secrets_pb2,
     webhooks_pb2,
 )
 
@@ -48,6 +50,7 @@ MODULES = (
     evaluations_pb2,
     exports_pb2,
     webhooks_pb2,
+    secrets_pb2,
 )
 SERVICES = tuple(service.full_name for module in MODULES for service in module.DESCRIPTOR.services_by_name.values())
 # A message's most bytes, each way: a page of 10,000 file objects fits; a file's content goes in 1 MiB chunks.
@@ -75,6 +78,7 @@ class PublicGrpcServer:
             "EvaluationService": EvaluationServicer(ctx, calls),
             "ExportService": ExportServicer(ctx, calls),
             "WebhookService": WebhookServicer(ctx, calls),
+            "SecretService": SecretServicer(ctx, calls),
         }
         for module in MODULES:
             for service in module.DESCRIPTOR.services_by_name.values():

@@ -46,6 +46,7 @@ from tunery.v1 import (
     fine_tuning_pb2_grpc,
     graders_pb2_grpc,
     models_pb2_grpc,
+    secrets_pb2_grpc,
     webhooks_pb2_grpc,
 )
 from tunery.v1 import chat_pb2 as cpb
@@ -78,6 +79,7 @@ class Api:
             "EvaluationService": evaluations_pb2_grpc.EvaluationServiceStub,
             "ExportService": exports_pb2_grpc.ExportServiceStub,
             "WebhookService": webhooks_pb2_grpc.WebhookServiceStub,
+            "SecretService": secrets_pb2_grpc.SecretServiceStub,
         }
         return stubs[service](self.channel)
 

@@ -1,7 +1,8 @@
 """Webhook endpoints over gRPC (``WebhookService``, protos/tunery/v1/webhooks.proto), each RPC the twin of its
 ``/v1/webhook_endpoints`` route, through test_grpc's cases and helpers: the same answers, the secret shown once, the
-same refusals mapped to status codes with OpenAI's error, the owner-only rule and tenancy. Also the jobs' eval report
-RPCs' refusals, and an id over 256 characters refused as REST refuses it, for every RPC that takes one."""
+same refusals mapped to status codes with OpenAI's error, the owner-only rule and tenancy. Also a project's secrets
+(``SecretService``, the other owner-only family), the jobs' eval report RPCs' refusals, and an id over 256
+characters refused as REST refuses it, for every RPC that takes one."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.api.test_grpc import KEY, Api, Case, assert_same_answer, assert_same_
 from tests.conftest import TINY, RunningServer
 from tests.webhook_receiver import receiver
 from tunery.v1 import fine_tuning_pb2 as jpb
+from tunery.v1 import secrets_pb2 as spb
 from tunery.v1 import webhooks_pb2 as wpb
 
 W = "/v1/webhook_endpoints"
@@ -238,3 +240,49 @@ def test_an_id_over_256_characters_is_refused_as_rest_refuses_it(api: Api) -> No
                 assert (error["status"], error["param"]) == (400, fields[0]), (rpc, error)
                 checked += 1
     assert checked >= 25  # jobs, files, evaluations, exports, aliases, webhooks...
+
+
+SECRETS = "/v1/tunery/secrets"
+LIST_SECRETS = Case("SecretService/ListSecrets", lambda o: spb.ListSecretsRequest(), SECRETS)
+
+
+def set_secret(name: str, value: str) -> Case:
+    return Case(
+        "SecretService/SetSecret",
+        lambda o: spb.SetSecretRequest(name=name, value=value),
+        f"{SECRETS}/{name}",
+        None,
+        {"value": value},
+    )
+
+
+def delete_secret(name: str) -> Case:
+    return Case("SecretService/DeleteSecret", lambda o: spb.DeleteSecretRequest(name=name), f"{SECRETS}/{name}")
+
+
+def test_secrets_over_grpc_are_rests_and_never_answer_a_value(api: Api) -> None:
+    o = api.objects
+    made = api.call("SecretService/SetSecret", spb.SetSecretRequest(name="WANDB_API_KEY", value="s3cr3t-value"))
+    assert (made.object, made.name) == ("tunery.secret", "WANDB_API_KEY") and made.created_at > 0
+    listed = assert_same_answer(api, LIST_SECRETS, o)
+    assert [x.name for x in listed.data] == ["WANDB_API_KEY"]
+    assert "s3cr3t-value" not in str(listed) + str(made)
+    gone = api.call("SecretService/DeleteSecret", spb.DeleteSecretRequest(name="WANDB_API_KEY"))
+    assert (gone.name, gone.deleted) == ("WANDB_API_KEY", True)
+    assert list(assert_same_answer(api, LIST_SECRETS, o).data) == []
+    # The same refusals: a name outside the closed set, one the project has not set.
+    assert assert_same_refusal(api, set_secret("AWS_SECRET_ACCESS_KEY", "x"), o)["param"] == "name"
+    assert assert_same_refusal(api, delete_secret("WANDB_API_KEY"), o)["code"] == "secret_not_found"
+    with pytest.raises(grpc.RpcError) as caught:  # proto3 cannot tell an empty value from none: a missing one
+        api.call("SecretService/SetSecret", spb.SetSecretRequest(name="WANDB_API_KEY"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'value'" in (caught.value.details() or "")
+    # Only an owner or the admin: a member's key is refused, as over REST.
+    admin = {"authorization": f"Bearer {KEY}"}
+    http = api.server.http
+    project = http.post("/v1/organization/projects", json={"name": "s"}, headers=admin).json()["id"]
+    made_key = http.post(
+        f"/v1/organization/projects/{project}/service_accounts", json={"name": "m", "role": "member"}, headers=admin
+    )
+    member = made_key.json()["api_key"]["value"]
+    for case in (LIST_SECRETS, set_secret("WANDB_API_KEY", "x"), delete_secret("WANDB_API_KEY")):
+        assert assert_same_refusal(api, case, o, key=member)["status"] == 403, case.rpc
