@@ -219,7 +219,8 @@ def test_outside_addresses_and_ports_come_from_the_values(bin_dir: Path, monkeyp
     # production-values: PostgreSQL, S3 and the API server in the VPC (10.20.0.0/16); S3 at https, port 443.
     for src in (p["api"], p["scheduler"], p["trainer"], p["vllm"]):
         assert can_connect(docs, src, S3_IN_VPC, 443), src.name
-        assert not can_connect(docs, src, INTERNET, 443), src.name
+        # only the scheduler reaches the internet: the webhook endpoints (egress.webhooks, on by default)
+        assert can_connect(docs, src, INTERNET, 443) == (src is p["scheduler"]), src.name
         assert not can_connect(docs, src, S3_IN_VPC, 80), src.name
     assert can_connect(docs, p["api"], S3_IN_VPC, 5432) and can_connect(docs, p["scheduler"], S3_IN_VPC, 5432)
     assert not can_connect(docs, p["trainer"], S3_IN_VPC, 5432) and not can_connect(docs, p["vllm"], S3_IN_VPC, 5432)
@@ -302,3 +303,17 @@ def test_trainers_reach_the_experiment_trackers_only_when_allowed(
     assert not can_connect(docs, p["api"], tracker, 443)
     off = render(bin_dir, sets=DEV_SETS)
     assert not can_connect(off, parts(off, monkeypatch)["trainer"], tracker, 443)
+
+
+def test_the_scheduler_reaches_public_webhook_endpoints_only(bin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """networkPolicy.egress.webhooks (docs/webhooks.md): on by default, the scheduler (whose leader sends the
+    deliveries) reaches public addresses on 443 and 80, never a private one; no other part does; off, nothing."""
+    docs = render(bin_dir, sets=DEV_SETS)
+    p = parts(docs, monkeypatch)
+    assert can_connect(docs, p["scheduler"], INTERNET, 443) and can_connect(docs, p["scheduler"], INTERNET, 80)
+    assert not can_connect(docs, p["scheduler"], INTERNET, 8443)
+    for private in ("10.1.2.3", "192.168.1.1", "169.254.169.254"):  # (443 is the Kubernetes API's: any address here)
+        assert not can_connect(docs, p["scheduler"], Address(private), 80), private
+    assert not can_connect(docs, p["api"], INTERNET, 443) and not can_connect(docs, p["trainer"], INTERNET, 443)
+    off = render(bin_dir, sets=[*DEV_SETS, "networkPolicy.egress.webhooks.enabled=false"])
+    assert not can_connect(off, parts(off, monkeypatch)["scheduler"], INTERNET, 80)
