@@ -34,7 +34,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from tunery.exports import EXPORT_DTYPES, GGUF_TYPES
+from tunery.exports import EXPORT_DTYPES, GGUF_TYPES, gguf_refusal
 
 from .checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, save_full_model_folder
 from .errors import TrainerError
@@ -43,7 +43,6 @@ from .models import publish_folder
 
 MERGE_DTYPES = EXPORT_DTYPES
 GGUF_OUTTYPES = GGUF_TYPES
-LLAMA_ARCHITECTURE = "LlamaForCausalLM"
 
 
 class ExportError(TrainerError):
@@ -162,17 +161,10 @@ class LlamaParams:
     def from_config(cls, config: dict[str, Any], where: Path) -> LlamaParams:
         """Refuses what the llama GGUF layout this writer produces cannot express (rather than writing a file
         that loads and then computes something else)."""
-        architectures = config.get("architectures") or []
-        if architectures != [LLAMA_ARCHITECTURE] or config.get("model_type") != "llama":
-            found = architectures or config.get("model_type")
-            raise UnsupportedArchitecture(f"GGUF export supports {LLAMA_ARCHITECTURE} only; {where} is {found}")
-        # transformers 5 writes rope_parameters; older configs have rope_theta / rope_scaling at the top level.
+        refusal = gguf_refusal(config)
+        if refusal is not None:
+            raise UnsupportedArchitecture(f"{refusal} ({where})")
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise UnsupportedArchitecture(f"GGUF export does not support rope scaling {rope_type!r} yet ({where})")
-        if config.get("attention_bias") or config.get("mlp_bias"):
-            raise UnsupportedArchitecture(f"GGUF export does not support Llama models with biases ({where})")
         hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
         return cls(
             n_blocks=int(config["num_hidden_layers"]),

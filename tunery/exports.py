@@ -6,7 +6,8 @@ with :func:`result_filename`: one home for every layer.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +21,28 @@ EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 EXPORT_DTYPES: tuple[str, ...] = get_args(ExportDtype)
 GGUF_TYPES: tuple[str, ...] = get_args(GgufType)
 DEFAULT_GGUF_TYPE: GgufType = "f16"
+
+# The one architecture the GGUF writer (trainer/export.py) lays out as llama.cpp expects.
+LLAMA_ARCHITECTURE = "LlamaForCausalLM"
+
+
+def gguf_refusal(config: Mapping[str, Any]) -> str | None:
+    """Why a model of this ``config.json`` cannot be written as a GGUF (None when it can): the one rule, asked by the
+    API before it queues an export (where it can read the base model's config) and by the trainer's writer, which
+    would otherwise write a file that loads and then computes something else."""
+    architectures = config.get("architectures") or []
+    if architectures != [LLAMA_ARCHITECTURE] or config.get("model_type") != "llama":
+        found = architectures or config.get("model_type")
+        return f"GGUF export supports {LLAMA_ARCHITECTURE} only; the model is {found}"
+    # transformers 5 writes rope_parameters; older configs have rope_theta / rope_scaling at the top level.
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        return f"GGUF export does not support rope scaling {rope_type!r} yet"
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        return "GGUF export does not support Llama models with biases"
+    return None
+
 
 # The suffix of the result of each format: a tar.gz of the merged folder, or the one GGUF file itself.
 RESULT_SUFFIX: dict[str, str] = {"safetensors": ".tar.gz", "gguf": ".gguf"}

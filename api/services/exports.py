@@ -9,11 +9,15 @@ the reporting service makes that object (at the server's key, never one the trai
 
 The checks, in the other routes' words: the model is one the project may use (its own, or shared with it; otherwise
 the 404 of ``GET /v1/models/{model}``); a base model is refused (400 ``invalid_model``: there is nothing to merge);
-``gguf_type`` goes with ``format: gguf`` only. A GGUF of a model that is not a Llama fails the export with
-``unsupported_architecture`` (the trainer reads the model's config).
+``gguf_type`` goes with ``format: gguf`` only. A GGUF of a model that is not a Llama is refused with
+``unsupported_architecture`` (naming ``format``) when this server can read the base model's config, else the trainer
+fails the export with that code.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -25,7 +29,7 @@ from api.services.short_jobs import ShortJobService
 from tunery import ids
 from tunery.audit import EventType
 from tunery.db import Job
-from tunery.exports import ExportOptions
+from tunery.exports import ExportOptions, gguf_refusal
 from tunery.jobstate import JobKind, JobStatus
 
 
@@ -57,6 +61,19 @@ class ExportService(ShortJobService[Export, ExportList]):
     list_type = ExportList
     to_object = staticmethod(export_object)
 
+    def _check_gguf(self, base_model: str) -> None:
+        """A GGUF of a model whose architecture the writer cannot lay out is refused now, when this server can read
+        the base model's ``config.json`` (tunery.exports.gguf_refusal, the trainer's own rule); otherwise the trainer
+        fails the export with the same code."""
+        folder = self.ctx.settings.base_model_paths().get(base_model)
+        try:
+            config = json.loads((Path(folder) / "config.json").read_text()) if folder else None
+        except (OSError, ValueError):
+            config = None
+        refusal = gguf_refusal(config) if isinstance(config, dict) else None
+        if refusal is not None:
+            raise InvalidRequest(f"{refusal}.", param="format", code="unsupported_architecture")
+
     def create(self, req: CreateExportRequest) -> Export:
         """A new export, ``validating_files`` (it has none: the scheduler queues it at once)."""
         if req.gguf_type is not None and req.format != "gguf":
@@ -73,6 +90,8 @@ class ExportService(ShortJobService[Export, ExportList]):
                 "an export merges a fine-tuned model (ft:...) or a checkpoint model (ft:...:ckpt-step-N) into its "
                 "base model; a base model has nothing to merge.",
             )
+            if options.format == "gguf":
+                self._check_gguf(row.base_model)
             job_id = ids.export_id()
             out = self._new(
                 s,

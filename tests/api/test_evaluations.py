@@ -50,11 +50,11 @@ def wait_evaluation(srv: RunningServer, evaluation_id: str, statuses: set[str], 
     raise TimeoutError(f"evaluation {evaluation_id} still {ev['status']}")
 
 
-def stored_model(srv: RunningServer, project: str = "proj_default", prefix: str | None = None) -> str:
+def stored_model(srv: RunningServer, project: str = "proj_default", prefix: str | None = None, base: str = TINY) -> str:
     """An ft: model row of ``project`` (and the succeeded job that made it), with no files unless ``prefix`` has
     them: for the checks that need no trained model."""
     job_id = ids.job_id()
-    name = ids.fine_tuned_model_name(TINY, "personal", "stored", job_id)
+    name = ids.fine_tuned_model_name(base, "personal", "stored", job_id)
     plan = TrainingPlan(n_epochs=1, batch_size=1, learning_rate=1e-4)
     with srv.app.state.ctx.db.session() as s:
         s.add(
@@ -64,8 +64,8 @@ def stored_model(srv: RunningServer, project: str = "proj_default", prefix: str 
                 project_id=project,
                 created_at=int(time.time()),
                 status="succeeded",
-                model=TINY,
-                base_model=TINY,
+                model=base,
+                base_model=base,
                 training_file="file-gone",
                 seed=1,
                 method={"type": "supervised"},
@@ -80,7 +80,7 @@ def stored_model(srv: RunningServer, project: str = "proj_default", prefix: str 
             FineTunedModel(
                 id=name,
                 kind="fine_tuned",
-                base_model=TINY,
+                base_model=base,
                 job_id=job_id,
                 object_prefix=prefix or f"jobs/{job_id}/model",
                 owned_by="personal",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import tarfile
 import time
 from pathlib import Path
@@ -140,9 +141,19 @@ def test_a_model_is_exported_merged_downloaded_and_loaded_as_a_plain_model(
     assert [e["id"] for e in listed["data"]] == [ex["id"]] and listed["has_more"] is True
 
 
-def test_refusals_are_the_other_routes(tiny_server_factory: Any) -> None:
-    srv = tiny_server_factory(max_concurrent_runs=0)  # nothing launches: an export stays queued
-    model = stored_model(srv)
+def test_refusals_are_the_other_routes(tiny_server_factory: Any, tiny_model_dir: Path, tmp_path: Path) -> None:
+    # A second base model whose config says Qwen2 (its other files the tiny Llama's): the GGUF writer's refusal.
+    qwen = tmp_path / "qwen"
+    qwen.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (qwen / f.name).symlink_to(f)
+    (qwen / "config.json").unlink()
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    (qwen / "config.json").write_text(
+        json.dumps({**config, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"})
+    )
+    srv = tiny_server_factory(max_concurrent_runs=0, base_models={TINY: str(tiny_model_dir), "qwen": str(qwen)})
+    model = stored_model(srv)  # nothing launches on this server: an export stays queued
     theirs = stored_model(srv, project="proj_other")
 
     def refused(body: dict[str, Any], status: int, code: str | None, param: str | None) -> dict[str, Any]:
@@ -166,6 +177,11 @@ def test_refusals_are_the_other_routes(tiny_server_factory: Any) -> None:
     refused({"model": model, "gguf_type": "f16"}, 400, "invalid_value", "gguf_type")
     refused({"model": model, "merge": True}, 400, None, "merge")
     refused({}, 400, None, "model")
+    # A GGUF of a model that is no Llama: refused now (the server reads its base's config), naming the format.
+    error = refused(
+        {"model": stored_model(srv, base="qwen"), "format": "gguf"}, 400, "unsupported_architecture", "format"
+    )
+    assert "LlamaForCausalLM only" in error["message"] and "Qwen2ForCausalLM" in error["message"]
 
     out = CLI.invoke(app, ["exports", "create", TINY, *cli_args(srv)])
     assert out.exit_code == 1 and "is a base model" in out.output
