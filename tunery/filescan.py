@@ -23,13 +23,10 @@ import hashlib
 import json
 import logging
 import os
-import re
-import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from itertools import pairwise
 from multiprocessing import get_context
 from pathlib import Path
@@ -52,14 +49,13 @@ from tunery.data import (
 )
 from tunery.data_jsonl import iter_lines, json_lines
 from tunery.data_parsers import detect_format, parse_line
+from tunery.minhash import NearDuplicateIndex, shingles, signature
 
 log = logging.getLogger("tunery.validation")
 
 CHUNK = 1024 * 1024
 BATCH = 512  # examples rendered and tokenized together
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024  # smaller files are scanned in one process
-NUM_PERM = 64
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -228,50 +224,6 @@ class _Tokens:
         self.texts, self.spans, self.owner = [], [], []
 
 
-# datasketch's MinHash (its default scheme, affine32: each value mixed with MurmurHash3's 32-bit finalizer, then
-# a * h + b modulo 2^32 for each permutation, the minimum kept): the same numbers it computes, in one numpy
-# expression per example, in the worker that scans the example.
-_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
-
-
-@lru_cache(maxsize=1)
-def _permutations() -> tuple[Any, Any]:
-    """datasketch's ``MinHash(num_perm=NUM_PERM, seed=1).permutations`` (a and b), drawn as it draws them, without
-    importing datasketch (and SciPy) in every worker (tests/tunery/test_filescan_minhash.py checks they are its)."""
-    gen = np.random.RandomState(1)
-    a = gen.randint(0, 1 << 31, NUM_PERM, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
-    b = gen.randint(0, 1 << 32, NUM_PERM, dtype=np.uint32)
-    return a, b
-
-
-def _shingles(record: Record) -> Any:
-    """The hashes of an example's word 3-grams (uint32, unique): what its MinHash is made of.
-
-    Each word is hashed with CRC-32 (deterministic across processes, unlike ``hash``) and a 3-gram's hash
-    combines its words' hashes.
-    """
-    words = _WORD.findall(" ".join(t for _, t in _texts(record)).lower())
-    h = np.fromiter(map(zlib.crc32, map(str.encode, words)), dtype=np.uint64, count=len(words))
-    if len(h) >= 3:
-        h = (h[:-2] * np.uint64(0x9E3779B1) + h[1:-1] * np.uint64(0x85EBCA77) + h[2:]) & np.uint64(0xFFFFFFFF)
-    return np.unique(h).astype(np.uint32)
-
-
-def _signature(shingles: Any) -> Any:
-    """The MinHash signature of a set of shingle hashes (uint32 x NUM_PERM): datasketch's ``MinHash.update_batch``
-    of them (of ``[0]`` for an empty set), its ``hashvalues`` exactly."""
-    a, b = _permutations()
-    s1, m1, s2, m2, s3 = _FMIX32
-    hv = shingles if len(shingles) else np.zeros(1, dtype=np.uint32)
-    hv = hv ^ (hv >> s1)
-    hv = hv * m1
-    hv = hv ^ (hv >> s2)
-    hv = hv * m2
-    hv = hv ^ (hv >> s3)
-    result: Any = (hv[:, None] * a + b).min(axis=0)  # uint32: the products wrap, modulo 2^32
-    return result
-
-
 def _scan_lines(
     lines: Iterator[tuple[int, bytes | None]],
     fmt: DataFormat | None,
@@ -314,7 +266,7 @@ def _scan_lines(
                         )
                     break
         if len(scan.minhashes) < near_dup_quota:
-            scan.minhashes.append((n, _signature(_shingles(record))))
+            scan.minhashes.append((n, signature(shingles(" ".join(t for _, t in _texts(record))))))
     if tokens is not None:
         tokens.flush()
     scan.trailing_blank = pending_blank
@@ -486,32 +438,16 @@ def finish(scan: FileScan, opts: ScanOptions) -> FileScan:
 
 
 def _near_duplicates(scan: FileScan, exact: set[int], threshold: float) -> None:
-    """Each example (not an exact duplicate) against the earlier ones kept: a near duplicate of the most similar one
-    whose estimated Jaccard similarity reaches ``threshold``, else kept. Candidates are those that share a band of
-    their signature with it, in the bands datasketch's ``MinHashLSH`` picks for the threshold; the index is a dict
-    per band (datasketch's own index spent 0.3 ms an example in Python, the scan's serial part)."""
-    from datasketch import MinHashLSH
-
-    ranges = MinHashLSH(threshold=threshold, num_perm=NUM_PERM).hashranges  # its bands: the same candidates
-    bands: list[dict[bytes, list[int]]] = [{} for _ in ranges]
-    indexed: dict[int, Any] = {}
-    for line, signature in scan.minhashes:
+    """Each example (not an exact duplicate) against the earlier ones kept (tunery/minhash.py's index): a near
+    duplicate of the most similar one whose estimated Jaccard similarity reaches ``threshold``, else kept."""
+    index = NearDuplicateIndex(threshold)
+    for line, sig in scan.minhashes:
         if line in exact:
             continue
         scan.near_dup_examined += 1
-        keys = [signature[start:end].tobytes() for start, end in ranges]
-        candidates = {other for band, key in zip(bands, keys, strict=True) for other in band.get(key, ())}
-        best: tuple[float, int] | None = None
-        for other in candidates:
-            j = np.count_nonzero(signature == indexed[other]) / NUM_PERM  # datasketch's jaccard
-            if j >= threshold and (best is None or j > best[0] or (j == best[0] and other < best[1])):
-                best = (j, other)
+        best = index.match_or_add(line, sig)
         if best is not None:
             scan.n_near_duplicates += 1
             if len(scan.near_duplicates) < MAX_LISTED_ERRORS:
                 scan.near_duplicates.append((line, best[1], round(best[0], 3)))
-            continue
-        for band, key in zip(bands, keys, strict=True):
-            band.setdefault(key, []).append(line)
-        indexed[line] = signature
     scan.minhashes = []  # not needed any more

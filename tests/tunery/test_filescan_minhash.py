@@ -1,5 +1,5 @@
-"""The scan's MinHash (tunery/filescan.py) is datasketch's, number for number, and its near-duplicate search finds
-what datasketch's MinHashLSH finds: the same pairs, the same similarities."""
+"""The scan's MinHash (tunery/minhash.py, used by tunery/filescan.py) is datasketch's, number for number, and its
+near-duplicate search finds what datasketch's MinHashLSH finds: the same pairs, the same similarities."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from tunery import filescan
-from tunery.filescan import NUM_PERM, ScanOptions, _permutations, _signature, scan_path
+from tunery.filescan import ScanOptions, scan_path
+from tunery.minhash import NUM_PERM, permutations, shingles, signature
 
 
 def _datasketch(shingles: list[int]) -> np.ndarray:
@@ -22,15 +23,15 @@ def _datasketch(shingles: list[int]) -> np.ndarray:
 
 
 def test_the_permutations_and_signatures_are_datasketchs() -> None:
-    a, b = _permutations()
+    a, b = permutations()
     ref = MinHash(num_perm=NUM_PERM, seed=1).permutations
     assert np.array_equal(a, ref[0]) and np.array_equal(b, ref[1])
     rng = np.random.default_rng(0)
     for n in (0, 1, 2, 7, 150, 3000):
-        shingles = np.unique(rng.integers(0, 2**32, n, dtype=np.uint64)).astype(np.uint32)
-        ours = _signature(shingles)
+        hashes = np.unique(rng.integers(0, 2**32, n, dtype=np.uint64)).astype(np.uint32)
+        ours = signature(hashes)
         assert ours.dtype == np.uint32 and ours.shape == (NUM_PERM,)
-        assert np.array_equal(ours.astype(np.uint64), _datasketch(shingles.tolist())), n
+        assert np.array_equal(ours.astype(np.uint64), _datasketch(hashes.tolist())), n
 
 
 def _lines(n: int, seed: int) -> list[str]:
@@ -68,7 +69,8 @@ def test_near_duplicates_are_those_of_datasketchs_index(tmp_path: Path, threshol
     for line, obj in enumerate(records, start=1):
         record = filescan.parse_line(obj, line, filescan.DataFormat.CHAT)
         m = MinHash(num_perm=NUM_PERM, seed=1, hashfunc=lambda v: v)
-        m.update_batch(filescan._shingles(record).tolist() or [0])
+        text = " ".join(t for _, t in filescan._texts(record))
+        m.update_batch(shingles(text).tolist() or [0])
         lean = LeanMinHash(m)
         best = None
         for other in lsh.query(lean):

@@ -1,0 +1,88 @@
+"""Near-duplicate detection for the validation report (tunery/filescan.py): MinHash signatures of examples' word
+3-grams and an LSH index that finds, for each example, the most similar earlier one.
+
+The numbers are datasketch's (its default scheme, affine32: each value mixed with MurmurHash3's 32-bit finalizer,
+then ``a * h + b`` modulo 2^32 for each permutation, the minimum kept), computed in one numpy expression per
+example in the worker that scans it, without importing datasketch (and SciPy) in every worker;
+tests/tunery/test_filescan_minhash.py checks they are its.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+NUM_PERM = 64
+_WORD = re.compile(r"\w+")
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
+
+
+@lru_cache(maxsize=1)
+def permutations() -> tuple[Any, Any]:
+    """datasketch's ``MinHash(num_perm=NUM_PERM, seed=1).permutations`` (a and b), drawn as it draws them."""
+    gen = np.random.RandomState(1)
+    a = gen.randint(0, 1 << 31, NUM_PERM, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, NUM_PERM, dtype=np.uint32)
+    return a, b
+
+
+def shingles(text: str) -> Any:
+    """The hashes of a text's word 3-grams (uint32, unique), lower-cased: what its MinHash is made of.
+
+    Each word is hashed with CRC-32 (deterministic across processes, unlike ``hash``) and a 3-gram's hash
+    combines its words' hashes.
+    """
+    words = _WORD.findall(text.lower())
+    h = np.fromiter(map(zlib.crc32, map(str.encode, words)), dtype=np.uint64, count=len(words))
+    if len(h) >= 3:
+        h = (h[:-2] * np.uint64(0x9E3779B1) + h[1:-1] * np.uint64(0x85EBCA77) + h[2:]) & np.uint64(0xFFFFFFFF)
+    return np.unique(h).astype(np.uint32)
+
+
+def signature(hashes: Any) -> Any:
+    """The MinHash signature of a set of shingle hashes (uint32 x NUM_PERM): datasketch's ``MinHash.update_batch``
+    of them (of ``[0]`` for an empty set), its ``hashvalues`` exactly."""
+    a, b = permutations()
+    s1, m1, s2, m2, s3 = _FMIX32
+    hv = hashes if len(hashes) else np.zeros(1, dtype=np.uint32)
+    hv = hv ^ (hv >> s1)
+    hv = hv * m1
+    hv = hv ^ (hv >> s2)
+    hv = hv * m2
+    hv = hv ^ (hv >> s3)
+    result: Any = (hv[:, None] * a + b).min(axis=0)  # uint32: the products wrap, modulo 2^32
+    return result
+
+
+class NearDuplicateIndex:
+    """The examples kept so far, by the bands of their signatures that datasketch's ``MinHashLSH`` picks for the
+    threshold (so the same candidates), a dict per band (datasketch's own index spent 0.3 ms an example in Python,
+    the scan's serial part)."""
+
+    def __init__(self, threshold: float):
+        from datasketch import MinHashLSH
+
+        self.threshold = threshold
+        self.ranges = MinHashLSH(threshold=threshold, num_perm=NUM_PERM).hashranges
+        self.bands: list[dict[bytes, list[int]]] = [{} for _ in self.ranges]
+        self.kept: dict[int, Any] = {}
+
+    def match_or_add(self, line: int, sig: Any) -> tuple[float, int] | None:
+        """The most similar kept example whose estimated Jaccard similarity reaches the threshold, as (similarity,
+        its line), the earliest line on a tie; None, and the example is kept, when there is none."""
+        keys = [sig[start:end].tobytes() for start, end in self.ranges]
+        candidates = {other for band, key in zip(self.bands, keys, strict=True) for other in band.get(key, ())}
+        best: tuple[float, int] | None = None
+        for other in candidates:
+            j = np.count_nonzero(sig == self.kept[other]) / NUM_PERM  # datasketch's jaccard
+            if j >= self.threshold and (best is None or j > best[0] or (j == best[0] and other < best[1])):
+                best = (j, other)
+        if best is None:
+            for band, key in zip(self.bands, keys, strict=True):
+                band.setdefault(key, []).append(line)
+            self.kept[line] = sig
+        return best
