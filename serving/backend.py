@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from serving.engine import ModelRef
 from serving.sampling import SamplingParams
+from tunery.embeddings import Embedded
 
 Answer = dict[str, Any] | AsyncIterator[str]
 
@@ -48,6 +49,11 @@ class ServingBackend(Protocol):
 
     async def completions(self, ref: ModelRef, body: dict[str, Any], params: SamplingParams) -> Answer:
         """``POST /v1/completions`` (legacy): a ``text_completion`` object or stream."""
+        ...
+
+    async def embeddings(self, ref: ModelRef, texts: list[str] | list[list[int]], truncate: bool = False) -> Embedded:
+        """``POST /v1/embeddings`` and the graders' cosine metric: each text's embedding (tunery/embeddings.py). A
+        text longer than the model's context is cut with ``truncate``, an EngineError otherwise."""
         ...
 
     async def unload(self, ref: ModelRef) -> None:

@@ -25,6 +25,7 @@ from serving.backend import Answer, sse, stream_error
 from serving.engine import ChatEngine, Generation, ModelRef, SamplingParams
 from serving.errors import EngineError, ServingOverloaded, ServingUnavailable
 from tunery import ids
+from tunery.embeddings import Embedded
 
 log = logging.getLogger("tunery.serving")
 
@@ -116,6 +117,14 @@ class EmbeddedBackend:
 
         return release
 
+    @staticmethod
+    def _check_files(ref: ModelRef) -> None:
+        if not Path(ref.base_path, "config.json").is_file():
+            raise ServingUnavailable(
+                f"The base model `{ref.base_name}` is configured but its files are missing on this server.",
+                code="model_unavailable",
+            )
+
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
@@ -124,11 +133,7 @@ class EmbeddedBackend:
         if problem is not None:
             raise problem
         messages = _messages(body)
-        if not Path(ref.base_path, "config.json").is_file():
-            raise ServingUnavailable(
-                f"The base model `{ref.base_name}` is configured but its files are missing on this server.",
-                code="model_unavailable",
-            )
+        self._check_files(ref)
         public = str(body["model"])
         cid, created = ids.completion_id(), int(time.time())
         # Identifies the backend configuration: engine kind, base model and adapter (as OpenAI's fp_... does).
@@ -217,6 +222,15 @@ class EmbeddedBackend:
             "/v1/chat/completions with the embedded engine.",
             "model",
         )
+
+    async def embeddings(self, ref: ModelRef, texts: list[str] | list[list[int]], truncate: bool = False) -> Embedded:
+        self._check_files(ref)
+        release = self._admit()
+        try:
+            result: Embedded = await self._call(self.engine.embed, ref, texts, truncate)
+            return result
+        finally:
+            release()
 
     async def unload(self, ref: ModelRef) -> None:
         if ref.adapter_name is not None:

@@ -37,6 +37,8 @@ from serving.adapters import AdapterCache, is_full_model, safe_adapter_name
 from serving.errors import AdapterNotFound, EngineError, ServingUnavailable
 from serving.sampling import SamplingParams
 from serving.text import Detokenizer, emittable, find_stop, normalize_messages
+from tunery import embeddings
+from tunery.embeddings import Embedded
 from tunery.storage import ObjectStore
 
 __all__ = [
@@ -95,6 +97,11 @@ class ChatEngine(Protocol):
 
     def count_prompt_tokens(self, ref: ModelRef, messages: list[dict]) -> int:
         """Tokens of the chat-templated prompt (with the generation prompt), as ``usage.prompt_tokens``."""
+        ...
+
+    def embed(self, ref: ModelRef, texts: list[str] | list[list[int]], truncate: bool = False) -> Embedded:
+        """The embedding of each text (or token ids) by the model (tunery.embeddings.embed). A text longer than the
+        model's context is cut with ``truncate``, an EngineError otherwise."""
         ...
 
     def close(self) -> None:
@@ -347,6 +354,38 @@ class EmbeddedEngine:
     def count_prompt_tokens(self, ref: ModelRef, messages: list[dict]) -> int:
         msgs = normalize_messages(messages)
         return len(self._encode(self._base(ref), msgs))
+
+    def embed(self, ref: ModelRef, texts: list[str] | list[list[int]], truncate: bool = False) -> Embedded:
+        if ref.adapter_name is not None:
+            local = self.adapters.fetch(ref.adapter_name, ref.adapter_prefix)
+            if is_full_model(local):  # full fine-tuning: the model is a base model of its own
+                ref = ModelRef(base_name=ref.adapter_name, base_path=str(local))
+        base = self._base(ref)
+        try:
+            return self._on_model_thread(self._embed, base, ref, texts, truncate)  # type: ignore[no-any-return]
+        except embeddings.InputTooLong as e:
+            raise EngineError(
+                f"This model's maximum context length is {e.limit} tokens, however you requested {e.tokens} tokens "
+                f"in input {e.index}. Please reduce your prompt.",
+                "input",
+                "context_length_exceeded",
+            ) from None
+
+    def _embed(self, base: _Base, ref: ModelRef, texts: list[str] | list[list[int]], truncate: bool) -> Embedded:
+        """Embed on the model thread, the request's adapter active (or every adapter off, for the base model)."""
+        with base.lock:
+            adapters_off: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if ref.adapter_name is not None:
+                safe = self._ensure_adapter(base, ref)
+                base.model.set_adapter(safe, inference_mode=True)
+            elif base.adapters:
+                adapters_off = base.model.disable_adapter()
+            model = base.model.get_base_model() if hasattr(base.model, "get_base_model") else base.model
+            if texts and isinstance(texts[0], str):
+                with base.tok_lock:
+                    texts = embeddings.tokenize(base.tokenizer, texts)  # type: ignore[arg-type]
+            with adapters_off:
+                return embeddings.embed(model, base.tokenizer, texts, max_length=base.context_len, truncate=truncate)
 
     # -------------------------------------------------------------------------------------- base models
 

@@ -40,6 +40,7 @@ from serving.engine import ModelRef
 from serving.errors import AdapterNotFound, EngineError, ServingUnavailable
 from serving.sampling import SamplingParams
 from tunery import servable
+from tunery.embeddings import Embedded
 from tunery.storage import ObjectNotFound, ObjectStore
 from tunery.tensorfiles import read_header
 
@@ -272,6 +273,16 @@ class VLLMBackend:
 
     async def completions(self, ref: ModelRef, body: dict[str, Any], params: SamplingParams) -> Answer:
         return await self._forward("/v1/completions", ref, body, params)
+
+    async def embeddings(self, ref: ModelRef, texts: list[str] | list[list[int]], truncate: bool = False) -> Embedded:
+        """Refused: the vLLM servers run their models for generation; an embedding (the mean of the last hidden
+        state, tunery/embeddings.py) is the embedded engine's, the one the reinforcement trainer computes too."""
+        raise EngineError(
+            "Embeddings are served by the embedded engine only (TUNERY_SERVING_BACKEND=embedded); this server "
+            "serves its models through vLLM, for chat and completions.",
+            "model",
+            "embeddings_not_supported",
+        )
 
     async def unload(self, ref: ModelRef) -> None:
         if ref.adapter_prefix is None:

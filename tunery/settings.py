@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     # the client's next complete or cancel goes through (tunery/uploads.py).
     upload_completing_stale_seconds: int = Field(default=30, ge=1)
 
+    # The embedding model of the graders' cosine metric (text_similarity, evaluation_metric "cosine"; docs/graders.md):
+    # a configured base model's name (TUNERY_BASE_MODELS, or the demo model), or a local folder with a safetensors
+    # model. Empty: no embedding model, and a cosine grader is refused.
+    embedding_model: str = ""
+
     # Validation of training files (docs/validation.md). Token statistics at upload use this base model's
     # tokenizer and chat template (empty: the first base model, the demo model when offered); a job's own
     # model is used when the job validates its files.
@@ -333,6 +338,15 @@ class Settings(BaseSettings):
         if not folder or not (Path(folder) / "tokenizer.json").is_file():
             return None
         return name, folder
+
+    def embedding_model_path(self) -> tuple[str, str] | None:
+        """(name, folder) of the graders' embedding model (``embedding_model``): a base model by its name, or a
+        folder (named by its path); None when none is configured."""
+        name = self.embedding_model.strip()
+        if not name:
+            return None
+        folder = self.base_model_paths().get(name)
+        return (name, folder) if folder is not None else (name, str(Path(name).expanduser()))
 
     def base_model_paths(self) -> dict[str, str]:
         """Configured base models, with the demo model first when it is offered."""

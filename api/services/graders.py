@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 from anyio import to_thread
 from sqlalchemy.orm import Session
 
 from api.context import AppContext, Tenant
-from api.errors import InvalidRequest
+from api.errors import InvalidRequest, Unavailable
 from api.protocol.graders import RunGraderRequest, RunGraderResponse, ValidateGraderRequest, ValidateGraderResponse
 from api.services.chat import no_engine
 from api.services.models import model_ref
@@ -28,7 +29,7 @@ from serving.engine import ModelRef
 from serving.errors import EngineError, ServingUnavailable
 from serving.sampling import SamplingParams
 from tunery import graders
-from tunery.graders import AnyGrader, GraderError, GraderObject, JudgeReply, JudgeSampling, Message
+from tunery.graders import AnyGrader, GraderError, GraderNotRunnable, GraderObject, JudgeReply, JudgeSampling, Message
 from tunery.sharing import ResolvedModel, resolve_usable
 
 log = logging.getLogger("tunery.api")
@@ -127,6 +128,52 @@ class ServingJudge:
         )
 
 
+class ServingEmbedder:
+    """The embedding model of the cosine metric on the API (``TUNERY_EMBEDDING_MODEL``): the serving backend's
+    embeddings (the embedded engine's; tunery/embeddings.py), a text past the model's context cut to it.
+    :meth:`embed` is called from a grading thread; the engine's work is awaited on the event loop ``loop``."""
+
+    def __init__(self, serving: ServingBackend, ref: ModelRef, loop: asyncio.AbstractEventLoop):
+        self.serving = serving
+        self.ref = ref
+        self.loop = loop
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        done = asyncio.run_coroutine_threadsafe(self.serving.embeddings(self.ref, texts, truncate=True), self.loop)
+        return done.result().vectors
+
+
+def embedder(ctx: AppContext, grader: AnyGrader, loop: asyncio.AbstractEventLoop) -> ServingEmbedder | None:
+    """What embeds the texts of ``grader``'s cosine metrics on the API (None when it has none): the configured
+    embedding model on the embedded engine; a 400 ``grader_not_supported`` naming the metric where none is configured
+    or the server serves through vLLM, a 503 where its files are missing."""
+    found = graders.cosine_graders(grader)
+    if not found:
+        return None
+    configured = ctx.settings.embedding_model_path()
+    at = f"{found[0][0]}.evaluation_metric"
+    if configured is None:
+        graders.check_runnable(grader)  # raises: the refusal of a cosine metric without an embedding model
+    assert configured is not None
+    if ctx.serving is None:
+        raise no_engine()
+    if ctx.serving.name != "embedded":
+        raise GraderNotRunnable(
+            f"The cosine metric of '{found[0][0]}' embeds its texts on the embedded engine, and this server serves "
+            "through vLLM: run this grader in a reinforcement job (its trainer embeds them), or on a server with "
+            "TUNERY_SERVING_BACKEND=embedded.",
+            at,
+        )
+    name, folder = configured
+    if not (Path(folder) / "config.json").is_file():
+        raise Unavailable(
+            f"The embedding model `{name}` (TUNERY_EMBEDDING_MODEL) is configured but its files are missing on this "
+            "server.",
+            code="model_unavailable",
+        )
+    return ServingEmbedder(ctx.serving, ModelRef(base_name=name, base_path=folder), loop)
+
+
 class GraderService:
     """``graders/validate`` (the grader's form) and ``graders/run`` (its reward, a score_model's judge a model the
     caller's project may use)."""
@@ -145,7 +192,8 @@ class GraderService:
         """The grader's reward for ``req.model_sample`` against ``req.item``, in OpenAI's shape."""
         grader = _parse(req.grader, "RunGraderRequest")
         try:
-            graders.check_runnable(grader)
+            graders.check_runnable(grader, embeddings=True)  # the embedding model is checked by embedder()
+            embeds = embedder(self.ctx, grader, asyncio.get_running_loop())
         except GraderError as e:
             raise InvalidRequest(e.message, param=e.param, code=e.code) from None
         judge = None
@@ -157,7 +205,7 @@ class GraderService:
 
         def grade() -> graders.GradeResult:
             try:
-                return graders.run_grader(grader, req.model_sample, req.item, judge=judge)
+                return graders.run_grader(grader, req.model_sample, req.item, judge=judge, embedder=embeds)
             except GraderError as e:
                 raise InvalidRequest(e.message, param=e.param, code=e.code) from None
 

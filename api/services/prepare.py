@@ -79,7 +79,7 @@ def _hyperparameters_param(req: CreateJob) -> str:
     return "hyperparameters"
 
 
-def plan_request(req: CreateJob) -> PlanRequest:
+def plan_request(req: CreateJob, embeddings: bool = False) -> PlanRequest:
     """The training plan the request asks for (``auto`` where it leaves a choice), after the checks of its shape:
     the method's hyperparameters win over the deprecated top-level ones; a ``reinforcement`` job's grader is one
     Tunery runs."""
@@ -110,12 +110,13 @@ def plan_request(req: CreateJob) -> PlanRequest:
         method=PlanRequest.from_job_fields({"type": method_type}, None, None, trainer).method,
         hyperparameters=DPOHyperparameters(**chosen.model_dump(include=set(DPOHyperparameters.model_fields))),
         training=req.tunery.training if req.tunery else TrainingOptions(),
-        reinforcement=_reinforcement(req, rl_options) if method_type == "reinforcement" else None,
+        reinforcement=_reinforcement(req, rl_options, embeddings) if method_type == "reinforcement" else None,
     )
 
 
-def _reinforcement(req: CreateJob, options: ReinforcementOptions | None) -> ReinforcementRequest:
-    """A reinforcement job's grader, checked as ``graders/validate`` checks one and runnable here, and its settings."""
+def _reinforcement(req: CreateJob, options: ReinforcementOptions | None, embeddings: bool) -> ReinforcementRequest:
+    """A reinforcement job's grader, checked as ``graders/validate`` checks one and runnable here (``embeddings``:
+    an embedding model is configured, for a cosine metric), and its settings."""
     section = req.method.reinforcement if req.method else None
     if section is None:
         raise InvalidRequest(
@@ -131,7 +132,7 @@ def _reinforcement(req: CreateJob, options: ReinforcementOptions | None) -> Rein
         )
     where = GRADER_PARAM
     try:
-        check_runnable(parse_grader(section.grader, where), where)
+        check_runnable(parse_grader(section.grader, where), where, embeddings=embeddings)
     except GraderError as e:
         raise InvalidRequest(e.message, param=e.param, code=e.code) from None
     hp = section.hyperparameters
@@ -280,7 +281,7 @@ def prepare_job(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> Prepa
         )
     _check_metadata(req.metadata)
     check_integrations(s, ctx, t, req)
-    request = plan_request(req)
+    request = plan_request(req, embeddings=ctx.settings.embedding_model_path() is not None)
     if request.reinforcement is not None:  # a score_model's judge: a model this server serves to the project
         grader = parse_grader(request.reinforcement.grader, GRADER_PARAM)
         resolve_judges(s, ctx, t, grader, GRADER_PARAM)

@@ -11,7 +11,9 @@ against one dataset item. The API's ``/v1/fine_tuning/alpha/graders/*`` and the 
 - ``text_similarity``: fuzzy_match (rapidfuzz's normalised Indel similarity), bleu (sacrebleu's sentence BLEU / 100),
   gleu (NLTK's sentence GLEU), meteor (NLTK's METEOR with exact and Porter-stem matches only: its WordNet synonym
   stage needs data that is not shipped, so it matches no synonyms), rouge_1..rouge_5 and rouge_l (Google's
-  ``rouge-score``, F-measure, no stemming). ``cosine`` needs an embedding model, and none is configured: refused.
+  ``rouge-score``, F-measure, no stemming). ``cosine``: the cosine similarity of the two texts' embeddings by the
+  embedding model (``TUNERY_EMBEDDING_MODEL``, :class:`Embedder`, :func:`tunery.embeddings.embed`); refused where
+  none is configured.
 - ``multi``: named sub-graders and a ``calculate_output`` formula, evaluated on floats by a walk of its syntax tree
   (never ``eval``): numbers, the sub-graders' names, ``+ - * /``, ``**`` or ``^`` for a power (binding as one),
   unary minus, parentheses and min, max, abs, floor, ceil, exp, sqrt, log; on floats bounded by ±1e15, so
@@ -59,6 +61,7 @@ from .grading import (
     GradeMetadata,
     GradeResult,
     check_runnable,
+    cosine_graders,
     python_sample,
     run_grader,
     run_graders,
@@ -66,6 +69,7 @@ from .grading import (
 from .judges import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_RANGE,
+    Embedder,
     Judge,
     JudgeReply,
     JudgeSampling,
@@ -141,6 +145,7 @@ __all__ = [
     "InputAudio",
     "InputImage",
     "InputText",
+    "Embedder",
     "Judge",
     "JudgeReply",
     "JudgeSampling",
@@ -159,6 +164,7 @@ __all__ = [
     "TextSimilarityGrader",
     "check_grader",
     "check_runnable",
+    "cosine_graders",
     "check_template",
     "model_graders",
     "parse_formula",

@@ -11,10 +11,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunery import sandbox
+from tunery.embeddings import cosine
 
 from .errors import MAX_TEXT_CHARS, MAX_WORDS_QUADRATIC, GraderNotRunnable
 from .formulas import parse_formula
 from .judges import (
+    Embedder,
     Judge,
     JudgeReply,
     ModelGrader,
@@ -111,23 +113,24 @@ class GradeResult(BaseModel):
     problems: list[str] = Field(default=[], exclude=True)
 
 
-def _not_runnable(grader: AnyGrader, where: str) -> GraderNotRunnable | None:
+def _not_runnable(grader: AnyGrader, where: str, embeddings: bool) -> GraderNotRunnable | None:
     if isinstance(grader, PythonGrader):
         missing = sandbox.unavailable()
         if missing:
             return _no_sandbox(missing, where)
     if isinstance(grader, ScoreModelGrader | LabelModelGrader):
         return _judge_not_runnable(grader, where)
-    if isinstance(grader, TextSimilarityGrader) and grader.evaluation_metric == "cosine":
+    if isinstance(grader, TextSimilarityGrader) and grader.evaluation_metric == "cosine" and not embeddings:
         return GraderNotRunnable(
-            "The cosine metric needs an embedding model, and Tunery has none configured: use another "
-            "evaluation_metric (fuzzy_match, bleu, gleu, meteor, rouge_1..rouge_5, rouge_l).",
+            f"The cosine metric of '{where}' needs an embedding model, and this server has none configured "
+            "(TUNERY_EMBEDDING_MODEL): use another evaluation_metric (fuzzy_match, bleu, gleu, meteor, "
+            "rouge_1..rouge_5, rouge_l).",
             f"{where}.evaluation_metric",
         )
     if isinstance(grader, MultiGrader):
         for name, sub in grader.named().items():
             sub_where = f"{where}.graders" if not isinstance(grader.graders, dict) else f"{where}.graders.{name}"
-            refused = _not_runnable(sub, sub_where)
+            refused = _not_runnable(sub, sub_where, embeddings)
             if refused:
                 return refused
     return None
@@ -141,11 +144,26 @@ def _no_sandbox(missing: str, where: str) -> GraderNotRunnable:
     )
 
 
-def check_runnable(grader: AnyGrader, where: str = "grader") -> None:
-    """Raise :class:`GraderNotRunnable` for a grader (or a sub-grader) Tunery does not run."""
-    refused = _not_runnable(grader, where)
+def check_runnable(grader: AnyGrader, where: str = "grader", embeddings: bool = False) -> None:
+    """Raise :class:`GraderNotRunnable` for a grader (or a sub-grader) Tunery does not run; ``embeddings``: whether
+    an embedding model is at hand (a ``cosine`` text_similarity needs one)."""
+    refused = _not_runnable(grader, where, embeddings)
     if refused:
         raise refused
+
+
+def cosine_graders(grader: AnyGrader, where: str = "grader") -> list[tuple[str, TextSimilarityGrader]]:
+    """The text_similarity graders of ``grader`` (itself, or a multi grader's sub-graders) whose metric is
+    ``cosine``, with where each is: what needs the embedding model."""
+    if isinstance(grader, TextSimilarityGrader):
+        return [(where, grader)] if grader.evaluation_metric == "cosine" else []
+    if isinstance(grader, MultiGrader):
+        out = []
+        for name, sub in grader.named().items():
+            sub_where = f"{where}.graders" if not isinstance(grader.graders, dict) else f"{where}.graders.{name}"
+            out += cosine_graders(sub, sub_where)
+        return out
+    return []
 
 
 def run_grader(
@@ -155,16 +173,19 @@ def run_grader(
     where: str = "grader",
     limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
     judge: Judge | None = None,
+    embedder: Embedder | None = None,
 ) -> GradeResult:
     """Grade ``model_sample`` against ``item`` with a checked grader (:func:`parse_grader`). What depends on the
     sample or the item (a reference it lacks, a sample that is not JSON, a formula without a value, a python grader
     that fails, a judge's reply that is no number) is an error flag and a reward of 0 (a score_model's: its range's
     minimum); a grader Tunery does not run is a :class:`GraderNotRunnable`. ``limits``: those of a python grader's
-    sandbox, for each python grader in it; ``judge``: what answers its model graders (score_model, label_model)."""
-    check_runnable(grader, where)
+    sandbox, for each python grader in it; ``judge``: what answers its model graders (score_model, label_model);
+    ``embedder``: the embedding model of its cosine metrics."""
+    check_runnable(grader, where, embeddings=embedder is not None)
     started = time.perf_counter()
     ctx = _Context(model_sample, {} if item is None else item)
     _judge_all(grader, [ctx], judge, where)
+    _embed_all(grader, [ctx], embedder, where)
     return _grade(grader, ctx, where, limits, started)
 
 
@@ -175,11 +196,13 @@ def run_graders(
     where: str = "grader",
     limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
     judge: Judge | None = None,
+    embedder: Embedder | None = None,
 ) -> list[GradeResult]:
     """:func:`run_grader` of each sample against its item (a reinforcement step's completions): the same results,
     with each python grader in ``grader`` run once for all of them, in one sandbox (its start paid once), and each
-    model grader's judge asked once for all of them (a batch)."""
-    check_runnable(grader, where)
+    model grader's judge asked once for all of them (a batch), and the embedding model once for all the texts of its
+    cosine metrics."""
+    check_runnable(grader, where, embeddings=embedder is not None)
     if len(samples) != len(items):
         raise ValueError(f"{len(samples)} samples for {len(items)} items")
     items = [{} if item is None else item for item in items]
@@ -198,6 +221,7 @@ def run_graders(
         for i, (s, item) in enumerate(zip(samples, items, strict=True))
     ]
     _judge_all(grader, contexts, judge, where)
+    _embed_all(grader, contexts, embedder, where)
     return [_grade(grader, ctx, where, limits) for ctx in contexts]
 
 
@@ -227,6 +251,44 @@ def _judge_all(grader: AnyGrader, contexts: list[_Context], judge: Judge | None,
             replies = [JudgeReply(error=f"the judge failed: {e}")] * len(conversations)
         for i, reply in zip(who, replies, strict=True):
             contexts[i].judged[id(g)] = reply
+
+
+def _embed_all(grader: AnyGrader, contexts: list[_Context], embedder: Embedder | None, where: str) -> None:
+    """The cosine similarity of each cosine metric's two texts, for every sample, from one call of the embedding
+    model (each distinct text embedded once); a sample whose texts cannot be filled, or are too long, is not sent
+    (its grading flags why), and a failure of the model is each sample's error."""
+    found = cosine_graders(grader, where)
+    if not found:
+        return
+    if embedder is None:
+        raise GraderNotRunnable(
+            f"The cosine metric of '{found[0][0]}' needs an embedding model, and none is at hand here.",
+            f"{found[0][0]}.evaluation_metric",
+        )
+    pairs: list[tuple[_Context, int, str, str]] = []
+    for at, g in found:
+        for ctx in contexts:
+            try:
+                text, reference = render(g.input, ctx, f"{at}.input"), render(g.reference, ctx, f"{at}.reference")
+            except _Unfilled:
+                continue
+            if max(len(text), len(reference)) <= MAX_TEXT_CHARS:
+                pairs.append((ctx, id(g), text, reference))
+    texts = list(dict.fromkeys(t for _, _, a, b in pairs for t in (a, b)))
+    if not texts:
+        return
+    try:
+        vectors = embedder.embed(texts)
+        if len(vectors) != len(texts):
+            raise RuntimeError(f"{len(vectors)} embeddings of {len(texts)} texts")
+    except Exception as e:  # the model's own failure: each sample's other_error, not a crash
+        log.exception("the embedding model failed")
+        for ctx, key, _, _ in pairs:
+            ctx.embedded[key] = f"the embedding model failed: {e}"
+        return
+    by_text = dict(zip(texts, vectors, strict=True))
+    for ctx, key, text, reference in pairs:
+        ctx.embedded[key] = cosine(by_text[text], by_text[reference])
 
 
 def _grade(
@@ -307,6 +369,13 @@ def _score(
         errors.truncated_observation_error = True
         problems.append(f"{where}: {grader.evaluation_metric} takes at most {MAX_WORDS_QUADRATIC} words a text")
         return 0.0
+    if grader.evaluation_metric == "cosine":
+        embedded = ctx.embedded.get(id(grader), "the embedding model gave no embedding")
+        if isinstance(embedded, str):
+            errors.other_error = True
+            problems.append(f"{where}: {embedded}")
+            return 0.0
+        return embedded
     return similarity(text, reference, grader.evaluation_metric)
 
 

@@ -89,6 +89,17 @@ class Judge(Protocol):
 ModelGrader = ScoreModelGrader | LabelModelGrader
 
 
+class Embedder(Protocol):
+    """The embedding model of the ``cosine`` metric (``TUNERY_EMBEDDING_MODEL``): on the API the embedded engine
+    (api/services/graders.py), in the reinforcement trainer the model loaded in-process (trainer/judge.py); both
+    embed with :func:`tunery.embeddings.embed`."""
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """The unit-length embedding of each text, in order. Raises when the model fails (each sample's
+        ``other_error``)."""
+        ...
+
+
 # ---- the graders' judges ------------------------------------------------------------------------------------------
 def model_graders(grader: AnyGrader, where: str = "grader") -> list[tuple[str, ModelGrader]]:
     """The model graders (score_model, label_model) of ``grader`` (itself, or a multi grader's sub-graders), with

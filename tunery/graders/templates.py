@@ -63,6 +63,7 @@ class _Context:
         self.item = item
         self.python = python or {}  # what each python grader (by id) gave for this sample, graded in a batch
         self.judged: dict[int, Any] = {}  # each score_model grader's (by id) judge's reply for this sample
+        self.embedded: dict[int, float | str] = {}  # each cosine grader's (by id) similarity, or why there is none
         self._json: Any = None
         self._parsed = False
 
