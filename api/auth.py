@@ -45,6 +45,7 @@ READ_POSTS = frozenset(
     {
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/embeddings",
         "/v1/fine_tuning/alpha/graders/run",
         "/v1/fine_tuning/alpha/graders/validate",
     }

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from serving.adapters import AdapterCache, is_full_model, safe_adapter_name
 from serving.errors import AdapterNotFound, EngineError, ServingUnavailable
@@ -383,7 +383,14 @@ class EmbeddedEngine:
             model = base.model.get_base_model() if hasattr(base.model, "get_base_model") else base.model
             if texts and isinstance(texts[0], str):
                 with base.tok_lock:
-                    texts = embeddings.tokenize(base.tokenizer, texts)  # type: ignore[arg-type]
+                    texts = embeddings.tokenize(base.tokenizer, cast(list[str], texts))
+            else:
+                for i, ids in enumerate(cast(list[list[int]], texts)):
+                    if any(not 0 <= t < base.vocab_size for t in ids):
+                        raise EngineError(
+                            f"'input[{i}]' holds a token id outside this model's vocabulary of {base.vocab_size}.",
+                            "input",
+                        )
             with adapters_off:
                 return embeddings.embed(model, base.tokenizer, texts, max_length=base.context_len, truncate=truncate)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 BATCH = 16  # texts per forward pass
 
@@ -88,7 +88,11 @@ def embed(
     import torch
 
     limit = max_length or context_length(model, tokenizer)
-    ids = tokenize(tokenizer, texts) if texts and isinstance(texts[0], str) else [list(t) for t in texts]  # type: ignore[arg-type]
+    ids: list[list[int]] = (
+        tokenize(tokenizer, cast(list[str], texts))
+        if texts and isinstance(texts[0], str)
+        else [list(t) for t in cast(list[list[int]], texts)]
+    )
     filler = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for i, row in enumerate(ids):
         if len(row) > limit:
@@ -107,17 +111,17 @@ def embed(
             width = max(len(ids[i]) for i in chunk)
             input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                mask[row, : len(ids[i])] = 1
+            for at, i in enumerate(chunk):
+                input_ids[at, : len(ids[i])] = torch.tensor(ids[i])
+                mask[at, : len(ids[i])] = 1
             input_ids, mask = input_ids.to(device), mask.to(device)
             hidden = backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
             weights = mask.unsqueeze(-1).float()
             mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
             unit = torch.nn.functional.normalize(mean, p=2, dim=-1)
-            for row, i in enumerate(chunk):
-                vectors[i] = unit[row].cpu().tolist()
-    return Embedded(vectors=vectors, tokens=[len(row) for row in ids])
+            for at, i in enumerate(chunk):
+                vectors[i] = unit[at].cpu().tolist()
+    return Embedded(vectors=vectors, tokens=[len(one) for one in ids])
 
 
 def cosine(a: list[float], b: list[float]) -> float:

@@ -118,10 +118,11 @@ ROUTES = [
     # Ids in the body. A job on another project's file, or one that never existed, is the same 400.
     Route("POST", T, T, {"model": TINY, "training_file": "{file}"}, foreign=400),
     Route("POST", f"{T}/dry_run", f"{T}/dry_run", {"model": TINY, "training_file": "{file}"}, foreign=400),
-    # A reader may chat: its request here lacks `messages` (a 400 after the door), so nothing is generated.
+    # A reader may chat and embed: its request here lacks `messages` or `input` (a 400 after the door), so nothing runs.
     Route("POST", "/v1/chat/completions", body={"model": "{model}", "messages": MESSAGES}, read=400),
     Route("POST", "/v1/completions", body={"model": "{model}", "prompt": "Hi"}, read=400),
     Route("POST", "/v1/chat/completions", body={"model": "{alias}", "messages": MESSAGES}, read=400),
+    Route("POST", "/v1/embeddings", body={"model": "{model}", "input": "Hi"}, read=400),
 ]
 # The routes without an id: lists (each shows B none of A's objects) and creations (a 403 for a reader).
 LISTS = {"/v1/files", "/v1/fine_tuning/jobs", "/v1/models", AL, EV, EX}
@@ -155,7 +156,7 @@ def fill(value: Any, ids: dict[str, str]) -> Any:
 
 def call(http: httpx.Client, key: str, route: Route, ids: dict[str, str], *, reader: bool = False) -> httpx.Response:
     body = fill(route.body, ids)
-    if reader and route.template in ("/v1/chat/completions", "/v1/completions"):
+    if reader and route.template in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         body = {"model": TINY}
     kwargs: dict[str, Any] = {"headers": {"authorization": f"Bearer {key}"}}
     if route.files:

@@ -1,0 +1,105 @@
+"""The ``text_similarity`` grader's ``cosine`` metric and ``POST /v1/embeddings``, through the official OpenAI SDK
+against a real server whose embedding model (``TUNERY_EMBEDDING_MODEL``) is the tiny Llama: the cosine similarity of
+the two texts' embeddings (tunery/embeddings.py, the one function the trainer's rewards use too:
+tests/trainer/test_grpo_cosine.py); refused with a 400 naming the metric where no embedding model is configured."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Any
+
+import openai
+import pytest
+
+from tests.api.test_graders import refused, run
+from tests.conftest import TINY, RunningServer
+from tunery import graders
+from tunery.graders import GraderNotRunnable
+
+COSINE = {
+    "type": "text_similarity",
+    "name": "meaning",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.label}}",
+    "evaluation_metric": "cosine",
+}
+
+
+@pytest.fixture
+def server(tiny_server_factory: Any) -> RunningServer:
+    return tiny_server_factory(embedding_model=TINY)  # type: ignore[no-any-return]
+
+
+def test_cosine_grades_by_the_embedding_model(server: RunningServer) -> None:
+    same = run(server, COSINE, "The capital of France is Paris.", {"label": "The capital of France is Paris."})
+    assert same["reward"] == pytest.approx(1.0, abs=1e-5)
+    assert not any(v for k, v in same["metadata"]["errors"].items() if isinstance(v, bool))
+    other = run(server, COSINE, "The capital of France is Paris.", {"label": "zebra 1234 !!"})
+    assert -1.0 <= other["reward"] < same["reward"] - 1e-3
+    # In a multi grader, beside another metric, each sub-grader's score in sub_rewards.
+    multi = {
+        "type": "multi",
+        "name": "both",
+        "graders": {"meaning": COSINE, "exact": {**COSINE, "name": "exact", "evaluation_metric": "fuzzy_match"}},
+        "calculate_output": "0.5 * meaning + 0.5 * exact",
+    }
+    body = run(server, multi, "The capital of France is Paris.", {"label": "zebra 1234 !!"})
+    assert body["sub_rewards"]["meaning"] == pytest.approx(other["reward"], abs=1e-5)
+    assert body["reward"] == pytest.approx(0.5 * other["reward"] + 0.5 * body["sub_rewards"]["exact"], abs=1e-6)
+    # A reference the item lacks: the usual flag, not a failure of the model.
+    missing = run(server, COSINE, "x", {"other": 1})
+    assert missing["reward"] == 0 and missing["metadata"]["errors"]["invalid_variable_error"]
+    embeddings_through_the_sdk(server)
+
+
+def embeddings_through_the_sdk(server: RunningServer) -> None:
+    """``POST /v1/embeddings`` on the same server (one server start for both)."""
+    texts = ["The capital of France is Paris.", "zebra 1234 !!"]
+    floats = server.client.embeddings.create(model=TINY, input=texts, encoding_format="float")
+    assert floats.object == "list" and floats.model == TINY
+    assert [d.index for d in floats.data] == [0, 1] and all(d.object == "embedding" for d in floats.data)
+    vectors = [d.embedding for d in floats.data]
+    assert sum(x * x for x in vectors[0]) == pytest.approx(1.0, abs=1e-5)
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens > 0
+    # The SDK's default asks for base64 (little-endian float32) and decodes it: the same vectors.
+    decoded = server.client.embeddings.create(model=TINY, input=texts)
+    for a, b in zip(decoded.data, floats.data, strict=True):
+        assert a.embedding == pytest.approx(b.embedding, abs=1e-6)
+    raw = server.http.post("/v1/embeddings", json={"model": TINY, "input": texts[0], "encoding_format": "base64"})
+    packed = base64.b64decode(raw.json()["data"][0]["embedding"])
+    assert list(struct.unpack(f"<{len(packed) // 4}f", packed)) == pytest.approx(vectors[0], abs=1e-6)
+    # The cosine grader's score is the dot product of these embeddings.
+    graded = run(server, COSINE, texts[0], {"label": texts[1]})
+    assert graded["reward"] == pytest.approx(sum(x * y for x, y in zip(*vectors, strict=True)), abs=1e-5)
+    # The model's own width is accepted; any other is refused, as OpenAI refuses it for a model without it.
+    width = len(vectors[0])
+    assert len(server.client.embeddings.create(model=TINY, input="a", dimensions=width).data[0].embedding) == width
+    # Token ids of the model's own tokenizer.
+    ids = server.client.embeddings.create(model=TINY, input=[[1, 2, 3], [4]], encoding_format="float")
+    assert ids.usage.prompt_tokens == 4 and len(ids.data) == 2
+    for body, param in [
+        ({"model": TINY, "input": "a", "dimensions": 3}, "dimensions"),
+        ({"model": TINY, "input": ""}, "input"),
+        ({"model": TINY, "input": []}, "input"),
+        ({"model": TINY, "input": [[10**9]]}, "input"),
+        ({"model": "nope", "input": "a"}, "model"),
+        ({"model": TINY, "input": "a", "encoding_format": "int8"}, "encoding_format"),
+    ]:
+        resp = server.http.post("/v1/embeddings", json=body)
+        assert resp.status_code in (400, 404), (body, resp.text)
+        error = resp.json()["error"]
+        assert error["param"] == param and set(error) == {"message", "type", "param", "code"}, error
+
+
+def test_cosine_is_refused_without_an_embedding_model(tiny_server_factory: Any) -> None:
+    multi = {"type": "multi", "name": "m", "graders": {"c": COSINE}, "calculate_output": "c"}
+    with pytest.raises(GraderNotRunnable) as e:
+        graders.check_runnable(graders.parse_grader(multi), "grader")
+    assert e.value.param == "grader.graders.c.evaluation_metric" and "TUNERY_EMBEDDING_MODEL" in e.value.message
+    graders.check_runnable(graders.parse_grader(multi), "grader", embeddings=True)
+    server = tiny_server_factory()
+    error = refused(lambda: server.client.fine_tuning.alpha.graders.run(grader=multi, model_sample="x"))  # type: ignore[arg-type]
+    assert (error["param"], error["code"]) == ("grader.graders.c.evaluation_metric", "grader_not_supported")
+    with pytest.raises(openai.BadRequestError):
+        server.client.fine_tuning.alpha.graders.run(grader=COSINE, model_sample="x")  # type: ignore[arg-type]
