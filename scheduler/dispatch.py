@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from scheduler.backends import LaunchRefused
 from scheduler.claims import Claims
 from scheduler.context import SchedulerContext, SchedulerPart
-from scheduler.preprocess import job_files, judge_names, parent_model_prefix
+from scheduler.preprocess import cosine_metric, job_files, judge_names, parent_model_prefix
 from scheduler.quota import quota_decision
 from scheduler.runs import TrainerLogs, fail, fail_in
 from scheduler.specs import build_spec
@@ -19,7 +19,7 @@ from tunery import ids, jobstate, quotas
 from tunery.db import Job, Project
 from tunery.db.ops import add_event, now
 from tunery.integrations import integrations_spec, run_secrets
-from tunery.jobspec import JobSpec, JudgeSpec, broker_url
+from tunery.jobspec import EmbeddingSpec, JobSpec, JudgeSpec, broker_url
 from tunery.jobstate import EVAL_FILE_PARAM, ErrorCode, JobError, JobKind, JobStatus
 from tunery.sharing import resolve_usable
 
@@ -160,6 +160,18 @@ class Dispatcher(SchedulerPart):
                 base_model_path=found.base_path,
                 adapter_prefix=found.adapter_prefix,
             )
+        embedding = None
+        cosine_at = cosine_metric(job)
+        if cosine_at is not None:
+            configured = self.settings.embedding_model_path()
+            if configured is None:
+                return JobError(
+                    ErrorCode.model_not_available,
+                    f"The cosine metric of the job's grader ('{cosine_at}') needs an embedding model, and this server "
+                    "no longer has one configured (TUNERY_EMBEDDING_MODEL).",
+                    f"{cosine_at}.evaluation_metric",
+                )
+            embedding = EmbeddingSpec(model=configured[0], path=configured[1])
         files = job_files(s, job)
         parent_prefix = None
         if job.model != job.base_model:  # fine-tuning a fine-tuned model: continue from its adapter
@@ -178,6 +190,7 @@ class Dispatcher(SchedulerPart):
             reporting_address=self.reporting_address,
             device=self.settings.trainer_device,
             judges=judges,
+            embedding_model=embedding,
             integrations=integrations_spec(
                 job.integrations,
                 wandb_mode=self.settings.wandb_mode,

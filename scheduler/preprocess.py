@@ -36,7 +36,7 @@ from tunery.db import File, Job
 from tunery.db.ops import add_event, now
 from tunery.files import report_key
 from tunery.filescan import FileScan, ScanOptions
-from tunery.graders import model_graders, parse_grader
+from tunery.graders import cosine_graders, model_graders, parse_grader
 from tunery.jobspec import mix_count
 from tunery.jobstate import CHAT_PARAMS, EVAL_FILE_PARAM, ErrorCode, JobError, JobKind, JobStatus
 from tunery.methods import GRADER_PARAM
@@ -79,6 +79,19 @@ def judge_names(job: Job) -> dict[str, str]:
     for where, grader in model_graders(parse_grader(rl.grader, GRADER_PARAM), GRADER_PARAM):
         found.setdefault(grader.model, where)
     return found
+
+
+def cosine_metric(job: Job) -> str | None:
+    """Where the first cosine metric of a reinforcement job's grader is (``method.reinforcement.grader.graders.c``):
+    what needs the embedding model; None when it has none."""
+    if job.kind != JobKind.fine_tune:
+        return None
+    plan = job.training_plan()
+    rl = plan.reinforcement if plan is not None else None
+    if rl is None:
+        return None
+    found = cosine_graders(parse_grader(rl.grader, GRADER_PARAM), GRADER_PARAM)
+    return found[0][0] if found else None
 
 
 class Preprocessor(SchedulerPart):

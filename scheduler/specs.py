@@ -16,7 +16,7 @@ from tunery.db import File, Job
 from tunery.evalreport import EvalOptions
 from tunery.exports import ExportOptions
 from tunery.integrations import IntegrationsSpec
-from tunery.jobspec import DataFile, DataOptions, JobSpec, JudgeSpec, MixSpec
+from tunery.jobspec import DataFile, DataOptions, EmbeddingSpec, JobSpec, JudgeSpec, MixSpec
 from tunery.jobstate import JobKind
 from tunery.plan import TrainingPlan, resolve_plan
 
@@ -91,12 +91,14 @@ def build_spec(
     reporting_address: str,
     device: str,
     judges: dict[str, JudgeSpec] | None = None,
+    embedding_model: EmbeddingSpec | None = None,
     integrations: IntegrationsSpec | None = None,
 ) -> JobSpec | None:
     """The spec of the job's next run, or None when one of its inputs is gone: ``files`` are the job's input files
     by id (those missing were deleted), ``parent_prefix`` the object-store prefix of the fine-tuned model the job
     starts from, or that an evaluation or an export reads (None when there is none, or when it was deleted), ``judges``
-    a fine-tuning job's grader's judge models, resolved, ``integrations`` its experiment trackers
+    a fine-tuning job's grader's judge models, resolved, ``embedding_model`` the embedding model of its cosine metrics,
+    ``integrations`` its experiment trackers
     (:func:`tunery.integrations.integrations_spec`)."""
     where = {
         "base_model_path": base_model_path,
@@ -109,7 +111,7 @@ def build_spec(
             return _evaluation(job, files, parent_prefix, **where)
         if job.kind == JobKind.export:
             return _export(job, files, parent_prefix, **where)
-        return _fine_tune(job, files, parent_prefix, judges or {}, integrations, **where)
+        return _fine_tune(job, files, parent_prefix, judges or {}, embedding_model, integrations, **where)
     except InputGone:
         return None
 
@@ -119,6 +121,7 @@ def _fine_tune(
     files: dict[str, File],
     parent_prefix: str | None,
     judges: dict[str, JudgeSpec],
+    embedding_model: EmbeddingSpec | None,
     integrations: IntegrationsSpec | None,
     **where: str,
 ) -> JobSpec:
@@ -155,6 +158,7 @@ def _fine_tune(
         data=data,
         init_adapter_prefix=init_prefix,
         judges=judges,
+        embedding_model=embedding_model,
         integrations=integrations,
         # A job run before (paused, crashed, preempted, its scheduler gone) continues from its newest complete
         # checkpoint, if it has one.

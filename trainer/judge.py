@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunery import embeddings
 from tunery.graders import JudgeReply, JudgeSampling, Message
-from tunery.jobspec import JudgeSpec
+from tunery.jobspec import EmbeddingSpec, JudgeSpec
 from tunery.methods import GRADER_PARAM
 from tunery.storage import ObjectStore
 
@@ -146,6 +147,29 @@ class TransformersJudge:
                 )
             )
         return replies
+
+
+class TransformersEmbedder:
+    """The embedding model of a reinforcement job's cosine metrics (tunery.graders.Embedder), loaded once at start
+    beside the policy from the folder the scheduler resolved (``JobSpec.embedding_model``), embedding a step's texts
+    in batches with :func:`tunery.embeddings.embed`: the function the API's ``graders/run`` embeds with, so a reward
+    while training is the one it answers. A text past the model's context is cut to it, as on the API."""
+
+    def __init__(self, spec: EmbeddingSpec, device: str, dtype: Any):
+        self.spec = spec
+        started = time.monotonic()
+        try:
+            self.model, self.tokenizer = embeddings.load(spec.path, device, dtype)
+        except (FileNotFoundError, OSError, ValueError) as e:
+            raise TrainerError(
+                f"the embedding model {spec.model} of the grader's cosine metric cannot be loaded: {e}",
+                code="model_not_available",
+                param=f"{GRADER_PARAM}.evaluation_metric",
+            ) from e
+        log.info("embedding model %s loaded on %s in %.1fs", spec.model, device, time.monotonic() - started)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return embeddings.embed(self.model, self.tokenizer, texts, truncate=True).vectors
 
 
 def _ids(value: Any) -> list[int]:

@@ -31,7 +31,7 @@ from .config import trl_config
 from .errors import RunStopped, TrainerError
 from .evaluation import Evaluator
 from .integrations import Trackers
-from .judge import TransformersJudge
+from .judge import TransformersEmbedder, TransformersJudge
 from .loading import attach_adapter, load_base_model, resolve_device, set_determinism
 from .methods import get_method
 from .metrics import make_callback
@@ -108,10 +108,22 @@ def run(
         judge = (
             TransformersJudge(spec.judges, r.store, r.device.device, r.device.dtype, workdir) if spec.judges else None
         )
+        # A cosine metric's embedding model, beside the policy (resolved by the scheduler: JobSpec.embedding_model).
+        embedding = spec.embedding_model
+        embedder = TransformersEmbedder(embedding, r.device.device, r.device.dtype) if embedding else None
         callbacks = [make_callback(r), make_state_callback(r)]  # metrics and checkpoints; resumable states
         try:
             r.trainer = method.build_trainer(
-                model, tokenizer, args, peft_config, datasets, callbacks, ref_model, plan=plan, judge=judge
+                model,
+                tokenizer,
+                args,
+                peft_config,
+                datasets,
+                callbacks,
+                ref_model,
+                plan=plan,
+                judge=judge,
+                embedder=embedder,
             )
         except ValueError as e:  # TRL refuses a configuration with a message that names the option
             raise TrainerError(f"{plan.method}: {e}", code="invalid_hyperparameters") from e

@@ -73,6 +73,14 @@ class JudgeSpec(BaseModel):
     adapter_prefix: str | None = None  # an ft: model's files in the object store (a LoRA adapter, or a whole model)
 
 
+class EmbeddingSpec(BaseModel):
+    """The embedding model of a grader's cosine metric (``TUNERY_EMBEDDING_MODEL``), as the trainer loads it
+    (trainer/judge.py): resolved by the scheduler when it launches the run, a local folder like a base model's."""
+
+    model: str  # a base model's name, or the folder's path as configured
+    path: str  # local folder with a safetensors model and its tokenizer
+
+
 class DataOptions(BaseModel):
     """Data quality options of the job (``tunery.data`` on the job; see docs/data-options.md)."""
 
@@ -111,6 +119,8 @@ class JobSpec(BaseModel):
     export: ExportOptions | None = None  # an export's format and precision
     # A reinforcement job's judge models (its score_model graders'), by the name each grader gives.
     judges: dict[str, JudgeSpec] = Field(default_factory=dict)
+    # A reinforcement job's embedding model, when its grader has a cosine metric (text_similarity).
+    embedding_model: EmbeddingSpec | None = None
     # The experiment trackers the run logs to (docs/integrations.md): their settings only; the secrets they read
     # (a W&B API key) are the trainer's environment, handed by its backend, never written here.
     integrations: IntegrationsSpec | None = None

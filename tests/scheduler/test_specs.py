@@ -17,7 +17,7 @@ import pytest
 from scheduler.specs import build_spec
 from tunery.db import File, Job
 from tunery.evalreport import EvalOptions
-from tunery.jobspec import JudgeSpec
+from tunery.jobspec import EmbeddingSpec, JudgeSpec
 from tunery.plan import PlanRequest, TrainingPlan, resolve_plan
 
 JOB_ID = "ftjob-abc123"
@@ -74,7 +74,11 @@ def a_job(**overrides: Any) -> Job:
 
 
 def spec_of(
-    job: Job, files: list[str], parent_prefix: str | None = None, judges: dict[str, JudgeSpec] | None = None
+    job: Job,
+    files: list[str],
+    parent_prefix: str | None = None,
+    judges: dict[str, JudgeSpec] | None = None,
+    embedding_model: EmbeddingSpec | None = None,
 ) -> dict[str, Any] | None:
     spec = build_spec(
         job,
@@ -85,6 +89,7 @@ def spec_of(
         reporting_address=REPORTING,
         device="cpu",
         judges=judges,
+        embedding_model=embedding_model,
     )
     return None if spec is None else spec.model_dump()
 
@@ -133,6 +138,7 @@ SUPERVISED: dict[str, Any] = {
     "init_adapter_prefix": None,
     "export": None,
     "judges": {},
+    "embedding_model": None,
     "integrations": None,
     "object_store": STORE,
     "output_prefix": f"jobs/{JOB_ID}",
@@ -285,6 +291,13 @@ def test_a_score_model_graders_judges_are_in_the_spec_as_the_scheduler_resolved_
             "adapter_prefix": "jobs/ftjob-j/model/",
         }
     }
+
+
+def test_a_cosine_metrics_embedding_model_is_in_the_spec_as_the_scheduler_resolved_it():
+    """The trainer loads the embedding model from the folder the spec names (TUNERY_EMBEDDING_MODEL, resolved by
+    scheduler.dispatch when a job's grader has a cosine metric)."""
+    spec = spec_of(a_job(), ["file-train"], embedding_model=EmbeddingSpec(model="tiny", path=BASE_PATH))
+    assert spec is not None and spec["embedding_model"] == {"model": "tiny", "path": BASE_PATH}
 
 
 def test_a_job_run_before_resumes_from_its_latest_state():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunery.graders import Judge
+from tunery.graders import Embedder, Judge
 from tunery.methods import MethodInfo
 from tunery.plan import TrainingPlan
 
@@ -53,9 +53,12 @@ class TrainerMethod:
     def trainer_class(self) -> type:
         raise NotImplementedError
 
-    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None, judge: Judge | None = None) -> dict[str, Any]:
+    def trainer_extra(
+        self, ref_model: Any, plan: TrainingPlan | None, judge: Judge | None = None, embedder: Embedder | None = None
+    ) -> dict[str, Any]:
         """The method's own arguments of its TRL trainer (a reference model, for the methods that have one; the
-        reward functions of a reinforcement method, from ``plan``, with ``judge`` for its score_model graders)."""
+        reward functions of a reinforcement method, from ``plan``, with ``judge`` for its score_model graders and
+        ``embedder`` for its cosine metrics)."""
         return {}
 
     def needs_reference_copy(self, plan: TrainingPlan) -> bool:
@@ -74,6 +77,7 @@ class TrainerMethod:
         ref_model: Any = None,
         plan: TrainingPlan | None = None,
         judge: Judge | None = None,
+        embedder: Embedder | None = None,
     ) -> Any:
         from transformers import PrinterCallback
 
@@ -86,7 +90,7 @@ class TrainerMethod:
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=callbacks,
-            **self.trainer_extra(ref_model, plan, judge),
+            **self.trainer_extra(ref_model, plan, judge, embedder),
         )
         trainer.remove_callback(PrinterCallback)  # the run prints its own one-line progress
         return trainer

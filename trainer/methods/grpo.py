@@ -21,7 +21,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tunery.data import ReinforcementRecord
-from tunery.graders import AnyGrader, GraderNotRunnable, Judge, check_runnable, model_graders, parse_grader, run_graders
+from tunery.graders import (
+    AnyGrader,
+    Embedder,
+    GraderNotRunnable,
+    Judge,
+    check_runnable,
+    cosine_graders,
+    model_graders,
+    parse_grader,
+    run_graders,
+)
 from tunery.methods import GRADER_PARAM, METHODS
 from tunery.plan import ReinforcementPlan, TrainingPlan
 
@@ -83,14 +93,19 @@ def output_text(completion: Any) -> str:
     return "".join(str(m.get("content") or "") for m in completion if m.get("role", "assistant") == "assistant")
 
 
-def grader_reward(grader: AnyGrader, judge: Judge | None = None) -> Callable[..., list[float]]:
+def grader_reward(
+    grader: AnyGrader, judge: Judge | None = None, embedder: Embedder | None = None
+) -> Callable[..., list[float]]:
     """TRL's reward function: each completion graded against its row's item, as ``graders/run`` grades it (an error
     flag is a reward of 0, a score_model's its range's minimum, logged once per batch); a python grader grades a
-    batch in one sandbox, a score_model's ``judge`` (trainer/judge.py) judges a batch at once."""
+    batch in one sandbox, a score_model's ``judge`` (trainer/judge.py) judges a batch at once, and a cosine metric's
+    ``embedder`` (trainer/judge.py) embeds a batch's texts at once."""
 
     def reward(prompts: list[Any], completions: list[Any], item: list[str] | None = None, **_: Any) -> list[float]:
         items = [json.loads(i) for i in item] if item else [{} for _ in completions]
-        results = run_graders(grader, [output_text(c) for c in completions], items, GRADER_PARAM, judge=judge)
+        results = run_graders(
+            grader, [output_text(c) for c in completions], items, GRADER_PARAM, judge=judge, embedder=embedder
+        )
         problems = [p for r in results for p in r.problems]
         if problems:
             log.warning("grader: %d problem(s) in this batch, first: %s", len(problems), problems[0])
@@ -131,12 +146,14 @@ class GRPO(TrainerMethod):
 
         return GRPOTrainer
 
-    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None, judge: Judge | None = None) -> dict[str, Any]:
+    def trainer_extra(
+        self, ref_model: Any, plan: TrainingPlan | None, judge: Judge | None = None, embedder: Embedder | None = None
+    ) -> dict[str, Any]:
         if plan is None:
             raise TrainerError("a reinforcement trainer is built from its plan", code="server_error")
         grader = parse_grader(_rl(plan).grader, GRADER_PARAM)
         try:  # the API checked it where it runs; the trainer's machine may lack what it needs (a python sandbox)
-            check_runnable(grader, GRADER_PARAM)
+            check_runnable(grader, GRADER_PARAM, embeddings=embedder is not None)
         except GraderNotRunnable as e:
             raise TrainerError(
                 f"the trainer cannot run this job's grader: {e.message}", code="unsupported_method", param=e.param
@@ -147,7 +164,15 @@ class GRPO(TrainerMethod):
                 code="server_error",
                 param=f"{GRADER_PARAM}.model",
             )
-        return {"reward_funcs": [grader_reward(grader, judge)]}
+        cosines = cosine_graders(grader, GRADER_PARAM)
+        if cosines and embedder is None:  # the scheduler resolves the embedding model into the spec
+            raise TrainerError(
+                f"the cosine metric of the job's grader ('{cosines[0][0]}') has no embedding model in the trainer's "
+                "spec",
+                code="server_error",
+                param=f"{cosines[0][0]}.evaluation_metric",
+            )
+        return {"reward_funcs": [grader_reward(grader, judge, embedder)]}
 
     def build_datasets(
         self, run: TrainingRun, chat: ChatTokenizer, train: DataFileRead, valid: DataFileRead | None
@@ -212,7 +237,12 @@ class GRPO(TrainerMethod):
     def manifest_extra(self, run: TrainingRun) -> dict[str, Any]:
         rl = _rl(run.plan)
         judges = {name: judge.model_dump() for name, judge in run.spec.judges.items()}  # what judged the rewards
-        return {"reinforcement": rl.model_dump(), **({"judges": judges} if judges else {})}
+        embedding = run.spec.embedding_model  # what embedded the texts of the cosine metrics
+        return {
+            "reinforcement": rl.model_dump(),
+            **({"judges": judges} if judges else {}),
+            **({"embedding_model": embedding.model_dump()} if embedding else {}),
+        }
 
 
 register(GRPO())

@@ -20,7 +20,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from tunery.data import PreferenceRecord
-from tunery.graders import Judge
+from tunery.graders import Embedder, Judge
 from tunery.plan import TrainingPlan
 
 from ..chat import ChatTokenizer
@@ -156,7 +156,9 @@ class PreferenceMethod(TrainerMethod):
             extra["precompute_ref_log_probs"] = False
         return extra
 
-    def trainer_extra(self, ref_model: Any, plan: TrainingPlan | None, judge: Judge | None = None) -> dict[str, Any]:
+    def trainer_extra(
+        self, ref_model: Any, plan: TrainingPlan | None, judge: Judge | None = None, embedder: Embedder | None = None
+    ) -> dict[str, Any]:
         return {"ref_model": ref_model} if self.has_reference else {}
 
     def needs_reference_copy(self, plan: TrainingPlan) -> bool:
