@@ -6,7 +6,8 @@ A ``score_model`` grader's judge is a model this server serves to the caller's p
 model or alias the project may use: :func:`resolve_judges`, which job creation shares), asked through the serving
 backend (:class:`ServingJudge`): the embedded engine or vLLM. Grading is CPU-bound (the similarity metrics), or waits
 up to a python grader's time limit on its sandbox, or on the judge: it runs in a thread, off the event loop, and the
-judge's generations are awaited on the loop.
+judge's generations are awaited on the loop. A ``cosine`` metric's texts are embedded by the configured embedding
+model (``TUNERY_EMBEDDING_MODEL``) on the embedded engine (:class:`ServingEmbedder`), awaited the same way.
 """
 
 from __future__ import annotations
@@ -184,8 +185,8 @@ class GraderService:
 
     def validate(self, req: ValidateGraderRequest) -> ValidateGraderResponse:
         """The grader, typed, when it is well-formed: its fields, templates, formula, source and range. A cosine
-        grader (or a python one where no sandbox can be made) is well-formed here even though :meth:`run` refuses
-        it; a score_model's judge model is looked up when it runs."""
+        grader where no embedding model is configured (or a python one where no sandbox can be made) is well-formed
+        here even though :meth:`run` refuses it; a score_model's judge model is looked up when it runs."""
         return ValidateGraderResponse(grader=_parse(req.grader, "ValidateGraderRequest"))  # type: ignore[arg-type]
 
     async def run(self, req: RunGraderRequest) -> RunGraderResponse:
