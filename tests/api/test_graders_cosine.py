@@ -50,7 +50,15 @@ def test_cosine_grades_by_the_embedding_model(server: RunningServer) -> None:
     # A reference the item lacks: the usual flag, not a failure of the model.
     missing = run(server, COSINE, "x", {"other": 1})
     assert missing["reward"] == 0 and missing["metadata"]["errors"]["invalid_variable_error"]
+    # A reinforcement job may grade with it: its grader passes, and the next check (the file) is what refuses here.
+    error = refused(lambda: create_job(server, multi))
+    assert (error["param"], error["code"]) == ("training_file", "invalid_file_id")
     embeddings_through_the_sdk(server)
+
+
+def create_job(server: RunningServer, grader: dict[str, Any]) -> Any:
+    method = {"type": "reinforcement", "reinforcement": {"grader": grader}}
+    return server.client.fine_tuning.jobs.create(model=TINY, training_file="file-" + "x" * 24, method=method)  # type: ignore[arg-type]
 
 
 def embeddings_through_the_sdk(server: RunningServer) -> None:
@@ -103,3 +111,7 @@ def test_cosine_is_refused_without_an_embedding_model(tiny_server_factory: Any) 
     assert (error["param"], error["code"]) == ("grader.graders.c.evaluation_metric", "grader_not_supported")
     with pytest.raises(openai.BadRequestError):
         server.client.fine_tuning.alpha.graders.run(grader=COSINE, model_sample="x")  # type: ignore[arg-type]
+    # A reinforcement job is refused at creation the same way, naming the metric.
+    error = refused(lambda: create_job(server, multi))
+    assert error["param"] == "method.reinforcement.grader.graders.c.evaluation_metric"
+    assert error["code"] == "grader_not_supported"
