@@ -395,3 +395,19 @@ def test_an_export_s_spec_names_the_model_its_files_and_the_format():
     )
     assert spec_of(job, [], None) is None  # the model is gone
     assert job.input_files() == []
+
+
+def test_the_cosine_metric_of_a_reinforcement_jobs_grader_is_found_where_it_is():
+    """What scheduler.dispatch resolves TUNERY_EMBEDDING_MODEL for (and fails the job naming, when none is set)."""
+    from scheduler.preprocess import cosine_metric
+    from tunery.plan import ReinforcementPlan, TrainingPlan
+
+    cosine = {"type": "text_similarity", "name": "c", "input": "a", "reference": "b", "evaluation_metric": "cosine"}
+    grader = {"type": "multi", "name": "m", "graders": {"c": cosine}, "calculate_output": "c"}
+    rl = ReinforcementPlan(grader=grader, num_generations=2, max_completion_length=4, kl_coef=0.0, temperature=1.0)
+    plan = TrainingPlan(method="grpo", n_epochs=1, batch_size=2, learning_rate=1e-4, reinforcement=rl)
+    assert cosine_metric(a_job(kind="fine_tune", plan=plan.model_dump())) == "method.reinforcement.grader.graders.c"
+    fuzzy = {**grader, "graders": {"c": {**cosine, "evaluation_metric": "fuzzy_match"}}}
+    other = plan.model_copy(update={"reinforcement": rl.model_copy(update={"grader": fuzzy})})
+    assert cosine_metric(a_job(kind="fine_tune", plan=other.model_dump())) is None
+    assert cosine_metric(a_job()) is None
