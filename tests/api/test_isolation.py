@@ -115,6 +115,10 @@ ROUTES = [
         f"{WH}/whep_x/deliveries/whdel_x/redeliver",
         foreign=403,
     ),
+    # A project's secrets are its owner's too (tests/api/test_integrations.py has the owner's own answers).
+    Route("GET", "/v1/tunery/secrets", "/v1/tunery/secrets", foreign=403),
+    Route("POST", "/v1/tunery/secrets/{name}", "/v1/tunery/secrets/WANDB_API_KEY", {"value": "v"}, foreign=403),
+    Route("DELETE", "/v1/tunery/secrets/{name}", "/v1/tunery/secrets/WANDB_API_KEY", foreign=403),
     # Ids in the body. A job on another project's file, or one that never existed, is the same 400.
     Route("POST", T, T, {"model": TINY, "training_file": "{file}"}, foreign=400),
     Route("POST", f"{T}/dry_run", f"{T}/dry_run", {"model": TINY, "training_file": "{file}"}, foreign=400),
