@@ -73,6 +73,7 @@ REST_TWIN: dict[str, tuple[str, str]] = {
     "ExportService/CancelExport": ("POST", f"{EX}/{{export_id}}/cancel"),
     "FineTuningService/GetJobEvalReport": ("GET", f"{J}/{{job_id}}/eval_report"),
     "FineTuningService/GetCheckpointEvalReport": ("GET", f"{J}/{{job_id}}/checkpoints/{{checkpoint_id}}/eval_report"),
+    "EmbeddingService/CreateEmbedding": ("POST", "/v1/embeddings"),
     "SecretService/ListSecrets": ("GET", SE),
     "SecretService/SetSecret": ("POST", f"{SE}/{{name}}"),
     "SecretService/DeleteSecret": ("DELETE", f"{SE}/{{name}}"),

@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 
 from api.context import AppContext
 from api.grpc.calls import Calls
+from api.grpc.embeddings import EmbeddingServicer
 from api.grpc.handlers import service_handler
 from api.grpc.secrets import SecretServicer
 from api.grpc.services import (
@@ -27,6 +28,7 @@ from tunery.grpc_tls import api_server_credentials
 from tunery.v1 import (
     aliases_pb2,
     chat_pb2,
+    embeddings_pb2,
     evaluations_pb2,
     exports_pb2,
     files_pb2,
@@ -51,6 +53,7 @@ MODULES = (
     exports_pb2,
     webhooks_pb2,
     secrets_pb2,
+    embeddings_pb2,
 )
 SERVICES = tuple(service.full_name for module in MODULES for service in module.DESCRIPTOR.services_by_name.values())
 # A message's most bytes, each way: a page of 10,000 file objects fits; a file's content goes in 1 MiB chunks.
@@ -79,6 +82,7 @@ class PublicGrpcServer:
             "ExportService": ExportServicer(ctx, calls),
             "WebhookService": WebhookServicer(ctx, calls),
             "SecretService": SecretServicer(ctx, calls),
+            "EmbeddingService": EmbeddingServicer(ctx, calls),
         }
         for module in MODULES:
             for service in module.DESCRIPTOR.services_by_name.values():

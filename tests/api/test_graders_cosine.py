@@ -115,3 +115,30 @@ def test_cosine_is_refused_without_an_embedding_model(tiny_server_factory: Any) 
     error = refused(lambda: create_job(server, multi))
     assert error["param"] == "method.reinforcement.grader.graders.c.evaluation_metric"
     assert error["code"] == "grader_not_supported"
+
+
+def test_embeddings_over_grpc_are_rests(server: RunningServer) -> None:
+    """EmbeddingService/CreateEmbedding: REST's vectors (as floats, whatever encoding_format), usage and refusals."""
+    import grpc
+    from google.protobuf import struct_pb2
+
+    from tunery.v1 import embeddings_pb2 as pb
+    from tunery.v1 import embeddings_pb2_grpc as pb_grpc
+
+    texts = ["the cat sat", "a dog ran"]
+    rest = server.client.embeddings.create(model=TINY, input=texts, encoding_format="float")
+    meta = (("authorization", "Bearer test-key"),)
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        value = struct_pb2.Value()
+        value.list_value.extend(texts)
+        got = stub.CreateEmbedding(
+            pb.CreateEmbeddingRequest(model=TINY, input=value, encoding_format="base64"), metadata=meta
+        )
+        assert (got.object, got.model, [d.index for d in got.data]) == ("list", rest.model, [0, 1])
+        for ours, theirs in zip(got.data, rest.data, strict=True):
+            assert list(ours.embedding) == pytest.approx(theirs.embedding, abs=1e-6)
+        assert (got.usage.prompt_tokens, got.usage.total_tokens) == (rest.usage.prompt_tokens, rest.usage.total_tokens)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CreateEmbedding(pb.CreateEmbeddingRequest(model="ft:nope", input=value), metadata=meta)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND

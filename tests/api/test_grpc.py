@@ -40,6 +40,7 @@ from tunery.v1 import aliases_pb2 as apb
 from tunery.v1 import (
     aliases_pb2_grpc,
     chat_pb2_grpc,
+    embeddings_pb2_grpc,
     evaluations_pb2_grpc,
     exports_pb2_grpc,
     files_pb2_grpc,
@@ -80,6 +81,7 @@ class Api:
             "ExportService": exports_pb2_grpc.ExportServiceStub,
             "WebhookService": webhooks_pb2_grpc.WebhookServiceStub,
             "SecretService": secrets_pb2_grpc.SecretServiceStub,
+            "EmbeddingService": embeddings_pb2_grpc.EmbeddingServiceStub,
         }
         return stubs[service](self.channel)
 
