@@ -272,7 +272,11 @@ class Evaluator:
         """Score the model the job starts from: call it before the first training step (its adapter is still the
         initial one, or the whole model the base, even in a resumed run: states load inside ``train``)."""
         t0 = time.monotonic()
-        self.baseline = self._measure(model)
+        if adds_nothing(model):  # a fresh LoRA adapter: the base alone computes the same, without its layers
+            with model.disable_adapter():
+                self.baseline = self._measure(model)
+        else:
+            self.baseline = self._measure(model)
         self.seconds += time.monotonic() - t0
         log.info("eval: baseline measured in %.1fs", time.monotonic() - t0)
 
@@ -339,6 +343,27 @@ class Evaluator:
             report.seconds,
         )
         return report
+
+
+def adds_nothing(model: Any) -> bool:
+    """Whether ``model`` is a PEFT model whose adapter adds exactly nothing to the base's outputs: plain LoRA (no
+    DoRA magnitudes, no trained copies of whole modules) whose B matrices are all zero, as PEFT initializes them. Its
+    outputs are then the base's, bit for bit (each layer adds ``B(A x) * scale``, exactly 0), and the baseline is
+    measured with the adapter disabled: the same figures, without the adapter's extra work in every layer. A run that
+    continues an adapter (or resumes one) has nonzero B and is measured as it is."""
+    if not hasattr(model, "disable_adapter") or not hasattr(model, "peft_config"):
+        return False
+    if any(getattr(config, "peft_type", None) != "LORA" for config in model.peft_config.values()):
+        return False
+    lora_b = 0
+    for name, param in model.named_parameters():
+        if "modules_to_save" in name or "magnitude" in name:
+            return False
+        if "lora_B" in name or "lora_embedding_B" in name:
+            lora_b += 1
+            if bool(param.detach().any()):
+                return False
+    return lora_b > 0
 
 
 def masked_logits(model: Any, ids: Any, attention: Any, mask: Any) -> Any:
