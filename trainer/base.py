@@ -346,9 +346,9 @@ class TrainingRun:
             created_at=utc_now(),
         )
         self.store.put_bytes(f"{final_prefix}/{MANIFEST}", manifest_bytes(manifest))
+        best = "the highest mean reward" if report.reward is not None else "the lowest validation loss"
         message = (
-            f"Eval gate: the checkpoint of step {report.step} passes it with the lowest validation loss and is the "
-            "job's fine-tuned model"
+            f"Eval gate: the checkpoint of step {report.step} passes it with {best} and is the job's fine-tuned model"
         )
         log.info("%s", message)
         self.reporter.event("info", message, {"step": report.step, "promoted_from": source})

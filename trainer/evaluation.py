@@ -42,8 +42,11 @@ from tunery.jobstate import REFERENCE_PARAM
 from .chat import ChatTemplateError, ChatTokenizer, TokenizedExample
 from .checkpoint import library_versions, utc_now
 from .data_files import read_chat_file
+from .reward_eval import Answers, RewardEvaluator
 
 if TYPE_CHECKING:
+    from tunery.graders import Embedder, Judge
+
     from .base import TrainingRun
     from .data_files import DataFileRead
 
@@ -83,6 +86,7 @@ class Baseline:
     rejected: Scores | None
     reference: Scores | None
     samples: list[str]
+    rewards: Answers | None = None  # a reinforcement job's graded answers (trainer/reward_eval.py)
 
 
 def last_turns(record: ChatRecord) -> tuple[list[ChatMessage], str]:
@@ -110,8 +114,17 @@ def as_conversations(records: list[Any]) -> tuple[list[ChatRecord], list[ChatRec
 class Evaluator:
     """Measures the base once (:meth:`measure_baseline`) and each checkpoint (:meth:`report`) of one run."""
 
-    def __init__(self, run: TrainingRun, chat: ChatTokenizer, options: EvalOptions):
+    def __init__(
+        self,
+        run: TrainingRun,
+        chat: ChatTokenizer,
+        options: EvalOptions,
+        judge: Judge | None = None,
+        embedder: Embedder | None = None,
+    ):
         self.run = run
+        self.judge = judge  # a reinforcement job's score_model judge, for the rewards
+        self.embedder = embedder  # and its cosine metric's embedding model
         self.chat = chat
         self.options = options
         self.valid: EvalSet | None = None
@@ -121,6 +134,7 @@ class Evaluator:
         self.prompts: list[tuple[int, str, str, list[ChatMessage], Any]] = []  # line, prompt, expected, msgs, tools
         self.samples_from: str | None = None
         self.baseline: Baseline | None = None
+        self.rewards: RewardEvaluator | None = None  # a reinforcement job's
         self.missing: list[str] = []
         self.seconds = 0.0  # spent measuring (the baseline and every report): what the reports add to the run
 
@@ -141,6 +155,9 @@ class Evaluator:
     def prepare(self, train: DataFileRead, valid: DataFileRead | None) -> None:
         """Choose and tokenize the validation conversations, the reference set and the sample prompts."""
         opts = self.options
+        if self.run.method.info.data == "reinforcement":
+            self._prepare_reinforcement(train, valid)
+            return
         if valid is not None:
             chosen, rejected = as_conversations(valid.records[: opts.max_examples])
             self.valid = self._tokenize(chosen)
@@ -153,10 +170,7 @@ class Evaluator:
             self.missing.append("validation loss and perplexity: the job has no validation file")
             if self.run.method.info.data == "preference":
                 self.missing.append("reward accuracy and margins: the job has no validation file")
-        self.reference = self._tokenize(self._reference_records())
-        if not self.reference.examples:
-            self.reference = None
-            self.missing.append(f"forgetting check: no example of {self.reference_name} fits max_seq_length")
+        self._prepare_reference()
         source = valid if valid is not None else train
         self.samples_from = "validation_file" if valid is not None else "training_file"
         if valid is None:
@@ -172,6 +186,28 @@ class Evaluator:
             prompt, expected = last_turns(record)
             user = next((m.content for m in reversed(prompt) if m.role == "user"), "")
             self.prompts.append((record.line, user, expected, prompt, record.tools))
+
+    def _prepare_reinforcement(self, train: DataFileRead, valid: DataFileRead | None) -> None:
+        """A reinforcement job's prompts have no answer to score by loss: its report grades the answers of the base
+        and of the model (trainer/reward_eval.py); the forgetting check is the same as every job's."""
+        self.missing.append(
+            "validation loss, perplexity and loss samples: reinforcement prompts have no answer to score (the "
+            "rewards of the base's and the model's answers are measured instead)"
+        )
+        self._prepare_reference()
+        self.rewards = RewardEvaluator(self.run, self.options, self.judge, self.embedder)
+        self.rewards.prepare(train, valid)
+        if valid is None:
+            self.missing.append(
+                "rewards are measured on the training file's prompts (no validation file): they show fit, not "
+                "generalization"
+            )
+
+    def _prepare_reference(self) -> None:
+        self.reference = self._tokenize(self._reference_records())
+        if not self.reference.examples:
+            self.reference = None
+            self.missing.append(f"forgetting check: no example of {self.reference_name} fits max_seq_length")
 
     def _reference_records(self) -> list[ChatRecord]:
         spec = self.run.spec
@@ -256,14 +292,19 @@ class Evaluator:
                 reference = self._score(model, self.reference)
                 t2 = time.monotonic()
                 samples = self._generate(model)
+                t3 = time.monotonic()
+                rewards = self.rewards.measure(model) if self.rewards is not None else None
                 log.info(
-                    "eval: validation scored in %.1fs, reference in %.1fs, %d samples generated in %.1fs",
+                    "eval: validation scored in %.1fs, reference in %.1fs, %d samples generated in %.1fs%s",
                     t1 - t0,
                     t2 - t1,
                     len(samples),
-                    time.monotonic() - t2,
+                    t3 - t2,
+                    f", {len(rewards.greedy) + len(rewards.sampled)} answers graded in {time.monotonic() - t3:.1f}s"
+                    if rewards is not None
+                    else "",
                 )
-                return Baseline(valid=valid, rejected=rejected, reference=reference, samples=samples)
+                return Baseline(valid=valid, rejected=rejected, reference=reference, samples=samples, rewards=rewards)
         finally:
             if was_training:
                 model.train()
@@ -328,18 +369,23 @@ class Evaluator:
             Sample(line=line, prompt=prompt, expected=expected, base=b, fine_tuned=f)
             for (line, prompt, expected, _, _), b, f in zip(self.prompts, base.samples, now.samples, strict=True)
         ]
+        if self.rewards is not None and base.rewards is not None and now.rewards is not None:
+            report.reward = self.rewards.report(base.rewards, now.rewards)
         if self.options.gate is not None:
             report.gate = gate_result(self.options.gate, report)
         report.seconds = time.monotonic() - t0
         self.seconds += report.seconds
         log.info(
-            "eval: %s step %d%s%s (%.1fs)",
+            "eval: %s step %d%s%s%s (%.1fs)",
             name,
             step,
             f", validation loss {report.validation.model.loss:.4f} ({report.validation.relative_change:+.1%})"
             if report.validation
             else "",
             f", forgetting {report.forgetting.relative_change:+.1%}" if report.forgetting else "",
+            f", reward {report.reward.greedy.model.mean:.4f} ({report.reward.greedy.change:+.4f})"
+            if report.reward
+            else "",
             report.seconds,
         )
         return report

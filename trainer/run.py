@@ -96,9 +96,6 @@ def run(
     chat = chat_tokenizer(model, tokenizer)
     datasets = method.build_datasets(r, chat, train_data, valid_data)
     r.has_eval = datasets.valid is not None
-    if spec.eval is not None and spec.eval.enabled and method.writes_eval_reports:
-        r.evaluator = Evaluator(r, chat, spec.eval)
-        r.evaluator.prepare(train_data, valid_data)
 
     with tempfile.TemporaryDirectory(prefix="tunery-trainer-") as workdir:
         args = trl_config(method, plan, seed=spec.seed, output_dir=workdir, choice=r.device)
@@ -111,6 +108,10 @@ def run(
         # A cosine metric's embedding model, beside the policy (resolved by the scheduler: JobSpec.embedding_model).
         embedding = spec.embedding_model
         embedder = TransformersEmbedder(embedding, r.device.device, r.device.dtype) if embedding else None
+        if spec.eval is not None and spec.eval.enabled and method.writes_eval_reports:
+            # a reinforcement job's judge and embedding model grade its report too
+            r.evaluator = Evaluator(r, chat, spec.eval, judge, embedder)
+            r.evaluator.prepare(train_data, valid_data)
         callbacks = [make_callback(r), make_state_callback(r)]  # metrics and checkpoints; resumable states
         try:
             r.trainer = method.build_trainer(

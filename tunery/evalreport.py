@@ -54,6 +54,12 @@ class EvalGate(_Options):
         description="Loss on the forgetting reference set at most this share above the base's (0.05: at most 5% "
         "higher).",
     )
+    min_reward_improvement: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="A reinforcement job's mean reward (greedy answers to the validation prompts, the grader's "
+        "units) at least this much above the base's (0.1: +0.1 of a 0..1 reward; 0: no worse). Not a share.",
+    )
 
 
 class ReportOptions(_Options):
@@ -165,6 +171,87 @@ class PreferenceFigures(BaseModel):
     rejected_reward: float
 
 
+class RewardFigures(BaseModel):
+    """A model's answers to the evaluated prompts, graded by the job's grader (the code of the training rewards and of
+    ``graders/run``)."""
+
+    mean: float
+    std: float
+    answers: int
+    prompts: int
+    pass_rate: float | None = Field(
+        default=None, description="Share of answers at or above the grader's pass threshold, where it has one"
+    )
+    errors: int = Field(default=0, description="Answers whose grading set an error flag (graded as 0)")
+    per_grader: dict[str, float] = Field(
+        default_factory=dict, description="A multi grader's mean sub-reward by sub-grader name"
+    )
+
+    @classmethod
+    def of(
+        cls,
+        rewards: list[float],
+        prompts: int,
+        threshold: float | None = None,
+        errors: int = 0,
+        sub_rewards: list[dict[str, float]] | None = None,
+    ) -> RewardFigures:
+        n = len(rewards)
+        mean = sum(rewards) / n if n else float("nan")
+        std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / n) if n else float("nan")
+        per: dict[str, list[float]] = {}
+        for subs in sub_rewards or []:
+            for name, value in subs.items():
+                per.setdefault(name, []).append(value)
+        return cls(
+            mean=mean,
+            std=std,
+            answers=n,
+            prompts=prompts,
+            pass_rate=sum(r >= threshold for r in rewards) / n if threshold is not None and n else None,
+            errors=errors,
+            per_grader={name: sum(v) / len(v) for name, v in per.items()},
+        )
+
+
+class RewardComparison(BaseModel):
+    """The same prompts answered by the base and by the fine-tuned model, graded alike."""
+
+    base: RewardFigures
+    model: RewardFigures
+    change: float = Field(description="model mean reward - base mean reward (the grader's units): positive is better")
+
+    @classmethod
+    def of(cls, base: RewardFigures, model: RewardFigures) -> RewardComparison:
+        return cls(base=base, model=model, change=model.mean - base.mean)
+
+
+class RewardSample(BaseModel):
+    line: int
+    prompt: str = Field(description="The last user turn")
+    base: str
+    base_reward: float
+    fine_tuned: str
+    fine_tuned_reward: float
+
+
+class RewardReport(BaseModel):
+    """A reinforcement job's rewards (docs/reinforcement.md): its grader on the base's and the fine-tuned model's
+    answers to the same prompts, greedy and sampled (``eval_samples`` answers a prompt, seeded)."""
+
+    grader: str = Field(description="The grader's name and type")
+    prompts_from: Literal["validation_file", "training_file"]
+    prompts: int
+    max_completion_length: int
+    pass_threshold: float | None = None
+    greedy: RewardComparison
+    sampled: RewardComparison | None = None
+    eval_samples: int = Field(description="Answers sampled per prompt")
+    temperature: float
+    seed: int
+    samples: list[RewardSample] = Field(default_factory=list, description="Greedy answers side by side")
+
+
 class GateCheck(BaseModel):
     name: str
     value: float | None
@@ -205,6 +292,7 @@ class EvalReport(BaseModel):
     samples_from: Literal["validation_file", "training_file"] | None = None
     forgetting: Forgetting | None = None
     preference: PreferenceFigures | None = None
+    reward: RewardReport | None = Field(default=None, description="A reinforcement job's rewards")
     gate: GateResult | None = None
     missing: list[str] = Field(default_factory=list, description="What could not be measured, and why")
     provenance: dict[str, object] = Field(
@@ -221,6 +309,8 @@ class EvalReport(BaseModel):
             forgetting_change=self.forgetting.relative_change if self.forgetting else None,
             forgetting_flagged=self.forgetting.flagged if self.forgetting else None,
             gate_passed=self.gate.passed if self.gate else None,
+            reward=self.reward.greedy.model.mean if self.reward else None,
+            reward_change=self.reward.greedy.change if self.reward else None,
         )
 
 
@@ -234,6 +324,8 @@ class ReportSummary(BaseModel):
     forgetting_change: float | None = Field(description="Reference-set loss relative to the base's")
     forgetting_flagged: bool | None
     gate_passed: bool | None
+    reward: float | None = Field(default=None, description="A reinforcement job's mean reward (greedy)")
+    reward_change: float | None = Field(default=None, description="Mean reward - the base's (the grader's units)")
 
 
 def gate_result(gate: EvalGate, report: EvalReport) -> GateResult:
@@ -270,12 +362,28 @@ def gate_result(gate: EvalGate, report: EvalReport) -> GateResult:
                 else f"reference-set loss {value:+.1%} against the base's (at most {limit:+.1%} allowed)",
             )
         )
+    if gate.min_reward_improvement is not None:
+        limit = gate.min_reward_improvement
+        value = report.reward.greedy.change if report.reward else None
+        ok = value is not None and not math.isnan(value) and value >= limit
+        checks.append(
+            GateCheck(
+                name="min_reward_improvement",
+                value=value,
+                limit=limit,
+                passed=ok,
+                message="no reward measured: only a reinforcement job has one"
+                if value is None
+                else f"mean reward {value:+.4f} against the base's (needs at least {limit:+.4f})",
+            )
+        )
     return GateResult(passed=all(c.passed for c in checks), checks=checks)
 
 
 def promotion(final: EvalReport, checkpoints: list[EvalReport]) -> EvalReport | None:
     """Which model a gated job promotes: of the final model and its checkpoints, those whose report passes the gate;
-    of those, the lowest validation loss (the latest, without a validation file), the final model winning a tie.
+    of those, the lowest validation loss (a reinforcement job's: the highest mean reward; the latest, without either),
+    the final model winning a tie.
     Returns that report (``final`` itself, or a checkpoint's), or None when none passes."""
     passing = [(r, 1) for r in checkpoints if r.gate is not None and r.gate.passed]
     if final.gate is not None and final.gate.passed:
@@ -285,6 +393,8 @@ def promotion(final: EvalReport, checkpoints: list[EvalReport]) -> EvalReport | 
 
     def rank(p: tuple[EvalReport, int]) -> tuple[float, int, int]:
         report, is_checkpoint = p
+        if report.reward is not None:
+            return (-report.reward.greedy.model.mean, -report.step, is_checkpoint)
         return (report.validation.model.loss if report.validation else 0.0, -report.step, is_checkpoint)
 
     return min(passing, key=rank)[0]

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 from tests.trainer_fixtures import RUN_TOKEN, jsonl_bytes, make_spec, reporting_server
+from trainer.checkpoint import MANIFEST
 from trainer.methods.grpo import grader_reward, output_text
 from trainer.reporter import Reporter
 from trainer.run import StopSignal, run
 from tunery import sandbox
+from tunery.evalreport import REPORT_FILE, EvalGate, EvalOptions, EvalReport
 from tunery.graders import parse_grader
 from tunery.plan import ReinforcementPlan
 from tunery.storage import open_store
@@ -101,6 +103,110 @@ def test_a_model_learns_a_task_defined_only_by_its_grader(
     assert manifest["method"] == "grpo" and manifest["reinforcement"]["grader"] == KEYWORD
     results = store.get_bytes(result.results_key).decode().splitlines()
     assert results[0].split(",")[-5:] == ["reward", "reward_std", "kl", "completion_length", "valid_reward"]
+
+
+# A multi grader (its sub-graders' means in the report), with a pass threshold (the report's pass rate).
+CLOSE_OR_EXACT = {
+    "type": "multi",
+    "name": "close_or_exact",
+    "graders": {
+        "close": {
+            "type": "text_similarity",
+            "name": "close",
+            "input": "{{sample.output_text}}",
+            "reference": "{{item.answer}}",
+            "evaluation_metric": "fuzzy_match",
+        },
+        "exact": {
+            "type": "string_check",
+            "name": "exact",
+            "input": "{{sample.output_text}}",
+            "reference": "{{item.answer}}",
+            "operation": "eq",
+        },
+    },
+    "calculate_output": "0.5 * close + 0.5 * exact",
+    "pass_threshold": 0.3,
+}
+
+
+def test_each_checkpoint_and_the_final_model_get_a_reward_report(
+    tmp_path: Path, tiny_model_dir: Path, reporting_server: Any
+) -> None:
+    """A reinforcement job's eval report grades the base's and the model's answers to the validation prompts (greedy,
+    and ``eval_samples`` seeded samples a prompt) with the job's grader, beside the forgetting check; the gate can ask
+    for a reward improvement."""
+    _, address = reporting_server
+    train = [{"messages": [{"role": "user", "content": f"Say {w}."}], "answer": w} for w in ("yes", "no", "up", "on")]
+    valid = [{"messages": [{"role": "user", "content": f"Repeat {w}."}], "answer": w} for w in ("a", "b", "c")]
+    root = tmp_path / "objects"
+    store = open_store(str(root))
+    store.put_bytes("files/file-train", jsonl_bytes(train))
+    store.put_bytes("files/file-valid", jsonl_bytes(valid))
+    spec = make_spec(
+        base_model_path=tiny_model_dir,
+        object_store=root,
+        reporting_address=address,
+        validation_key="files/file-valid",
+        n_epochs=1,
+        batch_size=2,
+        learning_rate=5e-3,
+        max_seq_length=64,
+    )
+    plan = spec.plan.model_copy(
+        update={
+            "method": "grpo",
+            "precision": "fp32",
+            "packing": False,
+            "reinforcement": ReinforcementPlan(
+                grader=CLOSE_OR_EXACT,
+                num_generations=2,
+                max_completion_length=4,
+                kl_coef=0.0,
+                temperature=1.0,
+                eval_samples=2,
+            ),
+        }
+    )
+    options = EvalOptions(samples=2, gate=EvalGate(min_reward_improvement=-1.0))
+    spec = spec.model_copy(update={"plan": plan, "eval": options})
+    stop = StopSignal()
+    reporter = Reporter(spec.reporting_address, spec.job_id, RUN_TOKEN, on_stop=stop.set)
+    try:
+        result = run(spec, reporter, stop)
+    finally:
+        reporter.close(timeout=10)
+
+    assert result.total_steps == 2 and result.checkpoints
+    reports = []
+    for prefix in [*result.checkpoints, result.model_prefix]:
+        report = EvalReport.model_validate_json(store.get_bytes(f"{prefix}/{REPORT_FILE}"))
+        manifest = json.loads(store.get_bytes(f"{prefix}/{MANIFEST}"))
+        rw = report.reward
+        assert rw is not None and report.validation is None and report.forgetting is not None
+        assert manifest["eval_report"]["reward"] == pytest.approx(rw.greedy.model.mean)
+        assert (rw.prompts, rw.prompts_from, rw.eval_samples, rw.pass_threshold) == (3, "validation_file", 2, 0.3)
+        assert rw.grader == "close_or_exact (multi)" and rw.max_completion_length == 4
+        for c, answers in ((rw.greedy, 3), (rw.sampled, 6)):
+            assert c is not None
+            for f in (c.base, c.model):
+                assert f.answers == answers and f.prompts == 3 and 0.0 <= f.mean <= 1.0 and f.std >= 0
+                assert f.pass_rate is not None and set(f.per_grader) == {"close", "exact"}
+                assert f.mean == pytest.approx(0.5 * f.per_grader["close"] + 0.5 * f.per_grader["exact"])
+            assert c.change == pytest.approx(c.model.mean - c.base.mean)
+        assert len(rw.samples) == 2 and {s.line for s in rw.samples} <= {1, 2, 3}
+        assert all(s.prompt.startswith("Repeat") for s in rw.samples)
+        assert report.gate is not None and report.gate.passed
+        assert report.gate.checks[0].name == "min_reward_improvement"
+        assert any("reinforcement prompts have no answer" in m for m in report.missing)
+        reports.append(report)
+    # The base side is measured once (greedy and seeded samples alike): every report shows the same.
+    first = reports[0].reward
+    assert first is not None and first.sampled is not None
+    for r in reports[1:]:
+        assert r.reward is not None and r.reward.sampled is not None
+        assert r.reward.greedy.base == first.greedy.base and r.reward.sampled.base == first.sampled.base
+        assert [s.base for s in r.reward.samples] == [s.base for s in first.samples]
 
 
 @pytest.mark.skipif(sandbox.unavailable() is not None, reason=f"no sandbox on this machine: {sandbox.unavailable()}")

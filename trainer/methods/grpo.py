@@ -24,6 +24,7 @@ from tunery.data import ReinforcementRecord
 from tunery.graders import (
     AnyGrader,
     Embedder,
+    GradeResult,
     GraderNotRunnable,
     Judge,
     check_runnable,
@@ -93,6 +94,24 @@ def output_text(completion: Any) -> str:
     return "".join(str(m.get("content") or "") for m in completion if m.get("role", "assistant") == "assistant")
 
 
+def grade(
+    grader: AnyGrader,
+    texts: list[str],
+    items: list[Any],
+    judge: Judge | None = None,
+    embedder: Embedder | None = None,
+) -> list[GradeResult]:
+    """Each answer graded against its line's fields, as ``graders/run`` grades it (one sandbox for a python grader,
+    one judge batch for a model grader, one embedding batch for a cosine metric); the problems logged once per batch.
+    The one home of a reinforcement job's grading: the training rewards and the eval report's
+    (trainer/reward_eval.py)."""
+    results = run_graders(grader, texts, items, GRADER_PARAM, judge=judge, embedder=embedder)
+    problems = [p for r in results for p in r.problems]
+    if problems:
+        log.warning("grader: %d problem(s) in this batch, first: %s", len(problems), problems[0])
+    return results
+
+
 def grader_reward(
     grader: AnyGrader, judge: Judge | None = None, embedder: Embedder | None = None
 ) -> Callable[..., list[float]]:
@@ -103,13 +122,8 @@ def grader_reward(
 
     def reward(prompts: list[Any], completions: list[Any], item: list[str] | None = None, **_: Any) -> list[float]:
         items = [json.loads(i) for i in item] if item else [{} for _ in completions]
-        results = run_graders(
-            grader, [output_text(c) for c in completions], items, GRADER_PARAM, judge=judge, embedder=embedder
-        )
-        problems = [p for r in results for p in r.problems]
-        if problems:
-            log.warning("grader: %d problem(s) in this batch, first: %s", len(problems), problems[0])
-        return [float(r.reward) for r in results]
+        texts = [output_text(c) for c in completions]
+        return [float(r.reward) for r in grade(grader, texts, items, judge, embedder)]
 
     reward.__name__ = "grader"  # TRL logs rewards/<name>/mean
     return reward
@@ -118,7 +132,7 @@ def grader_reward(
 class GRPO(TrainerMethod):
     info = METHODS["grpo"]
     results_columns = RESULTS_EXTRA
-    writes_eval_reports = False  # the eval report scores replies by loss; a reinforcement job's is its reward
+    # The eval report (trainer/evaluation.py) grades the base's and the model's answers (trainer/reward_eval.py).
     valid_loss_from_eval = False  # GRPO's eval_loss is its surrogate objective: the validation figure is the reward
 
     def config_class(self) -> type:

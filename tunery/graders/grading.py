@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -223,6 +224,16 @@ def run_graders(
     _judge_all(grader, contexts, judge, where)
     _embed_all(grader, contexts, embedder, where)
     return [_grade(grader, ctx, where, limits) for ctx in contexts]
+
+
+def pass_threshold(grader: AnyGrader) -> float | None:
+    """The reward at or above which an answer passes (an eval report's pass rate): the grader's own
+    ``pass_threshold`` (a field OpenAI's eval graders carry, kept as sent), else 1 for a string_check (it gives 1 or
+    0); None where the grader says nothing of passing."""
+    value = getattr(grader, "pass_threshold", None)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return 1.0 if isinstance(grader, StringCheckGrader) else None
 
 
 def _judge_all(grader: AnyGrader, contexts: list[_Context], judge: Judge | None, where: str) -> None:

@@ -154,12 +154,14 @@ class SchedulingOptions(_message.Message):
     def __init__(self, priority: _Optional[int] = ...) -> None: ...
 
 class EvalGate(_message.Message):
-    __slots__ = ("min_validation_improvement", "max_forgetting")
+    __slots__ = ("min_validation_improvement", "max_forgetting", "min_reward_improvement")
     MIN_VALIDATION_IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
     MAX_FORGETTING_FIELD_NUMBER: _ClassVar[int]
+    MIN_REWARD_IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
     min_validation_improvement: float
     max_forgetting: float
-    def __init__(self, min_validation_improvement: _Optional[float] = ..., max_forgetting: _Optional[float] = ...) -> None: ...
+    min_reward_improvement: float
+    def __init__(self, min_validation_improvement: _Optional[float] = ..., max_forgetting: _Optional[float] = ..., min_reward_improvement: _Optional[float] = ...) -> None: ...
 
 class EvalOptions(_message.Message):
     __slots__ = ("enabled", "samples", "max_new_tokens", "max_examples", "reference_file", "forgetting_threshold", "gate", "promote_to_alias")
@@ -182,7 +184,7 @@ class EvalOptions(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_examples: _Optional[int] = ..., reference_file: _Optional[str] = ..., forgetting_threshold: _Optional[float] = ..., gate: _Optional[_Union[EvalGate, _Mapping]] = ..., promote_to_alias: _Optional[str] = ...) -> None: ...
 
 class EvalReportSummary(_message.Message):
-    __slots__ = ("file_id", "step", "validation_loss", "validation_change", "forgetting_change", "forgetting_flagged", "gate_passed")
+    __slots__ = ("file_id", "step", "validation_loss", "validation_change", "forgetting_change", "forgetting_flagged", "gate_passed", "reward", "reward_change")
     FILE_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +192,8 @@ class EvalReportSummary(_message.Message):
     FORGETTING_CHANGE_FIELD_NUMBER: _ClassVar[int]
     FORGETTING_FLAGGED_FIELD_NUMBER: _ClassVar[int]
     GATE_PASSED_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    REWARD_CHANGE_FIELD_NUMBER: _ClassVar[int]
     file_id: str
     step: int
     validation_loss: float
@@ -197,7 +201,9 @@ class EvalReportSummary(_message.Message):
     forgetting_change: float
     forgetting_flagged: bool
     gate_passed: bool
-    def __init__(self, file_id: _Optional[str] = ..., step: _Optional[int] = ..., validation_loss: _Optional[float] = ..., validation_change: _Optional[float] = ..., forgetting_change: _Optional[float] = ..., forgetting_flagged: _Optional[bool] = ..., gate_passed: _Optional[bool] = ...) -> None: ...
+    reward: float
+    reward_change: float
+    def __init__(self, file_id: _Optional[str] = ..., step: _Optional[int] = ..., validation_loss: _Optional[float] = ..., validation_change: _Optional[float] = ..., forgetting_change: _Optional[float] = ..., forgetting_flagged: _Optional[bool] = ..., gate_passed: _Optional[bool] = ..., reward: _Optional[float] = ..., reward_change: _Optional[float] = ...) -> None: ...
 
 class TuneryExtensions(_message.Message):
     __slots__ = ("data", "training", "method", "scheduling", "eval", "reinforcement")
