@@ -15,6 +15,12 @@ No torch: the model's size and shapes come from the safetensors headers and ``co
   without recomputation) plus the fp32 logits and their gradient ``batch x seq x vocab x 8``, and 1 GiB of CUDA
   context. It fits when the total is at most 95% of the GPU's memory. With gradient checkpointing (reported
   beside it) only each layer's input is kept, plus one layer's activations.
+* **A judge** (a reinforcement job's ``score_model`` or ``label_model`` grader, :class:`JudgeLoad`): it reads each
+  sampled answer with its messages (prefill: a forward pass, a third of a forward + backward) and writes up to
+  ``max_completions_tokens`` tokens (decoding, counted as a forward + backward a token, as sampling is):
+  ``judge params x answers x (read / 3 + written) / (5e11 x TFLOPs)``, ``answers`` being every sampled completion
+  of the run. Its memory: its weights (in the run's precision, never NF4: the trainer does not quantize it) and its
+  KV cache and logits for a batch of 16 conversations.
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ TRAINER_COST: dict[str, tuple[float, int]] = {
     "grpo": (2.0, 1),
 }
 GRPO_KL_COST = 1 / 3
+JUDGE_BATCH = 16  # conversations a judge's generate call (trainer/judge.py)
+CHARS_PER_TOKEN = 4  # of a judge's messages, as written in the grader (their {{item.*}} fills are not counted)
+TOKENS_PER_MESSAGE = 8  # the chat template's own tokens around a message
 
 
 @dataclass
@@ -109,6 +118,36 @@ def model_shape(folder: Path) -> ModelShape:
     )
 
 
+@dataclass
+class JudgeLoad:
+    """What a model grader's judge costs a reinforcement job: its model's shape, the tokens it reads per judged
+    answer besides the answer (its messages) and the most it writes (:func:`judge_loads`)."""
+
+    shape: ModelShape
+    prompt_tokens: int
+    reply_tokens: int
+
+
+def judge_loads(grader: Any, shapes: dict[str, ModelShape]) -> list[JudgeLoad]:
+    """The judges of ``grader``'s model graders (a checked grader, tunery/graders), ``shapes`` giving each judge
+    model's shape by the name the grader uses; a grader with none (or a judge without a shape) costs nothing here."""
+    from tunery.graders import model_graders
+    from tunery.graders.judges import sampling
+
+    out = []
+    for _, g in model_graders(grader):
+        shape = shapes.get(g.model)
+        if shape is None:
+            continue
+        chars = 0
+        for message in g.input:
+            parts = message.content if isinstance(message.content, list) else [message.content]
+            chars += sum(len(p if isinstance(p, str) else str(getattr(p, "text", "") or "")) for p in parts)
+        prompt = chars // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * (len(g.input) + 1)
+        out.append(JudgeLoad(shape=shape, prompt_tokens=prompt, reply_tokens=sampling(g).max_tokens))
+    return out
+
+
 class Estimate(BaseModel):
     """What a job would cost and whether it fits: the dry run answers it (with the job's fields added), the
     scheduler checks ``fits`` against it."""
@@ -134,6 +173,8 @@ class Estimate(BaseModel):
     memory_gib: dict[str, float]
     fits: bool
     fits_with_gradient_checkpointing: bool
+    judge_params: int = 0  # a reinforcement job's judge models' parameters (score_model, label_model graders)
+    judge_gpu_seconds: float = 0.0  # their share of gpu_seconds: reading and scoring every sampled answer
 
 
 def estimate_for_scan(
@@ -143,6 +184,7 @@ def estimate_for_scan(
     plan: TrainingPlan,
     gpu_type: str,
     precision: str | None = None,
+    judges: Sequence[JudgeLoad] = (),
 ) -> Estimate:
     """The estimate of a job's plan from its training file's per-example token counts. ``precision``: the one the
     weights are held in, when it differs from the plan's (``auto`` on a GPU whose bf16 support is unknown)."""
@@ -154,6 +196,7 @@ def estimate_for_scan(
         trained_tokens_per_epoch=sum(trained),
         gpu_type=gpu_type,
         precision=precision,
+        judges=judges,
     )
 
 
@@ -166,10 +209,12 @@ def estimate_plan(
     trained_tokens_per_epoch: int,
     gpu_type: str,
     precision: str | None = None,
+    judges: Sequence[JudgeLoad] = (),
 ) -> Estimate:
     """The estimate of a resolved plan over ``examples`` training examples. A reinforcement plan's work is its
     sampled completions: each prompt ``num_generations`` times, each with up to ``max_completion_length`` tokens
-    (counted whole: an upper bound), trained as rows of prompt + completion."""
+    (counted whole: an upper bound), trained as rows of prompt + completion, and each read and scored by the
+    ``judges`` of its model graders."""
     rl = plan.reinforcement
     batch, seq, tokens, extra = plan.batch_size, plan.max_seq_length, tokens_per_epoch, 0.0
     steps = math.ceil(examples / plan.batch_size) * plan.n_epochs
@@ -200,7 +245,36 @@ def estimate_plan(
         est.compute_factor += extra
         est.gpu_seconds *= scale
         est.gpu_hours *= scale
+    if rl is not None and judges:
+        add_judges(est, judges, answers=steps * plan.batch_size * rl.num_generations, answer=rl.max_completion_length)
     return est
+
+
+def add_judges(est: Estimate, judges: Sequence[JudgeLoad], answers: int, answer: int) -> None:
+    """Add the judges' time and memory to ``est``: each reads ``answers`` answers of up to ``answer`` tokens with
+    its messages, and writes its reply (module docstring)."""
+    tflops = GPU_TYPES[est.gpu_type][0]
+    precision = "bf16" if est.precision == "nf4" else est.precision  # the trainer does not quantize a judge
+    value_bytes = BYTES_PER_PARAM[precision]
+    seconds = weights = working = 0.0
+    for j in judges:
+        read, written = j.prompt_tokens + answer, j.reply_tokens
+        seconds += j.shape.params * answers * (read / 3 + written) / (FLOPS_DIVISOR * tflops)
+        kv_cache = JUDGE_BATCH * (read + written) * j.shape.hidden * j.shape.layers * 2 * value_bytes
+        weights += j.shape.params * value_bytes  # every judge's weights are held; one judges at a time
+        working = max(working, kv_cache + JUDGE_BATCH * j.shape.vocab * 4)  # its KV cache and fp32 logits
+    memory = weights + working
+    gib = float(1 << 30)
+    est.judge_params = sum(j.shape.params for j in judges)
+    est.judge_gpu_seconds = round(seconds, 1)
+    est.gpu_seconds = round(est.gpu_seconds + seconds, 1)
+    est.gpu_hours = round(est.gpu_seconds / 3600, 4)
+    m = est.memory_gib
+    m["judge"] = round(memory / gib, 3)
+    m["total"] = round(m["total"] + memory / gib, 3)
+    m["total_with_gradient_checkpointing"] = round(m["total_with_gradient_checkpointing"] + memory / gib, 3)
+    est.fits = m["total"] <= 0.95 * est.gpu_memory_gib
+    est.fits_with_gradient_checkpointing = m["total_with_gradient_checkpointing"] <= 0.95 * est.gpu_memory_gib
 
 
 def estimate(

@@ -12,7 +12,7 @@ scheduler for a job, at once for a dry run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -46,7 +46,7 @@ from tunery.plan import (
     TrainingOptions,
     check_request,
 )
-from tunery.sharing import usable_model
+from tunery.sharing import ResolvedModel, usable_model
 
 
 def _check_metadata(md: dict[str, str] | None) -> None:
@@ -266,6 +266,7 @@ class PreparedJob:
     req: CreateJob
     base_model: str  # the model's, or for an ft: model its base model's
     request: PlanRequest
+    judges: dict[str, ResolvedModel] = field(default_factory=dict)  # a reinforcement grader's judges, by name
 
 
 def prepare_job(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> PreparedJob:
@@ -282,9 +283,10 @@ def prepare_job(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> Prepa
     _check_metadata(req.metadata)
     check_integrations(s, ctx, t, req)
     request = plan_request(req, embeddings=ctx.settings.embedding_model_path() is not None)
+    judges: dict[str, ResolvedModel] = {}
     if request.reinforcement is not None:  # a score_model's judge: a model this server serves to the project
         grader = parse_grader(request.reinforcement.grader, GRADER_PARAM)
-        resolve_judges(s, ctx, t, grader, GRADER_PARAM)
+        judges = resolve_judges(s, ctx, t, grader, GRADER_PARAM)
     mix = req.tunery.data.mix if req.tunery else None
     problem = check_request(
         request,
@@ -306,7 +308,7 @@ def prepare_job(s: Session, ctx: AppContext, t: Tenant, req: CreateJob) -> Prepa
     reference = req.tunery.eval.reference_file if req.tunery and req.tunery.eval else None
     if reference is not None:
         check_file(s, t, reference, REFERENCE_PARAM)
-    return PreparedJob(req, base_model, request)
+    return PreparedJob(req, base_model, request, judges)
 
 
 def _check_promotion(req: CreateJob, base_models: set[str] | dict[str, Any]) -> None:

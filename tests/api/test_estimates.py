@@ -9,7 +9,18 @@ import pytest
 
 from tests.api.test_jobs import preference_lines
 from tests.conftest import TINY, chat_lines
-from tunery.estimate import FLOPS_DIVISOR, GPU_TYPES, TRAINER_COST, ModelShape, estimate, model_shape
+from tunery.estimate import (
+    FLOPS_DIVISOR,
+    GPU_TYPES,
+    JUDGE_BATCH,
+    TRAINER_COST,
+    JudgeLoad,
+    ModelShape,
+    estimate,
+    estimate_plan,
+    judge_loads,
+    model_shape,
+)
 from tunery.methods import METHODS
 
 # Roughly Llama-3-8B: 8.0e9 parameters, 32 layers of 4096, 128k vocabulary.
@@ -195,3 +206,50 @@ def test_dry_run_and_the_scheduler_resolve_the_same_plan(tiny_server_factory):
         assert est["hyperparameters"] == queued.hyperparameters.model_dump()
         assert est["precision"] == queued.model_extra["tunery"]["training"]["precision"] == "fp32"  # a CPU trainer
         assert est["batch_size"] == queued.hyperparameters.batch_size and est["batch_size"] % 2 == 0
+
+
+def test_a_judge_adds_its_reading_and_scoring_of_every_sampled_answer():
+    """A score_model grader's judge: params x answers x (read / 3 + written) / (5e11 x TFLOPs), and its weights (never
+    NF4) plus a batch's KV cache and logits in memory."""
+    from tunery.graders import parse_grader
+    from tunery.plan import LoraPlan, ReinforcementPlan, TrainingPlan
+
+    grader = {
+        "type": "score_model",
+        "name": "judge",
+        "model": "llama-8b",
+        "input": [{"role": "user", "content": "x" * 400 + "{{sample.output_text}}"}],
+        "sampling_params": {"max_completions_tokens": 32},
+    }
+    [load] = judge_loads(parse_grader(grader), {"llama-8b": LLAMA_8B})
+    assert load.reply_tokens == 32 and load.prompt_tokens == 420 // 4 + 8 * 2
+    assert judge_loads(parse_grader(grader), {}) == []  # a judge without a shape is not counted
+    rl = ReinforcementPlan(grader=grader, num_generations=4, max_completion_length=64, kl_coef=0.0, temperature=1.0)
+    plan = TrainingPlan(
+        n_epochs=2,
+        batch_size=8,
+        learning_rate=1e-4,
+        max_seq_length=512,
+        lora=LoraPlan(r=16, alpha=32),
+        reinforcement=rl,
+    ).model_copy(update={"method": "grpo", "adapter": "qlora"})
+    args = {"examples": 100, "tokens_per_epoch": 20_000, "trained_tokens_per_epoch": 20_000, "gpu_type": "h100-80gb"}
+    alone = estimate_plan(LLAMA_8B, plan, **args)
+    judged = estimate_plan(LLAMA_8B, plan, **args, judges=[load])
+    answers = 100 // 8 * 8 * 2 * 4  # whole batches of prompts, 2 epochs, 4 answers each
+    read = load.prompt_tokens + 64
+    expected = LLAMA_8B.params * answers * (read / 3 + 32) / (FLOPS_DIVISOR * GPU_TYPES["h100-80gb"][0])
+    assert judged.judge_gpu_seconds == pytest.approx(expected, abs=0.1) and judged.judge_params == LLAMA_8B.params
+    assert judged.gpu_seconds == pytest.approx(alone.gpu_seconds + expected, abs=0.2)
+    # Its weights in bf16 (a QLoRA run's judge is not quantized), its KV cache and logits for one batch.
+    kv = JUDGE_BATCH * (read + 32) * LLAMA_8B.hidden * LLAMA_8B.layers * 2 * 2 + JUDGE_BATCH * LLAMA_8B.vocab * 4
+    assert judged.memory_gib["judge"] == pytest.approx((LLAMA_8B.params * 2 + kv) / (1 << 30), abs=1e-3)
+    assert judged.memory_gib["total"] == pytest.approx(alone.memory_gib["total"] + judged.memory_gib["judge"], abs=2e-3)
+    assert "judge" not in alone.memory_gib
+    assert judged.memory_gib["total_with_gradient_checkpointing"] == pytest.approx(
+        alone.memory_gib["total_with_gradient_checkpointing"] + judged.memory_gib["judge"], abs=2e-3
+    )
+    assert not estimate_plan(
+        LLAMA_8B, plan, **{**args, "gpu_type": "t4"}, judges=[load]
+    ).fits_with_gradient_checkpointing
+    assert JudgeLoad(LLAMA_8B, 1, 1).shape is LLAMA_8B

@@ -101,11 +101,11 @@ def test_the_dry_run_counts_the_sampled_answers(tiny_server_factory: Callable[..
     train = srv.client.files.create(file=("rft.jsonl", rft_lines(20)), purpose="fine-tune").id
     srv.client.files.wait_for_processing(train, poll_interval=0.1, max_wait_seconds=30)
 
-    def estimate(generations: int, length: int) -> dict[str, Any]:
+    def estimate(generations: int, length: int, grader: dict[str, Any] = KEYWORD) -> dict[str, Any]:
         body = {
             "model": TINY,
             "training_file": train,
-            "method": {"type": "reinforcement", "reinforcement": {"grader": KEYWORD}},
+            "method": {"type": "reinforcement", "reinforcement": {"grader": grader}},
             "tunery": {"reinforcement": {"num_generations": generations, "max_completion_length": length}},
         }
         r = srv.http.post("/v1/fine_tuning/jobs/dry_run", json=body)
@@ -118,6 +118,22 @@ def test_the_dry_run_counts_the_sampled_answers(tiny_server_factory: Callable[..
     assert more["gpu_seconds"] > small["gpu_seconds"] and longer["gpu_seconds"] > small["gpu_seconds"]
     # The tokens the trainer will report: the prompts, once per answer.
     assert more["trained_tokens_per_epoch"] == 4 * small["trained_tokens_per_epoch"] > 0
+    # A score_model grader's judge reads and scores every sampled answer: its time and memory are added.
+    assert small["judge_params"] == 0 and small["judge_gpu_seconds"] == 0 and "judge" not in small["memory_gib"]
+    judge = {
+        "type": "score_model",
+        "name": "judge",
+        "model": TINY,
+        "input": [{"role": "user", "content": "Score 0 to 1: {{sample.output_text}}"}],
+        "sampling_params": {"max_completions_tokens": 8},
+    }
+    judged = estimate(2, 16, judge)
+    assert judged["judge_params"] == judged["params"] > 0  # the tiny model judges itself
+    assert judged["judge_gpu_seconds"] > 0 and judged["memory_gib"]["judge"] > 0
+    assert judged["gpu_seconds"] == pytest.approx(small["gpu_seconds"] + judged["judge_gpu_seconds"], abs=0.2)
+    assert judged["memory_gib"]["total"] == pytest.approx(
+        small["memory_gib"]["total"] + judged["memory_gib"]["judge"], abs=2e-3
+    )
 
 
 def test_files_of_another_kind_do_not_fit(tiny_server_factory: Callable[..., RunningServer]) -> None:
