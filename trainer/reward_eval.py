@@ -22,7 +22,7 @@ from tunery.evalreport import EvalOptions, RewardComparison, RewardFigures, Rewa
 from tunery.graders import Embedder, GradeResult, Judge, parse_grader, pass_threshold
 from tunery.methods import GRADER_PARAM
 
-from .methods.grpo import grade
+from .methods.grpo import grade, render_kwargs
 
 if TYPE_CHECKING:
     from .base import TrainingRun
@@ -88,10 +88,12 @@ class RewardEvaluator:
         tok = self.run.tokenizer
         self.texts = []
         for r in self.records:
-            kwargs: dict[str, Any] = {"tools": r.tools} if r.tools else {}
             self.texts.append(
                 tok.apply_chat_template(
-                    [m.as_template_dict() for m in r.prompt], add_generation_prompt=True, tokenize=False, **kwargs
+                    [m.as_template_dict() for m in r.prompt],
+                    add_generation_prompt=True,
+                    tokenize=False,
+                    **render_kwargs(r.tools),
                 )
             )
         n = len(self.records)

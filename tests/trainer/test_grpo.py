@@ -14,6 +14,7 @@ import pytest
 
 from tests.trainer_fixtures import RUN_TOKEN, jsonl_bytes, make_spec, reporting_server
 from trainer.checkpoint import MANIFEST
+from trainer.methods import grpo
 from trainer.methods.grpo import grader_reward, output_text
 from trainer.reporter import Reporter
 from trainer.run import StopSignal, run
@@ -238,3 +239,42 @@ def test_a_trainer_that_cannot_run_the_grader_fails_the_job_with_why(monkeypatch
     with pytest.raises(TrainerError) as e:
         get_method("grpo").trainer_extra(None, plan)
     assert e.value.code == "unsupported_method" and "Landlock is not enabled" in str(e.value)
+
+
+def test_a_lines_tools_are_rendered_into_the_prompt_the_policy_reads(tiny_model_dir: Path) -> None:
+    """OpenAI's RFT lines may carry ``tools``: each prompt is rendered with its own line's tools (as a chat line's are),
+    counted in its length, and a prompt without tools is rendered without any."""
+    from transformers import AutoTokenizer
+
+    from tunery.data import ReinforcementRecord
+    from tunery.data_jsonl import parse_jsonl
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    # The tiny model's template (SmolLM2's) ignores tools; one that renders them, as many models' do.
+    tok.chat_template = (
+        "{% if tools %}Tools: {% for t in tools %}{{ t.function.name }} {% endfor %}\n{% endif %}"
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant:"
+        "{% endif %}"
+    )
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    lines = [
+        {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [weather], "city": "Paris"},
+        {"messages": [{"role": "user", "content": "Weather in Rome?"}], "city": "Rome"},
+    ]
+    parsed = parse_jsonl([jsonl_bytes(lines)])
+    assert not parsed.errors
+    records = [r for r in parsed.records if isinstance(r, ReinforcementRecord)]
+    table = grpo.rows(records)
+    assert json.loads(table[0]["item"]) == {"city": "Paris"} and table[1]["tools"] == ""
+    assert grpo.row_tools(table[0]) == [weather] and grpo.row_tools(table[1]) is None
+    with_tools = grpo.prompt_tokens(tok, table[0]["prompt"], grpo.row_tools(table[0]))
+    assert with_tools > grpo.prompt_tokens(tok, table[0]["prompt"])
+
+    trainer = object.__new__(grpo.tools_trainer_class())  # TRL's GRPOTrainer, its prompt tokenization only
+    trainer.processing_class, trainer.chat_template, trainer.chat_template_kwargs = tok, None, {}
+    trainer._row_tools = [grpo.row_tools(r) for r in table]
+    ids, images, extra = trainer._tokenize_prompts([r["prompt"] for r in table])
+    assert images is None and extra == {} and len(ids[0]) == with_tools
+    first, second = (tok.decode(i) for i in ids)
+    assert first.startswith("Tools: get_weather") and "user: Weather in Paris?" in first
+    assert "Tools" not in second and second.endswith("assistant:")

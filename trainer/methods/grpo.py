@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tunery.data import ReinforcementRecord
@@ -66,25 +66,37 @@ def _rl(plan: TrainingPlan) -> ReinforcementPlan:
     return plan.reinforcement
 
 
-def rows(records: list[ReinforcementRecord], param: str) -> list[dict[str, Any]]:
-    """GRPO's conversational rows: the prompt, and the line's other fields as JSON (one column of strings, as
-    the fields differ from line to line, which an Arrow column of structs cannot hold)."""
-    out = []
-    for r in records:
-        if r.tools:
-            raise TrainerError(
-                f"{param}: line {r.line} gives tools; reinforcement fine-tuning with tools is not supported yet",
-                code="invalid_training_file" if param == "training_file" else "invalid_validation_file",
-                param=param,
-            )
-        out.append({"prompt": [m.as_template_dict() for m in r.prompt], "item": json.dumps(r.item)})
-    return out
+def rows(records: list[ReinforcementRecord]) -> list[dict[str, Any]]:
+    """GRPO's conversational rows: the prompt, the line's other fields and its tools, each as JSON (one column of
+    strings, as the fields differ from line to line, which an Arrow column of structs cannot hold; "" for no
+    tools)."""
+    return [
+        {
+            "prompt": [m.as_template_dict() for m in r.prompt],
+            "item": json.dumps(r.item),
+            "tools": json.dumps(r.tools) if r.tools else "",
+        }
+        for r in records
+    ]
 
 
-def prompt_tokens(tokenizer: Any, prompt: list[dict[str, Any]]) -> int:
-    """A prompt's tokens as the model reads it: rendered with the chat template and its generation prompt."""
-    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-    return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+def row_tools(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A row's function tools (the line's ``tools``), or None."""
+    raw = row.get("tools")
+    return json.loads(raw) if raw else None
+
+
+def render_kwargs(tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The chat template's arguments for a prompt's tools, as the chat format's lines render theirs (trainer/chat.py):
+    none at all without tools (a template may render tool boilerplate for an empty list)."""
+    return {"tools": tools} if tools else {}
+
+
+def prompt_tokens(tokenizer: Any, prompt: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
+    """A prompt's tokens as the model reads it: rendered with the chat template, its tools and the generation
+    prompt."""
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, **render_kwargs(tools))
+    return len(ids["input_ids"] if isinstance(ids, Mapping) else ids)  # transformers 5: a BatchEncoding
 
 
 def output_text(completion: Any) -> str:
@@ -129,6 +141,42 @@ def grader_reward(
     return reward
 
 
+def tools_trainer_class() -> type:
+    """TRL's GRPOTrainer, rendering each prompt with its own line's ``tools`` (TRL renders one set of callable tools
+    for every prompt): the rows' tools are taken from the batch before its prompts are tokenized."""
+    from trl import GRPOTrainer
+
+    class ToolsGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
+        _row_tools: list[list[dict[str, Any]] | None] | None = None
+
+        def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> Any:
+            self._row_tools = [row_tools(x) for x in inputs]
+            try:
+                return super()._generate_and_score_completions(inputs)
+            finally:
+                self._row_tools = None
+
+        def _tokenize_prompts(self, prompts: list[Any]) -> Any:
+            tools = self._row_tools
+            if not tools or not any(tools) or len(tools) != len(prompts):
+                return super()._tokenize_prompts(prompts)
+            ids = []
+            for prompt, own in zip(prompts, tools, strict=True):
+                out = self.processing_class.apply_chat_template(
+                    conversation=prompt,
+                    chat_template=self.chat_template,
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=True,
+                    **render_kwargs(own),
+                    **self.chat_template_kwargs,
+                )
+                ids.append(list(out["input_ids"]))
+            return ids, None, {}
+
+    return ToolsGRPOTrainer
+
+
 class GRPO(TrainerMethod):
     info = METHODS["grpo"]
     results_columns = RESULTS_EXTRA
@@ -156,9 +204,7 @@ class GRPO(TrainerMethod):
         return out
 
     def trainer_class(self) -> type:
-        from trl import GRPOTrainer
-
-        return GRPOTrainer
+        return tools_trainer_class()
 
     def trainer_extra(
         self, ref_model: Any, plan: TrainingPlan | None, judge: Judge | None = None, embedder: Embedder | None = None
@@ -193,8 +239,8 @@ class GRPO(TrainerMethod):
     ) -> Datasets:
         from datasets import Dataset
 
-        train_rows = self._fitting(run, rows(train.records, "training_file"), "training_file")
-        valid_rows = self._fitting(run, rows(valid.records, "validation_file"), "validation_file") if valid else None
+        train_rows = self._fitting(run, rows(train.records), "training_file")
+        valid_rows = self._fitting(run, rows(valid.records), "validation_file") if valid else None
         return Datasets(
             train=Dataset.from_list(train_rows),
             valid=Dataset.from_list(valid_rows) if valid_rows else None,
@@ -206,7 +252,7 @@ class GRPO(TrainerMethod):
         is dropped with ``tunery.data.long_examples = "drop"``, and refused otherwise: cutting a prompt would
         change the question its grader scores."""
         max_len, tok = run.plan.max_seq_length, run.tokenizer
-        lengths = [prompt_tokens(tok, r["prompt"]) for r in examples]
+        lengths = [prompt_tokens(tok, r["prompt"], row_tools(r)) for r in examples]
         long = [i for i, n in enumerate(lengths) if n > max_len]
         if not long:
             return examples
@@ -240,8 +286,7 @@ class GRPO(TrainerMethod):
                 {"file": "training_file", "left_out": left_out, "batch_size": batch},
             )
         tok = run.tokenizer
-        prompts = [row["prompt"] for row in datasets.train]
-        lengths = [prompt_tokens(tok, p) for p in prompts]
+        lengths = [prompt_tokens(tok, row["prompt"], row_tools(row)) for row in datasets.train]
         run.tokens_per_epoch = run.trained_tokens_per_epoch = sum(lengths) * _rl(run.plan).num_generations
         return n - left_out
 
