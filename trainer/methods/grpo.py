@@ -161,15 +161,18 @@ def tools_trainer_class() -> type:
             if not tools or not any(tools) or len(tools) != len(prompts):
                 return super()._tokenize_prompts(prompts)
             ids = []
+            template: Any = self.processing_class  # a tokenizer: reinforcement jobs are text-only
+            kwargs = self.chat_template_kwargs
+            extra: dict[str, Any] = kwargs if isinstance(kwargs, dict) else {}
             for prompt, own in zip(prompts, tools, strict=True):
-                out = self.processing_class.apply_chat_template(
+                out: Any = template.apply_chat_template(
                     conversation=prompt,
                     chat_template=self.chat_template,
                     add_generation_prompt=True,
                     tokenize=True,
                     return_dict=True,
                     **render_kwargs(own),
-                    **self.chat_template_kwargs,
+                    **extra,
                 )
                 ids.append(list(out["input_ids"]))
             return ids, None, {}
