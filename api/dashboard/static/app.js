@@ -593,6 +593,9 @@
     if (r.forgetting_change !== null && r.forgetting_change !== undefined) {
       parts.push(`forgetting ${pct(r.forgetting_change)}${r.forgetting_flagged ? " (flagged)" : ""}`);
     }
+    if (r.reward !== null && r.reward !== undefined) {
+      parts.push(`reward ${num(r.reward)} (${r.reward_change >= 0 ? "+" : ""}${num(r.reward_change)})`);
+    }
     if (r.gate_passed !== null && r.gate_passed !== undefined) parts.push(`gate ${r.gate_passed ? "passed" : "failed"}`);
     return h("span", { class: "report-summary", text: parts.join(", ") || `step ${r.step}` });
   }
@@ -621,9 +624,30 @@
       const pf = r.preference;
       parts.push(h("p", { text: `Preference (${pf.pairs} pairs, beta ${pf.beta}): reward accuracy ${(pf.reward_accuracy * 100).toFixed(1)}%, margin ${num(pf.reward_margin)}` }));
     }
+    if (r.reward) {
+      const rw = r.reward;
+      const rewards = (caption, c) =>
+        table(caption, ["", "mean reward", "std", "pass rate", "answers", "errors", "per grader"], [
+          ...[["base", c.base], ["model", c.model]].map(([who, f]) => [who, num(f.mean), num(f.std),
+            f.pass_rate === null || f.pass_rate === undefined ? "-" : `${(f.pass_rate * 100).toFixed(1)}%`, f.answers,
+            f.errors, Object.entries(f.per_grader || {}).map(([k, v]) => `${k} ${num(v)}`).join(", ")]),
+          ["change", num(c.change), "", "", "", "", ""],
+        ]);
+      const source = rw.prompts_from === "validation_file" ? "validation" : "training (no validation file)";
+      parts.push(rewards(`Rewards: ${rw.grader} on ${rw.prompts} ${source} prompts, greedy`, rw.greedy));
+      if (rw.sampled) {
+        parts.push(rewards(`Rewards: sampled, ${rw.eval_samples} per prompt (temperature ${rw.temperature}, seed ${rw.seed})`, rw.sampled));
+      }
+      if (rw.samples && rw.samples.length) {
+        parts.push(table("Answers (greedy), base against fine-tuned", ["line", "prompt", "base", "reward", "fine-tuned", "reward"],
+          rw.samples.map((x) => [x.line, x.prompt, x.base, num(x.base_reward), x.fine_tuned, num(x.fine_tuned_reward)])));
+      }
+    }
     if (r.gate) {
       parts.push(table(`Gate: ${r.gate.passed ? "passed" : "failed"}`, ["check", "value", "limit", ""],
-        r.gate.checks.map((c) => [c.name, pct(c.value), pct(c.limit), c.passed ? "pass" : "fail"])));
+        r.gate.checks.map((c) => c.name === "min_reward_improvement"
+          ? [c.name, c.value === null ? "-" : num(c.value), num(c.limit), c.passed ? "pass" : "fail"]
+          : [c.name, pct(c.value), pct(c.limit), c.passed ? "pass" : "fail"])));
     }
     if (r.samples && r.samples.length) {
       parts.push(table(`Samples (greedy, from the ${r.samples_from})`, ["line", "prompt", "expected", "base", "fine-tuned"],
