@@ -64,9 +64,17 @@ class PythonGrader(GraderObject):
     image_tag: str | None = omitted()
 
 
+class PromptCacheBreakpoint(GraderObject):
+    """OpenAI's explicit prompt-cache breakpoint of a content part (accepted and kept; it changes nothing here)."""
+
+    mode: Literal["explicit"] = "explicit"
+
+
 class InputText(GraderObject):
     type: Literal["input_text"]
     text: str
+    # Typed so that a null one is left out of the echo (OpenAI's is an object, never null) and a bad one refused.
+    prompt_cache_breakpoint: PromptCacheBreakpoint | None = omitted()
 
 
 class OutputText(GraderObject):
