@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -12,15 +13,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _imports(folder: str) -> set[str]:
+def _names(nodes: Iterable[ast.AST]) -> set[str]:
+    """The top-level packages the import statements among ``nodes`` import (absolute imports only)."""
     found = set()
-    for path in (ROOT / folder).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module.split(".")[0])
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
     return found
+
+
+def _file_imports(path: Path) -> set[str]:
+    """Every import of a file, inside functions too."""
+    return _names(ast.walk(ast.parse(path.read_text())))
+
+
+def _imports(folder: str) -> set[str]:
+    return set().union(*(_file_imports(path) for path in (ROOT / folder).rglob("*.py")))
 
 
 def test_trainer_imports_nothing_from_the_control_plane_or_serving():
@@ -46,13 +56,7 @@ TORCH_AT_CALL_TIME = {"embeddings.py"}
 
 
 def _top_level_imports(path: Path) -> set[str]:
-    found = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Import):
-            found |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found
+    return _names(ast.parse(path.read_text()).body)
 
 
 @pytest.mark.parametrize("folder", ["api", "scheduler"])
@@ -64,13 +68,7 @@ def test_the_shared_package_imports_torch_only_at_call_time_in_its_model_modules
     for path in (ROOT / "tunery").rglob("*.py"):
         assert not _top_level_imports(path) & TORCH, path
         if path.name not in TORCH_AT_CALL_TIME or path.parent != ROOT / "tunery":
-            found = set()
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Import):
-                    found |= {a.name.split(".")[0] for a in node.names}
-                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    found.add(node.module.split(".")[0])
-            assert not found & TORCH, path
+            assert not _file_imports(path) & TORCH, path
 
 
 def test_embedded_server_starts_and_serves_without_torch(tmp_path):

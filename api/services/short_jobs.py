@@ -27,6 +27,7 @@ from api.context import AppContext, Tenant
 from api.errors import InvalidRequest, NotFound
 from api.pagination import page
 from api.protocol.base import CursorPage, PageRequest
+from api.services.jobs import NOT_SHOWN, owned
 from tunery import jobstate
 from tunery.audit import Actor, EventType, record
 from tunery.db import Job
@@ -65,8 +66,6 @@ class ShortJobService(ABC, Generic[O, L]):
         return f"{self.noun}_id"
 
     def _find(self, s: Session, job_id: str) -> Job:
-        from api.services.jobs import NOT_SHOWN, owned
-
         job = s.scalar(select(Job).where(Job.id == job_id, *owned(self.tenant, self.kind)).options(*NOT_SHOWN))
         if job is None:
             raise not_found(self.noun, self.param, job_id)
@@ -132,8 +131,6 @@ class ShortJobService(ABC, Generic[O, L]):
 
     def list(self, req: PageRequest) -> L:
         """The tenant's jobs of this kind, newest first."""
-        from api.services.jobs import NOT_SHOWN, owned
-
         with self.ctx.db.session() as s:
             q = select(Job).where(*owned(self.tenant, self.kind)).options(*NOT_SHOWN)
             rows, more = page(s, Job, q, after=req.after, limit=req.limit)
