@@ -1,8 +1,8 @@
-"""The `tunery` commands that talk to a running server through its API (docs/cli.md): files, jobs, models, chat,
-run as a user runs them (typer's runner in process; `python -m api.cli` processes for the environment variables,
-the error path and following a real tiny training job). Two servers for the module: one where nothing trains (the
-jobs there stay as the commands leave them), one that trains the tiny model for the one job the integration tests
-share."""
+"""The `tunery` commands that talk to a running server through its API (docs/cli.md): files, jobs, models, chat, run as
+a user runs them (typer's runner in process; `python -m api.cli` processes for the environment variables, the error
+path and following a real tiny training job, paused and resumed on the way). Two servers for the module: one where
+nothing trains (the jobs there stay as the commands leave them), one that trains the tiny model for the one job the
+integration tests share."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,44 @@ def test_chat_with_the_fine_tuned_model(trainer: RunningServer, model: str) -> N
     assert repl.exit_code == 0, repl.output
     then = reply("Question number 3?", text, "And then?")
     assert repl.stdout == f"{text}\n{then}\n{text}\n"
+
+
+@pytest.mark.integration
+def test_pause_and_resume_a_running_job(trainer: RunningServer, model: str, tmp_path: Path) -> None:
+    """`tunery jobs pause` while a job trains, `tunery jobs resume` once its run has stopped, with `tunery jobs
+    follow` watching throughout: the follower says it is paused and ends with the resumed run's success."""
+    steps = 40
+    data = tmp_path / "long.jsonl"
+    data.write_bytes(chat_lines(steps))
+    args = ("--n-epochs", "1", "--batch-size", "1", "--seed", "7", "--tunery", NO_EVAL)
+    job_id = cli(trainer, "jobs", "create", TINY, str(data), *args).stdout.strip()
+    follower = process(trainer, "jobs", "follow", job_id, "--interval", "0.2")
+    try:
+        deadline = time.monotonic() + 240
+        while not any(m.startswith("Step 2/") for m in trainer.events(job_id)):
+            assert time.monotonic() < deadline and follower.poll() is None, trainer.events(job_id)
+            time.sleep(0.2)
+        assert cli(trainer, "jobs", "pause", job_id).stdout == f"{job_id}: paused\n"
+        again = cli(trainer, "jobs", "pause", job_id, code=1).stderr
+        assert again == f"error: Job {job_id} is paused; only a running job can be paused.\n"
+        while not (stopped := [m for m in trainer.events(job_id) if m.startswith("Fine-tuning job paused at step")]):
+            assert time.monotonic() < deadline, trainer.events(job_id)
+            time.sleep(0.2)
+        paused_at = int(stopped[0].rsplit(" ", 1)[1])
+        assert 2 <= paused_at < steps
+        resumed = json.loads(cli(trainer, "jobs", "resume", job_id, "--json").stdout)
+        assert resumed["id"] == job_id and resumed["status"] in ("queued", "running")
+        out, err = follower.communicate(timeout=300)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, (out, err)
+    job = trainer.client.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "succeeded" and out == f"{job.fine_tuned_model}\n"
+    assert f"{job_id} is paused: `tunery jobs resume {job_id}` continues it" in err
+    assert f"Resuming from the checkpoint at step {paused_at}/{steps}" in err and f"{job_id} succeeded in " in err
+    assert err.index(f"Fine-tuning job paused at step {paused_at}") < err.index("Resuming from the checkpoint")
+    events = trainer.client.fine_tuning.jobs.list_events(job_id, limit=1000).data
+    assert sorted(e.data["step"] for e in events if e.type == "metrics") == list(range(1, steps + 1))
 
 
 def test_sparkline() -> None:

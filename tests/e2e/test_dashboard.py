@@ -1,7 +1,7 @@
 """The web dashboard (docs/dashboard.md) in a real headless Chromium, against a real server on the tiny Llama: sign in
 with a key (a wrong one shows the API's error), upload a training file through the page and read its validation
 report, watch a real tiny training job's loss curve grow on its page (with a screenshot), cancel a job, find the
-fine-tuned model with its lineage, and chat with it beside its base model.
+fine-tuned model with its lineage, chat with it beside its base model, and pause and resume a running job.
 
 One server and one browser for the module (scope=module): the tests run in order and share the job they train."""
 
@@ -282,4 +282,50 @@ def test_the_playground_chats_with_a_model_beside_its_base(chromium: Any, shared
         wait_for(lambda box=box: all_css(chromium, f"{box} .msg.assistant:not(.pending)"), 60, what=f"{box}'s reply")
         assert text_of(chromium, f"{box} .msg.user") == "Question number 3?"
         assert "tokens" in text_of(chromium, f"{box} .msg.assistant small")
+    assert not severe_console_errors(chromium)
+
+
+def test_pause_and_resume_a_running_job_from_its_page(chromium: Any, shared: Shared) -> None:
+    """A job of 40 one-example steps, paused with the page's button while it trains and resumed with the other: the
+    page follows it through paused and queued to succeeded, and the second run continues where the first stopped."""
+    steps = 40
+    client = shared.srv.client
+    data = client.files.create(file=("pause.jsonl", chat_lines(steps)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=data.id,
+        seed=7,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 1}}},
+        extra_body={"tunery": {"eval": {"enabled": False}}},
+    )
+    go(chromium, shared.srv, f"#/jobs/{job.id}")
+    wait_for(
+        lambda: page_status(chromium) == "running" and points(chromium, "train_loss") >= 2, 240, what="steps drawn"
+    )
+    assert not css(chromium, "#resume-job").is_enabled()
+    css(chromium, "#pause-job").click()
+    wait_for(lambda: page_status(chromium) == "paused", what="paused")
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    assert not css(chromium, "#pause-job").is_enabled() and css(chromium, "#cancel-job").is_enabled()
+
+    def messages() -> list[str]:
+        return [e.text for e in all_css(chromium, "#events li .message")]
+
+    stopped = wait_for(
+        lambda: next((m for m in messages() if m.startswith("Fine-tuning job paused at step")), None),
+        120,
+        what="the run's pause event on the page",
+    )
+    paused_at = int(stopped.rsplit(" ", 1)[1])
+    assert 2 <= paused_at < steps
+    wait_for(lambda: css(chromium, "#resume-job").is_enabled(), what="resume enabled")
+    css(chromium, "#resume-job").click()
+    wait_for(lambda: page_status(chromium) != "paused", what="resumed")
+    assert client.fine_tuning.jobs.retrieve(job.id).status in ("queued", "running", "succeeded")
+    wait_for(lambda: page_status(chromium) == "succeeded", 300, what="the resumed job's end")
+    resumed = f"Resuming from the checkpoint at step {paused_at}/{steps}"
+    assert any(resumed in m for m in messages()), messages()
+    wait_for(lambda: points(chromium, "train_loss") == steps, what="every step on the curve, once")
+    events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+    assert sorted(e.data["step"] for e in events if e.type == "metrics") == list(range(1, steps + 1))
     assert not severe_console_errors(chromium)

@@ -419,13 +419,19 @@
       return b;
     };
 
+    // The buttons are drawn again only when the status changes, so a click waiting for its confirmation survives
+    // the page's polls.
+    let actionsFor = null;
     function renderJob() {
       title.replaceChildren(jobId, " ", status(job.status));
-      actions.replaceChildren(
-        act("pause-job", "Pause", "pause", job.status === "running"),
-        act("resume-job", "Resume", "resume", job.status === "paused"),
-        act("cancel-job", "Cancel", "cancel", LIVE.has(job.status), "Really cancel?"),
-      );
+      if (job.status !== actionsFor) {
+        actionsFor = job.status;
+        actions.replaceChildren(
+          act("pause-job", "Pause", "pause", job.status === "running"),
+          act("resume-job", "Resume", "resume", job.status === "paused"),
+          act("cancel-job", "Cancel", "cancel", LIVE.has(job.status), "Really cancel?"),
+        );
+      }
       jobError.hidden = !job.error;
       if (job.error) jobError.textContent = `${job.error.code}: ${job.error.message}`;
       const row = (k, ...v) => [h("dt", { text: k }), h("dd", {}, ...v)];
