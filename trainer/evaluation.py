@@ -42,6 +42,8 @@ from tunery.jobstate import REFERENCE_PARAM
 from .chat import ChatTemplateError, ChatTokenizer, TokenizedExample
 from .checkpoint import library_versions, utc_now
 from .data_files import read_chat_file
+from .greedy import greedy_answers
+from .loading import eval_dtype, weights_in
 from .reward_eval import Answers, RewardEvaluator
 
 if TYPE_CHECKING:
@@ -137,6 +139,9 @@ class Evaluator:
         self.rewards: RewardEvaluator | None = None  # a reinforcement job's
         self.missing: list[str] = []
         self.seconds = 0.0  # spent measuring (the baseline and every report): what the reports add to the run
+        self.dtype = ""  # what the last measure ran in (tunery.eval.precision, trainer/loading.py's eval_dtype)
+        self.drafts: list[list[int]] | None = None  # the last samples' tokens: the next report's drafts
+        self.verified = 0  # of the last samples, those their draft answered
 
     # -- what is scored
     def _tokenize(self, records: list[ChatRecord]) -> EvalSet:
@@ -249,13 +254,11 @@ class Evaluator:
         return scores
 
     def _generate(self, model: Any) -> list[str]:
-        """Every sample prompt's greedy answer, in one batched generation (prompts padded on the left)."""
-        import torch
-
+        """Every sample prompt's greedy answer, in one batch; the last report's answers are tried first as drafts
+        (trainer/greedy.py): a model that answers as it did costs one forward pass instead of a decoding loop."""
         if not self.prompts:
             return []
         tok = self.run.tokenizer
-        device = next(model.parameters()).device
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         encoded = [
             tok(self.chat.render(prompt, add_generation_prompt=True, tools=tools), add_special_tokens=False)[
@@ -263,42 +266,39 @@ class Evaluator:
             ]
             for _, _, _, prompt, tools in self.prompts
         ]
-        width = max(len(ids) for ids in encoded)
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, e in enumerate(encoded):
-            ids[row, width - len(e) :] = torch.tensor(e)
-            attention[row, width - len(e) :] = 1
-        generated = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=attention.to(device),
-            max_new_tokens=self.options.max_new_tokens,
-            do_sample=False,
-            use_cache=True,
-            pad_token_id=pad,
-        )
-        return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in generated]
+        got = greedy_answers(model, encoded, self.options.max_new_tokens, pad, self.drafts)
+        self.drafts, self.verified = got.answers, got.verified
+        return [tok.decode(answer, skip_special_tokens=True).strip() for answer in got.answers]
 
     def _measure(self, model: Any) -> Baseline:
         import torch
 
         was_training = model.training
         model.eval()
+        dtype = eval_dtype(model, self.options.precision)
         try:
             with torch.no_grad():
-                t0 = time.monotonic()
-                valid, rejected = self._score(model, self.valid), self._score(model, self.rejected)
-                t1 = time.monotonic()
-                reference = self._score(model, self.reference)
+                # Losses in the scoring dtype (bf16 where tunery.eval.precision allows it); answers in the model's
+                # own, as the model is served on this hardware: near a turning point in training, bf16's rounding
+                # can change what greedy decoding says.
+                with weights_in(model, dtype):
+                    self.dtype = str(dtype or next(model.parameters()).dtype).removeprefix("torch.")
+                    t0 = time.monotonic()
+                    valid, rejected = self._score(model, self.valid), self._score(model, self.rejected)
+                    t1 = time.monotonic()
+                    reference = self._score(model, self.reference)
                 t2 = time.monotonic()
                 samples = self._generate(model)
                 t3 = time.monotonic()
                 rewards = self.rewards.measure(model) if self.rewards is not None else None
                 log.info(
-                    "eval: validation scored in %.1fs, reference in %.1fs, %d samples generated in %.1fs%s",
+                    "eval: validation scored in %.1fs, reference in %.1fs (%s), %d samples (%d drafts verified) "
+                    "generated in %.1fs%s",
                     t1 - t0,
                     t2 - t1,
+                    self.dtype,
                     len(samples),
+                    self.verified,
                     t3 - t2,
                     f", {len(rewards.greedy) + len(rewards.sampled)} answers graded in {time.monotonic() - t3:.1f}s"
                     if rewards is not None
@@ -343,6 +343,7 @@ class Evaluator:
                 "data_files": self.run.data_sha256,
                 "hyperparameters": plan.model_dump(),
                 "eval": self.options.model_dump(),
+                "eval_dtype": self.dtype,  # the losses' (tunery.eval.precision resolved)
                 "versions": library_versions(),
             },
         )

@@ -1,5 +1,7 @@
 """The baseline of an eval report is measured with a fresh LoRA adapter disabled (trainer/evaluation.py's
-adds_nothing): only where that gives the base's outputs bit for bit, which is checked here on the tiny Llama."""
+adds_nothing): only where that gives the base's outputs bit for bit, which is checked here on the tiny Llama. And the
+precision reports are measured in (trainer/loading.py's eval_dtype and weights_in): bf16 for an fp32 model on a CPU
+with native bf16 under ``auto``, the training's own weights given back bit for bit."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 import pytest
 
 from trainer.evaluation import adds_nothing, masked_logits
+from trainer.loading import eval_dtype, weights_in
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -65,3 +68,40 @@ def test_a_plain_model_is_measured_as_it_is(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     assert not adds_nothing(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)))
+
+
+def test_reports_measure_in_bf16_where_the_cpu_has_it_and_the_weights_come_back_bit_for_bit(
+    tiny_model_dir: Path,
+) -> None:
+    import torch
+
+    model = _peft(tiny_model_dir)
+    with torch.no_grad():  # a trained adapter: B no longer zero
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(1e-2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    params = {n: p for n, p in model.named_parameters()}  # the optimizer's references: the same objects after
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert eval_dtype(model, "auto") == (torch.bfloat16 if native else None)
+    assert eval_dtype(model, "full") is None
+    full = _logits(model)
+    with weights_in(model, torch.bfloat16):
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+        assert eval_dtype(model, "auto") is None  # a model already in bf16 is measured as it is
+        half = _logits(model).float()
+    # bf16 rounding, not another model: the logits within a few percent of their spread
+    assert (half - full).abs().max() < 0.05 * full.std()
+    assert torch.argmax(half, dim=-1).eq(torch.argmax(full, dim=-1)).float().mean() > 0.9
+    for n, p in model.named_parameters():
+        assert p is params[n] and p.dtype == torch.float32 and torch.equal(p, before[n]), n
+    with weights_in(model, None):  # None: nothing changes
+        assert torch.equal(_logits(model), full)
+    # The baseline's way: the adapter disabled, the base alone measured in bf16.
+    with model.disable_adapter():
+        base = _logits(model)
+        with weights_in(model, torch.bfloat16):
+            base_half = _logits(model).float()
+    assert (base_half - base).abs().max() < 0.05 * base.std() and not torch.equal(base, full)
+    for n, p in model.named_parameters():
+        assert p is params[n] and torch.equal(p, before[n]), n

@@ -51,7 +51,8 @@ def test_every_checkpoint_and_the_final_model_get_a_complete_report(
         batch_size=4,
         learning_rate=5e-3,
     )
-    spec = with_eval(store, spec, EvalOptions(samples=2, max_new_tokens=8))
+    # precision full: measured in the model's own fp32, so the figures are the training's own to the last digit
+    spec = with_eval(store, spec, EvalOptions(samples=2, max_new_tokens=8, precision="full"))
     proc = start_trainer(tmp_path / "objects")
     out = wait(proc)
     assert proc.returncode == 0, out[-5000:]
@@ -96,6 +97,7 @@ def test_every_checkpoint_and_the_final_model_get_a_complete_report(
             == hashlib.sha256(store.get_bytes("files/file-valid")).hexdigest()
         )
         assert {"torch", "transformers", "trl", "peft"} <= set(report.provenance["versions"])
+        assert report.provenance["eval_dtype"] == "float32"
     # The base side does not move between reports; the model side does.
     assert reports[2].validation.base == reports[4].validation.base
     assert reports[2].samples[0].base == reports[4].samples[0].base
@@ -123,6 +125,14 @@ def test_without_a_validation_file_the_report_says_what_is_missing(
     assert report.training_loss is not None and report.forgetting is not None
     assert report.samples_from == "training_file" and len(report.samples) == 1
     assert any("no validation file" in m for m in report.missing)
+    # precision auto: bf16 where this CPU runs it natively (the fp32 weights trained on unchanged)
+    assert report.provenance["eval_dtype"] == ("bfloat16" if bf16_native() else "float32")
+
+
+def bf16_native() -> bool:
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def test_a_gate_no_model_passes_fails_the_job_and_keeps_the_report(

@@ -9,18 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ReportOptions(_message.Message):
-    __slots__ = ("samples", "max_new_tokens", "max_examples", "reference_file", "forgetting_threshold")
+    __slots__ = ("samples", "max_new_tokens", "max_examples", "reference_file", "forgetting_threshold", "precision")
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FILE_FIELD_NUMBER: _ClassVar[int]
     FORGETTING_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     samples: int
     max_new_tokens: int
     max_examples: int
     reference_file: str
     forgetting_threshold: float
-    def __init__(self, samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_examples: _Optional[int] = ..., reference_file: _Optional[str] = ..., forgetting_threshold: _Optional[float] = ...) -> None: ...
+    precision: str
+    def __init__(self, samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_examples: _Optional[int] = ..., reference_file: _Optional[str] = ..., forgetting_threshold: _Optional[float] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class CreateEvaluationRequest(_message.Message):
     __slots__ = ("model", "file", "seed", "eval")

@@ -164,7 +164,7 @@ class EvalGate(_message.Message):
     def __init__(self, min_validation_improvement: _Optional[float] = ..., max_forgetting: _Optional[float] = ..., min_reward_improvement: _Optional[float] = ...) -> None: ...
 
 class EvalOptions(_message.Message):
-    __slots__ = ("enabled", "samples", "max_new_tokens", "max_examples", "reference_file", "forgetting_threshold", "gate", "promote_to_alias")
+    __slots__ = ("enabled", "samples", "max_new_tokens", "max_examples", "reference_file", "forgetting_threshold", "gate", "promote_to_alias", "precision")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,7 @@ class EvalOptions(_message.Message):
     FORGETTING_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     GATE_FIELD_NUMBER: _ClassVar[int]
     PROMOTE_TO_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     samples: int
     max_new_tokens: int
@@ -181,7 +182,8 @@ class EvalOptions(_message.Message):
     forgetting_threshold: float
     gate: EvalGate
     promote_to_alias: str
-    def __init__(self, enabled: _Optional[bool] = ..., samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_examples: _Optional[int] = ..., reference_file: _Optional[str] = ..., forgetting_threshold: _Optional[float] = ..., gate: _Optional[_Union[EvalGate, _Mapping]] = ..., promote_to_alias: _Optional[str] = ...) -> None: ...
+    precision: str
+    def __init__(self, enabled: _Optional[bool] = ..., samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_examples: _Optional[int] = ..., reference_file: _Optional[str] = ..., forgetting_threshold: _Optional[float] = ..., gate: _Optional[_Union[EvalGate, _Mapping]] = ..., promote_to_alias: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class EvalReportSummary(_message.Message):
     __slots__ = ("file_id", "step", "validation_loss", "validation_change", "forgetting_change", "forgetting_flagged", "gate_passed", "reward", "reward_change")
