@@ -41,7 +41,7 @@ from tunery.jobspec import mix_count
 from tunery.jobstate import CHAT_PARAMS, EVAL_FILE_PARAM, ErrorCode, JobError, JobKind, JobStatus
 from tunery.methods import GRADER_PARAM
 from tunery.plan import TrainingPlan, check_request, resolve_plan
-from tunery.sharing import usable_model
+from tunery.sharing import resolve_usable, usable_model
 from tunery.storage import ObjectNotFound
 
 log = logging.getLogger("tunery.scheduler")
@@ -325,7 +325,7 @@ class Preprocessor(SchedulerPart):
             job.set_plan(plan)
             job.runtime = self.backend.runtime()  # what its runs launch with, whatever the settings later say
             job.total_steps = hyperparams.total_steps(n_total, plan.batch_size, plan.n_epochs)
-            estimate = self._estimate(job, train_scan, plan)
+            estimate = self._estimate(s, job, train_scan, plan)
             job.estimated_finish = now() + round(estimate.gpu_seconds) if estimate else None
             job.fine_tuned_model = ids.fine_tuned_model_name(
                 job.base_model, self.settings.organization_slug, job.suffix, job.id
@@ -412,11 +412,26 @@ class Preprocessor(SchedulerPart):
             log.warning("no memory estimate for a full fine-tuning of %s", job.base_model, exc_info=True)
             return None
 
-    def _estimate(self, job: Job, scan: FileScan | None, plan: TrainingPlan) -> estimates.Estimate | None:
-        """How long the job will take on TUNERY_GPU_TYPE with its method, adapter and precision (None when the
-        file's tokens were not counted)."""
-        folder = self.settings.base_model_paths().get(job.base_model)
+    def _estimate(self, s: Session, job: Job, scan: FileScan | None, plan: TrainingPlan) -> estimates.Estimate | None:
+        """How long the job will take on TUNERY_GPU_TYPE with its method, adapter and precision, its judge models'
+        work included (None when the file's tokens were not counted)."""
+        bases = self.settings.base_model_paths()
+        folder = bases.get(job.base_model)
         if scan is None or not scan.tokens or folder is None:
+            return None
+        judges = {}
+        for name in judge_names(job):  # a judge gone by now is not counted: the job fails at its launch
+            found = resolve_usable(s, job.organization_id, job.project_id, name, bases)
+            if found is not None:
+                judges[name] = found.base_path
+        try:
+            shape = estimates.model_shape(Path(folder))
+            loads = estimates.judge_loads_of(plan, judges)
+            return estimates.estimate_for_scan(
+                shape, scan.tokens, scan.trained, plan, self.settings.gpu_type, judges=loads
+            )
+        except (OSError, ValueError):
+            log.warning("no estimate for a job on %s", job.base_model, exc_info=True)
             return None
         try:
             shape = estimates.model_shape(Path(folder))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,24 @@ class JudgeLoad:
     shape: ModelShape
     prompt_tokens: int
     reply_tokens: int
+
+
+def judge_loads_of(plan: TrainingPlan, judge_folders: Mapping[str, str]) -> list[JudgeLoad]:
+    """What the judges of a reinforcement plan's model graders cost, ``judge_folders`` giving the base model folder
+    of each judge the grader names (an ``ft:`` judge's LoRA weighs nothing here). The dry run and the scheduler's
+    ``estimated_finish`` both count them with this."""
+    from tunery.graders import parse_grader
+    from tunery.methods import GRADER_PARAM
+
+    if plan.reinforcement is None or not judge_folders:
+        return []
+    shapes = {}
+    for name, folder in judge_folders.items():
+        try:
+            shapes[name] = model_shape(Path(folder))
+        except (OSError, ValueError):  # a judge whose weights cannot be read here is not counted (the job says so)
+            continue
+    return judge_loads(parse_grader(plan.reinforcement.grader, GRADER_PARAM), shapes)
 
 
 def judge_loads(grader: Any, shapes: dict[str, ModelShape]) -> list[JudgeLoad]:

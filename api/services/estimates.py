@@ -22,14 +22,12 @@ from scheduler import hardware
 from scheduler.validation import check_method_fit, check_scan, file_report, scan_stored
 from tunery.data import MIN_EXAMPLES, DataFormat
 from tunery.db.ops import now
-from tunery.estimate import JudgeLoad, estimate_plan, judge_loads, model_shape
+from tunery.estimate import estimate_plan, judge_loads_of, model_shape
 from tunery.files import report_key
 from tunery.filescan import ScanOptions
-from tunery.graders import parse_grader
 from tunery.jobstate import ErrorCode, JobError
-from tunery.methods import GRADER_PARAM, method_info
-from tunery.plan import TrainingPlan, resolve_plan
-from tunery.sharing import ResolvedModel
+from tunery.methods import method_info
+from tunery.plan import resolve_plan
 from tunery.storage import ObjectNotFound
 
 
@@ -63,20 +61,6 @@ def _token_report(ctx: AppContext, file_id: str, key: str, model: str, folder: s
     report = file_report(file_id, scan, now(), model=model, max_seq_length=max_len, for_job=True)
     ctx.store.put_bytes(report_key(file_id, model), json.dumps(report).encode())
     return report
-
-
-def judge_loads_of(plan: TrainingPlan, judges: dict[str, ResolvedModel]) -> list[JudgeLoad]:
-    """What the judges of a reinforcement plan's model graders cost (tunery/estimate.py), each judge's shape read
-    from its base model's folder (an ``ft:`` judge's LoRA weighs nothing here)."""
-    if plan.reinforcement is None or not judges:
-        return []
-    shapes = {}
-    for name, found in judges.items():
-        try:
-            shapes[name] = model_shape(Path(found.base_path))
-        except (OSError, ValueError):  # a judge whose weights cannot be read here is not counted (the job says so)
-            continue
-    return judge_loads(parse_grader(plan.reinforcement.grader, GRADER_PARAM), shapes)
 
 
 def dry_run(ctx: AppContext, t: Tenant, req: CreateJob) -> FineTuningJobEstimate:
@@ -119,7 +103,7 @@ def dry_run(ctx: AppContext, t: Tenant, req: CreateJob) -> FineTuningJobEstimate
     if checked.error is not None:
         raise InvalidRequest(checked.error.message, param=checked.error.param, code=checked.error.code)
     try:
-        judges = judge_loads_of(plan, prepared.judges)
+        judges = judge_loads_of(plan, {name: found.base_path for name, found in prepared.judges.items()})
         est = estimate_plan(
             model_shape(Path(folder)),
             plan,

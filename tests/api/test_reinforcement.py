@@ -135,6 +135,27 @@ def test_the_dry_run_counts_the_sampled_answers(tiny_server_factory: Callable[..
         small["memory_gib"]["total"] + judged["memory_gib"]["judge"], abs=2e-3
     )
 
+    # The scheduler's estimated_finish counts the judge as the dry run does: two jobs queued about together, one
+    # judged by a long-winded judge, finish that judge's seconds apart.
+    verbose = {**judge, "sampling_params": {"max_completions_tokens": 4096}}
+    plain_dry, judged_dry = estimate(8, 64), estimate(8, 64, verbose)
+    assert judged_dry["judge_gpu_seconds"] > 60, judged_dry  # well past the seconds between the two jobs' queueing
+
+    def queued(grader: dict[str, Any]) -> Any:
+        body = {
+            "model": TINY,
+            "training_file": train,
+            "method": {"type": "reinforcement", "reinforcement": {"grader": grader}},
+            "tunery": {"reinforcement": {"num_generations": 8, "max_completion_length": 64}},
+        }
+        r = srv.http.post("/v1/fine_tuning/jobs", json=body)
+        assert r.status_code == 200, r.text
+        return srv.wait_job(r.json()["id"], {"queued"}, timeout=60)
+
+    plain_job, judged_job = queued(KEYWORD), queued(verbose)
+    apart = judged_job.estimated_finish - plain_job.estimated_finish
+    assert apart == pytest.approx(judged_dry["gpu_seconds"] - plain_dry["gpu_seconds"], abs=10), (apart, judged_dry)
+
 
 def test_files_of_another_kind_do_not_fit(tiny_server_factory: Callable[..., RunningServer]) -> None:
     from tests.conftest import chat_lines
