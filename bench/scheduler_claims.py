@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -32,7 +33,15 @@ class Recording(Backend):
     def __init__(self, launches: list[str], lock: threading.Lock):
         self.launches, self.lock = launches, lock
 
-    def launch(self, job_id: str, spec_ref: str, log_path: Path) -> str:
+    def launch(
+        self,
+        job_id: str,
+        spec_ref: str,
+        log_path: Path,
+        runtime: dict[str, Any] | None = None,
+        run_token: str = "",
+        secrets: dict[str, str] | None = None,
+    ) -> str:
         with self.lock:
             self.launches.append(job_id)
         return f"rec:{job_id}"

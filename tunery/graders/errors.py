@@ -35,6 +35,7 @@ class FormulaError(GraderError):
 
 
 class GraderNotRunnable(GraderError):
-    """A well-formed grader Tunery does not run (yet): python, score_model, label_model, cosine similarity."""
+    """A well-formed grader this server cannot run: a cosine metric without an embedding model, a python grader
+    where its sandbox is unavailable, a model grader whose judge it cannot run."""
 
     code = "grader_not_supported"

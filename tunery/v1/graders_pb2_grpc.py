@@ -52,7 +52,8 @@ class GraderServiceServicer:
     def RunGrader(self, request, context):
         """The grader's reward for `model_sample` against `item` (POST /v1/fine_tuning/alpha/graders/run). A malformed
         grader is INVALID_ARGUMENT naming the field (`grader.graders.a.reference`, code invalid_grader,
-        invalid_template or invalid_formula); a well-formed one Tunery does not run (score_model, cosine similarity)
+        invalid_template or invalid_formula); a well-formed one this server cannot run (a cosine metric without an
+        embedding model, a python grader where its sandbox is unavailable, a judge model it does not serve)
         INVALID_ARGUMENT with code grader_not_supported. What the sample or item lacks is a reward of 0 and a flag.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
