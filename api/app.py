@@ -121,33 +121,38 @@ async def _grpc_api(app: FastAPI) -> AsyncIterator[None]:
         await server.stop()
 
 
+# The modules of the /v1 API, each with its ``router``: the app mounts them, and the gRPC twins read their routes'
+# path parameter types from them (api/grpc/handlers.py).
+API_MODULES = (
+    files,
+    uploads,
+    estimates,
+    jobs,
+    pause,
+    permissions,
+    models,
+    aliases,
+    evaluations,
+    exports,
+    chat,
+    embeddings,
+    graders,
+    organization,
+    audit,
+    webhooks,
+    secrets,
+)
+API_PREFIX = "/v1"
+
+
 def create_app(ctx: AppContext) -> FastAPI:
     app = FastAPI(
         title="Tunery", version="0.1.0", summary="Fine-tuning as a service, OpenAI-compatible.", lifespan=lifespan
     )
     app.state.ctx = ctx
     errors.install(app)
-    modules = (
-        files,
-        uploads,
-        estimates,
-        jobs,
-        pause,
-        permissions,
-        models,
-        aliases,
-        evaluations,
-        exports,
-        chat,
-        embeddings,
-        graders,
-        organization,
-        audit,
-        webhooks,
-        secrets,
-    )
-    for module in modules:
-        app.include_router(module.router, prefix="/v1")
+    for module in API_MODULES:
+        app.include_router(module.router, prefix=API_PREFIX)
 
     # A coroutine: a probe's answer must not wait for a thread of the pool, which a busy API keeps full.
     @app.get("/health")

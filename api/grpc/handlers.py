@@ -1,16 +1,16 @@
 """The method handlers of the public services, built from their descriptors: as the generated
 ``add_*Servicer_to_server`` would, except that a request that does not parse as its message (corrupt bytes, a wrong
 wire type) is an ``INVALID_ARGUMENT`` with OpenAI's error, not grpcio's ``UNKNOWN``, and that the fields REST takes
-from its path (an id: ``job_id`` of ``/v1/fine_tuning/jobs/{job_id}``) are checked as REST checks its path (a
-:data:`api.protocol.base.Name`: empty or over 256 characters is the same ``INVALID_ARGUMENT`` as REST's 400)."""
+from its path (an id: ``job_id`` of ``/v1/fine_tuning/jobs/{job_id}``) are checked as REST checks its path, with the
+type the REST route itself gives the parameter (a :data:`api.protocol.base.Name`: empty or over 256 characters is the
+same ``INVALID_ARGUMENT`` as REST's 400; a secret's name is one of a closed set)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
 from google.protobuf import message_factory
@@ -21,7 +21,6 @@ from pydantic import TypeAdapter, ValidationError
 from api.errors import InvalidRequest, api_error, bad_request, invalid_request
 from api.grpc.calls import REST_TWIN
 from api.grpc.errors import status_of
-from api.protocol.base import Name
 from tunery import ids
 
 
@@ -54,20 +53,35 @@ async def _checked(messages: AsyncIterator[Any], context: grpc.aio.ServicerConte
         yield message
 
 
-# RPCs whose path parameter REST types more narrowly than a Name (a secret's name is one of a closed set): their
-# servicer checks it with REST's type (:func:`path_value`), so that the refusal is REST's word for word.
-NARROWER_PATH = frozenset({"SecretService/SetSecret", "SecretService/DeleteSecret"})
-
-
-def path_fields(service: ServiceDescriptor, method: MethodDescriptor) -> tuple[str, ...]:
-    """The request's fields that REST takes from the path of the method's twin (api/grpc/calls.py's REST_TWIN) and
-    types as a Name."""
-    rpc = f"{service.name}/{method.name}"
-    if rpc in NARROWER_PATH:
+def path_fields(service: ServiceDescriptor, method: MethodDescriptor) -> tuple[tuple[str, Any], ...]:
+    """The request's fields that REST takes from the path of the method's twin (api/grpc/calls.py's REST_TWIN), each
+    with the type that REST route gives its path parameter (read from the route itself: a Name, a closed set)."""
+    twin = REST_TWIN.get(f"{service.name}/{method.name}")
+    if twin is None:
         return ()
-    _, template = REST_TWIN.get(rpc, ("", ""))
-    params = re.findall(r"{(\w+)(?::path)?}", template)
-    return tuple(p for p in params if p in method.input_type.fields_by_name and not p.endswith("model"))
+    types = rest_path_types().get(twin, {})
+    return tuple((p, kind) for p, kind in types.items() if p in method.input_type.fields_by_name)
+
+
+@functools.cache
+def rest_path_types() -> dict[tuple[str, str], dict[str, Any]]:
+    """(method, route template) of every /v1 route: the type of each path parameter, as the route declares it."""
+    from fastapi.routing import APIRoute
+
+    from api.app import API_MODULES, API_PREFIX
+
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for module in API_MODULES:
+        for route in module.router.routes:
+            if not isinstance(route, APIRoute):
+                continue
+            params = {}
+            for field in route.dependant.path_params:
+                info = field.field_info
+                params[field.name] = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            for verb in route.methods or ():
+                found[(verb, API_PREFIX + route.path)] = params
+    return found
 
 
 def path_value(kind: Any, name: str, value: Any) -> Any:
@@ -84,15 +98,17 @@ def _adapter(kind: Any) -> TypeAdapter[Any]:
     return TypeAdapter(kind)
 
 
-async def _check_path(request: Any, fields: tuple[str, ...], context: grpc.aio.ServicerContext) -> None:
-    for name in fields:
+async def _check_path(request: Any, fields: tuple[tuple[str, Any], ...], context: grpc.aio.ServicerContext) -> None:
+    for name, kind in fields:
         try:
-            path_value(Name, name, getattr(request, name))
+            path_value(kind, name, getattr(request, name))
         except InvalidRequest as e:
             await context.abort_with_status(status_of(api_error(e), ids.request_id()))
 
 
-def _wrap(behaviour: Callable[..., Any], method: MethodDescriptor, fields: tuple[str, ...]) -> Callable[..., Any]:
+def _wrap(
+    behaviour: Callable[..., Any], method: MethodDescriptor, fields: tuple[tuple[str, Any], ...]
+) -> Callable[..., Any]:
     if method.client_streaming:
         if inspect.isasyncgenfunction(behaviour):
 
