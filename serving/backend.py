@@ -23,7 +23,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from serving.engine import ModelRef
+from serving.protocol import ModelRef
 from serving.sampling import SamplingParams
 from tunery.embeddings import Embedded
 

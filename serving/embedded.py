@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from serving.backend import Answer, sse, stream_error
-from serving.engine import ChatEngine, Generation, ModelRef, SamplingParams
 from serving.errors import EngineError, ServingOverloaded, ServingUnavailable
+from serving.protocol import ChatEngine, Generation, ModelRef
+from serving.sampling import SamplingParams
 from tunery import ids
 from tunery.embeddings import Embedded
 
@@ -73,7 +74,7 @@ def _usage(g: Generation) -> dict[str, int]:
 
 def _close(stream: Iterator[Any]) -> None:
     """Close the engine's stream: its generation stops at the next token. Safe from any thread, also while a pool
-    thread waits in its ``next()`` (serving.engine.Stream)."""
+    thread waits in its ``next()`` (serving.stream.Stream)."""
     close = getattr(stream, "close", None)
     if close is not None:
         close()

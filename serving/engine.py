@@ -1,8 +1,9 @@
-"""The serving-engine interface, and the embedded engine (transformers + PEFT, on the CPU or a local GPU).
+"""The embedded engine (transformers + PEFT, on the CPU or a local GPU).
 
-The API holds one ``ChatEngine`` and hands it a ``ModelRef`` per request: a base model folder, plus, for
-``ft:`` models, the object-store prefix of a LoRA adapter. The production twin (vLLM with runtime LoRA
-loading) implements the same protocol.
+The API holds one ``ChatEngine`` (serving/protocol.py) and hands it a ``ModelRef`` per request: a base model folder,
+plus, for ``ft:`` models, the object-store prefix of a LoRA adapter. The production twin (vLLM with runtime LoRA
+loading) implements the same protocol. A streamed generation is a ``Stream`` (serving/stream.py); the next token is
+picked by serving/sampling.py's ``pick_token``.
 
 Importing this module never imports torch, transformers or peft (the control plane imports it); the embedded
 engine imports them on its first request.
@@ -25,88 +26,29 @@ import contextlib
 import inspect
 import logging
 import os
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from serving.adapters import AdapterCache, is_full_model, safe_adapter_name
-from serving.errors import AdapterNotFound, EngineError, ServingUnavailable
-from serving.sampling import SamplingParams
+from serving.errors import EngineError, ServingUnavailable
+from serving.protocol import Generation, ModelRef
+from serving.sampling import SamplingParams, pick_token
+from serving.stream import Failed, Stream
 from serving.text import Detokenizer, emittable, find_stop, normalize_messages
 from tunery import embeddings
 from tunery.embeddings import Embedded
 from tunery.storage import ObjectStore
 
-__all__ = [
-    "AdapterNotFound",
-    "ChatEngine",
-    "EmbeddedEngine",
-    "EngineError",
-    "Generation",
-    "ModelRef",
-    "SamplingParams",
-]
+__all__ = ["EmbeddedEngine"]
 
 log = logging.getLogger("tunery.serving")
 
 # Used when neither the model config nor the tokenizer states a context length.
 DEFAULT_CONTEXT = 2048
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What to run: a base model folder, and optionally a LoRA adapter stored under an object-store prefix."""
-
-    base_name: str  # e.g. "smollm2-135m-instruct"
-    base_path: str  # local folder of the base model (safetensors, tokenizer, chat template)
-    adapter_name: str | None = None  # the ft: model id; None means the base model
-    adapter_prefix: str | None = None  # e.g. "jobs/ftjob-x/model/"
-
-
-@dataclass
-class Generation:
-    text: str
-    finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_tokens or the context was reached)
-    prompt_tokens: int
-    completion_tokens: int  # every token the model generated, the EOS or stop-string tokens included
-
-
-class ChatEngine(Protocol):
-    """What the API needs from a serving engine (embedded here; vLLM in production)."""
-
-    def generate(self, ref: ModelRef, messages: list[dict], params: SamplingParams) -> Generation:
-        """Generate one assistant reply. Raises EngineError for requests the client got wrong."""
-        ...
-
-    def stream(self, ref: ModelRef, messages: list[dict], params: SamplingParams) -> Iterator[str | Generation]:
-        """Yield text deltas (str), then one Generation with the full text, finish_reason and usage.
-
-        Lazy: nothing happens before the first ``next()``, which raises EngineError for a bad request.
-        Closing the iterator early (client disconnect) stops the generation; ``close()`` is safe from any thread,
-        also while another thread waits in ``next()``.
-        """
-        ...
-
-    def unload(self, adapter_name: str) -> None:
-        """Forget a fine-tuned model (deleted): drop its adapter from memory and from the local cache."""
-        ...
-
-    def count_prompt_tokens(self, ref: ModelRef, messages: list[dict]) -> int:
-        """Tokens of the chat-templated prompt (with the generation prompt), as ``usage.prompt_tokens``."""
-        ...
-
-    def embed(self, ref: ModelRef, texts: list[str] | list[list[int]], truncate: bool = False) -> Embedded:
-        """The embedding of each text (or token ids) by the model (tunery.embeddings.embed). A text longer than the
-        model's context is cut with ``truncate``, an EngineError otherwise."""
-        ...
-
-    def close(self) -> None:
-        """Stop every generation and free the engine's threads (the server is shutting down)."""
-        ...
 
 
 @dataclass
@@ -137,111 +79,12 @@ class _Job:
     max_new: int
 
 
-@dataclass
-class _Failed:
-    error: BaseException
-
-
-class Stream:
-    """One streamed generation: an iterator of text deltas (str), then one Generation.
-
-    Lazy: the request is checked (and its model loaded) on the first ``next()``, in the caller's thread, which raises
-    EngineError for a bad request. The tokens come from the engine's model thread through a queue. ``close()`` may be
-    called from any thread, also while another thread waits in ``next()``: the generation stops at its next token
-    and the waiting ``next()`` ends the iteration. (Not a generator: closing a generator that another thread is
-    running is not safe in CPython 3.11, and crashed the interpreter.) Dropping the stream closes it."""
-
-    _CLOSED = object()
-
-    def __init__(
-        self,
-        prepare: Callable[[], _Job],
-        start: Callable[[_Job, threading.Event, Callable[[object], None]], None],
-    ):
-        self._prepare = prepare
-        self._start = start
-        self._cancel = threading.Event()
-        self._items: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._started = False
-        self._done = False
-        self._closed = False  # by its consumer (the engine's close() only cancels: the consumer then hears why)
-
-    def __iter__(self) -> Stream:
-        return self
-
-    def __next__(self) -> str | Generation:
-        if self._done or self._closed:
-            raise StopIteration
-        if not self._started:
-            self._started = True
-            try:
-                self._start(self._prepare(), self._cancel, self._items.put)
-            except BaseException:  # a bad request, or an engine that is shutting down: nothing will come
-                self._done = True
-                raise
-        item = self._items.get()
-        if item is Stream._CLOSED:
-            self._done = True
-            raise StopIteration
-        if isinstance(item, _Failed):
-            self._done = True
-            raise item.error
-        assert isinstance(item, str | Generation)
-        self._done = isinstance(item, Generation)
-        return item
-
-    def close(self) -> None:
-        """Stop the generation at its next token; a thread waiting in ``next()`` gets the end of the iteration."""
-        self._closed = True
-        self._cancel.set()
-        self._items.put(Stream._CLOSED)
-
-    def __del__(self) -> None:
-        self._cancel.set()
-
-
 def _closing() -> ServingUnavailable:
     return ServingUnavailable("The serving engine is shutting down; retry on another replica.", retry_after=1)
 
 
 def _norm_prefix(prefix: str | None) -> str:
     return (prefix or "").strip("/") + "/"
-
-
-def _pick(logits: Any, params: SamplingParams, rng: Any) -> int:
-    """The next token: argmax, or a sample (temperature, then nucleus top_p) drawn with the request's RNG.
-
-    Done in numpy on the CPU: these vector ops are too small for torch's thread pool, which on a busy CPU
-    costs milliseconds per call, and a numpy Generator gives the same sample for the same seed everywhere.
-    """
-    import numpy as np
-
-    z = logits.detach().float().cpu().numpy().astype(np.float64)
-    if rng is None:
-        return int(np.argmax(z))  # first maximum, like torch.argmax
-    z = (z - z.max()) / params.temperature
-    weights = np.exp(z)
-    order = None
-    if params.top_p < 1.0:
-        # The nucleus: the most probable tokens until their mass reaches top_p. Look among the top k first
-        # (peaked distributions need few), and sort everything only when it is not there.
-        mass = params.top_p * weights.sum()
-        k = 64
-        while True:
-            if k >= len(weights):
-                order = np.argsort(-weights, kind="stable")
-            else:
-                order = np.argpartition(-weights, k)[:k]
-                order = order[np.argsort(-weights[order], kind="stable")]
-            cumulative = np.cumsum(weights[order])
-            if cumulative[-1] >= mass or k >= len(weights):
-                break
-            k *= 8
-        order = order[(cumulative - weights[order]) < mass]  # keeps at least the top one
-        weights = weights[order]
-    cumulative = np.cumsum(weights)
-    j = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(weights) - 1)
-    return int(order[j]) if order is not None else j
 
 
 class EmbeddedEngine:
@@ -305,12 +148,12 @@ class EmbeddedEngine:
             try:
                 self._work(job, cancel, put)
             except BaseException as e:
-                put(_Failed(e))
+                put(Failed(e))
             finally:  # read only when no Generation came
-                put(_Failed(_closing()))
+                put(Failed(_closing()))
 
         future = self._submit(work)
-        future.add_done_callback(lambda f: put(_Failed(_closing())) if f.cancelled() else None)
+        future.add_done_callback(lambda f: put(Failed(_closing())) if f.cancelled() else None)
 
     def _work(self, job: _Job, cancel: threading.Event, put: Callable[[str | Generation], None]) -> None:
         """Generate (on the model thread), handing each item to ``put``; ``close()`` cancels it."""
@@ -611,7 +454,7 @@ class EmbeddedEngine:
                 logits = result.logits[0, -1]
                 if adjust is not None:  # counts over this completion's tokens only: the prompt is not passed
                     logits = adjust(torch.tensor([out], dtype=torch.long, device=logits.device), logits[None])[0]
-                token = _pick(logits, params, rng)
+                token = pick_token(logits, params, rng)
             out.append(token)
             if token in base.eos_ids:
                 finish, text = "stop", detok.finish(out)  # EOS is a special token: it decodes to nothing

@@ -177,3 +177,39 @@ class SamplingParams:
                 raise EngineError(e.message.replace("'max_tokens'", f"'{limit_param}'"), limit_param, e.code) from None
             raise
         return params
+
+
+def pick_token(logits: Any, params: SamplingParams, rng: Any) -> int:
+    """The next token: argmax, or a sample (temperature, then nucleus top_p) drawn with the request's RNG.
+
+    Done in numpy on the CPU: these vector ops are too small for torch's thread pool, which on a busy CPU
+    costs milliseconds per call, and a numpy Generator gives the same sample for the same seed everywhere.
+    """
+    import numpy as np
+
+    z = logits.detach().float().cpu().numpy().astype(np.float64)
+    if rng is None:
+        return int(np.argmax(z))  # first maximum, like torch.argmax
+    z = (z - z.max()) / params.temperature
+    weights = np.exp(z)
+    order = None
+    if params.top_p < 1.0:
+        # The nucleus: the most probable tokens until their mass reaches top_p. Look among the top k first
+        # (peaked distributions need few), and sort everything only when it is not there.
+        mass = params.top_p * weights.sum()
+        k = 64
+        while True:
+            if k >= len(weights):
+                order = np.argsort(-weights, kind="stable")
+            else:
+                order = np.argpartition(-weights, k)[:k]
+                order = order[np.argsort(-weights[order], kind="stable")]
+            cumulative = np.cumsum(weights[order])
+            if cumulative[-1] >= mass or k >= len(weights):
+                break
+            k *= 8
+        order = order[(cumulative - weights[order]) < mass]  # keeps at least the top one
+        weights = weights[order]
+    cumulative = np.cumsum(weights)
+    j = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(weights) - 1)
+    return int(order[j]) if order is not None else j

@@ -36,8 +36,8 @@ import httpx
 
 from serving.adapters import CONFIG_FILE, WEIGHTS_FILE, is_full_model
 from serving.backend import Answer, sse, stream_error
-from serving.engine import ModelRef
 from serving.errors import AdapterNotFound, EngineError, ServingUnavailable
+from serving.protocol import ModelRef
 from serving.sampling import SamplingParams
 from tunery import servable
 from tunery.embeddings import Embedded

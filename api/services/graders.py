@@ -26,8 +26,8 @@ from api.protocol.graders import RunGraderRequest, RunGraderResponse, ValidateGr
 from api.services.chat import no_engine
 from api.services.models import model_ref
 from serving.backend import ServingBackend
-from serving.engine import ModelRef
 from serving.errors import EngineError, ServingUnavailable
+from serving.protocol import ModelRef
 from serving.sampling import SamplingParams
 from tunery import graders
 from tunery.graders import AnyGrader, GraderError, GraderNotRunnable, GraderObject, JudgeReply, JudgeSampling, Message

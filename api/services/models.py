@@ -17,7 +17,7 @@ from api.encoded import Encoding
 from api.errors import InvalidRequest, NotFound, PermissionDenied, Unavailable
 from api.pagination import AnyRow
 from api.protocol.models import Model, ModelDeleted, ModelList
-from serving.engine import ModelRef
+from serving.protocol import ModelRef
 from tunery.aliases import find_alias
 from tunery.archive import CheckpointDamaged, CheckpointIncomplete, archive_stream, checkpoint_entries, safe_name
 from tunery.audit import Actor, EventType, record

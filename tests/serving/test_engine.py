@@ -12,14 +12,10 @@ from typing import Any
 
 import pytest
 
-from serving.engine import (
-    AdapterNotFound,
-    EmbeddedEngine,
-    EngineError,
-    Generation,
-    ModelRef,
-    SamplingParams,
-)
+from serving.engine import EmbeddedEngine
+from serving.errors import AdapterNotFound, EngineError
+from serving.protocol import Generation, ModelRef
+from serving.sampling import SamplingParams
 from serving.text import emittable, find_stop, stop_holdback
 from tests import serving_fixtures
 from tests.serving_fixtures import ADAPTERS, Adapters, reference_greedy

@@ -22,7 +22,9 @@ from google.protobuf import json_format, struct_pb2
 from sqlalchemy import select
 
 from serving.adapters import safe_adapter_name
-from serving.engine import EmbeddedEngine, ModelRef, SamplingParams
+from serving.engine import EmbeddedEngine
+from serving.protocol import ModelRef
+from serving.sampling import SamplingParams
 from tests.conftest import TINY, cached_model, chat_lines, free_port
 from tests.schema import validate
 from tests.serving.test_backends import chat_load

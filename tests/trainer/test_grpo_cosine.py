@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from serving.engine import EmbeddedEngine, ModelRef
+from serving.engine import EmbeddedEngine
+from serving.protocol import ModelRef
 from tests.conftest import TINY
 from trainer.errors import TrainerError
 from trainer.judge import TransformersEmbedder

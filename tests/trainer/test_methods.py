@@ -124,7 +124,8 @@ def _weights_changed(store: ObjectStore, prefix: str, adapter: str, tiny_model_d
 
 
 def _serves(store: ObjectStore, prefix: str, tiny_model_dir: Path, tmp: Path, name: str) -> None:
-    from serving.engine import EmbeddedEngine, ModelRef
+    from serving.engine import EmbeddedEngine
+    from serving.protocol import ModelRef
     from serving.sampling import SamplingParams
 
     engine = EmbeddedEngine(store, tmp / f"serve-{name}", device="cpu")
