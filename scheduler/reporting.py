@@ -38,6 +38,7 @@ METRIC_FIELDS = (
     "valid_mean_token_accuracy",
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
+    "peak_memory_gib",
 )
 
 

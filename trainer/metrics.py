@@ -33,6 +33,7 @@ class StepRow:
     full_valid_mean_token_accuracy: float | None = None
     learning_rate: float | None = None
     tokens_per_second: float | None = None
+    peak_memory_gib: float | None = None  # the run's peak so far (peak_memory_gib below)
     tokens: int | None = None  # non-padding tokens in this step's batch
     seconds: float | None = None  # wall time of this optimizer step
     extra: dict[str, float] = field(default_factory=dict)  # the method's own figures (TrainerMethod.metrics)
@@ -49,6 +50,19 @@ class StepRow:
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def peak_memory_gib(device: str) -> float:
+    """The run's peak memory so far, in GiB: on a GPU, PyTorch's peak of allocated tensor memory on the current
+    device (weights, gradients, optimizer state, activations: what the dry run's ``memory_gib`` estimates, without
+    the CUDA context); on the CPU, this process's peak resident memory (the Python runtime and libraries included)."""
+    if device == "cuda":
+        import torch
+
+        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
 
 
 def _cell(value: float | None) -> str:
@@ -137,6 +151,7 @@ def make_callback(run: TrainingRun) -> TrainerCallback:
                 tokens=tokens,
                 seconds=elapsed,
                 tokens_per_second=(tokens / elapsed) if tokens is not None else None,
+                peak_memory_gib=peak_memory_gib(run.device.device if run.device else "cpu"),
                 extra=run.method.metrics(logs),
             )
             run.rows.append(row)

@@ -85,6 +85,7 @@ def test_job_end_to_end(trained, tiny_server_factory, tmp_path):
     metrics = [e for e in events.data if e.type == "metrics"]
     assert sorted(e.data["step"] for e in metrics) == list(range(1, STEPS + 1))
     assert all(e.data["total_steps"] == STEPS and e.data["train_loss"] > 0 for e in metrics)
+    assert all(e.data["peak_memory_gib"] > 0.1 for e in metrics)  # the trainer's peak memory, with each step
     assert any("valid_loss" in e.data for e in metrics)
     assert re.fullmatch(r"Step \d+/\d+: training loss=\d+\.\d\d.*", metrics[0].message)
     page = client.fine_tuning.jobs.list_events(job.id, limit=3)

@@ -121,6 +121,10 @@ def test_successful_run_reports_and_writes_everything(
         assert math.isfinite(m.train_loss) and m.train_loss > 0
         assert m.HasField("train_mean_token_accuracy") and m.HasField("learning_rate")
         assert m.tokens_per_second > 0
+    # The run's peak memory so far (the trainer process's peak RSS on the CPU): a model's worth, never falling.
+    peaks = [m.peak_memory_gib for m in metrics]
+    assert all(m.HasField("peak_memory_gib") for m in metrics) and peaks == sorted(peaks)
+    assert 0.2 < peaks[-1] < 16, peaks
     epoch_ends = [m for m in metrics if m.step % steps_per_epoch == 0]
     assert all(m.HasField("valid_loss") and math.isfinite(m.valid_loss) for m in epoch_ends)
     assert all(m.HasField("full_valid_loss") for m in epoch_ends)

@@ -38,7 +38,7 @@ class StartedRequest(_message.Message):
     def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., total_steps: _Optional[int] = ..., train_examples: _Optional[int] = ..., train_tokens_per_epoch: _Optional[int] = ..., hyperparameters_json: _Optional[str] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
-    __slots__ = ("step", "total_steps", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy", "learning_rate", "tokens_per_second", "epoch", "method_metrics")
+    __slots__ = ("step", "total_steps", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy", "learning_rate", "tokens_per_second", "epoch", "peak_memory_gib", "method_metrics")
     class MethodMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class StepMetrics(_message.Message):
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_GIB_FIELD_NUMBER: _ClassVar[int]
     METHOD_METRICS_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
@@ -69,8 +70,9 @@ class StepMetrics(_message.Message):
     learning_rate: float
     tokens_per_second: float
     epoch: float
+    peak_memory_gib: float
     method_metrics: _containers.ScalarMap[str, float]
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_mean_token_accuracy: _Optional[float] = ..., valid_loss: _Optional[float] = ..., valid_mean_token_accuracy: _Optional[float] = ..., full_valid_loss: _Optional[float] = ..., full_valid_mean_token_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., epoch: _Optional[float] = ..., method_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_mean_token_accuracy: _Optional[float] = ..., valid_loss: _Optional[float] = ..., valid_mean_token_accuracy: _Optional[float] = ..., full_valid_loss: _Optional[float] = ..., full_valid_mean_token_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., epoch: _Optional[float] = ..., peak_memory_gib: _Optional[float] = ..., method_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class MetricsRequest(_message.Message):
     __slots__ = ("run", "metrics")
