@@ -239,6 +239,11 @@ def test_the_finished_job_shows_its_checkpoints_report_and_hyperparameters(chrom
     wait_for(lambda: points(chromium, "train_loss") == steps, what="every step on the curve")
     assert int(css(chromium, "#lr-chart polyline[data-series=learning_rate]").get_attribute("data-count")) == steps
     assert css(chromium, "#job-progress-bar").get_attribute("value") == str(steps)
+    metrics = [
+        e.data for e in shared.srv.client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"
+    ]
+    peak = max(m["peak_memory_gib"] for m in metrics)
+    assert text_of(chromium, "#job-peak-memory") == f"· peak memory {peak:.2f} GiB"
     checkpoints = shared.srv.client.fine_tuning.jobs.checkpoints.list(job.id).data
     rows = wait_for(lambda: all_css(chromium, "#checkpoints-table tbody tr"), what="the checkpoints")
     assert [r.get_attribute("data-checkpoint-id") for r in rows] == [c.id for c in checkpoints]

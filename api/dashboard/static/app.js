@@ -350,6 +350,7 @@
     const facts = h("dl", { class: "facts", id: "job-facts" });
     const progress = h("progress", { id: "job-progress-bar", max: 1, value: 0 });
     const progressText = h("span", { id: "job-progress-text" });
+    const peakMemory = h("span", { id: "job-peak-memory" });
     const lossChart = s("svg", { id: "loss-chart", class: "chart", role: "img", "aria-label": "loss curves" });
     const rewardChart = s("svg", { id: "reward-chart", class: "chart", role: "img", "aria-label": "reward curves" });
     const lrChart = s("svg", { id: "lr-chart", class: "chart", role: "img", "aria-label": "learning rate" });
@@ -365,7 +366,7 @@
       actions,
       jobError,
       facts,
-      h("div", { class: "job-progress" }, progress, progressText),
+      h("div", { class: "job-progress" }, progress, progressText, peakMemory),
       h(
         "section",
         { class: "charts" },
@@ -483,6 +484,9 @@
       } else if (job && job.status === "succeeded") {
         progress.value = progress.max;
       }
+      // the highest of the runs' peaks (a resumed run measures its own from its start)
+      const peaks = metrics.map((m) => m.peak_memory_gib).filter((v) => typeof v === "number");
+      peakMemory.textContent = peaks.length ? ` · peak memory ${Math.max(...peaks).toFixed(2)} GiB` : "";
       const keys = new Set(metrics.flatMap((m) => Object.keys(m)));
       // full_valid_loss is drawn where it differs from valid_loss (a validation set evaluated whole, the usual case,
       // reports the same figure as both)
