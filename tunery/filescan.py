@@ -49,12 +49,13 @@ from tunery.data import (
 )
 from tunery.data_jsonl import iter_lines, json_lines
 from tunery.data_parsers import detect_format, parse_line
-from tunery.minhash import NearDuplicateIndex, shingles, signature
+from tunery.minhash import NearDuplicateIndex, signatures
 
 log = logging.getLogger("tunery.validation")
 
 CHUNK = 1024 * 1024
 BATCH = 512  # examples rendered and tokenized together
+MINHASH_BATCH = 256  # examples whose MinHash signatures are computed together
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024  # smaller files are scanned in one process
 
 
@@ -224,6 +225,12 @@ class _Tokens:
         self.texts, self.spans, self.owner = [], [], []
 
 
+def _sign(scan: FileScan, near: list[tuple[int, str]]) -> None:
+    """The MinHash signatures of ``near``'s texts, computed together (tunery/minhash.py), added to the scan."""
+    scan.minhashes.extend(zip((n for n, _ in near), signatures([t for _, t in near]), strict=True))
+    near.clear()
+
+
 def _scan_lines(
     lines: Iterator[tuple[int, bytes | None]],
     fmt: DataFormat | None,
@@ -236,6 +243,7 @@ def _scan_lines(
     tokens = _Tokens(opts, scan) if opts.model_folder else None
     tok = tokens.tok if tokens else None
     pending_blank: list[int] = []
+    near: list[tuple[int, str]] = []  # (line, text) of the examples whose MinHash is still to be computed
     max_lines = opts.max_lines if check_max_lines else None
     for n, obj in json_lines(
         lines, scan, max_line_bytes=opts.max_line_bytes, max_lines=max_lines, trailing_blank=pending_blank
@@ -265,8 +273,11 @@ def _scan_lines(
                             LineError(n, f"contains {special!r}, a special token of the model's tokenizer", path)
                         )
                     break
-        if len(scan.minhashes) < near_dup_quota:
-            scan.minhashes.append((n, signature(shingles(" ".join(t for _, t in _texts(record))))))
+        if len(scan.minhashes) + len(near) < near_dup_quota:
+            near.append((n, " ".join(t for _, t in _texts(record))))
+            if len(near) >= MINHASH_BATCH:
+                _sign(scan, near)
+    _sign(scan, near)
     if tokens is not None:
         tokens.flush()
     scan.trailing_blank = pending_blank

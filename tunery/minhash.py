@@ -2,9 +2,10 @@
 3-grams and an LSH index that finds, for each example, the most similar earlier one.
 
 The numbers are datasketch's (its default scheme, affine32: each value mixed with MurmurHash3's 32-bit finalizer,
-then ``a * h + b`` modulo 2^32 for each permutation, the minimum kept), computed in one numpy expression per
-example in the worker that scans it, without importing datasketch (and SciPy) in every worker;
-tests/tunery/test_filescan_minhash.py checks they are its.
+then ``a * h + b`` modulo 2^32 for each permutation, the minimum kept), computed in a few numpy expressions per
+batch of examples (:func:`signatures`; :func:`shingles` and :func:`signature` say it for one) in the worker that scans
+them, without importing datasketch (and SciPy) in every worker; tests/tunery/test_filescan_minhash.py checks they
+are its.
 """
 
 from __future__ import annotations
@@ -56,6 +57,43 @@ def signature(hashes: Any) -> Any:
     hv = hv ^ (hv >> s3)
     result: Any = (hv[:, None] * a + b).min(axis=0)  # uint32: the products wrap, modulo 2^32
     return result
+
+
+def signatures(texts: list[str]) -> list[Any]:
+    """``signature(shingles(text))`` of each text, number for number, computed for the whole batch at once: the word
+    hashes of every text in one pass, their 3-grams within each text, the mixing and the permutations over the lot,
+    and each text's minimum by ``np.minimum.reduceat``. (A minimum does not care for repeated values, so the
+    3-grams need not be made unique; a text without a 3-gram is the set of its words, or ``[0]`` without words.)"""
+    if not texts:
+        return []
+    words = [_WORD.findall(t.lower()) for t in texts]
+    counts = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    flat = np.fromiter(
+        map(zlib.crc32, map(str.encode, (w for ws in words for w in ws))), dtype=np.uint64, count=int(counts.sum())
+    )
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    # a 3-gram at position i of the flat array belongs to a text when i + 2 stays inside it
+    grams = (flat[:-2] * np.uint64(0x9E3779B1) + flat[1:-1] * np.uint64(0x85EBCA77) + flat[2:]) & np.uint64(0xFFFFFFFF)
+    pieces = []
+    for start, count in zip(starts.tolist(), counts.tolist(), strict=True):
+        if count >= 3:
+            pieces.append(grams[start : start + count - 2])
+        elif count:
+            pieces.append(flat[start : start + count])
+        else:
+            pieces.append(np.zeros(1, dtype=np.uint64))
+    sizes = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+    hv = np.concatenate(pieces).astype(np.uint32)
+    s1, m1, s2, m2, s3 = _FMIX32
+    hv = hv ^ (hv >> s1)
+    hv = hv * m1
+    hv = hv ^ (hv >> s2)
+    hv = hv * m2
+    hv = hv ^ (hv >> s3)
+    a, b = permutations()
+    offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    mins = np.minimum.reduceat(hv[:, None] * a + b, offsets, axis=0)  # uint32: the products wrap, modulo 2^32
+    return list(mins)
 
 
 class NearDuplicateIndex:

@@ -13,7 +13,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from tunery import filescan
 from tunery.filescan import ScanOptions, scan_path
-from tunery.minhash import NUM_PERM, permutations, shingles, signature
+from tunery.minhash import NUM_PERM, permutations, shingles, signature, signatures
 
 
 def _datasketch(shingles: list[int]) -> np.ndarray:
@@ -32,6 +32,20 @@ def test_the_permutations_and_signatures_are_datasketchs() -> None:
         ours = signature(hashes)
         assert ours.dtype == np.uint32 and ours.shape == (NUM_PERM,)
         assert np.array_equal(ours.astype(np.uint64), _datasketch(hashes.tolist())), n
+
+
+def test_a_batch_is_signed_as_each_of_its_texts_alone() -> None:
+    """The scan signs its examples in batches (signatures): the same numbers as one text at a time, for texts of no
+    word, one, two (no 3-gram: the words themselves) and many, repeated 3-grams and non-ASCII words included."""
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(50)] + ["Été", "naïve", "ß", "日本語"]
+    texts = ["", "   ", "one", "two words", "a a a a a a", "Été ÉTÉ été"]
+    texts += [" ".join(rng.choice(words) for _ in range(rng.randint(0, 120))) for _ in range(300)]
+    batch = signatures(texts)
+    assert len(batch) == len(texts) and signatures([]) == []
+    for text, got in zip(texts, batch, strict=True):
+        assert got.dtype == np.uint32 and np.array_equal(got, signature(shingles(text))), text
+    assert np.array_equal(signatures(texts[7:9])[1], batch[8])  # whatever else is in the batch
 
 
 def _lines(n: int, seed: int) -> list[str]:
