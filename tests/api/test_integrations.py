@@ -101,6 +101,10 @@ def test_secrets_and_integrations_end_to_end_at_the_api(tiny_server_factory: Any
         training_file=f.id,
         integrations=[WANDB, mlflow],  # type: ignore[list-item]
     )
+    deadline = time.monotonic() + 60  # queued: its hyperparameters resolved, and so it stays (nothing runs here)
+    while member.fine_tuning.jobs.retrieve(job.id).status != "queued":
+        assert time.monotonic() < deadline, member.fine_tuning.jobs.retrieve(job.id)
+        time.sleep(0.1)
     body = srv.http.get(f"/v1/fine_tuning/jobs/{job.id}", headers={"authorization": f"Bearer {member.api_key}"}).json()
     assert body["integrations"] == [
         {
