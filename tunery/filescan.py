@@ -55,7 +55,7 @@ log = logging.getLogger("tunery.validation")
 
 CHUNK = 1024 * 1024
 BATCH = 512  # examples rendered and tokenized together
-MINHASH_BATCH = 256  # examples whose MinHash signatures are computed together
+MINHASH_BATCH = 64  # examples whose MinHash signatures are computed together
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024  # smaller files are scanned in one process
 
 
