@@ -11,7 +11,8 @@ in turn for ``--seconds`` each, after a warm-up:
 * ``list jobs``: ``GET /v1/fine_tuning/jobs`` (first page of 20, or the page after a random job) / ``ListJobs``;
 * ``list events``: a page of a job's events: ``GET .../events`` / ``ListEvents``;
 * ``watch events``: all of a finished job's events: ``GET .../events?limit=100`` (one body) / the ``WatchEvents``
-  stream (one message per event, replayed from the start; it ends with the job, which has ended).
+  stream (one message per event, replayed from the start; it ends with the job, which has ended);
+* ``watch pages``: the same, through ``WatchEventPages`` (the replay in pages of up to 200 events a message).
 
 Prints requests/s and p50/p99 latency of each, and the ratio gRPC / REST (issue 13's target: at least 1 for every
 call).
@@ -102,6 +103,10 @@ async def run_cells(
         async def watch(job_id: str) -> list[Any]:
             return [e async for e in jobs.WatchEvents(ft.WatchEventsRequest(job_id=job_id), timeout=60)]
 
+        async def watch_pages(job_id: str) -> list[Any]:
+            request = ft.WatchEventsRequest(job_id=job_id)
+            return [e async for page in jobs.WatchEventPages(request, timeout=60) for e in page.data]
+
         calls: dict[str, tuple[Call, Call]] = {
             "get job": (
                 lambda r: rest(f"/v1/fine_tuning/jobs/{r.choice(job_ids)}"),
@@ -118,6 +123,10 @@ async def run_cells(
             "watch events": (
                 lambda r: rest(f"/v1/fine_tuning/jobs/{r.choice(job_ids)}/events?limit=100"),
                 lambda r: watch(r.choice(job_ids)),
+            ),
+            "watch pages": (
+                lambda r: rest(f"/v1/fine_tuning/jobs/{r.choice(job_ids)}/events?limit=100"),
+                lambda r: watch_pages(r.choice(job_ids)),
             ),
         }
         for name, (rest_call, grpc_call) in calls.items():

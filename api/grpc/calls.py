@@ -52,6 +52,7 @@ REST_TWIN: dict[str, tuple[str, str]] = {
     "FineTuningService/ResumeJob": ("POST", f"{J}/{{job_id}}/resume"),
     "FineTuningService/ListEvents": ("GET", f"{J}/{{job_id}}/events"),
     "FineTuningService/WatchEvents": ("GET", f"{J}/{{job_id}}/events"),
+    "FineTuningService/WatchEventPages": ("GET", f"{J}/{{job_id}}/events"),
     "FineTuningService/ListCheckpoints": ("GET", f"{J}/{{job_id}}/checkpoints"),
     "AliasService/CreateAlias": ("POST", AL),
     "AliasService/ListAliases": ("GET", AL),

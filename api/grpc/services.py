@@ -295,30 +295,41 @@ class FineTuningServicer(Servicer, ft_grpc.FineTuningServiceServicer):
 
         return await self.calls.blocking("FineTuningService/ListEvents", context, run)
 
-    async def WatchEvents(self, request: ft_pb.WatchEventsRequest, context: Context) -> Any:
+    def _watched(self, rpc: str, request: ft_pb.WatchEventsRequest, context: Context) -> AsyncIterator[EncodedPage]:
+        """The pages of events a watch sends (each event encoded once, api/encoded.py): the stored ones after the
+        request's cursor, then those read on each poll while the job runs, until it has ended."""
         Page = tuple[EncodedPage, bool]
         event = encoding(ft_pb.FineTuningJobEvent)
+        after = request.after if request.HasField("after") else None
 
         def page(p: Principal, cursor: str | None) -> Page:
             return JobService(self.ctx, *self._who(p)).events_after(request.job_id, cursor, event)
 
         def first(p: Principal) -> Page:
-            return page(p, request.after if request.HasField("after") else None)
+            return page(p, after)
 
-        async def rest(p: Principal, start: Page) -> AsyncIterator[bytes]:
-            (events, ended), cursor = start, request.after if request.HasField("after") else None
+        async def rest(p: Principal, start: Page) -> AsyncIterator[EncodedPage]:
+            (events, ended), cursor = start, after
             while True:
-                for event_id, data in zip(events.ids, events.items, strict=True):
-                    yield data  # a FineTuningJobEvent, serialized already (api/encoded.py)
-                    cursor = event_id
+                if events.ids:
+                    yield events
+                    cursor = events.ids[-1]
                 if ended:
                     return
                 if not events.ids:  # a client that leaves cancels this wait: nothing is left behind
                     await asyncio.sleep(self.watch_poll_seconds)
                 events, ended = await run_read(self.ctx, page, p, cursor)
 
-        async for data in self.calls.stream("FineTuningService/WatchEvents", context, first, rest):
-            yield data
+        return self.calls.stream(f"FineTuningService/{rpc}", context, first, rest)
+
+    async def WatchEvents(self, request: ft_pb.WatchEventsRequest, context: Context) -> Any:
+        async for events in self._watched("WatchEvents", request, context):
+            for data in events.items:
+                yield data  # a FineTuningJobEvent, serialized already
+
+    async def WatchEventPages(self, request: ft_pb.WatchEventsRequest, context: Context) -> Any:
+        async for events in self._watched("WatchEventPages", request, context):
+            yield page_message(ft_pb.ListEventsResponse, events)
 
     async def ListCheckpoints(self, request: ft_pb.ListCheckpointsRequest, context: Context) -> Any:
         def run(p: Principal) -> ft_pb.ListCheckpointsResponse:

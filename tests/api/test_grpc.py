@@ -36,6 +36,7 @@ from tests.configurations import (  # noqa: F401 (each server test runs embedded
 )
 from tests.conftest import TINY, RunningServer, chat_lines
 from tunery import sandbox
+from tunery.db.ops import add_event
 from tunery.v1 import aliases_pb2 as apb
 from tunery.v1 import (
     aliases_pb2_grpc,
@@ -560,13 +561,30 @@ def test_aliases_over_grpc_are_the_rest_aliases(api: Api) -> None:
     assert api.server.http.get(f"{AL}/support-bot").status_code == 404
 
 
-def test_watch_events_replays_from_a_cursor_follows_live_and_ends_with_the_job(api: Api) -> None:
+def watched(api: Api, rpc: str, request: jpb.WatchEventsRequest) -> Iterator[jpb.FineTuningJobEvent]:
+    """The events a watch sends, one by one: WatchEvents sends each in its own message, WatchEventPages sends pages
+    (each a ListEventsResponse whose first_id and last_id are its own first and last event)."""
+    stream = api.call(f"FineTuningService/{rpc}", request)
+    try:
+        for message in stream:
+            if rpc == "WatchEvents":
+                yield message
+                continue
+            assert message.object == "list" and message.data, "a page is never empty"
+            assert (message.first_id, message.last_id) == (message.data[0].id, message.data[-1].id)
+            yield from message.data
+    finally:
+        stream.cancel()  # the client leaves (a no-op once the stream has ended)
+
+
+@pytest.mark.parametrize("rpc", ["WatchEvents", "WatchEventPages"])
+def test_watch_events_replays_from_a_cursor_follows_live_and_ends_with_the_job(api: Api, rpc: str) -> None:
     job_id = api.objects["job_id"]
-    stream = api.call("FineTuningService/WatchEvents", jpb.WatchEventsRequest(job_id=job_id))
+    stream = watched(api, rpc, jpb.WatchEventsRequest(job_id=job_id))
     first = next(stream)
-    stream.cancel()  # the client leaves
+    stream.close()  # the client leaves
     # Reconnect after the last event seen: the rest, in order, then live ones until the job ends.
-    stream = api.call("FineTuningService/WatchEvents", jpb.WatchEventsRequest(job_id=job_id, after=first.id))
+    stream = watched(api, rpc, jpb.WatchEventsRequest(job_id=job_id, after=first.id))
     seen = [first]
     rest_events = api.server.http.get(f"{J}/{job_id}/events").json()["data"]
     for _ in range(len(rest_events) - 1):
@@ -581,10 +599,32 @@ def test_watch_events_replays_from_a_cursor_follows_live_and_ends_with_the_job(a
         e["id"] for e in reversed(api.server.http.get(f"{J}/{job_id}/events", params={"limit": 100}).json()["data"])
     ]
     metrics = api.server.http.get("/metrics").text
-    # The stream the client left ended there (its wait cancelled), and was counted so.
-    assert 'tunery_grpc_requests_total{code="CANCELLED",rpc="WatchEvents"} 1.0' in metrics
-    assert 'tunery_grpc_requests_total{code="OK",rpc="WatchEvents"} 1.0' in metrics
-    assert 'tunery_grpc_requests_total{code="OK",rpc="WatchEvents"} 1.0' in metrics
+    # The stream the client left ended there (its wait cancelled), and was counted so; the other ended with the job.
+    assert f'tunery_grpc_requests_total{{code="CANCELLED",rpc="{rpc}"}} 1.0' in metrics
+    assert f'tunery_grpc_requests_total{{code="OK",rpc="{rpc}"}} 1.0' in metrics
+
+
+def test_a_replay_in_pages_sends_a_long_history_in_few_messages(api: Api) -> None:
+    """A watch in pages replays a job's stored events 200 to a message (has_more while more are stored), where
+    WatchEvents sends one message each: same events, same order."""
+    job_id = api.objects["job_id"]
+    with api.server.app.state.ctx.db.session() as s:
+        for i in range(450):
+            add_event(s, job_id, f"step {i}", type="metrics", data={"step": i})
+    assert api.server.http.post(f"{J}/{job_id}/cancel").status_code == 200  # ended: the replay is the whole stream
+    stored = [
+        e["id"] for e in reversed(api.server.http.get(f"{J}/{job_id}/events", params={"limit": 1000}).json()["data"])
+    ]
+    assert len(stored) > 450
+    pages = list(api.call("FineTuningService/WatchEventPages", jpb.WatchEventsRequest(job_id=job_id)))
+    assert [len(p.data) for p in pages] == [200, 200, len(stored) - 400]
+    assert [p.has_more for p in pages] == [True, True, False]
+    assert [e.id for p in pages for e in p.data] == stored
+    one_by_one = list(api.call("FineTuningService/WatchEvents", jpb.WatchEventsRequest(job_id=job_id)))
+    assert [e.id for e in one_by_one] == stored
+    # From a cursor in the middle of a page: the rest, in pages.
+    pages = list(api.call("FineTuningService/WatchEventPages", jpb.WatchEventsRequest(job_id=job_id, after=stored[9])))
+    assert [e.id for p in pages for e in p.data] == stored[10:] and len(pages) == 3
 
 
 def test_health_and_reflection(api: Api) -> None:
@@ -759,6 +799,7 @@ def test_a_certificate_without_its_key_stops_the_start(
     [
         "FineTuningService/GetJob",
         "FineTuningService/WatchEvents",
+        "FineTuningService/WatchEventPages",
         "FileService/UploadFile",
         "ChatService/StreamChatCompletion",
     ],

@@ -79,6 +79,11 @@ class FineTuningServiceStub:
                 request_serializer=tunery_dot_v1_dot_fine__tuning__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=tunery_dot_v1_dot_fine__tuning__pb2.FineTuningJobEvent.FromString,
                 _registered_method=True)
+        self.WatchEventPages = channel.unary_stream(
+                '/tunery.v1.FineTuningService/WatchEventPages',
+                request_serializer=tunery_dot_v1_dot_fine__tuning__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=tunery_dot_v1_dot_fine__tuning__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
         self.ListCheckpoints = channel.unary_unary(
                 '/tunery.v1.FineTuningService/ListCheckpoints',
                 request_serializer=tunery_dot_v1_dot_fine__tuning__pb2.ListCheckpointsRequest.SerializeToString,
@@ -159,6 +164,16 @@ class FineTuningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEventPages(self, request, context):
+        """WatchEvents in pages: each message holds the events read together, oldest first (up to 200 of a replay, then
+        those that happened since the previous message), with `has_more` set while more are stored already. The same
+        cursor, refusals and end as WatchEvents, in fewer messages: a replay of a long job is a few messages, not one
+        per event. `first_id`/`last_id` are the page's first and last event; the next cursor is `last_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListCheckpoints(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -227,6 +242,11 @@ def add_FineTuningServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=tunery_dot_v1_dot_fine__tuning__pb2.WatchEventsRequest.FromString,
                     response_serializer=tunery_dot_v1_dot_fine__tuning__pb2.FineTuningJobEvent.SerializeToString,
+            ),
+            'WatchEventPages': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEventPages,
+                    request_deserializer=tunery_dot_v1_dot_fine__tuning__pb2.WatchEventsRequest.FromString,
+                    response_serializer=tunery_dot_v1_dot_fine__tuning__pb2.ListEventsResponse.SerializeToString,
             ),
             'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCheckpoints,
@@ -487,6 +507,33 @@ class FineTuningService:
             '/tunery.v1.FineTuningService/WatchEvents',
             tunery_dot_v1_dot_fine__tuning__pb2.WatchEventsRequest.SerializeToString,
             tunery_dot_v1_dot_fine__tuning__pb2.FineTuningJobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEventPages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tunery.v1.FineTuningService/WatchEventPages',
+            tunery_dot_v1_dot_fine__tuning__pb2.WatchEventsRequest.SerializeToString,
+            tunery_dot_v1_dot_fine__tuning__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
