@@ -82,20 +82,26 @@ def _reproduced(model: Any, prompts: list[list[int]], drafts: list[list[int]], p
     return [int(m) == 0 for m in misses.tolist()]
 
 
-def _generate(model: Any, prompts: list[list[int]], max_new_tokens: int, pad: int, ends: set[int]) -> list[list[int]]:
-    """Greedy decoding of the prompts in one batch (left-padded), each answer cut after its end token."""
+def left_padded(prompts: list[list[int]], pad: int, device: Any) -> tuple[Any, Any, int]:
+    """A batch of prompts for ``generate``: ``(input_ids, attention_mask, width)``, each prompt right-aligned in rows
+    ``width`` wide (its answer then starts at column ``width`` in every row), on ``device``."""
     import torch
 
-    device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     attention = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, p in enumerate(prompts):
         ids[row, width - len(p) :] = torch.tensor(p)
         attention[row, width - len(p) :] = 1
+    return ids.to(device), attention.to(device), width
+
+
+def _generate(model: Any, prompts: list[list[int]], max_new_tokens: int, pad: int, ends: set[int]) -> list[list[int]]:
+    """Greedy decoding of the prompts in one batch (left-padded), each answer cut after its end token."""
+    ids, attention, width = left_padded(prompts, pad, next(model.parameters()).device)
     generated = model.generate(
-        input_ids=ids.to(device),
-        attention_mask=attention.to(device),
+        input_ids=ids,
+        attention_mask=attention,
         max_new_tokens=max_new_tokens,
         do_sample=False,
         use_cache=True,

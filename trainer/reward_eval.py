@@ -22,6 +22,7 @@ from tunery.evalreport import EvalOptions, RewardComparison, RewardFigures, Rewa
 from tunery.graders import Embedder, GradeResult, Judge, parse_grader, pass_threshold
 from tunery.methods import GRADER_PARAM
 
+from .greedy import left_padded
 from .methods.grpo import grade, render_kwargs
 
 if TYPE_CHECKING:
@@ -101,8 +102,6 @@ class RewardEvaluator:
 
     def _generate(self, model: Any, n: int) -> list[str]:
         """Each prompt's answers: greedy when ``n`` is 0, else ``n`` sampled ones (prompts padded on the left)."""
-        import torch
-
         tok = self.run.tokenizer
         device = next(model.parameters()).device
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -116,15 +115,10 @@ class RewardEvaluator:
             encoded = [
                 tok(text, add_special_tokens=False)["input_ids"] for text in self.texts[start : start + GENERATE_BATCH]
             ]
-            width = max(len(e) for e in encoded)
-            ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(encoded), width), dtype=torch.long)
-            for row, e in enumerate(encoded):
-                ids[row, width - len(e) :] = torch.tensor(e)
-                attention[row, width - len(e) :] = 1
+            ids, attention, width = left_padded(encoded, pad, device)
             generated = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=attention.to(device),
+                input_ids=ids,
+                attention_mask=attention,
                 max_new_tokens=self.rl.max_completion_length,
                 use_cache=True,
                 pad_token_id=pad,
