@@ -1,24 +1,36 @@
-"""The Tunery trainer against plain TRL as the tutorials write it: real tokens/s, the ratio, and padding.
+"""The Tunery trainer against plain TRL as the tutorials write it and against TRL's best built-in setting: real
+tokens/s, tokens per CPU-second, peak memory, the ratios, and padding.
 
     .venv/bin/python bench/trainer_vs_trl.py [--steps 5] [--batch-size 4] [--max-length 512] [--long-share 0.15]
+        [--only trl|trl-best|tunery ...] [--no-memory]
 
-Both train a LoRA adapter (r=16, alpha=32, dropout 0, all linear layers, lr 1e-3) on SmolLM2-135M-Instruct, in fp32
-on this machine, for the same number of optimizer steps with the same batch size (one epoch over
-``steps x batch_size`` examples, in the same order), on the same generated mixed-length chat data (seeded): most
-conversations are short (a question and a short answer), some are long (a long context and a longer answer).
+All train a LoRA adapter (r=16, alpha=32, dropout 0, all linear layers, lr 1e-3) on SmolLM2-135M-Instruct, in fp32
+on this machine, for the same number of optimizer steps (``--steps``, TRL's ``max_steps``), on the same generated
+mixed-length chat data (seeded): most conversations are short (a question and a short answer), some are long (a long
+context and a longer answer).
 
 * plain TRL: ``SFTTrainer`` on the ``messages`` dataset with ``SFTConfig(max_length=L, pad_to_multiple_of=L)``, so
   every example is padded to ``max_length`` (what tutorials do with ``padding="max_length"``), no packing;
+  ``batch_size`` examples a step, the first ``steps x batch_size`` conversations;
+* TRL's best: ``SFTConfig(packing=True, padding_free=True, packing_strategy="bfd", max_length=L)``: the
+  conversations packed best-fit-decreasing into rows of ``max_length`` tokens, ``batch_size`` rows a step, each step
+  flattened into one padding-free sequence; it gets as many conversations as fill its steps;
 * Tunery: the trainer's own path (``trainer.run``: chat tokenization with the assistant mask, ``sft_config``,
   ``build_trainer``), with its defaults: padding-free packing of each batch into one sequence with per-example
-  position ids.
+  position ids, the LM head scoring only the labelled positions (trainer/kernels.py); ``batch_size`` examples a
+  step, as plain TRL.
+
+What each one trains on is its default: TRL's conversational SFT puts the loss on every token, Tunery (as OpenAI's
+fine-tuning) on the assistant's tokens only.
 
 Real tokens are the non-padding tokens of the batches; computed tokens are every position the model runs (padding
 included). Throughput = real tokens of steps 2..N / the wall time of those steps (forward, backward, optimizer; the
 first step is warm-up). The two trainers are built side by side and take turns, one optimizer step each (each in its
-own thread, only one computing at a time), so that other work on shared cores slows both alike. The same is printed
-per CPU-second of this process (all threads), which other work on shared
-cores disturbs much less than wall time. Prints one line per trainer, then the ratios, then a JSON summary.
+own thread, only one computing at a time), so that other work on shared cores slows them alike. The same is printed
+per CPU-second of this process (all threads), which other work on shared cores disturbs much less than wall time.
+Peak memory: each trainer alone in a fresh process for two steps (``--only NAME --steps 2``), its peak RSS
+(``VmHWM``: the model, the optimizer state and a step's activations), unless ``--no-memory``. Prints one line per
+trainer, then the ratios (Tunery / each TRL), then a JSON summary.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import json
 import logging
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -158,37 +171,74 @@ def lora() -> Any:
     return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def build_trl(
-    model_dir: Path, rows: list[dict[str, Any]], batch_size: int, max_length: int, seed: int, timer: Any, counts: Counts
-) -> Any:
-    """Plain TRL, tutorial style: conversational dataset, padding to max_length, no packing."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+@dataclass(frozen=True)
+class Setup:
+    """What every trainer is built from: the model, the data (the first ``steps x batch_size`` conversations for the
+    trainers that step over examples, all of them for TRL's best) and the step shape."""
+
+    model_dir: Path
+    rows: list[dict[str, Any]]
+    steps: int
+    batch_size: int
+    max_length: int
+    seed: int
+    labelled_only: bool = True  # Tunery's LM head scores the labelled positions only (trainer/kernels.py)
+
+    @property
+    def examples(self) -> list[dict[str, Any]]:
+        return self.rows[: self.steps * self.batch_size]
+
+
+def conversations_for(
+    model_dir: Path, steps: int, batch_size: int, max_length: int, long_share: float, seed: int
+) -> list[dict[str, Any]]:
+    """Enough conversations for every trainer: ``steps x batch_size`` of them, and as many more as TRL's best packs
+    into ``steps x batch_size`` full rows of ``max_length`` tokens (with a fifth to spare for the packing's gaps)."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    args = SFTConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-trl-"),
-        num_train_epochs=1,
-        per_device_train_batch_size=batch_size,
+    n = steps * batch_size
+    rows = make_conversations(n, long_share, seed)
+    per_row = (
+        sum(len(tokenizer(tokenizer.apply_chat_template(r["messages"], tokenize=False))["input_ids"]) for r in rows) / n
+    )
+    wanted = max(n, round(steps * batch_size * max_length / per_row * 1.2))
+    return make_conversations(wanted, long_share, seed) if wanted > n else rows
+
+
+def trl_args(setup: Setup, prefix: str, **options: Any) -> Any:
+    """The SFTConfig both TRL baselines share; ``options`` are what makes each one."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix=prefix),
+        max_steps=setup.steps,
+        per_device_train_batch_size=setup.batch_size,
         learning_rate=1e-3,
-        max_length=max_length,
-        pad_to_multiple_of=max_length,  # every sequence padded to max_length
-        packing=False,
+        max_length=setup.max_length,
         # TRL turns activation checkpointing on by default; the Tunery trainer turns it off on CPU. Off here too,
-        # so that the comparison measures padding and packing only (with it on, plain TRL is slower still).
+        # so that the comparison measures batching and packing only (with it on, TRL is slower still).
         activation_checkpointing=False,
-        bf16=False,  # TRL's default would be bf16 autocast; both run fp32 here
+        bf16=False,  # TRL's default would be bf16 autocast; all run fp32 here
         logging_steps=1,
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
         use_cpu=True,
-        seed=seed,
-        data_seed=seed,
+        seed=setup.seed,
+        data_seed=setup.seed,
+        **options,
     )
+
+
+def trl_trainer(setup: Setup, rows: list[dict[str, Any]], args: Any, timer: Any, counts: Counts) -> Any:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from trl import SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(setup.model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(setup.model_dir), dtype=torch.float32)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -202,35 +252,54 @@ def build_trl(
     return trainer
 
 
-def build_tunery(
-    model_dir: Path, rows: list[dict[str, Any]], batch_size: int, max_length: int, seed: int, timer: Any, counts: Counts
-) -> Any:
+def build_trl(setup: Setup, timer: Any, counts: Counts) -> Any:
+    """Plain TRL, tutorial style: conversational dataset, padding to max_length, no packing."""
+    args = trl_args(
+        setup,
+        "bench-trl-",
+        pad_to_multiple_of=setup.max_length,  # every sequence padded to max_length
+        packing=False,
+    )
+    return trl_trainer(setup, setup.examples, args, timer, counts)
+
+
+def build_trl_best(setup: Setup, timer: Any, counts: Counts) -> Any:
+    """TRL's best built-in setting: best-fit-decreasing packing into max_length rows, padding-free batches."""
+    args = trl_args(setup, "bench-trl-best-", packing=True, packing_strategy="bfd", padding_free=True)
+    return trl_trainer(setup, setup.rows, args, timer, counts)
+
+
+def build_tunery(setup: Setup, timer: Any, counts: Counts) -> Any:
     """The Tunery trainer's own configuration and data path, with its defaults."""
     from trainer.chat import ChatTokenizer, end_of_turn_tokens
     from trainer.config import trl_config
+    from trainer.kernels import fused_head_model
     from trainer.loading import load_base_model, lora_config, resolve_device
     from trainer.methods import get_method
     from trainer.methods.supervised import tokenized_datasets
     from tunery.data_jsonl import parse_jsonl
     from tunery.plan import LoraPlan, TrainingPlan
 
-    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    data = "".join(json.dumps(r) + "\n" for r in setup.examples).encode()
     records = parse_jsonl([data]).records
     plan = TrainingPlan(
         n_epochs=1,
-        batch_size=batch_size,
+        batch_size=setup.batch_size,
         learning_rate=1e-3,
-        max_seq_length=max_length,
+        max_seq_length=setup.max_length,
         lora=LoraPlan(r=16, alpha=32, dropout=0.0, target_modules="all-linear"),
     )
     device = resolve_device("cpu")
-    model, tokenizer = load_base_model(str(model_dir), device)
+    model, tokenizer = load_base_model(str(setup.model_dir), device)
     chat = ChatTokenizer(tokenizer, end_of_turn_tokens(tokenizer))
-    train = chat.tokenize_all(records, max_length=max_length)  # type: ignore[arg-type]
+    train = chat.tokenize_all(records, max_length=setup.max_length)  # type: ignore[arg-type]
     sft = get_method("supervised")
-    args = trl_config(sft, plan, seed=seed, output_dir=tempfile.mkdtemp(prefix="bench-tunery-"), choice=device)
+    args = trl_config(sft, plan, seed=setup.seed, output_dir=tempfile.mkdtemp(prefix="bench-tunery-"), choice=device)
     trainer = sft.build_trainer(model, tokenizer, args, lora_config(plan), tokenized_datasets(train), [timer])
     trainer.data_collator = counting(trainer.data_collator, counts)
+    if not setup.labelled_only:  # undo trainer/kernels.py, to measure it
+        head = fused_head_model(trainer)
+        head.forward = head.forward.__wrapped__
     return trainer
 
 
@@ -252,15 +321,36 @@ def summary(name: str, c: Counts) -> dict[str, Any]:
     }
 
 
+TRAINERS = {"trl": build_trl, "trl-best": build_trl_best, "tunery": build_tunery}
+
+
+def peak_memory(argv: list[str], name: str) -> float:
+    """The peak RSS (MiB) of ``name`` trained alone for two steps in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, __file__, *argv, "--only", name, "--steps", "2", "--no-memory", "--report-rss"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["peak_rss_mib"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps for each trainer")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="examples a step (TRL's best: rows of max_length)")
     parser.add_argument("--max-length", type=int, default=512, help="the tutorials' max_length (TRL's default: 1024)")
     parser.add_argument("--long-share", type=float, default=0.15, help="share of long conversations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-dir", type=Path, default=DEMO_DIR, help="the demo model folder (converted if missing)")
-    parser.add_argument("--only", choices=["trl", "tunery"], help="run one trainer only")
+    parser.add_argument("--only", nargs="+", choices=list(TRAINERS), help="run these trainers only")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument(
+        "--tunery-every-position",
+        action="store_true",
+        help="Tunery's LM head scores every position, as TRL's does on the CPU (measures trainer/kernels.py)",
+    )
+    parser.add_argument("--report-rss", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     import torch
@@ -270,33 +360,33 @@ def main() -> int:
 
     configure_logging()
     logging.getLogger().setLevel(logging.WARNING)
-    set_determinism(args.seed)  # as the trainer does; applies to both
+    set_determinism(args.seed)  # as the trainer does; applies to all
     model_dir = prepare_demo_model(args.model_dir)
-    rows = make_conversations(args.steps * args.batch_size, args.long_share, args.seed)
-    print(
-        f"# Tunery trainer vs plain TRL: SmolLM2-135M-Instruct fp32, LoRA r=16 all-linear, {args.steps} steps x "
-        f"batch {args.batch_size}, max_length {args.max_length}, {len(rows)} conversations "
-        f"({args.long_share:.0%} long, seed {args.seed}), torch {torch.__version__}, {torch.get_num_threads()} "
-        f"threads, {platform.processor() or platform.machine()}",
-        flush=True,
+    names = [n for n in TRAINERS if not args.only or n in args.only]
+    rows = conversations_for(model_dir, args.steps, args.batch_size, args.max_length, args.long_share, args.seed)
+    setup = Setup(
+        model_dir, rows, args.steps, args.batch_size, args.max_length, args.seed, not args.tunery_every_position
     )
-    names = [n for n in ("trl", "tunery") if not args.only or args.only == n]
-    builders = {"trl": build_trl, "tunery": build_tunery}
+    if not args.report_rss:
+        print(
+            f"# Tunery trainer vs plain TRL and TRL's best: SmolLM2-135M-Instruct fp32, LoRA r=16 all-linear, "
+            f"{args.steps} steps x batch {args.batch_size}, max_length {args.max_length}, {len(setup.examples)} "
+            f"conversations ({len(rows)} for TRL's best; {args.long_share:.0%} long, seed {args.seed}), torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}",
+            flush=True,
+        )
     baton = Baton(names)
     counts = {n: Counts() for n in names}
     trainers = {}
     for name in names:
         set_determinism(args.seed)
-        timer = step_timer(counts[name], baton, name)
-        trainers[name] = builders[name](
-            model_dir, rows, args.batch_size, args.max_length, args.seed, timer, counts[name]
-        )
+        trainers[name] = TRAINERS[name](setup, step_timer(counts[name], baton, name), counts[name])
     errors: list[BaseException] = []
 
     def train(name: str) -> None:
         try:
             trainers[name].train()
-        except BaseException as e:  # reported below; the other trainer must not wait for a turn forever
+        except BaseException as e:  # reported below; the others must not wait for a turn forever
             errors.append(e)
             baton.finish(name)
 
@@ -307,23 +397,43 @@ def main() -> int:
         t.join()
     if errors:
         raise errors[0]
-    results = {}
+    if args.report_rss:
+        # VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork and exec).
+        status = Path("/proc/self/status").read_text()
+        peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+        print(json.dumps({"peak_rss_mib": peak_kib / 1024}))
+        return 0
+    results: dict[str, Any] = {}
     for name in names:
         r = summary(name, counts[name])
         results[name] = r
         print(
-            f"{name:>6}: {r['real_tokens_per_second']:8.1f} real tokens/s  ({r['timed_real_tokens']} real tokens in "
+            f"{name:>8}: {r['real_tokens_per_second']:8.1f} real tokens/s  ({r['timed_real_tokens']} real tokens in "
             f"{r['timed_seconds']} s over steps 2-{r['steps']}, {r['seconds_per_step']} s/step); padding "
             f"{r['padding_share']:.1%} of {r['computed_tokens']} computed tokens; "
             f"{r['real_tokens_per_cpu_second']} real tokens per CPU-second",
             flush=True,
         )
-    if len(results) == 2:
-        ratio = results["tunery"]["real_tokens_per_second"] / results["trl"]["real_tokens_per_second"]
-        results["ratio"] = round(ratio, 2)  # type: ignore[assignment]
-        cpu_ratio = results["tunery"]["real_tokens_per_cpu_second"] / results["trl"]["real_tokens_per_cpu_second"]
-        results["cpu_ratio"] = round(cpu_ratio, 2)  # type: ignore[assignment]
-        print(f" ratio: {ratio:.2f}x real tokens/s (Tunery / plain TRL); {cpu_ratio:.2f}x per CPU-second", flush=True)
+    if not args.no_memory:
+        argv = [a for a in sys.argv[1:] if a not in ("--only", *TRAINERS)]
+        for name in names:
+            results[name]["peak_rss_mib"] = round(peak_memory(argv, name))
+            print(f"{name:>8}: peak RSS {results[name]['peak_rss_mib']} MiB (alone, 2 steps)", flush=True)
+    if "tunery" in results:
+        for base in ("trl", "trl-best"):
+            if base not in results:
+                continue
+            t, b = results["tunery"], results[base]
+            ratio = t["real_tokens_per_second"] / b["real_tokens_per_second"]
+            cpu_ratio = t["real_tokens_per_cpu_second"] / b["real_tokens_per_cpu_second"]
+            results[f"ratio_{base}"] = {
+                "real_tokens_per_second": round(ratio, 2),
+                "per_cpu_second": round(cpu_ratio, 2),
+            }
+            line = f" ratio: {ratio:.2f}x real tokens/s (Tunery / {base}); {cpu_ratio:.2f}x per CPU-second"
+            if "peak_rss_mib" in t:
+                line += f"; peak RSS {t['peak_rss_mib'] / b['peak_rss_mib']:.2f}x"
+            print(line, flush=True)
     print(json.dumps(results))
     return 0
 

@@ -81,6 +81,8 @@ class TrainerMethod:
     ) -> Any:
         from transformers import PrinterCallback
 
+        from ..kernels import fused_head_model, score_labelled_positions_only
+
         cls = self.trainer_class()
         trainer = cls(
             model=model,
@@ -93,6 +95,7 @@ class TrainerMethod:
             **self.trainer_extra(ref_model, plan, judge, embedder),
         )
         trainer.remove_callback(PrinterCallback)  # the run prints its own one-line progress
+        score_labelled_positions_only(fused_head_model(trainer))
         return trainer
 
     # -- data
