@@ -104,7 +104,8 @@ def counting(collator: Any, counts: Counts) -> Any:
         computed = int(batch["input_ids"].numel())
         mask = batch.get("attention_mask")
         counts.computed.append(computed)
-        counts.real.append(int(mask.sum()) if mask is not None else computed)  # padding-free: no pad positions
+        # Padding-free: no pad positions, but those that even Tunery's rows (trainer/packing.py).
+        counts.real.append(int(mask.sum()) if mask is not None else computed - batch.get("tunery_padding_tokens", 0))
         return batch
 
     return collate
@@ -183,6 +184,7 @@ class Setup:
     max_length: int
     seed: int
     labelled_only: bool = True  # Tunery's LM head scores the labelled positions only (trainer/kernels.py)
+    in_rows: bool = True  # Tunery runs a step over max_length tokens as rows (trainer/packing.py)
 
     @property
     def examples(self) -> list[dict[str, Any]]:
@@ -277,6 +279,7 @@ def build_tunery(setup: Setup, timer: Any, counts: Counts) -> Any:
     from trainer.loading import load_base_model, lora_config, resolve_device
     from trainer.methods import get_method
     from trainer.methods.supervised import tokenized_datasets
+    from trainer.packing import RowCollator
     from tunery.data_jsonl import parse_jsonl
     from tunery.plan import LoraPlan, TrainingPlan
 
@@ -295,7 +298,11 @@ def build_tunery(setup: Setup, timer: Any, counts: Counts) -> Any:
     train = chat.tokenize_all(records, max_length=setup.max_length)  # type: ignore[arg-type]
     sft = get_method("supervised")
     args = trl_config(sft, plan, seed=setup.seed, output_dir=tempfile.mkdtemp(prefix="bench-tunery-"), choice=device)
-    trainer = sft.build_trainer(model, tokenizer, args, lora_config(plan), tokenized_datasets(train), [timer])
+    trainer = sft.build_trainer(
+        model, tokenizer, args, lora_config(plan), tokenized_datasets(train), [timer], plan=plan
+    )
+    if not setup.in_rows and isinstance(trainer.data_collator, RowCollator):  # one row a step, to measure the rows
+        trainer.data_collator = trainer.data_collator.collate
     trainer.data_collator = counting(trainer.data_collator, counts)
     if not setup.labelled_only:  # undo trainer/kernels.py, to measure it
         head = fused_head_model(trainer)
@@ -350,6 +357,11 @@ def main() -> int:
         action="store_true",
         help="Tunery's LM head scores every position, as TRL's does on the CPU (measures trainer/kernels.py)",
     )
+    parser.add_argument(
+        "--tunery-one-row",
+        action="store_true",
+        help="Tunery runs every step as one row, even past max_length tokens (measures trainer/packing.py)",
+    )
     parser.add_argument("--report-rss", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -365,7 +377,14 @@ def main() -> int:
     names = [n for n in TRAINERS if not args.only or n in args.only]
     rows = conversations_for(model_dir, args.steps, args.batch_size, args.max_length, args.long_share, args.seed)
     setup = Setup(
-        model_dir, rows, args.steps, args.batch_size, args.max_length, args.seed, not args.tunery_every_position
+        model_dir,
+        rows,
+        args.steps,
+        args.batch_size,
+        args.max_length,
+        args.seed,
+        labelled_only=not args.tunery_every_position,
+        in_rows=not args.tunery_one_row,
     )
     if not args.report_rss:
         print(

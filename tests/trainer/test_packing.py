@@ -8,6 +8,7 @@ strongly on the context: attention leaking across examples would show far above 
 from __future__ import annotations
 
 import copy
+import itertools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ RECORDS = [
 ]
 
 
-def _plan(batch_size: int, packing: bool) -> TrainingPlan:
-    return TrainingPlan(n_epochs=1, batch_size=batch_size, learning_rate=1e-3, max_seq_length=256, packing=packing)
+def _plan(batch_size: int, packing: bool, max_seq_length: int = 256) -> TrainingPlan:
+    return TrainingPlan(
+        n_epochs=1, batch_size=batch_size, learning_rate=1e-3, max_seq_length=max_seq_length, packing=packing
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,20 +71,22 @@ def examples(smol_tokenizer: Any) -> TokenizedSet:
     return tokenized
 
 
-def _batch(tiny_model_dir: Path, tok: Any, model: Any, train: TokenizedSet, packing: bool) -> tuple[Any, Any]:
+def _batch(
+    tiny_model_dir: Path, tok: Any, model: Any, train: TokenizedSet, packing: bool, max_seq_length: int = 256
+) -> tuple[Any, Any]:
     """One collated training batch of all the examples, through the trainer's own SFTTrainer; and the trainer."""
     from trainer.config import trl_config
     from trainer.loading import lora_config, resolve_device
     from trainer.methods import get_method
     from trainer.methods.supervised import tokenized_datasets
 
-    plan = _plan(batch_size=len(train.examples), packing=packing)
+    plan = _plan(batch_size=len(train.examples), packing=packing, max_seq_length=max_seq_length)
     sft = get_method("supervised")
     args = trl_config(
         sft, plan, seed=3, output_dir=tempfile.mkdtemp(prefix="tunery-pack-"), choice=resolve_device("cpu")
     )
     trainer = sft.build_trainer(
-        copy.deepcopy(model), copy.deepcopy(tok), args, lora_config(plan), tokenized_datasets(train)
+        copy.deepcopy(model), copy.deepcopy(tok), args, lora_config(plan), tokenized_datasets(train), plan=plan
     )
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.eval()
@@ -135,12 +140,73 @@ def test_packed_loss_equals_loss_of_examples_one_by_one(
     expected = total / count
 
     losses = {}
-    for packing in (True, False):
-        batch, trainer = _batch(tiny_model_dir, smol_tokenizer, sharp_model, examples, packing=packing)
+    rows = _rows_length(examples)
+    for name, packing, max_seq_length in (("one row", True, 256), ("rows", True, rows), ("padded", False, 256)):
+        batch, trainer = _batch(tiny_model_dir, smol_tokenizer, sharp_model, examples, packing, max_seq_length)
+        assert batch["input_ids"].shape[0] == {"one row": 1, "rows": 3, "padded": len(examples.examples)}[name]
         with torch.no_grad():  # the loss exactly as a training step computes it
-            losses[packing] = float(trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch)))
-    assert losses[True] == pytest.approx(expected, rel=REL_TOL)
-    assert losses[False] == pytest.approx(expected, rel=REL_TOL)  # the padded path weighs tokens the same way
+            losses[name] = float(trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch)))
+    assert losses["one row"] == pytest.approx(expected, rel=REL_TOL)
+    assert losses["rows"] == pytest.approx(expected, rel=REL_TOL)  # rows, their padding a sequence of its own
+    assert losses["padded"] == pytest.approx(expected, rel=REL_TOL)  # the padded path weighs tokens the same way
+
+
+def _rows_length(examples: TokenizedSet) -> int:
+    """A max_seq_length that splits the five examples into three rows."""
+    lengths = [len(e.input_ids) for e in examples.examples]
+    length = max(max(lengths), -(-sum(lengths) // 3))
+    assert -(-sum(lengths) // length) == 3
+    return length
+
+
+def test_balanced_rows() -> None:
+    from trainer.packing import balanced_rows
+
+    assert balanced_rows([10, 20, 30], 60) == [[0, 1, 2]]  # they fit: one row, in order
+    assert balanced_rows([10, 20, 30], 59) == [[2], [0, 1]]  # two rows, the longest first into the shortest
+    rows = balanced_rows([50, 40, 30, 30, 20, 20, 10, 5], 70)
+    assert len(rows) == 3 and sorted(i for row in rows for i in row) == list(range(8))
+    loads = [sum([50, 40, 30, 30, 20, 20, 10, 5][i] for i in row) for row in rows]
+    assert max(loads) - min(loads) <= 10 and all(row == sorted(row) for row in rows)
+    assert balanced_rows([500, 400], 100) == [[0], [1]]  # never more rows than examples
+
+
+def test_a_step_over_max_seq_length_runs_in_rows(
+    tiny_model_dir: Path, smol_tokenizer: Any, sharp_model: Any, examples: TokenizedSet
+) -> None:
+    """A step's examples whose tokens pass max_seq_length: balanced rows, each padding-free (per-example positions,
+    no attention mask), the padding at a row's end a sequence of its own with no labels; every example once."""
+    from trainer.packing import PADDING_KEY
+
+    length = _rows_length(examples)
+    batch, trainer = _batch(tiny_model_dir, smol_tokenizer, sharp_model, examples, True, length)
+    assert "attention_mask" not in batch
+    n_rows, width = batch["input_ids"].shape
+    real = sum(len(e.input_ids) for e in examples.examples)
+    assert n_rows == 3 and batch[PADDING_KEY] == n_rows * width - real
+    by_ids = {tuple(e.input_ids): e for e in examples.examples}
+    found = []
+    for r in range(n_rows):
+        pos, ids, labels = (batch[k][r].tolist() for k in ("position_ids", "input_ids", "labels"))
+        starts = [i for i, p in enumerate(pos) if p == 0]
+        for s, e in zip(starts, [*starts[1:], width], strict=True):
+            assert pos[s:e] == list(range(e - s))
+            example = by_ids.get(tuple(ids[s:e]))
+            if example is None:  # the row's padding: at its end, no labels
+                assert e == width and set(labels[s:e]) == {-100}
+                continue
+            assert labels[s:e] == [-100, *_labels(example)[1:]]
+            found.append(example)
+    assert sorted(map(id, found)) == sorted(map(id, examples.examples))
+    cu = batch["cu_seq_lens_q"].tolist()
+    assert cu[0] == 0 and cu[-1] == n_rows * width
+    assert batch["max_length_q"] == max(b - a for a, b in itertools.pairwise(cu))
+
+    # A training step counts the step's real tokens, not its rows' width nor their padding.
+    trainer.model.train()
+    trainer.args.max_steps = 1
+    trainer.train()
+    assert trainer._total_train_tokens == real
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -3,6 +3,7 @@ through TRL's SFTTrainer; padding-free packing of each micro-batch; the data opt
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -14,10 +15,13 @@ from tunery.plan import TrainingPlan
 from ..chat import ChatTemplateError, ChatTokenizer, TokenizedSet
 from ..data_options import apply_options
 from ..errors import TrainerError
+from ..packing import PADDING_KEY, RowCollator, rows_help
 from .base import Datasets, TrainerMethod
 from .registry import register
 
 if TYPE_CHECKING:
+    from tunery.graders import Embedder, Judge
+
     from ..base import TrainingRun
     from ..data_files import DataFileRead
 
@@ -46,9 +50,29 @@ class Supervised(TrainerMethod):
         )
 
     def trainer_class(self) -> type:
-        from trl import SFTTrainer
+        return sft_trainer_in_rows()
 
-        return SFTTrainer
+    def build_trainer(
+        self,
+        model: Any,
+        tokenizer: Any,
+        args: Any,
+        peft_config: Any,
+        datasets: Datasets,
+        callbacks: list[Any] | None = None,
+        ref_model: Any = None,
+        plan: TrainingPlan | None = None,
+        judge: Judge | None = None,
+        embedder: Embedder | None = None,
+    ) -> Any:
+        trainer = super().build_trainer(
+            model, tokenizer, args, peft_config, datasets, callbacks, ref_model, plan, judge, embedder
+        )
+        # A packed step over max_seq_length tokens runs as rows, not one long row (trainer/packing.py).
+        if plan is not None and plan.packing and plan.micro_batch_size > 1 and rows_help(trainer.model):
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            trainer.data_collator = RowCollator(trainer.data_collator, plan.max_seq_length, pad)
+        return trainer
 
     def build_datasets(
         self, run: TrainingRun, chat: ChatTokenizer, train: DataFileRead, valid: DataFileRead | None
@@ -63,6 +87,27 @@ class Supervised(TrainerMethod):
         run.tokens_per_epoch = train_set.n_tokens
         run.trained_tokens_per_epoch = train_set.n_trained_tokens
         return tokenized_datasets(train_set, valid_set)
+
+
+@functools.cache
+def sft_trainer_in_rows() -> type:
+    """TRL's SFTTrainer, taking steps collated in rows (trainer/packing.py): it counts a step's tokens without the
+    padding that evens its rows (TRL counts a padding-free step as its one row's width)."""
+    from trl import SFTTrainer
+
+    class SFTTrainerInRows(SFTTrainer):  # type: ignore[misc]
+        def compute_loss(
+            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+        ) -> Any:
+            padding = inputs.pop(PADDING_KEY, None)
+            counted = self._total_train_tokens
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if padding is not None and self._total_train_tokens != counted:  # a training step: count its tokens
+                self._total_train_tokens = counted + int(inputs["position_ids"].numel()) - padding
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return out
+
+    return SFTTrainerInRows
 
 
 def tokenized_datasets(train: TokenizedSet, valid: TokenizedSet | None = None) -> Datasets:
