@@ -1,5 +1,5 @@
 """Merged-model exports over gRPC (``ExportService``, protos/tunery/v1/exports.proto), each RPC the twin of its
-``/v1/tunery/exports`` route, through test_grpc's cases and helpers: the same answers, the same refusals mapped to
+``/v1/tunery/exports`` route, through grpc_cases' cases and helpers: the same answers, the same refusals mapped to
 status codes with OpenAI's error, the same roles and tenancy. An export run by the real trainer is tested over REST
 (tests/api/test_exports.py); what it answers is read here through the same service."""
 
@@ -14,14 +14,13 @@ import pytest
 from google.protobuf import json_format
 
 from api.grpc.convert import to_message
-from tests.api import test_grpc
-from tests.api.test_grpc import KEY, Api, Case, assert_same_answer, assert_same_refusal
 from tests.configurations import (  # noqa: F401 (each server test runs embedded and on PostgreSQL + S3)
     configuration,
     configuration_metadata_store,
     configuration_object_store,
 )
 from tests.conftest import TINY, RunningServer
+from tests.grpc_cases import KEY, Api, Case, assert_same_answer, assert_same_refusal, grpc_api
 from tunery.v1 import exports_pb2 as xpb
 from tunery.v1 import fine_tuning_pb2 as jpb
 
@@ -30,9 +29,9 @@ EX = "/v1/tunery/exports"
 
 @pytest.fixture
 def api(tiny_server_factory: Callable[..., RunningServer]) -> Iterator[Api]:
-    """test_grpc's server (a key; nothing launches) with its seeded objects (a file, a queued job, its checkpoint
+    """grpc_api's server (a key; nothing launches) with its seeded objects (a file, a queued job, its checkpoint
     models), and a channel to it."""
-    yield from test_grpc.api.__wrapped__(tiny_server_factory)  # type: ignore[attr-defined]
+    yield from grpc_api(tiny_server_factory)
 
 
 def create(body: dict[str, Any]) -> Case:

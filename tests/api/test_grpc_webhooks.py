@@ -1,5 +1,5 @@
 """Webhook endpoints over gRPC (``WebhookService``, protos/tunery/v1/webhooks.proto), each RPC the twin of its
-``/v1/webhook_endpoints`` route, through test_grpc's cases and helpers: the same answers, the secret shown once, the
+``/v1/webhook_endpoints`` route, through grpc_cases' cases and helpers: the same answers, the secret shown once, the
 same refusals mapped to status codes with OpenAI's error, the owner-only rule and tenancy. Also a project's secrets
 (``SecretService``, the other owner-only family), the jobs' eval report RPCs' refusals, and an id over 256
 characters refused as REST refuses it, for every RPC that takes one."""
@@ -15,8 +15,8 @@ import pytest
 
 from api.grpc.calls import REST_TWIN
 from tests import fuzzing
-from tests.api.test_grpc import KEY, Api, Case, assert_same_answer, assert_same_refusal, rest
 from tests.conftest import TINY, RunningServer
+from tests.grpc_cases import KEY, Api, Case, assert_same_answer, assert_same_refusal, rest
 from tests.webhook_receiver import receiver
 from tunery.v1 import fine_tuning_pb2 as jpb
 from tunery.v1 import secrets_pb2 as spb
@@ -28,7 +28,7 @@ CANCELLED = "fine_tuning.job.cancelled"
 
 @pytest.fixture
 def api(tiny_server_factory: Callable[..., RunningServer]) -> Iterator[Api]:
-    """test_grpc's server (a key; nothing launches) that may send to a receiver on loopback, retrying at once."""
+    """grpc_api's server (a key; nothing launches) that may send to a receiver on loopback, retrying at once."""
     server = fuzzing.authorised(
         tiny_server_factory(
             api_keys=[KEY], max_concurrent_runs=0, webhooks_allow_private=True, webhook_retry_base_seconds=0.05
