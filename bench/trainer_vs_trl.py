@@ -99,13 +99,15 @@ class Counts:
 
 
 def counting(collator: Any, counts: Counts) -> Any:
+    from trainer.packing import PADDING_KEY
+
     def collate(examples: list[dict[str, Any]]) -> Any:
         batch = collator(examples)
         computed = int(batch["input_ids"].numel())
         mask = batch.get("attention_mask")
         counts.computed.append(computed)
         # Padding-free: no pad positions, but those that even Tunery's rows (trainer/packing.py).
-        counts.real.append(int(mask.sum()) if mask is not None else computed - batch.get("tunery_padding_tokens", 0))
+        counts.real.append(int(mask.sum()) if mask is not None else computed - batch.get(PADDING_KEY, 0))
         return batch
 
     return collate

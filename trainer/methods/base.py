@@ -96,7 +96,12 @@ class TrainerMethod:
         )
         trainer.remove_callback(PrinterCallback)  # the run prints its own one-line progress
         score_labelled_positions_only(fused_head_model(trainer))
+        if plan is not None:
+            self.adapt_trainer(trainer, tokenizer, plan)
         return trainer
+
+    def adapt_trainer(self, trainer: Any, tokenizer: Any, plan: TrainingPlan) -> None:
+        """What the method changes in its built TRL trainer for the run's plan (supervised: its collator)."""
 
     # -- data
     def prepare_records(self, run: TrainingRun, train: DataFileRead) -> None:

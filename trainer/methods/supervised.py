@@ -20,8 +20,6 @@ from .base import Datasets, TrainerMethod
 from .registry import register
 
 if TYPE_CHECKING:
-    from tunery.graders import Embedder, Judge
-
     from ..base import TrainingRun
     from ..data_files import DataFileRead
 
@@ -52,27 +50,11 @@ class Supervised(TrainerMethod):
     def trainer_class(self) -> type:
         return sft_trainer_in_rows()
 
-    def build_trainer(
-        self,
-        model: Any,
-        tokenizer: Any,
-        args: Any,
-        peft_config: Any,
-        datasets: Datasets,
-        callbacks: list[Any] | None = None,
-        ref_model: Any = None,
-        plan: TrainingPlan | None = None,
-        judge: Judge | None = None,
-        embedder: Embedder | None = None,
-    ) -> Any:
-        trainer = super().build_trainer(
-            model, tokenizer, args, peft_config, datasets, callbacks, ref_model, plan, judge, embedder
-        )
+    def adapt_trainer(self, trainer: Any, tokenizer: Any, plan: TrainingPlan) -> None:
         # A packed step over max_seq_length tokens runs as rows, not one long row (trainer/packing.py).
-        if plan is not None and plan.packing and plan.micro_batch_size > 1 and rows_help(trainer.model):
+        if plan.packing and plan.micro_batch_size > 1 and rows_help(trainer.model):
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             trainer.data_collator = RowCollator(trainer.data_collator, plan.max_seq_length, pad)
-        return trainer
 
     def build_datasets(
         self, run: TrainingRun, chat: ChatTokenizer, train: DataFileRead, valid: DataFileRead | None
