@@ -50,5 +50,5 @@ def page(
             return [], False
         query = query.where(model.pk < cursor if newest_first else model.pk > cursor)
     query = query.order_by(model.pk.desc() if newest_first else model.pk.asc()).limit(limit + 1)
-    rows = list(session.execute(query).tuples()) if columns else list(session.scalars(query))
+    rows = list(session.execute(query).all()) if columns else list(session.scalars(query))
     return rows[:limit], len(rows) > limit

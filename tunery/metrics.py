@@ -138,8 +138,12 @@ class StateCollector(Collector):
         up = GaugeMetricFamily("tunery_metadata_store_up", "1 when the metadata store answered this scrape.")
         try:
             with self.db.session() as s:
-                jobs = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
-                files = dict(s.execute(select(File.status, func.count()).group_by(File.status)).tuples().all())
+                jobs: dict[str, int] = {
+                    k: v for k, v in s.execute(select(Job.status, func.count()).group_by(Job.status))
+                }
+                files: dict[str, int] = {
+                    k: v for k, v in s.execute(select(File.status, func.count()).group_by(File.status))
+                }
                 runs = s.scalar(select(func.count()).select_from(Job).where(Job.run_handle.is_not(None))) or 0
                 oldest = s.scalar(select(func.min(Job.created_at)).where(Job.status.in_(WAITING)))
         except Exception:
