@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -96,6 +97,8 @@ def main() -> int:
 
     configure_logging()
     logging.getLogger().setLevel(logging.WARNING)
+    if os.environ.get("EO_DEBUG"):
+        logging.getLogger("tunery.trainer.eval").setLevel(logging.INFO)
     model_dir = prepare_demo_model(args.model_dir)
     lines = (resources.files("tunery") / "demo" / "train.jsonl").read_text().splitlines(keepends=True)
     cut = len(lines) - args.validation

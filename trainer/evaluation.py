@@ -43,7 +43,7 @@ from .chat import ChatTemplateError, ChatTokenizer, TokenizedExample
 from .checkpoint import library_versions, utc_now
 from .data_files import read_chat_file
 from .greedy import greedy_answers
-from .loading import eval_dtype, weights_in
+from .loading import WeightsIn, eval_dtype
 from .reward_eval import Answers, RewardEvaluator
 
 if TYPE_CHECKING:
@@ -141,7 +141,8 @@ class Evaluator:
         self.seconds = 0.0  # spent measuring (the baseline and every report): what the reports add to the run
         self.dtype = ""  # what the last measure ran in (tunery.eval.precision, trainer/loading.py's eval_dtype)
         self.drafts: list[list[int]] | None = None  # the last samples' tokens: the next report's drafts
-        self.verified = 0  # of the last samples, those their draft answered
+        self.verified = 0  # of the last samples, those their drafts answered
+        self.decoded = 0  # of the last samples' tokens, those decoded one by one in the model's own dtype
 
     # -- what is scored
     def _tokenize(self, records: list[ChatRecord]) -> EvalSet:
@@ -253,9 +254,11 @@ class Evaluator:
                 scores.nll[i], scores.tokens[i] = float(sums[row]), int(counts[row])
         return scores
 
-    def _generate(self, model: Any) -> list[str]:
-        """Every sample prompt's greedy answer, in one batch; the last report's answers are tried first as drafts
-        (trainer/greedy.py): a model that answers as it did costs one forward pass instead of a decoding loop."""
+    def _generate(self, model: Any, draft_weights: WeightsIn) -> list[str]:
+        """Every sample prompt's greedy answer, in one batch, drafted and checked (trainer/greedy.py): the last
+        report's answers are tried first (a model that answers as it did costs one forward pass instead of a decoding
+        loop), then drafts decoded with ``draft_weights`` (the scoring dtype's: bf16 where tunery.eval.precision
+        allows)."""
         if not self.prompts:
             return []
         tok = self.run.tokenizer
@@ -266,8 +269,8 @@ class Evaluator:
             ]
             for _, _, _, prompt, tools in self.prompts
         ]
-        got = greedy_answers(model, encoded, self.options.max_new_tokens, pad, self.drafts)
-        self.drafts, self.verified = got.answers, got.verified
+        got = greedy_answers(model, encoded, self.options.max_new_tokens, pad, self.drafts, draft_weights)
+        self.drafts, self.verified, self.decoded = got.answers, got.verified, got.decoded
         return [tok.decode(answer, skip_special_tokens=True).strip() for answer in got.answers]
 
     def _measure(self, model: Any) -> Baseline:
@@ -276,29 +279,31 @@ class Evaluator:
         was_training = model.training
         model.eval()
         dtype = eval_dtype(model, self.options.precision)
+        scoring = WeightsIn(model, dtype)
         try:
             with torch.no_grad():
                 # Losses in the scoring dtype (bf16 where tunery.eval.precision allows it); answers in the model's
-                # own, as the model is served on this hardware: near a turning point in training, bf16's rounding
-                # can change what greedy decoding says.
-                with weights_in(model, dtype):
+                # own, as the model is served on this hardware (near a turning point in training, bf16's rounding
+                # can change what greedy decoding says): drafted in the scoring dtype, each token checked in its own.
+                with scoring.active():
                     self.dtype = str(dtype or next(model.parameters()).dtype).removeprefix("torch.")
                     t0 = time.monotonic()
                     valid, rejected = self._score(model, self.valid), self._score(model, self.rejected)
                     t1 = time.monotonic()
                     reference = self._score(model, self.reference)
                 t2 = time.monotonic()
-                samples = self._generate(model)
+                samples = self._generate(model, scoring)
                 t3 = time.monotonic()
                 rewards = self.rewards.measure(model) if self.rewards is not None else None
                 log.info(
-                    "eval: validation scored in %.1fs, reference in %.1fs (%s), %d samples (%d drafts verified) "
-                    "generated in %.1fs%s",
+                    "eval: validation scored in %.1fs, reference in %.1fs (%s), %d samples (%d from drafts, %d "
+                    "tokens decoded) generated in %.1fs%s",
                     t1 - t0,
                     t2 - t1,
                     self.dtype,
                     len(samples),
                     self.verified,
+                    self.decoded,
                     t3 - t2,
                     f", {len(rewards.greedy) + len(rewards.sampled)} answers graded in {time.monotonic() - t3:.1f}s"
                     if rewards is not None

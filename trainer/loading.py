@@ -208,27 +208,46 @@ def eval_dtype(model: Any, precision: str) -> Any | None:
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
-@contextlib.contextmanager
-def weights_in(model: Any, dtype: Any | None) -> Iterator[None]:
-    """``model``'s floating-point parameters in ``dtype`` for the block (nothing changes with None), then the very
-    tensors they were: the training goes on from bit-identical weights, which a cast back would not give.
+class WeightsIn:
+    """``model``'s floating-point parameters also in ``dtype``, converted once, at the first use: each ``with
+    weights.active():`` block runs the model in them, and then on the very tensors it had (nothing changes with
+    None). The training goes on from bit-identical weights, which a cast back would not give. An eval report scores
+    and drafts its answers in them (trainer/greedy.py), swapping them in and out without converting again.
 
     A LoRA adapter stays unmerged: its product is computed apart from its base layer's, as a GPU run computes it. A
     merge into bf16 copies would be faster, but early in a run the adapter's delta is smaller than bf16's rounding
     of the weights it is added to, and the merged model then answers as the base does."""
-    if dtype is None:
-        yield
-        return
-    import torch
 
-    originals = []
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.is_floating_point() and p.dtype != dtype:
-                originals.append((p, p.data))
-                p.data = p.data.to(dtype)
-    try:
+    def __init__(self, model: Any, dtype: Any | None):
+        self.model, self.dtype = model, dtype
+        self._copies: list[tuple[Any, Any, Any]] | None = None  # (parameter, its own tensor, the copy in dtype)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        if self.dtype is None:
+            yield
+            return
+        import torch
+
+        if self._copies is None:
+            with torch.no_grad():
+                self._copies = [
+                    (p, p.data, p.data.to(self.dtype))
+                    for p in self.model.parameters()
+                    if p.is_floating_point() and p.dtype != self.dtype
+                ]
+        for p, _, copy in self._copies:
+            p.data = copy
+        try:
+            yield
+        finally:
+            for p, own, _ in self._copies:
+                p.data = own
+
+
+@contextlib.contextmanager
+def weights_in(model: Any, dtype: Any | None) -> Iterator[None]:
+    """``model``'s floating-point parameters in ``dtype`` for the block, then the very tensors they were
+    (:class:`WeightsIn`, used once)."""
+    with WeightsIn(model, dtype).active():
         yield
-    finally:
-        for p, data in originals:
-            p.data = data
