@@ -1,6 +1,6 @@
 """What the eval reports add to a job: their time as a share of the training time, on the demo job.
 
-    .venv/bin/python bench/eval_overhead.py [--validation 8] [--compare] [--samples 3] [--max-new-tokens 32]
+    .venv/bin/python bench/eval_overhead.py [--validation 8] [--compare] [--samples 3] [--max-new-tokens 32] [--log]
 
 Runs the demo job through the trainer's own code path (``trainer.run.run``): SmolLM2-135M-Instruct, LoRA, the
 bundled demo examples, 3 epochs at batch size 1 (``tunery.demo``'s hyperparameters), 3 checkpoints, with the default
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -88,6 +87,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=EvalOptions().samples)
     parser.add_argument("--max-new-tokens", type=int, default=EvalOptions().max_new_tokens)
     parser.add_argument("--model-dir", type=Path, default=DEMO_DIR)
+    parser.add_argument("--log", action="store_true", help="print each report's times (scoring, decoding)")
     args = parser.parse_args()
 
     import torch
@@ -97,7 +97,7 @@ def main() -> int:
 
     configure_logging()
     logging.getLogger().setLevel(logging.WARNING)
-    if os.environ.get("EO_DEBUG"):
+    if args.log:
         logging.getLogger("tunery.trainer.eval").setLevel(logging.INFO)
     model_dir = prepare_demo_model(args.model_dir)
     lines = (resources.files("tunery") / "demo" / "train.jsonl").read_text().splitlines(keepends=True)
