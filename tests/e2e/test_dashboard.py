@@ -21,7 +21,8 @@ from tests.conftest import TINY, RunningServer, chat_lines, start_server
 pytestmark = pytest.mark.integration  # a real trainer run
 
 KEY = "sk-dashboard-test-key-0123456789"
-N_EXAMPLES, BATCH = 40, 1  # 40 steps of one epoch: the tiny model's run lasts long enough to see its curve grow
+N_EXAMPLES, BATCH = 150, 1  # 150 steps of one epoch: the tiny model trains 20 steps a second on a quiet machine,
+# and the page polls each second: enough polls to see the curve grow while it runs
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +163,21 @@ def page_status(driver: Any) -> str:
     return str(wait_for(lambda: css(driver, "h1 .status").get_attribute("data-status"), what="the job's status"))
 
 
-def points(driver: Any, series: str) -> int:
-    found = all_css(driver, f"#loss-chart polyline[data-series={series}]")
-    return int(found[0].get_attribute("data-count")) if found else 0
+def attribute(driver: Any, selector: str, name: str) -> str | None:
+    """An attribute of the element ``selector`` finds (None without one), found and read in one script: the page
+    redraws its charts on each poll, so an element found by one WebDriver call may be gone by the next."""
+    value = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;",
+        selector,
+        name,
+    )
+    return None if value is None else str(value)
+
+
+def points(driver: Any, series: str, chart: str = "loss-chart") -> int:
+    """The points of a chart's ``series`` polyline (0 before it is drawn)."""
+    count = attribute(driver, f"#{chart} polyline[data-series={series}]", "data-count")
+    return int(count) if count is not None else 0
 
 
 def test_a_job_page_draws_the_loss_curve_live(chromium: Any, shared: Shared) -> None:
@@ -238,8 +251,8 @@ def test_the_finished_job_shows_its_checkpoints_report_and_hyperparameters(chrom
     wait_for(lambda: page_status(chromium) == "succeeded", what="succeeded")
     steps = N_EXAMPLES // BATCH
     wait_for(lambda: points(chromium, "train_loss") == steps, what="every step on the curve")
-    assert int(css(chromium, "#lr-chart polyline[data-series=learning_rate]").get_attribute("data-count")) == steps
-    assert css(chromium, "#job-progress-bar").get_attribute("value") == str(steps)
+    assert points(chromium, "learning_rate", chart="lr-chart") == steps
+    assert attribute(chromium, "#job-progress-bar", "value") == str(steps)
     metrics = [
         e.data for e in shared.srv.client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"
     ]
