@@ -21,6 +21,9 @@ No torch: the model's size and shapes come from the safetensors headers and ``co
   ``judge params x answers x (read / 3 + written) / (5e11 x TFLOPs)``, ``answers`` being every sampled completion
   of the run. Its memory: its weights (in the run's precision, never NF4: the trainer does not quantize it) and its
   KV cache and logits for a batch of 16 conversations.
+* **Measured** (:class:`MeasuredMemory`): where an earlier job of the project on the same base model ran a plan of
+  the same :func:`memory_signature` to success, its measured peak (the ``peak_memory_gib`` of its metrics events)
+  is reported beside the estimate, and ``fits`` checks that figure instead (:func:`with_measured`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -166,6 +169,14 @@ def judge_loads(grader: Any, shapes: dict[str, ModelShape]) -> list[JudgeLoad]:
     return out
 
 
+class MeasuredMemory(BaseModel):
+    """The peak memory an earlier run measured (the ``peak_memory_gib`` its metrics events carry, docs/estimates.md):
+    on a GPU PyTorch's peak of allocated memory, on the CPU the trainer process's peak resident memory."""
+
+    peak_memory_gib: float
+    job: str  # the job whose run measured it
+
+
 class Estimate(BaseModel):
     """What a job would cost and whether it fits: the dry run answers it (with the job's fields added), the
     scheduler checks ``fits`` against it."""
@@ -193,6 +204,37 @@ class Estimate(BaseModel):
     fits_with_gradient_checkpointing: bool
     judge_params: int = 0  # a reinforcement job's judge models' parameters (score_model, label_model graders)
     judge_gpu_seconds: float = 0.0  # their share of gpu_seconds: reading and scoring every sampled answer
+    # An earlier run's measured peak with the same memory signature, and what ``fits`` was decided from.
+    measured: MeasuredMemory | None = None
+    fits_from: Literal["estimate", "measured"] = "estimate"
+
+
+def memory_signature(plan: TrainingPlan) -> dict[str, Any]:
+    """What of a resolved plan decides its run's peak memory, besides the base model and the hardware: two runs that
+    agree on it hold the same weights and optimizer state and train micro-batches of at most the same shape (the
+    longest examples of their data decide how close each comes to it)."""
+    rl = plan.reinforcement
+    return {
+        "method": plan.method,
+        "adapter": plan.adapter,
+        "precision": plan.precision,
+        "lora": None if plan.adapter == "full" else [plan.lora.r, plan.lora.target_modules],
+        "micro_batch_size": plan.micro_batch_size,
+        "max_seq_length": plan.max_seq_length,
+        "packing": plan.packing,
+        "sampling": [rl.num_generations, rl.max_completion_length] if rl is not None else None,
+    }
+
+
+def with_measured(est: Estimate, measured: MeasuredMemory | None, gpu: bool) -> Estimate:
+    """``est`` with an earlier run's measured peak: ``fits`` then checks that figure (on a GPU plus the CUDA
+    context, which PyTorch's peak leaves out) against 95% of the memory, as it checks the estimate's total."""
+    if measured is None:
+        return est
+    need = measured.peak_memory_gib + (CUDA_CONTEXT / float(1 << 30) if gpu else 0.0)
+    return est.model_copy(
+        update={"measured": measured, "fits_from": "measured", "fits": need <= 0.95 * est.gpu_memory_gib}
+    )
 
 
 def estimate_for_scan(

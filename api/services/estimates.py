@@ -13,6 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from api.context import AppContext, Tenant
 from api.errors import InvalidRequest
 from api.protocol.jobs import CreateJob, FineTuningJobEstimate, JobHyperparameters
@@ -21,13 +25,21 @@ from api.services.prepare import prepare_job
 from scheduler import hardware
 from scheduler.validation import check_method_fit, check_scan, file_report, scan_stored
 from tunery.data import MIN_EXAMPLES, DataFormat
+from tunery.db.models import Job, JobEvent
 from tunery.db.ops import now
-from tunery.estimate import estimate_plan, judge_loads_of, model_shape
+from tunery.estimate import (
+    MeasuredMemory,
+    estimate_plan,
+    judge_loads_of,
+    memory_signature,
+    model_shape,
+    with_measured,
+)
 from tunery.files import report_key
 from tunery.filescan import ScanOptions
-from tunery.jobstate import ErrorCode, JobError
+from tunery.jobstate import ErrorCode, JobError, JobStatus
 from tunery.methods import method_info
-from tunery.plan import resolve_plan
+from tunery.plan import TrainingPlan, resolve_plan
 from tunery.storage import ObjectNotFound
 
 
@@ -63,9 +75,45 @@ def _token_report(ctx: AppContext, file_id: str, key: str, model: str, folder: s
     return report
 
 
+# The project's latest succeeded jobs on the base model whose plans are compared with the dry run's.
+MEASURED_CANDIDATES = 50
+
+
+def measured_memory(s: Session, t: Tenant, base_model: str, plan: TrainingPlan) -> MeasuredMemory | None:
+    """The peak memory measured by the latest of the project's succeeded jobs on ``base_model`` whose plan has the
+    same memory signature as ``plan`` (tunery.estimate.memory_signature): the last metrics event's
+    ``peak_memory_gib``, the run's peak."""
+    from api.services.jobs import owned  # (the jobs' service imports this one)
+
+    want = memory_signature(plan)
+    candidates = s.execute(
+        select(Job.id, Job.plan)
+        .where(*owned(t), Job.base_model == base_model, Job.status == JobStatus.succeeded, Job.plan.is_not(None))
+        .order_by(Job.pk.desc())
+        .limit(MEASURED_CANDIDATES)
+    ).all()
+    for job_id, stored in candidates:
+        try:
+            if memory_signature(TrainingPlan.model_validate(stored)) != want:
+                continue
+        except ValidationError:  # a plan stored by an older version
+            continue
+        data = s.scalar(
+            select(JobEvent.data)
+            .where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+            .order_by(JobEvent.pk.desc())
+            .limit(1)
+        )
+        peak = (data or {}).get("peak_memory_gib")
+        if isinstance(peak, int | float) and peak > 0:
+            return MeasuredMemory(peak_memory_gib=round(float(peak), 3), job=job_id)
+    return None
+
+
 def dry_run(ctx: AppContext, t: Tenant, req: CreateJob) -> FineTuningJobEstimate:
     """The checks of job creation, then the plan the scheduler would resolve for this file, against the trainer's
-    hardware, and its estimate. Blocking (object store, tokenizer): run it off the event loop."""
+    hardware, and its estimate, with the peak memory an earlier run of the same shape measured where there is one.
+    Blocking (object store, tokenizer): run it off the event loop."""
     with ctx.db.session() as s:
         prepared = prepare_job(s, ctx, t, req)
         f = find_file(s, t, req.training_file)
@@ -102,6 +150,7 @@ def dry_run(ctx: AppContext, t: Tenant, req: CreateJob) -> FineTuningJobEstimate
     checked = hardware.check(plan, hw)
     if checked.error is not None:
         raise InvalidRequest(checked.error.message, param=checked.error.param, code=checked.error.code)
+    plan = plan.model_copy(update={"precision": checked.precision})  # as the scheduler stores it with the job
     try:
         judges = judge_loads_of(plan, {name: found.base_path for name, found in prepared.judges.items()})
         est = estimate_plan(
@@ -116,6 +165,8 @@ def dry_run(ctx: AppContext, t: Tenant, req: CreateJob) -> FineTuningJobEstimate
         )
     except ValueError as e:
         raise InvalidRequest(str(e), param=None, code="invalid_gpu_type") from None
+    with ctx.db.session() as s:
+        est = with_measured(est, measured_memory(s, t, prepared.base_model, plan), gpu=hw.gpu)
     return FineTuningJobEstimate(
         model=req.model,
         training_file=file_id,

@@ -15,13 +15,17 @@ from tunery.estimate import (
     JUDGE_BATCH,
     TRAINER_COST,
     JudgeLoad,
+    MeasuredMemory,
     ModelShape,
     estimate,
     estimate_plan,
     judge_loads,
+    memory_signature,
     model_shape,
+    with_measured,
 )
 from tunery.methods import METHODS
+from tunery.plan import LoraPlan, ReinforcementPlan, TrainingPlan
 
 # Roughly Llama-3-8B: 8.0e9 parameters, 32 layers of 4096, 128k vocabulary.
 LLAMA_8B = ModelShape(
@@ -87,6 +91,46 @@ def test_gpu_hours_rule_and_memory_fit():
     assert not _estimate(llama8b, "t4", batch=1, seq=1024).fits
     with pytest.raises(ValueError, match="unknown GPU type"):
         _estimate(llama8b, "tpu-v5")
+
+
+def test_a_measured_peak_decides_the_fit():
+    """An earlier run's measured peak replaces the estimate's total in ``fits`` (plus the CUDA context on a GPU,
+    which PyTorch's peak leaves out); the estimate's figures stay beside it."""
+    h100 = _estimate(LLAMA_8B, "h100-80gb", batch=1, seq=2048)
+    assert with_measured(h100, None, gpu=True) is h100 and h100.fits_from == "estimate" and h100.fits
+    over = with_measured(h100, MeasuredMemory(peak_memory_gib=75.5, job="ftjob-a"), gpu=True)
+    assert (over.fits, over.fits_from, over.measured.job) == (False, "measured", "ftjob-a")  # 76.5 > 0.95 x 80
+    under = with_measured(h100, MeasuredMemory(peak_memory_gib=74.9, job="ftjob-b"), gpu=True)
+    assert under.fits and under.memory_gib == h100.memory_gib
+    cpu = _estimate(LLAMA_8B, "cpu", batch=1, seq=2048)
+    assert with_measured(cpu, MeasuredMemory(peak_memory_gib=22.7, job="ftjob-c"), gpu=False).fits  # 0.95 x 24
+
+
+def test_the_memory_signature_is_what_decides_memory():
+    """Two plans share a signature when they differ only in what does not change a run's memory (epochs, learning
+    rate, accumulation of the same micro-batches, LoRA's alpha); a micro-batch, length, adapter, rank, method or
+    sampling of another size changes it."""
+    plan = TrainingPlan(n_epochs=3, batch_size=8, learning_rate=1e-4, gradient_accumulation_steps=2)
+    same = [
+        plan.model_copy(update={"n_epochs": 1, "learning_rate": 5e-4, "warmup_ratio": 0.1}),
+        plan.model_copy(update={"batch_size": 16, "gradient_accumulation_steps": 4}),  # micro-batches of 4 still
+        plan.model_copy(update={"lora": LoraPlan(alpha=8)}),
+    ]
+    assert all(memory_signature(p) == memory_signature(plan) for p in same)
+    rl = ReinforcementPlan(
+        grader={"type": "string_check"}, num_generations=4, max_completion_length=64, kl_coef=0.0, temperature=1.0
+    )
+    other = [
+        plan.model_copy(update={"gradient_accumulation_steps": 1}),  # micro-batches of 8
+        plan.model_copy(update={"max_seq_length": 512}),
+        plan.model_copy(update={"adapter": "full"}),
+        plan.model_copy(update={"lora": LoraPlan(r=64)}),
+        plan.model_copy(update={"method": "dpo"}),
+        plan.model_copy(update={"packing": False}),
+        plan.model_copy(update={"precision": "fp32"}),
+        plan.model_copy(update={"reinforcement": rl}),
+    ]
+    assert len({str(memory_signature(p)) for p in [plan, *other]}) == len(other) + 1
 
 
 def test_preference_trainers_cost_more_per_example_than_supervised():
@@ -206,6 +250,34 @@ def test_dry_run_and_the_scheduler_resolve_the_same_plan(tiny_server_factory):
         assert est["hyperparameters"] == queued.hyperparameters.model_dump()
         assert est["precision"] == queued.model_extra["tunery"]["training"]["precision"] == "fp32"  # a CPU trainer
         assert est["batch_size"] == queued.hyperparameters.batch_size and est["batch_size"] % 2 == 0
+
+
+def test_the_dry_run_fits_from_the_peak_a_run_of_the_same_shape_measured(tiny_server_factory):
+    """Once a job of the project has trained a plan of the same memory signature on the base model, the dry run
+    reports that run's measured peak (its last metrics event's ``peak_memory_gib``) and ``fits`` checks it; a plan
+    of another shape has none."""
+    srv = tiny_server_factory(gpu_type="cpu")
+    f = srv.client.files.create(file=("t.jsonl", chat_lines(12)), purpose="fine-tune")
+    srv.client.files.wait_for_processing(f.id, poll_interval=0.1, max_wait_seconds=30)
+    body = {"model": TINY, "training_file": f.id, "hyperparameters": {"n_epochs": 1, "batch_size": 4}}
+
+    def dry_run(**extra: object) -> dict[str, object]:
+        r = srv.http.post("/v1/fine_tuning/jobs/dry_run", json={**body, **extra})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    before = dry_run()
+    assert before["measured"] is None and before["fits_from"] == "estimate"
+    job = srv.client.fine_tuning.jobs.create(**body)
+    assert srv.wait_job(job.id, {"succeeded", "failed"}, timeout=180).status == "succeeded"
+    events = srv.client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    peak = next(e.data["peak_memory_gib"] for e in events if e.type == "metrics")  # newest first: the run's peak
+    after = dry_run()
+    assert after["measured"] == {"peak_memory_gib": round(peak, 3), "job": job.id}
+    assert after["fits_from"] == "measured" and after["fits"] is (peak <= 0.95 * after["gpu_memory_gib"])
+    assert after["memory_gib"] == before["memory_gib"]  # the estimate's own figures stay beside it
+    longer = dry_run(tunery={"training": {"max_seq_length": 2 * after["max_seq_length"]}})
+    assert longer["measured"] is None and longer["fits_from"] == "estimate"
 
 
 def test_a_judge_adds_its_reading_and_scoring_of_every_sampled_answer():
