@@ -243,11 +243,3 @@ class WeightsIn:
         finally:
             for p, own, _ in self._copies:
                 p.data = own
-
-
-@contextlib.contextmanager
-def weights_in(model: Any, dtype: Any | None) -> Iterator[None]:
-    """``model``'s floating-point parameters in ``dtype`` for the block, then the very tensors they were
-    (:class:`WeightsIn`, used once)."""
-    with WeightsIn(model, dtype).active():
-        yield

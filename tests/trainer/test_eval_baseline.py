@@ -1,6 +1,6 @@
 """The baseline of an eval report is measured with a fresh LoRA adapter disabled (trainer/evaluation.py's
 adds_nothing): only where that gives the base's outputs bit for bit, which is checked here on the tiny Llama. And the
-precision reports are measured in (trainer/loading.py's eval_dtype and weights_in): bf16 for an fp32 model on a CPU
+precision reports are measured in (trainer/loading.py's eval_dtype and WeightsIn): bf16 for an fp32 model on a CPU
 with native bf16 under ``auto``, the training's own weights given back bit for bit."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from trainer.evaluation import adds_nothing, masked_logits
-from trainer.loading import eval_dtype, weights_in
+from trainer.loading import WeightsIn, eval_dtype
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -86,7 +86,7 @@ def test_reports_measure_in_bf16_where_the_cpu_has_it_and_the_weights_come_back_
     assert eval_dtype(model, "auto") == (torch.bfloat16 if native else None)
     assert eval_dtype(model, "full") is None
     full = _logits(model)
-    with weights_in(model, torch.bfloat16):
+    with WeightsIn(model, torch.bfloat16).active():
         assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
         assert eval_dtype(model, "auto") is None  # a model already in bf16 is measured as it is
         half = _logits(model).float()
@@ -95,12 +95,12 @@ def test_reports_measure_in_bf16_where_the_cpu_has_it_and_the_weights_come_back_
     assert torch.argmax(half, dim=-1).eq(torch.argmax(full, dim=-1)).float().mean() > 0.9
     for n, p in model.named_parameters():
         assert p is params[n] and p.dtype == torch.float32 and torch.equal(p, before[n]), n
-    with weights_in(model, None):  # None: nothing changes
+    with WeightsIn(model, None).active():  # None: nothing changes
         assert torch.equal(_logits(model), full)
     # The baseline's way: the adapter disabled, the base alone measured in bf16.
     with model.disable_adapter():
         base = _logits(model)
-        with weights_in(model, torch.bfloat16):
+        with WeightsIn(model, torch.bfloat16).active():
             base_half = _logits(model).float()
     assert (base_half - base).abs().max() < 0.05 * base.std() and not torch.equal(base, full)
     for n, p in model.named_parameters():
