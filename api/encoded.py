@@ -12,8 +12,9 @@ A key is what decides the object, read with the ids: for a job, its id and its `
 of the row, the optimistic lock: tunery/db/models.py, and checked by tests/test_architecture.py for plain UPDATEs);
 for an event, its id (events are never changed); for a file or a model, the few columns its object shows, whole. So a
 change made by any process (another API replica, the scheduler, a trainer's report) is seen at once, with no
-invalidation to send. Objects that show more than their row (a queued job's queue position) are not kept. Bounded:
-the least recently used entries go first.
+invalidation to send. Objects that show more than their row (a queued job's queue position) are not kept. Bounded in
+bytes (``TUNERY_API_CACHE_MB``): the least recently used entries go first. The default, 64 MB, keeps about 50,000
+jobs, or 200,000 events, or a mix.
 """
 
 from __future__ import annotations
@@ -50,11 +51,18 @@ class EncodedPage:
     has_more: bool
 
 
-class EncodedCache:
-    """``key -> bytes``, thread-safe, least recently used out first past ``entries`` (0: keeps nothing)."""
+# What an entry costs beyond its bytes: its key (a tuple of an encoding's name, a kind, an id and a version), the
+# bytes object's header and the ordered dict's node, about, in CPython.
+ENTRY_OVERHEAD = 256
 
-    def __init__(self, entries: int):
-        self.entries = entries
+
+class EncodedCache:
+    """``key -> bytes``, thread-safe, least recently used out first past ``max_bytes`` (their bytes and
+    :data:`ENTRY_OVERHEAD` each; 0 keeps nothing)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._data: OrderedDict[Hashable, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -71,13 +79,19 @@ class EncodedCache:
             return data
 
     def put(self, key: Hashable, data: bytes) -> None:
-        if self.entries <= 0:
+        size = len(data) + ENTRY_OVERHEAD
+        if size > self.max_bytes:
             return
         with self._lock:
+            old = self._data.get(key)
+            if old is not None:
+                self.bytes -= len(old) + ENTRY_OVERHEAD
             self._data[key] = data
             self._data.move_to_end(key)
-            while len(self._data) > self.entries:
-                self._data.popitem(last=False)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, gone = self._data.popitem(last=False)
+                self.bytes -= len(gone) + ENTRY_OVERHEAD
 
     def encoded(self, encoding: Encoding, key: tuple[Hashable, ...], build: Callable[[], BaseModel]) -> bytes:
         """The encoding kept for ``key``, or ``build()``'s, kept."""

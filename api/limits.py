@@ -77,10 +77,14 @@ class _Body:
     """One request's body as the app reads it: counted against its limit, cut off past it."""
 
     def __init__(self, scope: Scope, receive: Receive, limit: BodyLimit):
-        headers = Headers(scope=scope)
-        length = headers.get("content-length")
+        length, chunked = None, False
+        for name, value in scope["headers"]:  # lower-case names (ASGI); the first Content-Length, as Starlette's
+            if name == b"content-length" and length is None:
+                length = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                chunked = True
         self.declared = int(length) if length is not None and length.isdigit() else None
-        self.has_body = bool(self.declared) or "transfer-encoding" in headers
+        self.has_body = bool(self.declared) or chunked
         self.receive = receive
         self.limit = limit
         self.seen = 0

@@ -207,7 +207,7 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
         # The metadata store's state (jobs by status, queue age) comes from the process that schedules: the leader.
         metrics.watch_state(db, scheduler.is_leading)
 
-    supervisor = serving = None
+    supervisor = serving = ctx = None
     if role == "scheduler":
         app = health_app(holder["s"], metrics if settings.metrics_enabled else None)
     else:
@@ -219,9 +219,8 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
         ensure_default_rows(db, settings)  # the default organization and project, as the admin API lists them
         supervisor = make_vllm_supervisor(settings)
         serving = make_serving(settings, store, supervisor)
-        app = create_app(
-            AppContext(settings=settings, db=db, store=store, serving=serving, wake_scheduler=wake, metrics=metrics)
-        )
+        ctx = AppContext(settings=settings, db=db, store=store, serving=serving, wake_scheduler=wake, metrics=metrics)
+        app = create_app(ctx)
 
     if reporting is not None:
         reporting.start()
@@ -229,6 +228,8 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
         holder["s"].start()
 
     def shutdown() -> None:
+        if ctx is not None:
+            ctx.close()
         if serving is not None:
             serving.close()
         if supervisor is not None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import quote
 
-from sqlalchemy import ColumnElement, delete, or_
+from sqlalchemy import BindParameter, ColumnElement, delete, or_
 from sqlalchemy.orm import Session
 
 from tunery.db import Database, File
@@ -34,8 +34,9 @@ def report_prefix(file_id: str) -> str:
     return f"reports/files/{file_id}/"
 
 
-def live(at: int | None = None) -> ColumnElement[bool]:
-    """The files not expired at ``at`` (now by default): without ``expires_at``, or with it still ahead."""
+def live(at: int | BindParameter[int] | None = None) -> ColumnElement[bool]:
+    """The files not expired at ``at`` (now by default; a bound parameter in a statement built once): without
+    ``expires_at``, or with it still ahead."""
     t = int(time.time()) if at is None else at
     return or_(File.expires_at.is_(None), File.expires_at > t)
 

@@ -233,9 +233,9 @@ class Settings(BaseSettings):
     # database work on, at most, per process (api/context.py's run_read); other blocking work has anyio's pool of 40.
     # Unset: resolved_api_read_threads.
     api_read_threads: int | None = Field(default=None, ge=1)
-    # Objects the reads keep encoded (JSON for REST, protobuf for gRPC), each for one version of its rows
-    # (api/encoded.py): about 1 KB each; 0 keeps none.
-    api_cache_entries: int = Field(default=50_000, ge=0)
+    # Megabytes of the objects the reads keep encoded (JSON for REST, protobuf for gRPC), each for one version of its
+    # rows (api/encoded.py): a job about 1.3 KB, an event 0.3 KB with what keeping it costs; 0 keeps none.
+    api_cache_mb: int = Field(default=64, ge=0)
 
     # PostgreSQL metadata store and several scheduler replicas on it.
     # Connection pool of each process (API threads, scheduler and reporting share it); not used for SQLite.

@@ -13,15 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, exists, or_, select
+from sqlalchemy import BindParameter, ColumnElement, exists, or_, select
 from sqlalchemy.orm import Session
 
 from tunery.aliases import find_alias
 from tunery.db import CheckpointPermission, FineTunedModel
 
 
-def usable_by(organization_id: str, project_id: str) -> ColumnElement[bool]:
-    """The condition a fine-tuned model row meets when the project may use it: its own, or shared with it."""
+def usable_by(organization_id: str | BindParameter[str], project_id: str | BindParameter[str]) -> ColumnElement[bool]:
+    """The condition a fine-tuned model row meets when the project may use it: its own, or shared with it (the
+    tenant may be bound parameters, in a statement built once)."""
     shared = exists().where(
         CheckpointPermission.model_id == FineTunedModel.id,
         CheckpointPermission.grantee_project_id == project_id,

@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, Integer, String, bindparam, select
 from sqlalchemy.orm import Session
 
-from api.context import AppContext, Tenant
+from api.context import BOUND_TENANT, AppContext, Tenant
 from api.encoded import EncodedPage, Encoding
 from api.errors import InvalidRequest, NotFound, TooLarge, Unavailable
-from api.pagination import AnyRow, page
+from api.pagination import AnyRow, Pager
 from api.protocol.files import (
     CreateFileRequest,
     FileDeleted,
@@ -50,6 +50,23 @@ FILE_COLUMNS = (
     File.status,
     File.status_details,
 )
+
+# The reads clients poll, built once (api/pagination.py's Pager) and run without the ORM (Database.read): the tenant's
+# live files (bound to FileService._params), a page of them (with a purpose or not, newest or oldest first), or one.
+_MINE = (File.organization_id == BOUND_TENANT.organization_id, File.project_id == BOUND_TENANT.project_id)
+_LIVE: tuple[ColumnElement[bool], ...] = (*_MINE, live(bindparam("now", type_=Integer())))
+_LISTED = select(*FILE_COLUMNS).where(*_LIVE)
+_PAGES = {
+    (purpose, newest_first): Pager(
+        File,
+        _LISTED.where(File.purpose == bindparam("purpose", type_=String())) if purpose else _LISTED,
+        newest_first=newest_first,
+        columns=True,
+    )
+    for purpose in (False, True)
+    for newest_first in (False, True)
+}
+_FILE = _LISTED.where(File.id == bindparam("file_id", type_=String()))
 
 
 def file_object(f: File | AnyRow) -> FileObject:
@@ -271,8 +288,7 @@ class FileService:
                 quotas.release(s, reservation)
 
     def list(self, req: ListFilesRequest) -> FileList:
-        with self.ctx.db.session() as s:
-            rows, more = self._page(s, req)
+        rows, more = self._page(req)
         return FileList.of([file_object(r) for r in rows], more)
 
     def retrieve(self, file_id: str) -> FileObject:
@@ -282,32 +298,30 @@ class FileService:
     # ---- what a file's object shows
     def list_encoded(self, req: ListFilesRequest, encoding: Encoding) -> EncodedPage:
         """:meth:`list`, encoded."""
-        with self.ctx.db.session() as s:
-            rows, more = self._page(s, req)
+        rows, more = self._page(req)
         return EncodedPage([r.id for r in rows], [self._encoded(r, encoding) for r in rows], more)
 
     def retrieve_encoded(self, file_id: str, encoding: Encoding) -> bytes:
         """:meth:`retrieve`, encoded."""
         return self._encoded(self._row(file_id), encoding)
 
-    def _page(self, s: Session, req: ListFilesRequest) -> tuple[Sequence[AnyRow], bool]:
+    def _page(self, req: ListFilesRequest) -> tuple[Sequence[AnyRow], bool]:
         """A page of the tenant's live files' :data:`FILE_COLUMNS`."""
-        q = select(*FILE_COLUMNS).where(*self._mine())
-        if req.purpose:
-            q = q.where(File.purpose == req.purpose)
-        return page(s, File, q, after=req.after, limit=req.limit, newest_first=req.order == "desc", columns=True)
+        pager = _PAGES[bool(req.purpose), req.order == "desc"]
+        with self.ctx.db.read() as conn:
+            return pager.page(conn, self._params(purpose=req.purpose), after=req.after, limit=req.limit)
 
     def _row(self, file_id: str) -> AnyRow:
         """One of the tenant's live files' :data:`FILE_COLUMNS`; NotFound as :func:`find_file`."""
-        with self.ctx.db.session() as s:
-            row = s.execute(select(*FILE_COLUMNS).where(File.id == file_id, *self._mine())).first()
+        with self.ctx.db.read() as conn:
+            row = conn.execute(_FILE, self._params(file_id=file_id)).first()
         if row is None:
             raise file_not_found(file_id)
         return row
 
-    def _mine(self) -> tuple[ColumnElement[bool], ...]:
-        t = self.tenant
-        return (File.organization_id == t.organization_id, File.project_id == t.project_id, live())
+    def _params(self, **values: str | None) -> dict[str, object]:
+        """The values of the statements built once below: the tenant, now (for :func:`live`), and ``values``."""
+        return {**self.tenant.params(), "now": int(time.time()), **values}
 
     def _encoded(self, row: AnyRow, encoding: Encoding) -> bytes:
         return self.ctx.encoded.encoded(encoding, ("file", *row), lambda: file_object(row))

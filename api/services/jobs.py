@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import BindParameter, ColumnElement, Connection, String, bindparam, select
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.interfaces import ORMOption
 
-from api.context import AppContext, Tenant
+from api.context import BOUND_TENANT, AppContext, BoundTenant, Tenant
 from api.encoded import EncodedPage, Encoding
 from api.errors import InvalidRequest, NotFound
-from api.pagination import page
+from api.pagination import AnyRow, Pager, page
 from api.protocol.jobs import (
     CheckpointMetrics,
     CheckpointTunery,
@@ -110,7 +110,8 @@ def job_objects(s: Session, jobs: list[Job]) -> list[FineTuningJob]:
     return [job_object(j, positions.get(j.id)) for j in jobs]
 
 
-def event_object(e: JobEvent) -> FineTuningJobEvent:
+def event_object(e: JobEvent | AnyRow) -> FineTuningJobEvent:
+    """An event's object, from its ORM row or a row of :data:`EVENT_COLUMNS`."""
     return FineTuningJobEvent(
         id=e.id,
         created_at=e.created_at,
@@ -153,10 +154,28 @@ def best_checkpoint_step(metrics_by_step: list[tuple[int, dict[str, Any] | None]
 NOT_SHOWN = (defer(Job.plan), defer(Job.runtime))
 
 
-def owned(t: Tenant, kind: JobKind = JobKind.fine_tune) -> tuple[ColumnElement[bool], ...]:
+def owned(t: Tenant | BoundTenant, kind: JobKind = JobKind.fine_tune) -> tuple[ColumnElement[bool], ...]:
     """The condition a job row of the tenant, of ``kind``, meets: the fine-tuning routes see fine-tuning jobs only
-    (an evaluation, api/services/evaluations.py, is another kind of job and never one of OpenAI's)."""
+    (an evaluation, api/services/evaluations.py, is another kind of job and never one of OpenAI's). A
+    :class:`BoundTenant` for a statement built once."""
     return (Job.organization_id == t.organization_id, Job.project_id == t.project_id, Job.kind == kind)
+
+
+# The reads clients poll, built once (api/pagination.py's Pager) and run on a connection without the ORM
+# (Database.read); their tenant bound to Tenant.params, the job's id to ``job_id``.
+_OWNED = owned(BOUND_TENANT)
+_JOB_ID = bindparam("job_id", type_=String())
+_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
+_VERSION = select(Job.version).where(Job.id == _JOB_ID, *_OWNED)
+_STATUS = select(Job.status).where(Job.id == _JOB_ID, *_OWNED)
+_VERSIONS = Pager(Job, select(Job.id, Job.version).where(*_OWNED), columns=True)
+# What an event's object shows: a page of events is read whole (an event's encoding is kept by its id alone).
+EVENT_COLUMNS = (JobEvent.id, JobEvent.created_at, JobEvent.level, JobEvent.message, JobEvent.type, JobEvent.data)
+_EVENTS = select(*EVENT_COLUMNS).where(JobEvent.job_id == _JOB_ID)
+_EVENT_PAGES = Pager(JobEvent, _EVENTS, columns=True)
+_EVENT_PAGES_AFTER = Pager(JobEvent, _EVENTS, newest_first=False, columns=True)
+_JOBS = select(Job).where(Job.id.in_(_IDS)).options(*NOT_SHOWN)
+_EVENT = select(JobEvent.pk).where(JobEvent.job_id == _JOB_ID, JobEvent.id == bindparam("event_id", type_=String()))
 
 
 def find_job(s: Session, t: Tenant, job_id: str, *options: ORMOption) -> Job:
@@ -282,27 +301,27 @@ class JobService:
         if req.metadata:
             listed = self.list(req)
             return EncodedPage([j.id for j in listed.data], [encoding.encode(j) for j in listed.data], listed.has_more)
-        with self.ctx.db.session() as s:
-            q = select(Job.id, Job.version).where(*owned(self.tenant))
-            rows, more = page(s, Job, q, after=req.after, limit=req.limit, columns=True)
-            return EncodedPage([job_id for job_id, _ in rows], self._encoded(s, rows, encoding), more)
+        with self.ctx.db.read() as conn:
+            rows, more = _VERSIONS.page(conn, self.tenant.params(), after=req.after, limit=req.limit)
+            return EncodedPage([job_id for job_id, _ in rows], self._encoded(conn, rows, encoding), more)
 
     def retrieve_encoded(self, job_id: str, encoding: Encoding) -> bytes:
         """:meth:`retrieve`, encoded."""
-        with self.ctx.db.session() as s:
-            version = s.scalar(select(Job.version).where(Job.id == job_id, *owned(self.tenant)))
+        with self.ctx.db.read() as conn:
+            version = conn.execute(_VERSION, {**self.tenant.params(), "job_id": job_id}).scalar()
             if version is None:
                 raise job_not_found(job_id)
-            return self._encoded(s, [(job_id, version)], encoding)[0]
+            return self._encoded(conn, [(job_id, version)], encoding)[0]
 
-    def _encoded(self, s: Session, versions: Sequence[tuple[str, int]], encoding: Encoding) -> Sequence[bytes]:
+    def _encoded(self, conn: Connection, versions: Sequence[tuple[str, int]], encoding: Encoding) -> Sequence[bytes]:
         """Each job's encoding, in order: kept when built from the same version of its row, else loaded and built
         (:func:`job_objects`), and kept unless the object shows more than its row (a queue position)."""
 
         def load(missing: list[str]) -> Iterator[tuple[str, int, BaseModel, bool]]:
-            rows = list(s.scalars(select(Job).where(Job.id.in_(missing)).options(*NOT_SHOWN)))
-            for job, obj in zip(rows, job_objects(s, rows), strict=True):
-                yield job.id, job.version, obj, not _shows_queue(job)
+            with self.ctx.db.orm(conn) as s:
+                rows = list(s.scalars(_JOBS, {"ids": missing}))
+                for job, obj in zip(rows, job_objects(s, rows), strict=True):
+                    yield job.id, job.version, obj, not _shows_queue(job)
 
         return self.ctx.encoded.encoded_all(encoding, "job", versions, load)
 
@@ -376,13 +395,12 @@ class JobService:
 
     def events_encoded(self, job_id: str, req: ListJobEventsRequest, encoding: Encoding) -> EncodedPage:
         """:meth:`events`, encoded; an event never changes, so its encoding is kept by its id."""
-        with self.ctx.db.session() as s:
-            if s.scalar(select(Job.pk).where(Job.id == job_id, *owned(self.tenant))) is None:
+        params = {**self.tenant.params(), "job_id": job_id}
+        with self.ctx.db.read() as conn:
+            if conn.execute(_VERSION, params).scalar() is None:
                 raise job_not_found(job_id)
-            q = select(JobEvent.id).where(JobEvent.job_id == job_id)
-            rows, more = page(s, JobEvent, q, after=req.after, limit=req.limit, columns=True)
-            ids = [event_id for (event_id,) in rows]
-            return EncodedPage(ids, self._events_encoded(s, ids, encoding), more)
+            rows, more = _EVENT_PAGES.page(conn, params, after=req.after, limit=req.limit)
+        return EncodedPage([e.id for e in rows], self._events_encoded(rows, encoding), more)
 
     def events_after(
         self, job_id: str, after: str | None, encoding: Encoding, limit: int = 200
@@ -392,27 +410,24 @@ class JobService:
         one: the final event is written with the status, in one transaction). For a client that follows a job live
         (the gRPC ``WatchEvents``). An ``after`` that is not one of this job's events is refused: a stream that
         silently restarted from the start would repeat events."""
-        with self.ctx.db.session() as s:
-            status = s.scalar(select(Job.status).where(Job.id == job_id, *owned(self.tenant)))
+        params = {**self.tenant.params(), "job_id": job_id}
+        with self.ctx.db.read() as conn:
+            status = conn.execute(_STATUS, params).scalar()
             if status is None:
                 raise job_not_found(job_id)
-            q = select(JobEvent.id).where(JobEvent.job_id == job_id)
-            if after:
-                cursor = s.scalar(select(JobEvent.pk).where(JobEvent.job_id == job_id, JobEvent.id == after))
-                if cursor is None:
-                    raise InvalidRequest(f"No event {after!r} of job {job_id}.", param="after", code="invalid_cursor")
-                q = q.where(JobEvent.pk > cursor)
-            ids = list(s.scalars(q.order_by(JobEvent.pk).limit(limit + 1)))
-            more = len(ids) > limit
-            page_ = EncodedPage(ids[:limit], self._events_encoded(s, ids[:limit], encoding), more)
-            return page_, status in jobstate.TERMINAL and not more
+            rows, more = _EVENT_PAGES_AFTER.page(conn, params, after=after, limit=limit)
+            if after and not rows and not self._has_event(conn, job_id, after):
+                raise InvalidRequest(f"No event {after!r} of job {job_id}.", param="after", code="invalid_cursor")
+        page_ = EncodedPage([e.id for e in rows], self._events_encoded(rows, encoding), more)
+        return page_, status in jobstate.TERMINAL and not more
 
-    def _events_encoded(self, s: Session, ids: Sequence[str], encoding: Encoding) -> Sequence[bytes]:
-        def load(missing: list[str]) -> Iterator[tuple[str, int, BaseModel, bool]]:
-            for e in s.scalars(select(JobEvent).where(JobEvent.id.in_(missing))):
-                yield e.id, 0, event_object(e), True
+    @staticmethod
+    def _has_event(conn: Connection, job_id: str, event_id: str) -> bool:
+        return conn.execute(_EVENT, {"job_id": job_id, "event_id": event_id}).first() is not None
 
-        return self.ctx.encoded.encoded_all(encoding, "event", [(i, 0) for i in ids], load)
+    def _events_encoded(self, rows: Sequence[AnyRow], encoding: Encoding) -> Sequence[bytes]:
+        cache = self.ctx.encoded
+        return [cache.encoded(encoding, ("event", e.id), lambda e=e: event_object(e)) for e in rows]  # type: ignore[misc]
 
     def checkpoints(self, job_id: str, req: ListJobCheckpointsRequest) -> ListFineTuningJobCheckpointsResponse:
         """The job's checkpoints whose models exist, newest first, the run's best one marked (``tunery.best``)."""

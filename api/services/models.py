@@ -12,7 +12,7 @@ from anyio import to_thread
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.context import AppContext, Tenant
+from api.context import BOUND_TENANT, AppContext, Tenant
 from api.encoded import Encoding
 from api.errors import InvalidRequest, NotFound, PermissionDenied, Unavailable
 from api.pagination import AnyRow
@@ -42,6 +42,14 @@ def _created(path: str) -> int:
         return int(os.stat(path).st_mtime)
     except OSError:
         return 0
+
+
+# The list clients poll, built once and run without the ORM (Database.read), its tenant bound to Tenant.params.
+_USABLE = (
+    select(FineTunedModel.id, FineTunedModel.created_at, FineTunedModel.owned_by)
+    .where(usable_by(BOUND_TENANT.organization_id, BOUND_TENANT.project_id))
+    .order_by(FineTunedModel.pk.desc())
+)
 
 
 def model_not_found(model: str) -> NotFound:
@@ -132,15 +140,8 @@ class ModelService:
     def _rows(self) -> Sequence[AnyRow]:
         """The fine-tuned models the tenant may use (its own, and those shared with it), newest first: what their
         objects show."""
-        t = self.tenant
-        with self.ctx.db.session() as s:
-            return list(
-                s.execute(
-                    select(FineTunedModel.id, FineTunedModel.created_at, FineTunedModel.owned_by)
-                    .where(usable_by(t.organization_id, t.project_id))
-                    .order_by(FineTunedModel.pk.desc())
-                )
-            )
+        with self.ctx.db.read() as conn:
+            return list(conn.execute(_USABLE, self.tenant.params()))
 
     def retrieve(self, model: str) -> Model:
         bases = self.ctx.settings.base_model_paths()

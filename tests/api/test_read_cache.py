@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from sqlalchemy import select
 
 from api.context import AppContext, Tenant
-from api.encoded import JSON, EncodedCache, EncodedPage, Encoding
+from api.encoded import ENTRY_OVERHEAD, JSON, EncodedCache, EncodedPage, Encoding
 from api.errors import NotFound
 from api.grpc.convert import encoding, list_message, page_message, to_message
 from api.protocol.files import CreateFileRequest, FileList, ListFilesRequest
@@ -211,12 +211,17 @@ def test_json_reads_answer_only_the_tenants_objects(ctx: AppContext) -> None:
 
 
 def test_the_cache_keeps_the_most_recently_used_entries() -> None:
-    cache = EncodedCache(entries=2)
+    cache = EncodedCache(max_bytes=2 * (1 + ENTRY_OVERHEAD))  # room for two entries of one byte
     cache.put("a", b"1")
     cache.put("b", b"2")
     assert cache.get("a") == b"1"  # a is now the most recent
     cache.put("c", b"3")
     assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == (b"1", None, b"3", 2)
+    assert cache.bytes == 2 * (1 + ENTRY_OVERHEAD)
+    cache.put("a", b"12")  # a larger entry: room for it alone
+    assert (cache.get("a"), cache.get("c"), len(cache), cache.bytes) == (b"12", None, 1, 2 + ENTRY_OVERHEAD)
+    cache.put("big", b"x" * (2 * ENTRY_OVERHEAD + 3))  # larger than the whole cache: not kept, nothing evicted
+    assert (cache.get("big"), cache.get("a")) == (None, b"12")
     built: list[int] = []
 
     class Obj:
@@ -226,6 +231,6 @@ def test_the_cache_keeps_the_most_recently_used_entries() -> None:
 
     assert cache.encoded(JSON, ("d",), Obj) == cache.encoded(JSON, ("d",), Obj) == b'{"x":1}'  # type: ignore[arg-type]
     assert len(built) == 1
-    off = EncodedCache(entries=0)
+    off = EncodedCache(max_bytes=0)
     off.put("a", b"1")
     assert off.get("a") is None
