@@ -22,9 +22,10 @@ from api.protocol.aliases import (
     UpdateAliasRequest,
 )
 from api.protocol.base import Name
+from api.routing import API_PREFIX
 from api.services.aliases import AliasService
 
-router = APIRouter(prefix="/tunery/aliases", responses=ERROR_RESPONSES)
+router = APIRouter(prefix=f"{API_PREFIX}/tunery/aliases", responses=ERROR_RESPONSES)
 
 
 async def alias_service(request: Request) -> AliasService:

@@ -13,9 +13,10 @@ from api.context import AppContext, get_ctx
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
 from api.protocol.audit import AuditLogList
+from api.routing import API_PREFIX
 from api.services.audit import AuditLogQuery, AuditLogService
 
-router = APIRouter(prefix="/organization", responses=ERROR_RESPONSES)
+router = APIRouter(prefix=f"{API_PREFIX}/organization", responses=ERROR_RESPONSES)
 
 
 def _ids(name: str, description: str) -> list[str]:

@@ -12,9 +12,10 @@ from api.auth import request_tenant
 from api.context import get_ctx
 from api.errors import ERROR_RESPONSES
 from api.protocol.chat import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
+from api.routing import API_PREFIX
 from api.services.chat import ChatService, EventStream
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
 async def chat_service(request: Request) -> ChatService:

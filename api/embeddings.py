@@ -9,9 +9,10 @@ from api.auth import request_tenant
 from api.context import get_ctx
 from api.errors import ERROR_RESPONSES
 from api.protocol.embeddings import EmbeddingList, EmbeddingRequest
+from api.routing import API_PREFIX
 from api.services.embeddings import EmbeddingService
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
 async def embedding_service(request: Request) -> EmbeddingService:

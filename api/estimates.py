@@ -13,9 +13,10 @@ from fastapi import APIRouter, Depends
 from api.errors import ERROR_RESPONSES
 from api.jobs import job_service
 from api.protocol.jobs import CreateJob, FineTuningJobEstimate
+from api.routing import API_PREFIX
 from api.services.jobs import JobService
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
 @router.post("/fine_tuning/jobs/dry_run")

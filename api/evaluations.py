@@ -12,10 +12,11 @@ from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
 from api.protocol.base import Name
 from api.protocol.evaluations import CreateEvaluationRequest, Evaluation, EvaluationList, ListEvaluationsRequest
+from api.routing import API_PREFIX
 from api.services.evaluations import EvaluationService
 from tunery.evalreport import EvalReport
 
-router = APIRouter(prefix="/tunery/evaluations", responses=ERROR_RESPONSES)
+router = APIRouter(prefix=f"{API_PREFIX}/tunery/evaluations", responses=ERROR_RESPONSES)
 
 
 async def evaluation_service(request: Request) -> EvaluationService:

@@ -13,9 +13,10 @@ from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
 from api.protocol.base import Name
 from api.protocol.exports import CreateExportRequest, Export, ExportList, ListExportsRequest
+from api.routing import API_PREFIX
 from api.services.exports import ExportService
 
-router = APIRouter(prefix="/tunery/exports", responses=ERROR_RESPONSES)
+router = APIRouter(prefix=f"{API_PREFIX}/tunery/exports", responses=ERROR_RESPONSES)
 
 
 async def export_service(request: Request) -> ExportService:

@@ -29,12 +29,13 @@ from api.protocol.files import (
     FileValidationReport,
     ListFilesRequest,
 )
+from api.routing import API_PREFIX
 from api.services.files import FileService, file_too_large
 from api.streams import multipart_body, multipart_form
 from tunery.db.models import UPLOAD_PURPOSES
 from tunery.storage import content_disposition
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
 async def file_service(request: Request) -> FileService:

@@ -10,9 +10,10 @@ from api.auth import request_tenant
 from api.context import get_ctx
 from api.errors import ERROR_RESPONSES
 from api.protocol.graders import RunGraderRequest, RunGraderResponse, ValidateGraderRequest, ValidateGraderResponse
+from api.routing import API_PREFIX
 from api.services.graders import GraderService
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
 async def grader_service(request: Request) -> GraderService:

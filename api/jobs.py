@@ -26,10 +26,11 @@ from api.protocol.jobs import (
     ListJobsRequest,
     ListPaginatedFineTuningJobsResponse,
 )
+from api.routing import API_PREFIX
 from api.services.jobs import JobService
 from tunery.evalreport import EvalReport
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
 async def job_service(request: Request) -> JobService:

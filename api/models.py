@@ -12,10 +12,11 @@ from api.encoded import JSON
 from api.errors import ERROR_RESPONSES
 from api.protocol.base import Name
 from api.protocol.models import Model, ModelDeleted, ModelList
+from api.routing import API_PREFIX
 from api.services.models import ModelService
 from tunery.storage import content_disposition
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
 async def model_service(request: Request) -> ModelService:

@@ -34,9 +34,10 @@ from api.protocol.organization import (
     ServiceAccountList,
     ServiceAccountUpdate,
 )
+from api.routing import API_PREFIX
 from api.services.organization import OrganizationService
 
-router = APIRouter(prefix="/organization", responses=ERROR_RESPONSES)
+router = APIRouter(prefix=f"{API_PREFIX}/organization", responses=ERROR_RESPONSES)
 
 
 def organization_service(ctx: AppContext = Depends(get_ctx), p: Principal = Depends(principal)) -> OrganizationService:

@@ -9,9 +9,10 @@ from api.errors import ERROR_RESPONSES
 from api.jobs import job_service
 from api.protocol.base import Name
 from api.protocol.jobs import FineTuningJob
+from api.routing import API_PREFIX
 from api.services.jobs import JobService
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/pause")

@@ -18,9 +18,10 @@ from api.protocol.permissions import (
     CreateCheckpointPermissionRequest,
     ListCheckpointPermissionsRequest,
 )
+from api.routing import API_PREFIX
 from api.services.permissions import PermissionService
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 PATH = "/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:path}/permissions"
 
 

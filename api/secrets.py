@@ -10,10 +10,11 @@ from api.auth import request_principal
 from api.context import get_ctx
 from api.errors import ERROR_RESPONSES
 from api.protocol.secrets import ProjectSecret, ProjectSecretDeleted, ProjectSecretList, SetSecretRequest
+from api.routing import API_PREFIX
 from api.services.secrets import SecretService
 from tunery.integrations import SecretName
 
-router = APIRouter(prefix="/tunery/secrets", responses=ERROR_RESPONSES)
+router = APIRouter(prefix=f"{API_PREFIX}/tunery/secrets", responses=ERROR_RESPONSES)
 
 
 async def secret_service(request: Request) -> SecretService:

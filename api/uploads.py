@@ -11,10 +11,11 @@ from api.context import AppContext, get_ctx
 from api.errors import ERROR_RESPONSES, InvalidRequest
 from api.limits import MULTIPART_OVERHEAD, narrow_body, upload_body
 from api.protocol.files import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
+from api.routing import API_PREFIX
 from api.services.uploads import UploadService, part_too_large
 from api.streams import multipart_body, multipart_form
 
-router = APIRouter(responses=ERROR_RESPONSES)
+router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
 def upload_service(ctx: AppContext = Depends(get_ctx), p: Principal = Depends(principal)) -> UploadService:

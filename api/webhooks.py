@@ -23,9 +23,10 @@ from api.protocol.webhooks import (
     WebhookEndpointList,
     WebhookEndpointWithSecret,
 )
+from api.routing import API_PREFIX
 from api.services.webhooks import WebhookService
 
-router = APIRouter(prefix="/webhook_endpoints", responses=ERROR_RESPONSES)
+router = APIRouter(prefix=f"{API_PREFIX}/webhook_endpoints", responses=ERROR_RESPONSES)
 
 
 async def webhook_service(request: Request) -> WebhookService:

@@ -68,7 +68,7 @@ def rest_path_types() -> dict[tuple[str, str], dict[str, Any]]:
     """(method, route template) of every /v1 route: the type of each path parameter, as the route declares it."""
     from fastapi.routing import APIRoute
 
-    from api.app import API_MODULES, API_PREFIX
+    from api.app import API_MODULES
 
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for module in API_MODULES:
@@ -80,7 +80,7 @@ def rest_path_types() -> dict[tuple[str, str], dict[str, Any]]:
                 info = field.field_info
                 params[field.name] = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
             for verb in route.methods or ():
-                found[(verb, API_PREFIX + route.path)] = params
+                found[(verb, route.path)] = params
     return found
 
 
