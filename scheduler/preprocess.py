@@ -22,6 +22,7 @@ from scheduler.claims import Claims, lapsed, release
 from scheduler.context import SchedulerContext, SchedulerPart
 from scheduler.runs import fail, fail_in
 from scheduler.validation import (
+    METHOD_FOR_KIND,
     MIX_PARAM,
     check_scan,
     file_error_code,
@@ -29,6 +30,7 @@ from scheduler.validation import (
     scan_stored,
     status_details,
     token_summary,
+    ungraded_file,
 )
 from tunery import estimate as estimates
 from tunery import hyperparams, ids, jobstate, servable
@@ -65,11 +67,16 @@ def parent_model_prefix(s: Session, job: Job) -> str | None:
     return parent.object_prefix if parent is not None else None
 
 
+# The kinds of job whose run may grade answers with a reinforcement job's grader: the job, and an evaluation of a
+# model it made (which grades a reinforcement file with it; the plan it carries is the job's).
+GRADING = (JobKind.fine_tune, JobKind.evaluation)
+
+
 def judge_names(job: Job) -> dict[str, str]:
     """The judge models a reinforcement job's grader names (its score_model graders'), each with where the first
-    grader that names it is (``method.reinforcement.grader.graders.j``); none for an evaluation or an export, which
-    grade nothing."""
-    if job.kind != JobKind.fine_tune:
+    grader that names it is (``method.reinforcement.grader.graders.j``); an evaluation of a model such a job made has
+    its job's (it may grade a reinforcement file with them); none for an export, which grades nothing."""
+    if job.kind not in GRADING:
         return {}
     plan = job.training_plan()
     rl = plan.reinforcement if plan is not None else None
@@ -84,7 +91,7 @@ def judge_names(job: Job) -> dict[str, str]:
 def cosine_metric(job: Job) -> str | None:
     """Where the first cosine metric of a reinforcement job's grader is (``method.reinforcement.grader.graders.c``):
     what needs the embedding model; None when it has none."""
-    if job.kind != JobKind.fine_tune:
+    if job.kind not in GRADING:
         return None
     plan = job.training_plan()
     rl = plan.reinforcement if plan is not None else None
@@ -351,7 +358,8 @@ class Preprocessor(SchedulerPart):
     def _validate_evaluation(self, job: Job, files: dict[str, File]) -> None:
         """An evaluation's file (and reference set): the tenant's, still there, without invalid lines, and holding
         examples with an answer to score: chat (scored as a validation file is) or preference pairs (also DPO's
-        rewards). A reinforcement file, which has no answers, fails the evaluation with ``invalid_file``."""
+        rewards); or reinforcement prompts for a model a reinforcement job made (graded by its grader). Reinforcement
+        prompts for another model, which nothing grades, fail the evaluation with ``invalid_file``."""
         model_folder = self.settings.base_model_paths().get(job.base_model)
         model = (job.base_model, model_folder) if model_folder else None
         plan = job.training_plan()
@@ -364,14 +372,11 @@ class Preprocessor(SchedulerPart):
                 return
             scan = scan_stored(self.store, f.object_key, self.scan_options(model, max_len))
             kind = scan.format.kind if scan.format is not None and param == EVAL_FILE_PARAM else "supervised"
-            if kind == "reinforcement":
-                message = (
-                    f"File {file_id} holds reinforcement data (prompts without answers): an evaluation scores chat or "
-                    "preference examples, each with the answer to score."
-                )
-                fail(self.db, job.id, JobError(ErrorCode.invalid_file, message, param))
+            graded = plan is not None and plan.reinforcement is not None
+            if kind == "reinforcement" and not graded:
+                fail(self.db, job.id, JobError(ErrorCode.invalid_file, ungraded_file(file_id, job.model), param))
                 return
-            check = check_scan(scan, f.id, param, method="dpo" if kind == "preference" else "supervised")
+            check = check_scan(scan, f.id, param, method=METHOD_FOR_KIND.get(kind, "supervised"))
             if check.error:
                 fail(self.db, job.id, check.error)
                 return

@@ -108,7 +108,7 @@ def build_spec(
     }
     try:
         if job.kind == JobKind.evaluation:
-            return _evaluation(job, files, parent_prefix, **where)
+            return _evaluation(job, files, parent_prefix, judges or {}, embedding_model, **where)
         if job.kind == JobKind.export:
             return _export(job, files, parent_prefix, **where)
         return _fine_tune(job, files, parent_prefix, judges or {}, embedding_model, integrations, **where)
@@ -166,10 +166,18 @@ def _fine_tune(
     )
 
 
-def _evaluation(job: Job, files: dict[str, File], model_prefix: str | None, **where: str) -> JobSpec:
+def _evaluation(
+    job: Job,
+    files: dict[str, File],
+    model_prefix: str | None,
+    judges: dict[str, JudgeSpec],
+    embedding_model: EmbeddingSpec | None,
+    **where: str,
+) -> JobSpec:
     """An evaluation's run (trainer/evaluate.py): the model ``job.model`` (its files under ``model_prefix``) against
     the file ``job.training_file``, with the job's ``tunery.eval`` options and the plan of the job that made the
-    model."""
+    model (and, for a reinforcement job's model, the judges and embedding model of its grader, to grade a
+    reinforcement file)."""
     data = data_file(files, job.training_file)
     if data is None or model_prefix is None:
         raise InputGone(job.training_file if data is None else job.model)
@@ -181,6 +189,8 @@ def _evaluation(job: Job, files: dict[str, File], model_prefix: str | None, **wh
         fine_tuned_model=job.model,
         training_file=data,
         init_adapter_prefix=model_prefix,
+        judges=judges,
+        embedding_model=embedding_model,
     )
 
 

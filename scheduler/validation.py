@@ -328,3 +328,12 @@ def _token_total(tokens: dict[str, Any]) -> str:
     if tokens.get("prompt_only"):  # reinforcement: nothing of the file is trained on
         return f"{tokens['total']} prompt tokens (none trained: the model learns from its sampled answers)"
     return f"{tokens['total']} tokens ({tokens['trained']} trained)"
+
+
+def ungraded_file(file_id: str, model: str) -> str:
+    """Why an evaluation of ``model`` refuses the reinforcement file ``file_id``: nothing grades its prompts."""
+    return (
+        f"File {file_id} holds reinforcement data (prompts without answers): an evaluation scores chat or preference "
+        f"examples, each with the answer to score, or grades reinforcement prompts with the grader of the "
+        f"reinforcement job that made the model, and {model} was not made by one."
+    )

@@ -25,6 +25,7 @@ from typing import Any
 
 from tunery import layout
 from tunery.evalreport import EvalOptions, EvalReport
+from tunery.graders import Embedder, Judge
 from tunery.jobspec import JobSpec
 from tunery.jobstate import EVAL_FILE_PARAM, ErrorCode
 from tunery.storage import ObjectStore, open_store
@@ -34,6 +35,7 @@ from .checkpoint import MANIFEST
 from .data_files import RECORD_TYPES, DataFileRead, read_data_file
 from .errors import TrainerError
 from .evaluation import Evaluator
+from .judge import TransformersEmbedder, TransformersJudge
 from .loading import fetch_model_files, load_base_model, load_parent_adapter, resolve_device, set_determinism
 from .methods import get_method
 from .reporter import Reporter
@@ -42,8 +44,10 @@ from .run import chat_tokenizer
 log = logging.getLogger("tunery.trainer.evaluate")
 
 DEFAULT_BETA = 0.1  # DPO's, for the rewards of a preference file scored for a model trained without a beta
-# What the file of an evaluation may hold: examples with an answer to score.
+# What the file of an evaluation may hold: examples with an answer to score, or prompts for a grader (a reinforcement
+# job's model, graded by its job's grader).
 SCORABLE = ("supervised", "preference")
+GRADED = "reinforcement"
 
 
 @dataclass
@@ -54,16 +58,18 @@ class EvaluationResult:
 
 
 def read_eval_file(store: ObjectStore, spec: JobSpec) -> tuple[DataFileRead, str]:
-    """The evaluation's file and the kind of its examples (chat: ``supervised``, or ``preference``). Other data (a
-    reinforcement file has no answer to score) is a TrainerError ``invalid_file``."""
+    """The evaluation's file and the kind of its examples (chat: ``supervised``, ``preference``, or
+    ``reinforcement`` prompts for a model a reinforcement job made, graded by its grader). Other data (reinforcement
+    prompts for a model with no grader) is a TrainerError ``invalid_file``."""
     code = ErrorCode.invalid_file.value
     data_file = spec.data_file()
     result, sha, size = read_data_file(store, data_file, EVAL_FILE_PARAM, code)
     kind = result.format.kind if result.format is not None else "supervised"
-    if kind not in SCORABLE:
+    if kind not in SCORABLE and not (kind == GRADED and spec.plan.reinforcement is not None):
         raise TrainerError(
             f"file {data_file.file_id} holds {kind} data: an evaluation scores chat or preference examples "
-            "(each with the answer to score)",
+            "(each with the answer to score), or grades reinforcement prompts with the grader of the reinforcement "
+            "job that made the model",
             code=code,
             param=EVAL_FILE_PARAM,
         )
@@ -82,6 +88,16 @@ def model_manifest(store: ObjectStore, prefix: str) -> dict[str, Any]:
         raise TrainerError(
             f"the model has no complete files under {prefix}", code="model_not_available", param="model"
         ) from e
+
+
+def _grader_models(r: TrainingRun, workdir: str) -> tuple[Judge | None, Embedder | None]:
+    """The judges of a score_model grader and the embedding model of a cosine metric, as a reinforcement run loads
+    them (trainer/run.py; resolved by the scheduler: JobSpec.judges, JobSpec.embedding_model)."""
+    spec, device = r.spec, r.device
+    assert device is not None, "the device is chosen first"
+    judge = TransformersJudge(spec.judges, r.store, device.device, device.dtype, workdir) if spec.judges else None
+    embedding = spec.embedding_model
+    return judge, TransformersEmbedder(embedding, device.device, device.dtype) if embedding else None
 
 
 def load_full_model(store: ObjectStore, prefix: str, folder: Path, device: Any) -> Any:
@@ -116,17 +132,19 @@ def evaluate(
     set_determinism(spec.seed)
     model, tokenizer = load_base_model(spec.base_model_path, r.device)
     r.tokenizer = tokenizer
-    evaluator = Evaluator(r, chat_tokenizer(model, tokenizer), options)
-    evaluator.prepare(data, data)  # the file is the validation file: every figure and sample comes from it
-    reporter.event(
-        "info",
-        f"Evaluating {spec.fine_tuned_model} against {data_file.file_id} ({len(data.records)} examples)",
-        {"model": spec.fine_tuned_model, "file": data_file.file_id, "examples": len(data.records)},
-    )
-    stop.check()
-    evaluator.measure_baseline(model)
-    stop.check()
     with tempfile.TemporaryDirectory(prefix="tunery-evaluate-") as workdir:
+        judge, embedder = _grader_models(r, workdir) if kind == GRADED else (None, None)
+        evaluator = Evaluator(r, chat_tokenizer(model, tokenizer), options, judge, embedder)
+        # the file is the validation file: every figure and sample comes from it
+        evaluator.prepare(data, data, kind)
+        reporter.event(
+            "info",
+            f"Evaluating {spec.fine_tuned_model} against {data_file.file_id} ({len(data.records)} examples)",
+            {"model": spec.fine_tuned_model, "file": data_file.file_id, "examples": len(data.records)},
+        )
+        stop.check()
+        evaluator.measure_baseline(model)
+        stop.check()
         if plan.adapter == "full":
             del model
             model = load_full_model(store, model_prefix, Path(workdir) / "model", r.device)

@@ -158,10 +158,13 @@ class Evaluator:
                 out.texts.append(preview(record))
         return out
 
-    def prepare(self, train: DataFileRead, valid: DataFileRead | None) -> None:
-        """Choose and tokenize the validation conversations, the reference set and the sample prompts."""
+    def prepare(self, train: DataFileRead, valid: DataFileRead | None, kind: str | None = None) -> None:
+        """Choose and tokenize the validation conversations, the reference set and the sample prompts. ``kind``: what
+        the files hold (``supervised``, ``preference`` or ``reinforcement``), by default the data of the run's method
+        (an on-demand evaluation says, trainer/evaluate.py: a reinforcement job's model may be scored on chat data)."""
         opts = self.options
-        if self.run.method.info.data == "reinforcement":
+        kind = kind or self.run.method.info.data
+        if kind == "reinforcement":
             self._prepare_reinforcement(train, valid)
             return
         if valid is not None:
@@ -174,7 +177,7 @@ class Evaluator:
                     self.valid, self.rejected = _only(self.valid, keep), _only(self.rejected, keep)
         else:
             self.missing.append("validation loss and perplexity: the job has no validation file")
-            if self.run.method.info.data == "preference":
+            if kind == "preference":
                 self.missing.append("reward accuracy and margins: the job has no validation file")
         self._prepare_reference()
         source = valid if valid is not None else train

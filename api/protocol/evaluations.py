@@ -22,7 +22,8 @@ class CreateEvaluationRequest(TuneryExtension):
     )
     file: Name = Field(
         description="A file of the project (purpose fine-tune): chat examples, or preference pairs (then also DPO's "
-        "implicit rewards), scored as a job's validation file is."
+        "implicit rewards), scored as a job's validation file is; or, for a model a reinforcement job made, "
+        "reinforcement prompts, graded by its job's grader (the report's reward section)."
     )
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Picks the sample prompts; random when unset.")
     eval: ReportOptions | None = Field(

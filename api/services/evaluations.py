@@ -8,9 +8,10 @@ own resource, ``/v1/tunery/evaluations`` (ids ``evaljob-...``, object ``tunery.e
 The checks, in the other routes' words: the model is one the project may use (its own, or shared with it;
 otherwise the 404 of ``GET /v1/models/{model}``); a base model is refused (400 ``invalid_model``: a report compares
 a fine-tuned model against its base, and a base model has nothing to be compared with); the file is the project's,
-of purpose ``fine-tune`` and not refused by its validation (a 400 naming ``file``), and not reinforcement data, which
-has no answers to score (known at once when the file was validated at upload; otherwise the evaluation fails with
-``invalid_file`` when the scheduler validates it).
+of purpose ``fine-tune`` and not refused by its validation (a 400 naming ``file``), and holds chat examples or
+preference pairs, or reinforcement prompts for a model a reinforcement job made, which its job's grader grades (the
+report's ``reward`` section); reinforcement prompts for another model are refused (known at once when the file was
+validated at upload; otherwise the evaluation fails with ``invalid_file`` when the scheduler validates it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from api.protocol.jobs import FineTuningJobError
 from api.services.models import model_to_read
 from api.services.prepare import check_file
 from api.services.short_jobs import ShortJobService
+from scheduler.validation import ungraded_file
 from tunery import ids
 from tunery.audit import EventType
 from tunery.data import DataFormat
@@ -66,9 +68,10 @@ class EvaluationService(ShortJobService[Evaluation, EvaluationList]):
     list_type = EvaluationList
     to_object = staticmethod(evaluation_object)
 
-    def _check_format(self, f: File) -> None:
-        """A file validated at upload whose examples have no answers to score (reinforcement data) is refused now;
-        one not validated yet is checked by the scheduler."""
+    def _check_format(self, f: File, model: str, graded: bool) -> None:
+        """A file validated at upload whose examples have no answers to score (reinforcement data) is refused now,
+        unless the model's job has a grader (``graded``: a reinforcement job's model, graded by it); one not validated
+        yet is checked by the scheduler (the same rule, scheduler/preprocess.py's ``ungraded_file``)."""
         if f.status != "processed":
             return
         try:
@@ -76,13 +79,8 @@ class EvaluationService(ShortJobService[Evaluation, EvaluationList]):
             fmt = DataFormat(report.get("format"))
         except (ObjectNotFound, ValueError, TypeError):
             return
-        if fmt.kind not in ("supervised", "preference"):
-            raise InvalidRequest(
-                f"File {f.id} is in the {fmt.label} format ({fmt.kind} data, prompts without answers): an evaluation "
-                "scores chat or preference examples, each with the answer to score.",
-                param=EVAL_FILE_PARAM,
-                code="invalid_file",
-            )
+        if fmt.kind == "reinforcement" and not graded:
+            raise InvalidRequest(ungraded_file(f.id, model), param=EVAL_FILE_PARAM, code="invalid_file")
 
     def create(self, req: CreateEvaluationRequest) -> Evaluation:
         """A new evaluation, ``validating_files``: the scheduler validates its file, then queues it."""
@@ -107,7 +105,7 @@ class EvaluationService(ShortJobService[Evaluation, EvaluationList]):
                     param="model",
                     code="model_not_available",
                 )
-            self._check_format(check_file(s, t, req.file, EVAL_FILE_PARAM))
+            self._check_format(check_file(s, t, req.file, EVAL_FILE_PARAM), req.model, plan.reinforcement is not None)
             if options.reference_file is not None:
                 check_file(s, t, options.reference_file, REFERENCE)
             job_id = ids.evaluation_id()

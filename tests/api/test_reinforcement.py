@@ -12,7 +12,8 @@ import grpc
 import pytest
 
 from api.grpc.convert import to_message
-from tests.conftest import TINY, RunningServer
+from tests.api.test_evaluations import EV, wait_evaluation
+from tests.conftest import TINY, RunningServer, chat_lines
 from tests.schema import validate
 from tunery.v1 import fine_tuning_pb2 as jpb
 from tunery.v1 import fine_tuning_pb2_grpc
@@ -24,6 +25,10 @@ KEYWORD = {
     "reference": "{{item.keyword}}",
     "operation": "ilike",
 }
+
+
+# An evaluation's report options: small, for CI time.
+EVAL = {"samples": 2, "max_new_tokens": 4, "max_examples": 4}
 
 
 def rft_lines(n: int) -> bytes:
@@ -204,3 +209,30 @@ def test_a_reinforcement_job_trains_end_to_end_and_its_model_answers(server: Any
         model=done.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0
     )
     assert reply.model == done.fine_tuned_model and reply.usage.completion_tokens > 0
+
+    # Evaluated on demand (docs/evals.md): a reinforcement file is graded by the job's grader, base against model, as
+    # the job's own reports are; a chat file is scored by loss, as any model's.
+    chat = upload(chat_lines(3)).id
+    reports = {}
+    for file_id in (valid, chat):
+        ev = server.http.post(EV, json={"model": done.fine_tuned_model, "file": file_id, "eval": EVAL}).json()
+        finished = wait_evaluation(server, ev["id"], {"succeeded", "failed"})
+        assert finished["status"] == "succeeded", finished
+        reports[file_id] = server.http.get(f"{EV}/{ev['id']}/report").json()
+    graded = reports[valid]
+    assert graded["evaluated_file"] == valid and graded["validation"] is None
+    reward = graded["reward"]
+    assert (
+        reward["grader"].startswith("keyword")
+        and reward["prompts"] == 4
+        and reward["prompts_from"] == "validation_file"
+    )
+    for side in ("base", "model"):
+        figures = reward["greedy"][side]
+        assert figures["answers"] == 4 and 0.0 <= figures["mean"] <= 1.0, figures
+    assert reward["greedy"]["change"] == pytest.approx(
+        reward["greedy"]["model"]["mean"] - reward["greedy"]["base"]["mean"]
+    )
+    scored = reports[chat]
+    assert scored["evaluated_file"] == chat and scored["reward"] is None
+    assert scored["validation"]["model"]["loss"] > 0
