@@ -23,10 +23,21 @@ directory. That process, before any user code exists in it:
 4. only then it reads the source and the samples as JSON on stdin, runs the source, calls ``grade(sample, item)``
    for each sample and writes one JSON line per sample.
 
+**Contained**, where user namespaces are refused (a container under its runtime's default seccomp profile, such as
+a Kubernetes pod's ``RuntimeDefault``, refuses ``unshare``), the process the parent started is the worker, without
+steps 1 and 2: its working directory is the parent's fresh directory on disk (each file bounded by ``disk_bytes``,
+the whole by the container's own storage limit), its tasks bounded by the address space (the user's task count is
+the container's), and its seccomp filter also refuses every socket (no network namespace hides the network) and
+every way to signal, trace or read another process (no PID namespace hides the container's): ``kill``, ``tkill``,
+``tgkill``, the ``sigqueue`` calls, ``pidfd_open`` and ``pidfd_send_signal``, ``process_vm_readv``/``writev`` and
+``kcmp``. Landlock, the other limits and the rest of the filter are the same. ``TUNERY_SANDBOX`` chooses:
+``auto`` (namespaces where they can be made, else contained), ``namespaces`` or ``contained``.
+
 The parent gives each sample ``timeout_s`` of wall-clock time (from the previous answer, or the start), kills the
 whole sandbox when it is spent, caps what it reads, and starts a fresh sandbox for the samples left after a timeout
-or a crash. :func:`unavailable` says, once per process, why no sandbox can be made on this machine (no user
-namespaces, no Landlock, not Linux...): graders are then refused, never run without isolation.
+or a crash. :func:`unavailable` says, once per process, why no sandbox can be made on this machine (no Landlock, not
+Linux, neither way works...): graders are then refused, never run without isolation; :func:`mode` says which way
+it is made.
 """
 
 from __future__ import annotations
@@ -153,13 +164,13 @@ def run_python_batch(source: str, pairs: list[tuple[Any, Any]], limits: Limits =
     missing = unavailable()
     if missing:
         raise SandboxUnavailable(missing)
-    return _batch(source, pairs, limits)
+    return _batch(source, pairs, limits, mode() or sandbox_child.NAMESPACES)
 
 
-def _batch(source: str, pairs: list[tuple[Any, Any]], limits: Limits) -> list[Outcome]:
+def _batch(source: str, pairs: list[tuple[Any, Any]], limits: Limits, mode: str) -> list[Outcome]:
     outcomes: list[Outcome] = []
     while len(outcomes) < len(pairs):
-        run = _run_once(source, pairs[len(outcomes) :], limits)
+        run = _run_once(source, pairs[len(outcomes) :], limits, mode)
         outcomes += run.outcomes
         if len(outcomes) >= len(pairs):
             break
@@ -172,30 +183,57 @@ def _batch(source: str, pairs: list[tuple[Any, Any]], limits: Limits) -> list[Ou
     return outcomes
 
 
-@cache
+MODES = (sandbox_child.NAMESPACES, sandbox_child.CONTAINED)
+
+
 def unavailable() -> str | None:
-    """Why no sandbox can be made here (None: it can), found once by running a trivial grader in one."""
+    """Why no sandbox can be made here (None: it can)."""
+    return _choice()[1]
+
+
+def mode() -> str | None:
+    """How the sandbox is made here (``namespaces`` or ``contained``), None when it cannot be."""
+    return _choice()[0]
+
+
+@cache
+def _choice() -> tuple[str | None, str | None]:
+    """(the way a sandbox is made here, or None; why none can be), found once by running a trivial grader in each
+    way ``TUNERY_SANDBOX`` allows, in :data:`MODES`' order, until one works."""
+    wanted = os.environ.get("TUNERY_SANDBOX", "auto")
+    if wanted not in ("auto", *MODES):
+        return None, f"TUNERY_SANDBOX is {wanted!r}: auto, {' or '.join(MODES)}"
     if sys.platform != "linux":
-        return f"the python grader's sandbox needs Linux (user namespaces and Landlock); this is {sys.platform}"
+        return None, f"the python grader's sandbox needs Linux (Landlock, seccomp); this is {sys.platform}"
     if not sys.executable:
-        return "the python grader's sandbox needs the path of the Python interpreter, which is unknown"
+        return None, "the python grader's sandbox needs the path of the Python interpreter, which is unknown"
     if sandbox_child.seccomp_arch() is None:
-        return f"the python grader's sandbox knows no seccomp filter for {os.uname().machine}"
+        return None, f"the python grader's sandbox knows no seccomp filter for {os.uname().machine}"
     abi = sandbox_child.landlock_abi()
     if abi < 1:
-        return "the python grader's sandbox needs Landlock (Linux 5.13 or later, with landlock in the LSMs): it is off"
-    try:
-        got = _batch("def grade(sample, item):\n    return 0.5\n", [({}, {})], Limits(timeout_s=30, cpu_s=30))[0]
-    except OSError as e:
-        return f"the python grader's sandbox could not be started: {e}"
-    if got.reward == 0.5:
-        return None
-    return f"the python grader's sandbox does not work on this machine: {got.server_error or got.error}"
+        return (
+            None,
+            "the python grader's sandbox needs Landlock (Linux 5.13 or later, with landlock in the LSMs): it is off",
+        )
+    failures = []
+    for candidate in MODES if wanted == "auto" else (wanted,):
+        try:
+            got = _batch(TRIVIAL, [({}, {})], Limits(timeout_s=30, cpu_s=30), candidate)[0]
+        except OSError as e:
+            return None, f"the python grader's sandbox could not be started: {e}"
+        if got.reward == 0.5:
+            return candidate, None
+        failures.append(f"{candidate}: {got.server_error or got.error}")
+    return None, f"the python grader's sandbox does not work on this machine ({'; '.join(failures)})"
 
 
-def _config(workdir: str, limits: Limits) -> dict[str, Any]:
+TRIVIAL = "def grade(sample, item):\n    return 0.5\n"
+
+
+def _config(workdir: str, limits: Limits, mode: str) -> dict[str, Any]:
     read, imports = _readable()
     return {
+        "mode": mode,
         "workdir": workdir,
         "read": read,
         "imports": imports,
@@ -235,7 +273,7 @@ def _readable() -> tuple[list[str], dict[str, list[Any]]]:
     return sorted({os.path.realpath(p) for p in read if p} | {p for p in read if p}), imports
 
 
-def _run_once(source: str, pairs: list[tuple[Any, Any]], limits: Limits) -> _Run:
+def _run_once(source: str, pairs: list[tuple[Any, Any]], limits: Limits, mode: str) -> _Run:
     run = _Run()
     request = json.dumps({"source": source, "pairs": [[s, i] for s, i in pairs]}, ensure_ascii=False).encode()
     with tempfile.TemporaryDirectory(prefix="tunery-grader-") as workdir:
@@ -250,7 +288,7 @@ def _run_once(source: str, pairs: list[tuple[Any, Any]], limits: Limits) -> _Run
             "MALLOC_ARENA_MAX": "2",  # a thread's arena reserves 64 MiB of address space otherwise
         }
         argv = [sys.executable, "-I", "-S", "-B", "-X", "utf8", os.path.abspath(sandbox_child.__file__)]
-        argv.append(json.dumps(_config(workdir, limits)))
+        argv.append(json.dumps(_config(workdir, limits, mode)))
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -336,8 +374,9 @@ def _talk(proc: subprocess.Popen[bytes], request: bytes, count: int, limits: Lim
 
 
 def _death(status: int, limits: Limits, out: bytes) -> str:
-    """The error of a process that stopped without answering: the launcher's status is the child's (128 + signal)."""
-    sig = status - 128 if status > 128 else 0
+    """The error of a process that stopped without answering: the launcher's status is the child's (128 + signal);
+    contained, the status is the worker's own (minus the signal)."""
+    sig = status - 128 if status > 128 else -status if status < 0 else 0
     if sig == signal.SIGXCPU:
         return f"grade() used more than its {limits.cpu_s} s of CPU time: it was killed"
     if sig == signal.SIGKILL:

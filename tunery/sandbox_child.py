@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 MAX_DETAILS_CHARS = 4000  # of an error's details (a traceback, the end of what the code printed)
 MAX_MAGNITUDE = 1e15  # as tunery/graders/'s formulas
 SETUP_FAILED = 70  # the launcher's exit status when it could not build the sandbox (its stderr says why)
+# How the sandbox is built (tunery/sandbox.py chooses): in namespaces of its own, or, where user namespaces are refused
+# (a container under its runtime's default seccomp profile: a Kubernetes pod), contained by Landlock, seccomp and
+# resource limits alone.
+NAMESPACES, CONTAINED = "namespaces", "contained"
 
 
 def bad_number(x: float) -> str | None:
@@ -88,9 +92,10 @@ def landlock_abi() -> int:
 
 
 # Seccomp: per architecture, its audit number, the calls refused outright, socket and socketpair (refused for Unix
-# domain sockets: a network namespace does not hide a socket file such as a container runtime's), clone (a thread
-# only: no new process, no namespace; RLIMIT_NPROC does not bind root, this does) and clone3 (ENOSYS, so that libc
-# falls back to clone), and where a 32-bit ABI hides.
+# domain sockets: a network namespace does not hide a socket file such as a container runtime's; for every family
+# when contained, without a network namespace), the calls refused when contained, clone (a thread only: no new
+# process, no namespace; RLIMIT_NPROC does not bind root, this does) and clone3 (ENOSYS, so that libc falls back to
+# clone), and where a 32-bit ABI hides.
 _SECCOMP_ARCH: dict[str, dict[str, Any]] = {
     "x86_64": {
         "audit": 0xC000003E,
@@ -98,6 +103,9 @@ _SECCOMP_ARCH: dict[str, dict[str, Any]] = {
         # userfaultfd, perf_event_open, io_uring_setup/enter/register
         "refused": (57, 58, 101, 165, 166, 155, 272, 308, 250, 248, 249, 321, 323, 298, 425, 426, 427),
         "socket": (41, 53),
+        # refused too when contained (no PID namespace hides the other processes of its user): kill, tkill, tgkill,
+        # rt_sigqueueinfo, rt_tgsigqueueinfo, pidfd_send_signal, pidfd_open, process_vm_readv/writev, kcmp
+        "contained": (62, 200, 234, 129, 297, 424, 434, 310, 311, 312),
         "clone": 56,
         "clone3": 435,
         "x32": 0x40000000,
@@ -106,6 +114,7 @@ _SECCOMP_ARCH: dict[str, dict[str, Any]] = {
         "audit": 0xC00000B7,
         "refused": (117, 40, 39, 41, 97, 268, 219, 217, 218, 280, 282, 241, 425, 426, 427),
         "socket": (198, 199),
+        "contained": (129, 130, 131, 138, 240, 424, 434, 270, 271, 272),
         "clone": 220,
         "clone3": 435,
         "x32": None,
@@ -117,7 +126,7 @@ def seccomp_arch() -> dict[str, Any] | None:
     return _SECCOMP_ARCH.get(os.uname().machine.lower().replace("arm64", "aarch64").replace("amd64", "x86_64"))
 
 
-def _seccomp_program(arch: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+def _seccomp_program(arch: dict[str, Any], contained: bool = False) -> list[tuple[int, int, int, int]]:
     """A classic BPF filter: (code, jump if true, jump if false, k)."""
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, kill = 0x7FFF0000, 0x80000000
@@ -127,8 +136,8 @@ def _seccomp_program(arch: dict[str, Any]) -> list[tuple[int, int, int, int]]:
     code: list[tuple[int, Any, Any, int]] = [(ld, 0, 0, 4), (jeq, 0, "kill", arch["audit"]), (ld, 0, 0, 0)]
     if arch["x32"] is not None:
         code.append((jge, "deny", 0, arch["x32"]))
-    code += [(jeq, "deny", 0, nr) for nr in arch["refused"]]
-    code += [(jeq, "family", 0, nr) for nr in arch["socket"]]
+    code += [(jeq, "deny", 0, nr) for nr in (*arch["refused"], *(arch["contained"] if contained else ()))]
+    code += [(jeq, "deny" if contained else "family", 0, nr) for nr in arch["socket"]]
     code += [(jeq, "nosys", 0, arch["clone3"]), (jeq, "clone", 0, arch["clone"]), (ret, 0, 0, allow)]
     labels = {"family": len(code)}
     code += [(ld, 0, 0, 16), (jeq, "deny", 0, af_unix), (ret, 0, 0, allow)]
@@ -171,11 +180,12 @@ def _isolate(libc: ctypes.CDLL, config: dict[str, Any]) -> None:
     _check(libc.sethostname(b"sandbox", 7), "sethostname")
 
 
-def _limit(config: dict[str, Any]) -> None:
+def _limit(config: dict[str, Any], contained: bool) -> None:
     import resource
 
     limits = config["limits"]
     cpu = max(1, int(limits["cpu_s"]))
+    tasks = limits["threads"] + 2
     for which, value in (
         (resource.RLIMIT_CORE, (0, 0)),
         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
@@ -183,13 +193,14 @@ def _limit(config: dict[str, Any]) -> None:
         (resource.RLIMIT_FSIZE, (limits["disk_bytes"], limits["disk_bytes"])),
         (resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"])),
         # tasks of this user in this user namespace: the launcher, init, and the worker's threads (not for root, whom
-        # the kernel exempts: the address space bounds them then)
-        (resource.RLIMIT_NPROC, (limits["threads"] + 2, limits["threads"] + 2)),
+        # the kernel exempts: the address space bounds them then). Contained, the user's tasks are the whole
+        # container's (the trainer's threads among them): the address space alone bounds the threads.
+        *(() if contained else ((resource.RLIMIT_NPROC, (tasks, tasks)),)),
     ):
         resource.setrlimit(which, value)
 
 
-def _seccomp(libc: ctypes.CDLL) -> None:
+def _seccomp(libc: ctypes.CDLL, contained: bool) -> None:
     arch = seccomp_arch()
     if arch is None:
         raise OSError(f"no seccomp filter for {os.uname().machine}")
@@ -200,7 +211,7 @@ def _seccomp(libc: ctypes.CDLL) -> None:
     class Program(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
 
-    program = _seccomp_program(arch)
+    program = _seccomp_program(arch, contained)
     filters = (Filter * len(program))(*[Filter(*instruction) for instruction in program])
     prog = Program(len(program), filters)
     _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp")
@@ -357,18 +368,20 @@ def _wait_for(pid: int) -> None:
 def main(config: dict[str, Any]) -> None:
     c = libc()
     c.syscall.restype = ctypes.c_long
-    try:
-        _isolate(c, config)
-    except OSError as e:
-        sys.stderr.write(f"{e}\n")
-        os._exit(SETUP_FAILED)
-    _wait_for(os.fork())  # the launcher waits for the PID namespace's first process (init)
-    _check(c.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(pdeathsig)")
-    _wait_for(os.fork())  # init waits for the worker: the kernel ignores the signals init does not handle
+    contained = config.get("mode") == CONTAINED
+    if not contained:  # contained, the process the parent started is the worker: its working directory is set
+        try:
+            _isolate(c, config)
+        except OSError as e:
+            sys.stderr.write(f"{e}\n")
+            os._exit(SETUP_FAILED)
+        _wait_for(os.fork())  # the launcher waits for the PID namespace's first process (init)
+        _check(c.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(pdeathsig)")
+        _wait_for(os.fork())  # init waits for the worker: the kernel ignores the signals init does not handle
     answer, report = os.dup(1), os.dup(2)  # the answer's descriptor; the parent's stderr, until set up
     try:
         _check(c.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(pdeathsig)")
-        _limit(config)
+        _limit(config, contained)
         log = os.open("output.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # what the user code prints
         os.dup2(log, 1)
         os.dup2(log, 2)
@@ -377,7 +390,7 @@ def main(config: dict[str, Any]) -> None:
         for low, high in zip(keep, [*keep[1:], 1 << 16], strict=True):
             os.closerange(low + 1, high)
         _landlock(c, config)
-        _seccomp(c)
+        _seccomp(c, contained)
         _drop_capabilities(c)
     except OSError as e:
         os.write(report, f"{e}\n".encode())

@@ -1,6 +1,7 @@
 """OpenAI's ``python`` grader, run by tunery/sandbox.py: graders from OpenAI's documentation give their rewards, and
 every escape the sandbox must stop is tried (files, the parent's environment, the network, time, memory, processes,
-disk), each failing in its own way. Short limits keep the file fast."""
+disk), each failing in its own way. Short limits keep the file fast. Every test runs in both of the sandbox's ways:
+in namespaces of its own, and contained (where a container refuses user namespaces: a Kubernetes pod)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,18 @@ MISSING = sandbox.unavailable()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"no sandbox on this machine: {MISSING}")
 
 FAST = Limits(timeout_s=2.0, cpu_s=2, memory_bytes=512 * 1024**2, disk_bytes=8 * 1024**2, threads=8)
+
+
+@pytest.fixture(autouse=True, params=sandbox.MODES)
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The way the sandboxes of the test are made (both work on this machine: the module is skipped otherwise)."""
+    chosen: str = request.param
+    monkeypatch.setattr(sandbox, "mode", lambda: chosen)
+    return chosen
+
+
+def namespaced(mode: str) -> bool:
+    return mode == sandbox.sandbox_child.NAMESPACES
 
 
 def run(body: str, sample: Any = None, item: Any = None, limits: Limits = FAST) -> Outcome:
@@ -193,7 +206,7 @@ def test_os_exit_without_an_answer() -> None:
 
 
 # ---- escapes ------------------------------------------------------------------------------------------------------
-def test_it_cannot_read_files_outside_its_directory() -> None:
+def test_it_cannot_read_files_outside_its_directory(mode: str) -> None:
     repo_file = str(Path(__file__).resolve())
     for path in ("/etc/hostname", "/etc/passwd", repo_file, str(Path.home()), "/proc/self/environ", "/proc/1/cmdline"):
         failed(run(f"return len(open({path!r}, 'rb').read())"), "PermissionError")
@@ -201,7 +214,10 @@ def test_it_cannot_read_files_outside_its_directory() -> None:
     failed(run(f"import os\nreturn len(os.listdir({str(Path(repo_file).parent)!r}))"), "PermissionError")
     # nor through a link made in its own directory: Landlock checks the file a symbolic link leads to
     failed(run("import os\nos.symlink('/etc/hostname', 'h')\nreturn len(open('h').read())"), "PermissionError")
-    failed(run("import os\nos.link('/etc/hostname', 'h')\nreturn 1"), "Invalid cross-device link")  # a tmpfs
+    # a tmpfs; contained, Landlock refuses a link to a file it may not read
+    linked = run("import os\nos.link('/etc/hostname', 'h')\nreturn 1")
+    failed(linked, "Invalid cross-device link" if namespaced(mode) else "")
+    assert namespaced(mode) or "PermissionError" in (linked.error or "") or "cross-device" in (linked.error or "")
     # its own directory is readable and writable, and starts empty but for the log of what it prints
     body = "import os\nopen('x', 'w').write('abc')\nreturn len(open('x').read()) + len(os.listdir('.'))"
     assert run(body).reward == 3 + 2
@@ -215,7 +231,7 @@ def test_it_cannot_write_outside_its_directory() -> None:
     assert not os.path.exists("/tmp/pwned-by-grader")
 
 
-def test_it_cannot_see_the_parents_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_it_cannot_see_the_parents_environment(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-for-the-sandbox-test")
     body = (
         "import os\n"
@@ -224,11 +240,16 @@ def test_it_cannot_see_the_parents_environment(monkeypatch: pytest.MonkeyPatch) 
     )
     assert run(body).reward == 0.0
     failed(run("return float('fake-secret' in open('/proc/self/environ').read())"), "PermissionError")
-    # alone in its PID namespace: its parent is the namespace's init (1), the launcher above is not even visible
-    assert run("import os\nreturn os.getpid() * 10 + os.getppid()").reward == 21.0
+    if namespaced(mode):
+        # alone in its PID namespace: its parent is the namespace's init (1), the launcher above is not even visible
+        assert run("import os\nreturn os.getpid() * 10 + os.getppid()").reward == 21.0
+    else:  # contained: the processes are visible by number, but not their files (/proc is not readable)
+        failed(run(f"return len(open('/proc/{os.getpid()}/environ').read())"), "PermissionError")
 
 
-def test_it_cannot_reach_the_network() -> None:
+def test_it_cannot_reach_the_network(mode: str) -> None:
+    # namespaced, its network namespace's loopback is down; contained, seccomp refuses every socket
+    unreachable = "Network is unreachable" if namespaced(mode) else "PermissionError"
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -242,13 +263,15 @@ def test_it_cannot_reach_the_network() -> None:
         udp.bind(("127.0.0.1", 0))
         port = udp.getsockname()[1]
         body = f"import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {port}))"
-        failed(run(body), "Network is unreachable")  # its network namespace's loopback is down
+        failed(run(body), unreachable)
         udp.settimeout(0.1)
         with pytest.raises(TimeoutError):
             udp.recv(10)
     failed(run("import socket\nreturn len(socket.getaddrinfo('example.com', 443))"), "gaierror")
     body = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'x', ('8.8.8.8', 53))"
-    failed(run(body), "Network is unreachable")
+    failed(run(body), unreachable)
+    body = "import socket\nsocket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b'x', ('::1', 53))"
+    failed(run(body), "OSError" if namespaced(mode) else "PermissionError")  # namespaced: ::1 is down too
 
 
 def test_it_cannot_use_unix_sockets() -> None:
@@ -328,16 +351,25 @@ def test_it_cannot_start_processes_nor_unbounded_threads() -> None:
     assert started is not None and 0 < started <= bound, started
 
 
-def test_it_cannot_write_big_files() -> None:
+def test_it_cannot_write_big_files(mode: str) -> None:
     body = "with open('big', 'wb') as f:\n    for _ in range(100):\n        f.write(b'x' * 1024 * 1024)\nreturn 1"
     failed(run(body), "OSError")
     body = "for i in range(100):\n    open(f'f{i}', 'wb').write(b'x' * 1024 * 1024)\nreturn 1"
-    failed(run(body), "No space left on device")
+    if namespaced(mode):  # its tmpfs bounds the whole; contained, the container's storage limit does
+        failed(run(body), "No space left on device")
 
 
-def test_it_cannot_signal_or_trace_outside_processes() -> None:
+def test_it_cannot_signal_or_trace_outside_processes(mode: str) -> None:
     me = os.getpid()
-    failed(run(f"import os, signal\nos.kill({me}, signal.SIGTERM)\nreturn 1"), "ProcessLookupError")
+    # namespaced, no process outside is visible; contained, seccomp refuses every signal and every way to reach one
+    refused = "ProcessLookupError" if namespaced(mode) else "PermissionError"
+    failed(run(f"import os, signal\nos.kill({me}, signal.SIGTERM)\nreturn 1"), refused)
+    failed(run(f"import os, signal\nos.kill(-{os.getpgid(me)}, signal.SIGTERM)\nreturn 1"), "")
+    failed(run("import os, signal\nos.kill(-1, signal.SIGTERM)\nreturn 1"), "")
+    if not namespaced(mode):
+        failed(run(f"import os\nos.pidfd_open({me})\nreturn 1"), "PermissionError")
+        body = f"import ctypes\nreturn ctypes.CDLL(None).process_vm_readv({me}, 0, 0, 0, 0, 0)"
+        assert run(body).reward == -1
     assert run("import ctypes\nreturn ctypes.CDLL(None).ptrace(16, 1, 0, 0)").reward == -1  # PTRACE_ATTACH refused
 
 
@@ -365,15 +397,40 @@ def test_refused_where_there_is_no_sandbox(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_the_check_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    probe = sandbox.unavailable.__wrapped__  # type: ignore[attr-defined]
+    def probe() -> str | None:
+        return sandbox._choice.__wrapped__()[1]  # type: ignore[attr-defined]
+
+    monkeypatch.setenv("TUNERY_SANDBOX", "chroot")
+    assert "TUNERY_SANDBOX is 'chroot'" in (probe() or "")
+    monkeypatch.setenv("TUNERY_SANDBOX", "auto")
     monkeypatch.setattr(sandbox.sandbox_child, "landlock_abi", lambda: -1)
     assert "needs Landlock" in (probe() or "")
     monkeypatch.setattr(sandbox.sys, "platform", "darwin")
     assert "needs Linux" in (probe() or "")
 
 
+def test_the_way_is_chosen_by_the_setting_and_else_namespaces_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    choose = sandbox._choice.__wrapped__  # type: ignore[attr-defined]
+    for wanted, chosen in (("auto", "namespaces"), ("namespaces", "namespaces"), ("contained", "contained")):
+        monkeypatch.setenv("TUNERY_SANDBOX", wanted)
+        assert choose() == (chosen, None)
+    # where user namespaces are refused (as a pod's RuntimeDefault seccomp profile refuses unshare), auto contains
+    real = sandbox._batch
+
+    def no_namespaces(source: str, pairs: Any, limits: Limits, mode: str) -> list[Outcome]:
+        if mode == "namespaces":
+            return [Outcome(server_error="the sandbox could not be set up: unshare(...): Operation not permitted")]
+        return real(source, pairs, limits, mode)
+
+    monkeypatch.setattr(sandbox, "_batch", no_namespaces)
+    monkeypatch.setenv("TUNERY_SANDBOX", "auto")
+    assert choose() == ("contained", None)
+    monkeypatch.setenv("TUNERY_SANDBOX", "namespaces")
+    assert "namespaces: the sandbox could not be set up" in (choose()[1] or "")
+
+
 def test_a_sandbox_that_cannot_be_set_up_is_a_server_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "_config", lambda workdir, limits: {"workdir": "/nonexistent", "limits": {}})
+    monkeypatch.setattr(sandbox, "_config", lambda workdir, limits, mode: {"workdir": "/nonexistent", "limits": {}})
     result = g.run_grader(python("def grade(sample, item):\n    return 1.0\n"), "x", {}, limits=FAST)
     errors = result.metadata.errors
     assert result.reward == 0.0 and errors.python_grader_server_error and not errors.python_grader_runtime_error
