@@ -364,6 +364,7 @@ class Preprocessor(SchedulerPart):
         model = (job.base_model, model_folder) if model_folder else None
         plan = job.training_plan()
         max_len = plan.max_seq_length if plan is not None else None
+        graded = plan is not None and plan.reinforcement is not None
         summaries: list[str] = []
         for param, file_id in job.input_files():
             f = files.get(file_id)
@@ -372,7 +373,6 @@ class Preprocessor(SchedulerPart):
                 return
             scan = scan_stored(self.store, f.object_key, self.scan_options(model, max_len))
             kind = scan.format.kind if scan.format is not None and param == EVAL_FILE_PARAM else "supervised"
-            graded = plan is not None and plan.reinforcement is not None
             if kind == "reinforcement" and not graded:
                 fail(self.db, job.id, JobError(ErrorCode.invalid_file, ungraded_file(file_id, job.model), param))
                 return

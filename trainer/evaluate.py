@@ -25,7 +25,6 @@ from typing import Any
 
 from tunery import layout
 from tunery.evalreport import EvalOptions, EvalReport
-from tunery.graders import Embedder, Judge
 from tunery.jobspec import JobSpec
 from tunery.jobstate import EVAL_FILE_PARAM, ErrorCode
 from tunery.storage import ObjectStore, open_store
@@ -35,7 +34,7 @@ from .checkpoint import MANIFEST
 from .data_files import RECORD_TYPES, DataFileRead, read_data_file
 from .errors import TrainerError
 from .evaluation import Evaluator
-from .judge import TransformersEmbedder, TransformersJudge
+from .judge import grader_models
 from .loading import fetch_model_files, load_base_model, load_parent_adapter, resolve_device, set_determinism
 from .methods import get_method
 from .reporter import Reporter
@@ -90,16 +89,6 @@ def model_manifest(store: ObjectStore, prefix: str) -> dict[str, Any]:
         ) from e
 
 
-def _grader_models(r: TrainingRun, workdir: str) -> tuple[Judge | None, Embedder | None]:
-    """The judges of a score_model grader and the embedding model of a cosine metric, as a reinforcement run loads
-    them (trainer/run.py; resolved by the scheduler: JobSpec.judges, JobSpec.embedding_model)."""
-    spec, device = r.spec, r.device
-    assert device is not None, "the device is chosen first"
-    judge = TransformersJudge(spec.judges, r.store, device.device, device.dtype, workdir) if spec.judges else None
-    embedding = spec.embedding_model
-    return judge, TransformersEmbedder(embedding, device.device, device.dtype) if embedding else None
-
-
 def load_full_model(store: ObjectStore, prefix: str, folder: Path, device: Any) -> Any:
     """A fully fine-tuned model's weights (safetensors, config, tokenizer) from the object store."""
     return load_base_model(str(fetch_model_files(store, prefix, folder)), device)[0]
@@ -133,7 +122,10 @@ def evaluate(
     model, tokenizer = load_base_model(spec.base_model_path, r.device)
     r.tokenizer = tokenizer
     with tempfile.TemporaryDirectory(prefix="tunery-evaluate-") as workdir:
-        judge, embedder = _grader_models(r, workdir) if kind == GRADED else (None, None)
+        graded = kind == GRADED  # a reinforcement file: its grader's models, as the job loaded them
+        judge, embedder = (
+            grader_models(spec, store, r.device.device, r.device.dtype, workdir) if graded else (None, None)
+        )
         evaluator = Evaluator(r, chat_tokenizer(model, tokenizer), options, judge, embedder)
         # the file is the validation file: every figure and sample comes from it
         evaluator.prepare(data, data, kind)

@@ -19,7 +19,7 @@ from typing import Any
 
 from tunery import embeddings
 from tunery.graders import JudgeReply, JudgeSampling, Message
-from tunery.jobspec import EmbeddingSpec, JudgeSpec
+from tunery.jobspec import EmbeddingSpec, JobSpec, JudgeSpec
 from tunery.methods import GRADER_PARAM
 from tunery.storage import ObjectStore
 
@@ -170,6 +170,17 @@ class TransformersEmbedder:
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         return embeddings.embed(self.model, self.tokenizer, texts, truncate=True).vectors
+
+
+def grader_models(
+    spec: JobSpec, store: ObjectStore, device: str, dtype: Any, workdir: str
+) -> tuple[TransformersJudge | None, TransformersEmbedder | None]:
+    """A grader's models, loaded beside the policy or the evaluated model: the judges of its score_model graders
+    (``spec.judges``) and the embedding model of its cosine metrics (``spec.embedding_model``), both resolved by the
+    scheduler; None for each it has not."""
+    judge = TransformersJudge(spec.judges, store, device, dtype, workdir) if spec.judges else None
+    embedding = spec.embedding_model
+    return judge, TransformersEmbedder(embedding, device, dtype) if embedding else None
 
 
 def _ids(value: Any) -> list[int]:

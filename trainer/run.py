@@ -31,7 +31,7 @@ from .config import trl_config
 from .errors import RunStopped, TrainerError
 from .evaluation import Evaluator
 from .integrations import Trackers
-from .judge import TransformersEmbedder, TransformersJudge
+from .judge import grader_models
 from .loading import attach_adapter, load_base_model, resolve_device, set_determinism
 from .methods import get_method
 from .metrics import make_callback
@@ -101,13 +101,8 @@ def run(
         args = trl_config(method, plan, seed=spec.seed, output_dir=workdir, choice=r.device)
         ref_model = load_base_model(spec.base_model_path, r.device)[0] if method.needs_reference_copy(plan) else None
         model, peft_config = attach_adapter(model, plan, r.store, spec.init_adapter_prefix, workdir)
-        # A score_model grader's judges, loaded beside the policy (resolved by the scheduler: JobSpec.judges).
-        judge = (
-            TransformersJudge(spec.judges, r.store, r.device.device, r.device.dtype, workdir) if spec.judges else None
-        )
-        # A cosine metric's embedding model, beside the policy (resolved by the scheduler: JobSpec.embedding_model).
-        embedding = spec.embedding_model
-        embedder = TransformersEmbedder(embedding, r.device.device, r.device.dtype) if embedding else None
+        # A score_model grader's judges and a cosine metric's embedding model, beside the policy.
+        judge, embedder = grader_models(spec, r.store, r.device.device, r.device.dtype, workdir)
         if spec.eval is not None and spec.eval.enabled and method.writes_eval_reports:
             # a reinforcement job's judge and embedding model grade its report too
             r.evaluator = Evaluator(r, chat, spec.eval, judge, embedder)

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from sqlalchemy import ColumnElement, Integer, String, bindparam, select
+from sqlalchemy import BindParameter, ColumnElement, Integer, String, bindparam, select
 from sqlalchemy.orm import Session
 
-from api.context import BOUND_TENANT, AppContext, Tenant
+from api.context import BOUND_TENANT, AppContext, BoundTenant, Tenant
 from api.encoded import EncodedPage, Encoding
 from api.errors import InvalidRequest, NotFound, TooLarge, Unavailable
 from api.pagination import AnyRow, Pager
@@ -51,11 +51,16 @@ FILE_COLUMNS = (
     File.status_details,
 )
 
+
+def live_files(t: Tenant | BoundTenant, at: int | BindParameter[int] | None = None) -> tuple[ColumnElement[bool], ...]:
+    """The condition a file row of the tenant that has not expired at ``at`` (now by default) meets; a
+    :class:`BoundTenant` and a bound ``at`` for a statement built once."""
+    return (File.organization_id == t.organization_id, File.project_id == t.project_id, live(at))
+
+
 # The reads clients poll, built once (api/pagination.py's Pager) and run without the ORM (Database.read): the tenant's
 # live files (bound to FileService._params), a page of them (with a purpose or not, newest or oldest first), or one.
-_MINE = (File.organization_id == BOUND_TENANT.organization_id, File.project_id == BOUND_TENANT.project_id)
-_LIVE: tuple[ColumnElement[bool], ...] = (*_MINE, live(bindparam("now", type_=Integer())))
-_LISTED = select(*FILE_COLUMNS).where(*_LIVE)
+_LISTED = select(*FILE_COLUMNS).where(*live_files(BOUND_TENANT, bindparam("now", type_=Integer())))
 _PAGES = {
     (purpose, newest_first): Pager(
         File,
@@ -86,11 +91,7 @@ def file_object(f: File | AnyRow) -> FileObject:
 def find_file(s: Session, t: Tenant, file_id: str) -> File:
     """One of the tenant's files; NotFound when there is none, or when it has expired (gone at once, before the
     scheduler's sweep deletes it: tunery/files.py)."""
-    f = s.scalar(
-        select(File).where(
-            File.id == file_id, File.organization_id == t.organization_id, File.project_id == t.project_id, live()
-        )
-    )
+    f = s.scalar(select(File).where(File.id == file_id, *live_files(t)))
     if f is None:
         raise file_not_found(file_id)
     return f
@@ -329,7 +330,7 @@ class FileService:
     def delete(self, file_id: str) -> FileDeleted:
         # The same deletion as the expiry sweep's (tunery/files.py), of one of the tenant's files that has not expired.
         t = self.tenant
-        mine = (File.organization_id == t.organization_id, File.project_id == t.project_id, live())
+        mine = live_files(t)
 
         def deleted(s: Session) -> None:
             audit.record(
