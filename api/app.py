@@ -178,7 +178,7 @@ def create_app(ctx: AppContext) -> FastAPI:
 
     # The last added runs first: request id, metrics, then the guard, so its refusals too have a request id and count.
     routes = RouteTable(app.routes)
-    app.add_middleware(RequestGuard, settings=ctx.settings, routes=routes, keys=ctx.keys, limiter=ctx.rate_limiter)
+    app.add_middleware(RequestGuard, ctx=ctx, routes=routes)
     if ctx.settings.metrics_enabled:
         app.add_middleware(HTTPMetricsMiddleware, metrics=ctx.metrics, route_of=routes.template)
     app.add_middleware(RequestIdMiddleware)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +28,67 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+# How many of the reads run on the event loop take their turn in one pass of the loop (LoopReads).
+READS_PER_TURN = 8
+
+
+class LoopReads:
+    """The reads run on the event loop (``run_read`` with no read threads), in the order they came, at most
+    :data:`READS_PER_TURN` a pass of the loop.
+
+    Each runs whole when its turn comes, blocking the loop meanwhile (a local read is short). Run by their requests
+    as soon as they were awaited, one pass of the loop would run every request under way: under 200 clients, a pass
+    took 250 ms, and so did a ``/health`` answer on the API port, or any new request's first step. Queued, a pass
+    runs a few reads (and the few requests their answers let the clients send), and the loop turns every few ms.
+    One queue per event loop (a test may run several, one after another), each used only on its loop's thread."""
+
+    def __init__(self, per_turn: int = READS_PER_TURN):
+        self.per_turn = per_turn
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = weakref.WeakKeyDictionary()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _LoopQueue(loop, self.per_turn)
+        future: asyncio.Future[T] = loop.create_future()
+        queue.add(future, fn, args)
+        return await future
+
+
+class _LoopQueue:
+    def __init__(self, loop: asyncio.AbstractEventLoop, per_turn: int):
+        self.loop = loop
+        self.per_turn = per_turn
+        self.waiting: deque[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
+        self.scheduled = False
+
+    def add(self, future: asyncio.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.waiting.append((future, fn, args))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.turn)
+
+    def turn(self) -> None:
+        """Run the next reads (a request that left meanwhile is skipped); come back next pass if more wait."""
+        waiting, ran = self.waiting, 0
+        try:
+            while waiting and ran < self.per_turn:
+                future, fn, args = waiting.popleft()
+                if future.done():  # cancelled: its request is gone
+                    continue
+                ran += 1
+                try:
+                    future.set_result(fn(*args))
+                except Exception as e:  # to its request, as a thread's would be
+                    future.set_exception(e)
+        finally:
+            if waiting:
+                self.loop.call_soon(self.turn)
+            else:
+                self.scheduled = False
+
+
 @dataclass
 class AppContext:
     settings: Settings
@@ -37,8 +100,10 @@ class AppContext:
     metrics: Metrics = field(default_factory=Metrics)
     # Whether the store has issued API keys (api/auth.py): None to ignore stored keys.
     keys: KeyRegistry | None = None
-    # The read routes' threads (run_read): TUNERY_API_READ_THREADS.
-    read_threads: ThreadPoolExecutor = field(init=False)
+    # The read routes' threads (run_read): TUNERY_API_READ_THREADS; None (0 threads): the reads run on the event loop,
+    # taking turns there (loop_reads).
+    read_threads: ThreadPoolExecutor | None = field(init=False)
+    loop_reads: LoopReads = field(default_factory=LoopReads)
     # The projects' request rate limits (api/ratelimit.py), counted by the request guard.
     rate_limiter: RateLimiter = field(init=False)
     # The reads' objects encoded (JSON, protobuf), each for one version of its rows (api/encoded.py).
@@ -47,43 +112,50 @@ class AppContext:
     def __post_init__(self) -> None:
         if self.keys is None:
             self.keys = KeyRegistry(self.db)
-        self.read_threads = ThreadPoolExecutor(
-            self.settings.resolved_api_read_threads, thread_name_prefix="tunery-read"
-        )
+        threads = self.settings.resolved_api_read_threads
+        self.read_threads = ThreadPoolExecutor(threads, thread_name_prefix="tunery-read") if threads else None
         self.encoded = EncodedCache(self.settings.api_cache_mb * 1_000_000)
         self.rate_limiter = RateLimiter(self.settings, self.db)
 
     def close(self) -> None:
         """Let the read threads go (reads under way finish; none starts after)."""
-        self.read_threads.shutdown(wait=False, cancel_futures=True)
+        if self.read_threads is not None:
+            self.read_threads.shutdown(wait=False, cancel_futures=True)
 
 
-async def run_read(ctx: AppContext, fn: Callable[..., T], *args: Any) -> T:
-    """Run a read route's blocking service call (database reads, building the answer) in a thread, at most
-    ``TUNERY_API_READ_THREADS`` at once (2 on SQLite, 8 on PostgreSQL), not among anyio's default 40.
+async def run_read(ctx: AppContext, fn: Callable[..., T], *args: Any, objects: bool = False) -> T:
+    """Run a read route's blocking service call (metadata store reads, building the answer; ``objects``: the object
+    store's too) where ``TUNERY_API_READ_THREADS`` says.
 
-    Few on purpose: that work holds the GIL nearly all the time, so more threads add no throughput, and each one
-    waiting for the GIL delays the event loop's turn too (under load a /health answer then took seconds). The other
-    blocking calls (uploads, the object store, job creation) keep anyio's default pool: a long upload never holds a
-    read's thread, nor a burst of reads an upload's.
-
-    A thread pool of the standard library's, through the loop: a trip there and back costs the event loop about
-    14 us of CPU under load, against 60 us through anyio's ``to_thread`` (its cancel scope and limiter, per call).
-    A client that leaves does not stop a read under way (it is short): its answer is dropped."""
+    * **On the event loop** (0 threads, the default on SQLite) when what it reads is local: the SQLite file, and
+      the object store's folder for ``objects``. Such a read waits on nothing and holds the GIL from end to end, so a
+      thread would add only the trips there and back, and a wait for the GIL after every call that lets it go (each
+      row SQLite steps, each syscall), in the thread and on the loop. Under 200 clients: 1,314 requests/s against
+      750 with 2 threads (bench/api_load.py). An ``objects`` read of S3 goes to anyio's threads.
+    * **In the read routes' threads** (8 on PostgreSQL), whose reads wait on the network: at most that many at once,
+      not among anyio's default 40, so a long upload never holds a read's thread, nor a burst of reads an upload's.
+      A pool of the standard library's, through the loop: a trip costs the loop about 14 us of CPU under load,
+      against 60 us through anyio's ``to_thread`` (its cancel scope and limiter, per call). A client that leaves
+      does not stop a read under way (it is short): its answer is dropped."""
+    if ctx.read_threads is None:
+        if objects and not ctx.store.local:
+            return await asyncio.to_thread(fn, *args)
+        return await ctx.loop_reads.run(fn, *args)
     return await asyncio.get_running_loop().run_in_executor(ctx.read_threads, fn, *args)
 
 
-async def read_json(ctx: AppContext, fn: Callable[..., BaseModel | bytes], *args: Any) -> Response:
-    """:func:`run_read`, with the answer written as JSON in the same thread (pydantic's serializer, once): the event
-    loop only sends the bytes. FastAPI would check and serialize the returned object again on the event loop, which
-    under load delays every other request and ``/health`` (a route declares its ``response_model`` for
+async def read_json(
+    ctx: AppContext, fn: Callable[..., BaseModel | bytes], *args: Any, objects: bool = False
+) -> Response:
+    """:func:`run_read`, with the answer written as JSON in the same call (pydantic's serializer, once). FastAPI
+    would check and serialize the returned object again (a route declares its ``response_model`` for
     ``/openapi.json``)."""
 
     def work() -> bytes:
         answer = fn(*args)  # an object, or its JSON already (the services' encoded reads, api/encoded.py)
         return answer if isinstance(answer, bytes) else answer.model_dump_json().encode()
 
-    return Response(await run_read(ctx, work), media_type="application/json")
+    return Response(await run_read(ctx, work, objects=objects), media_type="application/json")
 
 
 @dataclass(frozen=True)

@@ -53,4 +53,4 @@ def cancel_evaluation(evaluation_id: Name, svc: EvaluationService = Depends(eval
 @router.get("/{evaluation_id}/report", response_model=EvalReport)
 async def evaluation_report(evaluation_id: Name, svc: EvaluationService = Depends(evaluation_service)) -> Response:
     """The evaluation's eval report, once written (the shape of a job's: docs/evals.md)."""
-    return await read_json(svc.ctx, svc.report, evaluation_id)
+    return await read_json(svc.ctx, svc.report, evaluation_id, objects=True)

@@ -103,10 +103,10 @@ async def list_checkpoints(
 @router.get("/fine_tuning/jobs/{job_id}/eval_report", response_model=EvalReport)
 async def job_eval_report(job_id: Name, svc: JobService = Depends(job_service)) -> Response:
     """Tunery: the eval report of the job's final model (docs/evals.md)."""
-    return await read_json(svc.ctx, svc.eval_report, job_id)
+    return await read_json(svc.ctx, svc.eval_report, job_id, objects=True)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints/{checkpoint_id}/eval_report", response_model=EvalReport)
 async def checkpoint_eval_report(job_id: Name, checkpoint_id: Name, svc: JobService = Depends(job_service)) -> Response:
     """Tunery: the eval report of one of the job's checkpoints (docs/evals.md)."""
-    return await read_json(svc.ctx, svc.eval_report, job_id, checkpoint_id)
+    return await read_json(svc.ctx, svc.eval_report, job_id, checkpoint_id, objects=True)

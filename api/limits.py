@@ -28,13 +28,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from anyio import to_thread
 from fastapi.routing import RouteContext
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import ADMIN_PREFIX, PRINCIPAL_SCOPE_KEY, Principal, admit
+from api.context import AppContext, run_read
 from api.errors import APIError, ServiceError, TooLarge, api_error, error_response
 from api.ratelimit import RateLimiter, Verdict
 from api.routing import RouteTable
@@ -153,27 +153,21 @@ def admission(
 class RequestGuard:
     """Authenticate ``/v1`` routes and cap request bodies before any route reads them (see the module)."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        settings: Settings,
-        routes: RouteTable,
-        keys: KeyRegistry | None = None,
-        limiter: RateLimiter | None = None,
-    ):
+    def __init__(self, app: ASGIApp, ctx: AppContext, routes: RouteTable):
         self.app = app
-        self.settings = settings
+        self.ctx = ctx
+        self.settings = ctx.settings
         self.routes = routes
-        self.keys = keys
-        self.limiter = limiter
 
     async def admit(self, authorization: str | None, method: str, template: str, params: dict[str, Any]) -> Admitted:
-        """On the event loop when no I/O is needed, else in a thread (a stored key, a limit to read again)."""
-        args = (self.settings, self.keys, self.limiter, authorization, method, template, params)
+        """On the event loop when no I/O is needed, else where the reads run (a stored key, a limit to read again:
+        api/context.py's ``run_read``)."""
+        ctx = self.ctx
+        args = (ctx.settings, ctx.keys, ctx.rate_limiter, authorization, method, template, params)
         try:
             return admission(*args, blocking=False)
         except WouldBlock:
-            return await to_thread.run_sync(lambda: admission(*args, blocking=True))
+            return await run_read(ctx, lambda: admission(*args, blocking=True))
 
     def body_limit(self, route: RouteContext | None) -> BodyLimit:
         upload = getattr(route.endpoint, _UPLOAD_BODY, None) if route is not None else None

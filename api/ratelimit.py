@@ -96,16 +96,21 @@ class RateLimiter:
         self.clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self._limits: dict[str, tuple[int, float]] = {}  # project -> (requests per minute, when read)
+        self._asked: dict[str, float] = {}  # project -> when a caller was last sent to read its limit (WouldBlock)
         self._lock = threading.Lock()
 
     def limit_of(self, project_id: str, blocking: bool = True) -> int:
         """The project's requests per minute (0: none), read again every RECHECK_SECONDS; ``blocking=False``: raise
-        :class:`WouldBlock` rather than read the store."""
+        :class:`WouldBlock` rather than read the store, once a recheck: the callers in between take the limit read
+        last (one query, not one per request under way)."""
         at = time.monotonic()
         known = self._limits.get(project_id)
         if known is not None and at - known[1] < RECHECK_SECONDS:
             return known[0]
         if not blocking:
+            if known is not None and at - self._asked.get(project_id, float("-inf")) < RECHECK_SECONDS:
+                return known[0]  # being read by another caller
+            self._asked[project_id] = at
             raise WouldBlock(f"the request limit of {project_id} is to be read from the metadata store")
         with self.db.session() as s:
             rpm = project_limits(s, self.settings, project_id).requests_per_minute

@@ -48,6 +48,8 @@ class ObjectStore(ABC):
     """Where files, checkpoints, results and job specs live."""
 
     url: str
+    # Whether a read waits on nothing but this machine's disk (a folder), not on a network (S3).
+    local: bool = False
 
     @abstractmethod
     def put_stream(self, key: str, chunks: Iterable[bytes]) -> tuple[int, str]:
@@ -175,6 +177,8 @@ def _fsync_dir(folder: Path) -> None:
 class LocalObjectStore(ObjectStore):
     """Objects as files under a root folder (the embedded mode). A write is durable when it returns: the data and
     the rename that publishes it are fsynced, as S3 acknowledges only what it has stored."""
+
+    local = True
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).resolve()

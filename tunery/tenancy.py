@@ -148,20 +148,26 @@ class WouldBlock(Exception):
 class KeyRegistry:
     """Whether the store has issued keys, without a query per request: once it has, for good (revoked keys keep
     their rows); until then, asked again at most every ``recheck_seconds`` (a key made by ``tunery admin`` in
-    another process is required within that)."""
+    another process is required within that, and the time one query takes)."""
 
     def __init__(self, db: Database, recheck_seconds: float = 1.0):
         self.db = db
         self.recheck_seconds = recheck_seconds
         self._issued = False
         self._checked_at = float("-inf")
+        self._asked_at = float("-inf")  # when a caller was last sent to ask (WouldBlock)
         self._lock = threading.Lock()
 
     def issued(self, blocking: bool = True) -> bool:
-        """Whether keys are required; ``blocking=False``: raise :class:`WouldBlock` rather than ask the store."""
+        """Whether keys are required; ``blocking=False``: raise :class:`WouldBlock` rather than ask the store, once a
+        recheck: the callers in between take the last answer (one query, not one per request under way)."""
         if self._issued:
             return True
-        if not blocking and time.monotonic() - self._checked_at >= self.recheck_seconds:
+        at = time.monotonic()
+        if not blocking and at - self._checked_at >= self.recheck_seconds:
+            if self._checked_at > float("-inf") and at - self._asked_at < self.recheck_seconds:
+                return False  # asked by another caller, answer coming
+            self._asked_at = at
             raise WouldBlock("whether keys were issued is to be asked of the metadata store")
         with self._lock:
             if not self._issued and time.monotonic() - self._checked_at >= self.recheck_seconds:

@@ -137,16 +137,24 @@ class Calls:
             self._done(rpc, code, started)
 
     async def blocking(
-        self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[Principal], T], *, read: bool = True
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext,
+        fn: Callable[[Principal], T],
+        *,
+        read: bool = True,
+        objects: bool = False,
     ) -> T:
-        """A call whose work blocks (the metadata store, the object store): the key's admission and ``fn`` with the
-        caller's project in one trip to a thread, the read routes' threads for a read (as REST's reads)."""
+        """A call whose work blocks (the metadata store; ``objects``: the object store too): the key's admission and
+        ``fn`` with the caller's project in one call, where REST's reads run for a read (api/context.py's
+        ``run_read``), else in a thread."""
         rid, authorization = self._start(context)
 
         def work() -> T:
             return fn(self._principal(rpc, authorization))
 
-        return await self._answer(rpc, context, rid, run_read(self.ctx, work) if read else asyncio.to_thread(work))
+        run = run_read(self.ctx, work, objects=objects) if read else asyncio.to_thread(work)
+        return await self._answer(rpc, context, rid, run)
 
     async def unary(self, rpc: str, context: grpc.aio.ServicerContext, fn: Callable[[Principal], Awaitable[T]]) -> T:
         """A call whose work is a coroutine (generation, a stream read from the client)."""
@@ -163,9 +171,12 @@ class Calls:
         context: grpc.aio.ServicerContext,
         first: Callable[[Principal], F],
         rest: Callable[[Principal, F], AsyncIterator[T]],
+        *,
+        objects: bool = False,
     ) -> AsyncIterator[T]:
-        """A server stream: ``first`` (blocking: what the stream starts from) in the same trip to a thread as the
-        key's admission, then the messages of ``rest``, then the stream's end or its error."""
+        """A server stream: ``first`` (blocking: what the stream starts from; ``objects``: it reads the object store)
+        in the same call as the key's admission, where REST's reads run, then the messages of ``rest``, then the
+        stream's end or its error."""
         rid, authorization = self._start(context)
         started, code = time.perf_counter(), grpc.StatusCode.OK
 
@@ -174,7 +185,7 @@ class Calls:
             return principal, first(principal)
 
         try:
-            principal, start = await run_read(self.ctx, begin)
+            principal, start = await run_read(self.ctx, begin, objects=objects)
             async for message in rest(principal, start):
                 yield message
         except (asyncio.CancelledError, GeneratorExit):  # the client left or its deadline passed: resources freed

@@ -109,7 +109,7 @@ class ModelServicer(Servicer, models_grpc.ModelServiceServicer):
             async for chunk in _pieces(archive.chunks):
                 yield models_pb.ArchiveChunk(data=chunk)
 
-        async for chunk in self.calls.stream("ModelService/DownloadArchive", context, first, rest):
+        async for chunk in self.calls.stream("ModelService/DownloadArchive", context, first, rest, objects=True):
             yield chunk
 
 
@@ -218,7 +218,7 @@ class FileServicer(Servicer, files_grpc.FileServiceServicer):
             async for chunk in _pieces(content.chunks):
                 yield files_pb.FileChunk(data=chunk)
 
-        async for chunk in self.calls.stream("FileService/DownloadFile", context, first, rest):
+        async for chunk in self.calls.stream("FileService/DownloadFile", context, first, rest, objects=True):
             yield chunk
 
     async def GetValidationReport(self, request: files_pb.GetValidationReportRequest, context: Context) -> Any:
@@ -228,7 +228,7 @@ class FileServicer(Servicer, files_grpc.FileServiceServicer):
             head = {k: report.pop(k) for k in ("object", "file_id", "status")}
             return to_message({**head, "report": report}, files_pb.FileValidationReport)
 
-        return await self.calls.blocking("FileService/GetValidationReport", context, run)
+        return await self.calls.blocking("FileService/GetValidationReport", context, run, objects=True)
 
 
 class FineTuningServicer(Servicer, ft_grpc.FineTuningServiceServicer):
@@ -346,7 +346,7 @@ class FineTuningServicer(Servicer, ft_grpc.FineTuningServiceServicer):
             # REST's JSON of the report (a NaN figure is null there, as in the Struct), whole, as a Struct.
             return to_message({"report": json.loads(report.model_dump_json())}, ft_pb.JobEvalReport)
 
-        return await self.calls.blocking(f"FineTuningService/{rpc}", context, run)
+        return await self.calls.blocking(f"FineTuningService/{rpc}", context, run, objects=True)
 
     async def GetJobEvalReport(self, request: ft_pb.JobRequest, context: Context) -> Any:
         return await self._eval_report("GetJobEvalReport", request.job_id, None, context)

@@ -79,3 +79,34 @@ def test_a_stored_key_or_a_limit_to_read_again_would_block_and_takes_nothing(db:
     assert fresh.take(settings.project_id) is not None and fresh.take(settings.project_id, blocking=False) is not None
     over = fresh.take(settings.project_id, blocking=False)
     assert over is not None and over.retry_after is not None  # two a minute: the third waits
+
+
+def test_one_caller_asks_the_store_again_and_the_others_take_the_last_answer_meanwhile(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past a recheck, the first request on the loop is sent to ask (WouldBlock); those that come before its answer
+    are decided on the loop with the last one, not sent too (200 requests under way were 200 queries a recheck)."""
+    from api import ratelimit
+
+    settings = Settings(data_dir=tmp_path, project_requests_per_minute=600)
+    keys, limiter = KeyRegistry(db, recheck_seconds=0.2), RateLimiter(settings, db)
+    monkeypatch.setattr(ratelimit, "RECHECK_SECONDS", 0.2)
+    admission(settings, keys, limiter, None, *GET_JOBS)  # both known
+    clock = [tenancy.time.monotonic() + 0.3]  # past a recheck of both
+    monkeypatch.setattr(tenancy.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: clock[0])
+    queries = _queries(db)
+    with pytest.raises(WouldBlock):
+        keys.issued(blocking=False)
+    assert keys.issued(blocking=False) is False  # the answer is being asked for: the last one meanwhile
+    with pytest.raises(WouldBlock):
+        limiter.limit_of(settings.project_id, blocking=False)
+    assert limiter.limit_of(settings.project_id, blocking=False) == 600
+    principal, verdict = admission(settings, keys, limiter, None, *GET_JOBS, blocking=False)
+    assert principal.open_access and verdict is not None and queries == []
+    # An asker that never answered (its request gone) is replaced once a recheck has passed.
+    clock[0] += 0.3
+    with pytest.raises(WouldBlock):
+        keys.issued(blocking=False)
+    assert keys.issued() is False and len(queries) == 1  # the one that asked
+    assert keys.issued(blocking=False) is False and len(queries) == 1

@@ -44,7 +44,8 @@ def test_allow_open_is_read_from_the_environment(monkeypatch):
 
 
 def test_the_read_threads_follow_the_metadata_store(tmp_path: Path) -> None:
-    """Few on SQLite (its reads hold the GIL), more on PostgreSQL (its reads wait on the network); a setting wins."""
-    assert Settings(data_dir=tmp_path).resolved_api_read_threads == 2
+    """None on SQLite (its reads run on the event loop), 8 on PostgreSQL (its reads wait on the network); a setting
+    wins."""
+    assert Settings(data_dir=tmp_path).resolved_api_read_threads == 0
     assert Settings(data_dir=tmp_path, database_url="postgresql://h/db").resolved_api_read_threads == 8
     assert Settings(data_dir=tmp_path, api_read_threads=5).resolved_api_read_threads == 5
