@@ -4,10 +4,10 @@ api/services/aliases.py does the rest."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
-from api.auth import request_principal
-from api.context import get_ctx, read_json
+from api.auth import service_dependency
+from api.context import read_json
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
 from api.protocol.aliases import (
@@ -28,11 +28,7 @@ from api.services.aliases import AliasService
 router = APIRouter(prefix=f"{API_PREFIX}/tunery/aliases", responses=ERROR_RESPONSES)
 
 
-async def alias_service(request: Request) -> AliasService:
-    """The caller's project's aliases (on the event loop: nothing here does I/O, as api/models.py's)."""
-    ctx = get_ctx(request)
-    p = request_principal(request, ctx)
-    return AliasService(ctx, p.tenant(ctx.settings), p.actor)
+alias_service = service_dependency(AliasService)
 
 
 @router.post("")

@@ -56,19 +56,33 @@ class EncodedPage:
 ENTRY_OVERHEAD = 256
 
 
+Entry = bytes | tuple[bytes, ...]  # an object's encoding, or a page's (its objects' encodings, in order)
+
+
+def _size(entry: Entry) -> int:
+    """What an entry holds: its bytes (a page's, every object's: it keeps them whatever other entries do; its key, the
+    page's rows, about as much again is not counted) and :data:`ENTRY_OVERHEAD`."""
+    return (len(entry) if isinstance(entry, bytes) else sum(map(len, entry))) + ENTRY_OVERHEAD
+
+
 class EncodedCache:
-    """``key -> bytes``, thread-safe, least recently used out first past ``max_bytes`` (their bytes and
-    :data:`ENTRY_OVERHEAD` each; 0 keeps nothing)."""
+    """``key -> bytes`` (an object) or ``key -> tuple of bytes`` (a page), thread-safe, least recently used out first
+    past ``max_bytes`` (:func:`_size` each; 0 keeps nothing)."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._data: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._data: OrderedDict[Hashable, Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get(self, key: Hashable) -> bytes | None:
+        data = self._get(key)
+        assert data is None or isinstance(data, bytes)
+        return data
+
+    def _get(self, key: Hashable) -> Entry | None:
         with self._lock:
             data = self._data.get(key)
             if data is None:
@@ -78,20 +92,35 @@ class EncodedCache:
             self.hits += 1
             return data
 
-    def put(self, key: Hashable, data: bytes) -> None:
-        size = len(data) + ENTRY_OVERHEAD
+    def put(self, key: Hashable, data: Entry) -> None:
+        size = _size(data)
         if size > self.max_bytes:
             return
         with self._lock:
             old = self._data.get(key)
             if old is not None:
-                self.bytes -= len(old) + ENTRY_OVERHEAD
+                self.bytes -= _size(old)
             self._data[key] = data
             self._data.move_to_end(key)
             self.bytes += size
             while self.bytes > self.max_bytes:
                 _, gone = self._data.popitem(last=False)
-                self.bytes -= len(gone) + ENTRY_OVERHEAD
+                self.bytes -= _size(gone)
+
+    def encoded_page(
+        self, encoding: Encoding, kind: str, rows: Sequence[Iterable[Hashable]], encode: Callable[[], Sequence[bytes]]
+    ) -> Sequence[bytes]:
+        """A page's encodings kept whole, for ``rows``, what its objects show (each row every column its object
+        shows): one lookup (and the hash of the rows) for a page of a hundred files or models, not one an object;
+        else ``encode()``'s, kept. For the lists whose pages are few and long; those of many short pages (jobs,
+        events) keep their objects one by one."""
+        key = (encoding.name, kind, tuple(map(tuple, rows)))  # plain tuples: SQLAlchemy's Row compares in Python
+        page = self._get(key)
+        if page is None:
+            page = tuple(encode())
+            self.put(key, page)
+        assert isinstance(page, tuple)
+        return page
 
     def encoded(self, encoding: Encoding, key: tuple[Hashable, ...], build: Callable[[], BaseModel]) -> bytes:
         """The encoding kept for ``key``, or ``build()``'s, kept."""

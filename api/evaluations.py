@@ -4,10 +4,10 @@ admin may create and cancel them (api/auth.py's rule for any write). api/service
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
-from api.auth import request_principal
-from api.context import get_ctx, read_json
+from api.auth import service_dependency
+from api.context import read_json
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
 from api.protocol.base import Name
@@ -19,11 +19,7 @@ from tunery.evalreport import EvalReport
 router = APIRouter(prefix=f"{API_PREFIX}/tunery/evaluations", responses=ERROR_RESPONSES)
 
 
-async def evaluation_service(request: Request) -> EvaluationService:
-    """The caller's project's evaluations (on the event loop: nothing here does I/O)."""
-    ctx = get_ctx(request)
-    p = request_principal(request, ctx)
-    return EvaluationService(ctx, p.tenant(ctx.settings), p.actor)
+evaluation_service = service_dependency(EvaluationService)
 
 
 @router.post("")

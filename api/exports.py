@@ -5,10 +5,10 @@ rest."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
-from api.auth import request_principal
-from api.context import get_ctx, read_json
+from api.auth import service_dependency
+from api.context import read_json
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
 from api.protocol.base import Name
@@ -19,11 +19,7 @@ from api.services.exports import ExportService
 router = APIRouter(prefix=f"{API_PREFIX}/tunery/exports", responses=ERROR_RESPONSES)
 
 
-async def export_service(request: Request) -> ExportService:
-    """The caller's project's exports (on the event loop: nothing here does I/O)."""
-    ctx = get_ctx(request)
-    p = request_principal(request, ctx)
-    return ExportService(ctx, p.tenant(ctx.settings), p.actor)
+export_service = service_dependency(ExportService)
 
 
 @router.post("")

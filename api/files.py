@@ -10,8 +10,8 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
-from api.auth import request_principal
-from api.context import get_ctx, read_json
+from api.auth import caller_service, service_dependency
+from api.context import read_json
 from api.encoded import JSON
 from api.errors import ERROR_RESPONSES, InvalidRequest
 from api.limits import upload_body
@@ -38,12 +38,7 @@ from tunery.storage import content_disposition
 router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
-async def file_service(request: Request) -> FileService:
-    """The caller's files. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
-    FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
-    ctx = get_ctx(request)
-    p = request_principal(request, ctx)
-    return FileService(ctx, p.tenant(ctx.settings), p.actor)
+file_service = service_dependency(FileService)
 
 
 def _expires_after(form: FormData) -> ExpiresAfter | None:
@@ -106,19 +101,20 @@ async def create_file(request: Request, svc: FileService = Depends(file_service)
 
 @router.get("/files", response_model=FileList)
 async def list_files(
+    request: Request,
     purpose: str | None = None,
     limit: int = limit_param(10000),
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
-    svc: FileService = Depends(file_service),
 ) -> Response:
+    svc = caller_service(request, FileService)  # polled: no Depends (api/auth.py's service_dependency)
     req = ListFilesRequest(purpose=purpose, limit=limit, order=order, after=after)
     return await read_json(svc.ctx, lambda: FileList.json_of(svc.list_encoded(req, JSON)))
 
 
 @router.get("/files/{file_id}", response_model=FileObject)
-async def retrieve_file(file_id: Name, svc: FileService = Depends(file_service)) -> Response:
-    # A coroutine with one trip to the read routes' threads, as the job routes (api/jobs.py) for the same reasons.
+async def retrieve_file(file_id: Name, request: Request) -> Response:
+    svc = caller_service(request, FileService)  # polled: no Depends
     return await read_json(svc.ctx, svc.retrieve_encoded, file_id, JSON)
 
 

@@ -2,16 +2,16 @@
 path parameters in; api/services/jobs.py does the rest.
 
 The read routes (list, retrieve, events, checkpoints), the ones clients poll, are coroutines that run their blocking
-service call, and the writing of its JSON, in a thread of the read routes' own few (api/context.py's read_json): one
-trip there per request, and the event loop only sends the bytes. A
-``def`` route makes two (the call, then FastAPI's check of what it returned) among anyio's 40 threads."""
+service call, and the writing of its JSON, where api/context.py's ``run_read`` says (on the event loop on SQLite, in
+the read threads on PostgreSQL), in one call (``read_json``). A ``def`` route would make two trips to anyio's threads
+(the call, then FastAPI's check of what it returned)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from api.auth import request_principal
-from api.context import get_ctx, read_json
+from api.auth import caller_service, service_dependency
+from api.context import read_json
 from api.encoded import JSON
 from api.errors import ERROR_RESPONSES
 from api.pagination import limit_param
@@ -33,12 +33,7 @@ from tunery.evalreport import EvalReport
 router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
-async def job_service(request: Request) -> JobService:
-    """The caller's jobs. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
-    FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
-    ctx = get_ctx(request)
-    p = request_principal(request, ctx)
-    return JobService(ctx, p.tenant(ctx.settings), p.actor)
+job_service = service_dependency(JobService)
 
 
 @router.post("/fine_tuning/jobs")
@@ -57,18 +52,15 @@ def _metadata(request: Request) -> dict[str, str] | None:
 
 
 @router.get("/fine_tuning/jobs", response_model=ListPaginatedFineTuningJobsResponse)
-async def list_jobs(
-    request: Request,
-    after: str | None = None,
-    limit: int = limit_param(20),
-    svc: JobService = Depends(job_service),
-) -> Response:
+async def list_jobs(request: Request, after: str | None = None, limit: int = limit_param(20)) -> Response:
+    svc = caller_service(request, JobService)  # polled: no Depends (api/auth.py's service_dependency)
     req = ListJobsRequest(after=after, limit=limit, metadata=_metadata(request))
     return await read_json(svc.ctx, lambda: ListPaginatedFineTuningJobsResponse.json_of(svc.list_encoded(req, JSON)))
 
 
 @router.get("/fine_tuning/jobs/{job_id}", response_model=FineTuningJob)
-async def retrieve_job(job_id: Name, svc: JobService = Depends(job_service)) -> Response:
+async def retrieve_job(job_id: Name, request: Request) -> Response:
+    svc = caller_service(request, JobService)  # polled: no Depends
     return await read_json(svc.ctx, svc.retrieve_encoded, job_id, JSON)
 
 
@@ -79,11 +71,9 @@ def cancel_job(job_id: Name, svc: JobService = Depends(job_service)) -> FineTuni
 
 @router.get("/fine_tuning/jobs/{job_id}/events", response_model=ListFineTuningJobEventsResponse)
 async def list_events(
-    job_id: Name,
-    after: str | None = None,
-    limit: int = limit_param(20),
-    svc: JobService = Depends(job_service),
+    job_id: Name, request: Request, after: str | None = None, limit: int = limit_param(20)
 ) -> Response:
+    svc = caller_service(request, JobService)  # polled: no Depends
     req = ListJobEventsRequest(after=after, limit=limit)
     return await read_json(
         svc.ctx, lambda: ListFineTuningJobEventsResponse.json_of(svc.events_encoded(job_id, req, JSON))
@@ -92,11 +82,9 @@ async def list_events(
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints", response_model=ListFineTuningJobCheckpointsResponse)
 async def list_checkpoints(
-    job_id: Name,
-    after: str | None = None,
-    limit: int = limit_param(10),
-    svc: JobService = Depends(job_service),
+    job_id: Name, request: Request, after: str | None = None, limit: int = limit_param(10)
 ) -> Response:
+    svc = caller_service(request, JobService)  # polled: no Depends
     return await read_json(svc.ctx, svc.checkpoints, job_id, ListJobCheckpointsRequest(after=after, limit=limit))
 
 

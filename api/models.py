@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from api.auth import request_principal
-from api.context import get_ctx, read_json
+from api.auth import caller_service, service_dependency
+from api.context import read_json
 from api.encoded import JSON
 from api.errors import ERROR_RESPONSES
 from api.protocol.base import Name
@@ -19,17 +19,13 @@ from tunery.storage import content_disposition
 router = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
 
 
-async def model_service(request: Request) -> ModelService:
-    """The caller's models. On the event loop, with ``get_ctx`` and ``tenant`` called here: none does I/O, and
-    FastAPI would run each as a ``def`` dependency in the thread pool, a trip there and back per request."""
-    ctx = get_ctx(request)
-    p = request_principal(request, ctx)
-    return ModelService(ctx, p.tenant(ctx.settings), p.actor)
+model_service = service_dependency(ModelService)
 
 
-# The read routes: coroutines with one trip to the read routes' threads, as the job routes (api/jobs.py), same reasons.
+# The read routes: coroutines whose reads run where api/context.py's run_read says, as the job routes (api/jobs.py).
 @router.get("/models", response_model=ModelList)
-async def list_models(svc: ModelService = Depends(model_service)) -> Response:
+async def list_models(request: Request) -> Response:
+    svc = caller_service(request, ModelService)  # polled: no Depends (api/auth.py's service_dependency)
     return await read_json(svc.ctx, lambda: ModelList.json_of(svc.list_encoded(JSON)))
 
 

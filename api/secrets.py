@@ -4,10 +4,9 @@ answer holds a value; api/services/secrets.py does the rest."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
-from api.auth import request_principal
-from api.context import get_ctx
+from api.auth import service_dependency
 from api.errors import ERROR_RESPONSES
 from api.protocol.secrets import ProjectSecret, ProjectSecretDeleted, ProjectSecretList, SetSecretRequest
 from api.routing import API_PREFIX
@@ -17,11 +16,7 @@ from tunery.integrations import SecretName
 router = APIRouter(prefix=f"{API_PREFIX}/tunery/secrets", responses=ERROR_RESPONSES)
 
 
-async def secret_service(request: Request) -> SecretService:
-    """The caller's project's secrets (on the event loop: the request guard admitted the caller already)."""
-    ctx = get_ctx(request)
-    p = request_principal(request, ctx)
-    return SecretService(ctx, p.tenant(ctx.settings), p.actor)
+secret_service = service_dependency(SecretService)
 
 
 Svc = Depends(secret_service)

@@ -7,6 +7,7 @@ torch; the serving engine loads it on the first chat request.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import subprocess
@@ -270,10 +271,31 @@ def uvicorn_options(host: str, port: int) -> dict[str, Any]:
     return {"host": host, "port": port, "log_level": "info", "access_log": False, "loop": "auto", "http": "auto"}
 
 
+# The collector's youngest generation is collected every this many allocations (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_heap() -> None:
+    """Before serving: the objects made so far (modules, the app and its routes, the ORM's mappers, about 200,000)
+    live as long as the process, so they leave the cyclic collector's reach (``gc.freeze``); and its youngest
+    generation is collected every :data:`GC_YOUNG_THRESHOLD` allocations.
+
+    Every request leaves reference cycles that only the collector frees (the framework's exit stacks, uvicorn's
+    request cycle). Under 200 clients, a full collection walked the start-up's objects too: 140 ms each, several a
+    second, a quarter of the process's CPU and the tail of every latency (``/health`` on the API port waited up to
+    135 ms). Frozen, and the young collected ten thousand allocations at a time: 1,320 -> about 1,650 requests/s,
+    and ``/health``'s p99 under 100 ms (bench/api_load.py, which serves its bare reference the same way)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def serve(settings: Settings, role: str = "all") -> None:
     import uvicorn
 
     app, shutdown = build(settings, role=role)
+    settle_heap()
     try:
         uvicorn.run(app, **uvicorn_options(settings.host, settings.port))
     finally:

@@ -226,12 +226,13 @@ def free_port() -> int:
 
 
 def uvicorn_run(app: Any, port: int) -> None:
-    """``uvicorn.run`` with the arguments ``tunery serve`` gives it (api/server.py's ``uvicorn_options``: uvloop and
-    httptools when installed, as for Tunery)."""
+    """``uvicorn.run`` as ``tunery serve`` runs it: its arguments (api/server.py's ``uvicorn_options``: uvloop and
+    httptools when installed) and the collector settled first (``settle_heap``)."""
     import uvicorn
 
-    from api.server import uvicorn_options
+    from api.server import settle_heap, uvicorn_options
 
+    settle_heap()
     uvicorn.run(app, **uvicorn_options("127.0.0.1", port))
 
 

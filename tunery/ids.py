@@ -8,11 +8,17 @@ Ids are looked up as stored, never parsed by their prefix, so ids written by ear
 from __future__ import annotations
 
 import hashlib
+import os
+import random
 import re
 import secrets
 import string
 
 _ALPHABET = string.ascii_letters + string.digits
+# Request ids' generator, seeded from the system's randomness, again in a forked child; its own, so that a library
+# seeding the global one (a chat request's seed) does not repeat request ids.
+_requests = random.Random()
+os.register_at_fork(after_in_child=_requests.seed)
 
 
 _USABLE = 256 - 256 % len(_ALPHABET)  # bytes at or past this would favour the alphabet's first letters
@@ -95,7 +101,9 @@ def audit_event_id() -> str:
 
 
 def request_id() -> str:
-    return f"req_{_random(24)}"
+    """OpenAI's shape (``req_`` and 32 hex digits). Not a secret, so not from the system's randomness: a request id
+    is made for every request, and the system call for one was 2% of the API's CPU under load."""
+    return f"req_{_requests.getrandbits(128):032x}"
 
 
 def completion_id() -> str:

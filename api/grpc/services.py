@@ -1,5 +1,6 @@
 """The public gRPC services: each RPC converts its request, calls the REST API's service (api/services/) and
-converts its answer; no business rule lives here. Blocking service calls run in the read threads, as REST's do."""
+converts its answer; no business rule lives here. Blocking service calls run where REST's do (api/context.py's
+``run_read``)."""
 
 from __future__ import annotations
 

@@ -300,7 +300,10 @@ class FileService:
     def list_encoded(self, req: ListFilesRequest, encoding: Encoding) -> EncodedPage:
         """:meth:`list`, encoded."""
         rows, more = self._page(req)
-        return EncodedPage([r.id for r in rows], [self._encoded(r, encoding) for r in rows], more)
+        items = self.ctx.encoded.encoded_page(
+            encoding, "files", rows, lambda: [self._encoded(r, encoding) for r in rows]
+        )
+        return EncodedPage([r.id for r in rows], items, more)
 
     def retrieve_encoded(self, file_id: str, encoding: Encoding) -> bytes:
         """:meth:`retrieve`, encoded."""

@@ -126,12 +126,19 @@ class ModelService:
         return ModelList(data=[*self._bases(), *(ft_model_object(row) for row in self._rows())])
 
     def list_encoded(self, encoding: Encoding) -> Sequence[bytes]:
-        """:meth:`list`, encoded: each fine-tuned model's kept (api/encoded.py), keyed by what it shows."""
+        """:meth:`list`, encoded (api/encoded.py): the page kept whole for what its models show, and each fine-tuned
+        model's kept for what it shows."""
         cache = self.ctx.encoded
-        data: list[bytes] = [encoding.encode(m) for m in self._bases()]
-        for row in self._rows():
-            data.append(cache.encoded(encoding, ("model", *row), lambda row=row: ft_model_object(row)))  # type: ignore[misc]
-        return data
+        bases = [(name, _created(path)) for name, path in self.ctx.settings.base_model_paths().items()]
+        rows = self._rows()
+
+        def encode() -> list[bytes]:
+            data = [encoding.encode(Model(id=name, created=created, owned_by=BASE_OWNER)) for name, created in bases]
+            for row in rows:
+                data.append(cache.encoded(encoding, ("model", *row), lambda row=row: ft_model_object(row)))  # type: ignore[misc]
+            return data
+
+        return cache.encoded_page(encoding, "models", [*bases, *rows], encode)
 
     def _bases(self) -> Sequence[Model]:
         bases = self.ctx.settings.base_model_paths()

@@ -69,3 +69,14 @@ def test_no_request_fully_matches_two_routes(app: Any) -> None:
         for method in ("GET", "POST", "DELETE"):
             full = [str(r.path) for r in table.routes if r.matches(scope(method, path))[0] is Match.FULL]
             assert len(full) <= 1, (method, path, full)
+
+
+def test_the_polled_routes_come_first(app: Any) -> None:
+    """/health, then api/app.py's POLLED in order: each names a route of the app (a renamed path fails here)."""
+    from api.app import POLLED
+
+    listed = [(sorted(getattr(r, "methods", None) or ()), getattr(r, "path", None)) for r in app.router.routes]
+    front = [(methods, path) for methods, path in listed if path is not None and not path.startswith("/openapi")]
+    front = [entry for entry in front if not entry[1].startswith("/docs") and not entry[1].startswith("/redoc")]
+    assert front[0][1] == "/health"
+    assert [(m[0], p) for m, p in front[1 : 1 + len(POLLED)]] == list(POLLED)

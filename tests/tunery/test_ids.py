@@ -29,3 +29,16 @@ def test_each_letter_is_as_likely_as_any_other() -> None:
     assert len(counts) == 62
     expected = 240_000 / 62
     assert all(abs(n - expected) < 0.08 * expected for n in counts.values()), counts.most_common(3)
+
+
+def test_request_ids_have_openai_s_shape_and_do_not_repeat_when_the_global_generator_is_seeded() -> None:
+    """Request ids come from a generator of their own (not a system call each): a library seeding Python's global
+    one (a chat request's ``seed``) must not make two requests share an id."""
+    import random
+
+    random.seed(7)
+    first = [ids.request_id() for _ in range(3)]
+    random.seed(7)
+    again = [ids.request_id() for _ in range(3)]
+    assert len(set(first + again)) == 6
+    assert all(re.fullmatch(r"req_[0-9a-f]{32}", i) for i in first + again)
