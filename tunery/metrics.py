@@ -186,6 +186,8 @@ class HTTPMetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.route_of = route_of
+        # Each label set's two series, looked up once (prometheus_client's ``labels`` checks and locks, per call).
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -203,7 +205,13 @@ class HTTPMetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = self.route_of(scope)
-            method = method_label(scope.get("method", ""))
-            self.metrics.http_requests.labels(method, route, str(status)).inc()
-            self.metrics.http_seconds.labels(method, route).observe(time.perf_counter() - start)
+            key = (method_label(scope.get("method", "")), self.route_of(scope), status)
+            series = self._series.get(key)
+            if series is None:  # once per label set (a closed set: see the class)
+                method, route, _ = key
+                series = self._series[key] = (
+                    self.metrics.http_requests.labels(method, route, str(status)),
+                    self.metrics.http_seconds.labels(method, route),
+                )
+            series[0].inc()
+            series[1].observe(time.perf_counter() - start)

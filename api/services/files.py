@@ -303,7 +303,9 @@ class FileService:
         items = self.ctx.encoded.encoded_page(
             encoding, "files", rows, lambda: [self._encoded(r, encoding) for r in rows]
         )
-        return EncodedPage([r.id for r in rows], items, more)
+        return EncodedPage(
+            [r[0] for r in rows], items, more
+        )  # File.id, FILE_COLUMNS' first (by index: a Row's attribute is looked up in Python)
 
     def retrieve_encoded(self, file_id: str, encoding: Encoding) -> bytes:
         """:meth:`retrieve`, encoded."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import BindParameter, ColumnElement, Connection, String, bindparam, select
+from sqlalchemy import BindParameter, ColumnElement, Connection, String, bindparam, exists, select
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.interfaces import ORMOption
 
@@ -172,7 +172,9 @@ _VERSIONS = Pager(Job, select(Job.id, Job.version).where(*_OWNED), columns=True)
 # What an event's object shows: a page of events is read whole (an event's encoding is kept by its id alone).
 EVENT_COLUMNS = (JobEvent.id, JobEvent.created_at, JobEvent.level, JobEvent.message, JobEvent.type, JobEvent.data)
 _EVENTS = select(*EVENT_COLUMNS).where(JobEvent.job_id == _JOB_ID)
-_EVENT_PAGES = Pager(JobEvent, _EVENTS, columns=True)
+# The page of a job the tenant owns, in one statement (the job looked up once, uncorrelated); an empty page is told
+# apart from a job it does not own afterwards, by _VERSION.
+_EVENT_PAGES = Pager(JobEvent, _EVENTS.where(exists(select(Job.pk).where(Job.id == _JOB_ID, *_OWNED))), columns=True)
 _EVENT_PAGES_AFTER = Pager(JobEvent, _EVENTS, newest_first=False, columns=True)
 _JOBS = select(Job).where(Job.id.in_(_IDS)).options(*NOT_SHOWN)
 _EVENT = select(JobEvent.pk).where(JobEvent.job_id == _JOB_ID, JobEvent.id == bindparam("event_id", type_=String()))
@@ -397,10 +399,10 @@ class JobService:
         """:meth:`events`, encoded; an event never changes, so its encoding is kept by its id."""
         params = {**self.tenant.params(), "job_id": job_id}
         with self.ctx.db.read() as conn:
-            if conn.execute(_VERSION, params).scalar() is None:
-                raise job_not_found(job_id)
             rows, more = _EVENT_PAGES.page(conn, params, after=req.after, limit=req.limit)
-        return EncodedPage([e.id for e in rows], self._events_encoded(rows, encoding), more)
+            if not rows and conn.execute(_VERSION, params).scalar() is None:
+                raise job_not_found(job_id)
+        return EncodedPage([e[0] for e in rows], self._events_encoded(rows, encoding), more)  # EVENT_COLUMNS[0]: id
 
     def events_after(
         self, job_id: str, after: str | None, encoding: Encoding, limit: int = 200

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from google.protobuf.message import Message
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from api.context import AppContext, Tenant
 from api.encoded import ENTRY_OVERHEAD, JSON, EncodedCache, EncodedPage, Encoding
@@ -37,7 +37,7 @@ from api.services.models import ModelService
 from scheduler.reporting import servable_model
 from tests.conftest import chat_lines
 from tunery.audit import BOOTSTRAP
-from tunery.db import Database, File, Job
+from tunery.db import Database, File, Job, JobEvent
 from tunery.db.ops import add_event, now
 from tunery.v1 import files_pb2 as files_pb
 from tunery.v1 import fine_tuning_pb2 as ft_pb
@@ -208,6 +208,13 @@ def test_json_reads_answer_only_the_tenants_objects(ctx: AppContext) -> None:
             read()
     assert theirs.jobs_page(ListJobsRequest())["data"] == theirs.files_page()["data"] == []
     assert [m["id"] for m in theirs.models_list()["data"]] == ["m"]
+    # A job of the tenant's without events: an empty page (its page and ownership are read in one statement, the
+    # ownership again alone when the page is empty); still none for another project.
+    with ctx.db.session() as s:
+        s.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
+    assert mine.events(job.id)["data"] == []
+    with pytest.raises(NotFound):
+        theirs.events(job.id)
 
 
 def test_the_cache_keeps_the_most_recently_used_entries() -> None:
