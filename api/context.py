@@ -7,6 +7,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,26 +41,31 @@ class LoopReads:
     as soon as they were awaited, one pass of the loop would run every request under way: under 200 clients, a pass
     took 250 ms, and so did a ``/health`` answer on the API port, or any new request's first step. Queued, a pass
     runs a few reads (and the few requests their answers let the clients send), and the loop turns every few ms.
+    A turn's reads run within ``hold()`` (the metadata store's ``Database.holding``: one connection for them all).
     One queue per event loop (a test may run several, one after another), each used only on its loop's thread."""
 
-    def __init__(self, per_turn: int = READS_PER_TURN):
+    def __init__(self, per_turn: int = READS_PER_TURN, hold: Callable[[], AbstractContextManager[None]] = nullcontext):
         self.per_turn = per_turn
+        self.hold = hold
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = weakref.WeakKeyDictionary()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         queue = self._queues.get(loop)
         if queue is None:
-            queue = self._queues[loop] = _LoopQueue(loop, self.per_turn)
+            queue = self._queues[loop] = _LoopQueue(loop, self.per_turn, self.hold)
         future: asyncio.Future[T] = loop.create_future()
         queue.add(future, fn, args)
         return await future
 
 
 class _LoopQueue:
-    def __init__(self, loop: asyncio.AbstractEventLoop, per_turn: int):
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, per_turn: int, hold: Callable[[], AbstractContextManager[None]]
+    ):
         self.loop = loop
         self.per_turn = per_turn
+        self.hold = hold
         self.waiting: deque[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
         self.scheduled = False
 
@@ -71,16 +77,22 @@ class _LoopQueue:
 
     def turn(self) -> None:
         """Run the next reads (a request that left meanwhile is skipped); come back next pass if more wait."""
-        waiting, ran = self.waiting, 0
+        waiting = self.waiting
+        turn: list[tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]] = []
+        while waiting and len(turn) < self.per_turn:
+            read = waiting.popleft()
+            if not read[0].done():  # done: cancelled, its request is gone
+                turn.append(read)
         try:
-            while waiting and ran < self.per_turn:
-                future, fn, args = waiting.popleft()
-                if future.done():  # cancelled: its request is gone
-                    continue
-                ran += 1
-                try:
-                    future.set_result(fn(*args))
-                except Exception as e:  # to its request, as a thread's would be
+            with self.hold():
+                for future, fn, args in turn:
+                    try:
+                        future.set_result(fn(*args))
+                    except Exception as e:  # to its request, as a thread's would be
+                        future.set_exception(e)
+        except Exception as e:  # the hold itself failed (no connection): the turn's requests get the error
+            for future, _, _ in turn:
+                if not future.done():
                     future.set_exception(e)
         finally:
             if waiting:
@@ -103,7 +115,7 @@ class AppContext:
     # The read routes' threads (run_read): TUNERY_API_READ_THREADS; None (0 threads): the reads run on the event loop,
     # taking turns there (loop_reads).
     read_threads: ThreadPoolExecutor | None = field(init=False)
-    loop_reads: LoopReads = field(default_factory=LoopReads)
+    loop_reads: LoopReads = field(init=False)
     # The projects' request rate limits (api/ratelimit.py), counted by the request guard.
     rate_limiter: RateLimiter = field(init=False)
     # The reads' objects encoded (JSON, protobuf), each for one version of its rows (api/encoded.py).
@@ -114,6 +126,7 @@ class AppContext:
             self.keys = KeyRegistry(self.db)
         threads = self.settings.resolved_api_read_threads
         self.read_threads = ThreadPoolExecutor(threads, thread_name_prefix="tunery-read") if threads else None
+        self.loop_reads = LoopReads(hold=self.db.holding)
         self.encoded = EncodedCache(self.settings.api_cache_mb * 1_000_000)
         self.rate_limiter = RateLimiter(self.settings, self.db)
 

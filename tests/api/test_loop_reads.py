@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from api.context import READS_PER_TURN, AppContext, LoopReads, run_read
 from tunery.db import Database
@@ -123,3 +125,58 @@ def test_where_run_read_runs(tmp_path: Path, db: Database) -> None:
         assert asyncio.run(where(threaded)).startswith("tunery-read")
     finally:
         threaded.close()
+
+
+def test_a_turn_of_reads_shares_one_connection_and_each_read_sees_what_was_committed_before_it(
+    tmp_path: Path, db: Database
+) -> None:
+    """``Database.holding``: the reads of a turn take one connection from the pool, not one each; each read's
+    transaction ends with it, so a write committed by another connection between two reads is seen by the second."""
+    from sqlalchemy import text
+
+    with db.session() as s:
+        s.execute(text("CREATE TABLE t (x INTEGER)"))
+    other = Database(db.url)
+    checkouts: list[object] = []
+    event.listen(db.engine, "checkout", lambda *a: checkouts.append(a))
+    used: list[int] = []
+
+    def count(write: bool) -> int:
+        if write:
+            with other.session() as s:
+                s.execute(text("INSERT INTO t VALUES (1)"))
+        with db.read() as conn:
+            used.append(id(conn))
+            return int(conn.execute(text("SELECT count(*) FROM t")).scalar_one())
+
+    reads = LoopReads(hold=db.holding)
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(reads.run(count, i % 2 == 1) for i in range(4))))
+
+    try:
+        assert asyncio.run(main()) == [0, 1, 1, 2]
+        assert len(set(used)) == 1 and len(checkouts) == 1
+    finally:
+        other.engine.dispose()
+
+
+def test_a_hold_that_fails_fails_its_turn_s_requests_and_the_next_turn_goes_on() -> None:
+    holds = 0
+
+    @contextmanager
+    def hold() -> Iterator[None]:
+        nonlocal holds
+        holds += 1
+        if holds == 1:
+            raise ConnectionError("the metadata store is gone")
+        yield
+
+    reads = LoopReads(per_turn=2, hold=hold)
+
+    async def main() -> list[object]:
+        return list(await asyncio.gather(*(reads.run(lambda i=i: i) for i in range(4)), return_exceptions=True))
+
+    first, second, third, fourth = asyncio.run(main())
+    assert isinstance(first, ConnectionError) and isinstance(second, ConnectionError)
+    assert (third, fourth) == (2, 3)

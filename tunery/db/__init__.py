@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -145,6 +146,7 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._held = threading.local()  # the connection :meth:`holding` lends this thread's reads
         # The webhook outbox: a job's end (or a checkpoint) writes its events' deliveries in its own transaction.
         from tunery.webhooks import record_events
 
@@ -160,9 +162,33 @@ class Database:
     def read(self) -> Iterator[Connection]:
         """A connection for reads without the ORM: the reads clients poll, whose statements are built once
         (api/pagination.py's ``Pager``), run here in about a fifth of what building and running them through a
-        ``Session`` costs. :meth:`orm` reads ORM objects on it (the few rows a read must build objects from)."""
+        ``Session`` costs. :meth:`orm` reads ORM objects on it (the few rows a read must build objects from).
+        Within :meth:`holding`, the connection this thread holds, its transaction ended after each read (the next
+        read sees what was committed meanwhile)."""
+        held: Connection | None = getattr(self._held, "conn", None)
+        if held is None:
+            with self.engine.connect() as conn:
+                yield conn
+            return
+        try:
+            yield held
+        finally:
+            held.rollback()
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """The reads this thread makes meanwhile (:meth:`read`) share one connection, taken from the pool once: for
+        a run of short reads one after another (api/context.py's ``LoopReads``, a turn of the event loop's reads),
+        where taking one from the pool and giving it back, each read, cost as much as the read of a job."""
+        if getattr(self._held, "conn", None) is not None:
+            yield
+            return
         with self.engine.connect() as conn:
-            yield conn
+            self._held.conn = conn
+            try:
+                yield
+            finally:
+                self._held.conn = None
 
     def orm(self, conn: Connection) -> Session:
         """A session on ``conn`` (:meth:`read`'s), configured as :meth:`session`'s; close it (``with``)."""
