@@ -129,16 +129,15 @@ class ModelService:
         """:meth:`list`, encoded (api/encoded.py): the page kept whole for what its models show, and each fine-tuned
         model's kept for what it shows."""
         cache = self.ctx.encoded
-        bases = [(name, _created(path)) for name, path in self.ctx.settings.base_model_paths().items()]
-        rows = self._rows()
+        bases, rows = self._bases(), self._rows()
 
         def encode() -> list[bytes]:
-            data = [encoding.encode(Model(id=name, created=created, owned_by=BASE_OWNER)) for name, created in bases]
+            data = [encoding.encode(m) for m in bases]
             for row in rows:
                 data.append(cache.encoded(encoding, ("model", *row), lambda row=row: ft_model_object(row)))  # type: ignore[misc]
             return data
 
-        return cache.encoded_page(encoding, "models", [*bases, *rows], encode)
+        return cache.encoded_page(encoding, "models", [*((m.id, m.created) for m in bases), *rows], encode)
 
     def _bases(self) -> Sequence[Model]:
         bases = self.ctx.settings.base_model_paths()
