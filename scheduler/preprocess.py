@@ -25,12 +25,12 @@ from scheduler.validation import (
     METHOD_FOR_KIND,
     MIX_PARAM,
     check_scan,
+    evaluation_file_problem,
     file_error_code,
     file_report,
     scan_stored,
     status_details,
     token_summary,
-    ungraded_file,
 )
 from tunery import estimate as estimates
 from tunery import hyperparams, ids, jobstate, servable
@@ -40,7 +40,7 @@ from tunery.files import report_key
 from tunery.filescan import FileScan, ScanOptions
 from tunery.graders import cosine_graders, model_graders, parse_grader
 from tunery.jobspec import mix_count
-from tunery.jobstate import CHAT_PARAMS, EVAL_FILE_PARAM, ErrorCode, JobError, JobKind, JobStatus
+from tunery.jobstate import CHAT_PARAMS, EVAL_FILE_PARAM, EVAL_GRADER_PARAM, ErrorCode, JobError, JobKind, JobStatus
 from tunery.methods import GRADER_PARAM
 from tunery.plan import TrainingPlan, check_request, resolve_plan
 from tunery.sharing import resolve_usable, usable_model
@@ -72,10 +72,17 @@ def parent_model_prefix(s: Session, job: Job) -> str | None:
 GRADING = (JobKind.fine_tune, JobKind.evaluation)
 
 
+def grader_param(job: Job) -> str:
+    """Where errors about a job's grader point: an evaluation's own ``grader``, else the reinforcement job's
+    ``method.reinforcement.grader`` (an evaluation without its own is graded by its model's job's)."""
+    return EVAL_GRADER_PARAM if job.evaluation_grader() is not None else GRADER_PARAM
+
+
 def judge_names(job: Job) -> dict[str, str]:
     """The judge models a reinforcement job's grader names (its score_model graders'), each with where the first
-    grader that names it is (``method.reinforcement.grader.graders.j``); an evaluation of a model such a job made has
-    its job's (it may grade a reinforcement file with them); none for an export, which grades nothing."""
+    grader that names it is (``method.reinforcement.grader.graders.j``); an evaluation has its own grader's, or those
+    of the reinforcement job that made its model (it may grade a reinforcement file with them); none for an export,
+    which grades nothing."""
     if job.kind not in GRADING:
         return {}
     plan = job.training_plan()
@@ -83,7 +90,8 @@ def judge_names(job: Job) -> dict[str, str]:
     if rl is None:
         return {}
     found: dict[str, str] = {}
-    for where, grader in model_graders(parse_grader(rl.grader, GRADER_PARAM), GRADER_PARAM):
+    param = grader_param(job)
+    for where, grader in model_graders(parse_grader(rl.grader, param), param):
         found.setdefault(grader.model, where)
     return found
 
@@ -97,7 +105,8 @@ def cosine_metric(job: Job) -> str | None:
     rl = plan.reinforcement if plan is not None else None
     if rl is None:
         return None
-    found = cosine_graders(parse_grader(rl.grader, GRADER_PARAM), GRADER_PARAM)
+    param = grader_param(job)
+    found = cosine_graders(parse_grader(rl.grader, param), param)
     return found[0][0] if found else None
 
 
@@ -358,13 +367,15 @@ class Preprocessor(SchedulerPart):
     def _validate_evaluation(self, job: Job, files: dict[str, File]) -> None:
         """An evaluation's file (and reference set): the tenant's, still there, without invalid lines, and holding
         examples with an answer to score: chat (scored as a validation file is) or preference pairs (also DPO's
-        rewards); or reinforcement prompts for a model a reinforcement job made (graded by its grader). Reinforcement
-        prompts for another model, which nothing grades, fail the evaluation with ``invalid_file``."""
+        rewards); or reinforcement prompts graded by the evaluation's own grader or, for a model a reinforcement job
+        made, by its job's. Other reinforcement prompts, which nothing grades, and chat or preference examples given
+        with a grader fail the evaluation with ``invalid_file`` (:func:`evaluation_file_problem`)."""
         model_folder = self.settings.base_model_paths().get(job.base_model)
         model = (job.base_model, model_folder) if model_folder else None
         plan = job.training_plan()
         max_len = plan.max_seq_length if plan is not None else None
         graded = plan is not None and plan.reinforcement is not None
+        grader_given = job.evaluation_grader() is not None
         summaries: list[str] = []
         for param, file_id in job.input_files():
             f = files.get(file_id)
@@ -373,8 +384,11 @@ class Preprocessor(SchedulerPart):
                 return
             scan = scan_stored(self.store, f.object_key, self.scan_options(model, max_len))
             kind = scan.format.kind if scan.format is not None and param == EVAL_FILE_PARAM else "supervised"
-            if kind == "reinforcement" and not graded:
-                fail(self.db, job.id, JobError(ErrorCode.invalid_file, ungraded_file(file_id, job.model), param))
+            problem = None
+            if param == EVAL_FILE_PARAM and scan.format is not None:
+                problem = evaluation_file_problem(file_id, kind, job.model, graded, grader_given)
+            if problem is not None:
+                fail(self.db, job.id, JobError(ErrorCode.invalid_file, problem, param))
                 return
             check = check_scan(scan, f.id, param, method=METHOD_FOR_KIND.get(kind, "supervised"))
             if check.error:

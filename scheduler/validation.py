@@ -330,10 +330,25 @@ def _token_total(tokens: dict[str, Any]) -> str:
     return f"{tokens['total']} tokens ({tokens['trained']} trained)"
 
 
-def ungraded_file(file_id: str, model: str) -> str:
-    """Why an evaluation of ``model`` refuses the reinforcement file ``file_id``: nothing grades its prompts."""
-    return (
-        f"File {file_id} holds reinforcement data (prompts without answers): an evaluation scores chat or preference "
-        f"examples, each with the answer to score, or grades reinforcement prompts with the grader of the "
-        f"reinforcement job that made the model, and {model} was not made by one."
-    )
+def evaluation_file_problem(file_id: str, kind: str, model: str, graded: bool, grader_given: bool) -> str | None:
+    """Why an evaluation of ``model`` refuses its file ``file_id`` of ``kind`` (``supervised``, ``preference`` or
+    ``reinforcement`` data), or None: reinforcement prompts need a grader (``graded``: the evaluation's own, or that
+    of the reinforcement job that made the model), and a grader given with the evaluation (``grader_given``) grades
+    reinforcement prompts only. The API (at create, for a file validated at upload) and the scheduler (when it
+    validates the file) both ask this."""
+    if kind == "reinforcement" and not graded:
+        return (
+            f"File {file_id} holds reinforcement data (prompts without answers): an evaluation scores chat or "
+            "preference examples, each with the answer to score, or grades reinforcement prompts with a grader (the "
+            f"evaluation's `grader`, or the grader of the reinforcement job that made the model). {model} was not made "
+            "by a reinforcement job: give the evaluation a grader."
+        )
+    if grader_given and kind != "reinforcement":
+        examples = "preference" if kind == "preference" else "chat"
+        return (
+            f"File {file_id} holds {examples} examples, each with its answer: an evaluation's `grader` grades the "
+            "answers the model samples to reinforcement prompts (OpenAI's reinforcement format: messages, plus the "
+            "fields the grader reads). Evaluate this file without a grader (its answers are scored by loss), or give a "
+            "file of reinforcement prompts."
+        )
+    return None

@@ -133,6 +133,8 @@ MIX_PARAM = "tunery.data.mix.file"
 REFERENCE_PARAM = "tunery.eval.reference_file"
 # The request parameter that names the file an evaluation scores (docs/evals.md): chat or preference examples.
 EVAL_FILE_PARAM = "file"
+# The request parameter of the grader an evaluation is given (docs/evals.md), instead of its model's job's.
+EVAL_GRADER_PARAM = "grader"
 # The inputs that are chat examples whatever the job's method.
 CHAT_PARAMS = frozenset({MIX_PARAM, REFERENCE_PARAM})
 

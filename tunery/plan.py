@@ -493,3 +493,21 @@ def _resolve_reinforcement(
         compute_multiplier=multiplier,
         reasoning_effort=hp.reasoning_effort or "default",
     )
+
+
+def graded_by(plan: TrainingPlan, grader: dict[str, Any]) -> TrainingPlan:
+    """The plan of an evaluation given its own grader (docs/evals.md), from the plan of the model it evaluates: a
+    reinforcement job's sampling with that grader instead of the job's, or for a model another method made, the
+    sampling ``tunery.reinforcement`` defaults to (the answers a reinforcement job on it would sample) and one sampled
+    answer a prompt."""
+    rl = plan.reinforcement
+    if rl is None:
+        o = ReinforcementOptions()
+        rl = ReinforcementPlan(
+            grader=grader,
+            num_generations=2,  # GRPO's group: an evaluation samples ``eval_samples`` answers, never a group
+            max_completion_length=o.max_completion_length,
+            kl_coef=o.kl_coef,
+            temperature=o.temperature,
+        )
+    return plan.model_copy(update={"reinforcement": rl.model_copy(update={"grader": grader})})

@@ -9,9 +9,13 @@ The checks, in the other routes' words: the model is one the project may use (it
 otherwise the 404 of ``GET /v1/models/{model}``); a base model is refused (400 ``invalid_model``: a report compares
 a fine-tuned model against its base, and a base model has nothing to be compared with); the file is the project's,
 of purpose ``fine-tune`` and not refused by its validation (a 400 naming ``file``), and holds chat examples or
-preference pairs, or reinforcement prompts for a model a reinforcement job made, which its job's grader grades (the
-report's ``reward`` section); reinforcement prompts for another model are refused (known at once when the file was
-validated at upload; otherwise the evaluation fails with ``invalid_file`` when the scheduler validates it).
+preference pairs, or reinforcement prompts, whose sampled answers are graded (the report's ``reward`` section) by
+the evaluation's ``grader`` or, for a model a reinforcement job made, by its job's grader. Reinforcement prompts that
+nothing would grade, and chat or preference examples given with a grader, are refused (known at once when the file
+was validated at upload; otherwise the evaluation fails with ``invalid_file`` when the scheduler validates it:
+scheduler/validation.py's ``evaluation_file_problem`` decides both). A ``grader`` is checked as a reinforcement job's
+(a 400 naming the field under ``grader``; its judges models the project may use), and becomes the grader of the
+evaluation's plan (``tunery.plan.graded_by``), which is all the scheduler and the trainer read.
 """
 
 from __future__ import annotations
@@ -24,17 +28,19 @@ from sqlalchemy import select
 from api.errors import InvalidRequest, NotFound
 from api.protocol.evaluations import CreateEvaluationRequest, Evaluation, EvaluationList
 from api.protocol.jobs import FineTuningJobError
+from api.services.graders import resolve_judges
 from api.services.models import model_to_read
-from api.services.prepare import check_file
+from api.services.prepare import check_file, checked_grader
 from api.services.short_jobs import ShortJobService
-from scheduler.validation import ungraded_file
+from scheduler.validation import evaluation_file_problem
 from tunery import ids
 from tunery.audit import EventType
 from tunery.data import DataFormat
 from tunery.db import File, Job
 from tunery.evalreport import EvalReport, ReportOptions, ReportSummary
 from tunery.files import report_key
-from tunery.jobstate import EVAL_FILE_PARAM, JobKind, JobStatus
+from tunery.jobstate import EVAL_FILE_PARAM, EVAL_GRADER_PARAM, JobKind, JobStatus
+from tunery.plan import graded_by
 from tunery.storage import ObjectNotFound
 
 REFERENCE = "eval.reference_file"
@@ -52,6 +58,7 @@ def evaluation_object(j: Job) -> Evaluation:
         file=j.training_file,
         seed=j.seed,
         eval=ReportOptions.model_validate({k: v for k, v in options.items() if k in ReportOptions.model_fields}),
+        grader=j.evaluation_grader(),  # type: ignore[arg-type]  # checked when it was given
         error=FineTuningJobError.model_validate(j.error) if j.error is not None else None,
         report=ReportSummary.model_validate(j.eval_report) if j.eval_report else None,
         result_files=list(j.result_files or []),
@@ -68,10 +75,10 @@ class EvaluationService(ShortJobService[Evaluation, EvaluationList]):
     list_type = EvaluationList
     to_object = staticmethod(evaluation_object)
 
-    def _check_format(self, f: File, model: str, graded: bool) -> None:
-        """A file validated at upload whose examples have no answers to score (reinforcement data) is refused now,
-        unless the model's job has a grader (``graded``: a reinforcement job's model, graded by it); one not validated
-        yet is checked by the scheduler (the same rule, scheduler/preprocess.py's ``ungraded_file``)."""
+    def _check_format(self, f: File, model: str, graded: bool, grader_given: bool) -> None:
+        """A file validated at upload that the evaluation could not score or grade is refused now (``graded``: it has
+        a grader, its own or its model's job's; ``grader_given``: its own); one not validated yet is checked by the
+        scheduler, by the same rule (scheduler/validation.py's ``evaluation_file_problem``)."""
         if f.status != "processed":
             return
         try:
@@ -79,8 +86,9 @@ class EvaluationService(ShortJobService[Evaluation, EvaluationList]):
             fmt = DataFormat(report.get("format"))
         except (ObjectNotFound, ValueError, TypeError):
             return
-        if fmt.kind == "reinforcement" and not graded:
-            raise InvalidRequest(ungraded_file(f.id, model), param=EVAL_FILE_PARAM, code="invalid_file")
+        problem = evaluation_file_problem(f.id, fmt.kind, model, graded, grader_given)
+        if problem is not None:
+            raise InvalidRequest(problem, param=EVAL_FILE_PARAM, code="invalid_file")
 
     def create(self, req: CreateEvaluationRequest) -> Evaluation:
         """A new evaluation, ``validating_files``: the scheduler validates its file, then queues it."""
@@ -105,7 +113,13 @@ class EvaluationService(ShortJobService[Evaluation, EvaluationList]):
                     param="model",
                     code="model_not_available",
                 )
-            self._check_format(check_file(s, t, req.file, EVAL_FILE_PARAM), req.model, plan.reinforcement is not None)
+            if req.grader is not None:
+                embeddings = self.ctx.settings.embedding_model_path() is not None
+                grader = checked_grader(req.grader, EVAL_GRADER_PARAM, embeddings)
+                resolve_judges(s, self.ctx, t, grader, EVAL_GRADER_PARAM)
+                plan = graded_by(plan, req.grader)
+            graded, given = plan.reinforcement is not None, req.grader is not None
+            self._check_format(check_file(s, t, req.file, EVAL_FILE_PARAM), req.model, graded, given)
             if options.reference_file is not None:
                 check_file(s, t, options.reference_file, REFERENCE)
             job_id = ids.evaluation_id()
@@ -115,7 +129,8 @@ class EvaluationService(ShortJobService[Evaluation, EvaluationList]):
                 model=req.model,
                 base_model=row.base_model,
                 parent=parent,
-                options={"eval": options.model_dump()},
+                plan=plan,
+                options={"eval": options.model_dump(), **({EVAL_GRADER_PARAM: req.grader} if req.grader else {})},
                 file=req.file,
                 seed=seed,
                 events=[f"Created evaluation: {job_id} of {req.model}", f"Validating file: {req.file}"],

@@ -25,7 +25,7 @@ from api.services.aliases import check_name
 from api.services.files import find_file
 from api.services.graders import resolve_judges
 from tunery.db import File, Job
-from tunery.graders import GraderError, check_runnable, parse_grader
+from tunery.graders import AnyGrader, GraderError, check_runnable, parse_grader
 from tunery.integrations import (
     TYPES,
     IntegrationError,
@@ -130,17 +130,25 @@ def _reinforcement(req: CreateJob, options: ReinforcementOptions | None, embeddi
             param="method.reinforcement.response_format",
             code="unsupported_method",
         )
-    where = GRADER_PARAM
-    try:
-        check_runnable(parse_grader(section.grader, where), where, embeddings=embeddings)
-    except GraderError as e:
-        raise InvalidRequest(e.message, param=e.param, code=e.code) from None
+    checked_grader(section.grader, GRADER_PARAM, embeddings)
     hp = section.hyperparameters
     return ReinforcementRequest(
         grader=section.grader,
         hyperparameters=hp.settings() if hp is not None else ReinforcementSettings(),
         options=options or ReinforcementOptions(),
     )
+
+
+def checked_grader(data: dict[str, Any], where: str, embeddings: bool) -> AnyGrader:
+    """A grader given with a request (a reinforcement job's, an evaluation's), checked as ``graders/validate``
+    checks one and runnable on this server (``embeddings``: an embedding model is configured, for a cosine metric);
+    a 400 naming the field at fault (under ``where``) otherwise."""
+    try:
+        grader = parse_grader(data, where)
+        check_runnable(grader, where, embeddings=embeddings)
+    except GraderError as e:
+        raise InvalidRequest(e.message, param=e.param, code=e.code) from None
+    return grader
 
 
 def check_file(s: Session, t: Tenant, file_id: str, param: str) -> File:

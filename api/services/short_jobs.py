@@ -33,6 +33,7 @@ from tunery.audit import Actor, EventType, record
 from tunery.db import Job
 from tunery.db.ops import add_event, now
 from tunery.jobstate import JobKind, JobStatus
+from tunery.plan import TrainingPlan
 
 O = TypeVar("O")  # noqa: E741 - the resource's API object
 L = TypeVar("L", bound=CursorPage[Any])  # a page of them
@@ -91,14 +92,17 @@ class ShortJobService(ABC, Generic[O, L]):
         base_model: str,
         parent: Job | None,
         options: dict[str, Any],
+        plan: TrainingPlan | None = None,
         file: str = "",
         seed: int | None = None,
         events: Sequence[str],
         details: dict[str, Any],
     ) -> O:
-        """Add the new job (its parent's method, hyperparameters and plan: the model it reads was trained so), its
-        events and its audit record; the scheduler is woken once the caller's transaction commits."""
-        plan = parent.training_plan() if parent is not None else None
+        """Add the new job (its parent's method, hyperparameters and plan: the model it reads was trained so; or
+        ``plan``, the parent's as the new job changes it), its events and its audit record; the scheduler is woken
+        once the caller's transaction commits."""
+        if plan is None and parent is not None:
+            plan = parent.training_plan()
         job = Job(
             id=job_id,
             kind=self.kind,

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from api.cli import app
@@ -21,6 +22,7 @@ from tests.schema import validate
 from tunery import ids
 from tunery.db import FineTunedModel, Job
 from tunery.evalreport import EvalReport
+from tunery.files import report_key
 from tunery.plan import TrainingPlan
 
 EV = "/v1/tunery/evaluations"
@@ -29,6 +31,18 @@ DONE = {"succeeded", "failed", "cancelled"}
 
 
 CLI = CliRunner(env={"COLUMNS": "250"})
+# A grader for the reinforcement prompts below: 1 when the answer holds the line's keyword.
+KEYWORD = {
+    "type": "string_check",
+    "name": "keyword",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.keyword}}",
+    "operation": "like",
+}
+RFT = b"\n".join(
+    json.dumps({"messages": [{"role": "user", "content": f"Name a fruit ({i})."}], "keyword": "apple"}).encode()
+    for i in range(3)
+)
 
 
 def cli_args(srv: RunningServer) -> list[str]:
@@ -172,6 +186,20 @@ def test_a_model_and_its_checkpoint_are_evaluated_on_one_file_and_compared(serve
     events = [e.message for e in c.fine_tuning.jobs.list_events(job.id).data]
     assert not any("Evaluat" in m for m in events)
 
+    # A model no reinforcement job made, graded on reinforcement prompts by a grader given with the evaluation
+    # (through `tunery evals create --grader`): the report's reward section, base against model, and no loss.
+    rft = c.files.create(file=("rft.jsonl", RFT), purpose="fine-tune")
+    grader = ["--grader", json.dumps(KEYWORD), "--max-examples", "2", "--seed", "5", "--json"]
+    out = CLI.invoke(app, ["evals", "create", models[0], rft.id, *grader, "--wait", *cli_args(server)])
+    assert out.exit_code == 0, out.output
+    graded = EvalReport.model_validate_json(out.output)
+    assert graded.model == models[0] and graded.evaluated_file == rft.id and graded.validation is None
+    reward = graded.reward
+    assert reward is not None and reward.grader == "keyword (string_check)" and reward.prompts == 2
+    assert reward.max_completion_length == 256 and reward.eval_samples == 1
+    assert reward.greedy.base.answers == reward.greedy.model.answers == 2
+    assert 0.0 <= reward.greedy.model.mean <= 1.0
+
 
 def test_refusals_are_the_other_routes(tiny_server_factory: Any) -> None:
     srv = tiny_server_factory(max_concurrent_runs=0)  # nothing launches: an evaluation stays queued
@@ -179,10 +207,7 @@ def test_refusals_are_the_other_routes(tiny_server_factory: Any) -> None:
     model = stored_model(srv)
     theirs = stored_model(srv, project="proj_other")
     data = c.files.create(file=("eval.jsonl", chat_lines(3)), purpose="fine-tune")
-    rft = c.files.create(
-        file=("rft.jsonl", b'{"messages": [{"role": "user", "content": "Say a fruit."}], "keyword": "apple"}\n'),
-        purpose="fine-tune",
-    )
+    rft = c.files.create(file=("rft.jsonl", RFT), purpose="fine-tune")
     other_purpose = c.files.create(file=("u.jsonl", chat_lines(3)), purpose="user_data")
     c.files.wait_for_processing(rft.id, poll_interval=0.1, max_wait_seconds=30)
 
@@ -210,6 +235,26 @@ def test_refusals_are_the_other_routes(tiny_server_factory: Any) -> None:
         "invalid_file_id",
         "eval.reference_file",
     )
+    # A grader of its own: checked as a reinforcement job's (the field at fault named under `grader`; a judge the
+    # project may use), and only for reinforcement prompts (chat examples are scored by loss, not graded).
+    refused({"model": model, "file": rft.id, "grader": {"type": "nope"}}, 400, "invalid_grader", "grader.type")
+    judge = {**KEYWORD, "type": "score_model", "model": "ft:nope", "input": [{"role": "user", "content": "x"}]}
+    del judge["operation"], judge["reference"]
+    refused({"model": model, "file": rft.id, "grader": judge}, 400, "model_not_found", "grader.model")
+    error = refused({"model": model, "file": data.id, "grader": KEYWORD}, 400, "invalid_file", "file")
+    assert "holds chat examples" in error["message"] and "without a grader" in error["message"]
+    # Given one, reinforcement prompts are graded for a model no reinforcement job made: the evaluation shows its
+    # grader, and its plan (all the scheduler and the trainer read) samples as a reinforcement job would by default.
+    graded = srv.http.post(EV, json={"model": model, "file": rft.id, "grader": KEYWORD})
+    assert graded.status_code == 200, graded.text
+    validate_evaluation(graded.json())
+    assert graded.json()["grader"] == KEYWORD
+    with srv.app.state.ctx.db.session() as s:
+        plan = s.scalars(select(Job).where(Job.id == graded.json()["id"])).one().training_plan()
+    assert plan is not None and plan.reinforcement is not None and plan.reinforcement.grader == KEYWORD
+    assert (plan.reinforcement.max_completion_length, plan.reinforcement.eval_samples) == (256, 1)
+    assert srv.http.get(f"{EV}/{graded.json()['id']}").json()["grader"] == KEYWORD
+    assert srv.http.post(EV, json={"model": model, "file": data.id}).json()["grader"] is None
     # Every field is Tunery's: an unknown one (a gate, say) is a 400.
     r = srv.http.post(EV, json={"model": model, "file": data.id, "eval": {"gate": {"max_forgetting": 0.1}}})
     assert r.status_code == 400 and "gate" in r.json()["error"]["param"]
@@ -228,6 +273,14 @@ def test_refusals_are_the_other_routes(tiny_server_factory: Any) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "evaluation_id"
     assert srv.http.get(f"{EV}/evaljob-nope").status_code == 404
     assert ev["id"] not in {j.id for j in c.fine_tuning.jobs.list().data}  # the stored models' jobs only
+
+    # A file whose validation report the API cannot read (not validated yet, say) is checked by the scheduler when it
+    # validates the evaluation's file, by the same rule: the evaluation fails, naming the file.
+    srv.app.state.ctx.store.delete(report_key(data.id))
+    ev = srv.http.post(EV, json={"model": model, "file": data.id, "grader": KEYWORD}).json()
+    failed = wait_evaluation(srv, ev["id"], {"failed", "queued"}, timeout=30)
+    assert (failed["status"], failed["error"]["code"], failed["error"]["param"]) == ("failed", "invalid_file", "file")
+    assert "holds chat examples" in failed["error"]["message"]
 
 
 @pytest.mark.integration

@@ -5,6 +5,7 @@ whose object, list and report read the same over both transports."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -94,6 +95,31 @@ REFUSALS = [
         id="no-reference-file",
     ),
     pytest.param(create({"model": "{model}", "file": "{file_id}", "seed": -1}), 400, None, "seed", id="bad-seed"),
+    pytest.param(
+        create({"model": "{model}", "file": "{file_id}", "grader": {"type": "nope"}}),
+        400,
+        "invalid_grader",
+        "grader.type",
+        id="bad-grader",
+    ),
+    pytest.param(
+        create(
+            {
+                "model": "{model}",
+                "file": "{file_id}",
+                "grader": {
+                    "type": "score_model",
+                    "name": "j",
+                    "model": "ft:x",
+                    "input": [{"role": "user", "content": "Rate {{sample.output_text}}"}],
+                },
+            }
+        ),
+        400,
+        "model_not_found",
+        "grader.model",
+        id="grader-unknown-judge",
+    ),
     pytest.param(GET, 404, None, "evaluation_id", id="get-unknown"),
     pytest.param(CANCEL, 404, None, "evaluation_id", id="cancel-unknown"),
     pytest.param(REPORT, 404, None, "evaluation_id", id="report-unknown"),
@@ -247,3 +273,29 @@ def test_a_real_evaluation_reads_the_same_over_both_transports(
         typed = EvalReport.model_validate(json_format.MessageToDict(report.report))
         assert (typed.job_id, typed.model, typed.evaluated_file) == (made.id, job.fine_tuned_model, data.id)
         assert typed.validation is not None and typed.validation.model.examples == 2 and len(typed.samples) == 1
+
+
+def test_an_evaluation_given_a_grader_over_grpc_is_rests(api: Api) -> None:
+    """``grader`` is a Struct both ways: given with CreateEvaluation, read back by GetEvaluation as REST reads it."""
+    line = {"messages": [{"role": "user", "content": "Name a fruit."}], "keyword": "apple"}
+    rft = api.server.client.files.create(file=("rft.jsonl", json.dumps(line).encode()), purpose="fine-tune")
+    api.server.client.files.wait_for_processing(rft.id, poll_interval=0.1, max_wait_seconds=30)
+    grader = {
+        "type": "string_check",
+        "name": "keyword",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.keyword}}",
+        "operation": "eq",
+    }
+    request = epb.CreateEvaluationRequest(model=api.objects["model"], file=rft.id)
+    request.grader.update(grader)
+    made = api.call("EvaluationService/CreateEvaluation", request)
+    assert json_format.MessageToDict(made.grader) == grader
+    got = assert_same_answer(api, GET, {**api.objects, "evaluation_id": made.id})
+    assert got.grader == made.grader
+    # Without one it is unset, as REST's null.
+    plain = api.call(
+        "EvaluationService/CreateEvaluation",
+        epb.CreateEvaluationRequest(model=api.objects["model"], file=api.objects["file_id"]),
+    )
+    assert not plain.HasField("grader")

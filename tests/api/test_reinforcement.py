@@ -236,3 +236,21 @@ def test_a_reinforcement_job_trains_end_to_end_and_its_model_answers(server: Any
     scored = reports[chat]
     assert scored["evaluated_file"] == chat and scored["reward"] is None
     assert scored["validation"]["model"]["loss"] > 0
+
+    # Given a grader of its own (one that passes every answer), the same prompts are graded by it instead of the
+    # job's, the answers sampled as in the job (its max_completion_length).
+    every = {
+        "type": "string_check",
+        "name": "any",
+        "input": "{{sample.output_text}}",
+        "reference": "@@",
+        "operation": "ne",
+    }
+    body = {"model": done.fine_tuned_model, "file": valid, "eval": EVAL, "grader": every}
+    ev = server.http.post(EV, json=body).json()
+    finished = wait_evaluation(server, ev["id"], {"succeeded", "failed"})
+    assert finished["status"] == "succeeded" and finished["grader"] == every, finished
+    reward = server.http.get(f"{EV}/{ev['id']}/report").json()["reward"]
+    assert reward["grader"].startswith("any") and reward["max_completion_length"] == 4
+    for side in ("base", "model"):
+        assert (reward["greedy"][side]["answers"], reward["greedy"][side]["mean"]) == (4, 1.0)

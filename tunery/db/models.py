@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tunery.jobstate import EVAL_FILE_PARAM, MIX_PARAM, REFERENCE_PARAM, JobKind
+from tunery.jobstate import EVAL_FILE_PARAM, EVAL_GRADER_PARAM, MIX_PARAM, REFERENCE_PARAM, JobKind
 from tunery.plan import PlanRequest, TrainingPlan
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
@@ -133,6 +133,13 @@ class Job(Base, Tenant):
         """One section of the job's stored ``tunery`` extensions (``data``, ``training``): requested until the
         files are validated, resolved after; empty when the job has none."""
         return dict(((self.extensions or {}).get("tunery") or {}).get(section) or {})
+
+    def evaluation_grader(self) -> dict[str, Any] | None:
+        """The grader an evaluation was given (its ``grader``, also in its plan), or None: a fine-tuning job, an
+        export, or an evaluation graded (if at all) by its model's job's grader."""
+        if self.kind != JobKind.evaluation:
+            return None
+        return self.tunery_options(EVAL_GRADER_PARAM) or None
 
     def plan_request(self) -> PlanRequest:
         """The training plan the job asked for, from what it stores (``auto`` until its files are validated)."""

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from tunery.v1 import fine_tuning_pb2 as tunery_dot_v1_dot_fine__tuning__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btunery/v1/evaluations.proto\x12\ttunery.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1btunery/v1/fine_tuning.proto\"\x9f\x02\n\rReportOptions\x12\x14\n\x07samples\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x19\n\x0cmax_examples\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x1b\n\x0ereference_file\x18\x04 \x01(\tH\x03\x88\x01\x01\x12!\n\x14\x66orgetting_threshold\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x16\n\tprecision\x18\x06 \x01(\tH\x05\x88\x01\x01\x42\n\n\x08_samplesB\x11\n\x0f_max_new_tokensB\x0f\n\r_max_examplesB\x11\n\x0f_reference_fileB\x17\n\x15_forgetting_thresholdB\x0c\n\n_precision\"z\n\x17\x43reateEvaluationRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x11\n\x04seed\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12&\n\x04\x65val\x18\x04 \x01(\x0b\x32\x18.tunery.v1.ReportOptionsB\x07\n\x05_seed\"\xcf\x02\n\nEvaluation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12\x18\n\x0b\x66inished_at\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x12\n\nbase_model\x18\x07 \x01(\t\x12\x0c\n\x04\x66ile\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x03\x12&\n\x04\x65val\x18\n \x01(\x0b\x32\x18.tunery.v1.ReportOptions\x12,\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1d.tunery.v1.FineTuningJobError\x12,\n\x06report\x18\x0c \x01(\x0b\x32\x1c.tunery.v1.EvalReportSummary\x12\x14\n\x0cresult_files\x18\r \x03(\tB\x0e\n\x0c_finished_at\"-\n\x14GetEvaluationRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\"T\n\x16ListEvaluationsRequest\x12\x12\n\x05\x61\x66ter\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x02 \x01(\x03H\x01\x88\x01\x01\x42\x08\n\x06_afterB\x08\n\x06_limit\"\x83\x01\n\x17ListEvaluationsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12#\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x15.tunery.v1.Evaluation\x12\x10\n\x08\x66irst_id\x18\x03 \x01(\t\x12\x0f\n\x07last_id\x18\x04 \x01(\t\x12\x10\n\x08has_more\x18\x05 \x01(\x08\"0\n\x17\x43\x61ncelEvaluationRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\"3\n\x1aGetEvaluationReportRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\";\n\x10\x45valuationReport\x12\'\n\x06report\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct2\xaf\x03\n\x11\x45valuationService\x12M\n\x10\x43reateEvaluation\x12\".tunery.v1.CreateEvaluationRequest\x1a\x15.tunery.v1.Evaluation\x12G\n\rGetEvaluation\x12\x1f.tunery.v1.GetEvaluationRequest\x1a\x15.tunery.v1.Evaluation\x12X\n\x0fListEvaluations\x12!.tunery.v1.ListEvaluationsRequest\x1a\".tunery.v1.ListEvaluationsResponse\x12M\n\x10\x43\x61ncelEvaluation\x12\".tunery.v1.CancelEvaluationRequest\x1a\x15.tunery.v1.Evaluation\x12Y\n\x13GetEvaluationReport\x12%.tunery.v1.GetEvaluationReportRequest\x1a\x1b.tunery.v1.EvaluationReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btunery/v1/evaluations.proto\x12\ttunery.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1btunery/v1/fine_tuning.proto\"\x9f\x02\n\rReportOptions\x12\x14\n\x07samples\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x19\n\x0cmax_examples\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x1b\n\x0ereference_file\x18\x04 \x01(\tH\x03\x88\x01\x01\x12!\n\x14\x66orgetting_threshold\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x16\n\tprecision\x18\x06 \x01(\tH\x05\x88\x01\x01\x42\n\n\x08_samplesB\x11\n\x0f_max_new_tokensB\x0f\n\r_max_examplesB\x11\n\x0f_reference_fileB\x17\n\x15_forgetting_thresholdB\x0c\n\n_precision\"\xa3\x01\n\x17\x43reateEvaluationRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04\x66ile\x18\x02 \x01(\t\x12\x11\n\x04seed\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12&\n\x04\x65val\x18\x04 \x01(\x0b\x32\x18.tunery.v1.ReportOptions\x12\'\n\x06grader\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x07\n\x05_seed\"\xf8\x02\n\nEvaluation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06object\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12\x18\n\x0b\x66inished_at\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x12\n\nbase_model\x18\x07 \x01(\t\x12\x0c\n\x04\x66ile\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x03\x12&\n\x04\x65val\x18\n \x01(\x0b\x32\x18.tunery.v1.ReportOptions\x12,\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1d.tunery.v1.FineTuningJobError\x12,\n\x06report\x18\x0c \x01(\x0b\x32\x1c.tunery.v1.EvalReportSummary\x12\x14\n\x0cresult_files\x18\r \x03(\t\x12\'\n\x06grader\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructB\x0e\n\x0c_finished_at\"-\n\x14GetEvaluationRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\"T\n\x16ListEvaluationsRequest\x12\x12\n\x05\x61\x66ter\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x02 \x01(\x03H\x01\x88\x01\x01\x42\x08\n\x06_afterB\x08\n\x06_limit\"\x83\x01\n\x17ListEvaluationsResponse\x12\x0e\n\x06object\x18\x01 \x01(\t\x12#\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32\x15.tunery.v1.Evaluation\x12\x10\n\x08\x66irst_id\x18\x03 \x01(\t\x12\x0f\n\x07last_id\x18\x04 \x01(\t\x12\x10\n\x08has_more\x18\x05 \x01(\x08\"0\n\x17\x43\x61ncelEvaluationRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\"3\n\x1aGetEvaluationReportRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\";\n\x10\x45valuationReport\x12\'\n\x06report\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct2\xaf\x03\n\x11\x45valuationService\x12M\n\x10\x43reateEvaluation\x12\".tunery.v1.CreateEvaluationRequest\x1a\x15.tunery.v1.Evaluation\x12G\n\rGetEvaluation\x12\x1f.tunery.v1.GetEvaluationRequest\x1a\x15.tunery.v1.Evaluation\x12X\n\x0fListEvaluations\x12!.tunery.v1.ListEvaluationsRequest\x1a\".tunery.v1.ListEvaluationsResponse\x12M\n\x10\x43\x61ncelEvaluation\x12\".tunery.v1.CancelEvaluationRequest\x1a\x15.tunery.v1.Evaluation\x12Y\n\x13GetEvaluationReport\x12%.tunery.v1.GetEvaluationReportRequest\x1a\x1b.tunery.v1.EvaluationReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,22 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REPORTOPTIONS']._serialized_start=102
   _globals['_REPORTOPTIONS']._serialized_end=389
-  _globals['_CREATEEVALUATIONREQUEST']._serialized_start=391
-  _globals['_CREATEEVALUATIONREQUEST']._serialized_end=513
-  _globals['_EVALUATION']._serialized_start=516
-  _globals['_EVALUATION']._serialized_end=851
-  _globals['_GETEVALUATIONREQUEST']._serialized_start=853
-  _globals['_GETEVALUATIONREQUEST']._serialized_end=898
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=900
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=984
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=987
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=1118
-  _globals['_CANCELEVALUATIONREQUEST']._serialized_start=1120
-  _globals['_CANCELEVALUATIONREQUEST']._serialized_end=1168
-  _globals['_GETEVALUATIONREPORTREQUEST']._serialized_start=1170
-  _globals['_GETEVALUATIONREPORTREQUEST']._serialized_end=1221
-  _globals['_EVALUATIONREPORT']._serialized_start=1223
-  _globals['_EVALUATIONREPORT']._serialized_end=1282
-  _globals['_EVALUATIONSERVICE']._serialized_start=1285
-  _globals['_EVALUATIONSERVICE']._serialized_end=1716
+  _globals['_CREATEEVALUATIONREQUEST']._serialized_start=392
+  _globals['_CREATEEVALUATIONREQUEST']._serialized_end=555
+  _globals['_EVALUATION']._serialized_start=558
+  _globals['_EVALUATION']._serialized_end=934
+  _globals['_GETEVALUATIONREQUEST']._serialized_start=936
+  _globals['_GETEVALUATIONREQUEST']._serialized_end=981
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=983
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=1067
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=1070
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=1201
+  _globals['_CANCELEVALUATIONREQUEST']._serialized_start=1203
+  _globals['_CANCELEVALUATIONREQUEST']._serialized_end=1251
+  _globals['_GETEVALUATIONREPORTREQUEST']._serialized_start=1253
+  _globals['_GETEVALUATIONREPORTREQUEST']._serialized_end=1304
+  _globals['_EVALUATIONREPORT']._serialized_start=1306
+  _globals['_EVALUATIONREPORT']._serialized_end=1365
+  _globals['_EVALUATIONSERVICE']._serialized_start=1368
+  _globals['_EVALUATIONSERVICE']._serialized_end=1799
 # @@protoc_insertion_point(module_scope)

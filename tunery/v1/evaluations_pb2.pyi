@@ -25,19 +25,21 @@ class ReportOptions(_message.Message):
     def __init__(self, samples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_examples: _Optional[int] = ..., reference_file: _Optional[str] = ..., forgetting_threshold: _Optional[float] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class CreateEvaluationRequest(_message.Message):
-    __slots__ = ("model", "file", "seed", "eval")
+    __slots__ = ("model", "file", "seed", "eval", "grader")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     EVAL_FIELD_NUMBER: _ClassVar[int]
+    GRADER_FIELD_NUMBER: _ClassVar[int]
     model: str
     file: str
     seed: int
     eval: ReportOptions
-    def __init__(self, model: _Optional[str] = ..., file: _Optional[str] = ..., seed: _Optional[int] = ..., eval: _Optional[_Union[ReportOptions, _Mapping]] = ...) -> None: ...
+    grader: _struct_pb2.Struct
+    def __init__(self, model: _Optional[str] = ..., file: _Optional[str] = ..., seed: _Optional[int] = ..., eval: _Optional[_Union[ReportOptions, _Mapping]] = ..., grader: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Evaluation(_message.Message):
-    __slots__ = ("id", "object", "created_at", "finished_at", "status", "model", "base_model", "file", "seed", "eval", "error", "report", "result_files")
+    __slots__ = ("id", "object", "created_at", "finished_at", "status", "model", "base_model", "file", "seed", "eval", "error", "report", "result_files", "grader")
     ID_FIELD_NUMBER: _ClassVar[int]
     OBJECT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +53,7 @@ class Evaluation(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FILES_FIELD_NUMBER: _ClassVar[int]
+    GRADER_FIELD_NUMBER: _ClassVar[int]
     id: str
     object: str
     created_at: int
@@ -64,7 +67,8 @@ class Evaluation(_message.Message):
     error: _fine_tuning_pb2.FineTuningJobError
     report: _fine_tuning_pb2.EvalReportSummary
     result_files: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., object: _Optional[str] = ..., created_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., status: _Optional[str] = ..., model: _Optional[str] = ..., base_model: _Optional[str] = ..., file: _Optional[str] = ..., seed: _Optional[int] = ..., eval: _Optional[_Union[ReportOptions, _Mapping]] = ..., error: _Optional[_Union[_fine_tuning_pb2.FineTuningJobError, _Mapping]] = ..., report: _Optional[_Union[_fine_tuning_pb2.EvalReportSummary, _Mapping]] = ..., result_files: _Optional[_Iterable[str]] = ...) -> None: ...
+    grader: _struct_pb2.Struct
+    def __init__(self, id: _Optional[str] = ..., object: _Optional[str] = ..., created_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., status: _Optional[str] = ..., model: _Optional[str] = ..., base_model: _Optional[str] = ..., file: _Optional[str] = ..., seed: _Optional[int] = ..., eval: _Optional[_Union[ReportOptions, _Mapping]] = ..., error: _Optional[_Union[_fine_tuning_pb2.FineTuningJobError, _Mapping]] = ..., report: _Optional[_Union[_fine_tuning_pb2.EvalReportSummary, _Mapping]] = ..., result_files: _Optional[_Iterable[str]] = ..., grader: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GetEvaluationRequest(_message.Message):
     __slots__ = ("evaluation_id",)

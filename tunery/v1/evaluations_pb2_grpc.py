@@ -67,8 +67,9 @@ class EvaluationServiceServicer:
     def CreateEvaluation(self, request, context):
         """A new evaluation of `model` on `file` (POST /v1/tunery/evaluations), `validating_files`. An unknown model, or
         another project's not shared with this one, is NOT_FOUND (model_not_found, as GetModel); a base model is
-        INVALID_ARGUMENT (invalid_model, naming `model`); a file that is not the project's, not of purpose fine-tune or
-        without answers to score is INVALID_ARGUMENT naming `file`.
+        INVALID_ARGUMENT (invalid_model, naming `model`); a file that is not the project's, not of purpose fine-tune,
+        without answers to score and no grader, or not reinforcement prompts with a grader, is INVALID_ARGUMENT naming
+        `file`; a grader that is not one, or names a judge the project may not use, names the field under `grader`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
