@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 MAX_DETAILS_CHARS = 4000  # of an error's details (a traceback, the end of what the code printed)
 MAX_MAGNITUDE = 1e15  # as tunery/graders/'s formulas
+# Files in a sandbox's directory (each name, folders and links included, the directory itself and the log of what the
+# user code prints among them): its tmpfs's inodes, or what the parent counts when contained.
+MAX_FILES = 4096
 SETUP_FAILED = 70  # the launcher's exit status when it could not build the sandbox (its stderr says why)
 # How the sandbox is built (tunery/sandbox.py chooses): in namespaces of its own, or, where user namespaces are refused
 # (a container under its runtime's default seccomp profile: a Kubernetes pod), contained by Landlock, seccomp and
@@ -173,7 +176,7 @@ def _isolate(libc: ctypes.CDLL, config: dict[str, Any]) -> None:
     _write("/proc/self/gid_map", f"{config['gid']} {config['gid']} 1")
     _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount(/, private)")
     size = config["limits"]["disk_bytes"]
-    data = f"size={size},nr_inodes=4096,mode=0700".encode()
+    data = f"size={size},nr_inodes={MAX_FILES},mode=0700".encode()
     workdir = config["workdir"].encode()
     _check(libc.mount(b"tmpfs", workdir, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, data), "mount(tmpfs)")
     os.chdir(config["workdir"])

@@ -5,10 +5,12 @@ in namespaces of its own, and contained (where a container refuses user namespac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -355,8 +357,95 @@ def test_it_cannot_write_big_files(mode: str) -> None:
     body = "with open('big', 'wb') as f:\n    for _ in range(100):\n        f.write(b'x' * 1024 * 1024)\nreturn 1"
     failed(run(body), "OSError")
     body = "for i in range(100):\n    open(f'f{i}', 'wb').write(b'x' * 1024 * 1024)\nreturn 1"
-    if namespaced(mode):  # its tmpfs bounds the whole; contained, the container's storage limit does
-        failed(run(body), "No space left on device")
+    # its tmpfs bounds the whole; contained, the parent measures its directory and kills it
+    failed(run(body), "No space left on device" if namespaced(mode) else "wrote more than 8388608 bytes")
+
+
+SMALL_DISK = dataclasses.replace(FAST, disk_bytes=1024 * 1024)
+
+
+def over_the_disk(mode: str) -> str:
+    return "No space left on device" if namespaced(mode) else "wrote more than 1048576 bytes to its directory"
+
+
+def test_its_directory_is_bounded_in_total_not_only_per_file(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the sandboxes' directories are made
+    # 64 files of 64 KiB: each far under the largest file, together 4 times the directory
+    many = "for i in range(64):\n    open(f'f{i}', 'wb').write(b'x' * 65536)\nreturn 1"
+    failed(run(many, limits=SMALL_DISK), over_the_disk(mode))
+    # files removed but held open still take their room: a tmpfs counts them, and so does the contained measure (32 of
+    # them: the sandbox's open files are bounded too)
+    hidden = (
+        "import os\nkept = []\nfor i in range(32):\n"
+        "    f = open(f'f{i}', 'wb')\n    os.unlink(f'f{i}')\n    f.write(b'x' * 65536)\n    f.flush()\n"
+        "    kept.append(f)\nimport time\ntime.sleep(0.2)\nreturn 1"
+    )
+    failed(run(hidden, limits=SMALL_DISK), over_the_disk(mode))
+    # under the bound, files come and go as they please; and every sandbox's directory is removed afterwards
+    fine = "for i in range(64):\n    open(f'f{i % 8}', 'wb').write(b'x' * 65536)\nreturn len(open('f7', 'rb').read())"
+    assert run(fine, limits=SMALL_DISK).reward == 65536
+    assert os.listdir(tmp_path) == []
+
+
+def test_its_files_are_bounded_in_number(mode: str) -> None:
+    # 4,000 files, then 1,000 more in the same sandbox (a slow disk takes a millisecond of CPU a file: time is given)
+    source = (
+        "def grade(sample, item):\n    for i in range(*sample):\n        open(f'f{i}', 'wb').close()\n    return 1\n"
+    )
+    pairs: list[tuple[Any, Any]] = [([0, 4000], {}), ([4000, 5000], {})]
+    within, beyond = sandbox.run_python_batch(source, pairs, dataclasses.replace(FAST, timeout_s=30, cpu_s=30))
+    assert within.reward == 1.0
+    failed(beyond, "No space left on device" if namespaced(mode) else "made more than 4096 files in its directory")
+    # contained, folders nested deeper than the measure goes stop it; a tmpfs takes them
+    nested = "import os\nos.makedirs('/'.join(['d'] * sample['n']))\nreturn 1"
+    assert run(nested, {"n": sandbox.MAX_DEPTH}).reward == 1.0
+    deep = run(nested, {"n": 200})
+    assert deep.reward == 1.0 if namespaced(mode) else "nested folders more than 64 deep" in failed(deep)
+
+
+def test_the_samples_after_one_over_the_bound_are_graded_in_a_fresh_sandbox(mode: str) -> None:
+    source = (
+        "import os\n"
+        "def grade(sample, item):\n"
+        "    if sample['fill']:\n"
+        "        for i in range(64):\n"
+        "            open(f'f{i}', 'wb').write(b'x' * 65536)\n"
+        "    open('x', 'w').write('abc')\n"
+        "    return len(os.listdir('.'))\n"
+    )
+    pairs: list[tuple[Any, Any]] = [({"fill": False}, {}), ({"fill": True}, {}), ({"fill": False}, {})]
+    first, filled, after = sandbox.run_python_batch(source, pairs, SMALL_DISK)
+    assert first.reward == 2.0  # its log and x
+    failed(filled, over_the_disk(mode))
+    if namespaced(mode):  # the tmpfs refused a write: the same sandbox goes on, with what it could write
+        assert after.reward is not None and after.reward > 2.0
+    else:  # killed: a fresh sandbox, whose directory is empty again
+        assert after.reward == 2.0
+
+
+def test_a_directory_is_removed_however_deep_and_unreadable_it_was_made(tmp_path: Path) -> None:
+    """Contained, the user code's folders stay behind it (1,100 deep is past the recursion of shutil.rmtree)."""
+    top = tmp_path / "workdir"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(1100):
+        os.mkdir("d", dir_fd=fd)
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+        deeper = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    os.close(fd)
+    (top / "locked").mkdir()
+    (top / "locked" / "f").write_text("x")
+    (top / "locked").chmod(0)
+    try:
+        sandbox._remove(str(top))
+        left = os.listdir(tmp_path)
+    finally:  # never leave pytest a tree its own cleanup cannot remove (it recurses)
+        subprocess.run(["rm", "-rf", str(top)], check=False)
+    assert left == []
 
 
 def test_it_cannot_signal_or_trace_outside_processes(mode: str) -> None:
