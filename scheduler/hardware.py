@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class HardwareCheck:
     error: JobError | None = None
     precision: str = "fp32"  # resolved: bf16 | fp16 | fp32 (``auto`` when the GPU's bf16 support is not known)
     warnings: list[str] = field(default_factory=list)
+    gradient_checkpointing: bool = False  # decided (tunery.estimate.gradient_checkpointing)
 
 
 def local_gpu_bf16() -> bool | None:
@@ -89,9 +91,13 @@ def cuda_visible() -> bool:
     return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
 
 
-def check(plan: TrainingPlan, hw: Hardware, full_estimate: estimates.Estimate | None = None) -> HardwareCheck:
+def check(
+    plan: TrainingPlan, hw: Hardware, memory: Callable[[str], estimates.Estimate | None] | None = None
+) -> HardwareCheck:
     """The job's resolved plan (its adapter and precision) against the hardware: an OpenAI-shaped error (with
-    ``param``), the precision to train in, and warnings for the job's events."""
+    ``param``), the precision to train in, whether it checkpoints its activations (decided from the job's memory
+    estimate on this hardware, ``memory(precision)``, where it asked ``auto``), and warnings for the job's events. A
+    full fine-tuning that does not fit, even so, is refused."""
     adapter, precision = plan.adapter, plan.precision
     out = HardwareCheck()
 
@@ -124,14 +130,19 @@ def check(plan: TrainingPlan, hw: Hardware, full_estimate: estimates.Estimate | 
                 "QLoRA on the CPU: the 4-bit base model runs through bitsandbytes' slow CPU path (several times "
                 "slower than LoRA on the CPU, same memory saving)."
             )
-    if adapter == "full" and full_estimate is not None:
-        fits = full_estimate.fits_with_gradient_checkpointing if hw.gpu else full_estimate.fits
+    est = memory(precision) if memory is not None else None
+    checkpointing = estimates.gradient_checkpointing(plan.gradient_checkpointing, est, hw.gpu)
+    out.gradient_checkpointing = checkpointing
+    if adapter == "full" and est is not None:
+        fits = est.fits_with_gradient_checkpointing if checkpointing else est.fits
         if not fits:
-            need = full_estimate.memory_gib["total_with_gradient_checkpointing" if hw.gpu else "total"]
+            need = est.memory_gib["total_with_gradient_checkpointing" if checkpointing else "total"]
             return fail(
                 f"full fine-tuning of this model needs about {need:.1f} GiB, more than the "
-                f"{full_estimate.gpu_memory_gib:.0f} GiB of {hw.where} (TUNERY_GPU_TYPE={full_estimate.gpu_type}); "
-                "use 'lora' or 'qlora', or a smaller batch_size or max_seq_length.",
+                f"{est.gpu_memory_gib:.0f} GiB of {hw.where} (TUNERY_GPU_TYPE={est.gpu_type}); "
+                "use 'lora' or 'qlora', or a smaller batch_size or max_seq_length"
+                + ("" if checkpointing else ", or tunery.training.gradient_checkpointing 'auto' or true")
+                + ".",
                 "tunery.training.adapter",
             )
     return out

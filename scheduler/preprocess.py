@@ -328,11 +328,13 @@ class Preprocessor(SchedulerPart):
                 return
             hw = hardware.trainer_hardware(self.settings)
             plan = resolve_plan(request, n_total, has_validation=has_validation, cpu_only=not hw.gpu)
-            hw_check = hardware.check(plan, hw, self._full_estimate(job, plan, train_scan, hw))
+            hw_check = hardware.check(plan, hw, self._memory_estimate(job, plan, train_scan, hw))
             if hw_check.error is not None:
                 fail_in(s, job, hw_check.error)
                 return
-            plan = plan.model_copy(update={"precision": hw_check.precision})
+            plan = plan.model_copy(
+                update={"precision": hw_check.precision, "gradient_checkpointing": hw_check.gradient_checkpointing}
+            )
             if self.settings.serving_backend == "vllm":  # the model must be one vLLM can load (docs/serving.md)
                 unservable = servable.training_problem(plan, self.settings.vllm_max_lora_rank)
                 if unservable is not None:
@@ -414,22 +416,28 @@ class Preprocessor(SchedulerPart):
 
         self.db.transaction(queue)
 
-    def _full_estimate(
+    def _memory_estimate(
         self, job: Job, plan: TrainingPlan, scan: FileScan | None, hw: hardware.Hardware
-    ) -> estimates.Estimate | None:
-        """Full fine-tuning: its memory on the trainer's hardware, for the hardware check (docs/adapters.md)."""
-        folder = self.settings.base_model_paths().get(job.base_model)
-        if plan.adapter != "full" or scan is None or not scan.tokens or folder is None:
-            return None
-        precision = "fp32" if not hw.gpu or plan.precision in ("auto", "fp16") else plan.precision
-        try:
-            gpu_type = self.settings.gpu_type if hw.gpu else "cpu"
-            return estimates.estimate_for_scan(
-                estimates.model_shape(Path(folder)), scan.tokens, scan.trained, plan, gpu_type, precision
-            )
-        except (OSError, ValueError):
-            log.warning("no memory estimate for a full fine-tuning of %s", job.base_model, exc_info=True)
-            return None
+    ) -> Callable[[str], estimates.Estimate | None]:
+        """The job's memory on the trainer's hardware in the precision the hardware check settles on, for that check:
+        whether the job checkpoints its activations, and whether a full fine-tuning fits (docs/adapters.md)."""
+
+        def memory(precision: str) -> estimates.Estimate | None:
+            folder = self.settings.base_model_paths().get(job.base_model)
+            if scan is None or not scan.tokens or folder is None:
+                return None
+            # Full fine-tuning in fp16 keeps fp32 master weights; where the GPU's bf16 is unknown, count fp32.
+            held = "fp32" if plan.adapter == "full" and precision != "bf16" else precision
+            try:
+                gpu_type = self.settings.gpu_type if hw.gpu else "cpu"
+                return estimates.estimate_for_scan(
+                    estimates.model_shape(Path(folder)), scan.tokens, scan.trained, plan, gpu_type, held
+                )
+            except (OSError, ValueError):
+                log.warning("no memory estimate for a job on %s", job.base_model, exc_info=True)
+                return None
+
+        return memory
 
     def _estimate(self, s: Session, job: Job, scan: FileScan | None, plan: TrainingPlan) -> estimates.Estimate | None:
         """How long the job will take on TUNERY_GPU_TYPE with its method, adapter and precision, its judge models'

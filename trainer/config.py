@@ -55,7 +55,7 @@ def trl_args(
         use_cpu=choice.device == "cpu",
         bf16=choice.bf16,
         fp16=choice.fp16,
-        activation_checkpointing=choice.device == "cuda",
+        activation_checkpointing=choice.gradient_checkpointing,
     )
 
 

@@ -117,7 +117,7 @@ def evaluate(
     manifest = model_manifest(store, model_prefix)
     stop.check()
 
-    r.device = resolve_device(spec.device, plan.precision, plan.adapter)
+    r.device = resolve_device(spec.device, plan.precision, plan.adapter, plan.gradient_checkpointing)
     set_determinism(spec.seed)
     model, tokenizer = load_base_model(spec.base_model_path, r.device)
     r.tokenizer = tokenizer

@@ -28,11 +28,15 @@ class DeviceChoice:
     fp16: bool = False
     precision: str = "fp32"  # bf16 | fp16 | fp32, as resolved
     adapter: str = "lora"  # lora | qlora | full
+    gradient_checkpointing: bool = False  # activations recomputed in the backward pass (the plan's decision)
 
 
-def resolve_device(requested: str, precision: str = "auto", adapter: str = "lora") -> DeviceChoice:
+def resolve_device(
+    requested: str, precision: str = "auto", adapter: str = "lora", gradient_checkpointing: bool | None = None
+) -> DeviceChoice:
     """Device and precision of the run (docs/adapters.md): ``auto`` is bf16 on a GPU that supports it, fp16 on an
-    older GPU, fp32 on the CPU. Anything the hardware cannot run is an error here, before the model is loaded."""
+    older GPU, fp32 on the CPU. Anything the hardware cannot run is an error here, before the model is loaded.
+    ``gradient_checkpointing``: the plan's decision (None, from a plan stored before it was decided: on a GPU)."""
     import torch
 
     requested = (requested or "auto").lower()
@@ -73,7 +77,8 @@ def resolve_device(requested: str, precision: str = "auto", adapter: str = "lora
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
         precision, torch.float32 if adapter == "full" else torch.float16
     )
-    return DeviceChoice(device, dtype, precision == "bf16", precision == "fp16", precision, adapter)
+    checkpointing = device == "cuda" if gradient_checkpointing is None else gradient_checkpointing
+    return DeviceChoice(device, dtype, precision == "bf16", precision == "fp16", precision, adapter, checkpointing)
 
 
 def quantization_config(choice: DeviceChoice) -> Any:
@@ -116,7 +121,7 @@ def load_base_model(path: str, choice: DeviceChoice) -> tuple[Any, Any]:
     if choice.adapter == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=choice.device == "cuda")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=choice.gradient_checkpointing)
     return model, tokenizer
 
 

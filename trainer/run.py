@@ -79,7 +79,7 @@ def run(
     method.prepare_records(r, train_data)
     stop.check()
 
-    r.device = resolve_device(spec.device, plan.precision, plan.adapter)
+    r.device = resolve_device(spec.device, plan.precision, plan.adapter, plan.gradient_checkpointing)
     set_determinism(spec.seed)
     t0 = time.monotonic()
     model, tokenizer = load_base_model(spec.base_model_path, r.device)

@@ -202,6 +202,9 @@ class Estimate(BaseModel):
     memory_gib: dict[str, float]
     fits: bool
     fits_with_gradient_checkpointing: bool
+    # Whether the run checkpoints its activations (each layer's recomputed in the backward pass: about a third more
+    # compute): only where the estimate's ``total`` does not fit without (:func:`settle_fit`, the one rule).
+    gradient_checkpointing: bool = False
     judge_params: int = 0  # a reinforcement job's judge models' parameters (score_model, label_model graders)
     judge_gpu_seconds: float = 0.0  # their share of gpu_seconds: reading and scoring every sampled answer
     # An earlier run's measured peak with the same memory signature, and what ``fits`` was decided from.
@@ -222,6 +225,7 @@ def memory_signature(plan: TrainingPlan) -> dict[str, Any]:
         "micro_batch_size": plan.micro_batch_size,
         "max_seq_length": plan.max_seq_length,
         "packing": plan.packing,
+        "gradient_checkpointing": plan.gradient_checkpointing,
         "sampling": [rl.num_generations, rl.max_completion_length] if rl is not None else None,
     }
 
@@ -276,10 +280,17 @@ def estimate_plan(
     (counted whole: an upper bound), trained as rows of prompt + completion, and each read and scored by the
     ``judges`` of its model graders."""
     rl = plan.reinforcement
-    batch, seq, tokens, extra = plan.batch_size, plan.max_seq_length, tokens_per_epoch, 0.0
+    batch, micro, seq, tokens, extra = (
+        plan.batch_size,
+        plan.micro_batch_size,
+        plan.max_seq_length,
+        tokens_per_epoch,
+        0.0,
+    )
     steps = math.ceil(examples / plan.batch_size) * plan.n_epochs
     if rl is not None:
         batch *= rl.num_generations
+        micro *= rl.num_generations
         seq += rl.max_completion_length
         tokens = (tokens_per_epoch + examples * rl.max_completion_length) * rl.num_generations
         trained_tokens_per_epoch = tokens_per_epoch * rl.num_generations  # as the trainer reports them
@@ -292,6 +303,7 @@ def estimate_plan(
         trained_tokens_per_epoch=trained_tokens_per_epoch,
         n_epochs=plan.n_epochs,
         batch_size=batch,
+        micro_batch_size=micro,
         steps=steps,
         max_seq_length=seq,
         gpu_type=gpu_type,
@@ -333,8 +345,28 @@ def add_judges(est: Estimate, judges: Sequence[JudgeLoad], answers: int, answer:
     m["judge"] = round(memory / gib, 3)
     m["total"] = round(m["total"] + memory / gib, 3)
     m["total_with_gradient_checkpointing"] = round(m["total_with_gradient_checkpointing"] + memory / gib, 3)
-    est.fits = m["total"] <= 0.95 * est.gpu_memory_gib
-    est.fits_with_gradient_checkpointing = m["total_with_gradient_checkpointing"] <= 0.95 * est.gpu_memory_gib
+    settle_fit(est)
+
+
+def gradient_checkpointing(requested: bool | None, est: Estimate | None, gpu: bool) -> bool:
+    """Whether a run recomputes its activations in the backward pass (the one rule: the scheduler's hardware check
+    stores it in the job's plan, the dry run reports it, the trainer follows the plan): as asked, else (``auto``,
+    None) where ``est`` says the run does not fit without; with no estimate, on a GPU, off on the CPU."""
+    if requested is not None:
+        return requested
+    return est.gradient_checkpointing if est is not None else gpu
+
+
+def settle_fit(est: Estimate) -> Estimate:
+    """Decide ``est``'s fit from its memory figures: ``fits`` (without gradient checkpointing) and
+    ``fits_with_gradient_checkpointing`` against 95% of the memory, and ``gradient_checkpointing``: on exactly where
+    the run does not fit without it. The scheduler stores that decision in the job's plan and the trainer follows it
+    (a run that fits trains without recomputing its activations); the dry run reports it."""
+    m, usable = est.memory_gib, 0.95 * est.gpu_memory_gib
+    est.fits = m["total"] <= usable
+    est.fits_with_gradient_checkpointing = m["total_with_gradient_checkpointing"] <= usable
+    est.gradient_checkpointing = not est.fits
+    return est
 
 
 def estimate(
@@ -352,9 +384,11 @@ def estimate(
     lora_r: int = 16,
     precision: str | None = None,
     trainer: str = "supervised",
+    micro_batch_size: int | None = None,
 ) -> Estimate:
     """``precision`` is how the base weights are held: bf16 on a GPU and fp32 on the CPU unless given; QLoRA's
-    base weights are NF4 whatever the compute precision."""
+    base weights are NF4 whatever the compute precision. The activations are a micro-batch's (``batch_size`` when
+    it is not given): with gradient accumulation, one micro-batch's at a time."""
     if gpu_type not in GPU_TYPES:
         raise ValueError(f"unknown GPU type {gpu_type!r}; known: {', '.join(GPU_TYPES)}")
     if trainer not in TRAINER_COST:
@@ -370,7 +404,7 @@ def estimate(
     weights = shape.params * BYTES_PER_PARAM[precision]
     optimizer = trainable * 16
     seq = max_seq_length
-    rows = batch_size * sequences
+    rows = (micro_batch_size or batch_size) * sequences
     logits = rows * seq * shape.vocab * 8
     activations = rows * seq * shape.hidden * shape.layers * 34 + logits
     # With gradient checkpointing only each layer's input is kept (2 bytes per value) plus one layer's activations.
@@ -378,7 +412,7 @@ def estimate(
     base = weights + optimizer + (0 if gpu_type == "cpu" else CUDA_CONTEXT)
     total = base + activations
     gib = float(1 << 30)
-    return Estimate(
+    est = Estimate(
         gpu_type=gpu_type,
         gpu_tflops=tflops,
         gpu_memory_gib=memory,
@@ -404,6 +438,7 @@ def estimate(
             "total": round(total / gib, 3),
             "total_with_gradient_checkpointing": round((base + checkpointed) / gib, 3),
         },
-        fits=total <= 0.95 * memory * gib,
-        fits_with_gradient_checkpointing=base + checkpointed <= 0.95 * memory * gib,
+        fits=False,
+        fits_with_gradient_checkpointing=False,
     )
+    return settle_fit(est)

@@ -136,6 +136,9 @@ class TrainingOptions(PlainOptions):
     n_evals: Auto | Annotated[int, Field(ge=0, le=1000)] = "auto"
     packing: bool = True
     precision: Precision = "auto"
+    # Recompute each layer's activations in the backward pass (less memory, about a third more compute); ``auto``:
+    # only where the job's memory estimate does not fit without (tunery.estimate.gradient_checkpointing).
+    gradient_checkpointing: Auto | bool = "auto"
     lora: LoraOptions = Field(default_factory=LoraOptions)
 
     @model_validator(mode="after")
@@ -362,6 +365,9 @@ class TrainingPlan(PlainOptions):
     n_checkpoints: int | None = None  # evenly spaced over the run; None: one per epoch
     n_evals: int | None = None  # evaluations of the validation file, evenly spaced; None: one per epoch
     packing: bool = True  # padding-free: each micro-batch is one sequence with per-example position ids
+    # Activations recomputed in the backward pass: decided by the hardware check from the memory estimate where the
+    # request said ``auto`` (None until then, and in plans stored before it was decided: then on a GPU only).
+    gradient_checkpointing: bool | None = None
     lora: LoraPlan = Field(default_factory=LoraPlan)
     reinforcement: ReinforcementPlan | None = None  # a reinforcement job's grader and sampling (GRPO)
 
@@ -414,6 +420,7 @@ class TrainingPlan(PlainOptions):
             "n_evals": self.n_evals,
             "packing": self.packing,
             "precision": self.precision,
+            "gradient_checkpointing": "auto" if self.gradient_checkpointing is None else self.gradient_checkpointing,
             "lora": self.lora.model_dump(),
         }
 
@@ -458,6 +465,7 @@ def resolve_plan(
         n_checkpoints=max(1, min(n_ckpt, steps)),
         n_evals=max(0, min(n_evals, steps)),
         packing=t.packing and info.packing,
+        gradient_checkpointing=None if t.gradient_checkpointing == "auto" else t.gradient_checkpointing,
         lora=LoraPlan(
             r=t.lora.r,
             alpha=2 * t.lora.r if t.lora.alpha == "auto" else t.lora.alpha,

@@ -30,6 +30,7 @@ from tunery.db.ops import now
 from tunery.estimate import (
     MeasuredMemory,
     estimate_plan,
+    gradient_checkpointing,
     judge_loads_of,
     memory_signature,
     model_shape,
@@ -165,6 +166,10 @@ def dry_run(ctx: AppContext, t: Tenant, req: CreateJob) -> FineTuningJobEstimate
         )
     except ValueError as e:
         raise InvalidRequest(str(e), param=None, code="invalid_gpu_type") from None
+    # Whether the run will checkpoint its activations, by the scheduler's rule, and the plan as it will store it.
+    checkpointing = gradient_checkpointing(plan.gradient_checkpointing, est, hw.gpu)
+    est.gradient_checkpointing = checkpointing
+    plan = plan.model_copy(update={"gradient_checkpointing": checkpointing})
     with ctx.db.session() as s:
         est = with_measured(est, measured_memory(s, t, prepared.base_model, plan), gpu=hw.gpu)
     return FineTuningJobEstimate(

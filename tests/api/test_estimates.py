@@ -82,6 +82,7 @@ def test_gpu_hours_rule_and_memory_fit():
     # Batch 8 of 4096 tokens keeps ~150 GB of activations: only gradient checkpointing makes it fit.
     big = _estimate(llama8b, "h100-80gb", batch=8, seq=4096)
     assert not big.fits and big.fits_with_gradient_checkpointing
+    assert big.gradient_checkpointing and not h100.gradient_checkpointing  # on only where it is needed
     assert h100.trainable_params == 2_621_440 * 16
     # Full fine-tuning of 8B needs ~16 bytes per parameter for weights and optimizer: not on one 80 GB GPU.
     full = _estimate(llama8b, "h100-80gb", adapter="full", batch=1, seq=1024)
@@ -129,6 +130,7 @@ def test_the_memory_signature_is_what_decides_memory():
         plan.model_copy(update={"packing": False}),
         plan.model_copy(update={"precision": "fp32"}),
         plan.model_copy(update={"reinforcement": rl}),
+        plan.model_copy(update={"gradient_checkpointing": True}),
     ]
     assert len({str(memory_signature(p)) for p in [plan, *other]}) == len(other) + 1
 
@@ -250,6 +252,19 @@ def test_dry_run_and_the_scheduler_resolve_the_same_plan(tiny_server_factory):
         assert est["hyperparameters"] == queued.hyperparameters.model_dump()
         assert est["precision"] == queued.model_extra["tunery"]["training"]["precision"] == "fp32"  # a CPU trainer
         assert est["batch_size"] == queued.hyperparameters.batch_size and est["batch_size"] % 2 == 0
+        # Gradient checkpointing, decided alike: off where the run fits without it (a tiny model on the CPU).
+        assert est["gradient_checkpointing"] is queued.model_extra["tunery"]["training"]["gradient_checkpointing"]
+        assert est["gradient_checkpointing"] is False
+    # As asked, when asked; and only a bool or "auto".
+    forced = {"model": TINY, "training_file": f.id, "tunery": {"training": {"gradient_checkpointing": True}}}
+    assert srv.http.post("/v1/fine_tuning/jobs/dry_run", json=forced).json()["gradient_checkpointing"] is True
+    job = srv.client.fine_tuning.jobs.create(model=TINY, training_file=f.id, extra_body={"tunery": forced["tunery"]})
+    assert job.model_extra["tunery"]["training"]["gradient_checkpointing"] is True
+    assert srv.wait_job(job.id, {"queued"}, timeout=30).model_extra["tunery"]["training"]["gradient_checkpointing"]
+    bad = srv.http.post(
+        "/v1/fine_tuning/jobs/dry_run", json={**forced, "tunery": {"training": {"gradient_checkpointing": "often"}}}
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tunery.training.gradient_checkpointing"
 
 
 def test_the_dry_run_fits_from_the_peak_a_run_of_the_same_shape_measured(tiny_server_factory):

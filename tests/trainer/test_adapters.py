@@ -44,6 +44,10 @@ def test_hardware_check_rules() -> None:
     on_cpu = check(CPU, adapter="qlora")
     assert on_cpu.error is None and "slow" in on_cpu.warnings[0]
     assert check(H100, adapter="qlora").warnings == []
+    # Gradient checkpointing without a memory estimate: on a GPU (the safe side), off on the CPU; as asked otherwise.
+    assert (check(H100).gradient_checkpointing, check(CPU).gradient_checkpointing) == (True, False)
+    assert check(H100, gradient_checkpointing=False).gradient_checkpointing is False
+    assert check(CPU, gradient_checkpointing=True).gradient_checkpointing is True
     assert hardware.detect("cpu", "h100-80gb", None, True).gpu is False
     assert hardware.detect("auto", "t4", 1, False).bf16 is False  # a Kubernetes pod on a T4 node
 
@@ -56,11 +60,45 @@ def test_full_fine_tuning_that_does_not_fit_fails(tiny_model_dir: Path) -> None:
     for model_shape, fits in ((shape, True), (huge, False)):
         plan = TrainingPlan(n_epochs=1, batch_size=1, learning_rate=1e-5, max_seq_length=128, adapter="full")
         est = estimates.estimate_for_scan(model_shape, [100] * 8, [50] * 8, plan, "t4")
-        out = hardware.check(plan, T4, est)
+        out = hardware.check(plan, T4, lambda precision, est=est: est)
         assert (out.error is None) == fits, out.error
         if not fits:
             assert out.error is not None and out.error.param == "tunery.training.adapter"
             assert "GiB" in str(out.error.message)
+        else:  # it fits without recomputing its activations: the run does not pay for it
+            assert out.gradient_checkpointing is False
+
+
+def test_gradient_checkpointing_is_on_where_only_it_makes_the_run_fit(tiny_model_dir: Path) -> None:
+    """``auto``: on exactly where the estimate does not fit without it (the check asks for the estimate in the
+    precision it settled on); a full fine-tuning that fits only with it is refused when it was turned off."""
+    mid = estimates.ModelShape(  # SmolLM2-360M's shape
+        params=360_000_000, linear_params=0, lora_per_rank=0, hidden=960, layers=32, vocab=49152
+    )
+    asked: list[str] = []
+
+    def memory(plan: TrainingPlan) -> Any:
+        def of(precision: str) -> estimates.Estimate:
+            asked.append(precision)
+            return estimates.estimate_for_scan(mid, [2048] * 64, [1024] * 64, plan, "t4", precision)
+
+        return of
+
+    for batch, needs in ((1, False), (4, True)):  # 9.8 GiB; 18.0 (10.8 checkpointed) of the T4's 16
+        plan = TrainingPlan(n_epochs=1, batch_size=batch, learning_rate=1e-5, max_seq_length=2048, adapter="full")
+        est = memory(plan)("fp16")
+        assert (est.fits, est.fits_with_gradient_checkpointing, est.gradient_checkpointing) == (not needs, True, needs)
+        out = hardware.check(plan, T4, memory(plan))
+        assert out.error is None and out.gradient_checkpointing is needs and asked[-1] == "fp16"
+        off = hardware.check(plan.model_copy(update={"gradient_checkpointing": False}), T4, memory(plan))
+        assert (off.error is not None) is needs
+        if needs:
+            assert "tunery.training.gradient_checkpointing" in str(off.error.message)
+    # Accumulated micro-batches hold one micro-batch's activations at a time: batch 4 in 4 micro-batches fits.
+    plan = TrainingPlan(
+        n_epochs=1, batch_size=4, learning_rate=1e-5, max_seq_length=2048, adapter="full", gradient_accumulation_steps=4
+    )
+    assert hardware.check(plan, T4, memory(plan)).gradient_checkpointing is False
 
 
 # ---- through the API ---------------------------------------------------------------------------------------------

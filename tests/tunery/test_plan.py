@@ -40,6 +40,7 @@ def test_resolve_training_defaults_and_auto_rules() -> None:
         "packing": True,
         "adapter": "lora",
         "precision": "auto",
+        "gradient_checkpointing": "auto",  # decided by the hardware check, from the memory estimate
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
     }
     assert (plan.method, plan.learning_rate, plan.beta) == ("supervised", 1e-3, None)
@@ -245,6 +246,7 @@ def test_training_options_resolved_stored_and_honoured_by_a_real_run(server: Any
         "packing": True,
         "adapter": "lora",
         "precision": "fp32",  # auto, resolved for the CPU-only trainer
+        "gradient_checkpointing": False,  # auto, resolved: the tiny model fits without it
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
     }
     assert raw["hyperparameters"] == {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.0}

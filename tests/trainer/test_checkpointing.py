@@ -1,0 +1,67 @@
+"""Gradient checkpointing (``tunery.training.gradient_checkpointing``, decided by tunery.estimate's rule where it is
+``auto``) changes how a step is computed, never what it computes: a short run's losses and its adapter's weights are
+the same with it and without it (fp32 on the CPU), and the run's model recomputes its activations only when the plan
+says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def run(tiny_model_dir: Path, tmp_path: Path, checkpointing: bool | None) -> tuple[list[float], dict[str, Any], bool]:
+    """Three optimizer steps of LoRA SFT through the trainer every method builds: the logged losses, the adapter's
+    weights after them, and whether the model recomputed its activations."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.config import trl_config
+    from trainer.loading import lora_config, resolve_device
+    from trainer.methods import get_method
+    from trainer.methods.base import Datasets
+    from tunery.plan import LoraPlan, TrainingPlan
+
+    plan = TrainingPlan(
+        n_epochs=1,
+        batch_size=2,
+        learning_rate=1e-2,
+        lora=LoraPlan(r=4, alpha=8),
+        gradient_checkpointing=checkpointing,
+    )
+    choice = resolve_device("cpu", plan.precision, plan.adapter, plan.gradient_checkpointing)
+    sft = get_method("supervised")
+    args = trl_config(sft, plan, seed=0, output_dir=str(tmp_path / str(checkpointing)), choice=choice)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(4, tok.vocab_size, (n,), generator=g).tolist() for n in (17, 9, 24, 13, 30, 11)]
+    data = Dataset.from_dict(
+        {"input_ids": rows, "assistant_masks": [[0] * (len(r) // 2) + [1] * (len(r) - len(r) // 2) for r in rows]}
+    )
+    trainer = sft.build_trainer(model, tok, args, lora_config(plan), Datasets(train=data, valid=None, n_examples=6))
+    trainer.train()
+    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    recomputed = bool(getattr(trainer.model.get_base_model(), "is_gradient_checkpointing", False))
+    return losses, weights, recomputed
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' is_gradient_checkpointing deprecation
+def test_a_run_computes_the_same_with_gradient_checkpointing(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    plain, plain_weights, plain_recomputed = run(tiny_model_dir, tmp_path, False)
+    checkpointed, weights, recomputed = run(tiny_model_dir, tmp_path, True)
+    assert (plain_recomputed, recomputed) == (False, True)
+    assert len(plain) == 3 and plain[0] != plain[-1]  # it trained
+    # Stated tolerance: fp32 on the CPU, recomputed activations give the same loss to 1e-5 relative.
+    assert checkpointed == pytest.approx(plain, rel=1e-5)
+    assert weights.keys() == plain_weights.keys() and weights
+    for name, w in weights.items():
+        torch.testing.assert_close(w, plain_weights[name], rtol=1e-4, atol=1e-6, msg=name)
+    # A plan stored before the decision (None) keeps what such runs had: off on the CPU.
+    assert run(tiny_model_dir, tmp_path, None)[2] is False
