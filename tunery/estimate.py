@@ -203,7 +203,7 @@ class Estimate(BaseModel):
     fits: bool
     fits_with_gradient_checkpointing: bool
     # Whether the run checkpoints its activations (each layer's recomputed in the backward pass: about a third more
-    # compute): only where the estimate's ``total`` does not fit without (:func:`settle_fit`, the one rule).
+    # compute): only where the estimate's ``total`` is not well within the memory (:func:`settle_fit`).
     gradient_checkpointing: bool = False
     judge_params: int = 0  # a reinforcement job's judge models' parameters (score_model, label_model graders)
     judge_gpu_seconds: float = 0.0  # their share of gpu_seconds: reading and scoring every sampled answer
@@ -351,21 +351,29 @@ def add_judges(est: Estimate, judges: Sequence[JudgeLoad], answers: int, answer:
 def gradient_checkpointing(requested: bool | None, est: Estimate | None, gpu: bool) -> bool:
     """Whether a run recomputes its activations in the backward pass (the one rule: the scheduler's hardware check
     stores it in the job's plan, the dry run reports it, the trainer follows the plan): as asked, else (``auto``,
-    None) where ``est`` says the run does not fit without; with no estimate, on a GPU, off on the CPU."""
+    None) where ``est`` says so (:func:`settle_fit`: unless the run is well within the memory without it); with no
+    estimate, on a GPU, off on the CPU."""
     if requested is not None:
         return requested
     return est.gradient_checkpointing if est is not None else gpu
 
 
+# A run recomputes its activations unless the estimate's total stays within this share of the memory: the estimate
+# is a model, and near the limit a slower run is better than one that runs out of memory (about a third more
+# compute against a failed job). Until GPU runs have measured how close the estimate comes, the margin is wide.
+CHECKPOINTING_UNLESS_WITHIN = 0.8
+
+
 def settle_fit(est: Estimate) -> Estimate:
     """Decide ``est``'s fit from its memory figures: ``fits`` (without gradient checkpointing) and
-    ``fits_with_gradient_checkpointing`` against 95% of the memory, and ``gradient_checkpointing``: on exactly where
-    the run does not fit without it. The scheduler stores that decision in the job's plan and the trainer follows it
-    (a run that fits trains without recomputing its activations); the dry run reports it."""
+    ``fits_with_gradient_checkpointing`` against 95% of the memory, and ``gradient_checkpointing``: on unless the
+    total stays within :data:`CHECKPOINTING_UNLESS_WITHIN` of it. The scheduler stores that decision in the job's
+    plan and the trainer follows it (a run well within the memory trains without recomputing its activations); the
+    dry run reports it."""
     m, usable = est.memory_gib, 0.95 * est.gpu_memory_gib
     est.fits = m["total"] <= usable
     est.fits_with_gradient_checkpointing = m["total_with_gradient_checkpointing"] <= usable
-    est.gradient_checkpointing = not est.fits
+    est.gradient_checkpointing = m["total"] > CHECKPOINTING_UNLESS_WITHIN * est.gpu_memory_gib
     return est
 
 

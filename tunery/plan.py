@@ -137,7 +137,7 @@ class TrainingOptions(PlainOptions):
     packing: bool = True
     precision: Precision = "auto"
     # Recompute each layer's activations in the backward pass (less memory, about a third more compute); ``auto``:
-    # only where the job's memory estimate does not fit without (tunery.estimate.gradient_checkpointing).
+    # unless the job's memory estimate is well within the memory without it (tunery.estimate.gradient_checkpointing).
     gradient_checkpointing: Auto | bool = "auto"
     lora: LoraOptions = Field(default_factory=LoraOptions)
 
