@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import (
     aliases,
     audit,
+    caller,
     chat,
     embeddings,
     errors,
@@ -150,6 +151,7 @@ API_MODULES = (
     audit,
     webhooks,
     secrets,
+    caller,
 )
 
 

@@ -79,6 +79,11 @@ class Principal:
     open_access: bool = False
 
     @property
+    def writes(self) -> bool:
+        """Whether the role may change its project's objects (a reader may only read, chat and grade)."""
+        return self.role != "reader"
+
+    @property
     def actor(self) -> audit.Actor:
         """Who the audit log says acted (tunery/audit.py): the services take it, never the request."""
         if self.key_id is not None:
@@ -157,7 +162,7 @@ def authorize(principal: Principal, method: str, template: str, path_params: Map
     for prefix, scope in OWNER_ONLY_PREFIXES.items():
         if template.startswith(prefix) and principal.role != "owner":
             raise insufficient(scope)
-    if principal.role == "reader" and method not in ("GET", "HEAD") and template not in READ_POSTS:
+    if not principal.writes and method not in ("GET", "HEAD") and template not in READ_POSTS:
         raise insufficient("api.write")
 
 

@@ -136,6 +136,7 @@ GRADER = {"type": "string_check", "name": "g", "input": "{{sample.output_text}}"
 STATELESS = {
     ("POST", "/v1/fine_tuning/alpha/graders/run"): {"grader": GRADER, "model_sample": "a"},
     ("POST", "/v1/fine_tuning/alpha/graders/validate"): {"grader": GRADER},
+    ("GET", "/v1/tunery/me"): None,  # who the key is: its own project and role
 }
 
 
@@ -282,3 +283,23 @@ def test_a_reader_reads_and_may_not_write(two_projects):
     assert srv.http.get(f"/v1/files/{ids['file']}", headers=reader).status_code == 200
     assert srv.http.get(f"{T}/{ids['job']}", headers=reader).json()["status"] in ("validating_files", "queued")
     assert srv.http.get(f"{AL}/{ids['alias']}", headers=reader).json()["version"] == 1
+
+
+def test_a_key_learns_its_own_project_and_role(two_projects):
+    """``GET /v1/tunery/me``: each key its own project, role and whether it may write (what api/auth.py enforces);
+    the admin key its organization's default project; no key is the usual 401."""
+    srv, keys, _ = two_projects
+    seen = {}
+    for name in ("A-member", "A-reader", "B-member", "B-reader"):
+        r = srv.http.get("/v1/tunery/me", headers={"authorization": f"Bearer {keys[name]}"})
+        assert r.status_code == 200, r.text
+        me = r.json()
+        role = name.split("-")[1]
+        assert (me["object"], me["role"], me["writes"], me["admin"]) == ("tunery.caller", role, role != "reader", False)
+        assert me["key_id"] and me["open_access"] is False
+        seen[name] = me["project_id"]
+    assert seen["A-member"] == seen["A-reader"] != seen["B-member"] == seen["B-reader"]
+    admin = srv.http.get("/v1/tunery/me", headers={"authorization": f"Bearer {BOOTSTRAP}"}).json()
+    assert (admin["role"], admin["admin"], admin["writes"], admin["key_id"]) == ("admin", True, True, None)
+    assert admin["project_id"] == srv.settings.project_id
+    assert srv.http.get("/v1/tunery/me", headers={"authorization": ""}).status_code == 401

@@ -350,3 +350,32 @@ def test_pause_and_resume_a_running_job_from_its_page(chromium: Any, shared: Sha
     events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
     assert sorted(e.data["step"] for e in events if e.type == "metrics") == list(range(1, steps + 1))
     assert not severe_console_errors(chromium)
+
+
+def test_a_read_only_key_is_offered_no_write(chromium: Any, shared: Shared) -> None:
+    """Signed in with a reader key of the same project, the pages show the same jobs and files, but no button or
+    form that would only get a 403: no pause, resume or cancel, no upload, no delete. Signed in again as the admin,
+    the buttons are back (the role is asked again for each sign-in)."""
+    admin = {"authorization": f"Bearer {KEY}"}
+    project = shared.srv.settings.project_id
+    viewer = {"name": "viewer", "role": "reader"}
+    made = shared.srv.http.post(f"/v1/organization/projects/{project}/service_accounts", json=viewer, headers=admin)
+    assert made.status_code == 200, made.text
+    reader = made.json()["api_key"]["value"]
+    chromium.execute_script("sessionStorage.clear(); localStorage.clear();")
+    go(chromium, shared.srv, f"#/jobs/{shared.queued_job_id}")
+    sign_in(chromium, reader)
+    wait_for(lambda: page_status(chromium) == "cancelled", what="the job's page, read")
+    assert "Read-only" in wait_for(lambda: css(chromium, "#read-only"), what="the read-only note").text
+    assert all_css(chromium, "#cancel-job, #pause-job, #resume-job") == []
+    css(chromium, "a[data-nav=files]").click()
+    wait_for(lambda: all_css(chromium, f"tr[data-file-id='{shared.file_id}']"), what="the files, listed")
+    assert all_css(chromium, "#upload-form") == [] and css(chromium, "#read-only").is_displayed()
+    assert [b for b in all_css(chromium, "#files-table button") if b.text == "Delete"] == []
+    # The admin again: the same pages offer their actions.
+    chromium.execute_script("sessionStorage.clear(); localStorage.clear();")
+    go(chromium, shared.srv, f"#/jobs/{shared.queued_job_id}")
+    sign_in(chromium, KEY)
+    wait_for(lambda: all_css(chromium, "#cancel-job"), what="the job's buttons")
+    assert all_css(chromium, "#read-only") == []
+    assert not severe_console_errors(chromium)

@@ -11,6 +11,7 @@
 
   // ---- the API key ---------------------------------------------------------------------------------------------
   const getKey = () => sessionStorage.getItem(KEY) || localStorage.getItem(KEY) || "";
+  let me = null; // the promise of GET /v1/tunery/me for the key signed in (caller, below)
   function setKey(key, remember) {
     clearKey();
     (remember ? localStorage : sessionStorage).setItem(KEY, key);
@@ -18,7 +19,20 @@
   function clearKey() {
     sessionStorage.removeItem(KEY);
     localStorage.removeItem(KEY);
+    me = null;
   }
+  // Who the key is (GET /v1/tunery/me: its project, its role, whether it may write), asked once a sign-in: the
+  // pages offer only the actions it may take (a reader sees no upload, delete, pause, resume or cancel).
+  function caller() {
+    if (!me) {
+      me = api("/tunery/me").catch((e) => {
+        me = null; // asked again by the next page
+        throw e;
+      });
+    }
+    return me;
+  }
+  const mayWrite = async () => (await caller()).writes;
 
   // ---- DOM helpers -----------------------------------------------------------------------------------------------
   function h(tag, attrs, ...children) {
@@ -423,9 +437,12 @@
     // The buttons are drawn again only when the status changes, so a click waiting for its confirmation survives
     // the page's polls.
     let actionsFor = null;
+    const writes = await mayWrite();
     function renderJob() {
       title.replaceChildren(jobId, " ", status(job.status));
-      if (job.status !== actionsFor) {
+      if (!writes) {
+        actions.replaceChildren(h("span", { id: "read-only", class: "hint", text: "Read-only key: no pause, resume or cancel." }));
+      } else if (job.status !== actionsFor) {
         actionsFor = job.status;
         actions.replaceChildren(
           act("pause-job", "Pause", "pause", job.status === "running"),
@@ -755,6 +772,7 @@
 
   // ---- files -----------------------------------------------------------------------------------------------------
   async function filesPage(view, p) {
+    const writes = await mayWrite();
     const input = h("input", { id: "file-input", type: "file", required: true });
     const purpose = h("select", { id: "purpose" },
       ["fine-tune", "batch", "evals", "user_data", "assistants", "vision"].map((v) => h("option", { value: v, text: v })));
@@ -798,7 +816,7 @@
     });
     view.append(
       h("h1", { text: "Files" }),
-      form,
+      writes ? form : h("p", { id: "read-only", class: "hint", text: "Read-only key: files are uploaded and deleted by members and owners." }),
       report,
       h("table", { id: "files-table", class: "list" },
         h("thead", {}, h("tr", {}, ["File", "Name", "Purpose", "Size", "Status", "Created", ""].map((t) => h("th", { text: t })))),
@@ -827,7 +845,7 @@
           return h("tr", { "data-file-id": f.id },
             h("td", {}, fileLink(f.id)), h("td", { text: f.filename }), h("td", { text: f.purpose }),
             h("td", { text: bytes(f.bytes) }), h("td", {}, status(f.status)),
-            h("td", { title: when(f.created_at), text: age(f.created_at) }), h("td", {}, del));
+            h("td", { title: when(f.created_at), text: age(f.created_at) }), h("td", {}, writes ? del : ""));
         }),
       );
     };
