@@ -27,7 +27,7 @@ from api.errors import APIError
 from tunery.db import Database
 from tunery.quotas import project_limits
 from tunery.settings import Settings
-from tunery.tenancy import WouldBlock
+from tunery.tenancy import Rechecked
 
 RECHECK_SECONDS = 1.0
 
@@ -95,27 +95,23 @@ class RateLimiter:
         self.db = db
         self.clock = clock
         self._buckets: dict[str, _Bucket] = {}
-        self._limits: dict[str, tuple[int, float]] = {}  # project -> (requests per minute, when read)
-        self._asked: dict[str, float] = {}  # project -> when a caller was last sent to read its limit (WouldBlock)
+        self._limits: dict[str, Rechecked[int]] = {}  # project -> its requests per minute, read again each recheck
         self._lock = threading.Lock()
 
     def limit_of(self, project_id: str, blocking: bool = True) -> int:
         """The project's requests per minute (0: none), read again every RECHECK_SECONDS; ``blocking=False``: raise
-        :class:`WouldBlock` rather than read the store, once a recheck: the callers in between take the limit read
-        last (one query, not one per request under way)."""
-        at = time.monotonic()
-        known = self._limits.get(project_id)
-        if known is not None and at - known[1] < RECHECK_SECONDS:
-            return known[0]
-        if not blocking:
-            if known is not None and at - self._asked.get(project_id, float("-inf")) < RECHECK_SECONDS:
-                return known[0]  # being read by another caller
-            self._asked[project_id] = at
-            raise WouldBlock(f"the request limit of {project_id} is to be read from the metadata store")
+        :class:`WouldBlock` rather than read the store, once a recheck (:class:`Rechecked`)."""
+        limit = self._limits.get(project_id)
+        if limit is None:
+            limit = self._limits.setdefault(
+                project_id,
+                Rechecked(lambda: self._read_limit(project_id), RECHECK_SECONDS, f"the request limit of {project_id}"),
+            )
+        return limit.get(blocking)
+
+    def _read_limit(self, project_id: str) -> int:
         with self.db.session() as s:
-            rpm = project_limits(s, self.settings, project_id).requests_per_minute
-        self._limits[project_id] = (rpm, at)
-        return rpm
+            return project_limits(s, self.settings, project_id).requests_per_minute
 
     def take(self, project_id: str, blocking: bool = True) -> Verdict | None:
         """Take one token of the project's bucket: the verdict (``retry_after`` set when there was none), or None when

@@ -15,7 +15,9 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -32,6 +34,7 @@ from tunery.settings import Settings
 PROJECT_KEY_PREFIX = "sk-svcacct-"
 ADMIN_KEY_PREFIX = "sk-admin-"
 DEFAULT_PROJECT_NAME = "Default project"
+T = TypeVar("T")
 log = logging.getLogger("tunery.tenancy")
 # A key's ``last_used_at`` is written at most this often (seconds): no write on every request.
 LAST_USED_RESOLUTION = 60
@@ -145,6 +148,50 @@ class WouldBlock(Exception):
     """A decision asked for without I/O (``blocking=False``) needs the metadata store: ask again in a thread."""
 
 
+class Rechecked(Generic[T]):
+    """A value read from the metadata store by ``read`` and kept ``seconds``, so that requests do not each query it:
+    the one rule of the API's admission for what it rechecks (whether keys were issued, a project's request limit).
+    Once ``final(value)`` holds, it is kept for good. ``get(blocking=False)`` never does I/O: when a read is due it
+    raises :class:`WouldBlock` for one caller a recheck, whom the event loop sends to a thread to read, and the
+    callers in between take the last value (one query a recheck, not one per request under way)."""
+
+    def __init__(
+        self, read: Callable[[], T], seconds: float, what: str, final: Callable[[T], bool] = lambda _value: False
+    ):
+        self.read = read
+        self.seconds = seconds
+        self.what = what  # what a WouldBlock says is to be read
+        self.final = final
+        self._value: T | None = None
+        self._known = False
+        self._kept = False  # final: never read again
+        self._read_at = float("-inf")
+        self._asked_at = float("-inf")  # when a caller was last sent to read it (WouldBlock)
+        self._lock = threading.Lock()
+
+    def _fresh(self, at: float) -> bool:
+        return self._known and (self._kept or at - self._read_at < self.seconds)
+
+    def get(self, blocking: bool = True) -> T:
+        at = time.monotonic()
+        if self._fresh(at):
+            return self._value  # type: ignore[return-value]  # known
+        if not blocking:
+            if self._known and at - self._asked_at < self.seconds:
+                return self._value  # type: ignore[return-value]  # being read by another caller meanwhile
+            self._asked_at = at
+            raise WouldBlock(f"{self.what} is to be read from the metadata store")
+        with self._lock:  # one read at a time: the callers queued behind it take its value
+            if not self._fresh(time.monotonic()):
+                self.set(self.read())
+            return self._value  # type: ignore[return-value]  # just read
+
+    def set(self, value: T) -> None:
+        """``value`` as if just read (a change this process made itself)."""
+        self._value, self._known, self._read_at = value, True, time.monotonic()
+        self._kept = self.final(value)
+
+
 class KeyRegistry:
     """Whether the store has issued keys, without a query per request: once it has, for good (revoked keys keep
     their rows); until then, asked again at most every ``recheck_seconds`` (a key made by ``tunery admin`` in
@@ -153,32 +200,20 @@ class KeyRegistry:
     def __init__(self, db: Database, recheck_seconds: float = 1.0):
         self.db = db
         self.recheck_seconds = recheck_seconds
-        self._issued = False
-        self._checked_at = float("-inf")
-        self._asked_at = float("-inf")  # when a caller was last sent to ask (WouldBlock)
-        self._lock = threading.Lock()
+        self._issued = Rechecked(self._ask, recheck_seconds, "whether keys were issued", final=bool)
+
+    def _ask(self) -> bool:
+        with self.db.session() as s:
+            return keys_issued(s)
 
     def issued(self, blocking: bool = True) -> bool:
         """Whether keys are required; ``blocking=False``: raise :class:`WouldBlock` rather than ask the store, once a
-        recheck: the callers in between take the last answer (one query, not one per request under way)."""
-        if self._issued:
-            return True
-        at = time.monotonic()
-        if not blocking and at - self._checked_at >= self.recheck_seconds:
-            if self._checked_at > float("-inf") and at - self._asked_at < self.recheck_seconds:
-                return False  # asked by another caller, answer coming
-            self._asked_at = at
-            raise WouldBlock("whether keys were issued is to be asked of the metadata store")
-        with self._lock:
-            if not self._issued and time.monotonic() - self._checked_at >= self.recheck_seconds:
-                with self.db.session() as s:
-                    self._issued = keys_issued(s)
-                self._checked_at = time.monotonic()
-            return self._issued
+        recheck (:class:`Rechecked`)."""
+        return self._issued.get(blocking)
 
     def note_issued(self) -> None:
         """A key was just issued by this process: required from now on."""
-        self._issued = True
+        self._issued.set(True)
 
 
 def ensure_default_tenancy(s: Session, settings: Settings) -> Project:

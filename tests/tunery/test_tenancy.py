@@ -105,3 +105,37 @@ def test_a_keys_last_use_is_written_at_most_once_a_minute(db: Database) -> None:
     assert tenancy.note_use(db, key_id, t, at=t + 60)
     with db.session() as s:
         assert s.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id)) == t + 60
+
+
+def test_a_rechecked_value_is_read_once_a_recheck_and_kept_for_good_once_final(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tunery.tenancy.Rechecked, the rule of what admission rechecks: a read per recheck however many callers; without
+    blocking, one caller a recheck is sent to read (WouldBlock) and the others take the last value; a final value is
+    never read again."""
+    from tunery import tenancy
+    from tunery.tenancy import Rechecked, WouldBlock
+
+    clock = [100.0]
+    monkeypatch.setattr(tenancy.time, "monotonic", lambda: clock[0])
+    reads: list[int] = []
+    answers = iter([3, 5, 7, 9])
+
+    def read() -> int:
+        reads.append(1)
+        return next(answers)
+
+    value = Rechecked(read, 1.0, "a number", final=lambda v: v >= 7)
+    with pytest.raises(WouldBlock, match="a number is to be read"):
+        value.get(blocking=False)  # nothing known yet: the first caller is sent to read
+    with pytest.raises(WouldBlock):
+        value.get(blocking=False)  # and so is the next: there is no last value to give
+    assert [value.get() for _ in range(5)] == [3] * 5 and len(reads) == 1
+    clock[0] += 1.5  # past a recheck
+    with pytest.raises(WouldBlock):
+        value.get(blocking=False)
+    assert value.get(blocking=False) == 3 and len(reads) == 1  # another caller reads it meanwhile
+    assert value.get() == 5 and len(reads) == 2
+    value.set(7)  # final: kept for good
+    clock[0] += 100
+    assert value.get(blocking=False) == 7 and value.get() == 7 and len(reads) == 2
