@@ -327,7 +327,11 @@ class Preprocessor(SchedulerPart):
                 fail_in(s, job, JobError(code, problem.message, problem.param))
                 return
             hw = hardware.trainer_hardware(self.settings)
-            plan = resolve_plan(request, n_total, has_validation=has_validation, cpu_only=not hw.gpu)
+            max_len = request.training.requested_max_seq_length
+            per_example = hyperparams.mean_tokens(train_scan.tokens, max_len) if train_scan is not None else None
+            plan = resolve_plan(
+                request, n_total, has_validation=has_validation, cpu_only=not hw.gpu, tokens_per_example=per_example
+            )
             hw_check = hardware.check(plan, hw, self._memory_estimate(job, plan, train_scan, hw))
             if hw_check.error is not None:
                 fail_in(s, job, hw_check.error)

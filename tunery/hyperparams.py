@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 MIN_TARGET_EXAMPLES = 100
@@ -47,6 +48,17 @@ def auto_n_epochs(n_examples: int) -> int:
 def auto_batch_size(n_examples: int, cpu_only: bool = True) -> int:
     size = max(1, min(256, round(n_examples * 0.002)))
     return min(size, 8) if cpu_only else size
+
+
+def token_budget_batch_size(batch_tokens: int, tokens_per_example: float) -> int:
+    """``tunery.training.batch_tokens``: the number of examples whose mean length fills the budget (a step is still
+    that many examples), at least 1 and at most 256 (OpenAI's largest batch)."""
+    return max(1, min(256, round(batch_tokens / max(tokens_per_example, 1.0))))
+
+
+def mean_tokens(tokens: Sequence[int], max_seq_length: int) -> float | None:
+    """The mean tokens of an example as training sees them (cut at ``max_seq_length``); None without examples."""
+    return sum(min(t, max_seq_length) for t in tokens) / len(tokens) if tokens else None
 
 
 def total_steps(n_examples: int, batch_size: int, n_epochs: int) -> int:

@@ -132,6 +132,8 @@ class TrainingOptions(PlainOptions):
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
     max_seq_length: Auto | Annotated[int, Field(ge=32, le=131_072)] = "auto"
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=256)] = 1
+    # ``batch_size: "auto"`` resolved from a token budget: as many examples as the file's mean example fills it with.
+    batch_tokens: Annotated[int, Field(ge=64, le=1_048_576)] | None = None
     n_checkpoints: Auto | Annotated[int, Field(ge=1, le=1000)] = "auto"
     n_evals: Auto | Annotated[int, Field(ge=0, le=1000)] = "auto"
     packing: bool = True
@@ -287,6 +289,13 @@ def check_request(
     if problem is not None:
         return problem
     batch = request.hyperparameters.batch_size
+    if isinstance(batch, int) and t.batch_tokens is not None:
+        return Unsupported(
+            f"tunery.training.batch_tokens resolves an 'auto' batch_size from a token budget, and batch_size is "
+            f"{batch}: give one or the other.",
+            "tunery.training.batch_tokens",
+            None,
+        )
     if isinstance(batch, int) and batch % t.gradient_accumulation_steps:
         return Unsupported(
             f"gradient_accumulation_steps ({t.gradient_accumulation_steps}) must divide batch_size ({batch}): "
@@ -362,6 +371,7 @@ class TrainingPlan(PlainOptions):
     max_seq_length: int = Field(default=hyperparams.DEFAULT_MAX_SEQ_LENGTH, ge=2)
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)  # micro-batches per optimizer step; divides batch_size
+    batch_tokens: int | None = None  # the token budget an ``auto`` batch_size was resolved from, as asked
     n_checkpoints: int | None = None  # evenly spaced over the run; None: one per epoch
     n_evals: int | None = None  # evaluations of the validation file, evenly spaced; None: one per epoch
     packing: bool = True  # padding-free: each micro-batch is one sequence with per-example position ids
@@ -416,6 +426,7 @@ class TrainingPlan(PlainOptions):
             "warmup_ratio": None if self.warmup_steps is not None else self.warmup_ratio,
             "max_seq_length": self.max_seq_length,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "batch_tokens": self.batch_tokens,
             "n_checkpoints": self.n_checkpoints,
             "n_evals": self.n_evals,
             "packing": self.packing,
@@ -426,15 +437,26 @@ class TrainingPlan(PlainOptions):
 
 
 def resolve_plan(
-    request: PlanRequest, n_examples: int, *, has_validation: bool, cpu_only: bool, precision: str | None = None
+    request: PlanRequest,
+    n_examples: int,
+    *,
+    has_validation: bool,
+    cpu_only: bool,
+    precision: str | None = None,
+    tokens_per_example: float | None = None,
 ) -> TrainingPlan:
     """The one resolution of ``auto``: ``n_examples`` training examples, on a trainer that is ``cpu_only`` or not;
-    ``precision`` is the one the hardware check settled on (the request's when None)."""
+    ``precision`` is the one the hardware check settled on (the request's when None). ``tokens_per_example``: the
+    training file's mean example (cut at ``max_seq_length``), from which ``tunery.training.batch_tokens`` resolves
+    an ``auto`` batch size (OpenAI's rule when it is not known)."""
     info = method_info(request.method)
     req, t = request.hyperparameters, request.training
     n = max(1, n_examples)
     accum = t.gradient_accumulation_steps
-    auto_batch = hyperparams.auto_batch_size(n, cpu_only)
+    if t.batch_tokens is not None and tokens_per_example:
+        auto_batch = hyperparams.token_budget_batch_size(t.batch_tokens, tokens_per_example)
+    else:
+        auto_batch = hyperparams.auto_batch_size(n, cpu_only)
     if accum > 1:  # an ``auto`` batch is a multiple of the micro-batches it splits into
         auto_batch = max(accum, auto_batch - auto_batch % accum)
     n_epochs = hyperparams.auto_n_epochs(n) if req.n_epochs in (None, "auto") else int(req.n_epochs)
@@ -462,6 +484,7 @@ def resolve_plan(
         warmup_ratio=0.0 if t.warmup_steps is not None else warmup_ratio,
         # Each batch splits into equal micro-batches: a batch clamped to a small file may lower it.
         gradient_accumulation_steps=hyperparams.largest_divisor_at_most(batch, accum),
+        batch_tokens=t.batch_tokens,
         n_checkpoints=max(1, min(n_ckpt, steps)),
         n_evals=max(0, min(n_evals, steps)),
         packing=t.packing and info.packing,

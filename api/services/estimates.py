@@ -147,7 +147,10 @@ def dry_run(ctx: AppContext, t: Tenant, req: CreateJob) -> FineTuningJobEstimate
         raise InvalidRequest(problem.message, param="training_file", code=problem.code)
     tokens = report["tokens"]
     hw = hardware.trainer_hardware(ctx.settings)
-    plan = resolve_plan(request, n, has_validation=bool(req.validation_file), cpu_only=not hw.gpu)
+    per_example = int(tokens["total_within_max_seq_length"]) / n if n else None
+    plan = resolve_plan(
+        request, n, has_validation=bool(req.validation_file), cpu_only=not hw.gpu, tokens_per_example=per_example
+    )
     checked = hardware.check(plan, hw)
     if checked.error is not None:
         raise InvalidRequest(checked.error.message, param=checked.error.param, code=checked.error.code)

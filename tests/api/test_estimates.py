@@ -255,6 +255,18 @@ def test_dry_run_and_the_scheduler_resolve_the_same_plan(tiny_server_factory):
         # Gradient checkpointing, decided alike: off where the run fits without it (a tiny model on the CPU).
         assert est["gradient_checkpointing"] is queued.model_extra["tunery"]["training"]["gradient_checkpointing"]
         assert est["gradient_checkpointing"] is False
+    # A token budget resolves the auto batch size alike, from the file's mean example: a step is still examples.
+    tokens = srv.http.get(f"/v1/files/{f.id}/validation").json()["tokens"]
+    per_example = tokens["total_within_max_seq_length"] / 40
+    budgeted = {"model": TINY, "training_file": f.id, "tunery": {"training": {"batch_tokens": 1024}}}
+    est = srv.http.post("/v1/fine_tuning/jobs/dry_run", json=budgeted).json()
+    job = srv.client.fine_tuning.jobs.create(model=TINY, training_file=f.id, extra_body={"tunery": budgeted["tunery"]})
+    queued = srv.wait_job(job.id, {"queued"}, timeout=30)
+    assert est["batch_size"] == queued.hyperparameters.batch_size == min(40, round(1024 / per_example)) > 8
+    assert queued.model_extra["tunery"]["training"]["batch_tokens"] == 1024
+    both = {**budgeted, "hyperparameters": {"batch_size": 4}}
+    refused = srv.http.post("/v1/fine_tuning/jobs/dry_run", json=both)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "tunery.training.batch_tokens"
     # As asked, when asked; and only a bool or "auto".
     forced = {"model": TINY, "training_file": f.id, "tunery": {"training": {"gradient_checkpointing": True}}}
     assert srv.http.post("/v1/fine_tuning/jobs/dry_run", json=forced).json()["gradient_checkpointing"] is True

@@ -15,7 +15,7 @@ from tests.schema import validate
 from tunery import hyperparams
 from tunery.jobspec import JobSpec
 from tunery.methods import METHODS
-from tunery.plan import LoraPlan, PlanRequest, TrainingPlan, resolve_plan
+from tunery.plan import LoraPlan, PlanRequest, TrainingPlan, check_request, resolve_plan
 
 
 # ---- resolution ----------------------------------------------------------------------------------------------
@@ -34,6 +34,7 @@ def test_resolve_training_defaults_and_auto_rules() -> None:
         "neftune_noise_alpha": None,
         "max_seq_length": 1024,
         "gradient_accumulation_steps": 1,
+        "batch_tokens": None,
         "train_on_inputs": False,
         "n_checkpoints": 3,  # one per epoch
         "n_evals": 3,  # one per epoch, with a validation file
@@ -67,6 +68,31 @@ def test_auto_batch_size_is_a_multiple_of_gradient_accumulation() -> None:
     accum = {"gradient_accumulation_steps": 4}
     assert _resolve(3000, cpu_only=False, training=accum).batch_size == 4  # round(3000 * 0.002) = 6, lowered to 4
     assert _resolve(50, cpu_only=True, training=accum).batch_size == 4  # at least one per micro-batch
+
+
+def test_batch_tokens_resolves_an_auto_batch_size_from_the_mean_example() -> None:
+    """``tunery.training.batch_tokens``: as many examples as the file's mean example fills the budget with (a step is
+    still that many examples), a multiple of the micro-batches, at most 256 and the file; OpenAI's rule where the
+    mean is not known; refused beside an explicit batch_size."""
+    budget = {"batch_tokens": 4096}
+    assert _resolve(5000, training=budget).batch_size == 8  # OpenAI's rule (and the CPU's 8): no mean known
+    plan = resolve_plan(PlanRequest(training=budget), 5000, has_validation=False, cpu_only=True, tokens_per_example=200)
+    assert (plan.batch_size, plan.batch_tokens, plan.training_options()["batch_tokens"]) == (20, 4096, 4096)
+    assert plan.openai_hyperparameters()["batch_size"] == 20  # what the job shows: a number of examples
+    accum = PlanRequest(training={**budget, "gradient_accumulation_steps": 8})
+    assert resolve_plan(accum, 5000, has_validation=False, cpu_only=True, tokens_per_example=200).batch_size == 16
+    assert (
+        resolve_plan(
+            PlanRequest(training=budget), 12, has_validation=False, cpu_only=True, tokens_per_example=20
+        ).batch_size
+        == 12
+    )
+    huge = PlanRequest(training={"batch_tokens": 1_048_576})
+    assert resolve_plan(huge, 10**6, has_validation=False, cpu_only=False, tokens_per_example=50).batch_size == 256
+    both = PlanRequest(training=budget, hyperparameters={"batch_size": 4})
+    problem = check_request(both, has_validation=False)
+    assert problem is not None and problem.param == "tunery.training.batch_tokens"
+    assert check_request(PlanRequest(training=budget), has_validation=False) is None
 
 
 def test_the_method_sets_the_learning_rate_beta_and_what_applies() -> None:
@@ -247,6 +273,7 @@ def test_training_options_resolved_stored_and_honoured_by_a_real_run(server: Any
         "adapter": "lora",
         "precision": "fp32",  # auto, resolved for the CPU-only trainer
         "gradient_checkpointing": False,  # auto, resolved: the tiny model fits without it
+        "batch_tokens": None,
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
     }
     assert raw["hyperparameters"] == {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.0}

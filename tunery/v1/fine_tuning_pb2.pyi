@@ -108,7 +108,7 @@ class LoraOptions(_message.Message):
     def __init__(self, r: _Optional[int] = ..., alpha: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class TrainingOptions(_message.Message):
-    __slots__ = ("lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "train_on_inputs", "adapter", "neftune_noise_alpha", "warmup_ratio", "max_seq_length", "gradient_accumulation_steps", "n_checkpoints", "n_evals", "packing", "precision", "lora", "gradient_checkpointing")
+    __slots__ = ("lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "train_on_inputs", "adapter", "neftune_noise_alpha", "warmup_ratio", "max_seq_length", "gradient_accumulation_steps", "n_checkpoints", "n_evals", "packing", "precision", "lora", "gradient_checkpointing", "batch_tokens")
     LR_SCHEDULER_TYPE_FIELD_NUMBER: _ClassVar[int]
     WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class TrainingOptions(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
+    BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     lr_scheduler_type: str
     warmup_steps: int
     weight_decay: float
@@ -141,7 +142,8 @@ class TrainingOptions(_message.Message):
     precision: str
     lora: LoraOptions
     gradient_checkpointing: _struct_pb2.Value
-    def __init__(self, lr_scheduler_type: _Optional[str] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., train_on_inputs: _Optional[bool] = ..., adapter: _Optional[str] = ..., neftune_noise_alpha: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_seq_length: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., gradient_accumulation_steps: _Optional[int] = ..., n_checkpoints: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., n_evals: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., packing: _Optional[bool] = ..., precision: _Optional[str] = ..., lora: _Optional[_Union[LoraOptions, _Mapping]] = ..., gradient_checkpointing: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
+    batch_tokens: int
+    def __init__(self, lr_scheduler_type: _Optional[str] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., train_on_inputs: _Optional[bool] = ..., adapter: _Optional[str] = ..., neftune_noise_alpha: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_seq_length: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., gradient_accumulation_steps: _Optional[int] = ..., n_checkpoints: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., n_evals: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., packing: _Optional[bool] = ..., precision: _Optional[str] = ..., lora: _Optional[_Union[LoraOptions, _Mapping]] = ..., gradient_checkpointing: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., batch_tokens: _Optional[int] = ...) -> None: ...
 
 class MethodOptions(_message.Message):
     __slots__ = ("trainer",)
