@@ -29,7 +29,7 @@ from .checkpoint import (
 )
 from .data_files import DataFileRead, read_records
 from .data_options import DataOptionsReport
-from .errors import RunStopped, TrainerError
+from .errors import RunStopped, TrainerError, out_of_memory
 from .loading import DeviceChoice
 from .metrics import StepRow, results_csv
 from .reporter import Reporter
@@ -263,6 +263,11 @@ class TrainingRun:
         stop.in_training = True
         try:
             self.trainer.train(resume_from_checkpoint=resume_dir)
+        except Exception as e:
+            oom = out_of_memory(e, len(self.rows) + 1, self.device is not None and self.device.gradient_checkpointing)
+            if oom is None:
+                raise
+            raise oom from e
         finally:
             stop.in_training = False
         train_seconds = time.monotonic() - started

@@ -52,3 +52,28 @@ def one_line(text: str, limit: int = 500) -> str:
     """Collapse whitespace so a message fits one line of an event."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+GRADIENT_CHECKPOINTING_PARAM = "tunery.training.gradient_checkpointing"
+
+
+def out_of_memory(e: BaseException, step: int, checkpointing: bool) -> TrainerError | None:
+    """The user's error for a run out of GPU memory at ``step`` (``code: out_of_memory``), naming what to change
+    first: gradient checkpointing where the run had it off (``auto`` turns it on only where the memory estimate says
+    so), else the batch's size or length; None for any other exception."""
+    import torch
+
+    if not isinstance(e, torch.OutOfMemoryError):
+        return None
+    first = (
+        f"set {GRADIENT_CHECKPOINTING_PARAM} to true (this run recomputed no activations: its memory estimate said it "
+        "fits without), or "
+        if not checkpointing
+        else ""
+    )
+    return TrainerError(
+        f"out of GPU memory at step {step}: {first}give a smaller batch_size (or more gradient_accumulation_steps) or "
+        f"max_seq_length. {e}",
+        code="out_of_memory",
+        param=GRADIENT_CHECKPOINTING_PARAM if not checkpointing else "tunery.training.gradient_accumulation_steps",
+    )

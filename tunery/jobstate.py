@@ -125,6 +125,7 @@ class ErrorCode(enum.StrEnum):
     export_error = "export_error"
     unsupported_architecture = "unsupported_architecture"
     invalid_file = "invalid_file"  # an evaluation's file (``file``): not chat or preference examples
+    out_of_memory = "out_of_memory"  # the run ran out of GPU memory (trainer/errors.py says what to change)
 
 
 # The request parameter that names the general-purpose file mixed into the training set (docs/data-options.md).

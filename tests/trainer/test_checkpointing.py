@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 
+from tests.trainer_fixtures import reporting_server
+
+__all__ = ["reporting_server"]  # a fixture
+
 
 def run(tiny_model_dir: Path, tmp_path: Path, checkpointing: bool | None) -> tuple[list[float], dict[str, Any], bool]:
     """Three optimizer steps of LoRA SFT through the trainer every method builds: the logged losses, the adapter's
@@ -65,3 +69,43 @@ def test_a_run_computes_the_same_with_gradient_checkpointing(tiny_model_dir: Pat
         torch.testing.assert_close(w, plain_weights[name], rtol=1e-4, atol=1e-6, msg=name)
     # A plan stored before the decision (None) keeps what such runs had: off on the CPU.
     assert run(tiny_model_dir, tmp_path, None)[2] is False
+
+
+def test_a_run_out_of_gpu_memory_says_what_to_change(
+    tmp_path: Path, tiny_model_dir: Path, reporting_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyTorch's out-of-memory error in a step fails the run with ``out_of_memory`` at that step, naming gradient
+    checkpointing first when the run had it off (no GPU here: the second step's error is raised as CUDA raises it)."""
+    import torch
+    from transformers import Trainer
+
+    from tests.trainer_fixtures import RUN_TOKEN, chat_examples, jsonl_bytes, make_spec
+    from trainer.errors import TrainerError
+    from trainer.reporter import Reporter
+    from trainer.run import StopSignal, run
+    from tunery.storage import open_store
+
+    _, address = reporting_server
+    root = tmp_path / "objects"
+    open_store(str(root)).put_bytes("files/file-train", jsonl_bytes(chat_examples(8)))
+    spec = make_spec(base_model_path=tiny_model_dir, object_store=root, reporting_address=address, n_epochs=1)
+    step = Trainer.training_step
+    calls = []
+
+    def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", training_step)
+    reporter = Reporter(address, spec.job_id, RUN_TOKEN)
+    try:
+        with pytest.raises(TrainerError) as caught:
+            run(spec, reporter, StopSignal())
+    finally:
+        reporter.close(timeout=10)
+    e = caught.value
+    assert (e.code, e.param) == ("out_of_memory", "tunery.training.gradient_checkpointing")
+    assert e.message.startswith("out of GPU memory at step 2: set tunery.training.gradient_checkpointing to true")
+    assert "Tried to allocate 2.00 GiB" in e.message
