@@ -27,7 +27,9 @@ directory. That process, before any user code exists in it:
 **Contained**, where user namespaces are refused (a container under its runtime's default seccomp profile, such as
 a Kubernetes pod's ``RuntimeDefault``, refuses ``unshare``), the process the parent started is the worker, without
 steps 1 and 2: its working directory is the parent's fresh directory on disk, which the parent measures (every
-:data:`CHECK_INTERVAL_S`, and before each answer counts; :class:`_Watch` says how) and kills the sandbox once it holds
+:data:`CHECK_INTERVAL_S`, and before each answer counts, the worker waiting after each answer for the parent's go
+on its stdin, so that what is found is the answered sample's doing; :class:`_Watch` says how) and kills the sandbox
+once it holds
 more than ``disk_bytes`` or :data:`MAX_FILES` files (or folders too deep or unreadable to measure). Between two
 measures the user code can write more, each file at most ``disk_bytes`` (its file-size limit): the bound is
 ``disk_bytes`` and what it writes between two measures (10 ms apart; up to ~100 ms for a directory of thousands of
@@ -289,7 +291,8 @@ def _readable() -> tuple[list[str], dict[str, list[Any]]]:
 
 def _run_once(source: str, pairs: list[tuple[Any, Any]], limits: Limits, mode: str) -> _Run:
     run = _Run()
-    request = json.dumps({"source": source, "pairs": [[s, i] for s, i in pairs]}, ensure_ascii=False).encode()
+    # One line: contained, the child reads it up to its newline and then the go bytes on the same pipe.
+    request = json.dumps({"source": source, "pairs": [[s, i] for s, i in pairs]}, ensure_ascii=False).encode() + b"\n"
     workdir = tempfile.mkdtemp(prefix="tunery-grader-")
     try:
         os.chmod(workdir, 0o700)
@@ -352,7 +355,8 @@ def _talk(proc: subprocess.Popen[bytes], request: bytes, count: int, limits: Lim
                     sent = len(request)  # it died: its status says why
                 if sent >= len(request):
                     sel.unregister(proc.stdin)
-                    proc.stdin.close()
+                    if watch.workdir is None:  # contained, the pipe carries the go between samples
+                        proc.stdin.close()
             elif key.fileobj is proc.stderr:
                 chunk = os.read(proc.stderr.fileno(), 65536)
                 err = (err + chunk)[:MAX_RESULT_BYTES]
@@ -381,6 +385,8 @@ def _talk(proc: subprocess.Popen[bytes], request: bytes, count: int, limits: Lim
                             continue
                     run.outcomes.append(_outcome(line))
                     deadline = time.monotonic() + limits.timeout_s
+                    if watch.workdir is not None and len(run.outcomes) < count:
+                        _go(proc)  # measured within its bounds (above): the next sample may run
                 if len(out) > MAX_RESULT_BYTES:
                     run.failure = Outcome(error=f"grade()'s process wrote more than {MAX_RESULT_BYTES} bytes of answer")
                     return
@@ -396,6 +402,13 @@ def _talk(proc: subprocess.Popen[bytes], request: bytes, count: int, limits: Lim
         run.failure = Outcome(server_error=f"the sandbox could not be set up: {why[-MAX_DETAILS_CHARS:]}")
         return
     run.failure = Outcome(error=_death(status, limits, out))
+
+
+def _go(proc: subprocess.Popen[bytes]) -> None:
+    """Let a contained sandbox grade its next sample (it waits for this byte after each answer)."""
+    assert proc.stdin is not None
+    with contextlib.suppress(BlockingIOError, BrokenPipeError):  # not reading, or dead: its status says why
+        os.write(proc.stdin.fileno(), b"g")
 
 
 def _death(status: int, limits: Limits, out: bytes) -> str:
@@ -522,9 +535,14 @@ def _walk(workdir: str, usage: _Usage) -> str | None:
 
 
 def _scan(fd: int, level: int, usage: _Usage, todo: list[tuple[int, str]]) -> str | None:
-    """The entries of the folder ``fd`` (at depth ``level``) added to ``usage``, its folders to ``todo``."""
+    """The entries of the folder ``fd`` (at depth ``level``) added to ``usage``, its folders to ``todo``. A name is
+    counted once: reading a folder while files are made in it may return a name twice."""
+    names: set[str] = set()
     with os.scandir(fd) as entries:
         for entry in entries:
+            if entry.name in names:
+                continue
+            names.add(entry.name)
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:

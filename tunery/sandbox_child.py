@@ -315,8 +315,10 @@ def _printed() -> str:
         return ""
 
 
-def _grade(answer: int, request: dict[str, Any]) -> None:
-    """Run the source and grade each pair, one answer line each on ``answer``."""
+def _grade(answer: int, request: dict[str, Any], go: int | None = None) -> None:
+    """Run the source and grade each pair, one answer line each on ``answer``; with ``go`` (contained), wait after
+    each answer but the last for the parent's byte on it: the parent measures the directory in between, so what it
+    finds over the bounds is the answered sample's doing, not the next one's."""
 
     def send(obj: dict[str, Any]) -> None:
         data = (json.dumps(obj) + "\n").encode()
@@ -345,7 +347,9 @@ def _grade(answer: int, request: dict[str, Any]) -> None:
         return
     import numbers
 
-    for sample, item in request["pairs"]:
+    for i, (sample, item) in enumerate(request["pairs"]):
+        if i and go is not None and not os.read(go, 1):
+            return  # the parent is gone, or stopped the sandbox
         try:
             value = grade(sample, item)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -382,6 +386,7 @@ def main(config: dict[str, Any]) -> None:
         _check(c.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(pdeathsig)")
         _wait_for(os.fork())  # init waits for the worker: the kernel ignores the signals init does not handle
     answer, report = os.dup(1), os.dup(2)  # the answer's descriptor; the parent's stderr, until set up
+    go = os.dup(0) if contained else None  # contained: the request, then the parent's go between samples
     try:
         _check(c.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(pdeathsig)")
         _limit(config, contained)
@@ -389,7 +394,7 @@ def main(config: dict[str, Any]) -> None:
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.close(log)
-        keep = sorted({0, 1, 2, answer, report})
+        keep = sorted({0, 1, 2, answer, report, *([go] if go is not None else [])})
         for low, high in zip(keep, [*keep[1:], 1 << 16], strict=True):
             os.closerange(low + 1, high)
         _landlock(c, config)
@@ -401,8 +406,17 @@ def main(config: dict[str, Any]) -> None:
     os.close(report)
     sys.meta_path.append(_AllowedImports(config["imports"]))
     os.write(answer, b'{"ready": true}\n')
-    request = json.loads(sys.stdin.buffer.read())
-    _grade(answer, request)
+    if go is None:
+        request = json.loads(sys.stdin.buffer.read())
+    else:  # one line (JSON has no raw newline), the pipe kept open for the go bytes
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = os.read(go, 1 << 16)
+            if not chunk:
+                break
+            line += chunk
+        request = json.loads(line)
+    _grade(answer, request, go)
     sys.stdout.flush()
     os._exit(0)
 

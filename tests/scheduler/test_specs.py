@@ -111,10 +111,12 @@ PLAN: dict[str, Any] = {
     "max_grad_norm": 1.0,
     "neftune_noise_alpha": None,
     "gradient_accumulation_steps": 1,
+    "batch_tokens": None,
     "train_on_inputs": False,
     "n_checkpoints": 3,
     "n_evals": 0,
     "packing": True,
+    "gradient_checkpointing": None,  # a plan resolved without the hardware check (a job queued before plans)
     "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
     "reinforcement": None,
 }
