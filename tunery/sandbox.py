@@ -27,11 +27,10 @@ directory. That process, before any user code exists in it:
 **Contained**, where user namespaces are refused (a container under its runtime's default seccomp profile, such as
 a Kubernetes pod's ``RuntimeDefault``, refuses ``unshare``), the process the parent started is the worker, without
 steps 1 and 2: its working directory is the parent's fresh directory on disk, which the parent measures (every
-:data:`CHECK_INTERVAL_S`, and before each answer counts, the worker waiting after each answer for the parent's go
-on its stdin, so that what is found is the answered sample's doing; :class:`_Watch` says how) and kills the sandbox
-once it holds
-more than ``disk_bytes`` or :data:`MAX_FILES` files (or folders too deep or unreadable to measure). Between two
-measures the user code can write more, each file at most ``disk_bytes`` (its file-size limit): the bound is
+10 ms, and before each answer counts, the worker waiting after each answer for the parent's go on its stdin, so that
+what is found is the answered sample's doing; tunery/sandbox_dir.py's :class:`Watch` says how) and kills the sandbox
+once it holds more than ``disk_bytes`` or :data:`MAX_FILES` files (or folders too deep or unreadable to measure).
+Between two measures the user code can write more, each file at most ``disk_bytes`` (its file-size limit): the bound is
 ``disk_bytes`` and what it writes between two measures (10 ms apart; up to ~100 ms for a directory of thousands of
 files, whose measure takes ~10 ms). A file it removes and then keeps only through a memory mapping (its descriptor
 closed) is not seen; it is freed when the sandbox ends, and the directory is removed however deep. Its tasks are
@@ -52,12 +51,10 @@ it is made.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import selectors
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -67,7 +64,8 @@ from functools import cache
 from typing import Any
 
 from tunery import sandbox_child
-from tunery.sandbox_child import MAX_DETAILS_CHARS, MAX_FILES, bad_number
+from tunery.sandbox_child import MAX_DETAILS_CHARS, bad_number
+from tunery.sandbox_dir import Watch, remove_tree
 
 # What OpenAI documents for its python grader: 2 minutes, 2 GB of memory, 1 GB of disk, no network. The disk is a tmpfs
 # (memory, charged to the machine), so Tunery gives less of it.
@@ -77,11 +75,6 @@ DISK_BYTES = 64 * 1024**2
 MAX_THREADS = 16  # threads the user code may run at once (it may start no process)
 MAX_OPEN_FILES = 64
 MAX_RESULT_BYTES = 64 * 1024  # one answer line; more is the user code writing garbage on the result descriptor
-# Contained, the parent measures the sandbox's directory this often (or, after a measure that took long, ten times as
-# long as it took: the measures take a tenth of a core at most), and before each answer counts. It walks the directory
-# with a descriptor per level of folders: deeper than MAX_DEPTH, it stops the sandbox rather than hold more of them.
-CHECK_INTERVAL_S = 0.01
-MAX_DEPTH = 64
 
 # Import names the user code may import, when installed beside Tunery: OpenAI's grader image offers these (and a few
 # heavy ones Tunery does not ship), with what they import. Any other package is unreadable from the sandbox.
@@ -317,17 +310,17 @@ def _run_once(source: str, pairs: list[tuple[Any, Any]], limits: Limits, mode: s
             close_fds=True,
             start_new_session=True,
         )
-        watch = _Watch(workdir if mode == sandbox_child.CONTAINED else None, proc.pid, limits)
+        watch = Watch(workdir if mode == sandbox_child.CONTAINED else None, proc.pid, limits.disk_bytes)
         try:
             _talk(proc, request, len(pairs), limits, run, watch)
         finally:
             _kill(proc)
     finally:
-        _remove(workdir)
+        remove_tree(workdir)
     return run
 
 
-def _talk(proc: subprocess.Popen[bytes], request: bytes, count: int, limits: Limits, run: _Run, watch: _Watch) -> None:
+def _talk(proc: subprocess.Popen[bytes], request: bytes, count: int, limits: Limits, run: _Run, watch: Watch) -> None:
     assert proc.stdin and proc.stdout and proc.stderr
     sel = selectors.DefaultSelector()
     os.set_blocking(proc.stdin.fileno(), False)
@@ -355,7 +348,7 @@ def _talk(proc: subprocess.Popen[bytes], request: bytes, count: int, limits: Lim
                     sent = len(request)  # it died: its status says why
                 if sent >= len(request):
                     sel.unregister(proc.stdin)
-                    if watch.workdir is None:  # contained, the pipe carries the go between samples
+                    if not watch.measures:  # contained, the pipe carries the go between samples
                         proc.stdin.close()
             elif key.fileobj is proc.stderr:
                 chunk = os.read(proc.stderr.fileno(), 65536)
@@ -385,7 +378,7 @@ def _talk(proc: subprocess.Popen[bytes], request: bytes, count: int, limits: Lim
                             continue
                     run.outcomes.append(_outcome(line))
                     deadline = time.monotonic() + limits.timeout_s
-                    if watch.workdir is not None and len(run.outcomes) < count:
+                    if watch.measures and len(run.outcomes) < count:
                         _go(proc)  # measured within its bounds (above): the next sample may run
                 if len(out) > MAX_RESULT_BYTES:
                     run.failure = Outcome(error=f"grade()'s process wrote more than {MAX_RESULT_BYTES} bytes of answer")
@@ -440,175 +433,6 @@ def _outcome(line: bytes) -> Outcome:
         problem = bad_number(float(reward))
         return Outcome(error=problem) if problem else Outcome(reward=float(reward))
     return Outcome(error=f"grade()'s process answered {line[:200]!r}, not a reward")
-
-
-@dataclass
-class _Watch:
-    """The bounds of a contained sandbox's directory (``workdir``; None: a tmpfs bounds it), which the parent
-    measures every :data:`CHECK_INTERVAL_S` (or ten times as long as the last measure took) and before each answer
-    counts: its bytes (each file's allocated blocks or its size, whichever is larger, once per file; folders, and the
-    files the worker ``pid`` removed but holds open, included) at most ``disk_bytes``; its files (every name, and the
-    directory itself, as a tmpfs counts inodes) at most :data:`MAX_FILES`; its folders at most :data:`MAX_DEPTH`
-    deep. Once over, the sandbox is killed."""
-
-    workdir: str | None
-    pid: int
-    limits: Limits
-    due_at: float = 0.0  # when to measure next
-
-    def wait(self, left: float) -> float:
-        """How long the parent may wait for the sandbox, ``left`` at most, before the next measure."""
-        return left if self.workdir is None else min(left, max(0.0, self.due_at - time.monotonic()))
-
-    def due(self) -> str | None:
-        """:meth:`check`, when its time has come."""
-        return self.check() if self.workdir is not None and time.monotonic() >= self.due_at else None
-
-    def check(self) -> str | None:
-        """Why the sandbox is over its bounds (None: it is not, or it is not contained)."""
-        if self.workdir is None:
-            return None
-        started, usage = time.monotonic(), _Usage(self.limits.disk_bytes)
-        try:
-            over = _walk(self.workdir, usage) or _removed_open_files(self.pid, usage)
-        except OSError as e:
-            over = f"grade()'s directory could not be measured ({e.strerror}): it was killed"
-        now = time.monotonic()
-        self.due_at = now + max(CHECK_INTERVAL_S, 10 * (now - started))
-        return over
-
-
-class _Usage:
-    """What a contained sandbox's directory holds, so far in a measure."""
-
-    def __init__(self, disk_bytes: int):
-        self.disk_bytes = disk_bytes
-        self.bytes = 0
-        self.files = 1  # the directory itself
-        self.seen: set[int] = set()  # the inodes counted
-
-    def add(self, st: os.stat_result, named: bool = True) -> bool:
-        """One more name (``named``) of a file: whether the file is new to this measure."""
-        self.files += named
-        if st.st_ino in self.seen:
-            return False
-        self.seen.add(st.st_ino)
-        self.bytes += max(st.st_blocks * 512, st.st_size)
-        return True
-
-    def over(self) -> str | None:
-        if self.bytes > self.disk_bytes:
-            return f"grade() wrote more than {self.disk_bytes} bytes to its directory: it was killed"
-        if self.files > MAX_FILES:
-            return f"grade() made more than {MAX_FILES} files in its directory: it was killed"
-        return None
-
-
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)  # a name removed or replaced while it was measured
-
-
-def _walk(workdir: str, usage: _Usage) -> str | None:
-    """The tree under ``workdir`` added to ``usage``, depth first, a descriptor held for each folder above the one
-    measured: why it is over its bounds, as soon as it is, else None."""
-    fds = [os.open(workdir, _DIRECTORY)]
-    todo: list[tuple[int, str]] = []  # (the depth of its parent, a folder's name)
-    try:
-        over = _scan(fds[0], 0, usage, todo)
-        while todo and not over:
-            level, name = todo.pop()
-            while len(fds) > level + 1:
-                os.close(fds.pop())
-            if level >= MAX_DEPTH:
-                return f"grade() nested folders more than {MAX_DEPTH} deep in its directory: it was killed"
-            try:
-                fds.append(os.open(name, _DIRECTORY, dir_fd=fds[level]))
-            except OSError as e:
-                if e.errno in _GONE:
-                    continue
-                raise
-            over = _scan(fds[-1], level + 1, usage, todo)
-        return over
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def _scan(fd: int, level: int, usage: _Usage, todo: list[tuple[int, str]]) -> str | None:
-    """The entries of the folder ``fd`` (at depth ``level``) added to ``usage``, its folders to ``todo``. A name is
-    counted once: reading a folder while files are made in it may return a name twice."""
-    names: set[str] = set()
-    with os.scandir(fd) as entries:
-        for entry in entries:
-            if entry.name in names:
-                continue
-            names.add(entry.name)
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if usage.add(st) and stat.S_ISDIR(st.st_mode):  # a folder seen twice was moved while measured
-                todo.append((level, entry.name))
-            over = usage.over()
-            if over:
-                return over
-    return None
-
-
-def _removed_open_files(pid: int, usage: _Usage) -> str | None:
-    """The files the worker ``pid`` removed (or made without a name) but holds open, added to ``usage``."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except FileNotFoundError:
-        return None  # it has ended
-    for fd in fds:
-        try:
-            st = os.stat(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue  # closed meanwhile
-        if stat.S_ISREG(st.st_mode) and st.st_nlink == 0:
-            usage.add(st, named=False)
-    return usage.over()
-
-
-def _remove(path: str) -> None:
-    """``path`` and all it holds, however deep (its sandbox has ended: nothing changes it meanwhile), with one
-    descriptor at a time: down into each folder, and back up through its ``..``; a folder the user code made
-    unreadable is made readable first."""
-    os.chmod(path, 0o700)
-    fd = os.open(path, _DIRECTORY)
-    try:
-        pending = [_clear(fd)]  # at each depth from ``path`` down, the folders left to remove (the one entered last)
-        while True:
-            if pending[-1]:
-                os.chmod(pending[-1][-1], 0o700, dir_fd=fd)
-                child = os.open(pending[-1][-1], _DIRECTORY, dir_fd=fd)
-                os.close(fd)
-                fd = child
-                pending.append(_clear(fd))
-                continue
-            pending.pop()
-            if not pending:
-                break
-            parent = os.open("..", _DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = parent
-            os.rmdir(pending[-1].pop(), dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(path)
-
-
-def _clear(fd: int) -> list[str]:
-    """Every entry of the folder ``fd`` but its folders removed: the names of those."""
-    folders = []
-    with os.scandir(fd) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                folders.append(entry.name)
-            else:
-                os.unlink(entry.name, dir_fd=fd)
-    return folders
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tunery import graders as g
-from tunery import sandbox
+from tunery import sandbox, sandbox_dir
 from tunery.graders import GraderNotRunnable, parse_grader
 from tunery.sandbox import Limits, Outcome
 
@@ -400,7 +400,7 @@ def test_its_files_are_bounded_in_number(mode: str) -> None:
     failed(beyond, "No space left on device" if namespaced(mode) else "made more than 4096 files in its directory")
     # contained, folders nested deeper than the measure goes stop it; a tmpfs takes them
     nested = "import os\nos.makedirs('/'.join(['d'] * sample['n']))\nreturn 1"
-    assert run(nested, {"n": sandbox.MAX_DEPTH}).reward == 1.0
+    assert run(nested, {"n": sandbox_dir.MAX_DEPTH}).reward == 1.0
     deep = run(nested, {"n": 200})
     assert deep.reward == 1.0 if namespaced(mode) else "nested folders more than 64 deep" in failed(deep)
 
@@ -441,7 +441,7 @@ def test_a_directory_is_removed_however_deep_and_unreadable_it_was_made(tmp_path
     (top / "locked" / "f").write_text("x")
     (top / "locked").chmod(0)
     try:
-        sandbox._remove(str(top))
+        sandbox_dir.remove_tree(str(top))
         left = os.listdir(tmp_path)
     finally:  # never leave pytest a tree its own cleanup cannot remove (it recurses)
         subprocess.run(["rm", "-rf", str(top)], check=False)
