@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tunery import filescan
+from tunery import filescan, hyperparams
 from tunery.data import MAX_LINE_BYTES, MAX_LINES, MAX_LISTED_ERRORS, MIN_EXAMPLES, DataFormat
 from tunery.filescan import FileScan, ScanOptions, scan_path, scan_stream
 from tunery.jobstate import EVAL_FILE_PARAM, MIX_PARAM, REFERENCE_PARAM, ErrorCode, JobError, file_error_code
@@ -214,7 +214,7 @@ def token_report(scan: FileScan, model: str, max_seq_length: int | None) -> dict
         over = [line for line, n in zip(scan.lines, scan.tokens, strict=True) if n > max_seq_length]
         out["max_seq_length"] = max_seq_length
         out["over_max_seq_length"] = {"total": len(over), "lines": over[:MAX_LISTED_ERRORS]}
-        out["total_within_max_seq_length"] = int(sum(min(n, max_seq_length) for n in scan.tokens))
+        out["total_within_max_seq_length"] = hyperparams.tokens_within(scan.tokens, max_seq_length)
     return out
 
 

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from tunery import hyperparams
 from tunery.plan import TrainingPlan
 from tunery.tensorfiles import read_header
 
@@ -256,7 +257,7 @@ def estimate_for_scan(
         shape,
         plan,
         examples=len(tokens),
-        tokens_per_epoch=sum(min(t, plan.max_seq_length) for t in tokens),
+        tokens_per_epoch=hyperparams.tokens_within(tokens, plan.max_seq_length),
         trained_tokens_per_epoch=sum(trained),
         gpu_type=gpu_type,
         precision=precision,
@@ -280,13 +281,8 @@ def estimate_plan(
     (counted whole: an upper bound), trained as rows of prompt + completion, and each read and scored by the
     ``judges`` of its model graders."""
     rl = plan.reinforcement
-    batch, micro, seq, tokens, extra = (
-        plan.batch_size,
-        plan.micro_batch_size,
-        plan.max_seq_length,
-        tokens_per_epoch,
-        0.0,
-    )
+    batch, micro, seq = plan.batch_size, plan.micro_batch_size, plan.max_seq_length
+    tokens, extra = tokens_per_epoch, 0.0
     steps = math.ceil(examples / plan.batch_size) * plan.n_epochs
     if rl is not None:
         batch *= rl.num_generations

@@ -56,9 +56,14 @@ def token_budget_batch_size(batch_tokens: int, tokens_per_example: float) -> int
     return max(1, min(256, round(batch_tokens / max(tokens_per_example, 1.0))))
 
 
+def tokens_within(tokens: Sequence[int], max_seq_length: int) -> int:
+    """The tokens of examples as training sees them: each cut at ``max_seq_length``."""
+    return sum(min(t, max_seq_length) for t in tokens)
+
+
 def mean_tokens(tokens: Sequence[int], max_seq_length: int) -> float | None:
     """The mean tokens of an example as training sees them (cut at ``max_seq_length``); None without examples."""
-    return sum(min(t, max_seq_length) for t in tokens) / len(tokens) if tokens else None
+    return tokens_within(tokens, max_seq_length) / len(tokens) if tokens else None
 
 
 def total_steps(n_examples: int, batch_size: int, n_epochs: int) -> int:
