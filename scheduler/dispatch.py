@@ -189,6 +189,7 @@ class Dispatcher(SchedulerPart):
             store_url=broker_url(self.reporting_address, job.id) if brokered else self.store.url,
             reporting_address=self.reporting_address,
             device=self.settings.trainer_device,
+            generation=self.settings.trainer_generation,
             judges=judges,
             embedding_model=embedding,
             integrations=integrations_spec(

@@ -435,7 +435,13 @@ class Preprocessor(SchedulerPart):
             try:
                 gpu_type = self.settings.gpu_type if hw.gpu else "cpu"
                 return estimates.estimate_for_scan(
-                    estimates.model_shape(Path(folder)), scan.tokens, scan.trained, plan, gpu_type, held
+                    estimates.model_shape(Path(folder)),
+                    scan.tokens,
+                    scan.trained,
+                    plan,
+                    gpu_type,
+                    held,
+                    generation=self.settings.trainer_generation,
                 )
             except (OSError, ValueError):
                 log.warning("no memory estimate for a job on %s", job.base_model, exc_info=True)
@@ -459,14 +465,14 @@ class Preprocessor(SchedulerPart):
             shape = estimates.model_shape(Path(folder))
             loads = estimates.judge_loads_of(plan, judges)
             return estimates.estimate_for_scan(
-                shape, scan.tokens, scan.trained, plan, self.settings.gpu_type, judges=loads
+                shape,
+                scan.tokens,
+                scan.trained,
+                plan,
+                self.settings.gpu_type,
+                judges=loads,
+                generation=self.settings.trainer_generation,
             )
-        except (OSError, ValueError):
-            log.warning("no estimate for a job on %s", job.base_model, exc_info=True)
-            return None
-        try:
-            shape = estimates.model_shape(Path(folder))
-            return estimates.estimate_for_scan(shape, scan.tokens, scan.trained, plan, self.settings.gpu_type)
         except (OSError, ValueError):
             log.warning("no estimate for a job on %s", job.base_model, exc_info=True)
             return None

@@ -19,6 +19,7 @@ from tunery.integrations import IntegrationsSpec
 from tunery.jobspec import DataFile, DataOptions, EmbeddingSpec, JobSpec, JudgeSpec, MixSpec
 from tunery.jobstate import JobKind
 from tunery.plan import TrainingPlan, resolve_plan
+from tunery.settings import Generation
 
 
 def job_plan(job: Job) -> TrainingPlan:
@@ -54,12 +55,13 @@ def run_spec(
     store_url: str,
     reporting_address: str,
     device: str,
+    generation: Generation = "auto",
     **fields: Any,
 ) -> JobSpec:
     """The spec of a run of any kind: what every run shares (its job and tenant, its base model, the plan, seed and
-    device, the object store and the run's own prefix in it, the reporting address, the eval options of
-    ``tunery.eval`` and their reference set), plus the kind's own ``fields``. Raises InputGone when the reference
-    set was deleted."""
+    device, who samples a reinforcement run's answers, the object store and the run's own prefix in it, the
+    reporting address, the eval options of ``tunery.eval`` and their reference set), plus the kind's own
+    ``fields``. Raises InputGone when the reference set was deleted."""
     options = EvalOptions.model_validate(job.tunery_options("eval"))
     return JobSpec(
         **{
@@ -73,6 +75,7 @@ def run_spec(
             "plan": job_plan(job),
             "seed": job.seed,
             "device": device,
+            "generation": generation,
             "object_store": store_url,
             "output_prefix": layout.job_prefix(job.id),
             "reporting_address": reporting_address,
@@ -90,6 +93,7 @@ def build_spec(
     store_url: str,
     reporting_address: str,
     device: str,
+    generation: Generation = "auto",
     judges: dict[str, JudgeSpec] | None = None,
     embedding_model: EmbeddingSpec | None = None,
     integrations: IntegrationsSpec | None = None,
@@ -105,6 +109,7 @@ def build_spec(
         "store_url": store_url,
         "reporting_address": reporting_address,
         "device": device,
+        "generation": generation,
     }
     try:
         if job.kind == JobKind.evaluation:
@@ -123,7 +128,7 @@ def _fine_tune(
     judges: dict[str, JudgeSpec],
     embedding_model: EmbeddingSpec | None,
     integrations: IntegrationsSpec | None,
-    **where: str,
+    **where: Any,
 ) -> JobSpec:
     options = job.tunery_options("data")
     data: DataOptions | None = None
@@ -172,7 +177,7 @@ def _evaluation(
     model_prefix: str | None,
     judges: dict[str, JudgeSpec],
     embedding_model: EmbeddingSpec | None,
-    **where: str,
+    **where: Any,
 ) -> JobSpec:
     """An evaluation's run (trainer/evaluate.py): the model ``job.model`` (its files under ``model_prefix``) against
     the file ``job.training_file``, with the job's ``tunery.eval`` options and the plan of the job that made the
@@ -194,7 +199,7 @@ def _evaluation(
     )
 
 
-def _export(job: Job, files: dict[str, File], model_prefix: str | None, **where: str) -> JobSpec:
+def _export(job: Job, files: dict[str, File], model_prefix: str | None, **where: Any) -> JobSpec:
     """An export's run (trainer/export_task.py): the model ``job.model`` (its files under ``model_prefix``) merged
     into its base and stored as ``tunery.export`` says. It reads no data file and writes no eval report."""
     if model_prefix is None:

@@ -55,13 +55,35 @@ def trl_args(
         use_cpu=choice.device == "cpu",
         bf16=choice.bf16,
         fp16=choice.fp16,
-        activation_checkpointing=choice.gradient_checkpointing,
+        **{CHECKPOINTING_FIELD: choice.gradient_checkpointing},
     )
 
 
-def trl_config(method: TrainerMethod, plan: TrainingPlan, *, seed: int, output_dir: str, choice: DeviceChoice) -> Any:
-    """The method's TRL config (SFTConfig, DPOConfig, ...) for ``plan``."""
+def _checkpointing_field() -> str:
+    """TrainingArguments' name for gradient checkpointing: ``activation_checkpointing`` since transformers 5.20
+    (``gradient_checkpointing`` is its deprecated alias), ``gradient_checkpointing`` before (the transformers that
+    vLLM 0.32 requires, in a trainer where vLLM samples: trainer/generation.py)."""
+    from transformers import TrainingArguments
+
+    fields = getattr(TrainingArguments, "__dataclass_fields__", {})
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+
+
+CHECKPOINTING_FIELD = _checkpointing_field()
+
+
+def trl_config(
+    method: TrainerMethod,
+    plan: TrainingPlan,
+    *,
+    seed: int,
+    output_dir: str,
+    choice: DeviceChoice,
+    model_path: str = "",
+) -> Any:
+    """The method's TRL config (SFTConfig, DPOConfig, ...) for ``plan``, training the model of ``model_path`` (which
+    a reinforcement run's vLLM loads too; a run whose answers transformers samples needs none)."""
     args = trl_args(
         plan, seed=seed, output_dir=output_dir, choice=choice, rows_per_example=method.info.rows_per_example
     )
-    return method.config_class()(**method.config_args(args, plan))
+    return method.config_class()(**method.config_args(args, plan, choice, model_path))

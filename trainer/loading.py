@@ -29,6 +29,7 @@ class DeviceChoice:
     precision: str = "fp32"  # bf16 | fp16 | fp32, as resolved
     adapter: str = "lora"  # lora | qlora | full
     gradient_checkpointing: bool = False  # activations recomputed in the backward pass (the plan's decision)
+    generation: str = "transformers"  # vllm | transformers: who samples a reinforcement run's answers
 
 
 def resolve_device(

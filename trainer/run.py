@@ -30,6 +30,7 @@ from .chat import ChatTemplateError, ChatTokenizer, end_of_turn_tokens
 from .config import trl_config
 from .errors import RunStopped, TrainerError
 from .evaluation import Evaluator
+from .generation import resolve_generation
 from .integrations import Trackers
 from .judge import grader_models
 from .loading import attach_adapter, load_base_model, resolve_device, set_determinism
@@ -80,6 +81,8 @@ def run(
     stop.check()
 
     r.device = resolve_device(spec.device, plan.precision, plan.adapter, plan.gradient_checkpointing)
+    if plan.reinforcement is not None:
+        r.device.generation = resolve_generation(spec.generation, r.device.device)
     set_determinism(spec.seed)
     t0 = time.monotonic()
     model, tokenizer = load_base_model(spec.base_model_path, r.device)
@@ -98,7 +101,9 @@ def run(
     r.has_eval = datasets.valid is not None
 
     with tempfile.TemporaryDirectory(prefix="tunery-trainer-") as workdir:
-        args = trl_config(method, plan, seed=spec.seed, output_dir=workdir, choice=r.device)
+        args = trl_config(
+            method, plan, seed=spec.seed, output_dir=workdir, choice=r.device, model_path=spec.base_model_path
+        )
         ref_model = load_base_model(spec.base_model_path, r.device)[0] if method.needs_reference_copy(plan) else None
         model, peft_config = attach_adapter(model, plan, r.store, spec.init_adapter_prefix, workdir)
         # A score_model grader's judges and a cosine metric's embedding model, beside the policy.

@@ -21,6 +21,11 @@ No torch: the model's size and shapes come from the safetensors headers and ``co
   ``judge params x answers x (read / 3 + written) / (5e11 x TFLOPs)``, ``answers`` being every sampled completion
   of the run. Its memory: its weights (in the run's precision, never NF4: the trainer does not quantize it) and its
   KV cache and logits for a batch of 16 conversations.
+* **vLLM sampling** (a reinforcement run whose answers vLLM samples, colocated with the trainer:
+  :func:`uses_vllm`): a second copy of the weights (in the run's precision; QLoRA's 4-bit as vLLM loads bitsandbytes)
+  and the KV cache of a step's sampled completions at once (``batch_size x num_generations`` sequences of prompt +
+  completion), plus 1 GiB of vLLM's own working memory (:func:`sampler_memory`). The trainer gives vLLM that share of
+  the GPU (``gpu_memory_utilization``), and of the CPU's memory its KV cache.
 * **Measured** (:class:`MeasuredMemory`): where an earlier job of the project on the same base model ran a plan of
   the same :func:`memory_signature` to success, its measured peak (the ``peak_memory_gib`` of its metrics events)
   is reported beside the estimate, and ``fits`` checks that figure instead (:func:`with_measured`).
@@ -39,6 +44,7 @@ from pydantic import BaseModel
 
 from tunery import hyperparams
 from tunery.plan import TrainingPlan
+from tunery.settings import Generation
 from tunery.tensorfiles import read_header
 
 FLOPS_DIVISOR = 5e11
@@ -80,6 +86,9 @@ GRPO_KL_COST = 1 / 3
 JUDGE_BATCH = 16  # conversations a judge's generate call (trainer/judge.py)
 CHARS_PER_TOKEN = 4  # of a judge's messages, as written in the grader (their {{item.*}} fills are not counted)
 TOKENS_PER_MESSAGE = 8  # the chat template's own tokens around a message
+# vLLM's working memory beside its weights and KV cache: the activations of its profiling batch (TRL asks for 4,096
+# tokens), CUDA graphs and the sampler's logits.
+SAMPLER_WORKING = 1 << 30
 
 
 @dataclass
@@ -90,6 +99,11 @@ class ModelShape:
     hidden: int
     layers: int
     vocab: int
+    kv_width: int = 0  # key (or value) values a token keeps per layer: kv heads x head size (0: hidden, no GQA)
+
+    @property
+    def kv_values(self) -> int:
+        return self.kv_width or self.hidden
 
 
 def _safetensors_headers(folder: Path) -> dict[str, Any]:
@@ -112,13 +126,16 @@ def model_shape(folder: Path) -> ModelShape:
         if len(shape) == 2 and ".layers." in name and name.endswith(".weight") and "embed" not in name:
             linear += shape[0] * shape[1]
             per_rank += shape[0] + shape[1]
+    hidden, heads = int(config.get("hidden_size", 0)), int(config.get("num_attention_heads", 0))
+    head_size = int(config.get("head_dim") or (hidden // heads if heads else 0))
     return ModelShape(
         params=params,
         linear_params=linear,
         lora_per_rank=per_rank,
-        hidden=int(config.get("hidden_size", 0)),
+        hidden=hidden,
         layers=int(config.get("num_hidden_layers", 0)),
         vocab=int(config.get("vocab_size", 0)),
+        kv_width=int(config.get("num_key_value_heads") or heads) * head_size,
     )
 
 
@@ -250,9 +267,11 @@ def estimate_for_scan(
     gpu_type: str,
     precision: str | None = None,
     judges: Sequence[JudgeLoad] = (),
+    generation: Generation = "transformers",
 ) -> Estimate:
     """The estimate of a job's plan from its training file's per-example token counts. ``precision``: the one the
-    weights are held in, when it differs from the plan's (``auto`` on a GPU whose bf16 support is unknown)."""
+    weights are held in, when it differs from the plan's (``auto`` on a GPU whose bf16 support is unknown);
+    ``generation``: the trainer's (``TUNERY_TRAINER_GENERATION``)."""
     return estimate_plan(
         shape,
         plan,
@@ -262,6 +281,7 @@ def estimate_for_scan(
         gpu_type=gpu_type,
         precision=precision,
         judges=judges,
+        generation=generation,
     )
 
 
@@ -275,11 +295,12 @@ def estimate_plan(
     gpu_type: str,
     precision: str | None = None,
     judges: Sequence[JudgeLoad] = (),
+    generation: Generation = "transformers",
 ) -> Estimate:
     """The estimate of a resolved plan over ``examples`` training examples. A reinforcement plan's work is its
     sampled completions: each prompt ``num_generations`` times, each with up to ``max_completion_length`` tokens
     (counted whole: an upper bound), trained as rows of prompt + completion, and each read and scored by the
-    ``judges`` of its model graders."""
+    ``judges`` of its model graders; where vLLM samples them (``generation``, :func:`uses_vllm`), its memory."""
     rl = plan.reinforcement
     batch, micro, seq = plan.batch_size, plan.micro_batch_size, plan.max_seq_length
     tokens, extra = tokens_per_epoch, 0.0
@@ -315,7 +336,38 @@ def estimate_plan(
         est.gpu_hours *= scale
     if rl is not None and judges:
         add_judges(est, judges, answers=steps * plan.batch_size * rl.num_generations, answer=rl.max_completion_length)
+    if rl is not None and uses_vllm(generation, gpu=gpu_type != "cpu"):
+        held = sampler_memory(shape, est.precision, plan.batch_size * rl.num_generations, seq)
+        add_memory(est, "sampler", held)
     return est
+
+
+def uses_vllm(generation: Generation, *, gpu: bool, installed: bool = True) -> bool:
+    """Whether vLLM samples a reinforcement run's answers, colocated with its trainer (the one rule: the estimate
+    counts its memory, the trainer starts it, trainer/generation.py): asked (``vllm``), or ``auto`` on a GPU where
+    the trainer's environment has vLLM (``installed``: the trainer knows; the estimate assumes the trainer image,
+    which has it)."""
+    return generation == "vllm" or (generation == "auto" and gpu and installed)
+
+
+def sampler_memory(shape: ModelShape, precision: str, sequences: int, max_len: int) -> float:
+    """Bytes vLLM holds to sample ``sequences`` answers at once of up to ``max_len`` tokens (prompt and completion):
+    its copy of the weights (``precision``: the run's; ``nf4`` for QLoRA, a bf16 KV cache), their KV cache, and its
+    working memory (:data:`SAMPLER_WORKING`)."""
+    kv_bytes = BYTES_PER_PARAM["bf16" if precision == "nf4" else precision]
+    kv_cache = sequences * max_len * shape.layers * 2 * shape.kv_values * kv_bytes
+    return shape.params * BYTES_PER_PARAM[precision] + kv_cache + SAMPLER_WORKING
+
+
+def add_memory(est: Estimate, part: str, held: float) -> None:
+    """Add ``held`` bytes, held through the whole run beside the trainer's own, to ``est``'s memory as ``part``, and
+    settle its fit again."""
+    gib = float(1 << 30)
+    m = est.memory_gib
+    m[part] = round(held / gib, 3)
+    m["total"] = round(m["total"] + held / gib, 3)
+    m["total_with_gradient_checkpointing"] = round(m["total_with_gradient_checkpointing"] + held / gib, 3)
+    settle_fit(est)
 
 
 def add_judges(est: Estimate, judges: Sequence[JudgeLoad], answers: int, answer: int) -> None:
@@ -331,17 +383,11 @@ def add_judges(est: Estimate, judges: Sequence[JudgeLoad], answers: int, answer:
         kv_cache = JUDGE_BATCH * (read + written) * j.shape.hidden * j.shape.layers * 2 * value_bytes
         weights += j.shape.params * value_bytes  # every judge's weights are held; one judges at a time
         working = max(working, kv_cache + JUDGE_BATCH * j.shape.vocab * 4)  # its KV cache and fp32 logits
-    memory = weights + working
-    gib = float(1 << 30)
     est.judge_params = sum(j.shape.params for j in judges)
     est.judge_gpu_seconds = round(seconds, 1)
     est.gpu_seconds = round(est.gpu_seconds + seconds, 1)
     est.gpu_hours = round(est.gpu_seconds / 3600, 4)
-    m = est.memory_gib
-    m["judge"] = round(memory / gib, 3)
-    m["total"] = round(m["total"] + memory / gib, 3)
-    m["total_with_gradient_checkpointing"] = round(m["total_with_gradient_checkpointing"] + memory / gib, 3)
-    settle_fit(est)
+    add_memory(est, "judge", weights + working)
 
 
 def gradient_checkpointing(requested: bool | None, est: Estimate | None, gpu: bool) -> bool:

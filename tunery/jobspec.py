@@ -16,6 +16,7 @@ from tunery.exports import ExportOptions
 from tunery.integrations import IntegrationsSpec
 from tunery.jobstate import JobKind
 from tunery.plan import TrainingPlan
+from tunery.settings import Generation
 
 # A local trainer's parent: the server that launched it (scheduler/backends.py sets it, trainer/orphan.py reads it).
 PARENT_PID_ENV = "TUNERY_PARENT_PID"
@@ -114,6 +115,7 @@ class JobSpec(BaseModel):
     plan: TrainingPlan  # the method and every training option, resolved (tunery/plan.py)
     seed: int
     device: str = "auto"  # auto | cpu | cuda
+    generation: Generation = "auto"  # who samples a reinforcement run's answers (the trainer's setting)
     # Fine-tuning a fine-tuned model: the object-store prefix of the parent adapter (``model`` was an ft: model).
     init_adapter_prefix: str | None = None
     export: ExportOptions | None = None  # an export's format and precision

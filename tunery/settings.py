@@ -10,6 +10,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Who samples a reinforcement run's answers (trainer/generation.py): ``auto`` is vLLM colocated with the trainer on a
+# GPU where the trainer's environment has vLLM, transformers' ``generate`` otherwise; ``vllm`` asks for vLLM on any
+# device (its CPU build included); ``transformers`` never uses vLLM.
+Generation = Literal["auto", "vllm", "transformers"]
+
 DEMO_MODEL = "smollm2-135m-instruct"
 TRAINER_UID = 10001  # user and group of the trainer image (deploy/trainer.Dockerfile)
 
@@ -112,6 +117,9 @@ class Settings(BaseSettings):
     max_concurrent_runs: int = 1
     trainer_python: str = ""  # interpreter for `python -m trainer`; empty: the server's own
     trainer_device: str = "auto"  # auto | cpu | cuda
+    # Who samples a reinforcement job's answers in the trainer (tunery.jobspec.Generation): vLLM colocated with the
+    # trainer on a GPU where its environment has vLLM (the trainer image does), else transformers.
+    trainer_generation: Generation = "auto"
     cancel_grace_seconds: float = 5.0
     # gRPC reporting service the trainer talks back to (port 0: pick a free one).
     grpc_host: str = "127.0.0.1"

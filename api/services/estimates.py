@@ -166,6 +166,7 @@ def dry_run(ctx: AppContext, t: Tenant, req: CreateJob) -> FineTuningJobEstimate
             gpu_type=ctx.settings.gpu_type,
             precision=checked.precision,
             judges=judges,
+            generation=ctx.settings.trainer_generation,
         )
     except ValueError as e:
         raise InvalidRequest(str(e), param=None, code="invalid_gpu_type") from None

@@ -13,6 +13,7 @@ from tunery.estimate import (
     FLOPS_DIVISOR,
     GPU_TYPES,
     JUDGE_BATCH,
+    SAMPLER_WORKING,
     TRAINER_COST,
     JudgeLoad,
     MeasuredMemory,
@@ -22,6 +23,7 @@ from tunery.estimate import (
     judge_loads,
     memory_signature,
     model_shape,
+    uses_vllm,
     with_measured,
 )
 from tunery.methods import METHODS
@@ -35,6 +37,7 @@ LLAMA_8B = ModelShape(
     hidden=4096,
     layers=32,
     vocab=128_256,
+    kv_width=1024,  # 8 key/value heads of 128 (grouped-query attention)
 )
 
 
@@ -50,6 +53,8 @@ def test_model_shape_matches_the_model_and_peft(tiny_model_dir: Path):
         model.config.num_hidden_layers,
         model.config.vocab_size,
     )
+    # A token's keys (or values) in a layer: its key/value heads' width, as the model's own k_proj writes them.
+    assert shape.kv_values == model.model.layers[0].self_attn.k_proj.out_features
     peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
     trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
     assert shape.lora_per_rank * 16 == trainable  # all-linear LoRA: r x (in + out) per adapted layer
@@ -352,3 +357,44 @@ def test_a_judge_adds_its_reading_and_scoring_of_every_sampled_answer():
         LLAMA_8B, plan, **{**args, "gpu_type": "t4"}, judges=[load]
     ).fits_with_gradient_checkpointing
     assert JudgeLoad(LLAMA_8B, 1, 1).shape is LLAMA_8B
+
+
+def test_vllm_sampling_adds_its_weights_and_kv_cache_where_it_runs():
+    """Where vLLM samples a reinforcement run's answers (``auto`` on a GPU, ``vllm`` anywhere), it holds a copy of the
+    weights in the run's precision and the KV cache of a step's completions at once, beside the trainer."""
+    assert uses_vllm("auto", gpu=True) and not uses_vllm("auto", gpu=True, installed=False)
+    assert not uses_vllm("auto", gpu=False) and uses_vllm("vllm", gpu=False) and not uses_vllm("transformers", gpu=True)
+    rl = ReinforcementPlan(
+        grader={"type": "string_check"}, num_generations=8, max_completion_length=256, kl_coef=0.0, temperature=1.0
+    )
+    plan = TrainingPlan(
+        n_epochs=1,
+        batch_size=4,
+        learning_rate=1e-4,
+        max_seq_length=768,
+        lora=LoraPlan(r=16, alpha=32),
+        reinforcement=rl,
+    ).model_copy(update={"method": "grpo"})
+    args = {"examples": 64, "tokens_per_epoch": 20_000, "trained_tokens_per_epoch": 20_000, "gpu_type": "h100-80gb"}
+    alone = estimate_plan(LLAMA_8B, plan, **args)
+    sampled = estimate_plan(LLAMA_8B, plan, **args, generation="auto")
+    kv_cache = 4 * 8 * (768 + 256) * 32 * 2 * 1024 * 2  # 32 sequences of 1,024 tokens, bf16 keys and values
+    held = LLAMA_8B.params * 2 + kv_cache + SAMPLER_WORKING
+    assert sampled.memory_gib["sampler"] == pytest.approx(held / (1 << 30), abs=1e-3)
+    assert sampled.memory_gib["total"] == pytest.approx(alone.memory_gib["total"] + held / (1 << 30), abs=2e-3)
+    assert "sampler" not in alone.memory_gib
+    assert "sampler" not in estimate_plan(LLAMA_8B, plan, **args, generation="transformers").memory_gib
+    # On the CPU only where asked for; QLoRA's copy is vLLM's 4-bit one, its KV cache still bf16.
+    assert "sampler" not in estimate_plan(LLAMA_8B, plan, **{**args, "gpu_type": "cpu"}, generation="auto").memory_gib
+    qlora = estimate_plan(LLAMA_8B, plan.model_copy(update={"adapter": "qlora"}), **args, generation="vllm")
+    assert qlora.memory_gib["sampler"] == pytest.approx(
+        (LLAMA_8B.params * 0.55 + kv_cache + SAMPLER_WORKING) / (1 << 30), abs=1e-3
+    )
+    # The copy can be what tips a run over the memory: on a 16 GiB GPU, 4 answers to a prompt a step fit without it.
+    small = plan.model_copy(
+        update={"adapter": "qlora", "batch_size": 1, "reinforcement": rl.model_copy(update={"num_generations": 4})}
+    )
+    assert estimate_plan(LLAMA_8B, small, **{**args, "gpu_type": "t4"}).fits_with_gradient_checkpointing
+    assert not estimate_plan(
+        LLAMA_8B, small, **{**args, "gpu_type": "t4"}, generation="auto"
+    ).fits_with_gradient_checkpointing

@@ -19,6 +19,7 @@ from tunery.db import File, Job
 from tunery.evalreport import EvalOptions
 from tunery.jobspec import EmbeddingSpec, JudgeSpec
 from tunery.plan import PlanRequest, TrainingPlan, resolve_plan
+from tunery.settings import Generation
 
 JOB_ID = "ftjob-abc123"
 STORE = "file:///data/objects"
@@ -79,6 +80,7 @@ def spec_of(
     parent_prefix: str | None = None,
     judges: dict[str, JudgeSpec] | None = None,
     embedding_model: EmbeddingSpec | None = None,
+    generation: Generation = "auto",
 ) -> dict[str, Any] | None:
     spec = build_spec(
         job,
@@ -88,6 +90,7 @@ def spec_of(
         store_url=STORE,
         reporting_address=REPORTING,
         device="cpu",
+        generation=generation,
         judges=judges,
         embedding_model=embedding_model,
     )
@@ -137,6 +140,7 @@ SUPERVISED: dict[str, Any] = {
     "plan": PLAN,
     "seed": 42,
     "device": "cpu",
+    "generation": "auto",
     "init_adapter_prefix": None,
     "export": None,
     "judges": {},
@@ -151,6 +155,10 @@ SUPERVISED: dict[str, Any] = {
 
 def test_supervised_with_defaults():
     assert spec_of(a_job(), ["file-train"]) == SUPERVISED
+
+
+def test_who_samples_a_reinforcement_runs_answers_is_the_trainers_setting():
+    assert spec_of(a_job(), ["file-train"], generation="vllm") == {**SUPERVISED, "generation": "vllm"}
 
 
 def test_a_jobs_integrations_reach_its_spec_as_settings_without_secrets():

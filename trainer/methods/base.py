@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from trainer.base import TrainingRun
     from trainer.chat import ChatTokenizer
     from trainer.data_files import DataFileRead
+    from trainer.loading import DeviceChoice
 
 
 @dataclass
@@ -45,9 +46,12 @@ class TrainerMethod:
         """The method's own fields of its TRL config, beyond :func:`trainer.config.trl_args`."""
         return {}
 
-    def config_args(self, args: dict[str, Any], plan: TrainingPlan) -> dict[str, Any]:
-        """Every field of the method's TRL config: the shared ones (``args``) and the method's own. A method whose
-        config lacks a shared field, or counts a batch otherwise, overrides this."""
+    def config_args(
+        self, args: dict[str, Any], plan: TrainingPlan, choice: DeviceChoice, model_path: str
+    ) -> dict[str, Any]:
+        """Every field of the method's TRL config: the shared ones (``args``) and the method's own, for a run on
+        ``choice`` from the model of ``model_path``. A method whose config lacks a shared field, or counts a batch
+        otherwise, overrides this."""
         return {**args, **self.config_extra(plan)}
 
     def trainer_class(self) -> type:

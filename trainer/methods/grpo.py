@@ -37,6 +37,7 @@ from tunery.methods import GRADER_PARAM, METHODS
 from tunery.plan import ReinforcementPlan, TrainingPlan
 
 from ..errors import TrainerError
+from ..generation import VLLM, use_in_place_reload, vllm_config_args
 from .base import Datasets, TrainerMethod
 from .registry import register
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from ..base import TrainingRun
     from ..chat import ChatTokenizer
     from ..data_files import DataFileRead
+    from ..loading import DeviceChoice
 
 log = logging.getLogger("tunery.trainer.grpo")
 
@@ -56,6 +58,9 @@ METRICS = {
     "frac_reward_zero_std": "frac_reward_zero_std",
     "completions/mean_length": "completion_length",
     "completions/clipped_ratio": "completion_clipped_ratio",
+    # Where vLLM samples (trainer/generation.py): the mean gap between its log-probabilities of the sampled tokens and
+    # the policy's, near 0 while its weights follow the policy's.
+    "sampling/sampling_logp_difference/mean": "sampling_logp_difference",
 }
 RESULTS_EXTRA = ("reward", "reward_std", "kl", "completion_length", "valid_reward")
 
@@ -149,6 +154,10 @@ def tools_trainer_class() -> type:
     class ToolsGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
         _row_tools: list[list[dict[str, Any]] | None] | None = None
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            use_in_place_reload(self)  # a colocated vLLM's weights, replaced in one pass (trainer/generation.py)
+
         def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> Any:
             self._row_tools = [row_tools(x) for x in inputs]
             try:
@@ -191,9 +200,14 @@ class GRPO(TrainerMethod):
 
         return GRPOConfig
 
-    def config_args(self, args: dict[str, Any], plan: TrainingPlan) -> dict[str, Any]:
+    def config_args(
+        self, args: dict[str, Any], plan: TrainingPlan, choice: DeviceChoice, model_path: str
+    ) -> dict[str, Any]:
         rl = _rl(plan)
         out = {k: v for k, v in args.items() if k != "max_length"}  # GRPO bounds the completion, not the row
+        if choice.generation == VLLM:  # a step's completions sampled at once, each prompt fitting max_seq_length
+            sequences, max_len = plan.batch_size * rl.num_generations, plan.max_seq_length + rl.max_completion_length
+            out.update(vllm_config_args(plan, model_path, choice.device, choice.precision, sequences, max_len))
         out.update(
             per_device_train_batch_size=plan.micro_batch_size * rl.num_generations,
             per_device_eval_batch_size=plan.micro_batch_size * rl.eval_samples,

@@ -1,0 +1,118 @@
+"""Reinforcement fine-tuning with its answers sampled by a real vLLM colocated with the trainer
+(trainer/generation.py): vLLM's CPU build (``make vllm``, whose environment also has the trainer's TRL and PEFT) runs
+the trainer, the engine in its own process, the policy's weights replaced in it after every step.
+
+On a GPU the same code runs with vLLM's CUDA build (``TUNERY_TRAINER_GENERATION=auto`` picks it there); this
+machine has none, so the engine here is the CPU build's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.trainer_fixtures import RUN_TOKEN, jsonl_bytes, make_spec, reporting_server
+from tests.vllm_server import VLLM_VENV, vllm_python
+from tunery.jobspec import RUN_TOKEN_ENV
+from tunery.plan import ReinforcementPlan
+from tunery.storage import open_store
+
+pytestmark = [pytest.mark.integration, pytest.mark.vllm]
+
+__all__ = ["reporting_server"]
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC_KEY = "jobs/ftjob-test/spec.json"
+KEYWORD = {
+    "type": "string_check",
+    "name": "greeting",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.keyword}}",
+    "operation": "ilike",
+}
+
+
+def trainer_python() -> str:
+    python = vllm_python()
+    if not (VLLM_VENV / ".tunery-trainer").is_file():
+        reason = f"the vLLM environment at {VLLM_VENV} has no trainer libraries (run `make vllm`)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return python
+
+
+def test_vllm_samples_the_answers_of_a_model_that_learns_its_graders_task(
+    tmp_path: Path, demo_model_dir: Path, reporting_server: Any
+) -> None:
+    """A task only its grader defines (say "word" when asked to greet in one word, as the demo model does in about
+    a fifth of its answers), its answers sampled by vLLM: the mean reward rises, so the engine samples from the
+    policy as it learns, and vLLM's log-probabilities of what it sampled stay those of the policy, step after
+    step."""
+    python = trainer_python()
+    servicer, address = reporting_server
+    lines = [{"messages": [{"role": "user", "content": "Greet me in one word."}], "keyword": "word"}] * 8
+    root = tmp_path / "objects"
+    store = open_store(str(root))
+    store.put_bytes("files/file-train", jsonl_bytes(lines))
+    spec = make_spec(
+        base_model_path=demo_model_dir,
+        object_store=root,
+        reporting_address=address,
+        n_epochs=4,
+        batch_size=4,
+        learning_rate=3e-3,
+        max_seq_length=64,
+        seed=3,
+    )
+    plan = spec.plan.model_copy(
+        update={
+            "method": "grpo",
+            "precision": "fp32",
+            "packing": False,
+            "lr_scheduler_type": "constant",
+            "reinforcement": ReinforcementPlan(
+                grader=KEYWORD, num_generations=4, max_completion_length=6, kl_coef=0.0, temperature=1.0
+            ),
+        }
+    )
+    spec = spec.model_copy(update={"plan": plan, "base_model": "smollm2", "generation": "vllm", "device": "cpu"})
+    store.put_bytes(SPEC_KEY, spec.model_dump_json().encode())
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        RUN_TOKEN_ENV: RUN_TOKEN,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+    }
+    proc = subprocess.run(
+        [python, "-m", "trainer", "--spec", f"{root.resolve().as_uri()}#{SPEC_KEY}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "vLLM samples this run's answers" in out, out[-3000:]
+
+    metrics = {m.metrics.step: m.metrics.method_metrics for m in servicer.of("Metrics")}
+    assert sorted(metrics) == list(range(1, 9))
+    rewards = {step: m["reward"] for step, m in metrics.items()}
+    first, last = (rewards[1] + rewards[2]) / 2, (rewards[7] + rewards[8]) / 2
+    assert first <= 0.5 and last >= first + 0.4, rewards
+    # vLLM's log-probabilities of its samples against the policy's: a gap near 0 at every step, the last ones too,
+    # after the policy has moved (an engine left with the base's weights would drift from it).
+    gaps = {step: m["sampling_logp_difference"] for step, m in metrics.items()}
+    assert max(gaps.values()) < 0.2, gaps
+    assert 0 < metrics[8]["completion_length"] <= 6
+    (finished,) = servicer.of("Finished")
+    assert finished.succeeded, finished
+    manifest = json.loads(store.get_bytes(f"jobs/{spec.job_id}/model/tunery_manifest.json"))
+    assert manifest["method"] == "grpo"
