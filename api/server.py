@@ -46,7 +46,7 @@ def make_backend(settings: Settings):  # type: ignore[no-untyped-def]
         from scheduler.k8s import KubernetesBackend
 
         return KubernetesBackend(settings)
-    from scheduler.backends import LocalProcessBackend
+    from scheduler.backends import LocalProcessBackend, trainer_threads
 
     brokered = settings.trainers_brokered
     return LocalProcessBackend(
@@ -55,6 +55,7 @@ def make_backend(settings: Settings):  # type: ignore[no-untyped-def]
         # the trainer dials the reporting channel as set (TLS) and, unless brokered, opens the same store (TUNERY_S3_*)
         env={**({} if brokered else store_environment(settings)), **trainer_tls_environment(settings)},
         without_store_credentials=brokered,
+        threads=trainer_threads(settings.trainer_threads, settings.max_concurrent_runs),
     )
 
 

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     # Scheduler and the local trainer runner.
     scheduler_poll_seconds: float = 0.5
     max_concurrent_runs: int = 1
+    # CPU threads of each trainer the local backend starts (torch's intra-op threads: OMP_NUM_THREADS); 0: the cores
+    # this server may use, shared among TUNERY_MAX_CONCURRENT_RUNS runs (scheduler.backends.trainer_threads).
+    trainer_threads: int = Field(default=0, ge=0)
     trainer_python: str = ""  # interpreter for `python -m trainer`; empty: the server's own
     trainer_device: str = "auto"  # auto | cpu | cuda
     # Who samples a reinforcement job's answers in the trainer (tunery.jobspec.Generation): vLLM colocated with the

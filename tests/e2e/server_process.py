@@ -95,6 +95,7 @@ class TuneryProcess:
         # One intra-op thread for the trainers it starts (and its serving engine): the tiny model gains nothing
         # from more, and spinning threads on CPUs shared with other work slow every step down.
         env["OMP_NUM_THREADS"] = "1"
+        env.setdefault("TUNERY_TRAINER_THREADS", "1")
         return env
 
     @property

@@ -393,6 +393,8 @@ def test_full_manifest_passes_the_live_servers_validation(kube_api, kube_namespa
     created = client.BatchV1Api(kube_api).create_namespaced_job(kube_namespace, m, dry_run="All")
     pod = created.spec.template.spec
     assert pod.priority_class_name == "tunery-training" and pod.tolerations[0].key == "nvidia.com/gpu"
+    threads = {e.name: e.value_from.resource_field_ref for e in pod.containers[0].env if e.name.endswith("THREADS")}
+    assert threads["OMP_NUM_THREADS"].resource == "requests.cpu"  # the API server takes the downward reference
     assert created.spec.backoff_limit == 0
     assert not _jobs(kube_api, kube_namespace)  # a dry run creates nothing
 

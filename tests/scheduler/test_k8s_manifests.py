@@ -78,6 +78,9 @@ def test_job_manifest_carries_every_setting():
     assert c["envFrom"] == [{"secretRef": {"name": "tunery-s3"}}]
     env = {e["name"]: e for e in c["env"]}
     assert env["TUNERY_JOB_ID"]["value"] == "ftjob-AbC123"
+    # The math libraries' threads: one a requested core, not one for each core of the node.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        assert env[name]["valueFrom"] == {"resourceFieldRef": {"containerName": "trainer", "resource": "requests.cpu"}}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     # The run's token comes from the run's own Secret, not from the spec or a literal value in the Job.
     token_ref = env[RUN_TOKEN_ENV]["valueFrom"]["secretKeyRef"]
@@ -102,6 +105,7 @@ def test_job_manifest_defaults_are_minimal():
         assert key not in pod
     [c] = pod["containers"]
     assert "envFrom" not in c
+    assert not [e for e in c["env"] if e["name"].endswith("_NUM_THREADS")]  # no CPU request: the image's defaults
     assert c["resources"] == {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}
     cpu_only = job_manifest(Settings(k8s_gpus_per_job=0), job_id="ftjob-q", run="r", spec_ref=REF)
     assert cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"] == {}
