@@ -2,7 +2,12 @@
 ratio.
 
     PYTHONPATH=. .venv/bin/python bench/grpo_throughput.py [--steps 6] [--batch-size 4] [--generations 4]
-        [--completion-length 16] [--model-dir DIR]
+        [--completion-length 16] [--model-dir DIR] [--trl-defaults] [--generation auto|vllm|transformers]
+
+With ``--generation vllm`` Tunery's answers are sampled by vLLM colocated with its trainer (trainer/generation.py),
+plain TRL's by ``generate``; run it with the vLLM environment's interpreter (``make vllm``):
+``VLLM_CPU_KVCACHE_SPACE=1 PYTHONPATH=. ~/.cache/tunery/vllm-0.32.0/bin/python bench/grpo_throughput.py
+--generation vllm``.
 
 Both train a LoRA adapter (r=16, alpha=32, dropout 0, all linear layers) of SmolLM2-135M-Instruct in fp32 on this
 machine, for the same optimizer steps, on the same prompts (a keyword task: "answer with a fruit", the grader rewards
@@ -113,6 +118,7 @@ def build_trl(model_dir: Path, rows: list[dict[str, Any]], a: argparse.Namespace
 
 def build_tunery(model_dir: Path, rows: list[dict[str, Any]], a: argparse.Namespace, callbacks: list[Any]) -> Any:
     from trainer.config import trl_config
+    from trainer.generation import resolve_generation
     from trainer.loading import attach_adapter, load_base_model, resolve_device
     from trainer.methods import Datasets, get_method
     from trainer.methods.grpo import rows as grpo_rows
@@ -142,9 +148,10 @@ def build_tunery(model_dir: Path, rows: list[dict[str, Any]], a: argparse.Namesp
 
     method = get_method("grpo")
     choice = resolve_device("cpu", "fp32", "lora")
+    choice.generation = resolve_generation(a.generation, choice.device)
     model, tokenizer = load_base_model(str(model_dir), choice)
     workdir = tempfile.mkdtemp(prefix="bench-grpo-tunery-")
-    args = trl_config(method, plan, seed=a.seed, output_dir=workdir, choice=choice)
+    args = trl_config(method, plan, seed=a.seed, output_dir=workdir, choice=choice, model_path=str(model_dir))
     args.max_steps = a.steps
     model, peft_config = attach_adapter(model, plan, None, None, workdir)
     data = Datasets(train=Dataset.from_list(grpo_rows(records, "training_file")), valid=None, n_examples=len(rows))
@@ -179,6 +186,12 @@ def main() -> int:
     parser.add_argument(
         "--trl-defaults", action="store_true", help="plain TRL with its defaults: bf16 autocast, gradient checkpointing"
     )
+    parser.add_argument(
+        "--generation",
+        choices=["auto", "vllm", "transformers"],
+        default="auto",
+        help="who samples Tunery's answers (TUNERY_TRAINER_GENERATION; vllm: run with the vLLM environment's python)",
+    )
     a = parser.parse_args()
 
     import torch
@@ -194,7 +207,8 @@ def main() -> int:
         f"# GRPO, Tunery vs plain TRL: SmolLM2-135M-Instruct fp32, LoRA r=16 all-linear, {a.steps} steps x "
         f"{a.batch_size} prompts x {a.generations} completions of <= {a.completion_length} tokens, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads; plain TRL "
-        f"{'with its defaults (bf16 autocast, gradient checkpointing)' if a.trl_defaults else 'in fp32, as Tunery'}",
+        f"{'with its defaults (bf16 autocast, gradient checkpointing)' if a.trl_defaults else 'in fp32, as Tunery'}; "
+        f"Tunery's answers sampled by {a.generation} generation",
         flush=True,
     )
     names = ["trl", "tunery"]

@@ -29,4 +29,4 @@ PY
 }
 
 lock "${PY_CONTROL_PLANE:-python3.11}" deploy/control-plane.lock .
-lock "${PY_TRAINER:-python3.12}" deploy/trainer.lock '.[train]' torch==2.13.0 bitsandbytes==0.50.2
+lock "${PY_TRAINER:-python3.12}" deploy/trainer.lock '.[train]' torch==2.13.0 bitsandbytes==0.50.2 vllm==0.32.0

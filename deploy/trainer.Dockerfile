@@ -25,8 +25,10 @@ COPY scheduler scheduler
 COPY serving serving
 COPY trainer trainer
 COPY tunery tunery
-# bitsandbytes for QLoRA (4-bit nf4/fp4 base weights).
-RUN /opt/tunery/bin/pip install --constraint deploy/trainer.lock '.[train]' bitsandbytes==0.50.2
+# bitsandbytes for QLoRA (4-bit nf4/fp4 base weights); vLLM, the version the tests run (tests/vllm/setup.sh), samples
+# a reinforcement job's answers colocated with the trainer on the GPU (TUNERY_TRAINER_GENERATION=auto,
+# trainer/generation.py). vLLM 0.32 requires transformers below 5.20: the lock has 5.19.
+RUN /opt/tunery/bin/pip install --constraint deploy/trainer.lock '.[train]' bitsandbytes==0.50.2 vllm==0.32.0
 
 FROM ${CUDA_IMAGE}
 # hadolint ignore=DL3008

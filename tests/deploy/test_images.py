@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from tests.helm_tools import skip_or_fail
 
@@ -72,10 +73,13 @@ def test_control_plane_image_has_no_torch() -> None:
 
 def test_trainer_image_has_the_training_stack() -> None:
     pins = locked("trainer.lock")
-    for pkg in ("torch", "trl", "peft", "transformers", "bitsandbytes", "accelerate"):
+    for pkg in ("torch", "trl", "peft", "transformers", "bitsandbytes", "accelerate", "vllm"):
         assert pkg in pins, pkg
     text = (DEPLOY / "trainer.Dockerfile").read_text()
     assert f"torch=={pins['torch']}" in text and f"bitsandbytes=={pins['bitsandbytes']}" in text
+    # The vLLM that samples a reinforcement job's answers is the version the tests run the trainer with.
+    (setup_version,) = re.findall(r"^VERSION=(\S+)$", (ROOT / "tests/vllm/setup.sh").read_text(), re.M)
+    assert pins["vllm"] == setup_version and f"vllm=={setup_version}" in text
     # The CUDA major version of the base image is the one torch's CUDA wheels were built for.
     (base,) = set(re.findall(r"nvidia/cuda:(\d+)\.", text))
     assert f"nvidia-cuda-runtime=={base}." in (DEPLOY / "trainer.lock").read_text()
@@ -96,8 +100,9 @@ def test_serving_image_is_the_tested_vllm_with_tunerys_resolver() -> None:
 
 
 def test_locks_agree_with_pyproject() -> None:
-    """A lock never contradicts a pin (==) of pyproject.toml, or the image build fails; regenerate the locks with
-    deploy/lock.sh. A package the lock lacks (added since) is not pinned in the image, but installs."""
+    """A lock never contradicts a requirement of pyproject.toml (a pin, or a range: the trainer's transformers), or
+    the image build fails; regenerate the locks with deploy/lock.sh. A package the lock lacks (added since) is not
+    pinned in the image, but installs."""
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -107,11 +112,13 @@ def test_locks_agree_with_pyproject() -> None:
     ]
     for lock, reqs in checks:
         pins = locked(lock)
-        for req in reqs:
-            if "==" in req:
-                pkg, version = req.split("==")
-                pkg = pkg.split("[")[0].lower()
-                assert pins.get(pkg, version) == version, f"{lock}: {pkg} {pins[pkg]} != {version}: run deploy/lock.sh"
+        for text in reqs:
+            req = Requirement(text)
+            pkg = req.name.lower()
+            if pkg in pins:
+                assert req.specifier.contains(pins[pkg], prereleases=True), (
+                    f"{lock}: {pkg} {pins[pkg]} is not {req.specifier}: run deploy/lock.sh"
+                )
 
 
 def test_build_context_is_an_allowlist() -> None:
