@@ -154,7 +154,7 @@ def build_tunery(model_dir: Path, rows: list[dict[str, Any]], a: argparse.Namesp
     args = trl_config(method, plan, seed=a.seed, output_dir=workdir, choice=choice, model_path=str(model_dir))
     args.max_steps = a.steps
     model, peft_config = attach_adapter(model, plan, None, None, workdir)
-    data = Datasets(train=Dataset.from_list(grpo_rows(records, "training_file")), valid=None, n_examples=len(rows))
+    data = Datasets(train=Dataset.from_list(grpo_rows(records)), valid=None, n_examples=len(rows))
     return method.build_trainer(model, tokenizer, args, peft_config, data, callbacks, plan=plan)
 
 
