@@ -1,9 +1,9 @@
 """A test kubelet: registers Nodes with GPU capacity and runs the pods bound to them as local processes.
 
 It is what a real kubelet does, minus containers: each pod's (single) container command + args runs as a
-process with the pod's env (literal values, secretKeyRef, configMapKeyRef, fieldRef, envFrom; ``$(VAR)``
-expanded in command/args), in its own process group. The pod goes Running, then Succeeded or Failed with the
-real exit code. When a pod is deleted, its process gets SIGTERM, SIGKILL after the pod's grace period, and the
+process with the pod's env (literal values, secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef, envFrom;
+``$(VAR)`` expanded in command/args), in its own process group. The pod goes Running, then Succeeded or Failed with
+the real exit code. When a pod is deleted, its process gets SIGTERM, SIGKILL after the pod's grace period, and the
 pod is then removed (grace period 0), as a kubelet does. It runs in a thread of the test process.
 """
 
@@ -13,6 +13,7 @@ import base64
 import contextlib
 import datetime as dt
 import logging
+import math
 import os
 import re
 import signal
@@ -407,8 +408,22 @@ class TestKubelet:
             elif vf.field_ref is not None:
                 env[var.name] = _field(pod, vf.field_ref.field_path)
             elif vf.resource_field_ref is not None:
-                env[var.name] = "0"
+                env[var.name] = _resource(container, vf.resource_field_ref)
         return env
+
+
+def _resource(container: Any, ref: Any) -> str:
+    """A downward-API resource value as a kubelet gives it: the container's request or limit (a limit it lacks: this
+    machine's cores or memory), divided by the divisor (1) and rounded up."""
+    from kubernetes.utils import parse_quantity
+
+    kind, _, name = ref.resource.partition(".")
+    given = ((container.resources.requests if kind == "requests" else container.resources.limits) or {}).get(name)
+    if given is None:
+        given = (
+            str(os.cpu_count() or 1) if name == "cpu" else str(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        )
+    return str(math.ceil(parse_quantity(given) / parse_quantity(ref.divisor or "1")))
 
 
 def _field(pod: Any, path: str) -> str:
