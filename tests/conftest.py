@@ -22,6 +22,30 @@ pytest_plugins = ["tests.stores", "tests.metadata_stores"]
 
 # The public gRPC API of every server a test starts (in process or not) takes a free port, not the fixed default.
 os.environ.setdefault("TUNERY_API_GRPC_PORT", "0")
+
+
+def share_the_cores() -> int:
+    """Each pytest-xdist worker's share of the cores, as the local backend shares them among its runs
+    (scheduler.backends.trainer_threads): torch's threads in this worker (its in-process trainers), and through the
+    environment those of every trainer, server and vLLM it starts. Two workers each taking every core oversubscribe
+    them, and torch's OpenMP threads then spin against each other: the demo model's GRPO test took 215 s with two
+    copies at once at 2 threads each, 67 s at 1 thread each (43 s alone at 2). An environment that sets
+    ``OMP_NUM_THREADS`` or ``TUNERY_TRAINER_THREADS`` keeps its own."""
+    from scheduler.backends import THREAD_ENV, trainer_threads
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    threads = int(os.environ.get("OMP_NUM_THREADS") or trainer_threads(0, workers))
+    if workers > 1:
+        for name in (*THREAD_ENV, "TUNERY_TRAINER_THREADS"):
+            os.environ.setdefault(name, str(threads))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # vLLM's CPU build: OMP_NUM_THREADS, unbound
+        import torch
+
+        torch.set_num_threads(threads)
+    return threads
+
+
+share_the_cores()
 MODEL_CACHE = Path(os.environ.get("TUNERY_TEST_MODEL_CACHE", Path.home() / ".cache" / "tunery" / "models"))
 TINY = "tiny-llama"
 

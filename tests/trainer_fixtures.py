@@ -224,3 +224,50 @@ def make_spec(
         output_prefix=f"jobs/{job_id}",
         reporting_address=reporting_address,
     )
+
+
+# ---- a reinforcement task only its grader defines --------------------------------------------------------
+def keyword_grader(name: str = "greeting") -> dict[str, Any]:
+    """A ``string_check`` grader rewarding an answer that contains the item's ``keyword`` (any case)."""
+    return {
+        "type": "string_check",
+        "name": name,
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.keyword}}",
+        "operation": "ilike",
+    }
+
+
+def keyword_task_spec(
+    *, keyword: str, base_model_path: Path, object_store: Path, reporting_address: str, **spec: Any
+) -> JobSpec:
+    """A GRPO job on the demo model whose only definition of the task is its grader: 8 prompts asking for a one-word
+    greeting, a reward for answers containing ``keyword``; 4 epochs of 4 prompts a step, 4 answers each of up to 6
+    tokens (8 steps), the training file written into ``object_store``. ``spec`` overrides the JobSpec's fields."""
+    from tunery.plan import ReinforcementPlan
+    from tunery.storage import open_store
+
+    lines = [{"messages": [{"role": "user", "content": "Greet me in one word."}], "keyword": keyword}] * 8
+    open_store(str(object_store)).put_bytes("files/file-train", jsonl_bytes(lines))
+    base = make_spec(
+        base_model_path=base_model_path,
+        object_store=object_store,
+        reporting_address=reporting_address,
+        n_epochs=4,
+        batch_size=4,
+        learning_rate=3e-3,
+        max_seq_length=64,
+        seed=3,
+    )
+    plan = base.plan.model_copy(
+        update={
+            "method": "grpo",
+            "precision": "fp32",
+            "packing": False,
+            "lr_scheduler_type": "constant",
+            "reinforcement": ReinforcementPlan(
+                grader=keyword_grader(), num_generations=4, max_completion_length=6, kl_coef=0.0, temperature=1.0
+            ),
+        }
+    )
+    return base.model_copy(update={"plan": plan, "base_model": "smollm2", **spec})

@@ -42,6 +42,7 @@ def test_the_local_backends_trainers_get_their_share_of_the_cores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the server's own setting does not reach its trainers
+    monkeypatch.delenv("TUNERY_TRAINER_THREADS", raising=False)  # the test suite's own share (tests/conftest.py)
     settings = Settings(data_dir=tmp_path, max_concurrent_runs=64)
     env = launched_env(make_backend(settings), tmp_path)
     assert [env[name] for name in THREAD_ENV] == ["1"] * 3

@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from tests.trainer_fixtures import RUN_TOKEN, jsonl_bytes, make_spec, reporting_server
+from tests.trainer_fixtures import (
+    RUN_TOKEN,
+    jsonl_bytes,
+    keyword_grader,
+    keyword_task_spec,
+    make_spec,
+    reporting_server,
+)
 from trainer.checkpoint import MANIFEST
 from trainer.methods import grpo
 from trainer.methods.grpo import grader_reward, output_text
@@ -26,13 +33,7 @@ from tunery.storage import open_store
 
 __all__ = ["reporting_server"]
 
-KEYWORD = {
-    "type": "string_check",
-    "name": "greeting",
-    "input": "{{sample.output_text}}",
-    "reference": "{{item.keyword}}",
-    "operation": "ilike",
-}
+KEYWORD = keyword_grader()
 
 
 def test_the_reward_is_the_graders_score_of_each_completion_against_its_item() -> None:
@@ -57,31 +58,9 @@ def test_a_model_learns_a_task_defined_only_by_its_grader(
     """The demo model rarely answers "Greet me in one word" with "hello"; a grader that rewards that word is all the
     job says, and the mean reward rises from its first steps to its last."""
     servicer, address = reporting_server
-    lines = [{"messages": [{"role": "user", "content": "Greet me in one word."}], "keyword": "hello"}] * 8
-    root = tmp_path / "objects"
-    open_store(str(root)).put_bytes("files/file-train", jsonl_bytes(lines))
-    spec = make_spec(
-        base_model_path=demo_model_dir,
-        object_store=root,
-        reporting_address=address,
-        n_epochs=4,
-        batch_size=4,
-        learning_rate=3e-3,
-        max_seq_length=64,
-        seed=3,
+    spec = keyword_task_spec(
+        keyword="hello", base_model_path=demo_model_dir, object_store=tmp_path / "objects", reporting_address=address
     )
-    plan = spec.plan.model_copy(
-        update={
-            "method": "grpo",
-            "precision": "fp32",
-            "packing": False,
-            "lr_scheduler_type": "constant",
-            "reinforcement": ReinforcementPlan(
-                grader=KEYWORD, num_generations=4, max_completion_length=6, kl_coef=0.0, temperature=1.0
-            ),
-        }
-    )
-    spec = spec.model_copy(update={"plan": plan, "base_model": "smollm2"})
     stop = StopSignal()
     reporter = Reporter(spec.reporting_address, spec.job_id, RUN_TOKEN, on_stop=stop.set)
     try:

@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.trainer_fixtures import RUN_TOKEN, jsonl_bytes, make_spec, reporting_server
+from tests.trainer_fixtures import RUN_TOKEN, keyword_task_spec, reporting_server
 from tests.vllm_server import VLLM_VENV, vllm_python
 from tunery.jobspec import RUN_TOKEN_ENV
-from tunery.plan import ReinforcementPlan
 from tunery.storage import open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
@@ -28,13 +27,6 @@ __all__ = ["reporting_server"]
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_KEY = "jobs/ftjob-test/spec.json"
-KEYWORD = {
-    "type": "string_check",
-    "name": "greeting",
-    "input": "{{sample.output_text}}",
-    "reference": "{{item.keyword}}",
-    "operation": "ilike",
-}
 
 
 def trainer_python() -> str:
@@ -56,32 +48,16 @@ def test_vllm_samples_the_answers_of_a_model_that_learns_its_graders_task(
     step."""
     python = trainer_python()
     servicer, address = reporting_server
-    lines = [{"messages": [{"role": "user", "content": "Greet me in one word."}], "keyword": "word"}] * 8
     root = tmp_path / "objects"
     store = open_store(str(root))
-    store.put_bytes("files/file-train", jsonl_bytes(lines))
-    spec = make_spec(
+    spec = keyword_task_spec(
+        keyword="word",
         base_model_path=demo_model_dir,
         object_store=root,
         reporting_address=address,
-        n_epochs=4,
-        batch_size=4,
-        learning_rate=3e-3,
-        max_seq_length=64,
-        seed=3,
+        generation="vllm",
+        device="cpu",
     )
-    plan = spec.plan.model_copy(
-        update={
-            "method": "grpo",
-            "precision": "fp32",
-            "packing": False,
-            "lr_scheduler_type": "constant",
-            "reinforcement": ReinforcementPlan(
-                grader=KEYWORD, num_generations=4, max_completion_length=6, kl_coef=0.0, temperature=1.0
-            ),
-        }
-    )
-    spec = spec.model_copy(update={"plan": plan, "base_model": "smollm2", "generation": "vllm", "device": "cpu"})
     store.put_bytes(SPEC_KEY, spec.model_dump_json().encode())
     env = {
         **os.environ,
