@@ -2,8 +2,8 @@
 runs are never taken, a replica that stopped renewing its claims loses them; and the embedded (SQLite) server
 still takes its own runs back when it restarts.
 
-The backend is the real LocalProcessBackend; the "trainer" it runs is a shell script that records its launch
-(replica and spec) and sleeps, standing in for `python -m trainer` (which would report back over gRPC).
+The backend is the real LocalProcessBackend, each launch recorded as the scheduler makes it; the "trainer" it runs is
+a shell script that sleeps, standing in for `python -m trainer` (which would report back over gRPC).
 """
 
 from __future__ import annotations
@@ -30,10 +30,23 @@ from tunery.settings import Settings
 from tunery.storage import open_store
 
 FAKE_TRAINER = """#!/bin/sh
-# Called as: <this> -m trainer --spec <ref>. Records "<replica> <ref>", then runs for $FAKE_SECONDS.
-echo "$FAKE_REPLICA $4" >> "$FAKE_LAUNCHES"
+# Called as: <this> -m trainer --spec <ref>. Runs for $FAKE_SECONDS.
 sleep "$FAKE_SECONDS"
 """
+
+
+class RecordingBackend(LocalProcessBackend):
+    """The real local backend, recording (replica, job id) of each launch in the order the scheduler makes them
+    (the started processes would record theirs in the order they happen to run)."""
+
+    def __init__(self, replica_id: str, record: list[tuple[str, str]], lock: threading.Lock, *a: Any, **kw: Any):
+        super().__init__(*a, **kw)
+        self.replica_id, self.record, self.lock = replica_id, record, lock
+
+    def launch(self, job_id: str, *args: Any, **kwargs: Any) -> str:
+        with self.lock:
+            self.record.append((self.replica_id, job_id))
+        return super().launch(job_id, *args, **kwargs)
 
 
 class Replicas:
@@ -42,8 +55,8 @@ class Replicas:
     def __init__(self, tmp: Path, url: str):
         self.tmp = tmp
         self.url = url
-        self.launches = tmp / "launches.txt"
-        self.launches.touch()
+        self._launches: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
         self.trainer = tmp / "fake-trainer.sh"
         self.trainer.write_text(FAKE_TRAINER)
         self.trainer.chmod(self.trainer.stat().st_mode | stat.S_IEXEC)
@@ -67,8 +80,10 @@ class Replicas:
             **overrides,
         }
         settings = Settings(**opts)
-        env = {"FAKE_REPLICA": replica_id, "FAKE_LAUNCHES": str(self.launches), "FAKE_SECONDS": str(seconds)}
-        backend = LocalProcessBackend(str(self.trainer), grace_seconds=1.0, env=env)
+        env = {"FAKE_SECONDS": str(seconds)}
+        backend = RecordingBackend(
+            replica_id, self._launches, self._lock, str(self.trainer), grace_seconds=1.0, env=env
+        )
         db = Database(settings.resolved_database_url)
         sched = Scheduler(settings, db, self.store, backend, "127.0.0.1:1", self.tmp / "logs" / replica_id)
         self.schedulers.append(sched)
@@ -126,11 +141,8 @@ class Replicas:
 
     def launched(self) -> list[tuple[str, str]]:
         """(replica, job id) of every launch, in order."""
-        out = []
-        for line in self.launches.read_text().splitlines():
-            replica, ref = line.split(" ", 1)
-            out.append((replica, ref.split("#jobs/", 1)[1].split("/", 1)[0]))
-        return out
+        with self._lock:
+            return list(self._launches)
 
     def close(self) -> None:
         for sched in self.schedulers:
