@@ -24,7 +24,7 @@ pytest_plugins = ["tests.stores", "tests.metadata_stores"]
 os.environ.setdefault("TUNERY_API_GRPC_PORT", "0")
 
 
-def share_the_cores() -> int:
+def share_the_cores() -> None:
     """Each pytest-xdist worker's share of the cores, as the local backend shares them among its runs
     (scheduler.backends.trainer_threads): torch's threads in this worker (its in-process trainers), and through the
     environment those of every trainer, server and vLLM it starts. Two workers each taking every core oversubscribe
@@ -34,15 +34,15 @@ def share_the_cores() -> int:
     from scheduler.backends import THREAD_ENV, trainer_threads
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
     threads = int(os.environ.get("OMP_NUM_THREADS") or trainer_threads(0, workers))
-    if workers > 1:
-        for name in (*THREAD_ENV, "TUNERY_TRAINER_THREADS"):
-            os.environ.setdefault(name, str(threads))
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # vLLM's CPU build: OMP_NUM_THREADS, unbound
-        import torch
+    for name in (*THREAD_ENV, "TUNERY_TRAINER_THREADS"):
+        os.environ.setdefault(name, str(threads))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # vLLM's CPU build: OMP_NUM_THREADS, unbound
+    import torch
 
-        torch.set_num_threads(threads)
-    return threads
+    torch.set_num_threads(threads)
 
 
 share_the_cores()

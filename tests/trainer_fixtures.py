@@ -20,7 +20,8 @@ import grpc
 import pytest
 
 from tunery.jobspec import DataFile, JobSpec
-from tunery.plan import LoraPlan, TrainingPlan
+from tunery.plan import LoraPlan, ReinforcementPlan, TrainingPlan
+from tunery.storage import open_store
 from tunery.v1 import reporting_pb2, reporting_pb2_grpc
 
 
@@ -226,12 +227,19 @@ def make_spec(
     )
 
 
-# ---- a reinforcement task only its grader defines --------------------------------------------------------
-def keyword_grader(name: str = "greeting") -> dict[str, Any]:
+# ---- reinforcement jobs ----------------------------------------------------------------------------------
+def as_grpo(spec: JobSpec, reinforcement: ReinforcementPlan, **plan: Any) -> JobSpec:
+    """``spec`` as a GRPO job of ``reinforcement``: fp32, each completion its own row (no packing), ``plan`` setting
+    its plan's other fields."""
+    update = {"method": "grpo", "precision": "fp32", "packing": False, "reinforcement": reinforcement, **plan}
+    return spec.model_copy(update={"plan": spec.plan.model_copy(update=update)})
+
+
+def keyword_grader() -> dict[str, Any]:
     """A ``string_check`` grader rewarding an answer that contains the item's ``keyword`` (any case)."""
     return {
         "type": "string_check",
-        "name": name,
+        "name": "greeting",
         "input": "{{sample.output_text}}",
         "reference": "{{item.keyword}}",
         "operation": "ilike",
@@ -244,9 +252,6 @@ def keyword_task_spec(
     """A GRPO job on the demo model whose only definition of the task is its grader: 8 prompts asking for a one-word
     greeting, a reward for answers containing ``keyword``; 4 epochs of 4 prompts a step, 4 answers each of up to 6
     tokens (8 steps), the training file written into ``object_store``. ``spec`` overrides the JobSpec's fields."""
-    from tunery.plan import ReinforcementPlan
-    from tunery.storage import open_store
-
     lines = [{"messages": [{"role": "user", "content": "Greet me in one word."}], "keyword": keyword}] * 8
     open_store(str(object_store)).put_bytes("files/file-train", jsonl_bytes(lines))
     base = make_spec(
@@ -259,15 +264,7 @@ def keyword_task_spec(
         max_seq_length=64,
         seed=3,
     )
-    plan = base.plan.model_copy(
-        update={
-            "method": "grpo",
-            "precision": "fp32",
-            "packing": False,
-            "lr_scheduler_type": "constant",
-            "reinforcement": ReinforcementPlan(
-                grader=keyword_grader(), num_generations=4, max_completion_length=6, kl_coef=0.0, temperature=1.0
-            ),
-        }
+    rl = ReinforcementPlan(
+        grader=keyword_grader(), num_generations=4, max_completion_length=6, kl_coef=0.0, temperature=1.0
     )
-    return base.model_copy(update={"plan": plan, "base_model": "smollm2", **spec})
+    return as_grpo(base, rl, lr_scheduler_type="constant").model_copy(update={"base_model": "smollm2", **spec})

@@ -14,6 +14,7 @@ import pytest
 
 from tests.trainer_fixtures import (
     RUN_TOKEN,
+    as_grpo,
     jsonl_bytes,
     keyword_grader,
     keyword_task_spec,
@@ -133,23 +134,11 @@ def test_each_checkpoint_and_the_final_model_get_a_reward_report(
         learning_rate=5e-3,
         max_seq_length=64,
     )
-    plan = spec.plan.model_copy(
-        update={
-            "method": "grpo",
-            "precision": "fp32",
-            "packing": False,
-            "reinforcement": ReinforcementPlan(
-                grader=CLOSE_OR_EXACT,
-                num_generations=2,
-                max_completion_length=4,
-                kl_coef=0.0,
-                temperature=1.0,
-                eval_samples=2,
-            ),
-        }
+    rl = ReinforcementPlan(
+        grader=CLOSE_OR_EXACT, num_generations=2, max_completion_length=4, kl_coef=0.0, temperature=1.0, eval_samples=2
     )
     options = EvalOptions(samples=2, gate=EvalGate(min_reward_improvement=-1.0))
-    spec = spec.model_copy(update={"plan": plan, "eval": options})
+    spec = as_grpo(spec, rl).model_copy(update={"eval": options})
     stop = StopSignal()
     reporter = Reporter(spec.reporting_address, spec.job_id, RUN_TOKEN, on_stop=stop.set)
     try:

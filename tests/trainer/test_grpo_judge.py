@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.serving_fixtures import make_adapter
-from tests.trainer_fixtures import RUN_TOKEN, jsonl_bytes, make_spec, reporting_server
+from tests.trainer_fixtures import RUN_TOKEN, as_grpo, jsonl_bytes, make_spec, reporting_server
 from trainer.judge import TransformersJudge
 from trainer.reporter import Reporter
 from trainer.run import StopSignal, run
@@ -51,17 +51,8 @@ def grpo_spec(tmp_path: Path, policy: Path, judge: JudgeSpec, grader: dict[str, 
         max_seq_length=64,
         seed=3,
     )
-    plan = spec.plan.model_copy(
-        update={
-            "method": "grpo",
-            "precision": "fp32",
-            "packing": False,
-            "reinforcement": ReinforcementPlan(
-                grader=grader, num_generations=2, max_completion_length=4, kl_coef=0.0, temperature=1.0
-            ),
-        }
-    )
-    return spec.model_copy(update={"plan": plan, "judges": {JUDGE_NAME: judge}})
+    rl = ReinforcementPlan(grader=grader, num_generations=2, max_completion_length=4, kl_coef=0.0, temperature=1.0)
+    return as_grpo(spec, rl).model_copy(update={"judges": {JUDGE_NAME: judge}})
 
 
 def train(spec: JobSpec) -> Any:
