@@ -46,7 +46,8 @@ def make_backend(settings: Settings):  # type: ignore[no-untyped-def]
         from scheduler.k8s import KubernetesBackend
 
         return KubernetesBackend(settings)
-    from scheduler.backends import LocalProcessBackend, trainer_threads
+    from scheduler.backends import LocalProcessBackend
+    from scheduler.cores import trainer_threads
 
     brokered = settings.trainers_brokered
     return LocalProcessBackend(
@@ -88,9 +89,25 @@ def make_vllm_supervisor(settings: Settings):  # type: ignore[no-untyped-def]
     return VLLMSupervisor(settings, models).start()
 
 
-def make_serving(settings: Settings, store, supervisor=None):  # type: ignore[no-untyped-def]
+def core_share(settings: Settings, backend: Any):  # type: ignore[no-untyped-def]
+    """How the embedded server shares its cores between the local trainers of ``backend`` and its chat engine
+    (scheduler.cores); None where they do not share them: trainers on Kubernetes, vLLM serving, or an engine whose
+    threads are set (TUNERY_SERVING_THREADS)."""
+    from scheduler.backends import LocalProcessBackend
+    from scheduler.cores import CoreShare, usable_cores
+
+    if not isinstance(backend, LocalProcessBackend) or settings.serving_backend != "embedded":
+        return None
+    if settings.serving_threads > 0:
+        return None
+    cores = usable_cores()
+    return CoreShare(cores, backend.threads or cores, backend.running, settings.serving_busy_seconds)
+
+
+def make_serving(settings: Settings, store, supervisor=None, cores=None):  # type: ignore[no-untyped-def]
     """The serving backend named by TUNERY_SERVING_BACKEND; None when the embedded engine cannot run here (a
-    control-plane image has no torch): chat completions then answer 503 naming the setting."""
+    control-plane image has no torch): chat completions then answer 503 naming the setting. ``cores``: the
+    :class:`scheduler.cores.CoreShare` the embedded engine takes its CPU threads from."""
     if settings.serving_backend == "vllm":
         from serving.vllm import VLLMBackend
 
@@ -115,7 +132,11 @@ def make_serving(settings: Settings, store, supervisor=None):  # type: ignore[no
     from serving.engine import EmbeddedEngine
 
     engine = EmbeddedEngine(
-        store, settings.model_cache_dir, device=settings.trainer_device, max_new_tokens=settings.serving_max_new_tokens
+        store,
+        settings.model_cache_dir,
+        device=settings.trainer_device,
+        max_new_tokens=settings.serving_max_new_tokens,
+        cpu_threads=(lambda: settings.serving_threads) if settings.serving_threads else cores and cores.engine_threads,
     )
     return EmbeddedBackend(engine, max_queue=settings.serving_max_queue)
 
@@ -179,6 +200,7 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
     metrics = Metrics()
 
     holder: dict[str, Scheduler] = {}
+    backend = cores = None
 
     def wake() -> None:
         if "s" in holder:
@@ -188,8 +210,13 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
     if role in ("all", "scheduler"):
         from scheduler.object_access import ObjectAccessService
 
+        backend = make_backend(settings)
+        # The embedded server's chat engine and local trainers share its cores; a scheduler alone has no engine.
+        cores = core_share(settings, backend) if role == "all" else None
         reporting = ReportingServer(
-            ReportingService(db, store, on_change=wake, metrics=metrics),
+            ReportingService(
+                db, store, on_change=wake, metrics=metrics, trainer_threads=cores and cores.trainer_threads_now
+            ),
             settings.grpc_host,
             settings.grpc_port,
             credentials=server_credentials(settings),
@@ -199,7 +226,7 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
             settings,
             db,
             store,
-            make_backend(settings),
+            backend,
             settings.grpc_advertise_address or reporting.address,
             Path(settings.data_dir) / "logs",
             leader=make_leader(settings),
@@ -220,7 +247,7 @@ def build(settings: Settings, *, upgrade_schema: bool = True, prepare_models: bo
             api_server_credentials(settings)  # a half-set TLS pair stops the start here, not once the app starts
         ensure_default_rows(db, settings)  # the default organization and project, as the admin API lists them
         supervisor = make_vllm_supervisor(settings)
-        serving = make_serving(settings, store, supervisor)
+        serving = make_serving(settings, store, supervisor, cores=cores)
         ctx = AppContext(settings=settings, db=db, store=store, serving=serving, wake_scheduler=wake, metrics=metrics)
         app = create_app(ctx)
 

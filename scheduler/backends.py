@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduler.cores import THREAD_ENV
 from tunery.integrations import SecretName
 from tunery.jobspec import PARENT_PID_ENV, RUN_TOKEN_ENV
 from tunery.jobstate import ErrorCode
@@ -106,23 +107,6 @@ class Backend(ABC):
         return 0
 
 
-def trainer_threads(configured: int, concurrent_runs: int, cores: int | None = None) -> int:
-    """CPU threads of each trainer a local backend starts: as configured (TUNERY_TRAINER_THREADS), else the cores
-    this process may use shared among the runs it starts at once. Each run taking every core (torch's default)
-    oversubscribes them: two demo-model runs at once on 2 cores trained 112 real tokens/s together with 2 threads
-    each, 246 with 1 each; one run alone, 170-200 with 2 threads, 94-101 with 1 (bench/trainer_vs_trl.py --only
-    tunery, OMP_NUM_THREADS)."""
-    if configured > 0:
-        return configured
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, concurrent_runs))
-
-
-# The variables the math libraries read their thread count from: torch's intra-op pool (OpenMP), MKL, OpenBLAS.
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
 class LocalProcessBackend(Backend):
     def __init__(
         self,
@@ -134,9 +118,10 @@ class LocalProcessBackend(Backend):
     ):
         """``without_store_credentials``: trainers are brokered (TUNERY_TRAINER_OBJECT_ACCESS): none of this
         process's object-store credentials (STORE_CREDENTIAL_ENV) reach their environment. ``threads``: each
-        trainer's CPU threads (:func:`trainer_threads`); 0 leaves them to the environment."""
+        trainer's CPU threads (scheduler.cores.trainer_threads); 0 leaves them to the environment."""
         self.python = python
         self.grace = grace_seconds
+        self.threads = threads
         self.env = {**(env or {}), **({name: str(threads) for name in THREAD_ENV} if threads > 0 else {})}
         self.without_store_credentials = without_store_credentials
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -177,6 +162,12 @@ class LocalProcessBackend(Backend):
         with self._lock:
             self._procs[handle] = proc
         return handle
+
+    def running(self) -> int:
+        """How many of the trainers this backend started are still running."""
+        with self._lock:
+            procs = list(self._procs.values())
+        return sum(proc.poll() is None for proc in procs)
 
     def status(self, handle: str) -> RunStatus:
         with self._lock:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from scheduler.backends import THREAD_ENV
+from scheduler.cores import THREAD_ENV
 from tunery.grpc_tls import TRAINER_TLS_ENV
 from tunery.jobspec import RUN_TOKEN_ENV
 from tunery.settings import TRAINER_UID, Settings
@@ -196,8 +196,7 @@ def job_manifest(
     ]
     if rt.cpu_request:
         # The math libraries' threads, one a requested core (rounded up): a container sees every core of its node,
-        # and torch would start a thread for each (scheduler.backends.trainer_threads says what oversubscribing
-        # costs).
+        # and torch would start a thread for each (scheduler.cores says what oversubscribing costs).
         env += [
             {"name": name, "valueFrom": {"resourceFieldRef": {"containerName": "trainer", "resource": "requests.cpu"}}}
             for name in THREAD_ENV

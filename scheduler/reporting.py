@@ -242,11 +242,15 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
         store: ObjectStore,
         on_change: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
+        trainer_threads: Callable[[], int] | None = None,
     ):
+        """``trainer_threads``: the CPU threads each trainer should train with now, told in every reply (the
+        embedded server's :meth:`scheduler.cores.CoreShare.trainer_threads_now`); None: those it started with."""
         self.db = db
         self.store = store
         self.on_change = on_change
         self.metrics = metrics or Metrics()
+        self.trainer_threads = trainer_threads
 
     # Every call runs in one transaction on the job named by the run, after the token check.
     def _with_job(
@@ -277,7 +281,11 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
                 refused.append(problem)
                 return None
             fn(s, job)
-            return pb.ReportReply(cancel_requested=job.cancel_requested, pause_requested=job.pause_requested)
+            return pb.ReportReply(
+                cancel_requested=job.cancel_requested,
+                pause_requested=job.pause_requested,
+                cpu_threads=self.trainer_threads() if self.trainer_threads else 0,
+            )
 
         reply = self.db.transaction(apply)
         if refused:

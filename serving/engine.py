@@ -90,7 +90,17 @@ def _norm_prefix(prefix: str | None) -> str:
 class EmbeddedEngine:
     """The embedded ChatEngine: transformers + PEFT in this process, on the CPU or a local GPU."""
 
-    def __init__(self, store: ObjectStore, cache_dir: Path, device: str = "auto", max_new_tokens: int = 0):
+    def __init__(
+        self,
+        store: ObjectStore,
+        cache_dir: Path,
+        device: str = "auto",
+        max_new_tokens: int = 0,
+        cpu_threads: Callable[[], int] | None = None,
+    ):
+        """``cpu_threads``: how many CPU threads the model may use now, asked before each call into the model and
+        at every generated token (the embedded server's :meth:`scheduler.cores.CoreShare.engine_threads`, which
+        also learns from it that the engine is answering); None: torch's default, every core."""
         self.store = store
         self.cache_dir = Path(cache_dir)
         self.device = device
@@ -102,14 +112,32 @@ class EmbeddedEngine:
         self._running: set[threading.Event] = set()  # the cancel events of the generations not yet finished
         self._running_lock = threading.Lock()
         self._closed = False
+        self._cpu_threads = cpu_threads
+        self._threads_set = 0  # what the model thread last set torch's threads to; 0: not yet
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         try:
             if self._closed:
                 raise RuntimeError("closed")
-            return self._model_thread.submit(fn, *args)
+            return self._model_thread.submit(self._with_threads, fn, *args)
         except RuntimeError:
             raise _closing() from None
+
+    def _with_threads(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._fit_threads()
+        return fn(*args)
+
+    def _fit_threads(self) -> None:
+        """On the model thread: set torch's intra-op threads to ``cpu_threads()`` where that changed. torch keeps
+        the count per calling thread (OpenMP's), so it is set here, on the one thread that runs the model."""
+        if self._cpu_threads is None:
+            return
+        threads = max(1, self._cpu_threads())
+        if threads != self._threads_set:
+            import torch
+
+            torch.set_num_threads(threads)
+            self._threads_set = threads
 
     def _on_model_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the model thread and return its result (or raise its error)."""
@@ -448,6 +476,7 @@ class EmbeddedEngine:
         for _ in range(job.max_new):
             if cancel.is_set():
                 return
+            self._fit_threads()  # a trainer started or ended during a long answer
             with torch.inference_mode():
                 result = base.model(input_ids=input_ids, past_key_values=past, use_cache=True, **extra)
                 past = result.past_key_values

@@ -26,12 +26,12 @@ os.environ.setdefault("TUNERY_API_GRPC_PORT", "0")
 
 def share_the_cores() -> None:
     """Each pytest-xdist worker's share of the cores, as the local backend shares them among its runs
-    (scheduler.backends.trainer_threads): torch's threads in this worker (its in-process trainers), and through the
+    (scheduler.cores.trainer_threads): torch's threads in this worker (its in-process trainers), and through the
     environment those of every trainer, server and vLLM it starts. Two workers each taking every core oversubscribe
     them, and torch's OpenMP threads then spin against each other: the demo model's GRPO test took 215 s with two
     copies at once at 2 threads each, 67 s at 1 thread each (43 s alone at 2). An environment that sets
     ``OMP_NUM_THREADS`` or ``TUNERY_TRAINER_THREADS`` keeps its own."""
-    from scheduler.backends import THREAD_ENV, trainer_threads
+    from scheduler.cores import THREAD_ENV, trainer_threads
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers <= 1:

@@ -118,6 +118,7 @@ class TrainingRun:
         self.reports: dict[int, EvalReport] = {}
         # The experiment trackers the job logs to (trainer/integrations.py), once training starts; None without any.
         self.trackers: Trackers | None = None
+        self.started_threads = 0  # the CPU threads this run started with (OMP_NUM_THREADS), once training starts
 
     # -- events
     def warn(self, message: str, data: dict[str, Any] | None = None) -> None:
@@ -130,6 +131,36 @@ class TrainingRun:
         self.reporter.metrics(row.to_proto(self.reporter.pb, self.total_steps))
         if self.trackers is not None:
             self.trackers.log(row)
+
+    def follow_cpu_threads(self, step: int) -> None:
+        """At the start of ``step``: train with the CPU threads the control plane says now (scheduler.cores: an
+        embedded server gives its local trainers a core fewer while its chat engine answers), or those this run
+        started with where it says none; an event when that changes."""
+        import torch
+
+        now = torch.get_num_threads()
+        if not self.started_threads:
+            self.started_threads = now
+        wanted = self.reporter.cpu_threads or self.started_threads
+        if wanted == now:
+            return
+        try:
+            torch.set_num_threads(wanted)
+        except RuntimeError as e:  # vLLM's CPU build with its threads bound to cores forbids it
+            log.warning("cannot train with %d CPU threads: %s", wanted, e)
+            self.reporter.cpu_threads = self.started_threads = now
+            return
+        why = (
+            "the server's chat engine is answering, and they share its cores"
+            if wanted < self.started_threads
+            else "the server's chat engine is idle"
+        )
+        plural = "s" if wanted > 1 else ""
+        self.reporter.event(
+            "info",
+            f"From step {step} this run trains with {wanted} CPU thread{plural} (it had {now}): {why}",
+            {"step": step, "cpu_threads": wanted},
+        )
 
     # -- the steps of a run
     def record_file(self, name: str, data_file: DataFile, sha256: str, examples: int) -> None:

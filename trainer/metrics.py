@@ -92,7 +92,7 @@ def make_callback(run: TrainingRun) -> TrainerCallback:
     from transformers import TrainerCallback
 
     class ReportingCallback(TrainerCallback):
-        """Metrics every optimizer step, a checkpoint every epoch, and stop requests at step boundaries."""
+        """Metrics every optimizer step, a checkpoint every epoch; stop requests and CPU threads at step boundaries."""
 
         def __init__(self) -> None:
             self.step_started = time.monotonic()
@@ -105,6 +105,7 @@ def make_callback(run: TrainingRun) -> TrainerCallback:
                 run.total_steps = state.max_steps
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            run.follow_cpu_threads(state.global_step + 1)
             self.step_started = time.monotonic()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:

@@ -11,7 +11,8 @@ harder, since it is how the job ends.
 
 Any reply with ``cancel_requested`` (or a rejection of the run token) sets ``stop_reason``; the training
 loop polls it at every step boundary. ``pause_requested`` does too, with the reason ``paused``: the run writes a
-resume state and exits.
+resume state and exits. ``cpu_threads`` is kept as :attr:`Reporter.cpu_threads`, which the run applies at its next
+step.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class Reporter:
         # The last step whose metrics the control plane acknowledged (reports go in order): a resume state records
         # it, so that the run resuming from that state sends the metrics this one could not (trainer/resume.py).
         self.metrics_reported_step = 0
+        # The CPU threads the control plane last said this run should train with; 0: those it started with
+        # (scheduler.cores: an embedded server gives its local trainers a core fewer while its chat engine answers).
+        self.cpu_threads = 0
         self._on_stop = on_stop
         # Polled while a caller waits for a reply (except for Finished): True gives up waiting, so that a
         # SIGTERM during a slow Checkpoint report still stops the run promptly.
@@ -253,6 +257,7 @@ class Reporter:
                     delay = min(delay * 2, policy.max_backoff_s)
                 continue
             self._degraded = False
+            self.cpu_threads = reply.cpu_threads
             if reply.cancel_requested:
                 self._request_stop("cancelled")
             elif reply.pause_requested:

@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     scheduler_poll_seconds: float = 0.5
     max_concurrent_runs: int = 1
     # CPU threads of each trainer the local backend starts (torch's intra-op threads: OMP_NUM_THREADS); 0: the cores
-    # this server may use, shared among TUNERY_MAX_CONCURRENT_RUNS runs (scheduler.backends.trainer_threads).
+    # this server may use, shared among TUNERY_MAX_CONCURRENT_RUNS runs (scheduler.cores.trainer_threads).
     trainer_threads: int = Field(default=0, ge=0)
     trainer_python: str = ""  # interpreter for `python -m trainer`; empty: the server's own
     trainer_device: str = "auto"  # auto | cpu | cuda
@@ -161,6 +161,12 @@ class Settings(BaseSettings):
     serving_max_new_tokens: int = Field(default=0, ge=0)
     # Embedded engine: requests waiting for a generation at once (per server); past it a 429 with Retry-After.
     serving_max_queue: int = Field(default=32, ge=1)
+    # Embedded engine: its CPU threads (torch's intra-op threads); 0: shared with the server's local trainers
+    # (scheduler.cores): every core while none runs, what they leave (at least 1) while they do, and while it answers
+    # they give it a core. A number: that many, and the local trainers keep theirs.
+    serving_threads: int = Field(default=0, ge=0)
+    # Embedded engine: how long after it last answered it counts as busy (the local trainers keep giving it a core).
+    serving_busy_seconds: float = Field(default=30.0, gt=0)
     # vLLM: the server for every base model not in TUNERY_VLLM_URLS (started with --served-model-name <base name>).
     vllm_url: str = ""
     # vLLM: model name -> URL, for several base models, or for a fully fine-tuned ft: model served on its own.

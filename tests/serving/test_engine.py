@@ -261,6 +261,47 @@ def test_every_model_call_runs_on_one_thread_and_close_stops_them_all(
     handle.remove()
 
 
+def test_the_model_runs_with_the_cpu_threads_it_is_given_now(
+    adapters: Adapters, base: ModelRef, tmp_path: Path
+) -> None:
+    """The engine asks ``cpu_threads`` before each call into the model and at every token, and the model runs with
+    that many torch threads: a trainer that starts during a long answer takes its cores from the next token on."""
+    import torch
+
+    asked: list[int] = []
+    now = {"threads": 3}
+
+    def cpu_threads() -> int:
+        asked.append(now["threads"])
+        return now["threads"]
+
+    engine = EmbeddedEngine(adapters.store, tmp_path / "cache", device="cpu", cpu_threads=cpu_threads)
+    ran: list[int] = []
+    try:
+        engine.generate(base, HELLO, GREEDY)  # loads the model
+        hook = loaded_base(engine, base).model.register_forward_hook(
+            lambda *_: ran.append(torch.get_num_threads())  # on the model thread, as the model runs
+        )
+        assert engine.generate(base, HELLO, GREEDY).completion_tokens == 12
+        assert ran == [3] * 12
+        ran.clear()
+        stream = engine.stream(base, HELLO, SamplingParams(max_tokens=40, temperature=0))
+        first = next(stream)
+        assert isinstance(first, str)
+        now["threads"] = 1  # a trainer started
+        *_, done = stream
+        assert isinstance(done, Generation) and done.completion_tokens == 40
+        # Up to a few tokens were already made while the first text was held back; the rest ran with 1 thread.
+        assert ran[0] == 3 and ran[-1] == 1 and ran.count(1) >= 30, ran
+        assert ran == sorted(ran, reverse=True)
+        hook.remove()
+        now["threads"] = 0  # never none
+        assert engine._on_model_thread(torch.get_num_threads) == 1
+        assert len(asked) >= 12 + 40  # every token asks
+    finally:
+        engine.close()
+
+
 def test_unload_and_missing_adapters(engine: EmbeddedEngine, base: ModelRef, adapters: Adapters) -> None:
     ref_one, ref_two = ft(base, ONE), ft(base, TWO)
     two = engine.generate(ref_two, HELLO, GREEDY).text

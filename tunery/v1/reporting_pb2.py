@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tunery/v1/reporting.proto\x12\ttunery.v1\"+\n\x06RunRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\trun_token\x18\x02 \x01(\t\"@\n\x0bReportReply\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x17\n\x0fpause_requested\x18\x02 \x01(\x08\"\x9b\x01\n\x0eStartedRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x03\x12\x16\n\x0etrain_examples\x18\x03 \x01(\x03\x12\x1e\n\x16train_tokens_per_epoch\x18\x04 \x01(\x03\x12\x1c\n\x14hyperparameters_json\x18\x05 \x01(\t\"\xac\x05\n\x0bStepMetrics\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x03\x12\x17\n\ntrain_loss\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12&\n\x19train_mean_token_accuracy\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nvalid_loss\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12&\n\x19valid_mean_token_accuracy\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12\x1c\n\x0f\x66ull_valid_loss\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12+\n\x1e\x66ull_valid_mean_token_accuracy\x18\x08 \x01(\x01H\x05\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\t \x01(\x01H\x06\x88\x01\x01\x12\x1e\n\x11tokens_per_second\x18\n \x01(\x01H\x07\x88\x01\x01\x12\r\n\x05\x65poch\x18\x0b \x01(\x01\x12\x1c\n\x0fpeak_memory_gib\x18\x0c \x01(\x01H\x08\x88\x01\x01\x12\x41\n\x0emethod_metrics\x18\x14 \x03(\x0b\x32).tunery.v1.StepMetrics.MethodMetricsEntry\x1a\x34\n\x12MethodMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_train_lossB\x1c\n\x1a_train_mean_token_accuracyB\r\n\x0b_valid_lossB\x1c\n\x1a_valid_mean_token_accuracyB\x12\n\x10_full_valid_lossB!\n\x1f_full_valid_mean_token_accuracyB\x10\n\x0e_learning_rateB\x14\n\x12_tokens_per_secondB\x12\n\x10_peak_memory_gib\"Y\n\x0eMetricsRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\'\n\x07metrics\x18\x02 \x01(\x0b\x32\x16.tunery.v1.StepMetrics\"a\n\x0c\x45ventRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tdata_json\x18\x04 \x01(\t\"\x81\x01\n\x11\x43heckpointRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x15\n\robject_prefix\x18\x03 \x01(\t\x12\'\n\x07metrics\x18\x04 \x01(\x0b\x32\x16.tunery.v1.StepMetrics\"\xc7\x01\n\x0f\x46inishedRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x14\n\x0cmodel_prefix\x18\x03 \x01(\t\x12\x13\n\x0bresults_key\x18\x04 \x01(\t\x12\x16\n\x0etrained_tokens\x18\x05 \x01(\x03\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\x13\n\x0b\x65rror_param\x18\x08 \x01(\t\"\xe9\x02\n\rAccessRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\'\n\x02op\x18\x02 \x01(\x0e\x32\x1b.tunery.v1.AccessRequest.Op\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x11\n\tupload_id\x18\x04 \x01(\t\x12\x13\n\x0bpart_number\x18\x05 \x01(\x05\x12&\n\x05parts\x18\x06 \x03(\x0b\x32\x17.tunery.v1.UploadedPart\"\xb1\x01\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\x0b\n\x07OP_READ\x10\x01\x12\x0c\n\x08OP_WRITE\x10\x02\x12\x0b\n\x07OP_STAT\x10\x03\x12\x0b\n\x07OP_LIST\x10\x04\x12\r\n\tOP_DELETE\x10\x05\x12\x13\n\x0fOP_START_UPLOAD\x10\x06\x12\x11\n\rOP_WRITE_PART\x10\x07\x12\x16\n\x12OP_COMPLETE_UPLOAD\x10\x08\x12\x13\n\x0fOP_ABORT_UPLOAD\x10\t\"1\n\x0cUploadedPart\x12\x13\n\x0bpart_number\x18\x01 \x01(\x05\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"Y\n\x0b\x41\x63\x63\x65ssReply\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12\x11\n\tupload_id\x18\x05 \x01(\t2\xcc\x02\n\x10TrainerReporting\x12<\n\x07Started\x12\x19.tunery.v1.StartedRequest\x1a\x16.tunery.v1.ReportReply\x12<\n\x07Metrics\x12\x19.tunery.v1.MetricsRequest\x1a\x16.tunery.v1.ReportReply\x12\x38\n\x05\x45vent\x12\x17.tunery.v1.EventRequest\x1a\x16.tunery.v1.ReportReply\x12\x42\n\nCheckpoint\x12\x1c.tunery.v1.CheckpointRequest\x1a\x16.tunery.v1.ReportReply\x12>\n\x08\x46inished\x12\x1a.tunery.v1.FinishedRequest\x1a\x16.tunery.v1.ReportReply2L\n\x0eTrainerObjects\x12:\n\x06\x41\x63\x63\x65ss\x12\x18.tunery.v1.AccessRequest\x1a\x16.tunery.v1.AccessReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tunery/v1/reporting.proto\x12\ttunery.v1\"+\n\x06RunRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\trun_token\x18\x02 \x01(\t\"U\n\x0bReportReply\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x17\n\x0fpause_requested\x18\x02 \x01(\x08\x12\x13\n\x0b\x63pu_threads\x18\x03 \x01(\x05\"\x9b\x01\n\x0eStartedRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x03\x12\x16\n\x0etrain_examples\x18\x03 \x01(\x03\x12\x1e\n\x16train_tokens_per_epoch\x18\x04 \x01(\x03\x12\x1c\n\x14hyperparameters_json\x18\x05 \x01(\t\"\xac\x05\n\x0bStepMetrics\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x03\x12\x17\n\ntrain_loss\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12&\n\x19train_mean_token_accuracy\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nvalid_loss\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12&\n\x19valid_mean_token_accuracy\x18\x06 \x01(\x01H\x03\x88\x01\x01\x12\x1c\n\x0f\x66ull_valid_loss\x18\x07 \x01(\x01H\x04\x88\x01\x01\x12+\n\x1e\x66ull_valid_mean_token_accuracy\x18\x08 \x01(\x01H\x05\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\t \x01(\x01H\x06\x88\x01\x01\x12\x1e\n\x11tokens_per_second\x18\n \x01(\x01H\x07\x88\x01\x01\x12\r\n\x05\x65poch\x18\x0b \x01(\x01\x12\x1c\n\x0fpeak_memory_gib\x18\x0c \x01(\x01H\x08\x88\x01\x01\x12\x41\n\x0emethod_metrics\x18\x14 \x03(\x0b\x32).tunery.v1.StepMetrics.MethodMetricsEntry\x1a\x34\n\x12MethodMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_train_lossB\x1c\n\x1a_train_mean_token_accuracyB\r\n\x0b_valid_lossB\x1c\n\x1a_valid_mean_token_accuracyB\x12\n\x10_full_valid_lossB!\n\x1f_full_valid_mean_token_accuracyB\x10\n\x0e_learning_rateB\x14\n\x12_tokens_per_secondB\x12\n\x10_peak_memory_gib\"Y\n\x0eMetricsRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\'\n\x07metrics\x18\x02 \x01(\x0b\x32\x16.tunery.v1.StepMetrics\"a\n\x0c\x45ventRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tdata_json\x18\x04 \x01(\t\"\x81\x01\n\x11\x43heckpointRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x15\n\robject_prefix\x18\x03 \x01(\t\x12\'\n\x07metrics\x18\x04 \x01(\x0b\x32\x16.tunery.v1.StepMetrics\"\xc7\x01\n\x0f\x46inishedRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x14\n\x0cmodel_prefix\x18\x03 \x01(\t\x12\x13\n\x0bresults_key\x18\x04 \x01(\t\x12\x16\n\x0etrained_tokens\x18\x05 \x01(\x03\x12\x12\n\nerror_code\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\x13\n\x0b\x65rror_param\x18\x08 \x01(\t\"\xe9\x02\n\rAccessRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.tunery.v1.RunRef\x12\'\n\x02op\x18\x02 \x01(\x0e\x32\x1b.tunery.v1.AccessRequest.Op\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x11\n\tupload_id\x18\x04 \x01(\t\x12\x13\n\x0bpart_number\x18\x05 \x01(\x05\x12&\n\x05parts\x18\x06 \x03(\x0b\x32\x17.tunery.v1.UploadedPart\"\xb1\x01\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\x0b\n\x07OP_READ\x10\x01\x12\x0c\n\x08OP_WRITE\x10\x02\x12\x0b\n\x07OP_STAT\x10\x03\x12\x0b\n\x07OP_LIST\x10\x04\x12\r\n\tOP_DELETE\x10\x05\x12\x13\n\x0fOP_START_UPLOAD\x10\x06\x12\x11\n\rOP_WRITE_PART\x10\x07\x12\x16\n\x12OP_COMPLETE_UPLOAD\x10\x08\x12\x13\n\x0fOP_ABORT_UPLOAD\x10\t\"1\n\x0cUploadedPart\x12\x13\n\x0bpart_number\x18\x01 \x01(\x05\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"Y\n\x0b\x41\x63\x63\x65ssReply\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04keys\x18\x04 \x03(\t\x12\x11\n\tupload_id\x18\x05 \x01(\t2\xcc\x02\n\x10TrainerReporting\x12<\n\x07Started\x12\x19.tunery.v1.StartedRequest\x1a\x16.tunery.v1.ReportReply\x12<\n\x07Metrics\x12\x19.tunery.v1.MetricsRequest\x1a\x16.tunery.v1.ReportReply\x12\x38\n\x05\x45vent\x12\x17.tunery.v1.EventRequest\x1a\x16.tunery.v1.ReportReply\x12\x42\n\nCheckpoint\x12\x1c.tunery.v1.CheckpointRequest\x1a\x16.tunery.v1.ReportReply\x12>\n\x08\x46inished\x12\x1a.tunery.v1.FinishedRequest\x1a\x16.tunery.v1.ReportReply2L\n\x0eTrainerObjects\x12:\n\x06\x41\x63\x63\x65ss\x12\x18.tunery.v1.AccessRequest\x1a\x16.tunery.v1.AccessReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,31 +36,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNREF']._serialized_start=40
   _globals['_RUNREF']._serialized_end=83
   _globals['_REPORTREPLY']._serialized_start=85
-  _globals['_REPORTREPLY']._serialized_end=149
-  _globals['_STARTEDREQUEST']._serialized_start=152
-  _globals['_STARTEDREQUEST']._serialized_end=307
-  _globals['_STEPMETRICS']._serialized_start=310
-  _globals['_STEPMETRICS']._serialized_end=994
-  _globals['_STEPMETRICS_METHODMETRICSENTRY']._serialized_start=737
-  _globals['_STEPMETRICS_METHODMETRICSENTRY']._serialized_end=789
-  _globals['_METRICSREQUEST']._serialized_start=996
-  _globals['_METRICSREQUEST']._serialized_end=1085
-  _globals['_EVENTREQUEST']._serialized_start=1087
-  _globals['_EVENTREQUEST']._serialized_end=1184
-  _globals['_CHECKPOINTREQUEST']._serialized_start=1187
-  _globals['_CHECKPOINTREQUEST']._serialized_end=1316
-  _globals['_FINISHEDREQUEST']._serialized_start=1319
-  _globals['_FINISHEDREQUEST']._serialized_end=1518
-  _globals['_ACCESSREQUEST']._serialized_start=1521
-  _globals['_ACCESSREQUEST']._serialized_end=1882
-  _globals['_ACCESSREQUEST_OP']._serialized_start=1705
-  _globals['_ACCESSREQUEST_OP']._serialized_end=1882
-  _globals['_UPLOADEDPART']._serialized_start=1884
-  _globals['_UPLOADEDPART']._serialized_end=1933
-  _globals['_ACCESSREPLY']._serialized_start=1935
-  _globals['_ACCESSREPLY']._serialized_end=2024
-  _globals['_TRAINERREPORTING']._serialized_start=2027
-  _globals['_TRAINERREPORTING']._serialized_end=2359
-  _globals['_TRAINEROBJECTS']._serialized_start=2361
-  _globals['_TRAINEROBJECTS']._serialized_end=2437
+  _globals['_REPORTREPLY']._serialized_end=170
+  _globals['_STARTEDREQUEST']._serialized_start=173
+  _globals['_STARTEDREQUEST']._serialized_end=328
+  _globals['_STEPMETRICS']._serialized_start=331
+  _globals['_STEPMETRICS']._serialized_end=1015
+  _globals['_STEPMETRICS_METHODMETRICSENTRY']._serialized_start=758
+  _globals['_STEPMETRICS_METHODMETRICSENTRY']._serialized_end=810
+  _globals['_METRICSREQUEST']._serialized_start=1017
+  _globals['_METRICSREQUEST']._serialized_end=1106
+  _globals['_EVENTREQUEST']._serialized_start=1108
+  _globals['_EVENTREQUEST']._serialized_end=1205
+  _globals['_CHECKPOINTREQUEST']._serialized_start=1208
+  _globals['_CHECKPOINTREQUEST']._serialized_end=1337
+  _globals['_FINISHEDREQUEST']._serialized_start=1340
+  _globals['_FINISHEDREQUEST']._serialized_end=1539
+  _globals['_ACCESSREQUEST']._serialized_start=1542
+  _globals['_ACCESSREQUEST']._serialized_end=1903
+  _globals['_ACCESSREQUEST_OP']._serialized_start=1726
+  _globals['_ACCESSREQUEST_OP']._serialized_end=1903
+  _globals['_UPLOADEDPART']._serialized_start=1905
+  _globals['_UPLOADEDPART']._serialized_end=1954
+  _globals['_ACCESSREPLY']._serialized_start=1956
+  _globals['_ACCESSREPLY']._serialized_end=2045
+  _globals['_TRAINERREPORTING']._serialized_start=2048
+  _globals['_TRAINERREPORTING']._serialized_end=2380
+  _globals['_TRAINEROBJECTS']._serialized_start=2382
+  _globals['_TRAINEROBJECTS']._serialized_end=2458
 # @@protoc_insertion_point(module_scope)

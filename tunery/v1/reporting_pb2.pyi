@@ -16,12 +16,14 @@ class RunRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., run_token: _Optional[str] = ...) -> None: ...
 
 class ReportReply(_message.Message):
-    __slots__ = ("cancel_requested", "pause_requested")
+    __slots__ = ("cancel_requested", "pause_requested", "cpu_threads")
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     PAUSE_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    CPU_THREADS_FIELD_NUMBER: _ClassVar[int]
     cancel_requested: bool
     pause_requested: bool
-    def __init__(self, cancel_requested: _Optional[bool] = ..., pause_requested: _Optional[bool] = ...) -> None: ...
+    cpu_threads: int
+    def __init__(self, cancel_requested: _Optional[bool] = ..., pause_requested: _Optional[bool] = ..., cpu_threads: _Optional[int] = ...) -> None: ...
 
 class StartedRequest(_message.Message):
     __slots__ = ("run", "total_steps", "train_examples", "train_tokens_per_epoch", "hyperparameters_json")
