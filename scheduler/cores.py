@@ -7,9 +7,10 @@ take every core run far slower than either alone. Measured on the 2 cores here w
 
 * two trainers at once, 2 threads each: 112 real tokens/s together; 1 thread each: 246 (one alone: 157-202 with 2,
   94-111 with 1);
-* a trainer training while the engine answers chats (greedy, one at a time): engine 2 + trainer 2 threads: 4.1
-  output tokens/s and 35 real tokens/s; engine 1 + trainer 2: 12.0 and 45; engine 1 + trainer 1: **15.2 and 100**.
-  The engine alone makes 15.9 with 2 threads, 15.4 with 1 (one answer at a time does not use a second core).
+* a trainer training while the engine answers chats (greedy, one at a time), two runs: engine 2 + trainer 2 threads:
+  3.9-4.1 output tokens/s and 24-35 real tokens/s; engine 1 + trainer 2: 12.0-12.2 and 45-51; engine 1 + trainer 1:
+  **15.2-16.4 and 100-115**. The engine alone makes 15.1-15.9 with 2 threads or 1 (one answer at a time does not use
+  a second core); the trainer alone 125-157 with 2, 111-112 with 1.
 
 So each trainer gets its share of the cores (:func:`trainer_threads`), the engine the cores the running trainers
 leave, at least 1, and while the engine answers (:attr:`CoreShare.busy_seconds` after it last asked) the trainers
