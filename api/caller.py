@@ -1,6 +1,6 @@
 """``GET /v1/tunery/me`` over HTTP (Tunery's extension): who the request's API key is, its project and role, and
-whether it may write (api/auth.py decides all of it). Every key may ask; the dashboard asks once a sign-in, to offer
-only the actions the key may take."""
+whether it may write (api/services/caller.py; its gRPC twin is ``CallerService/GetCaller``). Every key may ask; the
+dashboard asks once a sign-in, to offer only the actions the key may take."""
 
 from __future__ import annotations
 
@@ -11,19 +11,11 @@ from api.context import AppContext, get_ctx
 from api.errors import ERROR_RESPONSES
 from api.protocol.caller import Caller
 from api.routing import API_PREFIX
-from tunery.db.models import ADMIN_ROLE
+from api.services.caller import describe
 
 router = APIRouter(prefix=f"{API_PREFIX}/tunery", responses=ERROR_RESPONSES)
 
 
 @router.get("/me")
 async def me(p: Principal = Depends(principal), ctx: AppContext = Depends(get_ctx)) -> Caller:
-    return Caller(
-        organization_id=p.organization_id,
-        project_id=p.tenant(ctx.settings).project_id,
-        role=p.role,
-        admin=p.role == ADMIN_ROLE,
-        writes=p.writes,
-        key_id=p.key_id,
-        open_access=p.open_access,
-    )
+    return describe(p, ctx.settings)

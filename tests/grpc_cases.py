@@ -22,6 +22,7 @@ from tests import fuzzing
 from tests.conftest import RunningServer
 from tunery.v1 import (
     aliases_pb2_grpc,
+    caller_pb2_grpc,
     chat_pb2_grpc,
     embeddings_pb2_grpc,
     evaluations_pb2_grpc,
@@ -60,6 +61,7 @@ class Api:
             "WebhookService": webhooks_pb2_grpc.WebhookServiceStub,
             "SecretService": secrets_pb2_grpc.SecretServiceStub,
             "EmbeddingService": embeddings_pb2_grpc.EmbeddingServiceStub,
+            "CallerService": caller_pb2_grpc.CallerServiceStub,
         }
         return stubs[service](self.channel)
 

@@ -75,6 +75,7 @@ REST_TWIN: dict[str, tuple[str, str]] = {
     "FineTuningService/GetJobEvalReport": ("GET", f"{J}/{{job_id}}/eval_report"),
     "FineTuningService/GetCheckpointEvalReport": ("GET", f"{J}/{{job_id}}/checkpoints/{{checkpoint_id}}/eval_report"),
     "EmbeddingService/CreateEmbedding": ("POST", "/v1/embeddings"),
+    "CallerService/GetCaller": ("GET", "/v1/tunery/me"),
     "SecretService/ListSecrets": ("GET", SE),
     "SecretService/SetSecret": ("POST", f"{SE}/{{name}}"),
     "SecretService/DeleteSecret": ("DELETE", f"{SE}/{{name}}"),

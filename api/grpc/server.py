@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from api.context import AppContext
+from api.grpc.caller import CallerServicer
 from api.grpc.calls import Calls
 from api.grpc.embeddings import EmbeddingServicer
 from api.grpc.handlers import service_handler
@@ -27,6 +28,7 @@ from api.grpc.webhooks import WebhookServicer
 from tunery.grpc_tls import api_server_credentials
 from tunery.v1 import (
     aliases_pb2,
+    caller_pb2,
     chat_pb2,
     embeddings_pb2,
     evaluations_pb2,
@@ -54,6 +56,7 @@ MODULES = (
     webhooks_pb2,
     secrets_pb2,
     embeddings_pb2,
+    caller_pb2,
 )
 SERVICES = tuple(service.full_name for module in MODULES for service in module.DESCRIPTOR.services_by_name.values())
 # A message's most bytes, each way: a page of 10,000 file objects fits; a file's content goes in 1 MiB chunks.
@@ -83,6 +86,7 @@ class PublicGrpcServer:
             "WebhookService": WebhookServicer(ctx, calls),
             "SecretService": SecretServicer(ctx, calls),
             "EmbeddingService": EmbeddingServicer(ctx, calls),
+            "CallerService": CallerServicer(ctx, calls),
         }
         for module in MODULES:
             for service in module.DESCRIPTOR.services_by_name.values():

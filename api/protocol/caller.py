@@ -18,4 +18,6 @@ class Caller(OpenAIResponse):
     admin: bool = Field(description="An organization admin key (TUNERY_API_KEYS or an admin key)")
     writes: bool = Field(description="Whether the key may change the project's objects (readers may not)")
     key_id: str | None = Field(description="The stored key's id; null for a TUNERY_API_KEYS key and open access")
-    open_access: bool = Field(description="The server takes requests without a key (TUNERY_OPEN_ACCESS)")
+    open_access: bool = Field(
+        description="The server takes requests without a key: it has none yet (the embedded mode, or TUNERY_ALLOW_OPEN)"
+    )

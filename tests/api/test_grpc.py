@@ -39,6 +39,7 @@ from tests.grpc_cases import (
 )
 from tunery import sandbox
 from tunery.v1 import aliases_pb2 as apb
+from tunery.v1 import caller_pb2 as whopb
 from tunery.v1 import chat_pb2 as cpb
 from tunery.v1 import files_pb2 as fpb
 from tunery.v1 import fine_tuning_pb2 as jpb
@@ -346,6 +347,34 @@ def test_keys_and_roles_are_the_rest_rules(api: Api) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         api.call("FineTuningService/CancelJob", jpb.JobRequest(job_id=api.objects["job_id"]), key=reader)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_who_the_key_is_as_rest_says(api: Api) -> None:
+    """``CallerService/GetCaller`` is ``GET /v1/tunery/me``: the admin key, a reader's key, and no key."""
+    admin = {"authorization": f"Bearer {KEY}"}
+    project = api.server.http.post("/v1/organization/projects", json={"name": "who"}, headers=admin).json()["id"]
+    made = api.server.http.post(
+        f"/v1/organization/projects/{project}/service_accounts", json={"name": "r", "role": "reader"}, headers=admin
+    )
+    reader = made.json()["api_key"]["value"]
+    answers = {}
+    for key in (KEY, reader):
+        answers[key] = api.call("CallerService/GetCaller", whopb.GetCallerRequest(), key=key)
+        rest = api.server.http.get("/v1/tunery/me", headers={"authorization": f"Bearer {key}"}).json()
+        assert answers[key] == to_message(rest, whopb.Caller)
+    boss, who = answers[KEY], answers[reader]
+    assert (boss.object, boss.role, boss.admin, boss.writes, boss.HasField("key_id")) == (
+        "tunery.caller",
+        "admin",
+        True,
+        True,
+        False,
+    )
+    assert (who.role, who.admin, who.writes, who.project_id) == ("reader", False, False, project)
+    assert who.key_id == made.json()["api_key"]["id"] and not who.open_access
+    with pytest.raises(grpc.RpcError) as caught:
+        api.call("CallerService/GetCaller", whopb.GetCallerRequest(), key=None)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_writes_change_what_rest_reads(api: Api) -> None:
