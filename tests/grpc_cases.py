@@ -4,7 +4,8 @@ checked to answer, or refuse, as its REST twin does."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,11 +73,47 @@ class Api:
 
 
 def grpc_api(tiny_server_factory: Callable[..., RunningServer]) -> Iterator[Api]:
-    """A server with keys, its gRPC channel and seeded objects (each suite's ``api`` fixture yields from it)."""
+    """A server with keys, its gRPC channel and seeded objects (the ``api`` fixture, and suites that need more)."""
     server = fuzzing.authorised(tiny_server_factory(api_keys=[KEY], max_concurrent_runs=0))
     objects = fuzzing.seed_objects(server)  # a file, an upload, a queued job with two checkpoints and their models
     with grpc.insecure_channel(server.grpc_address) as channel:
         yield Api(server, channel, objects)
+
+
+@pytest.fixture
+def api(tiny_server_factory: Callable[..., RunningServer]) -> Iterator[Api]:
+    """:func:`grpc_api`'s server (a key; nothing launches) with its seeded objects (a file, an upload, a queued job,
+    its checkpoint models), and a channel to it. A suite takes it by importing it."""
+    yield from grpc_api(tiny_server_factory)
+
+
+def project_keys(api: Api, name: str, *roles: str) -> tuple[str, dict[str, str]]:
+    """A new project of the organization, made with the admin key, and a service account's key in it for each of
+    ``roles``: (the project's id, role -> the key)."""
+    admin = {"authorization": f"Bearer {KEY}"}
+    http = api.server.http
+    made = http.post("/v1/organization/projects", json={"name": name}, headers=admin)
+    assert made.status_code == 200, made.text
+    project: str = made.json()["id"]
+    keys = {}
+    for role in roles:
+        account = http.post(
+            f"/v1/organization/projects/{project}/service_accounts", json={"name": role, "role": role}, headers=admin
+        )
+        assert account.status_code == 200, account.text
+        keys[role] = account.json()["api_key"]["value"]
+    return project, keys
+
+
+def rest_status(api: Api, path: str, statuses: set[str], timeout: float = 60) -> dict[str, Any]:
+    """The REST object at ``path`` once its status is one of ``statuses``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got: dict[str, Any] = api.server.http.get(path).json()
+        if got["status"] in statuses:
+            return got
+        assert time.monotonic() < deadline, got
+        time.sleep(0.2)
 
 
 @dataclass(frozen=True)
@@ -130,3 +167,24 @@ def assert_same_refusal(api: Api, case: Case, objects: dict[str, str], key: str 
     assert info.metadata["code"] == (error["code"] or "") and info.metadata["param"] == (error["param"] or "")
     assert dict(e.trailing_metadata() or ())["x-request-id"].startswith("req_")
     return {**error, "status": r.status_code}
+
+
+def assert_refused_as(
+    api: Api, case: Case, objects: dict[str, str], status: int, code: str | None, param: str | None
+) -> None:
+    """:func:`assert_same_refusal`, and that refusal's REST status and param, and its code unless None."""
+    error = assert_same_refusal(api, case, objects)
+    assert (error["status"], error["param"]) == (status, param), error
+    assert code is None or error["code"] == code, error
+
+
+def assert_not_found_as_unknown(
+    api: Api, cases: Iterable[Case], theirs: dict[str, str], never: dict[str, str], key: str
+) -> None:
+    """Another project's object (``theirs``) is one that never existed (``never``) to ``key``: NOT_FOUND with the
+    same code and param, never PERMISSION_DENIED."""
+    for case in cases:
+        refused = assert_same_refusal(api, case, theirs, key=key)
+        unknown = assert_same_refusal(api, case, never, key=key)
+        assert refused["status"] == 404, case.rpc
+        assert (refused["code"], refused["param"]) == (unknown["code"], unknown["param"]), case.rpc

@@ -5,7 +5,6 @@ tests/grpc_cases.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from tests.configurations import (  # noqa: F401 (each server test runs embedded
     configuration_metadata_store,
     configuration_object_store,
 )
-from tests.conftest import TINY, RunningServer
+from tests.conftest import TINY
 from tests.grpc_cases import (
     AL,
     GR,
@@ -34,7 +33,7 @@ from tests.grpc_cases import (
     assert_same_answer,
     assert_same_refusal,
     error_info,
-    grpc_api,
+    project_keys,
     rest,
 )
 from tunery import sandbox
@@ -45,11 +44,6 @@ from tunery.v1 import files_pb2 as fpb
 from tunery.v1 import fine_tuning_pb2 as jpb
 from tunery.v1 import graders_pb2 as gpb
 from tunery.v1 import models_pb2 as mpb
-
-
-@pytest.fixture
-def api(tiny_server_factory: Callable[..., RunningServer]) -> Iterator[Api]:
-    yield from grpc_api(tiny_server_factory)
 
 
 def grader_call(rpc: str, body: dict[str, Any]) -> Case:
@@ -325,12 +319,7 @@ def test_keys_and_roles_are_the_rest_rules(api: Api) -> None:
             api.call("FineTuningService/GetJob", job, key=key)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert error_info(caught.value).metadata["code"] == (code or "")
-    admin = {"authorization": f"Bearer {KEY}"}
-    project = api.server.http.post("/v1/organization/projects", json={"name": "p"}, headers=admin).json()["id"]
-    made = api.server.http.post(
-        f"/v1/organization/projects/{project}/service_accounts", json={"name": "r", "role": "reader"}, headers=admin
-    )
-    reader = made.json()["api_key"]["value"]
+    reader = project_keys(api, "p", "reader")[1]["reader"]
     # A reader reads (its project has no jobs: the other project's job is NOT_FOUND, never PERMISSION_DENIED) ...
     assert list(api.call("FineTuningService/ListJobs", jpb.ListJobsRequest(), key=reader).data) == []
     with pytest.raises(grpc.RpcError) as caught:
@@ -351,12 +340,8 @@ def test_keys_and_roles_are_the_rest_rules(api: Api) -> None:
 
 def test_who_the_key_is_as_rest_says(api: Api) -> None:
     """``CallerService/GetCaller`` is ``GET /v1/tunery/me``: the admin key, a reader's key, and no key."""
-    admin = {"authorization": f"Bearer {KEY}"}
-    project = api.server.http.post("/v1/organization/projects", json={"name": "who"}, headers=admin).json()["id"]
-    made = api.server.http.post(
-        f"/v1/organization/projects/{project}/service_accounts", json={"name": "r", "role": "reader"}, headers=admin
-    )
-    reader = made.json()["api_key"]["value"]
+    project, keys = project_keys(api, "who", "reader")
+    reader = keys["reader"]
     answers = {}
     for key in (KEY, reader):
         answers[key] = api.call("CallerService/GetCaller", whopb.GetCallerRequest(), key=key)
@@ -371,7 +356,7 @@ def test_who_the_key_is_as_rest_says(api: Api) -> None:
         False,
     )
     assert (who.role, who.admin, who.writes, who.project_id) == ("reader", False, False, project)
-    assert who.key_id == made.json()["api_key"]["id"] and not who.open_access
+    assert who.key_id and not who.open_access
     with pytest.raises(grpc.RpcError) as caught:
         api.call("CallerService/GetCaller", whopb.GetCallerRequest(), key=None)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -21,7 +21,16 @@ from tests.configurations import (  # noqa: F401 (each server test runs embedded
     configuration_object_store,
 )
 from tests.conftest import TINY, RunningServer, chat_lines
-from tests.grpc_cases import KEY, Api, Case, assert_same_answer, assert_same_refusal, grpc_api
+from tests.grpc_cases import (
+    Api,
+    Case,
+    assert_not_found_as_unknown,
+    assert_refused_as,
+    assert_same_answer,
+    assert_same_refusal,
+    project_keys,
+    rest_status,
+)
 from tunery.evalreport import EvalReport
 from tunery.v1 import evaluations_pb2 as epb
 from tunery.v1 import fine_tuning_pb2 as jpb
@@ -29,13 +38,6 @@ from tunery.v1 import fine_tuning_pb2 as jpb
 EV = "/v1/tunery/evaluations"
 OPTIONS = {"samples": 1, "max_new_tokens": 2, "max_examples": 2}
 DONE = {"succeeded", "failed", "cancelled"}
-
-
-@pytest.fixture
-def api(tiny_server_factory: Callable[..., RunningServer]) -> Iterator[Api]:
-    """grpc_api's server (a key; nothing launches) with its seeded objects (a file, a queued job, its checkpoint
-    models), and a channel to it."""
-    yield from grpc_api(tiny_server_factory)
 
 
 def create(body: dict[str, Any]) -> Case:
@@ -129,20 +131,11 @@ REFUSALS = [
 
 @pytest.mark.parametrize(("case", "status", "code", "param"), REFUSALS)
 def test_refusals_are_rests(api: Api, case: Case, status: int, code: str | None, param: str) -> None:
-    error = assert_same_refusal(api, case, {**api.objects, "evaluation_id": "evaljob-nope"})
-    assert (error["status"], error["param"]) == (status, param), error
-    assert code is None or error["code"] == code, error
+    assert_refused_as(api, case, {**api.objects, "evaluation_id": "evaljob-nope"}, status, code, param)
 
 
-def wait_status(api: Api, evaluation_id: str, statuses: set[str], timeout: float = 60) -> dict[str, Any]:
-    """The evaluation's REST object once its status is one of ``statuses``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ev: dict[str, Any] = api.server.http.get(f"{EV}/{evaluation_id}").json()
-        if ev["status"] in statuses:
-            return ev
-        assert time.monotonic() < deadline, ev
-        time.sleep(0.2)
+def wait_status(api: Api, evaluation_id: str, statuses: set[str]) -> dict[str, Any]:
+    return rest_status(api, f"{EV}/{evaluation_id}", statuses)
 
 
 def test_an_evaluation_made_read_and_cancelled_over_grpc_is_rests(api: Api) -> None:
@@ -197,21 +190,10 @@ def test_another_projects_evaluation_is_not_found_and_a_reader_may_not_write(api
     made = api.call(
         "EvaluationService/CreateEvaluation", epb.CreateEvaluationRequest(model=o["model"], file=o["file_id"])
     )
-    admin = {"authorization": f"Bearer {KEY}"}
-    project = api.server.http.post("/v1/organization/projects", json={"name": "b"}, headers=admin).json()["id"]
-    keys = {}
-    for role in ("member", "reader"):
-        made_key = api.server.http.post(
-            f"/v1/organization/projects/{project}/service_accounts", json={"name": role, "role": role}, headers=admin
-        )
-        keys[role] = made_key.json()["api_key"]["value"]
+    _, keys = project_keys(api, "b", "member", "reader")
     theirs, never = {**o, "evaluation_id": made.id}, {**o, "evaluation_id": "evaljob-" + "x" * 24}
     # Another project's evaluation is one that never existed: NOT_FOUND, never PERMISSION_DENIED.
-    for case in (GET, CANCEL, REPORT):
-        refused = assert_same_refusal(api, case, theirs, key=keys["member"])
-        unknown = assert_same_refusal(api, case, never, key=keys["member"])
-        assert refused["status"] == 404, case.rpc
-        assert (refused["code"], refused["param"]) == (unknown["code"], unknown["param"]), case.rpc
+    assert_not_found_as_unknown(api, (GET, CANCEL, REPORT), theirs, never, keys["member"])
     # Its evaluation of A's model is the model's NOT_FOUND; its list shows none of A's.
     of_theirs = create({"model": "{model}", "file": "{file_id}"})
     assert assert_same_refusal(api, of_theirs, o, key=keys["member"])["code"] == "model_not_found"

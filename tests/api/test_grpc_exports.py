@@ -5,8 +5,6 @@ status codes with OpenAI's error, the same roles and tenancy. An export run by t
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -19,19 +17,21 @@ from tests.configurations import (  # noqa: F401 (each server test runs embedded
     configuration_metadata_store,
     configuration_object_store,
 )
-from tests.conftest import TINY, RunningServer
-from tests.grpc_cases import KEY, Api, Case, assert_same_answer, assert_same_refusal, grpc_api
+from tests.conftest import TINY
+from tests.grpc_cases import (
+    Api,
+    Case,
+    assert_not_found_as_unknown,
+    assert_refused_as,
+    assert_same_answer,
+    assert_same_refusal,
+    project_keys,
+    rest_status,
+)
 from tunery.v1 import exports_pb2 as xpb
 from tunery.v1 import fine_tuning_pb2 as jpb
 
 EX = "/v1/tunery/exports"
-
-
-@pytest.fixture
-def api(tiny_server_factory: Callable[..., RunningServer]) -> Iterator[Api]:
-    """grpc_api's server (a key; nothing launches) with its seeded objects (a file, a queued job, its checkpoint
-    models), and a channel to it."""
-    yield from grpc_api(tiny_server_factory)
 
 
 def create(body: dict[str, Any]) -> Case:
@@ -81,19 +81,11 @@ REFUSALS = [
 
 @pytest.mark.parametrize(("case", "status", "code", "param"), REFUSALS)
 def test_refusals_are_rests(api: Api, case: Case, status: int, code: str | None, param: str) -> None:
-    error = assert_same_refusal(api, case, {**api.objects, "export_id": "exportjob-nope"})
-    assert (error["status"], error["param"]) == (status, param), error
-    assert code is None or error["code"] == code, error
+    assert_refused_as(api, case, {**api.objects, "export_id": "exportjob-nope"}, status, code, param)
 
 
-def wait_status(api: Api, export_id: str, statuses: set[str], timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        made: dict[str, Any] = api.server.http.get(f"{EX}/{export_id}").json()
-        if made["status"] in statuses:
-            return made
-        assert time.monotonic() < deadline, made
-        time.sleep(0.2)
+def wait_status(api: Api, export_id: str, statuses: set[str]) -> dict[str, Any]:
+    return rest_status(api, f"{EX}/{export_id}", statuses)
 
 
 def test_an_export_made_read_and_cancelled_over_grpc_is_rests(api: Api) -> None:
@@ -129,20 +121,10 @@ def test_an_export_made_read_and_cancelled_over_grpc_is_rests(api: Api) -> None:
 def test_another_projects_export_is_not_found_and_a_reader_may_not_write(api: Api) -> None:
     o = api.objects
     made = api.call("ExportService/CreateExport", xpb.CreateExportRequest(model=o["model"]))
-    admin = {"authorization": f"Bearer {KEY}"}
-    project = api.server.http.post("/v1/organization/projects", json={"name": "b"}, headers=admin).json()["id"]
-    keys = {}
-    for role in ("member", "reader"):
-        made_key = api.server.http.post(
-            f"/v1/organization/projects/{project}/service_accounts", json={"name": role, "role": role}, headers=admin
-        )
-        keys[role] = made_key.json()["api_key"]["value"]
+    _, keys = project_keys(api, "b", "member", "reader")
     theirs, never = {**o, "export_id": made.id}, {**o, "export_id": "exportjob-" + "x" * 24}
-    for case in (GET, CANCEL):  # another project's export is one that never existed: NOT_FOUND
-        refused = assert_same_refusal(api, case, theirs, key=keys["member"])
-        unknown = assert_same_refusal(api, case, never, key=keys["member"])
-        assert refused["status"] == 404, case.rpc
-        assert (refused["code"], refused["param"]) == (unknown["code"], unknown["param"]), case.rpc
+    # Another project's export is one that never existed: NOT_FOUND.
+    assert_not_found_as_unknown(api, (GET, CANCEL), theirs, never, keys["member"])
     of_theirs = create({"model": "{model}"})
     assert assert_same_refusal(api, of_theirs, o, key=keys["member"])["code"] == "model_not_found"
     for key in keys.values():

@@ -35,7 +35,6 @@ from tests.grpc_cases import (
     Api,
     J,
     error_info,
-    grpc_api,
 )
 from tunery.db.ops import add_event
 from tunery.v1 import chat_pb2 as cpb
@@ -45,11 +44,6 @@ from tunery.v1 import models_pb2 as mpb
 from tunery.v1 import (
     models_pb2_grpc,
 )
-
-
-@pytest.fixture
-def api(tiny_server_factory: Callable[..., RunningServer]) -> Iterator[Api]:
-    yield from grpc_api(tiny_server_factory)
 
 
 def test_download_archive_streams_the_bytes_rest_serves_and_its_refusals(api: Api) -> None:

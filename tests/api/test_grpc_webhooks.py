@@ -16,7 +16,7 @@ import pytest
 from api.grpc.calls import REST_TWIN
 from tests import fuzzing
 from tests.conftest import TINY, RunningServer
-from tests.grpc_cases import KEY, Api, Case, assert_same_answer, assert_same_refusal, rest
+from tests.grpc_cases import KEY, Api, Case, assert_same_answer, assert_same_refusal, project_keys, rest
 from tests.webhook_receiver import receiver
 from tunery.v1 import fine_tuning_pb2 as jpb
 from tunery.v1 import secrets_pb2 as spb
@@ -167,16 +167,7 @@ def test_only_an_owner_or_the_admin_may_call_them_and_another_projects_are_not_f
         "WebhookService/CreateWebhookEndpoint",
         wpb.CreateWebhookEndpointRequest(name="ci", url="https://8.8.8.8/hook"),
     )
-    admin = {"authorization": f"Bearer {KEY}"}
-    http = api.server.http
-    project = http.post("/v1/organization/projects", json={"name": "b"}, headers=admin).json()["id"]
-    keys = {}
-    for role in ("owner", "member", "reader"):
-        made_key = http.post(
-            f"/v1/organization/projects/{project}/service_accounts", json={"name": role, "role": role}, headers=admin
-        )
-        assert made_key.status_code == 200, made_key.text
-        keys[role] = made_key.json()["api_key"]["value"]
+    _, keys = project_keys(api, "b", "owner", "member", "reader")
     o = {**api.objects, "endpoint": made.id}
     for role in ("member", "reader"):  # a project's endpoints are its owner's: even a read is a 403
         for case in (GET, listing(), create(name="x", url="https://8.8.8.8/hook")):
@@ -277,12 +268,6 @@ def test_secrets_over_grpc_are_rests_and_never_answer_a_value(api: Api) -> None:
         api.call("SecretService/SetSecret", spb.SetSecretRequest(name="WANDB_API_KEY"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'value'" in (caught.value.details() or "")
     # Only an owner or the admin: a member's key is refused, as over REST.
-    admin = {"authorization": f"Bearer {KEY}"}
-    http = api.server.http
-    project = http.post("/v1/organization/projects", json={"name": "s"}, headers=admin).json()["id"]
-    made_key = http.post(
-        f"/v1/organization/projects/{project}/service_accounts", json={"name": "m", "role": "member"}, headers=admin
-    )
-    member = made_key.json()["api_key"]["value"]
+    member = project_keys(api, "s", "member")[1]["member"]
     for case in (LIST_SECRETS, set_secret("WANDB_API_KEY", "x"), delete_secret("WANDB_API_KEY")):
         assert assert_same_refusal(api, case, o, key=member)["status"] == 403, case.rpc
