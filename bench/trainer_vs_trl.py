@@ -69,6 +69,7 @@ On a GPU (issue 17: at least 1.5x TRL's best's real tokens/s on a 1B-class model
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import gc
 import json
@@ -110,6 +111,13 @@ def text(rng: random.Random, n_words: int) -> str:
         out.append(sentence(rng, k))
         left -= k
     return " ".join(out)
+
+
+def scratch(prefix: str) -> str:
+    """A trainer's output folder, removed when the benchmark exits (each run left an empty one in /tmp)."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def make_conversations(n: int, long_share: float, seed: int) -> list[dict[str, Any]]:
@@ -336,7 +344,7 @@ def trl_args(setup: Setup, prefix: str, batch_size: int = 0, **options: Any) -> 
     # still); on a GPU TRL's own default (--trl-checkpointing).
     checkpointing = {} if setup.trl_checkpointing is None else {"activation_checkpointing": setup.trl_checkpointing}
     return SFTConfig(
-        output_dir=tempfile.mkdtemp(prefix=prefix),
+        output_dir=scratch(prefix),
         max_steps=setup.steps,
         per_device_train_batch_size=batch_size or setup.batch_size,
         learning_rate=1e-3,
@@ -451,7 +459,7 @@ def build_tunery(setup: Setup, timer: Any, counts: Counts) -> Any:
     model, tokenizer = load_base_model(str(setup.model_dir), device)
     train = tunery_tokens(setup, tokenizer)
     sft = get_method("supervised")
-    args = trl_config(sft, plan, seed=setup.seed, output_dir=tempfile.mkdtemp(prefix="bench-tunery-"), choice=device)
+    args = trl_config(sft, plan, seed=setup.seed, output_dir=scratch("bench-tunery-"), choice=device)
     trainer = sft.build_trainer(
         model, tokenizer, args, lora_config(plan), tokenized_datasets(train), [timer], plan=plan
     )
