@@ -119,6 +119,7 @@ class TrainingRun:
         # The experiment trackers the job logs to (trainer/integrations.py), once training starts; None without any.
         self.trackers: Trackers | None = None
         self.started_threads = 0  # the CPU threads this run started with (OMP_NUM_THREADS), once training starts
+        self.follows_threads = True  # False once torch refused to change them: the run keeps its own
 
     # -- events
     def warn(self, message: str, data: dict[str, Any] | None = None) -> None:
@@ -142,13 +143,13 @@ class TrainingRun:
         if not self.started_threads:
             self.started_threads = now
         wanted = self.reporter.cpu_threads or self.started_threads
-        if wanted == now:
+        if wanted == now or not self.follows_threads:
             return
         try:
             torch.set_num_threads(wanted)
         except RuntimeError as e:  # vLLM's CPU build with its threads bound to cores forbids it
-            log.warning("cannot train with %d CPU threads: %s", wanted, e)
-            self.reporter.cpu_threads = self.started_threads = now
+            log.warning("this run keeps its %d CPU threads: torch refused %d (%s)", now, wanted, e)
+            self.follows_threads = False
             return
         why = (
             "the server's chat engine is answering, and they share its cores"
