@@ -341,6 +341,8 @@ class ReportingService(pb_grpc.TrainerReportingServicer):
             data = {**metrics_dict(m), **dict(sorted(m.method_metrics.items())), "total_steps": m.total_steps}
             if m.HasField("learning_rate"):
                 data["learning_rate"] = m.learning_rate  # the dashboard's learning-rate curve
+            if m.HasField("tokens_per_second"):
+                data["tokens_per_second"] = m.tokens_per_second  # the step's throughput, as the trainer timed it
             add_event(s, job.id, metrics_message(m), type="metrics", data=data)
             job.total_steps = int(m.total_steps) or job.total_steps
             if job.started_at and m.step > 0 and m.total_steps >= m.step:

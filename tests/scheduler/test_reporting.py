@@ -197,12 +197,15 @@ def test_steps_reported_again_after_a_resume_are_one_event_each(reporting: Any) 
     step (the first), then the new steps."""
     db, _, stub = reporting
     for step in (1, 2, 3, 2, 3, 4):
-        metrics = pb.StepMetrics(step=step, total_steps=4, train_loss=1.0 / step, learning_rate=1e-3 / step)
+        metrics = pb.StepMetrics(
+            step=step, total_steps=4, train_loss=1.0 / step, learning_rate=1e-3 / step, tokens_per_second=100.0 * step
+        )
         stub.Metrics(pb.MetricsRequest(run=run(), metrics=metrics))
     with db.session() as s:
         events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == "ftjob-victim", JobEvent.type == "metrics")))
         assert [e.data["step"] for e in events] == [1, 2, 3, 4]
         assert [e.data["learning_rate"] for e in events] == [1e-3, 1e-3 / 2, 1e-3 / 3, 1e-3 / 4]  # the dashboard's
+        assert [e.data["tokens_per_second"] for e in events] == [100.0, 200.0, 300.0, 400.0]
 
 
 @pytest.mark.parametrize(
