@@ -252,6 +252,7 @@ def test_the_finished_job_shows_its_checkpoints_report_and_hyperparameters(chrom
     steps = N_EXAMPLES // BATCH
     wait_for(lambda: points(chromium, "train_loss") == steps, what="every step on the curve")
     assert points(chromium, "learning_rate", chart="lr-chart") == steps
+    assert points(chromium, "tokens_per_second", chart="speed-chart") == steps
     assert attribute(chromium, "#job-progress-bar", "value") == str(steps)
     metrics = [
         e.data for e in shared.srv.client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"

@@ -368,6 +368,7 @@
     const lossChart = s("svg", { id: "loss-chart", class: "chart", role: "img", "aria-label": "loss curves" });
     const rewardChart = s("svg", { id: "reward-chart", class: "chart", role: "img", "aria-label": "reward curves" });
     const lrChart = s("svg", { id: "lr-chart", class: "chart", role: "img", "aria-label": "learning rate" });
+    const speedChart = s("svg", { id: "speed-chart", class: "chart", role: "img", "aria-label": "tokens per second" });
     const rewardFigure = h("figure", { hidden: true }, h("figcaption", { text: "Rewards" }), rewardChart);
     const checkpoints = h("tbody");
     const report = h("div", { id: "eval-report" });
@@ -387,6 +388,7 @@
         h("figure", {}, h("figcaption", { text: "Loss" }), lossChart),
         rewardFigure,
         h("figure", {}, h("figcaption", { text: "Learning rate" }), lrChart),
+        h("figure", {}, h("figcaption", { text: "Tokens per second" }), speedChart),
       ),
       h(
         "section",
@@ -514,6 +516,8 @@
       rewardFigure.hidden = !rewards.length;
       if (rewards.length) drawChart(rewardChart, seriesOf(metrics, rewards), "");
       drawChart(lrChart, seriesOf(metrics, keys.has("learning_rate") ? ["learning_rate"] : []), "No learning rate reported yet.");
+      // each step's throughput as the trainer timed it: a step slowed by a chat on the same cores shows here
+      drawChart(speedChart, seriesOf(metrics, keys.has("tokens_per_second") ? ["tokens_per_second"] : []), "No throughput reported yet.");
     }
 
     function renderEvents() {
