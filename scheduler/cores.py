@@ -21,7 +21,6 @@ replies (``ReportReply.cpu_threads``) and applies it at its next step.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,17 +81,14 @@ class CoreShare:
         self.running = running
         self.busy_seconds = busy_seconds
         self._clock = clock
-        self._asked: float | None = None  # when the engine last asked
-        self._lock = threading.Lock()
+        self._asked: float | None = None  # when the engine last asked (one assignment: no lock needed)
 
     def engine_threads(self) -> int:
-        with self._lock:
-            self._asked = self._clock()
+        self._asked = self._clock()
         return split_cores(self.cores, self.each, self.running(), engine_busy=True).engine
 
     def engine_busy(self) -> bool:
-        with self._lock:
-            asked = self._asked
+        asked = self._asked
         return asked is not None and self._clock() - asked < self.busy_seconds
 
     def trainer_threads_now(self) -> int:

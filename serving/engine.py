@@ -39,6 +39,7 @@ from serving.protocol import Generation, ModelRef
 from serving.sampling import SamplingParams, pick_token
 from serving.stream import Failed, Stream
 from serving.text import Detokenizer, emittable, find_stop, normalize_messages
+from serving.threads import ModelThreads
 from tunery import embeddings
 from tunery.embeddings import Embedded
 from tunery.storage import ObjectStore
@@ -112,8 +113,7 @@ class EmbeddedEngine:
         self._running: set[threading.Event] = set()  # the cancel events of the generations not yet finished
         self._running_lock = threading.Lock()
         self._closed = False
-        self._cpu_threads = cpu_threads
-        self._threads_set = 0  # what the model thread last set torch's threads to; 0: not yet
+        self._threads = ModelThreads(cpu_threads)
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         try:
@@ -124,20 +124,8 @@ class EmbeddedEngine:
             raise _closing() from None
 
     def _with_threads(self, fn: Callable[..., Any], *args: Any) -> Any:
-        self._fit_threads()
+        self._threads.fit()
         return fn(*args)
-
-    def _fit_threads(self) -> None:
-        """On the model thread: set torch's intra-op threads to ``cpu_threads()`` where that changed. torch keeps
-        the count per calling thread (OpenMP's), so it is set here, on the one thread that runs the model."""
-        if self._cpu_threads is None:
-            return
-        threads = max(1, self._cpu_threads())
-        if threads != self._threads_set:
-            import torch
-
-            torch.set_num_threads(threads)
-            self._threads_set = threads
 
     def _on_model_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` on the model thread and return its result (or raise its error)."""
@@ -476,7 +464,7 @@ class EmbeddedEngine:
         for _ in range(job.max_new):
             if cancel.is_set():
                 return
-            self._fit_threads()  # a trainer started or ended during a long answer
+            self._threads.fit()  # a trainer started or ended during a long answer
             with torch.inference_mode():
                 result = base.model(input_ids=input_ids, past_key_values=past, use_cache=True, **extra)
                 past = result.past_key_values

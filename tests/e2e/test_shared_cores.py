@@ -13,19 +13,18 @@ import pytest
 
 from scheduler.cores import usable_cores
 from tests.conftest import TINY, chat_lines
+from tests.e2e.server_process import wait_for
 
 CORES = usable_cores()
 
 
 def wait_for_event(srv, job_id: str, pattern: str, timeout: float = 120) -> str:  # type: ignore[no-untyped-def]
     """The first of the job's events that matches ``pattern``, once there is one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [m for m in srv.events(job_id) if re.search(pattern, m)]
-        if found:
-            return found[0]
-        time.sleep(0.2)
-    raise TimeoutError(f"no event matching {pattern!r}; events: {srv.events(job_id)}")
+
+    def seen() -> str | None:
+        return next((m for m in srv.events(job_id) if re.search(pattern, m)), None)
+
+    return wait_for(seen, timeout, f"an event matching {pattern!r}", every=0.2)
 
 
 @pytest.mark.integration

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import stat
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from api.server import core_share, make_backend
 from scheduler.backends import LocalProcessBackend
 from scheduler.cores import THREAD_ENV, CoreShare, Split, split_cores, trainer_threads
+from tests.e2e.server_process import wait_for
 from tunery.settings import Settings
 
 
@@ -90,13 +90,6 @@ def sleeper(tmp_path: Path) -> str:
     return str(fake)
 
 
-def wait_until(check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 30
-    while not check():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
 def test_the_embedded_servers_share_counts_the_trainers_running_now(tmp_path: Path) -> None:
     """Trainers started and ended (child processes) change the engine's threads; each trainer counts with the
     threads the backend gives it."""
@@ -111,10 +104,10 @@ def test_the_embedded_servers_share_counts_the_trainers_running_now(tmp_path: Pa
     second = backend.launch("ftjob-b", "file:///b.json", tmp_path / "b.log", None, "tok")
     assert (backend.running(), share.engine_threads(), share.trainer_threads_now()) == (2, 1, 2)
     backend.cancel(first)
-    wait_until(lambda: backend.running() == 1)
+    wait_for(lambda: backend.running() == 1, 30, "one trainer left")
     assert share.engine_threads() == 3
     backend.cancel(second)
-    wait_until(lambda: backend.running() == 0)
+    wait_for(lambda: backend.running() == 0, 30, "no trainer left")
     assert share.engine_threads() == 5
     # A backend that leaves the threads to the environment: each trainer takes every core.
     every_core = core_share(Settings(data_dir=tmp_path), LocalProcessBackend(sleeper(tmp_path)))
