@@ -9,6 +9,10 @@ trainer's environment has it (the trainer image does), or wherever it is asked f
 The copy's memory is what the estimate counts (:func:`tunery.estimate.sampler_memory`): on a GPU that share of its
 memory is vLLM's ``gpu_memory_utilization``; on the CPU its KV cache is ``VLLM_CPU_KVCACHE_SPACE``.
 
+Where vLLM fails to start (TRL builds it inside GRPOTrainer's constructor), a run under ``auto`` samples with
+``generate`` instead, with a warning event (:func:`vllm_start_failure`): vLLM is how ``auto`` samples faster, not what
+the job asked for. A run under ``vllm`` (asked for by name) ends with the error.
+
 The policy's weights reach vLLM by its in-place reload (:class:`InPlaceReload`): every weight in one pass (the LoRA
 adapter merged in for it), each layer's kernel format rebuilt once it has all its weights. TRL hands vLLM one
 tensor at a time, which only works where vLLM keeps each checkpoint tensor as it was loaded; its CPU build repacks
@@ -17,10 +21,12 @@ the linear layers' weights for oneDNN, and then has nothing left to load one ten
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import math
 import os
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +61,41 @@ def resolve_generation(requested: Generation, device: str) -> str:
             code="unsupported_hardware",
         )
     return VLLM if uses_vllm(requested, gpu=device == "cuda", installed=installed) else TRANSFORMERS
+
+
+def vllm_start_failure(e: BaseException, requested: Generation) -> str | None:
+    """The warning of a run whose trainer ``e`` stopped while starting vLLM (raised from vLLM itself or from TRL's
+    vLLM generation): under ``auto`` the run samples with ``generate`` instead; under ``vllm`` (asked for by name) it
+    ends with a TrainerError (``unsupported_hardware``). None where ``e`` is not vLLM's."""
+    if not raised_in_vllm(e):
+        return None
+    what = (
+        f"vLLM could not start to sample this run's answers ({type(e).__name__}: {e}; the trainer's log has vLLM's own)"
+    )
+    if requested == VLLM:
+        raise TrainerError(
+            f"{what}. This server asks for vLLM by name ({GENERATION_SETTING}=vllm); with auto the run would sample "
+            "with transformers' generate instead",
+            code="unsupported_hardware",
+        ) from e
+    return f"{what}: transformers' generate samples them instead, more slowly"
+
+
+def raised_in_vllm(e: BaseException) -> bool:
+    """Whether ``e`` came out of vLLM's code or TRL's vLLM generation (a frame of either in its traceback)."""
+    return any(
+        f"{os.sep}vllm{os.sep}" in frame.filename or frame.filename.endswith("vllm_generation.py")
+        for frame in traceback.extract_tb(e.__traceback__)
+    )
+
+
+def release_memory(device: str) -> None:
+    """Memory held by what a failed start left unreferenced, given back (on a GPU, to the device)."""
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def vllm_config_args(

@@ -30,7 +30,7 @@ from .chat import ChatTemplateError, ChatTokenizer, end_of_turn_tokens
 from .config import trl_config
 from .errors import RunStopped, TrainerError
 from .evaluation import Evaluator
-from .generation import resolve_generation
+from .generation import TRANSFORMERS, VLLM, release_memory, resolve_generation, vllm_start_failure
 from .integrations import Trackers
 from .judge import grader_models
 from .loading import attach_adapter, load_base_model, resolve_device, set_determinism
@@ -101,11 +101,7 @@ def run(
     r.has_eval = datasets.valid is not None
 
     with tempfile.TemporaryDirectory(prefix="tunery-trainer-") as workdir:
-        args = trl_config(
-            method, plan, seed=spec.seed, output_dir=workdir, choice=r.device, model_path=spec.base_model_path
-        )
         ref_model = load_base_model(spec.base_model_path, r.device)[0] if method.needs_reference_copy(plan) else None
-        model, peft_config = attach_adapter(model, plan, r.store, spec.init_adapter_prefix, workdir)
         # A score_model grader's judges and a cosine metric's embedding model, beside the policy.
         judge, embedder = grader_models(spec, r.store, r.device.device, r.device.dtype, workdir)
         if spec.eval is not None and spec.eval.enabled and method.writes_eval_reports:
@@ -113,21 +109,36 @@ def run(
             r.evaluator = Evaluator(r, chat, spec.eval, judge, embedder)
             r.evaluator.prepare(train_data, valid_data)
         callbacks = [make_callback(r), make_state_callback(r)]  # metrics and checkpoints; resumable states
-        try:
-            r.trainer = method.build_trainer(
-                model,
-                tokenizer,
-                args,
-                peft_config,
-                datasets,
-                callbacks,
-                ref_model,
-                plan=plan,
-                judge=judge,
-                embedder=embedder,
+        while r.trainer is None:
+            args = trl_config(
+                method, plan, seed=spec.seed, output_dir=workdir, choice=r.device, model_path=spec.base_model_path
             )
-        except ValueError as e:  # TRL refuses a configuration with a message that names the option
-            raise TrainerError(f"{plan.method}: {e}", code="invalid_hyperparameters") from e
+            model, peft_config = attach_adapter(model, plan, r.store, spec.init_adapter_prefix, workdir)
+            try:
+                r.trainer = method.build_trainer(
+                    model,
+                    tokenizer,
+                    args,
+                    peft_config,
+                    datasets,
+                    callbacks,
+                    ref_model,
+                    plan=plan,
+                    judge=judge,
+                    embedder=embedder,
+                )
+            except Exception as e:
+                warning = vllm_start_failure(e, spec.generation) if r.device.generation == VLLM else None
+                if warning is None:
+                    if isinstance(e, ValueError):  # TRL refuses a configuration with a message naming the option
+                        raise TrainerError(f"{plan.method}: {e}", code="invalid_hyperparameters") from e
+                    raise
+                r.warn(warning)
+            if r.trainer is None:  # vLLM did not start: generate samples, from the base model loaded anew
+                r.device.generation = TRANSFORMERS  # (the failed trainer had put the adapter's layers into it)
+                del model, peft_config, args
+                release_memory(r.device.device)
+                model = load_base_model(spec.base_model_path, r.device)[0]
         n_examples = method.count_examples(r, r.trainer, datasets)
         r.plan_steps(n_examples)
         resume_dir = prepare_resume(r, spec.resume_from, Path(workdir))
