@@ -25,12 +25,14 @@ from serving.adapters import safe_adapter_name
 from serving.engine import EmbeddedEngine
 from serving.protocol import ModelRef
 from serving.sampling import SamplingParams
+from tests.api.test_graders import run
 from tests.conftest import TINY, cached_model, chat_lines, free_port
 from tests.schema import validate
 from tests.serving.test_backends import chat_load
 from tests.serving_fixtures import make_adapter, register_model
 from tests.vllm_server import VLLMServer, run_vllm, vllm_python
 from tunery.db import FineTunedModel
+from tunery.graders.judges import clamp, parse_score
 from tunery.settings import Settings
 from tunery.storage import store_environment
 from tunery.v1 import chat_pb2 as cpb
@@ -167,6 +169,54 @@ def test_trained_model_and_checkpoint_answer_from_vllm(srv: Any, vllm: VLLMServe
     assert f"removed LoRA adapter {models[job.fine_tuned_model]} from the engine" in vllm.log()
     assert not cached.exists()
     assert greedy(client, ckpt, PROMPTS[0]).choices[0].message.content == answers[ckpt, PROMPTS[0]]
+
+
+# ---- a score_model judge served by vLLM ---------------------------------------------------------------------------
+def test_a_score_model_judge_is_answered_by_vllm(
+    srv: Any, vllm: VLLMServer, vllm_model_dir: Path, tmp_path: Path
+) -> None:
+    """``graders/run`` with a ``score_model`` grader whose judge is the base model and then a fine-tuned one: vLLM
+    answers the rendered messages (its request counter moves, the adapter is loaded through Tunery's resolver), and
+    the grader reads the reply a chat completion of the same messages gets from it (greedy), as the score it holds
+    within the range or as a parse error."""
+    model, prefix = synthetic(srv, vllm_model_dir, tmp_path)
+    rendered = [
+        {"role": "system", "content": "Answer with a score from 1 to 5."},
+        {"role": "user", "content": "Rate Paris against Lyon"},
+    ]
+    text = [{"type": "input_text", "text": "Rate {{sample.output_text}} against {{item.label}}"}]
+    for judge in (TINY, model):
+        grader = {
+            "type": "score_model",
+            "name": "judge",
+            "model": judge,
+            "range": [1, 5],
+            "input": [
+                {"role": "developer", "content": "Answer with a score from 1 to 5."},
+                {"role": "user", "content": text},
+            ],
+            "sampling_params": {"max_completions_tokens": 4},
+        }
+        served_before = vllm.counter("vllm:request_success_total")
+        body = run(srv, grader, "Paris", {"label": "Lyon"})
+        assert vllm.counter("vllm:request_success_total") == served_before + 1
+        chat = srv.client.chat.completions.create(model=judge, messages=rendered, max_tokens=4, temperature=0)  # type: ignore[arg-type]
+        assert chat.usage is not None and chat.choices[0].message.content is not None
+        meta = body["metadata"]
+        assert (meta["type"], meta["sampled_model_name"]) == ("score_model", judge)
+        usage = body["model_grader_token_usage_per_model"][judge]
+        assert (usage["prompt_tokens"], usage["completion_tokens"]) == (
+            chat.usage.prompt_tokens,
+            chat.usage.completion_tokens,
+        )
+        try:
+            expected, parse_error = clamp(parse_score(chat.choices[0].message.content), 1, 5), False
+        except ValueError:
+            expected, parse_error = 1.0, True
+        print(f"judge {judge}: vLLM replied {chat.choices[0].message.content!r}, reward {body['reward']}")
+        assert body["reward"] == expected and bool(meta["errors"]["model_grader_parse_error"]) is parse_error, body
+        assert not any(v for k, v in meta["errors"].items() if k != "model_grader_parse_error"), meta
+    assert resolved(vllm, prefix) == 1
 
 
 # ---- the OpenAI surface vLLM has -----------------------------------------------------------------------------------
