@@ -91,7 +91,7 @@ def seed(url: str, n_jobs: int, n_files: int, events_per_job: int, n_models: int
     db = Database(url)
     db.upgrade()
     start = int(time.time()) - 10 * n_jobs
-    files = [
+    files: list[dict[str, Any]] = [
         {
             "id": ids.file_id(),
             "organization_id": ORG,
@@ -111,7 +111,9 @@ def seed(url: str, n_jobs: int, n_files: int, events_per_job: int, n_models: int
     plan = TrainingPlan(n_epochs=3, batch_size=4, learning_rate=2e-4, max_seq_length=2048, n_checkpoints=3, n_evals=0)
     training = plan.training_options()
     data = DataQualityOptions().model_dump(mode="json")
-    jobs, events, models = [], [], []
+    jobs: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    models: list[dict[str, Any]] = []
     for i in range(n_jobs):
         jid = ids.job_id()
         status = ("succeeded", "succeeded", "succeeded", "failed", "cancelled")[i % 5]
@@ -360,7 +362,12 @@ def sample_health(url: str, interval: float) -> None:
     where = urlsplit(url)
     samples: list[tuple[float, int]] = []
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    def wait_for_stdin() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_stdin, daemon=True).start()
     while not stop.is_set():
         t0 = time.perf_counter()
         conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=30)
@@ -413,12 +420,11 @@ def background(url: str) -> None:
 
     def jobs() -> None:
         training_file = client.files.create(file=("train.jsonl", chat_lines(96)), purpose="fine-tune").id
-        hp = {"n_epochs": 3, "batch_size": 4}
         while not stop.is_set():
             job = client.fine_tuning.jobs.create(
                 model=TINY,
                 training_file=training_file,
-                method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+                method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}},
             )
             status = job.status
             while not stop.is_set() and status not in ("succeeded", "failed", "cancelled"):

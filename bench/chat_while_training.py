@@ -24,11 +24,14 @@ import time
 from pathlib import Path
 
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
 STEP = re.compile(r"^step \d+/\d+ .* tok/s ([0-9.]+)", re.M)
-CHAT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
+CHAT: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Write a short story about a robot who learns to paint."}
+]
 
 
 def free_port() -> int:

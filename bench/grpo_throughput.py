@@ -85,9 +85,10 @@ def build_trl(model_dir: Path, rows: list[dict[str, Any]], a: argparse.Namespace
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    def fruit_reward(completions: list[Any], fruit: list[str], **_: Any) -> list[float]:
+    def fruit_reward(completions: list[Any], fruit: list[str], **_: Any) -> list[float | None]:
         return [float(f in c[0]["content"].lower()) for c, f in zip(completions, fruit, strict=True)]
 
+    plain: dict[str, Any] = {"bf16": False, "gradient_checkpointing": False}
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-grpo-trl-"),
         per_device_train_batch_size=a.batch_size * a.generations,
@@ -101,7 +102,7 @@ def build_trl(model_dir: Path, rows: list[dict[str, Any]], a: argparse.Namespace
         use_cpu=True,
         seed=a.seed,
         disable_tqdm=True,
-        **({} if a.trl_defaults else {"bf16": False, "gradient_checkpointing": False}),
+        **({} if a.trl_defaults else plain),
     )
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -124,6 +125,7 @@ def build_tunery(model_dir: Path, rows: list[dict[str, Any]], a: argparse.Namesp
     from trainer.methods.grpo import rows as grpo_rows
     from tunery.data import ChatMessage, ReinforcementRecord
     from tunery.plan import LoraPlan, ReinforcementPlan, TrainingPlan
+    from tunery.storage import open_store
 
     records = [
         ReinforcementRecord(prompt=[ChatMessage("user", r["prompt"][0]["content"])], item={"fruit": r["fruit"]})
@@ -153,7 +155,7 @@ def build_tunery(model_dir: Path, rows: list[dict[str, Any]], a: argparse.Namesp
     workdir = tempfile.mkdtemp(prefix="bench-grpo-tunery-")
     args = trl_config(method, plan, seed=a.seed, output_dir=workdir, choice=choice, model_path=str(model_dir))
     args.max_steps = a.steps
-    model, peft_config = attach_adapter(model, plan, None, None, workdir)
+    model, peft_config = attach_adapter(model, plan, open_store(workdir), None, workdir)
     data = Datasets(train=Dataset.from_list(grpo_rows(records)), valid=None, n_examples=len(rows))
     return method.build_trainer(model, tokenizer, args, peft_config, data, callbacks, plan=plan)
 

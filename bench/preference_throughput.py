@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tunery.jobspec import DataFile, JobSpec
 from tunery.plan import LoraPlan, TrainingPlan
@@ -41,7 +42,7 @@ def pairs(n: int) -> tuple[bytes, bytes]:
     return ("\n".join(prefs) + "\n").encode(), ("\n".join(chats) + "\n").encode()
 
 
-def bench(model_dir: Path, data: bytes, method: str, batch_size: int, device: str, seed: int) -> dict[str, float]:
+def bench(model_dir: Path, data: bytes, method: str, batch_size: int, device: str, seed: int) -> dict[str, Any]:
     from trainer.reporter import Reporter
     from trainer.run import run
 

@@ -85,7 +85,10 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tunery.methods import Precision
 
 DEMO_DIR = Path.home() / ".cache" / "tunery" / "models" / "smollm2-135m-instruct"
 BENCH_MODELS = Path.home() / ".cache" / "tunery" / "bench-models"  # the random-weight models, one folder a shape
@@ -308,7 +311,7 @@ class Setup:
         return self.rows[: self.steps * self.batch_size]
 
     @property
-    def precision(self) -> str:
+    def precision(self) -> Precision:
         return "bf16" if self.device == "cuda" else "fp32"
 
 
@@ -342,7 +345,9 @@ def trl_args(setup: Setup, prefix: str, batch_size: int = 0, **options: Any) -> 
     # TRL turns activation checkpointing on by default; the Tunery trainer turns it off on CPU. Off here too by
     # default on the CPU, so that the comparison measures batching and packing only (with it on, TRL is slower
     # still); on a GPU TRL's own default (--trl-checkpointing).
-    checkpointing = {} if setup.trl_checkpointing is None else {"activation_checkpointing": setup.trl_checkpointing}
+    checkpointing: dict[str, Any] = (
+        {} if setup.trl_checkpointing is None else {"activation_checkpointing": setup.trl_checkpointing}
+    )
     return SFTConfig(
         output_dir=scratch(prefix),
         max_steps=setup.steps,

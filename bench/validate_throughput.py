@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -51,7 +52,7 @@ def generate(path: Path, megabytes: int, model: Path, seed: int = 0) -> int:
 
     def text(k: int) -> str:
         nonlocal pool
-        out = []
+        out: list[str] = []
         for _ in range(k):
             try:
                 out.append(next(pool))
@@ -122,13 +123,13 @@ class RssSampler:
         self._thread.join()
 
 
-def tunery_validate(path: Path, model: Path, workers: int) -> tuple[float, int, dict[str, object]]:
+def tunery_validate(path: Path, model: Path, workers: int) -> tuple[float, int, dict[str, Any]]:
     opts = ScanOptions(model_folder=str(model), model_name="demo", max_seq_length=1024, workers=workers)
     with RssSampler() as rss:
         t0 = time.perf_counter()
         scan = scan_path(path, opts)
         wall = time.perf_counter() - t0
-    summary = {
+    summary: dict[str, Any] = {
         "examples": scan.n_records,
         "tokens": sum(scan.tokens),
         "trained": sum(scan.trained),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import re
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,7 +197,8 @@ class Tally:
 
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     statuses: dict[tuple[str, str], Counter[int]] = field(default_factory=dict)
-    seconds: Counter[tuple[str, str]] = field(default_factory=Counter)  # generating and sending, per operation
+    # generating and sending, per operation
+    seconds: defaultdict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
     found: dict[tuple[str, str, str, str], Found] = field(default_factory=dict)
 
     @property
@@ -267,7 +268,7 @@ class Fuzzer:
         self.checks = CHECKS[self.name]
 
     def operations(self) -> list[Any]:
-        ops = [result.ok() for result in self.schema.get_all_operations()]
+        ops = [result.ok() for result in self.schema.get_all_operations()]  # type: ignore[union-attr]
         return sorted(ops, key=lambda op: (any(c in f"{op.method} {op.path}" for c in CHANGES), op.path, op.method))
 
     def run(

@@ -199,7 +199,12 @@ def test_a_locked_queued_job_is_skipped_not_waited_for(pg_replicas: Replicas) ->
         with holder.session() as s:
             s.scalar(select(Job).where(Job.id == first).with_for_update())  # replica A, mid-claim
             done = threading.Event()
-            t = threading.Thread(target=lambda: (b.launch_queued(), done.set()), daemon=True)
+
+            def launch() -> None:
+                b.launch_queued()
+                done.set()
+
+            t = threading.Thread(target=launch, daemon=True)
             t.start()
             assert done.wait(30), "launch_queued waited for the locked row instead of skipping it"
     finally:
@@ -299,7 +304,7 @@ def test_validation_claims_are_exclusive(pg_replicas: Replicas) -> None:
     a, b = pg_replicas.scheduler("replica-a"), pg_replicas.scheduler("replica-b")
     validated: list[str] = []
     for sched in (a, b):
-        sched.preprocess._validate_job = lambda job_id, sched=sched: validated.append(sched.replica_id)  # type: ignore[method-assign]
+        sched.preprocess._validate_job = lambda job_id, sched=sched: validated.append(sched.replica_id)  # type: ignore[method-assign,misc]
     a.validate_pending()
     b.validate_pending()
     wait_for(lambda: len(validated) >= 1, timeout=10, what="a validation")
