@@ -54,6 +54,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tunery.ports import free_port  # noqa: E402
+
 TINY = "tiny-llama"
 MODEL_CACHE = Path(os.environ.get("TUNERY_TEST_MODEL_CACHE", Path.home() / ".cache" / "tunery" / "models"))
 ORG, PROJECT, SLUG = "org-default", "proj_default", "personal"
@@ -219,12 +221,6 @@ def metadata_store(kind: str, pg_admin: str, tmp: Path) -> Iterator[str]:
 
 
 # ---- servers --------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def uvicorn_run(app: Any, port: int) -> None:

@@ -15,7 +15,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,18 +25,14 @@ from pathlib import Path
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
+from tunery.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
 STEP = re.compile(r"^step \d+/\d+ .* tok/s ([0-9.]+)", re.M)
 CHAT: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Write a short story about a robot who learns to paint."}
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def mean(values: list[float]) -> float:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests import raw_http  # noqa: E402
 from tests.raw_http import MiB, filler  # noqa: E402
+from tunery.ports import free_port  # noqa: E402
 
 KEY = "sk-bench-0123456789abcdef"
 SERVER = """
@@ -47,12 +47,6 @@ settings = Settings(data_dir=sys.argv[1], demo_model=False, api_keys=[sys.argv[3
 app, shutdown = build(settings, role="api", prepare_models=False)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

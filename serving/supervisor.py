@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from tunery.ports import free_port
 from tunery.settings import Settings
 from tunery.storage import store_environment
 
@@ -33,12 +33,6 @@ log = logging.getLogger("tunery.serving.supervisor")
 
 # vLLM's tool-call parser for models without one of their own: Hermes-style <tool_call> JSON.
 DEFAULT_TOOL_PARSER = "hermes"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def package_links(folder: Path) -> Path:
@@ -85,7 +79,7 @@ class VLLMSupervisor:
         self.python = settings.vllm_python or sys.executable
         self.pythonpath = package_links(data / "vllm-pythonpath")
         self.servers = {
-            name: _VLLM(name, path, _free_port(), data / "logs" / f"vllm-{name}.log") for name, path in models.items()
+            name: _VLLM(name, path, free_port(), data / "logs" / f"vllm-{name}.log") for name, path in models.items()
         }
         self._stop = threading.Event()
         self._lock = threading.Lock()

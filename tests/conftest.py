@@ -16,6 +16,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from tunery.ports import free_port as free_port  # the tests' import of it
+
 # Fixtures of the stores the test servers use: the local folder or S3 on a real SeaweedFS (objects), SQLite or
 # PostgreSQL (metadata).
 pytest_plugins = ["tests.stores", "tests.metadata_stores"]
@@ -77,12 +79,6 @@ def tiny_model_dir(demo_model_dir: Path) -> Path:
     from trainer.models import make_tiny_llama
 
     return cached_model("tiny-llama", lambda out: make_tiny_llama(demo_model_dir, out))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -7,7 +7,6 @@ SmolLM2 tokenizer, built once into the model cache).
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 
 from tunery.jobspec import DataFile, JobSpec
 from tunery.plan import LoraPlan, ReinforcementPlan, TrainingPlan
+from tunery.ports import free_port as free_port  # the tests' import of it
 from tunery.storage import open_store
 from tunery.v1 import reporting_pb2, reporting_pb2_grpc
 
@@ -180,12 +180,6 @@ def pausing_server() -> Any:
     server.start()
     yield servicer, f"127.0.0.1:{port}"
     server.stop(grace=None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---- specs -----------------------------------------------------------------------------------------------

@@ -19,6 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.trainer_fixtures import RUN_TOKEN
+from tunery.jobspec import RUN_TOKEN_ENV, JobSpec
+from tunery.storage import open_store
+
 VLLM_VENV = Path(os.environ.get("TUNERY_VLLM_VENV", Path.home() / ".cache" / "tunery" / "vllm-0.32.0"))
 ROOT = Path(__file__).resolve().parent.parent
 # The settings every test vLLM shares (CPU: a small KV cache, float32 like the embedded engine on the CPU).
@@ -136,3 +140,40 @@ def run_vllm(
         yield server
     finally:
         server.stop()
+
+
+# ---- the trainer in vLLM's environment (tests/trainer/test_grpo_vllm.py, test_vllm_fallback.py)
+SPEC_KEY = "jobs/ftjob-test/spec.json"
+
+
+def trainer_python() -> str:
+    """vLLM's interpreter where its environment also has the trainer's libraries (`make vllm`); skips (fails under
+    CI=true) otherwise."""
+    python = vllm_python()
+    if not (VLLM_VENV / ".tunery-trainer").is_file():
+        reason = f"the vLLM environment at {VLLM_VENV} has no trainer libraries (run `make vllm`)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return python
+
+
+def run_trainer(python: str, spec: JobSpec, root: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m trainer`` (or ``python`` with ``argv``) in the vLLM environment on ``spec``, stored under
+    ``root``; ``env`` added to the trainer's environment."""
+    open_store(str(root)).put_bytes(SPEC_KEY, spec.model_dump_json().encode())
+    return subprocess.run(
+        [python, *(argv or ("-m", "trainer")), "--spec", f"{root.resolve().as_uri()}#{SPEC_KEY}"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+            RUN_TOKEN_ENV: RUN_TOKEN,
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )

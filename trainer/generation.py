@@ -32,6 +32,7 @@ from typing import Any
 
 from tunery.estimate import SAMPLER_WORKING, model_shape, sampler_memory, uses_vllm
 from tunery.plan import TrainingPlan
+from tunery.ports import free_port
 from tunery.settings import Generation
 
 from .errors import TrainerError
@@ -113,6 +114,9 @@ def vllm_config_args(
         "vllm_max_model_length": max_len,
         "vllm_enable_sleep_mode": False,
     }
+    # vLLM's rendezvous (a world of this one process): a port the kernel hands out, unless the environment names one.
+    # TRL would try 29500 first, which two trainers starting at once on one machine both find free and then both bind.
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     if device == "cuda":
         import torch
 

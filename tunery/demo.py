@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tunery.jobstate import TERMINAL, JobStatus
+from tunery.ports import free_port
 from tunery.settings import DEMO_MODEL
 
 SUFFIX = "beep-boop"
@@ -37,12 +37,6 @@ def demo_data() -> tuple[Path, list[str]]:
     root = resources.files("tunery") / "demo"
     heldout = json.loads((root / "heldout.json").read_text())
     return Path(str(root / "train.jsonl")), heldout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(port: int, data_dir: Path) -> subprocess.Popen[bytes]:

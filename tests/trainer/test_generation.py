@@ -47,6 +47,7 @@ def test_trls_config_where_vllm_samples(tmp_path: Path, tiny_model_dir: Path, mo
     the CPU its KV cache is the estimate's figure in whole GiB, and vLLM leaves the trainer's threads alone."""
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
     rl = ReinforcementPlan(grader=GRADER, num_generations=64, max_completion_length=512, kl_coef=0.0, temperature=1.0)
     plan = TrainingPlan(
         n_epochs=1, batch_size=8, learning_rate=1e-4, max_seq_length=1024, lora=LoraPlan(r=8, alpha=16)
@@ -62,6 +63,16 @@ def test_trls_config_where_vllm_samples(tmp_path: Path, tiny_model_dir: Path, mo
     kv_cache = held - model_shape(tiny_model_dir).params * 4 - SAMPLER_WORKING
     assert int(os.environ["VLLM_CPU_KVCACHE_SPACE"]) == max(1, -(-int(kv_cache) // (1 << 30)))
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    # vLLM's rendezvous port is one the kernel handed out, not TRL's first candidate that is free (29500, ...): two
+    # trainers starting at once on one machine both took 29500, and the second failed to bind it (EADDRINUSE).
+    port = int(os.environ["MASTER_PORT"])
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert low <= port <= high
+    monkeypatch.setenv("MASTER_PORT", "41234")  # one the environment names is kept (torchrun's, on a cluster)
+    trl_config(
+        get_method("grpo"), plan, seed=1, output_dir=str(tmp_path), choice=choice, model_path=str(tiny_model_dir)
+    )
+    assert os.environ["MASTER_PORT"] == "41234"
     # Where transformers samples, TRL's config has no vLLM.
     choice.generation = "transformers"
     plain = trl_config(get_method("grpo"), plan, seed=1, output_dir=str(tmp_path), choice=choice)
