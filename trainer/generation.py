@@ -26,7 +26,6 @@ import importlib.util
 import logging
 import math
 import os
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +82,14 @@ def vllm_start_failure(e: BaseException, requested: Generation) -> str | None:
 
 
 def raised_in_vllm(e: BaseException) -> bool:
-    """Whether ``e`` came out of vLLM's code or TRL's vLLM generation (a frame of either in its traceback)."""
-    return any(
-        f"{os.sep}vllm{os.sep}" in frame.filename or frame.filename.endswith("vllm_generation.py")
-        for frame in traceback.extract_tb(e.__traceback__)
-    )
+    """Whether ``e`` came out of vLLM's code or TRL's vLLM generation: a frame of their modules in its traceback."""
+    tb = e.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module == "vllm" or module.startswith("vllm.") or module == "trl.generation.vllm_generation":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def release_memory(device: str) -> None:

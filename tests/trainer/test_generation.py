@@ -11,7 +11,7 @@ import pytest
 
 from trainer.config import trl_config
 from trainer.errors import TrainerError
-from trainer.generation import SAMPLER_WORKING, gpu_share, resolve_generation
+from trainer.generation import SAMPLER_WORKING, gpu_share, raised_in_vllm, resolve_generation, vllm_start_failure
 from trainer.loading import resolve_device
 from trainer.methods import get_method
 from tunery.estimate import model_shape, sampler_memory
@@ -77,3 +77,29 @@ def test_trls_config_where_vllm_samples(tmp_path: Path, tiny_model_dir: Path, mo
     choice.generation = "transformers"
     plain = trl_config(get_method("grpo"), plan, seed=1, output_dir=str(tmp_path), choice=choice)
     assert not plain.use_vllm
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="this environment has vLLM: TRL's vLLM generation starts")
+def test_vllm_failing_to_start_is_told_apart_from_the_trainers_own_errors() -> None:
+    """TRL's vLLM generation raising as it starts vLLM (here: vLLM is not installed) is vLLM's failure: under
+    ``auto`` a warning (the run samples with generate), under ``vllm`` the run's error; an error raised elsewhere is
+    not, whatever folder its file is in (a trainer image's environment under /opt/vllm/, say)."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    bare = object.__new__(VLLMGeneration)
+    bare.model = bare.accelerator = None
+    with pytest.raises(ImportError) as started:
+        VLLMGeneration._init_vllm(bare)
+    assert raised_in_vllm(started.value)
+    warning = vllm_start_failure(started.value, "auto")
+    assert warning is not None and warning.startswith("vLLM could not start to sample this run's answers (ImportError")
+    assert warning.endswith("transformers' generate samples them instead, more slowly")
+    with pytest.raises(TrainerError) as ended:
+        vllm_start_failure(started.value, "vllm")
+    assert ended.value.code == "unsupported_hardware" and "TUNERY_TRAINER_GENERATION=vllm" in ended.value.message
+
+    code = compile("raise ValueError('max_length is too long')", "/opt/vllm/lib/trl/trainer/grpo_trainer.py", "exec")
+    with pytest.raises(ValueError) as refused:
+        exec(code, {"__name__": "trl.trainer.grpo_trainer"})
+    assert not raised_in_vllm(refused.value)
+    assert vllm_start_failure(refused.value, "vllm") is None
