@@ -296,7 +296,14 @@ class TrainingRun:
         try:
             self.trainer.train(resume_from_checkpoint=resume_dir)
         except Exception as e:
-            oom = out_of_memory(e, len(self.rows) + 1, self.device is not None and self.device.gradient_checkpointing)
+            args, on_gpu = self.trainer.args, self.device is not None and self.device.device == "cuda"
+            oom = out_of_memory(
+                e,
+                len(self.rows) + 1,
+                self.device is not None and self.device.gradient_checkpointing,
+                reinforcement=hp.reinforcement is not None,
+                sampler_share=args.vllm_gpu_memory_utilization if getattr(args, "use_vllm", False) and on_gpu else None,
+            )
             if oom is None:
                 raise
             raise oom from e

@@ -55,12 +55,17 @@ def one_line(text: str, limit: int = 500) -> str:
 
 
 GRADIENT_CHECKPOINTING_PARAM = "tunery.training.gradient_checkpointing"
+NUM_GENERATIONS_PARAM = "tunery.reinforcement.num_generations"
 
 
-def out_of_memory(e: BaseException, step: int, checkpointing: bool) -> TrainerError | None:
+def out_of_memory(
+    e: BaseException, step: int, checkpointing: bool, reinforcement: bool = False, sampler_share: float | None = None
+) -> TrainerError | None:
     """The user's error for a run out of GPU memory at ``step`` (``code: out_of_memory``), naming what to change
     first: gradient checkpointing where the run had it off (``auto`` turns it on only where the memory estimate says
-    so), else the batch's size or length; None for any other exception."""
+    so), else the batch's size or length; for a ``reinforcement`` run, the answers a step samples (each prompt's
+    ``num_generations``, each up to ``max_completion_length`` tokens), and the share of the GPU a colocated vLLM holds
+    to sample them (``sampler_share``). None for any other exception."""
     import torch
 
     if not isinstance(e, torch.OutOfMemoryError):
@@ -71,9 +76,18 @@ def out_of_memory(e: BaseException, step: int, checkpointing: bool) -> TrainerEr
         if not checkpointing
         else ""
     )
+    if reinforcement:
+        held = f" (vLLM holds {sampler_share:.0%} of this GPU to sample them)" if sampler_share else ""
+        smaller = (
+            f"give a smaller batch_size, {NUM_GENERATIONS_PARAM} or tunery.reinforcement.max_completion_length: a step "
+            f"trains batch_size x num_generations sampled answers{held}"
+        )
+        then = NUM_GENERATIONS_PARAM
+    else:
+        smaller = "give a smaller batch_size (or more gradient_accumulation_steps) or max_seq_length"
+        then = "tunery.training.gradient_accumulation_steps"
     return TrainerError(
-        f"out of GPU memory at step {step}: {first}give a smaller batch_size (or more gradient_accumulation_steps) or "
-        f"max_seq_length. {e}",
+        f"out of GPU memory at step {step}: {first}{smaller}. {e}",
         code="out_of_memory",
-        param=GRADIENT_CHECKPOINTING_PARAM if not checkpointing else "tunery.training.gradient_accumulation_steps",
+        param=GRADIENT_CHECKPOINTING_PARAM if not checkpointing else then,
     )

@@ -109,3 +109,59 @@ def test_a_run_out_of_gpu_memory_says_what_to_change(
     assert (e.code, e.param) == ("out_of_memory", "tunery.training.gradient_checkpointing")
     assert e.message.startswith("out of GPU memory at step 2: set tunery.training.gradient_checkpointing to true")
     assert "Tried to allocate 2.00 GiB" in e.message
+
+
+def test_a_reinforcement_run_out_of_gpu_memory_names_the_answers_it_samples(
+    tmp_path: Path, tiny_model_dir: Path, reporting_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reinforcement step trains ``batch_size x num_generations`` sampled answers: out of GPU memory, the run names
+    those (after gradient checkpointing, off here), not gradient accumulation, which GRPO's step does not divide."""
+    import torch
+    from trl import GRPOTrainer
+
+    from tests.trainer_fixtures import RUN_TOKEN, keyword_task_spec
+    from trainer.errors import TrainerError
+    from trainer.reporter import Reporter
+    from trainer.run import StopSignal, run
+
+    _, address = reporting_server
+    spec = keyword_task_spec(
+        keyword="word", base_model_path=tiny_model_dir, object_store=tmp_path / "objects", reporting_address=address
+    )
+    spec = spec.model_copy(update={"plan": spec.plan.model_copy(update={"n_epochs": 1})})
+    step = GRPOTrainer.training_step
+    calls = []
+
+    def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB.")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(GRPOTrainer, "training_step", training_step)
+    reporter = Reporter(address, spec.job_id, RUN_TOKEN)
+    try:
+        with pytest.raises(TrainerError) as caught:
+            run(spec, reporter, StopSignal())
+    finally:
+        reporter.close(timeout=10)
+    e = caught.value
+    assert (e.code, e.param) == ("out_of_memory", "tunery.training.gradient_checkpointing")
+    assert e.message.startswith("out of GPU memory at step ")
+    assert "give a smaller batch_size, tunery.reinforcement.num_generations or tunery.reinforcement." in e.message
+    assert "batch_size x num_generations sampled answers." in e.message  # generate sampled: no vLLM share
+    assert "gradient_accumulation_steps" not in e.message and "Tried to allocate 3.00 GiB" in e.message
+
+
+def test_the_share_of_the_gpu_a_colocated_vllm_holds_is_in_the_advice() -> None:
+    """With vLLM colocated, part of the GPU is its: the advice says how much, and with checkpointing already on it
+    names the answers a step samples."""
+    import torch
+
+    from trainer.errors import out_of_memory
+
+    e = out_of_memory(torch.OutOfMemoryError("CUDA out of memory."), 7, True, reinforcement=True, sampler_share=0.35)
+    assert e is not None and e.param == "tunery.reinforcement.num_generations"
+    assert e.message.startswith("out of GPU memory at step 7: give a smaller batch_size")
+    assert "(vLLM holds 35% of this GPU to sample them)" in e.message
+    assert out_of_memory(RuntimeError("CUDA out of memory."), 7, True, reinforcement=True) is None
