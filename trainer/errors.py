@@ -79,8 +79,9 @@ def out_of_memory(
     if reinforcement:
         held = f" (vLLM holds {sampler_share:.0%} of this GPU to sample them)" if sampler_share else ""
         smaller = (
-            f"give a smaller batch_size, {NUM_GENERATIONS_PARAM} or tunery.reinforcement.max_completion_length: a step "
-            f"trains batch_size x num_generations sampled answers{held}"
+            f"give a smaller batch_size (or more gradient_accumulation_steps), {NUM_GENERATIONS_PARAM} or "
+            f"tunery.reinforcement.max_completion_length: a step trains batch_size x num_generations sampled "
+            f"answers{held}"
         )
         then = NUM_GENERATIONS_PARAM
     else:

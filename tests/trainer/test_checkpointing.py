@@ -115,7 +115,7 @@ def test_a_reinforcement_run_out_of_gpu_memory_names_the_answers_it_samples(
     tmp_path: Path, tiny_model_dir: Path, reporting_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A reinforcement step trains ``batch_size x num_generations`` sampled answers: out of GPU memory, the run names
-    those (after gradient checkpointing, off here), not gradient accumulation, which GRPO's step does not divide."""
+    those and their length (after gradient checkpointing, off here), not ``max_seq_length``."""
     import torch
     from trl import GRPOTrainer
 
@@ -148,9 +148,11 @@ def test_a_reinforcement_run_out_of_gpu_memory_names_the_answers_it_samples(
     e = caught.value
     assert (e.code, e.param) == ("out_of_memory", "tunery.training.gradient_checkpointing")
     assert e.message.startswith("out of GPU memory at step ")
-    assert "give a smaller batch_size, tunery.reinforcement.num_generations or tunery.reinforcement." in e.message
+    assert (
+        "more gradient_accumulation_steps), tunery.reinforcement.num_generations or tunery.reinforcement." in e.message
+    )
     assert "batch_size x num_generations sampled answers." in e.message  # generate sampled: no vLLM share
-    assert "gradient_accumulation_steps" not in e.message and "Tried to allocate 3.00 GiB" in e.message
+    assert "max_seq_length" not in e.message and "Tried to allocate 3.00 GiB" in e.message
 
 
 def test_the_share_of_the_gpu_a_colocated_vllm_holds_is_in_the_advice() -> None:
