@@ -71,41 +71,52 @@ def test_a_run_computes_the_same_with_gradient_checkpointing(tiny_model_dir: Pat
     assert run(tiny_model_dir, tmp_path, None)[2] is False
 
 
-def test_a_run_out_of_gpu_memory_says_what_to_change(
-    tmp_path: Path, tiny_model_dir: Path, reporting_server: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PyTorch's out-of-memory error in a step fails the run with ``out_of_memory`` at that step, naming gradient
-    checkpointing first when the run had it off (no GPU here: the second step's error is raised as CUDA raises it)."""
+def out_of_memory_at_the_second_step(
+    spec: Any, address: str, trainer_class: type, monkeypatch: pytest.MonkeyPatch, allocating: str
+) -> Any:
+    """The TrainerError of ``spec``'s run when ``trainer_class``'s second training step raises PyTorch's
+    out-of-memory error as CUDA raises it (no GPU here), trying to allocate ``allocating``."""
     import torch
-    from transformers import Trainer
 
-    from tests.trainer_fixtures import RUN_TOKEN, chat_examples, jsonl_bytes, make_spec
+    from tests.trainer_fixtures import RUN_TOKEN
     from trainer.errors import TrainerError
     from trainer.reporter import Reporter
     from trainer.run import StopSignal, run
-    from tunery.storage import open_store
 
-    _, address = reporting_server
-    root = tmp_path / "objects"
-    open_store(str(root)).put_bytes("files/file-train", jsonl_bytes(chat_examples(8)))
-    spec = make_spec(base_model_path=tiny_model_dir, object_store=root, reporting_address=address, n_epochs=1)
-    step = Trainer.training_step
+    step = trainer_class.training_step  # type: ignore[attr-defined]
     calls = []
 
     def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {allocating}.")
         return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "training_step", training_step)
+    monkeypatch.setattr(trainer_class, "training_step", training_step)
     reporter = Reporter(address, spec.job_id, RUN_TOKEN)
     try:
         with pytest.raises(TrainerError) as caught:
             run(spec, reporter, StopSignal())
     finally:
         reporter.close(timeout=10)
-    e = caught.value
+    return caught.value
+
+
+def test_a_run_out_of_gpu_memory_says_what_to_change(
+    tmp_path: Path, tiny_model_dir: Path, reporting_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyTorch's out-of-memory error in a step fails the run with ``out_of_memory`` at that step, naming gradient
+    checkpointing first when the run had it off."""
+    from transformers import Trainer
+
+    from tests.trainer_fixtures import chat_examples, jsonl_bytes, make_spec
+    from tunery.storage import open_store
+
+    _, address = reporting_server
+    root = tmp_path / "objects"
+    open_store(str(root)).put_bytes("files/file-train", jsonl_bytes(chat_examples(8)))
+    spec = make_spec(base_model_path=tiny_model_dir, object_store=root, reporting_address=address, n_epochs=1)
+    e = out_of_memory_at_the_second_step(spec, address, Trainer, monkeypatch, "2.00 GiB")
     assert (e.code, e.param) == ("out_of_memory", "tunery.training.gradient_checkpointing")
     assert e.message.startswith("out of GPU memory at step 2: set tunery.training.gradient_checkpointing to true")
     assert "Tried to allocate 2.00 GiB" in e.message
@@ -116,36 +127,16 @@ def test_a_reinforcement_run_out_of_gpu_memory_names_the_answers_it_samples(
 ) -> None:
     """A reinforcement step trains ``batch_size x num_generations`` sampled answers: out of GPU memory, the run names
     those and their length (after gradient checkpointing, off here), not ``max_seq_length``."""
-    import torch
     from trl import GRPOTrainer
 
-    from tests.trainer_fixtures import RUN_TOKEN, keyword_task_spec
-    from trainer.errors import TrainerError
-    from trainer.reporter import Reporter
-    from trainer.run import StopSignal, run
+    from tests.trainer_fixtures import keyword_task_spec
 
     _, address = reporting_server
     spec = keyword_task_spec(
         keyword="word", base_model_path=tiny_model_dir, object_store=tmp_path / "objects", reporting_address=address
     )
     spec = spec.model_copy(update={"plan": spec.plan.model_copy(update={"n_epochs": 1})})
-    step = GRPOTrainer.training_step
-    calls = []
-
-    def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB.")
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(GRPOTrainer, "training_step", training_step)
-    reporter = Reporter(address, spec.job_id, RUN_TOKEN)
-    try:
-        with pytest.raises(TrainerError) as caught:
-            run(spec, reporter, StopSignal())
-    finally:
-        reporter.close(timeout=10)
-    e = caught.value
+    e = out_of_memory_at_the_second_step(spec, address, GRPOTrainer, monkeypatch, "3.00 GiB")
     assert (e.code, e.param) == ("out_of_memory", "tunery.training.gradient_checkpointing")
     assert e.message.startswith("out of GPU memory at step ")
     assert (
