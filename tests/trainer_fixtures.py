@@ -241,18 +241,19 @@ def keyword_grader() -> dict[str, Any]:
 
 
 def keyword_task_spec(
-    *, keyword: str, base_model_path: Path, object_store: Path, reporting_address: str, **spec: Any
+    *, keyword: str, base_model_path: Path, object_store: Path, reporting_address: str, n_epochs: int = 4, **spec: Any
 ) -> JobSpec:
     """A GRPO job on the demo model whose only definition of the task is its grader: 8 prompts asking for a one-word
-    greeting, a reward for answers containing ``keyword``; 4 epochs of 4 prompts a step, 4 answers each of up to 6
-    tokens (8 steps), the training file written into ``object_store``. ``spec`` overrides the JobSpec's fields."""
+    greeting, a reward for answers containing ``keyword``; ``n_epochs`` (4: 8 steps) of 4 prompts a step, 4 answers
+    each of up to 6 tokens, the training file written into ``object_store``. ``spec`` overrides the JobSpec's
+    fields."""
     lines = [{"messages": [{"role": "user", "content": "Greet me in one word."}], "keyword": keyword}] * 8
     open_store(str(object_store)).put_bytes("files/file-train", jsonl_bytes(lines))
     base = make_spec(
         base_model_path=base_model_path,
         object_store=object_store,
         reporting_address=reporting_address,
-        n_epochs=4,
+        n_epochs=n_epochs,
         batch_size=4,
         learning_rate=3e-3,
         max_seq_length=64,

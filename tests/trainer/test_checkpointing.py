@@ -133,9 +133,12 @@ def test_a_reinforcement_run_out_of_gpu_memory_names_the_answers_it_samples(
 
     _, address = reporting_server
     spec = keyword_task_spec(
-        keyword="word", base_model_path=tiny_model_dir, object_store=tmp_path / "objects", reporting_address=address
+        keyword="word",
+        base_model_path=tiny_model_dir,
+        object_store=tmp_path / "objects",
+        reporting_address=address,
+        n_epochs=1,
     )
-    spec = spec.model_copy(update={"plan": spec.plan.model_copy(update={"n_epochs": 1})})
     e = out_of_memory_at_the_second_step(spec, address, GRPOTrainer, monkeypatch, "3.00 GiB")
     assert (e.code, e.param) == ("out_of_memory", "tunery.training.gradient_checkpointing")
     assert e.message.startswith("out of GPU memory at step ")

@@ -12,7 +12,6 @@ import pytest
 
 from tests.trainer_fixtures import keyword_task_spec, reporting_server
 from tests.vllm_server import run_trainer, trainer_python
-from tunery.jobspec import JobSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 
@@ -32,10 +31,6 @@ AUTO_PICKS_VLLM = (
 )
 
 
-def two_steps(spec: JobSpec) -> JobSpec:
-    return spec.model_copy(update={"plan": spec.plan.model_copy(update={"n_epochs": 1})})
-
-
 def test_a_run_under_auto_samples_with_generate_where_vllm_does_not_start(
     tmp_path: Path, demo_model_dir: Path, reporting_server: Any
 ) -> None:
@@ -46,10 +41,15 @@ def test_a_run_under_auto_samples_with_generate_where_vllm_does_not_start(
     servicer, address = reporting_server
     root = tmp_path / "objects"
     spec = keyword_task_spec(
-        keyword="word", base_model_path=demo_model_dir, object_store=root, reporting_address=address, device="cpu"
+        keyword="word",
+        base_model_path=demo_model_dir,
+        object_store=root,
+        reporting_address=address,
+        n_epochs=1,  # 2 steps
+        device="cpu",
     )
     assert spec.generation == "auto"
-    proc = run_trainer(python, two_steps(spec), root, *AUTO_PICKS_VLLM, **UNSTARTABLE)
+    proc = run_trainer(python, spec, root, *AUTO_PICKS_VLLM, **UNSTARTABLE)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     (warning,) = [e for e in servicer.of("Event") if "vLLM could not start" in e.message]
@@ -76,10 +76,11 @@ def test_a_run_that_asks_for_vllm_by_name_ends_with_a_clear_error_where_it_does_
         base_model_path=demo_model_dir,
         object_store=root,
         reporting_address=address,
+        n_epochs=1,
         generation="vllm",
         device="cpu",
     )
-    proc = run_trainer(python, two_steps(spec), root, **UNSTARTABLE)
+    proc = run_trainer(python, spec, root, **UNSTARTABLE)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-6000:]
     assert "Available memory" in out  # vLLM's own reason, in the trainer's log
