@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.trainer_vs_trl import DEMO_DIR, Baton, Counts, lora, step_timer  # noqa: E402
+from bench.trainer_bench import DEMO_DIR, Baton, Counts, lora, step_timer  # noqa: E402
 
 FRUITS = ("apple", "banana", "cherry", "grape", "lemon", "mango", "orange", "peach", "pear", "plum")
 GRADER = {

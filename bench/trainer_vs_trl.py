@@ -4,7 +4,8 @@ tokens/s, tokens per CPU-second, peak memory, the ratios, and padding.
     .venv/bin/python bench/trainer_vs_trl.py [--steps 5] [--batch-size 4] [--max-length 512] [--long-share 0.15]
         [--best-rows batch|auto|N] [--only trl|trl-best|tunery ...] [--no-memory] [--memory-steps 2]
         [--device cpu|cuda] [--shape demo|1b|H,L,A,KV,I] [--trl-checkpointing default|on|off]
-        [--tunery-checkpointing auto|on|off] [--gpu-type h100-80gb]
+        [--tunery-checkpointing auto|on|off] [--gpu-type h100-80gb] [--attention IMPL] [--trl-arg FIELD=VALUE ...]
+        [--variant-arg FIELD=VALUE ...] [--variant-attention IMPL]
 
 All train a LoRA adapter (r=16, alpha=32, dropout 0, all linear layers, lr 1e-3) on SmolLM2-135M-Instruct, in fp32
 on this machine, for the same number of optimizer steps (``--steps``, TRL's ``max_steps``), on the same generated
@@ -64,438 +65,81 @@ On a GPU (issue 17: at least 1.5x TRL's best's real tokens/s on a 1B-class model
   1,024 tokens a step, so both compute about as many tokens a step; 32 is the largest batch whose estimate (49 GiB
   of 80) leaves Tunery's checkpointing off (48 and up turn it on: the estimate counts batch x max_length positions,
   not the packed tokens).
+
+What a speed-up is worth, each measured on its own (issue 17: switched on only where it wins): the ``variant`` is a
+fourth trainer, Tunery with fields of its ``SFTConfig`` set (``--variant-arg``, repeatable: ``optim=adamw_torch``,
+``torch_compile=true``, ``use_liger_kernel=true``) or another attention implementation (``--variant-attention``:
+``eager``, ``flex_attention``, ``flash_attention_2``), measured against Tunery as it is; ``--only tunery variant``
+runs just the two, taking turns, and the ratio line ``the variant / tunery`` gives the gain. ``--trl-arg`` sets a
+field of both TRL baselines (TRL's best with ``use_liger_kernel=true``), ``--attention`` every model's attention.
+Options that start threads or processes of their own (``torch_compile``: inductor's compiled kernels and its OpenMP
+threads) slow a trainer that takes turns beside them: measure those with ``--only variant`` and ``--only tunery``,
+one run each.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import dataclasses
 import gc
 import json
 import logging
 import platform
-import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tunery.methods import Precision
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-DEMO_DIR = Path.home() / ".cache" / "tunery" / "models" / "smollm2-135m-instruct"
-BENCH_MODELS = Path.home() / ".cache" / "tunery" / "bench-models"  # the random-weight models, one folder a shape
-# Named --shape values: hidden, layers, attention heads, KV heads, MLP (intermediate) size.
-SHAPES = {"1b": (2048, 16, 32, 8, 8192)}  # Llama-3.2-1B's
-WORDS = (  # noqa: SIM905
-    "the robot river garden signal engine quiet bright market window paper orange number winter travel "
-    "simple answer question careful energy planet forest music silver reason letter morning system "
-    "careful light stone water yellow pocket ladder thunder castle bridge kitchen pencil rocket summer "
-    "shadow island mirror velvet"
-).split()
+from bench.sft_trainers import TRAINERS, Setup, conversations_for, tunery_checkpointing  # noqa: E402
+from bench.trainer_bench import (  # noqa: E402
+    BENCH_MODELS,
+    DEMO_DIR,
+    Baton,
+    Counts,
+    activation_checkpointing,
+    checkpointing_label,
+    params_label,
+    parse_shape,
+    peak_rss_mib,
+    random_llama,
+    step_timer,
+    summary,
+)
 
-
-def sentence(rng: random.Random, n_words: int) -> str:
-    words = [rng.choice(WORDS) for _ in range(n_words)]
-    return " ".join(words).capitalize() + "."
-
-
-def text(rng: random.Random, n_words: int) -> str:
-    out, left = [], n_words
-    while left > 0:
-        k = min(left, rng.randint(6, 14))
-        out.append(sentence(rng, k))
-        left -= k
-    return " ".join(out)
+# The ratios printed (trainer / baseline), and how the lines name them.
+RATIOS = (("tunery", "trl"), ("tunery", "trl-best"), ("variant", "tunery"), ("variant", "trl-best"))
+TITLES = {"tunery": "Tunery", "variant": "the variant"}
 
 
-def scratch(prefix: str) -> str:
-    """A trainer's output folder, removed when the benchmark exits (each run left an empty one in /tmp)."""
-    folder = tempfile.mkdtemp(prefix=prefix)
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
+def ratio(t: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, float], str]:
+    """The ratios of two trainers' results (``t`` / ``b``), and their line, with ``{name}`` and ``{base}`` left to
+    fill."""
+    speed = t["real_tokens_per_second"] / b["real_tokens_per_second"]
+    cpu = t["real_tokens_per_cpu_second"] / b["real_tokens_per_cpu_second"]
+    out = {"real_tokens_per_second": round(speed, 2), "per_cpu_second": round(cpu, 2)}
+    line = f"{speed:.2f}x real tokens/s ({{name}} / {{base}}); {cpu:.2f}x per CPU-second"
+    if "peak_gpu_mib" in t and "peak_gpu_mib" in b:
+        out["peak_gpu_memory"] = round(t["peak_gpu_mib"] / b["peak_gpu_mib"], 3)
+        line += f"; peak GPU memory {out['peak_gpu_memory']:.2f}x"
+    if "peak_rss_mib" in t and "peak_rss_mib" in b:
+        line += f"; peak RSS {t['peak_rss_mib'] / b['peak_rss_mib']:.2f}x"
+    return out, line
 
 
-def make_conversations(n: int, long_share: float, seed: int) -> list[dict[str, Any]]:
-    """Mixed-length chat: short Q&A (tens of tokens), and ``long_share`` long ones (hundreds of tokens)."""
-    rng = random.Random(seed)
-    long = set(rng.sample(range(n), round(n * long_share)))
-    rows = []
-    for i in range(n):
-        if i in long:
-            user = "Read this and summarise it. " + text(rng, rng.randint(120, 250))
-            answer = text(rng, rng.randint(40, 100))
-        else:
-            user = text(rng, rng.randint(4, 14))
-            answer = text(rng, rng.randint(3, 24))
-        rows.append({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
-    return rows
-
-
-def parse_shape(value: str) -> tuple[int, int, int, int, int] | None:
-    """``--shape``: None for the demo model, else (hidden, layers, heads, KV heads, intermediate)."""
-    if value == "demo":
-        return None
-    if value in SHAPES:
-        return SHAPES[value]
+def config_option(value: str) -> tuple[str, Any]:
+    """``--trl-arg`` / ``--tunery-arg``: ``FIELD=VALUE``, the value read as JSON (true, 3, 1e-4) or else as a string."""
+    name, sep, raw = value.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"FIELD=VALUE, not {value!r}")
     try:
-        hidden, layers, heads, kv, inter = (int(v) for v in value.split(","))
+        return name, json.loads(raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shape: demo, {', '.join(SHAPES)} or H,L,A,KV,I, not {value!r}") from None
-    if min(hidden, layers, heads, kv, inter) < 1 or hidden % heads or heads % kv:
-        raise argparse.ArgumentTypeError(f"--shape {value}: heads must divide hidden and KV heads divide heads")
-    return hidden, layers, heads, kv, inter
-
-
-def random_llama(demo_dir: Path, shape: tuple[int, int, int, int, int], seed: int) -> Path:
-    """A Llama of ``shape`` with random weights (seeded, saved in bf16) and the demo model's tokenizer and chat
-    template, in a folder of its own under BENCH_MODELS: made once, then reused by every trainer and process."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from trainer.models import publish_folder
-
-    hidden, layers, heads, kv, inter = shape
-    tokenizer = AutoTokenizer.from_pretrained(str(demo_dir))
-    vocab = len(tokenizer)
-    out = BENCH_MODELS / f"llama-h{hidden}-l{layers}-a{heads}-kv{kv}-i{inter}-v{vocab}-s{seed}"
-    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
-        return out
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        head_dim=hidden // heads,
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    BENCH_MODELS.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=BENCH_MODELS, prefix=f".{out.name}."))
-    model.save_pretrained(tmp, safe_serialization=True)
-    for f in demo_dir.iterdir():  # the tokenizer files and chat template, as they are
-        if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges")):
-            shutil.copy2(f, tmp / f.name)
-    publish_folder(tmp, out)
-    return out
-
-
-@dataclass
-class Counts:
-    """Per collated batch: real (non-padding) and computed tokens; per step: wall and CPU seconds."""
-
-    real: list[int] = field(default_factory=list)
-    computed: list[int] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    cpu_seconds: list[float] = field(default_factory=list)  # this process's CPU time, all threads
-
-
-def counting(collator: Any, counts: Counts) -> Any:
-    from trainer.packing import PADDING_KEY
-
-    def collate(examples: list[dict[str, Any]]) -> Any:
-        batch = collator(examples)
-        computed = int(batch["input_ids"].numel())
-        mask = batch.get("attention_mask")
-        counts.computed.append(computed)
-        # Padding-free: no pad positions, but those that even Tunery's rows (trainer/packing.py).
-        counts.real.append(int(mask.sum()) if mask is not None else computed - batch.get(PADDING_KEY, 0))
-        return batch
-
-    return collate
-
-
-class Baton:
-    """Makes the trainers take turns, one optimizer step each, so that other work on shared cores slows both
-    alike (each trainer runs in its own thread; only the holder of the baton computes)."""
-
-    def __init__(self, names: list[str]):
-        self.names = list(names)
-        self.turn: str | None = self.names[0] if self.names else None
-        self.done: set[str] = set()
-        self.cv = threading.Condition()
-
-    def take(self, name: str) -> None:
-        with self.cv:
-            self.cv.wait_for(lambda: self.turn == name)
-
-    def _next(self, name: str) -> None:
-        left = [n for n in self.names if n not in self.done]
-        if not left:
-            self.turn = None
-        elif name in left:
-            self.turn = left[(left.index(name) + 1) % len(left)]
-        else:
-            self.turn = left[0]
-        self.cv.notify_all()
-
-    def give(self, name: str) -> None:
-        with self.cv:
-            self._next(name)
-
-    def finish(self, name: str) -> None:
-        with self.cv:
-            self.done.add(name)
-            self._next(name)
-
-
-def step_timer(counts: Counts, baton: Baton, name: str, cuda: bool = False) -> Any:
-    """A step's clocks: on a GPU the queued kernels are waited for before the clock is read (and before it starts,
-    so that none of the trainer before is counted)."""
-    import torch
-    from transformers import TrainerCallback
-
-    class Timer(TrainerCallback):
-        started = cpu_started = 0.0
-
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            baton.take(name)
-            if cuda:
-                torch.cuda.synchronize()
-            self.started, self.cpu_started = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            counts.seconds.append(time.perf_counter() - self.started)
-            counts.cpu_seconds.append(time.process_time() - self.cpu_started)
-            baton.give(name)
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            baton.finish(name)
-
-    return Timer()
-
-
-def lora() -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every trainer is built from: the model, the data (the first ``steps x batch_size`` conversations for the
-    trainers that step over examples, all of them for TRL's best), the step shape, the device and each trainer's
-    activation checkpointing."""
-
-    model_dir: Path
-    rows: list[dict[str, Any]]
-    steps: int
-    batch_size: int
-    max_length: int
-    seed: int
-    labelled_only: bool = True  # Tunery's LM head scores the labelled positions only (trainer/kernels.py)
-    in_rows: bool = True  # Tunery runs a step over max_length tokens as rows (trainer/packing.py)
-    best_rows: int = 0  # rows of max_length tokens a step of TRL's best (0: batch_size)
-    device: str = "cpu"  # cpu (fp32) | cuda (bf16)
-    trl_checkpointing: bool | None = False  # both TRL baselines; None: TRL's default
-    tunery_checkpointing: bool = False  # the plan's decision, as resolve_device gets it
-
-    @property
-    def examples(self) -> list[dict[str, Any]]:
-        return self.rows[: self.steps * self.batch_size]
-
-    @property
-    def precision(self) -> Precision:
-        return "bf16" if self.device == "cuda" else "fp32"
-
-
-def conversations_for(
-    model_dir: Path, steps: int, batch_size: int, max_length: int, long_share: float, seed: int, best_rows: int = 0
-) -> tuple[list[dict[str, Any]], int]:
-    """Enough conversations for every trainer: ``steps x batch_size`` of them, and as many more as TRL's best packs
-    into ``steps x best_rows`` full rows of ``max_length`` tokens (with a fifth to spare for the packing's gaps), and
-    ``best_rows``: as given (0: ``batch_size``), or, when -1, the rows of max_length tokens that ``batch_size``
-    conversations fill on average (at least one), so that TRL's best and Tunery train about as many tokens a step."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    n = steps * batch_size
-    rows = make_conversations(n, long_share, seed)
-    per_row = (
-        sum(len(tokenizer(tokenizer.apply_chat_template(r["messages"], tokenize=False))["input_ids"]) for r in rows) / n
-    )
-    if best_rows < 0:
-        best_rows = max(1, round(batch_size * per_row / max_length))
-    best_rows = best_rows or batch_size
-    wanted = max(n, round(steps * best_rows * max_length / per_row * 1.2))
-    return (make_conversations(wanted, long_share, seed) if wanted > n else rows), best_rows
-
-
-def trl_args(setup: Setup, prefix: str, batch_size: int = 0, **options: Any) -> Any:
-    """The SFTConfig both TRL baselines share; ``options`` are what makes each one."""
-    from trl import SFTConfig
-
-    cuda = setup.device == "cuda"
-    # TRL turns activation checkpointing on by default; the Tunery trainer turns it off on CPU. Off here too by
-    # default on the CPU, so that the comparison measures batching and packing only (with it on, TRL is slower
-    # still); on a GPU TRL's own default (--trl-checkpointing).
-    checkpointing: dict[str, Any] = (
-        {} if setup.trl_checkpointing is None else {"activation_checkpointing": setup.trl_checkpointing}
-    )
-    return SFTConfig(
-        output_dir=scratch(prefix),
-        max_steps=setup.steps,
-        per_device_train_batch_size=batch_size or setup.batch_size,
-        learning_rate=1e-3,
-        max_length=setup.max_length,
-        **checkpointing,
-        bf16=cuda,  # TRL's default would be bf16 autocast; all run fp32 on the CPU, bf16 on a GPU
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=not cuda,
-        seed=setup.seed,
-        data_seed=setup.seed,
-        **options,
-    )
-
-
-def trl_trainer(setup: Setup, rows: list[dict[str, Any]], args: Any, timer: Any, counts: Counts) -> Any:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import SFTTrainer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(setup.model_dir))
-    # The base weights as Tunery holds them: fp32 on the CPU, bf16 on a GPU (TRL would load a path in fp32).
-    dtype = torch.bfloat16 if setup.device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(setup.model_dir), dtype=dtype)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora(),
-        callbacks=[timer],
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.data_collator = counting(trainer.data_collator, counts)
-    return trainer
-
-
-def build_trl(setup: Setup, timer: Any, counts: Counts) -> Any:
-    """Plain TRL, tutorial style: conversational dataset, padding to max_length, no packing."""
-    args = trl_args(
-        setup,
-        "bench-trl-",
-        pad_to_multiple_of=setup.max_length,  # every sequence padded to max_length
-        packing=False,
-    )
-    return trl_trainer(setup, setup.examples, args, timer, counts)
-
-
-def build_trl_best(setup: Setup, timer: Any, counts: Counts) -> Any:
-    """TRL's best built-in setting: best-fit-decreasing packing into max_length rows, padding-free batches."""
-    args = trl_args(setup, "bench-trl-best-", setup.best_rows, packing=True, packing_strategy="bfd", padding_free=True)
-    return trl_trainer(setup, setup.rows, args, timer, counts)
-
-
-def tunery_plan(setup: Setup, gradient_checkpointing: bool | None) -> Any:
-    """The training plan of a Tunery job on this data and step shape."""
-    from tunery.plan import LoraPlan, TrainingPlan
-
-    return TrainingPlan(
-        n_epochs=1,
-        batch_size=setup.batch_size,
-        learning_rate=1e-3,
-        max_seq_length=setup.max_length,
-        precision=setup.precision,
-        gradient_checkpointing=gradient_checkpointing,
-        lora=LoraPlan(r=16, alpha=32, dropout=0.0, target_modules="all-linear"),
-    )
-
-
-def tunery_tokens(setup: Setup, tokenizer: Any) -> Any:
-    """Tunery's examples, tokenized as a job tokenizes them (chat template, assistant mask, cut at max_length)."""
-    from trainer.chat import ChatTokenizer, end_of_turn_tokens
-    from tunery.data_jsonl import parse_jsonl
-
-    data = "".join(json.dumps(r) + "\n" for r in setup.examples).encode()
-    records = parse_jsonl([data]).records
-    chat = ChatTokenizer(tokenizer, end_of_turn_tokens(tokenizer))
-    return chat.tokenize_all(records, max_length=setup.max_length)  # type: ignore[arg-type]
-
-
-def tunery_checkpointing(setup: Setup, requested: str, gpu_type: str) -> tuple[bool, Any]:
-    """Whether Tunery checkpoints its activations (``--tunery-checkpointing``): as asked, or by Tunery's own rule
-    (``auto``, as the scheduler's hardware check decides a job's plan): from the memory estimate of the job on
-    ``gpu_type``, with the token counts of Tunery's examples. Returns the decision and the estimate."""
-    from transformers import AutoTokenizer
-
-    from tunery.estimate import estimate_for_scan, gradient_checkpointing, model_shape
-
-    train = tunery_tokens(setup, AutoTokenizer.from_pretrained(str(setup.model_dir)))
-    tokens = [len(e.input_ids) for e in train.examples]
-    trained = [e.n_trained for e in train.examples]
-    plan = tunery_plan(setup, None)
-    est = estimate_for_scan(model_shape(setup.model_dir), tokens, trained, plan, gpu_type, setup.precision)
-    asked = {"auto": None, "on": True, "off": False}[requested]
-    return gradient_checkpointing(asked, est, setup.device == "cuda"), est
-
-
-def build_tunery(setup: Setup, timer: Any, counts: Counts) -> Any:
-    """The Tunery trainer's own configuration and data path, with its defaults."""
-    from trainer.config import trl_config
-    from trainer.kernels import fused_head_model
-    from trainer.loading import load_base_model, lora_config, resolve_device
-    from trainer.methods import get_method
-    from trainer.methods.supervised import tokenized_datasets
-    from trainer.packing import RowCollator
-
-    plan = tunery_plan(setup, setup.tunery_checkpointing)
-    device = resolve_device(setup.device, plan.precision, plan.adapter, plan.gradient_checkpointing)
-    model, tokenizer = load_base_model(str(setup.model_dir), device)
-    train = tunery_tokens(setup, tokenizer)
-    sft = get_method("supervised")
-    args = trl_config(sft, plan, seed=setup.seed, output_dir=scratch("bench-tunery-"), choice=device)
-    trainer = sft.build_trainer(
-        model, tokenizer, args, lora_config(plan), tokenized_datasets(train), [timer], plan=plan
-    )
-    if not setup.in_rows and isinstance(trainer.data_collator, RowCollator):  # one row a step, to measure the rows
-        trainer.data_collator = trainer.data_collator.collate
-    trainer.data_collator = counting(trainer.data_collator, counts)
-    if not setup.labelled_only:  # undo trainer/kernels.py, to measure it
-        head = fused_head_model(trainer)
-        head.forward = head.forward.__wrapped__
-    return trainer
-
-
-def summary(name: str, c: Counts) -> dict[str, Any]:
-    timed = slice(1, None) if len(c.seconds) > 1 else slice(None)
-    real, seconds, cpu = sum(c.real[timed]), sum(c.seconds[timed]), sum(c.cpu_seconds[timed])
-    return {
-        "trainer": name,
-        "steps": len(c.seconds),
-        "real_tokens": sum(c.real),
-        "computed_tokens": sum(c.computed),
-        "padding_share": round(1 - sum(c.real) / sum(c.computed), 4),
-        "timed_real_tokens": real,
-        "timed_seconds": round(seconds, 2),
-        "real_tokens_per_second": round(real / seconds, 1),
-        "timed_cpu_seconds": round(cpu, 2),
-        "real_tokens_per_cpu_second": round(real / cpu, 1),
-        "seconds_per_step": round(seconds / len(c.seconds[timed]), 2),
-    }
-
-
-TRAINERS = {"trl": build_trl, "trl-best": build_trl_best, "tunery": build_tunery}
+        return name, raw
 
 
 def peak_memory(argv: list[str], name: str, steps: int) -> dict[str, float]:
@@ -509,33 +153,6 @@ def peak_memory(argv: list[str], name: str, steps: int) -> dict[str, float]:
     if done.returncode:
         raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS: VmHWM (ru_maxrss would carry the parent's over fork and exec), or ru_maxrss where
-    /proc has no VmHWM (a sandboxed kernel)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def checkpointing_label(value: bool | None) -> str:
-    return "on" if value else "off"
-
-
-def activation_checkpointing(model: Any) -> bool:
-    """Whether a trained model recomputed its activations: its layers' own flag, which the Trainer sets in train()."""
-    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
-
-
-def params_label(params: int) -> str:
-    return f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
 
 
 def main() -> int:
@@ -594,6 +211,27 @@ def main() -> int:
         action="store_true",
         help="Tunery runs every step as one row, even past max_length tokens (measures trainer/packing.py)",
     )
+    parser.add_argument(
+        "--trl-arg",
+        action="append",
+        type=config_option,
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set a field of both TRL baselines' SFTConfig (VALUE as JSON, else a string), e.g. use_liger_kernel=true",
+    )
+    parser.add_argument(
+        "--attention", help="every model's attention implementation (sdpa, eager, flex_attention, flash_attention_2)"
+    )
+    parser.add_argument(
+        "--variant-arg",
+        action="append",
+        type=config_option,
+        default=[],
+        metavar="FIELD=VALUE",
+        help="adds the trainer 'variant': Tunery with this field of its SFTConfig set (VALUE as JSON, else a string), "
+        "e.g. optim=adamw_torch, torch_compile=true, use_liger_kernel=true; measured against Tunery as it is",
+    )
+    parser.add_argument("--variant-attention", help="the variant's attention implementation (adds the variant)")
     parser.add_argument("--report-rss", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     best_rows = {"batch": 0, "auto": -1}.get(args.best_rows)
@@ -625,7 +263,10 @@ def main() -> int:
         tokenizer_only = (args.model_dir / "tokenizer_config.json").is_file()
         demo_dir = args.model_dir if tokenizer_only else prepare_demo_model(args.model_dir)
         model_dir = random_llama(demo_dir, args.shape, args.seed)
-    names = [n for n in TRAINERS if not args.only or n in args.only]
+    has_variant = bool(args.variant_arg or args.variant_attention)
+    if args.only and "variant" in args.only and not has_variant:
+        parser.error("--only variant: the variant is Tunery with --variant-arg or --variant-attention; name one")
+    names = [n for n in TRAINERS if (not args.only or n in args.only) and (n != "variant" or has_variant)]
     rows, best_rows = conversations_for(
         model_dir, args.steps, args.batch_size, args.max_length, args.long_share, args.seed, best_rows
     )
@@ -639,6 +280,10 @@ def main() -> int:
         args.seed,
         labelled_only=not args.tunery_every_position,
         in_rows=not args.tunery_one_row,
+        trl_options=dict(args.trl_arg),
+        attention=args.attention,
+        variant_options=dict(args.variant_arg),
+        variant_attention=args.variant_attention,
         best_rows=best_rows,
         device=args.device,
         trl_checkpointing=trl_checkpointing,
@@ -659,10 +304,12 @@ def main() -> int:
         trl_label = f"{checkpointing_label(trl_on)} (TRL's default)"
     else:
         trl_on, trl_label = trl_checkpointing, checkpointing_label(trl_checkpointing)
-    chosen = {n: decided if n == "tunery" else trl_on for n in names}
-    checkpointing = {n: trl_label for n in names if n != "tunery"}
-    if "tunery" in names:
-        checkpointing["tunery"] = f"{checkpointing_label(decided)} ({args.tunery_checkpointing})"
+    tunery_like = ("tunery", "variant")
+    chosen = {n: decided if n in tunery_like else trl_on for n in names}
+    checkpointing = {
+        n: f"{checkpointing_label(decided)} ({args.tunery_checkpointing})" if n in tunery_like else trl_label
+        for n in names
+    }
     total_gib = est.memory_gib["total"]
     setup_info: dict[str, Any] = {
         "device": args.device,
@@ -678,6 +325,10 @@ def main() -> int:
         "checkpointing": checkpointing,
         "tunery_estimate": {"gpu_type": gpu_type, "total_gib": total_gib, "gpu_memory_gib": est.gpu_memory_gib},
         "torch": torch.__version__,
+        "trl_options": setup.trl_options,
+        "variant_options": setup.variant_options,
+        "variant_attention": args.variant_attention,
+        "attention": args.attention or "default",
     }
     if not args.report_rss:
         print(
@@ -694,6 +345,12 @@ def main() -> int:
             f"{total_gib:.1f} GiB ({gpu_type}, {est.gpu_memory_gib:.0f} GiB)",
             flush=True,
         )
+        if args.attention or setup.trl_options or has_variant:
+            print(
+                f"# options: attention {args.attention or 'default'}; TRL {json.dumps(setup.trl_options)}; variant "
+                f"(Tunery with) {json.dumps(setup.variant_options)}, attention {args.variant_attention or 'as Tunery'}",
+                flush=True,
+            )
     baton = Baton(names)
     counts = {n: Counts() for n in names}
     trainers = {}
@@ -771,25 +428,11 @@ def main() -> int:
                     f"{name:>8}: peak RSS {results[name]['peak_rss_mib']} MiB (alone, {args.memory_steps} steps)",
                     flush=True,
                 )
-    if "tunery" in results:
-        for base in ("trl", "trl-best"):
-            if base not in results:
-                continue
-            t, b = results["tunery"], results[base]
-            ratio = t["real_tokens_per_second"] / b["real_tokens_per_second"]
-            cpu_ratio = t["real_tokens_per_cpu_second"] / b["real_tokens_per_cpu_second"]
-            results[f"ratio_{base}"] = {
-                "real_tokens_per_second": round(ratio, 2),
-                "per_cpu_second": round(cpu_ratio, 2),
-            }
-            line = f" ratio: {ratio:.2f}x real tokens/s (Tunery / {base}); {cpu_ratio:.2f}x per CPU-second"
-            if "peak_gpu_mib" in t and "peak_gpu_mib" in b:
-                gpu_ratio = t["peak_gpu_mib"] / b["peak_gpu_mib"]
-                results[f"ratio_{base}"]["peak_gpu_memory"] = round(gpu_ratio, 3)
-                line += f"; peak GPU memory {gpu_ratio:.2f}x"
-            if "peak_rss_mib" in t and "peak_rss_mib" in b:
-                line += f"; peak RSS {t['peak_rss_mib'] / b['peak_rss_mib']:.2f}x"
-            print(line, flush=True)
+    for name, base in RATIOS:
+        if name in results and base in results:
+            key = f"ratio_{base}" if name == "tunery" else f"ratio_{name}_{base}"
+            results[key], line = ratio(results[name], results[base])
+            print(f" ratio: {line.format(name=TITLES[name], base=base)}", flush=True)
     results["setup"] = setup_info
     print(json.dumps(results))
     return 1 if errors else 0
