@@ -35,7 +35,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.api_load import free_port, metadata_store, pct, seed, start_tunery  # noqa: E402
+from bench.api_load import pct  # noqa: E402
+from bench.api_stack import metadata_store, seed, start_tunery  # noqa: E402
+from tunery.ports import free_port  # noqa: E402
 
 Call = Callable[[random.Random], Awaitable[Any]]
 

@@ -227,6 +227,7 @@ def summary(name: str, c: Counts) -> dict[str, Any]:
         "timed_cpu_seconds": round(cpu, 2),
         "real_tokens_per_cpu_second": round(real / cpu, 1),
         "seconds_per_step": round(seconds / len(c.seconds[timed]), 2),
+        "step_seconds": [round(s, 2) for s in c.seconds],
     }
 
 
