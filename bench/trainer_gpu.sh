@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# bench/trainer_vs_trl.py on a lent GPU machine (issue 17), in two steps:
+# bench/trainer_vs_trl.py on a lent GPU machine (issue 17): prepare here, then main and options there:
 #
 #   bench/trainer_gpu.sh prepare          here: the demo tokenizer and the wheels the GPU image lacks, into .gpu-bench/
 #   bench/trainer_gpu.sh main             there: Tunery against plain TRL and TRL's best, 1B shape, peak GPU memory
 #   bench/trainer_gpu.sh options          there: each speed-up on its own against Tunery as it is (the variant)
+#   bench/trainer_gpu.sh run ARGS...      there: one bench/trainer_vs_trl.py run with the GPU defaults and ARGS
 #
 # The GPU image has CUDA torch, transformers, peft, accelerate and Triton, but no trl, datasets, pydantic or
 # liger-kernel, no demo model and no network: `prepare` downloads the wheels of the versions this checkout's .venv runs
-# (about 20 MB), which the device tool carries (`carry: [".gpu-bench"]`). `main` takes a few minutes (the 1B model is
+# (23 MB), which the device tool carries (`carry: [".gpu-bench"]`). `main` takes a few minutes (the 1B model is
 # made in about 30 s, then three trainers, then three peak-memory processes); `options` about as long. Each prints
 # what bench/trainer_vs_trl.py prints. DEVICE, SHAPE, STEPS, BATCH and MAX_LENGTH override the GPU defaults, so that the
-# same script runs on the CPU as a check: DEVICE=cpu SHAPE=256,2,4,2,512 STEPS=3 BATCH=4 MAX_LENGTH=512.
+# same script runs on the CPU as a check: DEVICE=cpu SHAPE=256,2,4,2,512 STEPS=3 BATCH=4 MAX_LENGTH=512
+# PY=.venv/bin/python (PY: the Python to run; the carried wheels are installed only where it lacks trl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=.gpu-bench
@@ -61,6 +63,11 @@ bench() {
 
 case "${1:-}" in
 prepare) prepare ;;
+run) # one bench/trainer_vs_trl.py run with the GPU defaults and these arguments
+    shift
+    install
+    bench "$@"
+    ;;
 main)
     install
     bench --steps "$STEPS" --memory-steps 3
@@ -69,8 +76,8 @@ options)
     install
     steps=$((STEPS < 12 ? STEPS : 12))
     # Each one against Tunery as it is, taking turns, and peak memory of each alone (--memory-steps 2); one that
-    # fails is reported and the next one runs.
-    each() { bench --steps "$steps" "$@" || echo "# exit $?: $*"; }
+    # fails, or runs past 5 minutes, is reported and the next one runs.
+    each() { timeout 300 bash "$0" run --steps "$steps" "$@" || echo "# exit $?: $*"; }
     each --only tunery variant --variant-arg use_liger_kernel=true
     each --only tunery variant --variant-attention flex_attention
     each --only tunery variant --variant-arg optim=adamw_torch --no-memory
@@ -81,7 +88,7 @@ options)
     each --only trl-best tunery --trl-arg use_liger_kernel=true --no-memory
     ;;
 *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
